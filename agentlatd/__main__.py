@@ -1,0 +1,3 @@
+from agentlatd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""CPU sets as the kernel writes them: cpulists ("0-3,8") and hex masks ("ff,00000000").
+
+Kernel formats: Documentation/admin-guide/cputopology.rst (cpulist), and
+lib/bitmap.c bitmap_print_to_pagebuf() (comma-separated 32-bit hex words,
+most significant first) as used by /proc/irq/N/smp_affinity and
+/sys/class/net/X/queues/rx-N/rps_cpus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class CpuSetError(ValueError):
+    """A cpulist or mask string that does not parse."""
+
+
+class CpuSet(frozenset[int]):
+    """An immutable set of CPU numbers that prints as a kernel cpulist."""
+
+    __slots__ = ()
+
+    def __new__(cls, cpus: Iterable[int] = ()) -> CpuSet:
+        items = frozenset(int(c) for c in cpus)
+        for c in items:
+            if c < 0:
+                raise CpuSetError(f"negative CPU number {c}")
+        return super().__new__(cls, items)
+
+    # -- parsing ---------------------------------------------------------
+    @classmethod
+    def parse_list(cls, text: str) -> CpuSet:
+        """Parse a cpulist: "", "0", "0-3,8", "0-15:2" (stride, see bitmap_parselist)."""
+        text = text.strip()
+        cpus: set[int] = set()
+        if not text:
+            return cls()
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                raise CpuSetError(f"empty element in cpulist {text!r}")
+            stride = 1
+            if ":" in part:
+                part, _, s = part.partition(":")
+                # bitmap_parselist also allows "0-15:2/4" (used/group); keep used only
+                s = s.split("/")[0]
+                if not s.isdigit() or int(s) == 0:
+                    raise CpuSetError(f"bad stride in cpulist {text!r}")
+                stride = int(s)
+            lo_s, dash, hi_s = part.partition("-")
+            if not lo_s.isdigit() or (dash and not hi_s.isdigit()):
+                raise CpuSetError(f"bad cpulist {text!r}")
+            lo = int(lo_s)
+            hi = int(hi_s) if dash else lo
+            if hi < lo:
+                raise CpuSetError(f"descending range {part!r} in cpulist {text!r}")
+            if hi - lo > 1 << 16:
+                raise CpuSetError(f"range {part!r} too large in cpulist {text!r}")
+            cpus.update(range(lo, hi + 1, stride))
+        return cls(cpus)
+
+    @classmethod
+    def parse_mask(cls, text: str) -> CpuSet:
+        """Parse a hex mask: "f", "ff,00000000", "00000000,00000001"."""
+        text = text.strip()
+        if not text:
+            return cls()
+        words = text.split(",")
+        value = 0
+        for w in words:
+            if not w or len(w) > 8:
+                raise CpuSetError(f"bad mask word {w!r} in {text!r}")
+            try:
+                value = (value << 32) | int(w, 16)
+            except ValueError as e:
+                raise CpuSetError(f"bad hex mask {text!r}") from e
+        return cls(i for i in range(value.bit_length()) if value >> i & 1)
+
+    # -- printing --------------------------------------------------------
+    def to_list(self) -> str:
+        """The cpulist form, ranges collapsed: CpuSet({0,1,2,3,8}) -> "0-3,8"."""
+        out: list[str] = []
+        run: list[int] = []
+        for c in sorted(self):
+            if run and c == run[-1] + 1:
+                run.append(c)
+                continue
+            if run:
+                out.append(_fmt_run(run))
+            run = [c]
+        if run:
+            out.append(_fmt_run(run))
+        return ",".join(out)
+
+    def to_mask(self, nr_cpus: int | None = None) -> str:
+        """The kernel's mask form, 32-bit words, most significant first.
+
+        nr_cpus is the number of possible CPUs: the kernel prints as many words
+        as it takes to cover them ("00000000,00000001" on a 33..64-CPU host).
+        """
+        width = max(nr_cpus or 0, (max(self) + 1) if self else 1)
+        nwords = max(1, (width + 31) // 32)
+        value = 0
+        for c in self:
+            value |= 1 << c
+        words = [f"{(value >> (32 * i)) & 0xFFFFFFFF:08x}" for i in reversed(range(nwords))]
+        return ",".join(words)
+
+    def __str__(self) -> str:
+        return self.to_list()
+
+    def __repr__(self) -> str:
+        return f"CpuSet({self.to_list()!r})"
+
+    # -- set algebra keeps the type --------------------------------------
+    def __or__(self, other: Iterable[int]) -> CpuSet:  # type: ignore[override]
+        return CpuSet(frozenset(self) | frozenset(other))
+
+    def __and__(self, other: Iterable[int]) -> CpuSet:  # type: ignore[override]
+        return CpuSet(frozenset(self) & frozenset(other))
+
+    def __sub__(self, other: Iterable[int]) -> CpuSet:  # type: ignore[override]
+        return CpuSet(frozenset(self) - frozenset(other))
+
+    def __xor__(self, other: Iterable[int]) -> CpuSet:  # type: ignore[override]
+        return CpuSet(frozenset(self) ^ frozenset(other))
+
+
+def _fmt_run(run: list[int]) -> str:
+    return str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}"

@@ -1,0 +1,53 @@
+"""Plan: the pure output of the plan stage. Each change names a knob from the
+knob registry (agentlatd.apply.knobs), its target, and why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agentlatd.cpuset import CpuSet
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One write the engine would make.
+
+    knob:    registry name, e.g. "irq.affinity", "net.rps_cpus", "net.xps_cpus",
+             "net.rps_flow_cnt", "net.threaded", "net.napi_defer_hard_irqs",
+             "net.gro_flush_timeout", "net.coalesce", "napi.config", "block.rq_affinity",
+             "sysctl", "task.affinity", "cpu.pm_qos_resume_latency_us"
+    target:  what the knob is applied to, in the knob's own syntax
+             ("45" for an IRQ, "eth0/rx-3" for a queue, "eth0" for a device,
+             "nvme0n1" for a block device, "net.core.rps_sock_flow_entries")
+    current: the value read at plan time, as the kernel prints it ("" if unknown)
+    desired: the value to write, as the kernel accepts it
+    reason:  one sentence for a person
+    """
+
+    knob: str
+    target: str
+    current: str
+    desired: str
+    reason: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Identity of the knob instance (the journal is keyed by it)."""
+        return (self.knob, self.target)
+
+
+@dataclass(frozen=True, slots=True)
+class CpuRole:
+    cpu: int
+    role: str  # "completion" | "home" | "other" | "offline"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    completion_cpus: CpuSet
+    home_cpus: CpuSet
+    roles: tuple[CpuRole, ...]
+    changes: tuple[Change, ...]
+    advice: tuple[str, ...] = ()  # boot-time advice printed, never applied
+    notes: tuple[str, ...] = ()  # e.g. "irqbalance is running: IRQ steering skipped"

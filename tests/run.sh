@@ -1,0 +1,56 @@
+#!/bin/bash
+# The whole test suite, on a fresh Debian 12 machine, as root:
+#   bash tests/run.sh            host tier (lint, types, unit, plan, apply, integration)
+#                                then the real-kernel VM tier (tests/vm/run_tier.sh)
+# Env: AGENTLATD_SKIP_VM=1 skips the VM tier (says so loudly);
+#      PYTEST_ARGS="-k foo" narrows the host tier.
+set -uo pipefail
+cd "$(dirname "$(readlink -f "$0")")/.."
+T0=$(date +%s)
+
+# 1. system packages the tests drive for real (netns/veth: iproute2; coalescing: ethtool)
+need=()
+for p in iproute2:ip ethtool:ethtool gcc:gcc python3-venv:none; do
+    pkg=${p%%:*} bin=${p##*:}
+    if [ "$bin" = none ]; then dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+    else command -v "$bin" >/dev/null 2>&1 || need+=("$pkg"); fi
+done
+if [ ${#need[@]} -gt 0 ]; then
+    echo "== installing ${need[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# 2. virtual environment with the project and its test tools
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import agentlatd, pytest, mypy' 2>/dev/null; then
+    echo "== creating .venv"
+    "$PY" -m venv .venv || exit 1
+    .venv/bin/pip install -q --upgrade pip >/dev/null
+    .venv/bin/pip install -q -e '.[dev,bench]' || exit 1
+fi
+.venv/bin/pip install -q -e '.[dev,bench]' >/dev/null 2>&1 || true
+
+rc=0
+echo "== ruff"
+.venv/bin/ruff check agentlatd tests bench || rc=1
+echo "== mypy"
+.venv/bin/mypy || rc=1
+echo "== pytest (host tier)"
+# shellcheck disable=SC2086
+.venv/bin/python -m pytest -q ${PYTEST_ARGS:-} tests
+prc=$?
+[ $prc -eq 0 ] || rc=1
+
+echo "== VM tier (real kernel, real MSI-X IRQs)"
+if [ "${AGENTLATD_SKIP_VM:-0}" = 1 ]; then
+    echo "VM TIER SKIPPED: AGENTLATD_SKIP_VM=1"
+elif [ -x tests/vm/run_tier.sh ]; then
+    bash tests/vm/run_tier.sh
+    vrc=$?
+    if [ $vrc -eq 77 ]; then echo "VM TIER SKIPPED (see reason above)"
+    elif [ $vrc -ne 0 ]; then rc=1; fi
+else
+    echo "VM TIER SKIPPED: tests/vm/run_tier.sh not present"
+fi
+echo "== total $(( $(date +%s) - T0 )) s, rc=$rc"
+exit $rc
