@@ -8,8 +8,8 @@ process = it is gone). OSError is translated once, at the IO boundary
 
 from __future__ import annotations
 
-import errno
 import enum
+import errno
 
 
 class ErrClass(enum.Enum):

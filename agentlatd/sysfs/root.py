@@ -130,7 +130,7 @@ class Root:
     def glob(self, pattern: str) -> list[str]:
         """Kernel paths matching `pattern` ('*' within one component), sorted."""
         parts = pattern.strip("/").split("/")
-        found = ["" ]
+        found = [""]
         for part in parts:
             nxt: list[str] = []
             for d in found:
@@ -159,7 +159,9 @@ class Root:
         p = self.path(rel)
         data = value.encode()
         try:
-            fd = os.open(p, os.O_WRONLY | os.O_CLOEXEC)
+            # O_TRUNC as `echo v > file` does: procfs/sysfs ignore it, and a
+            # recorded tree's plain file must not keep a longer old value's tail
+            fd = os.open(p, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
         except OSError as e:
             raise KernelError("write", rel, e.errno or 0, context, value) from e
         try:
