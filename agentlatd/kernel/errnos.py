@@ -31,6 +31,10 @@ _TABLE: dict[tuple[int, str | None], ErrClass] = {
     # kernel/irq/proc.c write_irq_affinity(): irq_can_set_affinity_usr() is false
     # for IRQD_AFFINITY_MANAGED (blk-mq/NVMe per-CPU queues) -> -EIO.
     (errno.EIO, "irq"): ErrClass.MANAGED,
+    # 6.12 (seen in the VM tier, linux-image-6.12.95+deb12): managed IRQs' affinity
+    # files are mode 0444 and a write by root fails with EPERM instead. The engine
+    # only writes as root, so on "irq" EPERM means managed, not "not permitted".
+    (errno.EPERM, "irq"): ErrClass.MANAGED,
     # kernel/irq/matrix.c: no free vector on any CPU of the requested mask.
     (errno.ENOSPC, None): ErrClass.NO_SPACE,
     (errno.EBUSY, None): ErrClass.TRANSIENT,

@@ -70,6 +70,7 @@ def test_write_to_dev_full_reports_enospc() -> None:
 def test_errno_table() -> None:
     # EIO means "kernel-managed" only on IRQ affinity; elsewhere it is a plain I/O error
     assert classify(errno.EIO, "irq") is ErrClass.MANAGED
+    assert classify(errno.EPERM, "irq") is ErrClass.MANAGED  # 6.12: mode 0444 + EPERM
     assert classify(errno.EIO, "sysfs") is ErrClass.IO
     assert classify(errno.EOPNOTSUPP, "netlink") is ErrClass.UNSUPPORTED
     assert classify(errno.EBUSY) is ErrClass.TRANSIENT

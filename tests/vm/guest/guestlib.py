@@ -1,0 +1,295 @@
+"""Helpers for the real-kernel tests that run inside the QEMU guest (tests/vm/run_tier.sh).
+
+Deliberately independent of the agentlatd package: these helpers check the raw kernel facts
+the project is built on, so a bug in agentlatd's own parsers cannot hide a kernel change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import pathlib
+import re
+import socket
+import struct
+import subprocess
+import time
+from dataclasses import dataclass
+
+# The private network run_vm.sh sets up: the tap peer of the guest's virtio-net (inside
+# QEMU's own network namespace) and the UDP echo server there.
+VIRTIO_GUEST_ADDR = "10.9.0.2/24"
+TAP_PEER = "10.9.0.1"
+UDP_ECHO_PORT = 7
+# QEMU user-mode networks of e1000e and igb: (guest address, slirp gateway that answers ping)
+SLIRP = {"e1000e": ("10.0.2.15/24", "10.0.2.2"), "igb": ("10.0.3.15/24", "10.0.3.2")}
+# MACs run_vm.sh gives the NICs: the stable way to find them (names depend on probe order)
+MACS = {"virtio": "52:54:00:00:00:10", "e1000e": "52:54:00:00:00:11", "igb": "52:54:00:00:00:12"}
+
+
+@dataclass(frozen=True, slots=True)
+class Irq:
+    """One numbered row of /proc/interrupts."""
+
+    irq: int
+    counts: tuple[int, ...]  # per CPU, in CPU order
+    name: str  # the action name: the last field (the chip columns differ between kernels)
+
+
+@dataclass(frozen=True, slots=True)
+class Nics:
+    """Interface names of the guest's NICs (found by MAC; names follow probe order)."""
+
+    virtio: str
+    e1000e: str
+    igb: str
+
+    @property
+    def virtio_dev(self) -> str:
+        """virtioN: the prefix of the virtio-net IRQ names (virtioN-input.Q ...)."""
+        return virtio_dev_of(self.virtio)
+
+
+def read_interrupts() -> dict[int, Irq]:
+    """/proc/interrupts, numbered rows only (not NMI:, LOC: ...)."""
+    lines = pathlib.Path("/proc/interrupts").read_text().splitlines()
+    ncpu = len(lines[0].split())
+    out: dict[int, Irq] = {}
+    for line in lines[1:]:
+        f = line.split()
+        if not f or not f[0].rstrip(":").isdigit():
+            continue
+        n = int(f[0].rstrip(":"))
+        out[n] = Irq(n, tuple(int(c) for c in f[1 : 1 + ncpu]), f[-1])
+    return out
+
+
+def irqs_named(pattern: str) -> dict[str, Irq]:
+    """Rows whose action name fully matches `pattern`, keyed by name."""
+    rx = re.compile(pattern)
+    return {i.name: i for i in read_interrupts().values() if rx.fullmatch(i.name)}
+
+
+def irq_path(irq: int, leaf: str) -> pathlib.Path:
+    return pathlib.Path(f"/proc/irq/{irq}/{leaf}")
+
+
+def read_cpulist(irq: int, leaf: str = "smp_affinity_list") -> str:
+    return irq_path(irq, leaf).read_text().strip()
+
+
+def write_once(path: str | pathlib.Path, text: str) -> None:
+    """One os.write on an unbuffered fd, so the kernel's errno comes from that call."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def write_errno(path: str | pathlib.Path, text: str) -> int:
+    """write_once, returning 0 or the errno it failed with."""
+    try:
+        write_once(path, text)
+    except OSError as e:
+        return e.errno or -1
+    return 0
+
+
+def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=60)
+
+
+def ethtool(*args: str) -> str:
+    return run("ethtool", *args).stdout
+
+
+def ethtool_coalesce(ifname: str) -> dict[str, str]:
+    """`ethtool -c IF` as {field: value} ("rx-usecs": "77", "Adaptive RX": "off" ...)."""
+    out: dict[str, str] = {}
+    for line in ethtool("-c", ifname).splitlines():
+        if line.startswith("Adaptive RX:"):  # "Adaptive RX: off  TX: off"
+            f = line.split()
+            out["adaptive-rx"], out["adaptive-tx"] = f[2], f[4]
+        elif ": " in line:
+            k, v = line.split(": ", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def ifname_by_mac(mac: str) -> str | None:
+    for n in pathlib.Path("/sys/class/net").iterdir():
+        addr = n / "address"
+        if addr.exists() and addr.read_text().strip() == mac:
+            return n.name
+    return None
+
+
+def virtio_dev_of(ifname: str) -> str:
+    """The virtio device (virtioN, the prefix of its IRQ names) under a virtio-net ifname."""
+    return os.path.basename(os.path.realpath(f"/sys/class/net/{ifname}/device"))
+
+
+def wait_for(pred: object, timeout: float = 20.0, what: str = "condition") -> None:
+    assert callable(pred)
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > end:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def busybox() -> str:
+    """The lab's static busybox (the host may have no ping); the guest sees the lab dir."""
+    return os.path.join(os.environ.get("AGENTLATD_VMLAB_DIR", ""), "bbpkg/bin/busybox")
+
+
+def ping_from_cpus(cpus: list[int], dst: str, count: int = 5) -> dict[int, int]:
+    """Ping `dst` concurrently from one process pinned to each CPU; replies per CPU."""
+    procs = {
+        c: subprocess.Popen(
+            ["taskset", "-c", str(c), busybox(), "ping", "-q", "-c", str(count), "-i", "0.2", "-W", "2", dst],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for c in cpus
+    }
+    got = {}
+    for c, p in procs.items():
+        out, _ = p.communicate(timeout=60)
+        m = re.search(r"(\d+) packets received", out)
+        got[c] = int(m.group(1)) if m else 0
+    return got
+
+
+def udp_echo_from_cpus(cpus: list[int], n: int = 40, dst: str = TAP_PEER) -> dict[int, int]:
+    """Send `n` UDP datagrams to the echo server from a child pinned to each CPU (each its
+    own flow, so XPS sends it on that CPU's TX queue and tun answers on the matching RX
+    queue); returns the echoes received per CPU."""
+    kids: dict[int, tuple[int, int]] = {}
+    for c in cpus:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: never return into pytest
+            got = 0
+            try:
+                os.close(r)
+                os.sched_setaffinity(0, {c})
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.settimeout(2.0)
+                s.connect((dst, UDP_ECHO_PORT))
+                for i in range(n):
+                    msg = f"cpu{c}-{i}".encode()
+                    s.send(msg)
+                    with contextlib.suppress(TimeoutError, ConnectionRefusedError):
+                        got += s.recv(2048) == msg
+                os.write(w, str(got).encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        kids[c] = (pid, r)
+    got_by_cpu = {}
+    for c, (pid, r) in kids.items():
+        with os.fdopen(r) as f:
+            data = f.read()
+        os.waitpid(pid, 0)
+        got_by_cpu[c] = int(data or 0)
+    return got_by_cpu
+
+
+# --- generic netlink: just enough to ask the kernel which netdev family ops it has ------
+
+NETLINK_GENERIC = 16
+GENL_ID_CTRL = 0x10
+CTRL_CMD_GETFAMILY = 3
+CTRL_ATTR_FAMILY_ID = 1
+CTRL_ATTR_FAMILY_NAME = 2
+CTRL_ATTR_OPS = 6
+CTRL_ATTR_OP_ID = 1
+NLM_F_REQUEST = 1
+NLM_F_DUMP = 0x300
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+
+
+def _attrs(buf: bytes) -> dict[int, bytes]:
+    out = {}
+    while len(buf) >= 4:
+        ln, typ = struct.unpack_from("HH", buf)
+        if ln < 4:
+            break
+        out[typ & 0x3FFF] = buf[4:ln]
+        buf = buf[(ln + 3) & ~3 :]
+    return out
+
+
+def genl_family(name: str) -> tuple[int, set[int]] | None:
+    """(family id, command ids) of generic netlink family `name`, or None if the kernel has
+    no such family (include/uapi/linux/genetlink.h, CTRL_CMD_GETFAMILY)."""
+    fam = name.encode() + b"\0"
+    attr = struct.pack("HH", 4 + len(fam), CTRL_ATTR_FAMILY_NAME) + fam
+    attr += b"\0" * ((4 - len(attr) % 4) % 4)
+    payload = struct.pack("BBH", CTRL_CMD_GETFAMILY, 1, 0) + attr
+    msg = struct.pack("IHHII", 16 + len(payload), GENL_ID_CTRL, NLM_F_REQUEST, 1, 0) + payload
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC) as s:
+        s.send(msg)
+        data = s.recv(65536)
+    _ln, typ, _fl, _seq, _pid = struct.unpack_from("IHHII", data)
+    if typ == NLMSG_ERROR:
+        (err,) = struct.unpack_from("i", data, 16)
+        if -err == errno.ENOENT:
+            return None
+        raise OSError(-err, os.strerror(-err))
+    top = _attrs(data[20:])
+    ops = set()
+    for op in _attrs(top.get(CTRL_ATTR_OPS, b"")).values():
+        a = _attrs(op)
+        if CTRL_ATTR_OP_ID in a:
+            ops.add(struct.unpack("I", a[CTRL_ATTR_OP_ID])[0])
+    (fid,) = struct.unpack("H", top[CTRL_ATTR_FAMILY_ID][:2])
+    return fid, ops
+
+
+# include/uapi/linux/netdev.h (6.12 / 6.13)
+NETDEV_CMD_NAPI_GET = 11
+NETDEV_CMD_NAPI_SET = 14
+NETDEV_A_NAPI = {1: "ifindex", 2: "id", 3: "irq", 4: "pid"}
+
+
+def napi_dump(ifindex: int) -> list[dict[str, int]]:
+    """netdev napi-get dump for one device: [{"ifindex", "id", "irq"?, "pid"?}, ...]."""
+    fam = genl_family("netdev")
+    assert fam is not None, "no netdev generic netlink family"
+    fid, _ = fam
+    attr = struct.pack("HHI", 8, 1, ifindex)  # NETDEV_A_NAPI_IFINDEX
+    payload = struct.pack("BBH", NETDEV_CMD_NAPI_GET, 1, 0) + attr
+    msg = struct.pack("IHHII", 16 + len(payload), fid, NLM_F_REQUEST | NLM_F_DUMP, 2, 0)
+    out: list[dict[str, int]] = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC) as s:
+        s.send(msg + payload)
+        while True:
+            data = s.recv(65536)
+            while data:
+                ln, typ, _fl, _seq, _pid = struct.unpack_from("IHHII", data)
+                if typ == NLMSG_DONE:
+                    return out
+                if typ == NLMSG_ERROR:
+                    (err,) = struct.unpack_from("i", data, 16)
+                    raise OSError(-err, os.strerror(-err))
+                a = _attrs(data[20:ln])
+                out.append(
+                    {
+                        NETDEV_A_NAPI[k]: struct.unpack("I", v[:4])[0]
+                        for k, v in a.items()
+                        if k in NETDEV_A_NAPI
+                    }
+                )
+                data = data[(ln + 3) & ~3 :]
+
+
+def kernel_at_least(major: int, minor: int) -> bool:
+    m = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    assert m, os.uname().release
+    return (int(m.group(1)), int(m.group(2))) >= (major, minor)
