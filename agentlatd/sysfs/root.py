@@ -92,6 +92,17 @@ class Root:
     def exists(self, rel: str) -> bool:
         return os.path.lexists(self.path(rel))
 
+    def mode(self, rel: str) -> int | None:
+        """Permission bits of `rel` (None when absent).
+
+        Since 6.12 the kernel makes a managed IRQ's /proc/irq/N/smp_affinity*
+        files 0444 (seen in the VM tier): a mode read detects it without a write.
+        """
+        try:
+            return os.lstat(self.path(rel)).st_mode & 0o7777
+        except OSError:
+            return None
+
     def isdir(self, rel: str) -> bool:
         return os.path.isdir(self.path(rel))
 
