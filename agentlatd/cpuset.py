@@ -93,17 +93,21 @@ class CpuSet(frozenset[int]):
         return ",".join(out)
 
     def to_mask(self, nr_cpus: int | None = None) -> str:
-        """The kernel's mask form, 32-bit words, most significant first.
+        """The kernel's mask form, as bitmap_print_to_pagebuf() ("%*pb") prints it.
 
-        nr_cpus is the number of possible CPUs: the kernel prints as many words
-        as it takes to cover them ("00000000,00000001" on a 33..64-CPU host).
+        nr_cpus is nr_cpu_ids (possible CPUs): 32-bit words, most significant
+        first, and the first word only as wide as the remaining bits need
+        (2 CPUs -> "3", 8 -> "ff", 40 -> "ff,ffffffff", 64 -> "00000000,00000001").
         """
         width = max(nr_cpus or 0, (max(self) + 1) if self else 1)
         nwords = max(1, (width + 31) // 32)
+        top_bits = width - 32 * (nwords - 1)
         value = 0
         for c in self:
             value |= 1 << c
         words = [f"{(value >> (32 * i)) & 0xFFFFFFFF:08x}" for i in reversed(range(nwords))]
+        top_digits = (top_bits + 3) // 4
+        words[0] = words[0][-top_digits:]
         return ",".join(words)
 
     def __str__(self) -> str:

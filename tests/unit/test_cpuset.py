@@ -46,8 +46,10 @@ def test_parse_mask(mask: str, cpus: set[int]) -> None:
 def test_mask_width_follows_possible_cpus() -> None:
     # the kernel prints one 32-bit word per 32 possible CPUs
     assert CpuSet({0}).to_mask(64) == "00000000,00000001"
-    assert CpuSet({0}).to_mask(4) == "00000001"
-    assert CpuSet().to_mask(2) == "00000000"
+    assert CpuSet({0}).to_mask(4) == "1"  # as /sys/.../rps_cpus prints on a 4-CPU host
+    assert CpuSet({0, 1}).to_mask(2) == "3"
+    assert CpuSet().to_mask(2) == "0"
+    assert CpuSet(range(40)).to_mask(40) == "ff,ffffffff"
 
 
 def test_algebra_keeps_type() -> None:
