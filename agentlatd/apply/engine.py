@@ -1,0 +1,712 @@
+"""The tuning engine: apply a plan's Changes through Knobs, journal, verify, roll back.
+
+style.md habits 5-7. For each Change the engine reads the current value, skips
+a no-op, journals the original before the first write (crash-safe, see
+journal.py), writes, reads back (the kernel may clamp or ignore: reported
+"clamped"), and handles a failure by its ErrClass, never by raw errno. One
+failing knob never stops the others. Rollback restores every original in
+reverse order and removes the journal only when every entry is back.
+
+A journal found at start (recover()):
+  - complete = false: a run died in the middle of a batch of writes (kill -9,
+    OOM, power). It is RESTORED before anything else: the batch's written
+    values are unknown (a crash can land between a write and the journal
+    update), and a half-applied plan (IRQs moved, RPS not) is a state nobody
+    chose. Restoring returns the host to the last state a person saw; the new
+    run then applies its plan from there.
+  - complete = true: the previous run finished its batch and left its changes
+    in place on purpose (`agentlatd apply` is one-shot and exits; a daemon
+    killed between ticks). It is ADOPTED: its originals stay the originals
+    (re-reading now would journal agentlatd's own values as "original") and
+    the next apply continues from it; `agentlatd rollback` undoes both.
+  - from another boot (boot_id differs): the kernel state it describes is
+    gone; it is renamed journal.json.stale-boot and not replayed.
+  - for another root or network namespace: refused with a JournalError (a
+    sysfs path in another namespace is another device).
+  - damaged: kept aside as journal.json.corrupt, every entry that still parses
+    is restored, and the report says what was wrong.
+
+Drift (check_drift): a journaled knob whose value is no longer what agentlatd
+wrote was changed by another writer. policy.daemon.drift = "yield" reports it
+and stops managing it (flag "yielded"; rollback still restores the original,
+as etc/agentlatd.toml documents); "reassert" writes agentlatd's value back.
+
+Kernel-managed IRQs (EIO on smp_affinity_list on 6.1, EPERM on 6.12 where the
+file is 0444: both ErrClass.MANAGED, seen in the VM tier) are flagged in the
+journal and never written again while the journal lives (the daemon's
+lifetime, or until `agentlatd rollback`).
+
+Use (the daemon keeps one Engine, and its lock, for its lifetime):
+    with Engine(root, policy.daemon.state_dir, policy=policy) as eng:
+        eng.recover()                      # first, before any other write
+        report = eng.apply(plan.changes)   # each tick; no-ops cost one read each
+        drifted = eng.check_drift()        # each tick
+        ...
+        eng.rollback()                     # on stop
+
+Test hook: AGENTLATD_TEST_CRASH_AFTER_WRITES=N makes the process SIGKILL itself
+right after its Nth successful kernel write (apply, reassert or restore
+writes, counted per process); N=0 kills it right after the journal is saved,
+before the first write. tests/apply/test_crash.py uses it to kill at every
+write point; it has no other use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import signal
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentlatd.apply import irqbalance, journal
+from agentlatd.apply.journal import FLAG_MANAGED, FLAG_YIELDED, Entry, Journal, JournalDamaged
+from agentlatd.apply.knobs import REGISTRY, Knob, load_plugins
+from agentlatd.errors import AgentlatdError, JournalError, KernelError
+from agentlatd.kernel.errnos import ErrClass
+from agentlatd.plan.changes import Change
+from agentlatd.policy import Policy
+from agentlatd.sysfs.root import Root
+
+CRASH_ENV = "AGENTLATD_TEST_CRASH_AFTER_WRITES"
+
+# apply statuses
+CHANGED = "changed"  # written and read back as desired
+UNCHANGED = "unchanged"  # already right: no write
+CLAMPED = "clamped"  # written, but the kernel shows another value (clamped or ignored)
+FAILED = "failed"  # the write (or the read before it) failed
+UNSUPPORTED = "unsupported"  # the device or kernel lacks the knob (EOPNOTSUPP): not fatal
+MANAGED = "managed"  # kernel-managed IRQ: recorded, never retried
+SKIPPED = "skipped"  # not attempted (irqbalance refuse, yielded to another writer)
+PLANNED = "planned"  # --dry-run: would be written
+# rollback statuses (plus UNCHANGED, FAILED, CLAMPED, MANAGED)
+RESTORED = "restored"
+GONE = "gone"  # the object vanished (device removed): nothing left to restore
+
+_ADVICE: dict[ErrClass, str] = {
+    ErrClass.MANAGED: "the kernel manages this IRQ's affinity; recorded, never retried",
+    ErrClass.NO_SPACE: "no free interrupt vector on those CPUs; a wider CPU set may fit",
+    ErrClass.TRANSIENT: "busy; a later tick tries again",
+    ErrClass.GONE: "the object vanished; the next tick rescans",
+    ErrClass.UNSUPPORTED: "not supported by this device or kernel",
+    ErrClass.INVALID: "the kernel refused the value",
+    ErrClass.DENIED: "not permitted (root? read-only filesystem? LSM?)",
+    ErrClass.IO: "I/O error",
+}
+
+
+def _sentence(e: KernelError) -> str:
+    return f"{e} -- {_ADVICE.get(e.errclass, '')}".rstrip(" -")
+
+
+# ---------------------------------------------------------------------------
+# reports
+
+
+@dataclass(frozen=True, slots=True)
+class KnobResult:
+    """What happened to one knob instance in an apply or a rollback."""
+
+    knob: str
+    target: str
+    status: str
+    before: str = ""  # value read before writing ("" when unknown)
+    desired: str = ""  # value asked for (apply: the plan's; rollback: the original)
+    after: str = ""  # value read back after writing ("" when not written)
+    errclass: str | None = None
+    message: str = ""  # one sentence for a person
+    reason: str = ""  # the plan's reason (apply)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"knob": self.knob, "target": self.target, "status": self.status,
+                "before": self.before, "desired": self.desired, "after": self.after,
+                "errclass": self.errclass, "message": self.message, "reason": self.reason}
+
+
+def _counts(results: Iterable[KnobResult]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in results:
+        out[r.status] = out.get(r.status, 0) + 1
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackReport:
+    results: tuple[KnobResult, ...]
+    journal: str
+    journal_removed: bool
+    damaged: str = ""  # what was wrong with a damaged journal ("" = it was fine)
+    kept_as: str = ""  # where a damaged journal was kept
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """Every original is back and nothing was lost."""
+        return not self.damaged and all(
+            r.status in (RESTORED, UNCHANGED, GONE, MANAGED) for r in self.results)
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "journal": self.journal, "journal_removed": self.journal_removed,
+                "damaged": self.damaged, "kept_as": self.kept_as, "notes": list(self.notes),
+                "summary": _counts(self.results), "results": [r.to_json() for r in self.results]}
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverReport:
+    action: str  # "none" | "adopted" | "restored" | "set-aside"
+    message: str
+    rollback: RollbackReport | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"action": self.action, "message": self.message,
+                "rollback": self.rollback.to_json() if self.rollback else None}
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyReport:
+    results: tuple[KnobResult, ...]
+    journal: str
+    recovery: RecoverReport | None = None
+    notes: tuple[str, ...] = ()
+    dry_run: bool = False
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def failed(self) -> bool:
+        """A knob failed for a reason other than lack of support or a managed IRQ."""
+        return any(r.status == FAILED for r in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dry_run": self.dry_run, "journal": self.journal,
+                "recovery": self.recovery.to_json() if self.recovery else None,
+                "notes": list(self.notes), "summary": _counts(self.results),
+                "results": [r.to_json() for r in self.results]}
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """A knob another writer changed after agentlatd set it."""
+
+    knob: str
+    target: str
+    expected: str  # what agentlatd wrote
+    actual: str  # what the kernel shows now
+    action: str  # "yielded" | "reasserted" | "failed" | "unreadable"
+    message: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"knob": self.knob, "target": self.target, "expected": self.expected,
+                "actual": self.actual, "action": self.action, "message": self.message}
+
+
+@dataclass(slots=True)
+class _Pending:
+    change: Change
+    knob: Knob
+    current: str
+    entry: Entry
+    new_entry: bool
+    result: KnobResult | None = field(default=None)
+
+
+# ---------------------------------------------------------------------------
+
+
+def _crash_after() -> int | None:
+    raw = os.environ.get(CRASH_ENV, "")
+    return int(raw) if raw.strip().isdigit() else None
+
+
+class Engine:
+    """Applies and rolls back knob changes on one Root, journaling under state_dir.
+
+    Holds an exclusive lock on <state_dir>/lock from its first operation until
+    close() (a daemon holds it for its lifetime; a second agentlatd on the same
+    state directory is refused, never interleaved). Use as a context manager.
+    """
+
+    def __init__(self, root: Root, state_dir: str, *, policy: Policy | None = None,
+                 knobs: Mapping[str, Knob] | None = None) -> None:
+        self.root = root
+        self.state_dir = os.path.abspath(state_dir)
+        self.policy = policy if policy is not None else Policy()
+        if knobs is None:
+            load_plugins()
+            knobs = REGISTRY
+        self._knobs = knobs
+        self._lock_fd: int | None = None
+        self._journal: Journal | None = None
+        self._recovered: RecoverReport | None = None
+        self._writes = 0
+        self._crash_after = _crash_after()
+
+    # -- lifecycle -------------------------------------------------------
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the fd drops the flock
+            self._lock_fd = None
+
+    @property
+    def journal_path(self) -> str:
+        return journal.journal_path(self.state_dir)
+
+    def _lock(self) -> None:
+        if self._lock_fd is not None:
+            return
+        try:
+            os.makedirs(self.state_dir, mode=0o755, exist_ok=True)
+            fd = os.open(os.path.join(self.state_dir, "lock"),
+                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise JournalError(f"cannot use state directory {self.state_dir}: {e.strerror}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise JournalError(f"state directory {self.state_dir} is in use by another "
+                                   f"agentlatd (pid {holder or '?'})") from None
+            raise JournalError(f"cannot lock {self.state_dir}/lock: {e.strerror}") from e
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+        # a save interrupted by a crash leaves journal.json.tmp<pid> behind
+        # (journal.json itself is the previous, consistent version)
+        for name in os.listdir(self.state_dir):
+            if name.startswith(journal.JOURNAL_NAME + ".tmp"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.state_dir, name))
+
+    def _identity(self) -> tuple[str, str]:
+        netns = self.root.readlink("proc/self/ns/net") if self.root.is_host else ""
+        boot = self.root.read_optional("proc/sys/kernel/random/boot_id")
+        return netns, boot
+
+    def _fresh(self) -> Journal:
+        netns, boot = self._identity()
+        return Journal(path=self.journal_path, root=self.root.base, netns=netns, boot_id=boot)
+
+    def _check_owner(self, j: Journal) -> None:
+        if os.path.abspath(j.root) != self.root.base:
+            raise JournalError(f"rollback journal {j.path} applies to root {j.root}, not "
+                               f"{self.root.base}: use its own --root or another --state-dir")
+        netns, _ = self._identity()
+        if j.netns and netns and j.netns != netns:
+            raise JournalError(f"rollback journal {j.path} was written in network namespace "
+                               f"{j.netns}; this process is in {netns}: run agentlatd there "
+                               f"(ip netns exec NAME agentlatd ...)")
+
+    def _stale_boot(self, j: Journal) -> bool:
+        _, boot = self._identity()
+        return bool(j.boot_id and boot and j.boot_id != boot)
+
+    def _load(self) -> tuple[Journal | None, RollbackReport | None, str]:
+        """Load the journal under the lock. A damaged one is salvaged and restored at once.
+
+        Returns (journal or None, rollback report of a salvage, set-aside message).
+        """
+        try:
+            j = journal.load(self.journal_path)
+        except JournalDamaged as e:
+            sal = journal.salvage(self.journal_path, default_root=self.root.base)
+            if sal.root_known:
+                self._check_owner(sal.journal)
+            j = sal.journal
+            j.path = self.journal_path
+            rep = self._restore(j, damaged=f"{e.problem}; {sal.lines_lost} damaged line(s) lost"
+                                if sal.lines_lost else e.problem, kept_as=sal.kept_as)
+            return None if rep.journal_removed else j, rep, ""
+        if j is None:
+            return None, None, ""
+        self._check_owner(j)
+        if self._stale_boot(j):
+            kept = journal.set_aside(self.journal_path, ".stale-boot")
+            return None, None, (f"rollback journal from an earlier boot (boot id {j.boot_id}) "
+                                f"kept as {kept}, not replayed: the kernel state it describes "
+                                "is gone")
+        return j, None, ""
+
+    # -- recover ---------------------------------------------------------
+    def recover(self) -> RecoverReport:
+        """Deal with a journal left by an earlier run (see the module docstring)."""
+        if self._recovered is not None:
+            return self._recovered
+        self._lock()
+        j, salvaged, aside = self._load()
+        if salvaged is not None:
+            rep = RecoverReport("restored", f"damaged journal salvaged: {salvaged.damaged}; "
+                                f"kept as {salvaged.kept_as}", salvaged)
+            self._journal = j if j is not None else self._fresh()
+        elif aside:
+            rep = RecoverReport("set-aside", aside)
+            self._journal = self._fresh()
+        elif j is None:
+            rep = RecoverReport("none", "no journal: nothing to recover")
+            self._journal = self._fresh()
+        elif not j.complete:
+            rb = self._restore(j)
+            rep = RecoverReport("restored", f"journal of an interrupted run (pid {j.pid}): "
+                                f"{len(rb.results)} original(s) restored before anything else"
+                                + ("" if rb.ok else "; some could not be restored"), rb)
+            self._journal = j if not rb.journal_removed else self._fresh()
+        else:
+            rep = RecoverReport("adopted", f"journal of a finished run (pid {j.pid}) adopted: "
+                                f"{len(j.entries)} original(s) kept for rollback")
+            self._journal = j
+        self._recovered = rep
+        return rep
+
+    def _j(self) -> Journal:
+        self.recover()
+        assert self._journal is not None
+        return self._journal
+
+    def managed(self) -> frozenset[tuple[str, str]]:
+        """Knob instances the kernel manages (never written again)."""
+        return frozenset(e.key for e in self._j().entries if e.has(FLAG_MANAGED))
+
+    def entries(self) -> tuple[Entry, ...]:
+        return tuple(self._j().entries)
+
+    # -- kernel writes ---------------------------------------------------
+    def _wrote(self) -> None:
+        self._writes += 1
+        if self._crash_after is not None and self._writes == self._crash_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _knob(self, name: str) -> Knob | None:
+        return self._knobs.get(name)
+
+    # -- apply -----------------------------------------------------------
+    def apply(self, changes: Iterable[Change], *, dry_run: bool = False) -> ApplyReport:
+        """Apply `changes` in order; every one gets a KnobResult."""
+        changes = list(changes)
+        recovery: RecoverReport | None = None
+        if not dry_run:
+            first = self._recovered is None
+            recovery = self.recover()
+            if not first or recovery.action == "none":
+                recovery = None
+        j = self._journal if not dry_run else None
+
+        notes: list[str] = []
+        pids: tuple[int, ...] = ()
+        if any(c.knob == "irq.affinity" for c in changes):
+            pids = irqbalance.running(self.root)
+            msg = irqbalance.note(self.policy.daemon.irqbalance, pids)
+            if msg:
+                notes.append(msg)
+        steer = irqbalance.steers_irqs(self.policy.daemon.irqbalance, pids)
+
+        # the last change of a knob instance wins; earlier ones are superseded
+        last: dict[tuple[str, str], int] = {c.key: i for i, c in enumerate(changes)}
+        results: list[KnobResult | None] = [None] * len(changes)
+        pending: list[tuple[int, _Pending]] = []
+        for i, c in enumerate(changes):
+            def res(status: str, message: str = "", *, before: str = "",
+                    errclass: ErrClass | None = None, c: Change = c) -> KnobResult:
+                return KnobResult(c.knob, c.target, status, before, c.desired, "",
+                                  errclass.value if errclass else None, message, c.reason)
+
+            if last[c.key] != i:
+                results[i] = res(SKIPPED, "superseded by a later change of the same knob")
+                continue
+            knob = self._knob(c.knob)
+            if knob is None:
+                results[i] = res(FAILED, f"no knob named {c.knob!r} in this build",
+                                 errclass=ErrClass.INVALID)
+                continue
+            try:
+                knob.check_target(c.target)
+            except ValueError as e:
+                results[i] = res(FAILED, str(e), errclass=ErrClass.INVALID)
+                continue
+            if knob.live_only and not self.root.is_host:
+                # a recorded tree's "eth0" or pid is not this host's: never reach them
+                results[i] = res(UNSUPPORTED, f"{c.knob} acts on the live kernel only; "
+                                 f"{self.root.base} is a recorded tree",
+                                 errclass=ErrClass.UNSUPPORTED)
+                continue
+            entry = j.find(c.knob, c.target) if j is not None else None
+            if entry is not None and entry.has(FLAG_MANAGED):
+                results[i] = res(MANAGED, "kernel-managed IRQ (EIO earlier): not retried",
+                                 errclass=ErrClass.MANAGED)
+                continue
+            if entry is not None and entry.has(FLAG_YIELDED):
+                results[i] = res(SKIPPED, "another writer changed it after agentlatd; "
+                                          "yielded (policy daemon.drift = \"yield\")")
+                continue
+            if c.knob == "irq.affinity" and not steer:
+                results[i] = res(SKIPPED, "irqbalance is running and policy daemon.irqbalance "
+                                          "= \"refuse\": IRQ affinity left to it")
+                continue
+            try:
+                current = knob.read(self.root, c.target)
+            except KernelError as e:
+                st = UNSUPPORTED if e.errclass is ErrClass.UNSUPPORTED else FAILED
+                results[i] = res(st, _sentence(e), errclass=e.errclass)
+                continue
+            except (ValueError, AgentlatdError) as e:
+                results[i] = res(FAILED, f"cannot read: {e}", errclass=ErrClass.INVALID)
+                continue
+            shown = knob.original_of(current, c.desired)  # the fields this change names
+            if knob.equal(current, c.desired):
+                results[i] = res(UNCHANGED, "already right", before=shown)
+                continue
+            if dry_run:
+                results[i] = res(PLANNED, "would be written", before=shown)
+                continue
+            assert j is not None
+            new = entry is None
+            if entry is None:
+                entry = j.add(c.knob, c.target, knob.original_of(current, c.desired))
+            else:
+                entry.original = knob.merge_original(entry.original,
+                                                     knob.original_of(current, c.desired))
+            pending.append((i, _Pending(c, knob, current, entry, new)))
+
+        if pending:
+            assert j is not None
+            # originals durable BEFORE the first write (style.md habit 6)
+            j.complete = False
+            j.save()
+            if self._crash_after == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+            for i, p in pending:
+                results[i] = self._write_one(p)
+                if p.new_entry and p.entry.written is None and not p.entry.has(FLAG_MANAGED):
+                    # the write failed: the kernel kept its value, nothing to restore
+                    j.remove_entry(p.entry)
+            j.complete = True
+            if j.entries:
+                j.save()
+            else:
+                j.delete()
+        out = tuple(r for r in results if r is not None)
+        return ApplyReport(out, self.journal_path, recovery, tuple(notes), dry_run)
+
+    def _write_one(self, p: _Pending) -> KnobResult:
+        c, knob = p.change, p.knob
+
+        def res(status: str, message: str, after: str = "",
+                errclass: ErrClass | None = None) -> KnobResult:
+            return KnobResult(c.knob, c.target, status, knob.original_of(p.current, c.desired),
+                              c.desired, after,
+                              errclass.value if errclass else None, message, c.reason)
+
+        try:
+            knob.write(self.root, c.target, c.desired)
+        except KernelError as e:
+            if e.errclass is ErrClass.MANAGED:
+                p.entry.set_flag(FLAG_MANAGED)
+                return res(MANAGED, _sentence(e), errclass=e.errclass)
+            st = UNSUPPORTED if e.errclass is ErrClass.UNSUPPORTED else FAILED
+            return res(st, _sentence(e), errclass=e.errclass)
+        except ValueError as e:
+            return res(FAILED, str(e), errclass=ErrClass.INVALID)
+        except AgentlatdError as e:
+            return res(FAILED, str(e), errclass=ErrClass.IO)
+        self._wrote()
+        try:
+            ok, shown = knob.verify(self.root, c.target, c.desired)
+        except (KernelError, ValueError) as e:
+            p.entry.written = c.desired
+            return res(CHANGED, f"written; reading it back failed: {e}")
+        if ok:
+            p.entry.written = c.desired
+            return res(CHANGED, "written and read back", shown)
+        # the kernel clamped or ignored it: remember what it shows, so the
+        # next tick does not mistake the kernel's own value for drift
+        try:
+            p.entry.written = knob.read(self.root, c.target)
+        except (KernelError, ValueError):
+            p.entry.written = shown
+        return res(CLAMPED, f"written {c.desired!r}; the kernel shows {shown!r}", shown)
+
+    # -- rollback --------------------------------------------------------
+    def rollback(self) -> RollbackReport:
+        """Restore every journaled original, in reverse order."""
+        self._lock()
+        if self._recovered is not None and self._journal is not None:
+            j: Journal | None = self._journal
+            salvaged, aside = None, ""
+        else:
+            j, salvaged, aside = self._load()
+        self._recovered = RecoverReport("none", "rolled back")
+        if salvaged is not None:
+            self._journal = j if j is not None else self._fresh()
+            return salvaged
+        if j is None:
+            self._journal = self._fresh()
+            return RollbackReport((), self.journal_path, False,
+                                  notes=(aside or "no journal: nothing to roll back",))
+        rep = self._restore(j)
+        self._journal = j if not rep.journal_removed else self._fresh()
+        return rep
+
+    def _restore(self, j: Journal, *, damaged: str = "", kept_as: str = "") -> RollbackReport:
+        results: list[KnobResult] = []
+        keep: list[Entry] = []
+        for e in reversed(j.entries):
+            r = self._restore_one(e)
+            results.append(r)
+            if r.status not in (RESTORED, UNCHANGED, GONE, MANAGED):
+                keep.append(e)
+        keep.reverse()
+        j.entries = keep
+        removed = False
+        if keep:
+            j.save()  # the failed ones stay journaled for the next attempt
+        else:
+            j.delete()
+            removed = True
+        notes: tuple[str, ...] = ()
+        if keep:
+            notes = (f"{len(keep)} original(s) could not be restored and stay in {j.path}",)
+        return RollbackReport(tuple(results), j.path, removed, damaged, kept_as, notes)
+
+    def _restore_one(self, e: Entry) -> KnobResult:
+        def res(status: str, message: str, before: str = "", after: str = "",
+                errclass: ErrClass | None = None) -> KnobResult:
+            return KnobResult(e.knob, e.target, status, before, e.original, after,
+                              errclass.value if errclass else None, message)
+
+        if e.has(FLAG_MANAGED) and e.written is None:
+            return res(MANAGED, "kernel-managed IRQ: agentlatd never changed it")
+        knob = self._knob(e.knob)
+        if knob is None:
+            return res(FAILED, f"no knob named {e.knob!r} in this build; entry kept",
+                       errclass=ErrClass.INVALID)
+        if knob.live_only and not self.root.is_host:
+            return res(FAILED, f"{e.knob} acts on the live kernel only; entry kept",
+                       errclass=ErrClass.UNSUPPORTED)
+        try:
+            current = knob.read(self.root, e.target)
+        except KernelError as err:
+            if err.errclass is ErrClass.GONE:
+                return res(GONE, f"{_sentence(err)}: nothing left to restore", errclass=err.errclass)
+            return res(FAILED, _sentence(err), errclass=err.errclass)
+        except (ValueError, AgentlatdError) as err:
+            return res(FAILED, f"cannot read: {err}", errclass=ErrClass.INVALID)
+        current = knob.original_of(current, e.original)  # the journaled fields only
+        if knob.equal(current, e.original):
+            return res(UNCHANGED, "already at its original value", current, current)
+        try:
+            knob.write(self.root, e.target, e.original)
+        except KernelError as err:
+            if err.errclass is ErrClass.GONE:
+                return res(GONE, f"{_sentence(err)}: nothing left to restore", current,
+                           errclass=err.errclass)
+            return res(FAILED, _sentence(err), current, errclass=err.errclass)
+        except (ValueError, AgentlatdError) as err:
+            return res(FAILED, str(err), current, errclass=ErrClass.INVALID)
+        self._wrote()
+        try:
+            after = knob.read(self.root, e.target)
+        except (KernelError, ValueError) as err:
+            return res(FAILED, f"written; reading it back failed: {err}", current,
+                       errclass=ErrClass.IO)
+        after = knob.original_of(after, e.original)
+        if knob.equal(after, e.original):
+            return res(RESTORED, "restored", current, after)
+        return res(CLAMPED, f"wrote {e.original!r}; the kernel shows {after!r}", current, after)
+
+    # -- drift -----------------------------------------------------------
+    def check_drift(self) -> list[Drift]:
+        """Knobs another writer changed after agentlatd set them; yield or reassert per policy."""
+        j = self._j()
+        mode = self.policy.daemon.drift
+        out: list[Drift] = []
+        dirty = False
+        for e in j.entries:
+            if e.written is None or e.has(FLAG_MANAGED) or e.has(FLAG_YIELDED):
+                continue
+            knob = self._knob(e.knob)
+            if knob is None:
+                continue
+            try:
+                current = knob.read(self.root, e.target)
+            except (KernelError, ValueError) as err:
+                out.append(Drift(e.knob, e.target, e.written, "", "unreadable", str(err)))
+                continue
+            if knob.equal(current, e.written):
+                continue
+            if mode == "yield":
+                e.set_flag(FLAG_YIELDED)
+                dirty = True
+                out.append(Drift(e.knob, e.target, e.written, current, "yielded",
+                                 "changed by another writer; agentlatd stops managing it "
+                                 "(rollback still restores the original)"))
+                continue
+            try:
+                knob.write(self.root, e.target, e.written)
+                self._wrote()
+                # drift is defined on read(), so is its repair (verify() would also
+                # demand an IRQ's effective affinity, which moves at its next interrupt)
+                shown = knob.read(self.root, e.target)
+                ok = knob.equal(shown, e.written)
+            except (KernelError, ValueError) as err:
+                out.append(Drift(e.knob, e.target, e.written, current, "failed",
+                                 f"reassert failed: {err}"))
+                continue
+            out.append(Drift(e.knob, e.target, e.written, current,
+                             "reasserted" if ok else "failed",
+                             "written back" if ok else f"written back; the kernel shows {shown!r}"))
+        if dirty:
+            j.save()
+        return out
+
+
+# ---------------------------------------------------------------------------
+
+
+def rollback_commands(root: Root, state_dir: str) -> list[str]:
+    """Shell commands that would restore the journal's originals; reads only.
+
+    For `agentlatd rollback --print`: takes no lock and moves nothing (a damaged
+    journal is read leniently and the damage is said in a comment line).
+    """
+    load_plugins()
+    path = journal.journal_path(os.path.abspath(state_dir))
+    out: list[str] = []
+    try:
+        j = journal.load(path)
+    except JournalDamaged as exc:
+        sal = journal.salvage(path, default_root=root.base, move=False)
+        j = sal.journal
+        out.append(f"# WARNING: {exc}; {len(j.entries)} entries still parse, "
+                   f"{sal.lines_lost} damaged line(s) lost")
+    if j is None:
+        return ["# no rollback journal at " + path + ": nothing to restore"]
+    out.append(f"# agentlatd rollback of {path} (root {j.root}"
+               + (f", network namespace {j.netns}" if j.netns else "") + ")")
+    if os.path.abspath(j.root) != root.base:
+        out.append(f"# NOTE: the journal applies to root {j.root}, not {root.base}")
+    for e in reversed(j.entries):
+        if e.has(FLAG_MANAGED) and e.written is None:
+            out.append(f"# {e.knob} {e.target}: kernel-managed, never changed")
+            continue
+        knob = REGISTRY.get(e.knob)
+        if knob is None:
+            out.append(f"# {e.knob} {e.target}: no such knob in this build; original {e.original!r}")
+            continue
+        try:
+            out.append(knob.shell(e.target, e.original))
+        except ValueError as err:
+            out.append(f"# {e.knob} {e.target}: {err}")
+    return out

@@ -1,0 +1,70 @@
+"""proc/<pid>/comm: is irqbalance running, and how agentlatd coexists with it.
+
+Documentation/filesystems/proc.rst (/proc/PID/comm); irqbalance(1).
+
+irqbalance rewrites /proc/irq/N/smp_affinity of every IRQ it has not banned
+on each rebalance pass (every 10 s by default; activate.c). Two writers of the
+same file fight: agentlatd steers a NIC queue IRQ to a completion CPU, irqbalance
+moves it back to the least loaded CPU -- often a home CPU -- and the agent loop
+takes the interrupt it was promised it would not.
+
+The options considered:
+  1. Ban through irqbalance's own socket (irqbalance >= 1.7 listens on
+     /run/irqbalance/irqbalance<pid>.sock; "settings cpus <list>" bans CPUs).
+     Rejected as the default: the protocol is undocumented and has changed
+     between releases, a ban set over the socket is lost when irqbalance
+     restarts (so agentlatd would have to watch for restarts), and it can
+     only ban CPUs, not hand single IRQs to agentlatd.
+  2. Stop or mask irqbalance. Rejected: agentlatd must not stop services it
+     did not start; the SRE owns that decision.
+  3. Refuse to steer IRQs while irqbalance runs, say so, and print how to hand
+     the IRQs over (IRQBALANCE_BANNED_CPULIST=<home CPUs> in
+     /etc/default/irqbalance, or --banirq=N, or stop irqbalance). Every other
+     knob (RPS/XPS, NAPI, coalescing, rq_affinity, agent pinning) still
+     applies: they are not irqbalance's.
+
+Decision: policy.daemon.irqbalance = "refuse" (the default) is option 3. The
+planner leaves irq.affinity out and adds a plan note; the engine enforces it
+too (an irq.affinity Change while irqbalance runs is reported "skipped", never
+written), so a stale plan cannot start the fight. "ignore" steers anyway and
+relies on drift detection: each tick compares smp_affinity_list with what
+agentlatd wrote and, per policy.daemon.drift, yields or reasserts (reassert
+against irqbalance means a rewrite every ~10 s; the report says so).
+"""
+
+from __future__ import annotations
+
+from agentlatd.sysfs.root import Root
+
+COMM = "irqbalance"
+
+
+def running(root: Root) -> tuple[int, ...]:
+    """Pids whose proc/<pid>/comm is "irqbalance" (sorted; empty when none)."""
+    pids: list[int] = []
+    for name in root.listdir("proc"):
+        if not name.isdigit():
+            continue
+        # a process may exit between listdir and read: read_optional -> ""
+        if root.read_optional(f"proc/{name}/comm") == COMM:
+            pids.append(int(name))
+    return tuple(sorted(pids))
+
+
+def steers_irqs(mode: str, pids: tuple[int, ...]) -> bool:
+    """Whether agentlatd writes IRQ affinity under irqbalance mode `mode`."""
+    return not pids or mode == "ignore"
+
+
+def note(mode: str, pids: tuple[int, ...], home_cpus: str = "") -> str:
+    """One sentence for the report and the plan notes ("" when irqbalance is not running)."""
+    if not pids:
+        return ""
+    who = f"irqbalance is running (pid {', '.join(str(p) for p in pids)})"
+    if mode == "ignore":
+        return (f"{who} and policy daemon.irqbalance = \"ignore\": IRQs are steered "
+                "anyway; irqbalance will move them back and drift reports it")
+    ban = f"IRQBALANCE_BANNED_CPULIST={home_cpus}" if home_cpus else "IRQBALANCE_BANNED_CPULIST"
+    return (f"{who}: IRQ affinity is left to it (policy daemon.irqbalance = \"refuse\"); "
+            f"other knobs still apply. To let agentlatd steer IRQs, set {ban} in "
+            "/etc/default/irqbalance or stop irqbalance")

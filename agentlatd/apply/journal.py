@@ -1,0 +1,346 @@
+"""The rollback journal: the original value of every knob agentlatd changed.
+
+<state_dir>/journal.json (default /run/agentlatd: tmpfs, cleared at boot exactly
+when the kernel forgets the changes too). style.md habit 6: tuned keeps its
+originals in memory and a pickle and loses them on a crash; oracle/bpftune
+journals and prints its rollback. Here:
+
+- The original of a knob instance (knob, target) is journaled BEFORE its first
+  write, and never overwritten afterwards (a later read would return our own
+  value). The engine saves once before each batch of writes and once after.
+- Every save is crash-safe: write journal.json.tmp<pid>, fsync it, rename it
+  over journal.json, fsync the directory (rename alone is not durable until
+  the directory entry is on disk; ext4/xfs data=ordered semantics).
+- "complete": false while a batch is being written. A journal still saying
+  false at start means a run died mid-batch (kill -9, OOM, power): the engine
+  restores it before anything else (see engine.py for the decision).
+- Entries keep write order, one per line, so a damaged file can be salvaged
+  line by line. Each entry: knob, target, original, written (what the kernel
+  showed after our write, for drift detection; null until known), flags
+  ("managed": the kernel owns this IRQ, never retried; "yielded": another
+  writer changed it and policy said yield).
+- The journal names the root it applies to, the network namespace (on the
+  live root: a sysfs path in another namespace is another device) and the
+  boot id (a journal from an earlier boot describes kernel state that is gone).
+
+A damaged journal is never silently discarded: load() raises JournalDamaged
+naming the file and what is wrong; salvage() renames the file *.corrupt and
+returns whatever entries still parse, for the engine to restore.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentlatd.errors import JournalError
+
+VERSION = 1
+JOURNAL_NAME = "journal.json"
+FLAG_MANAGED = "managed"
+FLAG_YIELDED = "yielded"
+_FLAGS = (FLAG_MANAGED, FLAG_YIELDED)
+
+
+class JournalDamaged(JournalError):
+    """The journal file exists but does not parse; salvage() can recover entries."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"rollback journal {path} is damaged: {problem}")
+
+
+@dataclass(slots=True)
+class Entry:
+    """One knob instance: its original value and what agentlatd last wrote."""
+
+    knob: str
+    target: str
+    original: str
+    written: str | None = None
+    flags: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.knob, self.target)
+
+    def has(self, flag: str) -> bool:
+        return flag in self.flags
+
+    def set_flag(self, flag: str) -> None:
+        if flag not in self.flags:
+            self.flags.append(flag)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"knob": self.knob, "target": self.target, "original": self.original,
+                "written": self.written, "flags": list(self.flags)}
+
+
+def _entry_from(obj: Any, where: str) -> Entry:
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected an object, got {type(obj).__name__}")
+    for k in ("knob", "target", "original"):
+        if not isinstance(obj.get(k), str):
+            raise ValueError(f"{where}: field {k!r} missing or not a string")
+    written = obj.get("written")
+    if written is not None and not isinstance(written, str):
+        raise ValueError(f"{where}: field 'written' is not a string or null")
+    flags = obj.get("flags", [])
+    if not isinstance(flags, list) or not all(isinstance(f, str) and f in _FLAGS for f in flags):
+        raise ValueError(f"{where}: bad flags {flags!r}")
+    return Entry(obj["knob"], obj["target"], obj["original"], written, list(flags))
+
+
+@dataclass(slots=True)
+class Journal:
+    """The in-memory journal; save() makes it durable."""
+
+    path: str
+    root: str
+    netns: str = ""
+    boot_id: str = ""
+    complete: bool = True
+    pid: int = 0
+    entries: list[Entry] = field(default_factory=list)
+
+    # -- queries ---------------------------------------------------------
+    def find(self, knob: str, target: str) -> Entry | None:
+        for e in self.entries:
+            if e.knob == knob and e.target == target:
+                return e
+        return None
+
+    def add(self, knob: str, target: str, original: str) -> Entry:
+        """Journal the original of (knob, target); an existing entry is kept as is."""
+        e = self.find(knob, target)
+        if e is None:
+            e = Entry(knob, target, original)
+            self.entries.append(e)
+        return e
+
+    def remove_entry(self, entry: Entry) -> None:
+        self.entries.remove(entry)
+
+    # -- persistence -----------------------------------------------------
+    def dumps(self) -> str:
+        meta = {"version": VERSION, "root": self.root, "netns": self.netns,
+                "boot_id": self.boot_id, "complete": self.complete, "pid": self.pid,
+                "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        head = json.dumps(meta)[:-1] + ', "entries": ['
+        lines = [json.dumps(e.to_json()) for e in self.entries]
+        # one entry per line: a damaged file can be salvaged line by line
+        return head + "\n" + ",\n".join(lines) + ("\n" if lines else "") + "]}\n"
+
+    def save(self) -> None:
+        """Crash-safe replace of the journal file (tmp, fsync, rename, fsync dir)."""
+        self.pid = os.getpid()
+        atomic_write(self.path, self.dumps().encode())
+
+    def delete(self) -> None:
+        """Remove the journal file (every original restored); durable like save()."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise JournalError(f"cannot remove rollback journal {self.path}: {e.strerror}") from e
+        _fsync_dir(os.path.dirname(self.path))
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    d = os.path.dirname(path) or "."
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        # O_NOFOLLOW: a planted symlink must not redirect a root-owned write
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
+                     0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise JournalError(f"cannot write rollback journal {path}: {e.strerror}") from e
+    _fsync_dir(d)
+
+
+def _fsync_dir(d: str) -> None:
+    try:
+        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise JournalError(f"cannot open state directory {d}: {e.strerror}") from e
+    try:
+        os.fsync(dfd)
+    except OSError as e:
+        raise JournalError(f"cannot fsync state directory {d}: {e.strerror}") from e
+    finally:
+        os.close(dfd)
+
+
+def journal_path(state_dir: str) -> str:
+    return os.path.join(state_dir, JOURNAL_NAME)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise JournalError(f"cannot read rollback journal {path}: {e.strerror}") from e
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise JournalDamaged(path, f"not UTF-8 text (byte {e.start})") from None
+
+
+def parse(path: str, text: str) -> Journal:
+    """Parse journal text; JournalDamaged (naming `path`) on any problem."""
+    if not text.strip():
+        raise JournalDamaged(path, "the file is empty")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        what = "truncated" if exc.pos >= len(text.rstrip()) else "not valid JSON"
+        raise JournalDamaged(path, f"{what} (line {exc.lineno} column {exc.colno}: {exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise JournalDamaged(path, "expected a JSON object at the top")
+    version = obj.get("version")
+    if version != VERSION:
+        if isinstance(version, int) and version > VERSION:
+            # not damage: a newer agentlatd wrote it; refusing beats guessing
+            raise JournalError(f"rollback journal {path} has format version {version}; this "
+                               f"agentlatd reads version {VERSION}: roll back with the newer one")
+        raise JournalDamaged(path, f"unknown format version {version!r}")
+    if not isinstance(obj.get("root"), str):
+        raise JournalDamaged(path, "field 'root' missing or not a string")
+    entries_raw = obj.get("entries")
+    if not isinstance(entries_raw, list):
+        raise JournalDamaged(path, "field 'entries' missing or not a list")
+    entries: list[Entry] = []
+    seen: set[tuple[str, str]] = set()
+    for i, raw in enumerate(entries_raw):
+        try:
+            e = _entry_from(raw, f"entry {i + 1}")
+        except ValueError as err:
+            raise JournalDamaged(path, str(err)) from None
+        if e.key in seen:
+            raise JournalDamaged(path, f"entry {i + 1}: {e.knob} {e.target} appears twice")
+        seen.add(e.key)
+        entries.append(e)
+    complete = obj.get("complete", True)
+    pid = obj.get("pid", 0)
+    return Journal(path=path, root=obj["root"], netns=str(obj.get("netns", "")),
+                   boot_id=str(obj.get("boot_id", "")),
+                   complete=complete if isinstance(complete, bool) else False,
+                   pid=pid if isinstance(pid, int) else 0, entries=entries)
+
+
+def load(path: str) -> Journal | None:
+    """The journal at `path`, None when there is none; JournalDamaged when it does not parse."""
+    text = _read(path)
+    if text is None:
+        return None
+    return parse(path, text)
+
+
+@dataclass(frozen=True, slots=True)
+class Salvage:
+    """What salvage() recovered from a damaged journal."""
+
+    journal: Journal  # the entries that parsed (complete=False: restore them)
+    problem: str  # what was wrong with the file
+    kept_as: str  # where the damaged file now lives
+    root_known: bool  # the header (root, netns, boot id) parsed
+    lines_lost: int  # lines that looked like entries and did not parse
+
+
+def salvage(path: str, *, default_root: str, move: bool = True) -> Salvage:
+    """Recover what still parses from a damaged journal, keeping the file aside.
+
+    The damaged file is renamed <path>.corrupt (.corrupt.1, ... if taken) when
+    `move`; nothing is deleted. Entries are read line by line (the format
+    writes one per line); the header's root/netns/boot id when its line parses.
+    """
+    text = _read_lenient(path)
+    try:
+        parse(path, text)
+        problem = "no problem found on a second read"
+    except JournalDamaged as exc:
+        problem = exc.problem
+    lines = text.splitlines()
+    meta: dict[str, Any] = {}
+    if lines:
+        head = lines[0].strip()
+        for attempt in (head + "]}", head):
+            try:
+                m = json.loads(attempt)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(m, dict):
+                meta = m
+                break
+    entries: list[Entry] = []
+    seen: set[tuple[str, str]] = set()
+    lost = 0
+    for n, line in enumerate(lines[1:], 2):
+        s = line.strip().rstrip(",").strip()
+        if s in ("", "]}", "]", "}"):
+            continue
+        try:
+            e = _entry_from(json.loads(s), f"line {n}")
+        except (json.JSONDecodeError, ValueError):
+            lost += 1
+            continue
+        if e.key in seen:
+            continue
+        seen.add(e.key)
+        entries.append(e)
+    root_known = isinstance(meta.get("root"), str)
+    j = Journal(path=path, root=meta["root"] if root_known else default_root,
+                netns=str(meta.get("netns", "")), boot_id=str(meta.get("boot_id", "")),
+                complete=False, entries=entries)
+    kept = path
+    if move:
+        kept = _aside(path, ".corrupt")
+    return Salvage(j, problem, kept, root_known, lost)
+
+
+def _read_lenient(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError as e:
+        raise JournalError(f"cannot read rollback journal {path}: {e.strerror}") from e
+
+
+def _aside(path: str, suffix: str) -> str:
+    """Rename `path` to path+suffix (or +suffix.N if taken); return the new name."""
+    cand = path + suffix
+    n = 0
+    while os.path.lexists(cand):
+        n += 1
+        cand = f"{path}{suffix}.{n}"
+    try:
+        os.rename(path, cand)
+    except OSError as e:
+        raise JournalError(f"cannot move damaged journal {path} aside: {e.strerror}") from e
+    _fsync_dir(os.path.dirname(path) or ".")
+    return cand
+
+
+def set_aside(path: str, suffix: str) -> str:
+    """Keep a journal that must not be replayed (another boot) under a new name."""
+    return _aside(path, suffix)

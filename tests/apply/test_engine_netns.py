@@ -1,0 +1,117 @@
+"""apply + rollback against the real kernel, in network namespaces the tests make.
+
+Each test creates its own namespace (alt-<random>) holding a veth pair, and
+runs `ip netns exec NS python -m agentlatd ...` there: sysfs inside shows only
+that namespace's devices, and the journal records the namespace, so nothing
+here can reach this machine's own devices. Every value under
+sys/class/net/<veth>/ (queues/ included) is compared byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+from applyhelpers import (
+    cli,
+    napi_set_fields,
+    napi_values,
+    netns_with_veths,
+    plan_file,
+    snapshot,
+    snapshot_diff,
+    veth_changes,
+)
+
+pytestmark = pytest.mark.netns
+
+
+def test_apply_then_rollback_restores_every_sysfs_value(tmp_path: pathlib.Path) -> None:
+    napi = napi_set_fields()
+    with netns_with_veths() as v:
+        a, b = v.devs
+        changes = veth_changes(a, b, napi)
+        plan = plan_file(tmp_path / "plan.json", changes)
+        state = str(tmp_path / "state")
+        before = snapshot(v.netns, v.devs)
+        napi_before = napi_values(v.netns, b) if napi else []
+
+        p = cli(["apply", "--plan", str(plan), "--state-dir", state, "--json"], netns=v.netns)
+        assert p.returncode == 0, p.stdout + p.stderr
+        rep = json.loads(p.stdout)
+        status = {(r["knob"], r["target"]): r["status"] for r in rep["results"]}
+        assert status.pop(("net.coalesce", a)) == "unsupported"  # veth: no ->get_coalesce
+        assert set(status.values()) == {"changed"}, rep
+        co = next(r for r in rep["results"] if r["knob"] == "net.coalesce")
+        assert co["errclass"] == "unsupported" and "coalesce" in co["message"]
+
+        during = snapshot(v.netns, v.devs)
+        changed = {ln.split(":")[0] for ln in snapshot_diff(before, during)}
+        want = {f"{d}/queues/{f}" for d in (a, b)
+                for f in ("rx-0/rps_cpus", "rx-0/rps_flow_cnt", "tx-0/xps_cpus")}
+        want |= {f"{a}/{f}" for f in ("threaded", "napi_defer_hard_irqs", "gro_flush_timeout")}
+        assert changed == want, snapshot_diff(before, during)
+        if napi:
+            (n,) = napi_values(v.netns, b)
+            assert n["defer_hard_irqs"] == 3 and n["gro_flush_timeout"] == 50000
+            if "irq_suspend_timeout" in napi:
+                assert n["irq_suspend_timeout"] == 1000
+            if "threaded" in napi:
+                assert n["threaded"] is True
+
+        p = cli(["rollback", "--state-dir", state], netns=v.netns)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "removed: every original is back" in p.stdout
+        after = snapshot(v.netns, v.devs)
+        assert snapshot_diff(before, after) == []
+        if napi:
+            assert napi_values(v.netns, b) == napi_before
+
+
+def test_rollback_refuses_another_network_namespace(tmp_path: pathlib.Path) -> None:
+    with netns_with_veths() as v1, netns_with_veths() as v2:
+        a, b = v1.devs
+        plan = plan_file(tmp_path / "plan.json", veth_changes(a, b, frozenset())[:1])
+        state = str(tmp_path / "state")
+        p = cli(["apply", "--plan", str(plan), "--state-dir", state], netns=v1.netns)
+        assert p.returncode == 0, p.stdout + p.stderr
+        p = cli(["rollback", "--state-dir", state], netns=v2.netns)
+        assert p.returncode == 1
+        assert "network namespace" in p.stderr and "ip netns exec" in p.stderr
+        p = cli(["rollback", "--state-dir", state], netns=v1.netns)
+        assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_planner_policy_apply_and_rollback(tmp_path: pathlib.Path) -> None:
+    """`agentlatd apply --config` with the real planner, limited to the test's veths."""
+    pytest.importorskip("agentlatd.model.build")
+    pytest.importorskip("agentlatd.plan.build")
+    with netns_with_veths() as v:
+        pol = tmp_path / "policy.toml"
+        pol.write_text(
+            "[devices]\n"
+            f"include = {json.dumps(list(v.devs))}\n"
+            "[tuning]\n"
+            "irq_affinity = false\n"
+            "rps = true\n"
+            "rps_flow_cnt = 4096\n"
+            "rps_sock_flow_entries = 0\n"  # global sysctl: never on the host
+            "xps = true\n"
+            "coalesce = true\n"
+            "threaded_napi = true\n"
+            "napi_defer_hard_irqs = 2\n"
+            "gro_flush_timeout = 20000\n")
+        state = str(tmp_path / "state")
+        before = snapshot(v.netns, v.devs)
+        p = cli(["apply", "--config", str(pol), "--state-dir", state, "--json"], netns=v.netns)
+        assert p.returncode == 0, p.stdout + p.stderr
+        rep = json.loads(p.stdout)
+        assert rep["summary"].get("changed", 0) > 0, rep
+        for r in rep["results"]:
+            assert r["target"].split("/")[0] in v.devs, r  # nothing outside the test's devices
+            assert r["knob"] != "sysctl"
+        assert snapshot_diff(before, snapshot(v.netns, v.devs)) != []
+        p = cli(["rollback", "--state-dir", state], netns=v.netns)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert snapshot_diff(before, snapshot(v.netns, v.devs)) == []
