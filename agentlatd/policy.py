@@ -89,7 +89,7 @@ class DevicesPolicy:
 @dataclass(frozen=True, slots=True)
 class HeatPolicy:
     # heat = irq_weight * (device IRQs/s / irq_scale)
-    #      + softirq_weight * (NET_RX+NET_TX+BLOCK+IRQ_POLL softirqs/s / softirq_scale)
+    #      + softirq_weight * (NET_RX+NET_TX+BLOCK+IRQ_POLL+TASKLET softirqs/s / softirq_scale)
     #      + time_weight * (share of time in hardirq+softirq)
     irq_scale: float = field(default=10000.0, metadata=_meta(_check_pos))
     softirq_scale: float = field(default=10000.0, metadata=_meta(_check_pos))

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from agentlatd.errors import KernelError
 
 _CHUNK = 1 << 16
+_SMALL = 8192  # > PAGE_SIZE: one read() holds any sysfs attribute
 
 
 class Root:
@@ -69,6 +70,48 @@ class Root:
             raise KernelError("read", rel, e.errno or 0, context) from e
         finally:
             os.close(fd)
+
+    def read_many(self, rel_dir: str, names: Iterable[str]) -> list[bytes | None]:
+        """Small files `rel_dir/name` for each name, None for one that is absent or unreadable.
+
+        For ticks that read hundreds of sysfs attributes (sample/counters.py
+        reads /sys/kernel/irq/N/per_cpu_count for every IRQ that fired): the
+        directory is opened once and each file with openat(), and one read()
+        of _SMALL bytes suffices for a file shorter than that (a sysfs show()
+        returns its whole value, at most PAGE_SIZE, on the first read; a
+        short read of a regular file is its end). Longer files are read on.
+        """
+        d = self.path(rel_dir)
+        out: list[bytes | None] = []
+        try:
+            dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return [None for _ in names]
+        try:
+            for name in names:
+                if name.startswith("/") or ".." in name.split("/"):
+                    raise ValueError(f"kernel path may not leave {rel_dir!r}: {name!r}")
+                try:
+                    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+                except OSError:
+                    out.append(None)
+                    continue
+                try:
+                    b = os.read(fd, _SMALL)
+                    if len(b) == _SMALL:
+                        chunks = [b]
+                        while b:
+                            b = os.read(fd, _CHUNK)
+                            chunks.append(b)
+                        b = b"".join(chunks)
+                    out.append(b)
+                except OSError:
+                    out.append(None)
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(dfd)
+        return out
 
     def read_text(self, rel: str, context: str | None = None) -> str:
         """The whole file as text."""

@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""CPU time of one sample + model tick on a synthetic 256-CPU x 2000-IRQ host (issue 2).
+
+Builds a host tree with bench/synth.py in a temp dir (fixed seed), then for
+each scenario runs N ticks of
+
+    cur = read_counters(root, watched, prev)    sample/counters.py
+    rates = compute_rates(prev, cur, heat)      model/rates.py
+
+timing only those two calls with time.process_time() (user + system CPU of
+this process), and prints the median and p99 per tick next to the naive
+baseline measured in the same run: read the whole /proc/interrupts, split
+every line, int() every count, and subtract per IRQ per CPU.
+
+Scenarios:
+  sysfs 10%      /sys/kernel/irq present; 10% of the IRQs fire per tick (a busy host)
+  sysfs all      worst case: every IRQ fires every tick
+  proc 10%/all   the same without /sys/kernel/irq: the /proc/interrupts
+                 line-skip fallback (old kernels, recorded trees)
+  naive 10%      the baseline: full split parse of /proc/interrupts per tick
+
+The tree is plain files on tmpfs (/dev/shm when there is one), so the
+kernel's own cost of generating /proc text on a real host is not in these
+figures; they measure agentlatd's share.
+
+    .venv/bin/python bench/tick.py            full run (~1 minute)
+    .venv/bin/python bench/tick.py --quick    a few ticks per scenario (~15 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from synth import SynthHost
+
+from agentlatd.model.rates import compute_rates
+from agentlatd.policy import HeatPolicy
+from agentlatd.sample.counters import CounterSnapshot, read_counters
+from agentlatd.sample.interrupts import parse_interrupts
+from agentlatd.sample.softirqs import parse_softirqs, read_softirqs
+from agentlatd.sample.stat import parse_stat, read_stat
+from agentlatd.sysfs.root import Root
+
+TARGET_MS = 5.0
+
+
+def p99(xs: list[float]) -> float:
+    s = sorted(xs)
+    return s[max(0, math.ceil(0.99 * len(s)) - 1)]
+
+
+def proc_only_root(base: str, work: str) -> Root:
+    """A root that shares base's proc/ and cpu files but has no sys/kernel/irq."""
+    d = os.path.join(work, "proc-only")
+    os.makedirs(os.path.join(d, "sys"), exist_ok=True)
+    os.symlink(os.path.join(base, "proc"), os.path.join(d, "proc"))
+    os.symlink(os.path.join(base, "sys", "devices"), os.path.join(d, "sys", "devices"))
+    return Root(d)
+
+
+def run_ticks(
+    host: SynthHost, root: Root, share: float, ticks: int, watched: frozenset[int], heat: HeatPolicy
+) -> tuple[list[float], CounterSnapshot]:
+    prev = read_counters(root, watched)  # warm-up: the first tick reads every watched IRQ
+    times: list[float] = []
+    cur = prev
+    for _ in range(ticks):
+        host.tick(share)
+        t0 = time.process_time()
+        cur = read_counters(root, watched, prev)
+        rates = compute_rates(prev, cur, heat)
+        t1 = time.process_time()
+        times.append((t1 - t0) * 1e3)
+        if rates.discontinuities:
+            raise SystemExit(f"unexpected discontinuity: {rates.discontinuities}")
+        prev = cur
+    return times, cur
+
+
+def naive_state(root: Root) -> tuple[dict[int, list[int]], int]:
+    """The baseline sample: the whole /proc/interrupts, split and int()ed."""
+    text = root.read_text("proc/interrupts")
+    lines = text.splitlines()
+    ncol = len(lines[0].split())
+    irqs: dict[int, list[int]] = {}
+    for line in lines[1:]:
+        toks = line.split()
+        if toks and toks[0][:-1].isdigit():
+            irqs[int(toks[0][:-1])] = [int(x) for x in toks[1:ncol + 1]]
+    parse_stat(read_stat(root))
+    parse_softirqs(read_softirqs(root))
+    return irqs, ncol
+
+
+def run_naive(host: SynthHost, root: Root, share: float, ticks: int) -> list[float]:
+    prev, ncol = naive_state(root)
+    times: list[float] = []
+    for _ in range(ticks):
+        host.tick(share)
+        t0 = time.process_time()
+        cur, ncol = naive_state(root)
+        per_cpu = [0] * ncol
+        for irq, c in cur.items():
+            p = prev.get(irq)
+            if p is None:
+                continue
+            d = [a - b for a, b in zip(c, p, strict=False)]
+            per_cpu = [x + y for x, y in zip(per_cpu, d, strict=False)]
+        t1 = time.process_time()
+        times.append((t1 - t0) * 1e3)
+        prev = cur
+    return times
+
+
+def run_parse_only(root: Root, ticks: int) -> list[float]:
+    times = []
+    for _ in range(ticks):
+        t0 = time.process_time()
+        parse_interrupts(root.read_text("proc/interrupts"))
+        times.append((time.process_time() - t0) * 1e3)
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="few ticks per scenario")
+    ap.add_argument("--ticks", type=int, default=0, help="ticks per fast scenario (default 200, quick 20)")
+    ap.add_argument("--cpus", type=int, default=256)
+    ap.add_argument("--irqs", type=int, default=2000)
+    ap.add_argument("--share", type=float, default=0.1, help="share of IRQs that fire per tick")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+    fast = args.ticks or (20 if args.quick else 200)
+    slow = max(3, fast // 4)
+    naive_n = max(3, fast // 10)
+
+    tmp_parent = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    work = tempfile.mkdtemp(prefix="agentlatd-bench-", dir=tmp_parent)
+    try:
+        base = os.path.join(work, "host")
+        t0 = time.monotonic()
+        host = SynthHost(base, ncpu=args.cpus, nirq=args.irqs, seed=args.seed)
+        host.write_all()
+        size = os.path.getsize(os.path.join(base, "proc", "interrupts"))
+        print(f"agentlatd tick benchmark: synthetic host {args.cpus} CPUs x {args.irqs} IRQs, "
+              f"seed {args.seed}")
+        print(f"/proc/interrupts {size / 1e6:.1f} MB, /proc/stat intr {host.nr_irqs} entries, "
+              f"built in {time.monotonic() - t0:.1f} s")
+        print(f"tree: {work}")
+        print("CPU per tick = time.process_time() of read_counters + compute_rates")
+        print()
+        sys_root = Root(base)
+        proc_root = proc_only_root(base, work)
+        watched = frozenset(q.irq for q in host.irqs)
+        heat = HeatPolicy()
+        pct = f"{args.share:.0%}"
+        rows: list[tuple[str, int, list[float]]] = []
+
+        def add(name: str, n: int, fn: Callable[[], list[float]]) -> list[float]:
+            ts = fn()
+            rows.append((name, n, ts))
+            print(f"  {name:34s} {statistics.median(ts):8.2f} {p99(ts):8.2f} {max(ts):8.2f}  n={n}",
+                  flush=True)
+            return ts
+
+        print(f"  {'scenario':34s} {'median':>8s} {'p99':>8s} {'max':>8s}  (ms)")
+        a = add(f"tick, sysfs, {pct} IRQs fire", fast,
+                lambda: run_ticks(host, sys_root, args.share, fast, watched, heat)[0])
+        add("tick, sysfs, all IRQs fire", slow,
+            lambda: run_ticks(host, sys_root, 1.0, slow, watched, heat)[0])
+        c = add(f"tick, /proc/interrupts, {pct} fire", fast,
+                lambda: run_ticks(host, proc_root, args.share, fast, watched, heat)[0])
+        add("tick, /proc/interrupts, all fire", slow,
+            lambda: run_ticks(host, proc_root, 1.0, slow, watched, heat)[0])
+        n = add(f"naive full split parse, {pct} fire", naive_n,
+                lambda: run_naive(host, sys_root, args.share, naive_n))
+        add("parse_interrupts() alone (ref)", naive_n, lambda: run_parse_only(sys_root, naive_n))
+        print()
+        med_a, med_c, med_n = statistics.median(a), statistics.median(c), statistics.median(n)
+        print(f"naive / tick (median): sysfs path {med_n / med_a:.0f}x, "
+              f"/proc/interrupts path {med_n / med_c:.0f}x")
+        ok = med_a <= TARGET_MS
+        print(f"target <= {TARGET_MS:.0f} ms CPU per tick ({pct} fire, sysfs): "
+              f"median {med_a:.2f} ms, p99 {p99(a):.2f} ms -> {'MET' if ok else 'NOT MET'}")
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
