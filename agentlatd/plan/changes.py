@@ -51,3 +51,7 @@ class Plan:
     changes: tuple[Change, ...]
     advice: tuple[str, ...] = ()  # boot-time advice printed, never applied
     notes: tuple[str, ...] = ()  # e.g. "irqbalance is running: IRQ steering skipped"
+    # home CPUs, quietest first by the load of kernel-managed IRQs (which
+    # agentlatd cannot move) landing on them: agent placement takes them in
+    # this order
+    quiet_home_order: tuple[int, ...] = ()

@@ -1,0 +1,143 @@
+"""`agentlatd plan`: the CPU partition and the changes apply would make. Writes nothing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import textwrap
+from typing import Any
+
+from agentlatd import policy as policy_mod
+from agentlatd.cpuset import CpuSet
+from agentlatd.plan.changes import Change, Plan
+
+HELP = "show the CPU partition and the changes agentlatd would make (writes nothing)"
+EXAMPLES = (
+    "agentlatd plan",
+    "agentlatd plan --json",
+    "agentlatd plan --config /etc/agentlatd.toml",
+    "agentlatd plan --root tests/fixtures/machines/server-2s64t",
+    "agentlatd plan --root tests/fixtures/machines/cloud-vm-small --json",
+)
+
+WIDTH = 80
+_ROLE_ORDER = {"completion": 0, "home": 1, "other": 2, "offline": 3}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", default="/", metavar="DIR",
+                   help="filesystem root holding proc/ and sys/ (default: this host)")
+    p.add_argument("--config", metavar="FILE",
+                   help="policy file (default: the embedded default policy)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def plan_to_json(plan: Plan, *, policy_source: str, irqbalance_running: bool) -> dict[str, Any]:
+    """The `plan --json` document (key order is fixed; values are sorted by the planner)."""
+    return {
+        "policy": policy_source,
+        "irqbalance_running": irqbalance_running,
+        "completion_cpus": plan.completion_cpus.to_list(),
+        "home_cpus": plan.home_cpus.to_list(),
+        "quiet_home_order": list(plan.quiet_home_order),
+        "roles": [{"cpu": r.cpu, "role": r.role, "reason": r.reason} for r in plan.roles],
+        "changes": [{"knob": c.knob, "target": c.target, "current": c.current,
+                     "desired": c.desired, "reason": c.reason} for c in plan.changes],
+        "advice": list(plan.advice),
+        "notes": list(plan.notes),
+    }
+
+
+def _wrap(text: str, indent: str, first: str | None = None) -> list[str]:
+    return textwrap.wrap(text, WIDTH, initial_indent=indent if first is None else first,
+                         subsequent_indent=indent, break_on_hyphens=False) or [indent.rstrip()]
+
+
+def render_text(plan: Plan, *, policy_source: str) -> str:
+    out: list[str] = [f"Policy: {policy_source}"]
+    out += _wrap(f"Completion CPUs: {plan.completion_cpus.to_list() or 'none'}   "
+                 f"Home CPUs: {plan.home_cpus.to_list() or 'none'}", "  ", "")
+    out.append("")
+    out.append("CPU roles:")
+    groups: dict[tuple[str, str], list[int]] = {}
+    for r in plan.roles:
+        groups.setdefault((r.role, r.reason), []).append(r.cpu)
+    for (role, reason), cpus in sorted(groups.items(),
+                                       key=lambda kv: (_ROLE_ORDER.get(kv[0][0], 9), min(kv[1]))):
+        out += _wrap(f"{role} {CpuSet(cpus).to_list()}", "      ", "  ")
+        out += _wrap(reason, "      ")
+    if plan.quiet_home_order:
+        order = list(plan.quiet_home_order)
+        shown = ",".join(str(c) for c in order[:20]) + (",..." if len(order) > 20 else "")
+        out += _wrap(f"Agents take home CPUs quietest first: {shown}", "  ", "")
+    out.append("")
+    out.append(f"Changes ({len(plan.changes)}):" if plan.changes else "Changes: none")
+    # changes of one knob that differ only by target print as one entry
+    runs: dict[tuple[str, str, str, str], tuple[Change, list[str]]] = {}
+    for c in plan.changes:
+        runs.setdefault((c.knob, c.current, c.desired, c.reason), (c, []))[1].append(c.target)
+    for c, targets in runs.values():
+        cur = c.current if c.current != "" else "?"
+        out += _wrap(f"{c.knob} {compress_targets(targets)}: {cur} -> {c.desired}",
+                     "      ", "  ")
+        out += _wrap(c.reason, "      ")
+    if plan.advice:
+        out.append("")
+        out.append("Boot-time advice (printed, never applied):")
+        for a in plan.advice:
+            out += _wrap(a, "    ", "  - ")
+    if plan.notes:
+        out.append("")
+        out.append("Notes:")
+        for n in plan.notes:
+            out += _wrap(n, "    ", "  - ")
+    return "\n".join(out) + "\n"
+
+
+def compress_targets(targets: list[str]) -> str:
+    """["eth0/rx-0", "eth0/rx-1", "eth0/rx-3"] -> "eth0/rx-[0-1,3]"; ["76", "78"] -> "76,78"."""
+    by_prefix: dict[str, list[int]] = {}
+    plain: list[str] = []
+    for t in targets:
+        m = re.fullmatch(r"(.*?)(\d+)", t)
+        if m is None:
+            plain.append(t)
+        else:
+            by_prefix.setdefault(m.group(1), []).append(int(m.group(2)))
+    parts: list[str] = []
+    for prefix, nums in by_prefix.items():
+        if len(nums) == 1:
+            parts.append(f"{prefix}{nums[0]}")
+        elif prefix == "":
+            parts.append(",".join(str(n) for n in nums))
+        else:
+            parts.append(f"{prefix}[{CpuSet(nums).to_list()}]")
+    return ", ".join(parts + plain)
+
+
+def _irqbalance_running(root: Any) -> bool:
+    try:
+        from agentlatd.apply import irqbalance
+    except ImportError:  # pragma: no cover - engine not built in this version
+        return False
+    return bool(irqbalance.running(root))
+
+
+def run(args: argparse.Namespace) -> int:
+    from agentlatd.model.build import build_machine
+    from agentlatd.plan.build import make_plan
+    from agentlatd.sysfs.root import Root
+
+    pol = policy_mod.load(args.config) if args.config else policy_mod.default()
+    root = Root(args.root)
+    machine = build_machine(root)
+    ib = _irqbalance_running(root)
+    plan = make_plan(machine, pol, irqbalance_running=ib)
+    if args.json:
+        doc = plan_to_json(plan, policy_source=pol.source, irqbalance_running=ib)
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        sys.stdout.write(render_text(plan, policy_source=pol.source))
+    return 0

@@ -1,0 +1,44 @@
+"""sys/block/<dev>/queue/rq_affinity.
+
+Kernel doc: Documentation/block/queue-sysfs.rst (rq_affinity: 1 = complete
+on a CPU of the submitter's group (default), 2 = force completion on the
+submitting CPU). With 2, a small read an agent submits from its home CPU
+completes there and its wakeup is local; background submitters, moved to
+completion CPUs, complete there too.
+
+Knob "block.rq_affinity", target "<blockdev>": only when tuning.rq_affinity is
+set, for the block devices (namespaces) of NVMe controllers in scope. A block
+device the model did not read gets current "" (the engine reads it).
+"""
+
+from __future__ import annotations
+
+from agentlatd.model.machine import Device, Machine
+from agentlatd.plan.changes import Change
+from agentlatd.policy import TuningPolicy
+
+KNOB = "block.rq_affinity"
+
+_MEANING = {0: "the completing CPU is not steered", 1: "completions go to the submitter's "
+            "CPU group", 2: "each request completes on the CPU that submitted it"}
+
+
+def plan_block(machine: Machine, devices: tuple[Device, ...],
+               tuning: TuningPolicy) -> list[Change]:
+    out: list[Change] = []
+    want = tuning.rq_affinity
+    if want is None:
+        return out
+    blocks = {d.name: d for d in machine.devices if d.kind == "block"}
+    for ctrl in devices:
+        if ctrl.kind != "nvme":
+            continue
+        for name in sorted(set(ctrl.block_devices)):
+            b = blocks.get(name)
+            cur = b.rq_affinity if b is not None else None
+            if cur == want:
+                continue
+            out.append(Change(
+                KNOB, name, "" if cur is None else str(cur), str(want),
+                f"{name} (on {ctrl.name}): rq_affinity {want}, {_MEANING[want]}"))
+    return out

@@ -1,0 +1,120 @@
+"""make_plan: Machine (+ Rates) + Policy -> Plan. Pure and deterministic.
+
+The plan stage of sample -> model -> plan -> apply (style.md). No IO: the
+same inputs give the same Plan, byte for byte: devices, IRQs and queues are
+walked in sorted order and the changes are sorted by (knob, target) with
+natural number order, in the order the engine applies them.
+"""
+
+from __future__ import annotations
+
+from agentlatd.model.machine import Machine, Rates
+from agentlatd.plan.block import plan_block
+from agentlatd.plan.changes import Change, Plan
+from agentlatd.plan.coalesce import plan_coalesce
+from agentlatd.plan.common import natural_key, nr_cpu_ids
+from agentlatd.plan.irq_affinity import (
+    default_affinity_advice,
+    managed_advice,
+    managed_notes,
+    plan_irq_affinity,
+    quiet_home_order,
+)
+from agentlatd.plan.napi import plan_napi
+from agentlatd.plan.partition import partition
+from agentlatd.plan.rps import plan_rps, plan_xps, rfs_planned
+from agentlatd.plan.select import select_devices
+from agentlatd.plan.sysctl import plan_sysctl
+from agentlatd.policy import Policy
+
+# apply order: steer IRQs first (where completions land), then softirq
+# steering, then per-device batching, then host-wide sysctls
+KNOB_ORDER = (
+    "irq.affinity",
+    "net.rps_cpus",
+    "net.rps_flow_cnt",
+    "net.xps_cpus",
+    "net.threaded",
+    "net.napi_defer_hard_irqs",
+    "net.gro_flush_timeout",
+    "net.coalesce",
+    "block.rq_affinity",
+    "sysctl",
+)
+
+
+def _sort_key(c: Change) -> tuple[int, str, tuple[tuple[int, int | str], ...]]:
+    try:
+        k = KNOB_ORDER.index(c.knob)
+    except ValueError:
+        k = len(KNOB_ORDER)
+    return (k, c.knob, natural_key(c.target))
+
+
+def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
+              irqbalance_running: bool = False) -> Plan:
+    """The CPU partition and every change the engine would make, with reasons.
+
+    irqbalance_running: filled by the daemon/CLI (the Machine does not know);
+    with daemon.irqbalance = "refuse" IRQ affinity is then left alone.
+    """
+    sel = select_devices(machine, policy.devices)
+    devices = sel.devices
+    part = partition(machine.topology, devices, policy.cpus)
+    tuning = policy.tuning
+    nr = nr_cpu_ids(machine.topology.possible | {c.cpu for c in machine.topology.cpus})
+    notes: list[str] = list(part.notes)
+    advice: list[str] = []
+    changes: list[Change] = []
+
+    by_reason: dict[str, list[str]] = {}
+    for name, why in sel.skipped:
+        by_reason.setdefault(why, []).append(name)
+    for why, names in sorted(by_reason.items()):
+        notes.append(f"Out of scope ({why}): {', '.join(names)}.")
+
+    irq = plan_irq_affinity(machine, devices, part)
+    if not tuning.irq_affinity:
+        if irq.changes:
+            notes.append(f"tuning.irq_affinity = false: {len(irq.changes)} IRQ(s) of devices "
+                         "in scope are left where they are.")
+    elif irqbalance_running and policy.daemon.irqbalance == "refuse":
+        notes.append("irqbalance is running: IRQ affinity is not steered "
+                     "(daemon.irqbalance = \"refuse\"); stop it or ban these IRQs in it "
+                     "(IRQBALANCE_BANNED_CPULIST / --banirq) to let agentlatd steer. "
+                     "RPS, XPS and the other knobs still apply.")
+    else:
+        changes += irq.changes
+        if irqbalance_running:
+            notes.append("irqbalance is running and rewrites IRQ affinity every 10 s "
+                         "(daemon.irqbalance = \"ignore\"): expect drift reports.")
+    notes += managed_notes(irq.managed, part)
+    advice += managed_advice(irq.managed, part)
+    advice += default_affinity_advice(machine, part)
+
+    changes += plan_rps(devices, part, tuning, nr)
+    changes += plan_xps(devices, part, tuning, nr)
+    changes += plan_napi(devices, tuning, named=bool(policy.devices.include))
+    co, co_notes = plan_coalesce(devices, policy)
+    changes += co
+    notes += co_notes
+    changes += plan_block(machine, devices, tuning)
+    rfs = part.steering and rfs_planned(devices, tuning)
+    changes += plan_sysctl(tuning, rfs=rfs, steering=part.steering)
+    if rfs:
+        # get_rps_cpu() (net/core/dev.c) follows the flow table to the CPU the
+        # reading thread last ran on before it looks at rps_cpus
+        notes.append("RFS (tuning.rps_flow_cnt > 0) processes a flow's packets on the CPU "
+                     "its reader runs on, ahead of rps_cpus: an agent's own flows are "
+                     "processed on its home CPU. Set tuning.rps_flow_cnt = 0 to keep all "
+                     "receive processing on completion CPUs.")
+
+    return Plan(
+        completion_cpus=part.completion,
+        home_cpus=part.home,
+        roles=part.roles,
+        changes=tuple(sorted(changes, key=_sort_key)),
+        advice=tuple(advice),
+        notes=tuple(notes),
+        quiet_home_order=quiet_home_order(machine, part.home, rates),
+    )

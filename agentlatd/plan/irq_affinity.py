@@ -1,0 +1,172 @@
+"""proc/irq/N/smp_affinity_list: device IRQs to completion CPUs.
+
+Kernel doc: Documentation/core-api/irq/irq-affinity.rst; managed affinity:
+kernel/irq/affinity.c (irq_create_affinity_masks) and kernel/irq/manage.c
+(irq_set_affinity on an IRQD_AFFINITY_MANAGED line fails with EIO from
+write_irq_affinity in kernel/irq/proc.c).
+
+Plan (knob "irq.affinity", target "<irq>", desired cpulist):
+  - NIC queue IRQs -> the completion CPUs of the NIC's NUMA node, one queue
+    per completion CPU: queue of rank i -> completion CPU i mod n. rx-3 and
+    tx-3 with IRQs of their own share a CPU (one NAPI pair);
+  - other NIC IRQs (config, async, link) and the NVMe admin queue -> all
+    completion CPUs of the node;
+  - kernel-managed IRQs (Irq.managed; NVMe I/O queues, some NIC drivers) are
+    never planned: a write fails with EIO. Boot-time advice and a home-CPU
+    order (quietest first) work around them instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from agentlatd.cpuset import CpuSet
+from agentlatd.model.machine import Device, Irq, Machine, Rates
+from agentlatd.plan.changes import Change
+from agentlatd.plan.common import node_phrase, ordinals, queue_number
+from agentlatd.plan.partition import Partition
+
+KNOB = "irq.affinity"
+
+
+@dataclass(frozen=True, slots=True)
+class IrqPlan:
+    changes: tuple[Change, ...]
+    managed: tuple[Irq, ...]  # kernel-managed IRQs of devices in scope, by number
+
+
+def _is_admin(d: Device, irq: Irq) -> bool:
+    if irq.queue == "admin":
+        return True
+    # nvme0q0 is the admin queue (drivers/nvme/host/pci.c: queue 0 = admin)
+    return d.kind == "nvme" and irq.queue is not None and queue_number(irq.queue) == 0
+
+
+def _device_irqs(machine: Machine, d: Device) -> list[Irq]:
+    by_num = {i.irq: i for i in machine.irqs}
+    return [by_num[n] for n in sorted(set(d.irqs)) if n in by_num]
+
+
+def plan_irq_affinity(machine: Machine, devices: tuple[Device, ...],
+                      part: Partition) -> IrqPlan:
+    """Changes for the IRQs of NICs and NVMe controllers in `devices`."""
+    changes: list[Change] = []
+    managed: list[Irq] = []
+    text: dict[CpuSet, str] = {}  # cpulists repeat ("0-255"): print each once
+
+    def as_list(cpus: CpuSet) -> str:
+        if cpus not in text:
+            text[cpus] = cpus.to_list()
+        return text[cpus]
+
+    for d in devices:
+        if d.kind not in ("net", "nvme"):
+            continue
+        irqs = _device_irqs(machine, d)
+        managed += [i for i in irqs if i.managed]
+        free = [i for i in irqs if not i.managed]
+        if not part.steering:
+            continue
+        cpus = part.completion_for(d.numa_node)
+        order = part.spread_order(cpus)
+        where = node_phrase(d.numa_node, cpus, d.numa_node in part.by_node)
+        queued = [i for i in free if not _is_admin(d, i) and queue_number(i.queue) is not None]
+        rank = ordinals(queue_number(i.queue) or 0 for i in queued)
+        queued_nums = {i.irq for i in queued}
+        for irq in free:
+            if irq.irq in queued_nums:
+                r = rank[queue_number(irq.queue) or 0]
+                want = CpuSet({order[r % len(order)]})
+                reason = (f"{d.name} queue IRQs spread round-robin, one per completion "
+                          f"CPU ({where}), none on a home CPU")
+            else:
+                want = cpus
+                what = "admin queue" if _is_admin(d, irq) else (irq.queue or "non-queue")
+                reason = (f"{d.name} {what} IRQ ({irq.name}) to the {where}, "
+                          "off the home CPUs")
+            if irq.smp_affinity == want:
+                continue
+            changes.append(Change(KNOB, str(irq.irq), as_list(irq.smp_affinity),
+                                  as_list(want), reason))
+    return IrqPlan(tuple(changes), tuple(sorted(managed, key=lambda i: i.irq)))
+
+
+def _lands_on(irq: Irq) -> CpuSet:
+    return irq.effective_affinity if irq.effective_affinity else irq.smp_affinity
+
+
+def quiet_home_order(machine: Machine, home: CpuSet,
+                     rates: Rates | None = None) -> tuple[int, ...]:
+    """Home CPUs, quietest first, by the kernel-managed IRQ load on each.
+
+    agentlatd cannot move managed IRQs (NVMe I/O queues are spread one per CPU
+    or CPU group), so agents go first to home CPUs whose own managed queues are
+    quiet. Load: interrupts/s from `rates` when given, else the counts since
+    boot (/proc/interrupts columns); ties: fewer managed IRQs aimed at the CPU,
+    then the lower CPU number.
+    """
+    load: dict[int, float] = dict.fromkeys(home, 0.0)
+    count: dict[int, int] = dict.fromkeys(home, 0)
+    for irq in machine.irqs:
+        if not irq.managed:
+            continue
+        per: Mapping[int, float] | Mapping[int, int] = (
+            rates.irq_rate.get(irq.irq, {}) if rates is not None else irq.per_cpu)
+        for c, v in per.items():
+            if c in load:
+                load[c] += float(v)
+        for c in _lands_on(irq):
+            if c in count:
+                count[c] += 1
+    return tuple(sorted(home, key=lambda c: (load[c], count[c], c)))
+
+
+def managed_notes(managed: tuple[Irq, ...], part: Partition) -> list[str]:
+    if not managed:
+        return []
+    devs = sorted({i.device or "?" for i in managed})
+    on: set[int] = set()
+    for i in managed:
+        on.update(_lands_on(i))
+    hit = CpuSet(on) & part.home
+    s = (f"{len(managed)} kernel-managed IRQ(s) of {', '.join(devs)} stay where the kernel "
+         "put them (a write fails with EIO)")
+    if len(hit) == 1:
+        s += f"; home CPU {hit} takes some of them, so agents go to the quietest first."
+    elif hit:
+        s += f"; home CPUs {hit} take some of them, so agents go to the quietest first."
+    else:
+        s += "; none of them lands on a home CPU."
+    return [s]
+
+
+def managed_advice(managed: tuple[Irq, ...], part: Partition) -> list[str]:
+    """Boot-time parameter for managed IRQs (printed, never applied).
+
+    isolcpus=managed_irq (kernel-parameters.txt) is best effort: the kernel
+    only steers a managed IRQ off the isolated CPUs when the queue's CPU mask
+    also holds a housekeeping CPU (irq_do_set_affinity, kernel/irq/manage.c).
+    A queue whose CPUs are all home CPUs stays where it is, so say how many
+    would actually move.
+    """
+    if not managed or not part.steering or not part.home:
+        return []
+    devs = ", ".join(sorted({i.device or "?" for i in managed}))
+    movable = [i for i in managed if i.smp_affinity & part.home and i.smp_affinity - part.home]
+    if movable:
+        return [f"Boot with isolcpus=managed_irq,{part.home}: the kernel then serves "
+                f"{len(movable)} of the {len(managed)} managed IRQs of {devs} from a CPU "
+                "that is not a home CPU (best effort; kernel-parameters.txt, isolcpus)."]
+    return [f"isolcpus=managed_irq,{part.home} would not move the managed IRQs of {devs}: "
+            "each queue's CPU mask lies within the home CPUs (one queue per CPU or core), "
+            "so agents are placed on the quietest home CPUs instead."]
+
+
+def default_affinity_advice(machine: Machine, part: Partition) -> list[str]:
+    """irqaffinity= (kernel-parameters.txt): where unmanaged IRQs start at setup."""
+    if not part.steering or not part.home or not machine.irqs:
+        return []
+    return [f"Boot with irqaffinity={part.completion} so that IRQs set up later (and those "
+            "of devices agentlatd does not steer) start on the completion CPUs instead of "
+            "every CPU."]
