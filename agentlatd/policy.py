@@ -50,6 +50,16 @@ def _check_share(v: float) -> str | None:
     return None if 0 <= v <= 1 else "expected a share between 0 and 1"
 
 
+def _check_listen(v: str) -> str | None:
+    # same rules as agentlatd.metrics.parse_listen: "HOST:PORT", "[v6]:PORT"
+    if v == "":
+        return None
+    m = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):(\d{1,5})", v.strip())
+    if m is None or int(m.group(2)) > 65535:
+        return 'expected "" (off) or "HOST:PORT", e.g. "127.0.0.1:9641"'
+    return None
+
+
 def _meta(check: typing.Callable[[Any], str | None] | None = None, doc: str = "") -> Any:
     return {"check": check, "doc": doc}
 
@@ -125,8 +135,8 @@ def _default_classes() -> dict[str, ClassPolicy]:
 class TuningPolicy:
     irq_affinity: bool = True
     rps: bool = True
-    rps_flow_cnt: int = field(default=4096, metadata=_meta(_check_nonneg))
-    rps_sock_flow_entries: int = field(default=32768, metadata=_meta(_check_nonneg))
+    rps_flow_cnt: int = field(default=0, metadata=_meta(_check_nonneg))
+    rps_sock_flow_entries: int = field(default=0, metadata=_meta(_check_nonneg))
     xps: bool = True
     coalesce: bool = True
     # rx-usecs = min(class budgets) * coalesce_budget_share, bounded below by min_rx_usecs
@@ -142,7 +152,7 @@ class TuningPolicy:
 
 @dataclass(frozen=True, slots=True)
 class MetricsPolicy:
-    listen: str = ""  # "127.0.0.1:9641"; empty = off
+    listen: str = field(default="", metadata=_meta(_check_listen))  # "127.0.0.1:9641"; empty = off
     textfile: str = ""  # node_exporter textfile path; empty = off
 
 

@@ -25,6 +25,20 @@ def pol(text: str = "") -> policy.Policy:
     return policy.loads(text, "test.toml") if text else policy.default()
 
 
+# RFS is off in the shipped policy (it steers an agent's own flows onto its home
+# CPU); these tests turn it on to check the RFS knobs
+RFS = "[tuning]\nrps_flow_cnt = 4096\nrps_sock_flow_entries = 32768\n"
+
+
+@pytest.fixture(scope="module")
+def server_rfs_plan(server: Machine) -> Plan:
+    return make_plan(server, pol(RFS))
+
+
+def test_rfs_is_off_by_default(server_plan: Plan) -> None:
+    assert not {"net.rps_flow_cnt", "sysctl"} & knobs(server_plan)
+
+
 def by_knob(plan: Plan, knob: str) -> dict[str, Change]:
     return {c.target: c for c in plan.changes if c.knob == knob}
 
@@ -141,12 +155,12 @@ def test_irqbalance_ignore_steers_anyway_and_warns(server: Machine) -> None:
 
 # -- RPS / XPS / sysctl ---------------------------------------------------------
 
-def test_rps_masks_are_the_nodes_completion_cpus_nr_cpu_ids_wide(server_plan: Plan) -> None:
-    rps = by_knob(server_plan, "net.rps_cpus")
+def test_rps_masks_are_the_nodes_completion_cpus_nr_cpu_ids_wide(server_rfs_plan: Plan) -> None:
+    rps = by_knob(server_rfs_plan, "net.rps_cpus")
     assert set(rps) == {f"ens1f0/rx-{q}" for q in range(16)}
     assert rps["ens1f0/rx-0"].current == "00000000,00000000"
     assert rps["ens1f0/rx-0"].desired == "00000001,00000001"
-    flow = by_knob(server_plan, "net.rps_flow_cnt")
+    flow = by_knob(server_rfs_plan, "net.rps_flow_cnt")
     assert flow["ens1f0/rx-3"].desired == "4096" and flow["ens1f0/rx-3"].current == "0"
 
 
@@ -157,8 +171,8 @@ def test_xps_maps_tx_queue_i_to_completion_cpu_i_mod_n(server_plan: Plan) -> Non
     assert xps["ens1f0/tx-2"].desired == "00000000,00000001"
 
 
-def test_rps_sock_flow_entries_only_with_rfs(server: Machine, server_plan: Plan) -> None:
-    sysctl = by_knob(server_plan, "sysctl")
+def test_rps_sock_flow_entries_only_with_rfs(server: Machine, server_rfs_plan: Plan) -> None:
+    sysctl = by_knob(server_rfs_plan, "sysctl")
     assert sysctl["net.core.rps_sock_flow_entries"].desired == "32768"
     assert sysctl["net.core.rps_sock_flow_entries"].current == ""
     assert set(sysctl) == {"net.core.rps_sock_flow_entries"}  # budgets unset by default
@@ -177,7 +191,7 @@ def test_netdev_budgets_only_when_the_policy_sets_them(server: Machine) -> None:
 
 def test_virtual_nic_gets_queue_knobs_only() -> None:
     topo = synth.topology(cores=4)
-    plan = make_plan(synth.machine(topo, [synth.veth("veth0")]), pol())
+    plan = make_plan(synth.machine(topo, [synth.veth("veth0")]), pol(RFS))
     assert knobs(plan) == {"net.rps_cpus", "net.rps_flow_cnt", "sysctl"}
     assert by_knob(plan, "net.rps_cpus")["veth0/rx-0"].desired == "1"  # nr_cpu_ids 4: one digit
 
@@ -246,9 +260,9 @@ def test_rq_affinity_for_the_namespaces_of_nvme_in_scope(server: Machine) -> Non
     ("xps", {"net.xps_cpus"}),
     ("coalesce", {"net.coalesce"}),
 ])
-def test_tuning_switches(server: Machine, server_plan: Plan, key: str, gone: set[str]) -> None:
-    plan = make_plan(server, pol(f"[tuning]\n{key} = false\n"))
-    assert knobs(server_plan) - knobs(plan) == gone
+def test_tuning_switches(server: Machine, server_rfs_plan: Plan, key: str, gone: set[str]) -> None:
+    plan = make_plan(server, pol(f"{RFS}{key} = false\n"))
+    assert knobs(server_rfs_plan) - knobs(plan) == gone
 
 
 def test_include_limits_to_exactly_the_named_devices(server: Machine) -> None:
