@@ -7,6 +7,10 @@ Rules (etc/agentlatd.toml [devices]):
   include  non-empty = exactly the devices whose name matches one of these globs
   exclude  never touched (matched after include)
   drivers  non-empty = only devices bound to one of these drivers
+Virtual devices (veth, ifb, bridges, loop: no IRQs of their own) are only
+touched when devices.include names them: on a host they belong to other
+software (containers, tc, VPNs), and their receive processing runs where the
+sender ran, so a host-wide default has no business steering them.
 A block device follows its NVMe controller: it is in scope exactly when the
 controller is, whatever its own name (include = ["nvme0"] covers nvme0n1).
 Matching is case-sensitive (device names are), fnmatchcase semantics.
@@ -49,6 +53,8 @@ def _own_verdict(d: Device, pol: DevicesPolicy) -> str | None:
     """None when `d` is in scope by its own name and driver, else why not."""
     if pol.include and _match(d.name, pol.include) is None:
         return "not named by devices.include"
+    if d.virtual and not pol.include:
+        return "virtual, no IRQs of its own (only touched when devices.include names it)"
     g = _match(d.name, pol.exclude)
     if g is not None:
         return f"excluded by devices.exclude {g!r}"

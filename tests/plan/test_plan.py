@@ -191,7 +191,10 @@ def test_netdev_budgets_only_when_the_policy_sets_them(server: Machine) -> None:
 
 def test_virtual_nic_gets_queue_knobs_only() -> None:
     topo = synth.topology(cores=4)
-    plan = make_plan(synth.machine(topo, [synth.veth("veth0")]), pol(RFS))
+    m = synth.machine(topo, [synth.veth("veth0")])
+    # a host-wide default leaves virtual NICs alone: they belong to containers, tc, VPNs
+    assert knobs(make_plan(m, pol(RFS))) == set()
+    plan = make_plan(m, pol(RFS + '[devices]\ninclude = ["veth*"]\n'))
     assert knobs(plan) == {"net.rps_cpus", "net.rps_flow_cnt", "sysctl"}
     assert by_knob(plan, "net.rps_cpus")["veth0/rx-0"].desired == "1"  # nr_cpu_ids 4: one digit
 
