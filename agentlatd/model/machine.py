@@ -60,7 +60,7 @@ class Irq:
     effective_affinity: CpuSet | None  # None when the kernel has no such file
     affinity_hint: CpuSet | None
     node: int | None  # /proc/irq/N/node (-1 -> None)
-    managed: bool  # kernel-managed affinity: a write fails with EIO
+    managed: bool  # kernel-managed affinity: a write fails with EIO (EPERM on 6.12+)
     managed_reason: str  # why we believe it (e.g. "nvme I/O queue, per-CPU layout")
 
 

@@ -12,7 +12,7 @@ Plan (knob "irq.affinity", target "<irq>", desired cpulist):
   - other NIC IRQs (config, async, link) and the NVMe admin queue -> all
     completion CPUs of the node;
   - kernel-managed IRQs (Irq.managed; NVMe I/O queues, some NIC drivers) are
-    never planned: a write fails with EIO. Boot-time advice and a home-CPU
+    never planned: a write fails with EIO (EPERM since 6.12). Boot-time advice and a home-CPU
     order (quietest first) work around them instead.
 """
 
@@ -131,7 +131,7 @@ def managed_notes(managed: tuple[Irq, ...], part: Partition) -> list[str]:
         on.update(_lands_on(i))
     hit = CpuSet(on) & part.home
     s = (f"{len(managed)} kernel-managed IRQ(s) of {', '.join(devs)} stay where the kernel "
-         "put them (a write fails with EIO)")
+         "put them (a write fails with EIO, or EPERM since 6.12)")
     if len(hit) == 1:
         s += f"; home CPU {hit} takes some of them, so agents go to the quietest first."
     elif hit:
