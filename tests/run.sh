@@ -1,8 +1,9 @@
 #!/bin/bash
 # The whole test suite, on a fresh Debian 12 machine, as root:
 #   bash tests/run.sh            host tier (lint, types, unit, plan, apply, integration)
+#                                then the .deb (build, lintian, install in a chroot)
 #                                then the real-kernel VM tier (tests/vm/run_tier.sh)
-# Env: AGENTLATD_SKIP_VM=1 skips the VM tier (says so loudly);
+# Env: AGENTLATD_SKIP_VM=1 / AGENTLATD_SKIP_PACKAGE=1 skip those tiers (say so loudly);
 #      PYTEST_ARGS="-k foo" narrows the host tier.
 set -uo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
@@ -40,6 +41,15 @@ echo "== pytest (host tier)"
 .venv/bin/python -m pytest -q ${PYTEST_ARGS:-} tests
 prc=$?
 [ $prc -eq 0 ] || rc=1
+
+echo "== package (.deb build, lintian, install into a bookworm chroot)"
+if [ "${AGENTLATD_SKIP_PACKAGE:-0}" = 1 ]; then echo "PACKAGE TEST SKIPPED: AGENTLATD_SKIP_PACKAGE=1"
+else
+    bash tests/package/build_and_install.sh
+    pkrc=$?
+    if [ $pkrc -eq 77 ]; then echo "PACKAGE TEST SKIPPED (see reason above)"
+    elif [ $pkrc -ne 0 ]; then rc=1; fi
+fi
 
 echo "== VM tier (real kernel, real MSI-X IRQs)"
 if [ "${AGENTLATD_SKIP_VM:-0}" = 1 ]; then
