@@ -13,7 +13,9 @@ no dependency.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import stat
 import tomllib
 import types
 import typing
@@ -194,10 +196,45 @@ def default() -> Policy:
     return loads(default_text(), "<embedded default>")
 
 
+def check_policy_file_security(path: str, st: os.stat_result | None = None) -> None:
+    """Refuse a policy file that someone other than root could have written.
+
+    The policy decides which IRQs, queues and processes a root daemon steers:
+    a file that is group- or world-writable, or owned by another uid, would
+    let that uid steer the host as root (sshd's StrictModes, sudoers checks).
+    load() calls this when running as root, on the opened file's fstat (no
+    window between the check and the read); the embedded default is exempt.
+    `st`: the stat of the file (default: os.stat(path), following symlinks).
+    """
+    if st is None:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise PolicyError(f"cannot read policy: {e.strerror}", file=path) from e
+    problems = []
+    if st.st_uid != 0:
+        problems.append(f"owned by uid {st.st_uid}, not root")
+    if st.st_mode & stat.S_IWGRP:
+        problems.append("group-writable")
+    if st.st_mode & stat.S_IWOTH:
+        problems.append("world-writable")
+    if problems:
+        raise PolicyError(
+            f"refusing a policy file that is {' and '.join(problems)} (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}): whoever can write it could steer this host as "
+            f"root; fix: chown root {path} && chmod go-w {path}", file=path)
+
+
 def load(path: str) -> Policy:
-    """Load a policy file; PolicyError with the file name on any problem."""
+    """Load a policy file; PolicyError with the file name on any problem.
+
+    Running as root, a file others could write is refused
+    (check_policy_file_security).
+    """
     try:
         with open(path, encoding="utf-8") as f:
+            if os.geteuid() == 0:
+                check_policy_file_security(path, os.fstat(f.fileno()))
             text = f.read()
     except OSError as e:
         raise PolicyError(f"cannot read policy: {e.strerror}", file=path) from e

@@ -1,0 +1,1 @@
+"""Agents: registration, placement on home CPUs, step statistics (issue 4)."""

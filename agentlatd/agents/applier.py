@@ -1,0 +1,141 @@
+"""Task-level changes through the tuning engine: apply, restore some, forget some.
+
+The engine (agentlatd.apply.engine) journals every original before its first
+write (tmp, fsync, rename) and restores all of them on rollback, on SIGTERM and
+after a crash. Agents come and go while the daemon runs, so the agent side
+also needs to restore or drop the entries of ONE agent (unregister, process
+exit, a home CPU that is no longer exclusive) without touching the rest:
+
+  restore(keys)  write back the journaled originals of these (knob, target)
+                 instances, newest first, and drop them from the journal
+  forget(keys)   drop entries whose object is gone (a thread that exited has
+                 nothing to restore, and its pid may be reused)
+
+The engine gives Engine.restore()/Engine.forget() when it has them; until it
+does this module uses the engine's own per-entry restore (the same code
+rollback runs) and saves the journal the same crash-safe way.
+
+One Engine serves the daemon's device tuning (a helper thread) and the agent
+side (the main loop): `lock` serialises them. The main loop never blocks on
+it: it takes the lock only when free and otherwise retries on its next turn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from agentlatd.apply import engine as engine_mod
+from agentlatd.apply.engine import Engine, KnobResult
+from agentlatd.apply.knobs import get as get_knob
+from agentlatd.errors import AgentlatdError, KernelError
+from agentlatd.plan.changes import Change
+from agentlatd.sysfs.root import Root
+
+log = logging.getLogger("agentlatd.agents")
+
+TASK_KNOBS = ("task.affinity", "task.nice", "task.ioprio")
+CPU_KNOBS = ("cpu.pm_qos_resume_latency_us",)
+AGENT_KNOBS = TASK_KNOBS + CPU_KNOBS
+
+_DONE = ("restored", "unchanged", "gone", "managed")
+
+
+class Applier:
+    """The agent side's handle on the shared engine."""
+
+    def __init__(self, engine: Engine, lock: threading.Lock | None = None) -> None:
+        self.engine = engine
+        self.lock = lock if lock is not None else threading.Lock()
+        self.root: Root = engine.root
+        self.failures = 0
+
+    @contextlib.contextmanager
+    def hold(self, blocking: bool = True, timeout: float = -1) -> Iterator[bool]:
+        got = self.lock.acquire(blocking, timeout)
+        try:
+            yield got
+        finally:
+            if got:
+                self.lock.release()
+
+    # -- engine calls (caller holds the lock) ----------------------------
+    def apply(self, changes: Sequence[Change]) -> list[KnobResult]:
+        if not changes:
+            return []
+        rep = self.engine.apply(changes)
+        bad = [r for r in rep.results if r.status == engine_mod.FAILED]
+        self.failures += len(bad)
+        return list(rep.results)
+
+    def entries(self, knobs: Iterable[str] = AGENT_KNOBS) -> list[tuple[str, str, str]]:
+        """(knob, target, original) of the journal's entries of `knobs`."""
+        ks = set(knobs)
+        return [(e.knob, e.target, e.original) for e in self.engine.entries() if e.knob in ks]
+
+    def restore(self, keys: Iterable[tuple[str, str]]) -> list[KnobResult]:
+        want = set(keys)
+        if not want:
+            return []
+        fn = getattr(self.engine, "restore", None)
+        if callable(fn):
+            rep = fn(want)
+            return list(rep.results)
+        j = self.engine._j()
+        chosen = [e for e in j.entries if e.key in want]
+        if not chosen:
+            return []
+        out: list[KnobResult] = []
+        for e in reversed(chosen):
+            r = self.engine._restore_one(e)
+            out.append(r)
+            if r.status in _DONE:
+                j.remove_entry(e)
+            else:
+                self.failures += 1
+        self._save(j)
+        return out
+
+    def forget(self, keys: Iterable[tuple[str, str]]) -> int:
+        want = set(keys)
+        if not want:
+            return 0
+        fn = getattr(self.engine, "forget", None)
+        if callable(fn):
+            n: int = fn(want)
+            return n
+        j = self.engine._j()
+        chosen = [e for e in j.entries if e.key in want]
+        for e in chosen:
+            j.remove_entry(e)
+        if chosen:
+            self._save(j)
+        return len(chosen)
+
+    @staticmethod
+    def _save(j: Any) -> None:
+        if j.entries:
+            j.save()
+        else:
+            j.delete()
+
+    # -- direct writes (never journaled) ---------------------------------
+    def write_direct(self, knob: str, target: str, value: str) -> str | None:
+        """Write without journaling (restoring a thread the journal never held).
+
+        Returns None on success, else a sentence why not.
+        """
+        try:
+            get_knob(knob).write(self.root, target, value)
+        except (KernelError, ValueError, AgentlatdError) as e:
+            return str(e)
+        return None
+
+    def read(self, knob: str, target: str) -> str | None:
+        try:
+            return get_knob(knob).read(self.root, target)
+        except (KernelError, ValueError, AgentlatdError):
+            return None

@@ -1,0 +1,141 @@
+"""Task-level knobs for the engine's registry (agentlatd.apply.knobs PLUGINS).
+
+  task.affinity   target "<pid>:<starttime>:<tid>", value a cpulist
+                  sched_setaffinity(2) on one thread (man 2 sched_setaffinity)
+  task.nice       same target, value -20..19: setpriority(PRIO_PROCESS, tid)
+  task.ioprio     same target, value none | idle | rt0..rt7 | be0..be7
+                  ioprio_set(IOPRIO_WHO_PROCESS, tid) (Documentation/block/ioprio.rst)
+  cpu.pm_qos_resume_latency_us
+                  target "<cpu>", sys/devices/system/cpu/cpuN/power/pm_qos_resume_latency_us
+                  (Documentation/ABI/testing/sysfs-devices-power): "0" = no
+                  constraint, "n/a" = no idle state with any exit latency, N = at
+                  most N us. Written back exactly as read.
+
+Every task knob checks the thread's identity right before each read and write
+(agentlatd.agents.tasks.check_thread): a recycled pid is never touched, and a
+thread that is gone is ErrClass.GONE, which rollback reports as "nothing left
+to restore". Task knobs act on the live kernel only (live_only): a recorded
+tree's pid 1234 is not this host's.
+
+The engine journals the original before the first write and restores it in
+reverse order on rollback, crash or stop; `agentlatd rollback --print` prints
+taskset/renice/ionice lines a person could paste.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+from agentlatd.agents import tasks
+from agentlatd.apply.knobs import FileKnob, Knob, cpulist_equal, int_equal, register
+from agentlatd.cpuset import CpuSet, CpuSetError
+from agentlatd.sysfs.root import Root
+
+
+def _guard(t: tasks.ThreadId) -> str:
+    """Shell test that PID is still the process the journal names (not a reused pid)."""
+    # field 22 counted after the last ')': comm may hold spaces and parentheses
+    return (f"[ \"$(sed 's/.*) //' /proc/{t.pid}/stat 2>/dev/null | cut -d' ' -f20)\" = "
+            f"{t.starttime} ] && ")
+
+
+class _TaskKnob(Knob):
+    context = tasks.CONTEXT
+    live_only = True
+
+    def check_target(self, target: str) -> None:
+        tasks.ThreadId.parse(target)
+
+    def _thread(self, root: Root, target: str, op: str) -> tasks.ThreadId:
+        t = tasks.ThreadId.parse(target)
+        tasks.check_thread(root, t, op)
+        return t
+
+
+class TaskAffinityKnob(_TaskKnob):
+    name = "task.affinity"
+    help = "CPU affinity of one thread (cpulist)"
+
+    def read(self, root: Root, target: str) -> str:
+        t = self._thread(root, target, "read")
+        return tasks.get_affinity(t.tid).to_list()
+
+    def write(self, root: Root, target: str, value: str) -> None:
+        try:
+            cpus = CpuSet.parse_list(value)
+        except CpuSetError as e:
+            raise ValueError(f"{self.name}: bad cpulist {value!r}") from e
+        if not cpus:
+            raise ValueError(f"{self.name}: an empty CPU set would leave the thread nowhere to run")
+        t = self._thread(root, target, "write")  # right before the syscall
+        tasks.set_affinity(t.tid, cpus)
+
+    def equal(self, a: str, b: str) -> bool:
+        return cpulist_equal(a, b)
+
+    def shell(self, target: str, value: str) -> str:
+        t = tasks.ThreadId.parse(target)
+        return _guard(t) + f"taskset -p -c {shlex.quote(value.strip())} {t.tid}"
+
+
+class TaskNiceKnob(_TaskKnob):
+    name = "task.nice"
+    help = "nice value of one thread (-20..19)"
+
+    def read(self, root: Root, target: str) -> str:
+        t = self._thread(root, target, "read")
+        return str(tasks.get_nice(t.tid))
+
+    def write(self, root: Root, target: str, value: str) -> None:
+        if not re.fullmatch(r"-?[0-9]{1,2}", value.strip()) or not -20 <= int(value) <= 19:
+            raise ValueError(f"{self.name}: bad nice value {value!r} (expected -20..19)")
+        t = self._thread(root, target, "write")
+        tasks.set_nice(t.tid, int(value))
+
+    def equal(self, a: str, b: str) -> bool:
+        return int_equal(a, b)
+
+    def shell(self, target: str, value: str) -> str:
+        t = tasks.ThreadId.parse(target)
+        return _guard(t) + f"renice -n {int(value)} -p {t.tid}"
+
+
+class TaskIoprioKnob(_TaskKnob):
+    name = "task.ioprio"
+    help = "I/O priority of one thread (none, idle, rtN, beN)"
+
+    def read(self, root: Root, target: str) -> str:
+        t = self._thread(root, target, "read")
+        return tasks.get_ioprio(t.tid)
+
+    def write(self, root: Root, target: str, value: str) -> None:
+        tasks.parse_ioprio(value)  # ValueError before any syscall
+        t = self._thread(root, target, "write")
+        tasks.set_ioprio(t.tid, value.strip())
+
+    def equal(self, a: str, b: str) -> bool:
+        try:
+            return tasks.parse_ioprio(a) == tasks.parse_ioprio(b)
+        except ValueError:
+            return a.strip() == b.strip()
+
+    def shell(self, target: str, value: str) -> str:
+        t = tasks.ThreadId.parse(target)
+        v = tasks.parse_ioprio(value)
+        cls = v >> tasks.IOPRIO_CLASS_SHIFT
+        level = v & 7
+        opt = {0: "-c 0", 1: f"-c 1 -n {level}", 2: f"-c 2 -n {level}", 3: "-c 3"}[cls]
+        return _guard(t) + f"ionice {opt} -p {t.tid}"
+
+
+PM_QOS = FileKnob(
+    "cpu.pm_qos_resume_latency_us",
+    "per-CPU idle exit latency limit (us; 0 = none, n/a = no idle states)", "sysfs",
+    r"(0|[1-9][0-9]{0,4})",
+    lambda m: f"sys/devices/system/cpu/cpu{m[1]}/power/pm_qos_resume_latency_us",
+    None, r"[0-9]{1,10}|n/a")
+
+
+for _k in (TaskAffinityKnob(), TaskNiceKnob(), TaskIoprioKnob(), PM_QOS):
+    register(_k, replace=True)

@@ -1,0 +1,863 @@
+"""Registered agents and the placement that keeps them on their CPUs.
+
+Who may register what (docs/protocol.md, "Identity"): the peer's identity is
+SO_PEERCRED. A non-admin peer (not uid 0, not in policy daemon.admin_group)
+may register only processes whose real AND effective uid are its own uid.
+A process is (pid, starttime): the registration is keyed by it, the daemon
+holds a pidfd of it (its exit drops the registration at once; without pidfds
+the tick polls), and every thread write checks it again right before the
+syscall (agents/tasks.py), so a recycled pid is never pinned.
+
+What a class does is the policy's [classes.X] (etc/agentlatd.toml):
+  pin            every thread on one home CPU (placement.choose_home)
+  to_completion  every thread on the completion CPUs
+  nice, ioprio   set on every thread
+  exclusive      "exclusive": while the agent lives there, other tasks are
+                 moved off its home CPU (see "Exclusive home CPUs")
+  pm_qos_resume_latency_us   per home CPU while an agent lives there
+The originals are journaled by the engine before the first write and
+restored on unregister, on `agentlatd rollback`, on SIGTERM and after a crash.
+
+Per-thread sched_setaffinity, not a cpuset cgroup (issue 4 asks to choose):
+  - a cpuset means moving the process into a cgroup of ours (systemd and
+    container runtimes own the cgroup tree and would move it back, and
+    accounting/limits of the unit would be lost) or writing the cpuset of
+    the unit/pod it is in (fights the runtime's own cpuset writes; kubelet's
+    CPU manager reconciles them every 10 s);
+  - per-thread affinity is exact, journaled per thread, restorable to each
+    thread's own original, and needs no cgroup v2 delegation;
+  - threads started later inherit the creating thread's affinity (clone()
+    copies cpus_mask), so a thread started by a pinned thread is pinned from
+    its first instruction. Only a thread started by a not-yet-pinned thread
+    during registration needs the tick: every tick lists proc/PID/task of
+    each agent and pins new threads.
+Exclusive home CPUs use per-task affinity for the same reasons (a systemd
+AllowedCPUs= of every slice would need D-Bus and would not reach processes
+outside systemd's slices). Kernel threads with PF_NO_SETAFFINITY (per-CPU
+kthreads, every kworker) or a single-CPU affinity stay where they are.
+
+Exclusive home CPUs: while an agent of an "exclusive" class lives on home CPU
+H, every other task whose affinity includes H gets its affinity minus H
+(journaled). A task allowed ONLY on such CPUs (pinned there on purpose) is left
+alone, and so are registered agents of any class (their class policy places
+them). Tasks are scanned each tick; a task seen once is not read again (keyed
+by (pid, tid): a tid reused within one tick is the remaining gap). A child
+forked by a moved task inherits the narrowed affinity: it is recorded as
+"inherited" and widened again (not journaled: a crash loses only these)
+when H stops being exclusive. `exclusive_scope_pid` limits the victims to that
+process and its descendants (tests use it: they must never move the host's
+own tasks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentlatd.agents import stats, tasks
+from agentlatd.agents.applier import TASK_KNOBS, Applier
+from agentlatd.agents.autoreg import AutoRegistrar, agent_id_for
+from agentlatd.agents.placement import (
+    CpuLayout,
+    HotTracker,
+    Placed,
+    choose_home,
+    plan_moves,
+    victim_affinity,
+)
+from agentlatd.agents.tasks import ProcId, ThreadId
+from agentlatd.api import protocol
+from agentlatd.api.protocol import ProtocolError, Register
+from agentlatd.cpuset import CpuSet, CpuSetError
+from agentlatd.errors import AgentlatdError, KernelError
+from agentlatd.plan.changes import Change
+from agentlatd.policy import Policy
+
+log = logging.getLogger("agentlatd.agents")
+
+MAX_AGENTS = 16384  # in all
+MAX_AGENTS_PER_UID = 4096  # for a non-admin uid
+
+
+@dataclass(slots=True)
+class MoveRecord:
+    at: float  # wall clock (time.time())
+    from_cpu: int | None
+    to_cpu: int | None
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at": round(self.at, 3), "from_cpu": self.from_cpu, "to_cpu": self.to_cpu,
+                "reason": self.reason}
+
+
+@dataclass(slots=True)
+class Agent:
+    agent_id: str
+    proc: ProcId
+    uid: int
+    latency_class: str
+    source: str  # "socket" | "auto:<rule index>"
+    registered_at: float  # time.time()
+    deadline_ns: int | None = None
+    budget_ns: int | None = None
+    numa_node: int | None = None
+    devices: tuple[str, ...] = ()
+    home_cpu: int | None = None
+    placed_mono: float = 0.0  # time.monotonic() of the last placement or move
+    want_cpus: CpuSet | None = None
+    want_nice: int | None = None
+    want_ioprio: str | None = None
+    exclusive: bool = False
+    pm_qos: int | None = None
+    threads: set[int] = field(default_factory=set)
+    pinned: int = 0
+    orig: dict[str, str] = field(default_factory=dict)  # knob -> main thread's original
+    applied: set[str] = field(default_factory=set)  # knobs written for it so far
+    hist: stats.Histogram = field(default_factory=stats.Histogram.empty)
+    dropped: int = 0
+    last_move: MoveRecord | None = None
+    pidfd: int | None = None
+    state: str = "pending"  # pending | placed | partial | failed
+    problem: str = ""  # the last write that failed
+    note: str = ""  # why the class policy could not be met (no home CPU, ...)
+
+    @property
+    def key(self) -> ProcId:
+        return self.proc
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.hist.summary()
+        return {
+            "agent_id": self.agent_id, "pid": self.proc.pid, "starttime": self.proc.starttime,
+            "uid": self.uid, "latency_class": self.latency_class, "source": self.source,
+            "home_cpu": self.home_cpu,
+            "cpus": self.want_cpus.to_list() if self.want_cpus is not None else None,
+            "exclusive": self.exclusive, "threads": len(self.threads),
+            "threads_pinned": self.pinned, "nice": self.want_nice, "ioprio": self.want_ioprio,
+            "steps": s["steps"], "p50_ns": s["p50_ns"], "p99_ns": s["p99_ns"],
+            "p999_ns": s["p999_ns"], "max_ns": s["max_ns"], "mean_ns": s["mean_ns"],
+            "dropped": self.dropped, "deadline_ns": self.deadline_ns, "budget_ns": self.budget_ns,
+            "registered_at": round(self.registered_at, 3),
+            "last_move": self.last_move.to_json() if self.last_move else None,
+            "state": self.state, "problem": self.problem or self.note,
+        }
+
+
+@dataclass(slots=True)
+class Victim:
+    """A task moved off exclusive home CPUs."""
+
+    thread: ThreadId
+    original: CpuSet
+    moved_to: CpuSet
+    journaled: bool  # False: inherited from a moved parent, widened directly
+
+
+def _prefix(p: ProcId) -> str:
+    return f"{p.pid}:{p.starttime}:"
+
+
+class AgentManager:
+    """The agent side of the daemon: registry, placement, exclusivity, pm_qos.
+
+    Methods that write (place_pending, unregister, tick, release_all) must be
+    called with applier.lock held; the others are pure bookkeeping.
+    """
+
+    def __init__(self, applier: Applier, policy: Policy, *,
+                 exclusive_scope_pid: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.applier = applier
+        self.root = applier.root
+        self.policy = policy
+        self.clock = clock
+        self.layout = CpuLayout(CpuSet(), CpuSet())
+        self.heat: dict[int, float] = {}
+        self.tracker = HotTracker()
+        self.agents: dict[ProcId, Agent] = {}
+        self.by_pid: dict[int, Agent] = {}
+        self.load: dict[int, int] = {}
+        self.dirty: set[ProcId] = set()
+        self.dead: set[ProcId] = set()
+        self.victims: dict[tuple[int, int], Victim] = {}
+        self.victim_procs: dict[int, CpuSet] = {}  # pid -> original affinity of a moved process
+        self.seen_tasks: set[tuple[int, int]] = set()
+        self.excl = CpuSet()
+        self.pmqos: dict[int, str] = {}
+        self.autoreg = AutoRegistrar()
+        self.scope_pid = exclusive_scope_pid
+        self.scope: set[int] = {exclusive_scope_pid} if exclusive_scope_pid else set()
+        self.notes: list[str] = []
+        self.moves = 0
+        self.cpu_dirty = True
+        self.last_tick_s = 0.0
+        # closes an agent's pidfd; the daemon replaces it to unregister the fd
+        # from its selector first (a closed fd number is reused at once)
+        self.close_pidfd: Callable[[int], None] = _close
+
+    # -- inputs ----------------------------------------------------------
+    def set_layout(self, layout: CpuLayout) -> None:
+        if layout == self.layout:
+            return
+        self.layout = layout
+        for a in self.agents.values():
+            self._wants(a)
+        self.cpu_dirty = True
+
+    def set_heat(self, heat: Mapping[int, float]) -> None:
+        """A new heat sample (one per tuner tick)."""
+        self.heat = dict(heat)
+        self.tracker.update(self.heat, self.policy.heat)
+
+    def set_policy(self, policy: Policy) -> None:
+        self.policy = policy
+        for a in self.agents.values():
+            self._wants(a)
+        self.cpu_dirty = True
+
+    # -- registration ----------------------------------------------------
+    def check_register(self, peer_pid: int, peer_uid: int, peer_start: int | None,
+                       req: Register, admin: bool) -> tuple[ProcId, int]:
+        """Validate and authorise a register request; (process, its uid) or ProtocolError."""
+        pid = req.pid if req.pid is not None else peer_pid
+        st = tasks.pid_stat(self.root, pid)
+        if st is None or st.state in ("Z", "X"):
+            raise ProtocolError(protocol.NO_SUCH_PROCESS, f"process {pid} does not exist")
+        if req.pid is None and peer_start is not None and st.starttime != peer_start:
+            raise ProtocolError(protocol.NO_SUCH_PROCESS,
+                                f"the process that connected (pid {pid}) has exited")
+        if req.starttime is not None and st.starttime != req.starttime:
+            raise ProtocolError(protocol.NO_SUCH_PROCESS,
+                                f"process {pid} started at {st.starttime}, not at "
+                                f"{req.starttime}: the process you named has exited and "
+                                "its pid was reused")
+        if st.kthread:
+            raise ProtocolError(protocol.BAD_REQUEST, f"pid {pid} is a kernel thread; only "
+                                                      "user processes can register")
+        uids = tasks.uids_of(self.root, pid)
+        if uids is None:
+            raise ProtocolError(protocol.NO_SUCH_PROCESS, f"process {pid} does not exist")
+        ruid, euid = uids
+        if not admin and not (ruid == peer_uid and euid == peer_uid):
+            raise ProtocolError(
+                protocol.NOT_PERMITTED,
+                f"uid {peer_uid} may register only its own processes, and process {pid} "
+                f"runs as uid {ruid if ruid != peer_uid else euid}; root and members of group "
+                f"{self.policy.daemon.admin_group!r} may register any process")
+        p = ProcId(pid, st.starttime)
+        if p not in self.agents:
+            if len(self.agents) >= MAX_AGENTS:
+                raise ProtocolError(protocol.LIMIT, f"{MAX_AGENTS} agents are registered "
+                                                    "already")
+            if not admin:
+                mine = sum(1 for a in self.agents.values() if a.uid == peer_uid)
+                if mine >= MAX_AGENTS_PER_UID:
+                    raise ProtocolError(protocol.LIMIT, f"uid {peer_uid} has {mine} agents "
+                                        f"registered already (limit {MAX_AGENTS_PER_UID})")
+        return p, ruid
+
+    def register(self, p: ProcId, uid: int, req: Register, source: str = "socket") -> Agent:
+        """Record (or update) a registration; the writes happen in place_pending()."""
+        a = self.agents.get(p)
+        if a is None:
+            a = Agent(agent_id=req.agent_id, proc=p, uid=uid, latency_class=req.latency_class,
+                      source=source, registered_at=time.time())
+            fd = None
+            with contextlib.suppress(KernelError):
+                fd = tasks.pidfd_open(p.pid)
+            if fd is not None and not tasks.alive(self.root, p):
+                # opened after the check: the pidfd may name a newer process
+                os.close(fd)
+                raise ProtocolError(protocol.NO_SUCH_PROCESS, f"process {p.pid} has exited")
+            a.pidfd = fd
+            self.agents[p] = a
+            self.by_pid[p.pid] = a
+            self._read_originals(a)
+        else:
+            a.agent_id = req.agent_id
+            a.latency_class = req.latency_class
+            a.source = source
+        a.deadline_ns, a.budget_ns = req.deadline_ns, req.budget_ns
+        a.numa_node = req.numa_node
+        a.devices = req.devices
+        a.state = "pending"
+        self._wants(a)
+        self.dirty.add(p)
+        return a
+
+    def _read_originals(self, a: Agent) -> None:
+        """The main thread's affinity, nice and ioprio (the process was just checked)."""
+        pid = a.proc.pid
+        readers: dict[str, Callable[[], str]] = {
+            "task.affinity": lambda: tasks.get_affinity(pid).to_list(),
+            "task.nice": lambda: str(tasks.get_nice(pid)),
+            "task.ioprio": lambda: tasks.get_ioprio(pid)}
+        for knob, read in readers.items():
+            with contextlib.suppress(KernelError):
+                a.orig[knob] = read()
+
+    def _set_home(self, a: Agent, cpu: int | None) -> None:
+        if a.home_cpu is not None:
+            n = self.load.get(a.home_cpu, 0) - 1
+            if n > 0:
+                self.load[a.home_cpu] = n
+            else:
+                self.load.pop(a.home_cpu, None)
+        a.home_cpu = cpu
+        if cpu is not None:
+            self.load[cpu] = self.load.get(cpu, 0) + 1
+
+    def _wants(self, a: Agent) -> None:
+        """What the class policy wants for `a` (no writes)."""
+        cp = self.policy.classes[a.latency_class]
+        old_cpus, old_home = a.want_cpus, a.home_cpu
+        if cp.pin:
+            home = a.home_cpu
+            if home is None or home not in self.layout.home:
+                if home is not None:
+                    self._set_home(a, None)
+                home = choose_home(self.layout, self.heat, self.load, self.policy.heat,
+                                   node=a.numa_node, hot=self.tracker.hot(self.policy.heat))
+                self._set_home(a, home)
+                a.placed_mono = self.clock()
+                if old_home is not None and home != old_home:
+                    a.last_move = MoveRecord(time.time(), old_home, home,
+                                             f"CPU {old_home} is no longer a home CPU")
+            a.want_cpus = CpuSet({home}) if home is not None else None
+            a.note = "" if home is not None else "no home CPU available (cpus.home)"
+        else:
+            self._set_home(a, None)
+            a.want_cpus = self.layout.completion if cp.to_completion and self.layout.completion \
+                else None
+            a.note = ("no completion CPU to run on (cpus.completion): left where it is"
+                      if cp.to_completion and not self.layout.completion else "")
+        a.want_nice = cp.nice
+        a.want_ioprio = None if cp.ioprio == "none" else cp.ioprio
+        a.exclusive = bool(cp.pin and cp.exclusive == "exclusive" and a.home_cpu is not None)
+        a.pm_qos = cp.pm_qos_resume_latency_us if cp.pin and a.home_cpu is not None else None
+        if a.want_cpus != old_cpus or a.home_cpu != old_home:
+            self.dirty.add(a.proc)
+            self.cpu_dirty = True
+
+    # -- writes ----------------------------------------------------------
+    def _agent_changes(self, a: Agent, tids: Iterable[int], why: str) -> list[Change]:
+        out: list[Change] = []
+        for tid in tids:
+            t = ThreadId(a.proc.pid, a.proc.starttime, tid).target
+            if a.want_cpus is not None:
+                out.append(Change("task.affinity", t, "", a.want_cpus.to_list(), why))
+            if a.want_nice is not None:
+                out.append(Change("task.nice", t, "", str(a.want_nice), why))
+            if a.want_ioprio is not None:
+                out.append(Change("task.ioprio", t, "", a.want_ioprio, why))
+        return out
+
+    def _why(self, a: Agent) -> str:
+        if a.home_cpu is not None:
+            return (f"agent {a.agent_id!r} ({a.latency_class}) on home CPU {a.home_cpu}")
+        return f"agent {a.agent_id!r} ({a.latency_class})"
+
+    @staticmethod
+    def _wanted(a: Agent) -> set[str]:
+        out = set()
+        if a.want_cpus is not None:
+            out.add("task.affinity")
+        if a.want_nice is not None:
+            out.add("task.nice")
+        if a.want_ioprio is not None:
+            out.add("task.ioprio")
+        return out
+
+    def place_pending(self) -> dict[ProcId, ProtocolError | None]:
+        """Apply the placement of every dirty agent in one engine batch (lock held)."""
+        todo = [self.agents[p] for p in self.dirty if p in self.agents]
+        self.dirty.clear()
+        if not todo:
+            return {}
+        changes: list[Change] = []
+        unwanted: dict[str, set[str]] = {}  # prefix -> knobs its class no longer sets
+        outcome: dict[ProcId, ProtocolError | None] = {}
+        tids_of: dict[ProcId, list[int]] = {}
+        fresh = {a.proc for a in todo if a.state == "pending" and not a.applied
+                 and a.pinned == 0}
+        for a in todo:
+            tids = tasks.list_tids(self.root, a.proc.pid)
+            if not tids or not tasks.alive(self.root, a.proc):
+                outcome[a.proc] = ProtocolError(protocol.NO_SUCH_PROCESS,
+                                                f"process {a.proc.pid} has exited")
+                continue
+            tids_of[a.proc] = tids
+            a.threads = set(tids)
+            changes += self._agent_changes(a, tids, self._why(a))
+            wanted = self._wanted(a)
+            if a.applied - wanted:
+                unwanted[_prefix(a.proc)] = a.applied - wanted
+            a.applied = wanted
+        try:
+            if unwanted:
+                self.applier.restore(
+                    (k, t) for k, t, _ in self.applier.entries(TASK_KNOBS)
+                    if k in unwanted.get(t.rsplit(":", 1)[0] + ":", ()))
+            results = self.applier.apply(changes)
+        except AgentlatdError as e:
+            # the journal could not be saved (ENOSPC, EROFS on the state
+            # directory): the engine wrote nothing. New agents are not kept.
+            log.error("cannot place %d agent(s): %s", len(todo), e)
+            for a in todo:
+                outcome.setdefault(a.proc, ProtocolError(
+                    protocol.UNAVAILABLE, f"agentlatd cannot journal the original values "
+                    f"({e}), so it changed nothing"))
+                if a.proc in fresh:
+                    self._drop(a, "placement failed", forget=False)
+                else:
+                    a.state, a.problem = "failed", str(e)
+            return outcome
+        self._account(results, [a for a in todo if a.proc in tids_of])
+        for a in todo:
+            if a.proc in outcome:
+                self._drop(a, "process exited during registration", forget=True)
+                continue
+            outcome[a.proc] = None
+        self.cpu_dirty = True
+        return outcome
+
+    def _account(self, results: Iterable[Any], agents: list[Agent], *, add: bool = False) -> None:
+        """Fold engine results into each agent's state/problem/pinned count.
+
+        add=False: the results cover every thread; True: only new threads."""
+        by_prefix = {_prefix(a.proc): a for a in agents}
+        bad: dict[str, list[str]] = {}
+        ok_aff: dict[str, int] = {}
+        for r in results:
+            pre = r.target.rsplit(":", 1)[0] + ":"
+            a = by_prefix.get(pre)
+            if a is None:
+                continue
+            if r.status in ("changed", "unchanged"):
+                if r.knob == "task.affinity":
+                    ok_aff[pre] = ok_aff.get(pre, 0) + 1
+            elif r.errclass == "gone":
+                a.threads.discard(int(r.target.rsplit(":", 1)[1]))
+            else:
+                bad.setdefault(pre, []).append(f"{r.knob} {r.target}: {r.status}: {r.message}")
+        for pre, a in by_prefix.items():
+            n = ok_aff.get(pre, 0)
+            a.pinned = 0 if a.want_cpus is None else min(len(a.threads),
+                                                         a.pinned + n if add else n)
+            probs = bad.get(pre, [])
+            if probs:
+                if not add:
+                    a.state = "partial" if a.pinned or a.want_cpus is None else "failed"
+                a.problem = probs[0] + (f" (+{len(probs) - 1} more)" if len(probs) > 1 else "")
+                log.warning("agent %r pid %d: %s", a.agent_id, a.proc.pid, a.problem)
+            elif not add:
+                a.state = "placed"
+                a.problem = ""
+
+    def unregister(self, p: ProcId) -> Agent | None:
+        """Restore a live agent's originals and drop it (lock held)."""
+        a = self.agents.get(p)
+        if a is None:
+            return None
+        pre = _prefix(p)
+        keys = [(k, t) for k, t, _ in self.applier.entries(TASK_KNOBS) if t.startswith(pre)]
+        self.applier.restore(keys)
+        journaled = {t for _, t in keys}
+        # threads born pinned (inherited from a pinned thread) were never
+        # journaled: give them the process's original when they still have ours
+        wants = {"task.affinity": a.want_cpus.to_list() if a.want_cpus is not None else None,
+                 "task.nice": str(a.want_nice) if a.want_nice is not None else None,
+                 "task.ioprio": a.want_ioprio}
+        if tasks.alive(self.root, p):
+            for tid in tasks.list_tids(self.root, p.pid):
+                t = ThreadId(p.pid, p.starttime, tid).target
+                if t in journaled:
+                    continue
+                for knob, want in wants.items():
+                    orig = a.orig.get(knob)
+                    if want is None or orig is None:
+                        continue
+                    if self.applier.read(knob, t) == want and want != orig:
+                        err = self.applier.write_direct(knob, t, orig)
+                        if err:
+                            log.warning("restoring %s of %s: %s", knob, t, err)
+        self._drop(a, "unregistered", forget=False)
+        return a
+
+    def _drop(self, a: Agent, why: str, *, forget: bool) -> None:
+        if forget:
+            pre = _prefix(a.proc)
+            self.applier.forget((k, t) for k, t, _ in self.applier.entries(TASK_KNOBS)
+                                if t.startswith(pre))
+        if a.pidfd is not None:
+            self.close_pidfd(a.pidfd)
+            a.pidfd = None
+        self._set_home(a, None)
+        self.agents.pop(a.proc, None)
+        if self.by_pid.get(a.proc.pid) is a:
+            del self.by_pid[a.proc.pid]
+        self.dirty.discard(a.proc)
+        self.cpu_dirty = True
+        log.info("agent %r pid %d dropped: %s", a.agent_id, a.proc.pid, why)
+
+    def mark_dead(self, p: ProcId) -> None:
+        """A pidfd turned readable: the process exited (handled by reap(), lock held)."""
+        self.dead.add(p)
+
+    def reap(self) -> int:
+        dead, self.dead = self.dead, set()
+        for p in dead:
+            self.exited(p)
+        return len(dead)
+
+    def exited(self, p: ProcId) -> None:
+        """The process is gone (pidfd readable or polling): forget its entries (lock held)."""
+        a = self.agents.get(p)
+        if a is not None:
+            self._drop(a, "process exited", forget=True)
+
+    def decline(self, p: ProcId) -> None:
+        self.autoreg.declined.add(p)
+
+    # -- steps -----------------------------------------------------------
+    def find(self, pid: int) -> Agent | None:
+        return self.by_pid.get(pid)
+
+    # -- the tick --------------------------------------------------------
+    def tick(self) -> None:
+        """Per-tick upkeep (lock held): exits, new threads, heat moves, auto-registration,
+        exclusivity and pm_qos."""
+        t0 = time.perf_counter()
+        now = self.clock()
+        self.reap()
+        # a pidfd turns readable when its process exits (zombies included): one
+        # poll() over all of them; the daemon's selector usually saw it first
+        poller = select.poll()
+        by_fd: dict[int, ProcId] = {}
+        for a in list(self.agents.values()):
+            if a.pidfd is not None:
+                poller.register(a.pidfd, select.POLLIN)
+                by_fd[a.pidfd] = a.proc
+            elif not tasks.alive(self.root, a.proc):
+                self.exited(a.proc)
+        if by_fd:
+            for fd, _ev in poller.poll(0):
+                if fd in by_fd:
+                    self.exited(by_fd[fd])
+        self._new_threads()
+        self._moves(now)
+        self._auto_register()
+        self.place_pending()
+        self.reconcile_cpus()
+        self.last_tick_s = time.perf_counter() - t0
+
+    def _new_threads(self) -> None:
+        changes: list[Change] = []
+        touched: list[Agent] = []
+        gone_keys: list[tuple[str, str]] = []
+        for a in self.agents.values():
+            if a.proc in self.dirty:
+                continue
+            tids = set(tasks.list_tids(self.root, a.proc.pid))
+            if not tids:
+                continue
+            new = tids - a.threads
+            old = a.threads - tids
+            if old:
+                for tid in old:
+                    t = ThreadId(a.proc.pid, a.proc.starttime, tid).target
+                    gone_keys += [(k, t) for k in TASK_KNOBS]
+            if not new and not old:
+                continue
+            a.threads = tids
+            if new and (a.want_cpus is not None or a.want_nice is not None
+                        or a.want_ioprio is not None):
+                for tid in sorted(new):
+                    self._unborn(a, tid)
+                changes += self._agent_changes(a, sorted(new), self._why(a) + " (new thread)")
+                touched.append(a)
+        if gone_keys:
+            self.applier.forget(gone_keys)
+        if changes:
+            self._account(self.applier.apply(changes), touched, add=True)
+
+    def _unborn(self, a: Agent, tid: int) -> None:
+        """A thread born with our values (cloned from a pinned thread) has no journal
+        entry, and a crash would leave it pinned: give it the process's original
+        first, so that the engine journals the true original before pinning it
+        again (a few microseconds unpinned, for a crash-safe restore)."""
+        t = ThreadId(a.proc.pid, a.proc.starttime, tid).target
+        wants = {"task.affinity": a.want_cpus.to_list() if a.want_cpus is not None else None,
+                 "task.nice": str(a.want_nice) if a.want_nice is not None else None,
+                 "task.ioprio": a.want_ioprio}
+        for knob, want in wants.items():
+            orig = a.orig.get(knob)
+            if want is None or orig is None or orig == want:
+                continue
+            if self.applier.read(knob, t) == want:
+                self.applier.write_direct(knob, t, orig)
+
+    def _moves(self, now: float) -> None:
+        pol = self.policy.heat
+        placed = [Placed(str(a.proc), a.home_cpu, a.placed_mono, a.numa_node)
+                  for a in self.agents.values()
+                  if a.home_cpu is not None and self.policy.classes[a.latency_class].pin]
+        if not placed:
+            return
+        hot = self.tracker.hot(pol)
+        moves, notes = plan_moves(placed, self.layout, self.heat, hot, pol, now)
+        by_key = {str(a.proc): a for a in self.agents.values()}
+        for m in moves:
+            a = by_key[m.key]
+            self._set_home(a, m.to_cpu)
+            a.want_cpus = CpuSet({m.to_cpu})
+            a.placed_mono = now
+            a.last_move = MoveRecord(time.time(), m.from_cpu, m.to_cpu, m.reason)
+            self.dirty.add(a.proc)
+            self.cpu_dirty = True
+            self.moves += 1
+            log.info("agent %r pid %d moved from CPU %d to CPU %d: %s", a.agent_id, a.proc.pid,
+                     m.from_cpu, m.to_cpu, m.reason)
+        for n in notes:
+            if n not in self.notes:
+                log.warning("%s", n)
+        self.notes = notes
+
+    def _auto_register(self) -> None:
+        rules = self.policy.auto_register
+        if not rules:
+            return
+        for m in self.autoreg.scan(self.root, rules, self.agents.keys()):
+            uids = tasks.uids_of(self.root, m.proc.pid)
+            if uids is None:
+                continue
+            req = Register(agent_id=agent_id_for(m.rule, m.comm, m.proc.pid), pid=m.proc.pid,
+                           latency_class=m.rule.latency_class)
+            try:
+                self.register(m.proc, uids[0], req, source=f"auto:{m.rule_index}")
+            except ProtocolError:
+                continue
+            log.info("auto-registered pid %d (%s) as %r, class %s (auto_register[%d])",
+                     m.proc.pid, m.comm, req.agent_id, req.latency_class, m.rule_index)
+
+    # -- exclusive home CPUs and pm_qos ---------------------------------------
+    def _excl_wanted(self) -> CpuSet:
+        return CpuSet(a.home_cpu for a in self.agents.values()
+                      if a.exclusive and a.home_cpu is not None and a.state != "failed")
+
+    def reconcile_cpus(self, full: bool = True) -> None:
+        """Bring victims and pm_qos in line with where agents live now (lock held).
+
+        full=False (between ticks, after registrations): scan the host's tasks
+        only when the set of exclusive CPUs changed; new tasks wait for the tick.
+        """
+        want = self._excl_wanted()
+        changed = want != self.excl
+        if changed:
+            grown = not want <= self.excl
+            self.excl = want
+            self._reconcile_victims()
+            if grown:
+                self.seen_tasks.clear()
+        if self.excl and (full or changed):
+            self._scan_victims()
+        elif self.victims:
+            self._reconcile_victims()
+        if self.cpu_dirty:
+            self._reconcile_pmqos()
+        self.cpu_dirty = False
+
+    def _reconcile_victims(self) -> None:
+        restore: list[tuple[str, str]] = []
+        changes: list[Change] = []
+        for key, v in list(self.victims.items()):
+            desired = victim_affinity(v.original, self.excl) or v.original
+            if desired == v.moved_to:
+                continue
+            t = v.thread.target
+            if desired == v.original:
+                if v.journaled:
+                    restore.append(("task.affinity", t))
+                else:
+                    self.applier.write_direct("task.affinity", t, v.original.to_list())
+                del self.victims[key]
+            else:
+                if v.journaled:
+                    changes.append(Change("task.affinity", t, v.moved_to.to_list(),
+                                          desired.to_list(), self._victim_why()))
+                else:
+                    self.applier.write_direct("task.affinity", t, desired.to_list())
+                v.moved_to = desired
+        if restore:
+            self.applier.restore(restore)
+        if changes:
+            self.applier.apply(changes)
+        if not self.victims:
+            self.victim_procs.clear()
+
+    def _victim_why(self) -> str:
+        return (f"home CPU(s) {self.excl} are exclusive to interactive agents "
+                "(classes.*.exclusive = \"exclusive\")")
+
+    def _in_scope(self, pid: int, ppid: int) -> bool:
+        if self.scope_pid is None:
+            return True
+        if pid in self.scope:
+            return True
+        if ppid in self.scope:
+            self.scope.add(pid)
+            return True
+        return False
+
+    def _scan_victims(self) -> None:
+        agent_pids = set(self.by_pid)
+        live: set[tuple[int, int]] = set()
+        live_pids: set[int] = set()
+        changes: list[Change] = []
+        new_victims: dict[tuple[int, int], Victim] = {}
+        for pid in tasks.list_pids(self.root):
+            live_pids.add(pid)
+            if pid in agent_pids:
+                continue
+            tids = tasks.list_tids(self.root, pid)
+            unseen = [t for t in tids if (pid, t) not in self.seen_tasks]
+            live.update((pid, t) for t in tids)
+            pst = None
+            if self.scope_pid is not None and pid not in self.scope:
+                pst = tasks.pid_stat(self.root, pid)
+                if pst is None or not self._in_scope(pid, pst.ppid):
+                    continue
+            if not unseen:
+                continue
+            pst = pst or tasks.pid_stat(self.root, pid)
+            if pst is None:
+                continue
+            for tid in unseen:
+                self.seen_tasks.add((pid, tid))
+                st = pst if tid == pid else tasks.pid_stat(self.root, pid, tid)
+                if st is None or (st.kthread and st.no_setaffinity):
+                    continue
+                try:
+                    aff = tasks.get_affinity(tid)
+                except KernelError:
+                    continue
+                if st.kthread and len(aff) <= 1:
+                    continue  # a per-CPU kthread
+                th = ThreadId(pid, pst.starttime, tid)
+                new = victim_affinity(aff, self.excl)
+                if new is None:
+                    # born narrowed from a moved parent (fork or thread): inherited
+                    parent = self.victim_procs.get(pid) or self.victim_procs.get(pst.ppid)
+                    if parent is not None and aff == victim_affinity(parent, self.excl):
+                        self.victims[(pid, tid)] = Victim(th, parent, aff, journaled=False)
+                        self.victim_procs.setdefault(pid, parent)
+                    continue
+                changes.append(Change("task.affinity", th.target, aff.to_list(), new.to_list(),
+                                      self._victim_why()))
+                new_victims[(pid, tid)] = Victim(th, aff, new, journaled=True)
+        if changes:
+            results = self.applier.apply(changes)
+            for r in results:
+                th = ThreadId.parse(r.target)
+                v = new_victims.get((th.pid, th.tid))
+                if v is None:
+                    continue
+                if r.status in ("changed", "clamped"):
+                    self.victims[(th.pid, th.tid)] = v
+                    self.victim_procs.setdefault(th.pid, v.original)
+                elif r.status not in ("unchanged",) and r.errclass != "gone":
+                    log.info("cannot move task %s off home CPUs: %s", r.target, r.message)
+        # tasks gone: forget them
+        gone = [k for k in self.victims if k not in live]
+        if gone:
+            self.applier.forget(("task.affinity", self.victims[k].thread.target) for k in gone
+                                if self.victims[k].journaled)
+            for k in gone:
+                del self.victims[k]
+        self.seen_tasks &= live
+        for pid in list(self.victim_procs):
+            if pid not in live_pids:
+                del self.victim_procs[pid]
+        if self.scope_pid is not None:
+            self.scope &= live_pids | {self.scope_pid}
+
+    def _reconcile_pmqos(self) -> None:
+        want: dict[int, str] = {}
+        for a in self.agents.values():
+            if a.pm_qos is not None and a.home_cpu is not None:
+                cur = want.get(a.home_cpu)
+                if cur is None or a.pm_qos < int(cur):
+                    want[a.home_cpu] = str(a.pm_qos)
+        gone = [c for c in self.pmqos if c not in want]
+        if gone:
+            self.applier.restore(("cpu.pm_qos_resume_latency_us", str(c)) for c in gone)
+            for c in gone:
+                del self.pmqos[c]
+        changes = [Change("cpu.pm_qos_resume_latency_us", str(c), "", v,
+                          f"an interactive agent lives on home CPU {c}: bound its idle exit "
+                          f"latency (classes.*.pm_qos_resume_latency_us)")
+                   for c, v in sorted(want.items()) if self.pmqos.get(c) != v]
+        if changes:
+            for r in self.applier.apply(changes):
+                c = int(r.target)
+                if r.status in ("changed", "unchanged", "clamped"):
+                    self.pmqos[c] = want[c]
+                else:
+                    log.warning("pm_qos of CPU %d: %s", c, r.message)
+
+    def release_all(self) -> None:
+        """Before a full rollback (lock held): unregister every agent (restores the
+        threads the journal does not hold yet) and widen inherited victims."""
+        for p in list(self.agents):
+            try:
+                self.unregister(p)
+            except Exception:
+                log.exception("restoring agent pid %d", p.pid)
+        for v in self.victims.values():
+            if not v.journaled:
+                self.applier.write_direct("task.affinity", v.thread.target, v.original.to_list())
+        self.victims.clear()
+        for a in self.agents.values():
+            if a.pidfd is not None:
+                self.close_pidfd(a.pidfd)
+                a.pidfd = None
+
+    # -- views -----------------------------------------------------------
+    def rows(self) -> list[dict[str, Any]]:
+        return [a.to_json() for a in sorted(self.agents.values(),
+                                            key=lambda a: (a.agent_id, a.proc.pid))]
+
+    def status(self) -> dict[str, Any]:
+        classes: dict[str, int] = {}
+        for a in self.agents.values():
+            classes[a.latency_class] = classes.get(a.latency_class, 0) + 1
+        return {
+            "agents": len(self.agents), "classes": classes,
+            "home_cpus": self.layout.home.to_list(),
+            "completion_cpus": self.layout.completion.to_list(),
+            "exclusive_cpus": self.excl.to_list(), "tasks_moved": len(self.victims),
+            "pm_qos": {str(c): v for c, v in sorted(self.pmqos.items())},
+            "hot_cpus": sorted(self.tracker.hot(self.policy.heat)),
+            "heat": {str(c): round(h, 4) for c, h in sorted(self.heat.items())},
+            "moves": self.moves, "notes": list(self.notes),
+            "agent_tick_ms": round(self.last_tick_s * 1000, 3),
+        }
+
+
+def _close(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def parse_cpus(text: str) -> CpuSet | None:
+    try:
+        return CpuSet.parse_list(text)
+    except CpuSetError:
+        return None

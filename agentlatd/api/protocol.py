@@ -1,0 +1,277 @@
+"""The registration protocol: versioned JSON lines (docs/protocol.md). Pure.
+
+One request per line, one answer per request, in order:
+  -> {"v": 1, "op": "register", "id": 7, "agent_id": "planner", "latency_class": "interactive"}
+  <- {"v": 1, "id": 7, "ok": true, "result": {...}}
+  <- {"v": 1, "id": 7, "ok": false, "error": {"code": "not_permitted", "message": "..."}}
+
+This module turns a line into a typed request or a ProtocolError (code + a
+sentence), and results into lines. Nothing a client sends becomes a path or a
+format string: pids are JSON integers checked against PID_MAX, names are
+bounded printable strings, numbers are bounded integers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agentlatd.agents import stats
+from agentlatd.agents.tasks import valid_pid
+from agentlatd.policy import LATENCY_CLASSES
+
+VERSION = 1
+MAX_LINE = 64 * 1024  # bytes per request line, newline included
+MAX_SAMPLES = 4096  # raw samples per step report
+MAX_STEP_COUNT = 1 << 40
+MAX_ID_LEN = 128
+MAX_DEVICES = 16
+
+# error codes (docs/protocol.md, "Errors")
+BAD_JSON = "bad_json"  # not a JSON object on one line
+BAD_REQUEST = "bad_request"  # a field missing, of the wrong type or out of range
+TOO_LARGE = "too_large"  # a line over MAX_LINE: the connection is closed after the answer
+UNSUPPORTED_VERSION = "unsupported_version"
+UNKNOWN_OP = "unknown_op"
+NOT_PERMITTED = "not_permitted"  # SO_PEERCRED says this peer may not do that
+NO_SUCH_PROCESS = "no_such_process"  # pid not running (or recycled: starttime differs)
+NOT_REGISTERED = "not_registered"
+LIMIT = "limit_exceeded"  # too many agents / connections / queued output
+UNAVAILABLE = "unavailable"  # no home CPU, daemon stopping, ...
+INTERNAL = "internal"  # a bug in agentlatd: logged with a traceback
+
+OPS = ("register", "unregister", "step", "agents", "status", "ping")
+
+
+class ProtocolError(Exception):
+    """An error answer: code (machine) and message (a sentence for a person)."""
+
+    def __init__(self, code: str, message: str, req_id: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.req_id = req_id
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    agent_id: str
+    pid: int | None  # None = the peer
+    latency_class: str
+    deadline_ns: int | None = None
+    budget_ns: int | None = None
+    numa_node: int | None = None
+    devices: tuple[str, ...] = ()
+    starttime: int | None = None  # the caller's view of the process: refused if it differs
+
+
+@dataclass(frozen=True, slots=True)
+class Unregister:
+    pid: int | None
+    agent_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    pid: int | None
+    agent_id: str | None
+    count: int
+    hist: Mapping[int, int]  # bucket -> count (agentlatd.agents.stats)
+    sum_ns: int
+    max_ns: int
+    dropped: int = 0  # samples the client could not keep
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    op: str  # "agents" | "status" | "ping"
+
+
+Request = Register | Unregister | Step | Query
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    req_id: Any
+    op: str
+    req: Request
+
+
+# ---------------------------------------------------------------------------
+# decoding
+
+
+def _name(obj: Mapping[str, Any], key: str, *, required: bool) -> str | None:
+    v = obj.get(key)
+    if v is None:
+        if required:
+            raise ProtocolError(BAD_REQUEST, f"field {key!r} is required")
+        return None
+    if not isinstance(v, str) or not 0 < len(v) <= MAX_ID_LEN or not v.isprintable():
+        raise ProtocolError(BAD_REQUEST, f"field {key!r} must be a printable string of "
+                                         f"1..{MAX_ID_LEN} characters")
+    return v
+
+
+def _int(obj: Mapping[str, Any], key: str, lo: int, hi: int, default: int | None = None) -> int | None:
+    v = obj.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ProtocolError(BAD_REQUEST, f"field {key!r} must be an integer in {lo}..{hi}")
+    return v
+
+
+def _pid(obj: Mapping[str, Any]) -> int | None:
+    v = obj.get("pid")
+    if v is None:
+        return None
+    pid = valid_pid(v)
+    if pid is None:
+        raise ProtocolError(BAD_REQUEST, "field 'pid' must be a positive integer process id")
+    return pid
+
+
+def _register(obj: Mapping[str, Any]) -> Register:
+    agent_id = _name(obj, "agent_id", required=True)
+    assert agent_id is not None
+    cls = obj.get("latency_class", "interactive")
+    if cls not in LATENCY_CLASSES:
+        raise ProtocolError(BAD_REQUEST, "field 'latency_class' must be one of "
+                                         + ", ".join(LATENCY_CLASSES))
+    devs = obj.get("devices", [])
+    if (not isinstance(devs, list) or len(devs) > MAX_DEVICES
+            or not all(isinstance(d, str) and 0 < len(d) <= 64 and d.isprintable() for d in devs)):
+        raise ProtocolError(BAD_REQUEST, f"field 'devices' must be a list of at most "
+                                         f"{MAX_DEVICES} device names")
+    return Register(
+        agent_id=agent_id, pid=_pid(obj), latency_class=cls,
+        deadline_ns=_int(obj, "deadline_ns", 0, 1 << 62),
+        budget_ns=_int(obj, "budget_ns", 0, 1 << 62),
+        numa_node=_int(obj, "numa_node", 0, 1 << 16),
+        devices=tuple(devs),
+        starttime=_int(obj, "starttime", 0, 1 << 62))
+
+
+def _step(obj: Mapping[str, Any]) -> Step:
+    hist: dict[int, int] = {}
+    raw_hist = obj.get("hist")
+    raw_samples = obj.get("samples_ns")
+    max_seen = 0
+    total = 0
+    sum_ns = 0
+    if raw_hist is not None:
+        if not isinstance(raw_hist, dict) or len(raw_hist) > stats.MAX_BUCKET + 1:
+            raise ProtocolError(BAD_REQUEST, "field 'hist' must be an object {bucket: count}")
+        for k, c in raw_hist.items():
+            if not (isinstance(k, str) and k.isdigit() and len(k) <= 5
+                    and int(k) <= stats.MAX_BUCKET):
+                raise ProtocolError(BAD_REQUEST, f"field 'hist' has a bad bucket {k!r} "
+                                                 f"(expected 0..{stats.MAX_BUCKET})")
+            if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= MAX_STEP_COUNT:
+                raise ProtocolError(BAD_REQUEST, f"field 'hist' has a bad count for bucket {k}")
+            if c:
+                b = int(k)
+                hist[b] = hist.get(b, 0) + c
+                total += c
+                max_seen = max(max_seen, stats.bucket_bounds(b)[1])
+                sum_ns += stats.bucket_value(b) * c
+    if raw_samples is not None:
+        if not isinstance(raw_samples, list) or len(raw_samples) > MAX_SAMPLES:
+            raise ProtocolError(BAD_REQUEST, f"field 'samples_ns' must be a list of at most "
+                                             f"{MAX_SAMPLES} integers")
+        for v in raw_samples:
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= stats.MAX_NS:
+                raise ProtocolError(BAD_REQUEST, "field 'samples_ns' must hold integers "
+                                                 f"0..{stats.MAX_NS}")
+            b = stats.bucket_of(v)
+            hist[b] = hist.get(b, 0) + 1
+            total += 1
+            sum_ns += v
+            max_seen = max(max_seen, v)
+    if total > MAX_STEP_COUNT:
+        raise ProtocolError(BAD_REQUEST, "too many steps in one report")
+    count = _int(obj, "count", 0, MAX_STEP_COUNT, total)
+    assert count is not None
+    if count != total:
+        raise ProtocolError(BAD_REQUEST, f"field 'count' ({count}) differs from the samples "
+                                         f"and histogram counts ({total})")
+    client_sum = _int(obj, "sum_ns", 0, MAX_STEP_COUNT * stats.MAX_NS)
+    client_max = _int(obj, "max_ns", 0, stats.MAX_NS)
+    # the client's exact sum/max are kept when they are consistent with the buckets
+    if client_max is not None and client_max <= max_seen:
+        max_seen = client_max
+    if client_sum is not None and raw_samples is None:
+        sum_ns = client_sum
+    dropped = _int(obj, "dropped", 0, MAX_STEP_COUNT, 0)
+    assert dropped is not None
+    return Step(pid=_pid(obj), agent_id=_name(obj, "agent_id", required=False), count=count,
+                hist=hist, sum_ns=sum_ns, max_ns=max_seen, dropped=dropped)
+
+
+def decode(line: bytes) -> Envelope:
+    """One request line -> Envelope; ProtocolError (with the id when known) otherwise."""
+    if len(line) > MAX_LINE:
+        raise ProtocolError(TOO_LARGE, f"request line of {len(line)} bytes exceeds the "
+                                       f"{MAX_LINE}-byte limit")
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError) as e:
+        raise ProtocolError(BAD_JSON, f"request is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(BAD_JSON, "request must be a JSON object")
+    req_id = obj.get("id")
+    if not (req_id is None or isinstance(req_id, int | str)) or (
+            isinstance(req_id, str) and len(req_id) > MAX_ID_LEN):
+        req_id = None
+        raise ProtocolError(BAD_REQUEST, f"field 'id' must be an integer or a string of at "
+                                         f"most {MAX_ID_LEN} characters")
+    try:
+        v = obj.get("v", VERSION)
+        # type() too: in Python true == 1 and 1.0 == 1, but JSON's true and 1.0
+        # are not the integer 1 that docs/protocol.md asks for
+        if type(v) is not int or v != VERSION:
+            raise ProtocolError(UNSUPPORTED_VERSION, f"protocol version {v!r} is not supported; "
+                                                     f"this daemon speaks version {VERSION}")
+        op = obj.get("op")
+        if op not in OPS:
+            raise ProtocolError(UNKNOWN_OP, f"unknown op {op!r}; known: {', '.join(OPS)}")
+        req: Request
+        if op == "register":
+            req = _register(obj)
+        elif op == "unregister":
+            req = Unregister(pid=_pid(obj), agent_id=_name(obj, "agent_id", required=False))
+        elif op == "step":
+            req = _step(obj)
+        else:
+            req = Query(op)
+    except ProtocolError as e:
+        e.req_id = req_id
+        raise
+    return Envelope(req_id, op, req)
+
+
+# ---------------------------------------------------------------------------
+# encoding
+
+
+def ok(req_id: Any, result: Any) -> bytes:
+    return (json.dumps({"v": VERSION, "id": req_id, "ok": True, "result": result},
+                       separators=(",", ":")) + "\n").encode()
+
+
+def error(req_id: Any, code: str, message: str) -> bytes:
+    return (json.dumps({"v": VERSION, "id": req_id, "ok": False,
+                        "error": {"code": code, "message": message}},
+                       separators=(",", ":")) + "\n").encode()
+
+
+def request(op: str, req_id: Any = None, **fields: Any) -> bytes:
+    """A request line (for clients)."""
+    msg: dict[str, Any] = {"v": VERSION, "op": op}
+    if req_id is not None:
+        msg["id"] = req_id
+    msg.update({k: v for k, v in fields.items() if v is not None})
+    return (json.dumps(msg, separators=(",", ":")) + "\n").encode()

@@ -1,0 +1,409 @@
+"""The registration socket: a Unix stream socket serving JSON lines (docs/protocol.md).
+
+Single-threaded and non-blocking, on a `selectors` selector the daemon owns
+(the daemon's loop also waits on pidfds, the signal pipe and its tick timer).
+Requests are table entries (style.md habit 9): `handlers` maps an op to a
+function (conn, envelope) -> result. A handler may return PENDING and answer
+later with Server.answer()/fail() (the daemon batches the affinity writes of
+every registration that arrived in one loop turn into one journal save); a
+connection with an unanswered request reads no further request until it is
+answered, so answers always come in request order.
+
+Identity is SO_PEERCRED (socket(7)): the pid, uid and gid of the process that
+connected, given by the kernel, never taken from the request. Who may connect
+at all is the socket file's mode (0660) and group (policy daemon.socket_group).
+
+Limits, so that one client never stalls or starves the others:
+  - a request line over protocol.MAX_LINE (64 KiB): answered too_large, then
+    the connection is closed (the stream cannot be resynchronised);
+  - at most LINES_PER_TURN requests of one connection per loop turn, round
+    robin over connections; a connection with more than IN_BACKLOG bytes of
+    unprocessed input is not read until it drains;
+  - answers queued but not read by the client beyond MAX_OUT bytes: closed;
+  - no complete request for IDLE_TIMEOUT seconds: closed (the client
+    reconnects). Only a complete line counts, not bytes: a client trickling
+    a partial line one byte at a time (slowloris) is closed all the same;
+  - at most policy daemon.max_clients connections, and at most
+    max(16, max_clients / 8) of them for one non-root uid: the next is
+    answered limit_exceeded and closed.
+Bad input is answered with an error code and a sentence; the server keeps
+serving everyone else. A handler that raises anything but ProtocolError is a
+bug: logged with its traceback, answered "internal".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import logging
+import os
+import selectors
+import socket
+import stat
+import struct
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agentlatd.api import protocol
+from agentlatd.api.protocol import Envelope, ProtocolError
+from agentlatd.errors import AgentlatdError
+
+log = logging.getLogger("agentlatd.api")
+
+LINES_PER_TURN = 64
+IN_BACKLOG = 4 * protocol.MAX_LINE
+MAX_OUT = 32 << 20
+IDLE_TIMEOUT = 600.0
+RECV = 1 << 16
+
+
+class _Pending:
+    def __repr__(self) -> str:
+        return "PENDING"
+
+
+PENDING: Any = _Pending()
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """SO_PEERCRED of a connection: who connected, at connect() time."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_cred(sock: socket.socket) -> Peer:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return Peer(pid, uid, gid)
+
+
+Callback = Callable[[int], None]
+Handler = Callable[["Conn", Envelope], Any]
+
+
+class Conn:
+    """One client connection."""
+
+    __slots__ = ("buf_in", "buf_out", "closed", "id", "last", "owned", "peer",
+                 "pending", "server", "sock", "write_wanted")
+
+    def __init__(self, server: Server, sock: socket.socket, peer: Peer, cid: int) -> None:
+        self.server = server
+        self.sock = sock
+        self.peer = peer
+        self.id = cid
+        self.buf_in = bytearray()
+        self.buf_out = bytearray()
+        self.pending: Any = None  # id of the request awaiting an answer (PENDING handler)
+        self.last = time.monotonic()
+        self.closed = False
+        self.write_wanted = False
+        self.owned: set[Any] = set()  # keys of the registrations this connection made
+
+    def __repr__(self) -> str:
+        return f"<conn {self.id} pid={self.peer.pid} uid={self.peer.uid}>"
+
+
+class SocketInUse(AgentlatdError):
+    pass
+
+
+def group_gid(name: str) -> int | None:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
+def bind_socket(path: str, *, mode: int = 0o660, group: str = "") -> socket.socket:
+    """A listening socket at `path`: mode `mode`, group `group` when it exists.
+
+    A stale socket file (nobody accepts on it) is replaced; one that answers
+    means another daemon serves it: SocketInUse. A path that is not a socket
+    is never removed.
+    """
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, mode=0o755, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise SocketInUse(f"{path} exists and is not a socket; not replacing it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(1.0)
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # stale: its daemon is gone
+        else:
+            raise SocketInUse(f"another agentlatd serves {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old = os.umask(0o177)  # 0600 until chown+chmod: no window with the wrong group
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    gid = group_gid(group) if group else None
+    if gid is not None:
+        try:
+            os.chown(path, -1, gid)
+        except OSError as e:
+            log.warning("cannot give socket %s to group %s: %s", path, group, e.strerror)
+    elif group:
+        log.info("group %r does not exist: socket %s stays group %d", group, path,
+                 os.stat(path).st_gid)
+    os.chmod(path, mode)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class Server:
+    """Serves `handlers` on a listening socket, inside the caller's selector."""
+
+    def __init__(self, sel: selectors.BaseSelector, sock: socket.socket,
+                 handlers: Mapping[str, Handler], *, max_clients: int = 4096,
+                 on_close: Callable[[Conn], None] | None = None,
+                 on_accept: Callable[[Conn], None] | None = None,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+        self.sel = sel
+        self.sock = sock
+        self.path = sock.getsockname()
+        self.handlers = handlers
+        self.max_clients = max_clients
+        self.on_close = on_close
+        self.on_accept = on_accept
+        self.max_per_uid = max(16, max_clients // 8)
+        self.per_uid: dict[int, int] = {}
+        self.idle_timeout = idle_timeout
+        self.conns: dict[int, Conn] = {}
+        self._next_id = 1
+        self._ready: list[Conn] = []  # connections with unprocessed complete lines
+        self.requests = 0
+        self.errors = 0
+        self.accepting = True
+        sel.register(sock, selectors.EVENT_READ, self._on_accept)
+
+    # -- lifecycle -------------------------------------------------------
+    def close(self, unlink: bool = True) -> None:
+        for c in list(self.conns.values()):
+            self.drop(c, "server stopping")
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(self.sock)
+        path = self.path if isinstance(self.path, str) else ""
+        self.sock.close()
+        if unlink and path:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def drop(self, c: Conn, why: str = "") -> None:
+        if c.closed:
+            return
+        c.closed = True
+        if why:
+            log.debug("closing %r: %s", c, why)
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(c.sock)
+        with contextlib.suppress(OSError):
+            c.sock.close()
+        if self.conns.pop(c.id, None) is not None:
+            n = self.per_uid.get(c.peer.uid, 0) - 1
+            if n > 0:
+                self.per_uid[c.peer.uid] = n
+            else:
+                self.per_uid.pop(c.peer.uid, None)
+        if self.on_close is not None:
+            try:
+                self.on_close(c)
+            except Exception:
+                log.exception("on_close hook failed for %r", c)
+
+    # -- events ----------------------------------------------------------
+    def _on_accept(self, _mask: int) -> None:
+        for _ in range(64):
+            try:
+                s, _addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("cannot accept a connection: %s", e.strerror)
+                    return
+                raise
+            s.setblocking(False)
+            try:
+                peer = peer_cred(s)
+            except OSError:
+                s.close()
+                continue
+            mine = self.per_uid.get(peer.uid, 0)
+            if (len(self.conns) >= self.max_clients or not self.accepting
+                    or (peer.uid != 0 and mine >= self.max_per_uid)):
+                msg = (protocol.error(None, protocol.UNAVAILABLE, "agentlatd is stopping")
+                       if not self.accepting else
+                       protocol.error(None, protocol.LIMIT, f"too many connections (limit "
+                                      f"{self.max_clients}, policy daemon.max_clients)")
+                       if len(self.conns) >= self.max_clients else
+                       protocol.error(None, protocol.LIMIT, f"uid {peer.uid} has {mine} "
+                                      f"connections open (limit {self.max_per_uid})"))
+                with contextlib.suppress(OSError):
+                    s.send(msg)
+                s.close()
+                continue
+            c = Conn(self, s, peer, self._next_id)
+            self._next_id += 1
+            self.conns[c.id] = c
+            self.per_uid[peer.uid] = mine + 1
+            if self.on_accept is not None:
+                try:
+                    self.on_accept(c)
+                except Exception:
+                    log.exception("on_accept hook failed for %r", c)
+            self.sel.register(s, selectors.EVENT_READ, lambda m, c=c: self._on_conn(c, m))
+
+    def _on_conn(self, c: Conn, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self._flush(c)
+        if c.closed or not mask & selectors.EVENT_READ:
+            return
+        if len(c.buf_in) > IN_BACKLOG:
+            return  # drains through process(); read again after
+        try:
+            data = c.sock.recv(RECV)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self.drop(c, f"recv: {e.strerror}")
+            return
+        if not data:
+            self.drop(c, "peer closed")
+            return
+        c.buf_in += data
+        if b"\n" in data or len(c.buf_in) > protocol.MAX_LINE:
+            self._ready.append(c)
+
+    @property
+    def busy(self) -> bool:
+        """Complete lines are waiting: the loop should not sleep."""
+        return bool(self._ready)
+
+    def process(self) -> None:
+        """Handle up to LINES_PER_TURN lines of each connection with input."""
+        ready, self._ready = self._ready, []
+        seen: set[int] = set()
+        for c in ready:
+            if c.closed or c.id in seen:
+                continue
+            seen.add(c.id)
+            n = 0
+            while not c.closed and c.pending is None and n < LINES_PER_TURN:
+                i = c.buf_in.find(b"\n")
+                if i < 0:
+                    if len(c.buf_in) > protocol.MAX_LINE:
+                        self._reply(c, protocol.error(
+                            None, protocol.TOO_LARGE, f"request line exceeds the "
+                            f"{protocol.MAX_LINE}-byte limit; closing the connection"))
+                        self._flush(c)
+                        self.drop(c, "line too long")
+                    break
+                line = bytes(c.buf_in[:i])
+                del c.buf_in[:i + 1]
+                n += 1
+                if line.strip():
+                    self._handle(c, line)
+            if not c.closed and c.pending is None and b"\n" in c.buf_in:
+                self._ready.append(c)  # more next turn (round robin)
+
+    def _handle(self, c: Conn, line: bytes) -> None:
+        self.requests += 1
+        c.last = time.monotonic()  # a complete request: bytes alone do not count
+        try:
+            env = protocol.decode(line + b"\n")
+        except ProtocolError as e:
+            self.errors += 1
+            self._reply(c, protocol.error(e.req_id, e.code, e.message))
+            return
+        op = env.op
+        h = self.handlers.get(op)
+        if h is None:
+            self._reply(c, protocol.error(env.req_id, protocol.UNKNOWN_OP,
+                                          f"op {op!r} is not served by this daemon"))
+            return
+        try:
+            result = h(c, env)
+        except ProtocolError as e:
+            self.errors += 1
+            self._reply(c, protocol.error(env.req_id, e.code, e.message))
+            return
+        except Exception:
+            self.errors += 1
+            log.exception("handler for %r failed (request from %r)", op, c)
+            self._reply(c, protocol.error(env.req_id, protocol.INTERNAL,
+                                          "agentlatd failed to handle this request; "
+                                          "the daemon log has the details"))
+            return
+        if result is PENDING:
+            c.pending = env.req_id if env.req_id is not None else PENDING
+            return
+        self._reply(c, protocol.ok(env.req_id, result))
+
+    def answer(self, c: Conn, req_id: Any, result: Any) -> None:
+        """Answer a request its handler left PENDING."""
+        self._resume(c, protocol.ok(None if req_id is PENDING else req_id, result))
+
+    def fail(self, c: Conn, req_id: Any, code: str, message: str) -> None:
+        self._resume(c, protocol.error(None if req_id is PENDING else req_id, code, message))
+
+    def _resume(self, c: Conn, data: bytes) -> None:
+        c.pending = None
+        if c.closed:
+            return
+        self._reply(c, data)
+        if b"\n" in c.buf_in:
+            self._ready.append(c)
+
+    # -- output ----------------------------------------------------------
+    def _reply(self, c: Conn, data: bytes) -> None:
+        if c.closed:
+            return
+        c.buf_out += data
+        if len(c.buf_out) > MAX_OUT:
+            self.drop(c, f"client does not read its answers ({len(c.buf_out)} bytes queued)")
+            return
+        self._flush(c)
+
+    def _flush(self, c: Conn) -> None:
+        while c.buf_out and not c.closed:
+            try:
+                n = c.sock.send(c.buf_out)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                self.drop(c, f"send: {e.strerror}")
+                return
+            del c.buf_out[:n]
+        want = bool(c.buf_out)
+        if want != c.write_wanted and not c.closed:
+            c.write_wanted = want
+            ev = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
+            self.sel.modify(c.sock, ev, self.sel.get_key(c.sock).data)
+
+    # -- housekeeping ----------------------------------------------------
+    def reap_idle(self, now: float | None = None) -> int:
+        now = time.monotonic() if now is None else now
+        n = 0
+        for c in list(self.conns.values()):
+            if c.pending is None and now - c.last > self.idle_timeout:
+                self.drop(c, f"idle for {self.idle_timeout:.0f} s")
+                n += 1
+        return n

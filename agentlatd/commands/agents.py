@@ -1,0 +1,93 @@
+"""`agentlatd agents`: the registered agents, as the daemon sees them.
+
+Text: one line per agent (fits 80 columns), and under it the last move and
+why. --json: a list of objects, each with at least agent_id, pid,
+latency_class, home_cpu, threads, steps, p50_ns, p99_ns, p999_ns, last_move
+({at, from_cpu, to_cpu, reason} or null); see docs/protocol.md ("agents").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+import time
+from typing import Any
+
+HELP = "list registered agents: class, home CPU, threads, step latency, moves"
+EXAMPLES = (
+    "agentlatd agents",
+    "agentlatd agents --json",
+    "agentlatd agents --socket /tmp/al/agentlatd.sock",
+)
+WIDTH = 80
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--socket", metavar="PATH",
+                   help="registration socket (default: $AGENTLATD_SOCKET, else the policy's)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def fmt_ns(v: int | None) -> str:
+    if v is None:
+        return "-"
+    if v < 10_000:
+        return f"{v}ns"
+    if v < 10_000_000:
+        return f"{v / 1000:.0f}us"
+    if v < 10_000_000_000:
+        return f"{v / 1e6:.0f}ms"
+    return f"{v / 1e9:.0f}s"
+
+
+def render(rows: list[dict[str, Any]], now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    if not rows:
+        return "No agents registered.\n"
+    head = (f"{'AGENT':<16} {'PID':>7} {'CLASS':<11} {'CPU':>4} {'THR':>5} {'STEPS':>8} "
+            f"{'P50':>6} {'P99':>6} {'P999':>6}")
+    out = [head]
+    for r in rows:
+        cpu = r.get("home_cpu")
+        cpus = str(cpu) if cpu is not None else ("-" if not r.get("cpus") else "c")
+        thr = f"{r.get('threads_pinned', 0)}/{r.get('threads', 0)}" \
+            if r.get("cpus") else str(r.get("threads", 0))
+        aid = str(r.get("agent_id", ""))
+        aid = aid if len(aid) <= 16 else aid[:15] + "~"
+        out.append(f"{aid:<16} {r.get('pid', 0):>7} {r.get('latency_class', '')!s:<11} "
+                   f"{cpus:>4} {thr:>5} {r.get('steps', 0):>8} {fmt_ns(r.get('p50_ns')):>6} "
+                   f"{fmt_ns(r.get('p99_ns')):>6} {fmt_ns(r.get('p999_ns')):>6}")
+        mv = r.get("last_move")
+        if mv:
+            ago = max(0.0, now - float(mv.get("at", now)))
+            out += textwrap.wrap(f"moved {mv.get('from_cpu')} -> {mv.get('to_cpu')} "
+                                 f"{ago:.0f}s ago: {mv.get('reason', '')}", WIDTH,
+                                 initial_indent="  ", subsequent_indent="    ")
+        prob = r.get("problem")
+        if prob:
+            out += textwrap.wrap(f"{r.get('state', '')}: {prob}", WIDTH,
+                                 initial_indent="  ", subsequent_indent="    ")
+    if any(r.get("cpus") and r.get("home_cpu") is None for r in rows):
+        out.append("CPU \"c\" = the completion CPUs (background class)")
+    return "\n".join(out) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    from agentlatd.client import ClientError, Connection, Unavailable
+    try:
+        with Connection(args.socket) as conn:
+            rows = conn.request("agents")
+    except Unavailable as e:
+        print(f"agentlatd agents: {e.strerror}", file=sys.stderr)
+        return 1
+    except ClientError as e:
+        print(f"agentlatd agents: {e.code}: {e.message}", file=sys.stderr)
+        return 1
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render(rows))
+    return 0

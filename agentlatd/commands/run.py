@@ -1,0 +1,59 @@
+"""`agentlatd run`: the daemon (agentlatd/daemon.py)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from agentlatd import policy as policy_mod
+
+HELP = "run the daemon: tune each tick and keep registered agents on quiet CPUs"
+EXAMPLES = (
+    "agentlatd run",
+    "agentlatd run --config /etc/agentlatd.toml",
+    "agentlatd run --config my.toml --state-dir /tmp/al --socket /tmp/al/agentlatd.sock",
+    "agentlatd run --agents-only --log-level debug",
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE",
+                   help="policy file (default: the embedded default policy); SIGHUP "
+                        "reloads it")
+    p.add_argument("--root", default="/", metavar="DIR",
+                   help="filesystem root holding proc/ and sys/ (default: this host)")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="rollback journal and lock (default: policy daemon.state_dir)")
+    p.add_argument("--socket", metavar="PATH",
+                   help="registration socket (default: policy daemon.socket)")
+    p.add_argument("--agents-only", action="store_true",
+                   help="serve agents (pinning, exclusive home CPUs, pm_qos) but apply no "
+                        "device knobs (IRQs, RPS, coalescing); heat is still measured")
+    p.add_argument("--exclusive-scope-pid", type=int, metavar="PID",
+                   help="move only PID and its descendants off exclusive home CPUs "
+                        "(tests; default: every movable task of the host)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                   help="override policy daemon.log_level")
+
+
+def _setup_logging(level: str) -> None:
+    try:
+        from agentlatd import logging_setup
+    except ImportError:
+        logging.basicConfig(level=getattr(logging, level.upper()),
+                            format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        return
+    logging_setup.setup(level)
+
+
+def run(args: argparse.Namespace) -> int:
+    pol = policy_mod.load(args.config) if args.config else policy_mod.default()
+    _setup_logging(args.log_level or pol.daemon.log_level)
+    if args.exclusive_scope_pid is not None and args.exclusive_scope_pid <= 0:
+        raise SystemExit("agentlatd run: --exclusive-scope-pid must be a positive pid")
+    from agentlatd import daemon
+    return daemon.main(pol, config_path=os.path.abspath(args.config) if args.config else None,
+                       root=args.root, state_dir=args.state_dir, socket_path=args.socket,
+                       exclusive_scope_pid=args.exclusive_scope_pid,
+                       tune_devices=not args.agents_only)

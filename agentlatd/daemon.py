@@ -1,0 +1,735 @@
+"""The daemon: `agentlatd run`. One process, two threads, one journal.
+
+  main thread   a `selectors` loop: the registration socket (api/server.py),
+                one pidfd per agent (readable when it exits), the signal
+                pipe, and the agent tick (agents/registry.py: new threads,
+                heat moves, auto-registration, exclusive home CPUs, pm_qos)
+  tuner thread  sample -> rates -> plan -> apply every policy daemon.interval
+                (sample/counters.py, model/rates.py, model/build.py,
+                plan/build.py, apply/engine.py), then drift; it publishes
+                the heat and the CPU layout for the main thread to use
+
+Why a thread for the device pipeline and not one loop: a knob write can be
+slow (ethtool netlink on a busy NIC, a sysfs store that takes a driver lock)
+and a tick that reads /proc/interrupts of a large host costs milliseconds. In
+the tuner thread neither delays an answer on the socket. Both sides write
+through ONE engine (one journal, so `agentlatd rollback` and a crash restore
+restore everything), serialised by a lock; the main loop never waits for it:
+it takes it when free, else answers everything that needs no write and
+retries on its next turn (a few ms). Only registrations wait, and only for
+the engine. One failing knob is one failed result in the engine's report;
+it never stops the tick.
+
+Signals: SIGTERM/SIGINT roll back every change (engine.rollback(): device
+knobs, task affinity/nice/ioprio, pm_qos) and exit 0; SIGHUP reloads the
+policy file (a bad one is logged with its key path and the old one stays).
+At start a journal left by a crashed run is restored (incomplete) or adopted
+(complete) by the engine; the agent side then restores its own adopted
+entries (task and pm_qos knobs: the processes must register again, and their
+client libraries do so on reconnect), so it starts from a clean slate.
+
+Hooks for the service layer (sd_notify, metrics): Daemon.hooks holds lists of
+callbacks, all called from the main thread:
+  on_ready(daemon)                 after the first tuner tick and the socket
+  on_tick(daemon, TunerState)      after each tuner tick the main loop picks up
+  on_loop(daemon)                  every loop turn (at most 1 s apart): watchdog
+  on_reload(daemon, ok: bool)      after SIGHUP
+  on_stop(daemon)                  before the rollback
+and Daemon.status() returns a dict (also the socket's "status" answer).
+
+Test hook: AGENTLATD_TEST_HEAT_FILE=PATH makes the tuner read a JSON object
+{"<cpu>": heat, ...} from PATH at every tick and use it in place of the
+measured heat of those CPUs (a missing or unreadable file = measured heat).
+Tests drive "home CPU turns hot" with it on a 2-CPU host; it has no other use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import grp
+import json
+import logging
+import os
+import pwd
+import resource
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentlatd import __version__
+from agentlatd import policy as policy_mod
+from agentlatd.agents import tasks
+from agentlatd.agents.applier import AGENT_KNOBS, Applier
+from agentlatd.agents.placement import CpuLayout
+from agentlatd.agents.registry import AgentManager
+from agentlatd.agents.tasks import ProcId
+from agentlatd.api import protocol
+from agentlatd.api.protocol import Envelope, ProtocolError, Register, Step, Unregister
+from agentlatd.api.server import PENDING, Conn, Server, bind_socket
+from agentlatd.apply.engine import ApplyReport, Drift, Engine
+from agentlatd.cpuset import CpuSet, CpuSetError
+from agentlatd.errors import AgentlatdError, KernelError, PolicyError
+from agentlatd.model.machine import Machine, Rates
+from agentlatd.plan.changes import Plan
+from agentlatd.policy import Policy
+from agentlatd.sysfs.root import Root
+
+log = logging.getLogger("agentlatd.daemon")
+
+HEAT_ENV = "AGENTLATD_TEST_HEAT_FILE"
+MACHINE_TTL = 60.0  # seconds between full rebuilds of the Machine (plus on discontinuities)
+RETRY = 0.005  # seconds to the next turn when the engine lock was busy
+
+
+# ---------------------------------------------------------------------------
+# the tuner (helper thread)
+
+
+@dataclass(frozen=True, slots=True)
+class TunerState:
+    """What one tuner tick produced (published to the main thread)."""
+
+    seq: int
+    t: float  # time.monotonic() at its end
+    duration_s: float
+    layout: CpuLayout
+    heat: Mapping[int, float]
+    rates: Rates | None = None
+    plan: Plan | None = None
+    report: ApplyReport | None = None
+    drift: tuple[Drift, ...] = ()
+    machine: Machine | None = None
+    error: str = ""
+    # (stage, seconds, ok) of this tick's stages: "counters", "plan", "apply"
+    # (per-sampler duration/success metrics, agentlatd/metrics.py)
+    timings: tuple[tuple[str, float, bool], ...] = ()
+
+
+def fallback_layout(root: Root, pol: Policy) -> CpuLayout:
+    """CPU roles without the model/plan stages (their modules failed or are missing)."""
+    try:
+        online = CpuSet.parse_list(root.read_value("sys/devices/system/cpu/online"))
+    except (KernelError, CpuSetError):
+        online = CpuSet(range(os.cpu_count() or 1))
+    if len(online) <= 1:
+        return CpuLayout(home=online, completion=CpuSet(), online=online)
+    comp = CpuSet() if pol.cpus.completion == "auto" else CpuSet.parse_list(pol.cpus.completion)
+    comp = comp & online
+    home = CpuSet() if pol.cpus.home == "auto" else CpuSet.parse_list(pol.cpus.home) & online
+    if not comp and not home:
+        comp = CpuSet({min(online)})
+    home = (home or (online - comp)) - comp
+    return CpuLayout(home=home, completion=comp, quiet_order=tuple(sorted(home)), online=online)
+
+
+def layout_of(machine: Machine, plan: Plan) -> CpuLayout:
+    topo = machine.topology
+    return CpuLayout(
+        home=plan.home_cpus, completion=plan.completion_cpus,
+        quiet_order=plan.quiet_home_order or tuple(sorted(plan.home_cpus)),
+        siblings={c.cpu: c.smt_siblings | {c.cpu} for c in topo.cpus},
+        node_of={c.cpu: c.node for c in topo.cpus}, online=topo.online)
+
+
+def read_heat_override() -> dict[int, float] | None:
+    path = os.environ.get(HEAT_ENV, "")
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+        return {int(k): float(v) for k, v in raw.items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+
+
+class Tuner:
+    """sample -> rates -> plan -> apply, each tick (see the module docstring)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+        self.seq = 0
+        self.prev: Any = None  # the previous CounterSnapshot
+        self.machine: Machine | None = None
+        self.machine_t = 0.0
+        self.rebuild = True
+        self.state: TunerState | None = None  # the last published state (one reference swap)
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.failures = 0
+
+    def step(self) -> TunerState:
+        t0 = time.monotonic()
+        pol = self.d.policy
+        root = self.d.root
+        rates: Rates | None = None
+        plan: Plan | None = None
+        report: ApplyReport | None = None
+        drift: tuple[Drift, ...] = ()
+        errors: list[str] = []
+        timings: list[tuple[str, float, bool]] = []
+
+        def timed(stage: str, since: float, n_errors: int) -> None:
+            timings.append((stage, time.monotonic() - since, len(errors) == n_errors))
+
+        ts, ne = time.monotonic(), len(errors)
+        try:
+            from agentlatd.model.rates import compute_rates
+            from agentlatd.sample.counters import read_counters
+            snap = read_counters(root, None, self.prev)
+            if self.prev is not None:
+                rates = compute_rates(self.prev, snap, pol.heat)
+                if any(d.kind in ("cpu_hotplug", "irq_set_changed") for d in rates.discontinuities):
+                    self.rebuild = True
+            self.prev = snap
+        except Exception as e:  # a sampler failure must not stop the daemon
+            errors.append(f"sampling failed: {e}")
+            log.warning("sampling failed: %s", e, exc_info=not isinstance(e, AgentlatdError))
+        timed("counters", ts, ne)
+        ts, ne = time.monotonic(), len(errors)
+        try:
+            from agentlatd.model.build import build_machine
+            from agentlatd.plan.build import make_plan
+            if self.rebuild or self.machine is None or t0 - self.machine_t > MACHINE_TTL:
+                self.machine = build_machine(root)
+                self.machine_t = t0
+                self.rebuild = False
+            from agentlatd.apply import irqbalance
+            plan = make_plan(self.machine, pol, rates=rates,
+                             irqbalance_running=bool(irqbalance.running(root)))
+        except Exception as e:
+            errors.append(f"planning failed: {e}")
+            log.warning("planning failed: %s", e, exc_info=not isinstance(e, AgentlatdError))
+            plan = None
+        timed("plan", ts, ne)
+        layout = (layout_of(self.machine, plan) if plan is not None and self.machine is not None
+                  else fallback_layout(root, pol))
+        if plan is not None and self.d.tune_devices:
+            ts, ne = time.monotonic(), len(errors)
+            try:
+                with self.d.applier.hold():
+                    report = self.d.engine.apply(plan.changes)
+                    # drift is about device knobs another writer (irqbalance, an
+                    # admin) changes; with only agent entries journaled it would
+                    # read every agent thread under the lock for nothing
+                    if any(e.knob not in AGENT_KNOBS for e in self.d.engine.entries()):
+                        drift = tuple(self.d.engine.check_drift())
+                if any(r.errclass == "gone" for r in report.results):
+                    # a device or IRQ vanished (hot-unplug, a veth deleted): rescan
+                    # at the next tick, not after MACHINE_TTL of failing writes
+                    # (tests/hostile: test_device_removed_under_a_running_daemon)
+                    self.rebuild = True
+            except Exception as e:
+                errors.append(f"apply failed: {e}")
+                log.error("apply failed: %s", e, exc_info=not isinstance(e, AgentlatdError))
+            timed("apply", ts, ne)
+        heat = dict(rates.heat) if rates is not None else {}
+        override = read_heat_override()
+        if override:
+            heat.update(override)
+        if errors:
+            self.failures += 1
+        self.seq += 1
+        st = TunerState(seq=self.seq, t=time.monotonic(), duration_s=time.monotonic() - t0,
+                        layout=layout, heat=heat, rates=rates, plan=plan, report=report,
+                        drift=drift, machine=self.machine, error="; ".join(errors),
+                        timings=tuple(timings))
+        self.state = st
+        self.d.wake()
+        return st
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name="agentlatd-tuner", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(max(0.05, self.d.policy.daemon.interval)):
+            try:
+                self.step()
+            except Exception:  # pragma: no cover - step() catches its own
+                log.exception("tuner tick failed")
+
+    def join(self, timeout: float = 10.0) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+
+# ---------------------------------------------------------------------------
+# the daemon
+
+
+@dataclass(slots=True)
+class Hooks:
+    on_ready: list[Callable[[Daemon], None]] = field(default_factory=list)
+    on_tick: list[Callable[[Daemon, TunerState], None]] = field(default_factory=list)
+    on_loop: list[Callable[[Daemon], None]] = field(default_factory=list)
+    on_reload: list[Callable[[Daemon, bool], None]] = field(default_factory=list)
+    on_stop: list[Callable[[Daemon], None]] = field(default_factory=list)
+
+
+def _call(hooks: list[Any], *args: Any) -> None:
+    for h in hooks:
+        try:
+            h(*args)
+        except Exception:
+            log.exception("hook %r failed", h)
+
+
+class Daemon:
+    def __init__(self, policy: Policy, *, config_path: str | None = None, root: str = "/",
+                 state_dir: str | None = None, socket_path: str | None = None,
+                 exclusive_scope_pid: int | None = None, tune_devices: bool = True,
+                 listen_socket: socket.socket | None = None) -> None:
+        self.policy = policy
+        self.config_path = config_path
+        self.root = Root(root)
+        self.state_dir = os.path.abspath(state_dir or policy.daemon.state_dir)
+        self.socket_path = os.path.abspath(socket_path or policy.daemon.socket)
+        self.exclusive_scope_pid = exclusive_scope_pid
+        self.tune_devices = tune_devices
+        self.hooks = Hooks()
+        self.engine = Engine(self.root, self.state_dir, policy=policy)
+        self.applier = Applier(self.engine)
+        self.manager = AgentManager(self.applier, policy, exclusive_scope_pid=exclusive_scope_pid)
+        self.manager.close_pidfd = self._close_pidfd
+        self.tuner = Tuner(self)
+        self.sel = selectors.DefaultSelector()
+        self.server: Server | None = None
+        self._listen = listen_socket
+        self._stop = False
+        self._hup = False
+        self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._waiting: list[tuple[Conn, Any, str, Any]] = []  # (conn, req id, op, payload)
+        self._seen_seq = 0
+        self._next_tick = 0.0
+        self.started = time.time()
+        self.ready = False
+        self.last_state: TunerState | None = None
+        self.peer_start: dict[int, int | None] = {}
+        self._device_nodes: dict[str, int] = {}
+        self._socket_owned = True  # False: the listening socket was passed in
+        self._pidfds: set[int] = set()
+        self._retry = False
+        self._next_reap = 0.0
+
+    # -- plumbing --------------------------------------------------------
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wfd, b"w")
+
+    def _drain(self, _mask: int) -> None:
+        with contextlib.suppress(OSError):
+            while os.read(self._rfd, 4096):
+                pass
+
+    def _signal(self, signum: int, _frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            self._hup = True
+        else:
+            self._stop = True
+        self.wake()
+
+    def request_stop(self) -> None:
+        self._stop = True
+        self.wake()
+
+    # -- start -----------------------------------------------------------
+    def start(self) -> None:
+        _raise_nofile()
+        # the tuner thread parses in pure Python for milliseconds at a time: hand
+        # the GIL to the socket loop after 0.5 ms, not the default 5 ms
+        sys.setswitchinterval(0.0005)
+        rec = self.engine.recover()
+        if rec.action != "none":
+            log.info("journal: %s", rec.message)
+        with self.applier.hold():
+            left = [(k, t) for k, t, _ in self.applier.entries(AGENT_KNOBS)]
+            if left:
+                res = self.applier.restore(left)
+                log.info("restored %d agent-side change(s) of the previous run (%d not)",
+                         sum(1 for r in res if r.status in ("restored", "unchanged", "gone")),
+                         sum(1 for r in res if r.status not in ("restored", "unchanged", "gone")))
+        st = self.tuner.step()
+        self._take(st)
+        sock = self._listen
+        if sock is None:
+            try:
+                from agentlatd.sdnotify import inherited_socket
+                sock = inherited_socket(self.socket_path)
+            except ImportError:
+                sock = None
+        if sock is None:
+            sock = bind_socket(self.socket_path, mode=0o660, group=self.policy.daemon.socket_group)
+        else:
+            sock.setblocking(False)
+            # passed by systemd (agentlatd.socket) or the caller: its file is
+            # theirs, left in place at exit so the socket keeps accepting
+            self._socket_owned = False
+        self.server = Server(self.sel, sock, self._handlers(),
+                             max_clients=self.policy.daemon.max_clients,
+                             on_close=self._on_close, on_accept=self._on_accept)
+        self.sel.register(self._rfd, selectors.EVENT_READ, self._drain)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._signal)
+        self.tuner.start()
+        self._next_tick = time.monotonic()
+        self.ready = True
+        log.info("agentlatd %s serving %s (state %s, home CPUs %s, completion CPUs %s)",
+                 __version__, self.socket_path, self.state_dir,
+                 st.layout.home.to_list() or "none", st.layout.completion.to_list() or "none")
+        _call(self.hooks.on_ready, self)
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; then roll back. Returns the exit status."""
+        try:
+            self.start()
+        except BaseException:
+            self.tuner.join(1.0)
+            self.engine.close()
+            raise
+        try:
+            while not self._stop:
+                self.turn()
+        finally:
+            ok = self.shutdown()
+        return 0 if ok else 1
+
+    # -- one loop turn ---------------------------------------------------
+    def turn(self) -> None:
+        assert self.server is not None
+        now = time.monotonic()
+        if self._retry:
+            timeout = RETRY  # the engine lock was busy: try again soon, never spin
+        else:
+            timeout = 0.0 if self.server.busy else max(0.0, min(self._next_tick - now, 1.0))
+        for key, mask in self.sel.select(timeout):
+            cb = key.data
+            cb(mask)
+        if self._stop:
+            return
+        if self._hup:
+            self._hup = False
+            self.reload()
+        self.server.process()
+        st = self.tuner.state
+        if st is not None and st.seq != self._seen_seq:
+            self._take(st)
+        now = time.monotonic()
+        tick_due = now >= self._next_tick
+        self._retry = False
+        if tick_due or self._waiting or self.manager.dirty or self.manager.dead:
+            with self.applier.hold(blocking=False) as got:
+                if got:
+                    self._locked_work(tick_due)
+                    if tick_due:
+                        self._next_tick = now + max(0.05, self.policy.daemon.interval)
+                else:
+                    self._retry = True
+        self._register_pidfds()
+        if now >= self._next_reap:
+            self._next_reap = now + 10.0
+            self.server.reap_idle(now)
+        _call(self.hooks.on_loop, self)
+
+    def _take(self, st: TunerState) -> None:
+        self._seen_seq = st.seq
+        self.last_state = st
+        self.manager.set_layout(st.layout)
+        self.manager.set_heat(st.heat)
+        if st.machine is not None:
+            self._device_nodes = {d.name: d.numa_node for d in st.machine.devices
+                                  if d.numa_node is not None}
+        if self.ready:
+            _call(self.hooks.on_tick, self, st)
+
+    def _locked_work(self, tick_due: bool) -> None:
+        """Everything that writes: unregisters, placements, the tick (lock held)."""
+        # Each phase is guarded: a journal that cannot be written (ENOSPC on the
+        # state directory) or a bug in one phase is answered and logged, and the
+        # loop serves on; nothing is written without its original journaled.
+        waiting, self._waiting = self._waiting, []
+        assert self.server is not None
+        for conn, req_id, op, payload in waiting:
+            if op == "unregister":
+                try:
+                    self._do_unregister(conn, req_id, payload)
+                except Exception as e:
+                    self._failed("unregister", e)
+                    self.server.fail(conn, req_id, protocol.UNAVAILABLE,
+                                     f"agentlatd could not restore the process's originals: {e}")
+        outcome: dict[ProcId, ProtocolError | None] = {}
+        try:
+            self.manager.reap()
+            outcome = self.manager.place_pending()
+        except Exception as e:  # place_pending answers journal errors itself; a bug here
+            self._failed("placement", e)
+            outcome = {p: ProtocolError(protocol.INTERNAL, "agentlatd failed to place the "
+                                        "agent; the daemon log has the details")
+                       for _, _, op, p in waiting if op == "register"}
+        for conn, req_id, op, payload in waiting:
+            if op != "register":
+                continue
+            p: ProcId = payload
+            err = outcome.get(p)
+            a = self.manager.agents.get(p)
+            if err is not None or a is None:
+                code = err.code if err is not None else protocol.NO_SUCH_PROCESS
+                msg = err.message if err is not None else f"process {p.pid} has exited"
+                self.server.fail(conn, req_id, code, msg)
+            else:
+                self.server.answer(conn, req_id, _register_result(a))
+        try:
+            if tick_due:
+                self.manager.tick()
+            else:
+                self.manager.reconcile_cpus(full=False)
+        except Exception as e:
+            self._failed("agent tick", e)
+
+    def _failed(self, what: str, e: BaseException) -> None:
+        if isinstance(e, AgentlatdError):
+            log.error("%s failed: %s", what, e)
+        else:
+            log.exception("%s failed", what)
+
+    def _register_pidfds(self) -> None:
+        for a in self.manager.agents.values():
+            if a.pidfd is not None and a.pidfd not in self._pidfds:
+                p = a.proc
+                try:
+                    self.sel.register(a.pidfd, selectors.EVENT_READ,
+                                      lambda _m, p=p, fd=a.pidfd: self._on_exit(p, fd))
+                except (ValueError, KeyError, OSError):
+                    continue
+                self._pidfds.add(a.pidfd)
+
+    def _on_exit(self, p: ProcId, fd: int) -> None:
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.sel.unregister(fd)
+        self._pidfds.discard(fd)
+        self.manager.mark_dead(p)
+
+    def _close_pidfd(self, fd: int) -> None:
+        if fd in self._pidfds:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.sel.unregister(fd)
+            self._pidfds.discard(fd)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+    # -- requests --------------------------------------------------------
+    def _handlers(self) -> dict[str, Callable[[Conn, Envelope], Any]]:
+        return {"register": self._h_register, "unregister": self._h_unregister,
+                "step": self._h_step, "agents": self._h_agents, "status": self._h_status,
+                "ping": self._h_ping}
+
+    def _on_accept(self, c: Conn) -> None:
+        # the connecting process's starttime: a request without a pid means
+        # "this process", and a pid reused after it exited must not get in
+        self.peer_start[c.id] = tasks.starttime_of(self.root, c.peer.pid)
+
+    def _on_close(self, c: Conn) -> None:
+        self.peer_start.pop(c.id, None)
+
+    def is_admin(self, uid: int, gid: int) -> bool:
+        if uid == 0:
+            return True
+        name = self.policy.daemon.admin_group
+        try:
+            g = grp.getgrnam(name)
+        except KeyError:
+            return False
+        if gid == g.gr_gid:
+            return True
+        try:
+            user = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return False
+        return user in g.gr_mem
+
+    def _h_register(self, c: Conn, env: Envelope) -> Any:
+        req = env.req
+        assert isinstance(req, Register)
+        if req.numa_node is None and req.devices:
+            nodes = {self._device_nodes[d] for d in req.devices if d in self._device_nodes}
+            if len(nodes) == 1:
+                req = dataclasses.replace(req, numa_node=nodes.pop())
+        admin = self.is_admin(c.peer.uid, c.peer.gid)
+        p, uid = self.manager.check_register(c.peer.pid, c.peer.uid, self.peer_start.get(c.id),
+                                             req, admin)
+        self.manager.register(p, uid, req)
+        self.manager.autoreg.declined.discard(p)
+        c.owned.add(p)
+        self._waiting.append((c, env.req_id, "register", p))
+        return PENDING
+
+    def _agent_for(self, c: Conn, pid: int | None, agent_id: str | None) -> Any:
+        target = pid if pid is not None else c.peer.pid
+        a = self.manager.find(target)
+        if a is None:
+            raise ProtocolError(protocol.NOT_REGISTERED, f"process {target} is not registered")
+        if pid is None and self.peer_start.get(c.id) not in (None, a.proc.starttime):
+            raise ProtocolError(protocol.NOT_REGISTERED, f"process {target} is not registered")
+        if agent_id is not None and agent_id != a.agent_id:
+            raise ProtocolError(protocol.NOT_REGISTERED, f"process {target} is registered as "
+                                                         f"{a.agent_id!r}, not {agent_id!r}")
+        if a.uid != c.peer.uid and not self.is_admin(c.peer.uid, c.peer.gid):
+            raise ProtocolError(protocol.NOT_PERMITTED, f"uid {c.peer.uid} may not act on "
+                                                        f"agent {a.agent_id!r} of uid {a.uid}")
+        return a
+
+    def _h_unregister(self, c: Conn, env: Envelope) -> Any:
+        req = env.req
+        assert isinstance(req, Unregister)
+        a = self._agent_for(c, req.pid, req.agent_id)
+        self._waiting.append((c, env.req_id, "unregister", a.proc))
+        return PENDING
+
+    def _do_unregister(self, c: Conn, req_id: Any, p: ProcId) -> None:
+        assert self.server is not None
+        a = self.manager.unregister(p)
+        if a is None:
+            self.server.fail(c, req_id, protocol.NOT_REGISTERED,
+                             f"process {p.pid} is not registered")
+            return
+        self.manager.decline(p)
+        self.server.answer(c, req_id, {"agent_id": a.agent_id, "pid": p.pid,
+                                       "restored": True, "steps": a.hist.count})
+
+    def _h_step(self, c: Conn, env: Envelope) -> Any:
+        req = env.req
+        assert isinstance(req, Step)
+        a = self._agent_for(c, req.pid, req.agent_id)
+        a.hist.merge_counts(req.hist, sum_ns=req.sum_ns, max_ns=req.max_ns)
+        a.dropped += req.dropped
+        return {"steps": a.hist.count}
+
+    def _h_agents(self, c: Conn, env: Envelope) -> Any:
+        return self.manager.rows()
+
+    def _h_status(self, c: Conn, env: Envelope) -> Any:
+        return self.status()
+
+    def _h_ping(self, c: Conn, env: Envelope) -> Any:
+        return {"pong": True, "version": __version__, "protocol": protocol.VERSION}
+
+    # -- reload / stop ---------------------------------------------------
+    def reload(self) -> bool:
+        try:
+            new = policy_mod.load(self.config_path) if self.config_path else policy_mod.default()
+        except PolicyError as e:
+            log.error("reload refused, the running policy stays in force: %s", e)
+            _call(self.hooks.on_reload, self, False)
+            return False
+        if os.path.abspath(new.daemon.socket) != os.path.abspath(self.policy.daemon.socket):
+            log.warning("daemon.socket changed in the policy: takes effect at the next start")
+        self.policy = new
+        self.engine.policy = new
+        self.manager.set_policy(new)
+        self.tuner.rebuild = True
+        with contextlib.suppress(Exception):
+            from agentlatd import logging_setup
+            logging_setup.set_level(new.daemon.log_level)
+        log.info("policy reloaded from %s", new.source)
+        _call(self.hooks.on_reload, self, True)
+        return True
+
+    def shutdown(self) -> bool:
+        """Stop serving and roll back every change. True when everything is back."""
+        _call(self.hooks.on_stop, self)
+        if self.server is not None:
+            self.server.accepting = False
+        self.tuner.join(10.0)
+        ok = True
+        with self.applier.hold():
+            try:
+                self.manager.release_all()
+                rep = self.engine.rollback()
+                ok = rep.ok
+                n = sum(1 for r in rep.results if r.status == "restored")
+                if ok:
+                    log.info("rolled back: %d original(s) restored", n)
+                else:
+                    log.error("rollback incomplete: %s", "; ".join(rep.notes) or
+                              "; ".join(r.message for r in rep.results
+                                        if r.status not in ("restored", "unchanged", "gone",
+                                                            "managed"))[:500])
+            except AgentlatdError as e:
+                log.error("rollback failed: %s", e)
+                ok = False
+        if self.server is not None:
+            self.server.close(unlink=self._socket_owned)
+        with contextlib.suppress(Exception):
+            self.sel.close()
+        for fd in (self._rfd, self._wfd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.engine.close()
+        return ok
+
+    # -- views -----------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        st = self.last_state
+        rep = st.report if st is not None else None
+        counts: dict[str, int] = {}
+        if rep is not None:
+            for r in rep.results:
+                counts[r.status] = counts.get(r.status, 0) + 1
+        out: dict[str, Any] = {
+            "version": __version__, "pid": os.getpid(), "policy": self.policy.source,
+            "socket": self.socket_path, "state_dir": self.state_dir,
+            "uptime_s": round(time.time() - self.started, 3), "ready": self.ready,
+            "tick": st.seq if st else 0,
+            "tuner_tick_ms": round(st.duration_s * 1000, 3) if st else None,
+            "tuner_error": st.error if st else "",
+            "changes": counts,
+            "planned_changes": len(st.plan.changes) if st and st.plan else 0,
+            "drift": [d.to_json() for d in st.drift] if st else [],
+            "journal_entries": len(self.engine.entries()),
+            "connections": len(self.server.conns) if self.server else 0,
+            "requests": self.server.requests if self.server else 0,
+        }
+        out.update(self.manager.status())
+        return out
+
+
+def _register_result(a: Any) -> dict[str, Any]:
+    j: dict[str, Any] = a.to_json()
+    return {k: j[k] for k in ("agent_id", "pid", "starttime", "latency_class", "home_cpu",
+                              "cpus", "exclusive", "threads", "threads_pinned", "state",
+                              "problem")}
+
+
+def _raise_nofile() -> None:
+    """One pidfd per agent plus one fd per client: lift the soft fd limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY
+                                                        else 1 << 20, hard))
+
+
+def main(policy: Policy, *, config_path: str | None, root: str, state_dir: str | None,
+         socket_path: str | None, exclusive_scope_pid: int | None = None,
+         tune_devices: bool = True) -> int:
+    try:
+        d = Daemon(policy, config_path=config_path, root=root, state_dir=state_dir,
+                   socket_path=socket_path, exclusive_scope_pid=exclusive_scope_pid,
+                   tune_devices=tune_devices)
+        from agentlatd import service  # sd_notify + metrics through d.hooks
+        service.attach(d)
+        return d.run()
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM):
+            print(f"agentlatd run: {e} (run as root?)", file=sys.stderr)
+            return 1
+        raise

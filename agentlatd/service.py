@@ -1,0 +1,208 @@
+"""The daemon's service side: systemd notify protocol and Prometheus metrics,
+attached to a running Daemon through its hooks (agentlatd/daemon.py, Hooks).
+
+    svc = service.attach(daemon)     # before daemon.run(); commands/run.py does it
+
+What each hook does (all run in the daemon's main thread):
+  on_ready   READY=1 + STATUS= once the first tick sampled, planned and
+             applied without an exception (a knob that fails is a result, not
+             an exception: it does not hold READY back; a tick that could
+             not sample or plan does, and systemd's TimeoutStartSec then
+             fails the start instead of reporting a broken daemon as up)
+  on_tick    metrics (rates, layout, agents, apply/drift results, per-stage
+             durations), publish (HTTP body + textfile), STATUS= line
+  on_loop    WATCHDOG=1 when due. The ping is sent from the main loop, so it
+             means the loop turns; a helper thread only wakes the loop
+             (daemon.wake()) at the due time, so the cadence does not depend
+             on the loop's own timeouts, and a stuck loop still misses pings
+  on_reload  RELOADING=1 (+MONOTONIC_USEC), metrics reconfigured, READY=1
+             again: systemd leaves the "reloading" state whether the new
+             policy was taken or refused
+  on_stop    STOPPING=1 before the rollback; HTTP server closed, textfile
+             removed (no daemon, no agentlatd series: absent() alerts work)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from agentlatd.errors import PolicyError
+from agentlatd.metrics import Exporter, Metrics
+from agentlatd.sdnotify import Notifier
+
+if TYPE_CHECKING:
+    from agentlatd.daemon import Daemon, TunerState
+
+log = logging.getLogger("agentlatd.service")
+
+# a ping is sent when it is due within this many seconds (the waker thread
+# wakes the loop at the due time; the turn may run a hair early)
+PING_SLACK = 0.02
+
+
+class Service:
+    def __init__(self, daemon: Daemon, notifier: Notifier, metrics: Metrics,
+                 exporter: Exporter) -> None:
+        self.d = daemon
+        self.notifier = notifier
+        self.metrics = metrics
+        self.exporter = exporter
+        self.ready_sent = False
+        self._stop = threading.Event()
+        self._waker: threading.Thread | None = None
+
+    # -- hooks -----------------------------------------------------------
+    def on_ready(self, d: Daemon) -> None:
+        st = d.last_state
+        if st is not None:
+            self._observe(d, st)
+        if st is not None and not st.error:
+            self._ready(d)
+        elif st is not None:
+            log.warning("not reporting READY yet: %s", st.error)
+            self.notifier.status(f"starting: {st.error}")
+        if self.notifier.watchdog_interval is not None and self._waker is None:
+            self.notifier.watchdog()
+            self._waker = threading.Thread(target=self._wake_loop, name="agentlatd-watchdog",
+                                           daemon=True)
+            self._waker.start()
+
+    def on_tick(self, d: Daemon, st: TunerState) -> None:
+        self._observe(d, st)
+        if not self.ready_sent and not st.error:
+            self._ready(d)
+        elif self.ready_sent:
+            self.notifier.status(self.status_line(d, st))
+
+    def on_loop(self, d: Daemon) -> None:
+        due = self.notifier.watchdog_due()
+        if due is not None and due <= PING_SLACK:
+            self.notifier.watchdog()
+
+    def on_reload(self, d: Daemon, ok: bool) -> None:
+        self.notifier.reloading()
+        self.metrics.observe_reload(ok)
+        if ok:
+            try:
+                self.exporter.configure(d.policy.metrics)
+            except PolicyError as e:  # the loader checks it first; belt and braces
+                log.error("metrics: %s", e)
+        st = d.last_state
+        line = self.status_line(d, st) if st is not None else "running"
+        if not ok:
+            line = f"{line}; reload refused (see log)"
+        if self.ready_sent:
+            self.notifier.ready(line)
+        else:
+            self.notifier.status(line)
+
+    def on_stop(self, d: Daemon) -> None:
+        self._stop.set()
+        self.notifier.stopping("stopping: rolling back every change")
+        self.exporter.close()
+        tf = d.policy.metrics.textfile
+        if tf:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tf)
+        if self._waker is not None:
+            self._waker.join(timeout=2)
+
+    # -- internals -------------------------------------------------------
+    def _ready(self, d: Daemon) -> None:
+        st = d.last_state
+        line = self.status_line(d, st) if st is not None else "running"
+        self.ready_sent = True
+        self.metrics.ready = True
+        self.exporter.set_ready()
+        self.notifier.ready(line)
+        self.exporter.publish(self.metrics.render())
+        log.info("ready: %s", line)
+
+    def _wake_loop(self) -> None:
+        """Wake the main loop when a ping is due; the ping itself is on_loop's."""
+        while not self._stop.is_set():
+            due = self.notifier.watchdog_due()
+            if due is None:
+                return
+            if due > 0 and self._stop.wait(due):
+                return
+            self.d.wake()
+            # the loop pings within a turn; do not spin while it does
+            self._stop.wait(min(0.05, (self.notifier.watchdog_interval or 1.0) / 4))
+
+    def _observe(self, d: Daemon, st: TunerState) -> None:
+        m = self.metrics
+        for name, dur, ok in getattr(st, "timings", ()):
+            m.observe_sampler(name, dur, ok)
+        if st.report is not None:
+            m.observe_apply(st.report)
+        if st.drift:
+            m.observe_drift(st.drift)
+        mgr: Any = d.manager
+        agents = mgr.rows() if hasattr(mgr, "rows") else []
+        hot: list[int] | None = None
+        with contextlib.suppress(Exception):
+            hot = list(mgr.status().get("hot_cpus", []))
+        active: int | None = None
+        with contextlib.suppress(Exception):
+            active = len(d.engine.entries())
+        m.observe_tick(duration_s=st.duration_s, rates=st.rates, completion=st.layout.completion,
+                       home=st.layout.home, hot_threshold=d.policy.heat.hot, agents=agents,
+                       active_changes=active, hot_cpus=hot)
+        self.exporter.publish(m.render())
+
+    def status_line(self, d: Daemon, st: TunerState) -> str:
+        """One line for `systemctl status`: agents, hot CPUs, changes."""
+        mgr: Any = d.manager
+        n_agents = len(getattr(mgr, "agents", ()))
+        hot = ""
+        with contextlib.suppress(Exception):
+            hot = ",".join(str(c) for c in mgr.status().get("hot_cpus", []))
+        held = 0
+        with contextlib.suppress(Exception):
+            held = len(d.engine.entries())
+        failed = 0
+        if st.report is not None:
+            failed = sum(1 for r in st.report.results if r.status == "failed")
+        parts = [f"{n_agents} agent{'s' if n_agents != 1 else ''}",
+                 f"hot CPUs: {hot or 'none'}",
+                 f"{held} change{'s' if held != 1 else ''} held"
+                 + (f", {failed} failed" if failed else ""),
+                 f"home {st.layout.home.to_list() or 'none'}",
+                 f"completion {st.layout.completion.to_list() or 'none'}"]
+        if st.error:
+            parts.append(f"error: {st.error}")
+        return "; ".join(parts)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.exporter.close()
+        self.notifier.close()
+
+
+def attach(daemon: Daemon, environ: MutableMapping[str, str] | None = None) -> Service:
+    """Hook systemd notification and metrics into `daemon` (before daemon.run()).
+
+    Raises PolicyError when policy [metrics] listen is malformed (the start
+    fails with the key path, as for any policy error).
+    """
+    notifier = Notifier.from_env(environ, unset=True)
+    exporter = Exporter(max_age=max(30.0, 3 * daemon.policy.daemon.interval))
+    exporter.configure(daemon.policy.metrics)
+    svc = Service(daemon, notifier, Metrics(), exporter)
+    h = daemon.hooks
+    h.on_ready.append(svc.on_ready)
+    h.on_tick.append(svc.on_tick)
+    h.on_loop.append(svc.on_loop)
+    h.on_reload.append(svc.on_reload)
+    h.on_stop.append(svc.on_stop)
+    if notifier.enabled:
+        log.debug("systemd notify socket %s; watchdog %s", notifier.address,
+                  f"every {notifier.watchdog_interval} s" if notifier.watchdog_interval
+                  else "off")
+    return svc

@@ -1,0 +1,277 @@
+"""Benchmarks of the agent side (issue 4): registration round trip, step() overhead,
+tick cost with many agents. Not a test: it prints figures.
+
+    sudo .venv/bin/python bench/agents.py                  # defaults below
+    sudo .venv/bin/python bench/agents.py --agents 1000 --json
+
+What it runs: a real `agentlatd run` subprocess with a policy that steers no
+device (devices.include matches nothing, every device knob off, interactive
+home CPUs "shared": nothing but the benchmark's own processes is touched),
+its state directory on /dev/shm (tmpfs, as /run is in production, so the
+journal's fsyncs cost what they cost there), interval 1 s (the default).
+
+  register_rtt   connect once, then for each of --samples fresh sleeping
+                 processes: send "register" (pid=...) and wait for the answer.
+                 The answer comes after every thread is pinned and the
+                 originals are journaled. Measured with 0 and with --agents
+                 other agents registered.
+  reregister_rtt the same processes registered again (no write: already placed)
+  ping_rtt       the socket and JSON round trip alone
+  step_ns        `with client.step(): pass` minus an empty loop, per step,
+                 over --steps steps, in this process (a registered Client)
+  tick_ms        the daemon's agent-side tick (new threads, moves, exclusive
+                 CPUs) with --agents agents, as its status reports it, and
+                 the tuner tick (sample, rates, plan, apply, drift)
+Targets (issue 4): register p99 <= 500 us; step overhead <= 2 us.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+POLICY = """
+[daemon]
+interval = 1.0
+log_level = "warning"
+irqbalance = "ignore"
+[cpus]
+completion = "0"
+home = "1"
+[devices]
+include = ["agentlatd-bench-none-*"]
+exclude = []
+[classes.interactive]
+exclusive = "shared"
+[tuning]
+irq_affinity = false
+rps = false
+rps_flow_cnt = 0
+xps = false
+coalesce = false
+threaded_napi = false
+"""
+
+FORKER = r'''
+import os, signal, sys
+pids = []
+for _ in range(int(sys.argv[1])):
+    pid = os.fork()
+    if pid == 0:
+        signal.pause()
+        os._exit(0)
+    pids.append(pid)
+print(" ".join(map(str, pids)), flush=True)
+sys.stdin.readline()
+for p in pids:
+    os.kill(p, signal.SIGKILL)
+for p in pids:
+    os.waitpid(p, 0)
+'''
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(q * len(s) + 0.5) - 1))]
+
+
+class Conn:
+    def __init__(self, path: str) -> None:
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.connect(path)
+        self.f = self.s.makefile("rb")
+        self.n = 0
+
+    def rtt(self, op: str, **fields: Any) -> tuple[float, dict[str, Any]]:
+        self.n += 1
+        line = (json.dumps({"v": 1, "op": op, "id": self.n, **fields}) + "\n").encode()
+        t0 = time.perf_counter_ns()
+        self.s.sendall(line)
+        ans = self.f.readline()
+        dt = (time.perf_counter_ns() - t0) / 1000.0
+        out: dict[str, Any] = json.loads(ans)
+        return dt, out
+
+    def close(self) -> None:
+        self.f.close()
+        self.s.close()
+
+
+class Forker:
+    def __init__(self, n: int) -> None:
+        self.p = subprocess.Popen([sys.executable, "-c", FORKER, str(n)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        assert self.p.stdout is not None
+        self.pids = [int(x) for x in self.p.stdout.readline().split()]
+
+    def close(self) -> None:
+        assert self.p.stdin is not None
+        self.p.stdin.write("\n")
+        self.p.stdin.flush()
+        self.p.wait(60)
+
+
+def summary(xs: list[float]) -> dict[str, float]:
+    return {"n": len(xs), "p50_us": round(pct(xs, 0.5), 1), "p99_us": round(pct(xs, 0.99), 1),
+            "max_us": round(max(xs), 1), "mean_us": round(statistics.fmean(xs), 1)}
+
+
+def register_round(path: str, n: int) -> tuple[list[float], list[float], list[float]]:
+    """Register, register again, unregister each of n fresh processes, one at a time."""
+    f = Forker(n)
+    c = Conn(path)
+    first, again, unreg = [], [], []
+    try:
+        for pid in f.pids:
+            dt, ans = c.rtt("register", agent_id=f"bench{pid}", pid=pid)
+            assert ans["ok"], ans
+            first.append(dt)
+            dt, ans = c.rtt("register", agent_id=f"bench{pid}", pid=pid)
+            assert ans["ok"], ans
+            again.append(dt)
+            dt, ans = c.rtt("unregister", pid=pid)
+            assert ans["ok"], ans
+            unreg.append(dt)
+    finally:
+        c.close()
+        f.close()
+    return first, again, unreg
+
+
+def step_overhead(path: str, steps: int) -> dict[str, float]:
+    from agentlatd.client import Client
+    c = Client("bench-steps", "normal", socket=path)
+    assert c.enabled
+    perf = time.perf_counter_ns
+    best_empty = best_step = float("inf")
+    for _ in range(5):
+        t0 = perf()
+        for _ in range(steps):
+            pass
+        best_empty = min(best_empty, perf() - t0)
+        t0 = perf()
+        for _ in range(steps):
+            with c.step():
+                pass
+        best_step = min(best_step, perf() - t0)
+    c.flush()
+    c.unregister()
+    return {"steps": steps, "step_ns": round((best_step - best_empty) / steps, 1),
+            "loop_ns": round(best_empty / steps, 1)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--agents", type=int, default=1000, help="agents registered for the "
+                                                             "loaded figures (default 1000)")
+    ap.add_argument("--samples", type=int, default=300, help="registrations timed per round")
+    ap.add_argument("--steps", type=int, default=1_000_000)
+    ap.add_argument("--exclusive", action="store_true",
+                    help="interactive home CPUs exclusive, with one agent registered "
+                         "throughout (steady state) and --victims sleeping processes as "
+                         "the only tasks that may be moved (--exclusive-scope-pid)")
+    ap.add_argument("--victims", type=int, default=50)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench/agents.py: run as root (it restores other processes' nice/affinity)",
+              file=sys.stderr)
+        return 2
+    d = pathlib.Path(tempfile.mkdtemp(prefix="agentlatd-bench-",
+                                      dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    (d / "p.toml").write_text(POLICY.replace('exclusive = "shared"', 'exclusive = "exclusive"')
+                              if args.exclusive else POLICY)
+    victims = Forker(args.victims) if args.exclusive else None
+    extra = ["--exclusive-scope-pid", str(victims.p.pid)] if victims else []
+    sock = str(d / "s.sock")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with open(d / "log", "wb") as logf:
+        dm = subprocess.Popen([sys.executable, "-m", "agentlatd", "run", "--config",
+                               str(d / "p.toml"), "--state-dir", str(d / "state"),
+                               "--socket", sock, *extra],
+                              env=env, stdin=subprocess.DEVNULL, stdout=logf,
+                              stderr=subprocess.STDOUT)
+    out: dict[str, Any] = {"host_cpus": os.cpu_count(), "kernel": os.uname().release,
+                           "exclusive": args.exclusive}
+    try:
+        end = time.monotonic() + 20
+        while True:
+            try:
+                c = Conn(sock)
+                c.rtt("ping")
+                break
+            except OSError:
+                if time.monotonic() > end or dm.poll() is not None:
+                    raise SystemExit((d / "log").read_text()) from None
+                time.sleep(0.05)
+        anchor = None
+        if victims is not None:
+            anchor = Forker(1)
+            _, ans = c.rtt("register", agent_id="anchor", pid=anchor.pids[0])
+            assert ans["ok"] and ans["result"]["exclusive"], ans
+            time.sleep(0.5)
+            _, st = c.rtt("status")
+            out["tasks_moved"] = st["result"]["tasks_moved"]
+        pings = [c.rtt("ping")[0] for _ in range(2000)]
+        c.close()
+        out["ping_rtt"] = summary(pings[200:])
+        first, again, unreg = register_round(sock, args.samples)
+        out["register_rtt_0_agents"] = summary(first)
+        out["reregister_rtt"] = summary(again)
+        out["unregister_rtt"] = summary(unreg)
+
+        load = Forker(args.agents)
+        c = Conn(sock)
+        t0 = time.monotonic()
+        for pid in load.pids:
+            _, ans = c.rtt("register", agent_id=f"load{pid}", pid=pid)
+            assert ans["ok"], ans
+        out[f"register_{args.agents}_sequential_s"] = round(time.monotonic() - t0, 3)
+        first, _, _ = register_round(sock, args.samples)
+        out[f"register_rtt_{args.agents}_agents"] = summary(first)
+        agent_ticks, tuner_ticks = [], []
+        for _ in range(8):
+            time.sleep(1.0)
+            _, st = c.rtt("status")
+            agent_ticks.append(st["result"]["agent_tick_ms"])
+            tuner_ticks.append(st["result"].get("tuner_tick_ms") or 0.0)
+        out[f"agent_tick_ms_{args.agents}_agents"] = {
+            "p50": round(statistics.median(agent_ticks), 2), "max": round(max(agent_ticks), 2)}
+        out[f"tuner_tick_ms_{args.agents}_agents"] = {
+            "p50": round(statistics.median(tuner_ticks), 2), "max": round(max(tuner_ticks), 2)}
+        out["journal_entries"] = st["result"]["journal_entries"]
+        c.close()
+        load.close()
+        out["step"] = step_overhead(sock, args.steps)
+        if anchor is not None:
+            anchor.close()
+    finally:
+        dm.send_signal(signal.SIGTERM)
+        out["daemon_rc"] = dm.wait(60)
+        if victims is not None:
+            victims.close()
+        shutil.rmtree(d, ignore_errors=True)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for k, v in out.items():
+            print(f"{k:34} {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Per-home-CPU pm_qos_resume_latency_us, only while an agent lives there.
+
+Never on this host's CPUs: the sysfs side is a temporary tree whose proc/ is
+a symlink to the real /proc (real processes register) and whose
+sys/devices/system/cpu/cpuN/power/pm_qos_resume_latency_us are plain files.
+Task knobs act on the live kernel only, so on this tree they are refused
+("unsupported") and only the pm_qos writes happen, into the tree.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import tempfile
+
+import pytest
+
+from agentlatd import policy as policy_mod
+from agentlatd.agents.applier import Applier
+from agentlatd.agents.placement import CpuLayout
+from agentlatd.agents.registry import AgentManager
+from agentlatd.api.protocol import Register
+from agentlatd.apply.engine import Engine
+from agentlatd.cpuset import CpuSet
+from agentlatd.sysfs.root import Root
+
+POLICY = """
+[classes.interactive]
+exclusive = "shared"
+pm_qos_resume_latency_us = 20
+
+[classes.normal]
+pin = true
+pm_qos_resume_latency_us = 10
+"""
+
+
+def tree(base: pathlib.Path) -> Root:
+    os.symlink("/proc", base / "proc")
+    for c in (0, 1):
+        p = base / f"sys/devices/system/cpu/cpu{c}/power"
+        p.mkdir(parents=True)
+        (p / "pm_qos_resume_latency_us").write_text("0\n")
+    return Root(str(base))
+
+
+def qos(base: pathlib.Path, cpu: int) -> str:
+    return (base / f"sys/devices/system/cpu/cpu{cpu}/power/pm_qos_resume_latency_us") \
+        .read_text().strip()
+
+
+@pytest.fixture
+def setup() -> tuple[pathlib.Path, AgentManager, Engine]:
+    base = pathlib.Path(tempfile.mkdtemp(prefix="agentlatd-pmqos-"))
+    root = tree(base)
+    eng = Engine(root, str(base / "state"), policy=policy_mod.loads(POLICY))
+    mgr = AgentManager(Applier(eng), eng.policy)
+    mgr.set_layout(CpuLayout(home=CpuSet({1}), completion=CpuSet({0})))
+    return base, mgr, eng
+
+
+def register(mgr: AgentManager, pid: int, cls: str) -> None:
+    req = Register(agent_id=f"a{pid}", pid=pid, latency_class=cls)
+    p, uid = mgr.check_register(0, 0, None, req, True)
+    mgr.register(p, uid, req)
+    mgr.place_pending()
+    mgr.reconcile_cpus()
+
+
+def test_pm_qos_only_while_an_agent_lives_there(
+        setup: tuple[pathlib.Path, AgentManager, Engine]) -> None:
+    base, mgr, eng = setup
+    a = subprocess.Popen(["sleep", "30"])
+    b = subprocess.Popen(["sleep", "30"])
+    try:
+        assert qos(base, 1) == "0"
+        register(mgr, a.pid, "interactive")
+        assert qos(base, 1) == "20" and qos(base, 0) == "0"
+        assert [(e.knob, e.target, e.original) for e in eng.entries()] == \
+            [("cpu.pm_qos_resume_latency_us", "1", "0")]
+        register(mgr, b.pid, "normal")  # two agents on CPU 1: the tighter bound wins
+        assert qos(base, 1) == "10"
+        mgr.unregister(next(p for p in mgr.agents if p.pid == b.pid))
+        mgr.reconcile_cpus()
+        assert qos(base, 1) == "20"
+        mgr.unregister(next(p for p in mgr.agents if p.pid == a.pid))
+        mgr.reconcile_cpus()
+        assert qos(base, 1) == "0"  # the CPU's own value, restored
+        assert eng.entries() == ()
+        assert mgr.status()["pm_qos"] == {}
+    finally:
+        for p in (a, b):
+            p.kill()
+            p.wait()
+        eng.rollback()
+        eng.close()
+
+
+def test_pm_qos_restored_by_rollback_and_after_exit(
+        setup: tuple[pathlib.Path, AgentManager, Engine]) -> None:
+    base, mgr, eng = setup
+    a = subprocess.Popen(["sleep", "30"])
+    try:
+        register(mgr, a.pid, "interactive")
+        assert qos(base, 1) == "20"
+        rep = eng.rollback()  # what SIGTERM does
+        assert rep.ok and qos(base, 1) == "0"
+    finally:
+        a.kill()
+        a.wait()
+        eng.close()
+
+
+def test_agent_exit_releases_pm_qos(setup: tuple[pathlib.Path, AgentManager, Engine]) -> None:
+    base, mgr, eng = setup
+    a = subprocess.Popen(["sleep", "30"])
+    try:
+        register(mgr, a.pid, "interactive")
+        assert qos(base, 1) == "20"
+        a.kill()
+        a.wait()
+        mgr.tick()  # polling path (no pidfd selector here): exit noticed, CPU released
+        assert not mgr.agents and qos(base, 1) == "0"
+    finally:
+        if a.poll() is None:
+            a.kill()
+            a.wait()
+        eng.rollback()
+        eng.close()

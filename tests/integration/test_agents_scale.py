@@ -1,0 +1,160 @@
+"""1000 registered agents; a crash-restart that restores agents that never come back;
+auto-registration by comm."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from agentshelpers import (
+    all_on,
+    current_affinity,
+    daemon,
+    kill_quietly,
+    needs_2cpus,
+    needs_root,
+    policy_text,
+    start_daemon,
+    thread_affinities,
+    wait_until,
+    workdir,
+)
+
+pytestmark = [needs_root, needs_2cpus]
+
+FORKER = r'''
+import os, signal, sys
+n = int(sys.argv[1])
+pids = []
+for _ in range(n):
+    pid = os.fork()
+    if pid == 0:
+        signal.pause()
+        os._exit(0)
+    pids.append(pid)
+print(" ".join(map(str, pids)), flush=True)
+sys.stdin.readline()
+for p in pids:
+    os.kill(p, signal.SIGKILL)
+for p in pids:
+    os.waitpid(p, 0)
+'''
+
+
+def test_1000_registered_agents() -> None:
+    n = 1000
+    forker = subprocess.Popen([sys.executable, "-c", FORKER, str(n)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert forker.stdout is not None and forker.stdin is not None
+        pids = [int(p) for p in forker.stdout.readline().split()]
+        assert len(pids) == n
+        with workdir() as d, daemon(d, policy_text()) as dm:
+            t0 = time.monotonic()
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+                c.settimeout(60)
+                c.connect(str(dm.socket))
+                c.sendall(b"".join(
+                    (json.dumps({"v": 1, "op": "register", "id": i, "agent_id": f"a{i:04d}",
+                                 "pid": pid}) + "\n").encode() for i, pid in enumerate(pids)))
+                f = c.makefile("rb")
+                answers = [json.loads(f.readline()) for _ in pids]
+            took = time.monotonic() - t0
+            assert [a["id"] for a in answers] == list(range(n))
+            bad = [a for a in answers if not a["ok"]]
+            assert not bad, bad[:3]
+            assert all(a["result"]["home_cpu"] == 1 for a in answers)
+            assert all(all_on(p, "1") for p in pids)
+            rows = dm.agents()
+            assert len(rows) == n and {r["pid"] for r in rows} == set(pids)
+            time.sleep(0.5)  # a few ticks with 1000 agents
+            st = dm.status()
+            assert st["agents"] == n and st["journal_entries"] == n
+            print(f"\n1000 registrations in {took:.2f} s; agent tick {st['agent_tick_ms']} ms")
+            forker.stdin.write("\n")
+            forker.stdin.flush()
+            forker.wait(timeout=60)
+            wait_until(lambda: dm.status()["agents"] == 0, 20.0, what="all 1000 dropped at exit")
+            assert dm.status()["journal_entries"] == 0
+    finally:
+        kill_quietly(forker)
+
+
+LATE_THREADS = r'''
+import sys, threading
+stop = threading.Event()
+print("ready", flush=True)
+sys.stdin.readline()          # registered by the test meanwhile: start threads now
+for _ in range(3):
+    threading.Thread(target=stop.wait, daemon=True).start()
+print("started", flush=True)
+sys.stdin.readline()
+'''
+
+
+def test_after_a_crash_agents_that_never_register_again_are_restored() -> None:
+    """Threads born pinned (cloned after registration) are journaled too."""
+    orig = current_affinity()
+    p = subprocess.Popen([sys.executable, "-c", LATE_THREADS], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdin is not None
+        assert p.stdout.readline().strip() == "ready"
+        with workdir() as d:
+            dm = start_daemon(d, policy_text())
+            try:
+                assert dm.request("register", agent_id="late", pid=p.pid)["ok"]
+                p.stdin.write("go\n")
+                p.stdin.flush()
+                assert p.stdout.readline().strip() == "started"
+                aff = thread_affinities(p.pid)
+                assert len(aff) == 4 and set(aff.values()) == {"1"}
+                wait_until(lambda: dm.status()["journal_entries"] == 4, 5.0,
+                           what="born-pinned threads journaled")
+                assert all_on(p.pid, "1")
+                dm.stop(signal.SIGKILL)
+                dm = start_daemon(d, policy_text(), log_name="daemon2.log")
+                # the new daemon restored everything of the old run's agents at start
+                assert all_on(p.pid, orig), thread_affinities(p.pid)
+                assert dm.agents() == []
+                assert "restored 4 agent-side change(s)" in dm.log
+            finally:
+                if dm.proc.poll() is None:
+                    assert dm.stop() == 0, dm.log
+    finally:
+        kill_quietly(p)
+
+
+def test_auto_registration_by_comm() -> None:
+    with workdir() as d:
+        name = f"alauto{os.getpid() % 100000}"
+        exe = d / name
+        shutil.copy("/bin/sleep", exe)
+        pol = policy_text(extra=f"""
+[[auto_register]]
+agent_id = "auto-agent"
+latency_class = "interactive"
+comm = "{name}"
+""")
+        with daemon(d, pol) as dm:
+            p = subprocess.Popen([str(exe), "60"])
+            other = subprocess.Popen(["sleep", "60"])
+            try:
+                wait_until(lambda: all_on(p.pid, "1"), 5.0, what="auto-registered and pinned")
+                rows = dm.agents()
+                assert [(r["agent_id"], r["pid"], r["source"]) for r in rows] == \
+                    [("auto-agent", p.pid, "auto:0")]
+                assert all_on(other.pid, current_affinity())
+                # unregistered by hand: not registered again while it lives
+                assert dm.request("unregister", pid=p.pid)["ok"]
+                time.sleep(0.6)
+                assert dm.agents() == [] and all_on(p.pid, current_affinity())
+            finally:
+                kill_quietly(p)
+                kill_quietly(other)

@@ -1,0 +1,82 @@
+"""agentlatd.logging_setup: journal priority prefixes when stderr is the journal
+stream ($JOURNAL_STREAM = dev:inode of it), timestamped lines otherwise, and
+logfmt fields after the message."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import re
+
+from agentlatd import logging_setup
+from agentlatd.logging_setup import StructuredFormatter, fields, format_fields, stream_is_journal
+
+
+def _record(level: int, msg: str, **kw: object) -> logging.LogRecord:
+    r = logging.LogRecord("agentlatd.daemon", level, __file__, 1, msg, (), None)
+    if kw:
+        r.fields = kw
+    return r
+
+
+def test_journal_format_has_priority_prefix_on_every_line() -> None:
+    f = StructuredFormatter(journal=True)
+    assert f.format(_record(logging.INFO, "tick", changed=3)) == "<6>tick changed=3"
+    assert f.format(_record(logging.WARNING, "w")).startswith("<4>")
+    assert f.format(_record(logging.ERROR, "e")).startswith("<3>")
+    assert f.format(_record(logging.DEBUG, "d")).startswith("<7>")
+    two = f.format(_record(logging.ERROR, "line one\nline two"))
+    assert two.split("\n") == ["<3>line one", "<3>line two"]
+
+
+def test_plain_format_has_time_level_and_logger() -> None:
+    out = StructuredFormatter(journal=False).format(
+        _record(logging.WARNING, "reload refused", key="tuning.rpss"))
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} WARNING agentlatd\.daemon: "
+                        r"reload refused key=tuning\.rpss", out), out
+
+
+def test_fields_are_quoted_when_needed() -> None:
+    assert format_fields({"a": 1, "b": "two words", "c": 'q"', "d": ""}) == \
+        'a=1 b="two words" c="q\\"" d=""'
+    assert fields(x=1) == {"fields": {"x": 1}}
+
+
+def test_journal_stream_detection(tmp_path: pathlib.Path) -> None:
+    p = tmp_path / "stream"
+    with open(p, "w") as f:
+        st = os.fstat(f.fileno())
+        assert stream_is_journal(f, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+        assert not stream_is_journal(f, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"})
+        assert not stream_is_journal(f, {"JOURNAL_STREAM": "garbage"})
+        assert not stream_is_journal(f, {})
+
+
+def test_setup_once_then_only_the_level_changes(tmp_path: pathlib.Path) -> None:
+    logger = logging.getLogger(logging_setup.LOGGER)
+    saved = (list(logger.handlers), logger.level, logger.propagate, logging_setup._handler)
+    logging_setup._handler = None
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+    try:
+        with open(tmp_path / "log", "w") as out:
+            logging_setup.setup("warning", stream=out, journal=True)
+            logging_setup.setup("debug", stream=out, journal=False)  # level only
+            assert len(logger.handlers) == 1
+            logging.getLogger("agentlatd.x").debug("hello", extra=fields(n=1))
+        assert (tmp_path / "log").read_text() == "<7>hello n=1\n"
+        try:
+            logging_setup.set_level("loud")
+        except ValueError as e:
+            assert "loud" in str(e)
+        else:
+            raise AssertionError("bad level accepted")
+    finally:
+        for h in list(logger.handlers):
+            logger.removeHandler(h)
+        for h in saved[0]:
+            logger.addHandler(h)
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]
+        logging_setup._handler = saved[3]
