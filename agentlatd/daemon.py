@@ -374,6 +374,7 @@ class Daemon:
             # passed by systemd (agentlatd.socket) or the caller: its file is
             # theirs, left in place at exit so the socket keeps accepting
             self._socket_owned = False
+        self._drop_caps()
         self.server = Server(self.sel, sock, self._handlers(),
                              max_clients=self.policy.daemon.max_clients,
                              on_close=self._on_close, on_accept=self._on_accept)
@@ -387,6 +388,21 @@ class Daemon:
                  __version__, self.socket_path, self.state_dir,
                  st.layout.home.to_list() or "none", st.layout.completion.to_list() or "none")
         _call(self.hooks.on_ready, self)
+
+    def _drop_caps(self) -> None:
+        """Keep CAP_NET_ADMIN, CAP_SYS_NICE, CAP_SYS_PTRACE only (agentlatd/caps.py).
+
+        After the socket is bound and chowned, before the tuner thread starts
+        (capabilities are per thread). Only on the live root: a run on a
+        recorded tree (tests, --root) writes files, not the kernel.
+        """
+        if not self.root.is_host:
+            return
+        from agentlatd import caps
+        try:
+            caps.drop()
+        except OSError as e:  # e.g. a seccomp filter refusing prctl: serve on, say so
+            log.warning("cannot drop capabilities: %s", e)
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; then roll back. Returns the exit status."""

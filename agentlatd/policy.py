@@ -196,6 +196,32 @@ def default() -> Policy:
     return loads(default_text(), "<embedded default>")
 
 
+DEFAULT_PATH = "/etc/agentlatd.toml"
+CONFIG_ENV = "AGENTLATD_CONFIG"  # another default path (tests; never /etc there)
+
+
+def default_path() -> str:
+    """Where the installed policy lives: $AGENTLATD_CONFIG, else DEFAULT_PATH."""
+    return os.environ.get(CONFIG_ENV) or DEFAULT_PATH
+
+
+def resolve_path(config: str | None) -> str | None:
+    """The policy file in force: `config` (--config) when given, else the installed
+    file (default_path()) when it exists on this host, else None (the embedded
+    default). Always the host's file, never one under --root: a recorded tree
+    carries kernel state, not this host's policy."""
+    if config:
+        return os.path.abspath(config)
+    path = default_path()
+    return os.path.abspath(path) if os.path.exists(path) else None
+
+
+def resolve(config: str | None) -> Policy:
+    """The policy every command uses: see resolve_path(); Policy.source names it."""
+    path = resolve_path(config)
+    return load(path) if path is not None else default()
+
+
 def check_policy_file_security(path: str, st: os.stat_result | None = None) -> None:
     """Refuse a policy file that someone other than root could have written.
 

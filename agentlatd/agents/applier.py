@@ -11,9 +11,8 @@ exit, a home CPU that is no longer exclusive) without touching the rest:
   forget(keys)   drop entries whose object is gone (a thread that exited has
                  nothing to restore, and its pid may be reused)
 
-The engine gives Engine.restore()/Engine.forget() when it has them; until it
-does this module uses the engine's own per-entry restore (the same code
-rollback runs) and saves the journal the same crash-safe way.
+Both are the engine's own Engine.restore()/Engine.forget() (the same per-entry
+restore rollback runs, one crash-safe journal save per call).
 
 One Engine serves the daemon's device tuning (a helper thread) and the agent
 side (the main loop): `lock` serialises them. The main loop never blocks on
@@ -26,7 +25,6 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
 
 from agentlatd.apply import engine as engine_mod
 from agentlatd.apply.engine import Engine, KnobResult
@@ -80,47 +78,15 @@ class Applier:
         want = set(keys)
         if not want:
             return []
-        fn = getattr(self.engine, "restore", None)
-        if callable(fn):
-            rep = fn(want)
-            return list(rep.results)
-        j = self.engine._j()
-        chosen = [e for e in j.entries if e.key in want]
-        if not chosen:
-            return []
-        out: list[KnobResult] = []
-        for e in reversed(chosen):
-            r = self.engine._restore_one(e)
-            out.append(r)
-            if r.status in _DONE:
-                j.remove_entry(e)
-            else:
-                self.failures += 1
-        self._save(j)
+        out = list(self.engine.restore(want))
+        self.failures += sum(1 for r in out if r.status not in _DONE)
         return out
 
     def forget(self, keys: Iterable[tuple[str, str]]) -> int:
         want = set(keys)
         if not want:
             return 0
-        fn = getattr(self.engine, "forget", None)
-        if callable(fn):
-            n: int = fn(want)
-            return n
-        j = self.engine._j()
-        chosen = [e for e in j.entries if e.key in want]
-        for e in chosen:
-            j.remove_entry(e)
-        if chosen:
-            self._save(j)
-        return len(chosen)
-
-    @staticmethod
-    def _save(j: Any) -> None:
-        if j.entries:
-            j.save()
-        else:
-            j.delete()
+        return self.engine.forget(want)
 
     # -- direct writes (never journaled) ---------------------------------
     def write_direct(self, knob: str, target: str, value: str) -> str | None:

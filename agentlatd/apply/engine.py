@@ -215,6 +215,7 @@ class _Pending:
     entry: Entry
     new_entry: bool
     result: KnobResult | None = field(default=None)
+    prev_written: str | None = None  # entry.written before this batch
 
 
 # ---------------------------------------------------------------------------
@@ -282,8 +283,12 @@ class Engine:
                 raise JournalError(f"state directory {self.state_dir} is in use by another "
                                    f"agentlatd (pid {holder or '?'})") from None
             raise JournalError(f"cannot lock {self.state_dir}/lock: {e.strerror}") from e
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with contextlib.suppress(OSError):
+            # the holder's pid is for the "in use by" message only: a full state
+            # directory (ENOSPC on this write) must not stop a rollback, which
+            # only removes the journal (tests/hostile/test_journal_damage.py)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
         # a save interrupted by a crash leaves journal.json.tmp<pid> behind
         # (journal.json itself is the previous, consistent version)
@@ -478,25 +483,42 @@ class Engine:
             else:
                 entry.original = knob.merge_original(entry.original,
                                                      knob.original_of(current, c.desired))
-            pending.append((i, _Pending(c, knob, current, entry, new)))
+            pending.append((i, _Pending(c, knob, current, entry, new, prev_written=entry.written)))
 
         if pending:
             assert j is not None
-            # originals durable BEFORE the first write (style.md habit 6)
+            # originals durable BEFORE the first write (style.md habit 6), with
+            # the values about to be written: when every write lands as planned
+            # the commit below is 5 bytes, not a second save (journal.py)
+            for _, p in pending:
+                p.entry.written = p.change.desired
             j.complete = False
-            j.save()
+            try:
+                j.save()
+            except JournalError:
+                for _, p in pending:  # nothing was written: no false drift later
+                    p.entry.written = p.prev_written
+                raise
             if self._crash_after == 0:
                 os.kill(os.getpid(), signal.SIGKILL)
+            failed: list[Entry] = []
             for i, p in pending:
-                results[i] = self._write_one(p)
+                r = self._write_one(p)
+                results[i] = r
+                if r.status not in (CHANGED, CLAMPED) and p.entry.written != p.prev_written:
+                    p.entry.written = p.prev_written  # not written: the kernel kept its value
                 if p.new_entry and p.entry.written is None and not p.entry.has(FLAG_MANAGED):
                     # the write failed: the kernel kept its value, nothing to restore
-                    j.remove_entry(p.entry)
-            j.complete = True
-            if j.entries:
+                    failed.append(p.entry)
+            j.remove_entries(failed)
+            if not j.entries:
+                j.complete = True
+                j.delete()
+            elif failed or not all(p.entry.saved for _, p in pending):
+                j.complete = True
                 j.save()
             else:
-                j.delete()
+                j.commit()  # every entry exactly as saved: flip "complete" in place
         out = tuple(r for r in results if r is not None)
         return ApplyReport(out, self.journal_path, recovery, tuple(notes), dry_run)
 
@@ -537,6 +559,57 @@ class Engine:
         except (KernelError, ValueError):
             p.entry.written = shown
         return res(CLAMPED, f"written {c.desired!r}; the kernel shows {shown!r}", shown)
+
+    # -- single entries --------------------------------------------------
+    def restore(self, keys: Iterable[tuple[str, str]]) -> tuple[KnobResult, ...]:
+        """Restore the journaled originals of these (knob, target) instances only.
+
+        For changes that end before the run does (an agent unregisters, a home
+        CPU stops being exclusive). Newest entry first, as rollback() does; an
+        entry whose original is back (or has nothing left to restore: gone,
+        unchanged, kernel-managed) leaves the journal, a failed one stays for a
+        later restore() or rollback(). Keys not journaled are ignored. The
+        journal is saved once, crash-safe, or removed when it is empty.
+        """
+        j = self._j()
+        chosen = [e for k in set(keys) if (e := j.find(*k)) is not None]
+        if not chosen:
+            return ()
+        if len(chosen) > 1:
+            pos = {id(e): n for n, e in enumerate(j.entries)}
+            chosen.sort(key=lambda e: pos[id(e)])
+        results: list[KnobResult] = []
+        done: list[Entry] = []
+        for e in reversed(chosen):
+            r = self._restore_one(e)
+            results.append(r)
+            if r.status in (RESTORED, UNCHANGED, GONE, MANAGED):
+                done.append(e)
+        if done:
+            j.remove_entries(done)
+            self._persist(j)
+        return tuple(results)
+
+    def forget(self, keys: Iterable[tuple[str, str]]) -> int:
+        """Drop these (knob, target) entries without writing anything; the number dropped.
+
+        For objects that are gone (a thread that exited has nothing to restore,
+        and its tid may be reused by an unrelated thread that must not get the
+        original). Keys not journaled are ignored; one crash-safe save.
+        """
+        j = self._j()
+        chosen = [e for k in set(keys) if (e := j.find(*k)) is not None]
+        if chosen:
+            j.remove_entries(chosen)
+            self._persist(j)
+        return len(chosen)
+
+    @staticmethod
+    def _persist(j: Journal) -> None:
+        if j.entries:
+            j.save()
+        else:
+            j.delete()
 
     # -- rollback --------------------------------------------------------
     def rollback(self) -> RollbackReport:

@@ -44,7 +44,9 @@ WIDTH = 80
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default="/", metavar="DIR",
                    help="filesystem root holding proc/ and sys/ (default /: this host)")
-    p.add_argument("--config", metavar="FILE", help="policy file (default: embedded default)")
+    p.add_argument("--config", metavar="FILE",
+                   help="policy file (default: /etc/agentlatd.toml when it exists, else "
+                        "the embedded default)")
     p.add_argument("--state-dir", metavar="DIR",
                    help="journal directory (default: policy daemon.state_dir on /, "
                         "DIR/run/agentlatd under another --root)")
@@ -70,7 +72,7 @@ def state_dir_for(root: Root, given: str | None, default: str) -> str:
 
 
 def load_policy(path: str | None) -> policy_mod.Policy:
-    return policy_mod.load(path) if path else policy_mod.default()
+    return policy_mod.resolve(path)
 
 
 def changes_from_file(path: str) -> list[Change]:
@@ -130,8 +132,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         out = report.to_json()
         out["plan_notes"] = list(plan_notes)
+        out["policy"] = pol.source
         print(json.dumps(out, indent=2))
     else:
+        print(f"Policy: {pol.source}")
         print_report(report, plan_notes)
     return 1 if report.failed else 0
 

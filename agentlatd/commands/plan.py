@@ -30,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default="/", metavar="DIR",
                    help="filesystem root holding proc/ and sys/ (default: this host)")
     p.add_argument("--config", metavar="FILE",
-                   help="policy file (default: the embedded default policy)")
+                   help="policy file (default: /etc/agentlatd.toml when it exists, else "
+                        "the embedded default)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from agentlatd.plan.build import make_plan
     from agentlatd.sysfs.root import Root
 
-    pol = policy_mod.load(args.config) if args.config else policy_mod.default()
+    pol = policy_mod.resolve(args.config)
     root = Root(args.root)
     machine = build_machine(root)
     ib = _irqbalance_running(root)

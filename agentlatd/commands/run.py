@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 from agentlatd import policy as policy_mod
 
@@ -19,8 +18,8 @@ EXAMPLES = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE",
-                   help="policy file (default: the embedded default policy); SIGHUP "
-                        "reloads it")
+                   help="policy file (default: /etc/agentlatd.toml when it exists, else "
+                        "the embedded default policy); SIGHUP reloads it")
     p.add_argument("--root", default="/", metavar="DIR",
                    help="filesystem root holding proc/ and sys/ (default: this host)")
     p.add_argument("--state-dir", metavar="DIR",
@@ -48,12 +47,14 @@ def _setup_logging(level: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    pol = policy_mod.load(args.config) if args.config else policy_mod.default()
+    config = policy_mod.resolve_path(args.config)
+    pol = policy_mod.load(config) if config is not None else policy_mod.default()
     _setup_logging(args.log_level or pol.daemon.log_level)
+    logging.getLogger("agentlatd.daemon").info("policy: %s", pol.source)
     if args.exclusive_scope_pid is not None and args.exclusive_scope_pid <= 0:
         raise SystemExit("agentlatd run: --exclusive-scope-pid must be a positive pid")
     from agentlatd import daemon
-    return daemon.main(pol, config_path=os.path.abspath(args.config) if args.config else None,
+    return daemon.main(pol, config_path=config,
                        root=args.root, state_dir=args.state_dir, socket_path=args.socket,
                        exclusive_scope_pid=args.exclusive_scope_pid,
                        tune_devices=not args.agents_only)

@@ -51,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interval", type=float, default=1.0, metavar="S",
                    help="seconds between the two samples for heat (default 1; 0 = no heat)")
     p.add_argument("--config", metavar="FILE",
-                   help="policy file for the [heat] weights (default: the embedded default)")
+                   help="policy file for the [heat] weights (default: "
+                        "/etc/agentlatd.toml when it exists, else the embedded one)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
@@ -266,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.interval < 0:
         raise AgentlatdError(f"--interval must be 0 or more seconds, not {args.interval}.")
-    pol = policy_mod.load(args.config) if args.config else policy_mod.default()
+    pol = policy_mod.resolve(args.config)
     root = Root(args.root)
     if not root.exists("proc/interrupts"):
         raise AgentlatdError(f"{root.base} has no proc/interrupts: --root must name a "
