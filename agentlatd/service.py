@@ -32,7 +32,7 @@ from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from agentlatd.errors import PolicyError
-from agentlatd.metrics import Exporter, Metrics
+from agentlatd.metrics import Exporter, Metrics, parse_listen
 from agentlatd.sdnotify import Notifier
 
 if TYPE_CHECKING:
@@ -55,9 +55,16 @@ class Service:
         self.ready_sent = False
         self._stop = threading.Event()
         self._waker: threading.Thread | None = None
+        self._exporter_configured = False
 
     # -- hooks -----------------------------------------------------------
+    def _configure_exporter(self, d: Daemon) -> None:
+        if not self._exporter_configured:
+            self._exporter_configured = True
+            self.exporter.configure(d.policy.metrics)
+
     def on_ready(self, d: Daemon) -> None:
+        self._configure_exporter(d)
         st = d.last_state
         if st is not None:
             self._observe(d, st)
@@ -73,6 +80,7 @@ class Service:
             self._waker.start()
 
     def on_tick(self, d: Daemon, st: TunerState) -> None:
+        self._configure_exporter(d)
         self._observe(d, st)
         if not self.ready_sent and not st.error:
             self._ready(d)
@@ -193,7 +201,12 @@ def attach(daemon: Daemon, environ: MutableMapping[str, str] | None = None) -> S
     """
     notifier = Notifier.from_env(environ, unset=True)
     exporter = Exporter(max_age=max(30.0, 3 * daemon.policy.daemon.interval))
-    exporter.configure(daemon.policy.metrics)
+    # validate now (a malformed listen fails the start with its key path), but
+    # start the HTTP thread only once the daemon runs: capabilities are per
+    # thread, and a thread started before caps.drop() in Daemon.start() would
+    # keep the full set. A listen port below 1024 would need
+    # CAP_NET_BIND_SERVICE, which the daemon drops: use a high port.
+    parse_listen(daemon.policy.metrics.listen)
     svc = Service(daemon, notifier, Metrics(), exporter)
     h = daemon.hooks
     h.on_ready.append(svc.on_ready)
