@@ -17,6 +17,7 @@ import os
 import pathlib
 import socket
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import guestlib as g
 import pytest
@@ -101,4 +102,54 @@ def netdevsim() -> Iterator[Callable[..., str]]:
 
     yield make
     for dev_id in made:
+        g.write_errno(bus / "del_device", str(dev_id))
+
+
+# --- agentlatd itself in the guest (test_agentlatd_*.py) ---------------------------------
+@pytest.fixture(scope="session")
+def agentlatd() -> g.Agentlatd:
+    """Runs agentlatd (g.Agentlatd: run() = fresh interpreter, fork() = forked cli.main)."""
+    return g.Agentlatd()
+
+
+@dataclass
+class Lab:
+    """The devices an agentlatd policy in these tests names, and that policy."""
+
+    nics: g.Nics
+    nsim: str  # a netdevsim port (4 queues, up): NAPIs without IRQs, every coalescing field
+    workdir: pathlib.Path
+
+    @property
+    def ifnames(self) -> list[str]:
+        return [self.nics.virtio, self.nics.e1000e, self.nics.igb, self.nsim]
+
+    def policy(self, name: str, extra: str = "") -> pathlib.Path:
+        """A policy naming exactly the guest's NICs, the netdevsim port and nvme0:
+        completion CPUs 0-1, home CPUs 2-3, threaded NAPI on; every other key default
+        (irqbalance = "refuse" is the default: it does not run in the guest)."""
+        names = ", ".join(f'"{n}"' for n in [*self.ifnames, "nvme0"])
+        path = self.workdir / name
+        path.write_text(
+            "[daemon]\ninterval = 1.0\n"
+            f'[cpus]\ncompletion = "0-1"\nhome = "2-3"\n'
+            f"[devices]\ninclude = [{names}]\n"
+            "[tuning]\nthreaded_napi = true\n" + extra)
+        return path
+
+
+@pytest.fixture(scope="session")
+def agentlatd_lab(guest_nics: g.Nics, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    bus = pathlib.Path("/sys/bus/netdevsim")
+    dev_id = 200
+    while (bus / "devices" / f"netdevsim{dev_id}").exists():
+        dev_id += 1
+    g.write_once(bus / "new_device", f"{dev_id} 1 4")
+    try:
+        net = bus / "devices" / f"netdevsim{dev_id}" / "net"
+        g.wait_for(lambda: net.is_dir() and any(net.iterdir()), what=f"netdevsim{dev_id} netdev")
+        nsim = sorted(p.name for p in net.iterdir())[0]
+        g.run("ip", "link", "set", nsim, "up")  # NAPIs exist only while up
+        yield Lab(guest_nics, nsim, tmp_path_factory.mktemp("agentlatd"))
+    finally:
         g.write_errno(bus / "del_device", str(dev_id))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import pathlib
 import re
@@ -293,3 +294,279 @@ def kernel_at_least(major: int, minor: int) -> bool:
     m = re.match(r"(\d+)\.(\d+)", os.uname().release)
     assert m, os.uname().release
     return (int(m.group(1)), int(m.group(2))) >= (major, minor)
+
+
+# --- driving agentlatd itself (tests/vm/guest/test_agentlatd_*.py) ----------------------
+# Everything above reads the kernel on its own; the helpers below run agentlatd and read
+# back what it did, again straight from the kernel (never through agentlatd's parsers).
+
+REPO = pathlib.Path(__file__).resolve().parents[3]
+CRASH_ENV = "AGENTLATD_TEST_CRASH_AFTER_WRITES"  # agentlatd/apply/engine.py CRASH_ENV
+# The partition the agentlatd tests' policy asks for (conftest Lab.policy): two of the four
+# vCPUs take completions, two are agent home CPUs; explicit, so every expectation is known.
+COMPLETION = frozenset({0, 1})
+HOME = frozenset({2, 3})
+
+
+@dataclass(frozen=True, slots=True)
+class Ran:
+    """One agentlatd invocation: rc < 0 = killed by that signal (as subprocess reports)."""
+
+    args: tuple[str, ...]
+    rc: int
+    stdout: str
+    stderr: str
+    secs: float
+    forked: bool
+
+    def json(self) -> object:
+        return json.loads(self.stdout)
+
+    def __str__(self) -> str:
+        how = "forked" if self.forked else "subprocess"
+        return (f"agentlatd {' '.join(self.args)} ({how}, {self.secs:.1f} s): rc={self.rc}\n"
+                f"--- stdout ---\n{self.stdout[-4000:]}\n--- stderr ---\n{self.stderr[-4000:]}")
+
+
+class Agentlatd:
+    """Runs agentlatd in the guest, two ways:
+
+    - run():  `python -m agentlatd ARGS`, a fresh interpreter: the CLI exactly as a person
+              runs it (2-5 s each under TCG: interpreter start plus imports);
+    - fork(): a forked copy of this test process calls agentlatd.cli.main(ARGS) with its
+              own stdout/stderr and environment: the same code from argument parsing on,
+              in a real process that can be SIGKILLed (the engine's crash hook), for
+              ~0.6 s. The modules are imported once here, before the first fork.
+    A module compile pass runs once first: the checkout has no __pycache__ and the job
+    runs with PYTHONDONTWRITEBYTECODE, so every interpreter would otherwise compile
+    agentlatd from source (the .pyc files land in the guest's tmpfs overlay only).
+    """
+
+    def __init__(self) -> None:
+        import compileall
+
+        compileall.compile_dir(str(REPO / "agentlatd"), quiet=1)
+        self._loaded = False
+
+    def _env(self, env: dict[str, str] | None) -> dict[str, str]:
+        e = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
+        e.update(env or {})
+        return e
+
+    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 180) -> Ran:
+        import sys
+
+        t0 = time.monotonic()
+        p = subprocess.run([sys.executable, "-m", "agentlatd", *args], cwd=REPO, env=self._env(env),
+                           capture_output=True, text=True, timeout=timeout, check=False)
+        return Ran(tuple(args), p.returncode, p.stdout, p.stderr, time.monotonic() - t0, False)
+
+    def preload(self) -> None:
+        if not self._loaded:
+            import importlib
+
+            cli = importlib.import_module("agentlatd.cli")
+            cli.build_parser()  # imports every command module
+            importlib.import_module("agentlatd.netlink.ethtool")  # pyroute2: ~3 s under TCG
+            importlib.import_module("agentlatd.netlink.netdev")
+            importlib.import_module("agentlatd.apply.knobs").load_plugins()
+            self._loaded = True
+
+    def fork(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Ran:
+        import io
+        import sys
+        import tempfile
+        import traceback
+
+        self.preload()
+        full_env = self._env(env)
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            t0 = time.monotonic()
+            pid = os.fork()
+            if pid == 0:  # child: never return into pytest
+                rc = 70
+                try:
+                    os.dup2(out.fileno(), 1)
+                    os.dup2(err.fileno(), 2)
+                    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
+                    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
+                    os.environ.clear()
+                    os.environ.update(full_env)
+                    os.chdir(REPO)
+                    rc = sys.modules["agentlatd.cli"].main(list(args))
+                except SystemExit as e:  # argparse
+                    rc = e.code if isinstance(e.code, int) else 2
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    with contextlib.suppress(Exception):
+                        sys.stdout.flush()
+                        sys.stderr.flush()
+                    os._exit(rc & 0xFF)
+            end = t0 + timeout
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                if time.monotonic() > end:
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+                    raise TimeoutError(f"agentlatd {' '.join(args)} (forked) ran past {timeout} s")
+                time.sleep(0.02)
+            secs = time.monotonic() - t0
+            rc = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+            out.seek(0)
+            err.seek(0)
+            return Ran(tuple(args), rc, out.read().decode(errors="replace"),
+                       err.read().decode(errors="replace"), secs, True)
+
+
+def parse_cpulist(text: str) -> frozenset[int]:
+    """ "0-1,3" -> {0, 1, 3} ("" -> empty)."""
+    out: set[int] = set()
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        a, _, b = part.partition("-")
+        out.update(range(int(a), int(b or a) + 1))
+    return frozenset(out)
+
+
+def parse_mask(text: str) -> frozenset[int]:
+    """A sysfs CPU mask ("3", "00000000,00000003") as a set of CPUs."""
+    v = int(text.strip().replace(",", "") or "0", 16)
+    return frozenset(i for i in range(v.bit_length()) if v >> i & 1)
+
+
+def read_file(path: str | pathlib.Path) -> str:
+    """A pseudo-file's text, or "!ERRNAME" when it cannot be read."""
+    try:
+        return pathlib.Path(path).read_text().strip()
+    except OSError as e:
+        return "!" + errno.errorcode.get(e.errno or 0, str(e.errno))
+
+
+def knob_snapshot(ifnames: list[str]) -> dict[str, str]:
+    """Every value agentlatd could change here, read from the kernel: each IRQ's
+    smp_affinity_list, the NICs' queue files and NAPI files, their coalescing (ethtool -c),
+    every disk's rq_affinity and the net.core sysctls agentlatd knows."""
+    snap: dict[str, str] = {}
+    for d in sorted(pathlib.Path("/proc/irq").iterdir(), key=lambda p: (len(p.name), p.name)):
+        if d.name.isdigit():
+            snap[f"{d}/smp_affinity_list"] = read_file(d / "smp_affinity_list")
+    for ifname in ifnames:
+        base = pathlib.Path("/sys/class/net") / ifname
+        for leaf in ("threaded", "napi_defer_hard_irqs", "gro_flush_timeout"):
+            snap[f"{base}/{leaf}"] = read_file(base / leaf)
+        for q in sorted((base / "queues").iterdir()):
+            for leaf in ("rps_cpus", "rps_flow_cnt", "xps_cpus"):
+                if (q / leaf).exists():
+                    snap[f"{q}/{leaf}"] = read_file(q / leaf)
+        p = run("ethtool", "-c", ifname, check=False)
+        snap[f"ethtool -c {ifname}"] = p.stdout if p.returncode == 0 else f"!rc={p.returncode}"
+    for q in sorted(pathlib.Path("/sys/block").glob("*/queue/rq_affinity")):
+        snap[str(q)] = read_file(q)
+    for s in ("rps_sock_flow_entries", "netdev_budget", "netdev_budget_usecs"):
+        snap[f"net.core.{s}"] = read_file(f"/proc/sys/net/core/{s}")
+    return snap
+
+
+def snapshot_diff(a: dict[str, str], b: dict[str, str]) -> list[str]:
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k)]
+
+
+def knob_in_effect(knob: str, target: str, desired: str) -> bool:
+    """Whether the kernel now shows `desired` for one agentlatd knob (read independently)."""
+    if knob == "irq.affinity":
+        return parse_cpulist(read_cpulist(int(target))) == parse_cpulist(desired)
+    if knob in ("net.rps_cpus", "net.xps_cpus"):
+        dev, q = target.split("/")
+        return parse_mask(read_file(f"/sys/class/net/{dev}/queues/{q}/{knob[4:]}")) == parse_mask(desired)
+    if knob in ("net.threaded", "net.napi_defer_hard_irqs", "net.gro_flush_timeout"):
+        return read_file(f"/sys/class/net/{target}/{knob[4:]}") == desired
+    if knob == "net.coalesce":
+        got = ethtool_coalesce(target)
+        return all(got.get(k) == v for k, v in (kv.split("=") for kv in desired.split(",")))
+    if knob == "block.rq_affinity":
+        return read_file(f"/sys/block/{target}/queue/rq_affinity") == desired
+    raise AssertionError(f"no independent reader for knob {knob}")
+
+
+def irq_deltas(before: dict[int, Irq], after: dict[int, Irq], irqs: list[int]) -> dict[int, list[int]]:
+    """Per-CPU interrupt counts of `irqs` between two read_interrupts()."""
+    return {n: [a - b for a, b in zip(after[n].counts, before[n].counts, strict=True)]
+            for n in irqs}
+
+
+def udp_flows_from_cpus(cpus: list[int], flows: int = 8, n: int = 4,
+                        dst: str = TAP_PEER) -> dict[int, int]:
+    """Like udp_echo_from_cpus, but `flows` sockets (source ports, hence flow hashes) per
+    CPU, `n` datagrams each: enough flows that XPS/hash spreads them over every TX queue
+    and so (tun answers on the queue a flow came from) over every virtio RX queue."""
+    kids: dict[int, tuple[int, int]] = {}
+    for c in cpus:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: never return into pytest
+            got = 0
+            try:
+                os.close(r)
+                os.sched_setaffinity(0, {c})
+                socks = []
+                for _ in range(flows):
+                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    s.settimeout(2.0)
+                    s.connect((dst, UDP_ECHO_PORT))
+                    socks.append(s)
+                for i in range(n):
+                    for k, s in enumerate(socks):
+                        msg = f"cpu{c}-f{k}-{i}".encode()
+                        s.send(msg)
+                        with contextlib.suppress(TimeoutError, ConnectionRefusedError):
+                            got += s.recv(2048) == msg
+                os.write(w, str(got).encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        kids[c] = (pid, r)
+    got_by_cpu = {}
+    for c, (pid, r) in kids.items():
+        with os.fdopen(r) as f:
+            data = f.read()
+        os.waitpid(pid, 0)
+        got_by_cpu[c] = int(data or 0)
+    return got_by_cpu
+
+
+def napi_kthreads(ifname: str) -> dict[int, str]:
+    """pid -> Cpus_allowed_list of every napi/<ifname>-<id> kernel thread."""
+    out: dict[int, str] = {}
+    for p in pathlib.Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            comm = (p / "comm").read_text().strip()
+            if comm.startswith(f"napi/{ifname}-"):
+                out[int(p.name)] = task_cpus(int(p.name))
+        except OSError:
+            continue
+    return out
+
+
+def task_cpus(pid: int, tid: int | None = None) -> str:
+    """Cpus_allowed_list of a process (or one of its threads), from /proc."""
+    path = f"/proc/{pid}/status" if tid is None else f"/proc/{pid}/task/{tid}/status"
+    for line in pathlib.Path(path).read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no Cpus_allowed_list in {path}")
+
+
+def thread_cpus(pid: int) -> dict[int, str]:
+    """tid -> Cpus_allowed_list of every thread of `pid`."""
+    out: dict[int, str] = {}
+    for t in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError, AssertionError):
+            out[int(t)] = task_cpus(pid, int(t))
+    return out
