@@ -11,7 +11,7 @@ T0=$(date +%s)
 
 # 1. system packages the tests drive for real (netns/veth: iproute2; coalescing: ethtool)
 need=()
-for p in iproute2:ip ethtool:ethtool gcc:gcc python3-venv:none; do
+for p in iproute2:ip ethtool:ethtool gcc:gcc bpftrace:bpftrace python3-venv:none; do
     pkg=${p%%:*} bin=${p##*:}
     if [ "$bin" = none ]; then dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
     else command -v "$bin" >/dev/null 2>&1 || need+=("$pkg"); fi

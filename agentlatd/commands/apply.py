@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import os
@@ -122,13 +123,20 @@ def run(args: argparse.Namespace) -> int:
                              "(or --dry-run, or --root DIR for a recorded tree)")
     pol = load_policy(args.config)
     plan_notes: tuple[str, ...] = ()
-    if args.plan:
-        changes = changes_from_file(args.plan)
-    else:
-        changes, plan_notes = plan_now(root, pol)
     state_dir = state_dir_for(root, args.state_dir, pol.daemon.state_dir)
     with Engine(root, state_dir, policy=pol) as eng:
+        # Recover a crashed run's journal BEFORE planning: a plan made first
+        # sees the crashed run's first N writes as "already right", skips them,
+        # and recovery then undoes them, leaving part of the new plan unapplied
+        # (found by the VM tier: test_apply_after_a_crash_applies_the_whole_plan).
+        recovery = None if args.dry_run else eng.recover()
+        if args.plan:
+            changes = changes_from_file(args.plan)
+        else:
+            changes, plan_notes = plan_now(root, pol)
         report = eng.apply(changes, dry_run=args.dry_run)
+    if recovery is not None and recovery.action != "none" and report.recovery is None:
+        report = dataclasses.replace(report, recovery=recovery)
     if args.json:
         out = report.to_json()
         out["plan_notes"] = list(plan_notes)

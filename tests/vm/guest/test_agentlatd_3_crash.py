@@ -87,16 +87,9 @@ def test_kill_9_during_apply_then_restart_restores_everything(
               f"{'rollback' if i % 2 == 0 else 'a new apply + rollback'}")
 
 
-class KnownBug(AssertionError):
-    """The failure an xfail below expects; any other failure of that test is a real one."""
-
-
-@pytest.mark.xfail(strict=True, raises=KnownBug, reason=(
-    "agentlatd bug: commands/apply.py run() plans (plan_now: build_machine + make_plan) "
-    "BEFORE Engine.apply() recovers the interrupted run's journal; the knobs the killed run "
-    "had already written look right to the planner, so they are not planned, and the "
-    "recovery then restores them to their originals: the new apply ends with the first N "
-    "knobs of its own plan undone and reports success"))
+# regression: commands/apply.py used to plan before recovering the crashed run's
+# journal, so the knobs the killed run had written looked right, were not
+# planned, and recovery then undid them
 def test_apply_after_a_crash_applies_the_whole_plan(
         agentlatd: g.Agentlatd, agentlatd_lab: Any, tmp_path: pathlib.Path) -> None:
     lab = agentlatd_lab
@@ -115,5 +108,4 @@ def test_apply_after_a_crash_applies_the_whole_plan(
     finally:
         assert agentlatd.fork("rollback", "--state-dir", str(tmp_path)).rc == 0
         assert g.snapshot_diff(before, g.knob_snapshot(lab.ifnames)) == []
-    if off:
-        raise KnownBug(f"IRQs left off the completion CPUs after the restart: {off}")
+    assert not off, f"IRQs left off the completion CPUs after the restart: {off}"

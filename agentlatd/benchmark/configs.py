@@ -1,0 +1,69 @@
+"""The bench's configurations (design note section 12, issue 6).
+
+  Q  quiet: no noise; default placement.
+  A  baseline: noise on; default placement; the flood's NET_RX softirq lands
+     on the agent CPU (rps_cpus of the flood's receiving veth names it), as it
+     does by default when the IRQ or the sender shares the agent's CPU.
+  B  manual tuning: the agent (both its threads) pinned on the agent CPU; the
+     flood sender, the sink, the hogs and the writer pinned on the completion
+     CPU, and the flood's RPS pointed there (note experiment B, by hand).
+  D  agentlatd: noise and RPS as in A; `agentlatd run` with its default policy,
+     [devices] include = the bench's own veths only, and the agents
+     registered through agentlatd.client.
+  E  agentlatd as in D, but [devices] include = the flood's veth only: the
+     agent's own link keeps rps_cpus 0, so its replies are processed on the
+     agent's CPU. This stands in for RFS, which the default policy relies on
+     for an agent's own flows (tuning.rps_flow_cnt) and which needs the
+     host-wide net.core.rps_sock_flow_entries: the bench never writes a
+     host-wide sysctl, and inside its namespace the file does not exist, so
+     in D every reply of the agent is steered to the completion CPU's
+     backlog behind the flood. Not in the default set (--configs Q,A,B,D,E).
+The note's experiment C (observability only) is `agentlatd trace`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    key: str
+    title: str
+    noise: bool
+    flood_rps_on_agent_cpu: bool  # False: on the completion CPU
+    pin: bool  # pin the agent to the agent CPU and the noise to the completion CPU
+    daemon: bool  # agentlatd runs and the agents register
+    description: str
+    include: str = "all"  # D/E: "all" bench veths in the agent namespace, or "flood" only
+
+
+CONFIGS: dict[str, Config] = {
+    "Q": Config("Q", "quiet", noise=False, flood_rps_on_agent_cpu=False, pin=False, daemon=False,
+                description="no noise, default placement"),
+    "A": Config("A", "baseline", noise=True, flood_rps_on_agent_cpu=True, pin=False, daemon=False,
+                description="noise; default placement; flood NET_RX on the agent CPU"),
+    "B": Config("B", "manual tuning", noise=True, flood_rps_on_agent_cpu=False, pin=True, daemon=False,
+                description="agent pinned on the agent CPU; noise and flood RPS on the completion CPU"),
+    "D": Config("D", "agentlatd", noise=True, flood_rps_on_agent_cpu=True, pin=False, daemon=True,
+                description="noise as in A; agentlatd run (default policy, bench veths only); "
+                            "agents registered through the client"),
+    "E": Config("E", "agentlatd, agent link unsteered", noise=True, flood_rps_on_agent_cpu=True,
+                pin=False, daemon=True, include="flood",
+                description="as D, but [devices] include = the flood's veth only (RFS stand-in: "
+                            "the agent's replies stay on its CPU)"),
+}
+
+ORDER = ("Q", "A", "B", "D")  # the default set
+ALL = ("Q", "A", "B", "D", "E")
+
+
+def schedule(keys: tuple[str, ...], runs: int) -> list[tuple[str, int]]:
+    """Interleaved order: Q A B D, A B D Q, ... (rotated each round, so no
+    configuration always follows the same one), `runs` rounds."""
+    out: list[tuple[str, int]] = []
+    n = len(keys)
+    for r in range(runs):
+        for i in range(n):
+            out.append((keys[(i + r) % n], r))
+    return out

@@ -1,0 +1,233 @@
+"""Configuration D: `agentlatd run` as a child process, agents registered through the client.
+
+The daemon runs inside the bench's agent namespace (`ip netns exec`), so its
+sys/class/net holds only the bench's veths and lo: the host's eth0 is not even
+visible to it, and the host-wide net.core sysctls do not exist there (they are
+init_net only: net/core/sysctl_net_core.c registers net_core_table for
+init_net). Its policy is the default policy with one key set:
+[devices] include = the bench's two veths in that namespace; the state
+directory and the socket are a temporary directory of the bench
+(--state-dir, --socket).
+
+Registration: the C agent and the Python agent's tool server are registered
+by pid over the socket (agentlatd.client.Connection, as `agentlatd exec`
+does); the Python agent registers itself with agentlatd.client.Client and
+times its steps with client.step() (the Python client path).
+
+Exclusive home CPUs: the interactive class moves other tasks off the agent's
+home CPU. scope "bench" (default) passes --exclusive-scope-pid = the bench's
+pid, so only the bench's own processes (the noise) are moved, as B moves
+them by hand; scope "host" is the daemon's default, every movable task of
+the host, which on a shared machine also moves other people's work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from agentlatd.benchmark import netns
+from agentlatd.cpuset import CpuSet
+from agentlatd.errors import AgentlatdError
+from agentlatd.sysfs.root import Root
+
+LATENCY_CLASS = "interactive"
+START_TIMEOUT = 15.0
+SETTLE_TIMEOUT = 5.0
+
+
+class DaemonUnavailable(AgentlatdError):
+    """agentlatd could not be started or would not register an agent."""
+
+
+def policy_text(net: netns.BenchNet, include: str = "all") -> str:
+    """The default policy, narrowed to the bench's own veths ("all" of the agent
+    namespace, or the "flood" receiving veth only)."""
+    devs = net.agent_devices if include == "all" else (net.dev_flood_rx,)
+    return (
+        "# agentlatd bench, configurations D/E: the default policy except this key\n"
+        "[devices]\n"
+        f"include = [{', '.join(json.dumps(d) for d in devs)}]\n"
+    )
+
+
+class BenchDaemon:
+    def __init__(self, net: netns.BenchNet, workdir: str, *, log: Any, scope: str = "bench",
+                 include: str = "all") -> None:
+        self.net = net
+        self.scope = scope
+        self.include = include
+        self.state_dir = os.path.join(workdir, f"state-{time.monotonic_ns()}")
+        self.socket = os.path.join(self.state_dir, "agentlatd.sock")
+        self.policy = os.path.join(workdir, "bench-policy.toml")
+        self.log = log
+        self.proc: subprocess.Popen[str] | None = None
+        self.logfile = os.path.join(workdir, "agentlatd-run.log")
+        self._client: Any = None
+
+    @staticmethod
+    def unavailable_reason() -> str:
+        """"" when this build has the daemon and the client, else why not."""
+        try:
+            import agentlatd.client
+            import agentlatd.commands.run  # noqa: F401
+        except ImportError as e:
+            return f"agentlatd run / agentlatd.client are not in this build ({e})"
+        return ""
+
+    def start(self) -> dict[str, Any]:
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        with open(self.policy, "w") as f:
+            f.write(policy_text(self.net, self.include))
+        argv = [*netns.ns_exec(self.net.ns_agent), sys.executable, "-m", "agentlatd", "run",
+                "--config", self.policy, "--state-dir", self.state_dir, "--socket", self.socket]
+        if self.scope == "bench":
+            argv += ["--exclusive-scope-pid", str(os.getpid())]
+        logf = open(self.logfile, "a")  # noqa: SIM115 - handed to the child
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
+                                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        finally:
+            logf.close()
+        end = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise DaemonUnavailable(f"agentlatd run exited with {self.proc.returncode}: {self._tail()}")
+            if os.path.exists(self.socket):
+                try:
+                    if self._client is None:
+                        self._client = self._connect()
+                    st = self.status()
+                    # ready: the first tuner tick has applied the plan
+                    if isinstance(st, dict) and st.get("ready"):
+                        return {"pid": self.proc.pid, "argv": argv, "status": st,
+                                "policy": policy_text(self.net, self.include)}
+                except (OSError, AgentlatdError, ValueError):
+                    if self._client is not None:
+                        self._client.close()
+                    self._client = None
+            time.sleep(0.05)
+        raise DaemonUnavailable(f"agentlatd run did not open {self.socket} in {START_TIMEOUT:.0f} s: "
+                                f"{self._tail()}")
+
+    def _connect(self) -> Any:
+        from agentlatd.client import Connection
+
+        return Connection(self.socket, timeout=10.0)
+
+    def register(self, pid: int, agent_id: str) -> Any:
+        """Register process `pid` (all its threads) over the socket; the answer and its round trip."""
+        from agentlatd.client import ClientError
+
+        if self._client is None:
+            raise DaemonUnavailable("agentlatd is not running")
+        t0 = time.perf_counter_ns()
+        try:
+            res = self._client.request("register", agent_id=agent_id, pid=pid,
+                                       latency_class=LATENCY_CLASS)
+        except (ClientError, OSError) as e:
+            raise DaemonUnavailable(f"agentlatd refused to register {agent_id}: {e}") from e
+        return {"result": _jsonable(res), "client_ns": time.perf_counter_ns() - t0}
+
+    def settle(self, pids: list[int], root: Root) -> dict[str, Any]:
+        """Wait until every registered thread is pinned to one CPU and the flood's
+        veth is steered (or SETTLE_TIMEOUT); returns what was seen and when."""
+        t0 = time.monotonic()
+        rps_rel = netns.rps_path(self.net.dev_flood_rx)
+        seen: dict[str, Any] = {}
+        while True:
+            pinned = True
+            for pid in pids:
+                for t in root.listdir(f"proc/{pid}/task"):
+                    try:
+                        if len(os.sched_getaffinity(int(t))) != 1:
+                            pinned = False
+                    except (ProcessLookupError, ValueError):
+                        pass
+            rps = netns.sysfs_read(self.net.ns_agent, [rps_rel])[rps_rel]
+            seen = {"pinned": pinned, "flood_rps_cpus": rps,
+                    "flood_rps_list": CpuSet.parse_mask(rps).to_list() if rps else ""}
+            if pinned or time.monotonic() - t0 > SETTLE_TIMEOUT:
+                break
+            time.sleep(0.1)
+        seen["after_s"] = round(time.monotonic() - t0, 3)
+        return seen
+
+    def status(self) -> Any:
+        if self._client is None:
+            return None
+        from agentlatd.client import ClientError
+
+        try:
+            return _jsonable(self._client.request("status"))
+        except (OSError, ClientError, ValueError) as e:
+            return {"error": str(e)}
+
+    def stop(self) -> list[str]:
+        """SIGTERM (the daemon rolls back what it changed), wait, then SIGKILL."""
+        notes: list[str] = []
+        if self._client is not None:
+            close = getattr(self._client, "close", None)
+            if close is not None:
+                with contextlib.suppress(OSError):
+                    close()
+            self._client = None
+        if self.proc is None:
+            return notes
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+                notes.append("agentlatd run did not stop on SIGTERM in 15 s and was killed")
+        if self.proc.returncode not in (0, -signal.SIGTERM):
+            notes.append(f"agentlatd run exited with {self.proc.returncode}: {self._tail()}")
+        self.proc = None
+        return notes
+
+    def warnings(self) -> list[str]:
+        """The daemon's WARNING/ERROR log lines so far (what it could not do), without timestamps."""
+        out: list[str] = []
+        try:
+            with open(self.logfile) as f:
+                for line in f:
+                    if " WARNING " in line or " ERROR " in line:
+                        msg = line.split(" WARNING ", 1)[-1].split(" ERROR ", 1)[-1].strip()
+                        if msg not in out:
+                            out.append(msg[:300])
+        except OSError:
+            pass
+        return out[-20:]
+
+    def _tail(self) -> str:
+        try:
+            with open(self.logfile) as f:
+                return " | ".join(f.read().strip().splitlines()[-4:])
+        except OSError:
+            return ""
+
+
+def _jsonable(v: Any) -> Any:
+    """A client result as JSON-able data (dataclasses and mappings as dicts)."""
+    try:
+        json.dumps(v)
+        return v
+    except TypeError:
+        pass
+    if hasattr(v, "__dataclass_fields__"):
+        import dataclasses
+
+        return _jsonable(dataclasses.asdict(v))
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, set, frozenset)):
+        return [_jsonable(x) for x in v]
+    return str(v)

@@ -1,0 +1,110 @@
+"""The agent loop in Python: the path a Python agent takes (issue 6).
+
+Same step as the C probe's agent mode: a UDP request/reply to the tool server
+(the probe in `serve` mode, in the tool namespace), a 4 KiB O_DIRECT read at a
+random offset, a timer wait. Run inside the agent namespace:
+
+    ip netns exec NS python -m agentlatd.benchmark.pyagent --dst IP --port P \
+        --bind IP --file F --seconds S --timer-ns N --out FILE
+
+With --socket (configuration D) it registers itself with
+agentlatd.client.Client and wraps each step in `with client.step()`: the
+Python client path, timing overhead included.
+
+Protocol as the probe's: "ready <pid>", wait for "go", then one line per step
+to --out ("<net_ns> <disk_ns> <timer_ns> <total_ns>") and "steps N S lost L".
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import mmap
+import os
+import random
+import socket
+import sys
+import time
+from collections.abc import Iterator
+
+BLOCK = 4096
+
+
+@contextlib.contextmanager
+def _no_step(step_id: object = None) -> Iterator[None]:
+    yield
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="pyagent")
+    p.add_argument("--dst", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--bind", required=True)
+    p.add_argument("--file", required=True)
+    p.add_argument("--seconds", type=float, default=2.0)
+    p.add_argument("--steps", type=int, default=1_000_000)
+    p.add_argument("--timer-ns", type=int, default=50_000)
+    p.add_argument("--out", required=True)
+    p.add_argument("--socket", help="agentlatd socket: register with agentlatd.client.Client "
+                                    "and time each step with client.step()")
+    p.add_argument("--agent-id", default=f"bench-py-agent-{os.getpid()}")
+    a = p.parse_args(argv)
+    client = None
+    if a.socket:
+        from agentlatd.client import Client
+
+        client = Client(a.agent_id, "interactive", socket=a.socket)
+    step = client.step if client is not None else _no_step
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((a.bind, 0))
+    s.connect((a.dst, a.port))
+    s.settimeout(1.0)
+    fd = os.open(a.file, os.O_RDONLY | os.O_DIRECT)
+    nblocks = os.fstat(fd).st_size // BLOCK
+    buf = mmap.mmap(-1, BLOCK)  # page-aligned, as O_DIRECT needs
+    rng = random.Random(os.getpid())
+    timer_s = a.timer_ns / 1e9
+    rec: list[tuple[int, int, int, int]] = []
+    req = bytearray(64)
+
+    print(f"ready {os.getpid()}", flush=True)
+    if not sys.stdin.readline().startswith("go"):
+        return 1
+    clock = time.monotonic_ns
+    t_start = clock()
+    end = t_start + int(a.seconds * 1e9)
+    lost = 0
+    n = 0
+    while n < a.steps and clock() < end:
+        with step(n):
+            t0 = clock()
+            seq = n.to_bytes(8, "little")
+            req[:8] = seq
+            s.send(req)
+            try:
+                while True:  # skip a late reply to an earlier, timed-out step
+                    rep = s.recv(2048)
+                    if rep[:8] == seq:
+                        break
+            except TimeoutError:
+                lost += 1
+                continue
+            t1 = clock()
+            os.preadv(fd, [buf], rng.randrange(nblocks) * BLOCK)
+            t2 = clock()
+            time.sleep(timer_s)
+            t3 = clock()
+        rec.append((t1 - t0, t2 - t1, t3 - t2, t3 - t0))
+        n += 1
+    secs = (clock() - t_start) / 1e9
+    if client is not None:
+        client.close()
+    with open(a.out, "w") as f:
+        f.write("".join(f"{r[0]} {r[1]} {r[2]} {r[3]}\n" for r in rec))
+    print(f"steps {n} {secs:.6f} lost {lost}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

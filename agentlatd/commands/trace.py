@@ -1,0 +1,194 @@
+"""`agentlatd trace`: where an agent step's latency goes (design note sections 9 and 10).
+
+Traces for --duration seconds: IRQ handler time per IRQ and CPU; softirq
+runtime per vector and CPU, on home vs completion CPUs, with ksoftirqd's
+share; wakeup-to-run per agent thread; time blocked in epoll_wait /
+io_uring_enter (and blocking recvfrom) per agent thread; block completion to
+run where the completion wakes the thread directly. Prints the note's section
+10 table with the measured numbers.
+
+Agents: --pid P, --agent ID (looked up in a running daemon), else every agent
+the daemon has registered, else the whole host (wakeups and gates summed over
+all threads). CPU roles: the running daemon's, else the planner's with the
+default policy (agentlatd plan).
+
+Methods, best first: bpftrace (tracepoints, aggregated in the kernel), the
+tracefs event files (a private trace instance), schedstat only (the per-thread
+run delay the kernel always keeps). Without root, or without BPF and tracefs,
+it says so and falls back to schedstat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from typing import Any
+
+from agentlatd import policy as policy_mod
+from agentlatd.cpuset import CpuSet
+from agentlatd.errors import AgentlatdError, KernelError
+from agentlatd.sysfs.root import Root
+from agentlatd.trace import bpftrace, schedstat
+from agentlatd.trace import report as trace_report
+
+HELP = "attribute agent step latency to IRQs, softirqs, wakeups and wait gates"
+EXAMPLES = (
+    "agentlatd trace --duration 5",
+    "agentlatd trace --agent planner --duration 10",
+    "agentlatd trace --pid 4242 --json",
+    "agentlatd trace --method tracefs --duration 3",
+)
+METHODS = ("auto", "bpftrace", "tracefs", "schedstat")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--duration", type=float, default=5.0, metavar="S",
+                   help="seconds to trace (default 5)")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--agent", metavar="ID", help="a registered agent (asks the running daemon)")
+    who.add_argument("--pid", type=int, metavar="P", help="a process (all its threads)")
+    p.add_argument("--method", choices=METHODS, default="auto",
+                   help="bpftrace, tracefs or schedstat (default: the best available)")
+    p.add_argument("--socket", metavar="PATH",
+                   help="daemon socket (default: $AGENTLATD_SOCKET or the policy's)")
+    p.add_argument("--root", default="/", metavar="DIR", help="filesystem root holding proc/ and sys/")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def _daemon(socket: str | None, op: str) -> Any:
+    """A running daemon's answer to `op`, or None when none answers."""
+    try:
+        from agentlatd.client import ClientError, Connection, Unavailable
+    except ImportError:
+        return None
+    try:
+        with Connection(socket, timeout=2.0) as c:
+            return c.request(op)
+    except (Unavailable, ClientError, OSError, ValueError):
+        return None
+
+
+def cpu_roles(root: Root, socket: str | None) -> tuple[CpuSet, CpuSet, str]:
+    """(home, completion, where they came from)."""
+    st = _daemon(socket, "status")
+    if isinstance(st, dict) and st.get("home_cpus") is not None:
+        try:
+            return (CpuSet.parse_list(str(st.get("home_cpus") or "")),
+                    CpuSet.parse_list(str(st.get("completion_cpus") or "")), "running daemon")
+        except ValueError:
+            pass
+    try:
+        from agentlatd.model.build import build_machine
+        from agentlatd.plan.build import make_plan
+
+        plan = make_plan(build_machine(root), policy_mod.default())
+        return plan.home_cpus, plan.completion_cpus, "planner, default policy"
+    except (ImportError, AgentlatdError) as e:
+        return CpuSet(), CpuSet(), f"roles unknown: {e}"
+
+
+def _threads_of(root: Root, pid: int, agent_id: str = "") -> dict[int, trace_report.Thread]:
+    out: dict[int, trace_report.Thread] = {}
+    for name in root.listdir(f"proc/{pid}/task"):
+        if name.isdigit():
+            comm = root.read_optional(f"proc/{pid}/task/{name}/comm")
+            out[int(name)] = trace_report.Thread(int(name), pid, comm, agent_id)
+    return out
+
+
+Threads = dict[int, trace_report.Thread]
+
+
+def targets(args: argparse.Namespace, root: Root) -> tuple[Threads, dict[int, str], str]:
+    """(threads, pid -> agent id, description)."""
+    if args.pid is not None:
+        found = _threads_of(root, args.pid)
+        if not found:
+            raise AgentlatdError(f"no process {args.pid} (or its threads are not readable).")
+        return found, {args.pid: ""}, f"pid {args.pid}"
+    agents = _daemon(args.socket, "agents")
+    if args.agent is not None:
+        if agents is None:
+            raise AgentlatdError(f"--agent {args.agent}: no agentlatd daemon answers; use --pid.")
+        pids = {int(a["pid"]): str(a["agent_id"]) for a in agents if a.get("agent_id") == args.agent}
+        if not pids:
+            raise AgentlatdError(f"no registered agent {args.agent!r} (agentlatd agents lists them).")
+    elif agents:
+        pids = {int(a["pid"]): str(a["agent_id"]) for a in agents}
+    else:
+        return {}, {}, "whole host"
+    th: dict[int, trace_report.Thread] = {}
+    for pid, aid in pids.items():
+        th.update(_threads_of(root, pid, aid))
+    return th, pids, ", ".join(f"{a or '?'} ({p})" for p, a in pids.items())
+
+
+def _irq_names(root: Root) -> dict[int, str]:
+    from agentlatd.sample.interrupts import parse_interrupts, read_interrupts
+
+    try:
+        return {k: (r.desc or r.chip) for k, r in parse_interrupts(read_interrupts(root)).numbered().items()}
+    except KernelError:
+        return {}
+
+
+def _sample(root: Root, pids: dict[int, str]) -> dict[int, schedstat.SchedStat]:
+    out: dict[int, schedstat.SchedStat] = {}
+    for pid in pids:
+        out.update(schedstat.sample_threads(root, pid))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0.1 <= args.duration <= 3600:
+        raise AgentlatdError("--duration must be between 0.1 and 3600 seconds.")
+    root = Root(args.root)
+    threads, pids, who = targets(args, root)
+    home, completion, roles_src = cpu_roles(root, args.socket)
+    before = _sample(root, pids)
+    maps: bpftrace.Maps | None = None
+    method = "schedstat"
+    reasons: list[str] = []
+    notes: list[str] = [f"traced: {who}"]
+    if not root.is_host and args.method != "schedstat":
+        reasons.append("--root is not the live host: nothing to trace")
+    else:
+        tids = sorted(threads)
+        if args.method in ("auto", "bpftrace"):
+            try:
+                with tempfile.TemporaryDirectory(prefix="agentlatd-trace-") as wd:
+                    maps = bpftrace.run(root, tids, args.duration, wd)
+                method = "bpftrace"
+            except bpftrace.Unavailable as e:
+                reasons.append(f"bpftrace: {e}")
+        if maps is None and args.method in ("auto", "tracefs"):
+            from agentlatd.trace import tracefs
+
+            try:
+                maps = tracefs.run(root, tids, args.duration)
+                method = "tracefs"
+            except bpftrace.Unavailable as e:
+                reasons.append(f"tracefs: {e}")
+    if maps is None:
+        if not pids:
+            msg = "; ".join(reasons) or "schedstat needs --pid or --agent"
+            raise AgentlatdError(f"tracing is unavailable ({msg}), and schedstat needs agents to "
+                                 "watch: give --pid or --agent.")
+        time.sleep(args.duration)
+    after = _sample(root, pids)
+    inp = trace_report.TraceInput(
+        method=method, duration_s=args.duration, maps=maps, home=home, completion=completion,
+        roles_source=roles_src, threads=threads, run_delay=schedstat.delta(before, after),
+        irq_names=_irq_names(root) if maps is not None else {},
+        unavailable="; ".join(reasons) if maps is None else "", notes=notes)
+    if maps is None and reasons and args.method == "auto":
+        print(f"agentlatd trace: tracing unavailable: {'; '.join(reasons)}", file=sys.stderr)
+    doc = trace_report.build(inp)
+    if args.json:
+        sys.stdout.write(json.dumps(doc, indent=1) + "\n")
+    else:
+        sys.stdout.write(trace_report.render(doc))
+    return 0

@@ -1,0 +1,199 @@
+"""`agentlatd bench --quick`: the report's structure (not its numbers), and that
+everything the bench changed is gone afterwards, also after SIGTERM.
+
+The bench creates its own namespaces and veths (needs root, iproute2, gcc);
+configuration D starts `agentlatd run` inside the bench's agent namespace.
+The numbers depend on the machine and on whatever else runs on it: CI checks
+only that every run produced steps, softirq deltas and noise counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agentlatd.benchmark.configs import CONFIGS, schedule
+from agentlatd.commands import bench as bench_cmd
+from agentlatd.errors import AgentlatdError
+
+NO_TOOLS = shutil.which("gcc") is None or shutil.which("ip") is None
+
+
+def _netns() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def _pm_qos() -> dict[str, str]:
+    out: dict[str, str] = {}
+    base = "/sys/devices/system/cpu"
+    for d in sorted(os.listdir(base)):
+        p = f"{base}/{d}/power/pm_qos_resume_latency_us"
+        if re.fullmatch(r"cpu\d+", d) and os.path.exists(p):
+            with open(p) as f:
+                out[d] = f.read().strip()
+    return out
+
+
+def _cmdlines_with(text: str) -> list[int]:
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        pids.append(int(d))
+            except OSError:
+                pass
+    return pids
+
+
+# ---------------------------------------------------------------------------
+# pure
+
+
+def test_schedule_interleaves_and_rotates() -> None:
+    s = schedule(("Q", "A", "B", "D"), 3)
+    assert len(s) == 12
+    assert [k for k, _ in s[:4]] == ["Q", "A", "B", "D"]
+    assert [k for k, _ in s[4:8]] == ["A", "B", "D", "Q"]
+    for k in "QABD":
+        assert sum(1 for x, _ in s if x == k) == 3
+
+
+def _args(**kw: object) -> argparse.Namespace:
+    base: dict[str, object] = {"quick": True, "runs": None, "seconds": None, "configs": "Q,A,B,D",
+                               "pps": None}
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_settings_validation() -> None:
+    s = bench_cmd.settings_from(_args())
+    assert s.quick and s.runs == 2 and s.configs == ("Q", "A", "B", "D")
+    assert bench_cmd.settings_from(_args(configs="q,e", runs=3)).configs == ("Q", "E")
+    for bad in ({"configs": "Q,X"}, {"runs": 0}, {"seconds": 100.0}, {"pps": 0}):
+        with pytest.raises(AgentlatdError):
+            bench_cmd.settings_from(_args(**bad))
+    assert set(CONFIGS) == {"Q", "A", "B", "D", "E"}
+
+
+# ---------------------------------------------------------------------------
+# the real thing
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(NO_TOOLS, reason="the bench needs gcc and iproute2")
+def test_bench_quick_report(tmp_path: Path) -> None:
+    qos_before = _pm_qos()
+    out = tmp_path / "report"
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "agentlatd", "bench", "--quick", "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    wall = time.monotonic() - t0
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert wall < 60, f"--quick took {wall:.0f} s"
+    doc = json.loads((out / "report.json").read_text())
+    html = (out / "report.html").read_text()
+
+    # structure
+    assert doc["schema"] == "agentlatd-bench/1"
+    assert list(doc["configs"]) == ["Q", "A", "B", "D"]
+    cpus = [str(c) for c in doc["host"]["cpus"]]
+    agent_cpu = str(doc["host"]["agent_cpu"])
+    runs = doc["runs"]
+    assert not [r for r in runs if "error" in r], [r.get("error") for r in runs]
+    for key in "QABD":
+        mine = [r for r in runs if r["config"] == key]
+        assert len(mine) == 2, key
+        for r in mine:
+            for which in ("c", "python"):
+                st = r[which]["stages"]
+                assert set(st) == {"step", "net", "disk", "timer"}
+                for s in st.values():
+                    assert s["count"] > 20
+                    assert 0 < s["p50"] <= s["p99"] <= s["p999"] <= s["max"]
+                # a step holds its stages
+                assert st["step"]["p50"] >= st["timer"]["p50"]
+            assert set(r["softirqs"]["NET_RX"]) == set(cpus)
+            assert set(r["cpu_share"]["busy"]) == set(cpus)
+            if key == "Q":
+                assert r["noise"] is None
+            else:
+                assert r["noise"]["flood_received"] > 0 and r["noise"]["hog_loops"] > 0
+            if key == "B":
+                assert set(r["affinity"]["agent"].values()) == {agent_cpu}
+                assert set(r["affinity"]["flood"].values()) == {str(doc["host"]["completion_cpu"])}
+            if key == "D":
+                reg = r["agentlatd"]["registered"]
+                assert reg["agent"]["result"]["state"] == "placed", reg
+                assert r["agentlatd"]["settle"]["pinned"]
+                # agentlatd steered the flood's RPS off the agent CPU
+                assert r["agentlatd"]["settle"]["flood_rps_list"] != agent_cpu
+    summ = doc["summary"]
+    assert set(summ["configs"]) == {"Q", "A", "B", "D"}
+    assert len(summ["configs"]["A"]["c"]["step"]["p999"]["per_run"]) == 2
+    assert "p999_D_over_Q" in summ["targets"] and "noise_D_vs_A" in summ["targets"]
+    for k, cdfs in doc["cdf"]["c"].items():
+        assert cdfs["step"][-1][1] == 1.0, k
+    assert max(len(line) for line in doc["headline"].splitlines()) <= 80
+    assert "C agent, step latency" in p.stdout
+    try:
+        import matplotlib  # noqa: F401
+        assert html.count("data:image/png;base64,") == 3
+    except ImportError:
+        assert "matplotlib is not installed" in html
+
+    # nothing left behind
+    assert not set(doc["net"]["namespaces"]) & _netns()
+    assert _pm_qos() == qos_before
+    for r in runs:
+        for tids in r["affinity"].values():
+            for tid in tids:
+                assert not os.path.exists(f"/proc/{tid}"), f"bench process {tid} still alive"
+    m = re.search(r"workdir (\S+)", p.stderr)
+    assert m and not os.path.exists(m.group(1))
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(NO_TOOLS, reason="the bench needs gcc and iproute2")
+def test_bench_sigterm_restores(tmp_path: Path) -> None:
+    """SIGTERM in the middle of a run: exit 130, namespaces, processes and workdir gone."""
+    qos_before = _pm_qos()
+    proc = subprocess.Popen([sys.executable, "-m", "agentlatd", "bench", "--quick", "--configs", "A,D",
+                             "--out", str(tmp_path / "r")], stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stderr is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "[1/" in line:  # the first run is done: the second (D) is starting
+            time.sleep(1.0)  # inside run 2: noise, agents and agentlatd are up
+            proc.send_signal(signal.SIGTERM)
+            break
+    _out, err = proc.communicate(timeout=60)
+    text = "".join(lines) + err
+    assert proc.returncode == 130, text[-2000:]
+    assert "restored" in text
+    ns = re.search(r"namespaces (\S+), (\S+), (\S+);", text)
+    wd = re.search(r"workdir (\S+)", text)
+    assert ns and wd, text
+    assert not {ns.group(1), ns.group(2), ns.group(3)} & _netns()
+    assert not os.path.exists(wd.group(1))
+    assert not _cmdlines_with(wd.group(1)), "bench processes survived SIGTERM"
+    assert _pm_qos() == qos_before
+    assert not (tmp_path / "r" / "report.json").exists()
