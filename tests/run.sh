@@ -62,5 +62,14 @@ elif [ -x tests/vm/run_tier.sh ]; then
 else
     echo "VM TIER SKIPPED: tests/vm/run_tier.sh not present"
 fi
+echo "== the installed .deb under a real systemd (PID 1) in the QEMU guest"
+if [ "${AGENTLATD_SKIP_VM:-0}" = 1 ]; then
+    echo "SERVICE VM TEST SKIPPED: AGENTLATD_SKIP_VM=1"
+else
+    bash tests/vm/service/run_service_test.sh
+    src=$?
+    if [ $src -eq 77 ]; then echo "SERVICE VM TEST SKIPPED (see reason above)"
+    elif [ $src -ne 0 ]; then rc=1; fi
+fi
 echo "== total $(( $(date +%s) - T0 )) s, rc=$rc"
 exit $rc
