@@ -524,7 +524,12 @@ class AgentManager:
             self._drop(a, "process exited", forget=True)
 
     def decline(self, p: ProcId) -> None:
-        self.autoreg.declined.add(p)
+        # only auto-registration reads this set (AutoRegistrar.scan, which also
+        # drops exited processes from it each tick); with no auto_register rules
+        # scan never runs and the set grew by one entry per unregister for ever
+        # (bench/soak.py; tests/hostile/test_socket_abuse.py)
+        if self.policy.auto_register:
+            self.autoreg.declined.add(p)
 
     # -- steps -----------------------------------------------------------
     def find(self, pid: int) -> Agent | None:
