@@ -275,6 +275,15 @@ def loads(text: str, filename: str = "<policy>") -> Policy:
         raise PolicyError(f"not valid TOML: {e}", file=filename,
                           line=int(m.group(1)) if m else None) from e
     ctx = _Ctx(filename, text)
+    # rq_affinity defaults to 2, so "leave it alone" needs a word of its own
+    # (TOML has no null): rq_affinity = "leave"
+    leave_rq = False
+    tun = data.get("tuning")
+    if isinstance(tun, dict) and tun.get("rq_affinity") == "leave":
+        tun = dict(tun)
+        del tun["rq_affinity"]
+        data = {**data, "tuning": tun}
+        leave_rq = True
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(Policy):
         if f.name == "source":
@@ -297,6 +306,8 @@ def loads(text: str, filename: str = "<policy>") -> Policy:
                              + ", ".join(f.name for f in dataclasses.fields(Policy)
                                          if f.name != "source"))
     pol = Policy(**kwargs, source=filename)
+    if leave_rq:
+        pol = dataclasses.replace(pol, tuning=dataclasses.replace(pol.tuning, rq_affinity=None))
     _cross_checks(pol, ctx)
     return pol
 

@@ -85,3 +85,12 @@ def test_loader_structured_fuzz(doc: dict[str, dict[str, object]]) -> None:
             lines.append(f"{json.dumps(k)} = {json.dumps(v) if not isinstance(v, bool) else str(v).lower()}")
     with contextlib.suppress(PolicyError):
         policy.loads("\n".join(lines), "fuzz.toml")
+
+
+def test_rq_affinity_leave() -> None:
+    # the default writes 2; "leave" is the only way to say "never write it"
+    assert policy.default().tuning.rq_affinity == 2
+    p = policy.loads('[tuning]\nrq_affinity = "leave"\n', "t.toml")
+    assert p.tuning.rq_affinity is None
+    with pytest.raises(PolicyError, match="tuning.rq_affinity"):
+        policy.loads('[tuning]\nrq_affinity = "keep"\n', "t.toml")
