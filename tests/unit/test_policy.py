@@ -92,5 +92,5 @@ def test_rq_affinity_leave() -> None:
     assert policy.default().tuning.rq_affinity == 2
     p = policy.loads('[tuning]\nrq_affinity = "leave"\n', "t.toml")
     assert p.tuning.rq_affinity is None
-    with pytest.raises(PolicyError, match="tuning.rq_affinity"):
+    with pytest.raises(PolicyError, match=r"tuning\.rq_affinity"):
         policy.loads('[tuning]\nrq_affinity = "keep"\n', "t.toml")
