@@ -368,7 +368,29 @@ def _netlink_module(name: str) -> ModuleType:
                           "netlink") from None
 
 
-class CoalesceKnob(Knob):
+class FieldsKnob(Knob):
+    """A knob whose value is a "key=value,key=value" set of fields (coalescing,
+    per-NAPI config): a change names only the fields it sets, so equality,
+    verification and the journaled original cover exactly those fields."""
+
+    def equal(self, a: str, b: str) -> bool:
+        return fields_subset_equal(a, b)
+
+    def verify(self, root: Root, target: str, desired: str) -> tuple[bool, str]:
+        actual = self.read(root, target)
+        return fields_subset_equal(actual, desired), _project(actual, desired)
+
+    def original_of(self, current: str, desired: str) -> str:
+        return _project(current, desired)
+
+    def merge_original(self, recorded: str, captured: str) -> str:
+        rec = parse_fields(recorded)
+        for k, v in parse_fields(captured).items():
+            rec.setdefault(k, v)
+        return format_fields(rec)
+
+
+class CoalesceKnob(FieldsKnob):
     """NIC interrupt coalescing of device D over ethtool netlink (agentlatd.netlink.ethtool).
 
     Value: that client's canonical form "rx-usecs=20,adaptive-rx=off". A desired
@@ -398,22 +420,6 @@ class CoalesceKnob(Knob):
         fields = mod.parse_coalesce(value).values()  # ValueError before anything is sent
         mod.set_coalesce(target, **fields)
 
-    def equal(self, a: str, b: str) -> bool:
-        return fields_subset_equal(a, b)
-
-    def verify(self, root: Root, target: str, desired: str) -> tuple[bool, str]:
-        actual = self.read(root, target)
-        return fields_subset_equal(actual, desired), _project(actual, desired)
-
-    def original_of(self, current: str, desired: str) -> str:
-        return _project(current, desired)
-
-    def merge_original(self, recorded: str, captured: str) -> str:
-        rec = parse_fields(recorded)
-        for k, v in parse_fields(captured).items():
-            rec.setdefault(k, v)
-        return format_fields(rec)
-
     def shell(self, target: str, value: str) -> str:
         args = " ".join(f"{shlex.quote(k)} {shlex.quote(v)}" for k, v in parse_fields(value).items())
         return f"ethtool -C {shlex.quote(target)} {args}"
@@ -436,7 +442,7 @@ _NAPI_SYSFS = {"defer-hard-irqs": "napi_defer_hard_irqs",
                "threaded": "threaded"}
 
 
-class NapiConfigKnob(Knob):
+class NapiConfigKnob(FieldsKnob):
     """Per-NAPI config over the netdev generic netlink family, sysfs fallback.
 
     Targets: "D/irqN" = the NAPI of device D serviced by IRQ N; "D/queueN" = the
@@ -568,22 +574,6 @@ class NapiConfigKnob(Knob):
                                   "sysfs file)", errno.EOPNOTSUPP, "sysfs", v)
         for f, v in fields.items():
             root.write_value(f"sys/class/net/{dev}/{_NAPI_SYSFS[f]}", _norm(v) + "\n", "sysfs")
-
-    def equal(self, a: str, b: str) -> bool:
-        return fields_subset_equal(a, b)
-
-    def verify(self, root: Root, target: str, desired: str) -> tuple[bool, str]:
-        actual = self.read(root, target)
-        return fields_subset_equal(actual, desired), _project(actual, desired)
-
-    def original_of(self, current: str, desired: str) -> str:
-        return _project(current, desired)
-
-    def merge_original(self, recorded: str, captured: str) -> str:
-        rec = parse_fields(recorded)
-        for k, v in parse_fields(captured).items():
-            rec.setdefault(k, v)
-        return format_fields(rec)
 
     def shell(self, target: str, value: str) -> str:
         dev, _, _ = self._split(target)
