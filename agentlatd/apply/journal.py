@@ -50,6 +50,7 @@ import contextlib
 import json
 import os
 import time
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,7 +120,16 @@ class Entry:
 
     def to_json(self) -> dict[str, Any]:
         return {"knob": self.knob, "target": self.target, "original": self.original,
-                "written": self.written, "flags": list(self.flags)}
+                "written": self.written, "flags": list(self.flags),
+                "crc": _crc(self.knob, self.target, self.original, self.written, self.flags)}
+
+
+def _crc(knob: str, target: str, original: str, written: str | None, flags: list[str]) -> int:
+    """CRC-32 of an entry's fields. A byte flipped inside a value can still parse
+    ("0" -> "4" in an rps_cpus original) and would be restored as a value the
+    knob never had; with the checksum such an entry is damaged like any other:
+    never written, kept for a person (tests/hostile/test_journal_damage.py)."""
+    return zlib.crc32(json.dumps([knob, target, original, written, flags]).encode())
 
 
 def _entry_from(obj: Any, where: str) -> Entry:
@@ -134,6 +144,12 @@ def _entry_from(obj: Any, where: str) -> Entry:
     flags = obj.get("flags", [])
     if not isinstance(flags, list) or not all(isinstance(f, str) and f in _FLAGS for f in flags):
         raise ValueError(f"{where}: bad flags {flags!r}")
+    crc = obj.get("crc")
+    # absent in hand-written journals (tests, a person's edit): accepted; present
+    # and wrong: this entry is damaged
+    if crc is not None and crc != _crc(obj["knob"], obj["target"], obj["original"], written, flags):
+        raise ValueError(f"{where}: checksum mismatch ({obj['knob']} {obj['target']}): "
+                         "a value was changed after it was journaled")
     return Entry(obj["knob"], obj["target"], obj["original"], written, list(flags))
 
 

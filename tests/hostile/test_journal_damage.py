@@ -163,10 +163,7 @@ def test_corrupted_journal_is_named_kept_and_salvaged(tmp_path: pathlib.Path, ho
         assert now[rel] in (before[rel], after[rel])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "journal entries carry no checksum: a byte flipped inside an original value that still "
-    "parses (rps_cpus '0' -> '4') is restored as is, writing a value the knob never had "
-    "(agentlatd/apply/journal.py _entry_from accepts any string)"))
+# regression: journal entries carry a CRC-32 of their fields since this test found it
 def test_a_flipped_byte_inside_an_original_value_is_detected(tmp_path: pathlib.Path) -> None:
     tree, state, before, after, data = _applied(tmp_path)
     text = data.decode()
