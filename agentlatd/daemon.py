@@ -197,7 +197,7 @@ class Tuner:
         ts, ne = time.monotonic(), len(errors)
         try:
             from agentlatd.model.build import build_machine
-            from agentlatd.plan.build import make_plan
+            from agentlatd.plan.build import make_plan, needs_followup
             if self.rebuild or self.machine is None or t0 - self.machine_t > MACHINE_TTL:
                 self.machine = build_machine(root)
                 self.machine_t = t0
@@ -226,6 +226,11 @@ class Tuner:
                     # a device or IRQ vanished (hot-unplug, a veth deleted): rescan
                     # at the next tick, not after MACHINE_TTL of failing writes
                     # (tests/hostile: test_device_removed_under_a_running_daemon)
+                    self.rebuild = True
+                if needs_followup(r.knob for r in report.results
+                                  if r.status in ("changed", "clamped")):
+                    # threaded = 1 just started the napi/<dev>-<id> kthreads: rescan
+                    # so the next tick pins them (plan/napi.py plan_napi_threads)
                     self.rebuild = True
             except Exception as e:
                 errors.append(f"apply failed: {e}")

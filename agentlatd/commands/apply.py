@@ -28,6 +28,8 @@ from agentlatd.apply.engine import (
     RecoverReport,
 )
 from agentlatd.errors import AgentlatdError
+from agentlatd.model.build import build_machine
+from agentlatd.plan.build import followup, needs_followup
 from agentlatd.plan.changes import Change
 from agentlatd.sysfs.root import Root
 
@@ -116,6 +118,22 @@ def plan_now(root: Root, pol: policy_mod.Policy) -> tuple[list[Change], tuple[st
     return list(plan.changes), (*plan.notes, *advice)
 
 
+def _followup(root: Root, pol: policy_mod.Policy, eng: Engine,
+              report: ApplyReport) -> ApplyReport:
+    """A second pass for what the first one created: threaded NAPI's kthreads
+    only exist once `threaded` was written, and they are pinned to the
+    completion CPUs right after. Its results join the first report, so the
+    report names every write the journal holds."""
+    if not needs_followup(r.knob for r in report.results if r.status in (CHANGED, CLAMPED)):
+        return report
+    more = followup(build_machine(root), pol, irqbalance_running=bool(irqbalance.running(root)))
+    if not more:
+        return report
+    second = eng.apply(more)
+    return dataclasses.replace(report, results=report.results + second.results,
+                               notes=report.notes + second.notes)
+
+
 def run(args: argparse.Namespace) -> int:
     root = Root(args.root)
     if root.is_host and os.geteuid() != 0 and not args.dry_run:
@@ -135,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             changes, plan_notes = plan_now(root, pol)
         report = eng.apply(changes, dry_run=args.dry_run)
+        if not args.plan and not args.dry_run:
+            report = _followup(root, pol, eng, report)
     if recovery is not None and recovery.action != "none" and report.recovery is None:
         report = dataclasses.replace(report, recovery=recovery)
     if args.json:

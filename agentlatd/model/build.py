@@ -7,6 +7,9 @@ Kernel files, each read through Root by its sampler:
   sys/class/net, sys/class/nvme,  sample/net.py, nvme.py, block.py -> model/devices.py
   sys/block
   proc/sys/kernel/osrelease       the kernel release
+  proc/PID/{stat,status}          sample/napi_threads.py: napi/<dev>-<id>
+                                  kthreads, read only when a NIC has
+                                  threaded = 1 (else there are none)
 Explicit managed markers (optional): sys/kernel/debug/irq/irqs/N
 (IRQD_AFFINITY_MANAGED, when debugfs is mounted) and, for a recorded tree,
 the "readonly" list of its capture.json (git does not keep the 0444 mode that
@@ -29,6 +32,7 @@ from agentlatd.sample.block import read_blocks
 from agentlatd.sample.cpu import read_cpus
 from agentlatd.sample.interrupts import parse_interrupts, read_interrupts
 from agentlatd.sample.irq import ProcIrq, read_proc_irq
+from agentlatd.sample.napi_threads import read_napi_threads
 from agentlatd.sample.net import read_netdevs
 from agentlatd.sample.nvme import read_nvmes
 from agentlatd.sysfs.root import Root
@@ -92,6 +96,8 @@ def build_machine(root: Root) -> Machine:
         lines.append(IrqLine(irq=n, actions=rows[n].actions, smp_affinity=proc[n].smp_affinity,
                              readonly=readonly, marker=marker))
     owners = assign(lines, nets, nvmes, blocks)
+    # one proc/PID/stat read per process: only worth it when kthreads can exist
+    napi = read_napi_threads(root) if any(n.threaded == 1 for n in nets) else ()
 
     irqs: list[Irq] = []
     for n in sorted(rows):
@@ -118,6 +124,6 @@ def build_machine(root: Root) -> Machine:
     return Machine(
         topology=topology,
         irqs=tuple(irqs),
-        devices=build_devices(nets, nvmes, blocks, owners),
+        devices=build_devices(nets, nvmes, blocks, owners, napi),
         kernel_release=root.read_optional("proc/sys/kernel/osrelease"),
     )

@@ -51,8 +51,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from agentlatd.cpuset import CpuSet
-from agentlatd.model.machine import Device, NetQueue
+from agentlatd.model.machine import Device, NapiThread, NetQueue
 from agentlatd.sample.block import BlockSample
+from agentlatd.sample.napi_threads import NapiThreadSample
+from agentlatd.sample.napi_threads import owner as napi_owner
 from agentlatd.sample.net import NetDevSample, ParentDevice
 from agentlatd.sample.nvme import NvmeSample
 
@@ -237,7 +239,8 @@ def assign(lines: Sequence[IrqLine], nets: Sequence[NetDevSample], nvmes: Sequen
 
 def _hctx_by_device(nvmes: Sequence[NvmeSample],
                     blocks: Sequence[BlockSample]) -> dict[str, Mapping[str, CpuSet]]:
-    """device -> its blk-mq hctx cpu_lists (an NVMe controller: its first namespace's)."""
+    """device -> its blk-mq hctx cpu_lists (an NVMe controller: its first namespace's
+    that has any: with native multipath the path disk nvmeXcYnZ's, never the bio-based head's)."""
     disks = {b.name: b for b in blocks}
     out: dict[str, Mapping[str, CpuSet]] = {b.name: b.hctx for b in blocks}
     for c in nvmes:
@@ -277,6 +280,18 @@ def managed_reason(line: IrqLine, device: str | None, kind: str | None, queue: s
 
 
 # -- Device values -------------------------------------------------------------
+def napi_threads_by_device(threads: Sequence[NapiThreadSample],
+                           nets: Sequence[str]) -> dict[str, tuple[NapiThread, ...]]:
+    """NIC -> its napi/<dev>-<id> kthreads, by pid (a comm no NIC fits is dropped)."""
+    out: dict[str, list[NapiThread]] = {}
+    for t in sorted(threads, key=lambda t: t.pid):
+        who = napi_owner(t.comm, nets)
+        if who is not None:
+            out.setdefault(who[0], []).append(NapiThread(t.pid, t.starttime, who[1], t.cpus))
+    return {k: tuple(v) for k, v in out.items()}
+
+
+
 def _irqs_of(owners: Mapping[int, IrqOwner], name: str) -> tuple[int, ...]:
     return tuple(sorted(n for n, o in owners.items() if o.device == name))
 
@@ -286,9 +301,11 @@ def _natural(s: str) -> tuple[tuple[int, int | str], ...]:
 
 
 def build_devices(nets: Sequence[NetDevSample], nvmes: Sequence[NvmeSample],
-                  blocks: Sequence[BlockSample], owners: Mapping[int, IrqOwner]) -> tuple[Device, ...]:
+                  blocks: Sequence[BlockSample], owners: Mapping[int, IrqOwner],
+                  napi_threads: Sequence[NapiThreadSample] = ()) -> tuple[Device, ...]:
     """Every NIC, NVMe controller and disk, sorted by name (natural order)."""
     out: list[Device] = []
+    kthreads = napi_threads_by_device(napi_threads, [n.name for n in nets])
     for n in nets:
         p = n.parent
         out.append(Device(
@@ -298,7 +315,7 @@ def build_devices(nets: Sequence[NetDevSample], nvmes: Sequence[NvmeSample],
             net_queues=tuple(NetQueue(q.name, q.rps_cpus, q.rps_flow_cnt, q.xps_cpus)
                              for q in n.queues),
             threaded=n.threaded, napi_defer_hard_irqs=n.napi_defer_hard_irqs,
-            gro_flush_timeout=n.gro_flush_timeout,
+            gro_flush_timeout=n.gro_flush_timeout, napi_threads=kthreads.get(n.name, ()),
         ))
     hctx = _hctx_by_device(nvmes, blocks)
     for c in nvmes:

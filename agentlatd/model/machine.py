@@ -73,6 +73,16 @@ class NetQueue:
 
 
 @dataclass(frozen=True, slots=True)
+class NapiThread:
+    """A threaded-NAPI kthread napi/<dev>-<napi_id> of a NIC (sample/napi_threads.py)."""
+
+    pid: int
+    starttime: int  # with pid: the process identity (proc/PID/stat field 22)
+    napi_id: int | None  # None when comm was cut at 15 characters
+    cpus: CpuSet | None  # its affinity (Cpus_allowed_list; None: unreadable)
+
+
+@dataclass(frozen=True, slots=True)
 class Device:
     """A NIC, an NVMe controller or a block device."""
 
@@ -91,7 +101,8 @@ class Device:
     gro_flush_timeout: int | None = None
     hw_queue_cpus: Mapping[str, CpuSet] = field(default_factory=dict)  # blk-mq hctx -> cpu_list
     rq_affinity: int | None = None  # block: queue/rq_affinity
-    block_devices: tuple[str, ...] = ()  # nvme: its namespaces ("nvme0n1")
+    block_devices: tuple[str, ...] = ()  # nvme: its namespaces ("nvme0n1", "nvme0c0n1")
+    napi_threads: tuple[NapiThread, ...] = ()  # net with threaded = 1: its NAPI kthreads
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,15 @@ completes there and its wakeup is local; background submitters, moved to
 completion CPUs, complete there too.
 
 Knob "block.rq_affinity", target "<blockdev>": only when tuning.rq_affinity is
-set, for the block devices (namespaces) of NVMe controllers in scope. A block
-device the model did not read gets current "" (the engine reads it).
+set, for the block devices (namespaces) of NVMe controllers in scope that
+have the file: the model read a value (rq_affinity not None). With native
+NVMe multipath the controller's namespaces are its request-based path disks
+(nvmeXcYnZ, planned) and the multipath head (nvmeXnY under
+devices/virtual/nvme-subsystem, bio-based: nothing completes through its
+queue, and on 6.12 it has no queue/rq_affinity, so a planned write failed
+ENOENT at every apply: found by the VM tier, test_apply_fails_no_knob_here).
+A disk the model did not read, read without the file, or a virtual one (the
+head) is not planned.
 """
 
 from __future__ import annotations
@@ -35,10 +42,12 @@ def plan_block(machine: Machine, devices: tuple[Device, ...],
             continue
         for name in sorted(set(ctrl.block_devices)):
             b = blocks.get(name)
-            cur = b.rq_affinity if b is not None else None
-            if cur == want:
+            if b is None or b.virtual:
+                continue  # not read, or the bio-based multipath head
+            cur = b.rq_affinity
+            if cur is None or cur == want:
                 continue
             out.append(Change(
-                KNOB, name, "" if cur is None else str(cur), str(want),
+                KNOB, name, str(cur), str(want),
                 f"{name} (on {ctrl.name}): rq_affinity {want}, {_MEANING[want]}"))
     return out

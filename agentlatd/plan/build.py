@@ -8,6 +8,8 @@ natural number order, in the order the engine applies them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from agentlatd.model.machine import Machine, Rates
 from agentlatd.plan.block import plan_block
 from agentlatd.plan.changes import Change, Plan
@@ -20,7 +22,7 @@ from agentlatd.plan.irq_affinity import (
     plan_irq_affinity,
     quiet_home_order,
 )
-from agentlatd.plan.napi import plan_napi
+from agentlatd.plan.napi import TASK_AFFINITY, plan_napi, plan_napi_threads
 from agentlatd.plan.partition import partition
 from agentlatd.plan.rps import plan_rps, plan_xps, rfs_planned
 from agentlatd.plan.select import select_devices
@@ -35,6 +37,7 @@ KNOB_ORDER = (
     "net.rps_flow_cnt",
     "net.xps_cpus",
     "net.threaded",
+    "task.affinity",
     "net.napi_defer_hard_irqs",
     "net.gro_flush_timeout",
     "net.coalesce",
@@ -95,6 +98,7 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
     changes += plan_rps(devices, part, tuning, nr)
     changes += plan_xps(devices, part, tuning, nr)
     changes += plan_napi(devices, tuning, named=bool(policy.devices.include))
+    changes += plan_napi_threads(devices, part, tuning, named=bool(policy.devices.include))
     co, co_notes = plan_coalesce(devices, policy)
     changes += co
     notes += co_notes
@@ -118,3 +122,24 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
         notes=tuple(notes),
         quiet_home_order=quiet_home_order(machine, part.home, rates),
     )
+
+
+# knobs whose write makes new objects appear that the plan steers: net.threaded
+# starts the napi/<dev>-<id> kthreads (net/core/dev.c napi_kthread_create)
+FOLLOWUP_AFTER = frozenset({"net.threaded"})
+FOLLOWUP_KNOBS = frozenset({TASK_AFFINITY})
+
+
+def needs_followup(written: Iterable[str]) -> bool:
+    """True when one of the knobs `written` (changed by an apply) calls for followup()."""
+    return any(k in FOLLOWUP_AFTER for k in written)
+
+
+def followup(machine: Machine, policy: Policy, *, rates: Rates | None = None,
+             irqbalance_running: bool = False) -> tuple[Change, ...]:
+    """The second pass of a one-shot apply: make_plan's changes of the objects the
+    first batch created (today: the NAPI kthreads threaded = 1 started, pinned by
+    task.affinity), planned on a Machine built AFTER that batch. Everything else
+    in the plan the first batch already did (or reported)."""
+    plan = make_plan(machine, policy, rates=rates, irqbalance_running=irqbalance_running)
+    return tuple(c for c in plan.changes if c.knob in FOLLOWUP_KNOBS)

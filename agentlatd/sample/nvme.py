@@ -9,9 +9,12 @@ queue_count), Documentation/ABI/testing/sysfs-bus-pci (msi_irqs/, numa_node).
   nvmeX/device         the PCI function ("../.."); its msi_irqs/ lists the
                        admin and I/O queue vectors (nvmeXq0, nvmeXqN)
   nvmeX/nvmeXnY        a namespace: the block device nvmeXnY (sys/block)
-  nvmeX/nvmeXcCnY      with native multipath the hidden per-path disk; the
-                       visible disk is nvme<subsys>nY (sys/block), commonly
-                       with the same number as a single controller
+  nvmeX/nvmeXcCnY      with native multipath the hidden per-path disk
+                       (sys/block/nvmeXcCnY: request-based, mq/N, queue/
+                       rq_affinity); the visible disk is the multipath head
+                       nvme<subsys>nY (devices/virtual/nvme-subsystem/...),
+                       bio-based: no mq/, and on 6.12 no queue/rq_affinity.
+                       Both are namespaces of the controller here.
 
 The blk-mq hardware contexts (sys/block/nvmeXnY/mq/N/cpu_list) are the same
 tag set for every namespace of a controller: sample/block.py reads them.
@@ -37,7 +40,7 @@ class NvmeSample:
     path: str  # real kernel path of the controller
     parent: ParentDevice | None
     transport: str | None  # "pcie", "tcp", "rdma", "fc", "loop"
-    namespaces: tuple[str, ...]  # block device names in sys/block ("nvme0n1")
+    namespaces: tuple[str, ...]  # block device names in sys/block ("nvme0n1", "nvme0c0n1")
 
 
 def _opt(root: Root, rel: str) -> str | None:
@@ -61,7 +64,14 @@ def read_nvme(root: Root, name: str) -> NvmeSample:
             ns.add(entry)
             continue
         m = _MPATH_NS.match(entry)
-        if m is not None and f"nvme{m.group(1)}n{m.group(2)}" in disks:
+        if m is None:
+            continue
+        # the path disk is the request-based queue (mq/, queue/rq_affinity);
+        # the multipath head nvme<subsys>nY is bio-based: on 6.12 it has no
+        # mq/ and no queue/rq_affinity (found by the VM tier, QEMU sets CMIC)
+        if entry in disks:
+            ns.add(entry)
+        if f"nvme{m.group(1)}n{m.group(2)}" in disks:
             ns.add(f"nvme{m.group(1)}n{m.group(2)}")
     # a disk whose real path lies below the controller (the usual PCIe layout)
     for d in disks:

@@ -216,7 +216,10 @@ def test_managed_nvme_affinity_is_the_hctx_cpu_list(tree: pathlib.Path) -> None:
                 m = NVME_IO_QUEUE.match(action)
                 if m and m.group(1) == ctrl.name:
                     queues[int(m.group(2))] = irq
-        namespaces = [p for p in ctrl.iterdir() if p.name.startswith(ctrl.name + "n")]
+        # nvme0n1, or with native multipath the path disk nvme0c0n1 (the head
+        # lives under devices/virtual/nvme-subsystem, bio-based, no mq/)
+        namespaces = [p for p in ctrl.iterdir() if p.name.startswith(ctrl.name + "n")
+                      or re.fullmatch(r"nvme\d+c" + ctrl.name[4:] + r"n\d+", p.name)]
         assert namespaces, ctrl
         for ns in namespaces:
             hctx = {int(h.name): hctx_cpus((h / "cpu_list").read_text()) for h in (ns / "mq").iterdir()}
