@@ -490,6 +490,12 @@ def knob_in_effect(knob: str, target: str, desired: str) -> bool:
         return all(got.get(k) == v for k, v in (kv.split("=") for kv in desired.split(",")))
     if knob == "block.rq_affinity":
         return read_file(f"/sys/block/{target}/queue/rq_affinity") == desired
+    if knob == "task.affinity":  # target pid:starttime:tid (threaded NAPI's kthreads)
+        pid, _start, tid = target.split(":")
+        for line in read_file(f"/proc/{pid}/task/{tid}/status").splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                return parse_cpulist(line.split(":", 1)[1].strip()) == parse_cpulist(desired)
+        return False
     raise AssertionError(f"no independent reader for knob {knob}")
 
 
