@@ -48,16 +48,10 @@ UNIT = "agentlatd.service"
 JOB = Path("/job")
 DIST = "/usr/lib/python3/dist-packages/"
 METRICS = "127.0.0.1:9641"
-# Knob failures that are known bugs outside the service, reported to the lead; the check
-# below tolerates exactly these (AGENTLATD_SERVICE_STRICT=1: none) and says so.
-KNOWN_FAILURES = {
-    # plan/block.py plans rq_affinity for nvme0n1 although sampling found no
-    # queue/rq_affinity: on 6.11+ the NVMe multipath head (CONFIG_NVME_MULTIPATH=y, Debian)
-    # is a bio-based queue and the kernel hides the blk-mq-only attributes; the knob then
-    # fails "gone" on every tick.
-    ("block.rq_affinity", "gone"):
-        "planner targets nvme0n1's rq_affinity, absent on the NVMe multipath head (6.11+)",
-}
+# Knob failures that are known bugs outside the service, tolerated by the check below
+# (AGENTLATD_SERVICE_STRICT=1: none). Empty since the NVMe multipath rq_affinity fix
+# (plan/block.py targets the nvmeXcYnZ path disks, never the bio-based head).
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 T0 = time.monotonic()
 
 results: list[tuple[str, bool]] = []
