@@ -30,6 +30,7 @@ import shlex
 from agentlatd.agents import tasks
 from agentlatd.apply.knobs import FileKnob, Knob, cpulist_equal, int_equal, register
 from agentlatd.cpuset import CpuSet, CpuSetError
+from agentlatd.errors import KernelError
 from agentlatd.sysfs.root import Root
 
 
@@ -73,6 +74,56 @@ class TaskAffinityKnob(_TaskKnob):
 
     def equal(self, a: str, b: str) -> bool:
         return cpulist_equal(a, b)
+
+    def restore(self, root: Root, target: str, original: str, *, written: str | None,
+                journaled: frozenset[tuple[str, str]]) -> str:
+        """Restore the thread, then the threads of its process that inherited the pin.
+
+        A thread created by a pinned thread starts with the creator's mask
+        (clone() copies cpus_mask, kernel/fork.c dup_task_struct()). The daemon
+        journals such threads at its next agent tick, with the process's
+        original; a daemon killed before that tick (kill -9, watchdog abort)
+        leaves them journaled nowhere, and `agentlatd rollback` (ExecStopPost)
+        used to restore only the journaled thread: seen in the VM tier, 5 of 6
+        threads of an `agentlatd exec` agent stayed on CPU 2 after kill -9.
+        So: every other live thread of the SAME process (pid and starttime,
+        re-checked right before each syscall by read() and write()) without an
+        entry of its own, whose mask is exactly what agentlatd wrote here,
+        inherited it and gets the same original. A thread whose mask differs
+        chose its own (the agent set it) and is left alone. Done here, in the
+        knob, so that rollback in a fresh process, recover-at-start, a clean
+        stop and Engine.restore() all do it from the journal alone.
+        """
+        self.write(root, target, original)
+        if written is None:
+            return ""
+        try:
+            pinned = CpuSet.parse_list(written)
+        except CpuSetError:
+            return ""
+        me = tasks.ThreadId.parse(target)
+        held: set[tasks.ThreadId] = set()
+        for knob, tgt in journaled:
+            if knob == self.name:
+                try:
+                    held.add(tasks.ThreadId.parse(tgt))
+                except ValueError:
+                    continue
+        fixed = 0
+        for tid in tasks.list_tids(root, me.pid):
+            t = tasks.ThreadId(me.pid, me.starttime, tid)
+            if tid == me.tid or t in held:
+                continue
+            try:
+                if CpuSet.parse_list(self.read(root, t.target)) != pinned:
+                    continue  # the agent chose this thread's mask itself
+                self.write(root, t.target, original)
+            except (KernelError, ValueError):
+                continue  # exited (or the pid was recycled) meanwhile: nothing to restore
+            fixed += 1
+        if not fixed:
+            return ""
+        return f"{fixed} unjournaled thread(s) that inherited the pin too"
 
     def shell(self, target: str, value: str) -> str:
         t = tasks.ThreadId.parse(target)

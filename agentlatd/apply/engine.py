@@ -580,8 +580,9 @@ class Engine:
             chosen.sort(key=lambda e: pos[id(e)])
         results: list[KnobResult] = []
         done: list[Entry] = []
+        held = frozenset(x.key for x in j.entries)
         for e in reversed(chosen):
-            r = self._restore_one(e)
+            r = self._restore_one(e, held)
             results.append(r)
             if r.status in (RESTORED, UNCHANGED, GONE, MANAGED):
                 done.append(e)
@@ -635,8 +636,9 @@ class Engine:
     def _restore(self, j: Journal, *, damaged: str = "", kept_as: str = "") -> RollbackReport:
         results: list[KnobResult] = []
         keep: list[Entry] = []
+        held = frozenset(x.key for x in j.entries)
         for e in reversed(j.entries):
-            r = self._restore_one(e)
+            r = self._restore_one(e, held)
             results.append(r)
             if r.status not in (RESTORED, UNCHANGED, GONE, MANAGED):
                 keep.append(e)
@@ -653,7 +655,9 @@ class Engine:
             notes = (f"{len(keep)} original(s) could not be restored and stay in {j.path}",)
         return RollbackReport(tuple(results), j.path, removed, damaged, kept_as, notes)
 
-    def _restore_one(self, e: Entry) -> KnobResult:
+    def _restore_one(self, e: Entry,
+                     held: frozenset[tuple[str, str]] = frozenset()) -> KnobResult:
+        """Restore one entry; `held` is every (knob, target) of its journal."""
         def res(status: str, message: str, before: str = "", after: str = "",
                 errclass: ErrClass | None = None) -> KnobResult:
             return KnobResult(e.knob, e.target, status, before, e.original, after,
@@ -680,7 +684,8 @@ class Engine:
         if knob.equal(current, e.original):
             return res(UNCHANGED, "already at its original value", current, current)
         try:
-            knob.write(self.root, e.target, e.original)
+            note = knob.restore(self.root, e.target, e.original, written=e.written,
+                                journaled=held)
         except KernelError as err:
             if err.errclass is ErrClass.GONE:
                 return res(GONE, f"{_sentence(err)}: nothing left to restore", current,
@@ -696,7 +701,7 @@ class Engine:
                        errclass=ErrClass.IO)
         after = knob.original_of(after, e.original)
         if knob.equal(after, e.original):
-            return res(RESTORED, "restored", current, after)
+            return res(RESTORED, f"restored; {note}" if note else "restored", current, after)
         return res(CLAMPED, f"wrote {e.original!r}; the kernel shows {after!r}", current, after)
 
     # -- drift -----------------------------------------------------------

@@ -93,6 +93,19 @@ class Knob:
         """Fold a later original_of() into the journaled original (new fields only)."""
         return recorded
 
+    def restore(self, root: Root, target: str, original: str, *, written: str | None,
+                journaled: frozenset[tuple[str, str]]) -> str:
+        """Write a journaled `original` back (rollback, recover, Engine.restore()).
+
+        `written` is what agentlatd last wrote to `target` (the journal's
+        "written"), `journaled` every (knob, target) the journal holds. A knob
+        whose write spreads to objects the journal never saw overrides this to
+        undo them too (task.affinity: threads born pinned). Returns a note for
+        the report ("" when there is nothing more to say).
+        """
+        self.write(root, target, original)
+        return ""
+
     def shell(self, target: str, value: str) -> str:
         """A command a person could paste to write `value` on the live host."""
         raise NotImplementedError
