@@ -169,35 +169,7 @@ def udp_echo_from_cpus(cpus: list[int], n: int = 40, dst: str = TAP_PEER) -> dic
     """Send `n` UDP datagrams to the echo server from a child pinned to each CPU (each its
     own flow, so XPS sends it on that CPU's TX queue and tun answers on the matching RX
     queue); returns the echoes received per CPU."""
-    kids: dict[int, tuple[int, int]] = {}
-    for c in cpus:
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: never return into pytest
-            got = 0
-            try:
-                os.close(r)
-                os.sched_setaffinity(0, {c})
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                s.settimeout(2.0)
-                s.connect((dst, UDP_ECHO_PORT))
-                for i in range(n):
-                    msg = f"cpu{c}-{i}".encode()
-                    s.send(msg)
-                    with contextlib.suppress(TimeoutError, ConnectionRefusedError):
-                        got += s.recv(2048) == msg
-                os.write(w, str(got).encode())
-            finally:
-                os._exit(0)
-        os.close(w)
-        kids[c] = (pid, r)
-    got_by_cpu = {}
-    for c, (pid, r) in kids.items():
-        with os.fdopen(r) as f:
-            data = f.read()
-        os.waitpid(pid, 0)
-        got_by_cpu[c] = int(data or 0)
-    return got_by_cpu
+    return udp_flows_from_cpus(cpus, flows=1, n=n, dst=dst)
 
 
 # --- generic netlink: just enough to ask the kernel which netdev family ops it has ------
@@ -507,9 +479,10 @@ def irq_deltas(before: dict[int, Irq], after: dict[int, Irq], irqs: list[int]) -
 
 def udp_flows_from_cpus(cpus: list[int], flows: int = 8, n: int = 4,
                         dst: str = TAP_PEER) -> dict[int, int]:
-    """Like udp_echo_from_cpus, but `flows` sockets (source ports, hence flow hashes) per
-    CPU, `n` datagrams each: enough flows that XPS/hash spreads them over every TX queue
-    and so (tun answers on the queue a flow came from) over every virtio RX queue."""
+    """`flows` sockets (source ports, hence flow hashes) per CPU, each pinned to its CPU,
+    `n` datagrams each; returns the echoes received per CPU. With enough flows XPS/hash
+    spreads them over every TX queue and so (tun answers on the queue a flow came from)
+    over every virtio RX queue."""
     kids: dict[int, tuple[int, int]] = {}
     for c in cpus:
         r, w = os.pipe()
