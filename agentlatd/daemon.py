@@ -68,6 +68,7 @@ from agentlatd import __version__
 from agentlatd import policy as policy_mod
 from agentlatd.agents import tasks
 from agentlatd.agents.applier import AGENT_KNOBS, Applier
+from agentlatd.agents.links import LinkTracker
 from agentlatd.agents.placement import CpuLayout
 from agentlatd.agents.registry import AgentManager
 from agentlatd.agents.tasks import ProcId
@@ -77,6 +78,7 @@ from agentlatd.api.server import PENDING, Conn, Server, bind_socket
 from agentlatd.apply.engine import ApplyReport, Drift, Engine
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import AgentlatdError, KernelError, PolicyError
+from agentlatd.model.agent_links import NONE, AgentHome, AgentLinks, discount_heat, own_softirq_rate
 from agentlatd.model.machine import Machine, Rates
 from agentlatd.plan.changes import Plan
 from agentlatd.policy import Policy
@@ -165,6 +167,7 @@ class Tuner:
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
         self.failures = 0
+        self.links = LinkTracker()
 
     def step(self) -> TunerState:
         t0 = time.monotonic()
@@ -203,8 +206,14 @@ class Tuner:
                 self.machine_t = t0
                 self.rebuild = False
             from agentlatd.apply import irqbalance
+            try:
+                links = self.links.update(root, self.d.agent_homes, pol)
+            except Exception as e:  # agent links are an optimisation: plan without them
+                links = NONE
+                errors.append(f"agent link sampling failed: {e}")
+                log.warning("agent link sampling failed: %s", e, exc_info=not isinstance(e, AgentlatdError))
             plan = make_plan(self.machine, pol, rates=rates,
-                             irqbalance_running=bool(irqbalance.running(root)))
+                             irqbalance_running=bool(irqbalance.running(root)), agent_links=links)
         except Exception as e:
             errors.append(f"planning failed: {e}")
             log.warning("planning failed: %s", e, exc_info=not isinstance(e, AgentlatdError))
@@ -237,6 +246,10 @@ class Tuner:
                 log.error("apply failed: %s", e, exc_info=not isinstance(e, AgentlatdError))
             timed("apply", ts, ne)
         heat = dict(rates.heat) if rates is not None else {}
+        if rates is not None and plan is not None and plan.agent_links.local:
+            # an agent's own replies processed on its home CPU are not heat to move it for
+            heat = discount_heat(heat, rates.softirq_rate.get("NET_RX", {}),
+                                 own_softirq_rate(plan.agent_links), pol.heat)
         override = read_heat_override()
         if override:
             heat.update(override)
@@ -325,6 +338,9 @@ class Daemon:
         self._pidfds: set[int] = set()
         self._retry = False
         self._next_reap = 0.0
+        # the pinned agents, for the tuner's agent links (agents/links.py): a
+        # tuple replaced whole by the main thread, read by the tuner thread
+        self.agent_homes: tuple[AgentHome, ...] = ()
 
     # -- plumbing --------------------------------------------------------
     def wake(self) -> None:
@@ -515,6 +531,11 @@ class Daemon:
                 self.manager.reconcile_cpus(full=False)
         except Exception as e:
             self._failed("agent tick", e)
+        if tick_due:
+            # once per tick, not per registration: O(agents), and the tuner reads
+            # it once per tick anyway (bench/agents.py: per registration it cost
+            # ~0.6 ms of register round trip with 1000 agents)
+            self.agent_homes = self.manager.homes()
 
     def _failed(self, what: str, e: BaseException) -> None:
         if isinstance(e, AgentlatdError):
@@ -718,11 +739,19 @@ class Daemon:
             "planned_changes": len(st.plan.changes) if st and st.plan else 0,
             "drift": [d.to_json() for d in st.drift] if st else [],
             "journal_entries": len(self.engine.entries()),
+            "agent_links": _links_json(st.plan.agent_links) if st and st.plan else [],
             "connections": len(self.server.conns) if self.server else 0,
             "requests": self.server.requests if self.server else 0,
         }
         out.update(self.manager.status())
         return out
+
+
+def _links_json(links: AgentLinks) -> list[dict[str, Any]]:
+    return [{"device": lk.device, "mode": mode, "home_cpus": lk.home_cpus.to_list(),
+             "agents": list(lk.agents), "rx_pps": None if lk.rx_pps is None else round(lk.rx_pps, 1)}
+            for mode, group in (("local", links.local), ("busy", links.busy))
+            for lk in group.values()]
 
 
 def _register_result(a: Any) -> dict[str, Any]:

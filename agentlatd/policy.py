@@ -139,6 +139,10 @@ class TuningPolicy:
     rps: bool = True
     rps_flow_cnt: int = field(default=0, metadata=_meta(_check_nonneg))
     rps_sock_flow_entries: int = field(default=0, metadata=_meta(_check_nonneg))
+    # NICs carrying only registered pinned agents' traffic: RPS on their home CPUs
+    # ("home") or on the completion CPUs like every NIC ("completion"); model/agent_links.py
+    agent_links: Literal["home", "completion"] = "home"
+    agent_link_max_pps: int = field(default=20000, metadata=_meta(_check_pos))
     xps: bool = True
     coalesce: bool = True
     # rx-usecs = min(class budgets) * coalesce_budget_share, bounded below by min_rx_usecs

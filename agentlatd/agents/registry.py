@@ -76,6 +76,7 @@ from agentlatd.api import protocol
 from agentlatd.api.protocol import ProtocolError, Register
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import AgentlatdError, KernelError
+from agentlatd.model.agent_links import AgentHome
 from agentlatd.plan.changes import Change
 from agentlatd.policy import Policy
 
@@ -210,6 +211,13 @@ class AgentManager:
         for a in self.agents.values():
             self._wants(a)
         self.cpu_dirty = True
+
+    def homes(self) -> tuple[AgentHome, ...]:
+        """The pinned agents with a home CPU, for the tuner's agent links."""
+        return tuple(AgentHome(a.proc.pid, a.agent_id, a.home_cpu, a.devices)
+                     for a in self.agents.values()
+                     if a.home_cpu is not None and a.state in ("placed", "partial")
+                     and self.policy.classes[a.latency_class].pin)
 
     def set_heat(self, heat: Mapping[int, float]) -> None:
         """A new heat sample (one per tuner tick)."""

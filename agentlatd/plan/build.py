@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from agentlatd.model.machine import Machine, Rates
+from agentlatd.model.agent_links import NONE, AgentLinks
+from agentlatd.model.machine import Device, Machine, Rates
 from agentlatd.plan.block import plan_block
 from agentlatd.plan.changes import Change, Plan
 from agentlatd.plan.coalesce import plan_coalesce
 from agentlatd.plan.common import natural_key, nr_cpu_ids
 from agentlatd.plan.irq_affinity import (
     default_affinity_advice,
+    fixed_irq_load,
+    fixed_irqs,
     managed_advice,
     managed_notes,
     plan_irq_affinity,
@@ -24,10 +27,10 @@ from agentlatd.plan.irq_affinity import (
 )
 from agentlatd.plan.napi import TASK_AFFINITY, plan_napi, plan_napi_threads
 from agentlatd.plan.partition import partition
-from agentlatd.plan.rps import plan_rps, plan_xps, rfs_planned
+from agentlatd.plan.rps import local_links, plan_rps, plan_xps, rfs_planned
 from agentlatd.plan.select import select_devices
 from agentlatd.plan.sysctl import plan_sysctl
-from agentlatd.policy import Policy
+from agentlatd.policy import Policy, TuningPolicy
 
 # apply order: steer IRQs first (where completions land), then softirq
 # steering, then per-device batching, then host-wide sysctls
@@ -55,16 +58,20 @@ def _sort_key(c: Change) -> tuple[int, str, tuple[tuple[int, int | str], ...]]:
 
 
 def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
-              irqbalance_running: bool = False) -> Plan:
+              irqbalance_running: bool = False, agent_links: AgentLinks = NONE) -> Plan:
     """The CPU partition and every change the engine would make, with reasons.
 
     irqbalance_running: filled by the daemon/CLI (the Machine does not know);
     with daemon.irqbalance = "refuse" IRQ affinity is then left alone.
+    agent_links: filled by the daemon from its registered agents
+    (agents/links.py); the NICs that carry only their traffic (plan/rps.py).
     """
     sel = select_devices(machine, policy.devices)
     devices = sel.devices
-    part = partition(machine.topology, devices, policy.cpus)
     tuning = policy.tuning
+    steered = tuning.irq_affinity and not (irqbalance_running and policy.daemon.irqbalance == "refuse")
+    fixed = fixed_irqs(machine, devices, steered)
+    part = partition(machine.topology, devices, policy.cpus, fixed_irq_load(machine, fixed))
     nr = nr_cpu_ids(machine.topology.possible | {c.cpu for c in machine.topology.cpus})
     notes: list[str] = list(part.notes)
     advice: list[str] = []
@@ -95,7 +102,12 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
     advice += managed_advice(irq.managed, part)
     advice += default_affinity_advice(machine, part)
 
-    changes += plan_rps(devices, part, tuning, nr)
+    net_names = {d.name for d in devices if d.kind == "net"}
+    links = local_links(agent_links, part, tuning)
+    links = AgentLinks({k: v for k, v in links.local.items() if k in net_names},
+                       {k: v for k, v in links.busy.items() if k in net_names})
+    changes += plan_rps(devices, part, tuning, nr, links)
+    notes += agent_link_notes(devices, links, tuning)
     changes += plan_xps(devices, part, tuning, nr)
     changes += plan_napi(devices, tuning, named=bool(policy.devices.include))
     changes += plan_napi_threads(devices, part, tuning, named=bool(policy.devices.include))
@@ -120,8 +132,28 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
         changes=tuple(sorted(changes, key=_sort_key)),
         advice=tuple(advice),
         notes=tuple(notes),
-        quiet_home_order=quiet_home_order(machine, part.home, rates),
+        quiet_home_order=quiet_home_order(machine, part.home, rates, fixed),
+        agent_links=links,
     )
+
+
+def agent_link_notes(devices: Iterable[Device], links: AgentLinks, tuning: TuningPolicy) -> list[str]:
+    out: list[str] = []
+    for d in devices:
+        link = links.local.get(d.name)
+        if link is not None:
+            out.append(f"Agent link {d.name}: receives for pinned agent(s) {', '.join(link.agents)}; "
+                       f"its receive processing runs on their home CPU(s) {link.home_cpus} "
+                       "(tuning.agent_links = \"home\").")
+        busy = links.busy.get(d.name)
+        if busy is not None and busy.rx_pps is not None:
+            out.append(f"{d.name} carries traffic of pinned agent(s) {', '.join(busy.agents)} and "
+                       f"{busy.rx_pps:.0f} packets/s in all (> tuning.agent_link_max_pps = "
+                       f"{tuning.agent_link_max_pps}): its receive processing stays on the "
+                       "completion CPUs, where their replies queue behind the rest. RFS "
+                       "(tuning.rps_flow_cnt and net.core.rps_sock_flow_entries) or an ntuple "
+                       "rule steering their flows to a queue of their own separates them.")
+    return out
 
 
 # knobs whose write makes new objects appear that the plan steers: net.threaded

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agentlatd.cpuset import CpuSet
+from agentlatd.model.agent_links import NONE, AgentLinks
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,3 +56,6 @@ class Plan:
     # agentlatd cannot move) landing on them: agent placement takes them in
     # this order
     quiet_home_order: tuple[int, ...] = ()
+    # the agent links in effect (devices in scope only): local ones have RPS on
+    # their agents' home CPUs (plan/rps.py, model/agent_links.py)
+    agent_links: AgentLinks = NONE

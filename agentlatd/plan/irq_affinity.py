@@ -96,20 +96,78 @@ def _lands_on(irq: Irq) -> CpuSet:
     return irq.effective_affinity if irq.effective_affinity else irq.smp_affinity
 
 
+FIXED_NOTABLE = 0.01  # share of all device interrupts before fixed IRQs count (fixed_irq_load)
+
+
+def fixed_irqs(machine: Machine, devices: tuple[Device, ...], steered: bool) -> frozenset[int]:
+    """IRQs agentlatd leaves where they are and that land on a CPU of their own
+    whatever is submitted where:
+      - those of devices out of scope and of no known device (ACPI, a serial
+        port), and, when IRQ steering is off (tuning.irq_affinity = false,
+        irqbalance refused), those of the devices in scope too;
+      - kernel-managed IRQs whose mask is wider than the core they land on:
+        fewer queues than cores (a one-queue virtio-blk disk: mask 0-1,
+        effective 1), so the completions of every CPU of the mask hit one CPU.
+    Not: a managed IRQ aimed at its own core (a per-CPU or per-core NVMe
+    queue fires for I/O its CPUs submitted: the submitter's own load, which no
+    choice of CPUs avoids; quiet_home_order ranks home CPUs by it), and an IRQ that
+    lands on every online CPU (a per-CPU timer such as arm64's arch_timer)."""
+    mine: set[int] = set()
+    if steered:
+        for d in devices:
+            if d.kind in ("net", "nvme"):
+                mine.update(d.irqs)
+    online = machine.topology.online
+    core: dict[int, CpuSet] = {c.cpu: c.smt_siblings | {c.cpu} for c in machine.topology.cpus}
+    out: set[int] = set()
+    for i in machine.irqs:
+        on = _lands_on(i)
+        if not on or online <= on:
+            continue
+        if i.managed:
+            cores = CpuSet(x for c in on for x in core.get(c, CpuSet({c})))
+            if i.smp_affinity - cores:
+                out.add(i.irq)
+        elif i.irq not in mine:
+            out.add(i.irq)
+    return frozenset(out)
+
+
+def fixed_irq_load(machine: Machine, fixed: frozenset[int]) -> dict[int, float]:
+    """cpu -> interrupts since boot of the `fixed` IRQs, each IRQ's total counted
+    on the CPU(s) it lands on now (effective affinity): where that load keeps
+    landing, weighted by how busy the IRQ has been. Counts since boot, not
+    rates, so that the partition built on it does not change tick to tick.
+    Empty when no CPU's share reaches FIXED_NOTABLE of all the device
+    interrupts since boot: a SATA boot disk's 17k interrupts beside 10^9 NVMe
+    and NIC ones must not decide which cores absorb completions."""
+    out: dict[int, float] = {}
+    for irq in machine.irqs:
+        if irq.irq not in fixed or not irq.total:
+            continue
+        on = _lands_on(irq)
+        for c in on:
+            out[c] = out.get(c, 0.0) + irq.total / len(on)
+    everything = sum(i.total for i in machine.irqs)
+    if not out or max(out.values()) < FIXED_NOTABLE * everything:
+        return {}
+    return out
+
+
 def quiet_home_order(machine: Machine, home: CpuSet,
-                     rates: Rates | None = None) -> tuple[int, ...]:
-    """Home CPUs, quietest first, by the kernel-managed IRQ load on each.
+                     rates: Rates | None = None, fixed: frozenset[int] = frozenset()) -> tuple[int, ...]:
+    """Home CPUs, quietest first, by the load of IRQs agentlatd cannot or does not move.
 
     agentlatd cannot move managed IRQs (NVMe I/O queues are spread one per CPU
-    or CPU group), so agents go first to home CPUs whose own managed queues are
-    quiet. Load: interrupts/s from `rates` when given, else the counts since
-    boot (/proc/interrupts columns); ties: fewer managed IRQs aimed at the CPU,
-    then the lower CPU number.
+    or CPU group) and leaves the `fixed` ones (fixed_irqs) in place, so agents
+    go first to home CPUs those IRQs keep quiet. Load: interrupts/s from
+    `rates` when given, else the counts since boot (/proc/interrupts columns);
+    ties: fewer such IRQs aimed at the CPU, then the lower CPU number.
     """
     load: dict[int, float] = dict.fromkeys(home, 0.0)
     count: dict[int, int] = dict.fromkeys(home, 0)
     for irq in machine.irqs:
-        if not irq.managed:
+        if not (irq.managed or irq.irq in fixed):
             continue
         per: Mapping[int, float] | Mapping[int, int] = (
             rates.irq_rate.get(irq.irq, {}) if rates is not None else irq.per_cpu)

@@ -16,7 +16,12 @@ node with usable CPUs when no device reports one):
   - usable = online and not isolated by the kernel (isolcpus / nohz_full):
     a CPU the admin isolated is never a completion CPU nor a home CPU;
   - want = max(completion_per_node, ceil(completion_share * node's online CPUs));
-  - take whole cores, lowest-numbered first, until `want` CPUs are taken: with
+  - take whole cores until `want` CPUs are taken, first the cores that IRQs
+    agentlatd leaves in place keep busy (plan/irq_affinity.py fixed_irqs: a
+    disk out of scope, a device without a driver agentlatd knows; "busy" =
+    at least FIXED_SHARE of the busiest core's count since boot, and at least
+    FIXED_MIN interrupts), then the lowest-numbered: those interrupts would
+    hit a home CPU otherwise. With
     smt_isolation both threads of a core then absorb completions instead of
     one thread doing so while its sibling is given up (idle of agents);
   - never take the node's last home-eligible CPU: when even one core would
@@ -37,6 +42,10 @@ from agentlatd.cpuset import CpuSet
 from agentlatd.model.machine import Device, Topology
 from agentlatd.plan.changes import CpuRole
 from agentlatd.policy import CpusPolicy
+
+FIXED_MIN = 10000  # interrupts since boot before a core counts as busy with fixed IRQs
+FIXED_SHARE = 0.5  # of the busiest core's fixed IRQ count: a coarse bar, so the
+# choice does not flip as counts grow
 
 ROLE_COMPLETION = "completion"
 ROLE_HOME = "home"
@@ -143,17 +152,35 @@ def _explicit(text: str, key: str, t: _Topo, notes: list[str]) -> CpuSet:
     return want & t.online
 
 
+def _busy(groups: Sequence[CpuSet], load: Mapping[int, float]) -> set[CpuSet]:
+    """The groups (cores or CPUs) fixed IRQs keep busy (module docstring)."""
+    per = {g: sum(load.get(c, 0.0) for c in g) for g in groups}
+    top = max(per.values(), default=0.0)
+    if top < FIXED_MIN:
+        return set()
+    return {g for g, v in per.items() if v >= FIXED_SHARE * top}
+
+
 def _take_node(node: int, want: int, cand: CpuSet, home_pool: CpuSet, smt: bool,
-               guard: bool, t: _Topo, notes: list[str]) -> tuple[CpuSet, CpuSet]:
-    """Completion CPUs on `node`, and siblings kept as home. See module docstring."""
+               guard: bool, t: _Topo, notes: list[str],
+               load: Mapping[int, float]) -> tuple[CpuSet, CpuSet, CpuSet]:
+    """Completion CPUs on `node`, siblings kept as home, and the chosen CPUs that
+    were taken for their fixed IRQ load (only when that load set some groups
+    apart, for the plan's note). See module docstring."""
     chosen: set[int] = set()
     keep_home: set[int] = set()
+    busy_cpus: set[int] = set()
+    n_groups = 0
     if smt:
         cores: dict[CpuSet, None] = {}
         for c in sorted(cand):
             cores.setdefault(CpuSet(t.sibs.get(c, CpuSet({c})) & t.online), None)
-        # cores whose threads are all usable first, then lowest-numbered
-        order = sorted(cores, key=lambda core: (bool(core & t.kiso), min(core)))
+        busy = _busy(list(cores), load)
+        busy_cpus = {c for g in busy for c in g}
+        n_groups = len(cores)
+        # cores whose threads are all usable first, then busy with fixed IRQs,
+        # then lowest-numbered
+        order = sorted(cores, key=lambda core: (bool(core & t.kiso), core not in busy, min(core)))
         for core in order:
             if len(chosen) >= want:
                 break
@@ -174,7 +201,10 @@ def _take_node(node: int, want: int, cand: CpuSet, home_pool: CpuSet, smt: bool,
                 break
             chosen |= threads
     else:
-        for c in sorted(cand):
+        busy = _busy([CpuSet({c}) for c in cand], load)
+        busy_cpus = {c for g in busy for c in g}
+        n_groups = len(cand)
+        for c in sorted(cand, key=lambda c: (CpuSet({c}) not in busy, c)):
             if len(chosen) >= want:
                 break
             if guard and not (home_pool - chosen - {c}):
@@ -182,11 +212,16 @@ def _take_node(node: int, want: int, cand: CpuSet, home_pool: CpuSet, smt: bool,
                              f"{want}, so that agents keep a home CPU on the node.")
                 break
             chosen.add(c)
-    return CpuSet(chosen), CpuSet(keep_home)
+    apart = bool(busy) and len(busy) < n_groups
+    return CpuSet(chosen), CpuSet(keep_home), CpuSet(busy_cpus & chosen) if apart else CpuSet()
 
 
-def partition(topo: Topology, devices: Sequence[Device], pol: CpusPolicy) -> Partition:
-    """Split the CPUs. `devices` are the devices in scope (plan.select)."""
+def partition(topo: Topology, devices: Sequence[Device], pol: CpusPolicy,
+              fixed_load: Mapping[int, float] | None = None) -> Partition:
+    """Split the CPUs. `devices` are the devices in scope (plan.select);
+    `fixed_load`: cpu -> interrupts of the IRQs the plan leaves in place
+    (plan/irq_affinity.py fixed_irq_load)."""
+    load = fixed_load or {}
     t = _Topo(topo)
     notes: list[str] = []
     reasons: dict[int, tuple[str, str]] = {}
@@ -248,8 +283,8 @@ def partition(topo: Topology, devices: Sequence[Device], pol: CpusPolicy) -> Par
             want = max(pol.completion_per_node, math.ceil(share - 1e-9))
             pool = node_usable if home_explicit is None else (home_explicit & t.node_cpus(n))
             guard = home_explicit is None and len(node_usable) >= 2
-            chosen, kept = _take_node(n, want, node_usable - forbid, pool,
-                                      pol.smt_isolation, guard, t, notes)
+            chosen, kept, hit = _take_node(n, want, node_usable - forbid, pool,
+                                           pol.smt_isolation, guard, t, notes, load)
             if not chosen:
                 notes.append(f"Node {n} has no CPU left for completions "
                              "(cpus.home names them all).")
@@ -261,6 +296,10 @@ def partition(topo: Topology, devices: Sequence[Device], pol: CpusPolicy) -> Par
                  "blk-mq completions and background work")
             for c in chosen:
                 reasons[c] = (ROLE_COMPLETION, r)
+            if hit:
+                notes.append(f"Completion CPU(s) {hit} chosen where IRQs that agentlatd leaves "
+                             "in place land (out of scope, or not steered): home CPUs stay "
+                             "clear of them.")
             for c in kept:
                 reasons[c] = (ROLE_HOME, f"home CPU on node {n}, kept although an SMT sibling "
                                          "of a completion CPU: the node has no other CPU "

@@ -14,11 +14,19 @@ Knobs:
                      from a home CPU falls back to the hash (netdev_pick_tx),
                      and tx completions follow the queue's IRQ.
 Queues whose file the kernel does not show (None in the model) are skipped.
+
+Agent links (model/agent_links.py): a NIC receiving only registered pinned
+agents' traffic, under tuning.agent_link_max_pps, gets rps_cpus = those
+agents' home CPUs instead (tuning.agent_links = "home"), unless RFS runs
+(tuning.rps_flow_cnt > 0), which steers each flow to its reader itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from agentlatd.cpuset import CpuSet
+from agentlatd.model.agent_links import NONE, AgentLinks
 from agentlatd.model.machine import Device, NetQueue
 from agentlatd.plan.changes import Change
 from agentlatd.plan.common import node_phrase, ordinals, queue_number
@@ -31,23 +39,43 @@ def _queues(d: Device, prefix: str) -> list[NetQueue]:
     return sorted(qs, key=lambda q: (queue_number(q.name) or 0, q.name))
 
 
+def local_links(links: AgentLinks, part: Partition, tuning: TuningPolicy) -> AgentLinks:
+    """The agent links the plan treats as such: "home" policy, no RFS, home CPUs only."""
+    if tuning.agent_links != "home" or tuning.rps_flow_cnt > 0 or not tuning.rps or not part.steering:
+        return NONE
+    local = {}
+    for name, link in links.local.items():
+        cpus = link.home_cpus & part.home
+        if cpus:
+            local[name] = dataclasses.replace(link, home_cpus=cpus)
+    return AgentLinks(local, links.busy)
+
+
 def plan_rps(devices: tuple[Device, ...], part: Partition, tuning: TuningPolicy,
-             nr_cpus: int) -> list[Change]:
+             nr_cpus: int, links: AgentLinks = NONE) -> list[Change]:
     out: list[Change] = []
     if not part.steering:
         return out
     for d in devices:
         if d.kind != "net":
             continue
-        cpus = part.completion_for(d.numa_node)
-        where = node_phrase(d.numa_node, cpus, d.numa_node in part.by_node)
+        link = links.local.get(d.name)
+        if link is not None:
+            cpus = link.home_cpus
+            rate = f"{link.rx_pps:.0f} packets/s" if link.rx_pps is not None else "rate unknown"
+            why = (f"{d.name} carries only the traffic of pinned agent(s) {', '.join(link.agents)} "
+                   f"({rate} <= tuning.agent_link_max_pps): receive processing (RPS) on their "
+                   f"home CPU(s) {cpus}, where they wait, not queued behind bulk traffic on a "
+                   "completion CPU")
+        else:
+            cpus = part.completion_for(d.numa_node)
+            where = node_phrase(d.numa_node, cpus, d.numa_node in part.by_node)
+            why = f"{d.name} receive processing (RPS) on the {where}, never on a home CPU"
         for q in _queues(d, "rx-"):
             target = f"{d.name}/{q.name}"
             if tuning.rps and q.rps_cpus is not None and q.rps_cpus != cpus:
                 out.append(Change(
-                    "net.rps_cpus", target, q.rps_cpus.to_mask(nr_cpus), cpus.to_mask(nr_cpus),
-                    f"{d.name} receive processing (RPS) on the {where}, never on a "
-                    "home CPU"))
+                    "net.rps_cpus", target, q.rps_cpus.to_mask(nr_cpus), cpus.to_mask(nr_cpus), why))
             if (tuning.rps and tuning.rps_flow_cnt > 0 and q.rps_flow_cnt is not None
                     and q.rps_flow_cnt != tuning.rps_flow_cnt):
                 out.append(Change(
