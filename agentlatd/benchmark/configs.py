@@ -9,15 +9,14 @@
      CPU, and the flood's RPS pointed there (note experiment B, by hand).
   D  agentlatd: noise and RPS as in A; `agentlatd run` with its default policy,
      [devices] include = the bench's own veths only, and the agents
-     registered through agentlatd.client.
-  E  agentlatd as in D, but [devices] include = the flood's veth only: the
-     agent's own link keeps rps_cpus 0, so its replies are processed on the
-     agent's CPU. This stands in for RFS, which the default policy relies on
-     for an agent's own flows (tuning.rps_flow_cnt) and which needs the
-     host-wide net.core.rps_sock_flow_entries: the bench never writes a
-     host-wide sysctl, and inside its namespace the file does not exist, so
-     in D every reply of the agent is steered to the completion CPU's
-     backlog behind the flood. Not in the default set (--configs Q,A,B,D,E).
+     registered through agentlatd.client. The default policy steers the
+     flood's veth to the completion CPU and, finding the agents' sockets on
+     the agent's veth (an agent link, model/agent_links.py), keeps that one's
+     receive processing on the agents' home CPU.
+  E  agentlatd as in D with tuning.agent_links = "completion": every veth,
+     the agent's own included, steered to the completion CPU (agentlatd before
+     agent links): each reply is queued on the completion CPU's backlog behind
+     the flood. Not in the default set (--configs Q,A,B,D,E).
 The note's experiment C (observability only) is `agentlatd trace`.
 """
 
@@ -35,7 +34,7 @@ class Config:
     pin: bool  # pin the agent to the agent CPU and the noise to the completion CPU
     daemon: bool  # agentlatd runs and the agents register
     description: str
-    include: str = "all"  # D/E: "all" bench veths in the agent namespace, or "flood" only
+    agent_links: str = "home"  # D/E: the policy's tuning.agent_links
 
 
 CONFIGS: dict[str, Config] = {
@@ -48,10 +47,10 @@ CONFIGS: dict[str, Config] = {
     "D": Config("D", "agentlatd", noise=True, flood_rps_on_agent_cpu=True, pin=False, daemon=True,
                 description="noise as in A; agentlatd run (default policy, bench veths only); "
                             "agents registered through the client"),
-    "E": Config("E", "agentlatd, agent link unsteered", noise=True, flood_rps_on_agent_cpu=True,
-                pin=False, daemon=True, include="flood",
-                description="as D, but [devices] include = the flood's veth only (RFS stand-in: "
-                            "the agent's replies stay on its CPU)"),
+    "E": Config("E", "agentlatd, no agent links", noise=True, flood_rps_on_agent_cpu=True,
+                pin=False, daemon=True, agent_links="completion",
+                description="as D with tuning.agent_links = \"completion\": the agent's own veth "
+                            "is steered to the completion CPU too"),
 }
 
 ORDER = ("Q", "A", "B", "D")  # the default set

@@ -5,7 +5,8 @@ sys/class/net holds only the bench's veths and lo: the host's eth0 is not even
 visible to it, and the host-wide net.core sysctls do not exist there (they are
 init_net only: net/core/sysctl_net_core.c registers net_core_table for
 init_net). Its policy is the default policy with one key set:
-[devices] include = the bench's two veths in that namespace; the state
+[devices] include = the bench's two veths in that namespace (E also sets
+tuning.agent_links = "completion"); the state
 directory and the socket are a temporary directory of the bench
 (--state-dir, --socket).
 
@@ -39,30 +40,32 @@ from agentlatd.sysfs.root import Root
 
 LATENCY_CLASS = "interactive"
 START_TIMEOUT = 15.0
-SETTLE_TIMEOUT = 5.0
+SETTLE_TIMEOUT = 8.0  # pinning is immediate; an agent link takes two tuner ticks (a rate)
 
 
 class DaemonUnavailable(AgentlatdError):
     """agentlatd could not be started or would not register an agent."""
 
 
-def policy_text(net: netns.BenchNet, include: str = "all") -> str:
-    """The default policy, narrowed to the bench's own veths ("all" of the agent
-    namespace, or the "flood" receiving veth only)."""
-    devs = net.agent_devices if include == "all" else (net.dev_flood_rx,)
-    return (
-        "# agentlatd bench, configurations D/E: the default policy except this key\n"
+def policy_text(net: netns.BenchNet, agent_links: str = "home") -> str:
+    """The default policy, narrowed to the bench's own veths; E also sets
+    tuning.agent_links (configs.py)."""
+    text = (
+        "# agentlatd bench, configurations D/E: the default policy except these keys\n"
         "[devices]\n"
-        f"include = [{', '.join(json.dumps(d) for d in devs)}]\n"
+        f"include = [{', '.join(json.dumps(d) for d in net.agent_devices)}]\n"
     )
+    if agent_links != "home":
+        text += f"[tuning]\nagent_links = {json.dumps(agent_links)}\n"
+    return text
 
 
 class BenchDaemon:
     def __init__(self, net: netns.BenchNet, workdir: str, *, log: Any, scope: str = "bench",
-                 include: str = "all") -> None:
+                 agent_links: str = "home") -> None:
         self.net = net
         self.scope = scope
-        self.include = include
+        self.agent_links = agent_links
         self.state_dir = os.path.join(workdir, f"state-{time.monotonic_ns()}")
         self.socket = os.path.join(self.state_dir, "agentlatd.sock")
         self.policy = os.path.join(workdir, "bench-policy.toml")
@@ -84,7 +87,7 @@ class BenchDaemon:
     def start(self) -> dict[str, Any]:
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         with open(self.policy, "w") as f:
-            f.write(policy_text(self.net, self.include))
+            f.write(policy_text(self.net, self.agent_links))
         argv = [*netns.ns_exec(self.net.ns_agent), sys.executable, "-m", "agentlatd", "run",
                 "--config", self.policy, "--state-dir", self.state_dir, "--socket", self.socket]
         if self.scope == "bench":
@@ -107,7 +110,7 @@ class BenchDaemon:
                     # ready: the first tuner tick has applied the plan
                     if isinstance(st, dict) and st.get("ready"):
                         return {"pid": self.proc.pid, "argv": argv, "status": st,
-                                "policy": policy_text(self.net, self.include)}
+                                "policy": policy_text(self.net, self.agent_links)}
                 except (OSError, AgentlatdError, ValueError):
                     if self._client is not None:
                         self._client.close()
@@ -136,10 +139,12 @@ class BenchDaemon:
         return {"result": _jsonable(res), "client_ns": time.perf_counter_ns() - t0}
 
     def settle(self, pids: list[int], root: Root) -> dict[str, Any]:
-        """Wait until every registered thread is pinned to one CPU and the flood's
-        veth is steered (or SETTLE_TIMEOUT); returns what was seen and when."""
+        """Wait until every registered thread is pinned to one CPU and, with agent
+        links on, agentlatd has found the agent's veth to be one (or
+        SETTLE_TIMEOUT); returns what was seen and when."""
         t0 = time.monotonic()
         rps_rel = netns.rps_path(self.net.dev_flood_rx)
+        agent_rel = netns.rps_path(self.net.dev_agent)
         seen: dict[str, Any] = {}
         while True:
             pinned = True
@@ -150,10 +155,18 @@ class BenchDaemon:
                             pinned = False
                     except (ProcessLookupError, ValueError):
                         pass
-            rps = netns.sysfs_read(self.net.ns_agent, [rps_rel])[rps_rel]
-            seen = {"pinned": pinned, "flood_rps_cpus": rps,
-                    "flood_rps_list": CpuSet.parse_mask(rps).to_list() if rps else ""}
-            if pinned or time.monotonic() - t0 > SETTLE_TIMEOUT:
+            link = True
+            if self.agent_links == "home":
+                st = self.status()
+                links = st.get("agent_links", []) if isinstance(st, dict) else []
+                link = any(lk.get("device") == self.net.dev_agent and lk.get("mode") == "local"
+                           for lk in links if isinstance(lk, dict))
+            rps = netns.sysfs_read(self.net.ns_agent, [rps_rel, agent_rel])
+            seen = {"pinned": pinned, "agent_link": link,
+                    "flood_rps_cpus": rps[rps_rel], "agent_rps_cpus": rps[agent_rel],
+                    "flood_rps_list": CpuSet.parse_mask(rps[rps_rel]).to_list() if rps[rps_rel] else "",
+                    "agent_rps_list": CpuSet.parse_mask(rps[agent_rel]).to_list() if rps[agent_rel] else ""}
+            if (pinned and link) or time.monotonic() - t0 > SETTLE_TIMEOUT:
                 break
             time.sleep(0.1)
         seen["after_s"] = round(time.monotonic() - t0, 3)

@@ -91,10 +91,12 @@ class Host:
     completion_cpu: int
     kernel: str
     pm_qos: dict[int, str]  # cpu -> pm_qos_resume_latency_us as found
+    split_why: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"cpus": list(self.cpus), "agent_cpu": self.agent_cpu,
-                "completion_cpu": self.completion_cpu, "kernel": self.kernel,
+                "completion_cpu": self.completion_cpu, "split_why": self.split_why,
+                "kernel": self.kernel,
                 "pm_qos_resume_latency_us": {str(c): v for c, v in self.pm_qos.items()}}
 
 
@@ -117,8 +119,38 @@ def inspect_host(root: Root) -> Host:
     if len(cpus) < 2:
         raise BenchError("the bench needs at least 2 CPUs (an agent CPU and a completion CPU).")
     pm = {c: root.read_optional(_pm_qos_rel(c)) for c in cpus}
-    return Host(cpus=cpus, agent_cpu=cpus[-1], completion_cpu=cpus[0],
-                kernel=os.uname().release, pm_qos=pm)
+    agent, completion, why = choose_split(root, cpus)
+    return Host(cpus=cpus, agent_cpu=agent, completion_cpu=completion,
+                kernel=os.uname().release, pm_qos=pm, split_why=why)
+
+
+def choose_split(root: Root, cpus: tuple[int, ...]) -> tuple[int, int, str]:
+    """(agent CPU, completion CPU) as agentlatd's planner splits this host with
+    none of its devices in scope -- what D's daemon, which sees only the
+    bench's veths, will choose, and what an SRE doing B by hand would choose
+    knowing the same: the host's own IRQs (its disk, its NIC) are not the
+    bench's to move, so the completion CPU is where they land and the agent
+    CPU the one they leave quiet (plan/irq_affinity.py fixed_irqs)."""
+    fallback = (cpus[-1], cpus[0], "no plan: last and first usable CPU")
+    try:
+        import dataclasses
+
+        from agentlatd.model.build import build_machine
+        from agentlatd.plan.build import make_plan
+        from agentlatd.policy import DevicesPolicy, Policy
+
+        pol = dataclasses.replace(Policy(), devices=DevicesPolicy(include=("agentlatd-bench-no-device",)))
+        plan = make_plan(build_machine(root), pol)
+    except (AgentlatdError, OSError, ValueError) as e:
+        return (*fallback[:2], f"{fallback[2]} ({e})")
+    comp = [c for c in sorted(plan.completion_cpus) if c in cpus]
+    order = plan.quiet_home_order or tuple(sorted(plan.home_cpus))
+    home = [c for c in order if c in cpus and c not in comp]
+    if not comp or not home:
+        return fallback
+    fixed = [n for n in plan.notes if n.startswith("Completion CPU(s)")]
+    return home[0], comp[0], ("agentlatd's partition of this host"
+                              + (f": {fixed[0]}" if fixed else " (lowest-numbered completion CPU)"))
 
 
 def restore_pm_qos(root: Root, host: Host) -> list[str]:
@@ -345,7 +377,7 @@ class Bench:
         if cfg.daemon:
             t0 = time.monotonic()
             self.daemon = BenchDaemon(n, self.workdir, log=self.log, scope=self.s.exclusive_scope,
-                                      include=cfg.include)
+                                      agent_links=cfg.agent_links)
             run["agentlatd"] = {"start": self.daemon.start(), "start_s": round(time.monotonic() - t0, 3)}
         if cfg.noise:
             self.noise = Noise(self.probe, n, self.s.noise, self.workdir, total_s)

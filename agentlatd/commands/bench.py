@@ -48,6 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--configs", default=",".join(ORDER), metavar="LIST",
                    help="configurations to run, of Q,A,B,D,E (default Q,A,B,D)")
     p.add_argument("--pps", type=int, metavar="N", help="flood packets per second (default 150000)")
+    p.add_argument("--writeback-mbps", type=int, metavar="N",
+                   help="disk writeback noise in MB/s, 0 = none (default 16): its requests share "
+                        "the disk's queue with the agent's reads, which no CPU placement changes")
+    p.add_argument("--hogs", type=int, metavar="N", help="CPU hog processes (default 1)")
     p.add_argument("--exclusive-scope", choices=("bench", "host"), default="bench",
                    help="D: tasks agentlatd moves off the agent's home CPU: the bench's own "
                         "(default) or every movable task of the host (the daemon's default)")
@@ -83,6 +87,16 @@ def settings_from(args: argparse.Namespace) -> Settings:
         s = replace(s, noise=replace(s.noise, pps=args.pps))
     elif not isinstance(s.noise, NoiseSpec):  # pragma: no cover - defensive
         s = replace(s, noise=NoiseSpec())
+    wb = getattr(args, "writeback_mbps", None)
+    if wb is not None:
+        if not 0 <= wb <= 1000:
+            raise AgentlatdError("--writeback-mbps must be between 0 and 1000.")
+        s = replace(s, noise=replace(s.noise, writeback_mbps=wb))
+    hogs = getattr(args, "hogs", None)
+    if hogs is not None:
+        if not 0 <= hogs <= 64:
+            raise AgentlatdError("--hogs must be between 0 and 64.")
+        s = replace(s, noise=replace(s.noise, hogs=hogs))
     return replace(s, configs=keys, exclusive_scope=getattr(args, "exclusive_scope", "bench"))
 
 
