@@ -44,6 +44,8 @@ from typing import Any
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from agentlatd.benchmark.sleepers import Sleepers  # noqa: E402 - after the checkout is on sys.path
+
 POLICY = """
 [daemon]
 interval = 1.0
@@ -66,22 +68,6 @@ coalesce = false
 threaded_napi = false
 """
 
-FORKER = r'''
-import os, signal, sys
-pids = []
-for _ in range(int(sys.argv[1])):
-    pid = os.fork()
-    if pid == 0:
-        signal.pause()
-        os._exit(0)
-    pids.append(pid)
-print(" ".join(map(str, pids)), flush=True)
-sys.stdin.readline()
-for p in pids:
-    os.kill(p, signal.SIGKILL)
-for p in pids:
-    os.waitpid(p, 0)
-'''
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -111,20 +97,6 @@ class Conn:
         self.s.close()
 
 
-class Forker:
-    def __init__(self, n: int) -> None:
-        self.p = subprocess.Popen([sys.executable, "-c", FORKER, str(n)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True)
-        assert self.p.stdout is not None
-        self.pids = [int(x) for x in self.p.stdout.readline().split()]
-
-    def close(self) -> None:
-        assert self.p.stdin is not None
-        self.p.stdin.write("\n")
-        self.p.stdin.flush()
-        self.p.wait(60)
-
-
 def summary(xs: list[float]) -> dict[str, float]:
     return {"n": len(xs), "p50_us": round(pct(xs, 0.5), 1), "p99_us": round(pct(xs, 0.99), 1),
             "max_us": round(max(xs), 1), "mean_us": round(statistics.fmean(xs), 1)}
@@ -132,7 +104,7 @@ def summary(xs: list[float]) -> dict[str, float]:
 
 def register_round(path: str, n: int) -> tuple[list[float], list[float], list[float]]:
     """Register, register again, unregister each of n fresh processes, one at a time."""
-    f = Forker(n)
+    f = Sleepers(n)
     c = Conn(path)
     first, again, unreg = [], [], []
     try:
@@ -195,7 +167,7 @@ def main() -> int:
                                       dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
     (d / "p.toml").write_text(POLICY.replace('exclusive = "shared"', 'exclusive = "exclusive"')
                               if args.exclusive else POLICY)
-    victims = Forker(args.victims) if args.exclusive else None
+    victims = Sleepers(args.victims) if args.exclusive else None
     extra = ["--exclusive-scope-pid", str(victims.p.pid)] if victims else []
     sock = str(d / "s.sock")
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -220,7 +192,7 @@ def main() -> int:
                 time.sleep(0.05)
         anchor = None
         if victims is not None:
-            anchor = Forker(1)
+            anchor = Sleepers(1)
             _, ans = c.rtt("register", agent_id="anchor", pid=anchor.pids[0])
             assert ans["ok"] and ans["result"]["exclusive"], ans
             time.sleep(0.5)
@@ -234,7 +206,7 @@ def main() -> int:
         out["reregister_rtt"] = summary(again)
         out["unregister_rtt"] = summary(unreg)
 
-        load = Forker(args.agents)
+        load = Sleepers(args.agents)
         c = Conn(sock)
         t0 = time.monotonic()
         for pid in load.pids:

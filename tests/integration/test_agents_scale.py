@@ -26,34 +26,17 @@ from agentshelpers import (
     workdir,
 )
 
+from agentlatd.benchmark.sleepers import Sleepers
+
 pytestmark = [needs_root, needs_2cpus]
 
-FORKER = r'''
-import os, signal, sys
-n = int(sys.argv[1])
-pids = []
-for _ in range(n):
-    pid = os.fork()
-    if pid == 0:
-        signal.pause()
-        os._exit(0)
-    pids.append(pid)
-print(" ".join(map(str, pids)), flush=True)
-sys.stdin.readline()
-for p in pids:
-    os.kill(p, signal.SIGKILL)
-for p in pids:
-    os.waitpid(p, 0)
-'''
 
 
 def test_1000_registered_agents() -> None:
     n = 1000
-    forker = subprocess.Popen([sys.executable, "-c", FORKER, str(n)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    forker = Sleepers(n)
     try:
-        assert forker.stdout is not None and forker.stdin is not None
-        pids = [int(p) for p in forker.stdout.readline().split()]
+        pids = forker.pids
         assert len(pids) == n
         with workdir() as d, daemon(d, policy_text()) as dm:
             t0 = time.monotonic()
@@ -77,13 +60,11 @@ def test_1000_registered_agents() -> None:
             st = dm.status()
             assert st["agents"] == n and st["journal_entries"] == n
             print(f"\n1000 registrations in {took:.2f} s; agent tick {st['agent_tick_ms']} ms")
-            forker.stdin.write("\n")
-            forker.stdin.flush()
-            forker.wait(timeout=60)
+            forker.close()
             wait_until(lambda: dm.status()["agents"] == 0, 20.0, what="all 1000 dropped at exit")
             assert dm.status()["journal_entries"] == 0
     finally:
-        kill_quietly(forker)
+        forker.kill()
 
 
 LATE_THREADS = r'''
