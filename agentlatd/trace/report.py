@@ -110,6 +110,8 @@ def build(inp: TraceInput) -> dict[str, Any]:
         doc["stages"] = []
         return doc
     doc["lost_events"] = m.lost
+    # tracefs only: wakeups whose switch in the ring buffer did not record (trace/tracefs.py)
+    doc["wakeups_untimed"] = sum(m.get("wake_untimed").values())
 
     def role(cpu: int) -> str:
         return role_of(cpu, inp.home, inp.completion)
@@ -191,6 +193,9 @@ def render(doc: dict[str, Any], *, top: int = 12) -> str:
         out.append("showing the per-thread run delay from schedstat only.")
     if doc.get("lost_events"):
         out.append(f"warning: {doc['lost_events']} events lost; percentiles undercount the busiest CPUs")
+    if doc.get("wakeups_untimed"):
+        out.append(f"note: {doc['wakeups_untimed']} wakeup(s) not timed: the tracer saw the thread run "
+                   "but not when it was switched in")
     if doc.get("stages"):
         out.append("")
         out.append("Latency budget (design note section 10), measured, us")

@@ -6,14 +6,34 @@ other tracer are left as they are; it is removed at the end. Events:
 irq/irq_handler_{entry,exit}, irq/softirq_{entry,exit} (all CPUs), and for the
 traced threads sched/sched_waking, sched/sched_switch and the syscalls events
 of epoll_wait/epoll_pwait/io_uring_enter/recvfrom (filtered in the kernel by
-pid). Tracing runs for the duration with the buffer in overwrite mode, then
-stops, and the `trace` file is parsed: timestamps have microsecond
-resolution (the default "local" clock printed as sec.usec), so sub-10 us
-stages are coarser here than with bpftrace. Lost events (ring overruns) are
-counted from per_cpu/cpuN/stats and reported.
+pid), plus raw_syscalls/sys_exit of the traced threads (see below). Tracing
+runs for the duration with the buffer in overwrite mode, then stops, and the
+`trace` file is parsed: timestamps have microsecond resolution (the "mono"
+clock, as bpftrace's nsecs, printed as sec.usec; "local" is per CPU and not
+meant to be compared across CPUs, and a wakeup is often stamped on one CPU
+and run on another), so sub-10 us stages are coarser here than with
+bpftrace. Lost events (ring overruns) are counted from per_cpu/cpuN/stats
+and reported.
+
+Wakeup-to-run ends at the woken thread's sched_switch in, but the ring buffer
+can miss that very event while bpftrace sees it: on the 6.18 Firecracker/PVM
+guests this was written on, nothing the idle task of CPU 1 emits in task
+context is ever recorded (sched_switch from swapper/1, power/cpu_idle; its
+hardirq and softirq events are), unfiltered, in the top-level buffer too and
+with any trace_clock, and per_cpu/cpu1/stats counts no drop; bpftrace on the
+same tracepoint counts them all. So a thread that sleeps on that CPU is woken
+(recorded, in the timer's hardirq), switched in from idle (not recorded) and
+looked never to run: 0 to ~900 of ~900 wakeups, by where the scheduler put
+it. A wakeup whose switch in is missing therefore ends at the first event the
+thread itself emits after it (common_pid == tid: it is on a CPU then), which
+is why raw_syscalls/sys_exit is traced: a thread woken in a syscall exits it
+microseconds after it is switched in. One that shows itself first by its own
+switch out (woken in a page fault, or preempted and pulled onto an idle CPU)
+cannot be timed and is counted in wake_untimed instead of being guessed.
 
 The results are the same maps bpftrace.py produces (irq, softirq,
-softirq_ns, ksoftirqd_ns, wake, gate), so report.py does not care which ran.
+softirq_ns, ksoftirqd_ns, wake, gate), so report.py does not care which ran,
+plus wake_untimed[tid, cpu] (above), which it ignores.
 
 Where tracefs is not mounted, `python -m agentlatd.trace.tracefs` runs in a
 private mount namespace that mounts it (see bpftrace.py) and prints the maps
@@ -38,6 +58,8 @@ from agentlatd.trace.bpftrace import Maps, Unavailable, tracefs_dir
 from agentlatd.trace.hist import bucket_lower
 
 BUFFER_KB = 8192  # per CPU
+# the first the instance accepts; "mono" is bpftrace's nsecs, "global" is at least in step across CPUs
+CLOCKS = ("mono", "global")
 IRQ_EVENTS = ("irq/irq_handler_entry", "irq/irq_handler_exit", "irq/softirq_entry", "irq/softirq_exit")
 GATE_SYSCALLS = {"epoll_wait": 1, "epoll_pwait": 1, "epoll_pwait2": 1, "io_uring_enter": 2, "recvfrom": 3}
 
@@ -76,6 +98,13 @@ def parse_trace(lines: Iterable[str], tids: Collection[int] = ()) -> Maps:
     si_t: dict[int, int] = {}
     wk: dict[int, int] = {}
     g_t: dict[int, tuple[int, int]] = {}
+
+    def ran(tid: int, cpu: int, t: int) -> None:
+        """`tid` is on `cpu` at `t`: the end of a pending wakeup whose switch in was not recorded."""
+        t0 = wk.pop(tid, None)
+        if t0 is not None:
+            _add(maps, "wake", (tid if per else 0, cpu, bucket_lower(t - t0)))
+
     for line in lines:
         if not line or line[0] == "#":
             continue
@@ -86,6 +115,21 @@ def parse_trace(lines: Iterable[str], tids: Collection[int] = ()) -> Maps:
         cpu = int(mt.group("cpu"))
         t = _ts(mt.group("sec"), mt.group("usec"))
         rest = mt.group("rest")
+        common = int(mt.group("pid"))  # the task on the CPU when the event fired
+        if ev == "sched_switch":
+            f = _fields(rest.replace(" ==> ", " "))
+            prev = int(f.get("prev_pid", "0") or 0)
+            nxt = int(f.get("next_pid", "0") or 0)
+            if prev and prev in wk:
+                # woken, never seen switched in, now leaving: it ran, but from when is unknown
+                del wk[prev]
+                _add(maps, "wake_untimed", (prev if per else 0, cpu))
+            if prev and f.get("prev_state", "").startswith("R") and (not per or prev in traced):
+                wk[prev] = t  # preempted: runnable from now on
+            ran(nxt, cpu, t)
+            continue
+        if common and common in wk:
+            ran(common, cpu, t)  # its own event: it is running, so its switch in went unrecorded
         if ev == "irq_handler_entry":
             irq_t[cpu] = t
         elif ev == "irq_handler_exit":
@@ -106,28 +150,17 @@ def parse_trace(lines: Iterable[str], tids: Collection[int] = ()) -> Maps:
                     _sum(maps, "ksoftirqd_ns", (vec, cpu), d)
         elif ev == "sched_waking":
             f = _fields(rest)
-            pid = int(f.get("pid", "0") or 0)
-            if pid and (not per or pid in traced):
+            pid = int(f.get("pid", "0") or 0)  # the woken task; common_pid is the waker
+            if pid and pid != common and (not per or pid in traced):
                 wk[pid] = t
-        elif ev == "sched_switch":
-            f = _fields(rest.replace(" ==> ", " "))
-            prev = int(f.get("prev_pid", "0") or 0)
-            nxt = int(f.get("next_pid", "0") or 0)
-            if prev and f.get("prev_state", "").startswith("R") and (not per or prev in traced):
-                wk[prev] = t  # preempted: runnable from now on
-            t0 = wk.pop(nxt, None)
-            if t0 is not None:
-                _add(maps, "wake", (nxt if per else 0, cpu, bucket_lower(t - t0)))
         elif ev.startswith("sys_enter_"):
             kind = GATE_SYSCALLS.get(ev[len("sys_enter_"):])
-            pid = int(mt.group("pid"))
-            if kind and (not per or pid in traced):
-                g_t[pid] = (t, kind)
+            if kind and (not per or common in traced):
+                g_t[common] = (t, kind)
         elif ev.startswith("sys_exit_"):
-            pid = int(mt.group("pid"))
-            got = g_t.pop(pid, None)
+            got = g_t.pop(common, None)
             if got is not None:
-                _add(maps, "gate", (got[1], pid if per else 0, bucket_lower(t - got[0])))
+                _add(maps, "gate", (got[1], common if per else 0, bucket_lower(t - got[0])))
     return maps
 
 
@@ -185,8 +218,11 @@ class Instance:
 def trace_here(root: Root, base: str, tids: Collection[int], duration_s: float) -> Maps:
     """Trace with a mounted tracefs at kernel path `base`."""
     with Instance(root, base) as inst:
-        inst.write("buffer_size_kb", str(BUFFER_KB))
         inst.write("tracing_on", "0")
+        inst.write("buffer_size_kb", str(BUFFER_KB))
+        for clock in CLOCKS:
+            if inst.write("trace_clock", clock):
+                break
         for ev in IRQ_EVENTS:
             if not inst.enable(ev):
                 raise Unavailable(f"tracefs has no {ev} event (CONFIG_TRACING without irq events?).")
@@ -200,6 +236,8 @@ def trace_here(root: Root, base: str, tids: Collection[int], duration_s: float) 
             for sc in GATE_SYSCALLS:
                 inst.enable(f"syscalls/sys_enter_{sc}", common)
                 inst.enable(f"syscalls/sys_exit_{sc}", common)
+            # the woken thread's own first event where its switch in is not recorded (module doc)
+            inst.enable("raw_syscalls/sys_exit", common)
         else:
             inst.enable("sched/sched_waking")
             inst.enable("sched/sched_switch")
