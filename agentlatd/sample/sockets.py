@@ -77,6 +77,7 @@ class Route:
     net: ipaddress.IPv4Network | ipaddress.IPv6Network
     dev: str  # DROP for a route that drops the packet
     metric: int
+    local: bool = False  # an address of this host (IPv6 RTF_LOCAL), received on lo
 
 
 def _hex_words(h: str) -> bytes:
@@ -164,25 +165,33 @@ def parse_ipv6_route(text: str) -> list[Route]:
                 continue
             net = ipaddress.IPv6Network((ipaddress.IPv6Address(bytes.fromhex(f[0])), int(f[1], 16)),
                                         strict=False)
-            dev = DROP if flags & RTF_REJECT else LOOPBACK if flags & RTF_LOCAL else f[9]
-            out.append(Route(net, dev, int(f[5], 16)))
+            if flags & RTF_LOCAL:
+                out.append(Route(net, LOOPBACK, int(f[5], 16), local=True))
+            else:
+                out.append(Route(net, DROP if flags & RTF_REJECT else f[9], int(f[5], 16)))
         except ValueError:
             continue
     return out
 
 
 def route_dev(addr: Addr, routes: Iterable[Route],
-              local: Iterable[ipaddress.IPv4Network] = ()) -> str | None:
+              local: Iterable[ipaddress.IPv4Network] = (), *, bound: bool = False) -> str | None:
     """The device `addr` is reached through (module docstring), None when unknown
-    or ambiguous. `local`: this host's own IPv4 networks (parse_fib_trie_local)."""
+    or ambiguous. `local`: this host's own IPv4 networks (parse_fib_trie_local).
+
+    bound: `addr` is a socket's own bound address, which is always one of this
+    host's: what matters is the device whose subnet it is on (where peers send
+    to it), so the local routes are skipped -- except for loopback addresses."""
     if addr.is_unspecified or (isinstance(addr, ipaddress.IPv6Address) and addr.is_link_local):
         return None
-    if addr.is_loopback or (isinstance(addr, ipaddress.IPv4Address) and any(addr in n for n in local)):
+    if addr.is_loopback:
+        return LOOPBACK
+    if not bound and isinstance(addr, ipaddress.IPv4Address) and any(addr in n for n in local):
         return LOOPBACK
     best: tuple[int, int] | None = None
     devs: set[str] = set()
     for r in routes:
-        if r.net.version != addr.version or addr not in r.net:
+        if r.net.version != addr.version or addr not in r.net or (bound and r.local):
             continue
         key = (-r.net.prefixlen, r.metric)
         if best is None or key < best:
@@ -201,7 +210,7 @@ def sock_dev(s: Sock, routes: Iterable[Route],
         return route_dev(s.remote, rs, ls)
     if s.proto == "tcp" and s.state != TCP_LISTEN:
         return None  # a closing TCP socket without a peer
-    return route_dev(s.local, rs, ls)
+    return route_dev(s.local, rs, ls, bound=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,8 +92,8 @@ def v4(net: str, dev: str, metric: int = 0) -> Route:
     return Route(ipaddress.IPv4Network(net), dev, metric)
 
 
-def v6(net: str, dev: str, metric: int = 0) -> Route:
-    return Route(ipaddress.IPv6Network(net), dev, metric)
+def v6(net: str, dev: str, metric: int = 0, *, local: bool = False) -> Route:
+    return Route(ipaddress.IPv6Network(net), dev, metric, local)
 
 
 def sock(proto: str, local: str, remote: str, state: int, *, rport: int = 0, inode: int = 1) -> Sock:
@@ -261,7 +261,7 @@ def test_parse_ipv6_route_of_this_hosts_format() -> None:
         v6("fd00::/64", "eth0", 256),
         v6("fe80::/64", "eth0", 256),
         v6("::/0", "eth0", 1024),
-        v6("::1/128", "lo", 0),
+        v6("::1/128", "lo", 0, local=True),  # flags 80200001: RTF_LOCAL
         v6("ff00::/8", "eth0", 256),
         # the unreachable default (flags 00200200: RTF_REJECT without RTF_UP) drops packets:
         # kept as DROP, and it loses to the real default by its metric
@@ -468,7 +468,7 @@ def test_read_net_view_of_a_fixture_tree(tmp_path: os.PathLike[str]) -> None:
     assert set(view.socks) == {123, 24054}
     assert view.socks[123].proto == "udp"
     assert view.socks[24054].proto == "tcp"  # tcp6 -> "tcp"
-    assert v4("10.20.0.0/24", "vethX") in view.routes and v6("::1/128", "lo") in view.routes
+    assert v4("10.20.0.0/24", "vethX") in view.routes and v6("::1/128", "lo", local=True) in view.routes
     assert devices_of({123, 24054}, view) == {"vethX", "lo"}
 
 
@@ -544,3 +544,24 @@ def test_live_ipv6_loopback_socket_receives_on_lo() -> None:
     finally:
         u.close()
         t.close()
+
+
+def test_a_bound_address_is_found_on_its_subnets_device_not_lo() -> None:
+    """An unconnected server socket bound to a NIC's own address receives on that NIC;
+    the local routes (fib_trie LOCAL, IPv6 RTF_LOCAL) say "lo" for the address itself."""
+    routes = [v4("198.19.9.0/30", "v0"), v6("2001:db8:9::/64", "v0", 256),
+              v6("2001:db8:9::2/128", "lo", 0, local=True)]
+    local = [ipaddress.IPv4Network("198.19.9.2/32"), ipaddress.IPv4Network("127.0.0.0/8")]
+    udp4 = sock("udp", "198.19.9.2", "0.0.0.0", 7)
+    udp6 = sock("udp", "2001:db8:9::2", "::", 7)
+    listen = sock("tcp", "198.19.9.2", "0.0.0.0", TCP_LISTEN)
+    assert sock_dev(udp4, routes, local) == "v0"
+    assert sock_dev(udp6, routes, local) == "v0"
+    assert sock_dev(listen, routes, local) == "v0"
+    # a peer on that same address is this host talking to itself: lo
+    peer = sock("udp", "198.19.9.2", "198.19.9.2", 1, rport=7)
+    peer6 = sock("udp", "2001:db8:9::2", "2001:db8:9::2", 1, rport=7)
+    assert sock_dev(peer, routes, local) == "lo"
+    assert sock_dev(peer6, routes, local) == "lo"
+    # loopback stays lo, bound or not
+    assert sock_dev(sock("udp", "127.0.0.1", "0.0.0.0", 7), routes, local) == "lo"
