@@ -93,6 +93,13 @@ class TaskAffinityKnob(_TaskKnob):
         chose its own (the agent set it) and is left alone. Done here, in the
         knob, so that rollback in a fresh process, recover-at-start, a clean
         stop and Engine.restore() all do it from the journal alone.
+
+        The same holds for processes the agent forks (fork() copies the
+        mask as clone() does): with the main thread's entry, every descendant
+        process (proc/PID/task/*/children, walked down) gets the same rule --
+        its threads without an entry of their own whose mask is exactly the
+        pin get the original. A child that exited, re-parented to init after
+        the agent died, or set its own mask is left alone.
         """
         self.write(root, target, original)
         if written is None:
@@ -109,10 +116,28 @@ class TaskAffinityKnob(_TaskKnob):
                     held.add(tasks.ThreadId.parse(tgt))
                 except ValueError:
                     continue
+        fixed = self._inherited(root, me.pid, me.starttime, pinned, original, held, skip=me.tid)
+        forked = 0
+        if me.tid == me.pid:  # once per process: with its main thread's entry
+            for child in tasks.descendants(root, me.pid):
+                st = tasks.starttime_of(root, child)
+                if st is not None and st >= me.starttime:
+                    forked += self._inherited(root, child, st, pinned, original, held)
+        out = []
+        if fixed:
+            out.append(f"{fixed} unjournaled thread(s) that inherited the pin too")
+        if forked:
+            out.append(f"{forked} thread(s) of processes it forked that inherited the pin")
+        return "; ".join(out)
+
+    def _inherited(self, root: Root, pid: int, starttime: int, pinned: CpuSet, original: str,
+                   held: set[tasks.ThreadId], skip: int | None = None) -> int:
+        """Restore the threads of process (pid, starttime) that still show `pinned`
+        and have no journal entry of their own; how many."""
         fixed = 0
-        for tid in tasks.list_tids(root, me.pid):
-            t = tasks.ThreadId(me.pid, me.starttime, tid)
-            if tid == me.tid or t in held:
+        for tid in tasks.list_tids(root, pid):
+            t = tasks.ThreadId(pid, starttime, tid)
+            if tid == skip or t in held:
                 continue
             try:
                 if CpuSet.parse_list(self.read(root, t.target)) != pinned:
@@ -121,9 +146,7 @@ class TaskAffinityKnob(_TaskKnob):
             except (KernelError, ValueError):
                 continue  # exited (or the pid was recycled) meanwhile: nothing to restore
             fixed += 1
-        if not fixed:
-            return ""
-        return f"{fixed} unjournaled thread(s) that inherited the pin too"
+        return fixed
 
     def shell(self, target: str, value: str) -> str:
         t = tasks.ThreadId.parse(target)

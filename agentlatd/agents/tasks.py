@@ -206,6 +206,32 @@ def list_tids(root: Root, pid: int) -> list[int]:
         return []
 
 
+def children(root: Root, pid: int) -> list[int]:
+    """The child processes of `pid`: proc/PID/task/*/children (CONFIG_PROC_CHILDREN,
+    Documentation/filesystems/proc.rst 3.7; each thread lists the children IT
+    forked). [] when the process is gone or the kernel has no such file."""
+    out: set[int] = set()
+    for tid in list_tids(root, pid):
+        for n in root.read_optional(f"proc/{pid}/task/{tid}/children").split():
+            if n.isdigit():
+                out.add(int(n))
+    return sorted(out)
+
+
+def descendants(root: Root, pid: int, limit: int = 4096) -> list[int]:
+    """Children, grandchildren, ... of `pid`, breadth first, at most `limit`."""
+    out: list[int] = []
+    seen = {pid}
+    queue = [pid]
+    while queue and len(out) < limit:
+        for c in children(root, queue.pop(0)):
+            if c not in seen:
+                seen.add(c)
+                out.append(c)
+                queue.append(c)
+    return out[:limit]
+
+
 def check_thread(root: Root, t: ThreadId, op: str) -> None:
     """Raise TaskGone unless `t` is still that process's thread (see the module docstring)."""
     st = pid_stat(root, t.pid)

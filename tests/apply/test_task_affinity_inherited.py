@@ -14,6 +14,7 @@ Real processes of this test only (a Python child it starts and kills), as root
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -36,7 +37,7 @@ CRASH = "AGENTLATD_TEST_CRASH_AFTER_WRITES"
 # The child: on "spawn N OWN" it starts N threads that keep their inherited
 # mask and one that sets its own mask to the CPU OWN, then prints their tids.
 _CHILD = r"""
-import os, sys, threading
+import os, sys, threading, time
 stop = threading.Event()
 def worker(own, out, ready):
     if own >= 0:
@@ -59,6 +60,34 @@ for line in sys.stdin:
         for _ in range(n + (own >= 0)):
             ready.acquire(timeout=10)
         print(" ".join(map(str, inh)), "|", " ".join(map(str, mine)), flush=True)
+    elif cmd[0] == "fork":
+        # a child that forks a grandchild (both keep the inherited mask) and a
+        # child that sets its own mask to OWN; each sleeps, bounded, then exits
+        own = int(cmd[1])
+        r, w = os.pipe()
+        pids = []
+        for kind in ("tree", "own"):
+            pid = os.fork()
+            if pid == 0:
+                os.close(r)
+                if kind == "own":
+                    os.sched_setaffinity(0, {own})
+                    os.write(w, f"own {os.getpid()}\n".encode())
+                else:
+                    g = os.fork()
+                    if g == 0:
+                        os.write(w, f"grand {os.getpid()}\n".encode())
+                        os.close(w)
+                        time.sleep(60)
+                        os._exit(0)
+                    os.write(w, f"child {os.getpid()}\n".encode())
+                os.close(w)  # the parent reads to EOF
+                time.sleep(60)
+                os._exit(0)
+            pids.append(pid)
+        os.close(w)
+        got = dict(reversed(x.split()) for x in os.fdopen(r).read().split("\n") if x)
+        print(" ".join(f"{v}={k}" for k, v in sorted(got.items(), key=lambda kv: kv[1])), flush=True)
 """
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CAP_SYS_NICE)")
@@ -84,14 +113,27 @@ class Child:
         inh, _, mine = self.p.stdout.readline().partition("|")
         return [int(x) for x in inh.split()], [int(x) for x in mine.split()]
 
-    def allowed(self, tid: int) -> CpuSet:
+    def fork(self, own: int) -> dict[str, int]:
+        """{"child": pid, "grand": pid (its child), "own": pid (set its own mask)}."""
+        assert self.p.stdin is not None and self.p.stdout is not None
+        self.p.stdin.write(f"fork {own}\n")
+        self.p.stdin.flush()
+        got = dict(x.split("=") for x in self.p.stdout.readline().split())
+        self.forked = [int(v) for v in got.values()]
+        return {k: int(v) for k, v in got.items()}
+
+    def allowed(self, tid: int, pid: int | None = None) -> CpuSet:
         """Cpus_allowed_list of one thread, read from its own status file."""
-        for line in HOST.read_text(f"proc/{self.pid}/task/{tid}/status", "process").splitlines():
+        pid = self.pid if pid is None else pid
+        for line in HOST.read_text(f"proc/{pid}/task/{tid}/status", "process").splitlines():
             if line.startswith("Cpus_allowed_list:"):
                 return CpuSet.parse_list(line.split(":", 1)[1].strip())
         raise AssertionError("no Cpus_allowed_list")
 
     def kill(self) -> None:
+        for pid in getattr(self, "forked", []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         if self.p.poll() is None:
             os.kill(self.pid, signal.SIGKILL)
         self.p.wait(10)
@@ -181,3 +223,32 @@ def test_clean_stop_leaves_threads_with_their_own_entry_to_it(child: Child,
     # restored by its own entry, to its own journaled original, not widened
     assert child.allowed(own_entry) == CpuSet({pin})
     assert child.allowed(mine[0]) == CpuSet({own})
+
+
+def test_rollback_after_kill_9_restores_processes_forked_pinned(child: Child,
+                                                               tmp_path: pathlib.Path) -> None:
+    """fork() copies the mask as clone() does: a process the agent forked (and the
+    one that forked) is restored with it; one that set its own mask is left alone."""
+    orig, pin, own = _cpus(child)
+    state = tmp_path / "state"
+    plan = plan_file(tmp_path / "plan.json",
+                     [Change("task.affinity", child.target(child.pid), "", str(pin), "t")])
+    p = cli(["apply", "--plan", str(plan), "--state-dir", str(state)], env={CRASH: "1"})
+    assert p.returncode == -signal.SIGKILL, (p.returncode, p.stdout, p.stderr)
+    forked = child.fork(own)
+    assert set(forked) == {"child", "grand", "own"}, forked
+    for k in ("child", "grand"):
+        assert child.allowed(forked[k], forked[k]) == CpuSet({pin}), k  # born pinned
+    assert child.allowed(forked["own"], forked["own"]) == CpuSet({own})
+    kids = sorted([forked["child"], forked["own"]])
+    assert tasks.descendants(HOST, child.pid) == [*kids, forked["grand"]], "children, then theirs"
+
+    p = cli(["rollback", "--state-dir", str(state), "--json"])
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    rep = json.loads(p.stdout)
+    assert rep["ok"], rep
+    assert "2 thread(s) of processes it forked" in rep["results"][0]["message"], rep
+    assert child.allowed(child.pid) == orig
+    for k in ("child", "grand"):
+        assert child.allowed(forked[k], forked[k]) == orig, k
+    assert child.allowed(forked["own"], forked["own"]) == CpuSet({own})  # its own choice
