@@ -61,12 +61,12 @@ class LinkTracker:
         due = sorted((self.scanned.get(p, -1.0), p) for p in pids
                      if now - self.scanned.get(p, -RESCAN_S - 1.0) >= RESCAN_S)
         if due:
-            view: NetView | None = None
-            for _, pid in due[:MAX_SCANS_PER_TICK]:
-                inodes = read_socket_inodes(root, pid)
-                if inodes and view is None:
-                    view = read_net_view(root)
-                self.found[pid] = frozenset(devices_of(inodes, view)) if view is not None else frozenset()
+            inodes = {pid: read_socket_inodes(root, pid) for _, pid in due[:MAX_SCANS_PER_TICK]}
+            want = set().union(*inodes.values())
+            # proc/net/* once for the batch, parsing only the sockets asked for
+            view = read_net_view(root, want) if want else NetView({}, ())
+            for pid, ino in inodes.items():
+                self.found[pid] = frozenset(devices_of(ino, view))
                 self.scanned[pid] = now
         cands = candidates(hs, self.found)
         rates: dict[str, float | None] = {}

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import ipaddress
 import sys
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 
 from agentlatd.errors import KernelError
@@ -60,6 +60,7 @@ RTF_REJECT = 0x0200
 RTF_LOCAL = 0x80000000
 LOOPBACK = "lo"
 DROP = ""  # the device of a route that drops the packet (reject, blackhole)
+MAX_FDS = 4096  # descriptors looked at per process and scan (read_socket_inodes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,14 +98,18 @@ def _addr(h: str) -> Addr:
     return a6.ipv4_mapped or a6
 
 
-def parse_sockets(text: str, proto: str) -> list[Sock]:
-    """proc/net/{tcp,tcp6,udp,udp6} text; malformed lines are skipped."""
+def parse_sockets(text: str, proto: str, want: Container[int] | None = None) -> list[Sock]:
+    """proc/net/{tcp,tcp6,udp,udp6} text; malformed lines are skipped. `want`: only
+    the sockets with these inodes (a host's table can hold 10^5 lines; the
+    addresses of the rest are not parsed)."""
     out: list[Sock] = []
     for line in text.splitlines()[1:]:
-        f = line.split()
+        f = line.split(None, 10)
         if len(f) < 10:
             continue
         try:
+            if want is not None and int(f[9]) not in want:
+                continue
             lh, _, _lp = f[1].partition(":")
             rh, _, rp = f[2].partition(":")
             out.append(Sock(proto, _addr(lh), _addr(rh), int(rp, 16), int(f[3], 16), int(f[9])))
@@ -222,12 +227,13 @@ class NetView:
     local: tuple[ipaddress.IPv4Network, ...] = ()
 
 
-def read_net_view(root: Root) -> NetView:
-    """proc/net/* of the reading thread's namespace (missing files = empty)."""
+def read_net_view(root: Root, want: Container[int] | None = None) -> NetView:
+    """proc/net/* of the reading thread's namespace (missing files = empty);
+    `want`: only these socket inodes (parse_sockets)."""
     socks: dict[int, Sock] = {}
     for name in SOCKET_FILES:
         text = root.read_optional(f"proc/net/{name}")
-        for s in parse_sockets(text, name.rstrip("6")):
+        for s in parse_sockets(text, name.rstrip("6"), want):
             if s.inode:
                 socks[s.inode] = s
     routes = parse_route(root.read_optional("proc/net/route"))
@@ -236,17 +242,19 @@ def read_net_view(root: Root) -> NetView:
     return NetView(socks, tuple(routes), tuple(local))
 
 
-def read_socket_inodes(root: Root, pid: int) -> set[int]:
+def read_socket_inodes(root: Root, pid: int, max_fds: int = MAX_FDS) -> set[int]:
     """Inodes of the sockets process `pid` holds (its fd table, shared by its threads).
 
-    A vanished process has none; an fd closed between listing and readlink is skipped.
+    A vanished process has none; an fd closed between listing and readlink is
+    skipped. At most `max_fds` descriptors are looked at: an agent holding
+    10^5 files must not make every scan 10^5 readlinks.
     """
     out: set[int] = set()
     try:
         fds = root.listdir(f"proc/{pid}/fd")
     except KernelError:
         return out  # EACCES: not ours to read (no CAP_SYS_PTRACE over it)
-    for fd in fds:
+    for fd in fds[:max_fds]:
         link = root.readlink(f"proc/{pid}/fd/{fd}")
         if link.startswith("socket:[") and link.endswith("]"):
             try:

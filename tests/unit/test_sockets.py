@@ -565,3 +565,25 @@ def test_a_bound_address_is_found_on_its_subnets_device_not_lo() -> None:
     assert sock_dev(peer6, routes, local) == "lo"
     # loopback stays lo, bound or not
     assert sock_dev(sock("udp", "127.0.0.1", "0.0.0.0", 7), routes, local) == "lo"
+
+
+@LITTLE
+def test_parse_sockets_want_keeps_only_the_inodes_asked_for() -> None:
+    text = (UDP_HEADER + "\n"
+            "  210: 0302010A:C350 0100000A:1F40 01 00000000:00000000 00:00000000 00000000  1000        0 "
+            "4242 2 0000000000000000 0\n"
+            "  211: 00000000:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 "
+            "17 2 0000000000000000 0\n"
+            "  212: NOTHEX:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 "
+            "99 2 0000000000000000 0\n")
+    assert [s.inode for s in parse_sockets(text, "udp", want={17})] == [17]
+    # a malformed line not asked for is skipped without parsing its addresses
+    assert [s.inode for s in parse_sockets(text, "udp", want={4242, 99})] == [4242]
+    assert parse_sockets(text, "udp", want=set()) == []
+    assert [s.inode for s in parse_sockets(text, "udp")] == [4242, 17]
+
+
+def test_read_socket_inodes_looks_at_max_fds_descriptors(tmp_path: os.PathLike[str]) -> None:
+    root = _tree(str(tmp_path), {}, {f"proc/77/fd/{n}": f"socket:[{1000 + n}]" for n in range(10)})
+    assert len(read_socket_inodes(root, 77)) == 10
+    assert len(read_socket_inodes(root, 77, max_fds=4)) == 4
