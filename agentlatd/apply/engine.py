@@ -421,6 +421,7 @@ class Engine:
         # the last change of a knob instance wins; earlier ones are superseded
         last: dict[tuple[str, str], int] = {c.key: i for i, c in enumerate(changes)}
         results: list[KnobResult | None] = [None] * len(changes)
+        adopted = False
         pending: list[tuple[int, _Pending]] = []
         for i, c in enumerate(changes):
             def res(status: str, message: str = "", *, before: str = "",
@@ -471,6 +472,15 @@ class Engine:
                 continue
             shown = knob.original_of(current, c.desired)  # the fields this change names
             if knob.equal(current, c.desired):
+                if (not dry_run and entry is not None and entry.written is not None
+                        and not knob.equal(entry.written, c.desired)):
+                    # agentlatd's own earlier value is gone but the kernel shows what
+                    # the plan wants now (a driver re-spread its queues on CPU
+                    # hotplug to where the new partition steers them): that is
+                    # agentlatd's value from here on, or check_drift would call
+                    # it another writer's
+                    entry.written = c.desired
+                    adopted = True
                 results[i] = res(UNCHANGED, "already right", before=shown)
                 continue
             if dry_run:
@@ -519,6 +529,8 @@ class Engine:
                 j.save()
             else:
                 j.commit()  # every entry exactly as saved: flip "complete" in place
+        elif adopted and j is not None:
+            j.save()
         out = tuple(r for r in results if r is not None)
         return ApplyReport(out, self.journal_path, recovery, tuple(notes), dry_run)
 
@@ -705,6 +717,21 @@ class Engine:
         return res(CLAMPED, f"wrote {e.original!r}; the kernel shows {after!r}", current, after)
 
     # -- drift -----------------------------------------------------------
+    def unyield(self, keys: Iterable[tuple[str, str]]) -> int:
+        """Manage these (knob, target) entries again: a yield that was not another
+        writer's doing (the kernel's or a driver's own rewrite on CPU hotplug,
+        daemon.py). The next apply re-plans them. Returns how many."""
+        j = self._j()
+        want = set(keys)
+        n = 0
+        for e in j.entries:
+            if e.key in want and e.has(FLAG_YIELDED):
+                e.flags = [f for f in e.flags if f != FLAG_YIELDED]
+                n += 1
+        if n:
+            j.save()
+        return n
+
     def check_drift(self) -> list[Drift]:
         """Knobs another writer changed after agentlatd set them; yield or reassert per policy."""
         j = self._j()

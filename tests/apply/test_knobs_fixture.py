@@ -410,3 +410,39 @@ def test_cli_plans_and_round_trips_every_fixture(tmp_path: pathlib.Path) -> None
         p = cli(["rollback", "--root", str(tree)])
         assert p.returncode == 0, (name, p.stdout, p.stderr)
         assert diff_keys(before, tree_bytes(tree)) == [], name
+
+
+def test_apply_adopts_a_value_already_where_the_plan_wants_it(tmp_path: pathlib.Path) -> None:
+    """A driver re-spread its queues (CPU hotplug) to exactly where the new plan wants
+    them: no write, and the journal's `written` follows, so that drift is not called."""
+    tree = small_tree(tmp_path / "tree")
+    f = tree / "sys/class/net/eth9/queues/rx-0/rps_cpus"
+    with Engine(Root(str(tree)), str(tmp_path / "state"), policy=loads("")) as eng:
+        eng.apply([Change("net.rps_cpus", "eth9/rx-0", "", "3", "t")])
+        f.write_text("1\n")  # the kernel's own rewrite
+        rep = eng.apply([Change("net.rps_cpus", "eth9/rx-0", "", "1", "t")])  # the new plan
+        assert rep.results[0].status == "unchanged"
+        (entry,) = eng.entries()
+        assert entry.written == "1" and entry.original == "0"
+        assert eng.check_drift() == []
+    # a fresh process reads the adopted value from the journal file, not the old one
+    with Engine(Root(str(tree)), str(tmp_path / "state"), policy=loads("")) as eng:
+        eng.recover()
+        assert [e.written for e in eng.entries()] == ["1"]
+        rb = eng.rollback()
+    assert rb.ok and f.read_text() == "0\n"
+
+
+def test_unyield_manages_a_yielded_knob_again(tmp_path: pathlib.Path) -> None:
+    tree = small_tree(tmp_path / "tree")
+    f = tree / "sys/class/net/eth9/queues/rx-0/rps_cpus"
+    with Engine(Root(str(tree)), str(tmp_path / "state"), policy=loads("")) as eng:
+        eng.apply([Change("net.rps_cpus", "eth9/rx-0", "", "3", "t")])
+        f.write_text("8\n")
+        (d,) = eng.check_drift()
+        assert d.action == "yielded"
+        assert eng.unyield([("net.rps_cpus", "eth9/rx-0"), ("net.rps_cpus", "nope/rx-0")]) == 1
+        assert eng.unyield([("net.rps_cpus", "eth9/rx-0")]) == 0  # already managed
+        rep = eng.apply([Change("net.rps_cpus", "eth9/rx-0", "", "3", "t")])
+        assert rep.results[0].status == "changed" and f.read_text() == "3\n"
+        assert eng.check_drift() == []
