@@ -4,9 +4,10 @@ Why (issue 6, docs/evaluation.md): with RPS of every NIC on the completion
 CPUs, an agent's tool reply is queued on a completion CPU's backlog behind
 whatever bulk traffic that CPU is absorbing (enqueue_to_backlog is one FIFO
 per CPU, net/core/dev.c) and then wakes the agent across CPUs. Measured on
-the bench: p999 of the step 17.4 ms with the agent's link steered to the
-flooded completion CPU, 8.1 ms with it processed on the agent's own CPU,
-same as hand tuning. The kernel's per-flow answer is RFS, but it needs the
+the bench under a 150 kpps flood (docs/evaluation.md): the request/reply
+stage's p50/p999 51/155 us with the agent's link steered to the completion
+CPU, 26/69 us with it processed on the agent's own CPU (quiet: 25/95; hand
+tuning: 26/60). The kernel's per-flow answer is RFS, but it needs the
 host-wide net.core.rps_sock_flow_entries, which exists only in the initial
 namespace and which a daemon confined to a container or a shared host may
 not write. So at link granularity: a NIC whose received traffic is that of
