@@ -577,7 +577,8 @@ class Daemon:
             log.exception("%s failed", what)
 
     def _register_pidfds(self) -> None:
-        for a in self.manager.agents.values():
+        new, self.manager.new_pidfds = self.manager.new_pidfds, []
+        for a in new:
             if a.pidfd is not None and a.pidfd not in self._pidfds:
                 p = a.proc
                 try:

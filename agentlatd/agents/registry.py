@@ -202,6 +202,9 @@ class AgentManager:
         # closes an agent's pidfd; the daemon replaces it to unregister the fd
         # from its selector first (a closed fd number is reused at once)
         self.close_pidfd: Callable[[int], None] = _close
+        # agents whose pidfd the daemon has not put in its selector yet: it takes
+        # them from here rather than walking every agent on every loop turn
+        self.new_pidfds: list[Agent] = []
 
     # -- inputs ----------------------------------------------------------
     def set_layout(self, layout: CpuLayout) -> None:
@@ -285,6 +288,8 @@ class AgentManager:
                 os.close(fd)
                 raise ProtocolError(protocol.NO_SUCH_PROCESS, f"process {p.pid} has exited")
             a.pidfd = fd
+            if fd is not None:
+                self.new_pidfds.append(a)
             self.agents[p] = a
             self.by_pid[p.pid] = a
             self._read_originals(a)
