@@ -243,6 +243,13 @@ def test_rollback_after_kill_9_restores_processes_forked_pinned(child: Child,
     kids = sorted([forked["child"], forked["own"]])
     assert tasks.descendants(HOST, child.pid) == [*kids, forked["grand"]], "children, then theirs"
 
+    # --print (reads only) says that the real rollback does more than its lines
+    p = cli(["rollback", "--state-dir", str(state), "--print"])
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert f"taskset -p -c {orig.to_list()} {child.pid}" in p.stdout, p.stdout
+    assert "forked child processes that inherited" in p.stdout, p.stdout
+    assert child.allowed(forked["child"], forked["child"]) == CpuSet({pin})  # nothing written
+
     p = cli(["rollback", "--state-dir", str(state), "--json"])
     assert p.returncode == 0, (p.stdout, p.stderr)
     rep = json.loads(p.stdout)
