@@ -155,15 +155,21 @@ def _cpus(child: Child) -> tuple[CpuSet, int, int]:
     return orig, max(orig), min(orig)
 
 
-def test_rollback_after_kill_9_restores_threads_born_pinned(child: Child,
-                                                           tmp_path: pathlib.Path) -> None:
-    orig, pin, own = _cpus(child)
+def _pinned_then_killed(child: Child, pin: int, tmp_path: pathlib.Path) -> pathlib.Path:
+    """`agentlatd apply` pins the child's main thread to `pin` and is SIGKILLed right
+    after that write, before any tick (the daemon's crash); its state directory."""
     state = tmp_path / "state"
     plan = plan_file(tmp_path / "plan.json",
                      [Change("task.affinity", child.target(child.pid), "", str(pin), "t")])
-    # the daemon dies right after pinning the agent's thread, before any tick
     p = cli(["apply", "--plan", str(plan), "--state-dir", str(state)], env={CRASH: "1"})
     assert p.returncode == -signal.SIGKILL, (p.returncode, p.stdout, p.stderr)
+    return state
+
+
+def test_rollback_after_kill_9_restores_threads_born_pinned(child: Child,
+                                                           tmp_path: pathlib.Path) -> None:
+    orig, pin, own = _cpus(child)
+    state = _pinned_then_killed(child, pin, tmp_path)
     assert child.allowed(child.pid) == CpuSet({pin})
     inherited, mine = child.spawn(3, own)
     assert len(inherited) == 3 and len(mine) == 1
@@ -188,11 +194,7 @@ def test_rollback_after_kill_9_restores_threads_born_pinned(child: Child,
 def test_recover_at_start_restores_threads_born_pinned(child: Child,
                                                        tmp_path: pathlib.Path) -> None:
     orig, pin, _own = _cpus(child)
-    state = tmp_path / "state"
-    plan = plan_file(tmp_path / "plan.json",
-                     [Change("task.affinity", child.target(child.pid), "", str(pin), "t")])
-    p = cli(["apply", "--plan", str(plan), "--state-dir", str(state)], env={CRASH: "1"})
-    assert p.returncode == -signal.SIGKILL, (p.returncode, p.stdout, p.stderr)
+    state = _pinned_then_killed(child, pin, tmp_path)
     inherited, _ = child.spawn(2, -1)
     with Engine(HOST, str(state)) as eng:
         rec = eng.recover()  # the interrupted batch is restored before anything else
@@ -230,11 +232,7 @@ def test_rollback_after_kill_9_restores_processes_forked_pinned(child: Child,
     """fork() copies the mask as clone() does: a process the agent forked (and the
     one that forked) is restored with it; one that set its own mask is left alone."""
     orig, pin, own = _cpus(child)
-    state = tmp_path / "state"
-    plan = plan_file(tmp_path / "plan.json",
-                     [Change("task.affinity", child.target(child.pid), "", str(pin), "t")])
-    p = cli(["apply", "--plan", str(plan), "--state-dir", str(state)], env={CRASH: "1"})
-    assert p.returncode == -signal.SIGKILL, (p.returncode, p.stdout, p.stderr)
+    state = _pinned_then_killed(child, pin, tmp_path)
     forked = child.fork(own)
     assert set(forked) == {"child", "grand", "own"}, forked
     for k in ("child", "grand"):
