@@ -179,16 +179,18 @@ class Daemon:
     def request(self, op: str, **fields: Any) -> dict[str, Any]:
         return request(self.socket, op, **fields)
 
-    def agents(self) -> list[dict[str, Any]]:
-        ans = self.request("agents")
+    def result(self, op: str, **fields: Any) -> Any:
+        """The answer's result; the answer must be ok."""
+        ans = self.request(op, **fields)
         assert ans["ok"], ans
-        rows: list[dict[str, Any]] = ans["result"]
+        return ans["result"]
+
+    def agents(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self.result("agents")
         return rows
 
     def status(self) -> dict[str, Any]:
-        ans = self.request("status")
-        assert ans["ok"], ans
-        st: dict[str, Any] = ans["result"]
+        st: dict[str, Any] = self.result("status")
         return st
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
@@ -198,7 +200,11 @@ class Daemon:
 
 
 def start_daemon(d: pathlib.Path, policy: str, *, extra_args: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None, log_name: str = "daemon.log") -> Daemon:
+                 env: dict[str, str] | None = None, log_name: str = "daemon.log",
+                 prefix: tuple[str, ...] = ()) -> Daemon:
+    """`agentlatd run` in `d` with `policy`, answering on its socket. `prefix`: a
+    command it runs under, e.g. ("ip", "netns", "exec", NS), which execs it in the
+    same process (the pid is the daemon's)."""
     config = d / "agentlatd.toml"
     config.write_text(policy)
     state = d / "state"
@@ -206,8 +212,8 @@ def start_daemon(d: pathlib.Path, policy: str, *, extra_args: tuple[str, ...] = 
     log_path = d / log_name
     e = env_for_children()
     e.update(env or {})
-    argv = [sys.executable, "-m", "agentlatd", "run", "--config", str(config), "--state-dir",
-            str(state), "--socket", str(sock), *extra_args]
+    argv = [*prefix, sys.executable, "-m", "agentlatd", "run", "--config", str(config),
+            "--state-dir", str(state), "--socket", str(sock), *extra_args]
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
                                 stderr=subprocess.STDOUT, env=e, cwd=str(d))

@@ -45,9 +45,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from agentshelpers import env_for_children, wait_until, workdir
+from agentshelpers import Daemon, daemon, env_for_children, wait_until, workdir
 
-from agentlatd.client import Connection
 from agentlatd.cpuset import CpuSet
 
 pytestmark = [
@@ -320,46 +319,20 @@ agent_link_max_pps = {MAX_PPS}
 """
 
 
-@dataclass
-class NsDaemon:
-    proc: subprocess.Popen[bytes]
-    socket: pathlib.Path
-    log_path: pathlib.Path
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def tail(self, n: int = 40) -> str:
-        """The last lines of the log, without the per-connection chatter of our polling."""
-        return "\n".join([x for x in self.log.splitlines() if "agentlatd.api:" not in x][-n:])
-
-    def request(self, op: str, **fields: Any) -> Any:
-        with Connection(str(self.socket), timeout=10.0) as c:
-            return c.request(op, **fields)
-
-    def status(self) -> dict[str, Any]:
-        st: dict[str, Any] = self.request("status")
-        return st
+def _tail(dm: Daemon, n: int = 40) -> str:
+    """The last lines of the daemon's log, without the per-connection chatter of our polling."""
+    return "\n".join([x for x in dm.log.splitlines() if "agentlatd.api:" not in x][-n:])
 
 
 @contextlib.contextmanager
-def _daemon(net: Net, d: pathlib.Path) -> Iterator[NsDaemon]:
-    config = d / "agentlatd.toml"
-    config.write_text(_policy(net))
-    sock = d / "agentlatd.sock"
-    log_path = d / "daemon.log"
-    argv = ["ip", "netns", "exec", net.ns_a, sys.executable, "-m", "agentlatd", "run",
-            "--config", str(config), "--state-dir", str(d / "state"), "--socket", str(sock),
-            "--exclusive-scope-pid", str(os.getpid())]
-    with open(log_path, "wb") as logf:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
-                                stderr=subprocess.STDOUT, env=env_for_children(), cwd=str(d))
-    dm = NsDaemon(proc, sock, log_path)
-    try:
+def _daemon(net: Net, d: pathlib.Path) -> Iterator[Daemon]:
+    """agentlatd run inside ns A (it sees only al<r>, fl<r> and lo), ready: its first
+    tick applied."""
+    with daemon(d, _policy(net), prefix=("ip", "netns", "exec", net.ns_a),
+                extra_args=("--exclusive-scope-pid", str(os.getpid()))) as dm:
         def ready() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"daemon exited with {proc.returncode}:\n{dm.log}")
+            if dm.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {dm.proc.returncode}:\n{dm.log}")
             try:
                 return bool(dm.status().get("ready"))
             except OSError:
@@ -367,14 +340,6 @@ def _daemon(net: Net, d: pathlib.Path) -> Iterator[NsDaemon]:
 
         wait_until(ready, 20.0, 0.1, "daemon ready (first tick applied)")
         yield dm
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def _link(st: dict[str, Any], dev: str) -> dict[str, Any] | None:
@@ -385,7 +350,7 @@ def _link(st: dict[str, Any], dev: str) -> dict[str, Any] | None:
     return None
 
 
-def _observe(dm: NsDaemon, fn: Callable[[dict[str, Any]], Any], timeout: float, what: str) -> Any:
+def _observe(dm: Daemon, fn: Callable[[dict[str, Any]], Any], timeout: float, what: str) -> Any:
     """wait_until over the daemon's status, with the status and log tail in the failure."""
     seen: list[dict[str, Any]] = []
 
@@ -399,7 +364,7 @@ def _observe(dm: NsDaemon, fn: Callable[[dict[str, Any]], Any], timeout: float, 
     except AssertionError as e:
         st = seen[0] if seen else {}
         raise AssertionError(f"{e}\nagent_links: {st.get('agent_links')}\nagents: {st.get('agents')} "
-                             f"tuner_error: {st.get('tuner_error')!r}\ndaemon log:\n{dm.tail()}") from None
+                             f"tuner_error: {st.get('tuner_error')!r}\ndaemon log:\n{_tail(dm)}") from None
 
 
 def test_agent_link_local_then_completion_busy_stays_and_sigterm_restores(net: Net) -> None:
@@ -430,7 +395,7 @@ def test_agent_link_local_then_completion_busy_stays_and_sigterm_restores(net: N
         agent = _spawn(net, ns, AGENT, net.a_ip, "7002", net.t_ip, "7001", str(ECHO_PPS),
                        str(PROC_LIMIT_S))
         assert _line(agent) == "up"  # its echoes arrive
-        reg = dm.request("register", agent_id="al-agent", pid=agent.pid,
+        reg = dm.result("register", agent_id="al-agent", pid=agent.pid,
                          latency_class="interactive")
         assert reg["state"] == "placed", reg
         home = reg["home_cpu"]
@@ -457,7 +422,7 @@ def test_agent_link_local_then_completion_busy_stays_and_sigterm_restores(net: N
             assert _all_on(ns, net.al, CpuSet({home})), _rps_raw(ns, net.al)
 
         # -- 2. unregistered: back on the completion CPU
-        ans = dm.request("unregister", agent_id="al-agent", pid=agent.pid)
+        ans = dm.result("unregister", agent_id="al-agent", pid=agent.pid)
         assert ans["restored"], ans
         wait_until(lambda: _all_on(ns, net.al, COMPLETION), 5.0, 0.1,
                    f"{net.al} rps_cpus back on the completion CPU")
@@ -470,7 +435,7 @@ def test_agent_link_local_then_completion_busy_stays_and_sigterm_restores(net: N
         assert _line(flood) == "flooding"
         sink = _spawn(net, ns, AGENT, net.sink_ip, "7102", net.f_ip, "7101", "0", str(PROC_LIMIT_S))
         assert _line(sink) == "up"  # the flood arrives on its socket
-        reg = dm.request("register", agent_id="fl-agent", pid=sink.pid, latency_class="interactive")
+        reg = dm.result("register", agent_id="fl-agent", pid=sink.pid, latency_class="interactive")
         assert reg["state"] == "placed", reg
         home = reg["home_cpu"]
 
@@ -517,7 +482,7 @@ def test_server_socket_bound_to_the_nic_address_makes_a_local_link(net: Net) -> 
                          str(ECHO_PPS), str(PROC_LIMIT_S))
         assert _line(trickle) == "flooding"
         assert _line(server) == "up"
-        reg = dm.request("register", agent_id="server", pid=server.pid, latency_class="interactive")
+        reg = dm.result("register", agent_id="server", pid=server.pid, latency_class="interactive")
         assert reg["state"] == "placed", reg
         home = reg["home_cpu"]
 
