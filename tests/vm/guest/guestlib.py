@@ -132,6 +132,17 @@ def virtio_dev_of(ifname: str) -> str:
     return os.path.basename(os.path.realpath(f"/sys/class/net/{ifname}/device"))
 
 
+def daemon_answers(sock: pathlib.Path) -> bool:
+    """An agentlatd daemon answers "ping" on its socket (agentlatd.client)."""
+    from agentlatd.client import Connection, Unavailable
+
+    try:
+        with Connection(str(sock), timeout=2.0) as c:
+            return c.request("ping") is not None
+    except (Unavailable, OSError):
+        return False
+
+
 def wait_for(pred: object, timeout: float = 20.0, what: str = "condition") -> None:
     assert callable(pred)
     end = time.monotonic() + timeout

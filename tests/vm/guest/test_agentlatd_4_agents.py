@@ -71,16 +71,6 @@ class Running:
     started_s: float  # daemon start until it answered
 
 
-def _ping(sock: pathlib.Path) -> bool:
-    from agentlatd.client import Connection, Unavailable
-
-    try:
-        with Connection(str(sock), timeout=2.0) as c:
-            return c.request("ping") is not None
-    except (Unavailable, OSError):
-        return False
-
-
 def _line(p: subprocess.Popen[str], timeout: float = 60.0) -> dict[str, Any]:
     assert p.stdout is not None
     r, _, _ = select.select([p.stdout], [], [], timeout)
@@ -95,7 +85,7 @@ def _line(p: subprocess.Popen[str], timeout: float = 60.0) -> dict[str, Any]:
 def running(agentlatd: g.Agentlatd, agentlatd_lab: Any,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     lab = agentlatd_lab
-    agentlatd.preload()  # the client module, in this process (for _ping)
+    agentlatd.preload()  # the client module, in this process (for g.daemon_answers)
     work = tmp_path_factory.mktemp("daemon")
     config = lab.policy("agents.toml", extra='[classes.interactive]\nexclusive = "shared"\n')
     sock, state, log = work / "agentlatd.sock", work / "state", work / "daemon.log"
@@ -109,7 +99,7 @@ def running(agentlatd: g.Agentlatd, agentlatd_lab: Any,
             stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, cwd=g.REPO, env=env)
     agent: subprocess.Popen[str] | None = None
     try:
-        g.wait_for(lambda: daemon.poll() is not None or _ping(sock), timeout=120,
+        g.wait_for(lambda: daemon.poll() is not None or g.daemon_answers(sock), timeout=120,
                    what="agentlatd run answering on its socket")
         assert daemon.poll() is None, log.read_text()
         started = time.monotonic() - t0

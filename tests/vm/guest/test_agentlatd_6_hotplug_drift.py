@@ -188,16 +188,6 @@ class Daemon:
         return self.log.read_text(errors="replace")[-3000:]
 
 
-def _ping(sock: pathlib.Path) -> bool:
-    from agentlatd.client import Connection, Unavailable
-
-    try:
-        with Connection(str(sock), timeout=2.0) as c:
-            return c.request("ping") is not None
-    except (Unavailable, OSError):
-        return False
-
-
 @contextlib.contextmanager
 def daemon(agentlatd: g.Agentlatd, lab: Any, work: pathlib.Path, drift: str,
            interval: float = INTERVAL) -> Iterator[Daemon]:
@@ -223,7 +213,7 @@ def daemon(agentlatd: g.Agentlatd, lab: Any, work: pathlib.Path, drift: str,
             stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, cwd=g.REPO, env=env)
     d = Daemon(proc, work)
     try:
-        g.wait_for(lambda: proc.poll() is not None or _ping(d.sock), timeout=120,
+        g.wait_for(lambda: proc.poll() is not None or g.daemon_answers(d.sock), timeout=120,
                    what="agentlatd run answering on its socket")
         assert proc.poll() is None, d.tail()
         d.started_s = time.monotonic() - t0
