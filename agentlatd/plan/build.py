@@ -102,10 +102,7 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
     advice += managed_advice(irq.managed, part)
     advice += default_affinity_advice(machine, part)
 
-    net_names = {d.name for d in devices if d.kind == "net"}
-    links = local_links(agent_links, part, tuning)
-    links = AgentLinks({k: v for k, v in links.local.items() if k in net_names},
-                       {k: v for k, v in links.busy.items() if k in net_names})
+    links = local_links(agent_links, devices, part, tuning)
     changes += plan_rps(devices, part, tuning, nr, links)
     notes += agent_link_notes(devices, links, tuning)
     changes += plan_xps(devices, part, tuning, nr)

@@ -39,16 +39,19 @@ def _queues(d: Device, prefix: str) -> list[NetQueue]:
     return sorted(qs, key=lambda q: (queue_number(q.name) or 0, q.name))
 
 
-def local_links(links: AgentLinks, part: Partition, tuning: TuningPolicy) -> AgentLinks:
-    """The agent links the plan treats as such: "home" policy, no RFS, home CPUs only."""
+def local_links(links: AgentLinks, devices: tuple[Device, ...], part: Partition,
+                tuning: TuningPolicy) -> AgentLinks:
+    """The agent links the plan treats as such: NICs in scope, "home" policy, no
+    RFS, home CPUs only."""
     if tuning.agent_links != "home" or tuning.rps_flow_cnt > 0 or not tuning.rps or not part.steering:
         return NONE
+    nics = {d.name for d in devices if d.kind == "net"}
     local = {}
     for name, link in links.local.items():
         cpus = link.home_cpus & part.home
-        if cpus:
+        if name in nics and cpus:
             local[name] = dataclasses.replace(link, home_cpus=cpus)
-    return AgentLinks(local, links.busy)
+    return AgentLinks(local, {k: v for k, v in links.busy.items() if k in nics})
 
 
 def plan_rps(devices: tuple[Device, ...], part: Partition, tuning: TuningPolicy,
