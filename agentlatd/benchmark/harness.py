@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agentlatd.benchmark import netns
@@ -35,6 +35,9 @@ from agentlatd.benchmark.noise import Noise, NoiseResult, NoiseSpec
 from agentlatd.benchmark.probe import ProbeError, ProbeProc, build_probe
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError, KernelError
+from agentlatd.model.build import build_machine
+from agentlatd.plan.build import make_plan
+from agentlatd.policy import DevicesPolicy, Policy
 from agentlatd.sample.softirqs import parse_softirqs, read_softirqs
 from agentlatd.sample.stat import parse_stat, read_stat
 from agentlatd.sysfs.root import Root
@@ -133,13 +136,7 @@ def choose_split(root: Root, cpus: tuple[int, ...]) -> tuple[int, int, str]:
     CPU the one they leave quiet (plan/irq_affinity.py fixed_irqs)."""
     fallback = (cpus[-1], cpus[0], "no plan: last and first usable CPU")
     try:
-        import dataclasses
-
-        from agentlatd.model.build import build_machine
-        from agentlatd.plan.build import make_plan
-        from agentlatd.policy import DevicesPolicy, Policy
-
-        pol = dataclasses.replace(Policy(), devices=DevicesPolicy(include=("agentlatd-bench-no-device",)))
+        pol = replace(Policy(), devices=DevicesPolicy(include=("agentlatd-bench-no-device",)))
         plan = make_plan(build_machine(root), pol)
     except (AgentlatdError, OSError, ValueError) as e:
         return (*fallback[:2], f"{fallback[2]} ({e})")
