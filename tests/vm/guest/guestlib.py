@@ -12,11 +12,13 @@ import json
 import os
 import pathlib
 import re
+import signal
 import socket
 import struct
 import subprocess
 import time
 from dataclasses import dataclass
+from typing import Any
 
 # The private network run_vm.sh sets up: the tap peer of the guest's virtio-net (inside
 # QEMU's own network namespace) and the UDP echo server there.
@@ -130,6 +132,17 @@ def ifname_by_mac(mac: str) -> str | None:
 def virtio_dev_of(ifname: str) -> str:
     """The virtio device (virtioN, the prefix of its IRQ names) under a virtio-net ifname."""
     return os.path.basename(os.path.realpath(f"/sys/class/net/{ifname}/device"))
+
+
+def stop_daemon(proc: subprocess.Popen[Any], timeout: float = 60.0) -> None:
+    """SIGTERM a daemon still running (it rolls back), SIGKILL it after `timeout` s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def daemon_answers(sock: pathlib.Path) -> bool:

@@ -110,13 +110,7 @@ def running(agentlatd: g.Agentlatd, agentlatd_lab: Any,
         print(f"daemon answered after {started:.1f} s; agent {agent.pid} registered: {reg}")
         yield Running(daemon, log, sock, state, agent, reg, before_irqs, started)
     finally:
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(60)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+        g.stop_daemon(daemon)
         if agent is not None and agent.poll() is None:
             with contextlib.suppress(OSError):
                 assert agent.stdin is not None

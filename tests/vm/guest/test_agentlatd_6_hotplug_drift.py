@@ -219,13 +219,7 @@ def daemon(agentlatd: g.Agentlatd, lab: Any, work: pathlib.Path, drift: str,
         d.started_s = time.monotonic() - t0
         yield d
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        g.stop_daemon(proc)
         print(f"--- daemon log ({work.name}, tail) ---\n{d.tail()}")
 
 
