@@ -424,10 +424,23 @@ class Metrics:
         own: dict[tuple[str, str], list[Any]] = {}
         other: dict[str, list[Any]] = {}
         info: list[AgentInfo] = []
-        live: set[Any] = set()
+        agents = list(agents)
+        live = {a.proc for a in agents}
+        # departures first: a slot freed now goes to an agent new in this view
+        for key in [k for k in self._group if k not in live]:
+            if self._group.pop(key):
+                self._own -= 1
+            last = self._other_last.pop(key, None)
+            if last is not None:
+                # an "other" agent left: its steps stay in the "other" counters,
+                # which must never go down (rate() would read a reset)
+                r = self._retired.setdefault(last[0], _Retired())
+                for i, c in enumerate(last[1]):
+                    r.buckets[i] += c
+                r.sum_ns += last[2]
+                r.count += last[3]
         for a in agents:
             key = a.proc
-            live.add(key)
             cls = a.latency_class
             by_class[cls] = by_class.get(cls, 0) + 1
             g = self._group.get(key)
@@ -449,18 +462,6 @@ class Metrics:
                     b[i] += c
             acc[1] += h.sum_ns
             acc[2] += h.count
-        for key in [k for k in self._group if k not in live]:
-            if self._group.pop(key):
-                self._own -= 1
-            last = self._other_last.pop(key, None)
-            if last is not None:
-                # an "other" agent left: its steps stay in the "other" counters,
-                # which must never go down (rate() would read a reset)
-                r = self._retired.setdefault(last[0], _Retired())
-                for i, c in enumerate(last[1]):
-                    r.buckets[i] += c
-                r.sum_ns += last[2]
-                r.count += last[3]
         for cls, r in self._retired.items():
             acc = other.setdefault(cls, [[0] * stats.EXPORT_N, 0, 0])
             for i, c in enumerate(r.buckets):

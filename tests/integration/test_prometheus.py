@@ -36,8 +36,16 @@ from typing import Any
 
 import pytest
 import yaml
-from agentshelpers import REPO, daemon, env_for_children, needs_2cpus, needs_root, policy_text, \
-    wait_until, workdir
+from agentshelpers import (
+    REPO,
+    daemon,
+    env_for_children,
+    needs_2cpus,
+    needs_root,
+    policy_text,
+    wait_until,
+    workdir,
+)
 from servicehelpers import free_port
 
 from agentlatd.agents.stats import EXPORT_BOUNDS_S
