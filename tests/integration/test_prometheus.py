@@ -263,6 +263,13 @@ def test_real_prometheus_scrapes_daemon_and_every_panel_and_rule_returns_data() 
                     wait_until(lambda: [s for s in query(
                         base, 'sum(agentlatd_agent_step_seconds_count{class="interactive"})')
                         if float(s["value"][1]) == 2 * N_SAMPLES], 15, 0.2, "the steps scraped")
+                    # `agentlatd agents`: the last minute holds every step just sent
+                    rows = {r["agent_id"]: r for r in dm.agents()}
+                    for aid in ("fast", "slow"):
+                        assert rows[aid]["recent"]["1m"]["steps"] == N_SAMPLES, rows[aid]
+                        assert rows[aid]["recent"]["10m"]["steps"] == N_SAMPLES, rows[aid]
+                    assert rows["slow"]["recent"]["1m"]["p999_ns"] > 5e6 > \
+                        rows["fast"]["recent"]["1m"]["p999_ns"]
                     # rate() over CPU counters needs two scrapes after the first
                     time.sleep(3)
                     _check_merged_p99(base, fast, slow)
