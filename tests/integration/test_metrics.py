@@ -585,3 +585,82 @@ def test_textfile_of_a_real_daemon_is_written_per_interval_and_removed_at_stop()
             assert dm.stop() == 0, dm.log
         # no daemon, no series: the textfile goes with it (absent() alerts work)
         assert not tf.exists()
+
+
+class _StubManager:
+    def __init__(self) -> None:
+        self.agents: dict[Any, Any] = {}
+
+    def rows(self) -> list[Any]:
+        return []
+
+    def status(self) -> dict[str, Any]:
+        return {"hot_cpus": []}
+
+
+class _StubEngine:
+    def entries(self) -> list[Any]:
+        return []
+
+
+class _StubDaemon:
+    """The attributes Service reads of agentlatd.daemon.Daemon."""
+
+    def __init__(self) -> None:
+        self.policy = default()
+        self.manager = _StubManager()
+        self.engine = _StubEngine()
+        self.last_state: Any = None
+        self.woken = threading.Event()
+
+    def wake(self) -> None:
+        self.woken.set()
+
+
+def test_metrics_rendered_every_tick_even_with_no_output_is_gone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service rendered the whole exposition at the end of every tick, with
+    or without a listener or textfile (2-2.5x the tick on 256 CPUs): now ticks
+    only add to counters, and a render happens for a scrape, in the HTTP thread."""
+    import agentlatd.metrics as metrics_mod
+    from agentlatd.agents.placement import CpuLayout
+    from agentlatd.daemon import TunerState
+    from agentlatd.sdnotify import Notifier
+    from agentlatd.service import Service, ViewBroker
+
+    renders: list[str] = []
+    real = metrics_mod.render
+
+    def counting(fams: Any, openmetrics: bool = False) -> str:
+        renders.append(threading.current_thread().name)
+        return real(fams, openmetrics)
+
+    monkeypatch.setattr(metrics_mod, "render", counting)
+    d = _StubDaemon()
+    broker = ViewBroker(d.wake, timeout=10)
+    ex = Exporter(broker.request)
+    svc = Service(d, Notifier.from_env({}), Metrics(), ex, broker)  # type: ignore[arg-type]
+    layout = CpuLayout(home=CpuSet({1}), completion=CpuSet({0}), online=CpuSet({0, 1}))
+    try:
+        for seq in range(1, 21):
+            st = TunerState(seq=seq, t=time.monotonic(), duration_s=0.001, layout=layout, heat={},
+                            rates=_rates())
+            svc.on_tick(d, st)  # type: ignore[arg-type]
+            svc.on_loop(d)  # type: ignore[arg-type]
+        assert renders == []  # 20 ticks, no output configured: nothing rendered
+        ex.configure(MetricsPolicy(listen="127.0.0.1:0"))
+        addr = ex.address
+        assert addr is not None
+        for _ in range(5):
+            svc.on_tick(d, st)  # type: ignore[arg-type]
+        assert renders == []  # a listener, but nobody scraped
+        got: list[Any] = []
+        t = threading.Thread(target=lambda: got.append(_get(addr[1], "/metrics")))
+        t.start()
+        # the main loop's turn answers the scrape's request for a View
+        wait_until(lambda: (svc.on_loop(d), got)[1], 10, "the scrape answered")  # type: ignore[arg-type]
+        t.join(5)
+        assert got[0][0] == 200 and b"agentlatd_ticks_total 25" in got[0][2]
+        assert len(renders) == 1 and renders[0] != threading.current_thread().name
+    finally:
+        svc.close()
