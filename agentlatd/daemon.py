@@ -113,6 +113,9 @@ class TunerState:
     # (stage, seconds, ok) of this tick's stages: "counters", "plan", "apply"
     # (per-sampler duration/success metrics, agentlatd/metrics.py)
     timings: tuple[tuple[str, float, bool], ...] = ()
+    # the tick's kernel counters (sample/counters.py CounterSnapshot, frozen):
+    # the metrics export their cumulative softirq counts and irq times as counters
+    counters: Any = None
 
 
 def fallback_layout(root: Root, pol: Policy) -> CpuLayout:
@@ -186,6 +189,7 @@ class Tuner:
 
         ts, ne = time.monotonic(), len(errors)
         hotplug = False
+        snap: Any = None
         try:
             from agentlatd.model.rates import compute_rates
             from agentlatd.sample.counters import read_counters
@@ -258,7 +262,7 @@ class Tuner:
         st = TunerState(seq=self.seq, t=time.monotonic(), duration_s=time.monotonic() - t0,
                         layout=layout, heat=heat, rates=rates, plan=plan, report=report,
                         drift=drift, machine=self.machine, error="; ".join(errors),
-                        timings=tuple(timings))
+                        timings=tuple(timings), counters=snap)
         self.state = st
         self.d.wake()
         return st
@@ -688,6 +692,7 @@ class Daemon:
         assert isinstance(req, Step)
         a = self._agent_for(c, req.pid, req.agent_id)
         a.hist.merge_counts(req.hist, sum_ns=req.sum_ns, max_ns=req.max_ns)
+        a.recent.merge_counts(req.hist, time.monotonic())
         a.dropped += req.dropped
         return {"steps": a.hist.count}
 

@@ -62,6 +62,14 @@ def _check_listen(v: str) -> str | None:
     return None
 
 
+def _check_textfile_interval(v: float) -> str | None:
+    return None if 1 <= v <= 3600 else "expected 1..3600 seconds"
+
+
+def _check_max_agents(v: int) -> str | None:
+    return None if 0 <= v <= 1000 else "expected 0..1000 agents"
+
+
 def _meta(check: typing.Callable[[Any], str | None] | None = None, doc: str = "") -> Any:
     return {"check": check, "doc": doc}
 
@@ -160,6 +168,9 @@ class TuningPolicy:
 class MetricsPolicy:
     listen: str = field(default="", metadata=_meta(_check_listen))  # "127.0.0.1:9641"; empty = off
     textfile: str = ""  # node_exporter textfile path; empty = off
+    textfile_interval: float = field(default=15.0, metadata=_meta(_check_textfile_interval))
+    max_agents: int = field(default=32, metadata=_meta(_check_max_agents))  # step series per agent
+    per_cpu_softirq_vectors: bool = False  # per-CPU x vector softirq counters (ncpu x 10 series)
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +347,12 @@ def _cross_checks(p: Policy, ctx: _Ctx) -> None:
         both = CpuSet.parse_list(p.cpus.completion) & CpuSet.parse_list(p.cpus.home)
         if both:
             raise ctx.err("cpus.home", f"CPUs {both} are also completion CPUs")
+    if p.metrics.listen.strip() and p.metrics.textfile.strip():
+        # node_exporter re-exports the textfile under its own target: every
+        # agentlatd series would be scraped twice, and sum() over a fleet doubled
+        raise ctx.err("metrics.textfile", "metrics.listen and metrics.textfile are both set: "
+                                          "every series would be exported twice (once by the "
+                                          "scrape, once through node_exporter); set one of them")
     t = p.tuning
     if t.netdev_budget_usecs is not None and not 500 <= t.netdev_budget_usecs <= 8000:
         raise ctx.err("tuning.netdev_budget_usecs",

@@ -9,10 +9,13 @@ What each hook does (all run in the daemon's main thread):
              an exception: it does not hold READY back; a tick that could
              not sample or plan does, and systemd's TimeoutStartSec then
              fails the start instead of reporting a broken daemon as up)
-  on_tick    metrics (rates, layout, agents, apply/drift results, per-stage
-             durations), publish (HTTP body + textfile), STATUS= line
-  on_loop    WATCHDOG=1 when due. The ping is sent from the main loop, so it
-             means the loop turns; a helper thread only wakes the loop
+  on_tick    metrics counters (rates, layout, apply/drift results, per-stage
+             durations: additions, no rendering), STATUS= line
+  on_loop    metrics views asked for by a scrape or the textfile writer
+             (ViewBroker: the HTTP thread renders, the main thread only
+             copies its state into a frozen View); WATCHDOG=1 when due.
+             The ping is sent from the main loop, so it means the loop
+             turns; a helper thread only wakes the loop
              (daemon.wake()) at the due time, so the cadence does not depend
              on the loop's own timeouts, and a stuck loop still misses pings
   on_reload  RELOADING=1 (+MONOTONIC_USEC), metrics reconfigured, READY=1
@@ -27,12 +30,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import threading
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
 from agentlatd.errors import PolicyError
-from agentlatd.metrics import Exporter, Metrics, parse_listen
+from agentlatd.metrics import Exporter, Metrics, View, parse_listen
 from agentlatd.sdnotify import Notifier
 
 if TYPE_CHECKING:
@@ -45,13 +51,75 @@ log = logging.getLogger("agentlatd.service")
 PING_SLACK = 0.02
 
 
+class ViewBroker:
+    """Hands the main thread's metrics View to the threads that render it.
+
+    request() (HTTP or textfile thread) queues a Future, wakes the main loop
+    and waits; serve() (main thread, each loop turn) builds ONE View for all
+    the requests queued and answers them. The main thread's state is read
+    only by the main thread, and nothing is built while nobody asks. A loop
+    that does not answer within `timeout` gets the last View served (its
+    agentlatd_last_tick_timestamp_seconds says how old), or None before any.
+    """
+
+    def __init__(self, wake: Callable[[], None], timeout: float = 5.0) -> None:
+        self._q: queue.SimpleQueue[Future[View | None]] = queue.SimpleQueue()
+        self._wake = wake
+        self.timeout = timeout
+        self.last: View | None = None
+        self.served = 0
+        self.closed = False
+
+    def close(self) -> None:
+        """At stop: answer whoever waits (None) so the exporter's threads end now."""
+        self.closed = True
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._q.get_nowait().set_result(None)
+
+    def request(self) -> View | None:
+        if self.closed:
+            return None
+        fut: Future[View | None] = Future()
+        self._q.put(fut)
+        if self.closed:  # close() ran between the check and the put
+            self.close()
+        self._wake()
+        try:
+            return fut.result(self.timeout)
+        except FutureTimeout:
+            log.warning("metrics: the main loop did not answer within %.0f s; serving the "
+                        "last view", self.timeout)
+            return self.last
+
+    def serve(self, build: Callable[[], View]) -> None:
+        futs: list[Future[View | None]] = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                futs.append(self._q.get_nowait())
+        if not futs:
+            return
+        try:
+            v = build()
+        except Exception as e:  # a bug in a view must not stop the loop
+            log.exception("metrics: building the view failed")
+            for f in futs:
+                f.set_exception(e)
+            return
+        self.last = v
+        self.served += 1
+        for f in futs:
+            f.set_result(v)
+
+
 class Service:
     def __init__(self, daemon: Daemon, notifier: Notifier, metrics: Metrics,
-                 exporter: Exporter) -> None:
+                 exporter: Exporter, broker: ViewBroker) -> None:
         self.d = daemon
         self.notifier = notifier
         self.metrics = metrics
         self.exporter = exporter
+        self.broker = broker
         self.ready_sent = False
         self._stop = threading.Event()
         self._waker: threading.Thread | None = None
@@ -88,6 +156,8 @@ class Service:
             self.notifier.status(self.status_line(d, st))
 
     def on_loop(self, d: Daemon) -> None:
+        if self.metrics.ticks:
+            self.broker.serve(lambda: self.metrics.view(d.manager.agents.values(), d.policy))
         due = self.notifier.watchdog_due()
         if due is not None and due <= PING_SLACK:
             self.notifier.watchdog()
@@ -112,6 +182,7 @@ class Service:
     def on_stop(self, d: Daemon) -> None:
         self._stop.set()
         self.notifier.stopping("stopping: rolling back every change")
+        self.broker.close()
         self.exporter.close()
         tf = d.policy.metrics.textfile
         if tf:
@@ -128,7 +199,6 @@ class Service:
         self.metrics.ready = True
         self.exporter.set_ready()
         self.notifier.ready(line)
-        self.exporter.publish(self.metrics.render())
         log.info("ready: %s", line)
 
     def _wake_loop(self) -> None:
@@ -152,17 +222,19 @@ class Service:
         if st.drift:
             m.observe_drift(st.drift)
         mgr: Any = d.manager
-        agents = mgr.rows() if hasattr(mgr, "rows") else []
         hot: list[int] | None = None
         with contextlib.suppress(Exception):
             hot = list(mgr.status().get("hot_cpus", []))
         active: int | None = None
         with contextlib.suppress(Exception):
             active = len(d.engine.entries())
+        snap = st.counters
         m.observe_tick(duration_s=st.duration_s, rates=st.rates, completion=st.layout.completion,
-                       home=st.layout.home, hot_threshold=d.policy.heat.hot, agents=agents,
-                       active_changes=active, hot_cpus=hot)
-        self.exporter.publish(m.render())
+                       home=st.layout.home, online=st.layout.online,
+                       hot_threshold=d.policy.heat.hot, active_changes=active, hot_cpus=hot,
+                       softirqs=getattr(snap, "softirqs", None), stat=getattr(snap, "stat", None),
+                       failed=bool(st.error))
+        self.exporter.tick()
 
     def status_line(self, d: Daemon, st: TunerState) -> str:
         """One line for `systemctl status`: agents, hot CPUs, changes."""
@@ -200,14 +272,15 @@ def attach(daemon: Daemon, environ: MutableMapping[str, str] | None = None) -> S
     fails with the key path, as for any policy error).
     """
     notifier = Notifier.from_env(environ, unset=True)
-    exporter = Exporter(max_age=max(30.0, 3 * daemon.policy.daemon.interval))
+    broker = ViewBroker(daemon.wake)
+    exporter = Exporter(broker.request, max_age=max(30.0, 3 * daemon.policy.daemon.interval))
     # validate now (a malformed listen fails the start with its key path), but
     # start the HTTP thread only once the daemon runs: capabilities are per
     # thread, and a thread started before caps.drop() in Daemon.start() would
     # keep the full set. A listen port below 1024 would need
     # CAP_NET_BIND_SERVICE, which the daemon drops: use a high port.
     parse_listen(daemon.policy.metrics.listen)
-    svc = Service(daemon, notifier, Metrics(), exporter)
+    svc = Service(daemon, notifier, Metrics(), exporter, broker)
     h = daemon.hooks
     h.on_ready.append(svc.on_ready)
     h.on_tick.append(svc.on_tick)

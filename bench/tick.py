@@ -23,13 +23,25 @@ The tree is plain files on tmpfs (/dev/shm when there is one), so the
 kernel's own cost of generating /proc text on a real host is not in these
 figures; they measure agentlatd's share.
 
+Metrics (agentlatd/metrics.py), on the same host and ticks:
+  metrics off    the tick alone
+  metrics on     the tick plus what the daemon does per tick for metrics:
+                 Metrics.observe_tick() (counter additions; nothing rendered)
+  per scrape     what one scrape costs, OFF the tick: Metrics.view() (main
+                 thread) and render_view() (the HTTP thread), text 0.0.4,
+                 OpenMetrics, gzip; with --agents agents reporting steps
+  exposition     the same View through prometheus_client's exposition
+                 (generate_latest) next to the hand-written renderer
+
     .venv/bin/python bench/tick.py            full run (~1 minute)
     .venv/bin/python bench/tick.py --quick    a few ticks per scenario (~15 s)
+    .venv/bin/python bench/tick.py --metrics-only --quick   the metrics part only
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import shutil
@@ -44,8 +56,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from synth import SynthHost
 
+from agentlatd.agents import stats
+from agentlatd.cpuset import CpuSet
+from agentlatd.metrics import Family, Metrics, View, families, process_families, render_view
 from agentlatd.model.rates import compute_rates
-from agentlatd.policy import HeatPolicy
+from agentlatd.policy import HeatPolicy, default
 from agentlatd.sample.counters import CounterSnapshot, read_counters
 from agentlatd.sample.interrupts import parse_interrupts
 from agentlatd.sample.softirqs import parse_softirqs, read_softirqs
@@ -132,6 +147,135 @@ def run_parse_only(root: Root, ticks: int) -> list[float]:
     return times
 
 
+class BenchAgent:
+    """What Metrics.view() reads of an agent (agents/registry.py Agent)."""
+
+    def __init__(self, i: int, hist: stats.Histogram) -> None:
+        self.agent_id = f"agent-{i:04d}"
+        self.latency_class = ("interactive", "normal", "background")[i % 3]
+        self.home_cpu: int | None = i % 64
+        self.state = "placed"
+        self.proc = (10_000 + i, 1)
+        self.hist = hist
+
+
+def bench_agents(n: int, seed: int) -> list[BenchAgent]:
+    import random
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        h = stats.Histogram.empty()
+        h.add_many(int(math.exp(rng.uniform(math.log(20e3), math.log(50e6)))) for _ in range(2000))
+        out.append(BenchAgent(i, h))
+    return out
+
+
+def client_render(fams: list[Family], openmetrics: bool) -> bytes:
+    """The same families through prometheus_client's exposition (generate_latest)."""
+    from prometheus_client import CollectorRegistry, openmetrics
+    from prometheus_client import exposition as ex
+    from prometheus_client.metrics_core import Metric
+
+    class Coll:
+        def collect(self) -> list[Metric]:
+            out = []
+            for f in fams:
+                m = Metric(f.name, f.help, f.type if f.type != "untyped" else "unknown")
+                dflt = {"counter": "_total", "info": "_info"}.get(f.type, "")
+                for suffix, labels, value in f.samples:
+                    m.add_sample(f.name + (suffix or dflt), dict(labels), value)
+                out.append(m)
+            return out
+
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(Coll())  # type: ignore[arg-type]
+    return (openmetrics.exposition.generate_latest(reg) if openmetrics  # type: ignore[attr-defined]
+            else ex.generate_latest(reg))
+
+
+def run_metrics(host: SynthHost, root: Root, share: float, ticks: int, watched: frozenset[int],
+                heat: HeatPolicy, n_agents: int, seed: int) -> None:
+    """The tick with metrics off and on, side by side, then the per-scrape cost."""
+    import gzip
+    pol = default()
+    m = Metrics()
+    cpus = host.ncpu
+    comp, home = CpuSet(range(0, 4)), CpuSet(range(4, cpus))
+    prev = read_counters(root, watched)
+    off: list[float] = []
+    on: list[float] = []
+    obs: list[float] = []
+    for _ in range(ticks):
+        host.tick(share)
+        t0 = time.process_time()
+        cur = read_counters(root, watched, prev)
+        rates = compute_rates(prev, cur, heat)
+        t1 = time.process_time()
+        # what the daemon adds per tick with metrics on; timed on the same
+        # tick, so host noise between ticks does not enter the comparison
+        m.observe_tick(duration_s=t1 - t0, rates=rates, completion=comp, home=home,
+                       online=CpuSet(range(cpus)), hot_threshold=heat.hot, active_changes=10,
+                       softirqs=cur.softirqs, stat=cur.stat)
+        t2 = time.process_time()
+        off.append((t1 - t0) * 1e3)
+        on.append((t2 - t0) * 1e3)
+        obs.append((t2 - t1) * 1e3)
+        prev = cur
+    print(f"  {'tick, metrics off':34s} {statistics.median(off):8.2f} {p99(off):8.2f} "
+          f"{max(off):8.2f}  n={len(off)}")
+    print(f"  {'tick + metrics (observe_tick)':34s} {statistics.median(on):8.2f} {p99(on):8.2f} "
+          f"{max(on):8.2f}  n={len(on)}")
+    print(f"  metrics on / off (median): {statistics.median(on) / statistics.median(off):.3f}x; "
+          f"observe_tick alone {statistics.median(obs):.3f} ms median, {p99(obs):.3f} ms p99 "
+          "-- nothing is rendered in the tick")
+    agents = bench_agents(n_agents, seed)
+    n = max(3, ticks // 4)
+    print(f"\n  per scrape, off the tick ({n_agents} agents x 2000 steps, "
+          f"metrics.max_agents={pol.metrics.max_agents}):")
+
+    def timed(fn: Callable[[], object]) -> tuple[float, object]:
+        ts, out = [], None
+        for _ in range(n):
+            t0 = time.process_time()
+            out = fn()
+            ts.append((time.process_time() - t0) * 1e3)
+        return statistics.median(ts), out
+
+    tv, v = timed(lambda: m.view(agents, pol))
+    assert isinstance(v, View)
+    procs = process_families()
+    t_txt, txt = timed(lambda: render_view(v, False).encode())
+    t_om, _ = timed(lambda: render_view(v, True).encode())
+    assert isinstance(txt, bytes)
+    t_gz, gz = timed(lambda: gzip.compress(txt, compresslevel=6))
+    assert isinstance(gz, bytes)
+    print(f"    view() (main thread)             {tv:8.2f} ms")
+    nseries = sum(1 for x in txt.splitlines() if x and not x.startswith(b"#"))
+    print(f"    render text 0.0.4 (HTTP thread)  {t_txt:8.2f} ms  {len(txt) / 1e3:.0f} KB, "
+          f"{nseries} series")
+    print(f"    render OpenMetrics               {t_om:8.2f} ms")
+    print(f"    gzip level 6                     {t_gz:8.2f} ms  {len(gz) / 1e3:.0f} KB "
+          f"({len(txt) / len(gz):.0f}x smaller)")
+    vec = dataclasses.replace(pol, metrics=dataclasses.replace(pol.metrics,
+                                                              per_cpu_softirq_vectors=True))
+    big = render_view(Metrics.view(m, agents, vec), False).encode()
+    print(f"    with per_cpu_softirq_vectors on: {len(big) / 1e3:.0f} KB "
+          f"(+{(len(big) - len(txt)) / 1e3:.0f} KB)")
+    fams = families(v) + procs
+    t_hand, _ = timed(lambda: render_view(v, False).encode())
+    try:
+        t_cl, cl = timed(lambda: client_render(fams, False))
+        t_hand_om, _ = timed(lambda: render_view(v, True).encode())
+        t_cl_om, _ = timed(lambda: client_render(fams, True))
+    except ImportError:
+        print("    (prometheus_client not installed: exposition comparison skipped)")
+        return
+    assert isinstance(cl, bytes)
+    print(f"  exposition of the same View: hand-written {t_hand:.2f} ms, prometheus_client "
+          f"generate_latest {t_cl:.2f} ms ({t_cl / t_hand:.1f}x); OpenMetrics {t_hand_om:.2f} vs "
+          f"{t_cl_om:.2f} ms ({t_cl_om / t_hand_om:.1f}x)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="few ticks per scenario")
@@ -140,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--irqs", type=int, default=2000)
     ap.add_argument("--share", type=float, default=0.1, help="share of IRQs that fire per tick")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--agents", type=int, default=100, help="agents in the metrics scenario")
+    ap.add_argument("--metrics-only", action="store_true", help="only the metrics scenarios")
     args = ap.parse_args(argv)
     fast = args.ticks or (20 if args.quick else 200)
     slow = max(3, fast // 4)
@@ -175,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
             return ts
 
         print(f"  {'scenario':34s} {'median':>8s} {'p99':>8s} {'max':>8s}  (ms)")
+        if args.metrics_only:
+            run_metrics(host, sys_root, args.share, fast, watched, heat, args.agents, args.seed)
+            return 0
         a = add(f"tick, sysfs, {pct} IRQs fire", fast,
                 lambda: run_ticks(host, sys_root, args.share, fast, watched, heat)[0])
         add("tick, sysfs, all IRQs fire", slow,
@@ -193,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         ok = med_a <= TARGET_MS
         print(f"target <= {TARGET_MS:.0f} ms CPU per tick ({pct} fire, sysfs): "
               f"median {med_a:.2f} ms, p99 {p99(a):.2f} ms -> {'MET' if ok else 'NOT MET'}")
+        print("\nmetrics (agentlatd/metrics.py), same host:")
+        run_metrics(host, sys_root, args.share, fast, watched, heat, args.agents, args.seed)
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

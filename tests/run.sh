@@ -9,16 +9,35 @@ set -uo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 T0=$(date +%s)
 
-# 1. system packages the tests drive for real (netns/veth: iproute2; coalescing: ethtool)
+# 1. system packages the tests drive for real (netns/veth: iproute2; coalescing: ethtool;
+#    the real Prometheus server and promtool: prometheus, tests/integration/test_prometheus.py)
 need=()
-for p in iproute2:ip ethtool:ethtool gcc:gcc bpftrace:bpftrace python3-venv:none; do
+for p in iproute2:ip ethtool:ethtool gcc:gcc bpftrace:bpftrace python3-venv:none \
+         prometheus:prometheus prometheus:promtool; do
     pkg=${p%%:*} bin=${p##*:}
     if [ "$bin" = none ]; then dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
     else command -v "$bin" >/dev/null 2>&1 || need+=("$pkg"); fi
 done
 if [ ${#need[@]} -gt 0 ]; then
+    mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
     echo "== installing ${need[*]}"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    # the lock timeout: an unattended-upgrades run must not fail the suite
+    apt-get -o DPkg::Lock::Timeout=120 update -qq
+    arc=$?
+    if [ $arc -eq 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y -qq \
+            --no-install-recommends "${need[@]}" >/dev/null
+        arc=$?
+    fi
+    if [ $arc -ne 0 ]; then
+        echo "PACKAGE STEP FAILED: apt-get exited $arc installing ${need[*]}" >&2
+        pkg_failed=1
+    fi
+    # the Debian package enables a prometheus.service; the tests run their own
+    # server on a temporary port and storage, never the system one
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled prometheus >/dev/null 2>&1; then
+        systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
 fi
 
 # 2. virtual environment with the project and its test tools
@@ -32,6 +51,7 @@ fi
 .venv/bin/pip install -q -e '.[dev,bench]' >/dev/null 2>&1 || true
 
 rc=0
+if [ "${pkg_failed:-0}" = 1 ]; then rc=1; fi
 echo "== ruff"
 .venv/bin/ruff check agentlatd tests bench || rc=1
 echo "== mypy"

@@ -122,6 +122,7 @@ class Agent:
     orig: dict[str, str] = field(default_factory=dict)  # knob -> main thread's original
     applied: set[str] = field(default_factory=set)  # knobs written for it so far
     hist: stats.Histogram = field(default_factory=stats.Histogram.empty)
+    recent: stats.Recent = field(default_factory=stats.Recent)  # last minute, last ten minutes
     dropped: int = 0
     last_move: MoveRecord | None = None
     pidfd: int | None = None
@@ -144,6 +145,7 @@ class Agent:
             "threads_pinned": self.pinned, "nice": self.want_nice, "ioprio": self.want_ioprio,
             "steps": s["steps"], "p50_ns": s["p50_ns"], "p99_ns": s["p99_ns"],
             "p999_ns": s["p999_ns"], "max_ns": s["max_ns"], "mean_ns": s["mean_ns"],
+            "recent": self.recent.summary(time.monotonic()),
             "dropped": self.dropped, "deadline_ns": self.deadline_ns, "budget_ns": self.budget_ns,
             "registered_at": round(self.registered_at, 3),
             "last_move": self.last_move.to_json() if self.last_move else None,

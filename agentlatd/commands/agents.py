@@ -1,9 +1,13 @@
 """`agentlatd agents`: the registered agents, as the daemon sees them.
 
-Text: one line per agent (fits 80 columns), and under it the last move and
-why. --json: a list of objects, each with at least agent_id, pid,
-latency_class, home_cpu, threads, steps, p50_ns, p99_ns, p999_ns, last_move
-({at, from_cpu, to_cpu, reason} or null); see docs/protocol.md ("agents").
+Text: one line per agent (fits 80 columns) with its lifetime step
+percentiles, under it the same percentiles over the last minute and the last
+ten minutes (a slowdown that started a minute ago barely moves a lifetime
+p99), then the last move and why. --json: a list of objects, each with at
+least agent_id, pid, latency_class, home_cpu, threads, steps, p50_ns, p99_ns,
+p999_ns, recent ({"1m": {steps, p50_ns, p99_ns, p999_ns}, "10m": {...}}),
+last_move ({at, from_cpu, to_cpu, reason} or null); see docs/protocol.md
+("agents").
 """
 
 from __future__ import annotations
@@ -59,6 +63,18 @@ def render(rows: list[dict[str, Any]], now: float | None = None) -> str:
         out.append(f"{aid:<16} {r.get('pid', 0):>7} {r.get('latency_class', '')!s:<11} "
                    f"{cpus:>4} {thr:>5} {r.get('steps', 0):>8} {fmt_ns(r.get('p50_ns')):>6} "
                    f"{fmt_ns(r.get('p99_ns')):>6} {fmt_ns(r.get('p999_ns')):>6}")
+        rec = r.get("recent")
+        if isinstance(rec, dict) and r.get("steps"):
+            parts = []
+            for name in ("1m", "10m"):
+                w = rec.get(name) or {}
+                if w.get("steps"):
+                    parts.append(f"{name} {fmt_ns(w.get('p50_ns'))}/{fmt_ns(w.get('p99_ns'))}/"
+                                 f"{fmt_ns(w.get('p999_ns'))} ({w.get('steps')})")
+                else:
+                    parts.append(f"{name} no steps")
+            out += textwrap.wrap("p50/p99/p999 " + ", ".join(parts), WIDTH,
+                                 initial_indent="  ", subsequent_indent="    ")
         mv = r.get("last_move")
         if mv:
             ago = max(0.0, now - float(mv.get("at", now)))

@@ -9,8 +9,9 @@ duration and success.
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import http.client
-import json
 import logging
 import os
 import pathlib
@@ -18,19 +19,29 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from agentshelpers import daemon as agent_daemon
+from agentshelpers import policy_text as agent_policy
+from agentshelpers import workdir
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 from prometheus_client.parser import text_string_to_metric_families
 from servicehelpers import NotifySocket, free_port, policy_text, run_daemon, veth_netns, wait_until
 
+from agentlatd.agents import stats
+from agentlatd.agents.tasks import ProcId
 from agentlatd.apply.engine import ApplyReport, Drift, KnobResult, RollbackReport
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import PolicyError
-from agentlatd.metrics import Exporter, Metrics, parse_listen, render, write_atomic
+from agentlatd.metrics import Exporter, Family, Metrics, parse_listen, render, write_atomic
 from agentlatd.model.machine import Discontinuity, Rates
-from agentlatd.policy import MetricsPolicy
+from agentlatd.policy import MetricsPolicy, default, loads
+from agentlatd.sample.softirqs import Softirqs
+from agentlatd.sample.stat import CpuTimes, Stat
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -63,18 +74,38 @@ def _rates() -> Rates:
     )
 
 
-# -- pure: the text format ---------------------------------------------------------
+# -- pure: the view and the text formats ------------------------------------------
 
 
-def test_rendered_text_parses_and_carries_every_family() -> None:
+@dataclass
+class FakeAgent:
+    """What Metrics.view() reads of a registered agent (agents/registry.py Agent)."""
+
+    agent_id: str
+    latency_class: str
+    proc: ProcId
+    home_cpu: int | None = None
+    state: str = "placed"
+    hist: stats.Histogram = field(default_factory=stats.Histogram.empty)
+
+
+def _softirqs() -> Softirqs:
+    return Softirqs(cpus=(0, 1, 2), counts={"NET_RX": (800, 4, 0), "TIMER": (250, 250, 250)})
+
+
+def _stat() -> Stat:
+    t = CpuTimes(user=1, nice=0, system=1, idle=10, iowait=0, irq=300, softirq=150)
+    return Stat(all_cpus=None, cpus={0: t, 1: t._replace(irq=0, softirq=7)}, intr_total=None,
+                intr=(), softirq_total=None, softirq=())
+
+
+def _observed() -> tuple[Metrics, list[FakeAgent]]:
     m = Metrics()
     m.observe_sampler("counters", 0.0021, True)
     m.observe_sampler("machine", 0.0100, False)
     m.observe_tick(duration_s=0.015, rates=_rates(), completion=CpuSet({0}), home=CpuSet({1, 2}),
-                   hot_threshold=0.5, active_changes=3,
-                   agents=[{"agent_id": "planner", "latency_class": "interactive", "home_cpu": 1,
-                            "steps": 1200, "p50_ns": 40_000, "p99_ns": 90_000,
-                            "p999_ns": 400_000, "sum_ns": 60_000_000}])
+                   online=CpuSet({0, 1, 2, 3}), hot_threshold=0.5, active_changes=3,
+                   softirqs=_softirqs(), stat=_stat(), failed=True)
     m.observe_apply(ApplyReport(results=(
         KnobResult("net.rps_cpus", "eth0/rx-0", "changed"),
         KnobResult("net.rps_cpus", "eth0/rx-1", "changed"),
@@ -90,31 +121,55 @@ def test_rendered_text_parses_and_carries_every_family() -> None:
     ), journal="j", journal_removed=False))
     m.observe_reload(False)
     m.ready = True
-    s = _parse(m.render())
+    planner = FakeAgent("planner", "interactive", ProcId(100, 1), home_cpu=1)
+    planner.hist.add_many([40_000] * 99 + [3_000_000])  # 40 us x 99, 3 ms x 1
+    return m, [planner]
+
+
+def test_rendered_text_parses_and_carries_every_family() -> None:
+    m, agents = _observed()
+    s = _parse(m.render(agents, default()))
 
     assert _value(s["agentlatd_cpu_heat"], "agentlatd_cpu_heat", cpu="0") == pytest.approx(1.9)
-    assert _value(s["agentlatd_cpu_irqs_per_second"], "agentlatd_cpu_irqs_per_second",
-                  cpu="0") == 5000
-    assert _value(s["agentlatd_cpu_softirqs_per_second"], "agentlatd_cpu_softirqs_per_second",
-                  cpu="1", vector="NET_RX") == 4
-    assert _value(s["agentlatd_cpu_role"], "agentlatd_cpu_role", cpu="1", role="home") == 1
-    # on home CPUs: CPU 1 and 2 only (CPU 0 is a completion CPU)
-    assert _value(s["agentlatd_home_irqs_per_second"], "agentlatd_home_irqs_per_second") == 10
-    assert _value(s["agentlatd_home_softirqs_per_second"], "agentlatd_home_softirqs_per_second",
-                  vector="NET_RX") == 4
-    # counters integrate rate x interval (2 s)
+    # kernel counters as counters: per-CPU softirqs (all vectors), per vector, irq time
+    assert _value(s["agentlatd_cpu_softirqs"], "agentlatd_cpu_softirqs_total", cpu="0") == 1050
+    assert _value(s["agentlatd_softirqs"], "agentlatd_softirqs_total", vector="NET_RX") == 804
+    assert _value(s["agentlatd_cpu_irq_seconds"], "agentlatd_cpu_irq_seconds_total", cpu="0",
+                  context="hardirq") == pytest.approx(300 / os.sysconf("SC_CLK_TCK"))
+    # device interrupts per CPU: the tick's rate x its interval (2 s)
+    assert _value(s["agentlatd_cpu_interrupts"], "agentlatd_cpu_interrupts_total", cpu="0") == 10000
+    # no pre-computed rates any more: rate() is Prometheus's job
+    assert not [n for n in s if n.endswith("_per_second") or n.endswith("_ratio")], list(s)
+    # the role stateset: one sample per CPU x role, 1 for the current one
+    role = s["agentlatd_cpu_role"]
+    assert _value(role, "agentlatd_cpu_role", cpu="1", agentlatd_cpu_role="home") == 1
+    assert _value(role, "agentlatd_cpu_role", cpu="1", agentlatd_cpu_role="completion") == 0
+    assert _value(role, "agentlatd_cpu_role", cpu="3", agentlatd_cpu_role="other") == 1
+    # on home CPUs: CPU 1 and 2 only (CPU 0 is a completion CPU); rate x 2 s
     assert _value(s["agentlatd_home_irqs"], "agentlatd_home_irqs_total") == 20
     assert _value(s["agentlatd_home_softirqs"], "agentlatd_home_softirqs_total",
                   vector="TIMER") == 1000
     assert _value(s["agentlatd_home_cpus_hot"], "agentlatd_home_cpus_hot") == 1  # CPU 1: 0.6 >= 0.5
-    # per-agent step summary (seconds) and count
+    # the step histogram: cumulative buckets, +Inf = count, sum in seconds
     step = s["agentlatd_agent_step_seconds"]
-    assert _value(step, "agentlatd_agent_step_seconds", agent_id="planner",
-                  quantile="0.999") == pytest.approx(4e-4)
-    assert _value(step, "agentlatd_agent_step_seconds_count", agent_id="planner") == 1200
-    assert _value(step, "agentlatd_agent_step_seconds_sum", agent_id="planner") == pytest.approx(0.06)
-    assert _value(s["agentlatd_agents"], "agentlatd_agents", latency_class="interactive") == 1
-    assert _value(s["agentlatd_agents"], "agentlatd_agents", latency_class="background") == 0
+    lab = {"agent": "planner", "class": "interactive"}
+    assert _value(step, "agentlatd_agent_step_seconds_bucket", le="4e-05", **lab) == 0
+    assert _value(step, "agentlatd_agent_step_seconds_bucket", le="6.3e-05", **lab) == 99
+    assert _value(step, "agentlatd_agent_step_seconds_bucket", le="0.0025", **lab) == 99
+    assert _value(step, "agentlatd_agent_step_seconds_bucket", le="0.004", **lab) == 100
+    assert _value(step, "agentlatd_agent_step_seconds_bucket", le="+Inf", **lab) == 100
+    assert _value(step, "agentlatd_agent_step_seconds_count", **lab) == 100
+    assert _value(step, "agentlatd_agent_step_seconds_sum", **lab) == pytest.approx(
+        (99 * 40_000 + 3_000_000) / 1e9)
+    les = [x.labels["le"] for x in step if x.name.endswith("_bucket")]
+    assert les[0] == "1e-05" and les[-2] == "10.0" and les[-1] == "+Inf" and len(les) == 32
+    # identities are info metrics: the home CPU is a label, not a value
+    assert _value(s["agentlatd_agent_info"], "agentlatd_agent_info", agent="planner", home_cpu="1",
+                  pid="100") == 1
+    assert _value(s["agentlatd_agents"], "agentlatd_agents", **{"class": "interactive"}) == 1
+    assert _value(s["agentlatd_agents"], "agentlatd_agents", **{"class": "background"}) == 0
+    assert _value(s["agentlatd_class_budget_seconds"], "agentlatd_class_budget_seconds",
+                  **{"class": "interactive"}) == pytest.approx(200e-6)
     # changes
     assert _value(s["agentlatd_changes_applied"], "agentlatd_changes_applied_total",
                   knob="net.rps_cpus") == 2
@@ -126,10 +181,16 @@ def test_rendered_text_parses_and_carries_every_family() -> None:
                   knob="net.rps_cpus") == 1
     assert _value(s["agentlatd_changes_rollback_failed"],
                   "agentlatd_changes_rollback_failed_total", knob="net.rps_cpus") == 1
-    assert _value(s["agentlatd_changes_drifted"], "agentlatd_changes_drifted_total",
-                  knob="irq.affinity", action="yielded") == 1
+    drifted = s["agentlatd_changes_drifted"]
+    assert _value(drifted, "agentlatd_changes_drifted_total", knob="irq.affinity",
+                  action="yielded") == 1
+    # every device knob starts at 0, so increase() has a series before the first drift
+    assert _value(drifted, "agentlatd_changes_drifted_total", knob="net.xps_cpus",
+                  action="reasserted") == 0
     assert _value(s["agentlatd_changes_active"], "agentlatd_changes_active") == 3
-    # samplers
+    # ticks and samplers
+    assert _value(s["agentlatd_tick_failures"], "agentlatd_tick_failures_total") == 1
+    assert _value(s["agentlatd_tick_seconds"], "agentlatd_tick_seconds_total") == pytest.approx(0.015)
     assert _value(s["agentlatd_sampler_success"], "agentlatd_sampler_success",
                   sampler="machine") == 0
     assert _value(s["agentlatd_sampler_duration_seconds"], "agentlatd_sampler_duration_seconds",
@@ -141,18 +202,97 @@ def test_rendered_text_parses_and_carries_every_family() -> None:
     assert _value(s["agentlatd_policy_reloads"], "agentlatd_policy_reloads_total",
                   result="error") == 1
     assert _value(s["agentlatd_ready"], "agentlatd_ready") == 1
+    # the daemon's own cost, under the standard names
+    for name in ("process_cpu_seconds", "process_resident_memory_bytes", "process_open_fds",
+                 "process_start_time_seconds", "process_max_fds", "process_virtual_memory_bytes"):
+        assert name in s, name
+    assert _value(s["process_resident_memory_bytes"], "process_resident_memory_bytes") > 1e6
+    assert abs(_value(s["process_start_time_seconds"], "process_start_time_seconds")
+               - (time.time() - (time.monotonic() - _PROC_T0))) < 120
+    # each series once: no (name, labels) twice
+    keys = [(x.name, tuple(sorted(x.labels.items()))) for v in s.values() for x in v]
+    assert len(keys) == len(set(keys))
+
+
+_PROC_T0 = time.monotonic()
+
+
+def test_openmetrics_parses_with_the_openmetrics_parser() -> None:
+    """OpenMetrics 1.0: counters under their base name, real info and stateset
+    types, "# EOF" last; prometheus_client's strict OpenMetrics parser reads it."""
+    m, agents = _observed()
+    text = m.render(agents, default(), openmetrics=True)
+    assert text.endswith("# EOF\n")
+    fams = {f.name: f for f in om_families(text)}
+    assert fams["agentlatd_ticks"].type == "counter"
+    assert fams["agentlatd_build"].type == "info"
+    assert fams["agentlatd_agent"].type == "info"
+    assert fams["agentlatd_cpu_role"].type == "stateset"
+    assert fams["agentlatd_agent_step_seconds"].type == "histogram"
+    assert fams["process_cpu_seconds"].type == "counter"
+    assert "# TYPE agentlatd_ticks counter" in text and "agentlatd_ticks_total 1" in text
+
+
+def test_step_series_are_capped_and_the_rest_summed_under_other() -> None:
+    pol = dataclasses.replace(default(), metrics=MetricsPolicy(max_agents=2))
+    m = Metrics()
+    m.observe_tick(duration_s=0.0)
+    agents = [FakeAgent(f"a{i}", "normal", ProcId(10 + i, 1)) for i in range(5)]
+    for i, a in enumerate(agents):
+        a.hist.add_many([100_000 * (i + 1)] * (i + 1))
+    s = _parse(m.render(agents, pol))
+    counts = {(x.labels["agent"], x.labels["class"]): x.value
+              for x in s["agentlatd_agent_step_seconds"] if x.name.endswith("_count")}
+    # the first two agents seen get series of their own; a2..a4 are summed: 3+4+5 steps
+    assert counts == {("a0", "normal"): 1, ("a1", "normal"): 2, ("other", "normal"): 12}
+    assert {x.labels["agent"] for x in s["agentlatd_agent_info"]} == {"a0", "a1"}
+    # a slot freed by a0 goes to the next new agent, never to one already in "other"
+    agents = [*agents[1:], FakeAgent("a5", "normal", ProcId(20, 1))]
+    s = _parse(m.render(agents, pol))
+    owners = {x.labels["agent"] for x in s["agentlatd_agent_step_seconds"]}
+    assert owners == {"a1", "a5", "other"}
+
+
+def test_other_step_counters_never_go_down_when_an_agent_leaves() -> None:
+    """agent="other" sums several agents; one leaving must not lower the sum, or
+    rate() reads a counter reset and the fleet p99 jumps."""
+    pol = dataclasses.replace(default(), metrics=MetricsPolicy(max_agents=0))
+    m = Metrics()
+    m.observe_tick(duration_s=0.0)
+    a, b = FakeAgent("a", "normal", ProcId(1, 1)), FakeAgent("b", "normal", ProcId(2, 1))
+    a.hist.add_many([50_000] * 10)
+    b.hist.add_many([5_000_000] * 5)
+    before = m.view([a, b], pol).steps
+    a.hist.add_many([50_000] * 3)  # steps after the last view, before it leaves: not seen
+    after = m.view([b], pol).steps
+    assert [(x.agent, x.count) for x in before] == [("other", 15)]
+    assert [(x.agent, x.count) for x in after] == [("other", 15)]
+    assert all(x >= y for x, y in zip(after[0].buckets, before[0].buckets, strict=True))
+    assert after[0].sum_s == pytest.approx(before[0].sum_s)
+
+
+def test_per_cpu_softirq_vectors_only_when_the_policy_asks() -> None:
+    m = Metrics()
+    m.observe_tick(duration_s=0.0, softirqs=_softirqs())
+    off = _parse(m.render((), default()))["agentlatd_cpu_softirqs"]
+    assert {tuple(sorted(x.labels)) for x in off} == {("cpu",)} and len(off) == 3
+    pol = dataclasses.replace(default(), metrics=MetricsPolicy(per_cpu_softirq_vectors=True))
+    on = _parse(m.render((), pol))["agentlatd_cpu_softirqs"]
+    assert {tuple(sorted(x.labels)) for x in on} == {("cpu", "vector")} and len(on) == 6
 
 
 def test_label_values_are_escaped() -> None:
     m = Metrics()
+    m.observe_tick(duration_s=0.0)
     nasty = 'a"b\\c\nd'
-    m.observe_tick(duration_s=0.0, agents=[{"agent_id": nasty, "latency_class": "normal",
-                                            "steps": 1, "p50_ns": 1, "p99_ns": 1, "p999_ns": 1}])
-    text = m.render()
-    assert 'agent_id="a\\"b\\\\c\\nd"' in text
+    a = FakeAgent(nasty, "normal", ProcId(1, 1))
+    a.hist.add(1000)
+    text = m.render([a], default())
+    assert 'agent="a\\"b\\\\c\\nd"' in text
     s = _parse(text)
     assert _value(s["agentlatd_agent_step_seconds"], "agentlatd_agent_step_seconds_count",
-                  agent_id=nasty) == 1
+                  agent=nasty) == 1
+    om_families(m.render([a], default(), openmetrics=True))
 
 
 def test_sampler_context_manager_records_failure_and_reraises() -> None:
@@ -166,16 +306,24 @@ def test_sampler_context_manager_records_failure_and_reraises() -> None:
 
 
 def test_render_skips_empty_families_and_formats_values() -> None:
-    from agentlatd.metrics import Family
-
-    f = Family("x", "gauge", "help with \\ and\nnewline")
+    f = Family("agentlatd_x", "gauge", "help with \\ and\nnewline")
     f.add(float("inf"), a="1")
     f.add(1e-7)
-    text = render([f, Family("empty", "gauge", "nothing")])
+    text = render([f, Family("agentlatd_empty", "gauge", "nothing")])
     assert "agentlatd_empty" not in text
     assert "# HELP agentlatd_x help with \\\\ and\\nnewline" in text
     assert 'agentlatd_x{a="1"} +Inf' in text
     _parse(text)
+
+
+def test_listen_and_textfile_together_are_refused() -> None:
+    """Both on would export every series twice (once through node_exporter)."""
+    with pytest.raises(PolicyError) as e:
+        loads('[metrics]\nlisten = "127.0.0.1:9641"\ntextfile = "/tmp/x.prom"\n')
+    assert e.value.key == "metrics.textfile" and "twice" in str(e.value)
+    with pytest.raises(PolicyError) as e:
+        loads("[metrics]\nmax_agents = 5000\n")
+    assert e.value.key == "metrics.max_agents"
 
 
 @pytest.mark.parametrize("value,expect", [
@@ -195,47 +343,85 @@ def test_parse_listen_rejects(bad: str) -> None:
 # -- the exporter: HTTP and textfile ---------------------------------------------
 
 
-def _get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str, str]:
+def _get(port: int, path: str, host: str = "127.0.0.1",
+         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     c = http.client.HTTPConnection(host, port, timeout=10)
     try:
-        c.request("GET", path)
+        c.request("GET", path, headers=headers or {})
         r = c.getresponse()
-        return r.status, r.getheader("Content-Type") or "", r.read().decode()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
     finally:
         c.close()
 
 
-def test_exporter_http_health_ready_and_reconfigure(tmp_path: pathlib.Path) -> None:
-    ex = Exporter(max_age=0.5)
+class Source:
+    """A View source counting its calls: renders happen only when asked."""
+
+    def __init__(self, m: Metrics) -> None:
+        self.m = m
+        self.calls = 0
+        self.ready = threading.Event()
+        self.ready.set()
+
+    def __call__(self) -> Any:
+        self.calls += 1
+        return self.m.view((), default()) if self.m.ticks else None
+
+
+def test_exporter_http_negotiates_format_and_gzip_and_renders_only_when_scraped(
+        tmp_path: pathlib.Path) -> None:
+    m = Metrics()
+    src = Source(m)
+    ex = Exporter(src, max_age=0.5)
     try:
         ex.configure(MetricsPolicy(listen="127.0.0.1:0"))
         addr = ex.address
         assert addr is not None
         port = addr[1]
-        assert _get(port, "/healthz")[0] == 503  # nothing published yet
+        assert _get(port, "/healthz")[0] == 503  # no tick yet
         assert _get(port, "/readyz")[0] == 503
-        m = Metrics()
-        m.observe_tick(duration_s=0.001)
-        ex.publish(m.render())
-        code, ctype, body = _get(port, "/metrics")
-        assert code == 200 and ctype.startswith("text/plain; version=0.0.4")
-        assert "agentlatd_ticks_total 1" in body
-        _parse(body)
+        assert _get(port, "/metrics")[0] == 503  # nothing to render yet
+        for _ in range(50):  # ticks render nothing
+            m.observe_tick(duration_s=0.001)
+            ex.tick()
+        assert ex.renders == 0
+        code, h, body = _get(port, "/metrics")
+        assert code == 200 and h["content-type"].startswith("text/plain; version=0.0.4")
+        assert "content-encoding" not in h
+        assert ex.renders == 1
+        text = body.decode()
+        assert "agentlatd_ticks_total 50" in text and "process_cpu_seconds_total" in text
+        _parse(text)
+        # gzip when asked (Prometheus sends Accept-Encoding: gzip)
+        code, h, body = _get(port, "/metrics", headers={"Accept-Encoding": "gzip"})
+        assert code == 200 and h["content-encoding"] == "gzip"
+        assert len(body) < len(text.encode()) / 3
+        _parse(gzip.decompress(body).decode())
+        # OpenMetrics when asked, the way Prometheus 2.x asks
+        accept = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+                  "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+        code, h, body = _get(port, "/metrics", headers={"Accept": accept})
+        assert h["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+        assert body.endswith(b"# EOF\n")
+        assert {f.name for f in om_families(body.decode())} >= {"agentlatd_ticks", "agentlatd_build"}
+        code, h, body = _get(port, "/metrics", headers={"Accept": "application/openmetrics-text;q=0"})
+        assert h["content-type"].startswith("text/plain")
         assert _get(port, "/healthz")[0] == 200
         ex.set_ready()
         assert _get(port, "/readyz")[0] == 200
         time.sleep(0.7)
         code, _, body = _get(port, "/healthz")
-        assert code == 503 and "stale" in body  # no tick for longer than max_age
+        assert code == 503 and b"stale" in body  # no tick for longer than max_age
         assert _get(port, "/nope")[0] == 404
 
         # reconfigure: textfile on, HTTP moved to another port, then off
         tf = tmp_path / "agentlatd.prom"
-        ex.configure(MetricsPolicy(listen="127.0.0.1:0", textfile=str(tf)))
-        assert tf.exists() and "agentlatd_ticks_total 1" in tf.read_text()
-        assert ex.address is not None
-        ex.configure(MetricsPolicy(listen="", textfile=str(tf)))
+        ex.configure(MetricsPolicy(listen="", textfile=str(tf), textfile_interval=1.0))
         assert ex.address is None
+        wait_until(tf.exists, 10, "the textfile written")
+        ftext = tf.read_text()
+        # node_exporter has process_* of its own under those names: not in the file
+        assert "agentlatd_ticks_total 50" in ftext and "process_" not in ftext
         with pytest.raises(ConnectionRefusedError):
             _get(port, "/metrics")
         # a bad listen value is refused before anything changes
@@ -251,13 +437,13 @@ def test_port_in_use_is_logged_not_fatal(caplog: pytest.LogCaptureFixture) -> No
     busy.bind(("127.0.0.1", 0))
     busy.listen(1)
     port = busy.getsockname()[1]
-    ex = Exporter()
+    ex = Exporter(Source(Metrics()))
     try:
         with caplog.at_level(logging.ERROR, logger="agentlatd.metrics"):
             ex.configure(MetricsPolicy(listen=f"127.0.0.1:{port}"))
         assert ex.address is None
         assert "cannot listen" in caplog.text
-        ex.publish("x 1\n")  # still fine without a server
+        ex.tick()  # still fine without a server
     finally:
         ex.close()
         busy.close()
@@ -269,14 +455,49 @@ def test_textfile_write_is_atomic_and_errors_are_reported(
     write_atomic(str(p), b"x 1\n")
     assert p.read_text() == "x 1\n" and (p.stat().st_mode & 0o777) == 0o644
     assert [q.name for q in tmp_path.iterdir()] == ["a.prom"]  # no tmp file left
-    ex = Exporter()
-    with caplog.at_level(logging.DEBUG, logger="agentlatd.metrics"):
-        ex.configure(MetricsPolicy(textfile=str(tmp_path / "missing-dir" / "a.prom")))
-        ex.publish("x 1\n")
-        ex.publish("x 2\n")
-    assert ex.textfile_errors == 2
+    m = Metrics()
+    m.observe_tick(duration_s=0.0)
+    ex = Exporter(Source(m))
+    try:
+        with caplog.at_level(logging.DEBUG, logger="agentlatd.metrics"):
+            ex.configure(MetricsPolicy(textfile=str(tmp_path / "missing-dir" / "a.prom"),
+                                       textfile_interval=1.0))
+            wait_until(lambda: ex.textfile_errors >= 2, 10, "two failed writes")
+    finally:
+        ex.close()
     assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
     assert "ENOENT" in caplog.text
+
+
+def test_view_broker_serves_from_the_loop_thread_and_close_releases_waiters() -> None:
+    from agentlatd.service import ViewBroker
+
+    m = Metrics()
+    m.observe_tick(duration_s=0.0)
+    woken = threading.Event()
+    broker = ViewBroker(woken.set, timeout=10)
+    got: list[Any] = []
+    t = threading.Thread(target=lambda: got.append(broker.request()))
+    t.start()
+    assert woken.wait(5)
+    built: list[int] = []
+
+    def build() -> Any:
+        built.append(threading.get_ident())
+        return m.view()
+
+    wait_until(lambda: (broker.serve(build), got)[1], 5, "the request answered")
+    t.join(5)
+    assert built == [threading.get_ident()] and got[0].ticks == 1
+    broker.serve(build)  # nobody asked: nothing built
+    assert len(built) == 1
+    woken.clear()
+    t = threading.Thread(target=lambda: got.append(broker.request()))
+    t.start()
+    assert woken.wait(5)  # queued and waiting: the loop never answers
+    broker.close()
+    t.join(5)
+    assert not t.is_alive() and got[-1] is None
 
 
 # -- a real daemon ----------------------------------------------------------------
@@ -302,11 +523,10 @@ def test_scrape_a_real_daemon(tmp_path: pathlib.Path) -> None:
         pytest.skip("needs root (network namespaces)")
     notify = NotifySocket.bind(tmp_path)
     port = free_port()
-    textfile = tmp_path / "agentlatd.prom"
     try:
         with veth_netns() as ns:
             pol = policy_text(include="agt0", rps=True, interval=0.3,
-                              metrics_listen=f"127.0.0.1:{port}", textfile=str(textfile))
+                              metrics_listen=f"127.0.0.1:{port}")
             with run_daemon(tmp_path, pol, notify=notify, netns=ns) as d:
                 notify.wait_for("READY=1", timeout=60)
                 url = f"http://127.0.0.1:{port}/metrics"
@@ -318,42 +538,129 @@ def test_scrape_a_real_daemon(tmp_path: pathlib.Path) -> None:
                 first = ticks()
                 wait_until(lambda: ticks() >= first + 2, 20, "two more ticks")
                 s = _parse(_scrape_in(ns, url))
-                tf = _parse(textfile.read_text())
                 assert d.alive(), d.log
                 d.signal(signal.SIGTERM)
                 assert d.wait(30) == 0, d.log
-        # no daemon, no series: the textfile goes with it (absent() alerts work)
-        assert not textfile.exists()
         assert _value(s["agentlatd_ready"], "agentlatd_ready") == 1
         # the two rx queues of agt0 were steered
         assert _value(s["agentlatd_changes_applied"], "agentlatd_changes_applied_total",
                       knob="net.rps_cpus") == 2
-        # heat and rates for every online CPU once two snapshots exist
+        # heat, interrupt and softirq counters for every online CPU
         ncpu = os.cpu_count() or 1
-        heat = s["agentlatd_cpu_heat"]
-        assert {x.labels["cpu"] for x in heat} == {str(c) for c in range(ncpu)}, heat
-        assert s["agentlatd_cpu_irqs_per_second"] and s["agentlatd_cpu_softirqs_per_second"]
-        assert "agentlatd_home_irqs_per_second" in s and "agentlatd_home_softirqs" in s
-        roles = {x.labels["role"] for x in s["agentlatd_cpu_role"]}
+        cpus = {str(c) for c in range(ncpu)}
+        assert {x.labels["cpu"] for x in s["agentlatd_cpu_heat"]} == cpus
+        assert {x.labels["cpu"] for x in s["agentlatd_cpu_softirqs"]} == cpus
+        assert {x.labels["cpu"] for x in s["agentlatd_cpu_interrupts"]} == cpus
+        assert {x.labels["cpu"] for x in s["agentlatd_cpu_irq_seconds"]} == cpus
+        assert "agentlatd_home_softirqs" in s and "agentlatd_home_irqs" in s
+        roles = {x.labels["agentlatd_cpu_role"] for x in s["agentlatd_cpu_role"] if x.value == 1}
         assert roles == {"completion", "home"}, s["agentlatd_cpu_role"]
         # every sampler reports duration and success
         samplers = {x.labels["sampler"] for x in s["agentlatd_sampler_success"]}
         assert samplers, s.keys()
         assert {x.labels["sampler"] for x in s["agentlatd_sampler_duration_seconds"]} == samplers
         assert all(x.value == 1 for x in s["agentlatd_sampler_success"])
-        # the textfile held the same families, and parsed
-        assert "agentlatd_cpu_heat" in tf and "agentlatd_changes_applied" in tf
+        assert _value(s["process_open_fds"], "process_open_fds") > 3
     finally:
         notify.close()
 
 
-def test_metrics_json_rows_match_agents_json_contract() -> None:
-    """observe_tick takes `agentlatd agents --json` rows as they are (issue 4 contract)."""
-    row = json.loads('{"agent_id": "a", "pid": 1, "latency_class": "normal", "home_cpu": null,'
-                     ' "threads": 1, "steps": 0, "p50_ns": null, "p99_ns": null, "p999_ns": null}')
-    m = Metrics()
-    m.observe_tick(duration_s=0.0, agents=[row])
-    s = _parse(m.render())
-    assert _value(s["agentlatd_agent_step_seconds"], "agentlatd_agent_step_seconds_count",
-                  agent_id="a") == 0
-    assert "agentlatd_agent_home_cpu" not in s
+def test_textfile_of_a_real_daemon_is_written_per_interval_and_removed_at_stop() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    with workdir() as d:
+        tf = d / "agentlatd.prom"
+        extra = f'\n[metrics]\ntextfile = "{tf}"\ntextfile_interval = 1.0\n'
+        with agent_daemon(d, agent_policy(extra=extra)) as dm:
+            wait_until(tf.exists, 20, "the textfile written")
+
+            def ticks() -> float:
+                return _value(_parse(tf.read_text())["agentlatd_ticks"], "agentlatd_ticks_total")
+
+            first = ticks()
+            wait_until(lambda: ticks() > first, 10, "the textfile rewritten")
+            s = _parse(tf.read_text())
+            assert "agentlatd_cpu_role" in s and "agentlatd_changes_drifted" in s
+            assert not [n for n in s if n.startswith("process_")]
+            assert dm.stop() == 0, dm.log
+        # no daemon, no series: the textfile goes with it (absent() alerts work)
+        assert not tf.exists()
+
+
+class _StubManager:
+    def __init__(self) -> None:
+        self.agents: dict[Any, Any] = {}
+
+    def rows(self) -> list[Any]:
+        return []
+
+    def status(self) -> dict[str, Any]:
+        return {"hot_cpus": []}
+
+
+class _StubEngine:
+    def entries(self) -> list[Any]:
+        return []
+
+
+class _StubDaemon:
+    """The attributes Service reads of agentlatd.daemon.Daemon."""
+
+    def __init__(self) -> None:
+        self.policy = default()
+        self.manager = _StubManager()
+        self.engine = _StubEngine()
+        self.last_state: Any = None
+        self.woken = threading.Event()
+
+    def wake(self) -> None:
+        self.woken.set()
+
+
+def test_metrics_rendered_every_tick_even_with_no_output_is_gone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service rendered the whole exposition at the end of every tick, with
+    or without a listener or textfile (2-2.5x the tick on 256 CPUs): now ticks
+    only add to counters, and a render happens for a scrape, in the HTTP thread."""
+    import agentlatd.metrics as metrics_mod
+    from agentlatd.agents.placement import CpuLayout
+    from agentlatd.daemon import TunerState
+    from agentlatd.sdnotify import Notifier
+    from agentlatd.service import Service, ViewBroker
+
+    renders: list[str] = []
+    real = metrics_mod.render
+
+    def counting(fams: Any, openmetrics: bool = False) -> str:
+        renders.append(threading.current_thread().name)
+        return real(fams, openmetrics)
+
+    monkeypatch.setattr(metrics_mod, "render", counting)
+    d = _StubDaemon()
+    broker = ViewBroker(d.wake, timeout=10)
+    ex = Exporter(broker.request)
+    svc = Service(d, Notifier.from_env({}), Metrics(), ex, broker)  # type: ignore[arg-type]
+    layout = CpuLayout(home=CpuSet({1}), completion=CpuSet({0}), online=CpuSet({0, 1}))
+    try:
+        for seq in range(1, 21):
+            st = TunerState(seq=seq, t=time.monotonic(), duration_s=0.001, layout=layout, heat={},
+                            rates=_rates())
+            svc.on_tick(d, st)  # type: ignore[arg-type]
+            svc.on_loop(d)  # type: ignore[arg-type]
+        assert renders == []  # 20 ticks, no output configured: nothing rendered
+        ex.configure(MetricsPolicy(listen="127.0.0.1:0"))
+        addr = ex.address
+        assert addr is not None
+        for _ in range(5):
+            svc.on_tick(d, st)  # type: ignore[arg-type]
+        assert renders == []  # a listener, but nobody scraped
+        got: list[Any] = []
+        t = threading.Thread(target=lambda: got.append(_get(addr[1], "/metrics")))
+        t.start()
+        # the main loop's turn answers the scrape's request for a View
+        wait_until(lambda: (svc.on_loop(d), got)[1], 10, "the scrape answered")  # type: ignore[arg-type]
+        t.join(5)
+        assert got[0][0] == 200 and b"agentlatd_ticks_total 25" in got[0][2]
+        assert len(renders) == 1 and renders[0] != threading.current_thread().name
+    finally:
+        svc.close()

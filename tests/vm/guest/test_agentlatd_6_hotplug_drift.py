@@ -203,7 +203,7 @@ def daemon(agentlatd: g.Agentlatd, lab: Any, work: pathlib.Path, drift: str,
         '[cpus]\ncompletion = "0-1"\nhome = "2-3"\n'
         f"[devices]\ninclude = [{names}]\n"
         "[tuning]\nthreaded_napi = true\n"
-        f'[metrics]\ntextfile = "{work / "metrics.prom"}"\n')
+        f'[metrics]\ntextfile = "{work / "metrics.prom"}"\ntextfile_interval = 1.0\n')
     env = {k: v for k, v in os.environ.items() if k != g.CRASH_ENV}
     t0 = time.monotonic()
     with open(work / "daemon.log", "wb") as f:
