@@ -21,6 +21,9 @@ Ownership, strongest evidence first:
                                        from the MSI list
      mana_q3@pci:7870:00:00.0          comp-3; mana_hwc@pci:... other (Azure MANA,
                                        gdma_main.c mana_gd_setup_irqs())
+     hns3-0000:7d:00.0-TxRx-3          txrx-3 (HiSilicon Kunpeng, hns3_enet.c
+                                       hns3_nic_init_irq(): driver, PCI function,
+                                       TxRx/Rx/Tx, index); hclge-misc-0000:7d:00.0 other
      virtio2-input.0 / -output.0       rx-0 / tx-0 of the NIC on virtio2 (virtio_net)
      virtio2-config                    config; virtio1-req.0: q0 (virtio_blk)
      eth0-TxRx-3, iavf-eth0-TxRx-0,    txrx-3 / txrx-0 (ixgbe, i40e, iavf, ice;
@@ -81,6 +84,9 @@ _NAME_RULES: tuple[tuple[re.Pattern[str], str, str], ...] = (
     (re.compile(rf"^\S*?_comp(?P<n>\d+)@pci:(?P<dev>{_PCI})$"), "pci", "comp-{n}"),
     (re.compile(rf"^\S*?-ntfy-blk(?P<n>\d+)@pci:(?P<dev>{_PCI})$"), "pci", "comp-{n}"),
     (re.compile(rf"^mana_q(?P<n>\d+)@pci:(?P<dev>{_PCI})$"), "pci", "comp-{n}"),
+    (re.compile(rf"^hns3-(?P<dev>{_PCI})-TxRx-(?P<n>\d+)$"), "pci", "txrx-{n}"),
+    (re.compile(rf"^hns3-(?P<dev>{_PCI})-Rx-(?P<n>\d+)$"), "pci", "rx-{n}"),
+    (re.compile(rf"^hns3-(?P<dev>{_PCI})-Tx-(?P<n>\d+)$"), "pci", "tx-{n}"),
     (re.compile(r"^(?P<dev>\S+)-ntfy-block\.(?P<n>\d+)$"), "if", "comp-{n}"),
     (re.compile(rf"^\S*@pci:(?P<dev>{_PCI})$"), "pci", "other"),
     (re.compile(r"^(?P<dev>\S+)-(?:TxRx|Tx-Rx|txrx|fp|combined)-(?P<n>\d+)$"), "if", "txrx-{n}"),

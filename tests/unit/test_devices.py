@@ -61,6 +61,11 @@ def trees() -> list[pathlib.Path]:
     ("eth%d-ntfy-block.1", NameMatch("if", "eth%d", "comp-1")),
     ("eth%d-mgmnt", NameMatch("if", "eth%d-mgmnt", "other")),
     ("ena-mgmnt@pci:0000:00:05.0", NameMatch("pci", "0000:00:05.0", "other")),
+    # HiSilicon Kunpeng hns3 (hns3_enet.c hns3_nic_init_irq, real names in wayca-irqdump's README)
+    ("hns3-0000:7d:00.0-TxRx-0", NameMatch("pci", "0000:7d:00.0", "txrx-0")),
+    ("hns3-0000:bd:00.0-TxRx-15", NameMatch("pci", "0000:bd:00.0", "txrx-15")),
+    ("hns3-0000:7d:00.1-Rx-2", NameMatch("pci", "0000:7d:00.1", "rx-2")),
+    ("hclge-misc-0000:7d:00.0", NameMatch("if", "hclge-misc-0000:7d:00.0", "other")),
 ])
 def test_action_names(name: str, want: NameMatch) -> None:
     assert parse_action(name) == want
