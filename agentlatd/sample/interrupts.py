@@ -23,6 +23,8 @@ with its source):
                  "  1:  0  14  xen-pirq   1-ioapic-edge  i8042"
                  " 17:  30564  30414   IO-APIC-level  eth0"                  (2.4/2.6.1x typename)
                  "  2:  0  0          XT-PIC  cascade"
+                 " 2:          0 + cascade"                              (2.0: no chip column,
+                                                                        '+' = SA_INTERRUPT)
 The chip column's format changed between 6.1, 6.12 and 6.18 (vm-testbed.md).
 
 show_interrupts() prints, per numbered IRQ: "%*d: ", "%10u " per online CPU
@@ -147,20 +149,27 @@ def parse_interrupts(text: str) -> Interrupts:
                 start = i  # no header: parse from here, with no count columns known
             break
     ncol = len(cpus)
+    parts: list[tuple[str, str]] = []
     for line in lines[start:]:
         key, sep, rest = line.partition(":")
         key = key.strip()
         if not sep or not key or " " in key or "\t" in key:
             continue  # blank or malformed line: skip, never guess
+        parts.append((key, rest))
         rows.append(parse_row(key, rest, ncol))
+    if any(r.irq is not None and r.chip.split(" ", 1)[0] == FAST_MARK for r in rows):
+        # a kernel that prints no chip column (module docstring): read every
+        # numbered row that way, the '+' rows told which format this is
+        rows = [parse_row(k, rest, ncol, chipless=True) for k, rest in parts]
     return Interrupts(cpus=cpus, rows=tuple(rows))
 
 
-def parse_row(key: str, rest: str, ncol: int) -> IrqRow:
+def parse_row(key: str, rest: str, ncol: int, chipless: bool = False) -> IrqRow:
     """One row: `key` is the text before the first ':', `rest` the text after it.
 
     `ncol` is the number of CPU columns of the header; 0 when the file had no
-    header (then the leading run of counters is the count columns)."""
+    header (then the leading run of counters is the count columns).
+    `chipless`: the kernel printed no chip column, only the actions."""
     irq = int(key) if is_count(key) else None
     fast: tuple[int, ...] | None = None
     if ncol:
@@ -176,7 +185,7 @@ def parse_row(key: str, rest: str, ncol: int) -> IrqRow:
         counts, tail_text = _careful_counts(rest, ncol)
     if irq is None:
         return IrqRow(key, None, counts, "", "", "", (), " ".join(tail_text.split()))
-    f = parse_tail(tail_text)
+    f = parse_chipless(tail_text) if chipless else parse_tail(tail_text)
     return IrqRow(key, irq, counts, f.chip, f.hwirq, f.trigger, f.actions, ", ".join(f.actions),
                   f.handler, f.oob)
 
@@ -215,6 +224,25 @@ _OOB_NAME = re.compile(r"^oob-(\S+)$")
 _LEVEL_WORDS = frozenset({"Level", "Edge"})
 # kernels up to 2.6.2x printed chip and flow as one "%8s-%-8s" typename: "IO-APIC-edge"
 _CHIP_JOINED = re.compile(r"^(.+)-(edge|level|fasteoi)$")
+
+
+# SA_INTERRUPT ("fast") actions on kernels without a chip column:
+# "%c %s" with '+' or ' ' before the first action, ",%s %s" with " +" or "" after
+FAST_MARK = "+"
+
+
+def parse_chipless(tail: str) -> TailFields:
+    """The actions of a row from a kernel that prints no chip column: Linux 2.0
+    arch/i386/kernel/irq.c get_irq_list() "%2d: %10u %c %s", and the sparc
+    show_interrupts() of 2.x/2.6 ("%10u " per CPU, then " %c %s")."""
+    actions = []
+    for a in tail.strip().split(","):
+        a = a.strip()
+        if a.startswith(FAST_MARK):
+            a = a[len(FAST_MARK):].strip()
+        if a:
+            actions.append(a)
+    return TailFields("", "", "", "", False, tuple(actions))
 
 
 def _anchor(tok: str) -> bool:

@@ -340,6 +340,16 @@ SAMPLES: dict[str, list[tuple[int, str, str, str, str, bool, tuple[str, ...]]]] 
         (25, "IR-PCI-MSI", "1572866", "edge", "edge", False, ("eth0-TxRx-1",)),
         (26, "None", "", "edge", "edge", True, ("evl-sirq",)),
     ],
+    "linux-2.0-rendered": [
+        (0, "", "", "", "", False, ("timer",)),
+        (1, "", "", "", "", False, ("keyboard",)),
+        (2, "", "", "", "", False, ("cascade",)),
+        (3, "", "", "", "", False, ("serial",)),
+        (8, "", "", "", "", False, ("rtc",)),
+        (13, "", "", "", "", False, ("math error",)),
+        (14, "", "", "", "", False, ("ide0",)),
+        (15, "", "", "", "", False, ("ide1", "ide2")),
+    ],
     "linux-2.4-proc-rst": [
         (0, "IO-APIC", "", "edge", "edge", False, ("timer",)),
         (1, "IO-APIC", "", "edge", "edge", False, ("keyboard",)),
@@ -547,6 +557,16 @@ def test_field_formats_regressions(line: str, want: tuple[str, str, str, tuple[s
     r = parse_interrupts("           CPU0       CPU1\n" + line + "\n").rows[0]
     assert len(r.counts) == 2
     assert (r.chip, r.hwirq, r.trigger, r.actions) == want
+
+
+def test_no_chip_column_kernels_rows_are_all_actions() -> None:
+    # regression: Linux 2.0 (and sparc up to 2.6) printed no chip column; the
+    # '+' of an SA_INTERRUPT action was read as a chip, the name as its suffix
+    ints = parse_interrupts(" 0:    8728810   timer\n 2:          0 + cascade\n"
+                            "13:          1   math error\n15:          7 + ide1, + ide2\n")
+    got = {r.irq: (r.counts, r.chip, r.actions) for r in ints.rows}
+    assert got == {0: ((8728810,), "", ("timer",)), 2: ((0,), "", ("cascade",)),
+                   13: ((1,), "", ("math error",)), 15: ((7,), "", ("ide1", "ide2"))}
 
 
 def test_headerless_rows_take_the_leading_counters_as_counts() -> None:
