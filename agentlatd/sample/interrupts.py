@@ -222,6 +222,8 @@ _NAME_ONLY = re.compile(r"^-(\S+)$")
 # Dovetail " %-3s" "oob" glued to the desc->name that follows: "oob-edge"
 _OOB_NAME = re.compile(r"^oob-(\S+)$")
 _LEVEL_WORDS = frozenset({"Level", "Edge"})
+# " %8s" chip of one word, " %*lu" hwirq, "-%-8s" name, "  %s" actions: most x86 rows
+_X86_ROW = re.compile(r"(\S+) +([0-9]+)-(\S+)(?: {2,}(.*))?$")
 # kernels up to 2.6.2x printed chip and flow as one "%8s-%-8s" typename: "IO-APIC-edge"
 _CHIP_JOINED = re.compile(r"^(.+)-(edge|level|fasteoi)$")
 
@@ -267,6 +269,12 @@ def parse_tail(tail: str) -> TailFields:
     with (digits, Level/Edge, "-name", "N-name") or at a gap of two spaces
     (the "  %s" before the actions on kernels that print no hwirq).
     """
+    fast = _X86_ROW.match(tail)
+    if fast is not None:
+        # the common x86 row, one chip word then "N-name": same fields as the walk below
+        acts = fast.group(4) or ""
+        return TailFields(fast.group(1), fast.group(2), fast.group(3), fast.group(3), False,
+                          tuple(a.strip() for a in acts.split(", ") if a.strip()))
     toks = [(m.start(), m.group()) for m in _TOKEN.finditer(tail)]
     n = len(toks)
     if not n:
