@@ -25,7 +25,7 @@ from agentlatd.sample.interrupts import Interrupts, parse_interrupts
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MACHINES = REPO / "tests" / "fixtures" / "machines"
 GENERATOR = REPO / "tests" / "fixtures" / "make_machines.py"
-# large hosts (256 and 128 CPUs): regenerating them takes about a minute, so the
+# large hosts (256 and 128 CPUs): regenerating them takes 1-3 minutes, so the
 # generator check for them runs with the slow tests
 LARGE = ("epyc-2s256t-nvme", "arm64-kunpeng-128c")
 HAND_WRITTEN = ("server-2s64t", "arm64-gicv3", "cloud-vm-small", "gve-smt-offline", *LARGE)
