@@ -15,6 +15,15 @@ Ownership, strongest evidence first:
      nvme0q0 / nvme0q3                 admin / I/O queue 3   (drivers/nvme/host/pci.c)
      mlx5_comp3@pci:0000:3b:00.0       comp-3; mlx5_async0@pci:... other (mlx5 eq.c)
      gve-ntfy-blk3@pci:0000:00:04.0    comp-3; gve-mgmnt@pci:... other  (gve_main.c)
+     eth%d-ntfy-block.3                comp-3 of gve's first upstream versions: they
+                                       requested IRQs before register_netdev(), so the name
+                                       keeps the "eth%d" template; the device comes
+                                       from the MSI list
+     mana_q3@pci:7870:00:00.0          comp-3; mana_hwc@pci:... other (Azure MANA,
+                                       gdma_main.c mana_gd_setup_irqs())
+     hns3-0000:7d:00.0-TxRx-3          txrx-3 (HiSilicon Kunpeng, hns3_enet.c
+                                       hns3_nic_init_irq(): driver, PCI function,
+                                       TxRx/Rx/Tx, index); hclge-misc-0000:7d:00.0 other
      virtio2-input.0 / -output.0       rx-0 / tx-0 of the NIC on virtio2 (virtio_net)
      virtio2-config                    config; virtio1-req.0: q0 (virtio_blk)
      eth0-TxRx-3, iavf-eth0-TxRx-0,    txrx-3 / txrx-0 (ixgbe, i40e, iavf, ice;
@@ -24,6 +33,9 @@ Ownership, strongest evidence first:
      iavf-0000:00:06.0:mbx             other of the function named in it
    A name decides the queue label; it decides the device only when no MSI
    list does or the two agree (a representor netdev shares its PF's function).
+   When no name names a known device but the MSI list does, the most specific
+   reading of the first name still gives the queue (the gve template above, or
+   a NIC renamed after its IRQs were requested: the names keep the old name).
 Queue labels: "rx-N", "tx-N", "txrx-N", "comp-N", "qN" (NVMe/virtio-blk I/O
 queue N), "admin", "config", "other".
 
@@ -71,6 +83,11 @@ _NAME_RULES: tuple[tuple[re.Pattern[str], str, str], ...] = (
     (re.compile(r"^(?P<dev>virtio\d+)-\S+$"), "virtio", "other"),
     (re.compile(rf"^\S*?_comp(?P<n>\d+)@pci:(?P<dev>{_PCI})$"), "pci", "comp-{n}"),
     (re.compile(rf"^\S*?-ntfy-blk(?P<n>\d+)@pci:(?P<dev>{_PCI})$"), "pci", "comp-{n}"),
+    (re.compile(rf"^mana_q(?P<n>\d+)@pci:(?P<dev>{_PCI})$"), "pci", "comp-{n}"),
+    (re.compile(rf"^hns3-(?P<dev>{_PCI})-TxRx-(?P<n>\d+)$"), "pci", "txrx-{n}"),
+    (re.compile(rf"^hns3-(?P<dev>{_PCI})-Rx-(?P<n>\d+)$"), "pci", "rx-{n}"),
+    (re.compile(rf"^hns3-(?P<dev>{_PCI})-Tx-(?P<n>\d+)$"), "pci", "tx-{n}"),
+    (re.compile(r"^(?P<dev>\S+)-ntfy-block\.(?P<n>\d+)$"), "if", "comp-{n}"),
     (re.compile(rf"^\S*@pci:(?P<dev>{_PCI})$"), "pci", "other"),
     (re.compile(r"^(?P<dev>\S+)-(?:TxRx|Tx-Rx|txrx|fp|combined)-(?P<n>\d+)$"), "if", "txrx-{n}"),
     (re.compile(r"^(?P<dev>\S+)-(?:rx|Rx|RX)-(?P<n>\d+)$"), "if", "rx-{n}"),
@@ -209,6 +226,7 @@ def assign(lines: Sequence[IrqLine], nets: Sequence[NetDevSample], nvmes: Sequen
         claimants = claims.get(line.irq, [])
         named: _Dev | None = None
         match: NameMatch | None = None
+        first = next((found[0] for a in line.actions if (found := name_matches(a))), None)
         for action in line.actions:
             for cand in name_matches(action):
                 named = _resolve_name(cand, table, claimants)
@@ -225,7 +243,12 @@ def assign(lines: Sequence[IrqLine], nets: Sequence[NetDevSample], nvmes: Sequen
         elif claimants:
             # several netdevs on one function (multi-port, representors): lowest name
             dev = sorted(claimants, key=lambda d: d.name)[0]
+            # a name that named no known device still names the queue, unless it
+            # names another PCI function than the one whose MSI list holds the IRQ
             queue = "other"
+            if first is not None and named is None and (
+                    first.by != "pci" or (dev.parent is not None and dev.parent.pci == first.key)):
+                queue = first.queue
         else:
             dev, queue = None, None
         name = dev.name if dev is not None else None

@@ -53,6 +53,19 @@ def trees() -> list[pathlib.Path]:
     ("nvme0q0", NameMatch("nvme", "nvme0", "admin")),
     ("nvme0q3", NameMatch("nvme", "nvme0", "q3")),
     ("nvme12q17", NameMatch("nvme", "nvme12", "q17")),
+    # Azure MANA (gdma_main.c): one IRQ per queue, then the hardware channel
+    ("mana_q0@pci:7870:00:00.0", NameMatch("pci", "7870:00:00.0", "comp-0")),
+    ("mana_q15@pci:7870:00:00.0", NameMatch("pci", "7870:00:00.0", "comp-15")),
+    ("mana_hwc@pci:7870:00:00.0", NameMatch("pci", "7870:00:00.0", "other")),
+    # gve's first upstream versions named notify blocks after the unregistered "eth%d"
+    ("eth%d-ntfy-block.1", NameMatch("if", "eth%d", "comp-1")),
+    ("eth%d-mgmnt", NameMatch("if", "eth%d-mgmnt", "other")),
+    ("ena-mgmnt@pci:0000:00:05.0", NameMatch("pci", "0000:00:05.0", "other")),
+    # HiSilicon Kunpeng hns3 (hns3_enet.c hns3_nic_init_irq, real names in wayca-irqdump's README)
+    ("hns3-0000:7d:00.0-TxRx-0", NameMatch("pci", "0000:7d:00.0", "txrx-0")),
+    ("hns3-0000:bd:00.0-TxRx-15", NameMatch("pci", "0000:bd:00.0", "txrx-15")),
+    ("hns3-0000:7d:00.1-Rx-2", NameMatch("pci", "0000:7d:00.1", "rx-2")),
+    ("hclge-misc-0000:7d:00.0", NameMatch("if", "hclge-misc-0000:7d:00.0", "other")),
 ])
 def test_action_names(name: str, want: NameMatch) -> None:
     assert parse_action(name) == want
@@ -373,3 +386,98 @@ def test_live_host_builds_and_every_msi_vector_of_a_nic_maps_to_it() -> None:
         rows = {i.irq for i in m.irqs}
         msi = {int(v) for v in root.listdir(f"{fn}/msi_irqs") if v.isdigit()} & rows
         assert msi <= set(d.irqs), d.name
+
+
+# ---------------------------------------------------------------------------
+# the big clouds' NICs, from the real samples in tests/fixtures/interrupts
+# ---------------------------------------------------------------------------
+SAMPLES = REPO / "tests" / "fixtures" / "interrupts"
+
+# sample -> {irq: queue label} for every IRQ of a cloud NIC in it
+CLOUD_NIC_QUEUES: dict[str, dict[int, str]] = {
+    "azure-mana-hyperv": {25: "comp-0", 26: "comp-1", 27: "comp-2", 28: "comp-3"},
+    "redpanda-azure-mana": {32: "other", 33: "comp-0", 34: "comp-1"},
+    "redpanda-azure-mlx5": {33: "other", 34: "comp-0", 35: "comp-1"},
+    "redpanda-gve": {168: "comp-0", 169: "comp-1", 170: "other"},
+    "redpanda-gve-legacy": {26: "comp-0", 27: "comp-1", 58: "other"},
+    "redpanda-virtio": {24: "config", 25: "rx-2", 26: "tx-2"},
+    "aws-ena-r6in": {27: "other", 32: "other", 52: "other",
+                     **{28 + q: f"txrx-{q}" for q in range(4)},
+                     **{33 + q: f"txrx-{q}" for q in range(4)},
+                     **{53 + q: f"txrx-{q}" for q in range(4)}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLOUD_NIC_QUEUES))
+def test_cloud_nic_queue_irqs_get_their_queue(name: str) -> None:
+    from agentlatd.sample.interrupts import parse_interrupts
+    text = (SAMPLES / f"{name}.txt").read_text().partition("--- /proc/interrupts ---\n")[2]
+    rows = parse_interrupts(text).numbered()
+    got: dict[int, str] = {}
+    for irq in CLOUD_NIC_QUEUES[name]:
+        m = parse_action(rows[irq].actions[0])
+        assert m is not None, rows[irq]
+        got[irq] = m.queue
+    assert got == CLOUD_NIC_QUEUES[name]
+
+
+def test_azure_mana_queue_irqs_on_the_hyperv_msi_chip(tmp_path: pathlib.Path) -> None:
+    # Azure: the MANA function 7870:00:00.0 sits on a Hyper-V vPCI bus; its
+    # IRQs are on the "Hyper-V PCIe MSI" chip (a chip name with spaces)
+    t = Tree(tmp_path)
+    fn = t.pci("7870:00:00.0", [24, 25, 26, 27, 28], driver="mana")
+    t.nic("eth0", fn, 2, nq=4)
+    t.irq(24, "mana_hwc@pci:7870:00:00.0", "0-3", chip="Hyper-V PCIe MSI")
+    for q in range(4):
+        t.irq(25 + q, f"mana_q{q}@pci:7870:00:00.0", str(q), chip="Hyper-V PCIe MSI")
+    m = build_machine(t.done())
+    assert {i.irq: (i.device, i.queue) for i in m.irqs} == {
+        24: ("eth0", "other"), 25: ("eth0", "comp-0"), 26: ("eth0", "comp-1"),
+        27: ("eth0", "comp-2"), 28: ("eth0", "comp-3")}
+
+
+def test_azure_mlx5_vf_queue_irqs_on_the_hyperv_msi_chip(tmp_path: pathlib.Path) -> None:
+    t = Tree(tmp_path, ncpu=2)
+    fn = t.pci("4ea0:00:02.0", [33, 34, 35], driver="mlx5_core")
+    t.nic("enP20128s1", fn, 3, nq=2)
+    t.irq(33, "mlx5_async0@pci:4ea0:00:02.0", "0-1", chip="Hyper-V PCIe MSI")
+    t.irq(34, "mlx5_comp0@pci:4ea0:00:02.0", "0", chip="Hyper-V PCIe MSI")
+    t.irq(35, "mlx5_comp1@pci:4ea0:00:02.0", "1", chip="Hyper-V PCIe MSI")
+    m = build_machine(t.done())
+    assert {i.irq: (i.device, i.queue) for i in m.irqs} == {
+        33: ("enP20128s1", "other"), 34: ("enP20128s1", "comp-0"), 35: ("enP20128s1", "comp-1")}
+
+
+def test_gve_legacy_eth_template_names_get_their_queue_from_the_msi_owner(tmp_path: pathlib.Path) -> None:
+    t = Tree(tmp_path, ncpu=2)
+    fn = t.pci("0000:00:04.0", [26, 27, 58], driver="gve")
+    t.nic("ens4", fn, 2, nq=1)
+    t.irq(26, "eth%d-ntfy-block.0", "0", chip="ITS-MSI")
+    t.irq(27, "eth%d-ntfy-block.1", "1", chip="ITS-MSI")
+    t.irq(58, "eth%d-mgmnt", "0-1", chip="ITS-MSI")
+    m = build_machine(t.done())
+    assert {i.irq: (i.device, i.queue) for i in m.irqs} == {
+        26: ("ens4", "comp-0"), 27: ("ens4", "comp-1"), 58: ("ens4", "other")}
+
+
+def test_renamed_nic_keeps_queue_labels_from_its_old_irq_names(tmp_path: pathlib.Path) -> None:
+    # ixgbe/i40e/ena name IRQs at open time; a later rename (udev, ip link set
+    # name) leaves the old name in /proc/interrupts: the MSI list gives the NIC
+    t = Tree(tmp_path, ncpu=2)
+    fn = t.pci("0000:00:05.0", [27, 28, 29], driver="ena")
+    t.nic("ens5", fn, 2, nq=2)
+    t.irq(27, "ena-mgmnt@pci:0000:00:05.0", "0")
+    t.irq(28, "eth0-Tx-Rx-0", "0")
+    t.irq(29, "eth0-Tx-Rx-1", "1")
+    m = build_machine(t.done())
+    assert {i.irq: (i.device, i.queue) for i in m.irqs} == {
+        27: ("ens5", "other"), 28: ("ens5", "txrx-0"), 29: ("ens5", "txrx-1")}
+
+
+def test_name_of_another_pci_function_gives_no_queue(tmp_path: pathlib.Path) -> None:
+    t = Tree(tmp_path, ncpu=2)
+    fn = t.pci("0000:3b:00.0", [40], driver="mlx5_core")
+    t.nic("eth0", fn, 2)
+    t.irq(40, "mlx5_comp3@pci:0000:3b:00.1", "0")  # 3b:00.1 is not a device here
+    m = build_machine(t.done())
+    assert {i.irq: (i.device, i.queue) for i in m.irqs} == {40: ("eth0", "other")}

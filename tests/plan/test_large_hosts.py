@@ -1,0 +1,92 @@
+"""Large real hosts (tests/fixtures/machines/epyc-2s256t-nvme, arm64-kunpeng-128c):
+devices on both sockets, and each NIC's completions kept on its own NUMA node."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from agentlatd import policy
+from agentlatd.cpuset import CpuSet
+from agentlatd.model.build import build_machine
+from agentlatd.model.machine import Machine
+from agentlatd.plan.build import make_plan
+from agentlatd.plan.changes import Plan
+from agentlatd.sysfs.root import Root
+
+MACHINES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "machines"
+LARGE = ("epyc-2s256t-nvme", "arm64-kunpeng-128c")
+# the policy a 25-200G NIC wants on such a host: an eighth of each node absorbs completions
+SHARE = "[cpus]\ncompletion_share = 0.125\n"
+
+
+@pytest.fixture(scope="module", params=LARGE)
+def host(request: pytest.FixtureRequest) -> Machine:
+    return build_machine(Root(str(MACHINES / request.param)))
+
+
+def node_cpus(m: Machine) -> dict[int, CpuSet]:
+    out: dict[int, set[int]] = {}
+    for c in m.topology.cpus:
+        out.setdefault(c.node, set()).add(c.cpu)
+    return {n: CpuSet(v) for n, v in out.items()}
+
+
+def landing(m: Machine, plan: Plan) -> dict[int, CpuSet]:
+    """IRQ -> where the plan leaves it: the planned cpulist, else its affinity now."""
+    want = {int(c.target): CpuSet.parse_list(c.desired) for c in plan.changes if c.knob == "irq.affinity"}
+    return {i.irq: want.get(i.irq, i.smp_affinity) for i in m.irqs}
+
+
+@pytest.mark.parametrize("text", ["", SHARE], ids=["default", "share-0.125"])
+def test_each_nics_completions_stay_on_its_own_node(host: Machine, text: str) -> None:
+    plan = make_plan(host, policy.loads(text, "t.toml") if text else policy.default())
+    nodes = node_cpus(host)
+    at = landing(host, plan)
+    nics = [d for d in host.devices if d.kind == "net" and d.irqs]
+    assert len({d.numa_node for d in nics}) == 2, "the fixture has NICs on both sockets"
+    for d in nics:
+        assert d.numa_node is not None
+        own = nodes[d.numa_node] & plan.completion_cpus
+        assert own, f"node {d.numa_node} of {d.name} has no completion CPU"
+        queues = [i for i in host.irqs if i.device == d.name and i.queue and i.queue != "other"]
+        assert len(queues) == 16
+        for i in (i for i in host.irqs if i.device == d.name):
+            assert at[i.irq] <= own, (d.name, i.irq, i.name, at[i.irq], own)
+        # one queue per completion CPU of the node while there are enough of them
+        used = [min(at[i.irq]) for i in queues]
+        assert len(set(used)) == min(16, len(own)), used
+
+
+def test_partition_per_node_follows_the_devices(host: Machine) -> None:
+    plan = make_plan(host, policy.loads(SHARE, "t.toml"))
+    nodes = node_cpus(host)
+    with_devices = {d.numa_node for d in host.devices if d.kind in ("net", "nvme") and d.irqs}
+    for n, cpus in nodes.items():
+        comp = cpus & plan.completion_cpus
+        if n in with_devices:
+            # ceil(0.125 * the node's CPUs), whole cores
+            assert len(comp) == -(-len(cpus) // 8), (n, comp)
+            assert cpus - comp <= plan.home_cpus
+        else:
+            assert not comp, f"node {n} holds no device but got completion CPUs {comp}"
+            assert cpus <= plan.home_cpus
+
+
+def test_nvme_admin_queues_stay_on_their_controllers_node() -> None:
+    m = build_machine(Root(str(MACHINES / "epyc-2s256t-nvme")))
+    plan = make_plan(m, policy.default())
+    nodes = node_cpus(m)
+    at = landing(m, plan)
+    ctrls = [d for d in m.devices if d.kind == "nvme"]
+    assert sorted({d.numa_node for d in ctrls}) == [0, 1] and len(ctrls) == 20
+    for d in ctrls:
+        assert d.numa_node is not None
+        admin = [i for i in m.irqs if i.device == d.name and i.queue == "admin"]
+        assert len(admin) == 1
+        assert at[admin[0].irq] <= nodes[d.numa_node] & plan.completion_cpus
+        # the kernel-managed I/O queues are never planned
+        managed = {i.irq for i in m.irqs if i.device == d.name and i.managed}
+        assert len(managed) == 8
+        assert not managed & {int(c.target) for c in plan.changes if c.knob == "irq.affinity"}
