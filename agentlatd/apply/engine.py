@@ -62,8 +62,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentlatd import safepath
 from agentlatd.apply import irqbalance, journal
-from agentlatd.apply.journal import FLAG_MANAGED, FLAG_YIELDED, Entry, Journal, JournalDamaged
+from agentlatd.apply.journal import (
+    FLAG_MANAGED,
+    FLAG_YIELDED,
+    Entry,
+    Journal,
+    JournalDamaged,
+    JournalUntrusted,
+)
 from agentlatd.apply.knobs import REGISTRY, Knob, load_plugins
 from agentlatd.errors import AgentlatdError, JournalError, KernelError
 from agentlatd.kernel.errnos import ErrClass
@@ -268,12 +276,22 @@ class Engine:
     def _lock(self) -> None:
         if self._lock_fd is not None:
             return
+        # every component checked and opened without following a planted
+        # symlink (agentlatd/safepath.py): the journal replayed as root at the
+        # next start must be one only root could have written
         try:
-            os.makedirs(self.state_dir, mode=0o755, exist_ok=True)
-            fd = os.open(os.path.join(self.state_dir, "lock"),
-                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+            dfd = safepath.open_dir(self.state_dir, create=0o755)
+        except safepath.UnsafePath as e:
+            raise JournalError(f"cannot use state directory {self.state_dir}: {e}") from None
         except OSError as e:
             raise JournalError(f"cannot use state directory {self.state_dir}: {e.strerror}") from e
+        try:
+            fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600,
+                         dir_fd=dfd)
+        except OSError as e:
+            raise JournalError(f"cannot use state directory {self.state_dir}: {e.strerror}") from e
+        finally:
+            os.close(dfd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -345,6 +363,22 @@ class Engine:
                                 f"kept as {kept}, not replayed: the kernel state it describes "
                                 "is gone")
         return j, None, ""
+
+    def acquire(self) -> None:
+        """Lock the state directory and check its journal, writing nothing.
+
+        For a daemon's start: every reason recover() would refuse (a journal
+        agentlatd did not write, another root or network namespace) is raised
+        here, before the daemon's first write. A damaged journal is not an
+        error here: recover() salvages it.
+        """
+        self._lock()
+        try:
+            j = journal.load(self.journal_path)
+        except JournalDamaged:
+            return
+        if j is not None:
+            self._check_owner(j)
 
     # -- recover ---------------------------------------------------------
     def recover(self) -> RecoverReport:
@@ -791,6 +825,15 @@ def rollback_commands(root: Root, state_dir: str) -> list[str]:
     out: list[str] = []
     try:
         j = journal.load(path)
+    except JournalUntrusted as exc:
+        # printed, never run: a person reads it before deciding (its own message
+        # says how to remove it)
+        out.append(f"# WARNING: {exc.problem}; agentlatd refuses to replay this journal. "
+                   "Read every line below before running any of it.")
+        try:
+            j = journal.load(path, check=False)
+        except JournalUntrusted:  # a symlink: never followed, not even to print
+            return out
     except JournalDamaged as exc:
         sal = journal.salvage(path, default_root=root.base, move=False)
         j = sal.journal
