@@ -72,11 +72,12 @@ from agentlatd.apply.journal import (
     JournalDamaged,
     JournalUntrusted,
 )
-from agentlatd.apply.knobs import REGISTRY, Knob, load_plugins
+from agentlatd.apply.knobs import REGISTRY, Knob, load_plugins, netns_scoped
 from agentlatd.errors import AgentlatdError, JournalError, KernelError
 from agentlatd.kernel.errnos import ErrClass
 from agentlatd.plan.changes import Change
 from agentlatd.policy import Policy
+from agentlatd.sample import namespaces
 from agentlatd.sysfs.root import Root
 
 CRASH_ENV = "AGENTLATD_TEST_CRASH_AFTER_WRITES"
@@ -256,6 +257,7 @@ class Engine:
         self._recovered: RecoverReport | None = None
         self._writes = 0
         self._crash_after = _crash_after()
+        self._netns_note = ""  # _check_owner(): entries of a vanished namespace dropped
 
     # -- lifecycle -------------------------------------------------------
     def __enter__(self) -> Engine:
@@ -324,15 +326,38 @@ class Engine:
         netns, boot = self._identity()
         return Journal(path=self.journal_path, root=self.root.base, netns=netns, boot_id=boot)
 
-    def _check_owner(self, j: Journal) -> None:
+    def _check_owner(self, j: Journal) -> str:
+        """Refuse a journal of another root or of another LIVE network namespace.
+
+        A journal of a network namespace that no longer exists (`ip netns del`
+        after a crash) is not refused: its device entries are dropped from `j`
+        and named in the note returned ("" when nothing was dropped). Virtual
+        devices (veth, macvlan) were deleted with the namespace; a physical
+        NIC was moved back to the initial namespace (net/core/dev.c
+        default_device_exit), possibly renamed, and a name-keyed entry cannot
+        tell it from another device of that name there: reported, never
+        written. Its other entries (tasks, IRQs, CPUs) act on objects of no
+        namespace and stay to be restored.
+        """
         if os.path.abspath(j.root) != self.root.base:
             raise JournalError(f"rollback journal {j.path} applies to root {j.root}, not "
                                f"{self.root.base}: use its own --root or another --state-dir")
         netns, _ = self._identity()
-        if j.netns and netns and j.netns != netns:
+        if not (j.netns and netns and j.netns != netns):
+            return ""
+        if namespaces.netns_in_use(self.root, j.netns):
             raise JournalError(f"rollback journal {j.path} was written in network namespace "
                                f"{j.netns}; this process is in {netns}: run agentlatd there "
                                f"(ip netns exec NAME agentlatd ...)")
+        gone = [e for e in j.entries if netns_scoped(e.knob, e.target)]
+        j.remove_entries(gone)
+        old, j.netns = j.netns, netns
+        shown = ", ".join(f"{e.knob} {e.target}" for e in gone[:6])
+        more = f" and {len(gone) - 6} more" if len(gone) > 6 else ""
+        return (f"network namespace {old} of the journal no longer exists: "
+                f"{len(gone)} entr{'y' if len(gone) == 1 else 'ies'} of its devices dropped, "
+                f"nothing left to restore there ({shown or 'none'}{more}); "
+                f"{len(j.entries)} other entr{'y' if len(j.entries) == 1 else 'ies'} kept")
 
     def _stale_boot(self, j: Journal) -> bool:
         _, boot = self._identity()
@@ -348,7 +373,7 @@ class Engine:
         except JournalDamaged as e:
             sal = journal.salvage(self.journal_path, default_root=self.root.base)
             if sal.root_known:
-                self._check_owner(sal.journal)
+                self._netns_note = self._check_owner(sal.journal)
             j = sal.journal
             j.path = self.journal_path
             rep = self._restore(j, damaged=f"{e.problem}; {sal.lines_lost} damaged line(s) lost"
@@ -356,7 +381,7 @@ class Engine:
             return None if rep.journal_removed else j, rep, ""
         if j is None:
             return None, None, ""
-        self._check_owner(j)
+        self._netns_note = self._check_owner(j)
         if self._stale_boot(j):
             kept = journal.set_aside(self.journal_path, ".stale-boot")
             return None, None, (f"rollback journal from an earlier boot (boot id {j.boot_id}) "
@@ -378,7 +403,7 @@ class Engine:
         except JournalDamaged:
             return
         if j is not None:
-            self._check_owner(j)
+            self._check_owner(j)  # raises for a live foreign namespace; `j` is a copy
 
     # -- recover ---------------------------------------------------------
     def recover(self) -> RecoverReport:
@@ -401,11 +426,13 @@ class Engine:
             rb = self._restore(j)
             rep = RecoverReport("restored", f"journal of an interrupted run (pid {j.pid}): "
                                 f"{len(rb.results)} original(s) restored before anything else"
-                                + ("" if rb.ok else "; some could not be restored"), rb)
+                                + ("" if rb.ok else "; some could not be restored")
+                                + (f"; {self._netns_note}" if self._netns_note else ""), rb)
             self._journal = j if not rb.journal_removed else self._fresh()
         else:
             rep = RecoverReport("adopted", f"journal of a finished run (pid {j.pid}) adopted: "
-                                f"{len(j.entries)} original(s) kept for rollback")
+                                f"{len(j.entries)} original(s) kept for rollback"
+                                + (f"; {self._netns_note}" if self._netns_note else ""))
             self._journal = j
         self._recovered = rep
         return rep
@@ -696,9 +723,9 @@ class Engine:
         else:
             j.delete()
             removed = True
-        notes: tuple[str, ...] = ()
+        notes: tuple[str, ...] = (self._netns_note,) if self._netns_note else ()
         if keep:
-            notes = (f"{len(keep)} original(s) could not be restored and stay in {j.path}",)
+            notes += (f"{len(keep)} original(s) could not be restored and stay in {j.path}",)
         return RollbackReport(tuple(results), j.path, removed, damaged, kept_as, notes)
 
     def _restore_one(self, e: Entry,

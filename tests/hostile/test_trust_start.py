@@ -494,3 +494,15 @@ def test_journal_of_a_deleted_netns_does_not_block_rollback_or_start(
     finally:
         child.kill()
         child.wait()
+
+
+@pytest.mark.netns
+def test_a_netns_held_only_by_its_bind_mount_is_alive() -> None:
+    """`ip netns add` leaves no task in the namespace: only its nsfs mount holds it."""
+    from agentlatd.sample.namespaces import netns_in_use
+    with netns_with_veths(1) as v:
+        with open(f"/run/netns/{v.netns}") as f:
+            ident = f"net:[{os.fstat(f.fileno()).st_ino}]"  # the nsfs inode
+        assert netns_in_use(Root("/"), ident)
+    assert not netns_in_use(Root("/"), ident)
+    assert netns_in_use(Root("/"), os.readlink("/proc/self/ns/net"))
