@@ -35,6 +35,11 @@ class UnsafePath(AgentlatdError):
         self.problem = problem
         super().__init__(f"{path}: {problem}")
 
+    def about(self, asked: str) -> str:
+        """The sentence for a caller that names `asked` itself: the component
+        only when it is another one (a parent, a symlink on the way)."""
+        return self.problem if os.path.abspath(asked) == self.path else str(self)
+
 
 def trusted_uids() -> frozenset[int]:
     return frozenset({0, os.geteuid()})

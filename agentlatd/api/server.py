@@ -155,7 +155,7 @@ def bind_socket(path: str, *, mode: int = 0o660, group: str = "") -> socket.sock
     try:
         dfd = safepath.open_dir(d, create=0o755, sticky_leaf_ok=True)
     except safepath.UnsafePath as e:
-        raise SocketError(f"cannot use socket directory for {path}: {e}") from None
+        raise SocketError(f"cannot use socket directory {d} for {path}: {e.about(d)}") from None
     except OSError as e:
         raise SocketError(f"cannot use socket directory {d} for {path}: {e.strerror}") from e
     try:

@@ -284,7 +284,8 @@ class Engine:
         try:
             dfd = safepath.open_dir(self.state_dir, create=0o755)
         except safepath.UnsafePath as e:
-            raise JournalError(f"cannot use state directory {self.state_dir}: {e}") from None
+            raise JournalError(f"cannot use state directory {self.state_dir}: "
+                               f"{e.about(self.state_dir)}") from None
         except OSError as e:
             raise JournalError(f"cannot use state directory {self.state_dir}: {e.strerror}") from e
         try:

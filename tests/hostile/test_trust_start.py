@@ -293,6 +293,8 @@ def test_journal_agentlatd_did_not_write_is_not_replayed(tmp_path: pathlib.Path,
         assert str(j) in msg and "rollback --print" in msg and f"rm {j}" in msg, msg
         assert os.getpriority(os.PRIO_PROCESS, child.pid) == nice0  # -20 never written
         assert os.path.lexists(j)  # left for a person
+        if case not in ("no_checksum", "symlink"):
+            return  # the CLI's handling is the same error: checked on two cases only
         # the CLI: one line, exit 1, still nothing written; --print shows it with a warning
         p = subprocess.run([sys.executable, "-m", "agentlatd", "rollback", "--state-dir",
                             str(state)], capture_output=True, text=True, cwd=REPO, timeout=60,
