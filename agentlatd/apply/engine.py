@@ -873,7 +873,16 @@ def rollback_commands(root: Root, state_dir: str) -> list[str]:
                + (f", network namespace {j.netns}" if j.netns else "") + ")")
     if os.path.abspath(j.root) != root.base:
         out.append(f"# NOTE: the journal applies to root {j.root}, not {root.base}")
+    gone_netns = False
+    if j.netns and root.is_host and j.netns != root.readlink("proc/self/ns/net"):
+        gone_netns = not namespaces.netns_in_use(root, j.netns)
+        if gone_netns:
+            out.append(f"# NOTE: network namespace {j.netns} no longer exists: its device "
+                       "entries have nothing left to act on and are left out "
+                       "(`agentlatd rollback` drops them)")
     for e in reversed(j.entries):
+        if gone_netns and netns_scoped(e.knob, e.target):
+            continue
         if e.has(FLAG_MANAGED) and e.written is None:
             out.append(f"# {e.knob} {e.target}: kernel-managed, never changed")
             continue

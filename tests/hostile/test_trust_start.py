@@ -461,6 +461,11 @@ def test_journal_of_a_deleted_netns_does_not_block_rollback_or_start(
         assert {e["knob"] for e in j["entries"]} >= {"task.affinity", "net.rps_cpus"}, j
         assert _affinity(child.pid) == "1"
         if then == "rollback":
+            p = subprocess.run([sys.executable, "-m", "agentlatd", "rollback", "--print",
+                                "--state-dir", str(state)], capture_output=True, text=True,
+                               cwd=REPO, timeout=60, check=False, env=env_for_children())
+            assert "no longer exists" in p.stdout and "taskset" in p.stdout, p.stdout
+            assert "rps_cpus" not in p.stdout, p.stdout
             p = subprocess.run([sys.executable, "-m", "agentlatd", "rollback", "--state-dir",
                                 str(state)], capture_output=True, text=True, cwd=REPO,
                                timeout=60, check=False, env=env_for_children())
