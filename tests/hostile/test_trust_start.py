@@ -80,8 +80,8 @@ def veths() -> Iterator[Veths]:
 
 
 FAILED_STARTS = ["socket_already_served", "socket_path_with_nul", "socket_path_over_108_bytes",
-                 "socket_in_proc", "state_dir_is_a_file", "metrics_listen_unbindable",
-                 "policy_bad"]
+                 "socket_in_proc", "state_dir_is_a_file", "state_dir_is_a_symlink",
+                 "journal_agentlatd_did_not_write", "metrics_listen_unbindable", "policy_bad"]
 
 
 @pytest.mark.netns
@@ -120,6 +120,19 @@ def test_failed_start_leaves_the_host_untouched(veths: Veths, tmp_path: pathlib.
         state_arg = str(tmp_path / "file")
         state = tmp_path / "file"
         names = state_arg
+    elif case == "state_dir_is_a_symlink":
+        (tmp_path / "real").mkdir()
+        (tmp_path / "link").symlink_to(tmp_path / "real")
+        state_arg = str(tmp_path / "link")
+        state = tmp_path / "real"
+        names = state_arg
+    elif case == "journal_agentlatd_did_not_write":
+        state.mkdir()
+        (state / "journal.json").write_text(json.dumps({
+            "version": 1, "complete": True, "root": "/", "entries": [
+                {"knob": "net.rps_cpus", "target": f"{veths.devs[0]}/rx-0", "original": "1",
+                 "written": None, "flags": []}]}))
+        names = str(state / "journal.json")
     elif case == "metrics_listen_unbindable":
         holder = _port_holder(veths.netns)
         port = int(holder.stdout.readline()) if holder.stdout else 0
@@ -145,8 +158,12 @@ def test_failed_start_leaves_the_host_untouched(veths: Veths, tmp_path: pathlib.
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("agentlatd run:")]
     assert len(errors) == 1 and names in errors[0], out
     assert snapshot_diff(before, snapshot(veths.netns, veths.devs)) == [], out
-    if state.is_dir():
+    if case == "journal_agentlatd_did_not_write":
+        assert (state / "journal.json").exists(), out  # refused, left for a person
+    elif state.is_dir():
         assert not (state / "journal.json").exists(), out
+    if case == "state_dir_is_a_symlink":
+        assert os.listdir(state) == [], out  # nothing written through the link
     if case == "socket_already_served":
         assert sock.exists()  # the other server's socket is left alone
     else:
