@@ -30,6 +30,9 @@ client libraries do so on reconnect), so it starts from a clean slate.
 
 Hooks for the service layer (sd_notify, metrics): Daemon.hooks holds lists of
 callbacks, all called from the main thread:
+  on_acquire(daemon)               at start, before the first write: take what can
+                                   fail (the metrics listener); raising fails the start
+  on_release(daemon)               the start failed after on_acquire
   on_ready(daemon)                 after the first tuner tick and the socket
   on_tick(daemon, TunerState)      after each tuner tick the main loop picks up
   on_loop(daemon)                  every loop turn (at most 1 s apart): watchdog
@@ -329,6 +332,9 @@ class Hooks:
     on_loop: list[Callable[[Daemon], None]] = field(default_factory=list)
     on_reload: list[Callable[[Daemon, bool], None]] = field(default_factory=list)
     on_stop: list[Callable[[Daemon], None]] = field(default_factory=list)
+    # at start, before the first write; an exception fails the start
+    on_acquire: list[Callable[[Daemon], None]] = field(default_factory=list)
+    on_release: list[Callable[[Daemon], None]] = field(default_factory=list)  # start failed
 
 
 def _call(hooks: list[Any], *args: Any) -> None:
@@ -372,6 +378,8 @@ class Daemon:
         self.peer_start: dict[int, int | None] = {}
         self._device_nodes: dict[str, int] = {}
         self._socket_owned = True  # False: the listening socket was passed in
+        self._sock: socket.socket | None = None  # acquire()d, not yet served
+        self._writing = False  # start() got past acquire(): the host may be changed
         self._pidfds: set[int] = set()
         self._retry = False
         self._next_reap = 0.0
@@ -401,23 +409,16 @@ class Daemon:
         self.wake()
 
     # -- start -----------------------------------------------------------
-    def start(self) -> None:
-        _raise_nofile()
-        # the tuner thread parses in pure Python for milliseconds at a time: hand
-        # the GIL to the socket loop after 0.5 ms, not the default 5 ms
-        sys.setswitchinterval(0.0005)
-        rec = self.engine.recover()
-        if rec.action != "none":
-            log.info("journal: %s", rec.message)
-        with self.applier.hold():
-            left = [(k, t) for k, t, _ in self.applier.entries(AGENT_KNOBS)]
-            if left:
-                res = self.applier.restore(left)
-                log.info("restored %d agent-side change(s) of the previous run (%d not)",
-                         sum(1 for r in res if r.status in ("restored", "unchanged", "gone")),
-                         sum(1 for r in res if r.status not in ("restored", "unchanged", "gone")))
-        st = self.tuner.step()
-        self._take(st)
+    def acquire(self) -> None:
+        """Take everything a start can fail on, before the first write to the host.
+
+        The state directory (checked, locked, its journal loaded and trusted),
+        the registration socket (bound and listening) and the hooks' own
+        resources (on_acquire: the metrics listener). A failure here raises an
+        AgentlatdError naming the path, and leaves the host as it was: nothing
+        has been written yet (tests/hostile/test_trust_start.py).
+        """
+        self.engine.acquire()
         sock = self._listen
         if sock is None:
             try:
@@ -432,10 +433,49 @@ class Daemon:
             # passed by systemd (agentlatd.socket) or the caller: its file is
             # theirs, left in place at exit so the socket keeps accepting
             self._socket_owned = False
+        self._sock = sock
+        for h in self.hooks.on_acquire:
+            h(self)  # an error fails the start: nothing is written yet
+
+    def _release(self) -> None:
+        """Undo acquire() after a failed start (the socket file is removed if ours)."""
+        if self.server is None and self._sock is not None:
+            self._sock.close()
+            if self._socket_owned:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.socket_path)
+        self._sock = None
+        for h in self.hooks.on_release:
+            with contextlib.suppress(Exception):
+                h(self)
+
+    def start(self) -> None:
+        _raise_nofile()
+        # the tuner thread parses in pure Python for milliseconds at a time: hand
+        # the GIL to the socket loop after 0.5 ms, not the default 5 ms
+        sys.setswitchinterval(0.0005)
+        if self._sock is None:
+            self.acquire()
+        self._writing = True  # from here on a failed start must roll back
+        rec = self.engine.recover()
+        if rec.action != "none":
+            log.info("journal: %s", rec.message)
+        with self.applier.hold():
+            left = [(k, t) for k, t, _ in self.applier.entries(AGENT_KNOBS)]
+            if left:
+                res = self.applier.restore(left)
+                log.info("restored %d agent-side change(s) of the previous run (%d not)",
+                         sum(1 for r in res if r.status in ("restored", "unchanged", "gone")),
+                         sum(1 for r in res if r.status not in ("restored", "unchanged", "gone")))
+        st = self.tuner.step()
+        self._take(st)
+        sock = self._sock
+        assert sock is not None
         self._drop_caps()
         self.server = Server(self.sel, sock, self._handlers(),
                              max_clients=self.policy.daemon.max_clients,
-                             on_close=self._on_close, on_accept=self._on_accept)
+                             on_close=self._on_close, on_accept=self._on_accept,
+                             path=self.socket_path)
         self.sel.register(self._rfd, selectors.EVENT_READ, self._drain)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._signal)
@@ -468,6 +508,11 @@ class Daemon:
             self.start()
         except BaseException:
             self.tuner.join(1.0)
+            if self._writing:
+                # the host may be tuned already: a failed start leaves nothing changed
+                with contextlib.suppress(Exception):
+                    self.shutdown()
+            self._release()
             self.engine.close()
             raise
         try:

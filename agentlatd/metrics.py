@@ -65,7 +65,7 @@ from agentlatd.apply.engine import (
     RollbackReport,
 )
 from agentlatd.cpuset import CpuSet
-from agentlatd.errors import PolicyError
+from agentlatd.errors import AgentlatdError, PolicyError
 from agentlatd.model.machine import Rates
 from agentlatd.policy import LATENCY_CLASSES, MetricsPolicy, Policy
 from agentlatd.sample.process import read_process
@@ -872,6 +872,7 @@ class Exporter:
         self._textfile_errno: int | None = None
         self.textfile_errors = 0
         self.textfile_writes = 0
+        self._prebound: tuple[tuple[str, int], _Server] | None = None  # bind()
 
     @property
     def address(self) -> tuple[str, int] | None:
@@ -908,17 +909,45 @@ class Exporter:
             if pol.textfile:
                 self._start_textfile()
 
-    def _start_server(self, listen: tuple[str, int]) -> None:
+    @staticmethod
+    def _bind(listen: tuple[str, int]) -> _Server:
         host, port = listen
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
         class Server(_Server):
             address_family = family
 
+        return Server((host, port), _Handler)
+
+    def bind(self, pol: MetricsPolicy) -> None:
+        """Bind the HTTP listener now, serve it at configure(): for the daemon's
+        start, so that an address that cannot be bound fails the start before
+        anything is changed (AgentlatdError naming it), where a reload only logs."""
+        listen = parse_listen(pol.listen)
+        if listen is None or self._prebound is not None:
+            return
         try:
-            srv = Server((host, port), _Handler)
+            self._prebound = (listen, self._bind(listen))
         except OSError as e:
-            # a port in use must not stop the tuning; the metric outage is logged
+            raise AgentlatdError(f"metrics.listen {pol.listen}: cannot listen there: "
+                                 f"{e.strerror or e}") from None
+
+    def unbind(self) -> None:
+        """Close a listener bind() made and configure() never served."""
+        if self._prebound is not None:
+            self._prebound[1].server_close()
+            self._prebound = None
+
+    def _start_server(self, listen: tuple[str, int]) -> None:
+        host, port = listen
+        pre, self._prebound = self._prebound, None
+        if pre is not None and pre[0] != listen:
+            pre[1].server_close()
+            pre = None
+        try:
+            srv = pre[1] if pre is not None else self._bind(listen)
+        except OSError as e:
+            # at a reload: a port in use must not stop the tuning; the outage is logged
             log.error("metrics: cannot listen on %s:%d: %s; HTTP metrics off", host, port,
                       e.strerror or e)
             return
@@ -987,6 +1016,7 @@ class Exporter:
 
     def close(self) -> None:
         self._stop_server()
+        self.unbind()
         self._listen = None
         self._stop_textfile()
         self._textfile = ""

@@ -131,6 +131,14 @@ class Service:
             self._exporter_configured = True
             self.exporter.configure(d.policy.metrics)
 
+    def on_acquire(self, d: Daemon) -> None:
+        # bound before the first write, served (its thread started) after the
+        # capabilities are dropped: on_ready -> configure()
+        self.exporter.bind(d.policy.metrics)
+
+    def on_release(self, d: Daemon) -> None:
+        self.exporter.unbind()
+
     def on_ready(self, d: Daemon) -> None:
         self._configure_exporter(d)
         st = d.last_state
@@ -282,6 +290,8 @@ def attach(daemon: Daemon, environ: MutableMapping[str, str] | None = None) -> S
     parse_listen(daemon.policy.metrics.listen)
     svc = Service(daemon, notifier, Metrics(), exporter, broker)
     h = daemon.hooks
+    h.on_acquire.append(svc.on_acquire)
+    h.on_release.append(svc.on_release)
     h.on_ready.append(svc.on_ready)
     h.on_tick.append(svc.on_tick)
     h.on_loop.append(svc.on_loop)

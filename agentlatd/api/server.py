@@ -42,11 +42,13 @@ import selectors
 import socket
 import stat
 import struct
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agentlatd import safepath
 from agentlatd.api import protocol
 from agentlatd.api.protocol import Envelope, ProtocolError
 from agentlatd.errors import AgentlatdError
@@ -111,7 +113,7 @@ class Conn:
 
 
 class SocketInUse(AgentlatdError):
-    pass
+    """The socket path is taken: another daemon answers there, or it is not a socket."""
 
 
 def group_gid(name: str) -> int | None:
@@ -121,19 +123,57 @@ def group_gid(name: str) -> int | None:
         return None
 
 
+SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 for the NUL (unix(7))
+
+
+class SocketError(AgentlatdError):
+    """The registration socket cannot be made at its path (one sentence naming it)."""
+
+
 def bind_socket(path: str, *, mode: int = 0o660, group: str = "") -> socket.socket:
     """A listening socket at `path`: mode `mode`, group `group` when it exists.
 
     A stale socket file (nobody accepts on it) is replaced; one that answers
     means another daemon serves it: SocketInUse. A path that is not a socket
-    is never removed.
+    is never removed. Any other problem: SocketError naming the path.
+
+    The socket's directory is trusted like the state directory
+    (agentlatd/safepath.py). The socket is bound, given its group and mode,
+    and listening inside a private 0700 directory next to it, then renamed
+    into place: it is never reachable with another mode or group, and a
+    symlink swapped in at any moment can redirect neither the chown nor the
+    chmod. Why not the socket's fd: fchmod/fchown on it change the sockfs
+    inode, not the file bind() makes (measured on 6.18: path mode and group
+    unchanged); an fchmod BEFORE bind() does carry the mode (unix_bind_bsd()
+    creates the file with the socket inode's mode & ~umask), but nothing
+    carries the group, which needs a chown by path.
     """
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, mode=0o755, exist_ok=True)
+    path = os.path.abspath(path)
+    if "\0" in path:
+        raise SocketError(f"socket path {path!r} contains a NUL byte")
+    if len(os.fsencode(path)) > SUN_PATH_MAX:
+        raise SocketError(f"socket path {path} is {len(os.fsencode(path))} bytes; a Unix socket "
+                          f"path has at most {SUN_PATH_MAX} (unix(7) sun_path)")
+    d, name = os.path.split(path)
     try:
-        st = os.lstat(path)
+        dfd = safepath.open_dir(d, create=0o755, sticky_leaf_ok=True)
+    except safepath.UnsafePath as e:
+        raise SocketError(f"cannot use socket directory {d} for {path}: {e.about(d)}") from None
+    except OSError as e:
+        raise SocketError(f"cannot use socket directory {d} for {path}: {e.strerror}") from e
+    try:
+        return _bind_in(dfd, d, name, path, mode, group)
+    finally:
+        os.close(dfd)
+
+
+def _bind_in(dfd: int, d: str, name: str, path: str, mode: int, group: str) -> socket.socket:
+    try:
+        st: os.stat_result | None = os.stat(name, dir_fd=dfd, follow_symlinks=False)
     except FileNotFoundError:
         st = None
+    except OSError as e:
+        raise SocketError(f"cannot use socket path {path}: {e.strerror}") from e
     if st is not None:
         if not stat.S_ISSOCK(st.st_mode):
             raise SocketInUse(f"{path} exists and is not a socket; not replacing it")
@@ -142,28 +182,54 @@ def bind_socket(path: str, *, mode: int = 0o660, group: str = "") -> socket.sock
             probe.settimeout(1.0)
             probe.connect(path)
         except OSError:
-            os.unlink(path)  # stale: its daemon is gone
+            pass  # stale: its daemon is gone (the rename below replaces it)
         else:
             raise SocketInUse(f"another agentlatd serves {path}")
         finally:
             probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    old = os.umask(0o177)  # 0600 until chown+chmod: no window with the wrong group
     try:
-        sock.bind(path)
-    finally:
-        os.umask(old)
-    gid = group_gid(group) if group else None
-    if gid is not None:
+        private = tempfile.mkdtemp(prefix=".agentlatd-bind-", dir=d)  # 0700, ours
+    except OSError as e:
+        raise SocketError(f"cannot make socket {path}: {e.strerror} (in {d})") from e
+    pname = os.path.basename(private)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        pfd = os.open(pname, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      dir_fd=dfd)
         try:
-            os.chown(path, -1, gid)
-        except OSError as e:
-            log.warning("cannot give socket %s to group %s: %s", path, group, e.strerror)
-    elif group:
-        log.info("group %r does not exist: socket %s stays group %d", group, path,
-                 os.stat(path).st_gid)
-    os.chmod(path, mode)
-    sock.listen(128)
+            # bound through the private directory's fd: the temporary path's
+            # length never matters, only the final one's (checked above)
+            old = os.umask(0o177)
+            try:
+                sock.bind(f"/proc/self/fd/{pfd}/{name}")
+            except OSError:
+                sock.bind(os.path.join(private, name))
+            finally:
+                os.umask(old)
+            gid = group_gid(group) if group else None
+            if gid is not None:
+                try:
+                    os.chown(name, -1, gid, dir_fd=pfd, follow_symlinks=False)
+                except OSError as e:
+                    log.warning("cannot give socket %s to group %s: %s", path, group, e.strerror)
+            elif group:
+                log.info("group %r does not exist: socket %s stays group %d", group, path,
+                         os.stat(name, dir_fd=pfd).st_gid)
+            os.chmod(name, mode, dir_fd=pfd)
+            sock.listen(128)
+            # atomic, and over a stale socket file in one step
+            os.rename(name, name, src_dir_fd=pfd, dst_dir_fd=dfd)
+        finally:
+            os.close(pfd)
+    except OSError as e:
+        sock.close()
+        raise SocketError(f"cannot make socket {path}: {e.strerror or e}") from e
+    finally:
+        with contextlib.suppress(OSError):
+            for left in os.listdir(private):
+                os.unlink(os.path.join(private, left))
+        with contextlib.suppress(OSError):
+            os.rmdir(pname, dir_fd=dfd)
     sock.setblocking(False)
     return sock
 
@@ -175,10 +241,11 @@ class Server:
                  handlers: Mapping[str, Handler], *, max_clients: int = 4096,
                  on_close: Callable[[Conn], None] | None = None,
                  on_accept: Callable[[Conn], None] | None = None,
-                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT, path: str | None = None) -> None:
         self.sel = sel
         self.sock = sock
-        self.path = sock.getsockname()
+        # bind_socket() binds under a temporary name: getsockname() is that one
+        self.path = path if path is not None else sock.getsockname()
         self.handlers = handlers
         self.max_clients = max_clients
         self.on_close = on_close

@@ -62,13 +62,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentlatd import safepath
 from agentlatd.apply import irqbalance, journal
-from agentlatd.apply.journal import FLAG_MANAGED, FLAG_YIELDED, Entry, Journal, JournalDamaged
-from agentlatd.apply.knobs import REGISTRY, Knob, load_plugins
+from agentlatd.apply.journal import (
+    FLAG_MANAGED,
+    FLAG_YIELDED,
+    Entry,
+    Journal,
+    JournalDamaged,
+    JournalUntrusted,
+)
+from agentlatd.apply.knobs import REGISTRY, Knob, load_plugins, netns_scoped
 from agentlatd.errors import AgentlatdError, JournalError, KernelError
 from agentlatd.kernel.errnos import ErrClass
 from agentlatd.plan.changes import Change
 from agentlatd.policy import Policy
+from agentlatd.sample import namespaces
 from agentlatd.sysfs.root import Root
 
 CRASH_ENV = "AGENTLATD_TEST_CRASH_AFTER_WRITES"
@@ -248,6 +257,7 @@ class Engine:
         self._recovered: RecoverReport | None = None
         self._writes = 0
         self._crash_after = _crash_after()
+        self._netns_note = ""  # _check_owner(): entries of a vanished namespace dropped
 
     # -- lifecycle -------------------------------------------------------
     def __enter__(self) -> Engine:
@@ -268,12 +278,23 @@ class Engine:
     def _lock(self) -> None:
         if self._lock_fd is not None:
             return
+        # every component checked and opened without following a planted
+        # symlink (agentlatd/safepath.py): the journal replayed as root at the
+        # next start must be one only root could have written
         try:
-            os.makedirs(self.state_dir, mode=0o755, exist_ok=True)
-            fd = os.open(os.path.join(self.state_dir, "lock"),
-                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+            dfd = safepath.open_dir(self.state_dir, create=0o755)
+        except safepath.UnsafePath as e:
+            raise JournalError(f"cannot use state directory {self.state_dir}: "
+                               f"{e.about(self.state_dir)}") from None
         except OSError as e:
             raise JournalError(f"cannot use state directory {self.state_dir}: {e.strerror}") from e
+        try:
+            fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600,
+                         dir_fd=dfd)
+        except OSError as e:
+            raise JournalError(f"cannot use state directory {self.state_dir}: {e.strerror}") from e
+        finally:
+            os.close(dfd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -306,15 +327,38 @@ class Engine:
         netns, boot = self._identity()
         return Journal(path=self.journal_path, root=self.root.base, netns=netns, boot_id=boot)
 
-    def _check_owner(self, j: Journal) -> None:
+    def _check_owner(self, j: Journal) -> str:
+        """Refuse a journal of another root or of another LIVE network namespace.
+
+        A journal of a network namespace that no longer exists (`ip netns del`
+        after a crash) is not refused: its device entries are dropped from `j`
+        and named in the note returned ("" when nothing was dropped). Virtual
+        devices (veth, macvlan) were deleted with the namespace; a physical
+        NIC was moved back to the initial namespace (net/core/dev.c
+        default_device_exit), possibly renamed, and a name-keyed entry cannot
+        tell it from another device of that name there: reported, never
+        written. Its other entries (tasks, IRQs, CPUs) act on objects of no
+        namespace and stay to be restored.
+        """
         if os.path.abspath(j.root) != self.root.base:
             raise JournalError(f"rollback journal {j.path} applies to root {j.root}, not "
                                f"{self.root.base}: use its own --root or another --state-dir")
         netns, _ = self._identity()
-        if j.netns and netns and j.netns != netns:
+        if not (j.netns and netns and j.netns != netns):
+            return ""
+        if namespaces.netns_in_use(self.root, j.netns):
             raise JournalError(f"rollback journal {j.path} was written in network namespace "
                                f"{j.netns}; this process is in {netns}: run agentlatd there "
                                f"(ip netns exec NAME agentlatd ...)")
+        gone = [e for e in j.entries if netns_scoped(e.knob, e.target)]
+        j.remove_entries(gone)
+        old, j.netns = j.netns, netns
+        shown = ", ".join(f"{e.knob} {e.target}" for e in gone[:6])
+        more = f" and {len(gone) - 6} more" if len(gone) > 6 else ""
+        return (f"network namespace {old} of the journal no longer exists: "
+                f"{len(gone)} entr{'y' if len(gone) == 1 else 'ies'} of its devices dropped, "
+                f"nothing left to restore there ({shown or 'none'}{more}); "
+                f"{len(j.entries)} other entr{'y' if len(j.entries) == 1 else 'ies'} kept")
 
     def _stale_boot(self, j: Journal) -> bool:
         _, boot = self._identity()
@@ -330,7 +374,7 @@ class Engine:
         except JournalDamaged as e:
             sal = journal.salvage(self.journal_path, default_root=self.root.base)
             if sal.root_known:
-                self._check_owner(sal.journal)
+                self._netns_note = self._check_owner(sal.journal)
             j = sal.journal
             j.path = self.journal_path
             rep = self._restore(j, damaged=f"{e.problem}; {sal.lines_lost} damaged line(s) lost"
@@ -338,13 +382,29 @@ class Engine:
             return None if rep.journal_removed else j, rep, ""
         if j is None:
             return None, None, ""
-        self._check_owner(j)
+        self._netns_note = self._check_owner(j)
         if self._stale_boot(j):
             kept = journal.set_aside(self.journal_path, ".stale-boot")
             return None, None, (f"rollback journal from an earlier boot (boot id {j.boot_id}) "
                                 f"kept as {kept}, not replayed: the kernel state it describes "
                                 "is gone")
         return j, None, ""
+
+    def acquire(self) -> None:
+        """Lock the state directory and check its journal, writing nothing.
+
+        For a daemon's start: every reason recover() would refuse (a journal
+        agentlatd did not write, another root or network namespace) is raised
+        here, before the daemon's first write. A damaged journal is not an
+        error here: recover() salvages it.
+        """
+        self._lock()
+        try:
+            j = journal.load(self.journal_path)
+        except JournalDamaged:
+            return
+        if j is not None:
+            self._check_owner(j)  # raises for a live foreign namespace; `j` is a copy
 
     # -- recover ---------------------------------------------------------
     def recover(self) -> RecoverReport:
@@ -367,11 +427,13 @@ class Engine:
             rb = self._restore(j)
             rep = RecoverReport("restored", f"journal of an interrupted run (pid {j.pid}): "
                                 f"{len(rb.results)} original(s) restored before anything else"
-                                + ("" if rb.ok else "; some could not be restored"), rb)
+                                + ("" if rb.ok else "; some could not be restored")
+                                + (f"; {self._netns_note}" if self._netns_note else ""), rb)
             self._journal = j if not rb.journal_removed else self._fresh()
         else:
             rep = RecoverReport("adopted", f"journal of a finished run (pid {j.pid}) adopted: "
-                                f"{len(j.entries)} original(s) kept for rollback")
+                                f"{len(j.entries)} original(s) kept for rollback"
+                                + (f"; {self._netns_note}" if self._netns_note else ""))
             self._journal = j
         self._recovered = rep
         return rep
@@ -662,9 +724,9 @@ class Engine:
         else:
             j.delete()
             removed = True
-        notes: tuple[str, ...] = ()
+        notes: tuple[str, ...] = (self._netns_note,) if self._netns_note else ()
         if keep:
-            notes = (f"{len(keep)} original(s) could not be restored and stay in {j.path}",)
+            notes += (f"{len(keep)} original(s) could not be restored and stay in {j.path}",)
         return RollbackReport(tuple(results), j.path, removed, damaged, kept_as, notes)
 
     def _restore_one(self, e: Entry,
@@ -791,6 +853,15 @@ def rollback_commands(root: Root, state_dir: str) -> list[str]:
     out: list[str] = []
     try:
         j = journal.load(path)
+    except JournalUntrusted as exc:
+        # printed, never run: a person reads it before deciding (its own message
+        # says how to remove it)
+        out.append(f"# WARNING: {exc.problem}; agentlatd refuses to replay this journal. "
+                   "Read every line below before running any of it.")
+        try:
+            j = journal.load(path, check=False)
+        except JournalUntrusted:  # a symlink: never followed, not even to print
+            return out
     except JournalDamaged as exc:
         sal = journal.salvage(path, default_root=root.base, move=False)
         j = sal.journal
@@ -802,7 +873,16 @@ def rollback_commands(root: Root, state_dir: str) -> list[str]:
                + (f", network namespace {j.netns}" if j.netns else "") + ")")
     if os.path.abspath(j.root) != root.base:
         out.append(f"# NOTE: the journal applies to root {j.root}, not {root.base}")
+    gone_netns = False
+    if j.netns and root.is_host and j.netns != root.readlink("proc/self/ns/net"):
+        gone_netns = not namespaces.netns_in_use(root, j.netns)
+        if gone_netns:
+            out.append(f"# NOTE: network namespace {j.netns} no longer exists: its device "
+                       "entries have nothing left to act on and are left out "
+                       "(`agentlatd rollback` drops them)")
     for e in reversed(j.entries):
+        if gone_netns and netns_scoped(e.knob, e.target):
+            continue
         if e.has(FLAG_MANAGED) and e.written is None:
             out.append(f"# {e.knob} {e.target}: kernel-managed, never changed")
             continue

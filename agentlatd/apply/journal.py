@@ -47,8 +47,10 @@ returns whatever entries still parse, for the engine to restore.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 import time
 import zlib
 from collections.abc import Iterable
@@ -62,6 +64,24 @@ JOURNAL_NAME = "journal.json"
 FLAG_MANAGED = "managed"
 FLAG_YIELDED = "yielded"
 _FLAGS = (FLAG_MANAGED, FLAG_YIELDED)
+
+
+class JournalUntrusted(JournalError):
+    """A journal file agentlatd will not replay: not written by it, or writable by others.
+
+    Replaying it as root would write whatever values it names (nice -20, a
+    namespace sysctl): it is refused whole, never salvaged, and left in place
+    for a person to read (`agentlatd rollback --print` prints it, writes nothing).
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        d = os.path.dirname(path) or "."
+        super().__init__(
+            f"refusing rollback journal {path}: {problem}; inspect it with `agentlatd rollback "
+            f"--print --state-dir {d}` (writes nothing) and, if its changes are not yours to "
+            f"undo, remove it: rm {path}")
 
 
 class JournalDamaged(JournalError):
@@ -132,7 +152,7 @@ def _crc(knob: str, target: str, original: str, written: str | None, flags: list
     return zlib.crc32(json.dumps([knob, target, original, written, flags]).encode())
 
 
-def _entry_from(obj: Any, where: str) -> Entry:
+def _entry_from(obj: Any, where: str, *, require_crc: bool = True) -> Entry:
     if not isinstance(obj, dict):
         raise ValueError(f"{where}: expected an object, got {type(obj).__name__}")
     for k in ("knob", "target", "original"):
@@ -145,8 +165,10 @@ def _entry_from(obj: Any, where: str) -> Entry:
     if not isinstance(flags, list) or not all(isinstance(f, str) and f in _FLAGS for f in flags):
         raise ValueError(f"{where}: bad flags {flags!r}")
     crc = obj.get("crc")
-    # absent in hand-written journals (tests, a person's edit): accepted; present
-    # and wrong: this entry is damaged
+    # absent: not written by agentlatd (parse() refuses such a journal whole,
+    # salvage() loses the line); present and wrong: this entry is damaged
+    if crc is None and require_crc:
+        raise ValueError(f"{where}: no checksum ({obj['knob']} {obj['target']})")
     if crc is not None and crc != _crc(obj["knob"], obj["target"], obj["original"], written, flags):
         raise ValueError(f"{where}: checksum mismatch ({obj['knob']} {obj['target']}): "
                          "a value was changed after it was journaled")
@@ -274,8 +296,9 @@ def atomic_write(path: str, data: bytes) -> int:
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         # O_NOFOLLOW: a planted symlink must not redirect a root-owned write
+        # 0600: load() refuses a journal others could have written (or read)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
-                     0o644)
+                     0o600)
         try:
             view = memoryview(data)
             while view:
@@ -311,22 +334,55 @@ def journal_path(state_dir: str) -> str:
     return os.path.join(state_dir, JOURNAL_NAME)
 
 
-def _read(path: str) -> str | None:
+def check_file(path: str, st: os.stat_result) -> None:
+    """JournalUntrusted unless `st` (the opened journal's fstat) is a regular file
+    that only agentlatd's own uid could have written: owned by it, no group or
+    world write bit."""
+    if not stat.S_ISREG(st.st_mode):
+        raise JournalUntrusted(path, "it is not a regular file")
+    if st.st_uid != os.geteuid():
+        raise JournalUntrusted(path, f"it is owned by uid {st.st_uid}, not "
+                                     f"{'root' if os.geteuid() == 0 else os.geteuid()}: "
+                                     "agentlatd did not write it")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        # readable by others leaks nothing worth hiding (original knob values);
+        # writable by others is what would let them choose what root replays
+        raise JournalUntrusted(path, f"its mode is {stat.S_IMODE(st.st_mode):04o}: "
+                                     f"{'world' if st.st_mode & stat.S_IWOTH else 'group'}-"
+                                     "writable, so another user may have written it "
+                                     "(agentlatd writes it 0600)")
+
+
+def _read(path: str, *, check: bool = True) -> str | None:
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        # O_NOFOLLOW: a symlink planted at journal.json is refused (ELOOP), not read
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
         return None
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise JournalUntrusted(path, "it is a symbolic link") from None
         raise JournalError(f"cannot read rollback journal {path}: {e.strerror}") from e
+    try:
+        if check:
+            check_file(path, os.fstat(fd))
+        with open(fd, "rb", closefd=False) as f:
+            raw = f.read()
+    except OSError as e:
+        raise JournalError(f"cannot read rollback journal {path}: {e.strerror}") from e
+    finally:
+        os.close(fd)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise JournalDamaged(path, f"not UTF-8 text (byte {e.start})") from None
 
 
-def parse(path: str, text: str) -> Journal:
-    """Parse journal text; JournalDamaged (naming `path`) on any problem."""
+def parse(path: str, text: str, *, check: bool = True) -> Journal:
+    """Parse journal text; JournalDamaged (naming `path`) on any problem.
+
+    `check`: an entry without a checksum makes it JournalUntrusted (agentlatd
+    writes one for every entry; a file without is someone else's)."""
     if not text.strip():
         raise JournalDamaged(path, "the file is empty")
     try:
@@ -350,15 +406,21 @@ def parse(path: str, text: str) -> Journal:
         raise JournalDamaged(path, "field 'entries' missing or not a list")
     entries: list[Entry] = []
     seen: set[tuple[str, str]] = set()
+    unsigned = 0
     for i, raw in enumerate(entries_raw):
         try:
-            e = _entry_from(raw, f"entry {i + 1}")
+            e = _entry_from(raw, f"entry {i + 1}", require_crc=False)
         except ValueError as err:
             raise JournalDamaged(path, str(err)) from None
         if e.key in seen:
             raise JournalDamaged(path, f"entry {i + 1}: {e.knob} {e.target} appears twice")
+        if raw.get("crc") is None:
+            unsigned += 1
         seen.add(e.key)
         entries.append(e)
+    if unsigned and check:
+        raise JournalUntrusted(path, f"{unsigned} of its {len(entries)} entries carry no "
+                                     "checksum: agentlatd did not write it")
     complete = obj.get("complete", True)
     pid = obj.get("pid", 0)
     return Journal(path=path, root=obj["root"], netns=str(obj.get("netns", "")),
@@ -367,12 +429,14 @@ def parse(path: str, text: str) -> Journal:
                    pid=pid if isinstance(pid, int) else 0, entries=entries)
 
 
-def load(path: str) -> Journal | None:
-    """The journal at `path`, None when there is none; JournalDamaged when it does not parse."""
-    text = _read(path)
+def load(path: str, *, check: bool = True) -> Journal | None:
+    """The journal at `path`, None when there is none; JournalDamaged when it does not
+    parse; JournalUntrusted (`check`) when agentlatd did not write it (check_file(),
+    an entry without a checksum). check=False only to print it (rollback --print)."""
+    text = _read(path, check=check)
     if text is None:
         return None
-    return parse(path, text)
+    return parse(path, text, check=check)
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,7 +459,7 @@ def salvage(path: str, *, default_root: str, move: bool = True) -> Salvage:
     """
     text = _read_lenient(path)
     try:
-        parse(path, text)
+        parse(path, text, check=False)
         problem = "no problem found on a second read"
     except JournalDamaged as exc:
         problem = exc.problem
@@ -439,7 +503,8 @@ def salvage(path: str, *, default_root: str, move: bool = True) -> Salvage:
 
 def _read_lenient(path: str) -> str:
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        with open(fd, "rb") as f:
             return f.read().decode("utf-8", "replace")
     except OSError as e:
         raise JournalError(f"cannot read rollback journal {path}: {e.strerror}") from e

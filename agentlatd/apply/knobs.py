@@ -145,6 +145,18 @@ PLUGINS: list[str] = [
 ]
 
 
+def netns_scoped(knob: str, target: str) -> bool:
+    """Whether (knob, target) names an object of the network namespace it was written in.
+
+    Devices are per namespace (net.* and napi.config by name or ifindex there),
+    and so are the net.* sysctls (net/sysctl_net.c registers them per netns);
+    IRQs, block queues, CPUs and tasks belong to no network namespace.
+    """
+    if knob == "sysctl":
+        return target.startswith("net.")
+    return knob.startswith("net.") or knob == "napi.config"
+
+
 def load_plugins() -> None:
     for mod in PLUGINS:
         try:
