@@ -252,6 +252,15 @@ class AgentManager:
         if st.kthread:
             raise ProtocolError(protocol.BAD_REQUEST, f"pid {pid} is a kernel thread; only "
                                                       "user processes can register")
+        # a thread id is not a process: its registration would journal our own
+        # pin of its threads as their "original"
+        tgid = tasks.tgid_of(self.root, pid)
+        if tgid is None:
+            raise ProtocolError(protocol.NO_SUCH_PROCESS, f"process {pid} does not exist")
+        if tgid != pid:
+            raise ProtocolError(protocol.BAD_REQUEST,
+                                f"pid {pid} is thread {pid} of process {tgid}, not a process; "
+                                f"register the process (its thread-group leader, pid {tgid})")
         uids = tasks.uids_of(self.root, pid)
         if uids is None:
             raise ProtocolError(protocol.NO_SUCH_PROCESS, f"process {pid} does not exist")

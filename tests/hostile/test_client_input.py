@@ -24,19 +24,31 @@ import os
 import pathlib
 import selectors
 import subprocess
+import threading
 import time
 import unicodedata
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from agentshelpers import daemon, policy_text, workdir
+from agentshelpers import (
+    Agent,
+    all_on,
+    current_affinity,
+    daemon,
+    needs_2cpus,
+    policy_text,
+    thread_affinities,
+    wait_until,
+    workdir,
+)
 from hostilehelpers import connect, is_error, read_answers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agentlatd.agents import stats
+from agentlatd.agents import stats, tasks
 from agentlatd.api import protocol, server
+from agentlatd.sysfs.root import Root
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the daemon restores "
                                                           "affinity of other processes)")
@@ -243,3 +255,59 @@ def test_decoding_numbers_of_every_unicode_category_is_a_request_or_a_protocol_e
         if isinstance(raw, dict):
             assert all(k.isascii() for k in raw), raw  # "\u0661" is not bucket 1
         assert all(type(b) is int and 0 <= b <= stats.MAX_BUCKET for b in req.hist)
+
+
+# -- a registration names a process, not a thread -----------------------------------
+
+
+@needs_2cpus
+def test_registering_thread_ids_of_a_registered_process_leaves_no_thread_pinned() -> None:
+    # /proc/TID/ answers for a thread id too, so a tid passed every check: its
+    # registration journaled agentlatd's own pin of the thread as the "original"
+    # and, after every registration was gone, the thread stayed pinned
+    before = current_affinity()
+    with workdir() as d, daemon(d, policy_text()) as dm, \
+            Agent(dm.socket, "leader", nthreads=3) as ag:
+        assert ag.ready and ag.ready["cpus"] == "1", ag.ready
+        # every thread pinned by the leader's registration first (the agent tick
+        # picks up threads started after it registered)
+        wait_until(lambda: all_on(ag.pid, "1") and len(thread_affinities(ag.pid)) >= 4,
+                   what="all threads of the agent pinned to CPU 1")
+        tids = sorted(t for t in thread_affinities(ag.pid) if t != ag.pid)
+        answers = [dm.request("register", agent_id=f"thread-{t}", pid=t) for t in tids]
+        for t, ans in zip(tids, answers, strict=True):
+            assert is_error(ans, "bad_request"), ans
+            assert f"thread {t}" in ans["error"]["message"]
+            assert f"process {ag.pid}" in ans["error"]["message"]
+        assert [r["pid"] for r in dm.agents()] == [ag.pid]
+        # the leader first, then (after two agent ticks, in which any registration
+        # left would re-pin its threads) whatever else was registered
+        dm.request("unregister", pid=ag.pid)
+        tick = dm.status()["tick"]
+        wait_until(lambda: dm.status()["tick"] >= tick + 2, what="two ticks")
+        for t in tids:
+            dm.request("unregister", pid=t)
+        assert dm.agents() == []
+        aff = thread_affinities(ag.pid)
+        assert aff and all(v == before for v in aff.values()), (before, aff)
+
+
+def test_tgid_of_tells_a_thread_from_its_process() -> None:
+    got: list[int] = []
+    ev = threading.Event()
+
+    def run() -> None:
+        got.append(threading.get_native_id())
+        ev.wait(5)
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        wait_until(lambda: got, what="thread started")
+        root = Root("/")
+        assert tasks.tgid_of(root, os.getpid()) == os.getpid()
+        assert tasks.tgid_of(root, got[0]) == os.getpid() != got[0]
+        assert tasks.tgid_of(root, tasks.PID_MAX + 1) is None
+    finally:
+        ev.set()
+        t.join()
