@@ -13,6 +13,7 @@ no dependency.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import os
 import re
 import stat
@@ -96,6 +97,18 @@ class DevicesPolicy:
     include: tuple[str, ...] = ()  # globs; non-empty = exactly these devices
     exclude: tuple[str, ...] = ("lo",)
     drivers: tuple[str, ...] = ()  # non-empty = only devices bound to these drivers
+    # globs of NICs a non-admin peer may name in register's `devices` (which
+    # moves their RPS to its home CPU); root and admin_group may name any
+    agent_nameable: tuple[str, ...] = ()
+
+    def agent_may_name(self, dev: str) -> bool:
+        """May a non-admin agent name NIC `dev` at registration? Only a NIC that
+        agent_nameable names and the scope globs keep (the planner then applies
+        the rest of the scope, drivers and virtual devices, as to every NIC)."""
+        def hit(globs: tuple[str, ...]) -> bool:
+            return any(fnmatch.fnmatchcase(dev, g) for g in globs)
+        return (hit(self.agent_nameable) and not hit(self.exclude)
+                and (not self.include or hit(self.include)))
 
 
 @dataclass(frozen=True, slots=True)

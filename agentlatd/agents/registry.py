@@ -271,6 +271,18 @@ class AgentManager:
                 f"uid {peer_uid} may register only its own processes, and process {pid} "
                 f"runs as uid {ruid if ruid != peer_uid else euid}; root and members of group "
                 f"{self.policy.daemon.admin_group!r} may register any process")
+        if not admin:
+            # a named NIC becomes an agent link: its RPS moves to this agent's home
+            # CPU, a host-wide change that the policy must allow
+            dp = self.policy.devices
+            denied = [d for d in req.devices if not dp.agent_may_name(d)]
+            if denied:
+                raise ProtocolError(
+                    protocol.NOT_PERMITTED,
+                    f"uid {peer_uid} may not name device(s) {', '.join(denied)}: naming a "
+                    "NIC steers its receive processing to the agent's home CPU; only root, "
+                    f"group {self.policy.daemon.admin_group!r} and NICs the policy lists in "
+                    "devices.agent_nameable may be named")
         p = ProcId(pid, st.starttime)
         if p not in self.agents:
             if len(self.agents) >= MAX_AGENTS:
