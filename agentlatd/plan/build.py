@@ -82,6 +82,8 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
     with daemon.irqbalance = "refuse" IRQ affinity is then left alone.
     agent_links: filled by the daemon from its registered agents
     (agents/links.py); the NICs that carry only their traffic (plan/rps.py).
+    PolicyError when the policy names CPUs this machine cannot have
+    (check_policy_cpus): nothing is planned rather than "auto" in their place.
     """
     check_policy_cpus(machine, policy)
     sel = select_devices(machine, policy.devices)
