@@ -44,11 +44,11 @@ class CpuSet(frozenset[int]):
                 part, _, s = part.partition(":")
                 # bitmap_parselist also allows "0-15:2/4" (used/group); keep used only
                 s = s.split("/")[0]
-                if not s.isdigit() or int(s) == 0:
+                if not _decimal(s) or int(s) == 0:
                     raise CpuSetError(f"bad stride in cpulist {text!r}")
                 stride = int(s)
             lo_s, dash, hi_s = part.partition("-")
-            if not lo_s.isdigit() or (dash and not hi_s.isdigit()):
+            if not _decimal(lo_s) or (dash and not _decimal(hi_s)):
                 raise CpuSetError(f"bad cpulist {text!r}")
             lo = int(lo_s)
             hi = int(hi_s) if dash else lo
@@ -70,10 +70,9 @@ class CpuSet(frozenset[int]):
         for w in words:
             if not w or len(w) > 8:
                 raise CpuSetError(f"bad mask word {w!r} in {text!r}")
-            try:
-                value = (value << 32) | int(w, 16)
-            except ValueError as e:
-                raise CpuSetError(f"bad hex mask {text!r}") from e
+            if not (w.isascii() and all(c in _HEX for c in w)):
+                raise CpuSetError(f"bad hex mask {text!r}")
+            value = (value << 32) | int(w, 16)
         return cls(i for i in range(value.bit_length()) if value >> i & 1)
 
     # -- printing --------------------------------------------------------
@@ -128,6 +127,18 @@ class CpuSet(frozenset[int]):
 
     def __xor__(self, other: Iterable[int]) -> CpuSet:  # type: ignore[override]
         return CpuSet(frozenset(self) ^ frozenset(other))
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _decimal(s: str) -> bool:
+    """ASCII decimal digits only, as the kernel's bitmap_parselist() reads them.
+
+    str.isdigit() alone is true for "²" (which int() refuses) and int() takes
+    every Unicode Nd digit ("١", "１"): neither is a CPU number.
+    """
+    return s.isascii() and s.isdigit()
 
 
 def _fmt_run(run: list[int]) -> str:

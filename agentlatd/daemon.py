@@ -175,6 +175,9 @@ class Tuner:
         self.failures = 0
         self.links = LinkTracker()
         self.yields: list[tuple[float, tuple[str, str]]] = []  # (time, knob key) of recent yields
+        # the policy does not fit this machine (plan/build.py check_policy_cpus):
+        # set by the last tick, refused at start and on reload
+        self.policy_error: PolicyError | None = None
 
     def step(self) -> TunerState:
         t0 = time.monotonic()
@@ -224,6 +227,12 @@ class Tuner:
                 log.warning("agent link sampling failed: %s", e, exc_info=not isinstance(e, AgentlatdError))
             plan = make_plan(self.machine, pol, rates=rates,
                              irqbalance_running=bool(irqbalance.running(root)), agent_links=links)
+            self.policy_error = None
+        except PolicyError as e:  # nothing is planned, so nothing is written
+            self.policy_error = e
+            errors.append(f"planning failed: {e}")
+            log.error("the policy does not fit this machine, nothing is tuned: %s", e)
+            plan = None
         except Exception as e:
             errors.append(f"planning failed: {e}")
             log.warning("planning failed: %s", e, exc_info=not isinstance(e, AgentlatdError))
@@ -468,6 +477,8 @@ class Daemon:
                          sum(1 for r in res if r.status in ("restored", "unchanged", "gone")),
                          sum(1 for r in res if r.status not in ("restored", "unchanged", "gone")))
         st = self.tuner.step()
+        if self.tuner.policy_error is not None:
+            raise self.tuner.policy_error  # nothing was planned, so nothing was tuned
         self._take(st)
         sock = self._sock
         assert sock is not None
@@ -754,6 +765,10 @@ class Daemon:
     def reload(self) -> bool:
         try:
             new = policy_mod.load(self.config_path) if self.config_path else policy_mod.default()
+            machine = self.tuner.machine
+            if machine is not None:
+                from agentlatd.plan.build import check_policy_cpus
+                check_policy_cpus(machine, new)
         except PolicyError as e:
             log.error("reload refused, the running policy stays in force: %s", e)
             _call(self.hooks.on_reload, self, False)

@@ -40,7 +40,14 @@ def matches(r: AutoRegisterRule, comm: str, exe: str, cgroup: str) -> bool:
 
 
 def agent_id_for(r: AutoRegisterRule, comm: str, pid: int) -> str:
-    return r.agent_id or f"{comm or 'pid'}-{pid}"
+    """The rule's agent id (checked by the policy loader), else one made of the
+    process's comm, which any process sets to any bytes but NUL (PR_SET_NAME):
+    what is not printable becomes "?", so the id keeps the protocol's name
+    rule (printable, at most 128 characters) like a registered one."""
+    if r.agent_id:
+        return r.agent_id
+    name = "".join(c if c.isprintable() else "?" for c in comm[:64]) or "pid"
+    return f"{name}-{pid}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -254,6 +254,15 @@ class AgentManager:
         if st.kthread:
             raise ProtocolError(protocol.BAD_REQUEST, f"pid {pid} is a kernel thread; only "
                                                       "user processes can register")
+        # a thread id is not a process: its registration would journal our own
+        # pin of its threads as their "original"
+        tgid = tasks.tgid_of(self.root, pid)
+        if tgid is None:
+            raise ProtocolError(protocol.NO_SUCH_PROCESS, f"process {pid} does not exist")
+        if tgid != pid:
+            raise ProtocolError(protocol.BAD_REQUEST,
+                                f"pid {pid} is thread {pid} of process {tgid}, not a process; "
+                                f"register the process (its thread-group leader, pid {tgid})")
         uids = tasks.uids_of(self.root, pid)
         if uids is None:
             raise ProtocolError(protocol.NO_SUCH_PROCESS, f"process {pid} does not exist")
@@ -264,6 +273,18 @@ class AgentManager:
                 f"uid {peer_uid} may register only its own processes, and process {pid} "
                 f"runs as uid {ruid if ruid != peer_uid else euid}; root and members of group "
                 f"{self.policy.daemon.admin_group!r} may register any process")
+        if not admin:
+            # a named NIC becomes an agent link: its RPS moves to this agent's home
+            # CPU, a host-wide change that the policy must allow
+            dp = self.policy.devices
+            denied = [d for d in req.devices if not dp.agent_may_name(d)]
+            if denied:
+                raise ProtocolError(
+                    protocol.NOT_PERMITTED,
+                    f"uid {peer_uid} may not name device(s) {', '.join(denied)}: naming a "
+                    "NIC steers its receive processing to the agent's home CPU; only root, "
+                    f"group {self.policy.daemon.admin_group!r} and NICs the policy lists in "
+                    "devices.agent_nameable may be named")
         p = ProcId(pid, st.starttime)
         if p not in self.agents:
             if len(self.agents) >= MAX_AGENTS:

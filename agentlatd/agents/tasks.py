@@ -193,6 +193,27 @@ def uids_of(root: Root, pid: int) -> tuple[int, int] | None:
         return None
 
 
+def parse_status_tgid(text: str) -> int:
+    """Tgid (the thread-group leader's pid, i.e. the process id) from proc/PID/status.
+
+    proc/TID/ answers for any thread id although readdir of proc/ lists only
+    leaders (fs/proc/base.c proc_pid_lookup); Tgid tells them apart
+    (fs/proc/array.c task_state: "Tgid:\t%d").
+    """
+    for line in text.splitlines():
+        if line.startswith("Tgid:"):
+            return int(line.split()[1])
+    raise ValueError("no Tgid: line in status")
+
+
+def tgid_of(root: Root, pid: int) -> int | None:
+    """The process (thread group) that task `pid` belongs to; None when it is gone."""
+    try:
+        return parse_status_tgid(root.read_text(f"proc/{pid}/status", CONTEXT))
+    except (KernelError, ValueError):
+        return None
+
+
 def list_pids(root: Root) -> list[int]:
     """Every process (thread group leader) under proc/."""
     return sorted(int(n) for n in root.listdir("proc") if n.isdigit())

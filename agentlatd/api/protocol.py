@@ -8,7 +8,12 @@ One request per line, one answer per request, in order:
 This module turns a line into a typed request or a ProtocolError (code + a
 sentence), and results into lines. Nothing a client sends becomes a path or a
 format string: pids are JSON integers checked against PID_MAX, names are
-bounded printable strings, numbers are bounded integers.
+bounded printable strings, numbers are bounded integers. Text that stands for a
+number (a histogram bucket key) is ASCII decimal, checked with the same test
+that guards its conversion: str.isdigit() is true for "²", which int() refuses,
+and int() takes every Unicode Nd digit ("١", "１"), which the protocol does not.
+An object with a key twice is refused: parsers disagree on which one wins, so
+a request could mean one thing to a proxy or a log reader and another here.
 """
 
 from __future__ import annotations
@@ -103,6 +108,31 @@ class Envelope:
 # decoding
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object_pairs_hook: a dict, or _DuplicateKey for a key given twice."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _DuplicateKey(k)
+            seen.add(k)
+    return out
+
+
+def ascii_uint(text: str, max_len: int) -> int | None:
+    """`text` as a non-negative integer when it is 1..max_len ASCII digits, else None."""
+    if not (0 < len(text) <= max_len and text.isascii() and text.isdigit()):
+        return None
+    return int(text)
+
+
 def _name(obj: Mapping[str, Any], key: str, *, required: bool) -> str | None:
     v = obj.get(key)
     if v is None:
@@ -166,14 +196,14 @@ def _step(obj: Mapping[str, Any]) -> Step:
         if not isinstance(raw_hist, dict) or len(raw_hist) > stats.MAX_BUCKET + 1:
             raise ProtocolError(BAD_REQUEST, "field 'hist' must be an object {bucket: count}")
         for k, c in raw_hist.items():
-            if not (isinstance(k, str) and k.isdigit() and len(k) <= 5
-                    and int(k) <= stats.MAX_BUCKET):
+            b_or_none = ascii_uint(k, 5) if isinstance(k, str) else None
+            if b_or_none is None or b_or_none > stats.MAX_BUCKET:
                 raise ProtocolError(BAD_REQUEST, f"field 'hist' has a bad bucket {k!r} "
-                                                 f"(expected 0..{stats.MAX_BUCKET})")
+                                                 f"(expected ASCII digits 0..{stats.MAX_BUCKET})")
+            b = b_or_none
             if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= MAX_STEP_COUNT:
-                raise ProtocolError(BAD_REQUEST, f"field 'hist' has a bad count for bucket {k}")
+                raise ProtocolError(BAD_REQUEST, f"field 'hist' has a bad count for bucket {b}")
             if c:
-                b = int(k)
                 hist[b] = hist.get(b, 0) + c
                 total += c
                 max_seen = max(max_seen, stats.bucket_bounds(b)[1])
@@ -217,7 +247,10 @@ def decode(line: bytes) -> Envelope:
         raise ProtocolError(TOO_LARGE, f"request line of {len(line)} bytes exceeds the "
                                        f"{MAX_LINE}-byte limit")
     try:
-        obj = json.loads(line)
+        obj = json.loads(line, object_pairs_hook=_unique)
+    except _DuplicateKey as e:
+        raise ProtocolError(BAD_REQUEST, f"key {e.key!r} appears twice in one object; "
+                                         "each key may be given once") from None
     except (ValueError, RecursionError) as e:
         raise ProtocolError(BAD_JSON, f"request is not valid JSON: {e}") from None
     if not isinstance(obj, dict):

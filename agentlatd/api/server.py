@@ -27,8 +27,12 @@ Limits, so that one client never stalls or starves the others:
     max(16, max_clients / 8) of them for one non-root uid: the next is
     answered limit_exceeded and closed.
 Bad input is answered with an error code and a sentence; the server keeps
-serving everyone else. A handler that raises anything but ProtocolError is a
-bug: logged with its traceback, answered "internal".
+serving everyone else. Anything but ProtocolError raised while decoding or
+handling a request is a bug: logged with its traceback, answered "internal" on
+that connection. An unexpected exception while reading, writing or accepting
+closes that one connection (logged with its traceback). No exception that a
+client's bytes can cause leaves this module: one request line must never stop
+the daemon, which would roll back every agent's placement.
 """
 
 from __future__ import annotations
@@ -306,7 +310,10 @@ class Server:
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     log.error("cannot accept a connection: %s", e.strerror)
                     return
-                raise
+                # ECONNABORTED, EPROTO, ... (accept(2)): that connection is lost,
+                # the listening socket serves on
+                log.warning("accept failed: %s", e.strerror or e)
+                return
             s.setblocking(False)
             try:
                 peer = peer_cred(s)
@@ -339,6 +346,13 @@ class Server:
             self.sel.register(s, selectors.EVENT_READ, lambda m, c=c: self._on_conn(c, m))
 
     def _on_conn(self, c: Conn, mask: int) -> None:
+        try:
+            self._on_conn_events(c, mask)
+        except Exception:
+            log.exception("I/O on %r failed", c)
+            self.drop(c, "internal error on this connection")
+
+    def _on_conn_events(self, c: Conn, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
             self._flush(c)
         if c.closed or not mask & selectors.EVENT_READ:
@@ -372,50 +386,55 @@ class Server:
             if c.closed or c.id in seen:
                 continue
             seen.add(c.id)
-            n = 0
-            while not c.closed and c.pending is None and n < LINES_PER_TURN:
-                i = c.buf_in.find(b"\n")
-                if i < 0:
-                    if len(c.buf_in) > protocol.MAX_LINE:
-                        self._reply(c, protocol.error(
-                            None, protocol.TOO_LARGE, f"request line exceeds the "
-                            f"{protocol.MAX_LINE}-byte limit; closing the connection"))
-                        self._flush(c)
-                        self.drop(c, "line too long")
-                    break
-                line = bytes(c.buf_in[:i])
-                del c.buf_in[:i + 1]
-                n += 1
-                if line.strip():
-                    self._handle(c, line)
-            if not c.closed and c.pending is None and b"\n" in c.buf_in:
-                self._ready.append(c)  # more next turn (round robin)
+            try:
+                self._process_conn(c)
+            except Exception:
+                log.exception("processing input of %r failed", c)
+                self.drop(c, "internal error on this connection")
+
+    def _process_conn(self, c: Conn) -> None:
+        n = 0
+        while not c.closed and c.pending is None and n < LINES_PER_TURN:
+            i = c.buf_in.find(b"\n")
+            if i < 0:
+                if len(c.buf_in) > protocol.MAX_LINE:
+                    self._reply(c, protocol.error(
+                        None, protocol.TOO_LARGE, f"request line exceeds the "
+                        f"{protocol.MAX_LINE}-byte limit; closing the connection"))
+                    self._flush(c)
+                    self.drop(c, "line too long")
+                break
+            line = bytes(c.buf_in[:i])
+            del c.buf_in[:i + 1]
+            n += 1
+            if line.strip():
+                self._handle(c, line)
+        if not c.closed and c.pending is None and b"\n" in c.buf_in:
+            self._ready.append(c)  # more next turn (round robin)
 
     def _handle(self, c: Conn, line: bytes) -> None:
         self.requests += 1
         c.last = time.monotonic()  # a complete request: bytes alone do not count
+        env: Envelope | None = None
         try:
             env = protocol.decode(line + b"\n")
-        except ProtocolError as e:
-            self.errors += 1
-            self._reply(c, protocol.error(e.req_id, e.code, e.message))
-            return
-        op = env.op
-        h = self.handlers.get(op)
-        if h is None:
-            self._reply(c, protocol.error(env.req_id, protocol.UNKNOWN_OP,
-                                          f"op {op!r} is not served by this daemon"))
-            return
-        try:
+            h = self.handlers.get(env.op)
+            if h is None:
+                raise ProtocolError(protocol.UNKNOWN_OP,
+                                    f"op {env.op!r} is not served by this daemon", env.req_id)
             result = h(c, env)
         except ProtocolError as e:
             self.errors += 1
-            self._reply(c, protocol.error(env.req_id, e.code, e.message))
+            self._reply(c, protocol.error(env.req_id if env is not None else e.req_id,
+                                          e.code, e.message))
             return
         except Exception:
+            # a bug, in the decoder or a handler: this request fails, the daemon serves on
             self.errors += 1
-            log.exception("handler for %r failed (request from %r)", op, c)
-            self._reply(c, protocol.error(env.req_id, protocol.INTERNAL,
+            log.exception("request from %r failed (%s): %r", c,
+                          f"op {env.op!r}" if env is not None else "decoding", line[:200])
+            self._reply(c, protocol.error(env.req_id if env is not None else None,
+                                          protocol.INTERNAL,
                                           "agentlatd failed to handle this request; "
                                           "the daemon log has the details"))
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from agentlatd.cpuset import CpuSet
 from agentlatd.model.agent_links import NONE, AgentLinks
 from agentlatd.model.machine import Device, Machine, Rates
 from agentlatd.plan.block import plan_block
@@ -57,6 +58,22 @@ def _sort_key(c: Change) -> tuple[int, str, tuple[tuple[int, int | str], ...]]:
     return (k, c.knob, natural_key(c.target))
 
 
+def check_policy_cpus(machine: Machine, policy: Policy) -> None:
+    """PolicyError when cpus.home or cpus.completion names a CPU this machine cannot
+    have (beyond its possible CPUs, sys/devices/system/cpu/possible): a typo or a
+    policy written for another host. Offline CPUs are fine (hotplug brings them
+    back; the plan says it dropped them)."""
+    possible = machine.topology.possible
+    for key, text in (("cpus.completion", policy.cpus.completion), ("cpus.home", policy.cpus.home)):
+        if text == "auto":
+            continue
+        bad = CpuSet.parse_list(text) - possible
+        if bad:
+            raise policy.error(key, f"names CPU(s) {bad} that this machine does not have "
+                                    f"(possible CPUs: {possible.to_list() or 'none'}); name "
+                                    'CPUs of this host or use "auto"')
+
+
 def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
               irqbalance_running: bool = False, agent_links: AgentLinks = NONE) -> Plan:
     """The CPU partition and every change the engine would make, with reasons.
@@ -65,7 +82,10 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
     with daemon.irqbalance = "refuse" IRQ affinity is then left alone.
     agent_links: filled by the daemon from its registered agents
     (agents/links.py); the NICs that carry only their traffic (plan/rps.py).
+    PolicyError when the policy names CPUs this machine cannot have
+    (check_policy_cpus): nothing is planned rather than "auto" in their place.
     """
+    check_policy_cpus(machine, policy)
     sel = select_devices(machine, policy.devices)
     devices = sel.devices
     tuning = policy.tuning

@@ -8,15 +8,19 @@ and random [cpus] policies.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import plan_synth as synth
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agentlatd import policy
 from agentlatd.cpuset import CpuSet
+from agentlatd.errors import PolicyError
 from agentlatd.model.machine import Device, Irq, Machine
 from agentlatd.plan.build import make_plan
+from agentlatd.plan.changes import Plan
 from agentlatd.plan.partition import device_nodes
 
 SETTINGS = settings(max_examples=150, deadline=None,
@@ -88,10 +92,24 @@ def _info(m: Machine) -> tuple[CpuSet, dict[int, CpuSet], dict[int, int], dict[i
     return usable, {n: CpuSet(v) for n, v in nodes.items()}, node_of, sibs
 
 
+def _plan_or_cpu_error(m: Machine, pol: policy.Policy, **kw: Any) -> Plan | None:
+    """The plan; None when the policy names CPUs the machine cannot have, which
+    must then be the PolicyError naming cpus.completion."""
+    named = CpuSet() if pol.cpus.completion == "auto" else CpuSet.parse_list(pol.cpus.completion)
+    if named - m.topology.possible:
+        with pytest.raises(PolicyError) as ei:
+            make_plan(m, pol, **kw)
+        assert ei.value.key == "cpus.completion"
+        return None
+    return make_plan(m, pol, **kw)
+
+
 @SETTINGS
 @given(machines(), policies())
 def test_partition_invariants(m: Machine, pol: policy.Policy) -> None:
-    plan = make_plan(m, pol)
+    plan = _plan_or_cpu_error(m, pol)
+    if plan is None:
+        return
     comp, home = plan.completion_cpus, plan.home_cpus
     usable, nodes, node_of, sibs = _info(m)
     auto = pol.cpus.completion == "auto"
@@ -136,7 +154,9 @@ def test_partition_invariants(m: Machine, pol: policy.Policy) -> None:
 @SETTINGS
 @given(machines(), policies(), st.booleans())
 def test_plan_invariants(m: Machine, pol: policy.Policy, irqbalance: bool) -> None:
-    plan = make_plan(m, pol, irqbalance_running=irqbalance)
+    plan = _plan_or_cpu_error(m, pol, irqbalance_running=irqbalance)
+    if plan is None:
+        return
     managed = {str(i.irq) for i in m.irqs if i.managed}
     irq_changes = [c for c in plan.changes if c.knob == "irq.affinity"]
     assert not managed & {c.target for c in irq_changes}

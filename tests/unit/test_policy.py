@@ -34,7 +34,7 @@ def test_override_merges_over_defaults() -> None:
 @pytest.mark.parametrize(
     ("text", "key", "line", "words"),
     [
-        ("[daemon]\ninterval = 0\n", "daemon.interval", 2, "> 0"),
+        ("[daemon]\ninterval = 0\n", "daemon.interval", 2, "0.05..3600 s"),
         ("[daemon]\nintervall = 1\n", "daemon.intervall", 2, "unknown key"),
         ("[nope]\n", "nope", 1, "unknown section"),
         ("\n[tuning]\nrps = 'yes'\n", "tuning.rps", 3, "true or false"),
