@@ -1,6 +1,9 @@
 #!/bin/bash
-# The whole test suite, on a fresh Debian 12 machine, as root:
+# The whole test suite, on a fresh Debian 12 machine, as root (README command 2:
+# `$(command -v sudo) bash tests/run.sh`), from a checkout anywhere (/tmp, /root, a path
+# with spaces):
 #   bash tests/run.sh            host tier (lint, types, unit, plan, apply, integration)
+#                                then README command 1 verbatim in a fresh clone
 #                                then the .deb (build, lintian, install in a chroot)
 #                                then the real-kernel VM tier (tests/vm/run_tier.sh)
 # Env: AGENTLATD_SKIP_VM=1 / AGENTLATD_SKIP_PACKAGE=1 skip those tiers (say so loudly);
@@ -9,16 +12,26 @@ set -uo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 T0=$(date +%s)
 
-# 1. system packages the tests drive for real (netns/veth: iproute2; coalescing: ethtool)
+# 1. system packages the tests drive for real (netns/veth: iproute2; coalescing: ethtool;
+#    netdevsim: kmod's modprobe; README command 1 check: git). Installed before the host
+#    tier, and a failed install stops here: carrying on would surface minutes later as
+#    unrelated test failures. apt waits up to 5 min for a dpkg lock another apt holds.
 need=()
-for p in iproute2:ip ethtool:ethtool gcc:gcc bpftrace:bpftrace python3-venv:none; do
+for p in iproute2:ip ethtool:ethtool gcc:gcc bpftrace:bpftrace kmod:modprobe git:git \
+         python3-venv:none; do
     pkg=${p%%:*} bin=${p##*:}
     if [ "$bin" = none ]; then dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
-    else command -v "$bin" >/dev/null 2>&1 || need+=("$pkg"); fi
+    else PATH=$PATH:/usr/sbin:/sbin command -v "$bin" >/dev/null 2>&1 || need+=("$pkg"); fi
 done
 if [ ${#need[@]} -gt 0 ]; then
     echo "== installing ${need[*]}"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    APT=(apt-get -o DPkg::Lock::Timeout=300 -qq)
+    if ! "${APT[@]}" update || ! DEBIAN_FRONTEND=noninteractive "${APT[@]}" install -y "${need[@]}" \
+            >/dev/null; then
+        echo "tests/run.sh: STOPPED: apt-get could not install ${need[*]} (see apt's message" \
+             "above; run as root, check the mirror or a dpkg lock held for over 5 minutes)" >&2
+        exit 2
+    fi
 fi
 
 # 2. virtual environment with the project and its test tools
@@ -41,6 +54,12 @@ echo "== pytest (host tier)"
 .venv/bin/python -m pytest -q ${PYTEST_ARGS:-} tests
 prc=$?
 [ $prc -eq 0 ] || rc=1
+
+echo "== README command 1, verbatim, in a fresh clone"
+bash tests/readme/check_command1.sh
+r1=$?
+if [ $r1 -eq 77 ]; then echo "README COMMAND 1 CHECK SKIPPED (see reason above)"
+elif [ $r1 -ne 0 ]; then rc=1; fi
 
 echo "== package (.deb build, lintian, install into a bookworm chroot)"
 if [ "${AGENTLATD_SKIP_PACKAGE:-0}" = 1 ]; then echo "PACKAGE TEST SKIPPED: AGENTLATD_SKIP_PACKAGE=1"

@@ -378,17 +378,13 @@ def test_cli_text_report_fits_80_columns_and_says_why(tmp_path: pathlib.Path) ->
     assert "ENOENT" in text and "unsupported" in text and "journal:" in text
 
 
-def test_cli_refuses_the_real_root_without_root_privileges() -> None:
-    import os
+def test_cli_refuses_the_real_root_without_root_privileges(nobody_python: list[str]) -> None:
+    """Run as uid 65534 wherever the checkout is (nobody cannot traverse /root)."""
     import subprocess
-    import sys
-    if os.geteuid() != 0:
-        pytest.skip("needs root to drop to another uid with setpriv")
     for cmd in (["apply", "--plan", "/dev/null"], ["rollback"]):
         p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                            sys.executable, "-m", "agentlatd", *cmd],
-                           capture_output=True, text=True, timeout=60, check=False,
-                           cwd=str(pathlib.Path(__file__).resolve().parents[2]))
+                            *nobody_python, "-m", "agentlatd", *cmd],
+                           capture_output=True, text=True, timeout=60, check=False, cwd="/")
         assert p.returncode == 1, p.stderr
         assert "run it as root" in p.stderr
 
