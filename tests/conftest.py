@@ -72,7 +72,7 @@ def nobody_python() -> Iterator[list[str]]:
                 continue
             src = pathlib.Path(next(iter(spec.submodule_search_locations)))
             shutil.copytree(src, lib / name, ignore=shutil.ignore_patterns("__pycache__"))
-        for d, dirs, files in os.walk(lib):
+        for d, _dirs, files in os.walk(lib):
             os.chmod(d, 0o755)
             for f in files:
                 os.chmod(os.path.join(d, f), 0o644)
