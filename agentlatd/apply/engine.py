@@ -57,8 +57,9 @@ import contextlib
 import errno
 import fcntl
 import os
+import shlex
 import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -780,6 +781,33 @@ class Engine:
 # ---------------------------------------------------------------------------
 
 
+def _same_netns(cmd: str) -> str:
+    return cmd
+
+
+def _netns_wrapper(root: Root, journal_netns: str) -> Callable[[str], str] | None:
+    """How to run a restore line in the journal's network namespace.
+
+    sysfs under /sys/class/net shows the devices of the namespace that mounted it, so a
+    line for a veth inside namespace NS must run as `ip netns exec NS sh -c '...'` (which
+    also remounts /sys there). The journal keeps the namespace's identity
+    ("net:[inode]"); its name is the /run/netns entry with that inode. None: a foreign
+    namespace with no name.
+    """
+    if not journal_netns or not root.is_host:
+        return _same_netns
+    if root.readlink("proc/self/ns/net") == journal_netns:
+        return _same_netns
+    inode = journal_netns.removeprefix("net:[").removesuffix("]")
+    with contextlib.suppress(KernelError):
+        for name in root.listdir("run/netns"):
+            with contextlib.suppress(OSError):
+                if str(os.stat(root.path(f"run/netns/{name}")).st_ino) == inode:
+                    ns = shlex.quote(name)
+                    return lambda cmd: f"ip netns exec {ns} sh -c {shlex.quote(cmd)}"
+    return None
+
+
 def rollback_commands(root: Root, state_dir: str) -> list[str]:
     """Shell commands that would restore the journal's originals; reads only.
 
@@ -802,6 +830,11 @@ def rollback_commands(root: Root, state_dir: str) -> list[str]:
                + (f", network namespace {j.netns}" if j.netns else "") + ")")
     if os.path.abspath(j.root) != root.base:
         out.append(f"# NOTE: the journal applies to root {j.root}, not {root.base}")
+    wrap = _netns_wrapper(root, j.netns)
+    if wrap is None:
+        out.append(f"# NOTE: the journal was written in network namespace {j.netns}, which has "
+                   "no name under /run/netns: run these lines inside it (nsenter --net=...)")
+        wrap = _same_netns
     for e in reversed(j.entries):
         if e.has(FLAG_MANAGED) and e.written is None:
             out.append(f"# {e.knob} {e.target}: kernel-managed, never changed")
@@ -811,7 +844,7 @@ def rollback_commands(root: Root, state_dir: str) -> list[str]:
             out.append(f"# {e.knob} {e.target}: no such knob in this build; original {e.original!r}")
             continue
         try:
-            out.append(knob.shell(e.target, e.original))
+            out.append(wrap(knob.shell(e.target, e.original)))
         except ValueError as err:
             out.append(f"# {e.knob} {e.target}: {err}")
     if any(e.knob == "task.affinity" and e.written is not None for e in j.entries):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import subprocess
 
 import pytest
 from applyhelpers import (
@@ -122,3 +123,29 @@ def test_planner_policy_apply_and_rollback(tmp_path: pathlib.Path) -> None:
         p = cli(["rollback", "--state-dir", state], netns=v.netns)
         assert p.returncode == 0, p.stdout + p.stderr
         assert snapshot_diff(before, snapshot(v.netns, v.devs)) == []
+
+
+def test_rollback_print_of_knobs_in_a_network_namespace_prints_bare_sys_paths(
+        tmp_path: pathlib.Path) -> None:
+    """The printed lines, pasted on the host, restore the namespace's veths."""
+    with netns_with_veths() as v:
+        a, b = v.devs
+        changes = [c for c in veth_changes(a, b, frozenset()) if c.knob != "net.coalesce"]
+        plan = plan_file(tmp_path / "plan.json", changes)
+        state = str(tmp_path / "state")
+        before = snapshot(v.netns, v.devs)
+        p = cli(["apply", "--plan", str(plan), "--state-dir", state], netns=v.netns)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert snapshot_diff(before, snapshot(v.netns, v.devs)) != []
+        p = cli(["rollback", "--print", "--state-dir", state])  # from the host's namespace
+        assert p.returncode == 0, p.stderr
+        lines = [ln for ln in p.stdout.splitlines() if ln and not ln.startswith("#")]
+        assert lines and all(ln.startswith(f"ip netns exec {v.netns} sh -c '") for ln in lines), lines
+        r = subprocess.run(["sh", "-e"], input=p.stdout, capture_output=True, text=True,
+                           timeout=60, check=False)
+        assert r.returncode == 0, r.stderr
+        assert snapshot_diff(before, snapshot(v.netns, v.devs)) == []
+        # and from inside the namespace, the lines stay plain
+        p = cli(["rollback", "--print", "--state-dir", state], netns=v.netns)
+        assert not any(ln.startswith("ip netns") for ln in p.stdout.splitlines()), p.stdout
+        cli(["rollback", "--state-dir", state], netns=v.netns)
