@@ -7,6 +7,7 @@ import dataclasses
 import importlib
 import json
 import os
+import shlex
 import sys
 import textwrap
 from typing import Any
@@ -164,8 +165,20 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     else:
         print(f"Policy: {pol.source}")
-        print_report(report, plan_notes)
+        print_report(report, plan_notes, rollback_hint=rollback_command(args))
     return 1 if report.failed else 0
+
+
+def rollback_command(args: argparse.Namespace) -> str:
+    """The `agentlatd rollback` line that finds this apply's journal (same --root/--state-dir)."""
+    cmd = ["agentlatd", "rollback"]
+    if getattr(args, "root", "/") not in (None, "/"):
+        cmd += ["--root", args.root]
+    if getattr(args, "state_dir", None):
+        cmd += ["--state-dir", args.state_dir]
+    if getattr(args, "config", None) and not getattr(args, "state_dir", None):
+        cmd += ["--config", args.config]  # its daemon.state_dir names the journal
+    return shlex.join(cmd)
 
 
 _ORDER = (CHANGED, CLAMPED, FAILED, UNSUPPORTED, MANAGED, SKIPPED, PLANNED, UNCHANGED)
@@ -234,7 +247,8 @@ def print_recovery(rec: RecoverReport | None, file: Any = None) -> None:
                         ""), file=file or sys.stdout)
 
 
-def print_report(report: ApplyReport, plan_notes: tuple[str, ...] = ()) -> None:
+def print_report(report: ApplyReport, plan_notes: tuple[str, ...] = (),
+                 rollback_hint: str = "agentlatd rollback") -> None:
     print_recovery(report.recovery)
     counts = {s: report.count(s) for s in _ORDER}
     summary = ", ".join(f"{n} {_LABEL[s]}" for s, n in counts.items() if n)
@@ -248,5 +262,5 @@ def print_report(report: ApplyReport, plan_notes: tuple[str, ...] = ()) -> None:
     for n in (*plan_notes, *report.notes):
         print(_wrap(f"note: {n}", ""))
     if not report.dry_run and (report.count(CHANGED) or report.count(CLAMPED)):
-        print(_wrap(f"journal: {report.journal} (`agentlatd rollback` restores the originals)",
+        print(_wrap(f"journal: {report.journal} (`{rollback_hint}` restores the originals)",
                     ""))

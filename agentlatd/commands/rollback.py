@@ -66,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
     for r in rep.results:
         counts[r.status] = counts.get(r.status, 0) + 1
     summary = ", ".join(f"{n} {_LABEL.get(s, s)}" for s, n in counts.items())
+    notes = list(rep.notes)
+    if not summary and notes:
+        summary = notes.pop(0)  # "no journal: nothing to roll back", said once
     print(_wrap(f"agentlatd rollback: {summary or 'nothing to roll back'}", ""))
     for r in rep.results:
         label = _LABEL.get(r.status, r.status)
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             print(ln)
         if r.status in (FAILED, CLAMPED, GONE) and r.message:
             print(_wrap(r.message, " " * 19))
-    for n in rep.notes:
+    for n in notes:
         print(_wrap(f"note: {n}", ""))
     if rep.journal_removed:
         print(_wrap(f"journal {rep.journal} removed: every original is back", ""))

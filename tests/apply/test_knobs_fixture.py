@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import pathlib
+import shlex
 
 import pytest
 from applyhelpers import (
@@ -442,3 +443,24 @@ def test_unyield_manages_a_yielded_knob_again(tmp_path: pathlib.Path) -> None:
         rep = eng.apply([Change("net.rps_cpus", "eth9/rx-0", "", "3", "t")])
         assert rep.results[0].status == "changed" and f.read_text() == "3\n"
         assert eng.check_drift() == []
+
+
+def test_apply_with_state_dir_hints_plain_rollback(tmp_path: pathlib.Path) -> None:
+    """The hint after `apply --state-dir D` must find D's journal; a bare
+    `agentlatd rollback` looks elsewhere and says there is nothing to roll back."""
+    tree = copy_fixture("server-2s64t", tmp_path)
+    state = tmp_path / "my state"
+    plan = plan_file(tmp_path / "plan.json", _server_changes()[:2])
+    p = cli(["apply", "--root", str(tree), "--plan", str(plan), "--state-dir", str(state)])
+    assert p.returncode == 0, p.stdout + p.stderr
+    hint = f"agentlatd rollback --root {tree} --state-dir '{state}'"
+    assert f"`{hint}`" in " ".join(p.stdout.split()), p.stdout
+    p = cli(shlex.split(hint)[1:])  # the hint, as a person pastes it
+    assert p.returncode == 0 and "2 restored" in p.stdout, p.stdout + p.stderr
+
+
+def test_nothing_to_roll_back_printed_twice(tmp_path: pathlib.Path) -> None:
+    tree = copy_fixture("server-2s64t", tmp_path)
+    p = cli(["rollback", "--root", str(tree), "--state-dir", str(tmp_path / "empty")])
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("nothing to roll back") == 1, p.stdout
