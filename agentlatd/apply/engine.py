@@ -68,7 +68,7 @@ from agentlatd.apply.journal import FLAG_MANAGED, FLAG_YIELDED, Entry, Journal, 
 from agentlatd.apply.knobs import REGISTRY, Knob, load_plugins
 from agentlatd.errors import AgentlatdError, JournalError, KernelError
 from agentlatd.kernel.errnos import ErrClass
-from agentlatd.plan.changes import Change
+from agentlatd.plan.changes import CPUMASK_KNOBS, Change, human_value
 from agentlatd.policy import Policy
 from agentlatd.sysfs.root import Root
 
@@ -122,8 +122,10 @@ class KnobResult:
     reason: str = ""  # the plan's reason (apply)
 
     def to_json(self) -> dict[str, Any]:
+        # before/after as people read them (CPU lists); desired is the literal value written
         return {"knob": self.knob, "target": self.target, "status": self.status,
-                "before": self.before, "desired": self.desired, "after": self.after,
+                "before": human_value(self.knob, self.before), "desired": self.desired,
+                "after": human_value(self.knob, self.after),
                 "errclass": self.errclass, "message": self.message, "reason": self.reason}
 
 
@@ -186,7 +188,7 @@ class ApplyReport:
         return any(r.status == FAILED for r in self.results)
 
     def to_json(self) -> dict[str, Any]:
-        return {"dry_run": self.dry_run, "journal": self.journal,
+        return {"ok": not self.failed, "dry_run": self.dry_run, "journal": self.journal,
                 "recovery": self.recovery.to_json() if self.recovery else None,
                 "notes": list(self.notes), "summary": _counts(self.results),
                 "results": [r.to_json() for r in self.results]}
@@ -844,7 +846,10 @@ def rollback_commands(root: Root, state_dir: str) -> list[str]:
             out.append(f"# {e.knob} {e.target}: no such knob in this build; original {e.original!r}")
             continue
         try:
-            out.append(wrap(knob.shell(e.target, e.original)))
+            line = wrap(knob.shell(e.target, e.original))
+            if e.knob in CPUMASK_KNOBS:  # the mask is what the kernel takes; say the CPUs
+                line += f"  # CPUs {human_value(e.knob, e.original) or 'none'}"
+            out.append(line)
         except ValueError as err:
             out.append(f"# {e.knob} {e.target}: {err}")
     if any(e.knob == "task.affinity" and e.written is not None for e in j.entries):

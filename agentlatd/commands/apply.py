@@ -12,6 +12,7 @@ import sys
 import textwrap
 from typing import Any
 
+from agentlatd import jsonout
 from agentlatd import policy as policy_mod
 from agentlatd.apply import irqbalance
 from agentlatd.apply.engine import (
@@ -31,7 +32,7 @@ from agentlatd.apply.engine import (
 from agentlatd.errors import AgentlatdError
 from agentlatd.model.build import build_machine
 from agentlatd.plan.build import followup, needs_followup
-from agentlatd.plan.changes import Change
+from agentlatd.plan.changes import Change, human_value
 from agentlatd.sysfs.root import Root
 
 HELP = "apply the plan to the kernel (journals originals for rollback)"
@@ -162,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         out = report.to_json()
         out["plan_notes"] = list(plan_notes)
         out["policy"] = pol.source
-        print(json.dumps(out, indent=2))
+        print(jsonout.dumps(out))
     else:
         print(f"Policy: {pol.source}")
         print_report(report, plan_notes, rollback_hint=rollback_command(args))
@@ -225,10 +226,12 @@ def _wrap_value(text: str, pad: str) -> list[str]:
 
 def _line(r: KnobResult) -> list[str]:
     head = f"  {_LABEL.get(r.status, r.status):<13} {r.knob} {r.target}"
+    before = human_value(r.knob, r.before)
     if r.status in (CHANGED, PLANNED, CLAMPED):
-        lines = value_lines(head, r.before, r.after if r.status == CLAMPED else r.desired, 16)
+        after = r.after if r.status == CLAMPED else r.desired
+        lines = value_lines(head, before, human_value(r.knob, after) or "none", 16)
     elif r.status == UNCHANGED:
-        lines = value_lines(head, r.before, None, 16)
+        lines = value_lines(head, before or "none", None, 16)
     else:
         lines = [_wrap(head, "")]
     if r.status in (FAILED, UNSUPPORTED, MANAGED, SKIPPED, CLAMPED) and r.message:

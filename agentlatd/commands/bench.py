@@ -14,7 +14,6 @@ it is undone on exit, Ctrl-C and SIGTERM. Needs root, iproute2 and gcc.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -23,6 +22,7 @@ from dataclasses import replace
 from types import FrameType
 from typing import Any
 
+from agentlatd import jsonout
 from agentlatd.benchmark.configs import ALL, CONFIGS, ORDER
 from agentlatd.benchmark.harness import QUICK, Bench, Settings
 from agentlatd.benchmark.noise import NoiseSpec
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     doc["argv"] = list(sys.argv)
     jpath, hpath = report.write(doc, out_dir)
     if args.json:
-        sys.stdout.write(json.dumps(doc, indent=1) + "\n")
+        sys.stdout.write(jsonout.dumps(doc, indent=1) + "\n")
     else:
         sys.stdout.write(doc["headline"])
         sys.stdout.write(f"\nreport: {hpath}\n        {jpath}\n")

@@ -21,12 +21,12 @@ it says so and falls back to schedstat.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from typing import Any
 
+from agentlatd import jsonout
 from agentlatd import policy as policy_mod
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError, KernelError
@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"agentlatd trace: tracing unavailable: {'; '.join(reasons)}", file=sys.stderr)
     doc = trace_report.build(inp)
     if args.json:
-        sys.stdout.write(json.dumps(doc, indent=1) + "\n")
+        sys.stdout.write(jsonout.dumps(doc, indent=1) + "\n")
     else:
         sys.stdout.write(trace_report.render(doc))
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import pathlib
+import re
 import shlex
 
 import pytest
@@ -353,7 +354,7 @@ def test_cli_apply_print_rollback_on_a_fixture_copy(tmp_path: pathlib.Path) -> N
     # reverse order: the last change is restored first
     assert lines[1] == "sysctl -w net.core.rps_sock_flow_entries=0"
     assert lines[-1] == "echo 0 > /proc/irq/76/smp_affinity_list"
-    assert "echo 00000000,00000001 > /sys/class/net/ens1f0/queues/tx-0/xps_cpus" in lines
+    assert "echo 00000000,00000001 > /sys/class/net/ens1f0/queues/tx-0/xps_cpus  # CPUs 0" in lines
     assert tree_bytes(tree) != before  # --print wrote nothing
     p = cli(["rollback", "--root", str(tree)])
     assert p.returncode == 0, p.stdout + p.stderr
@@ -464,3 +465,46 @@ def test_nothing_to_roll_back_printed_twice(tmp_path: pathlib.Path) -> None:
     p = cli(["rollback", "--root", str(tree), "--state-dir", str(tmp_path / "empty")])
     assert p.returncode == 0, p.stderr
     assert p.stdout.count("nothing to roll back") == 1, p.stdout
+
+
+def test_two_notations_for_the_same_value(tmp_path: pathlib.Path) -> None:
+    """RPS/XPS read as CPU lists everywhere people and JSON readers look (as `status`
+    prints them); the hex mask only where it is the literal value written."""
+    tree = copy_fixture("server-2s64t", tmp_path)
+    p = cli(["plan", "--root", str(tree)])
+    assert "net.rps_cpus ens1f0/rx-[0-15]: none -> 0,32" in p.stdout, p.stdout
+    assert "net.xps_cpus ens1f0/tx-1: 1 -> 32" in p.stdout
+    assert "00000001" not in p.stdout
+    doc = json.loads(cli(["plan", "--root", str(tree), "--json"]).stdout)
+    rps = next(c for c in doc["changes"] if c["knob"] == "net.rps_cpus")
+    assert (rps["before"], rps["after"]) == ("", "0,32")
+    assert rps["desired"] == "00000001,00000001"  # what `apply --plan` writes
+    state = str(tmp_path / "state")
+    p = cli(["apply", "--root", str(tree), "--state-dir", state, "--json"])
+    res = [r for r in json.loads(p.stdout)["results"] if r["knob"] == "net.xps_cpus"]
+    assert res and not any(re.fullmatch(r"[0-9a-f]{8}(,[0-9a-f]{8})*", r["after"]) for r in res), res
+    assert {r["target"]: r["after"] for r in res}["ens1f0/tx-1"] == "32"
+    p = cli(["rollback", "--root", str(tree), "--state-dir", state, "--print"])
+    line = next(ln for ln in p.stdout.splitlines() if "tx-1/xps_cpus" in ln)
+    assert line == ("echo 00000000,00000002 > /sys/class/net/ens1f0/queues/tx-1/xps_cpus"
+                    "  # CPUs 1"), line
+    p = cli(["rollback", "--root", str(tree), "--state-dir", state])
+    assert "00000000" not in p.stdout, p.stdout
+
+
+def test_json_of_every_command_carries_a_schema_version(tmp_path: pathlib.Path) -> None:
+    tree = copy_fixture("server-2s64t", tmp_path)
+    state = str(tmp_path / "state")
+    docs = {cmd[0]: json.loads(cli([*cmd, "--json"]).stdout) for cmd in (
+        ["status", "--root", str(tree), "--interval", "0"],
+        ["plan", "--root", str(tree)],
+        ["apply", "--root", str(tree), "--state-dir", state],
+        ["rollback", "--root", str(tree), "--state-dir", state],
+        ["capture", "--root", str(tree), "--out", str(tmp_path / "cap")])}
+    for name, doc in docs.items():
+        assert next(iter(doc)) == "schema_version" and doc["schema_version"] == 1, name
+    # the same thing, the same name: apply and rollback both say ok, before and after
+    assert docs["apply"]["ok"] is True and docs["rollback"]["ok"] is True
+    for name in ("apply", "rollback"):
+        assert {"before", "after"} <= set(docs[name]["results"][0]), name
+    assert {"before", "after"} <= set(docs["plan"]["changes"][0])
