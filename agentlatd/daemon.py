@@ -187,6 +187,7 @@ class Tuner:
 
         ts, ne = time.monotonic(), len(errors)
         hotplug = False
+        rescanned = False
         try:
             from agentlatd.model.rates import compute_rates
             from agentlatd.sample.counters import read_counters
@@ -209,6 +210,7 @@ class Tuner:
                 self.machine = build_machine(root)
                 self.machine_t = t0
                 self.rebuild = False
+                rescanned = True
             from agentlatd.apply import irqbalance
             try:
                 links = self.links.update(root, self.d.agent_homes, pol)
@@ -233,6 +235,8 @@ class Tuner:
             ts, ne = time.monotonic(), len(errors)
             try:
                 with self.d.applier.hold():
+                    if rescanned:  # knobs the kernel refused get one more try per rescan
+                        self.d.engine.forget_refusals()
                     drift = self._drift(hotplug, t0)
                     report = self.d.engine.apply(plan.changes)
                 if any(r.errclass == "gone" for r in report.results):

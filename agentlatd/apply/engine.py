@@ -54,6 +54,7 @@ write point; it has no other use.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import os
@@ -251,6 +252,11 @@ class Engine:
         self._recovered: RecoverReport | None = None
         self._writes = 0
         self._crash_after = _crash_after()
+        # (knob, target) -> (the value refused, the result): a knob the kernel refused for
+        # good (unsupported, value invalid, not permitted) is not tried again with the same
+        # value until forget_refusals(), which the daemon calls at each machine rescan:
+        # without it every tick repeats the failing write (and its journal round trip)
+        self._refused: dict[tuple[str, str], tuple[str, KnobResult]] = {}
 
     # -- lifecycle -------------------------------------------------------
     def __enter__(self) -> Engine:
@@ -388,6 +394,14 @@ class Engine:
         """Knob instances the kernel manages (never written again)."""
         return frozenset(e.key for e in self._j().entries if e.has(FLAG_MANAGED))
 
+    def refused(self) -> dict[tuple[str, str], KnobResult]:
+        """The knobs held back until the next forget_refusals(), with why."""
+        return {k: r for k, (_, r) in self._refused.items()}
+
+    def forget_refusals(self) -> None:
+        """Try refused knobs again (a machine rescan: a driver, link or kernel changed)."""
+        self._refused.clear()
+
     def entries(self) -> tuple[Entry, ...]:
         return tuple(self._j().entries)
 
@@ -460,6 +474,12 @@ class Engine:
                 results[i] = res(SKIPPED, "another writer changed it after agentlatd; "
                                           "yielded (policy daemon.drift = \"yield\")")
                 continue
+            held = self._refused.get(c.key)
+            if held is not None and held[0] == c.desired:
+                r = held[1]
+                results[i] = dataclasses.replace(
+                    r, reason=c.reason, message=r.message.removesuffix(_HELD) + _HELD)
+                continue
             if c.knob == "irq.affinity" and not steer:
                 results[i] = res(SKIPPED, "irqbalance is running and policy daemon.irqbalance "
                                           "= \"refuse\": IRQ affinity left to it")
@@ -469,6 +489,7 @@ class Engine:
             except KernelError as e:
                 st = UNSUPPORTED if e.errclass is ErrClass.UNSUPPORTED else FAILED
                 results[i] = res(st, _sentence(e), errclass=e.errclass)
+                self._hold(c, results[i])
                 continue
             except (ValueError, AgentlatdError) as e:
                 results[i] = res(FAILED, f"cannot read: {e}", errclass=ErrClass.INVALID)
@@ -487,7 +508,11 @@ class Engine:
                 results[i] = res(UNCHANGED, "already right", before=shown)
                 continue
             if dry_run:
-                results[i] = res(PLANNED, "would be written", before=shown)
+                why = knob.refusal(self.root, c.target, c.desired)
+                if why is not None:
+                    results[i] = res(UNSUPPORTED, why, before=shown, errclass=ErrClass.UNSUPPORTED)
+                else:
+                    results[i] = res(PLANNED, "would be written", before=shown)
                 continue
             assert j is not None
             new = entry is None
@@ -518,6 +543,7 @@ class Engine:
             for i, p in pending:
                 r = self._write_one(p)
                 results[i] = r
+                self._hold(p.change, r)
                 if r.status not in (CHANGED, CLAMPED) and p.entry.written != p.prev_written:
                     p.entry.written = p.prev_written  # not written: the kernel kept its value
                 if p.new_entry and p.entry.written is None and not p.entry.has(FLAG_MANAGED):
@@ -536,6 +562,10 @@ class Engine:
             j.save()
         out = tuple(r for r in results if r is not None)
         return ApplyReport(out, self.journal_path, recovery, tuple(notes), dry_run)
+
+    def _hold(self, c: Change, r: KnobResult | None) -> None:
+        if r is not None and r.errclass in _HOLD_BACK:
+            self._refused[c.key] = (c.desired, r)
 
     def _write_one(self, p: _Pending) -> KnobResult:
         c, knob = p.change, p.knob
@@ -808,6 +838,11 @@ def _netns_wrapper(root: Root, journal_netns: str) -> Callable[[str], str] | Non
                     ns = shlex.quote(name)
                     return lambda cmd: f"ip netns exec {ns} sh -c {shlex.quote(cmd)}"
     return None
+
+
+# Failures that repeat as long as the device, driver and value stay the same (errnos.py).
+_HOLD_BACK = frozenset({ErrClass.UNSUPPORTED.value, ErrClass.INVALID.value, ErrClass.DENIED.value})
+_HELD = " (not tried again until the next machine rescan)"
 
 
 def rollback_commands(root: Root, state_dir: str) -> list[str]:

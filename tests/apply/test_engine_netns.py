@@ -25,6 +25,8 @@ from applyhelpers import (
     veth_changes,
 )
 
+from agentlatd.plan.changes import Change
+
 pytestmark = pytest.mark.netns
 
 
@@ -149,3 +151,24 @@ def test_rollback_print_of_knobs_in_a_network_namespace_prints_bare_sys_paths(
         p = cli(["rollback", "--print", "--state-dir", state], netns=v.netns)
         assert not any(ln.startswith("ip netns") for ln in p.stdout.splitlines()), p.stdout
         cli(["rollback", "--state-dir", state], netns=v.netns)
+
+
+def test_dry_run_says_would_change_for_a_knob_the_kernel_reports_unsupported(
+        tmp_path: pathlib.Path) -> None:
+    """Threaded NAPI on a veth without NAPI instances (no GRO, no XDP): the kernel's
+    EOPNOTSUPP is knowable from netdev napi-get, so --dry-run says so; with GRO on the
+    same veth has NAPIs and the dry run plans the write."""
+    for gro, want in ((False, "unsupported"), (True, "planned")):
+        with netns_with_veths(gro=gro) as v:
+            a, _b = v.devs
+            plan = plan_file(tmp_path / "plan.json", [Change("net.threaded", a, "", "1", "t")])
+            state = str(tmp_path / f"state-{gro}")
+            p = cli(["apply", "--dry-run", "--plan", str(plan), "--state-dir", state, "--json"],
+                    netns=v.netns)
+            (r,) = json.loads(p.stdout)["results"]
+            assert r["status"] == want, r
+            # and the kernel agrees: the real write fails exactly when the dry run said so
+            p = cli(["apply", "--plan", str(plan), "--state-dir", state, "--json"], netns=v.netns)
+            (r,) = json.loads(p.stdout)["results"]
+            assert r["status"] == ("unsupported" if not gro else "changed"), r
+            cli(["rollback", "--state-dir", state], netns=v.netns)

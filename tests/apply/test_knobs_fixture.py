@@ -205,10 +205,15 @@ def test_injected_errno_is_classified_and_the_others_still_apply(
         assert fault in r42.message and bad in r42.message
         assert [r.status for r in rep.results if r.target != "42"] == [CHANGED] * 4
         assert rep.failed is not managed
-        # transient / no-space / invalid are tried again on the next apply;
-        # managed never
+        # transient / no-space are tried again on the next apply; managed never;
+        # an invalid value not until the next machine rescan (forget_refusals)
+        held = fault == "EINVAL"
         eng.apply(changes)
-        assert root.writes(bad) == (1 if managed else 2)
+        assert root.writes(bad) == (1 if managed or held else 2)
+        if held:
+            eng.forget_refusals()
+            eng.apply(changes)
+            assert root.writes(bad) == 2
         # a failed write left the kernel as it was: nothing journaled for it
         keys = {e.target for e in eng.entries()}
         assert ("42" in keys) is managed
@@ -508,3 +513,35 @@ def test_json_of_every_command_carries_a_schema_version(tmp_path: pathlib.Path) 
     for name in ("apply", "rollback"):
         assert {"before", "after"} <= set(docs[name]["results"][0]), name
     assert {"before", "after"} <= set(docs["plan"]["changes"][0])
+
+
+def test_unsupported_knobs_are_rewritten_every_tick(tmp_path: pathlib.Path) -> None:
+    """A knob the kernel refuses for good (threaded NAPI on a veth: EOPNOTSUPP) is tried
+    once per machine rescan, not at every tick; the journal is not touched for it."""
+    import errno as errno_mod
+    tree = small_tree(tmp_path / "tree")
+    bad = "sys/class/net/eth9/threaded"
+    root = FaultRoot(tree, {bad: errno_mod.EOPNOTSUPP})
+    changes = [Change("net.threaded", "eth9", "", "1", "t"),
+               Change("net.rps_cpus", "eth9/rx-0", "", "2", "t")]
+    state = tmp_path / "state"
+    with Engine(root, str(state)) as eng:
+        first = eng.apply(changes)
+        assert [r.status for r in first.results] == [UNSUPPORTED, CHANGED]
+        journal_file = state / "journal.json"
+        stamp = journal_file.stat().st_mtime_ns
+        for _ in range(20):  # twenty ticks
+            rep = eng.apply(changes)
+            r = rep.results[0]
+            assert r.status == UNSUPPORTED and r.errclass == "unsupported"
+            assert "Operation not supported" in r.message and "next machine rescan" in r.message
+        assert root.writes(bad) == 1
+        assert journal_file.stat().st_mtime_ns == stamp
+        assert set(eng.refused()) == {("net.threaded", "eth9")}
+        # a changed value is a new question for the kernel
+        eng.apply([Change("net.threaded", "eth9", "", "0", "t")])
+        assert root.writes(bad) == 1  # "0" is already there: nothing to write
+        eng.forget_refusals()  # the daemon's machine rescan
+        eng.apply(changes)
+        assert root.writes(bad) == 2
+        assert eng.rollback().ok
