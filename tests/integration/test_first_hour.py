@@ -116,3 +116,14 @@ def test_status_never_asks_the_running_daemon() -> None:
     gone = cli("status", "--interval", "0", "--socket", str(d / "agentlatd.sock"), "--json")
     doc = json.loads(gone.stdout)
     assert doc["daemon"] is None and "No such file" in doc["daemon_unavailable"]
+
+
+def test_trace_is_silent_while_it_runs() -> None:
+    """Up to an hour of tracing: stderr says what is traced and how far along it is."""
+    with sleeper() as p:
+        r = cli("trace", "--pid", str(p.pid), "--method", "schedstat", "--duration", "2.5")
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert lines[0].startswith("agentlatd trace: tracing ") and "for 2.5 s" in lines[0], lines
+    assert any(ln.startswith("agentlatd trace: 1 of 2.5 s") for ln in lines), lines
+    assert "of 2.5 s" not in r.stdout  # the report stays clean for scripts
