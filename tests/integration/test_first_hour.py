@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -127,3 +128,41 @@ def test_trace_is_silent_while_it_runs() -> None:
     assert lines[0].startswith("agentlatd trace: tracing ") and "for 2.5 s" in lines[0], lines
     assert any(ln.startswith("agentlatd trace: 1 of 2.5 s") for ln in lines), lines
     assert "of 2.5 s" not in r.stdout  # the report stays clean for scripts
+
+
+@contextlib.contextmanager
+def veth_netns() -> Iterator[tuple[str, str]]:
+    """A fresh network namespace holding one veth pair (both ends), removed after."""
+    tag = secrets.token_hex(3)
+    ns, a, b = f"fh-{tag}", f"fha{tag}", f"fhb{tag}"
+    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=30)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "add", a, "type", "veth", "peer", "name", b],
+                       check=True, timeout=30)
+        for dev in (a, b):
+            subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True, timeout=30)
+        yield ns, a
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False, timeout=30)
+
+
+def test_drift_appears_only_in_metrics() -> None:
+    """Another writer changes a knob agentlatd set: the log says so (and `status` shows
+    the knob yielded), not only a metric."""
+    with veth_netns() as (ns, dev), workdir() as d:
+        pol = policy_text(extra="").replace('include = ["agentlatd-test-none-*"]',
+                                            f'include = ["{dev}"]').replace("rps = false",
+                                                                            "rps = true")
+        rps = f"/sys/class/net/{dev}/queues/rx-0/rps_cpus"
+        with daemon(d, pol, prefix=("ip", "netns", "exec", ns)) as dm:
+            wait_until(lambda: dm.status()["journal_entries"] > 0, 20, what="RPS steered")
+            subprocess.run(["ip", "netns", "exec", ns, "sh", "-c", f"echo 2 > {rps}"], check=True,
+                           timeout=30)
+            wait_until(lambda: f"drift: net.rps_cpus {dev}/rx-0 is 1, agentlatd wrote 0" in dm.log,
+                       10, what="the drift in the log")
+            line = next(ln for ln in dm.log.splitlines() if "drift:" in ln)
+            assert "WARNING" in line and "yielded" in line, line
+            text = subprocess.run([sys.executable, "-m", "agentlatd", "status", "--interval", "0",
+                                   "--socket", str(dm.socket)], capture_output=True, text=True,
+                                  timeout=60, env=env_for_children()).stdout
+            assert f"yielded to another writer: net.rps_cpus {dev}/rx-0" in text, text
