@@ -564,7 +564,10 @@ class Engine:
         return ApplyReport(out, self.journal_path, recovery, tuple(notes), dry_run)
 
     def _hold(self, c: Change, r: KnobResult | None) -> None:
-        if r is not None and r.errclass in _HOLD_BACK:
+        # device and kernel knobs only: a process knob (live_only: task.*) names threads
+        # that come and go between ticks, and the agent applier retries them itself
+        knob = self._knob(c.knob)
+        if r is not None and r.errclass in _HOLD_BACK and knob is not None and not knob.live_only:
             self._refused[c.key] = (c.desired, r)
 
     def _write_one(self, p: _Pending) -> KnobResult:
