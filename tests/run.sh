@@ -1,6 +1,6 @@
 #!/bin/bash
 # The whole test suite, on a fresh Debian 12 machine, as root (README command 2:
-# `$(command -v sudo) bash tests/run.sh`), from a checkout anywhere (/tmp, /root, a path
+# `$([ "$(id -u)" = 0 ] || echo sudo) bash tests/run.sh`), from a checkout anywhere (/tmp, /root, a path
 # with spaces):
 #   bash tests/run.sh            host tier (lint, types, unit, plan, apply, integration)
 #                                then README command 1 verbatim in a fresh clone
