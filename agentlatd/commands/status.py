@@ -344,5 +344,6 @@ def run(args: argparse.Namespace) -> int:
             doc["daemon_unavailable"] = why
         sys.stdout.write(jsonout.dumps(doc) + "\n")
     else:
-        sys.stdout.write(render_daemon(view, why) + render_text(machine, rates))
+        daemon = render_daemon(view, why) if root.is_host or args.socket else ""
+        sys.stdout.write(daemon + render_text(machine, rates))
     return 0
