@@ -35,6 +35,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import grp
 import itertools
 import json
 import os
@@ -73,6 +74,22 @@ class RegistrationError(ClientError):
     pass
 
 
+def connect_hint(err: int | None, path: str) -> str:
+    """What to do about a failed connect, for the person reading the error."""
+    if err in (errno.EACCES, errno.EPERM):
+        # unix(7): connecting needs write permission on the socket: mode 0660, owned by
+        # root and the policy's daemon.socket_group (agentlatd by default)
+        try:
+            group = grp.getgrgid(os.stat(path).st_gid).gr_name
+        except (OSError, KeyError):
+            group = "agentlatd"
+        return (f"; only root and members of the group {group} may connect: "
+                f"`sudo usermod -aG {group} $USER`, then log in again")
+    if err in (errno.ENOENT, errno.ECONNREFUSED):
+        return "; is the daemon running? (`systemctl status agentlatd`)"
+    return ""
+
+
 class Unavailable(OSError):
     """No daemon serves the socket."""
 
@@ -89,7 +106,7 @@ class Connection:
         except OSError as e:
             self.sock.close()
             raise Unavailable(e.errno, f"cannot connect to agentlatd at {self.path}: "
-                                       f"{e.strerror}") from e
+                                       f"{e.strerror}{connect_hint(e.errno, self.path)}") from e
         self.buf = bytearray()
         self._ids = itertools.count(1)
         self.acks: list[dict[str, Any]] = []  # answers to requests nobody waits for

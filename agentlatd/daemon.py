@@ -72,18 +72,19 @@ from agentlatd import policy as policy_mod
 from agentlatd.agents import tasks
 from agentlatd.agents.applier import AGENT_KNOBS, Applier
 from agentlatd.agents.links import LinkTracker
-from agentlatd.agents.placement import CpuLayout
+from agentlatd.agents.placement import NO_HOME_CPU, CpuLayout
 from agentlatd.agents.registry import AgentManager
 from agentlatd.agents.tasks import ProcId
 from agentlatd.api import protocol
 from agentlatd.api.protocol import Envelope, ProtocolError, Register, Step, Unregister
 from agentlatd.api.server import PENDING, Conn, Server, bind_socket
 from agentlatd.apply.engine import ApplyReport, Drift, Engine
+from agentlatd.apply.journal import FLAG_YIELDED
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import AgentlatdError, KernelError, PolicyError
 from agentlatd.model.agent_links import NONE, AgentHome, AgentLinks, discount_heat, own_softirq_rate
 from agentlatd.model.machine import Machine, Rates
-from agentlatd.plan.changes import Plan
+from agentlatd.plan.changes import INCLUDE_MATCHES_NOTHING, Plan, human_value
 from agentlatd.policy import Policy
 from agentlatd.sysfs.root import Root
 
@@ -196,6 +197,7 @@ class Tuner:
         ts, ne = time.monotonic(), len(errors)
         hotplug = False
         snap: Any = None
+        rescanned = False
         try:
             from agentlatd.model.rates import compute_rates
             from agentlatd.sample.counters import read_counters
@@ -218,6 +220,7 @@ class Tuner:
                 self.machine = build_machine(root)
                 self.machine_t = t0
                 self.rebuild = False
+                rescanned = True
             from agentlatd.apply import irqbalance
             try:
                 links = self.links.update(root, self.d.agent_homes, pol)
@@ -238,12 +241,18 @@ class Tuner:
             log.warning("planning failed: %s", e, exc_info=not isinstance(e, AgentlatdError))
             plan = None
         timed("plan", ts, ne)
+        if plan is not None:
+            for n in plan.notes:  # the repeat filter says a persisting one once per window
+                if n.startswith(INCLUDE_MATCHES_NOTHING):
+                    log.warning("%s", n.removeprefix("WARNING: "))
         layout = (layout_of(self.machine, plan) if plan is not None and self.machine is not None
                   else fallback_layout(root, pol))
         if plan is not None and self.d.tune_devices:
             ts, ne = time.monotonic(), len(errors)
             try:
                 with self.d.applier.hold():
+                    if rescanned:  # knobs the kernel refused get one more try per rescan
+                        self.d.engine.forget_refusals()
                     drift = self._drift(hotplug, t0)
                     report = self.d.engine.apply(plan.changes)
                 if any(r.errclass == "gone" for r in report.results):
@@ -310,6 +319,10 @@ class Tuner:
         if not any(e.knob not in AGENT_KNOBS for e in eng.entries()):
             return ()
         out = tuple(eng.check_drift())
+        for d in out:  # another writer changed a knob: say so, not only in metrics
+            log.warning("drift: %s %s is %s, agentlatd wrote %s: %s (daemon.drift = %s)",
+                        d.knob, d.target, human_value(d.knob, d.actual),
+                        human_value(d.knob, d.expected), d.action, self.d.policy.daemon.drift)
         self.yields += [(now, (d.knob, d.target)) for d in out if d.action == "yielded"]
         return out
 
@@ -573,6 +586,9 @@ class Daemon:
     def _take(self, st: TunerState) -> None:
         self._seen_seq = st.seq
         self.last_state = st
+        if st.layout != self.manager.layout and not st.layout.home and st.layout.online:
+            # degraded mode (etc/agentlatd.toml [cpus]): agents register but run unpinned
+            log.warning("%s", NO_HOME_CPU)
         self.manager.set_layout(st.layout)
         self.manager.set_heat(st.heat)
         if st.machine is not None:
@@ -838,6 +854,9 @@ class Daemon:
             "planned_changes": len(st.plan.changes) if st and st.plan else 0,
             "drift": [d.to_json() for d in st.drift] if st else [],
             "journal_entries": len(self.engine.entries()),
+            # knobs another writer changed and agentlatd left to it (daemon.drift = "yield")
+            "yielded": [{"knob": e.knob, "target": e.target} for e in self.engine.entries()
+                        if e.has(FLAG_YIELDED)],
             "agent_links": _links_json(st.plan.agent_links) if st and st.plan else [],
             "connections": len(self.server.conns) if self.server else 0,
             "requests": self.server.requests if self.server else 0,

@@ -28,7 +28,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 LOGGER = "agentlatd"
@@ -102,6 +102,41 @@ def stream_is_journal(stream: TextIO, environ: Mapping[str, str] | None = None) 
     return st.st_dev == int(dev) and st.st_ino == int(ino)
 
 
+class RepeatFilter(logging.Filter):
+    """Says a repeated WARNING or ERROR once per `window` seconds, not every tick.
+
+    A condition that persists (a hot home CPU with nowhere to go, a knob the kernel keeps
+    refusing) is re-detected at every tick; the first line says it, the same line again
+    within `window` is counted and dropped, and the next one let through carries the
+    count ("... [repeated 299 times in 300 s]"). Keyed by logger, level and the formatted
+    message, so a changed value is a new line. INFO and DEBUG pass untouched.
+    """
+
+    def __init__(self, window: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.window = window
+        self.clock = clock
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.levelno, record.getMessage())
+        now = self.clock()
+        first, dropped = self._seen.get(key, (-self.window - 1.0, 0))
+        if now - first < self.window:
+            self._seen[key] = (first, dropped + 1)
+            return False
+        if len(self._seen) > 4096:  # bounded: forget lines older than the window
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.window}
+        self._seen[key] = (now, 0)
+        if dropped:
+            record.msg = f"{record.getMessage()} [repeated {dropped} times in {now - first:.0f} s]"
+            record.args = None
+        return True
+
+
 _handler: logging.Handler | None = None
 
 
@@ -118,6 +153,7 @@ def setup(level: str = "info", *, stream: TextIO | None = None,
         out = stream if stream is not None else sys.stderr
         h = logging.StreamHandler(out)
         h.setFormatter(StructuredFormatter(stream_is_journal(out) if journal is None else journal))
+        h.addFilter(RepeatFilter())
         logger.addHandler(h)
         logger.propagate = False
         _handler = h

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+from collections.abc import Iterator
 
 import pytest
 
@@ -30,3 +31,57 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "netns" in item.keywords:
             item.add_marker(skip)
+
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def nobody_python() -> Iterator[list[str]]:
+    """argv prefix that runs `python -m agentlatd` as uid 65534 from wherever the checkout is.
+
+    A checkout under /root (mode 0700), or a venv there, is out of nobody's reach: the
+    package and its one dependency (pyroute2) are then copied to a fresh directory under
+    /tmp that any uid may read, and run by an interpreter nobody can execute with
+    PYTHONPATH naming that copy. Skips, saying why, when no such interpreter exists.
+    """
+    import importlib.util
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    def runs(argv: list[str]) -> bool:
+        p = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                            *argv, "-c", "import agentlatd.cli"],
+                           capture_output=True, timeout=60, check=False, cwd="/")
+        return p.returncode == 0
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to another uid with setpriv")
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) not installed")
+    if runs([sys.executable]):
+        yield [sys.executable]
+        return
+    lib = pathlib.Path(tempfile.mkdtemp(prefix="agentlatd-nobody-", dir="/tmp"))
+    try:
+        for name in ("agentlatd", "pyroute2"):
+            spec = importlib.util.find_spec(name)
+            if spec is None or not spec.submodule_search_locations:
+                continue
+            src = pathlib.Path(next(iter(spec.submodule_search_locations)))
+            shutil.copytree(src, lib / name, ignore=shutil.ignore_patterns("__pycache__"))
+        for d, _dirs, files in os.walk(lib):
+            os.chmod(d, 0o755)
+            for f in files:
+                os.chmod(os.path.join(d, f), 0o644)
+        for py in (os.path.realpath(sys.executable), "/usr/bin/python3"):
+            argv = ["env", f"PYTHONPATH={lib}", py]
+            if os.path.exists(py) and runs(argv):
+                yield argv
+                return
+        pytest.skip(f"no Python interpreter that uid {NOBODY} can execute: {sys.executable} "
+                    "lies under a directory it cannot traverse, and there is no /usr/bin/python3")
+    finally:
+        shutil.rmtree(lib, ignore_errors=True)

@@ -1,6 +1,9 @@
 #!/bin/bash
-# The whole test suite, on a fresh Debian 12 machine, as root:
+# The whole test suite, on a fresh Debian 12 machine, as root (README command 2:
+# `$([ "$(id -u)" = 0 ] || echo sudo) bash tests/run.sh`), from a checkout anywhere (/tmp, /root, a path
+# with spaces):
 #   bash tests/run.sh            host tier (lint, types, unit, plan, apply, integration)
+#                                then README command 1 verbatim in a fresh clone
 #                                then the .deb (build, lintian, install in a chroot)
 #                                then the real-kernel VM tier (tests/vm/run_tier.sh)
 # Env: AGENTLATD_SKIP_VM=1 / AGENTLATD_SKIP_PACKAGE=1 skip those tiers (say so loudly);
@@ -10,28 +13,26 @@ cd "$(dirname "$(readlink -f "$0")")/.."
 T0=$(date +%s)
 
 # 1. system packages the tests drive for real (netns/veth: iproute2; coalescing: ethtool;
-#    the real Prometheus server and promtool: prometheus, tests/integration/test_prometheus.py)
+#    netdevsim: kmod's modprobe; README command 1 check: git; the real Prometheus server
+#    and promtool: prometheus, tests/integration/test_prometheus.py). Installed before the
+#    host tier, and a failed install stops here: carrying on would surface minutes later as
+#    unrelated test failures. apt waits up to 5 min for a dpkg lock another apt holds.
 need=()
-for p in iproute2:ip ethtool:ethtool gcc:gcc bpftrace:bpftrace python3-venv:none \
-         prometheus:prometheus prometheus:promtool; do
+for p in iproute2:ip ethtool:ethtool gcc:gcc bpftrace:bpftrace kmod:modprobe git:git \
+         prometheus:prometheus prometheus:promtool python3-venv:none; do
     pkg=${p%%:*} bin=${p##*:}
     if [ "$bin" = none ]; then dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
-    else command -v "$bin" >/dev/null 2>&1 || need+=("$pkg"); fi
+    else PATH=$PATH:/usr/sbin:/sbin command -v "$bin" >/dev/null 2>&1 || need+=("$pkg"); fi
 done
 if [ ${#need[@]} -gt 0 ]; then
     mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
     echo "== installing ${need[*]}"
-    # the lock timeout: an unattended-upgrades run must not fail the suite
-    apt-get -o DPkg::Lock::Timeout=120 update -qq
-    arc=$?
-    if [ $arc -eq 0 ]; then
-        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y -qq \
-            --no-install-recommends "${need[@]}" >/dev/null
-        arc=$?
-    fi
-    if [ $arc -ne 0 ]; then
-        echo "PACKAGE STEP FAILED: apt-get exited $arc installing ${need[*]}" >&2
-        pkg_failed=1
+    APT=(apt-get -o DPkg::Lock::Timeout=300 -qq)
+    if ! "${APT[@]}" update || ! DEBIAN_FRONTEND=noninteractive "${APT[@]}" install -y \
+            --no-install-recommends "${need[@]}" >/dev/null; then
+        echo "tests/run.sh: STOPPED: apt-get could not install ${need[*]} (see apt's message" \
+             "above; run as root, check the mirror or a dpkg lock held for over 5 minutes)" >&2
+        exit 2
     fi
     # the Debian package enables a prometheus.service; the tests run their own
     # server on a temporary port and storage, never the system one
@@ -51,7 +52,6 @@ fi
 .venv/bin/pip install -q -e '.[dev,bench]' >/dev/null 2>&1 || true
 
 rc=0
-if [ "${pkg_failed:-0}" = 1 ]; then rc=1; fi
 echo "== ruff"
 .venv/bin/ruff check agentlatd tests bench || rc=1
 echo "== mypy"
@@ -61,6 +61,12 @@ echo "== pytest (host tier)"
 .venv/bin/python -m pytest -q ${PYTEST_ARGS:-} tests
 prc=$?
 [ $prc -eq 0 ] || rc=1
+
+echo "== README command 1, verbatim, in a fresh clone"
+bash tests/readme/check_command1.sh
+r1=$?
+if [ $r1 -eq 77 ]; then echo "README COMMAND 1 CHECK SKIPPED (see reason above)"
+elif [ $r1 -ne 0 ]; then rc=1; fi
 
 echo "== package (.deb build, lintian, install into a bookworm chroot)"
 if [ "${AGENTLATD_SKIP_PACKAGE:-0}" = 1 ]; then echo "PACKAGE TEST SKIPPED: AGENTLATD_SKIP_PACKAGE=1"

@@ -39,6 +39,14 @@ from dataclasses import dataclass, field
 from agentlatd.cpuset import CpuSet
 from agentlatd.policy import HeatPolicy
 
+# A policy that leaves this host no home CPU (cpus.completion naming every usable CPU,
+# or cpus.home naming only completion CPUs) runs degraded rather than refused: agents
+# still register and are measured, but are not pinned. Said in the log at every change
+# of the layout, in `agents` and in each registration's answer ("problem").
+NO_HOME_CPU = ("degraded: the policy leaves no home CPU on this host (cpus.completion "
+               "takes every usable CPU, or cpus.home names none outside it): agents are "
+               "registered but not pinned until the policy leaves a home CPU")
+
 
 @dataclass(frozen=True, slots=True)
 class CpuLayout:

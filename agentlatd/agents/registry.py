@@ -64,6 +64,7 @@ from agentlatd.agents import stats, tasks
 from agentlatd.agents.applier import TASK_KNOBS, Applier
 from agentlatd.agents.autoreg import AutoRegistrar, agent_id_for
 from agentlatd.agents.placement import (
+    NO_HOME_CPU,
     CpuLayout,
     HotTracker,
     Placed,
@@ -316,6 +317,8 @@ class AgentManager:
             self.agents[p] = a
             self.by_pid[p.pid] = a
             self._read_originals(a)
+            log.info("agent %r pid %d registered: class %s, uid %d, by %s", a.agent_id, p.pid,
+                     a.latency_class, uid, source)
         else:
             a.agent_id = req.agent_id
             a.latency_class = req.latency_class
@@ -367,7 +370,8 @@ class AgentManager:
                     a.last_move = MoveRecord(time.time(), old_home, home,
                                              f"CPU {old_home} is no longer a home CPU")
             a.want_cpus = CpuSet({home}) if home is not None else None
-            a.note = "" if home is not None else "no home CPU available (cpus.home)"
+            a.note = "" if home is not None else (
+                "no home CPU available (cpus.home)" if self.layout.home else NO_HOME_CPU)
         else:
             self._set_home(a, None)
             a.want_cpus = self.layout.completion if cp.to_completion and self.layout.completion \

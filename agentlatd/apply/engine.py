@@ -54,11 +54,13 @@ write point; it has no other use.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import os
+import shlex
 import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,7 +77,7 @@ from agentlatd.apply.journal import (
 from agentlatd.apply.knobs import REGISTRY, Knob, load_plugins, netns_scoped
 from agentlatd.errors import AgentlatdError, JournalError, KernelError
 from agentlatd.kernel.errnos import ErrClass
-from agentlatd.plan.changes import Change
+from agentlatd.plan.changes import CPUMASK_KNOBS, Change, human_value
 from agentlatd.policy import Policy
 from agentlatd.sample import namespaces
 from agentlatd.sysfs.root import Root
@@ -130,8 +132,10 @@ class KnobResult:
     reason: str = ""  # the plan's reason (apply)
 
     def to_json(self) -> dict[str, Any]:
+        # before/after as people read them (CPU lists); desired is the literal value written
         return {"knob": self.knob, "target": self.target, "status": self.status,
-                "before": self.before, "desired": self.desired, "after": self.after,
+                "before": human_value(self.knob, self.before), "desired": self.desired,
+                "after": human_value(self.knob, self.after),
                 "errclass": self.errclass, "message": self.message, "reason": self.reason}
 
 
@@ -194,7 +198,7 @@ class ApplyReport:
         return any(r.status == FAILED for r in self.results)
 
     def to_json(self) -> dict[str, Any]:
-        return {"dry_run": self.dry_run, "journal": self.journal,
+        return {"ok": not self.failed, "dry_run": self.dry_run, "journal": self.journal,
                 "recovery": self.recovery.to_json() if self.recovery else None,
                 "notes": list(self.notes), "summary": _counts(self.results),
                 "results": [r.to_json() for r in self.results]}
@@ -258,6 +262,11 @@ class Engine:
         self._writes = 0
         self._crash_after = _crash_after()
         self._netns_note = ""  # _check_owner(): entries of a vanished namespace dropped
+        # (knob, target) -> (the value refused, the result): a knob the kernel refused for
+        # good (unsupported, value invalid, not permitted) is not tried again with the same
+        # value until forget_refusals(), which the daemon calls at each machine rescan:
+        # without it every tick repeats the failing write (and its journal round trip)
+        self._refused: dict[tuple[str, str], tuple[str, KnobResult]] = {}
 
     # -- lifecycle -------------------------------------------------------
     def __enter__(self) -> Engine:
@@ -447,6 +456,14 @@ class Engine:
         """Knob instances the kernel manages (never written again)."""
         return frozenset(e.key for e in self._j().entries if e.has(FLAG_MANAGED))
 
+    def refused(self) -> dict[tuple[str, str], KnobResult]:
+        """The knobs held back until the next forget_refusals(), with why."""
+        return {k: r for k, (_, r) in self._refused.items()}
+
+    def forget_refusals(self) -> None:
+        """Try refused knobs again (a machine rescan: a driver, link or kernel changed)."""
+        self._refused.clear()
+
     def entries(self) -> tuple[Entry, ...]:
         return tuple(self._j().entries)
 
@@ -519,6 +536,12 @@ class Engine:
                 results[i] = res(SKIPPED, "another writer changed it after agentlatd; "
                                           "yielded (policy daemon.drift = \"yield\")")
                 continue
+            held = self._refused.get(c.key)
+            if held is not None and held[0] == c.desired:
+                r = held[1]
+                results[i] = dataclasses.replace(
+                    r, reason=c.reason, message=r.message.removesuffix(_HELD) + _HELD)
+                continue
             if c.knob == "irq.affinity" and not steer:
                 results[i] = res(SKIPPED, "irqbalance is running and policy daemon.irqbalance "
                                           "= \"refuse\": IRQ affinity left to it")
@@ -528,6 +551,7 @@ class Engine:
             except KernelError as e:
                 st = UNSUPPORTED if e.errclass is ErrClass.UNSUPPORTED else FAILED
                 results[i] = res(st, _sentence(e), errclass=e.errclass)
+                self._hold(c, results[i])
                 continue
             except (ValueError, AgentlatdError) as e:
                 results[i] = res(FAILED, f"cannot read: {e}", errclass=ErrClass.INVALID)
@@ -546,7 +570,11 @@ class Engine:
                 results[i] = res(UNCHANGED, "already right", before=shown)
                 continue
             if dry_run:
-                results[i] = res(PLANNED, "would be written", before=shown)
+                why = knob.refusal(self.root, c.target, c.desired)
+                if why is not None:
+                    results[i] = res(UNSUPPORTED, why, before=shown, errclass=ErrClass.UNSUPPORTED)
+                else:
+                    results[i] = res(PLANNED, "would be written", before=shown)
                 continue
             assert j is not None
             new = entry is None
@@ -577,6 +605,7 @@ class Engine:
             for i, p in pending:
                 r = self._write_one(p)
                 results[i] = r
+                self._hold(p.change, r)
                 if r.status not in (CHANGED, CLAMPED) and p.entry.written != p.prev_written:
                     p.entry.written = p.prev_written  # not written: the kernel kept its value
                 if p.new_entry and p.entry.written is None and not p.entry.has(FLAG_MANAGED):
@@ -595,6 +624,13 @@ class Engine:
             j.save()
         out = tuple(r for r in results if r is not None)
         return ApplyReport(out, self.journal_path, recovery, tuple(notes), dry_run)
+
+    def _hold(self, c: Change, r: KnobResult | None) -> None:
+        # device and kernel knobs only: a process knob (live_only: task.*) names threads
+        # that come and go between ticks, and the agent applier retries them itself
+        knob = self._knob(c.knob)
+        if r is not None and r.errclass in _HOLD_BACK and knob is not None and not knob.live_only:
+            self._refused[c.key] = (c.desired, r)
 
     def _write_one(self, p: _Pending) -> KnobResult:
         c, knob = p.change, p.knob
@@ -842,6 +878,38 @@ class Engine:
 # ---------------------------------------------------------------------------
 
 
+def _same_netns(cmd: str) -> str:
+    return cmd
+
+
+def _netns_wrapper(root: Root, journal_netns: str) -> Callable[[str], str] | None:
+    """How to run a restore line in the journal's network namespace.
+
+    sysfs under /sys/class/net shows the devices of the namespace that mounted it, so a
+    line for a veth inside namespace NS must run as `ip netns exec NS sh -c '...'` (which
+    also remounts /sys there). The journal keeps the namespace's identity
+    ("net:[inode]"); its name is the /run/netns entry with that inode. None: a foreign
+    namespace with no name.
+    """
+    if not journal_netns or not root.is_host:
+        return _same_netns
+    if root.readlink("proc/self/ns/net") == journal_netns:
+        return _same_netns
+    inode = journal_netns.removeprefix("net:[").removesuffix("]")
+    with contextlib.suppress(KernelError):
+        for name in root.listdir("run/netns"):
+            with contextlib.suppress(OSError):
+                if str(os.stat(root.path(f"run/netns/{name}")).st_ino) == inode:
+                    ns = shlex.quote(name)
+                    return lambda cmd: f"ip netns exec {ns} sh -c {shlex.quote(cmd)}"
+    return None
+
+
+# Failures that repeat as long as the device, driver and value stay the same (errnos.py).
+_HOLD_BACK = frozenset({ErrClass.UNSUPPORTED.value, ErrClass.INVALID.value, ErrClass.DENIED.value})
+_HELD = " (not tried again until the next machine rescan)"
+
+
 def rollback_commands(root: Root, state_dir: str) -> list[str]:
     """Shell commands that would restore the journal's originals; reads only.
 
@@ -880,6 +948,11 @@ def rollback_commands(root: Root, state_dir: str) -> list[str]:
             out.append(f"# NOTE: network namespace {j.netns} no longer exists: its device "
                        "entries have nothing left to act on and are left out "
                        "(`agentlatd rollback` drops them)")
+    wrap = _same_netns if gone_netns else _netns_wrapper(root, j.netns)
+    if wrap is None:
+        out.append(f"# NOTE: the journal was written in network namespace {j.netns}, which has "
+                   "no name under /run/netns: run these lines inside it (nsenter --net=...)")
+        wrap = _same_netns
     for e in reversed(j.entries):
         if gone_netns and netns_scoped(e.knob, e.target):
             continue
@@ -891,7 +964,10 @@ def rollback_commands(root: Root, state_dir: str) -> list[str]:
             out.append(f"# {e.knob} {e.target}: no such knob in this build; original {e.original!r}")
             continue
         try:
-            out.append(knob.shell(e.target, e.original))
+            line = wrap(knob.shell(e.target, e.original))
+            if e.knob in CPUMASK_KNOBS:  # the mask is what the kernel takes; say the CPUs
+                line += f"  # CPUs {human_value(e.knob, e.original) or 'none'}"
+            out.append(line)
         except ValueError as err:
             out.append(f"# {e.knob} {e.target}: {err}")
     if any(e.knob == "task.affinity" and e.written is not None for e in j.entries):

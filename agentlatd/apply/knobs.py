@@ -110,6 +110,11 @@ class Knob:
         """A command a person could paste to write `value` on the live host."""
         raise NotImplementedError
 
+    def refusal(self, root: Root, target: str, value: str) -> str | None:
+        """Why the kernel will refuse to write `value`, when reads alone can tell
+        (`apply --dry-run` then says unsupported, not "would change"); None = unknown."""
+        return None
+
 
 REGISTRY: dict[str, Knob] = {}
 
@@ -286,6 +291,32 @@ class FileKnob(Knob):
         return _echo(self.path(target), value.strip())
 
 
+class ThreadedNapiKnob(FileKnob):
+    """sys/class/net/D/threaded, which a device without NAPI instances refuses."""
+
+    def refusal(self, root: Root, target: str, value: str) -> str | None:
+        # net/core/net-sysfs.c modify_napi_threaded(): list_empty(&dev->napi_list)
+        # -> -EOPNOTSUPP (a veth without GRO/XDP). The NAPI list comes from netdev
+        # netlink napi-get, which is this process's namespace, so only on the live host;
+        # and only for a device that is up, since a down one lists none either way.
+        if value.strip() == "0" or not root.is_host:
+            return None
+        dev = self.path(target).split("/")[3]
+        try:
+            flags = int(root.read_value(f"sys/class/net/{dev}/flags"), 16)
+            ifindex = int(root.read_value(f"sys/class/net/{dev}/ifindex"))
+            if not flags & 0x1:  # IFF_UP
+                return None
+            from agentlatd.netlink.netdev import napi_list
+            if napi_list(ifindex, queues=False):
+                return None
+        except Exception:  # no netdev family, no such device: not knowable, try the write
+            return None
+        return (f"{dev} has no NAPI instance (netdev napi-get lists none while it is up): "
+                "the kernel refuses threaded NAPI with EOPNOTSUPP (net-sysfs.c "
+                "modify_napi_threaded)")
+
+
 _CPULIST_RE = r"[0-9,:/-]*"
 _MASK_RE = r"[0-9a-fA-F,]+"
 _INT_RE = r"-?[0-9]+"
@@ -353,7 +384,7 @@ for _k in (
     FileKnob("net.xps_cpus", "XPS CPUs of a tx queue (hex mask)", "sysfs",
              rf"({_DEV})/(tx-\d+)", lambda m: f"sys/class/net/{m[1]}/queues/{m[2]}/xps_cpus",
              mask_equal, _MASK_RE),
-    FileKnob("net.threaded", "threaded NAPI of a device (0/1)", "sysfs",
+    ThreadedNapiKnob("net.threaded", "threaded NAPI of a device (0/1)", "sysfs",
              rf"({_DEV})", lambda m: f"sys/class/net/{m[1]}/threaded", int_equal, _INT_RE),
     FileKnob("net.napi_defer_hard_irqs", "NAPI polls before re-arming the IRQ", "sysfs",
              rf"({_DEV})", lambda m: f"sys/class/net/{m[1]}/napi_defer_hard_irqs",

@@ -3,21 +3,22 @@
 Text: one line per agent (fits 80 columns) with its lifetime step
 percentiles, under it the same percentiles over the last minute and the last
 ten minutes (a slowdown that started a minute ago barely moves a lifetime
-p99), then the last move and why. --json: a list of objects, each with at
-least agent_id, pid, latency_class, home_cpu, threads, steps, p50_ns, p99_ns,
-p999_ns, recent ({"1m": {steps, p50_ns, p99_ns, p999_ns}, "10m": {...}}),
-last_move ({at, from_cpu, to_cpu, reason} or null); see docs/protocol.md
-("agents").
+p99), then the last move and why. --json: {"schema_version": 1, "agents": [...]},
+each agent an object with at least agent_id, pid, latency_class, home_cpu,
+threads, steps, p50_ns, p99_ns, p999_ns, recent ({"1m": {steps, p50_ns, p99_ns,
+p999_ns}, "10m": {...}}), last_move ({at, from_cpu, to_cpu, reason} or null);
+see docs/protocol.md ("agents").
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import textwrap
 import time
 from typing import Any
+
+from agentlatd import jsonout
 
 HELP = "list registered agents: class, home CPU, threads, step latency, moves"
 EXAMPLES = (
@@ -102,8 +103,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"agentlatd agents: {e.code}: {e.message}", file=sys.stderr)
         return 1
     if args.json:
-        json.dump(rows, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        sys.stdout.write(jsonout.dumps({"agents": rows}) + "\n")
     else:
         sys.stdout.write(render(rows))
     return 0

@@ -7,10 +7,12 @@ import dataclasses
 import importlib
 import json
 import os
+import shlex
 import sys
 import textwrap
 from typing import Any
 
+from agentlatd import jsonout
 from agentlatd import policy as policy_mod
 from agentlatd.apply import irqbalance
 from agentlatd.apply.engine import (
@@ -30,7 +32,7 @@ from agentlatd.apply.engine import (
 from agentlatd.errors import AgentlatdError
 from agentlatd.model.build import build_machine
 from agentlatd.plan.build import followup, needs_followup
-from agentlatd.plan.changes import Change
+from agentlatd.plan.changes import Change, human_value
 from agentlatd.sysfs.root import Root
 
 HELP = "apply the plan to the kernel (journals originals for rollback)"
@@ -161,11 +163,23 @@ def run(args: argparse.Namespace) -> int:
         out = report.to_json()
         out["plan_notes"] = list(plan_notes)
         out["policy"] = pol.source
-        print(json.dumps(out, indent=2))
+        print(jsonout.dumps(out))
     else:
         print(f"Policy: {pol.source}")
-        print_report(report, plan_notes)
+        print_report(report, plan_notes, rollback_hint=rollback_command(args))
     return 1 if report.failed else 0
+
+
+def rollback_command(args: argparse.Namespace) -> str:
+    """The `agentlatd rollback` line that finds this apply's journal (same --root/--state-dir)."""
+    cmd = ["agentlatd", "rollback"]
+    if getattr(args, "root", "/") not in (None, "/"):
+        cmd += ["--root", args.root]
+    if getattr(args, "state_dir", None):
+        cmd += ["--state-dir", args.state_dir]
+    if getattr(args, "config", None) and not getattr(args, "state_dir", None):
+        cmd += ["--config", args.config]  # its daemon.state_dir names the journal
+    return shlex.join(cmd)
 
 
 _ORDER = (CHANGED, CLAMPED, FAILED, UNSUPPORTED, MANAGED, SKIPPED, PLANNED, UNCHANGED)
@@ -212,10 +226,12 @@ def _wrap_value(text: str, pad: str) -> list[str]:
 
 def _line(r: KnobResult) -> list[str]:
     head = f"  {_LABEL.get(r.status, r.status):<13} {r.knob} {r.target}"
+    before = human_value(r.knob, r.before)
     if r.status in (CHANGED, PLANNED, CLAMPED):
-        lines = value_lines(head, r.before, r.after if r.status == CLAMPED else r.desired, 16)
+        after = r.after if r.status == CLAMPED else r.desired
+        lines = value_lines(head, before, human_value(r.knob, after) or "none", 16)
     elif r.status == UNCHANGED:
-        lines = value_lines(head, r.before, None, 16)
+        lines = value_lines(head, before or "none", None, 16)
     else:
         lines = [_wrap(head, "")]
     if r.status in (FAILED, UNSUPPORTED, MANAGED, SKIPPED, CLAMPED) and r.message:
@@ -234,7 +250,8 @@ def print_recovery(rec: RecoverReport | None, file: Any = None) -> None:
                         ""), file=file or sys.stdout)
 
 
-def print_report(report: ApplyReport, plan_notes: tuple[str, ...] = ()) -> None:
+def print_report(report: ApplyReport, plan_notes: tuple[str, ...] = (),
+                 rollback_hint: str = "agentlatd rollback") -> None:
     print_recovery(report.recovery)
     counts = {s: report.count(s) for s in _ORDER}
     summary = ", ".join(f"{n} {_LABEL[s]}" for s, n in counts.items() if n)
@@ -248,5 +265,5 @@ def print_report(report: ApplyReport, plan_notes: tuple[str, ...] = ()) -> None:
     for n in (*plan_notes, *report.notes):
         print(_wrap(f"note: {n}", ""))
     if not report.dry_run and (report.count(CHANGED) or report.count(CLAMPED)):
-        print(_wrap(f"journal: {report.journal} (`agentlatd rollback` restores the originals)",
+        print(_wrap(f"journal: {report.journal} (`{rollback_hint}` restores the originals)",
                     ""))

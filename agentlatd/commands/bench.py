@@ -14,18 +14,20 @@ it is undone on exit, Ctrl-C and SIGTERM. Needs root, iproute2 and gcc.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 import time
 from dataclasses import replace
 from types import FrameType
+from typing import Any
 
+from agentlatd import jsonout
 from agentlatd.benchmark.configs import ALL, CONFIGS, ORDER
 from agentlatd.benchmark.harness import QUICK, Bench, Settings
 from agentlatd.benchmark.noise import NoiseSpec
 from agentlatd.errors import AgentlatdError
+from agentlatd.exitcodes import Exit
 
 HELP = "run the Q/A/B/D latency evaluation under completion noise and write a report"
 EXAMPLES = (
@@ -33,6 +35,7 @@ EXAMPLES = (
     "agentlatd bench --out /tmp/agentlatd-bench",
     "agentlatd bench --runs 12 --seconds 4",
     "agentlatd bench --quick --configs Q,A --json",
+    "agentlatd bench --check || echo \"exit $?: 3 = a target not met\"",
 )
 
 
@@ -56,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="D: tasks agentlatd moves off the agent's home CPU: the bench's own "
                         "(default) or every movable task of the host (the daemon's default)")
     p.add_argument("--json", action="store_true", help="print report.json to stdout at the end")
+    p.add_argument("--check", action="store_true",
+                   help="exit with status 3 when a target of the evaluation is not met "
+                        "(p999(D) <= 1.2 x p999(Q), noise(D) within 10%% of A)")
 
 
 class _Terminated(KeyboardInterrupt):
@@ -124,9 +130,22 @@ def run(args: argparse.Namespace) -> int:
     doc["argv"] = list(sys.argv)
     jpath, hpath = report.write(doc, out_dir)
     if args.json:
-        sys.stdout.write(json.dumps(doc, indent=1) + "\n")
+        sys.stdout.write(jsonout.dumps(doc, indent=1) + "\n")
     else:
         sys.stdout.write(doc["headline"])
         sys.stdout.write(f"\nreport: {hpath}\n        {jpath}\n")
     errors = [r for r in doc["runs"] if "error" in r]
-    return 1 if errors and len(errors) == len(doc["runs"]) else 0
+    if errors and len(errors) == len(doc["runs"]):
+        return Exit.FAILED
+    return check_status(doc) if getattr(args, "check", False) else Exit.OK
+
+
+def check_status(doc: dict[str, Any]) -> int:
+    """`--check`: TARGET_MISSED when a target is not met, or could not be measured."""
+    targets = doc.get("summary", {}).get("targets", {})
+    missed = [name for name, t in targets.items() if not t.get("met")]
+    if not targets or missed:
+        print(f"agentlatd bench: target(s) not met: {', '.join(missed) or 'none measured'}",
+              file=sys.stderr)
+        return Exit.TARGET_MISSED
+    return Exit.OK

@@ -9,9 +9,9 @@ Reads only: nothing on the host is written.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from agentlatd import jsonout
 from agentlatd.capture import MANIFEST, write_capture
 from agentlatd.errors import AgentlatdError
 from agentlatd.sysfs.root import Root
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     except AgentlatdError as e:
         summary["replay_error"] = str(e)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(jsonout.dumps(summary))
         return 0 if "replay_error" not in summary else 1
     print(f"captured {len(files)} files and {len(links)} symlinks into {args.out} "
           f"(kernel {manifest['kernel'] or '?'})")

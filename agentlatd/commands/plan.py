@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import textwrap
 from typing import Any
 
+from agentlatd import jsonout
 from agentlatd import policy as policy_mod
 from agentlatd.cpuset import CpuSet
-from agentlatd.plan.changes import Change, Plan
+from agentlatd.plan.changes import Change, Plan, human_value
 
 HELP = "show the CPU partition and the changes agentlatd would make (writes nothing)"
 EXAMPLES = (
@@ -44,8 +44,12 @@ def plan_to_json(plan: Plan, *, policy_source: str, irqbalance_running: bool) ->
         "home_cpus": plan.home_cpus.to_list(),
         "quiet_home_order": list(plan.quiet_home_order),
         "roles": [{"cpu": r.cpu, "role": r.role, "reason": r.reason} for r in plan.roles],
+        # current/desired: the kernel's syntax (`apply --plan` writes desired as it is);
+        # before/after: the same values as people read them (CPU lists, as `status`)
         "changes": [{"knob": c.knob, "target": c.target, "current": c.current,
-                     "desired": c.desired, "reason": c.reason} for c in plan.changes],
+                     "desired": c.desired, "before": human_value(c.knob, c.current),
+                     "after": human_value(c.knob, c.desired), "reason": c.reason}
+                    for c in plan.changes],
         "advice": list(plan.advice),
         "notes": list(plan.notes),
     }
@@ -80,8 +84,9 @@ def render_text(plan: Plan, *, policy_source: str) -> str:
     for c in plan.changes:
         runs.setdefault((c.knob, c.current, c.desired, c.reason), (c, []))[1].append(c.target)
     for c, targets in runs.values():
-        cur = c.current if c.current != "" else "?"
-        out += _wrap(f"{c.knob} {compress_targets(targets)}: {cur} -> {c.desired}",
+        cur = show_value(c.knob, c.current)
+        out += _wrap(f"{c.knob} {compress_targets(targets)}: {cur} -> "
+                     f"{show_value(c.knob, c.desired)}",
                      "      ", "  ")
         out += _wrap(c.reason, "      ")
     if plan.advice:
@@ -95,6 +100,13 @@ def render_text(plan: Plan, *, policy_source: str) -> str:
         for n in plan.notes:
             out += _wrap(n, "    ", "  - ")
     return "\n".join(out) + "\n"
+
+
+def show_value(knob: str, value: str) -> str:
+    """A value for a person: "?" unknown, a mask knob's CPUs as a list ("none": no CPU)."""
+    if value == "":
+        return "?"
+    return human_value(knob, value) or "none"
 
 
 def compress_targets(targets: list[str]) -> str:
@@ -138,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     plan = make_plan(machine, pol, irqbalance_running=ib)
     if args.json:
         doc = plan_to_json(plan, policy_source=pol.source, irqbalance_running=ib)
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        sys.stdout.write(jsonout.dumps(doc) + "\n")
     else:
         sys.stdout.write(render_text(plan, policy_source=pol.source))
     return 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
+from agentlatd import jsonout
 from agentlatd.apply.engine import (
     CLAMPED,
     FAILED,
@@ -18,6 +18,7 @@ from agentlatd.apply.engine import (
 )
 from agentlatd.commands.apply import _wrap, load_policy, state_dir_for, value_lines
 from agentlatd.errors import AgentlatdError
+from agentlatd.plan.changes import human_value
 from agentlatd.sysfs.root import Root
 
 HELP = "restore every knob agentlatd changed to its original value"
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     with Engine(root, state_dir, policy=pol) as eng:
         rep = eng.rollback()
     if args.json:
-        print(json.dumps(rep.to_json(), indent=2))
+        print(jsonout.dumps(rep.to_json()))
         return 0 if rep.ok else 1
     if rep.damaged:
         print(_wrap(f"WARNING: the journal was damaged ({rep.damaged}); kept as {rep.kept_as}; "
@@ -66,19 +67,23 @@ def run(args: argparse.Namespace) -> int:
     for r in rep.results:
         counts[r.status] = counts.get(r.status, 0) + 1
     summary = ", ".join(f"{n} {_LABEL.get(s, s)}" for s, n in counts.items())
+    notes = list(rep.notes)
+    if not summary and notes:
+        summary = notes.pop(0)  # "no journal: nothing to roll back", said once
     print(_wrap(f"agentlatd rollback: {summary or 'nothing to roll back'}", ""))
     for r in rep.results:
         label = _LABEL.get(r.status, r.status)
         head = f"  {label:<16} {r.knob} {r.target}"
         if r.status == RESTORED:
-            lines = value_lines(head, r.before, r.after, 19)
+            lines = value_lines(head, human_value(r.knob, r.before),
+                                human_value(r.knob, r.after) or "none", 19)
         else:
-            lines = value_lines(head, r.desired, None, 19)
+            lines = value_lines(head, human_value(r.knob, r.desired) or "none", None, 19)
         for ln in lines:
             print(ln)
         if r.status in (FAILED, CLAMPED, GONE) and r.message:
             print(_wrap(r.message, " " * 19))
-    for n in rep.notes:
+    for n in notes:
         print(_wrap(f"note: {n}", ""))
     if rep.journal_removed:
         print(_wrap(f"journal {rep.journal} removed: every original is back", ""))

@@ -29,9 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agents-only", action="store_true",
                    help="serve agents (pinning, exclusive home CPUs, pm_qos) but apply no "
                         "device knobs (IRQs, RPS, coalescing); heat is still measured")
-    p.add_argument("--exclusive-scope-pid", type=int, metavar="PID",
-                   help="move only PID and its descendants off exclusive home CPUs "
-                        "(tests; default: every movable task of the host)")
+    # Not for people: tests confine the move off exclusive home CPUs to PID and its
+    # descendants so that they never touch the host's own tasks (default: every movable
+    # task of the host). Kept out of --help, the man page and shell completion.
+    p.add_argument("--exclusive-scope-pid", type=int, metavar="PID", help=argparse.SUPPRESS)
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                    help="override policy daemon.log_level")
 

@@ -21,13 +21,14 @@ CPU sets are cpulists ("0-3,8"); unknown values are null.
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 import textwrap
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from agentlatd import jsonout
 from agentlatd import policy as policy_mod
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError
@@ -40,6 +41,7 @@ EXAMPLES = (
     "agentlatd status --interval 2",
     "agentlatd status --json --interval 0",
     "agentlatd status --root tests/fixtures/machines/server-2s64t --interval 0",
+    "agentlatd status --interval 0 --socket /tmp/al/agentlatd.sock --json",
 )
 
 WIDTH = 80
@@ -53,7 +55,62 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE",
                    help="policy file for the [heat] weights (default: "
                         "/etc/agentlatd.toml when it exists, else the embedded one)")
+    p.add_argument("--socket", metavar="PATH",
+                   help="the daemon's socket, for the view of the running daemon "
+                        "(default: $AGENTLATD_SOCKET, else policy daemon.socket)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+# -- the running daemon ---------------------------------------------------------------
+def daemon_view(socket: str | None) -> tuple[dict[str, Any] | None, str]:
+    """The running daemon's own `status` answer, or (None, why there is none)."""
+    from agentlatd.client import ClientError, Connection, Unavailable
+    try:
+        with Connection(socket, timeout=3.0) as conn:
+            ans: dict[str, Any] = conn.request("status")
+            return ans, ""
+    except Unavailable as e:
+        return None, str(e.strerror)
+    except ClientError as e:
+        return None, f"{e.code}: {e.message}"
+    except OSError as e:
+        return None, f"daemon did not answer: {e.strerror or e}"
+
+
+def _ago(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 86400}d{s // 3600 % 24}h" if s >= 86400 else (
+        f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s")
+
+
+def render_daemon(view: dict[str, Any] | None, why: str) -> str:
+    if view is None:
+        return "\n".join(textwrap.wrap(f"Daemon: not running or not reachable ({why})", WIDTH,
+                                        subsequent_indent="  ")) + "\n\n"
+    held = view.get("journal_entries", 0)
+    out = [_fit(f"Daemon: pid {view.get('pid')}, up {_ago(float(view.get('uptime_s', 0)))}, "
+                f"tick {view.get('tick', 0)}, version {view.get('version', '?')}", WIDTH),
+           _fit(f"  policy {view.get('policy', '?')}", WIDTH),
+           _fit(f"  agents {view.get('agents', 0)}, changes held {held} (journal), "
+                f"home CPUs {view.get('home_cpus') or 'none'}, "
+                f"completion {view.get('completion_cpus') or 'none'}", WIDTH)]
+    for d in view.get("drift", []):
+        out += textwrap.wrap(f"drift: {d.get('knob')} {d.get('target')} is "
+                             f"{d.get('actual')!s}, agentlatd wrote {d.get('expected')!s} "
+                             f"({d.get('action')})", WIDTH, initial_indent="  ",
+                             subsequent_indent="    ")
+    yielded = view.get("yielded", [])
+    if yielded:
+        names = ", ".join(f"{y['knob']} {y['target']}" for y in yielded[:6])
+        more = f" and {len(yielded) - 6} more" if len(yielded) > 6 else ""
+        out += textwrap.wrap(f"yielded to another writer: {names}{more}", WIDTH,
+                             initial_indent="  ", subsequent_indent="    ")
+    err = view.get("tuner_error") or ""
+    out += textwrap.wrap(f"last tick's errors: {err or 'none'}", WIDTH, initial_indent="  ",
+                         subsequent_indent="    ")
+    for n in view.get("notes", []):
+        out += textwrap.wrap(f"note: {n}", WIDTH, initial_indent="  ", subsequent_indent="    ")
+    return "\n".join(out) + "\n\n"
 
 
 # -- sampling -------------------------------------------------------------------
@@ -274,8 +331,19 @@ def run(args: argparse.Namespace) -> int:
                              "directory holding proc/ and sys/ (a capture or a fixture).")
     machine = build_machine(root)
     rates = sample_rates(root, machine, args.interval, pol.heat)
-    if args.json:
-        sys.stdout.write(json.dumps(to_json(machine, rates, root, args.interval), indent=2) + "\n")
+    # the running daemon's view, over its socket (only for this host, not a --root tree)
+    if root.is_host or args.socket:
+        view, why = daemon_view(args.socket or os.environ.get("AGENTLATD_SOCKET")
+                                or pol.daemon.socket)
     else:
-        sys.stdout.write(render_text(machine, rates))
+        view, why = None, "--root names a recorded tree, not this host"
+    if args.json:
+        doc = to_json(machine, rates, root, args.interval)
+        doc["daemon"] = view
+        if view is None:
+            doc["daemon_unavailable"] = why
+        sys.stdout.write(jsonout.dumps(doc) + "\n")
+    else:
+        daemon = render_daemon(view, why) if root.is_host or args.socket else ""
+        sys.stdout.write(daemon + render_text(machine, rates))
     return 0

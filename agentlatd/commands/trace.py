@@ -21,12 +21,15 @@ it says so and falls back to schedstat.
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
+from agentlatd import jsonout
 from agentlatd import policy as policy_mod
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError, KernelError
@@ -142,6 +145,52 @@ def _sample(root: Root, pids: dict[int, str]) -> dict[int, schedstat.SchedStat]:
     return out
 
 
+@contextlib.contextmanager
+def progress(what: str, duration: float) -> Iterator[None]:
+    """Say on stderr what is traced, then how far along, while a trace of up to an hour
+    runs (stdout keeps only the report): every tenth of the duration, 1 to 60 s apart."""
+    def say(msg: str) -> None:
+        print(f"agentlatd trace: {msg}", file=sys.stderr, flush=True)
+
+    say(f"tracing {what} for {duration:g} s")
+    every = max(1.0, min(60.0, duration / 10))
+    done = threading.Event()
+    t0 = time.monotonic()
+
+    def tick() -> None:
+        while not done.wait(every):
+            elapsed = time.monotonic() - t0
+            if elapsed < duration:
+                say(f"{elapsed:.0f} of {duration:g} s ({elapsed / duration:.0%})")
+
+    t = threading.Thread(target=tick, name="trace-progress", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        done.set()
+        t.join()
+
+
+def _trace(args: argparse.Namespace, root: Root, tids: list[int],
+           reasons: list[str]) -> tuple[bpftrace.Maps | None, str]:
+    """Trace for args.duration with the best method asked for: (maps, method)."""
+    if args.method in ("auto", "bpftrace"):
+        try:
+            with tempfile.TemporaryDirectory(prefix="agentlatd-trace-") as wd:
+                return bpftrace.run(root, tids, args.duration, wd), "bpftrace"
+        except bpftrace.Unavailable as e:
+            reasons.append(f"bpftrace: {e}")
+    if args.method in ("auto", "tracefs"):
+        from agentlatd.trace import tracefs
+
+        try:
+            return tracefs.run(root, tids, args.duration), "tracefs"
+        except bpftrace.Unavailable as e:
+            reasons.append(f"tracefs: {e}")
+    return None, "schedstat"
+
+
 def run(args: argparse.Namespace) -> int:
     if not 0.1 <= args.duration <= 3600:
         raise AgentlatdError("--duration must be between 0.1 and 3600 seconds.")
@@ -155,29 +204,16 @@ def run(args: argparse.Namespace) -> int:
     notes: list[str] = [f"traced: {who}"]
     if not root.is_host and args.method != "schedstat":
         reasons.append("--root is not the live host: nothing to trace")
-    else:
-        tids = sorted(threads)
-        if args.method in ("auto", "bpftrace"):
-            try:
-                with tempfile.TemporaryDirectory(prefix="agentlatd-trace-") as wd:
-                    maps = bpftrace.run(root, tids, args.duration, wd)
-                method = "bpftrace"
-            except bpftrace.Unavailable as e:
-                reasons.append(f"bpftrace: {e}")
-        if maps is None and args.method in ("auto", "tracefs"):
-            from agentlatd.trace import tracefs
-
-            try:
-                maps = tracefs.run(root, tids, args.duration)
-                method = "tracefs"
-            except bpftrace.Unavailable as e:
-                reasons.append(f"tracefs: {e}")
+    elif args.method != "schedstat":
+        with progress(f"{who} with {args.method}", args.duration):
+            maps, method = _trace(args, root, sorted(threads), reasons)
     if maps is None:
         if not pids:
             msg = "; ".join(reasons) or "schedstat needs --pid or --agent"
             raise AgentlatdError(f"tracing is unavailable ({msg}), and schedstat needs agents to "
                                  "watch: give --pid or --agent.")
-        time.sleep(args.duration)
+        with progress(f"{who} with schedstat", args.duration):
+            time.sleep(args.duration)
     after = _sample(root, pids)
     inp = trace_report.TraceInput(
         method=method, duration_s=args.duration, maps=maps, home=home, completion=completion,
@@ -188,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"agentlatd trace: tracing unavailable: {'; '.join(reasons)}", file=sys.stderr)
     doc = trace_report.build(inp)
     if args.json:
-        sys.stdout.write(json.dumps(doc, indent=1) + "\n")
+        sys.stdout.write(jsonout.dumps(doc, indent=1) + "\n")
     else:
         sys.stdout.write(trace_report.render(doc))
     return 0

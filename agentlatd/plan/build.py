@@ -14,7 +14,7 @@ from agentlatd.cpuset import CpuSet
 from agentlatd.model.agent_links import NONE, AgentLinks
 from agentlatd.model.machine import Device, Machine, Rates
 from agentlatd.plan.block import plan_block
-from agentlatd.plan.changes import Change, Plan
+from agentlatd.plan.changes import INCLUDE_MATCHES_NOTHING, Change, Plan
 from agentlatd.plan.coalesce import plan_coalesce
 from agentlatd.plan.common import natural_key, nr_cpu_ids
 from agentlatd.plan.irq_affinity import (
@@ -102,6 +102,9 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
         by_reason.setdefault(why, []).append(name)
     for why, names in sorted(by_reason.items()):
         notes.append(f"Out of scope ({why}): {', '.join(names)}.")
+    for g in sel.unmatched:
+        notes.append(f"{INCLUDE_MATCHES_NOTHING} {g!r} matches no device on this host "
+                     f"(devices: {', '.join(sorted(d.name for d in machine.devices)) or 'none'}).")
 
     irq = plan_irq_affinity(machine, devices, part)
     if not tuning.irq_affinity:

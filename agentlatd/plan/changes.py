@@ -5,8 +5,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agentlatd.cpuset import CpuSet
+from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.model.agent_links import NONE, AgentLinks
+
+# The start of the plan note for a devices.include glob that names no device (the daemon
+# logs it as a warning: a typo there silently leaves a NIC untuned).
+INCLUDE_MATCHES_NOTHING = "WARNING: devices.include pattern"
+
+# Knobs whose kernel syntax is a hex CPU mask (rps_cpus, xps_cpus: bitmap_parse()).
+# People and JSON readers get the CPU list, as `status` prints it; the mask stays only
+# where it is the literal value written (the journal, `rollback --print` commands,
+# a plan's "desired", which `apply --plan` writes).
+CPUMASK_KNOBS = frozenset({"net.rps_cpus", "net.xps_cpus"})
+
+
+def human_value(knob: str, value: str) -> str:
+    """`value` as people read it: a mask knob's value as a CPU list ("0,32"; "" = no CPU).
+
+    Anything that does not parse as a mask (a "?" for unknown, a clamped note) is kept.
+    """
+    if knob not in CPUMASK_KNOBS or not value.strip():
+        return value
+    try:
+        return CpuSet.parse_mask(value).to_list()
+    except CpuSetError:
+        return value
 
 
 @dataclass(frozen=True, slots=True)

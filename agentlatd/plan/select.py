@@ -29,6 +29,7 @@ from agentlatd.policy import DevicesPolicy
 class Selection:
     devices: tuple[Device, ...]  # in scope, sorted by name
     skipped: tuple[tuple[str, str], ...]  # (device name, why it is out of scope), sorted
+    unmatched: tuple[str, ...] = ()  # devices.include globs that name no device here
 
     @property
     def names(self) -> frozenset[str]:
@@ -81,4 +82,6 @@ def select_devices(machine: Machine, pol: DevicesPolicy) -> Selection:
     keep = tuple(sorted((d for d in machine.devices if verdict[d.name] is None),
                         key=lambda d: d.name))
     skipped = tuple(sorted((n, v) for n, v in verdict.items() if v is not None))
-    return Selection(keep, skipped)
+    unmatched = tuple(g for g in pol.include
+                      if not any(fnmatchcase(d.name, g) for d in machine.devices))
+    return Selection(keep, skipped, unmatched)

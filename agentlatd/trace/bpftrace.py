@@ -22,7 +22,8 @@ rate, and no per-event output to keep up with. Maps:
   @gate[kind, tid, b]        time blocked in epoll_wait/epoll_pwait/epoll_pwait2 (1),
                              io_uring_enter (2), recvfrom (3: a blocking socket agent)
   @blk[tid, cpu, b]          block_rq_complete on a CPU -> a wakeup of a traced
-                             thread from that same IRQ/softirq context -> it runs
+                             thread from that same hardirq, softirq or task (before
+                             the CPU enters another one) -> it runs
 tid is 0 in every map when no thread is named: one aggregate over the host.
 
 tracefs: bpftrace reads tracepoint formats from sys/kernel/tracing. Where it
@@ -74,12 +75,17 @@ def program(tids: Collection[int] = (), duration_s: float = 5.0) -> str:
     lines = [
         f"BEGIN {{ {begin} }}" if begin else "BEGIN { }",
         # 9.1 IRQ handler duration
-        "tracepoint:irq:irq_handler_entry { @irq_t[cpu] = nsecs; }",
+        # @blk_c[cpu] is a block completion of the context running now on this CPU: a
+        # new hardirq, softirq or task starts a new context and forgets it. Without that,
+        # a completion in process context (a loop device's worker, a polled queue, a
+        # threaded IRQ) stayed until the next IRQ exit and was charged to whatever the
+        # next softirq woke: a UDP-only agent showed "block completion -> run" of tens of ms
+        "tracepoint:irq:irq_handler_entry { @irq_t[cpu] = nsecs; delete(@blk_c[cpu]); }",
         "tracepoint:irq:irq_handler_exit /@irq_t[cpu]/ {",
         f"  $d = nsecs - @irq_t[cpu]; {b}",
         "  @irq[args->irq, cpu, $b] = count(); delete(@irq_t[cpu]); delete(@blk_c[cpu]); }",
         # 9.2 softirq runtime, ksoftirqd's share
-        "tracepoint:irq:softirq_entry { @si_t[cpu] = nsecs; }",
+        "tracepoint:irq:softirq_entry { @si_t[cpu] = nsecs; delete(@blk_c[cpu]); }",
         "tracepoint:irq:softirq_exit /@si_t[cpu]/ {",
         f"  $d = nsecs - @si_t[cpu]; {b}",
         "  @softirq[args->vec, cpu, $b] = count(); @softirq_ns[args->vec, cpu] = sum($d);",
@@ -91,7 +97,7 @@ def program(tids: Collection[int] = (), duration_s: float = 5.0) -> str:
         f"tracepoint:sched:sched_waking /{f(sel, 'args->pid')} && args->pid != 0/ {{",
         "  @wk[args->pid] = nsecs;",
         "  if (@blk_c[cpu]) { @bw[args->pid] = @blk_c[cpu]; } }",
-        "tracepoint:sched:sched_switch {",
+        "tracepoint:sched:sched_switch { delete(@blk_c[cpu]);",
         f"  if (args->prev_state == 0 && args->prev_pid != 0 && {f(sel, 'args->prev_pid')}) {{",
         "    @wk[args->prev_pid] = nsecs; }",
         "  $t = @wk[args->next_pid];",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import subprocess
 
 import pytest
 from applyhelpers import (
@@ -23,6 +24,8 @@ from applyhelpers import (
     snapshot_diff,
     veth_changes,
 )
+
+from agentlatd.plan.changes import Change
 
 pytestmark = pytest.mark.netns
 
@@ -122,3 +125,50 @@ def test_planner_policy_apply_and_rollback(tmp_path: pathlib.Path) -> None:
         p = cli(["rollback", "--state-dir", state], netns=v.netns)
         assert p.returncode == 0, p.stdout + p.stderr
         assert snapshot_diff(before, snapshot(v.netns, v.devs)) == []
+
+
+def test_rollback_print_of_knobs_in_a_network_namespace_prints_bare_sys_paths(
+        tmp_path: pathlib.Path) -> None:
+    """The printed lines, pasted on the host, restore the namespace's veths."""
+    with netns_with_veths() as v:
+        a, b = v.devs
+        changes = [c for c in veth_changes(a, b, frozenset()) if c.knob != "net.coalesce"]
+        plan = plan_file(tmp_path / "plan.json", changes)
+        state = str(tmp_path / "state")
+        before = snapshot(v.netns, v.devs)
+        p = cli(["apply", "--plan", str(plan), "--state-dir", state], netns=v.netns)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert snapshot_diff(before, snapshot(v.netns, v.devs)) != []
+        p = cli(["rollback", "--print", "--state-dir", state])  # from the host's namespace
+        assert p.returncode == 0, p.stderr
+        lines = [ln for ln in p.stdout.splitlines() if ln and not ln.startswith("#")]
+        assert lines and all(ln.startswith(f"ip netns exec {v.netns} sh -c '") for ln in lines), lines
+        r = subprocess.run(["sh", "-e"], input=p.stdout, capture_output=True, text=True,
+                           timeout=60, check=False)
+        assert r.returncode == 0, r.stderr
+        assert snapshot_diff(before, snapshot(v.netns, v.devs)) == []
+        # and from inside the namespace, the lines stay plain
+        p = cli(["rollback", "--print", "--state-dir", state], netns=v.netns)
+        assert not any(ln.startswith("ip netns") for ln in p.stdout.splitlines()), p.stdout
+        cli(["rollback", "--state-dir", state], netns=v.netns)
+
+
+def test_dry_run_says_would_change_for_a_knob_the_kernel_reports_unsupported(
+        tmp_path: pathlib.Path) -> None:
+    """Threaded NAPI on a veth without NAPI instances (no GRO, no XDP): the kernel's
+    EOPNOTSUPP is knowable from netdev napi-get, so --dry-run says so; with GRO on the
+    same veth has NAPIs and the dry run plans the write."""
+    for gro, want in ((False, "unsupported"), (True, "planned")):
+        with netns_with_veths(gro=gro) as v:
+            a, _b = v.devs
+            plan = plan_file(tmp_path / "plan.json", [Change("net.threaded", a, "", "1", "t")])
+            state = str(tmp_path / f"state-{gro}")
+            p = cli(["apply", "--dry-run", "--plan", str(plan), "--state-dir", state, "--json"],
+                    netns=v.netns)
+            (r,) = json.loads(p.stdout)["results"]
+            assert r["status"] == want, r
+            # and the kernel agrees: the real write fails exactly when the dry run said so
+            p = cli(["apply", "--plan", str(plan), "--state-dir", state, "--json"], netns=v.netns)
+            (r,) = json.loads(p.stdout)["results"]
+            assert r["status"] == ("unsupported" if not gro else "changed"), r
+            cli(["rollback", "--state-dir", state], netns=v.netns)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno
 import json
 import pathlib
+import re
+import shlex
 
 import pytest
 from applyhelpers import (
@@ -203,10 +205,15 @@ def test_injected_errno_is_classified_and_the_others_still_apply(
         assert fault in r42.message and bad in r42.message
         assert [r.status for r in rep.results if r.target != "42"] == [CHANGED] * 4
         assert rep.failed is not managed
-        # transient / no-space / invalid are tried again on the next apply;
-        # managed never
+        # transient / no-space are tried again on the next apply; managed never;
+        # an invalid value not until the next machine rescan (forget_refusals)
+        held = fault == "EINVAL"
         eng.apply(changes)
-        assert root.writes(bad) == (1 if managed else 2)
+        assert root.writes(bad) == (1 if managed or held else 2)
+        if held:
+            eng.forget_refusals()
+            eng.apply(changes)
+            assert root.writes(bad) == 2
         # a failed write left the kernel as it was: nothing journaled for it
         keys = {e.target for e in eng.entries()}
         assert ("42" in keys) is managed
@@ -352,7 +359,7 @@ def test_cli_apply_print_rollback_on_a_fixture_copy(tmp_path: pathlib.Path) -> N
     # reverse order: the last change is restored first
     assert lines[1] == "sysctl -w net.core.rps_sock_flow_entries=0"
     assert lines[-1] == "echo 0 > /proc/irq/76/smp_affinity_list"
-    assert "echo 00000000,00000001 > /sys/class/net/ens1f0/queues/tx-0/xps_cpus" in lines
+    assert "echo 00000000,00000001 > /sys/class/net/ens1f0/queues/tx-0/xps_cpus  # CPUs 0" in lines
     assert tree_bytes(tree) != before  # --print wrote nothing
     p = cli(["rollback", "--root", str(tree)])
     assert p.returncode == 0, p.stdout + p.stderr
@@ -378,17 +385,13 @@ def test_cli_text_report_fits_80_columns_and_says_why(tmp_path: pathlib.Path) ->
     assert "ENOENT" in text and "unsupported" in text and "journal:" in text
 
 
-def test_cli_refuses_the_real_root_without_root_privileges() -> None:
-    import os
+def test_cli_refuses_the_real_root_without_root_privileges(nobody_python: list[str]) -> None:
+    """Run as uid 65534 wherever the checkout is (nobody cannot traverse /root)."""
     import subprocess
-    import sys
-    if os.geteuid() != 0:
-        pytest.skip("needs root to drop to another uid with setpriv")
     for cmd in (["apply", "--plan", "/dev/null"], ["rollback"]):
         p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                            sys.executable, "-m", "agentlatd", *cmd],
-                           capture_output=True, text=True, timeout=60, check=False,
-                           cwd=str(pathlib.Path(__file__).resolve().parents[2]))
+                            *nobody_python, "-m", "agentlatd", *cmd],
+                           capture_output=True, text=True, timeout=60, check=False, cwd="/")
         assert p.returncode == 1, p.stderr
         assert "run it as root" in p.stderr
 
@@ -446,3 +449,99 @@ def test_unyield_manages_a_yielded_knob_again(tmp_path: pathlib.Path) -> None:
         rep = eng.apply([Change("net.rps_cpus", "eth9/rx-0", "", "3", "t")])
         assert rep.results[0].status == "changed" and f.read_text() == "3\n"
         assert eng.check_drift() == []
+
+
+def test_apply_with_state_dir_hints_plain_rollback(tmp_path: pathlib.Path) -> None:
+    """The hint after `apply --state-dir D` must find D's journal; a bare
+    `agentlatd rollback` looks elsewhere and says there is nothing to roll back."""
+    tree = copy_fixture("server-2s64t", tmp_path)
+    state = tmp_path / "my state"
+    plan = plan_file(tmp_path / "plan.json", _server_changes()[:2])
+    p = cli(["apply", "--root", str(tree), "--plan", str(plan), "--state-dir", str(state)])
+    assert p.returncode == 0, p.stdout + p.stderr
+    hint = f"agentlatd rollback --root {tree} --state-dir '{state}'"
+    assert f"`{hint}`" in " ".join(p.stdout.split()), p.stdout
+    p = cli(shlex.split(hint)[1:])  # the hint, as a person pastes it
+    assert p.returncode == 0 and "2 restored" in p.stdout, p.stdout + p.stderr
+
+
+def test_nothing_to_roll_back_printed_twice(tmp_path: pathlib.Path) -> None:
+    tree = copy_fixture("server-2s64t", tmp_path)
+    p = cli(["rollback", "--root", str(tree), "--state-dir", str(tmp_path / "empty")])
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("nothing to roll back") == 1, p.stdout
+
+
+def test_two_notations_for_the_same_value(tmp_path: pathlib.Path) -> None:
+    """RPS/XPS read as CPU lists everywhere people and JSON readers look (as `status`
+    prints them); the hex mask only where it is the literal value written."""
+    tree = copy_fixture("server-2s64t", tmp_path)
+    p = cli(["plan", "--root", str(tree)])
+    assert "net.rps_cpus ens1f0/rx-[0-15]: none -> 0,32" in p.stdout, p.stdout
+    assert "net.xps_cpus ens1f0/tx-1: 1 -> 32" in p.stdout
+    assert "00000001" not in p.stdout
+    doc = json.loads(cli(["plan", "--root", str(tree), "--json"]).stdout)
+    rps = next(c for c in doc["changes"] if c["knob"] == "net.rps_cpus")
+    assert (rps["before"], rps["after"]) == ("", "0,32")
+    assert rps["desired"] == "00000001,00000001"  # what `apply --plan` writes
+    state = str(tmp_path / "state")
+    p = cli(["apply", "--root", str(tree), "--state-dir", state, "--json"])
+    res = [r for r in json.loads(p.stdout)["results"] if r["knob"] == "net.xps_cpus"]
+    assert res and not any(re.fullmatch(r"[0-9a-f]{8}(,[0-9a-f]{8})*", r["after"]) for r in res), res
+    assert {r["target"]: r["after"] for r in res}["ens1f0/tx-1"] == "32"
+    p = cli(["rollback", "--root", str(tree), "--state-dir", state, "--print"])
+    line = next(ln for ln in p.stdout.splitlines() if "tx-1/xps_cpus" in ln)
+    assert line == ("echo 00000000,00000002 > /sys/class/net/ens1f0/queues/tx-1/xps_cpus"
+                    "  # CPUs 1"), line
+    p = cli(["rollback", "--root", str(tree), "--state-dir", state])
+    assert "00000000" not in p.stdout, p.stdout
+
+
+def test_json_of_every_command_carries_a_schema_version(tmp_path: pathlib.Path) -> None:
+    tree = copy_fixture("server-2s64t", tmp_path)
+    state = str(tmp_path / "state")
+    docs = {cmd[0]: json.loads(cli([*cmd, "--json"]).stdout) for cmd in (
+        ["status", "--root", str(tree), "--interval", "0"],
+        ["plan", "--root", str(tree)],
+        ["apply", "--root", str(tree), "--state-dir", state],
+        ["rollback", "--root", str(tree), "--state-dir", state],
+        ["capture", "--root", str(tree), "--out", str(tmp_path / "cap")])}
+    for name, doc in docs.items():
+        assert next(iter(doc)) == "schema_version" and doc["schema_version"] == 1, name
+    # the same thing, the same name: apply and rollback both say ok, before and after
+    assert docs["apply"]["ok"] is True and docs["rollback"]["ok"] is True
+    for name in ("apply", "rollback"):
+        assert {"before", "after"} <= set(docs[name]["results"][0]), name
+    assert {"before", "after"} <= set(docs["plan"]["changes"][0])
+
+
+def test_unsupported_knobs_are_rewritten_every_tick(tmp_path: pathlib.Path) -> None:
+    """A knob the kernel refuses for good (threaded NAPI on a veth: EOPNOTSUPP) is tried
+    once per machine rescan, not at every tick; the journal is not touched for it."""
+    import errno as errno_mod
+    tree = small_tree(tmp_path / "tree")
+    bad = "sys/class/net/eth9/threaded"
+    root = FaultRoot(tree, {bad: errno_mod.EOPNOTSUPP})
+    changes = [Change("net.threaded", "eth9", "", "1", "t"),
+               Change("net.rps_cpus", "eth9/rx-0", "", "2", "t")]
+    state = tmp_path / "state"
+    with Engine(root, str(state)) as eng:
+        first = eng.apply(changes)
+        assert [r.status for r in first.results] == [UNSUPPORTED, CHANGED]
+        journal_file = state / "journal.json"
+        stamp = journal_file.stat().st_mtime_ns
+        for _ in range(20):  # twenty ticks
+            rep = eng.apply(changes)
+            r = rep.results[0]
+            assert r.status == UNSUPPORTED and r.errclass == "unsupported"
+            assert "Operation not supported" in r.message and "next machine rescan" in r.message
+        assert root.writes(bad) == 1
+        assert journal_file.stat().st_mtime_ns == stamp
+        assert set(eng.refused()) == {("net.threaded", "eth9")}
+        # a changed value is a new question for the kernel
+        eng.apply([Change("net.threaded", "eth9", "", "0", "t")])
+        assert root.writes(bad) == 1  # "0" is already there: nothing to write
+        eng.forget_refusals()  # the daemon's machine rescan
+        eng.apply(changes)
+        assert root.writes(bad) == 2
+        assert eng.rollback().ok

@@ -123,7 +123,14 @@ def test_errno_at_each_file_knob(tmp_path: pathlib.Path, case: tuple[str, str, s
         assert ((knob, target) in journaled) is (status == MANAGED)
         again = eng.apply(_batch(case))
         assert again.results[0].status == status
-        assert root.writes(path) == (1 if status == MANAGED else 2)
+        # managed: never again; refused for good (invalid value, denied, unsupported): not
+        # before the next machine rescan (Engine.forget_refusals); transient ones: at once
+        held = errclass in ("invalid", "denied", "unsupported") and not knobs.REGISTRY[knob].live_only
+        assert root.writes(path) == (1 if status == MANAGED or held else 2)
+        if held:
+            eng.forget_refusals()
+            eng.apply(_batch(case))
+            assert root.writes(path) == 2
         rb = eng.rollback()
     assert rb.ok and rb.journal_removed, rb.to_json()
     assert diff_keys(before, tree_bytes(tree)) == []

@@ -250,7 +250,7 @@ def test_agent_ids_and_device_names_stay_strings() -> None:
                                capture_output=True, text=True, timeout=30, check=False,
                                env={**env_for_children(), "AGENTLATD_SOCKET": str(dm.socket)})
             assert p.returncode == 0, p.stderr
-            assert [r["agent_id"] for r in json.loads(p.stdout)] == [hostile[-1]]
+            assert [r["agent_id"] for r in json.loads(p.stdout)["agents"]] == [hostile[-1]]
         finally:
             child.kill()
             child.wait()

@@ -64,7 +64,9 @@ def test_register_pins_every_thread_then_new_threads_then_unregister_restores() 
                               str(dm.socket), "--json"], capture_output=True, text=True,
                              env=env_for_children(), timeout=30)
         assert out.returncode == 0, out.stderr
-        assert [r["agent_id"] for r in json.loads(out.stdout)] == ["planner"]
+        doc = json.loads(out.stdout)
+        assert doc["schema_version"] == 1
+        assert [r["agent_id"] for r in doc["agents"]] == ["planner"]
         text = subprocess.run([sys.executable, "-m", "agentlatd", "agents", "--socket",
                                str(dm.socket)], capture_output=True, text=True,
                               env=env_for_children(), timeout=30).stdout

@@ -43,7 +43,7 @@ T0=$(now)
 # 1. build tools (Build-Depends of debian/control + lintian + debootstrap)
 need=()
 for p in dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
-         python3-build python3-installer python3-wheel lintian debootstrap; do
+         python3-argparse-manpage python3-shtab python3-build python3-installer python3-wheel lintian debootstrap; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -99,6 +99,14 @@ LIST=$(dpkg-deb -c "$DEB" | awk '{print $6}')
 for f in ./usr/bin/agentlatd ./lib/systemd/system/agentlatd.service ./lib/systemd/system/agentlatd.socket \
          ./etc/agentlatd.toml ./usr/share/man/man8/agentlatd.8.gz ./usr/share/doc/agentlatd/service.md \
          ./usr/lib/python3/dist-packages/agentlatd/default.toml; do
+    grep -qx "$f" <<<"$LIST" || fail "$f missing from the package"
+done
+# a man page per command (generated from the parser), the policy's, both completions
+for f in $(cd "$WORK/src" && /usr/bin/python3 -c 'from agentlatd.cli import COMMANDS; print(*COMMANDS)'); do
+    grep -qx "./usr/share/man/man8/agentlatd-$f.8.gz" <<<"$LIST" || fail "no man page for $f"
+done
+for f in ./usr/share/man/man5/agentlatd.toml.5.gz ./usr/share/bash-completion/completions/agentlatd \
+         ./usr/share/zsh/vendor-completions/_agentlatd; do
     grep -qx "$f" <<<"$LIST" || fail "$f missing from the package"
 done
 if grep -E "/tests/|\.pybuild|/build/|__pycache__" <<<"$LIST"; then fail "junk in the package (above)"; fi

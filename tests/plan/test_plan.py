@@ -367,5 +367,6 @@ def test_compress_targets(targets: list[str], want: str) -> None:
 def test_json_document_has_the_contract_keys(server_plan: Plan) -> None:
     doc: dict[str, Any] = plan_to_json(server_plan, policy_source="p", irqbalance_running=False)
     assert doc["completion_cpus"] == "0,32" and doc["home_cpus"] == "1-31,33-63"
-    assert set(doc["changes"][0]) == {"knob", "target", "current", "desired", "reason"}
+    assert set(doc["changes"][0]) == {"knob", "target", "current", "desired", "before", "after",
+                                      "reason"}
     assert {"roles", "advice", "notes", "quiet_home_order"} <= doc.keys()

@@ -80,3 +80,36 @@ def test_setup_once_then_only_the_level_changes(tmp_path: pathlib.Path) -> None:
         logger.setLevel(saved[1])
         logger.propagate = saved[2]
         logging_setup._handler = saved[3]
+
+
+def test_same_warning_repeats_every_tick() -> None:
+    """A persisting condition logged at every tick is said once per window, with a count."""
+    import io
+    import logging
+
+    from agentlatd.logging_setup import RepeatFilter, StructuredFormatter
+    now = [0.0]
+    out = io.StringIO()
+    h = logging.StreamHandler(out)
+    h.setFormatter(StructuredFormatter(journal=True))
+    h.addFilter(RepeatFilter(window=300, clock=lambda: now[0]))
+    log = logging.getLogger("agentlatd.test-repeat")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    log.addHandler(h)
+    try:
+        for _ in range(300):  # one tick a second for five minutes
+            log.warning("home CPU %d is hot but no other home CPU is free", 1)
+            log.info("tick")
+            now[0] += 1.0
+        log.warning("home CPU %d is hot but no other home CPU is free", 2)  # new text: said
+        log.warning("home CPU %d is hot but no other home CPU is free", 1)  # window over
+    finally:
+        log.removeHandler(h)
+    lines = out.getvalue().splitlines()
+    hot1 = [ln for ln in lines if "CPU 1 is hot" in ln]
+    assert hot1 == ["<4>home CPU 1 is hot but no other home CPU is free",
+                    "<4>home CPU 1 is hot but no other home CPU is free "
+                    "[repeated 299 times in 300 s]"], hot1
+    assert sum("CPU 2 is hot" in ln for ln in lines) == 1
+    assert sum(ln == "<6>tick" for ln in lines) == 300  # INFO is never dropped

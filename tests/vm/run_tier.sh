@@ -72,7 +72,7 @@ JUNIT_ARG=
 } > "$JOB/run.sh"
 
 echo "== VM tier: booting the guest (kernel $KV, ${VM_SMP:-4} vCPUs, TCG) and running pytest"
-VM_LAB=$LAB VM_STREAM=1 VM_TIMEOUT=${VM_TIMEOUT:-480} VM_HOST_PYTHON=$PY \
+VM_KEEP_PATH=$REPO VM_LAB=$LAB VM_STREAM=1 VM_TIMEOUT=${VM_TIMEOUT:-480} VM_HOST_PYTHON=$PY \
     bash "$HERE/run_vm.sh" "$JOB"
 RC=$?
 

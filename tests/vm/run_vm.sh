@@ -20,6 +20,8 @@
 #      VM_SMP (4)  VM_MEM (2048, MiB)  VM_TIMEOUT (600 s)
 #      VM_MODE     job (default) | systemd (systemd is PID 1, see tests/vm/init)
 #      VM_APPEND   extra kernel command line
+#      VM_KEEP_PATH a host directory (the checkout) that stays visible at its own path in the
+#                  guest, also under /tmp, where the guest mounts a fresh tmpfs
 #      VM_IOMMU=1  emulated intel-iommu with interrupt remapping (effective affinity moves
 #                  at once instead of at the next interrupt)
 #      VM_STREAM=1 copy out.log to stdout while the guest runs
@@ -53,6 +55,12 @@ QEMU=$LAB/qemu10/usr/bin/qemu-system-x86_64
 export QEMU_MODULE_DIR=$LAB/qemu10/usr/lib/x86_64-linux-gnu/qemu
 
 rm -f "$JOBDIR/rc" "$JOBDIR/out.log" "$JOBDIR/console.log" "$JOBDIR/.initrd.gz"
+# the guest mounts a fresh tmpfs on /tmp: a checkout there is bound back over it (init)
+if [ -n "${VM_KEEP_PATH:-}" ]; then
+    readlink -f "$VM_KEEP_PATH" > "$JOBDIR/.keep_path"
+else
+    rm -f "$JOBDIR/.keep_path"
+fi
 # initrd = the lab's base cpio + this checkout's init (the kernel unpacks concatenated
 # archives in order), so editing tests/vm/init needs no lab rebuild
 INITD=$(mktemp -d) || exit 1

@@ -138,7 +138,7 @@ def test_every_agent_thread_is_pinned_to_one_home_cpu(
     def listed() -> bool:  # the client's helper thread, born pinned, is counted at a tick
         ran = agentlatd.fork("agents", "--socket", str(running.socket), "--json")
         assert ran.rc == 0, ran
-        rows[:] = ran.json()  # type: ignore[call-overload]
+        rows[:] = ran.json()["agents"]  # type: ignore[call-overload,index]
         return len(rows) == 1 and rows[0]["threads"] == len(threads)
 
     g.wait_for(listed, timeout=20, what=f"`agentlatd agents` counting {len(threads)} threads")
