@@ -199,7 +199,7 @@ def index(events: Iterable[Event]) -> Index:
             add_thread(ev.prev_tid, ev)
             if ev.next_tid != ev.prev_tid:
                 add_thread(ev.next_tid, ev)
-        elif isinstance(ev, Wakeup) or isinstance(ev, Migrate):
+        elif isinstance(ev, (Wakeup, Migrate)):
             add_thread(ev.tid, ev)
         elif ev.kind == "syscall":
             ix.syscalls.setdefault(ev.tid, []).append(ev)
