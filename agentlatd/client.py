@@ -24,7 +24,7 @@ EPIPE on the socket) and connects and registers again, so the
 process is pinned again without the application doing anything.
 
 No daemon (no socket, connection refused, no permission to connect): one
-RuntimeWarning, then step() is a no-op; the helper thread tries again every
+RuntimeWarning, then step() only writes its ring record; the helper thread tries again every
 `retry_interval` seconds and registers when a daemon appears. A daemon that
 refuses the registration (wrong uid, bad arguments) raises RegistrationError
 from Client(): that is a bug to fix, not a condition to hide.
@@ -205,6 +205,25 @@ class _NoStep:
 _NO_STEP = _NoStep()
 
 
+class _RingStep:
+    """No daemon, but a step ring: the step is still marked for `agentlatd trace --slow-steps`."""
+
+    __slots__ = ("_ring", "_t0", "step_id")
+
+    def __init__(self, ring: Any, step_id: Any) -> None:
+        self._ring = ring
+        self.step_id = step_id
+        self._t0 = 0
+
+    def __enter__(self) -> _RingStep:
+        self._t0 = _perf()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._ring(self.step_id, _tid(), self._t0, _perf(), 0 if et is None else 1)
+
+
 class Client:
     """Registers the calling process (or `pid`) and reports its step latency."""
 
@@ -269,9 +288,10 @@ class Client:
         return self.registration.get("home_cpu") if self.registration else None
 
     def step(self, step_id: Any = None) -> Any:
-        """`with client.step(id):` times one step (a no-op without a daemon)."""
+        """`with client.step(id):` times one step (without a daemon, only its ring record)."""
         if self._conn is None:
-            return _NO_STEP
+            ring = self._ring_write
+            return _NO_STEP if ring is None else _RingStep(ring, step_id)
         return _Step(self, step_id)
 
     def record(self, duration_ns: int) -> None:
