@@ -42,7 +42,7 @@ class Switch:
     t: int
     cpu: int
     prev_tid: int
-    prev_state: int  # 0: still runnable (preempted); anything else: it blocked
+    prev_state: int  # the tracepoint's value: see runnable()
     next_tid: int
     prev_comm: str = ""
     next_comm: str = ""
@@ -87,6 +87,14 @@ class Span:
 
 
 Event = Switch | Wakeup | Migrate | Span
+
+TASK_REPORT_MAX = 0x100  # include/linux/sched.h since 4.14: sched_switch's prev_state when preempted
+
+
+def runnable(prev_state: int) -> bool:
+    """sched_switch left the task runnable: preempted (TASK_REPORT_MAX, printed "R+") or
+    switched out while TASK_RUNNING (0, "R"); any other state bit (S, D, ...) is a block."""
+    return prev_state in (0, TASK_REPORT_MAX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +254,7 @@ def _segments(ix: Index, step: Step) -> tuple[list[_Seg], int, set[int]]:
     for e in reversed(evs[:i]):
         if isinstance(e, Switch):
             state, cpu = ("run", e.cpu) if e.next_tid == tid else (
-                ("wait", e.cpu) if e.prev_state == 0 else ("sleep", e.cpu))
+                ("wait", e.cpu) if runnable(e.prev_state) else ("sleep", e.cpu))
             break
     if state == "unknown":
         # no switch seen before: it was on a CPU; which one, the next event says
@@ -268,7 +276,7 @@ def _segments(ix: Index, step: Step) -> tuple[list[_Seg], int, set[int]]:
             if e.prev_tid == tid and state == "run":
                 segs.append(_Seg(t, et, "run", cpu))
                 t = et
-                state = "wait" if e.prev_state == 0 else "sleep"
+                state = "wait" if runnable(e.prev_state) else "sleep"
                 cpu = e.cpu
                 pending = None
             elif e.next_tid == tid and state != "run":
@@ -421,7 +429,7 @@ def cycles(ix: Index, tids: Iterable[int], pid_of: dict[int, int] | None = None)
         last = None
         n = 0
         for e in ix.thread.get(tid, []):
-            if isinstance(e, Switch) and e.prev_tid == tid and e.prev_state != 0:
+            if isinstance(e, Switch) and e.prev_tid == tid and not runnable(e.prev_state):
                 if last is not None:
                     out.append(Step(tid, last, e.t, n, (pid_of or {}).get(tid, 0), cycle=True))
                     n += 1

@@ -19,7 +19,7 @@ def _att(events: list[at.Event], step: Step) -> at.StepAttribution:
 def test_runnable_behind_a_hog() -> None:
     ev: list[at.Event] = [
         Switch(0, 0, 1, 1, A, "swapper/0", "agent"),
-        Switch(1 * MS, 0, A, 0, 1234, "agent", "stress"),  # preempted
+        Switch(1 * MS, 0, A, at.TASK_REPORT_MAX, 1234, "agent", "stress"),  # preempted: "R+"
         Switch(5 * MS + 400 * US, 0, 1234, 0, A, "stress", "agent"),
     ]
     a = _att(ev, Step(A, 500 * US, 5 * MS + 900 * US, 48213))
