@@ -11,17 +11,20 @@ Socket: the `socket=` argument, else $AGENTLATD_SOCKET, else the policy's
 default (/run/agentlatd/agentlatd.sock). Protocol: docs/protocol.md.
 
 The step path makes no system call: `with client.step()` reads
-time.perf_counter_ns() twice (clock_gettime through the vDSO) and appends the
-duration to a deque; ~0.5 us on a 2020s x86 core (bench/agents.py measures
-it). A helper thread (daemon=True) wakes every `flush_interval` seconds, or
-once `flush_steps` samples are waiting, turns the samples into a sparse
-histogram (agentlatd.agents.stats) and sends one "step" report: one line, one
-answer read back without blocking. The same thread notices a daemon restart
-(EOF or EPIPE on the socket) and connects and registers again, so the
+time.perf_counter_ns() twice (clock_gettime(CLOCK_MONOTONIC) through the
+vDSO), appends the duration to a deque and writes one record (step id, tid,
+start, end) into the step ring, a memfd mapped shared that the daemon and
+`agentlatd trace --slow-steps` read (agentlatd/steps/ring.py; format in
+docs/protocol.md). bench/agents.py measures it with and without the ring.
+A helper thread (daemon=True) wakes every `flush_interval` seconds, or once
+`flush_steps` samples are waiting, turns the samples into a sparse histogram
+(agentlatd.agents.stats) and sends one "step" report: one line, one answer
+read back without blocking. The same thread notices a daemon restart (EOF or
+EPIPE on the socket) and connects and registers again, so the
 process is pinned again without the application doing anything.
 
 No daemon (no socket, connection refused, no permission to connect): one
-RuntimeWarning, then step() is a no-op; the helper thread tries again every
+RuntimeWarning, then step() only writes its ring record; the helper thread tries again every
 `retry_interval` seconds and registers when a daemon appears. A daemon that
 refuses the registration (wrong uid, bad arguments) raises RegistrationError
 from Client(): that is a bug to fix, not a condition to hide.
@@ -51,6 +54,7 @@ from typing import Any
 from agentlatd.agents.stats import sparse
 from agentlatd.api import protocol
 from agentlatd.policy import DaemonPolicy
+from agentlatd.steps.ring import RingWriter
 
 ENV_SOCKET = "AGENTLATD_SOCKET"
 _perf = time.perf_counter_ns
@@ -167,13 +171,25 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+_tids: dict[int, int] = {}  # threading.get_ident() -> kernel tid (get_native_id is a syscall)
+
+
+def _tid() -> int:
+    ident = threading.get_ident()
+    tid = _tids.get(ident)
+    if tid is None:
+        tid = _tids[ident] = threading.get_native_id()
+    return tid
+
+
 class _Step:
-    __slots__ = ("_limit", "_q", "_t0", "_wake", "step_id")
+    __slots__ = ("_limit", "_q", "_ring", "_t0", "_wake", "step_id")
 
     def __init__(self, client: Client, step_id: Any) -> None:
         self._q = client._samples
         self._wake = client._wake
         self._limit = client.flush_steps
+        self._ring = client._ring_write
         self.step_id = step_id
         self._t0 = 0
 
@@ -183,8 +199,12 @@ class _Step:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
+        t1 = _perf()
         q = self._q
-        q.append(_perf() - self._t0)
+        t0 = self._t0
+        q.append(t1 - t0)
+        if self._ring is not None:
+            self._ring(self.step_id, _tid(), t0, t1, 0 if et is None else 1)
         if len(q) >= self._limit:
             self._wake.set()
 
@@ -202,6 +222,25 @@ class _NoStep:
 _NO_STEP = _NoStep()
 
 
+class _RingStep:
+    """No daemon, but a step ring: the step is still marked for `agentlatd trace --slow-steps`."""
+
+    __slots__ = ("_ring", "_t0", "step_id")
+
+    def __init__(self, ring: Any, step_id: Any) -> None:
+        self._ring = ring
+        self.step_id = step_id
+        self._t0 = 0
+
+    def __enter__(self) -> _RingStep:
+        self._t0 = _perf()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._ring(self.step_id, _tid(), self._t0, _perf(), 0 if et is None else 1)
+
+
 class Client:
     """Registers the calling process (or `pid`) and reports its step latency."""
 
@@ -210,7 +249,8 @@ class Client:
                  deadline_ns: int | None = None, budget_ns: int | None = None,
                  devices: Iterable[str] = (), flush_interval: float = 1.0,
                  flush_steps: int = 4096, retry_interval: float = 5.0,
-                 timeout: float = 5.0, background: bool = True) -> None:
+                 timeout: float = 5.0, background: bool = True,
+                 step_ring: bool = True, ring_capacity: int = 4096) -> None:
         self.path = socket_path(socket)
         self.agent_id = agent_id or f"{_comm()}-{os.getpid()}"
         self.latency_class = latency_class
@@ -235,6 +275,18 @@ class Client:
         self._owner = os.getpid()
         self._next_try = 0.0
         self._thread: threading.Thread | None = None
+        # the step markers (agentlatd/steps/ring.py, docs/protocol.md): each step's
+        # (id, tid, start, end) for `agentlatd trace --slow-steps` and the daemon
+        self.ring: RingWriter | None = None
+        self._ring_write: Any = None
+        if step_ring:
+            try:
+                self.ring = RingWriter(ring_capacity)
+                self._ring_write = self.ring.write
+            except OSError as e:  # no memfd (seccomp, old kernel): steps are still timed
+                warnings.warn(f"agentlatd client: no step ring ({e.strerror}); per-step "
+                              "attribution falls back to wakeup-to-block cycles",
+                              RuntimeWarning, stacklevel=2)
         _clients.add(self)
         self._connect_and_register(initial=True)
         if background:
@@ -253,9 +305,10 @@ class Client:
         return self.registration.get("home_cpu") if self.registration else None
 
     def step(self, step_id: Any = None) -> Any:
-        """`with client.step(id):` times one step (a no-op without a daemon)."""
+        """`with client.step(id):` times one step (without a daemon, only its ring record)."""
         if self._conn is None:
-            return _NO_STEP
+            ring = self._ring_write
+            return _NO_STEP if ring is None else _RingStep(ring, step_id)
         return _Step(self, step_id)
 
     def record(self, duration_ns: int) -> None:
@@ -288,6 +341,10 @@ class Client:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+        self._ring_write = None
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
 
     def __enter__(self) -> Client:
         return self
@@ -302,6 +359,10 @@ class Client:
         self.registration = None
         self._thread = None
         self._samples = collections.deque()
+        # the parent's ring stays the parent's: the child never writes it (its header
+        # names the parent's pid, so readers ignore the inherited fd)
+        self._ring_write = None
+        self.ring = None
 
     def _register_fields(self) -> dict[str, Any]:
         return {"agent_id": self.agent_id, "pid": self.pid, "latency_class": self.latency_class,

@@ -17,7 +17,9 @@ journal's fsyncs cost what they cost there), interval 1 s (the default).
                  other agents registered.
   reregister_rtt the same processes registered again (no write: already placed)
   ping_rtt       the socket and JSON round trip alone
-  step_ns        `with client.step(): pass` minus an empty loop, per step,
+  step_ns        `with client.step(i): pass` minus an empty loop, per step,
+                 the step ring written (the default); step_ns_no_ring the
+                 same with Client(step_ring=False), timed in the same rounds;
                  over --steps steps, in this process (a registered Client)
   tick_ms        the daemon's agent-side tick (new threads, moves, exclusive
                  CPUs) with --agents agents, as its status reports it, and
@@ -125,24 +127,39 @@ def register_round(path: str, n: int) -> tuple[list[float], list[float], list[fl
 
 
 def step_overhead(path: str, steps: int) -> dict[str, float]:
+    """Per step: a Client with the step ring (the default) and one without, interleaved
+    in the same rounds so the two figures share the machine's state."""
     from agentlatd.client import Client
     c = Client("bench-steps", "normal", socket=path)
-    assert c.enabled
+    bare = Client("bench-steps-noring", "normal", socket=path, step_ring=False)
+    assert c.enabled and bare.enabled and c.ring is not None
     perf = time.perf_counter_ns
-    best_empty = best_step = float("inf")
-    for _ in range(5):
+    best_empty = best_step = best_bare = float("inf")
+    def timed(client: Client) -> int:
+        t0 = perf()
+        for i in range(steps):
+            with client.step(i):
+                pass
+        return perf() - t0
+
+    for r in range(6):
         t0 = perf()
         for _ in range(steps):
             pass
         best_empty = min(best_empty, perf() - t0)
-        t0 = perf()
-        for _ in range(steps):
-            with c.step():
-                pass
-        best_step = min(best_step, perf() - t0)
-    c.flush()
-    c.unregister()
+        # alternate the order: each client's helper thread flushes what the loop just
+        # recorded while the next loop runs (GIL), and that should not favour one
+        if r % 2:
+            best_bare = min(best_bare, timed(bare))
+            best_step = min(best_step, timed(c))
+        else:
+            best_step = min(best_step, timed(c))
+            best_bare = min(best_bare, timed(bare))
+    for x in (c, bare):
+        x.flush()
+        x.unregister()
     return {"steps": steps, "step_ns": round((best_step - best_empty) / steps, 1),
+            "step_ns_no_ring": round((best_bare - best_empty) / steps, 1),
             "loop_ns": round(best_empty / steps, 1)}
 
 

@@ -5,7 +5,8 @@
  *
  * Modes (one per process; every mode is bounded in time, and the packet
  * modes in count):
- *   agent     the agent loop: UDP request/reply to a tool server thread whose
+ *   agent     the agent loop (--ring N: also writes the step ring of
+ *             docs/protocol.md, N records): UDP request/reply to a tool server thread whose
  *             socket lives in another network namespace (veth between), a 4 KiB
  *             O_DIRECT read at a random offset of a file, a timer wait. Prints
  *             "ready <pid>" once both threads exist, waits for "go" on stdin,
@@ -35,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -61,11 +63,61 @@ static void die(const char *what) {
     exit(2);
 }
 
+/* ------------------------------------------------------------ step ring
+ * The step markers of docs/protocol.md ("Step markers: the step ring"): one
+ * record per agent step in a memfd named agentlatd-steps, no system call per
+ * step. This is the reference C writer. */
+
+#define RING_HDR 64
+#define RING_REC 48
+
+struct ring_rec {
+    uint64_t commit, step, start_ns, end_ns;
+    uint32_t tid, flags;
+    uint64_t zero;
+};
+
+static unsigned char *ring_mem;
+static uint32_t ring_cap;
+
+static void ring_open(uint32_t capacity) {
+    size_t size = RING_HDR + (size_t)capacity * RING_REC;
+    if (capacity < 2 || (capacity & (capacity - 1))) {
+        fprintf(stderr, "probe: --ring must be a power of two >= 2\n");
+        exit(2);
+    }
+    int fd = (int)syscall(SYS_memfd_create, "agentlatd-steps", 1u /* MFD_CLOEXEC */);
+    if (fd < 0) die("memfd_create");
+    if (ftruncate(fd, (off_t)size) < 0) die("ftruncate ring");
+    ring_mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (ring_mem == MAP_FAILED) die("mmap ring");
+    /* the fd stays open: readers find the ring as /proc/PID/fd/N */
+    ring_cap = capacity;
+    uint32_t h[6] = {1, RING_REC, capacity, RING_HDR, (uint32_t)getpid(), 1};
+    memcpy(ring_mem, "agstepr1", 8); /* little-endian hosts: the bytes are the u64 */
+    memcpy(ring_mem + 8, h, sizeof h);
+}
+
+static void ring_step(uint64_t step, uint32_t tid, uint64_t start, uint64_t end, uint32_t flags) {
+    if (!ring_mem) return;
+    uint64_t *head = (uint64_t *)(ring_mem + 32);
+    uint64_t seq = __atomic_fetch_add(head, 1, __ATOMIC_RELAXED);
+    struct ring_rec *r = (struct ring_rec *)(ring_mem + RING_HDR + (seq & (ring_cap - 1)) * RING_REC);
+    __atomic_store_n(&r->commit, 0, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    r->step = step;
+    r->start_ns = start;
+    r->end_ns = end;
+    r->tid = tid;
+    r->flags = flags;
+    __atomic_store_n(&r->commit, seq + 1, __ATOMIC_RELEASE);
+}
+
 /* options (all modes share one table; unused ones are ignored) */
 static const char *o_ns, *o_tool_ns, *o_agent_ns, *o_dst, *o_bind, *o_file, *o_out;
 static long o_port = 0, o_steps = 1000, o_think_ns = 20000, o_timer_ns = 50000;
 static long o_pps = 100000, o_max_packets = 100000000, o_size = 64, o_mbps = 32;
-static long o_file_mb = 64;
+static long o_file_mb = 64, o_ring = 0;
 static double o_seconds = 5.0;
 
 static void parse(int argc, char **argv) {
@@ -87,6 +139,7 @@ static void parse(int argc, char **argv) {
         else if (!strcmp(k, "--size")) o_size = atol(v);
         else if (!strcmp(k, "--mbps")) o_mbps = atol(v);
         else if (!strcmp(k, "--file-mb")) o_file_mb = atol(v);
+        else if (!strcmp(k, "--ring")) o_ring = atol(v);
         else if (!strcmp(k, "--seconds")) o_seconds = atof(v);
         else { fprintf(stderr, "probe: unknown option %s\n", k); exit(2); }
     }
@@ -214,6 +267,8 @@ static int mode_agent(void) {
     rec = calloc((size_t)o_steps * 4, sizeof *rec);
     if (!rec) die("calloc");
 
+    if (o_ring > 0) ring_open((uint32_t)o_ring);
+    uint32_t my_tid = (uint32_t)syscall(SYS_gettid);
     if (wait_go() < 0) return 1;
     uint64_t t_start = now_ns();
     char req[REQ_SIZE], rep[2048];
@@ -240,6 +295,7 @@ static int mode_agent(void) {
         rec[n * 4 + 1] = t2 - t1;
         rec[n * 4 + 2] = t3 - t2;
         rec[n * 4 + 3] = t3 - t0;
+        ring_step((uint64_t)n, my_tid, t0, t3, 0);
         n++;
     }
     double secs = elapsed_s(t_start);

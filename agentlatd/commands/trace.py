@@ -43,6 +43,9 @@ EXAMPLES = (
     "agentlatd trace --agent planner --duration 10",
     "agentlatd trace --pid 4242 --json",
     "agentlatd trace --method tracefs --duration 3",
+    "agentlatd trace --pid 4242 --slow-steps --duration 10",
+    "agentlatd trace --agent planner --slow-steps --threshold 2ms --json",
+    "agentlatd trace --pid 4242 --slow-steps --top 20",
 )
 METHODS = ("auto", "bpftrace", "tracefs", "schedstat")
 
@@ -59,6 +62,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="daemon socket (default: $AGENTLATD_SOCKET or the policy's)")
     p.add_argument("--root", default="/", metavar="DIR", help="filesystem root holding proc/ and sys/")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument("--slow-steps", action="store_true",
+                   help="per slow step, why: running, runnable behind whom, IRQ/softirq on its CPU, "
+                        "blocked in which gate and woken by what (bpftrace; agents need --pid "
+                        "or --agent)")
+    lim = p.add_mutually_exclusive_group()
+    lim.add_argument("--threshold", metavar="T",
+                     help="with --slow-steps: steps at least this long (500us, 2ms; default: "
+                          "each agent's p99 over the window)")
+    lim.add_argument("--top", type=int, metavar="N", help="with --slow-steps: the N slowest steps")
 
 
 def _daemon(socket: str | None, op: str) -> Any:
@@ -196,6 +208,8 @@ def run(args: argparse.Namespace) -> int:
         raise AgentlatdError("--duration must be between 0.1 and 3600 seconds.")
     root = Root(args.root)
     threads, pids, who = targets(args, root)
+    if args.slow_steps:
+        return _slow_steps(args, root, threads, pids)
     home, completion, roles_src = cpu_roles(root, args.socket)
     before = _sample(root, pids)
     maps: bpftrace.Maps | None = None
@@ -227,4 +241,31 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(jsonout.dumps(doc, indent=1) + "\n")
     else:
         sys.stdout.write(trace_report.render(doc))
+    return 0
+
+
+def _slow_steps(args: argparse.Namespace, root: Root, threads: Threads, pids: dict[int, str]) -> int:
+    from agentlatd.steps import slow
+
+    if not pids:
+        raise AgentlatdError("--slow-steps needs agents: give --pid or --agent (or run a daemon "
+                             "with registered agents).")
+    if args.method not in ("auto", "bpftrace"):
+        raise AgentlatdError("--slow-steps needs per-event tracing: bpftrace only for now.")
+    if not root.is_host:
+        raise AgentlatdError("--slow-steps traces the live host: --root must be /.")
+    if args.top is not None and args.top < 1:
+        raise AgentlatdError("--top must be at least 1.")
+    thr = slow.parse_duration(args.threshold) if args.threshold is not None else None
+    by_pid: dict[int, list[int]] = {}
+    for t in threads.values():
+        by_pid.setdefault(t.pid, []).append(t.tid)
+    try:
+        doc = slow.trace_slow_steps(root, by_pid, args.duration, thr, args.top)
+    except bpftrace.Unavailable as e:
+        raise AgentlatdError(f"--slow-steps: per-event tracing is unavailable: {e}") from None
+    if args.json:
+        sys.stdout.write(jsonout.dumps(doc, indent=1) + "\n")
+    else:
+        sys.stdout.write(slow.render(doc))
     return 0

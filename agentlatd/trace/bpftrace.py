@@ -21,9 +21,10 @@ rate, and no per-event output to keep up with. Maps:
                              remote-wakeup IPI is inside the measured time
   @gate[kind, tid, b]        time blocked in epoll_wait/epoll_pwait/epoll_pwait2 (1),
                              io_uring_enter (2), recvfrom (3: a blocking socket agent)
-  @blk[tid, cpu, b]          block_rq_complete on a CPU -> a wakeup of a traced
-                             thread from that same hardirq, softirq or task (before
-                             the CPU enters another one) -> it runs
+  @blk[tid, cpu, b]          block_rq_complete inside a hardirq or softirq on a
+                             CPU -> a wakeup of a traced thread from that same
+                             context -> it runs (completions in task context are
+                             not followed: nothing marks where they end)
 tid is 0 in every map when no thread is named: one aggregate over the host.
 
 tracefs: bpftrace reads tracepoint formats from sys/kernel/tracing. Where it
@@ -75,29 +76,37 @@ def program(tids: Collection[int] = (), duration_s: float = 5.0) -> str:
     lines = [
         f"BEGIN {{ {begin} }}" if begin else "BEGIN { }",
         # 9.1 IRQ handler duration
-        # @blk_c[cpu] is a block completion of the context running now on this CPU: a
-        # new hardirq, softirq or task starts a new context and forgets it. Without that,
-        # a completion in process context (a loop device's worker, a polled queue, a
-        # threaded IRQ) stayed until the next IRQ exit and was charged to whatever the
-        # next softirq woke: a UDP-only agent showed "block completion -> run" of tens of ms
-        "tracepoint:irq:irq_handler_entry { @irq_t[cpu] = nsecs; delete(@blk_c[cpu]); }",
+        "tracepoint:irq:irq_handler_entry { @irq_t[cpu] = nsecs; }",
         "tracepoint:irq:irq_handler_exit /@irq_t[cpu]/ {",
         f"  $d = nsecs - @irq_t[cpu]; {b}",
-        "  @irq[args->irq, cpu, $b] = count(); delete(@irq_t[cpu]); delete(@blk_c[cpu]); }",
+        "  @irq[args->irq, cpu, $b] = count(); delete(@irq_t[cpu]); delete(@blk_h[cpu]); }",
         # 9.2 softirq runtime, ksoftirqd's share
-        "tracepoint:irq:softirq_entry { @si_t[cpu] = nsecs; delete(@blk_c[cpu]); }",
+        "tracepoint:irq:softirq_entry { @si_t[cpu] = nsecs; }",
         "tracepoint:irq:softirq_exit /@si_t[cpu]/ {",
         f"  $d = nsecs - @si_t[cpu]; {b}",
         "  @softirq[args->vec, cpu, $b] = count(); @softirq_ns[args->vec, cpu] = sum($d);",
         '  if (strncmp(comm, "ksoftirqd", 9) == 0) { @ksoftirqd_ns[args->vec, cpu] = sum($d); }',
-        "  delete(@si_t[cpu]); delete(@blk_c[cpu]); }",
-        # blk-mq completion, remembered until this IRQ/softirq context ends
-        "tracepoint:block:block_rq_complete { @blk_c[cpu] = nsecs; }",
+        "  delete(@si_t[cpu]); delete(@blk_s[cpu]); }",
+        # blk-mq completion, remembered until the hardirq or softirq it ran in ends.
+        # Completions in task context (a loop device's worker, a flush on a
+        # write-through device ended in blk_insert_flush, polled queues) are not
+        # remembered: no exit event follows them, and the next wakeup on that CPU
+        # was blamed on them, tens of ms later. A wakeup counts only from the same
+        # level: the APIC timer has no irq_handler events, so an hrtimer that fires
+        # inside a BLOCK softirq is told apart by hrtimer_expire_entry/exit.
+        "tracepoint:block:block_rq_complete {",
+        "  if (@irq_t[cpu]) { @blk_h[cpu] = nsecs; } else { if (@si_t[cpu]) { @blk_s[cpu] = nsecs; } } }",
+        "tracepoint:timer:hrtimer_expire_entry { @hrt[cpu] = 1; }",
+        "tracepoint:timer:hrtimer_expire_exit { delete(@hrt[cpu]); }",
         # 9.3 wakeup-to-run
         f"tracepoint:sched:sched_waking /{f(sel, 'args->pid')} && args->pid != 0/ {{",
         "  @wk[args->pid] = nsecs;",
-        "  if (@blk_c[cpu]) { @bw[args->pid] = @blk_c[cpu]; } }",
-        "tracepoint:sched:sched_switch { delete(@blk_c[cpu]);",
+        # a later wakeup not from a completion replaces one that was (a waking of a
+        # thread still on its CPU has no switch in to end it)
+        "  delete(@bw[args->pid]);",
+        "  if (!@hrt[cpu]) { if (@irq_t[cpu]) { if (@blk_h[cpu]) { @bw[args->pid] = @blk_h[cpu]; } }",
+        "    else { if (@blk_s[cpu]) { @bw[args->pid] = @blk_s[cpu]; } } } }",
+        "tracepoint:sched:sched_switch {",
         f"  if (args->prev_state == 0 && args->prev_pid != 0 && {f(sel, 'args->prev_pid')}) {{",
         "    @wk[args->prev_pid] = nsecs; }",
         "  $t = @wk[args->next_pid];",
@@ -118,8 +127,8 @@ def program(tids: Collection[int] = (), duration_s: float = 5.0) -> str:
         f"  @gate[@g_k[tid], {f(key, 'tid')}, $b] = count(); delete(@g_t[tid]); delete(@g_k[tid]); }}",
         f"interval:ms:{ms} {{ exit(); }}",
         # the scratch maps are not results: clear them so they are not printed
-        "END { clear(@irq_t); clear(@si_t); clear(@blk_c); clear(@wk); clear(@bw); clear(@g_t); "
-        "clear(@g_k);" + (" clear(@agent); }" if per else " }"),
+        "END { clear(@irq_t); clear(@si_t); clear(@blk_h); clear(@blk_s); clear(@hrt); "
+        "clear(@wk); clear(@bw); clear(@g_t); clear(@g_k);" + (" clear(@agent); }" if per else " }"),
     ]
     return "\n".join(lines) + "\n"
 

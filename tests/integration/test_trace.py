@@ -318,3 +318,43 @@ def test_trace_unavailable_says_why() -> None:
         assert "bpftrace is not installed" in p.stderr
     else:
         assert "root" in p.stderr
+
+
+@pytest.fixture
+def loop_writer() -> Iterator[str]:
+    """A loop device on a tmpfs file and a dd writing to it (O_DIRECT) on CPU 0 for at most
+    20 s: block completions in task context (the loop worker), none of them for the sleeper."""
+    if shutil.which("losetup") is None:
+        pytest.skip("losetup missing (util-linux)")
+    img = f"/dev/shm/agentlatd-test-loop-{os.getpid()}.img"
+    with open(img, "wb") as f:
+        f.truncate(32 << 20)
+    dev = subprocess.run(["losetup", "--find", "--show", img], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    sh = (f"end=$(($(date +%s)+20)); while [ $(date +%s) -lt $end ]; do "
+          f"dd if=/dev/zero of={dev} bs=4k count=2000 oflag=direct 2>/dev/null; done")
+    w = subprocess.Popen(["taskset", "-c", "0", "sh", "-c", sh], start_new_session=True)
+    try:
+        yield dev
+    finally:
+        os.killpg(w.pid, 15)
+        w.wait(timeout=10)
+        subprocess.run(["losetup", "-d", dev], check=False)
+        os.unlink(img)
+
+
+@pytest.mark.skipif(not ROOT, reason="tracing needs root")
+@pytest.mark.skipif(not HAVE_BPFTRACE, reason="bpftrace not installed (apt-get install bpftrace)")
+def test_udp_only_agent_blamed_on_block_completion_in_task_context(
+        sleeper: subprocess.Popen[str], loop_writer: str) -> None:
+    """A thread that does no disk I/O has no block completion -> run stage, even while a
+    loop device completes requests on its CPU in task context (where no irq/softirq exit
+    follows the completion: it was remembered until the next one and the sleeper's timer
+    wakeups were blamed on it, 0.3-57 ms after)."""
+    os.sched_setaffinity(sleeper.pid, {0})
+    p = _cli("--pid", str(sleeper.pid), "--duration", "2", "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["method"] == "bpftrace"
+    assert sum(w["count"] for w in doc["wakeups"]) > 300  # it was traced
+    assert doc["block_to_run"] == []

@@ -1,0 +1,476 @@
+"""Why was this step slow: a step's wall time split by cause, from a list of kernel events (pure).
+
+Input: the step (thread, start, end: agentlatd/steps/ring.py, or a cycle
+for a process without markers) and the kernel events the tracer recorded
+(agentlatd/steps/events.py: sched_switch, sched_waking with the waker's
+context, migrations, hardirq and softirq spans, the thread's gate syscalls).
+Output: a StepAttribution whose parts add up to the step's wall time:
+
+  running          on a CPU, minus the hardirqs/softirqs that interrupted it
+  runnable         waiting on a runqueue, per task that ran there instead
+                   (ksoftirqd counts as softirq, not as a task)
+  irq / softirq    handlers that ran on its CPU while it ran or waited to run
+  blocked          asleep, per gate (the syscall it slept in) and per waker:
+                   a task, an IRQ, a softirq (NET_RX: a packet), an hrtimer,
+                   or a block request completion (device, issue->complete)
+  unknown          the tracer saw nothing (before the first event on the thread)
+
+No IO here: the same events give the same answer, which is what the unit
+tests feed it (synthetic sequences) and `agentlatd trace --slow-steps` runs.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from agentlatd.sample.softirqs import SOFTIRQ_NAMES
+
+# causes (the summary's categories; the confusion table's columns)
+RUNNING, RUNNABLE, IRQ, SOFTIRQ, BLOCKED_BLOCK, BLOCKED_NET, BLOCKED_TIMER, BLOCKED_TASK, \
+    BLOCKED_IRQ, BLOCKED_OTHER, UNKNOWN = (
+        "running", "runnable", "irq", "softirq", "blocked:block", "blocked:net", "blocked:timer",
+        "blocked:task", "blocked:irq", "blocked:other", "unknown")
+CAUSES = (RUNNING, RUNNABLE, IRQ, SOFTIRQ, BLOCKED_BLOCK, BLOCKED_NET, BLOCKED_TIMER, BLOCKED_TASK,
+          BLOCKED_IRQ, BLOCKED_OTHER, UNKNOWN)
+NET_RX, NET_TX, BLOCK_VEC, HRTIMER_VEC, TIMER_VEC = 3, 2, 4, 8, 1
+
+
+@dataclass(frozen=True, slots=True)
+class Switch:
+    t: int
+    cpu: int
+    prev_tid: int
+    prev_state: int  # the tracepoint's value: see runnable()
+    next_tid: int
+    prev_comm: str = ""
+    next_comm: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Wakeup:
+    """sched_waking of `tid`, fired on `cpu` by the waker's context."""
+
+    t: int
+    cpu: int
+    tid: int
+    target_cpu: int
+    waker_tid: int = 0
+    waker_comm: str = ""
+    ctx: str = "task"  # "task" | "hardirq" | "softirq" | "hrtimer"
+    ctx_id: int = -1  # the IRQ number or the softirq vector
+    blk_dev: int = 0  # a block completion in the same context: dev_t (kernel's MKDEV 20/12 split)
+    blk_ns: int = 0  # its issue -> complete time
+
+
+@dataclass(frozen=True, slots=True)
+class Migrate:
+    t: int
+    tid: int
+    orig_cpu: int
+    dest_cpu: int
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A hardirq handler (kind "irq", id = IRQ number) or a softirq run (kind "softirq",
+    id = vector) on `cpu`, or a gate syscall of `tid` (kind "syscall", name = its name)."""
+
+    kind: str
+    t0: int
+    t1: int
+    cpu: int = -1
+    id: int = -1
+    tid: int = 0
+    name: str = ""
+
+
+Event = Switch | Wakeup | Migrate | Span
+
+TASK_REPORT_MAX = 0x100  # include/linux/sched.h since 4.14: sched_switch's prev_state when preempted
+
+
+def runnable(prev_state: int) -> bool:
+    """sched_switch left the task runnable: preempted (TASK_REPORT_MAX, printed "R+") or
+    switched out while TASK_RUNNING (0, "R"); any other state bit (S, D, ...) is a block."""
+    return prev_state in (0, TASK_REPORT_MAX)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    tid: int
+    start_ns: int
+    end_ns: int
+    step: int = 0
+    pid: int = 0
+    cycle: bool = False  # from wakeup-to-block cycles, not step markers
+
+    @property
+    def duration_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    cause: str  # one of CAUSES
+    ns: int
+    who: str = ""  # the culprit: "pid 1234 'stress'", "NET_RX", "irq 36 virtio1", "dev 7:0"
+    cpu: int = -1
+    gate: str = ""  # the syscall it was blocked in
+
+
+@dataclass(frozen=True, slots=True)
+class StepAttribution:
+    step: Step
+    parts: tuple[Part, ...]
+    migrations: int
+    cpus: tuple[int, ...]
+
+    def by_cause(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for p in self.parts:
+            out[p.cause] = out.get(p.cause, 0) + p.ns
+        return out
+
+    def top(self) -> Part | None:
+        """The largest (cause, culprit) part."""
+        merged: dict[tuple[str, str, int, str], int] = {}
+        for p in self.parts:
+            k = (p.cause, p.who, p.cpu, p.gate)
+            merged[k] = merged.get(k, 0) + p.ns
+        if not merged:
+            return None
+        (cause, who, cpu, gate), ns = max(merged.items(), key=lambda kv: kv[1])
+        return Part(cause, ns, who, cpu, gate)
+
+    def verdict(self) -> str:
+        s = self.step
+        head = f"{'cycle' if s.cycle else 'step'} {s.step}: {_ms(s.duration_ns)}"
+        p = self.top()
+        if p is None:
+            return head + ", no events"
+        return f"{head}, {_ms(p.ns)} {describe(p)}" + (
+            f"; {self.migrations} migration(s)" if self.migrations else "")
+
+
+def _ms(ns: int) -> str:
+    return f"{ns / 1e6:.2f} ms" if ns < 10_000_000 else f"{ns / 1e6:.1f} ms"
+
+
+def describe(p: Part) -> str:
+    cpu = f" on CPU {p.cpu}" if p.cpu >= 0 else ""
+    if p.cause == RUNNING:
+        return f"running{cpu}"
+    if p.cause == RUNNABLE:
+        return f"runnable{cpu} behind {p.who or 'an unseen task'}"
+    if p.cause in (IRQ, SOFTIRQ):
+        return f"in {p.who}{cpu} ({'hardirq' if p.cause == IRQ else 'softirq'})"
+    if p.cause.startswith("blocked"):
+        gate = f" in {p.gate}" if p.gate else ""
+        return f"blocked{gate}, woken by {p.who or 'an unseen waker'}"
+    return "not seen by the tracer"
+
+
+def vec_name(vec: int) -> str:
+    return SOFTIRQ_NAMES[vec] if 0 <= vec < len(SOFTIRQ_NAMES) else f"softirq {vec}"
+
+
+def _who(tid: int, comm: str) -> str:
+    return f"pid {tid} '{comm}'" if comm else f"pid {tid}"
+
+
+# -- the per-CPU and per-thread indexes ---------------------------------------
+
+@dataclass(slots=True)
+class Index:
+    """Events sorted for the joins: per CPU its switches and IRQ/softirq spans, per
+    thread its own switches, wakeups, migrations and syscalls."""
+
+    cpu_switch_t: dict[int, list[int]] = field(default_factory=dict)
+    cpu_switch: dict[int, list[Switch]] = field(default_factory=dict)
+    cpu_spans: dict[int, list[Span]] = field(default_factory=dict)
+    thread: dict[int, list[Event]] = field(default_factory=dict)
+    thread_t: dict[int, list[int]] = field(default_factory=dict)
+    syscalls: dict[int, list[Span]] = field(default_factory=dict)
+
+
+def index(events: Iterable[Event]) -> Index:
+    ix = Index()
+
+    def add_thread(tid: int, ev: Event) -> None:
+        ix.thread.setdefault(tid, []).append(ev)
+
+    for ev in events:
+        if isinstance(ev, Switch):
+            ix.cpu_switch.setdefault(ev.cpu, []).append(ev)
+            add_thread(ev.prev_tid, ev)
+            if ev.next_tid != ev.prev_tid:
+                add_thread(ev.next_tid, ev)
+        elif isinstance(ev, (Wakeup, Migrate)):
+            add_thread(ev.tid, ev)
+        elif ev.kind == "syscall":
+            ix.syscalls.setdefault(ev.tid, []).append(ev)
+        else:
+            ix.cpu_spans.setdefault(ev.cpu, []).append(ev)
+    for sws in ix.cpu_switch.values():
+        sws.sort(key=lambda e: e.t)
+    for cpu, sws in ix.cpu_switch.items():
+        ix.cpu_switch_t[cpu] = [e.t for e in sws]
+    for spans in ix.cpu_spans.values():
+        spans.sort(key=lambda e: e.t0)
+    for tid, evs in ix.thread.items():
+        evs.sort(key=_t)
+        ix.thread_t[tid] = [_t(e) for e in evs]
+    for sc in ix.syscalls.values():
+        sc.sort(key=lambda e: e.t0)
+    return ix
+
+
+def _t(e: Event) -> int:
+    return e.t0 if isinstance(e, Span) else e.t
+
+
+# -- attribution --------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class _Seg:
+    t0: int
+    t1: int
+    state: str  # "run" | "wait" | "sleep" | "unknown"
+    cpu: int
+    wake: Wakeup | None = None
+
+
+def _segments(ix: Index, step: Step) -> tuple[list[_Seg], int, set[int]]:
+    """The thread's states over the step, from its own events."""
+    evs = ix.thread.get(step.tid, [])
+    ts = ix.thread_t.get(step.tid, [])
+    tid = step.tid
+    # the state at the step's start: from the last event at or before it; a step
+    # starts in the thread itself (it read the clock), so it is running then
+    i = bisect.bisect_right(ts, step.start_ns)
+    state, cpu = "unknown", -1
+    for e in reversed(evs[:i]):
+        if isinstance(e, Switch):
+            state, cpu = ("run", e.cpu) if e.next_tid == tid else (
+                ("wait", e.cpu) if runnable(e.prev_state) else ("sleep", e.cpu))
+            break
+    if state == "unknown":
+        # no switch seen before: it was on a CPU; which one, the next event says
+        for e in evs[i:]:
+            if isinstance(e, Switch):
+                cpu = e.cpu
+                break
+        state = "run" if cpu >= 0 else "unknown"
+    segs: list[_Seg] = []
+    migrations = 0
+    cpus: set[int] = {cpu} if cpu >= 0 else set()
+    t = step.start_ns
+    pending: Wakeup | None = None
+    for e in evs[i:]:
+        et = _t(e)
+        if et >= step.end_ns:
+            break
+        if isinstance(e, Switch):
+            if e.prev_tid == tid and state == "run":
+                segs.append(_Seg(t, et, "run", cpu))
+                t = et
+                state = "wait" if runnable(e.prev_state) else "sleep"
+                cpu = e.cpu
+                pending = None
+            elif e.next_tid == tid and state != "run":
+                segs.append(_Seg(t, et, state, cpu, pending))
+                t, state, cpu = et, "run", e.cpu
+                cpus.add(cpu)
+        elif isinstance(e, Wakeup):
+            if state == "sleep":
+                segs.append(_Seg(t, et, "sleep", cpu, e))
+                t, state, cpu = et, "wait", e.target_cpu
+                pending = e
+        elif isinstance(e, Migrate):
+            migrations += 1
+            if state == "wait":
+                segs.append(_Seg(t, et, "wait", cpu, pending))
+                t, cpu = et, e.dest_cpu
+            cpus.add(e.dest_cpu)
+    if t < step.end_ns:
+        segs.append(_Seg(t, step.end_ns, state, cpu, pending))
+    return segs, migrations, cpus
+
+
+def _overlap(a0: int, a1: int, b0: int, b1: int) -> int:
+    return max(0, min(a1, b1) - max(a0, b0))
+
+
+def _interrupts(ix: Index, cpu: int, t0: int, t1: int) -> list[Part]:
+    """The hardirq and softirq time on `cpu` within [t0, t1) (nested hardirqs are taken
+    out of the softirq they interrupted)."""
+    spans = ix.cpu_spans.get(cpu, [])
+    out: list[Part] = []
+    hard: list[Span] = []
+    for s in spans:
+        if s.t0 >= t1:
+            break
+        if s.t1 <= t0:
+            continue
+        if s.kind == "irq":
+            hard.append(s)
+    for s in spans:
+        if s.t0 >= t1:
+            break
+        ov = _overlap(t0, t1, s.t0, s.t1)
+        if ov <= 0:
+            continue
+        if s.kind == "irq":
+            out.append(Part(IRQ, ov, f"irq {s.id}" + (f" {s.name}" if s.name else ""), cpu))
+        elif s.kind == "softirq":
+            nested = sum(_overlap(max(t0, s.t0), min(t1, s.t1), h.t0, h.t1) for h in hard)
+            if ov - nested > 0:
+                out.append(Part(SOFTIRQ, ov - nested, vec_name(s.id), cpu))
+    return out
+
+
+def _occupants(ix: Index, cpu: int, t0: int, t1: int) -> list[tuple[int, int, int, str]]:
+    """(t0, t1, tid, comm) of the tasks on `cpu` within [t0, t1), from its switches."""
+    sws = ix.cpu_switch.get(cpu, [])
+    ts = ix.cpu_switch_t.get(cpu, [])
+    i = bisect.bisect_right(ts, t0)
+    cur_tid, cur_comm = (-1, "")
+    if i > 0:
+        cur_tid, cur_comm = sws[i - 1].next_tid, sws[i - 1].next_comm
+    elif i < len(sws):
+        cur_tid, cur_comm = sws[i].prev_tid, sws[i].prev_comm  # who was there before the first
+    out: list[tuple[int, int, int, str]] = []
+    t = t0
+    for s in sws[i:]:
+        if s.t >= t1:
+            break
+        if s.t > t:
+            out.append((t, s.t, cur_tid, cur_comm))
+        t, cur_tid, cur_comm = s.t, s.next_tid, s.next_comm
+    if t < t1:
+        out.append((t, t1, cur_tid, cur_comm))
+    return out
+
+
+def _gate(ix: Index, tid: int, t0: int, t1: int) -> str:
+    """The syscall the thread slept in over [t0, t1)."""
+    best, best_ov = "", 0
+    for s in ix.syscalls.get(tid, []):
+        if s.t0 >= t1:
+            break
+        ov = _overlap(t0, t1, s.t0, s.t1)
+        if ov > best_ov:
+            best, best_ov = s.name, ov
+    return best
+
+
+def _waker(w: Wakeup | None) -> tuple[str, str]:
+    if w is None:
+        return BLOCKED_OTHER, ""
+    if w.blk_dev:
+        return BLOCKED_BLOCK, (f"block completion on dev {w.blk_dev >> 20}:{w.blk_dev & 0xFFFFF}"
+                               + (f" (issue->complete {w.blk_ns / 1e3:.0f} us)" if w.blk_ns else ""))
+    if w.ctx == "hrtimer":
+        return BLOCKED_TIMER, "an hrtimer"
+    if w.ctx == "softirq":
+        if w.ctx_id == NET_RX:
+            return BLOCKED_NET, f"NET_RX on CPU {w.cpu}"
+        if w.ctx_id in (TIMER_VEC, HRTIMER_VEC):
+            return BLOCKED_TIMER, f"{vec_name(w.ctx_id)} on CPU {w.cpu}"
+        return BLOCKED_OTHER, f"{vec_name(w.ctx_id)} on CPU {w.cpu}"
+    if w.ctx == "hardirq":
+        return BLOCKED_IRQ, f"irq {w.ctx_id} on CPU {w.cpu}"
+    return BLOCKED_TASK, _who(w.waker_tid, w.waker_comm)
+
+
+def attribute(ix: Index, step: Step) -> StepAttribution:
+    """Split `step`'s wall time by cause (the parts add up to its duration)."""
+    segs, migrations, cpus = _segments(ix, step)
+    parts: list[Part] = []
+    for sg in segs:
+        d = sg.t1 - sg.t0
+        if d <= 0:
+            continue
+        if sg.state == "unknown" or sg.cpu < 0:
+            parts.append(Part(UNKNOWN, d))
+            continue
+        if sg.state == "sleep":
+            cause, who = _waker(sg.wake)
+            parts.append(Part(cause, d, who, -1, _gate(ix, step.tid, sg.t0, sg.t1)))
+            continue
+        ints = _interrupts(ix, sg.cpu, sg.t0, sg.t1)
+        parts += ints
+        left = d - sum(p.ns for p in ints)
+        if sg.state == "run":
+            if left > 0:
+                parts.append(Part(RUNNING, left, "", sg.cpu))
+            continue
+        # runnable: who ran instead, each occupant's share less the interrupts in it
+        occ = _occupants(ix, sg.cpu, sg.t0, sg.t1)
+        for o0, o1, otid, ocomm in occ:
+            od = o1 - o0 - sum(p.ns for p in _interrupts(ix, sg.cpu, o0, o1))
+            if od <= 0:
+                continue
+            if ocomm.startswith("ksoftirqd"):
+                parts.append(Part(SOFTIRQ, od, f"softirqs in {ocomm}", sg.cpu))
+            elif otid == step.tid or otid < 0:
+                parts.append(Part(RUNNABLE, od, "", sg.cpu))
+            else:
+                parts.append(Part(RUNNABLE, od, _who(otid, ocomm), sg.cpu))
+    return StepAttribution(step, tuple(parts), migrations, tuple(sorted(cpus)))
+
+
+def cycles(ix: Index, tids: Iterable[int], pid_of: dict[int, int] | None = None) -> list[Step]:
+    """Steps for threads without markers: from one block (switch out in S/D) to the next."""
+    out: list[Step] = []
+    for tid in tids:
+        last = None
+        n = 0
+        for e in ix.thread.get(tid, []):
+            if isinstance(e, Switch) and e.prev_tid == tid and not runnable(e.prev_state):
+                if last is not None:
+                    out.append(Step(tid, last, e.t, n, (pid_of or {}).get(tid, 0), cycle=True))
+                    n += 1
+                last = e.t
+    return out
+
+
+# -- the summary ---------------------------------------------------------------
+
+def threshold_p99(durations: Sequence[int]) -> int:
+    """The nearest-rank p99 of the durations (0 when none)."""
+    if not durations:
+        return 0
+    s = sorted(durations)
+    return s[min(len(s) - 1, max(0, -(-99 * len(s) // 100) - 1))]
+
+
+def summarize(atts: Sequence[StepAttribution], top: int = 5) -> dict[str, object]:
+    """Share of slow-step time by cause, and the top culprits (tasks, IRQs, softirqs, devices)."""
+    total = sum(a.step.duration_ns for a in atts)
+    by: dict[str, int] = {}
+    culprits: dict[tuple[str, str], int] = {}
+    for a in atts:
+        for p in a.parts:
+            by[p.cause] = by.get(p.cause, 0) + p.ns
+            if p.who and p.cause != RUNNING:
+                culprits[(p.cause, p.who)] = culprits.get((p.cause, p.who), 0) + p.ns
+    return {
+        "steps": len(atts), "total_ns": total,
+        "by_cause": {c: {"ns": by[c], "share": round(by[c] / total, 4) if total else 0.0}
+                     for c in CAUSES if by.get(c)},
+        "culprits": [{"cause": c, "who": w, "ns": ns,
+                      "share": round(ns / total, 4) if total else 0.0}
+                     for (c, w), ns in sorted(culprits.items(), key=lambda kv: -kv[1])[:top]],
+    }
+
+
+def to_json(a: StepAttribution) -> dict[str, object]:
+    s = a.step
+    return {"step": s.step, "tid": s.tid, "pid": s.pid, "cycle": s.cycle, "start_ns": s.start_ns,
+            "end_ns": s.end_ns, "duration_ns": s.duration_ns, "verdict": a.verdict(),
+            "migrations": a.migrations, "cpus": list(a.cpus), "by_cause": a.by_cause(),
+            "parts": [{"cause": p.cause, "ns": p.ns, "who": p.who, "cpu": p.cpu, "gate": p.gate}
+                      for p in a.parts]}

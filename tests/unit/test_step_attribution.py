@@ -1,0 +1,113 @@
+"""agentlatd/steps/attribute.py on synthetic event sequences: one per cause the issue names."""
+
+from __future__ import annotations
+
+from agentlatd.steps import attribute as at
+from agentlatd.steps.attribute import Migrate, Span, Step, Switch, Wakeup
+
+A = 100  # the agent's tid
+US = 1_000
+MS = 1_000_000
+
+
+def _att(events: list[at.Event], step: Step) -> at.StepAttribution:
+    a = at.attribute(at.index(events), step)
+    assert sum(p.ns for p in a.parts) == step.duration_ns  # the parts add up
+    return a
+
+
+def test_runnable_behind_a_hog() -> None:
+    ev: list[at.Event] = [
+        Switch(0, 0, 1, 1, A, "swapper/0", "agent"),
+        Switch(1 * MS, 0, A, at.TASK_REPORT_MAX, 1234, "agent", "stress"),  # preempted: "R+"
+        Switch(5 * MS + 400 * US, 0, 1234, 0, A, "stress", "agent"),
+    ]
+    a = _att(ev, Step(A, 500 * US, 5 * MS + 900 * US, 48213))
+    assert a.by_cause() == {at.RUNNING: 1 * MS, at.RUNNABLE: 4 * MS + 400 * US}
+    assert a.verdict() == "step 48213: 5.40 ms, 4.40 ms runnable on CPU 0 behind pid 1234 'stress'"
+
+
+def test_softirq_on_its_cpu_while_running_and_in_ksoftirqd() -> None:
+    ev: list[at.Event] = [
+        Switch(0, 1, 0, 0, A, "swapper/1", "agent"),
+        Span("softirq", 1 * MS, 2 * MS, cpu=1, id=at.NET_RX),
+        Span("irq", 1 * MS + 100 * US, 1 * MS + 200 * US, cpu=1, id=36, name="eth0-rx"),
+        Switch(3 * MS, 1, A, 0, 17, "agent", "ksoftirqd/1"),
+        Switch(4 * MS, 1, 17, 1, A, "ksoftirqd/1", "agent"),
+        Span("softirq", 6 * MS, 7 * MS, cpu=0, id=at.NET_RX),  # another CPU: not its
+    ]
+    a = _att(ev, Step(A, 0, 5 * MS))
+    by = a.by_cause()
+    assert by[at.SOFTIRQ] == 900 * US + 1 * MS and by[at.IRQ] == 100 * US
+    assert by[at.RUNNING] == 3 * MS
+    assert at.Part(at.SOFTIRQ, 1 * MS, "softirqs in ksoftirqd/1", 1) in a.parts
+    assert at.Part(at.SOFTIRQ, 900 * US, "NET_RX", 1) in a.parts
+
+
+def test_blocked_in_read_woken_by_block_completion() -> None:
+    dev = (7 << 20) | 3
+    ev: list[at.Event] = [
+        Switch(0, 0, 0, 0, A, "swapper/0", "agent"),
+        Span("syscall", 1 * MS, 9 * MS + 50 * US, tid=A, name="pread64"),
+        Switch(1 * MS + 10 * US, 0, A, 2, 0, "agent", "swapper/0"),
+        Wakeup(9 * MS, 0, A, 0, ctx="hardirq", ctx_id=40, blk_dev=dev, blk_ns=7 * MS),
+        Switch(9 * MS + 20 * US, 0, 0, 0, A, "swapper/0", "agent"),
+    ]
+    a = _att(ev, Step(A, 0, 10 * MS, 7))
+    p = a.top()
+    assert p is not None and p.cause == at.BLOCKED_BLOCK and p.gate == "pread64"
+    assert p.ns == 9 * MS - (1 * MS + 10 * US)
+    assert "dev 7:3" in a.verdict() and "issue->complete 7000 us" in a.verdict()
+
+
+def test_blocked_in_recv_woken_by_net_rx_is_the_tools_time() -> None:
+    ev: list[at.Event] = [
+        Switch(0, 1, 0, 0, A, "swapper/1", "agent"),
+        Span("syscall", 100 * US, 20 * MS, tid=A, name="recvfrom"),
+        Switch(110 * US, 1, A, 1, 0, "agent", "swapper/1"),
+        Wakeup(20 * MS - 30 * US, 0, A, 1, ctx="softirq", ctx_id=at.NET_RX),
+        Migrate(20 * MS - 30 * US, A, 0, 1),
+        Switch(20 * MS - 10 * US, 1, 0, 0, A, "swapper/1", "agent"),
+    ]
+    a = _att(ev, Step(A, 0, 21 * MS))
+    p = a.top()
+    assert p is not None and (p.cause, p.gate, p.who) == (at.BLOCKED_NET, "recvfrom", "NET_RX on CPU 0")
+    assert a.by_cause()[at.BLOCKED_NET] > 0.9 * a.step.duration_ns
+    assert a.migrations == 1
+
+
+def test_timer_and_task_wakers() -> None:
+    ev: list[at.Event] = [
+        Switch(0, 0, 0, 0, A, "", "agent"),
+        Switch(1 * MS, 0, A, 1, 0, "agent", ""),
+        Wakeup(2 * MS, 0, A, 0, ctx="hrtimer"),
+        Switch(2 * MS, 0, 0, 0, A, "", "agent"),
+        Switch(3 * MS, 0, A, 1, 0, "agent", ""),
+        Wakeup(4 * MS, 1, A, 0, waker_tid=55, waker_comm="tool"),
+        Switch(4 * MS, 0, 0, 0, A, "", "agent"),
+    ]
+    by = _att(ev, Step(A, 0, 5 * MS)).by_cause()
+    assert by == {at.RUNNING: 3 * MS, at.BLOCKED_TIMER: 1 * MS, at.BLOCKED_TASK: 1 * MS}
+
+
+def test_no_events_is_unknown_not_a_guess() -> None:
+    a = _att([], Step(A, 0, 5 * MS))
+    assert a.by_cause() == {at.UNKNOWN: 5 * MS}
+
+
+def test_cycles_for_threads_without_markers() -> None:
+    ev: list[at.Event] = [Switch(t * MS, 0, A, 1, 0, "agent", "") for t in (1, 3, 7)]
+    steps = at.cycles(at.index(ev), [A])
+    assert [(s.start_ns, s.end_ns, s.cycle) for s in steps] == [(1 * MS, 3 * MS, True),
+                                                                (3 * MS, 7 * MS, True)]
+
+
+def test_summary_shares_and_culprits() -> None:
+    hog = [Switch(0, 0, 0, 0, A, "", "agent"), Switch(0, 0, A, 0, 9, "agent", "stress"),
+           Switch(4 * MS, 0, 9, 0, A, "stress", "agent")]
+    a1 = _att(hog, Step(A, 0, 5 * MS))
+    s = at.summarize([a1])
+    assert s["by_cause"] == {at.RUNNING: {"ns": 1 * MS, "share": 0.2},
+                             at.RUNNABLE: {"ns": 4 * MS, "share": 0.8}}
+    assert s["culprits"] == [{"cause": at.RUNNABLE, "who": "pid 9 'stress'", "ns": 4 * MS, "share": 0.8}]
+    assert at.threshold_p99(list(range(1, 101))) == 99

@@ -1,0 +1,135 @@
+"""The step ring (agentlatd/steps/ring.py): the format docs/protocol.md documents, written by
+RingWriter and read back through /proc/PID/fd like the daemon and `trace --slow-steps` do."""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+
+import pytest
+
+from agentlatd.steps import ring
+from agentlatd.sysfs.root import Root
+
+HOST = Root("/")
+
+
+def test_header_and_record_layout_as_documented() -> None:
+    w = ring.RingWriter(8)
+    try:
+        seq = w.write(48213, 777, 1_000, 5_900_000, 0)
+        buf = bytes(w.mm)
+        _magic, ver, rsize, cap, hsize, pid, clock = struct.unpack_from("<QIIIIII", buf, 0)
+        assert buf[:8] == b"agstepr1" and ver == 1 and rsize == 48 and cap == 8 and hsize == 64
+        assert pid == os.getpid() and clock == 1
+        assert struct.unpack_from("<Q", buf, 32)[0] == 1  # head
+        assert buf[40:64] == bytes(24)
+        commit, step, start, end, tid, flags, zero = struct.unpack_from("<QQQQIIQ", buf, 64)
+        assert (seq, commit, step, start, end, tid, flags, zero) == (0, 1, 48213, 1_000, 5_900_000,
+                                                                     777, 0, 0)
+    finally:
+        w.close()
+
+
+def test_read_through_proc_fd_new_records_only() -> None:
+    w = ring.RingWriter(16)
+    try:
+        rel = ring.find_ring(HOST, os.getpid())
+        assert rel is not None and rel.startswith(f"proc/{os.getpid()}/fd/")
+        r = ring.RingReader.open(HOST, os.getpid())
+        assert r is not None
+        w.write("plan", 5, 10, 20)
+        w.write(None, 5, 30, 45, ring.FLAG_RAISED)
+        got = r.read()
+        assert [(x.seq, x.tid, x.start_ns, x.duration_ns, x.flags) for x in got] == [
+            (0, 5, 10, 10, 0), (1, 5, 30, 15, 1)]
+        assert got[0].step == ring.step_key("plan", 0) and got[1].step == 1  # None -> its seq
+        assert r.read() == []
+        w.write(7, 6, 50, 60)
+        assert [x.seq for x in r.read()] == [2]
+        r.close()
+    finally:
+        w.close()
+
+
+def test_wraparound_keeps_the_newest_and_counts_the_missed() -> None:
+    w = ring.RingWriter(4)
+    try:
+        r = ring.RingReader.open(HOST, os.getpid())
+        assert r is not None
+        for i in range(10):
+            w.write(i, 1, i * 10, i * 10 + 5)
+        got = r.read()
+        assert [x.seq for x in got] == [6, 7, 8, 9] and [x.step for x in got] == [6, 7, 8, 9]
+        assert r.missed == 6
+        r.close()
+    finally:
+        w.close()
+
+
+def test_torn_or_misplaced_record_is_skipped() -> None:
+    buf = bytearray(64 + 4 * 48)
+    struct.pack_into("<QIIIIII", buf, 0, ring.RING_MAGIC, 1, 48, 4, 64, 1, 1)
+    struct.pack_into("<QQQQIIQ", buf, 64, 1, 9, 100, 200, 3, 0, 0)  # seq 0 in slot 0: good
+    struct.pack_into("<QQQQIIQ", buf, 64 + 48, 0, 9, 100, 200, 3, 0, 0)  # being written
+    struct.pack_into("<QQQQIIQ", buf, 64 + 96, 2, 9, 100, 200, 3, 0, 0)  # seq 1 is not slot 2's
+    struct.pack_into("<QQQQIIQ", buf, 64 + 144, 4, 9, 300, 200, 3, 0, 0)  # end < start
+    assert [r.seq for r in ring.parse_records(buf)] == [0]
+
+
+@pytest.mark.parametrize("mutate,msg", [
+    (lambda b: b.__setitem__(slice(0, 8), b"notaring"), "magic"),
+    (lambda b: struct.pack_into("<I", b, 8, 9), "version 9"),
+    (lambda b: struct.pack_into("<I", b, 16, 3), "capacity 3"),
+])
+def test_bad_ring_is_refused_with_a_reason(mutate: object, msg: str) -> None:
+    buf = bytearray(64 + 4 * 48)
+    struct.pack_into("<QIIIIII", buf, 0, ring.RING_MAGIC, 1, 48, 4, 64, 1, 1)
+    mutate(buf)  # type: ignore[operator]
+    with pytest.raises(ring.RingFormatError, match=msg):
+        ring.parse_header(buf)
+
+
+def test_threads_never_share_a_seq() -> None:
+    w = ring.RingWriter(1 << 14)
+    try:
+        def work(tid: int) -> None:
+            for i in range(2000):
+                w.write(i, tid, i, i + 1)
+
+        ts = [threading.Thread(target=work, args=(t,)) for t in (1, 2, 3, 4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        recs = ring.parse_records(w.mm)
+        assert len(recs) == 8000 and len({r.seq for r in recs}) == 8000
+        assert sorted(sum(1 for r in recs if r.tid == t) for t in (1, 2, 3, 4)) == [2000] * 4
+    finally:
+        w.close()
+
+
+def test_forked_child_ring_names_the_parent() -> None:
+    """The child inherits the memfd (fork keeps fds): the header's pid tells the reader
+    the ring is not the child's."""
+    w = ring.RingWriter(4)
+    try:
+        r_fd, w_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # wait until the parent has looked, then leave
+            os.read(r_fd, 1)
+            os._exit(0)
+        try:
+            rel = ring.find_ring(HOST, pid)
+            assert rel is not None
+            with pytest.raises(ring.RingFormatError, match="fork"):
+                ring.RingReader(HOST, pid, rel)
+            assert ring.RingReader.open(HOST, pid) is None
+        finally:
+            os.write(w_fd, b"x")
+            os.waitpid(pid, 0)
+            os.close(r_fd)
+            os.close(w_fd)
+    finally:
+        w.close()
