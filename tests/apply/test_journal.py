@@ -252,10 +252,10 @@ def test_failing_knob_does_not_rewrite_the_journal_every_tick(tmp_path: pathlib.
         seen = _files(state)
         for _ in range(4):
             rep = eng.apply(ticks)
+            eng.check_drift()
+            assert _files(state) == seen  # neither file written
             assert [r.status for r in rep.results] == ["unchanged", "failed", "unsupported"]
             assert "earlier tick" in rep.results[1].message
-            eng.check_drift()
-            assert _files(state) == seen
         assert root.writes("sys/class/net/eth9/threaded") == 2
         # the plan changes: tried again at once
         rep = eng.apply([Change("net.threaded", "eth9", "", "2", "t")])
