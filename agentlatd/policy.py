@@ -62,6 +62,13 @@ def _check_listen(v: str) -> str | None:
     return None
 
 
+def _check_range(lo: float, hi: float) -> typing.Callable[[float], str | None]:
+    def check(v: float) -> str | None:
+        # `not lo <= v <= hi` is also true for NaN
+        return None if lo <= v <= hi else f"expected a value from {lo:g} to {hi:g}"
+    return check
+
+
 def _meta(check: typing.Callable[[Any], str | None] | None = None, doc: str = "") -> Any:
     return {"check": check, "doc": doc}
 
@@ -77,6 +84,11 @@ class DaemonPolicy:
     drift: Literal["reassert", "yield"] = "yield"
     irqbalance: Literal["refuse", "ignore"] = "refuse"
     max_clients: int = field(default=4096, metadata=_meta(_check_pos))
+    # per non-root peer uid: requests per second (token bucket refill), the
+    # bucket's size, and requests read but not yet answered (api/server.py)
+    uid_requests_per_s: float = field(default=1000.0, metadata=_meta(_check_range(1, 1e6)))
+    uid_request_burst: int = field(default=256, metadata=_meta(_check_range(1, 1e6)))
+    uid_max_inflight: int = field(default=64, metadata=_meta(_check_range(1, 65536)))
 
 
 @dataclass(frozen=True, slots=True)
