@@ -373,7 +373,11 @@ class Server:
             wait, why = 0.01, (f"uid {c.peer.uid} has {b.inflight} requests in flight "
                                f"(limit {self.max_inflight}, policy daemon.uid_max_inflight)")
         elif b.tokens < 1.0:
-            wait, why = (1.0 - b.tokens) / self.rate, (
+            # until this connection's share of the refill: with every connection
+            # of the uid woken at the next token, all but one would be answered
+            # rate_limited again at once (16 flooding connections: 16x the answers)
+            wait = max((1.0 - b.tokens) / self.rate, b.conns / self.rate, 0.005)
+            why = (
                 f"uid {c.peer.uid} is over its request rate ({self.rate:g}/s, burst "
                 f"{self.burst:g}; policy daemon.uid_requests_per_s, uid_request_burst)")
         else:
