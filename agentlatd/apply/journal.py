@@ -323,10 +323,9 @@ class Journal:
             self.compact()  # first save, or `entries` edited behind the journal's back
             return
         lines = [_record({"del": list(k)}) for k in self._removed]
-        if self._dirty:
-            pos = {id(e): n for n, e in enumerate(self.entries)}
-            for e in sorted(self._dirty.values(), key=lambda e: pos.get(id(e), -1)):
-                lines.append(e.line())
+        # in the order they were first changed: new entries in the order they
+        # were added (replay appends them), the others replace theirs in place
+        lines += [e.line() for e in self._dirty.values()]
         state = (self.complete, self.pid)
         if state != self._disk_state:
             lines.append(_record({"complete": self.complete, "pid": self.pid}))
