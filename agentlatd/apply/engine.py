@@ -564,7 +564,7 @@ class Engine:
             assert j is not None
             # originals durable BEFORE the first write (style.md habit 6), with
             # the values about to be written: when every write lands as planned
-            # the commit below is 5 bytes, not a second save (journal.py)
+            # the save after the writes appends only "complete" (journal.py)
             for _, p in pending:
                 p.entry.written = p.change.desired
             j.complete = False
