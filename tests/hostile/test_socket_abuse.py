@@ -684,3 +684,45 @@ def test_one_uid_flooding_pipelined_requests_is_rate_limited_and_others_are_serv
         assert flood["rate_limited"] >= 1 and flood["other"] == 0, flood
         assert all(isinstance(ms, int) and ms >= 1 for ms in flood["retry_after_ms"]), flood
         assert dm.proc.poll() is None and _ping_ok(dm.socket)
+
+
+def test_one_uid_cannot_hold_more_requests_in_flight_than_its_limit() -> None:
+    """In-process Server, uid_max_inflight = 2, a handler that never answers (as a
+    registration waits for its batch): a third request of the same uid, on a
+    third connection, is answered rate_limited at once; another uid is not."""
+    from hostilehelpers import NOBODY, as_uid
+
+    from agentlatd.api.server import PENDING, Server, bind_socket
+    with workdir() as d:
+        path = str(d / "s.sock")
+        sel = selectors.DefaultSelector()
+        sock = bind_socket(path, mode=0o666)
+        server = Server(sel, sock, {"register": lambda c, env: PENDING,
+                                    "ping": lambda c, env: {"pong": True}}, uid_max_inflight=2)
+        stop = threading.Event()
+        t = threading.Thread(target=_serve, args=(server, sel, stop), daemon=True)
+        t.start()
+
+        def hold(uid_tag: str) -> list[Any]:
+            socks = [connect(path) for _ in range(3)]
+            out: list[Any] = []
+            for s in socks:
+                s.sendall(b'{"v":1,"op":"register","id":"r","agent_id":"a"}\n')
+                got, _ = read_answers(s, 1, timeout=0.5)
+                out.append(got[0]["error"] if got else None)
+            for s in socks:
+                s.close()
+            return out
+
+        try:
+            got = as_uid(NOBODY, NOBODY, lambda: hold("nobody"))
+            assert got[:2] == [None, None], got  # both still waiting: in flight
+            assert got[2]["code"] == "rate_limited" and got[2]["retry_after_ms"] >= 1, got
+            assert "in flight" in got[2]["message"], got
+            other = as_uid(60001, NOBODY, lambda: exchange(path, b'{"v":1,"op":"ping"}\n'))
+            assert other[0]["ok"], other
+        finally:
+            stop.set()
+            t.join(5)
+            server.close()
+            sel.close()
