@@ -436,6 +436,7 @@ class Server:
         ready, self._ready = self._ready, []
         seen: set[int] = set()
         per_uid: dict[int, int] = {}
+        starved: list[Conn] = []
         for c in ready:
             if c.closed or c.id in seen or c.parked:
                 continue
@@ -462,7 +463,10 @@ class Server:
                     self._handle(c, line)
             per_uid[uid] = used + n
             if not c.closed and c.pending is None and not c.parked and b"\n" in c.buf_in:
-                self._ready.append(c)  # more next turn (round robin)
+                # more next turn (round robin); one its uid's other connections
+                # left no share of this turn goes first next turn
+                (starved if n == 0 else self._ready).append(c)
+        self._ready[:0] = starved
 
     def _handle(self, c: Conn, line: bytes) -> None:
         self.requests += 1
