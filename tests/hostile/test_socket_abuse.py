@@ -680,7 +680,7 @@ def test_one_uid_flooding_pipelined_requests_is_rate_limited_and_others_are_serv
         assert got == [True] * 40, got
         # the bucket: at most burst + rate x elapsed handled (+ slack for timing)
         assert flood["ok"] <= burst + rate * elapsed * 1.1 + 20, (flood, elapsed)
-        assert flood["ok"] >= rate * 0.5, flood  # limited, not shut out
+        assert flood["ok"] >= burst, flood  # limited, not shut out: the full bucket at least
         assert flood["rate_limited"] >= 1 and flood["other"] == 0, flood
         assert all(isinstance(ms, int) and ms >= 1 for ms in flood["retry_after_ms"]), flood
         assert dm.proc.poll() is None and _ping_ok(dm.socket)
