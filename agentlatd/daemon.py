@@ -498,6 +498,9 @@ class Daemon:
         self._drop_caps()
         self.server = Server(self.sel, sock, self._handlers(),
                              max_clients=self.policy.daemon.max_clients,
+                             uid_requests_per_s=self.policy.daemon.uid_requests_per_s,
+                             uid_request_burst=self.policy.daemon.uid_request_burst,
+                             uid_max_inflight=self.policy.daemon.uid_max_inflight,
                              on_close=self._on_close, on_accept=self._on_accept,
                              path=self.socket_path)
         self.sel.register(self._rfd, selectors.EVENT_READ, self._drain)
@@ -554,6 +557,9 @@ class Daemon:
             timeout = RETRY  # the engine lock was busy: try again soon, never spin
         else:
             timeout = 0.0 if self.server.busy else max(0.0, min(self._next_tick - now, 1.0))
+            wake = self.server.wakeup()  # a rate-limited connection to read again
+            if wake is not None:
+                timeout = min(timeout, max(0.0, wake - now))
         for key, mask in self.sel.select(timeout):
             cb = key.data
             cb(mask)
@@ -794,6 +800,10 @@ class Daemon:
         self.policy = new
         self.engine.policy = new
         self.manager.set_policy(new)
+        if self.server is not None:
+            self.server.rate = new.daemon.uid_requests_per_s
+            self.server.burst = float(new.daemon.uid_request_burst)
+            self.server.max_inflight = new.daemon.uid_max_inflight
         self.tuner.rebuild = True
         with contextlib.suppress(Exception):
             from agentlatd import logging_setup

@@ -875,6 +875,11 @@ class Exporter:
         self._prebound: tuple[tuple[str, int], _Server] | None = None  # bind()
 
     @property
+    def wanted(self) -> bool:
+        """Someone reads what publish() is given (the HTTP server or a textfile)."""
+        return self._server is not None or bool(self._textfile)
+
+    @property
     def address(self) -> tuple[str, int] | None:
         """The bound (host, port) of the HTTP server, None when off."""
         if self._server is None:

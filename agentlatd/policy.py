@@ -179,6 +179,11 @@ class DaemonPolicy:
     drift: Literal["reassert", "yield"] = "yield"
     irqbalance: Literal["refuse", "ignore"] = "refuse"
     max_clients: int = field(default=4096, metadata=_rng(1, MAX_CLIENTS_MAX, "connections"))
+    # per non-root peer uid: requests per second (token bucket refill), the
+    # bucket's size, and requests read but not yet answered (api/server.py)
+    uid_requests_per_s: float = field(default=1000.0, metadata=_rng(1, 1e6, "requests/s"))
+    uid_request_burst: int = field(default=256, metadata=_rng(1, 1e6, "requests"))
+    uid_max_inflight: int = field(default=64, metadata=_rng(1, 65536, "requests"))
 
 
 @dataclass(frozen=True, slots=True)

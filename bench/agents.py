@@ -24,7 +24,16 @@ journal's fsyncs cost what they cost there), interval 1 s (the default).
   tick_ms        the daemon's agent-side tick (new threads, moves, exclusive
                  CPUs) with --agents agents, as its status reports it, and
                  the tuner tick (sample, rates, plan, apply, drift)
+  register_cpu   the daemon main thread's CPU time during each first
+                 register (/proc/PID/schedstat before and after the round
+                 trip): what a registration costs the daemon, whatever else
+                 the machine runs (round trips on a shared box are mostly
+                 other processes' time slices)
 Targets (issue 4): register p99 <= 500 us; step overhead <= 2 us.
+
+    --daemon-repo PATH   run the daemon from another checkout (before/after)
+    --rt                 run the benchmark and its daemon SCHED_FIFO 10, so
+                         other load on a shared machine does not preempt them
 """
 
 from __future__ import annotations
@@ -104,14 +113,28 @@ def summary(xs: list[float]) -> dict[str, float]:
             "max_us": round(max(xs), 1), "mean_us": round(statistics.fmean(xs), 1)}
 
 
-def register_round(path: str, n: int) -> tuple[list[float], list[float], list[float]]:
-    """Register, register again, unregister each of n fresh processes, one at a time."""
+def cpu_ns(pid: int) -> int:
+    """CPU time of process `pid`'s main thread (the daemon's socket loop), ns."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0])
+
+
+def register_round(path: str, n: int, daemon_pid: int = 0,
+                   cpu: list[float] | None = None) -> tuple[list[float], list[float], list[float]]:
+    """Register, register again, unregister each of n fresh processes, one at a time.
+
+    With `cpu`, the daemon main thread's CPU time (us) during each first
+    register is appended to it (requests are sequential: that is what the
+    registration cost the daemon, whatever else ran on the machine)."""
     f = Sleepers(n)
     c = Conn(path)
     first, again, unreg = [], [], []
     try:
         for pid in f.pids:
+            c0 = cpu_ns(daemon_pid) if cpu is not None else 0
             dt, ans = c.rtt("register", agent_id=f"bench{pid}", pid=pid)
+            if cpu is not None:
+                cpu.append((cpu_ns(daemon_pid) - c0) / 1000.0)
             assert ans["ok"], ans
             first.append(dt)
             dt, ans = c.rtt("register", agent_id=f"bench{pid}", pid=pid)
@@ -175,7 +198,12 @@ def main() -> int:
                          "the only tasks that may be moved (--exclusive-scope-pid)")
     ap.add_argument("--victims", type=int, default=50)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--daemon-repo", type=pathlib.Path, default=REPO,
+                    help="the checkout whose agentlatd the daemon runs (default: this one)")
+    ap.add_argument("--rt", action="store_true", help="SCHED_FIFO priority 10 (see above)")
     args = ap.parse_args()
+    if args.rt:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))  # the daemon inherits it
     if os.geteuid() != 0:
         print("bench/agents.py: run as root (it restores other processes' nice/affinity)",
               file=sys.stderr)
@@ -187,7 +215,7 @@ def main() -> int:
     victims = Sleepers(args.victims) if args.exclusive else None
     extra = ["--exclusive-scope-pid", str(victims.p.pid)] if victims else []
     sock = str(d / "s.sock")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(args.daemon_repo.resolve()))
     with open(d / "log", "wb") as logf:
         dm = subprocess.Popen([sys.executable, "-m", "agentlatd", "run", "--config",
                                str(d / "p.toml"), "--state-dir", str(d / "state"),
@@ -195,7 +223,8 @@ def main() -> int:
                               env=env, stdin=subprocess.DEVNULL, stdout=logf,
                               stderr=subprocess.STDOUT)
     out: dict[str, Any] = {"host_cpus": os.cpu_count(), "kernel": os.uname().release,
-                           "exclusive": args.exclusive}
+                           "exclusive": args.exclusive, "daemon": str(args.daemon_repo),
+                           "rt": args.rt}
     try:
         end = time.monotonic() + 20
         while True:
@@ -218,7 +247,9 @@ def main() -> int:
         pings = [c.rtt("ping")[0] for _ in range(2000)]
         c.close()
         out["ping_rtt"] = summary(pings[200:])
-        first, again, unreg = register_round(sock, args.samples)
+        cpu: list[float] = []
+        first, again, unreg = register_round(sock, args.samples, dm.pid, cpu)
+        out["register_cpu_0_agents"] = summary(cpu)
         out["register_rtt_0_agents"] = summary(first)
         out["reregister_rtt"] = summary(again)
         out["unregister_rtt"] = summary(unreg)
@@ -230,7 +261,9 @@ def main() -> int:
             _, ans = c.rtt("register", agent_id=f"load{pid}", pid=pid)
             assert ans["ok"], ans
         out[f"register_{args.agents}_sequential_s"] = round(time.monotonic() - t0, 3)
-        first, _, _ = register_round(sock, args.samples)
+        cpu = []
+        first, _, _ = register_round(sock, args.samples, dm.pid, cpu)
+        out[f"register_cpu_{args.agents}_agents"] = summary(cpu)
         out[f"register_rtt_{args.agents}_agents"] = summary(first)
         agent_ticks, tuner_ticks = [], []
         for _ in range(8):

@@ -44,6 +44,7 @@ NOT_PERMITTED = "not_permitted"  # SO_PEERCRED says this peer may not do that
 NO_SUCH_PROCESS = "no_such_process"  # pid not running (or recycled: starttime differs)
 NOT_REGISTERED = "not_registered"
 LIMIT = "limit_exceeded"  # too many agents / connections / queued output
+RATE_LIMITED = "rate_limited"  # this uid's request rate or in-flight requests: retry later
 UNAVAILABLE = "unavailable"  # no home CPU, daemon stopping, ...
 INTERNAL = "internal"  # a bug in agentlatd: logged with a traceback
 
@@ -295,9 +296,11 @@ def ok(req_id: Any, result: Any) -> bytes:
                        separators=(",", ":")) + "\n").encode()
 
 
-def error(req_id: Any, code: str, message: str) -> bytes:
-    return (json.dumps({"v": VERSION, "id": req_id, "ok": False,
-                        "error": {"code": code, "message": message}},
+def error(req_id: Any, code: str, message: str, retry_after_ms: int | None = None) -> bytes:
+    err: dict[str, Any] = {"code": code, "message": message}
+    if retry_after_ms is not None:
+        err["retry_after_ms"] = retry_after_ms
+    return (json.dumps({"v": VERSION, "id": req_id, "ok": False, "error": err},
                        separators=(",", ":")) + "\n").encode()
 
 

@@ -66,6 +66,7 @@ from typing import Any
 
 from agentlatd import safepath
 from agentlatd.apply import irqbalance, journal
+from agentlatd.apply.identity import DeviceId, netns_inode, read_device_id
 from agentlatd.apply.journal import (
     FLAG_MANAGED,
     FLAG_YIELDED,
@@ -80,7 +81,7 @@ from agentlatd.kernel.errnos import ErrClass
 from agentlatd.plan.changes import CPUMASK_KNOBS, Change, human_value
 from agentlatd.policy import Policy
 from agentlatd.sample import namespaces
-from agentlatd.sysfs.root import Root
+from agentlatd.sysfs.root import HOST, Root
 
 CRASH_ENV = "AGENTLATD_TEST_CRASH_AFTER_WRITES"
 
@@ -96,6 +97,9 @@ PLANNED = "planned"  # --dry-run: would be written
 # rollback statuses (plus UNCHANGED, FAILED, CLAMPED, MANAGED)
 RESTORED = "restored"
 GONE = "gone"  # the object vanished (device removed): nothing left to restore
+REPLACED = "replaced"  # another device took the name: the original is not its own
+# rollback statuses after which an entry leaves the journal
+_DONE = (RESTORED, UNCHANGED, GONE, MANAGED, REPLACED)
 
 _ADVICE: dict[ErrClass, str] = {
     ErrClass.MANAGED: "the kernel manages this IRQ's affinity; recorded, never retried",
@@ -158,8 +162,7 @@ class RollbackReport:
     @property
     def ok(self) -> bool:
         """Every original is back and nothing was lost."""
-        return not self.damaged and all(
-            r.status in (RESTORED, UNCHANGED, GONE, MANAGED) for r in self.results)
+        return not self.damaged and all(r.status in _DONE for r in self.results)
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.status == status)
@@ -476,6 +479,34 @@ class Engine:
     def _knob(self, name: str) -> Knob | None:
         return self._knobs.get(name)
 
+    def _device_id(self, knob: Knob, target: str,
+                   cache: dict[str, DeviceId | None]) -> DeviceId | None:
+        """The identity of the device `target` names now (None: not a device knob,
+        or the device cannot be read: then the knob's own read says why)."""
+        if knob.live_only and not self.root.is_host:
+            return None
+        name = knob.device(target)
+        if name is None:
+            return None
+        if name not in cache:
+            if "" not in cache:
+                cache[""] = DeviceId("", netns_inode(self.root))  # the netns, once
+            ns = cache[""]
+            assert ns is not None
+            try:
+                cache[name] = read_device_id(self.root, name, ns.ifindex)
+            except KernelError:
+                cache[name] = None
+        return cache[name]
+
+    def _replaced(self, knob: Knob, e: Entry,
+                  cache: dict[str, DeviceId | None]) -> DeviceId | None:
+        """The device now named like e's, when it is not the device e was journaled for."""
+        if e.device is None:
+            return None
+        now = self._device_id(knob, e.target, cache)
+        return now if now is not None and now != e.device else None
+
     # -- apply -----------------------------------------------------------
     def apply(self, changes: Iterable[Change], *, dry_run: bool = False) -> ApplyReport:
         """Apply `changes` in order; every one gets a KnobResult."""
@@ -500,7 +531,8 @@ class Engine:
         # the last change of a knob instance wins; earlier ones are superseded
         last: dict[tuple[str, str], int] = {c.key: i for i, c in enumerate(changes)}
         results: list[KnobResult | None] = [None] * len(changes)
-        adopted = False
+        ids: dict[str, DeviceId | None] = {}
+        dropped = False
         pending: list[tuple[int, _Pending]] = []
         for i, c in enumerate(changes):
             def res(status: str, message: str = "", *, before: str = "",
@@ -528,6 +560,18 @@ class Engine:
                                  errclass=ErrClass.UNSUPPORTED)
                 continue
             entry = j.find(c.knob, c.target) if j is not None else None
+            if entry is not None and j is not None:
+                other = self._replaced(knob, entry, ids)
+                if other is not None:
+                    # the journaled original belongs to a device that is gone; the
+                    # one with its name now starts from its own value
+                    assert entry.device is not None
+                    notes.append(f"{c.knob} {c.target}: device replaced "
+                                 f"({entry.device.differs(other)}); the original journaled "
+                                 "for the old device is dropped, not restored")
+                    j.remove_entry(entry)
+                    entry = None
+                    dropped = True
             if entry is not None and entry.has(FLAG_MANAGED):
                 results[i] = res(MANAGED, "kernel-managed IRQ (EIO earlier): not retried",
                                  errclass=ErrClass.MANAGED)
@@ -566,7 +610,6 @@ class Engine:
                     # agentlatd's value from here on, or check_drift would call
                     # it another writer's
                     entry.written = c.desired
-                    adopted = True
                 results[i] = res(UNCHANGED, "already right", before=shown)
                 continue
             if dry_run:
@@ -579,7 +622,8 @@ class Engine:
             assert j is not None
             new = entry is None
             if entry is None:
-                entry = j.add(c.knob, c.target, knob.original_of(current, c.desired))
+                entry = j.add(c.knob, c.target, knob.original_of(current, c.desired),
+                              device=self._device_id(knob, c.target, ids))
             else:
                 entry.original = knob.merge_original(entry.original,
                                                      knob.original_of(current, c.desired))
@@ -589,7 +633,7 @@ class Engine:
             assert j is not None
             # originals durable BEFORE the first write (style.md habit 6), with
             # the values about to be written: when every write lands as planned
-            # the commit below is 5 bytes, not a second save (journal.py)
+            # the save after the writes appends only "complete" (journal.py)
             for _, p in pending:
                 p.entry.written = p.change.desired
             j.complete = False
@@ -608,20 +652,20 @@ class Engine:
                 self._hold(p.change, r)
                 if r.status not in (CHANGED, CLAMPED) and p.entry.written != p.prev_written:
                     p.entry.written = p.prev_written  # not written: the kernel kept its value
-                if p.new_entry and p.entry.written is None and not p.entry.has(FLAG_MANAGED):
+                if (p.new_entry and p.entry.written is None and not p.entry.has(FLAG_MANAGED)
+                        and self._untouched(p)):
                     # the write failed: the kernel kept its value, nothing to restore
                     failed.append(p.entry)
             j.remove_entries(failed)
+            j.complete = True
             if not j.entries:
-                j.complete = True
                 j.delete()
-            elif failed or not all(p.entry.saved for _, p in pending):
-                j.complete = True
-                j.save()
             else:
-                j.commit()  # every entry exactly as saved: flip "complete" in place
-        elif adopted and j is not None:
-            j.save()
+                j.save()  # appends what changed since the save above, at least "complete"
+        elif j is not None and j.entries:
+            j.save()  # an adopted value, a replaced device's entry dropped; else no write
+        elif j is not None and dropped:
+            j.delete()
         out = tuple(r for r in results if r is not None)
         return ApplyReport(out, self.journal_path, recovery, tuple(notes), dry_run)
 
@@ -631,6 +675,16 @@ class Engine:
         knob = self._knob(c.knob)
         if r is not None and r.errclass in _HOLD_BACK and knob is not None and not knob.live_only:
             self._refused[c.key] = (c.desired, r)
+
+    def _untouched(self, p: _Pending) -> bool:
+        """After a failed write: the kernel still shows the original. A knob that
+        writes several files (napi.config's sysfs fallback) can fail half way;
+        its entry then stays, or the half that landed would never be restored."""
+        try:
+            now = p.knob.read(self.root, p.change.target)
+        except (KernelError, ValueError, AgentlatdError):
+            return False
+        return p.knob.equal(p.knob.original_of(now, p.change.desired), p.entry.original)
 
     def _write_one(self, p: _Pending) -> KnobResult:
         c, knob = p.change, p.knob
@@ -691,10 +745,11 @@ class Engine:
         results: list[KnobResult] = []
         done: list[Entry] = []
         held = frozenset(x.key for x in j.entries)
+        ids: dict[str, DeviceId | None] = {}
         for e in reversed(chosen):
-            r = self._restore_one(e, held)
+            r = self._restore_one(e, held, ids)
             results.append(r)
-            if r.status in (RESTORED, UNCHANGED, GONE, MANAGED):
+            if r.status in _DONE:
                 done.append(e)
         if done:
             j.remove_entries(done)
@@ -745,15 +800,16 @@ class Engine:
 
     def _restore(self, j: Journal, *, damaged: str = "", kept_as: str = "") -> RollbackReport:
         results: list[KnobResult] = []
-        keep: list[Entry] = []
+        done: list[Entry] = []
         held = frozenset(x.key for x in j.entries)
+        ids: dict[str, DeviceId | None] = {}
         for e in reversed(j.entries):
-            r = self._restore_one(e, held)
+            r = self._restore_one(e, held, ids)
             results.append(r)
-            if r.status not in (RESTORED, UNCHANGED, GONE, MANAGED):
-                keep.append(e)
-        keep.reverse()
-        j.entries = keep
+            if r.status in _DONE:
+                done.append(e)
+        j.remove_entries(done)
+        keep = j.entries
         removed = False
         if keep:
             j.save()  # the failed ones stay journaled for the next attempt
@@ -761,13 +817,17 @@ class Engine:
             j.delete()
             removed = True
         notes: tuple[str, ...] = (self._netns_note,) if self._netns_note else ()
+        if j.migrated_from:
+            notes += (f"{j.path} was written in format {j.migrated_from}, without device "
+                      "identities: its device originals were restored by device name",)
         if keep:
             notes += (f"{len(keep)} original(s) could not be restored and stay in {j.path}",)
         return RollbackReport(tuple(results), j.path, removed, damaged, kept_as, notes)
 
-    def _restore_one(self, e: Entry,
-                     held: frozenset[tuple[str, str]] = frozenset()) -> KnobResult:
-        """Restore one entry; `held` is every (knob, target) of its journal."""
+    def _restore_one(self, e: Entry, held: frozenset[tuple[str, str]] = frozenset(),
+                     ids: dict[str, DeviceId | None] | None = None) -> KnobResult:
+        """Restore one entry; `held` is every (knob, target) of its journal, `ids`
+        the device identities read so far in this restore."""
         def res(status: str, message: str, before: str = "", after: str = "",
                 errclass: ErrClass | None = None) -> KnobResult:
             return KnobResult(e.knob, e.target, status, before, e.original, after,
@@ -782,6 +842,12 @@ class Engine:
         if knob.live_only and not self.root.is_host:
             return res(FAILED, f"{e.knob} acts on the live kernel only; entry kept",
                        errclass=ErrClass.UNSUPPORTED)
+        other = self._replaced(knob, e, {} if ids is None else ids)
+        if other is not None:
+            # never write one device's original onto another that took its name
+            assert e.device is not None
+            return res(REPLACED, f"device replaced, original not restored: journaled for "
+                       f"{e.device.describe()}, now {other.describe()}")
         try:
             current = knob.read(self.root, e.target)
         except KernelError as err:
@@ -836,11 +902,21 @@ class Engine:
         mode = self.policy.daemon.drift
         out: list[Drift] = []
         dirty = False
+        ids: dict[str, DeviceId | None] = {}
+        replaced: list[Entry] = []
         for e in j.entries:
             if e.written is None or e.has(FLAG_MANAGED) or e.has(FLAG_YIELDED):
                 continue
             knob = self._knob(e.knob)
             if knob is None:
+                continue
+            other = self._replaced(knob, e, ids)
+            if other is not None:
+                assert e.device is not None
+                replaced.append(e)
+                out.append(Drift(e.knob, e.target, e.written, "", "replaced",
+                                 f"device replaced, original not restored: journaled for "
+                                 f"{e.device.describe()}, now {other.describe()}"))
                 continue
             try:
                 current = knob.read(self.root, e.target)
@@ -870,8 +946,14 @@ class Engine:
             out.append(Drift(e.knob, e.target, e.written, current,
                              "reasserted" if ok else "failed",
                              "written back" if ok else f"written back; the kernel shows {shown!r}"))
+        if replaced:
+            j.remove_entries(replaced)
+            dirty = True
         if dirty:
-            j.save()
+            if j.entries:
+                j.save()
+            else:
+                j.delete()
         return out
 
 
@@ -908,6 +990,31 @@ def _netns_wrapper(root: Root, journal_netns: str) -> Callable[[str], str] | Non
 # Failures that repeat as long as the device, driver and value stay the same (errnos.py).
 _HOLD_BACK = frozenset({ErrClass.UNSUPPORTED.value, ErrClass.INVALID.value, ErrClass.DENIED.value})
 _HELD = " (not tried again until the next machine rescan)"
+
+
+def _guarded(cmd: str, dev: DeviceId | None) -> list[str]:
+    """`cmd`, run only while the device named `dev.name` is still `dev`.
+
+    The guard compares the ifindex (a re-created device gets a new one) and,
+    where journaled, the parent's bus path; the header line names the network
+    namespace the commands must run in.
+    """
+    if dev is None:
+        return [cmd]
+    code, sep, comment = cmd.partition("  # ")
+    out = [f"# {comment}"] if sep else []
+    q = shlex.quote
+    test = f'[ "$(cat {q(HOST.path(f"sys/class/net/{dev.name}/ifindex"))} 2>/dev/null)" = ' \
+           f'{dev.ifindex} ]'
+    if dev.bus:
+        test += (f' && [ "$(basename "$(readlink '
+                 f'{q(HOST.path(f"sys/class/net/{dev.name}/device"))})")" = {q(dev.bus)} ]')
+    if not code.strip():
+        return out
+    msg = q(f"agentlatd: {dev.name} is not the device journaled ({dev.describe()}): "
+            "device replaced, original not restored")
+    out.append(f"if {test}; then {code}; else echo {msg} >&2; fi")
+    return out
 
 
 def rollback_commands(root: Root, state_dir: str) -> list[str]:
@@ -964,12 +1071,13 @@ def rollback_commands(root: Root, state_dir: str) -> list[str]:
             out.append(f"# {e.knob} {e.target}: no such knob in this build; original {e.original!r}")
             continue
         try:
-            line = wrap(knob.shell(e.target, e.original))
+            cmd = knob.shell(e.target, e.original)
             if e.knob in CPUMASK_KNOBS:  # the mask is what the kernel takes; say the CPUs
-                line += f"  # CPUs {human_value(e.knob, e.original) or 'none'}"
-            out.append(line)
+                cmd += f"  # CPUs {human_value(e.knob, e.original) or 'none'}"
         except ValueError as err:
             out.append(f"# {e.knob} {e.target}: {err}")
+            continue
+        out += [ln if ln.startswith("#") else wrap(ln) for ln in _guarded(cmd, e.device)]
     if any(e.knob == "task.affinity" and e.written is not None for e in j.entries):
         # restore() also puts back threads and forked processes that inherited a
         # pin (agents/knobs.py); which ones is only known when it runs

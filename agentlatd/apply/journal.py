@@ -1,46 +1,56 @@
 """The rollback journal: the original value of every knob agentlatd changed.
 
 <state_dir>/journal.json (default /run/agentlatd: tmpfs, cleared at boot exactly
-when the kernel forgets the changes too). style.md habit 6: tuned keeps its
-originals in memory and a pickle and loses them on a crash; oracle/bpftune
-journals and prints its rollback. Here:
+when the kernel forgets the changes too) and its append log journal.json.log.
+style.md habit 6: tuned keeps its originals in memory and a pickle and loses
+them on a crash; oracle/bpftune journals and prints its rollback. Here:
 
 - The original of a knob instance (knob, target) is journaled BEFORE its first
   write, and never overwritten afterwards (a later read would return our own
   value). The engine saves once before each batch of writes (complete=false,
   with the values it is about to write) and commits once after.
-- Every save is crash-safe: write journal.json.tmp<pid>, fsync it, rename it
-  over journal.json, fsync the directory (rename alone is not durable until
-  the directory entry is on disk; ext4/xfs data=ordered semantics).
-- The commit after a batch whose writes all landed as planned (the common
-  case) is not a second full save: commit() overwrites the 5 bytes `false`
-  of the header's "complete" with `true ` (still valid JSON) in the file the
-  save just renamed into place (same inode, checked), and fsyncs it. Why that
-  is as crash-safe as a rename: the 5 bytes sit in the first 512-byte sector
-  of the file, a single pwrite(2) that a kill -9 cannot tear (the page cache
-  outlives the process) and a sector write a power cut cannot tear; before
-  it lands the file says complete=false with every original in it (restored
-  at start: the conservative side), after it the file is exactly what a full
-  save would have written. Anything else (a write failed or was clamped, an
-  entry was dropped, the file was replaced) takes a full save.
-- Cost with many entries (1000 agents = 1000+ entries): find() is a dict
-  lookup, each entry's JSON line is cached until the entry changes (Entry
-  invalidates it on assignment), so a save is a join of cached lines plus one
-  write, and a batch costs one save and a 5-byte commit (bench/agents.py).
+- Storage is a snapshot plus an append log, so that the cost of a save is
+  the entries that changed, not the journal: with 1000 agents a full rewrite
+  was ~150 KB per registration (bench/agents.py: register p99 0.93 ms).
+    journal.json      the snapshot: a header line ("gen", root, network
+                      namespace, boot id, "complete") and one entry per line,
+                      written crash-safe (tmp, fsync, rename, fsync the
+                      directory: rename alone is not durable until the
+                      directory entry is on disk).
+    journal.json.log  records appended since that snapshot, one JSON line
+                      each: an entry (its whole new state), {"del": [knob,
+                      target]} or {"complete": bool, "pid": N}; the first line
+                      names the snapshot's "gen" it continues.
+  save() appends one line per changed entry, removed entry and state change
+  in ONE write(2), then fdatasync()s it, before returning: the engine writes
+  no knob before save() returns, so every original is durable before the
+  write it guards. Nothing changed: nothing is written at all. When the log
+  holds more than 64 + 2 x entries records, the next save() is a compaction:
+  a new snapshot with a new random gen, then the log is unlinked. A crash
+  between the two leaves a log naming the old gen, which load() ignores (its
+  records are all in the new snapshot); a crash in the middle of an append
+  leaves a last line without its newline, which load() ignores too (the
+  write it would have guarded never ran) and the next save() compacts over.
+- Every entry and record carries a CRC-32: a byte flipped inside a value can
+  still parse ("0" -> "4" in an rps_cpus original) and would be restored as a
+  value the knob never had; with the checksum such a line is damaged like any
+  other: never written, kept for a person (tests/hostile/test_journal_damage.py).
+- Device knobs carry the identity of the device they were journaled for
+  (identity.DeviceId: name, ifindex, network namespace, bus path, permanent
+  address): the engine never restores an original onto another device that
+  took the name.
 - "complete": false while a batch is being written. A journal still saying
   false at start means a run died mid-batch (kill -9, OOM, power): the engine
   restores it before anything else (see engine.py for the decision).
-- Entries keep write order, one per line, so a damaged file can be salvaged
-  line by line. Each entry: knob, target, original, written (what the kernel
-  showed after our write, for drift detection; null until known), flags
-  ("managed": the kernel owns this IRQ, never retried; "yielded": another
-  writer changed it and policy said yield).
 - The journal names the root it applies to, the network namespace (on the
   live root: a sysfs path in another namespace is another device) and the
   boot id (a journal from an earlier boot describes kernel state that is gone).
+- Format version 1 (one JSON document, no append log, no device identities)
+  is read and migrated: its entries are restored by device name, as the
+  agentlatd that wrote it would have, and the next save writes version 2.
 
 A damaged journal is never silently discarded: load() raises JournalDamaged
-naming the file and what is wrong; salvage() renames the file *.corrupt and
+naming the file and what is wrong; salvage() renames the files *.corrupt and
 returns whatever entries still parse, for the engine to restore.
 """
 
@@ -57,13 +67,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentlatd.apply.identity import DeviceId
 from agentlatd.errors import JournalError
 
-VERSION = 1
+VERSION = 2
 JOURNAL_NAME = "journal.json"
+LOG_SUFFIX = ".log"
 FLAG_MANAGED = "managed"
 FLAG_YIELDED = "yielded"
 _FLAGS = (FLAG_MANAGED, FLAG_YIELDED)
+COMPACT_SLACK = 64  # log records beyond 2 x entries before a compaction
 
 
 class JournalUntrusted(JournalError):
@@ -102,18 +115,31 @@ class Entry:
     original: str
     written: str | None = None
     flags: list[str] = field(default_factory=list)
+    device: DeviceId | None = None  # the device a device knob's original belongs to
     # this entry's journal line, cached until a field changes (see __setattr__)
     _line: str | None = field(default=None, init=False, repr=False, compare=False)
+    # the journal that persists it: told when the entry changes
+    _owner: Journal | None = field(default=None, init=False, repr=False, compare=False)
+    _on_disk: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name != "_line":
+        if name[0] != "_":
             try:
                 same = bool(object.__getattribute__(self, name) == value)
             except AttributeError:  # __init__
                 same = False
             if not same:
-                object.__setattr__(self, "_line", None)
+                self._changed()
         object.__setattr__(self, name, value)
+
+    def _changed(self) -> None:
+        object.__setattr__(self, "_line", None)
+        try:
+            owner = object.__getattribute__(self, "_owner")
+        except AttributeError:  # __init__
+            return
+        if owner is not None:
+            owner._dirty[id(self)] = self
 
     @property
     def key(self) -> tuple[str, str]:
@@ -125,31 +151,47 @@ class Entry:
     def set_flag(self, flag: str) -> None:
         if flag not in self.flags:
             self.flags.append(flag)
-            self._line = None
+            self._changed()
 
     @property
     def saved(self) -> bool:
-        """Unchanged since its journal was last written (its cached line is current)."""
+        """Unchanged since its journal line was last made (its cached line is current)."""
         return self._line is not None
 
     def line(self) -> str:
-        """The entry's JSON line in the journal file (cached)."""
+        """The entry's JSON line in the journal (cached)."""
         if self._line is None:
             self._line = json.dumps(self.to_json())
         return self._line
 
     def to_json(self) -> dict[str, Any]:
-        return {"knob": self.knob, "target": self.target, "original": self.original,
-                "written": self.written, "flags": list(self.flags),
-                "crc": _crc(self.knob, self.target, self.original, self.written, self.flags)}
+        dev = self.device.to_json() if self.device is not None else None
+        out: dict[str, Any] = {"knob": self.knob, "target": self.target,
+                               "original": self.original,
+               "written": self.written, "flags": list(self.flags)}
+        if dev is not None:
+            out["device"] = dev
+        out["crc"] = _crc(self.knob, self.target, self.original, self.written, self.flags, dev)
+        return out
 
 
-def _crc(knob: str, target: str, original: str, written: str | None, flags: list[str]) -> int:
-    """CRC-32 of an entry's fields. A byte flipped inside a value can still parse
-    ("0" -> "4" in an rps_cpus original) and would be restored as a value the
-    knob never had; with the checksum such an entry is damaged like any other:
-    never written, kept for a person (tests/hostile/test_journal_damage.py)."""
-    return zlib.crc32(json.dumps([knob, target, original, written, flags]).encode())
+def _crc(knob: str, target: str, original: str, written: str | None, flags: list[str],
+         device: dict[str, Any] | None = None) -> int:
+    """CRC-32 of an entry's fields (without a device: the same sum format 1 wrote)."""
+    fields: list[Any] = [knob, target, original, written, flags]
+    if device is not None:
+        fields.append(device)
+    return zlib.crc32(json.dumps(fields).encode())
+
+
+def _record_crc(obj: dict[str, Any]) -> int:
+    return zlib.crc32(json.dumps({k: v for k, v in obj.items() if k != "crc"},
+                                 sort_keys=True).encode())
+
+
+def _record(obj: dict[str, Any]) -> str:
+    obj["crc"] = _record_crc(obj)
+    return json.dumps(obj)
 
 
 def _entry_from(obj: Any, where: str, *, require_crc: bool = True) -> Entry:
@@ -164,15 +206,29 @@ def _entry_from(obj: Any, where: str, *, require_crc: bool = True) -> Entry:
     flags = obj.get("flags", [])
     if not isinstance(flags, list) or not all(isinstance(f, str) and f in _FLAGS for f in flags):
         raise ValueError(f"{where}: bad flags {flags!r}")
+    dev_raw = obj.get("device")
+    device = None
+    if dev_raw is not None:
+        try:
+            device = DeviceId.from_json(dev_raw)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
     crc = obj.get("crc")
     # absent: not written by agentlatd (parse() refuses such a journal whole,
     # salvage() loses the line); present and wrong: this entry is damaged
     if crc is None and require_crc:
         raise ValueError(f"{where}: no checksum ({obj['knob']} {obj['target']})")
-    if crc is not None and crc != _crc(obj["knob"], obj["target"], obj["original"], written, flags):
+    if crc is not None and crc != _crc(obj["knob"], obj["target"], obj["original"], written,
+                                       flags, dev_raw):
         raise ValueError(f"{where}: checksum mismatch ({obj['knob']} {obj['target']}): "
                          "a value was changed after it was journaled")
-    return Entry(obj["knob"], obj["target"], obj["original"], written, list(flags))
+    return Entry(obj["knob"], obj["target"], obj["original"], written, list(flags), device)
+
+
+def _new_gen() -> int:
+    # random, not a counter: a log left behind by a deleted journal must never
+    # match the snapshot of a later one
+    return int.from_bytes(os.urandom(6), "big") or 1
 
 
 @dataclass(slots=True)
@@ -186,14 +242,30 @@ class Journal:
     complete: bool = True
     pid: int = 0
     entries: list[Entry] = field(default_factory=list)
+    migrated_from: int = 0  # the format version it was read from, when older
     # (knob, target) -> entry; rebuilt when `entries` was replaced or edited
     # behind the journal's back (_idx_of is the list it was built from)
     _idx: dict[tuple[str, str], Entry] = field(default_factory=dict, init=False, repr=False,
                                                 compare=False)
     _idx_of: list[Entry] | None = field(default=None, init=False, repr=False, compare=False)
-    # where the last save left `false` of "complete" in the file: (offset, inode)
-    _commit_at: tuple[int, int] | None = field(default=None, init=False, repr=False,
-                                                compare=False)
+    # -- what is on disk: the snapshot's gen (None: nothing of ours, the next
+    # save is a full snapshot), the log's record count and whether it exists
+    _gen: int | None = field(default=None, init=False, repr=False, compare=False)
+    _log_records: int = field(default=0, init=False, repr=False, compare=False)
+    _log_exists: bool = field(default=False, init=False, repr=False, compare=False)
+    _disk_state: tuple[bool, int] = field(default=(True, 0), init=False, repr=False,
+                                          compare=False)
+    _dirty: dict[int, Entry] = field(default_factory=dict, init=False, repr=False,
+                                     compare=False)
+    _removed: dict[tuple[str, str], None] = field(default_factory=dict, init=False, repr=False,
+                                                  compare=False)
+    _disk_entries: list[Entry] | None = field(default=None, init=False, repr=False,
+                                              compare=False)
+    writes: int = field(default=0, init=False, compare=False)  # appends + snapshots made
+
+    def __post_init__(self) -> None:
+        for e in self.entries:
+            e._owner = self
 
     # -- queries ---------------------------------------------------------
     def _index(self) -> dict[tuple[str, str], Entry]:
@@ -205,12 +277,15 @@ class Journal:
     def find(self, knob: str, target: str) -> Entry | None:
         return self._index().get((knob, target))
 
-    def add(self, knob: str, target: str, original: str) -> Entry:
+    def add(self, knob: str, target: str, original: str,
+            device: DeviceId | None = None) -> Entry:
         """Journal the original of (knob, target); an existing entry is kept as is."""
         idx = self._index()
         e = idx.get((knob, target))
         if e is None:
-            e = Entry(knob, target, original)
+            e = Entry(knob, target, original, device=device)
+            e._owner = self
+            self._dirty[id(e)] = e
             self.entries.append(e)
             idx[e.key] = e
         return e
@@ -226,68 +301,151 @@ class Journal:
         idx = self._index()
         kept = [e for e in self.entries if id(e) not in gone]
         for e in self.entries:
-            if id(e) in gone and idx.get(e.key) is e:
-                del idx[e.key]
+            if id(e) in gone:
+                if idx.get(e.key) is e:
+                    del idx[e.key]
+                self._dirty.pop(id(e), None)
+                if e._on_disk:
+                    self._removed[e.key] = None
+                    e._on_disk = False
+                e._owner = None
         self.entries[:] = kept
 
-    # -- persistence -----------------------------------------------------
-    def dumps(self) -> str:
-        return self._dumps()[0]
+    # -- the whole journal as one document -------------------------------
+    def to_json(self) -> dict[str, Any]:
+        """The journal's content, as the snapshot's header and entries say it."""
+        return {"version": VERSION, "complete": self.complete, "root": self.root,
+                "netns": self.netns, "boot_id": self.boot_id, "pid": self.pid,
+                "entries": [e.to_json() for e in self.entries]}
 
-    def _dumps(self) -> tuple[str, int]:
-        """The file's text and the offset of the "complete" value in it."""
-        # "complete" comes first, so that commit()'s 5 bytes sit in the first sector
-        meta = {"version": VERSION, "complete": self.complete, "root": self.root,
+    def dumps(self, gen: int = 0) -> str:
+        # "complete" first: a person reading the file sees it at once
+        meta = {"version": VERSION, "complete": self.complete, "gen": gen, "root": self.root,
                 "netns": self.netns, "boot_id": self.boot_id, "pid": self.pid,
                 "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         head = json.dumps(meta)[:-1] + ', "entries": ['
-        at = len(head.split('"complete": ', 1)[0].encode()) + len('"complete": ')
         lines = [e.line() for e in self.entries]
         # one entry per line: a damaged file can be salvaged line by line
-        return head + "\n" + ",\n".join(lines) + ("\n" if lines else "") + "]}\n", at
+        return head + "\n" + ",\n".join(lines) + ("\n" if lines else "") + "]}\n"
+
+    # -- persistence -----------------------------------------------------
+    @property
+    def log_path(self) -> str:
+        return self.path + LOG_SUFFIX
 
     def save(self) -> None:
-        """Crash-safe replace of the journal file (tmp, fsync, rename, fsync dir)."""
+        """Make every change since the last save durable (append, or compact).
+
+        Returns only when the changes are on disk: the engine writes no knob
+        before that. Nothing changed: nothing written.
+        """
         self.pid = os.getpid()
-        text, at = self._dumps()
-        ino = atomic_write(self.path, text.encode())
-        self._commit_at = (at, ino) if not self.complete else None
+        if (self._gen is None or self._disk_entries is not self.entries
+                or self._idx_of is not self.entries or len(self._idx) != len(self.entries)):
+            self.compact()  # first save, or `entries` edited behind the journal's back
+            return
+        lines = [_record({"del": list(k)}) for k in self._removed]
+        # in the order they were first changed: new entries in the order they
+        # were added (replay appends them), the others replace theirs in place
+        lines += [e.line() for e in self._dirty.values()]
+        state = (self.complete, self.pid)
+        if state != self._disk_state:
+            lines.append(_record({"complete": self.complete, "pid": self.pid}))
+        if not lines:
+            return
+        if self._log_records + len(lines) > COMPACT_SLACK + 2 * len(self.entries):
+            self.compact()
+            return
+        self._append(lines)
+        for e in self._dirty.values():
+            e._on_disk = True
+        self._dirty.clear()
+        self._removed.clear()
+        self._disk_state = state
 
     def commit(self) -> None:
-        """Mark the journal complete after a batch whose entries are as last saved.
-
-        The caller guarantees no entry changed since the save() with
-        complete=False (the module docstring says why 5 bytes in place are as
-        crash-safe as a rename); anything unexpected falls back to save().
-        """
+        """Mark the journal complete after a batch (one small append)."""
         self.complete = True
-        at = self._commit_at
-        self._commit_at = None
-        if at is not None and at[0] // 512 == (at[0] + 4) // 512:
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-            except OSError:
-                fd = -1
-            if fd >= 0:
-                try:
-                    if os.fstat(fd).st_ino == at[1] and os.pwrite(fd, b"true ", at[0]) == 5:
-                        os.fsync(fd)
-                        return
-                except OSError:
-                    pass
-                finally:
-                    os.close(fd)
         self.save()
 
-    def delete(self) -> None:
-        """Remove the journal file (every original restored); durable like save()."""
+    def _append(self, lines: list[str]) -> None:
+        creating = not self._log_exists
+        data = "".join(ln + "\n" for ln in lines)
+        if creating:
+            data = _record({"log": self._gen}) + "\n" + data
+        raw = data.encode()
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+        flags |= (os.O_CREAT | os.O_EXCL) if creating else 0
         try:
-            os.unlink(self.path)
-        except FileNotFoundError:
+            fd = os.open(self.log_path, flags, 0o600)
+        except FileExistsError:
+            self.compact()  # a log we did not write: start over from a snapshot
             return
         except OSError as e:
+            raise JournalError(f"cannot write rollback journal {self.log_path}: "
+                               f"{e.strerror}") from e
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(raw)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                os.fdatasync(fd)
+            except OSError as e:
+                # a short write (ENOSPC half way) must not leave half a line
+                # for the next append to run into
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise JournalError(f"cannot write rollback journal {self.log_path}: "
+                                   f"{e.strerror}") from e
+        finally:
+            os.close(fd)
+        if creating:
+            _fsync_dir(os.path.dirname(self.log_path) or ".")
+            self._log_exists = True
+        self._log_records += len(lines)
+        self.writes += 1
+
+    def compact(self) -> None:
+        """Crash-safe replace of the snapshot by the whole journal; the log goes."""
+        self.pid = os.getpid()
+        gen = _new_gen()
+        atomic_write(self.path, self.dumps(gen).encode())
+        self.writes += 1
+        with contextlib.suppress(FileNotFoundError):
+            # a crash before this unlink leaves a log of the old gen: ignored by load()
+            os.unlink(self.log_path)
+        self._gen = gen
+        self._log_exists = False
+        self._log_records = 0
+        self._mark_on_disk()
+
+    def _mark_on_disk(self) -> None:
+        for e in self.entries:
+            e._owner = self
+            e._on_disk = True
+        self._dirty.clear()
+        self._removed.clear()
+        self._disk_entries = self.entries
+        self._disk_state = (self.complete, self.pid)
+        self._index()
+
+    def delete(self) -> None:
+        """Remove the journal files (every original restored); durable like save()."""
+        try:
+            # the snapshot first: a log without its snapshot is never read
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
             raise JournalError(f"cannot remove rollback journal {self.path}: {e.strerror}") from e
-        _fsync_dir(os.path.dirname(self.path))
+        with contextlib.suppress(OSError):
+            os.unlink(self.log_path)
+        _fsync_dir(os.path.dirname(self.path) or ".")
+        self._gen = None
+        self._log_exists = False
+        self._log_records = 0
 
 
 def atomic_write(path: str, data: bytes) -> int:
@@ -378,8 +536,9 @@ def _read(path: str, *, check: bool = True) -> str | None:
         raise JournalDamaged(path, f"not UTF-8 text (byte {e.start})") from None
 
 
-def parse(path: str, text: str, *, check: bool = True) -> Journal:
-    """Parse journal text; JournalDamaged (naming `path`) on any problem.
+def parse(path: str, text: str, log: str | None = None, *, check: bool = True) -> Journal:
+    """Parse a snapshot's text and its log's (None: no log); JournalDamaged
+    (naming `path`) on any problem.
 
     `check`: an entry without a checksum makes it JournalUntrusted (agentlatd
     writes one for every entry; a file without is someone else's)."""
@@ -393,40 +552,110 @@ def parse(path: str, text: str, *, check: bool = True) -> Journal:
     if not isinstance(obj, dict):
         raise JournalDamaged(path, "expected a JSON object at the top")
     version = obj.get("version")
-    if version != VERSION:
-        if isinstance(version, int) and version > VERSION:
+    if version not in (1, VERSION):
+        if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
             # not damage: a newer agentlatd wrote it; refusing beats guessing
             raise JournalError(f"rollback journal {path} has format version {version}; this "
-                               f"agentlatd reads version {VERSION}: roll back with the newer one")
+                               f"agentlatd reads versions 1 and {VERSION}: roll back with the "
+                               "newer one")
         raise JournalDamaged(path, f"unknown format version {version!r}")
     if not isinstance(obj.get("root"), str):
         raise JournalDamaged(path, "field 'root' missing or not a string")
     entries_raw = obj.get("entries")
     if not isinstance(entries_raw, list):
         raise JournalDamaged(path, "field 'entries' missing or not a list")
-    entries: list[Entry] = []
-    seen: set[tuple[str, str]] = set()
+    entries: dict[tuple[str, str], Entry] = {}
     unsigned = 0
     for i, raw in enumerate(entries_raw):
         try:
             e = _entry_from(raw, f"entry {i + 1}", require_crc=False)
+            if version == 1 and e.device is not None:
+                raise ValueError(f"entry {i + 1}: a device identity in a format 1 journal")
         except ValueError as err:
             raise JournalDamaged(path, str(err)) from None
-        if e.key in seen:
+        if e.key in entries:
             raise JournalDamaged(path, f"entry {i + 1}: {e.knob} {e.target} appears twice")
         if raw.get("crc") is None:
             unsigned += 1
-        seen.add(e.key)
-        entries.append(e)
+        entries[e.key] = e
     if unsigned and check:
         raise JournalUntrusted(path, f"{unsigned} of its {len(entries)} entries carry no "
                                      "checksum: agentlatd did not write it")
     complete = obj.get("complete", True)
     pid = obj.get("pid", 0)
-    return Journal(path=path, root=obj["root"], netns=str(obj.get("netns", "")),
-                   boot_id=str(obj.get("boot_id", "")),
-                   complete=complete if isinstance(complete, bool) else False,
-                   pid=pid if isinstance(pid, int) else 0, entries=entries)
+    gen = obj.get("gen", 0)
+    j = Journal(path=path, root=obj["root"], netns=str(obj.get("netns", "")),
+                boot_id=str(obj.get("boot_id", "")),
+                complete=complete if isinstance(complete, bool) else False,
+                pid=pid if isinstance(pid, int) else 0,
+                migrated_from=1 if version == 1 else 0)
+    records = 0
+    torn = False
+    log_ours = False
+    if version == VERSION and isinstance(gen, int) and gen > 0 and log is not None:
+        records, torn, log_ours = _replay(path + LOG_SUFFIX, log, gen, entries, j)
+    j.entries = list(entries.values())
+    j.__post_init__()
+    if version == VERSION and isinstance(gen, int) and gen > 0 and not torn:
+        # the files are exactly as this format writes them: appends continue
+        j._gen = gen
+        j._log_exists = log_ours
+        j._log_records = records
+        j._mark_on_disk()
+    return j
+
+
+def _replay(lpath: str, log: str, gen: int, entries: dict[tuple[str, str], Entry],
+            j: Journal) -> tuple[int, bool, bool]:
+    """Apply the log's records to `entries` and `j`; (records, torn tail, log is this gen's)."""
+    lines = log.split("\n")
+    torn = lines[-1] != ""  # the last append did not finish: its write never ran
+    lines = lines[:-1]
+    if not lines:
+        return 0, torn, False
+    try:
+        head = json.loads(lines[0])
+    except json.JSONDecodeError:
+        raise JournalDamaged(lpath, "line 1: not valid JSON") from None
+    if not isinstance(head, dict) or head.get("crc") != _record_crc(head):
+        raise JournalDamaged(lpath, "line 1: not a log header or checksum mismatch")
+    if head.get("log") != gen:
+        return 0, True, False  # an older snapshot's log: every record is in the snapshot
+    for n, ln in enumerate(lines[1:], 2):
+        try:
+            obj = json.loads(ln)
+        except json.JSONDecodeError:
+            raise JournalDamaged(lpath, f"line {n}: not valid JSON") from None
+        _apply_record(lpath, n, obj, entries, j)
+    return len(lines) - 1, torn, True
+
+
+def _apply_record(lpath: str, n: int, obj: Any, entries: dict[tuple[str, str], Entry],
+                  j: Journal) -> None:
+    where = f"line {n}"
+    if isinstance(obj, dict) and "knob" in obj:
+        try:
+            e = _entry_from(obj, where)
+        except ValueError as err:
+            raise JournalDamaged(lpath, str(err)) from None
+        old = entries.get(e.key)
+        if old is None:
+            entries[e.key] = e
+        else:  # in place: the entry keeps its position (restore order)
+            old.original, old.written, old.flags, old.device = (e.original, e.written,
+                                                                 e.flags, e.device)
+        return
+    if not isinstance(obj, dict) or obj.get("crc") != _record_crc(obj):
+        raise JournalDamaged(lpath, f"{where}: not a record or checksum mismatch")
+    if "del" in obj:
+        k = obj["del"]
+        if not (isinstance(k, list) and len(k) == 2 and all(isinstance(x, str) for x in k)):
+            raise JournalDamaged(lpath, f"{where}: bad del record")
+        entries.pop((k[0], k[1]), None)
+    elif isinstance(obj.get("complete"), bool) and isinstance(obj.get("pid"), int):
+        j.complete, j.pid = obj["complete"], obj["pid"]
+    else:
+        raise JournalDamaged(lpath, f"{where}: unknown record")
 
 
 def load(path: str, *, check: bool = True) -> Journal | None:
@@ -436,7 +665,13 @@ def load(path: str, *, check: bool = True) -> Journal | None:
     text = _read(path, check=check)
     if text is None:
         return None
-    return parse(path, text, check=check)
+    return parse(path, text, _read(path + LOG_SUFFIX, check=check), check=check)
+
+
+def read_json(path: str) -> dict[str, Any] | None:
+    """The journal's content as one document (snapshot and log), None when there is none."""
+    j = load(path)
+    return j.to_json() if j is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,18 +686,20 @@ class Salvage:
 
 
 def salvage(path: str, *, default_root: str, move: bool = True) -> Salvage:
-    """Recover what still parses from a damaged journal, keeping the file aside.
+    """Recover what still parses from a damaged journal, keeping the files aside.
 
     The damaged file is renamed <path>.corrupt (.corrupt.1, ... if taken) when
-    `move`; nothing is deleted. Entries are read line by line (the format
-    writes one per line); the header's root/netns/boot id when its line parses.
+    `move`, its log <path>.log.corrupt; nothing is deleted. Entries are read
+    line by line (the format writes one per line), then the log's records
+    that parse, in order; the header's root/netns/boot id when its line parses.
     """
     text = _read_lenient(path)
+    log_text = _read_lenient(path + LOG_SUFFIX) if os.path.lexists(path + LOG_SUFFIX) else None
     try:
-        parse(path, text, check=False)
+        parse(path, text, log_text, check=False)
         problem = "no problem found on a second read"
     except JournalDamaged as exc:
-        problem = exc.problem
+        problem = exc.problem if exc.path == path else f"{exc.path}: {exc.problem}"
     lines = text.splitlines()
     meta: dict[str, Any] = {}
     if lines:
@@ -475,8 +712,7 @@ def salvage(path: str, *, default_root: str, move: bool = True) -> Salvage:
             if isinstance(m, dict):
                 meta = m
                 break
-    entries: list[Entry] = []
-    seen: set[tuple[str, str]] = set()
+    entries: dict[tuple[str, str], Entry] = {}
     lost = 0
     for n, line in enumerate(lines[1:], 2):
         s = line.strip().rstrip(",").strip()
@@ -487,17 +723,33 @@ def salvage(path: str, *, default_root: str, move: bool = True) -> Salvage:
         except (json.JSONDecodeError, ValueError):
             lost += 1
             continue
-        if e.key in seen:
-            continue
-        seen.add(e.key)
-        entries.append(e)
+        entries.setdefault(e.key, e)
     root_known = isinstance(meta.get("root"), str)
     j = Journal(path=path, root=meta["root"] if root_known else default_root,
                 netns=str(meta.get("netns", "")), boot_id=str(meta.get("boot_id", "")),
-                complete=False, entries=entries)
+                complete=False)
+    gen = meta.get("gen")
+    if log_text is not None and isinstance(gen, int) and gen > 0:
+        log_lines = log_text.split("\n")
+        try:
+            head_ok = json.loads(log_lines[0]).get("log") == gen
+        except (json.JSONDecodeError, AttributeError):
+            head_ok = True  # a damaged header: the records may still be this gen's
+        for n, ln in enumerate(log_lines[1:] if head_ok else [], 2):
+            if not ln.strip():
+                continue
+            try:
+                _apply_record(path + LOG_SUFFIX, n, json.loads(ln), entries, j)
+            except (json.JSONDecodeError, JournalDamaged):
+                lost += 1
+    j.complete = False
+    j.entries = list(entries.values())
+    j.__post_init__()
     kept = path
     if move:
         kept = _aside(path, ".corrupt")
+        if log_text is not None:
+            _aside(path + LOG_SUFFIX, ".corrupt")
     return Salvage(j, problem, kept, root_known, lost)
 
 
@@ -527,4 +779,7 @@ def _aside(path: str, suffix: str) -> str:
 
 def set_aside(path: str, suffix: str) -> str:
     """Keep a journal that must not be replayed (another boot) under a new name."""
-    return _aside(path, suffix)
+    kept = _aside(path, suffix)
+    if os.path.lexists(path + LOG_SUFFIX):
+        _aside(path + LOG_SUFFIX, suffix)
+    return kept

@@ -65,6 +65,14 @@ class Knob:
     def check_target(self, target: str) -> None:
         """Raise ValueError when `target` is not in this knob's syntax."""
 
+    def device(self, target: str) -> str | None:
+        """The network device `target` names, for knobs of a device (None otherwise).
+
+        The engine journals that device's identity (apply/identity.py) with
+        the original and never restores it onto another device of that name.
+        """
+        return None
+
     def read(self, root: Root, target: str) -> str:
         raise NotImplementedError
 
@@ -246,8 +254,9 @@ class FileKnob(Knob):
     def __init__(self, name: str, help: str, context: str, pattern: str,
                  path: Callable[[re.Match[str]], str],
                  equal: Callable[[str, str], bool] | None = None,
-                 value_re: str | None = None) -> None:
+                 value_re: str | None = None, net_device: bool = False) -> None:
         self.name = name
+        self._net_device = net_device  # the pattern's first group is a network device
         self.help = help
         self.context = context
         self._pattern = re.compile(pattern)
@@ -263,6 +272,12 @@ class FileKnob(Knob):
 
     def check_target(self, target: str) -> None:
         self.path(target)
+
+    def device(self, target: str) -> str | None:
+        if not self._net_device:
+            return None
+        m = self._pattern.fullmatch(target)
+        return m[1] if m is not None else None
 
     def check_value(self, value: str) -> None:
         if self._value_re is not None and not self._value_re.fullmatch(value.strip()):
@@ -377,21 +392,22 @@ for _k in (
     IrqAffinityKnob(),
     FileKnob("net.rps_cpus", "RPS CPUs of an rx queue (hex mask)", "sysfs",
              rf"({_DEV})/(rx-\d+)", lambda m: f"sys/class/net/{m[1]}/queues/{m[2]}/rps_cpus",
-             mask_equal, _MASK_RE),
+             mask_equal, _MASK_RE, net_device=True),
     FileKnob("net.rps_flow_cnt", "RFS flow table size of an rx queue", "sysfs",
              rf"({_DEV})/(rx-\d+)", lambda m: f"sys/class/net/{m[1]}/queues/{m[2]}/rps_flow_cnt",
-             int_equal, r"[0-9]+"),
+             int_equal, r"[0-9]+", net_device=True),
     FileKnob("net.xps_cpus", "XPS CPUs of a tx queue (hex mask)", "sysfs",
              rf"({_DEV})/(tx-\d+)", lambda m: f"sys/class/net/{m[1]}/queues/{m[2]}/xps_cpus",
-             mask_equal, _MASK_RE),
+             mask_equal, _MASK_RE, net_device=True),
     ThreadedNapiKnob("net.threaded", "threaded NAPI of a device (0/1)", "sysfs",
-             rf"({_DEV})", lambda m: f"sys/class/net/{m[1]}/threaded", int_equal, _INT_RE),
+             rf"({_DEV})", lambda m: f"sys/class/net/{m[1]}/threaded", int_equal, _INT_RE,
+             net_device=True),
     FileKnob("net.napi_defer_hard_irqs", "NAPI polls before re-arming the IRQ", "sysfs",
              rf"({_DEV})", lambda m: f"sys/class/net/{m[1]}/napi_defer_hard_irqs",
-             int_equal, _INT_RE),
+             int_equal, _INT_RE, net_device=True),
     FileKnob("net.gro_flush_timeout", "GRO flush timeout (ns) of a device", "sysfs",
              rf"({_DEV})", lambda m: f"sys/class/net/{m[1]}/gro_flush_timeout",
-             int_equal, _INT_RE),
+             int_equal, _INT_RE, net_device=True),
     FileKnob("block.rq_affinity", "blk-mq completion CPU policy (0/1/2)", "sysfs",
              rf"({_BLOCK})", lambda m: f"sys/block/{m[1]}/queue/rq_affinity", int_equal, _INT_RE),
     SysctlKnob(),
@@ -466,6 +482,9 @@ class CoalesceKnob(FieldsKnob):
         if not re.fullmatch(_DEV, target):
             raise ValueError(f"{self.name}: bad target {target!r}")
 
+    def device(self, target: str) -> str | None:
+        return target if re.fullmatch(_DEV, target) else None
+
     def read(self, root: Root, target: str) -> str:
         _live(root, self, target)
         return str(_netlink_module("ethtool").get_coalesce(target))
@@ -535,6 +554,10 @@ class NapiConfigKnob(FieldsKnob):
 
     def check_target(self, target: str) -> None:
         self._split(target)
+
+    def device(self, target: str) -> str | None:
+        m = self._TARGET.fullmatch(target)
+        return m[1] if m is not None else None
 
     def _netdev(self, root: Root) -> tuple[ModuleType, Any] | None:
         """(the netdev client, its NetdevSupport) on the live kernel, else None."""

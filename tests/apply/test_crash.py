@@ -29,6 +29,7 @@ from applyhelpers import (
     veth_changes,
 )
 
+from agentlatd.apply import journal
 from agentlatd.plan.changes import Change
 
 CRASH = "AGENTLATD_TEST_CRASH_AFTER_WRITES"
@@ -39,7 +40,8 @@ def _crash_cycle(n: int, apply_args: list[str], restart_args: list[str], *,
                  changed_now: Callable[[], int], writes: int) -> None:
     p = cli(apply_args, netns=netns, env={CRASH: str(n)})
     assert p.returncode == -signal.SIGKILL, (n, p.returncode, p.stdout, p.stderr)
-    j = json.loads((state / "journal.json").read_text())
+    j = journal.read_json(str(state / "journal.json"))
+    assert j is not None
     assert j["complete"] is False
     # exactly n writes reached the kernel before the kill (each changes one value)
     assert changed_now() == n, n

@@ -29,7 +29,8 @@ def _aff(irq: int, cpus: str = "1") -> Change:
 
 
 def _on_disk(state: pathlib.Path) -> dict[str, object]:
-    obj: dict[str, object] = json.loads((state / "journal.json").read_text())
+    obj = journal.read_json(str(state / "journal.json"))
+    assert obj is not None
     return obj
 
 
@@ -106,30 +107,39 @@ def test_forget_drops_entries_without_writing(tmp_path: pathlib.Path) -> None:
     assert not (state / "journal.json").exists()
 
 
-def test_a_clean_batch_commits_in_place_and_a_clamped_one_saves(tmp_path: pathlib.Path) -> None:
-    """The commit after a batch whose writes all landed is 5 bytes in the file the
-    save renamed into place (same inode); a clamped value takes a full save."""
+def test_a_batch_appends_only_its_own_entries_and_never_rewrites_the_snapshot(
+        tmp_path: pathlib.Path) -> None:
+    """A batch costs the lines of the entries it changes (appended to the log
+    before the first write, then "complete"), not a rewrite of the journal: the
+    snapshot keeps its inode and bytes; load() sees snapshot and log as one."""
     tree = small_tree(tmp_path / "tree")
     state = tmp_path / "state"
     path = state / "journal.json"
+    log = state / "journal.json.log"
     with Engine(FaultRoot(tree), str(state)) as eng:
         eng.apply([_aff(40)])
-        ino = path.stat().st_ino
+        snap = (path.stat().st_ino, path.read_bytes())
         rep = eng.apply([_aff(41), _aff(42)])
         assert [r.status for r in rep.results] == [CHANGED, CHANGED]
         on_disk = _on_disk(state)
-        assert on_disk["complete"] is True and '"complete": true ,' in path.read_text()
+        assert on_disk["complete"] is True
         assert [(e["target"], e["written"]) for e in on_disk["entries"]] == [  # type: ignore[union-attr]
             ("40", "1"), ("41", "1"), ("42", "1")]
-        ino2 = path.stat().st_ino
-        assert ino2 != ino  # the pre-write save replaced the file ...
-        # ... and a rounded value (rps_flow_cnt 100 -> 128) is saved in full
+        assert (path.stat().st_ino, path.read_bytes()) == snap
+        lines = log.read_text().splitlines()
+        # the log header, the first batch's complete=true, the two entries with
+        # complete=false in one append, then complete=true
+        assert len(lines) == 6 and '"complete": true' in lines[1], lines
+        assert '"41"' in lines[2] and '"42"' in lines[3], lines
+        assert '"complete": false' in lines[4] and '"complete": true' in lines[5], lines
+        # a rounded value (rps_flow_cnt 100 -> 128) is what the log ends with
         eng.apply([Change("net.rps_flow_cnt", "eth9/rx-0", "", "100", "t")])
         assert _on_disk(state)["entries"][-1]["written"] == "128"  # type: ignore[index]
-        assert '"complete": true,' in path.read_text()
         back = journal.load(str(path))
         assert back is not None and back.complete
+        assert (path.stat().st_ino, path.read_bytes()) == snap
         eng.rollback()
+    assert not path.exists() and not log.exists()
 
 
 def test_a_failed_write_leaves_written_as_it_was(tmp_path: pathlib.Path) -> None:

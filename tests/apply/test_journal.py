@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pathlib
+import shutil
+import zlib
 
 import pytest
-from applyhelpers import small_tree, tree_bytes
+from applyhelpers import FaultRoot, diff_keys, small_tree, tree_bytes
 
 from agentlatd.apply import journal
 from agentlatd.apply.engine import Engine
@@ -212,3 +215,165 @@ def test_stale_tmp_file_from_a_crashed_save_is_removed(tmp_path: pathlib.Path) -
     with Engine(Root(str(tree)), str(state)) as eng:
         assert eng.recover().action == "none"
     assert not (state / "journal.json.tmp12345").exists()
+
+
+# -- format 2: snapshot + append log, device identities, format 1 migration ---------
+
+
+def _files(state: pathlib.Path) -> tuple[object, ...]:
+    """What a write to either journal file changes (inode, size, mtime of each)."""
+    out: list[object] = []
+    for name in ("journal.json", "journal.json.log"):
+        try:
+            st = (state / name).stat()
+        except FileNotFoundError:
+            out.append(None)
+            continue
+        out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def test_failing_knob_does_not_rewrite_the_journal_every_tick(tmp_path: pathlib.Path) -> None:
+    """A knob whose write the kernel refuses every time (EINVAL) or does not
+    support (EOPNOTSUPP) cost two full journal saves per tick (journal the
+    original, write, fail, drop it again), and an unchanged state must cost none:
+    after the second identical failure the journal is not written at all."""
+    tree = small_tree(tmp_path / "tree")
+    state = tmp_path / "state"
+    root = FaultRoot(tree, {"sys/class/net/eth9/threaded": errno.EINVAL,
+                            "sys/class/net/eth9/gro_flush_timeout": errno.EOPNOTSUPP})
+    ticks = [Change("net.rps_cpus", "eth9/rx-0", "", "3", "t"),
+             Change("net.threaded", "eth9", "", "1", "t"),
+             Change("net.gro_flush_timeout", "eth9", "", "20000", "t")]
+    with Engine(root, str(state)) as eng:
+        for _ in range(2):
+            eng.apply(ticks)
+            eng.check_drift()
+        seen = _files(state)
+        for _ in range(4):
+            rep = eng.apply(ticks)
+            eng.check_drift()
+            assert _files(state) == seen  # neither file written
+            assert [r.status for r in rep.results] == ["unchanged", "failed", "unsupported"]
+            assert "earlier tick" in rep.results[1].message
+        assert root.writes("sys/class/net/eth9/threaded") == 2
+        # the plan changes: tried again at once
+        rep = eng.apply([Change("net.threaded", "eth9", "", "2", "t")])
+        assert root.writes("sys/class/net/eth9/threaded") == 3
+        eng.rollback()
+
+
+def test_a_torn_append_is_ignored_and_the_next_save_compacts(tmp_path: pathlib.Path) -> None:
+    """kill -9 or a power cut in the middle of an append leaves a last line without
+    its newline: the write it guarded never ran, so it is not an entry; the next
+    save starts a new snapshot rather than append after half a line."""
+    path = tmp_path / "journal.json"
+    j = _journal(path)
+    j.save()
+    j.add("net.rps_cpus", "eth9/rx-7", "0").written = "3"
+    j.save()
+    log = tmp_path / "journal.json.log"
+    whole = log.read_bytes()
+    with open(log, "ab") as f:
+        f.write(b'{"knob": "net.rps_cpus", "target": "eth9/rx-8", "orig')
+    back = journal.load(str(path))
+    assert back is not None
+    assert [e.target for e in back.entries][-1] == "eth9/rx-7"
+    assert back.find("net.rps_cpus", "eth9/rx-8") is None
+    back.add("net.rps_cpus", "eth9/rx-9", "0")
+    back.save()
+    assert not log.exists() or log.read_bytes() != whole + b"x"
+    again = journal.load(str(path))
+    assert again is not None and again.find("net.rps_cpus", "eth9/rx-9") is not None
+    assert again.find("net.rps_cpus", "eth9/rx-7") is not None
+
+
+def test_a_log_of_an_older_snapshot_is_ignored(tmp_path: pathlib.Path) -> None:
+    """A crash between a compaction's rename and its unlink of the old log."""
+    path = tmp_path / "journal.json"
+    j = _journal(path)
+    j.save()
+    j.remove_entry(j.entries[1])
+    j.save()
+    old_log = (tmp_path / "journal.json.log").read_bytes()
+    j.compact()
+    (tmp_path / "journal.json.log").write_bytes(old_log)  # its gen is the old one
+    j.add("net.rps_cpus", "eth9/rx-1", "00000001")  # re-added after the compaction
+    back = journal.load(str(path))
+    assert back is not None
+    assert [e.target for e in back.entries] == ["eth9/rx-0", "eth9/rx-2", "eth9/rx-3"]
+
+
+def test_every_record_is_checksummed(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "journal.json"
+    j = _journal(path)
+    j.save()
+    j.entries[2].original = "00000005"
+    j.save()
+    log = tmp_path / "journal.json.log"
+    text = log.read_text()
+    log.write_text(text.replace('"00000005"', '"00000004"'))
+    with pytest.raises(JournalDamaged) as ei:
+        journal.load(str(path))
+    assert "checksum" in str(ei.value) and "journal.json.log" in str(ei.value)
+    sal = journal.salvage(str(path), default_root="/x")
+    # the damaged record is lost, the snapshot's version of the entry stays
+    assert [e.original for e in sal.journal.entries][2] == "00000002"
+    assert pathlib.Path(str(log) + ".corrupt").exists()
+
+
+def test_format_1_journal_is_migrated_and_restored_by_name(tmp_path: pathlib.Path) -> None:
+    """A journal the previous agentlatd wrote (format 1: one document, no device
+    identities) is read, restored by device name as that agentlatd would have,
+    the report says so, and the next save writes format 2."""
+    tree = small_tree(tmp_path / "tree")
+    before = tree_bytes(tree)
+    (tree / "sys/class/net/eth9/queues/rx-0/rps_cpus").write_text("3\n")
+    state = tmp_path / "state"
+    state.mkdir()
+    boot = (tree / "proc/sys/kernel/random/boot_id").read_text().strip()
+    fields = ["net.rps_cpus", "eth9/rx-0", "0", "3", []]
+    entry = {"knob": "net.rps_cpus", "target": "eth9/rx-0", "original": "0", "written": "3",
+             "flags": [], "crc": zlib.crc32(json.dumps(fields).encode())}
+    head = json.dumps({"version": 1, "complete": True, "root": str(tree), "netns": "",
+                       "boot_id": boot, "pid": 1, "saved": "x"})[:-1]
+    (state / "journal.json").write_text(f'{head}, "entries": [\n{json.dumps(entry)}\n]}}\n')
+    with Engine(Root(str(tree)), str(state)) as eng:
+        assert eng.recover().action == "adopted"
+        eng.apply([Change("net.rps_cpus", "eth9/rx-1", "", "3", "t")])
+        on_disk = json.loads((state / "journal.json").read_text())
+        assert on_disk["version"] == journal.VERSION == 2
+        assert [e["target"] for e in journal.read_json(  # type: ignore[index]
+            str(state / "journal.json"))["entries"]] == ["eth9/rx-0", "eth9/rx-1"]
+        rb = eng.rollback()
+    assert rb.ok and rb.journal_removed
+    assert any("format 1" in n for n in rb.notes), rb.notes
+    assert diff_keys(before, tree_bytes(tree)) == []
+
+
+def test_device_entries_carry_the_device_identity(tmp_path: pathlib.Path) -> None:
+    """Journaled with the device (name, ifindex, sysfs inode); a device that took
+    the name is reported "replaced" and its value left alone."""
+    tree = small_tree(tmp_path / "tree")
+    state = tmp_path / "state"
+    with Engine(Root(str(tree)), str(state)) as eng:
+        eng.apply([Change("net.rps_cpus", "eth9/rx-0", "", "3", "t"),
+                   Change("irq.affinity", "41", "", "1", "t")])
+        dev = {(e.knob, e.target): e.device for e in eng.entries()}
+        assert dev[("irq.affinity", "41")] is None
+        d = dev[("net.rps_cpus", "eth9/rx-0")]
+        assert d is not None and (d.name, d.ifindex) == ("eth9", 7) and d.node > 0
+    # eth9 is replaced: a new device (ifindex 8, new sysfs directory), admin's value 5
+    shutil.rmtree(tree / "sys/class/net/eth9")
+    shutil.copytree(small_tree(tmp_path / "fresh") / "sys/class/net/eth9",
+                    tree / "sys/class/net/eth9")
+    (tree / "sys/class/net/eth9/ifindex").write_text("8\n")
+    (tree / "sys/class/net/eth9/queues/rx-0/rps_cpus").write_text("5\n")
+    with Engine(Root(str(tree)), str(state)) as eng:
+        rb = eng.rollback()
+    by = {(r.knob, r.target): r for r in rb.results}
+    assert by[("net.rps_cpus", "eth9/rx-0")].status == "replaced"
+    assert "device replaced, original not restored" in by[("net.rps_cpus", "eth9/rx-0")].message
+    assert by[("irq.affinity", "41")].status == "restored"
+    assert rb.ok and rb.journal_removed
+    assert (tree / "sys/class/net/eth9/queues/rx-0/rps_cpus").read_text() == "5\n"

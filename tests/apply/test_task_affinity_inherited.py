@@ -27,6 +27,7 @@ import pytest
 from applyhelpers import cli, plan_file
 
 from agentlatd.agents import tasks
+from agentlatd.apply import journal
 from agentlatd.apply.engine import Engine
 from agentlatd.cpuset import CpuSet
 from agentlatd.plan.changes import Change
@@ -176,7 +177,8 @@ def test_rollback_after_kill_9_restores_threads_born_pinned(child: Child,
     for tid in inherited:
         assert child.allowed(tid) == CpuSet({pin}), tid  # born pinned, journaled nowhere
     assert child.allowed(mine[0]) == CpuSet({own})
-    j = json.loads((state / "journal.json").read_text())
+    j = journal.read_json(str(state / "journal.json"))
+    assert j is not None
     assert [e["target"] for e in j["entries"]] == [child.target(child.pid)]
 
     # ExecStopPost: a fresh process with only the journal

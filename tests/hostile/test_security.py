@@ -243,7 +243,7 @@ def test_agent_ids_and_device_names_stay_strings() -> None:
             for p in (f"/tmp/{tag}", str(d / tag), str(d / "state" / tag), f"/{tag}", "/x"):
                 assert not os.path.lexists(p), p
             assert sorted(os.listdir(d)) == before
-            assert set(os.listdir(d / "state")) <= {"lock", "journal.json"}
+            assert set(os.listdir(d / "state")) <= {"lock", "journal.json", "journal.json.log"}
             assert not [t for t in fd_targets(dm.proc.pid) if tag in t or "shadow" in t]
             # the CLI prints them as data
             p = subprocess.run([sys.executable, "-m", "agentlatd", "agents", "--json"],

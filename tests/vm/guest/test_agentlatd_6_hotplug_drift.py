@@ -26,7 +26,6 @@ Every value is read from the kernel (guestlib); the daemon's own view comes from
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import pathlib
 import re
@@ -148,11 +147,11 @@ class Daemon:
 
     def journal(self) -> Journal:
         """(knob, target) -> entry of the daemon's rollback journal ({} when none)."""
-        try:
-            text = (self.state / "journal.json").read_text()
-        except FileNotFoundError:
+        from agentlatd.apply import journal as journal_file  # the snapshot and its log as one
+        doc = journal_file.read_json(str(self.state / "journal.json"))
+        if doc is None:
             return {}
-        return {(e["knob"], e["target"]): e for e in json.loads(text)["entries"]}
+        return {(e["knob"], e["target"]): e for e in doc["entries"]}
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample of the metrics textfile (0 when absent)."""

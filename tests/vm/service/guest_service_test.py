@@ -561,10 +561,12 @@ def tuned_diff(before: dict[str, str]) -> None:
 def journaled_tids(pid: int) -> set[int]:
     """Thread ids of `pid` with a task.affinity entry in the daemon's rollback journal
     (targets are pid:starttime:tid)."""
+    from agentlatd.apply import journal as journal_file  # the snapshot and its log as one
     try:
-        entries = json.loads(Path("/run/agentlatd/journal.json").read_text()).get("entries", [])
-    except (OSError, ValueError):
+        doc = journal_file.read_json("/run/agentlatd/journal.json")
+    except (OSError, ValueError, journal_file.JournalError):
         return set()
+    entries = doc["entries"] if doc is not None else []
     out = set()
     for e in entries:
         parts = str(e.get("target", "")).split(":")
