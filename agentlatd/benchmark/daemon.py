@@ -172,6 +172,17 @@ class BenchDaemon:
         seen["after_s"] = round(time.monotonic() - t0, 3)
         return seen
 
+    def agents(self) -> Any:
+        """`agents --json` (with each agent's chain and guard)."""
+        if self._client is None:
+            return None
+        from agentlatd.client import ClientError
+
+        try:
+            return _jsonable(self._client.request("agents"))
+        except (OSError, ClientError, ValueError) as e:
+            return {"error": str(e)}
+
     def status(self) -> Any:
         if self._client is None:
             return None
