@@ -156,17 +156,20 @@ class BenchDaemon:
                     except (ProcessLookupError, ValueError):
                         pass
             link = True
+            st = self.status()
             if self.agent_links == "home":
-                st = self.status()
                 links = st.get("agent_links", []) if isinstance(st, dict) else []
                 link = any(lk.get("device") == self.net.dev_agent and lk.get("mode") == "local"
                            for lk in links if isinstance(lk, dict))
+            # the interactive class's home CPU turns exclusive after the agent's
+            # first chain scan and one latency window (agents/chain.py)
+            excl = bool(st.get("exclusive_cpus")) if isinstance(st, dict) else True
             rps = netns.sysfs_read(self.net.ns_agent, [rps_rel, agent_rel])
-            seen = {"pinned": pinned, "agent_link": link,
+            seen = {"pinned": pinned, "agent_link": link, "exclusive": excl,
                     "flood_rps_cpus": rps[rps_rel], "agent_rps_cpus": rps[agent_rel],
                     "flood_rps_list": CpuSet.parse_mask(rps[rps_rel]).to_list() if rps[rps_rel] else "",
                     "agent_rps_list": CpuSet.parse_mask(rps[agent_rel]).to_list() if rps[agent_rel] else ""}
-            if (pinned and link) or time.monotonic() - t0 > SETTLE_TIMEOUT:
+            if (pinned and link and excl) or time.monotonic() - t0 > SETTLE_TIMEOUT:
                 break
             time.sleep(0.1)
         seen["after_s"] = round(time.monotonic() - t0, 3)

@@ -432,6 +432,8 @@ class Bench:
         pyag.go()
         pyres = pyag.finish(timeout=self.s.py_seconds + 20)
         serve.stop()
+        if tool is not None:
+            tool.stop()
         noise = self.noise.stop() if self.noise is not None else NoiseResult()
         self.noise = None
         self.procs = []
