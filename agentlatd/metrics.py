@@ -174,6 +174,7 @@ class Metrics:
         self.hot_threshold: float | None = None
         self.hot_cpus: CpuSet = CpuSet()
         self.agents: list[Mapping[str, Any]] = []
+        self.guard_undone: dict[str, int] = {}  # decision kind -> times the guard undid it
         # cumulative interrupts / softirqs that landed on home CPUs
         self.home_irqs_total = 0.0
         self.home_softirqs_total: dict[str, float] = {}
@@ -237,7 +238,8 @@ class Metrics:
                      hot_threshold: float | None = None,
                      agents: Iterable[Mapping[str, Any]] | None = None,
                      active_changes: int | None = None,
-                     hot_cpus: Iterable[int] | None = None) -> None:
+                     hot_cpus: Iterable[int] | None = None,
+                     guard_undone: Mapping[str, int] | None = None) -> None:
         """The end of one tick. agents: rows of `agentlatd agents --json` (agent_id,
         latency_class, home_cpu, steps, p50_ns, p99_ns, p999_ns, optionally sum_ns);
         missing keys are skipped. hot_cpus: the home CPUs the placement calls hot
@@ -271,6 +273,8 @@ class Metrics:
                                    and rates.heat.get(c, 0.0) >= thr)
         if hot_cpus is not None:
             self.hot_cpus = CpuSet(hot_cpus)
+        if guard_undone is not None:
+            self.guard_undone = dict(guard_undone)
 
     # -- output ----------------------------------------------------------
     def families(self) -> list[Family]:
@@ -371,6 +375,30 @@ class Metrics:
             hc = _get(a, "home_cpu")
             if isinstance(hc, int) and not isinstance(hc, bool):
                 home_cpu.add(hc, agent_id=aid)
+        # completion chains: the processes each agent waits on, under the agent
+        members = fam("agent_chain_members", "gauge",
+                      "Processes an agent waits on (its chain), by placement state")
+        refused = fam("agent_decision_undone", "gauge",
+                      "Placement decisions the do-no-harm guard undid for the agent (never retried)")
+        for a in sorted(self.agents, key=lambda a: str(_get(a, "agent_id"))):
+            aid = str(_get(a, "agent_id"))
+            chain = _get(a, "chain")
+            if isinstance(chain, list):
+                states: dict[str, int] = {}
+                for m in chain:
+                    if isinstance(m, Mapping):
+                        st = str(m.get("state", ""))
+                        states[st] = states.get(st, 0) + 1
+                for st in sorted(states):
+                    members.add(states[st], agent_id=aid, state=st)
+            ref = _get(a, "refused")
+            if isinstance(ref, list):
+                for dec in sorted(str(x) for x in ref):
+                    refused.add(1, agent_id=aid, decision=dec)
+        undone = fam("guard_undone_total", "counter",
+                     "Placement decisions undone because they made an agent slower, by kind")
+        for kind in sorted(self.guard_undone):
+            undone.add(self.guard_undone[kind], decision=kind)
         ag = fam("agents", "gauge", "Registered agents by latency class")
         for cls in sorted(set(LATENCY_CLASSES) | set(by_class)):
             ag.add(by_class.get(cls, 0), latency_class=cls)

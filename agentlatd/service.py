@@ -161,7 +161,8 @@ class Service:
             active = len(d.engine.entries())
         m.observe_tick(duration_s=st.duration_s, rates=st.rates, completion=st.layout.completion,
                        home=st.layout.home, hot_threshold=d.policy.heat.hot, agents=agents,
-                       active_changes=active, hot_cpus=hot)
+                       active_changes=active, hot_cpus=hot,
+                       guard_undone=getattr(getattr(d, "chain", None), "undone", None))
         self.exporter.publish(m.render())
 
     def status_line(self, d: Daemon, st: TunerState) -> str:

@@ -52,12 +52,14 @@ from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError, KernelError
 from agentlatd.model import harm
 from agentlatd.model.chain import PeerSocket, bound_to, match_peers, member_cpus, pipe_peers
+from agentlatd.netlink.unix_diag import unix_peers
 from agentlatd.plan.changes import Change
 from agentlatd.sample.chain import (
     FdLinks,
     NsTable,
     read_fd_links,
     read_namespaces,
+    read_net_ns,
     read_ns_table,
 )
 from agentlatd.sample.sockets import Addr
@@ -119,6 +121,8 @@ class ChainScanner:
         self.holders: dict[tuple[int, int], ProcId] = {}  # (ns, socket inode) -> holder
         self.cost = ScanCost()
         self.self_pid = os.getpid()
+        self.own_ns: int | None = None
+        self.unix_ok = True
 
     def done(self) -> frozenset[ProcId]:
         """Agents scanned at least once (read by the main thread)."""
@@ -178,6 +182,7 @@ class ChainScanner:
         peers: list[PeerSocket] = match_peers(mine.sockets, tables)
         for proto, addr, port in a.addrs:
             peers += bound_to(proto, addr, port, tables)
+        peers += self._unix(root, mine.sockets, tables)
         members: dict[ProcId, str] = {}
         for peer in peers:
             holder = self._holder(root, peer, by_ns, cache, budget)
@@ -192,6 +197,34 @@ class ChainScanner:
                 if st is not None:
                     members.setdefault(ProcId(k, st), f"pipe:[{ino}] (child process)")
         return tuple(Link(p, via) for p, via in sorted(members.items(), key=lambda kv: kv[0].pid))
+
+    def _unix(self, root: Root, inodes: frozenset[int], tables: list[NsTable]) -> list[PeerSocket]:
+        """Peers of the agent's Unix sockets (the sockets no TCP/UDP table holds),
+        through sock_diag in agentlatd's own namespace (netlink/unix_diag.py)."""
+        if not root.is_host or not self.unix_ok:
+            return []
+        inet = {s.inode for t in tables for s in t.socks}
+        cand = sorted(i for i in inodes if i not in inet)
+        if not cand:
+            return []
+        try:
+            found = unix_peers(cand)
+        except OSError as e:
+            self.unix_ok = False  # no CONFIG_UNIX_DIAG: said once, not retried
+            log.warning("Unix socket peers cannot be found (sock_diag: %s); declare them", e)
+            return []
+        if self.own_ns is None:
+            self.own_ns = read_net_ns(root, self.self_pid) or 0
+        peers = {u.peer for u in found.values() if u.peer is not None}
+        # the name is the server's: an accepted socket carries its listener's path
+        names = unix_peers(sorted(peers)) if peers else {}
+        out: list[PeerSocket] = []
+        for u in found.values():
+            if u.peer is not None:
+                srv = names.get(u.peer)
+                name = (srv.name if srv is not None else "") or u.name or "socket"
+                out.append(PeerSocket(self.own_ns, u.peer, f"unix {name}"))
+        return out
 
     def _holder(self, root: Root, peer: PeerSocket, by_ns: Mapping[int, list[int]],
                 cache: dict[int, FdLinks], budget: list[int]) -> ProcId | None:

@@ -92,11 +92,33 @@ while time.monotonic() < end:
     s.sendto(data, peer)
 '''
 
-# the agent (ns A): a connected UDP socket to the tool server and a pipe child
+# a Unix stream echo server (a local model server on a Unix socket)
+UNIX_ECHO = r'''
+import socket, sys, threading, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1])
+s.listen(4)
+s.settimeout(float(sys.argv[2]))
+print("ready", flush=True)
+def serve(c):
+    while data := c.recv(256):
+        c.sendall(data)
+try:
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+except OSError:
+    pass
+'''
+
+# the agent (ns A): a connected UDP socket to the tool server, a Unix socket to
+# a model server, and a pipe child
 AGENT = r'''
 import json, os, socket, subprocess, sys, time
 from agentlatd.client import Client
 sock, dst, port, limit = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+ux = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+ux.connect(sys.argv[5])
 child = subprocess.Popen([sys.executable, "-c",
     "import sys\nfor l in sys.stdin:\n    sys.stdout.write(l); sys.stdout.flush()"],
     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -118,6 +140,8 @@ for line in sys.stdin:
         with c.step(i):
             u.send(b"x" * 64)
             u.recv(256)
+            ux.sendall(b"z" * 64)
+            ux.recv(256)
             child.stdin.write("y\n"); child.stdin.flush(); child.stdout.readline()
     c.flush()
     print(json.dumps({"steps": n}), flush=True)
@@ -229,12 +253,15 @@ def test_tool_server_in_another_namespace_and_pipe_child_are_the_agents_chain() 
                        extra_args=("--exclusive-scope-pid", str(launcher.pid))) as dm:
             server = launcher.spawn(["ip", "netns", "exec", ns_t, sys.executable, "-c", ECHO,
                                      str(PORT), str(PROC_LIMIT_S)])
+            model = launcher.spawn([sys.executable, "-c", UNIX_ECHO, str(d / "model.sock"),
+                                    str(PROC_LIMIT_S)])
             bystander = launcher.spawn([sys.executable, "-c",
                                         f"print('x', flush=True); import time; "
                                         f"time.sleep({PROC_LIMIT_S})"])
             assert all_on(server, orig) and all_on(bystander, orig)
             agent = Proc(["ip", "netns", "exec", ns_a, sys.executable, "-c", AGENT,
-                          str(dm.socket), t_ip, str(PORT), str(PROC_LIMIT_S)])
+                          str(dm.socket), t_ip, str(PORT), str(PROC_LIMIT_S),
+                          str(d / "model.sock")])
             try:
                 assert agent.first["ready"]["home_cpu"] == 1
                 child = agent.first["child"]
@@ -243,25 +270,25 @@ def test_tool_server_in_another_namespace_and_pipe_child_are_the_agents_chain() 
                 def chain_placed() -> Any:
                     row = _row(dm, "chain-agent")
                     got = {m["pid"]: m for m in (row or {}).get("chain", [])}
-                    return (server in got and child in got
-                            and all(got[p]["state"] == "placed" for p in (server, child))
-                            and got)
+                    return (all(p in got and got[p]["state"] == "placed"
+                                for p in (server, child, model)) and got)
 
                 got = wait_until(chain_placed, 10.0, what="tool server and pipe child found")
                 assert got[server]["via"].startswith(f"udp {t_ip}:{PORT} (net ns ")
                 assert got[child]["via"].startswith("pipe:[")
+                assert got[model]["via"].startswith(f"unix {d / 'model.sock'} (net ns ")
                 assert got[server]["cpus"] == "1"
                 wait_until(lambda: dm.status()["exclusive_cpus"] == "1", 10.0,
                            what="home CPU 1 exclusive")
                 wait_until(lambda: all_on(bystander, "0"), 5.0, what="bystander moved off CPU 1")
                 # the chain runs with the agent, never on the completion CPU
-                assert all_on(server, "1") and all_on(child, "1")
+                assert all_on(server, "1") and all_on(child, "1") and all_on(model, "1")
                 st = dm.status()
-                assert st["chain_members"] == 2 and st["chain_unmovable"] == 0
+                assert st["chain_members"] == 3 and st["chain_unmovable"] == 0
                 agent.cmd("steps 20")  # still answering from CPU 1
 
                 agent.cmd("unregister")
-                wait_until(lambda: all(all_on(p, orig) for p in (server, child, bystander)),
+                wait_until(lambda: all(all_on(p, orig) for p in (server, child, model, bystander)),
                            10.0, what="members and bystander restored")
                 wait_until(lambda: dm.status()["chain_members"] == 0, 5.0, what="chain dropped")
             finally:
