@@ -10,7 +10,9 @@ rules and the why):
                 every process (one readlink each, at most MAX_PIDS), the
                 socket tables and addresses of each distinct network
                 namespace through ONE of its processes (at most
-                MAX_NAMESPACES), the agents' fd tables (MAX_FDS each), their
+                MAX_NAMESPACES; TCP tables only where an agent or its TCP
+                peer lives: each costs a walk of the kernel's whole
+                established hash), the agents' fd tables (MAX_FDS each), their
                 children's (MAX_CHILDREN), and resolves a peer socket to the
                 process holding it by reading fd tables -- the peer's own
                 namespace first, at most MAX_FD_READS descriptors a batch, a
@@ -43,7 +45,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from agentlatd.agents import tasks
@@ -51,16 +53,26 @@ from agentlatd.agents.tasks import ProcId, ThreadId
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError, KernelError
 from agentlatd.model import harm
-from agentlatd.model.chain import PeerSocket, bound_to, match_peers, member_cpus, pipe_peers
+from agentlatd.model.chain import (
+    PeerSocket,
+    bound_to,
+    match_peers,
+    member_cpus,
+    owner_namespaces,
+    pipe_peers,
+    tcp_namespaces,
+)
 from agentlatd.netlink.unix_diag import unix_peers
 from agentlatd.plan.changes import Change
 from agentlatd.sample.chain import (
+    UDP_FILES,
     FdLinks,
     NsTable,
     read_fd_links,
     read_namespaces,
     read_net_ns,
     read_ns_table,
+    read_tcp,
 )
 from agentlatd.sample.sockets import Addr
 from agentlatd.sysfs.root import Root
@@ -78,7 +90,7 @@ MAX_NAMESPACES = 256
 MAX_FD_READS = 20000
 MAX_CHILDREN = 64
 MAX_DECLARED = 64  # members an agent may declare
-MAX_GUARD_THREADS = 64  # threads of an agent sampled for run delay
+MAX_GUARD_THREADS = 16  # threads of an agent sampled for run delay (lowest tids: the main thread first)
 WINDOW_S = 1.0  # one latency window of the do-no-harm guard
 MAX_WINDOWS = 32
 
@@ -149,11 +161,32 @@ class ChainScanner:
             by_ns.setdefault(ns, []).append(pid)
         if len(by_ns) > MAX_NAMESPACES:
             truncated = True
-        tables = [read_ns_table(root, ns, min(ps))
-                  for ns, ps in sorted(by_ns.items(), key=lambda kv: min(kv[1]))[:MAX_NAMESPACES]]
+        # UDP tables and addresses of every namespace (cheap); TCP tables (a walk
+        # of the whole established hash each, sample/chain.py) of the agents' own
+        # namespaces, then of the namespaces their TCP peers' addresses belong to
+        base = {ns: read_ns_table(root, ns, min(ps), files=UDP_FILES)
+                for ns, ps in sorted(by_ns.items(), key=lambda kv: min(kv[1]))[:MAX_NAMESPACES]}
         budget = [MAX_FD_READS]
         fd_cache: dict[int, FdLinks] = {}
-        for _, _, p in due[:MAX_SCANS_PER_TICK]:
+        todo = due[:MAX_SCANS_PER_TICK]
+        mine = {p: self._fds(root, p.pid, fd_cache, budget) for _, _, p in todo}
+        tcp_read: set[int] = set()
+
+        def with_tcp(nss: Iterable[int]) -> None:
+            for ns in nss:
+                t = base.get(ns)
+                if t is None or ns in tcp_read:
+                    continue
+                tcp_read.add(ns)
+                base[ns] = replace(t, socks=t.socks + tuple(read_tcp(root, t.reader)))
+
+        with_tcp(ns_of[p.pid] for _, _, p in todo if p.pid in ns_of)
+        agent_socks = set().union(*(links.sockets for links in mine.values())) if mine else set()
+        with_tcp(tcp_namespaces(agent_socks, base.values()))
+        with_tcp(ns for _, _, p in todo for proto, addr, _port in by_proc[p].addrs
+                 if proto == "tcp" for ns in owner_namespaces(addr, base.values()))
+        tables = list(base.values())
+        for _, _, p in todo:
             links = self._links(root, by_proc[p], tables, by_ns, fd_cache, budget)
             if links is None:
                 continue
@@ -365,7 +398,8 @@ class ChainKeeper:
         if EXCLUSIVE in self.refused.get(a.proc, ()):
             return False
         g = self.guards.get(a.proc)
-        return a.proc in self.scanner.done() and g is not None and g.closed >= 1
+        # `found` is replaced whole by the tuner thread: one membership test, O(1)
+        return a.proc in self.scanner.found and g is not None and g.closed >= 1
 
     def row(self, a: Agent) -> dict[str, Any]:
         g = self.guards.get(a.proc)
@@ -573,7 +607,13 @@ class ChainKeeper:
                 g.decisions[EXCLUSIVE] = g.closed
             if now - g.start < WINDOW_S:
                 continue
-            if a.hist.count or any(w.source == harm.STEPS for w in g.windows):
+            steps = a.hist.count > 0 or any(w.source == harm.STEPS for w in g.windows)
+            if not steps and g.closed and not self._judging(a, g):
+                # run delay costs a read per thread: only while a decision needs it
+                g.start = now
+                g.sched_prev = {}
+                continue
+            if steps:
                 w = harm.steps_window(g.hist_prev, a.hist)
                 g.hist_prev = dict(a.hist.counts)
             else:
@@ -585,6 +625,13 @@ class ChainKeeper:
             g.closed += 1
             g.start = now
             self._judge(a, g)
+
+    def _judging(self, a: Agent, g: Guard) -> bool:
+        """A decision of this agent waits for its verdict, or exclusivity is still
+        to come (its "before" must be recent)."""
+        return (any(k not in g.verdicts for k in g.decisions)
+                or (a.exclusive and EXCLUSIVE not in g.decisions
+                    and EXCLUSIVE not in self.refused.get(a.proc, ())))
 
     def _sched(self, a: Agent) -> dict[int, tuple[int, int]]:
         out: dict[int, tuple[int, int]] = {}

@@ -69,6 +69,34 @@ def _owns(t: NsTable, addr: Addr) -> bool:
     return not t.local6 or addr in t.local6
 
 
+def owner_namespaces(addr: Addr, tables: Iterable[NsTable]) -> list[int]:
+    """The namespaces that have `addr` as one of their own addresses (known ones only)."""
+    out: list[int] = []
+    for t in tables:
+        if isinstance(addr, ipaddress.IPv4Address):
+            if any(addr in n for n in t.local4):
+                out.append(t.ns)
+        elif addr in t.local6:
+            out.append(t.ns)
+    return out
+
+
+def tcp_namespaces(agent_inodes: Iterable[int], tables: Iterable[NsTable]) -> set[int]:
+    """Where the peers of the agent's connected TCP sockets can be: the
+    namespaces owning each remote address, and the socket's own for loopback
+    (or when no namespace claims the address)."""
+    tabs = list(tables)
+    mine = set(agent_inodes)
+    out: set[int] = set()
+    for t in tabs:
+        for s in t.socks:
+            if s.inode not in mine or s.proto != "tcp" or s.remote.is_unspecified:
+                continue
+            owners = [] if s.remote.is_loopback else owner_namespaces(s.remote, tabs)
+            out.update(owners or [t.ns])
+    return out
+
+
 def _endpoint(addr: Addr, port: int) -> str:
     return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
 

@@ -1,15 +1,16 @@
 """Completion chains against the real kernel: a real `agentlatd run`, real network
 namespaces, real processes (agents/chain.py, model/chain.py, model/harm.py).
 
-    ns A: the agent (Python, agentlatd.client) -- veth -- ns T: its UDP tool server
-                    + a child it talks to over pipes (a stdio MCP server)
+    ns A: agentlatd, the agent (Python, agentlatd.client) -- veth -- ns T: its UDP
+          tool server; in A too a Unix-socket model server; and a child the
+          agent talks to over pipes (a stdio MCP server)
 
 Home CPU 1 is "exclusive"; --exclusive-scope-pid is a launcher process this
 test starts, and the tool server, a bystander and the signal-driven tool of
 the guard test are its children: nothing of the host is moved. Checked:
 
-  1. the tool server in its own process and namespace and the pipe child are
-     found as the agent's chain, pinned on its home CPU, never moved to the
+  1. the tool server in its own process and namespace, the Unix-socket server
+     and the pipe child are found as the agent's chain, pinned on its home CPU, never moved to the
      completion CPU by exclusivity (the bystander is), listed under the agent
      in `agents --json`; unregistering the agent gives them (and the
      bystander) their original affinity back;
@@ -249,12 +250,14 @@ def test_tool_server_in_another_namespace_and_pipe_child_are_the_agents_chain() 
     launcher = Launcher()
     try:
         with two_namespaces() as (ns_a, ns_t, _a_ip, t_ip), workdir() as d, \
-                daemon(d, policy_text(exclusive="exclusive"),
+                daemon(d, policy_text(exclusive="exclusive"), prefix=("ip", "netns", "exec", ns_a),
                        extra_args=("--exclusive-scope-pid", str(launcher.pid))) as dm:
             server = launcher.spawn(["ip", "netns", "exec", ns_t, sys.executable, "-c", ECHO,
                                      str(PORT), str(PROC_LIMIT_S)])
-            model = launcher.spawn([sys.executable, "-c", UNIX_ECHO, str(d / "model.sock"),
-                                    str(PROC_LIMIT_S)])
+            # Unix sockets are looked up (sock_diag) in agentlatd's own namespace:
+            # the daemon, the agent and this server share ns A
+            model = launcher.spawn(["ip", "netns", "exec", ns_a, sys.executable, "-c", UNIX_ECHO,
+                                    str(d / "model.sock"), str(PROC_LIMIT_S)])
             bystander = launcher.spawn([sys.executable, "-c",
                                         f"print('x', flush=True); import time; "
                                         f"time.sleep({PROC_LIMIT_S})"])
