@@ -46,9 +46,12 @@ from agentshelpers import (
     env_for_children,
     kill_quietly,
     policy_text,
+    thread_affinities,
     wait_until,
     workdir,
 )
+
+from agentlatd.cpuset import CpuSet
 
 pytestmark = [
     pytest.mark.netns,
@@ -118,8 +121,10 @@ AGENT = r'''
 import json, os, socket, subprocess, sys, time
 from agentlatd.client import Client
 sock, dst, port, limit = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-ux = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-ux.connect(sys.argv[5])
+ux = None
+if sys.argv[5] != "-":
+    ux = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    ux.connect(sys.argv[5])
 child = subprocess.Popen([sys.executable, "-c",
     "import sys\nfor l in sys.stdin:\n    sys.stdout.write(l); sys.stdout.flush()"],
     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -141,8 +146,9 @@ for line in sys.stdin:
         with c.step(i):
             u.send(b"x" * 64)
             u.recv(256)
-            ux.sendall(b"z" * 64)
-            ux.recv(256)
+            if ux is not None:
+                ux.sendall(b"z" * 64)
+                ux.recv(256)
             child.stdin.write("y\n"); child.stdin.flush(); child.stdout.readline()
     c.flush()
     print(json.dumps({"steps": n}), flush=True)
@@ -432,4 +438,35 @@ def test_guard_undoes_an_exclusive_home_cpu_that_made_the_agent_slower() -> None
     finally:
         if hog is not None:
             kill_quietly(hog)
+        launcher.close()
+
+
+def test_exclusive_home_cpu_pushed_the_tool_server_to_the_completion_cpu() -> None:
+    """The bug: an interactive agent's exclusive home CPU moved every other task,
+    its own tool server (a process in another network namespace, as local MCP
+    servers run) included, onto the completion CPU; each reply then waited
+    there. The tool server must stay allowed on the agent's home CPU."""
+    launcher = Launcher()
+    try:
+        with two_namespaces() as (ns_a, ns_t, _a_ip, t_ip), workdir() as d, \
+                daemon(d, policy_text(exclusive="exclusive"),
+                       extra_args=("--exclusive-scope-pid", str(launcher.pid))) as dm:
+            server = launcher.spawn(["ip", "netns", "exec", ns_t, sys.executable, "-c", ECHO,
+                                     str(PORT), str(PROC_LIMIT_S)])
+            bystander = launcher.spawn([sys.executable, "-c",
+                                        f"print('x', flush=True); import time; "
+                                        f"time.sleep({PROC_LIMIT_S})"])
+            agent = Proc(["ip", "netns", "exec", ns_a, sys.executable, "-c", AGENT,
+                          str(dm.socket), t_ip, str(PORT), str(PROC_LIMIT_S), "-"])
+            try:
+                wait_until(lambda: dm.status()["exclusive_cpus"] == "1", 10.0,
+                           what="home CPU 1 exclusive")
+                wait_until(lambda: all_on(bystander, "0"), 5.0, what="bystander moved off CPU 1")
+                agent.cmd("steps 10")
+                aff = thread_affinities(server)
+                assert aff and all(1 in CpuSet.parse_list(v) for v in aff.values()), \
+                    f"the tool server was pushed off the agent's home CPU: {aff}"
+            finally:
+                agent.close()
+    finally:
         launcher.close()
