@@ -248,7 +248,7 @@ class Tuner:
             timed("apply", ts, ne)
         ts, ne = time.monotonic(), len(errors)
         try:
-            self.d.chain_scanner.update(root, self.d.chain.published)
+            self.d.chain_scanner.update(root, self.d.chain.published, rules=pol.chain)
         except Exception as e:  # discovery failing must not stop the tick
             errors.append(f"chain discovery failed: {e}")
             log.warning("chain discovery failed: %s", e, exc_info=not isinstance(e, AgentlatdError))

@@ -172,6 +172,19 @@ class AutoRegisterRule:
 
 
 @dataclass(frozen=True, slots=True)
+class ChainRule:
+    """[[chain]]: processes matching every non-empty glob join the chain of each
+    registered agent whose agent_id matches `agent` (agents/chain.py): placed
+    with it, never an exclusivity victim. For tool servers agentlatd cannot
+    find by itself (shared memory, signals, another host's proxy)."""
+
+    agent: str = "*"  # glob on the agent_id
+    comm: str = ""  # glob on /proc/PID/comm
+    exe: str = ""  # glob on the resolved /proc/PID/exe
+    cgroup: str = ""  # glob on the cgroup v2 path
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     daemon: DaemonPolicy = field(default_factory=DaemonPolicy)
     cpus: CpusPolicy = field(default_factory=CpusPolicy)
@@ -181,6 +194,7 @@ class Policy:
     tuning: TuningPolicy = field(default_factory=TuningPolicy)
     metrics: MetricsPolicy = field(default_factory=MetricsPolicy)
     auto_register: tuple[AutoRegisterRule, ...] = ()
+    chain: tuple[ChainRule, ...] = ()
     source: str = "<embedded default>"
 
     def klass(self, name: str) -> ClassPolicy:
@@ -302,6 +316,11 @@ def loads(text: str, filename: str = "<policy>") -> Policy:
                 raise ctx.err("auto_register", "expected an array of tables [[auto_register]]")
             kwargs["auto_register"] = tuple(
                 _build(AutoRegisterRule, r, f"auto_register[{i}]", ctx) for i, r in enumerate(raw))
+        elif f.name == "chain":
+            if not isinstance(raw, list):
+                raise ctx.err("chain", "expected an array of tables [[chain]]")
+            kwargs["chain"] = tuple(_build(ChainRule, r, f"chain[{i}]", ctx)
+                                    for i, r in enumerate(raw))
         else:
             kwargs[f.name] = _build(typing.get_type_hints(Policy)[f.name], raw, f.name, ctx)
     for k in data:

@@ -41,14 +41,16 @@ the guard needs a "before" to compare with.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from agentlatd.agents import tasks
+from agentlatd.agents.autoreg import matches, rule_usable
 from agentlatd.agents.tasks import ProcId, ThreadId
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError, KernelError
@@ -64,6 +66,7 @@ from agentlatd.model.chain import (
 )
 from agentlatd.netlink.unix_diag import unix_peers
 from agentlatd.plan.changes import Change
+from agentlatd.policy import ChainRule
 from agentlatd.sample.chain import (
     UDP_FILES,
     FdLinks,
@@ -107,6 +110,7 @@ class ChainAgent:
 
     proc: ProcId
     addrs: tuple[tuple[str, Addr, int], ...] = ()  # declared (proto, address, port)
+    agent_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,12 +139,14 @@ class ChainScanner:
         self.self_pid = os.getpid()
         self.own_ns: int | None = None
         self.unix_ok = True
+        self.rule_seen: dict[ProcId, tuple[str, tuple[int, ...]]] = {}  # proc -> (comm, rules)
 
     def done(self) -> frozenset[ProcId]:
         """Agents scanned at least once (read by the main thread)."""
         return frozenset(self.found)
 
-    def update(self, root: Root, agents: Iterable[ChainAgent], now: float | None = None) -> None:
+    def update(self, root: Root, agents: Iterable[ChainAgent], now: float | None = None,
+               rules: Sequence[ChainRule] = ()) -> None:
         now = time.monotonic() if now is None else now
         t0 = time.perf_counter()
         by_proc = {a.proc: a for a in agents}
@@ -186,10 +192,17 @@ class ChainScanner:
         with_tcp(ns for _, _, p in todo for proto, addr, _port in by_proc[p].addrs
                  if proto == "tcp" for ns in owner_namespaces(addr, base.values()))
         tables = list(base.values())
+        ruled = self._ruled(root, rules, pids[:MAX_PIDS])
         for _, _, p in todo:
             links = self._links(root, by_proc[p], tables, by_ns, fd_cache, budget)
             if links is None:
                 continue
+            aid = by_proc[p].agent_id
+            have = {lk.proc for lk in links}
+            for m, idx in ruled.items():
+                i = next((i for i in idx if fnmatch.fnmatchcase(aid, rules[i].agent)), None)
+                if i is not None and m.pid != p.pid and m not in have:
+                    links += (Link(m, f"policy [[chain]] rule {i}"),)
             found[p] = links
             self.scanned[p] = now
         live = {(t.ns, s.inode) for t in tables for s in t.socks}
@@ -198,6 +211,30 @@ class ChainScanner:
         self.cost = ScanCost(min(len(due), MAX_SCANS_PER_TICK), len(tables),
                              MAX_FD_READS - budget[0], time.perf_counter() - t0,
                              truncated or budget[0] <= 0)
+
+    def _ruled(self, root: Root, rules: Sequence[ChainRule],
+               pids: Iterable[int]) -> dict[ProcId, tuple[int, ...]]:
+        """Processes matching [[chain]] rules -> the indexes of the rules they match.
+        A process is examined once per (pid, starttime, comm), as auto_register does."""
+        usable = [(i, r) for i, r in enumerate(rules) if rule_usable(r)]
+        if not usable:
+            self.rule_seen.clear()
+            return {}
+        seen: dict[ProcId, tuple[str, tuple[int, ...]]] = {}
+        for pid in pids:
+            st = tasks.pid_stat(root, pid)
+            if st is None or st.kthread:
+                continue
+            p = ProcId(pid, st.starttime)
+            old = self.rule_seen.get(p)
+            if old is not None and old[0] == st.comm:
+                seen[p] = old
+                continue
+            exe = tasks.read_exe(root, pid) if any(r.exe for _, r in usable) else ""
+            cg = tasks.read_cgroup(root, pid) if any(r.cgroup for _, r in usable) else ""
+            seen[p] = (st.comm, tuple(i for i, r in usable if matches(r, st.comm, exe, cg)))
+        self.rule_seen = seen
+        return {p: idx for p, (_, idx) in seen.items() if idx}
 
     def _fds(self, root: Root, pid: int, cache: dict[int, FdLinks], budget: list[int]) -> FdLinks:
         got = cache.get(pid)
@@ -385,7 +422,7 @@ class ChainKeeper:
     def publish(self) -> tuple[ChainAgent, ...]:
         """The agents for the scanner (pinned ones with a home CPU), one tuple swap."""
         self.published = tuple(
-            ChainAgent(a.proc, self.declared.get(a.proc, Declared()).addrs)
+            ChainAgent(a.proc, self.declared.get(a.proc, Declared()).addrs, a.agent_id)
             for a in self.m.agents.values() if self._pinned(a))
         return self.published
 

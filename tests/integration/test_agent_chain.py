@@ -470,3 +470,47 @@ def test_exclusive_home_cpu_pushed_the_tool_server_to_the_completion_cpu() -> No
                 agent.close()
     finally:
         launcher.close()
+
+
+DECL_AGENT = r'''
+import json, sys
+from agentlatd.client import Client
+c = Client("decl-agent", "interactive", socket=sys.argv[1], flush_interval=0.2,
+           retry_interval=0.2)
+print(json.dumps({"ready": c.registration, "declared": c.declare_chain([int(sys.argv[2])])}),
+      flush=True)
+sys.stdin.readline()
+'''
+
+
+def test_declared_and_policy_rule_members_join_the_chain() -> None:
+    launcher = Launcher()
+    try:
+        with workdir() as d:
+            tool_bin = d / "chaintool-x9"  # comm "chaintool-x9": nothing else on a host has it
+            shutil.copy("/bin/sleep", tool_bin)
+            rule = '\n[[chain]]\nagent = "decl-*"\ncomm = "chaintool-x9"\n'
+            with daemon(d, policy_text(exclusive="exclusive") + rule,
+                        extra_args=("--exclusive-scope-pid", str(launcher.pid))) as dm:
+                declared = launcher.spawn(["sh", "-c", f"echo x; exec sleep {PROC_LIMIT_S}"])
+                ruled = launcher.spawn(["sh", "-c", f"echo x; exec {tool_bin} {PROC_LIMIT_S}"])
+                agent = Proc([sys.executable, "-c", DECL_AGENT, str(dm.socket), str(declared)])
+                try:
+                    assert agent.first["declared"]["members"][0]["pid"] == declared
+
+                    def placed() -> Any:
+                        row = _row(dm, "decl-agent") or {}
+                        got = {m["pid"]: m for m in row.get("chain", [])}
+                        return (all(p in got and got[p]["state"] == "placed"
+                                    for p in (declared, ruled)) and got)
+
+                    got = wait_until(placed, 10.0, what="declared and ruled members placed")
+                    assert got[declared]["via"] == "declared"
+                    assert got[ruled]["via"] == "policy [[chain]] rule 0"
+                    wait_until(lambda: dm.status()["exclusive_cpus"] == "1", 10.0,
+                               what="home CPU 1 exclusive")
+                    assert all_on(declared, "1") and all_on(ruled, "1")
+                finally:
+                    agent.close()
+    finally:
+        launcher.close()

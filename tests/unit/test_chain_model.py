@@ -187,3 +187,15 @@ def test_chain_members_and_undone_decisions_in_the_metrics() -> None:
     assert 'agentlatd_agent_chain_members{agent_id="planner",state="unmovable"} 1' in text
     assert 'agentlatd_agent_decision_undone{agent_id="planner",decision="exclusive"} 1' in text
     assert 'agentlatd_guard_undone_total{decision="exclusive"} 1' in text
+
+
+def test_chain_rules_in_the_policy() -> None:
+    from agentlatd import policy
+    from agentlatd.errors import PolicyError
+
+    p = policy.loads('[[chain]]\nagent = "planner*"\ncomm = "vecdb-*"\n')
+    assert p.chain == (policy.ChainRule(agent="planner*", comm="vecdb-*"),)
+    with pytest.raises(PolicyError):
+        policy.loads('chain = "vecdb"\n')
+    with pytest.raises(PolicyError):
+        policy.loads('[[chain]]\nagent = "x"\nbogus = 1\n')
