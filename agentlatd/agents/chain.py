@@ -387,6 +387,7 @@ class ChainKeeper:
         self.guards: dict[ProcId, Guard] = {}
         self.undone: dict[str, int] = {}  # decision kind -> times undone (metric)
         self.published: tuple[ChainAgent, ...] = ()
+        self.known: set[ProcId] = set()  # agents whose first scan's members were placed
         manager.protected = set()
         manager.excl_gate = self.allow_exclusive
         manager.row_extras = self.row
@@ -435,8 +436,9 @@ class ChainKeeper:
         if EXCLUSIVE in self.refused.get(a.proc, ()):
             return False
         g = self.guards.get(a.proc)
-        # `found` is replaced whole by the tuner thread: one membership test, O(1)
-        return a.proc in self.scanner.found and g is not None and g.closed >= 1
+        # `known`: the keeper has placed (and protected) what the first scan found;
+        # the scanner's `found` alone could be newer than the last placement
+        return a.proc in self.known and g is not None and g.closed >= 1
 
     def row(self, a: Agent) -> dict[str, Any]:
         g = self.guards.get(a.proc)
@@ -462,6 +464,7 @@ class ChainKeeper:
         for d in (self.owners, self.declared, self.refused, self.guards):
             for p in [p for p in d if p not in live]:
                 del d[p]
+        self.known &= live
         self._windows(now)
         self._place(self._wanted())
         self.publish()
@@ -473,6 +476,8 @@ class ChainKeeper:
         for a in self.m.agents.values():
             if not self._pinned(a):
                 continue
+            if a.proc in found:
+                self.known.add(a.proc)
             links = list(found.get(a.proc, ()))
             links += [Link(p, "declared") for p in self.declared.get(a.proc, Declared()).procs]
             refused = self.refused.get(a.proc, set())
@@ -484,7 +489,15 @@ class ChainKeeper:
 
     def _place(self, want: Mapping[ProcId, dict[ProcId, str]]) -> None:
         for p in [p for p in self.members if p not in want]:
-            self._release(self.members.pop(p), "no registered agent waits on it any more")
+            gone = self.members.pop(p)
+            if p.pid in self.m.by_pid:
+                # registered as an agent itself: its journal entries (the same
+                # threads, the same originals) are the registry's now
+                self.m.protected.discard(p.pid)
+                log.info("chain member pid %d registered as an agent: placed by its class",
+                         p.pid)
+                continue
+            self._release(gone, "no registered agent waits on it any more")
         changes: list[Change] = []
         placing: list[Member] = []
         for p, agents in want.items():

@@ -514,3 +514,31 @@ def test_declared_and_policy_rule_members_join_the_chain() -> None:
                     agent.close()
     finally:
         launcher.close()
+
+
+def test_a_member_registered_as_an_agent_lost_its_pin() -> None:
+    """The bug: a chain member that registered as an agent itself was released as
+    a member at the next tick, and the release restored the same journal
+    entries the registry had just pinned: the new agent ran unpinned."""
+    orig = current_affinity()
+    member = subprocess.Popen(["sleep", str(PROC_LIMIT_S)])
+    try:
+        with workdir() as d, daemon(d, policy_text()) as dm:
+            agent = Proc([sys.executable, "-c", DECL_AGENT, str(dm.socket), str(member.pid)])
+            try:
+                wait_until(lambda: all_on(member.pid, "1"), 10.0, what="member pinned")
+                dm.result("register", agent_id="was-a-member", pid=member.pid)
+                # two ticks of the chain keeper later, still pinned, as an agent
+                n = dm.status()["tick"]
+                wait_until(lambda: dm.status()["tick"] >= n + 3, 10.0, what="three ticks")
+                assert all_on(member.pid, "1")
+                row = _row(dm, "decl-agent") or {}
+                assert row.get("chain") == []
+                dm.result("unregister", pid=member.pid)
+                wait_until(lambda: all_on(member.pid, "1"), 5.0, what="a member again")
+                agent.close()
+                wait_until(lambda: all_on(member.pid, orig), 10.0, what="restored at the end")
+            finally:
+                agent.close()
+    finally:
+        kill_quietly(member)
