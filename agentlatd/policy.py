@@ -143,6 +143,9 @@ class TuningPolicy:
     # ("home") or on the completion CPUs like every NIC ("completion"); model/agent_links.py
     agent_links: Literal["home", "completion"] = "home"
     agent_link_max_pps: int = field(default=20000, metadata=_meta(_check_pos))
+    # find the processes each agent waits on and place them with it (agents/chain.py);
+    # off: only registered processes are placed, and exclusivity may move the rest
+    chains: bool = True
     xps: bool = True
     coalesce: bool = True
     # rx-usecs = min(class budgets) * coalesce_budget_share, bounded below by min_rx_usecs

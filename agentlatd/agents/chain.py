@@ -422,6 +422,9 @@ class ChainKeeper:
 
     def publish(self) -> tuple[ChainAgent, ...]:
         """The agents for the scanner (pinned ones with a home CPU), one tuple swap."""
+        if not self.m.policy.tuning.chains:
+            self.published = ()
+            return ()
         self.published = tuple(
             ChainAgent(a.proc, self.declared.get(a.proc, Declared()).addrs, a.agent_id)
             for a in self.m.agents.values() if self._pinned(a))
@@ -436,6 +439,8 @@ class ChainKeeper:
         if EXCLUSIVE in self.refused.get(a.proc, ()):
             return False
         g = self.guards.get(a.proc)
+        if not self.m.policy.tuning.chains:
+            return g is not None and g.closed >= 1  # no scan to wait for; the guard's baseline
         # `known`: the keeper has placed (and protected) what the first scan found;
         # the scanner's `found` alone could be newer than the last placement
         return a.proc in self.known and g is not None and g.closed >= 1
@@ -473,6 +478,8 @@ class ChainKeeper:
         """member -> {agent: how found} for the pinned agents."""
         found = self.scanner.found
         want: dict[ProcId, dict[ProcId, str]] = {}
+        if not self.m.policy.tuning.chains:
+            return want
         for a in self.m.agents.values():
             if not self._pinned(a):
                 continue

@@ -33,6 +33,9 @@ server does not):
                pipes (a stdio MCP server); the request/reply stage is the
                pipe round trip.
 In DS/DC the Python agent's tool server is not registered either (in D it is).
+  NS NC        DS/DC with tuning.chains = false: agentlatd before chains (the
+               tool server is not found; exclusivity moves it). Not in the
+               default set.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class Config:
     description: str
     agent_links: str = "home"  # D/E: the policy's tuning.agent_links
     tool: str = "thread"  # the C agent's tool server: "thread" | "process" | "pipe"
+    chains: bool = True  # D..: the policy's tuning.chains
 
 
 CONFIGS: dict[str, Config] = {
@@ -79,8 +83,15 @@ for _suffix, (_tool, _what) in _TOOLS.items():
             flood_rps_on_agent_cpu=_c.flood_rps_on_agent_cpu, pin=_c.pin, daemon=_c.daemon,
             description=f"{_c.description}; {_what}", agent_links=_c.agent_links, tool=_tool)
 
+    # agentlatd as it was before chains: the tool server is not found, and the
+    # agent's exclusive home CPU pushes it to the completion CPU (the bug)
+    CONFIGS["N" + _suffix] = Config(
+        "N" + _suffix, f"agentlatd without chains, {_what}", noise=True,
+        flood_rps_on_agent_cpu=True, pin=False, daemon=True,
+        description=f"as D{_suffix} with tuning.chains = false; {_what}", tool=_tool, chains=False)
+
 ORDER = ("Q", "A", "B", "D")  # the default set
-ALL = ("Q", "A", "B", "D", "E", "QS", "AS", "BS", "DS", "QC", "AC", "BC", "DC")
+ALL = ("Q", "A", "B", "D", "E", "QS", "AS", "BS", "DS", "NS", "QC", "AC", "BC", "DC", "NC")
 
 
 def schedule(keys: tuple[str, ...], runs: int) -> list[tuple[str, int]]:

@@ -376,7 +376,7 @@ class Bench:
         if cfg.daemon:
             t0 = time.monotonic()
             self.daemon = BenchDaemon(n, self.workdir, log=self.log, scope=self.s.exclusive_scope,
-                                      agent_links=cfg.agent_links)
+                                      agent_links=cfg.agent_links, chains=cfg.chains)
             run["agentlatd"] = {"start": self.daemon.start(), "start_s": round(time.monotonic() - t0, 3)}
         if cfg.noise:
             self.noise = Noise(self.probe, n, self.s.noise, self.workdir, total_s)
@@ -405,7 +405,8 @@ class Bench:
         if cfg.daemon:
             # D registers the Python agent's tool server too (as before chains);
             # DS/DC register only the agents: their tool servers must be found
-            members = [p.pid for p in self.procs if p is tool] + kids
+            members = ([p.pid for p in self.procs if p is tool or p is serve] + kids
+                       if cfg.chains else [])
             run["agentlatd"].update(self._register(agent, serve, pyag, register_serve=cfg.tool == "thread",
                                                    members=members))
         run["rps_cpus"] = netns.sysfs_read(n.ns_agent, [netns.rps_path(n.dev_agent),
@@ -470,8 +471,8 @@ class Bench:
         info: dict[str, Any] = {"registered": {}}
         for p in (agent, serve) if register_serve else (agent,):
             info["registered"][p.name] = self.daemon.register(p.pid, f"bench-{p.name}-{p.pid}")
-        info["settle"] = self.daemon.settle([agent.pid, serve.pid, pyag.pid, *(members or [])],
-                                            self.root)
+        pids = [agent.pid, pyag.pid, *([serve.pid] if register_serve else []), *(members or [])]
+        info["settle"] = self.daemon.settle(sorted(set(pids)), self.root)
         info["status"] = self.daemon.status()
         info["agents"] = self.daemon.agents()
         return info
