@@ -140,10 +140,7 @@ class ChainScanner:
         self.own_ns: int | None = None
         self.unix_ok = True
         self.rule_seen: dict[ProcId, tuple[str, tuple[int, ...]]] = {}  # proc -> (comm, rules)
-
-    def done(self) -> frozenset[ProcId]:
-        """Agents scanned at least once (read by the main thread)."""
-        return frozenset(self.found)
+        self.used: set[tuple[int, int]] = set()  # holder keys looked up in the last batch
 
     def update(self, root: Root, agents: Iterable[ChainAgent], now: float | None = None,
                rules: Sequence[ChainRule] = ()) -> None:
@@ -170,11 +167,15 @@ class ChainScanner:
         # UDP tables and addresses of every namespace (cheap); TCP tables (a walk
         # of the whole established hash each, sample/chain.py) of the agents' own
         # namespaces, then of the namespaces their TCP peers' addresses belong to
+        todo = due[:MAX_SCANS_PER_TICK]
+        # over the cap, the agents' own namespaces first
+        theirs = {ns_of[p.pid] for _, _, p in todo if p.pid in ns_of}
         base = {ns: read_ns_table(root, ns, min(ps), files=UDP_FILES)
-                for ns, ps in sorted(by_ns.items(), key=lambda kv: min(kv[1]))[:MAX_NAMESPACES]}
+                for ns, ps in sorted(by_ns.items(), key=lambda kv: (kv[0] not in theirs,
+                                                                    min(kv[1])))[:MAX_NAMESPACES]}
         budget = [MAX_FD_READS]
         fd_cache: dict[int, FdLinks] = {}
-        todo = due[:MAX_SCANS_PER_TICK]
+        self.used = set()
         mine = {p: self._fds(root, p.pid, fd_cache, budget) for _, _, p in todo}
         tcp_read: set[int] = set()
 
@@ -186,7 +187,7 @@ class ChainScanner:
                 tcp_read.add(ns)
                 base[ns] = replace(t, socks=t.socks + tuple(read_tcp(root, t.reader)))
 
-        with_tcp(ns_of[p.pid] for _, _, p in todo if p.pid in ns_of)
+        with_tcp(theirs)
         agent_socks = set().union(*(links.sockets for links in mine.values())) if mine else set()
         with_tcp(tcp_namespaces(agent_socks, base.values()))
         with_tcp(ns for _, _, p in todo for proto, addr, _port in by_proc[p].addrs
@@ -206,7 +207,7 @@ class ChainScanner:
             found[p] = links
             self.scanned[p] = now
         live = {(t.ns, s.inode) for t in tables for s in t.socks}
-        self.holders = {k: v for k, v in self.holders.items() if k in live}
+        self.holders = {k: v for k, v in self.holders.items() if k in live or k in self.used}
         self.found = found
         self.cost = ScanCost(min(len(due), MAX_SCANS_PER_TICK), len(tables),
                              MAX_FD_READS - budget[0], time.perf_counter() - t0,
@@ -299,6 +300,7 @@ class ChainScanner:
     def _holder(self, root: Root, peer: PeerSocket, by_ns: Mapping[int, list[int]],
                 cache: dict[int, FdLinks], budget: list[int]) -> ProcId | None:
         key = (peer.ns, peer.inode)
+        self.used.add(key)
         known = self.holders.get(key)
         if known is not None and tasks.alive(root, known) \
                 and peer.inode in self._fds(root, known.pid, cache, budget).sockets:
