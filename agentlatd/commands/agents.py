@@ -1,7 +1,8 @@
 """`agentlatd agents`: the registered agents, as the daemon sees them.
 
 Text: one line per agent (fits 80 columns), and under it the last move and
-why. --json: a list of objects, each with at least agent_id, pid,
+why, the processes it waits on (its chain) and the decisions the do-no-harm
+guard undid. --json: a list of objects, each with at least agent_id, pid,
 latency_class, home_cpu, threads, steps, p50_ns, p99_ns, p999_ns, last_move
 ({at, from_cpu, to_cpu, reason} or null); see docs/protocol.md ("agents").
 """
@@ -69,6 +70,19 @@ def render(rows: list[dict[str, Any]], now: float | None = None) -> str:
         if prob:
             out += textwrap.wrap(f"{r.get('state', '')}: {prob}", WIDTH,
                                  initial_indent="  ", subsequent_indent="    ")
+        for m in r.get("chain") or []:
+            # a process the agent waits on (docs/protocol.md, "Chains")
+            cpus_m = m.get("cpus") or "-"
+            line = (f"chain: pid {m.get('pid')} ({m.get('comm', '')}) CPU {cpus_m} "
+                    f"{m.get('state', '')}, {m.get('via', '')}")
+            if m.get("problem"):
+                line += f": {m['problem']}"
+            out += textwrap.wrap(line, WIDTH, initial_indent="  ", subsequent_indent="    ")
+        decisions = (r.get("guard") or {}).get("decisions") or {}
+        for name in r.get("refused") or []:
+            why = (decisions.get(name) or {}).get("reason", "")
+            out += textwrap.wrap(f"undone, not retried: {name}" + (f": {why}" if why else ""),
+                                 WIDTH, initial_indent="  ", subsequent_indent="    ")
     if any(r.get("cpus") and r.get("home_cpu") is None for r in rows):
         out.append("CPU \"c\" = the completion CPUs (background class)")
     return "\n".join(out) + "\n"

@@ -199,3 +199,21 @@ def test_chain_rules_in_the_policy() -> None:
         policy.loads('chain = "vecdb"\n')
     with pytest.raises(PolicyError):
         policy.loads('[[chain]]\nagent = "x"\nbogus = 1\n')
+
+
+def test_agents_text_lists_the_chain_and_undone_decisions_in_80_columns() -> None:
+    from agentlatd.commands.agents import render
+
+    row = {"agent_id": "planner", "pid": 42, "latency_class": "interactive", "home_cpu": 1,
+           "cpus": "1", "threads": 3, "threads_pinned": 3, "steps": 10,
+           "chain": [{"pid": 77, "comm": "probe", "cpus": "1", "state": "placed",
+                      "via": "udp 198.18.1.2:7777 (net ns 4026532373)", "problem": ""},
+                     {"pid": 78, "comm": "vecdb", "cpus": None, "state": "unmovable",
+                      "via": "declared", "problem": "runs as uid 1001"}],
+           "refused": ["exclusive"],
+           "guard": {"decisions": {"exclusive": {"action": "undo", "reason": "p99 worse"}}}}
+    text = render([row])
+    assert "chain: pid 77 (probe) CPU 1 placed, udp 198.18.1.2:7777" in text
+    assert "chain: pid 78 (vecdb) CPU - unmovable, declared: runs as uid 1001" in text
+    assert "undone, not retried: exclusive: p99 worse" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
