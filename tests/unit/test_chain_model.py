@@ -217,3 +217,24 @@ def test_agents_text_lists_the_chain_and_undone_decisions_in_80_columns() -> Non
     assert "chain: pid 78 (vecdb) CPU - unmovable, declared: runs as uid 1001" in text
     assert "undone, not retried: exclusive: p99 worse" in text
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_the_chain_op_decodes_members_and_refuses_bad_ones() -> None:
+    from agentlatd.api import protocol
+
+    env = protocol.decode(b'{"v":1,"op":"chain","id":3,"members":[{"pid":5151,"starttime":9},'
+                          b'{"address":"[fd00::2]:80","proto":"tcp"}]}')
+    assert isinstance(env.req, protocol.Chain)
+    assert env.req.members == (protocol.ChainMember(pid=5151, starttime=9),
+                               protocol.ChainMember(proto="tcp", address="[fd00::2]:80"))
+    for bad in (b'{"op":"chain"}', b'{"op":"chain","members":{}}',
+                b'{"op":"chain","members":[{"pid":0}]}',
+                b'{"op":"chain","members":[{"pid":true}]}',
+                b'{"op":"chain","members":[{"pid":1,"address":"1.2.3.4:5"}]}',
+                b'{"op":"chain","members":[{"address":"1.2.3.4:5","proto":"sctp"}]}',
+                b'{"op":"chain","members":[{"address":"1.2.3.4"}]}',
+                b'{"op":"chain","members":[{"pid":1,"extra":1}]}',
+                b'{"op":"chain","members":[' + b",".join([b'{"pid":1}'] * 65) + b"]}"):
+        with pytest.raises(protocol.ProtocolError) as e:
+            protocol.decode(bad)
+        assert e.value.code == protocol.BAD_REQUEST, bad
