@@ -484,6 +484,7 @@ sys.stdin.readline()
 
 
 def test_declared_and_policy_rule_members_join_the_chain() -> None:
+    orig = current_affinity()
     launcher = Launcher()
     try:
         with workdir() as d:
@@ -510,8 +511,16 @@ def test_declared_and_policy_rule_members_join_the_chain() -> None:
                     wait_until(lambda: dm.status()["exclusive_cpus"] == "1", 10.0,
                                what="home CPU 1 exclusive")
                     assert all_on(declared, "1") and all_on(ruled, "1")
-                finally:
+                except BaseException:
                     agent.close()
+                    raise
+            try:
+                # SIGTERM with the agent still registered: the members get their
+                # originals back with everything else
+                assert dm.proc.returncode == 0, dm.log
+                assert all_on(declared, orig) and all_on(ruled, orig)
+            finally:
+                agent.close()
     finally:
         launcher.close()
 
