@@ -531,7 +531,8 @@ class ChainKeeper:
                     why_not.append(why)
                 else:
                     allowed.append(ap)
-            cpus = member_cpus(self.m.agents[ap].home_cpu for ap in allowed if ap in self.m.agents)
+            cpus = member_cpus((self.m.agents[ap].home_cpu for ap in allowed if ap in self.m.agents),
+                               self.m.layout, self.m.tracker.hot(self.m.policy.heat), self.m.load)
             if not cpus:
                 if m.cpus is not None:
                     self._release(m, "no agent it serves may move it")

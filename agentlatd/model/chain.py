@@ -32,7 +32,8 @@ Pipes (pipe_peers): a child process (a stdio MCP server) holding an
 anonymous pipe the agent also holds: both ends of a pipe show the same inode
 in proc/PID/fd.
 
-Where a member runs (member_cpus): on the home CPUs of the agents it serves.
+Where a member runs (member_cpus): on the home CPUs of the agents it serves
+(and their quiet SMT siblings, see member_cpus).
 A member waits for its agent and its agent waits for it: they alternate, so
 the home CPU is idle exactly when the member has work, its caches are the
 agent's, and a wakeup stays on one quiet CPU. A member shared by several
@@ -45,9 +46,10 @@ member is left where it is.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 
+from agentlatd.agents.placement import CpuLayout
 from agentlatd.cpuset import CpuSet
 from agentlatd.sample.chain import NsTable
 from agentlatd.sample.sockets import TCP_LISTEN, Addr, Sock
@@ -161,9 +163,21 @@ def pipe_peers(agent_pipes: Iterable[int], children: Mapping[int, Iterable[int]]
     return out
 
 
-def member_cpus(homes: Iterable[int | None]) -> CpuSet:
-    """Where a member of agents with these home CPUs runs (module docstring); empty = leave it."""
-    return CpuSet(h for h in homes if h is not None)
+def member_cpus(homes: Iterable[int | None], layout: CpuLayout | None = None,
+                hot: Container[int] = frozenset(), load: Mapping[int, int] | None = None) -> CpuSet:
+    """Where a member of agents with these home CPUs runs (module docstring); empty = leave it.
+
+    With a layout: plus each home CPU's SMT siblings that are home CPUs too, not
+    hot and home to no agent of their own -- a quiet sibling shares the core's
+    L1/L2 with the agent, so a member with more work than fits between the
+    agent's steps spills there rather than queueing behind the agent."""
+    base = CpuSet(h for h in homes if h is not None)
+    if layout is None or not base:
+        return base
+    load = load or {}
+    extra = {c for c in layout.siblings_of(base) - base
+             if c in layout.home and c not in hot and not load.get(c)}
+    return base | CpuSet(extra)
 
 
 def parse_endpoint(text: str) -> tuple[Addr, int]:

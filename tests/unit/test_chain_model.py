@@ -238,3 +238,17 @@ def test_the_chain_op_decodes_members_and_refuses_bad_ones() -> None:
         with pytest.raises(protocol.ProtocolError) as e:
             protocol.decode(bad)
         assert e.value.code == protocol.BAD_REQUEST, bad
+
+
+def test_a_member_may_spill_to_a_quiet_smt_sibling_of_its_agents_home() -> None:
+    from agentlatd.agents.placement import CpuLayout
+    from agentlatd.cpuset import CpuSet
+
+    core = CpuSet({2, 3})
+    layout = CpuLayout(home=CpuSet({2, 3, 4}), completion=CpuSet({0, 1}),
+                       siblings={2: core, 3: core, 4: CpuSet({4, 5}), 5: CpuSet({4, 5})})
+    assert member_cpus([2], layout).to_list() == "2-3"
+    assert member_cpus([2], layout, load={3: 1}).to_list() == "2"  # 3 is another agent's home
+    assert member_cpus([2], layout, hot={3}).to_list() == "2"
+    assert member_cpus([4], layout).to_list() == "4"  # 5 is not a home CPU
+    assert member_cpus([None], layout) == CpuSet()
