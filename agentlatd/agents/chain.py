@@ -57,11 +57,13 @@ from agentlatd.errors import AgentlatdError, KernelError
 from agentlatd.model import harm
 from agentlatd.model.chain import (
     PeerSocket,
+    PortIndex,
     bound_to,
-    match_peers,
     member_cpus,
     owner_namespaces,
+    peers_of,
     pipe_peers,
+    port_index,
     tcp_namespaces,
 )
 from agentlatd.netlink.unix_diag import unix_peers
@@ -77,7 +79,7 @@ from agentlatd.sample.chain import (
     read_ns_table,
     read_tcp,
 )
-from agentlatd.sample.sockets import Addr
+from agentlatd.sample.sockets import Addr, Sock
 from agentlatd.sysfs.root import Root
 from agentlatd.trace import schedstat
 
@@ -92,6 +94,7 @@ MAX_PIDS = 32768
 MAX_NAMESPACES = 256
 MAX_FD_READS = 20000
 MAX_CHILDREN = 64
+MAX_UNIX = 256  # sock_diag lookups per agent and scan (one netlink round trip each)
 MAX_DECLARED = 64  # members an agent may declare
 MAX_GUARD_THREADS = 16  # threads of an agent sampled for run delay (lowest tids: the main thread first)
 WINDOW_S = 1.0  # one latency window of the do-no-harm guard
@@ -193,9 +196,11 @@ class ChainScanner:
         with_tcp(ns for _, _, p in todo for proto, addr, _port in by_proc[p].addrs
                  if proto == "tcp" for ns in owner_namespaces(addr, base.values()))
         tables = list(base.values())
+        index = port_index(tables)
+        by_inode = {s.inode: (t.ns, s) for t in tables for s in t.socks}
         ruled = self._ruled(root, rules, pids[:MAX_PIDS])
         for _, _, p in todo:
-            links = self._links(root, by_proc[p], tables, by_ns, fd_cache, budget)
+            links = self._links(root, by_proc[p], tables, by_ns, fd_cache, budget, index, by_inode)
             if links is None:
                 continue
             aid = by_proc[p].agent_id
@@ -246,14 +251,16 @@ class ChainScanner:
         return got
 
     def _links(self, root: Root, a: ChainAgent, tables: list[NsTable], by_ns: Mapping[int, list[int]],
-               cache: dict[int, FdLinks], budget: list[int]) -> tuple[Link, ...] | None:
+               cache: dict[int, FdLinks], budget: list[int], index: PortIndex,
+               by_inode: Mapping[int, tuple[int, Sock]]) -> tuple[Link, ...] | None:
         mine = self._fds(root, a.proc.pid, cache, budget)
         if not tasks.alive(root, a.proc):
             return None
-        peers: list[PeerSocket] = match_peers(mine.sockets, tables)
+        own = [by_inode[i] for i in mine.sockets if i in by_inode]
+        peers: list[PeerSocket] = peers_of(own, mine.sockets, index)
         for proto, addr, port in a.addrs:
             peers += bound_to(proto, addr, port, tables)
-        peers += self._unix(root, mine.sockets, tables)
+        peers += self._unix(root, frozenset(i for i in mine.sockets if i not in by_inode))
         members: dict[ProcId, str] = {}
         for peer in peers:
             holder = self._holder(root, peer, by_ns, cache, budget)
@@ -269,13 +276,13 @@ class ChainScanner:
                     members.setdefault(ProcId(k, st), f"pipe:[{ino}] (child process)")
         return tuple(Link(p, via) for p, via in sorted(members.items(), key=lambda kv: kv[0].pid))
 
-    def _unix(self, root: Root, inodes: frozenset[int], tables: list[NsTable]) -> list[PeerSocket]:
+    def _unix(self, root: Root, inodes: frozenset[int]) -> list[PeerSocket]:
         """Peers of the agent's Unix sockets (the sockets no TCP/UDP table holds),
-        through sock_diag in agentlatd's own namespace (netlink/unix_diag.py)."""
+        through sock_diag in agentlatd's own namespace (netlink/unix_diag.py);
+        at most MAX_UNIX lookups per agent."""
         if not root.is_host or not self.unix_ok:
             return []
-        inet = {s.inode for t in tables for s in t.socks}
-        cand = sorted(i for i in inodes if i not in inet)
+        cand = sorted(inodes)[:MAX_UNIX]
         if not cand:
             return []
         try:

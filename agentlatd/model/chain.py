@@ -46,7 +46,7 @@ member is left where it is.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from agentlatd.agents.placement import CpuLayout
@@ -117,22 +117,43 @@ def _peer_of(s: Sock, s_ns: int, p: Sock, t: NsTable) -> bool:
     return p.remote == s.local and p.remote_port == s.local_port
 
 
-def match_peers(agent_inodes: Iterable[int], tables: Iterable[NsTable]) -> list[PeerSocket]:
-    """The peer sockets of the agent's sockets `agent_inodes`, in every namespace (module docstring)."""
+PortIndex = Mapping[tuple[str, int], Sequence[tuple[NsTable, Sock]]]
+
+
+def port_index(tables: Iterable[NsTable]) -> dict[tuple[str, int], list[tuple[NsTable, Sock]]]:
+    """(proto, local port) -> the sockets bound there, in every namespace: built once
+    per scan, so matching costs O(sockets) and not agents x sockets."""
+    out: dict[tuple[str, int], list[tuple[NsTable, Sock]]] = {}
+    for t in tables:
+        for s in t.socks:
+            out.setdefault((s.proto, s.local_port), []).append((t, s))
+    return out
+
+
+def match_peers(agent_inodes: Iterable[int], tables: Iterable[NsTable],
+                index: PortIndex | None = None) -> list[PeerSocket]:
+    """The peer sockets of the agent's sockets `agent_inodes`, in every namespace
+    (module docstring). `index`: port_index(tables), when the caller has it."""
     tabs = list(tables)
+    idx = port_index(tabs) if index is None else index
     mine = set(agent_inodes)
-    own: list[tuple[int, Sock]] = [(t.ns, s) for t in tabs for s in t.socks if s.inode in mine]
+    own = [(t.ns, s) for t in tabs for s in t.socks if s.inode in mine]
+    return peers_of(own, mine, idx)
+
+
+def peers_of(own: Iterable[tuple[int, Sock]], mine: Container[int],
+             idx: PortIndex) -> list[PeerSocket]:
+    """match_peers for the agent's sockets already found: (namespace, socket) each."""
     out: dict[tuple[int, int], PeerSocket] = {}
     for s_ns, s in own:
         if s.remote.is_unspecified or s.remote_port == 0:
             continue  # not connected: its peers are not in any table
-        for t in tabs:
-            for p in t.socks:
-                if p.inode in mine or (t.ns, p.inode) in out:
-                    continue
-                if _peer_of(s, s_ns, p, t):
-                    out[(t.ns, p.inode)] = PeerSocket(
-                        t.ns, p.inode, f"{s.proto} {_endpoint(s.remote, s.remote_port)}")
+        for t, p in idx.get((s.proto, s.remote_port), ()):
+            if p.inode in mine or (t.ns, p.inode) in out:
+                continue
+            if _peer_of(s, s_ns, p, t):
+                out[(t.ns, p.inode)] = PeerSocket(
+                    t.ns, p.inode, f"{s.proto} {_endpoint(s.remote, s.remote_port)}")
     return sorted(out.values(), key=lambda p: (p.ns, p.inode))
 
 

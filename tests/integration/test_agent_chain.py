@@ -16,10 +16,11 @@ the guard test are its children: nothing of the host is moved. Checked:
      bystander) their original affinity back;
   2. a non-admin peer (uid nobody) cannot declare a root process as a member;
   3. the do-no-harm guard: an agent whose tool it cannot discover (they talk
-     by signals) with a busy, higher-priority task on the completion CPU gets
-     slower when exclusivity pushes the tool there; the guard sees it in the
-     agent's step latency, undoes the exclusivity, says why, counts it, and the
-     tool gets its original affinity back.
+     by signals) gets slower when exclusivity pushes the tool to the completion
+     CPU, where a busy higher-priority task then runs (injected once the
+     baseline is taken); the guard sees it in the agent's step latency, undoes
+     the exclusivity, says why, counts it, and the tool gets its original
+     affinity back.
 
 Needs root, iproute2 and CPUs 0 and 1. Namespaces and processes are removed in
 teardown, also on failure; every helper process exits on its own within
@@ -400,17 +401,19 @@ def test_guard_undoes_an_exclusive_home_cpu_that_made_the_agent_slower() -> None
         with workdir() as d, daemon(d, policy_text(exclusive="exclusive"),
                                     extra_args=("--exclusive-scope-pid", str(launcher.pid))) as dm:
             tool = launcher.spawn([sys.executable, "-c", SIG_TOOL, str(PROC_LIMIT_S)])
-            # a busy task of higher priority on the completion CPU: pinned there
-            # only, so exclusivity leaves it alone (victim_affinity)
-            hog = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", HOG, "20"],
-                                   stdout=subprocess.PIPE)
-            assert hog.stdout is not None and hog.stdout.readline().strip() == b"ready"
             agent = Proc([sys.executable, "-c", SIG_AGENT, str(dm.socket), str(tool),
                           str(PROC_LIMIT_S)])
             try:
                 assert agent.first["ready"]["home_cpu"] == 1
                 wait_until(lambda: dm.status()["exclusive_cpus"] == "1", 10.0,
                            what="home CPU 1 exclusive after a baseline window")
+                wait_until(lambda: all_on(tool, "0"), 5.0, what="the tool moved to CPU 0")
+                # now a busy task of higher priority on the completion CPU, where
+                # exclusivity pushed the tool: pinned there only, so exclusivity
+                # leaves it alone (victim_affinity); the baseline had none
+                hog = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", HOG, "20"],
+                                       stdout=subprocess.PIPE)
+                assert hog.stdout is not None and hog.stdout.readline().strip() == b"ready"
 
                 def undone() -> Any:
                     row = _row(dm, "sig-agent") or {}
@@ -418,6 +421,7 @@ def test_guard_undoes_an_exclusive_home_cpu_that_made_the_agent_slower() -> None
                     return dec if dec and dec["action"] != "wait" else None
 
                 dec = wait_until(undone, 20.0, what="the guard's verdict on exclusivity")
+                kill_quietly(hog)  # its work is done: hand CPU 0 back to the host
                 assert dec["action"] == "undo", dec
                 row = _row(dm, "sig-agent")
                 assert row is not None and row["refused"] == ["exclusive"]
