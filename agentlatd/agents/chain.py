@@ -516,6 +516,7 @@ class ChainKeeper:
             self._release(gone, "no registered agent waits on it any more")
         changes: list[Change] = []
         placing: list[Member] = []
+        skipped_why: dict[ProcId, str] = {}
         for p, agents in want.items():
             m = self.members.get(p)
             if m is None:
@@ -550,7 +551,19 @@ class ChainKeeper:
             tids = tasks.list_tids(self.root, p.pid)
             todo = tids if cpus != m.cpus else sorted(set(tids) - m.threads)
             m.threads = set(tids)
+            # a thread can change credentials on its own (setresuid is per thread
+            # in the kernel): with no admin among the registrars, each thread
+            # written must still be the registrars' uid, right before the batch
+            uids = self._owner_uids(allowed)
+            if uids is not None:
+                skipped = [t for t in todo if self._thread_uids(p.pid, t) not in uids]
+                if skipped:
+                    todo = [t for t in todo if t not in skipped]
+                    skipped_why[p] = (f"thread(s) {', '.join(map(str, skipped[:4]))} run as "
+                                      "another uid than the agent's registrar: left where they are")
             if not todo:
+                if p in skipped_why and m.cpus is None:
+                    m.state, m.problem = "unmovable", skipped_why[p]
                 continue
             self._adopt_victims(m, todo, cpus)
             why = ("chain member of agent(s) "
@@ -584,13 +597,36 @@ class ChainKeeper:
             with contextlib.suppress(ValueError):
                 bad.setdefault(ThreadId.parse(r.target).pid, f"{r.target}: {r.message}")
         for m in placing:
-            if m.proc.pid in bad:
-                m.state, m.problem = "partial", bad[m.proc.pid]
+            if m.proc.pid in bad or m.proc in skipped_why:
+                m.state, m.problem = "partial", bad.get(m.proc.pid) or skipped_why[m.proc]
                 log.warning("chain member pid %d: %s", m.proc.pid, m.problem)
             else:
                 m.state, m.problem = "placed", ""
                 log.info("chain member pid %d (%s) on CPU(s) %s: %s", m.proc.pid, m.comm,
                          m.cpus, "; ".join(sorted(set(m.agents.values()))))
+
+    def _owner_uids(self, agents: Iterable[ProcId]) -> set[tuple[int, int]] | None:
+        """(ruid, euid) pairs a member's threads may have to be written for these
+        agents; None when an admin registered one of them (no limit)."""
+        out: set[tuple[int, int]] = set()
+        for ap in agents:
+            owner = self.owners.get(ap, -1)
+            if owner is None:
+                return None
+            if owner == -1:
+                a = self.m.agents.get(ap)
+                if a is None:
+                    continue
+                owner = a.uid
+            out.add((owner, owner))
+        return out
+
+    def _thread_uids(self, pid: int, tid: int) -> tuple[int, int] | None:
+        try:
+            return tasks.parse_status_uids(
+                self.root.read_text(f"proc/{pid}/task/{tid}/status", tasks.CONTEXT))
+        except (KernelError, ValueError):
+            return None
 
     def _adopt_victims(self, m: Member, tids: Iterable[int], cpus: CpuSet) -> None:
         """Threads moved off an exclusive CPU before they were known members: the

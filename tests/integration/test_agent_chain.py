@@ -555,3 +555,54 @@ def test_a_member_registered_as_an_agent_lost_its_pin() -> None:
                 agent.close()
     finally:
         kill_quietly(member)
+
+
+NB_AGENT = r'''
+import json, os, sys
+from agentlatd.client import Client  # imported as root: nobody may not read the stdlib here
+import agentlatd.api.protocol, socket, threading, warnings  # noqa
+os.setgid(65534)
+os.setuid(65534)
+c = Client("nb-agent", "interactive", socket=sys.argv[1], flush_interval=0.2,
+           retry_interval=0.2)
+print(json.dumps({"ready": c.registration, "declared": c.declare_chain([int(sys.argv[2])])}),
+      flush=True)
+sys.stdin.readline()
+'''
+
+
+def test_a_non_admin_agents_chain_moves_only_its_own_uids_processes() -> None:
+    """Found by a rule, a root process is reported unmovable for nobody's agent,
+    with the reason; nobody's own process, declared, is placed."""
+    orig = current_affinity()
+    root_tool = None
+    own: subprocess.Popen[bytes] | None = None
+    try:
+        with workdir() as d:
+            tool_bin = d / "chaintool-nb7"
+            shutil.copy("/bin/sleep", tool_bin)
+            root_tool = subprocess.Popen([str(tool_bin), str(PROC_LIMIT_S)])
+            own = subprocess.Popen(["sleep", str(PROC_LIMIT_S)],
+                                   preexec_fn=lambda: (os.setgid(NOBODY), os.setuid(NOBODY)))
+            rule = '\n[[chain]]\nagent = "nb-*"\ncomm = "chaintool-nb7"\n'
+            with daemon(d, policy_text() + rule) as dm:
+                agent = Proc([sys.executable, "-c", NB_AGENT, str(dm.socket), str(own.pid)])
+                try:
+                    def seen() -> Any:
+                        row = _row(dm, "nb-agent") or {}
+                        got = {m["pid"]: m for m in row.get("chain", [])}
+                        return (root_tool.pid in got and own.pid in got
+                                and got[own.pid]["state"] == "placed"
+                                and got[root_tool.pid]["state"] == "unmovable" and got)
+
+                    got = wait_until(seen, 10.0, what="own member placed, root's unmovable")
+                    assert "runs as uid 0" in got[root_tool.pid]["problem"]
+                    assert all_on(own.pid, "1")
+                    assert all_on(root_tool.pid, orig)
+                    assert dm.status()["chain_unmovable"] == 1
+                finally:
+                    agent.close()
+    finally:
+        for p in (root_tool, own):
+            if p is not None:
+                kill_quietly(p)
