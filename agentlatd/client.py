@@ -162,6 +162,18 @@ class Connection:
 _clients: weakref.WeakSet[Client] = weakref.WeakSet()
 
 
+def chain_member(m: int | str | dict[str, Any]) -> dict[str, Any]:
+    """A chain member as the protocol spells it: 1234 -> {"pid": 1234},
+    "10.0.0.2:7777" -> {"address": "10.0.0.2:7777", "proto": "udp"}."""
+    if isinstance(m, bool):
+        raise TypeError("a chain member is a pid, an \"ADDR:PORT\" string or a dict")
+    if isinstance(m, int):
+        return {"pid": m}
+    if isinstance(m, str):
+        return {"address": m, "proto": "udp"}
+    return dict(m)
+
+
 def _after_fork_in_child() -> None:
     for c in list(_clients):
         c._forked()
@@ -262,6 +274,7 @@ class Client:
         self.flush_steps = max(1, flush_steps)
         self.retry_interval = retry_interval
         self.timeout = timeout
+        self.chain: list[dict[str, Any]] = []  # declared chain members, sent again on reconnect
         self.registration: dict[str, Any] | None = None
         self.warned = False
         self.reconnects = 0
@@ -315,6 +328,20 @@ class Client:
         """Add a step measured by the caller."""
         if self._conn is not None:
             self._samples.append(int(duration_ns))
+
+    def declare_chain(self, members: Iterable[int | str | dict[str, Any]]) -> Any:
+        """Name the local processes this agent waits on, for agentlatd to place with
+        it (docs/protocol.md, "Chains"): pids, "ADDR:PORT" strings (a UDP socket
+        bound there; {"address": ..., "proto": "tcp"} for TCP) or member objects.
+        Replaces the previous list ([] clears it) and is sent again after a
+        reconnect. The daemon's answer, or None without a daemon; ClientError
+        when it refuses (a process of another uid, for a non-admin caller)."""
+        self.chain = [chain_member(m) for m in members]
+        with self._lock:
+            conn = self._conn
+            if conn is None or self.registration is None:
+                return None
+            return conn.request("chain", pid=self.pid, agent_id=self.agent_id, members=self.chain)
 
     def flush(self) -> bool:
         """Send the waiting samples now (blocking briefly). True when sent."""
@@ -393,6 +420,16 @@ class Client:
             conn.close()
             self._next_try = time.monotonic() + self.retry_interval
             return False
+        if self.chain:
+            try:
+                conn.request("chain", pid=self.pid, agent_id=self.agent_id, members=self.chain)
+            except ClientError as e:
+                warnings.warn(f"agentlatd client: chain not declared again: {e.message}",
+                              RuntimeWarning, stacklevel=2)
+            except (OSError, ValueError):
+                conn.close()
+                self._next_try = time.monotonic() + self.retry_interval
+                return False
         with self._lock:
             self._conn = conn
             self.registration = reg

@@ -71,18 +71,20 @@ from agentlatd import __version__
 from agentlatd import policy as policy_mod
 from agentlatd.agents import tasks
 from agentlatd.agents.applier import AGENT_KNOBS, Applier
+from agentlatd.agents.chain import ChainKeeper, ChainScanner, Declared
 from agentlatd.agents.links import LinkTracker
 from agentlatd.agents.placement import NO_HOME_CPU, CpuLayout
 from agentlatd.agents.registry import AgentManager
 from agentlatd.agents.tasks import ProcId
 from agentlatd.api import protocol
-from agentlatd.api.protocol import Envelope, ProtocolError, Register, Step, Unregister
+from agentlatd.api.protocol import Chain, Envelope, ProtocolError, Register, Step, Unregister
 from agentlatd.api.server import PENDING, Conn, Server, bind_socket
 from agentlatd.apply.engine import ApplyReport, Drift, Engine
 from agentlatd.apply.journal import FLAG_YIELDED
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import AgentlatdError, KernelError, PolicyError
 from agentlatd.model.agent_links import NONE, AgentHome, AgentLinks, discount_heat, own_softirq_rate
+from agentlatd.model.chain import parse_endpoint
 from agentlatd.model.machine import Machine, Rates
 from agentlatd.plan.changes import INCLUDE_MATCHES_NOTHING, Plan, human_value
 from agentlatd.policy import Policy
@@ -269,6 +271,13 @@ class Tuner:
                 errors.append(f"apply failed: {e}")
                 log.error("apply failed: %s", e, exc_info=not isinstance(e, AgentlatdError))
             timed("apply", ts, ne)
+        ts, ne = time.monotonic(), len(errors)
+        try:
+            self.d.chain_scanner.update(root, self.d.chain.published, rules=pol.chain)
+        except Exception as e:  # discovery failing must not stop the tick
+            errors.append(f"chain discovery failed: {e}")
+            log.warning("chain discovery failed: %s", e, exc_info=not isinstance(e, AgentlatdError))
+        timed("chain", ts, ne)
         heat = dict(rates.heat) if rates is not None else {}
         if rates is not None and plan is not None and plan.agent_links.local:
             # an agent's own replies processed on its home CPU are not heat to move it for
@@ -384,6 +393,9 @@ class Daemon:
         self.applier = Applier(self.engine)
         self.manager = AgentManager(self.applier, policy, exclusive_scope_pid=exclusive_scope_pid)
         self.manager.close_pidfd = self._close_pidfd
+        # completion chains: found in the tuner thread, placed in the main one
+        self.chain_scanner = ChainScanner()
+        self.chain = ChainKeeper(self.manager, self.chain_scanner)
         self.tuner = Tuner(self)
         self.sel = selectors.DefaultSelector()
         self.server: Server | None = None
@@ -647,6 +659,11 @@ class Daemon:
         except Exception as e:
             self._failed("agent tick", e)
         if tick_due:
+            try:
+                self.chain.tick()
+            except Exception as e:
+                self._failed("chain tick", e)
+        if tick_due:
             # once per tick, not per registration: O(agents), and the tuner reads
             # it once per tick anyway (bench/agents.py: per registration it cost
             # ~0.6 ms of register round trip with 1000 agents)
@@ -688,7 +705,7 @@ class Daemon:
     def _handlers(self) -> dict[str, Callable[[Conn, Envelope], Any]]:
         return {"register": self._h_register, "unregister": self._h_unregister,
                 "step": self._h_step, "agents": self._h_agents, "status": self._h_status,
-                "ping": self._h_ping}
+                "ping": self._h_ping, "chain": self._h_chain}
 
     def _on_accept(self, c: Conn) -> None:
         # the connecting process's starttime: a request without a pid means
@@ -725,6 +742,7 @@ class Daemon:
         p, uid = self.manager.check_register(c.peer.pid, c.peer.uid, self.peer_start.get(c.id),
                                              req, admin)
         self.manager.register(p, uid, req)
+        self.chain.set_owner(p, None if admin else c.peer.uid)
         self.manager.autoreg.declined.discard(p)
         # (no c.owned.add(p): nothing read that set, and on a long-lived
         # connection it grew by ~150 bytes per registration for ever; the soak in
@@ -774,6 +792,39 @@ class Daemon:
         a.dropped += req.dropped
         return {"steps": a.hist.count}
 
+    def _h_chain(self, c: Conn, env: Envelope) -> Any:
+        """Members an agent declares (docs/protocol.md, "Chains"): a non-admin peer
+        may name only processes whose real and effective uid are its own."""
+        req = env.req
+        assert isinstance(req, Chain)
+        a = self._agent_for(c, req.pid, req.agent_id)
+        admin = self.is_admin(c.peer.uid, c.peer.gid)
+        procs: list[ProcId] = []
+        addrs: list[tuple[str, Any, int]] = []
+        for m in req.members:
+            if m.address is not None:
+                addr, port = parse_endpoint(m.address)
+                addrs.append((m.proto or "udp", addr, port))
+                continue
+            assert m.pid is not None
+            st = tasks.starttime_of(self.root, m.pid)
+            if st is None or (m.starttime is not None and st != m.starttime):
+                raise ProtocolError(protocol.NO_SUCH_PROCESS, f"process {m.pid} does not exist"
+                                    + (" (or was recycled)" if st is not None else ""))
+            uids = tasks.uids_of(self.root, m.pid)
+            if uids is None:
+                raise ProtocolError(protocol.NO_SUCH_PROCESS, f"process {m.pid} does not exist")
+            if not admin and uids != (c.peer.uid, c.peer.uid):
+                raise ProtocolError(protocol.NOT_PERMITTED,
+                                    f"uid {c.peer.uid} may declare only its own processes, and "
+                                    f"process {m.pid} runs as uid "
+                                    f"{uids[0] if uids[0] != c.peer.uid else uids[1]}")
+            procs.append(ProcId(m.pid, st))
+        self.chain.declare(a.proc, Declared(tuple(procs), tuple(addrs)))
+        return {"agent_id": a.agent_id, "pid": a.proc.pid,
+                "members": [{"pid": p.pid, "starttime": p.starttime} for p in procs]
+                + [{"proto": pr, "address": f"{ad}:{po}"} for pr, ad, po in addrs]}
+
     def _h_agents(self, c: Conn, env: Envelope) -> Any:
         return self.manager.rows()
 
@@ -821,6 +872,8 @@ class Daemon:
         ok = True
         with self.applier.hold():
             try:
+                with contextlib.suppress(Exception):
+                    self.chain.release_all()
                 self.manager.release_all()
                 rep = self.engine.rollback()
                 ok = rep.ok
@@ -872,6 +925,7 @@ class Daemon:
             "requests": self.server.requests if self.server else 0,
         }
         out.update(self.manager.status())
+        out.update(self.chain.status())
         return out
 
 

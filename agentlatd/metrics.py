@@ -47,7 +47,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -225,6 +225,12 @@ class View:
     agents_by_class: tuple[tuple[str, int], ...]
     steps: tuple[StepSeries, ...]
     agent_info: tuple[AgentInfo, ...]
+    # completion chains (agents/chain.py), for the agents with series of their own:
+    # (agent, member state, members), (agent, decision the guard undid); and the
+    # guard's undo counts by decision kind
+    chain_members: tuple[tuple[str, str, int], ...]
+    decisions_undone: tuple[tuple[str, str], ...]
+    guard_undone: tuple[tuple[str, int], ...]
     class_budgets: tuple[tuple[str, float], ...]
     max_agents: int
     per_cpu_vectors: bool
@@ -300,6 +306,7 @@ class Metrics:
         # device interrupts per CPU since the daemon started (sum of the tick
         # deltas of every numbered IRQ; the kernel has no per-CPU total of its own)
         self.cpu_irqs_total: dict[int, float] = {}
+        self.guard_undone: dict[str, int] = {}  # decision kind -> times the guard undid it
         self.home_irqs_total = 0.0
         self.home_softirqs_total: dict[str, float] = {}
         self.discontinuities: dict[str, int] = {}
@@ -369,7 +376,8 @@ class Metrics:
                      online: CpuSet | None = None, hot_threshold: float | None = None,
                      active_changes: int | None = None, hot_cpus: Iterable[int] | None = None,
                      softirqs: Softirqs | None = None, stat: Stat | None = None,
-                     failed: bool = False) -> None:
+                     failed: bool = False,
+                     guard_undone: Mapping[str, int] | None = None) -> None:
         """The end of one tick: O(CPUs + vectors x home CPUs) additions, no rendering.
 
         hot_cpus: the home CPUs the placement calls hot (heat >= heat.hot for
@@ -415,9 +423,12 @@ class Metrics:
                                    and rates.heat.get(c, 0.0) >= thr)
         if hot_cpus is not None:
             self.hot_cpus = CpuSet(hot_cpus)
+        if guard_undone is not None:
+            self.guard_undone = dict(guard_undone)
 
     # -- the view --------------------------------------------------------
-    def view(self, agents: Iterable[AgentLike] = (), policy: Policy | None = None) -> View:
+    def view(self, agents: Iterable[AgentLike] = (), policy: Policy | None = None,
+             extras: Callable[[Any], Mapping[str, Any]] | None = None) -> View:
         """A frozen copy of what a render needs (main thread; O(agents + families))."""
         pol = policy
         cap = pol.metrics.max_agents if pol is not None else 32
@@ -425,6 +436,8 @@ class Metrics:
         own: dict[tuple[str, str], list[Any]] = {}
         other: dict[str, list[Any]] = {}
         info: list[AgentInfo] = []
+        members: dict[tuple[str, str], int] = {}
+        undone: set[tuple[str, str]] = set()
         agents = list(agents)
         live = {a.proc for a in agents}
         # departures first: a slot freed now goes to an agent new in this view
@@ -454,6 +467,11 @@ class Metrics:
                 acc = own.setdefault((a.agent_id, cls), [[0] * stats.EXPORT_N, 0, 0])
                 info.append(AgentInfo(a.agent_id, cls, int(getattr(key, "pid", 0)), a.home_cpu,
                                       a.state))
+                row = extras(a) if extras is not None else {}
+                for m in row.get("chain") or ():
+                    k = (a.agent_id, str(m.get("state", "")))
+                    members[k] = members.get(k, 0) + 1
+                undone.update((a.agent_id, str(d)) for d in row.get("refused") or ())
             else:
                 acc = other.setdefault(cls, [[0] * stats.EXPORT_N, 0, 0])
                 self._other_last[key] = (cls, tuple(h.export), h.sum_ns, h.count)
@@ -512,7 +530,11 @@ class Metrics:
             home_irqs_total=self.home_irqs_total,
             home_softirqs_total=tuple(sorted(self.home_softirqs_total.items())),
             agents_by_class=tuple(sorted(by_class.items())), steps=tuple(steps),
-            agent_info=tuple(info), class_budgets=budgets, max_agents=cap,
+            agent_info=tuple(info),
+            chain_members=tuple((aid, st, n) for (aid, st), n in sorted(members.items())),
+            decisions_undone=tuple(sorted(undone)),
+            guard_undone=tuple(sorted(self.guard_undone.items())),
+            class_budgets=budgets, max_agents=cap,
             per_cpu_vectors=pol.metrics.per_cpu_softirq_vectors if pol is not None else False)
 
     def render(self, agents: Iterable[AgentLike] = (), policy: Policy | None = None,
@@ -638,6 +660,18 @@ def families(v: View) -> list[Family]:
     for a in v.agent_info:
         ai.add(1, agent=a.agent, **{"class": a.klass}, pid=a.pid,
                home_cpu="" if a.home_cpu is None else a.home_cpu, state=a.state)
+    cm = fam("agent_chain_members", "gauge", "Processes an agent waits on (its chain), by "
+             "placement state (agents with series of their own)")
+    for aid, mstate, n in v.chain_members:
+        cm.add(n, agent=aid, state=mstate)
+    du = fam("agent_decision_undone", "gauge", "Placement decisions the do-no-harm guard "
+             "undid for the agent (never retried; 1 each)")
+    for aid, d in v.decisions_undone:
+        du.add(1, agent=aid, decision=d)
+    gu = fam("guard_undone", "counter", "Placement decisions undone because they made an "
+             "agent slower, by decision kind")
+    for kind, n in v.guard_undone:
+        gu.add(n, decision=kind)
     step = fam("agent_step_seconds", "histogram", "Agent step latency reported by the agent "
                "(agent=\"other\": the agents beyond metrics.max_agents, per class)")
     les = [format_le(b) for b in stats.EXPORT_BOUNDS_S] + ["+Inf"]

@@ -269,6 +269,9 @@ class TuningPolicy:
     # ("home") or on the completion CPUs like every NIC ("completion"); model/agent_links.py
     agent_links: Literal["home", "completion"] = "home"
     agent_link_max_pps: int = field(default=20000, metadata=_rng(1, 1_000_000_000, "packets/s"))
+    # find the processes each agent waits on and place them with it (agents/chain.py);
+    # off: only registered processes are placed, and exclusivity may move the rest
+    chains: bool = True
     xps: bool = True
     coalesce: bool = True
     # rx-usecs = min(class budgets) * coalesce_budget_share, bounded below by min_rx_usecs
@@ -315,6 +318,23 @@ class AutoRegisterRule:
 
 
 @dataclass(frozen=True, slots=True)
+class ChainRule:
+    """[[chain]]: processes matching every non-empty glob join the chain of each
+    registered agent whose agent_id matches `agent` (agents/chain.py): placed
+    with it, never an exclusivity victim. For tool servers agentlatd cannot
+    find by itself (shared memory, signals, another host's proxy)."""
+
+    # glob on the agent_id
+    agent: str = field(default="*", metadata=_meta(_check_glob, unit="glob"))
+    # glob on /proc/PID/comm
+    comm: str = field(default="", metadata=_meta(_check_glob, unit="glob"))
+    # glob on the resolved /proc/PID/exe
+    exe: str = field(default="", metadata=_meta(_check_glob, unit="glob"))
+    # glob on the cgroup v2 path
+    cgroup: str = field(default="", metadata=_meta(_check_glob, unit="glob"))
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     daemon: DaemonPolicy = field(default_factory=DaemonPolicy)
     cpus: CpusPolicy = field(default_factory=CpusPolicy)
@@ -324,6 +344,7 @@ class Policy:
     tuning: TuningPolicy = field(default_factory=TuningPolicy)
     metrics: MetricsPolicy = field(default_factory=MetricsPolicy)
     auto_register: tuple[AutoRegisterRule, ...] = ()
+    chain: tuple[ChainRule, ...] = ()
     source: str = "<embedded default>"
     # (key path, line) of the keys the file sets: errors found later (against
     # the machine, at plan time) point at the line as load-time ones do
@@ -460,6 +481,11 @@ def loads(text: str, filename: str = "<policy>") -> Policy:
                 raise ctx.err("auto_register", "expected an array of tables [[auto_register]]")
             kwargs["auto_register"] = tuple(
                 _build(AutoRegisterRule, r, f"auto_register[{i}]", ctx) for i, r in enumerate(raw))
+        elif f.name == "chain":
+            if not isinstance(raw, list):
+                raise ctx.err("chain", "expected an array of tables [[chain]]")
+            kwargs["chain"] = tuple(_build(ChainRule, r, f"chain[{i}]", ctx)
+                                    for i, r in enumerate(raw))
         else:
             kwargs[f.name] = _build(typing.get_type_hints(Policy)[f.name], raw, f.name, ctx)
     for k in data:

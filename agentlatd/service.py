@@ -165,7 +165,8 @@ class Service:
 
     def on_loop(self, d: Daemon) -> None:
         if self.metrics.ticks:
-            self.broker.serve(lambda: self.metrics.view(d.manager.agents.values(), d.policy))
+            self.broker.serve(lambda: self.metrics.view(d.manager.agents.values(), d.policy,
+                                                              d.manager.row_extras))
         due = self.notifier.watchdog_due()
         if due is not None and due <= PING_SLACK:
             self.notifier.watchdog()
@@ -241,7 +242,8 @@ class Service:
                        home=st.layout.home, online=st.layout.online,
                        hot_threshold=d.policy.heat.hot, active_changes=active, hot_cpus=hot,
                        softirqs=getattr(snap, "softirqs", None), stat=getattr(snap, "stat", None),
-                       failed=bool(st.error))
+                       failed=bool(st.error),
+                       guard_undone=d.chain.undone)
         self.exporter.tick()
 
     def status_line(self, d: Daemon, st: TunerState) -> str:

@@ -20,15 +20,15 @@ from dataclasses import dataclass, field
 
 from agentlatd.agents import tasks
 from agentlatd.agents.tasks import ProcId
-from agentlatd.policy import AutoRegisterRule
+from agentlatd.policy import AutoRegisterRule, ChainRule
 from agentlatd.sysfs.root import Root
 
 
-def rule_usable(r: AutoRegisterRule) -> bool:
+def rule_usable(r: AutoRegisterRule | ChainRule) -> bool:
     return bool(r.comm or r.exe or r.cgroup)
 
 
-def matches(r: AutoRegisterRule, comm: str, exe: str, cgroup: str) -> bool:
+def matches(r: AutoRegisterRule | ChainRule, comm: str, exe: str, cgroup: str) -> bool:
     """Pure: does a process with these attributes match rule `r`?"""
     if not rule_usable(r):
         return False

@@ -208,6 +208,12 @@ class AgentManager:
         # agents whose pidfd the daemon has not put in its selector yet: it takes
         # them from here rather than walking every agent on every loop turn
         self.new_pidfds: list[Agent] = []
+        # completion chains (agents/chain.py): the processes agents wait on are
+        # never exclusivity victims; an agent's CPU turns exclusive only when
+        # the chain keeper allows it; its rows carry the chain and the guard
+        self.protected: set[int] = set()
+        self.excl_gate: Callable[[Agent], bool] = lambda a: True
+        self.row_extras: Callable[[Agent], dict[str, Any]] | None = None
 
     # -- inputs ----------------------------------------------------------
     def set_layout(self, layout: CpuLayout) -> None:
@@ -695,7 +701,8 @@ class AgentManager:
     # -- exclusive home CPUs and pm_qos ---------------------------------------
     def _excl_wanted(self) -> CpuSet:
         return CpuSet(a.home_cpu for a in self.agents.values()
-                      if a.exclusive and a.home_cpu is not None and a.state != "failed")
+                      if a.exclusive and a.home_cpu is not None and a.state != "failed"
+                      and self.excl_gate(a))
 
     def reconcile_cpus(self, full: bool = True) -> None:
         """Bring victims and pm_qos in line with where agents live now (lock held).
@@ -762,7 +769,7 @@ class AgentManager:
         return False
 
     def _scan_victims(self) -> None:
-        agent_pids = set(self.by_pid)
+        agent_pids = set(self.by_pid) | self.protected
         live: set[tuple[int, int]] = set()
         live_pids: set[int] = set()
         changes: list[Change] = []
@@ -876,8 +883,9 @@ class AgentManager:
 
     # -- views -----------------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:
-        return [a.to_json() for a in sorted(self.agents.values(),
-                                            key=lambda a: (a.agent_id, a.proc.pid))]
+        extras = self.row_extras
+        return [a.to_json() | (extras(a) if extras is not None else {})
+                for a in sorted(self.agents.values(), key=lambda a: (a.agent_id, a.proc.pid))]
 
     def status(self) -> dict[str, Any]:
         classes: dict[str, int] = {}

@@ -25,6 +25,7 @@ from typing import Any
 
 from agentlatd.agents import stats
 from agentlatd.agents.tasks import valid_pid
+from agentlatd.model.chain import parse_endpoint
 from agentlatd.policy import LATENCY_CLASSES
 
 VERSION = 1
@@ -48,7 +49,7 @@ RATE_LIMITED = "rate_limited"  # this uid's request rate or in-flight requests: 
 UNAVAILABLE = "unavailable"  # no home CPU, daemon stopping, ...
 INTERNAL = "internal"  # a bug in agentlatd: logged with a traceback
 
-OPS = ("register", "unregister", "step", "agents", "status", "ping")
+OPS = ("register", "unregister", "step", "agents", "status", "ping", "chain")
 
 
 class ProtocolError(Exception):
@@ -95,7 +96,27 @@ class Query:
     op: str  # "agents" | "status" | "ping"
 
 
-Request = Register | Unregister | Step | Query
+@dataclass(frozen=True, slots=True)
+class ChainMember:
+    """A process an agent waits on, as the agent names it: a process or a local
+    address:port some process is bound to (docs/protocol.md, "Chains")."""
+
+    pid: int | None = None
+    starttime: int | None = None
+    proto: str | None = None  # "udp" | "tcp" with address
+    address: str | None = None  # "10.0.0.2:7777", "[fd00::2]:7777"
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """Declare the members of a registered agent's chain (replaces the previous list)."""
+
+    pid: int | None
+    agent_id: str | None
+    members: tuple[ChainMember, ...]
+
+
+Request = Register | Unregister | Step | Query | Chain
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +263,41 @@ def _step(obj: Mapping[str, Any]) -> Step:
                 hist=hist, sum_ns=sum_ns, max_ns=max_seen, dropped=dropped)
 
 
+MAX_CHAIN = 64  # members one agent may declare
+
+
+def _chain(obj: Mapping[str, Any]) -> Chain:
+    raw = obj.get("members")
+    if not isinstance(raw, list) or len(raw) > MAX_CHAIN:
+        raise ProtocolError(BAD_REQUEST, f"field 'members' must be a list of at most {MAX_CHAIN} "
+                                         "members")
+    out: list[ChainMember] = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict) or not ("pid" in m) ^ ("address" in m) \
+                or set(m) - {"pid", "starttime", "address", "proto"}:
+            raise ProtocolError(BAD_REQUEST, f"members[{i}] must be {{\"pid\": N[, \"starttime\": "
+                                             "S]} or {\"address\": \"ADDR:PORT\", \"proto\": "
+                                             "\"udp\"|\"tcp\"}")
+        if "pid" in m:
+            pid = valid_pid(m["pid"])
+            if pid is None:
+                raise ProtocolError(BAD_REQUEST, f"members[{i}].pid must be a positive integer "
+                                                 "process id")
+            out.append(ChainMember(pid=pid, starttime=_int(m, "starttime", 0, 1 << 62)))
+            continue
+        addr, proto = m.get("address"), m.get("proto", "udp")
+        if proto not in ("udp", "tcp") or not isinstance(addr, str) or len(addr) > 64:
+            raise ProtocolError(BAD_REQUEST, f"members[{i}] needs \"address\": \"ADDR:PORT\" and "
+                                             "\"proto\": \"udp\" or \"tcp\"")
+        try:
+            parse_endpoint(addr)
+        except ValueError as e:
+            raise ProtocolError(BAD_REQUEST, f"members[{i}].address: {e}") from None
+        out.append(ChainMember(proto=proto, address=addr))
+    return Chain(pid=_pid(obj), agent_id=_name(obj, "agent_id", required=False),
+                 members=tuple(out))
+
+
 def decode(line: bytes) -> Envelope:
     """One request line -> Envelope; ProtocolError (with the id when known) otherwise."""
     if len(line) > MAX_LINE:
@@ -279,6 +335,8 @@ def decode(line: bytes) -> Envelope:
             req = Unregister(pid=_pid(obj), agent_id=_name(obj, "agent_id", required=False))
         elif op == "step":
             req = _step(obj)
+        elif op == "chain":
+            req = _chain(obj)
         else:
             req = Query(op)
     except ProtocolError as e:

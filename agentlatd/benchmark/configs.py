@@ -18,6 +18,24 @@
      agent links): each reply is queued on the completion CPU's backlog behind
      the flood. Not in the default set (--configs Q,A,B,D,E).
 The note's experiment C (observability only) is `agentlatd trace`.
+
+The same four with the C agent's tool server NOT a thread of the agent
+process (the agent's own tool-server thread shares its pinning; a real tool
+server does not):
+  QS AS BS DS  the tool server is its own process (`probe serve`) in its own
+               network namespace, across the veth, as local MCP servers,
+               vector databases and embedding servers run. BS pins the agent
+               AND the tool server on the agent CPU (hand tuning); DS
+               registers only the agents: agentlatd must find the tool server
+               as the agent's chain (agents/chain.py) -- before chains it
+               pushed it to the completion CPU with exclusivity.
+  QC AC BC DC  the tool server is a child process the agent talks to over
+               pipes (a stdio MCP server); the request/reply stage is the
+               pipe round trip.
+In DS/DC the Python agent's tool server is not registered either (in D it is).
+  NS NC        DS/DC with tuning.chains = false: agentlatd before chains (the
+               tool server is not found; exclusivity moves it). Not in the
+               default set.
 """
 
 from __future__ import annotations
@@ -35,6 +53,8 @@ class Config:
     daemon: bool  # agentlatd runs and the agents register
     description: str
     agent_links: str = "home"  # D/E: the policy's tuning.agent_links
+    tool: str = "thread"  # the C agent's tool server: "thread" | "process" | "pipe"
+    chains: bool = True  # D..: the policy's tuning.chains
 
 
 CONFIGS: dict[str, Config] = {
@@ -53,8 +73,25 @@ CONFIGS: dict[str, Config] = {
                             "is steered to the completion CPU too"),
 }
 
+_TOOLS = {"S": ("process", "tool server its own process in its own namespace"),
+          "C": ("pipe", "tool server a child process over pipes")}
+for _suffix, (_tool, _what) in _TOOLS.items():
+    for _k in ("Q", "A", "B", "D"):
+        _c = CONFIGS[_k]
+        CONFIGS[_k + _suffix] = Config(
+            _k + _suffix, f"{_c.title}, {_what}", noise=_c.noise,
+            flood_rps_on_agent_cpu=_c.flood_rps_on_agent_cpu, pin=_c.pin, daemon=_c.daemon,
+            description=f"{_c.description}; {_what}", agent_links=_c.agent_links, tool=_tool)
+
+    # agentlatd as it was before chains: the tool server is not found, and the
+    # agent's exclusive home CPU pushes it to the completion CPU (the bug)
+    CONFIGS["N" + _suffix] = Config(
+        "N" + _suffix, f"agentlatd without chains, {_what}", noise=True,
+        flood_rps_on_agent_cpu=True, pin=False, daemon=True,
+        description=f"as D{_suffix} with tuning.chains = false; {_what}", tool=_tool, chains=False)
+
 ORDER = ("Q", "A", "B", "D")  # the default set
-ALL = ("Q", "A", "B", "D", "E")
+ALL = ("Q", "A", "B", "D", "E", "QS", "AS", "BS", "DS", "NS", "QC", "AC", "BC", "DC", "NC")
 
 
 def schedule(keys: tuple[str, ...], runs: int) -> list[tuple[str, int]]:

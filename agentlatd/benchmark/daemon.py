@@ -47,25 +47,31 @@ class DaemonUnavailable(AgentlatdError):
     """agentlatd could not be started or would not register an agent."""
 
 
-def policy_text(net: netns.BenchNet, agent_links: str = "home") -> str:
+def policy_text(net: netns.BenchNet, agent_links: str = "home", chains: bool = True) -> str:
     """The default policy, narrowed to the bench's own veths; E also sets
-    tuning.agent_links (configs.py)."""
+    tuning.agent_links, NS/NC tuning.chains (configs.py)."""
     text = (
         "# agentlatd bench, configurations D/E: the default policy except these keys\n"
         "[devices]\n"
         f"include = [{', '.join(json.dumps(d) for d in net.agent_devices)}]\n"
     )
+    tuning = []
     if agent_links != "home":
-        text += f"[tuning]\nagent_links = {json.dumps(agent_links)}\n"
+        tuning.append(f"agent_links = {json.dumps(agent_links)}")
+    if not chains:
+        tuning.append("chains = false")
+    if tuning:
+        text += "[tuning]\n" + "".join(t + "\n" for t in tuning)
     return text
 
 
 class BenchDaemon:
     def __init__(self, net: netns.BenchNet, workdir: str, *, log: Any, scope: str = "bench",
-                 agent_links: str = "home") -> None:
+                 agent_links: str = "home", chains: bool = True) -> None:
         self.net = net
         self.scope = scope
         self.agent_links = agent_links
+        self.chains = chains
         self.state_dir = os.path.join(workdir, f"state-{time.monotonic_ns()}")
         self.socket = os.path.join(self.state_dir, "agentlatd.sock")
         self.policy = os.path.join(workdir, "bench-policy.toml")
@@ -87,7 +93,7 @@ class BenchDaemon:
     def start(self) -> dict[str, Any]:
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         with open(self.policy, "w") as f:
-            f.write(policy_text(self.net, self.agent_links))
+            f.write(policy_text(self.net, self.agent_links, self.chains))
         argv = [*netns.ns_exec(self.net.ns_agent), sys.executable, "-m", "agentlatd", "run",
                 "--config", self.policy, "--state-dir", self.state_dir, "--socket", self.socket]
         if self.scope == "bench":
@@ -110,7 +116,7 @@ class BenchDaemon:
                     # ready: the first tuner tick has applied the plan
                     if isinstance(st, dict) and st.get("ready"):
                         return {"pid": self.proc.pid, "argv": argv, "status": st,
-                                "policy": policy_text(self.net, self.agent_links)}
+                                "policy": policy_text(self.net, self.agent_links, self.chains)}
                 except (OSError, AgentlatdError, ValueError):
                     if self._client is not None:
                         self._client.close()
@@ -156,21 +162,35 @@ class BenchDaemon:
                     except (ProcessLookupError, ValueError):
                         pass
             link = True
+            st = self.status()
             if self.agent_links == "home":
-                st = self.status()
                 links = st.get("agent_links", []) if isinstance(st, dict) else []
                 link = any(lk.get("device") == self.net.dev_agent and lk.get("mode") == "local"
                            for lk in links if isinstance(lk, dict))
+            # the interactive class's home CPU turns exclusive after the agent's
+            # first chain scan and one latency window (agents/chain.py)
+            excl = bool(st.get("exclusive_cpus")) if isinstance(st, dict) else True
             rps = netns.sysfs_read(self.net.ns_agent, [rps_rel, agent_rel])
-            seen = {"pinned": pinned, "agent_link": link,
+            seen = {"pinned": pinned, "agent_link": link, "exclusive": excl,
                     "flood_rps_cpus": rps[rps_rel], "agent_rps_cpus": rps[agent_rel],
                     "flood_rps_list": CpuSet.parse_mask(rps[rps_rel]).to_list() if rps[rps_rel] else "",
                     "agent_rps_list": CpuSet.parse_mask(rps[agent_rel]).to_list() if rps[agent_rel] else ""}
-            if (pinned and link) or time.monotonic() - t0 > SETTLE_TIMEOUT:
+            if (pinned and link and excl) or time.monotonic() - t0 > SETTLE_TIMEOUT:
                 break
             time.sleep(0.1)
         seen["after_s"] = round(time.monotonic() - t0, 3)
         return seen
+
+    def agents(self) -> Any:
+        """`agents --json` (with each agent's chain and guard)."""
+        if self._client is None:
+            return None
+        from agentlatd.client import ClientError
+
+        try:
+            return _jsonable(self._client.request("agents"))
+        except (OSError, ClientError, ValueError) as e:
+            return {"error": str(e)}
 
     def status(self) -> Any:
         if self._client is None:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from agentlatd.agents.tasks import descendants
 from agentlatd.benchmark import netns
 from agentlatd.benchmark.configs import CONFIGS, Config, schedule
 from agentlatd.benchmark.daemon import BenchDaemon, DaemonUnavailable
@@ -326,20 +327,21 @@ class Bench:
         return notes
 
     # -- one run -----------------------------------------------------------
-    def _agent_argv(self, out: str) -> list[str]:
+    def _agent_argv(self, out: str, tool: str = "thread") -> list[str]:
         assert self.net is not None
         n = self.net
         return [self.probe, "agent", "--tool-ns", n.ns_path(n.ns_tool), "--agent-ns", n.ns_path(n.ns_agent),
                 "--dst", n.tool_ip, "--bind", n.agent_ip, "--port", str(TOOL_PORT),
                 "--file", os.path.join(self.workdir, "read.dat"), "--steps", "10000000",
                 "--seconds", f"{self.s.seconds:.3f}", "--out", out,
-                "--think-ns", str(self.s.think_ns), "--timer-ns", str(self.s.timer_ns)]
+                "--think-ns", str(self.s.think_ns), "--timer-ns", str(self.s.timer_ns),
+                "--server", "1" if tool == "thread" else "0", "--pipe", "1" if tool == "pipe" else "0"]
 
-    def _serve_argv(self, seconds: float) -> list[str]:
+    def _serve_argv(self, seconds: float, port: int = PY_TOOL_PORT) -> list[str]:
         assert self.net is not None
         n = self.net
         return [self.probe, "serve", "--tool-ns", n.ns_path(n.ns_tool), "--dst", n.tool_ip,
-                "--port", str(PY_TOOL_PORT), "--think-ns", str(self.s.think_ns),
+                "--port", str(port), "--think-ns", str(self.s.think_ns),
                 "--seconds", f"{seconds:.3f}"]
 
     def _pyagent_argv(self, out: str, socket: str | None) -> list[str]:
@@ -374,31 +376,43 @@ class Bench:
         if cfg.daemon:
             t0 = time.monotonic()
             self.daemon = BenchDaemon(n, self.workdir, log=self.log, scope=self.s.exclusive_scope,
-                                      agent_links=cfg.agent_links)
+                                      agent_links=cfg.agent_links, chains=cfg.chains)
             run["agentlatd"] = {"start": self.daemon.start(), "start_s": round(time.monotonic() - t0, 3)}
         if cfg.noise:
             self.noise = Noise(self.probe, n, self.s.noise, self.workdir, total_s)
             self.noise.start()
-        agent = ProbeProc(self._agent_argv(c_out), name="agent")
+        # the C agent's own tool server, when it is a separate process: started
+        # first, so that the agent's connect() names a bound socket
+        tool = (ProbeProc(self._serve_argv(total_s, TOOL_PORT), name="c-tool-server")
+                if cfg.tool == "process" else None)
+        agent = ProbeProc(self._agent_argv(c_out, cfg.tool), name="agent")
         serve = ProbeProc(self._serve_argv(total_s), name="tool-server")
         pyag = ProbeProc(self._pyagent_argv(py_out, self.daemon.socket if self.daemon else None),
                          name="py-agent")
-        self.procs = [agent, serve, pyag]
+        self.procs = ([tool] if tool is not None else []) + [agent, serve, pyag]
         for p in self.procs:
             p.start(timeout=15)
+        # the pipe child (QC..DC) was forked by the agent before it said ready
+        kids = descendants(self.root, agent.pid, 8)
 
         # 2. placement
         if cfg.pin:
-            for p in self.procs:
-                _pin(self.root, p.pid, host.agent_cpu)
+            for pid in [p.pid for p in self.procs] + kids:
+                _pin(self.root, pid, host.agent_cpu)
             if self.noise is not None:
                 for np_ in self.noise.procs():
                     _pin(self.root, np_.pid, host.completion_cpu)
         if cfg.daemon:
-            run["agentlatd"].update(self._register(agent, serve, pyag))
+            # D registers the Python agent's tool server too (as before chains);
+            # DS/DC register only the agents: their tool servers must be found
+            members = ([p.pid for p in self.procs if p is tool or p is serve] + kids
+                       if cfg.chains else [])
+            run["agentlatd"].update(self._register(agent, serve, pyag, register_serve=cfg.tool == "thread",
+                                                   members=members))
         run["rps_cpus"] = netns.sysfs_read(n.ns_agent, [netns.rps_path(n.dev_agent),
                                                         netns.rps_path(n.dev_flood_rx)])
         run["affinity"] = {p.name: _affinity(self.root, p.pid) for p in self.procs}
+        run["affinity"].update({f"pipe-child-{k}": _affinity(self.root, k) for k in kids})
         if self.noise is not None:
             run["affinity"].update({p.name: _affinity(self.root, p.pid) for p in self.noise.procs()})
 
@@ -419,6 +433,8 @@ class Bench:
         pyag.go()
         pyres = pyag.finish(timeout=self.s.py_seconds + 20)
         serve.stop()
+        if tool is not None:
+            tool.stop()
         noise = self.noise.stop() if self.noise is not None else NoiseResult()
         self.noise = None
         self.procs = []
@@ -445,15 +461,20 @@ class Bench:
         run["notes"] = notes
         return run
 
-    def _register(self, agent: ProbeProc, serve: ProbeProc, pyag: ProbeProc) -> dict[str, Any]:
-        """Register the C agent and the tool server by pid (the Python agent
-        registered itself through agentlatd.client.Client); wait until pinned."""
+    def _register(self, agent: ProbeProc, serve: ProbeProc, pyag: ProbeProc, *,
+                  register_serve: bool = True, members: list[int] | None = None) -> dict[str, Any]:
+        """Register the C agent (and in D the tool server) by pid (the Python
+        agent registered itself through agentlatd.client.Client); wait until
+        every thread of them and of the chain members agentlatd must find is
+        pinned."""
         assert self.daemon is not None
         info: dict[str, Any] = {"registered": {}}
-        for p in (agent, serve):
+        for p in (agent, serve) if register_serve else (agent,):
             info["registered"][p.name] = self.daemon.register(p.pid, f"bench-{p.name}-{p.pid}")
-        info["settle"] = self.daemon.settle([agent.pid, serve.pid, pyag.pid], self.root)
+        pids = [agent.pid, pyag.pid, *([serve.pid] if register_serve else []), *(members or [])]
+        info["settle"] = self.daemon.settle(sorted(set(pids)), self.root)
         info["status"] = self.daemon.status()
+        info["agents"] = self.daemon.agents()
         return info
 
     # -- the whole bench ---------------------------------------------------

@@ -12,6 +12,11 @@
  *             "ready <pid>" once both threads exist, waits for "go" on stdin,
  *             then writes one line per step to --out:
  *             "<net_ns> <disk_ns> <timer_ns> <total_ns>".
+ *             --server 0: no tool-server thread; --dst/--port name a tool
+ *             server that is its own process (`serve`, in its own namespace).
+ *             --pipe 1: the tool server is a child process the agent forks and
+ *             talks to over two pipes (a stdio MCP server); the request/reply
+ *             stage is that round trip.
  *   serve     the tool server thread alone (for the Python agent path).
  *   flood     paced UDP sender (sendmmsg batches), --pps for --seconds, at
  *             most --max-packets; prints "sent <n> <seconds>".
@@ -41,6 +46,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -117,7 +123,7 @@ static void ring_step(uint64_t step, uint32_t tid, uint64_t start, uint64_t end,
 static const char *o_ns, *o_tool_ns, *o_agent_ns, *o_dst, *o_bind, *o_file, *o_out;
 static long o_port = 0, o_steps = 1000, o_think_ns = 20000, o_timer_ns = 50000;
 static long o_pps = 100000, o_max_packets = 100000000, o_size = 64, o_mbps = 32;
-static long o_file_mb = 64, o_ring = 0;
+static long o_file_mb = 64, o_ring = 0, o_server = 1, o_pipe = 0;
 static double o_seconds = 5.0;
 
 static void parse(int argc, char **argv) {
@@ -140,6 +146,8 @@ static void parse(int argc, char **argv) {
         else if (!strcmp(k, "--mbps")) o_mbps = atol(v);
         else if (!strcmp(k, "--file-mb")) o_file_mb = atol(v);
         else if (!strcmp(k, "--ring")) o_ring = atol(v);
+        else if (!strcmp(k, "--server")) o_server = atol(v);
+        else if (!strcmp(k, "--pipe")) o_pipe = atol(v);
         else if (!strcmp(k, "--seconds")) o_seconds = atof(v);
         else { fprintf(stderr, "probe: unknown option %s\n", k); exit(2); }
     }
@@ -238,11 +246,41 @@ static int mode_serve(void) {
     return 0;
 }
 
+/* ------------------------------------------------------------ pipe tool */
+
+/* The tool server as a child over pipes: read a request, think, write it back;
+ * exits at EOF (the agent closed its end) or on a short read. */
+static pid_t start_pipe_child(int *to_child, int *from_child) {
+    int req[2], rep[2];
+    if (pipe2(req, O_CLOEXEC) < 0 || pipe2(rep, O_CLOEXEC) < 0) die("pipe2");
+    pid_t pid = fork();
+    if (pid < 0) die("fork");
+    if (pid == 0) {
+        char buf[REQ_SIZE];
+        close(req[1]);
+        close(rep[0]);
+        for (;;) {
+            ssize_t n = read(req[0], buf, sizeof buf);
+            if (n <= 0) {
+                if (n < 0 && errno == EINTR && !stop_flag) continue;
+                _exit(0);
+            }
+            spin_ns(o_think_ns);
+            if (write(rep[1], buf, (size_t)n) != n) _exit(0);
+        }
+    }
+    close(req[0]);
+    close(rep[1]);
+    *to_child = req[1];
+    *from_child = rep[0];
+    return pid;
+}
+
 /* ------------------------------------------------------------ agent loop */
 
 static int mode_agent(void) {
     pthread_t th;
-    struct sockaddr_in dst = addr_of(o_dst, o_port), src = addr_of(o_bind, 0);
+    struct sockaddr_in dst, src;
     struct timeval tv = {1, 0};
     int c, fd;
     void *blk;
@@ -252,12 +290,21 @@ static int mode_agent(void) {
     long n = 0;
     unsigned seed = (unsigned)getpid();
 
-    start_server(&th);
-    c = socket_in(o_agent_ns);
-    if (bind(c, (struct sockaddr *)&src, sizeof src) < 0) die("bind agent");
-    if (connect(c, (struct sockaddr *)&dst, sizeof dst) < 0) die("connect");
-    /* a lost reply must not hang the loop: 1 s, then the step counts as lost */
-    setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    int to_child = -1, from_child = -1;
+    pid_t child = -1;
+    if (o_pipe) {
+        child = start_pipe_child(&to_child, &from_child);
+        c = -1;
+    } else {
+        dst = addr_of(o_dst, o_port);
+        src = addr_of(o_bind, 0);
+        if (o_server) start_server(&th);
+        c = socket_in(o_agent_ns);
+        if (bind(c, (struct sockaddr *)&src, sizeof src) < 0) die("bind agent");
+        if (connect(c, (struct sockaddr *)&dst, sizeof dst) < 0) die("connect");
+        /* a lost reply must not hang the loop: 1 s, then the step counts as lost */
+        setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    }
     fd = open(o_file, O_RDONLY | O_DIRECT | O_CLOEXEC);
     if (fd < 0) die("open O_DIRECT");
     if (fstat(fd, &st) < 0) die("fstat");
@@ -277,13 +324,23 @@ static int mode_agent(void) {
     while (n < o_steps && !stop_flag && elapsed_s(t_start) < o_seconds) {
         uint64_t t0 = now_ns();
         memcpy(req, &n, sizeof n);
-        if (send(c, req, sizeof req, 0) < 0) die("send");
         ssize_t r;
-        for (;;) { /* skip a late reply to an earlier, timed-out step */
-            r = recv(c, rep, sizeof rep, 0);
-            if (r < 0 || (r >= (ssize_t)sizeof n && !memcmp(rep, &n, sizeof n))) break;
+        if (o_pipe) {
+            if (write(to_child, req, sizeof req) != (ssize_t)sizeof req) die("write pipe");
+            size_t got = 0;
+            while (got < sizeof req) {
+                r = read(from_child, rep + got, sizeof req - got);
+                if (r <= 0) { if (r < 0 && errno == EINTR && !stop_flag) continue; die("read pipe"); }
+                got += (size_t)r;
+            }
+        } else {
+            if (send(c, req, sizeof req, 0) < 0) die("send");
+            for (;;) { /* skip a late reply to an earlier, timed-out step */
+                r = recv(c, rep, sizeof rep, 0);
+                if (r < 0 || (r >= (ssize_t)sizeof n && !memcmp(rep, &n, sizeof n))) break;
+            }
+            if (r < 0) { lost++; if (errno != EAGAIN && errno != EINTR) die("recv"); continue; }
         }
-        if (r < 0) { lost++; if (errno != EAGAIN && errno != EINTR) die("recv"); continue; }
         uint64_t t1 = now_ns();
         off_t off = (off_t)(rand_r(&seed) % (unsigned)nblocks) * BLOCK;
         if (pread(fd, blk, BLOCK, off) != BLOCK) die("pread");
@@ -299,9 +356,15 @@ static int mode_agent(void) {
         n++;
     }
     double secs = elapsed_s(t_start);
-    send(c, "quit", 4, 0);
-    stop_flag = 1;
-    pthread_join(th, NULL);
+    if (o_pipe) {
+        close(to_child);
+        close(from_child);
+        waitpid(child, NULL, 0);
+    } else {
+        if (o_server) send(c, "quit", 4, 0);
+        stop_flag = 1;
+        if (o_server) pthread_join(th, NULL);
+    }
     FILE *out = fopen(o_out, "w");
     if (!out) die("open --out");
     for (long i = 0; i < n; i++)

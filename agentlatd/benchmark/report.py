@@ -24,6 +24,7 @@ from typing import Any
 from agentlatd.benchmark.configs import CONFIGS
 
 TARGET_P999_RATIO = 1.2
+TARGET_CHAIN_RATIO = 1.2  # DS/DC step p999 within this of BS/BC's, and never above AS/AC's
 TARGET_NOISE_SHARE = 0.10
 
 
@@ -92,6 +93,16 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
         targets["noise_D_vs_A"] = {"A_pps": a, "D_pps": d, "loss": round(share, 3),
                                    "target": TARGET_NOISE_SHARE, "met": abs(share) <= TARGET_NOISE_SHARE,
                                    "basis": "median flood packets/s received by the sink"}
+    for sfx in ("S", "C"):
+        d, b, a = (out.get(k + sfx) for k in ("D", "B", "A"))
+        if d and b and a and d["runs"] and b["runs"] and a["runs"]:
+            d999, b999, a999 = (e["c"]["step"]["p999"]["median"] for e in (d, b, a))
+            ratio = d999 / b999 if b999 else 0.0
+            targets[f"p999_D{sfx}_vs_B{sfx}_A{sfx}"] = {
+                "D": d999, "B": b999, "A": a999, "ratio_B": round(ratio, 3),
+                "target": TARGET_CHAIN_RATIO,
+                "met": bool(b999) and ratio <= TARGET_CHAIN_RATIO and d999 <= a999,
+                "basis": "median over runs of each run's step p999 (C agent)"}
     return {"configs": out, "targets": targets}
 
 
@@ -144,6 +155,12 @@ def headline(doc: dict[str, Any]) -> str:
         x = t["noise_D_vs_A"]
         lines.append(f"target noise(D) within 10% of A: {x['D_pps'] / 1e3:.0f}k vs {x['A_pps'] / 1e3:.0f}k "
                      f"pps ({-x['loss'] * 100:+.1f}%): {'met' if x['met'] else 'NOT met'}")
+    for sfx in ("S", "C"):
+        x = t.get(f"p999_D{sfx}_vs_B{sfx}_A{sfx}")
+        if x:
+            lines.append(f"target p999(D{sfx}) <= {x['target']} x p999(B{sfx}) and <= p999(A{sfx}): "
+                         f"{_us(x['D'])} vs {_us(x['B'])} / {_us(x['A'])} us: "
+                         f"{'met' if x['met'] else 'NOT met'}")
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
 

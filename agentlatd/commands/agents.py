@@ -3,11 +3,13 @@
 Text: one line per agent (fits 80 columns) with its lifetime step
 percentiles, under it the same percentiles over the last minute and the last
 ten minutes (a slowdown that started a minute ago barely moves a lifetime
-p99), then the last move and why. --json: {"schema_version": 1, "agents": [...]},
-each agent an object with at least agent_id, pid, latency_class, home_cpu,
-threads, steps, p50_ns, p99_ns, p999_ns, recent ({"1m": {steps, p50_ns, p99_ns,
-p999_ns}, "10m": {...}}), last_move ({at, from_cpu, to_cpu, reason} or null);
-see docs/protocol.md ("agents").
+p99), then the last move and why, the processes it waits on (its chain) and
+the decisions the do-no-harm guard undid. --json: {"schema_version": 1,
+"agents": [...]}, each agent an object with at least agent_id, pid,
+latency_class, home_cpu, threads, steps, p50_ns, p99_ns, p999_ns, recent
+({"1m": {steps, p50_ns, p99_ns, p999_ns}, "10m": {...}}), last_move ({at,
+from_cpu, to_cpu, reason} or null), chain, guard, refused; see
+docs/protocol.md ("agents").
 """
 
 from __future__ import annotations
@@ -86,6 +88,19 @@ def render(rows: list[dict[str, Any]], now: float | None = None) -> str:
         if prob:
             out += textwrap.wrap(f"{r.get('state', '')}: {prob}", WIDTH,
                                  initial_indent="  ", subsequent_indent="    ")
+        for m in r.get("chain") or []:
+            # a process the agent waits on (docs/protocol.md, "Chains")
+            cpus_m = m.get("cpus") or "-"
+            line = (f"chain: pid {m.get('pid')} ({m.get('comm', '')}) CPU {cpus_m} "
+                    f"{m.get('state', '')}, {m.get('via', '')}")
+            if m.get("problem"):
+                line += f": {m['problem']}"
+            out += textwrap.wrap(line, WIDTH, initial_indent="  ", subsequent_indent="    ")
+        decisions = (r.get("guard") or {}).get("decisions") or {}
+        for name in r.get("refused") or []:
+            why = (decisions.get(name) or {}).get("reason", "")
+            out += textwrap.wrap(f"undone, not retried: {name}" + (f": {why}" if why else ""),
+                                 WIDTH, initial_indent="  ", subsequent_indent="    ")
     if any(r.get("cpus") and r.get("home_cpu") is None for r in rows):
         out.append("CPU \"c\" = the completion CPUs (background class)")
     return "\n".join(out) + "\n"

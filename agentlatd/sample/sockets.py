@@ -71,6 +71,7 @@ class Sock:
     remote_port: int
     state: int
     inode: int
+    local_port: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +111,10 @@ def parse_sockets(text: str, proto: str, want: Container[int] | None = None) -> 
         try:
             if want is not None and int(f[9]) not in want:
                 continue
-            lh, _, _lp = f[1].partition(":")
+            lh, _, lp = f[1].partition(":")
             rh, _, rp = f[2].partition(":")
-            out.append(Sock(proto, _addr(lh), _addr(rh), int(rp, 16), int(f[3], 16), int(f[9])))
+            out.append(Sock(proto, _addr(lh), _addr(rh), int(rp, 16), int(f[3], 16), int(f[9]),
+                            int(lp, 16)))
         except ValueError:
             continue
     return out

@@ -85,7 +85,10 @@ def test_settings_validation() -> None:
     for bad in ({"configs": "Q,X"}, {"runs": 0}, {"seconds": 100.0}, {"pps": 0}):
         with pytest.raises(AgentlatdError):
             bench_cmd.settings_from(_args(**bad))
-    assert set(CONFIGS) == {"Q", "A", "B", "D", "E"}
+    assert set(CONFIGS) == {"Q", "A", "B", "D", "E", "QS", "AS", "BS", "DS", "NS",
+                            "QC", "AC", "BC", "DC", "NC"}
+    assert CONFIGS["DS"].tool == "process" and CONFIGS["DC"].tool == "pipe"
+    assert not CONFIGS["NS"].chains and CONFIGS["DS"].chains
 
 
 # ---------------------------------------------------------------------------

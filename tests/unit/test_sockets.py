@@ -112,8 +112,8 @@ def test_tcp_listener_as_printed_on_x86() -> None:
             "98765 1 0000000000000000 20 4 30 10 -1\n")
     s = parse_sockets(text, "tcp")
     assert s == [
-        Sock("tcp", A("0.0.0.0"), A("0.0.0.0"), 0, TCP_LISTEN, 651),
-        Sock("tcp", A("127.0.0.1"), A("127.0.0.1"), 0xD2F0, TCP_ESTABLISHED, 98765),
+        Sock("tcp", A("0.0.0.0"), A("0.0.0.0"), 0, TCP_LISTEN, 651, 2024),
+        Sock("tcp", A("127.0.0.1"), A("127.0.0.1"), 0xD2F0, TCP_ESTABLISHED, 98765, 8080),
     ]
 
 

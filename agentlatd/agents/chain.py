@@ -1,0 +1,773 @@
+"""Completion chains at run time: find the processes each agent waits on, place
+them with it, and undo any decision that made an agent slower.
+
+Two halves, one per daemon thread (model/chain.py and model/harm.py have the
+rules and the why):
+
+  ChainScanner  tuner thread, IO only: every RESCAN_S per agent, at most
+                MAX_SCANS_PER_TICK agents a tick (oldest first), as the agent
+                link scan (agents/links.py). One batch reads the namespace of
+                every process (one readlink each, at most MAX_PIDS), the
+                socket tables and addresses of each distinct network
+                namespace through ONE of its processes (at most
+                MAX_NAMESPACES; TCP tables only where an agent or its TCP
+                peer lives: each costs a walk of the kernel's whole
+                established hash), the agents' fd tables (MAX_FDS each), their
+                children's (MAX_CHILDREN), and resolves a peer socket to the
+                process holding it by reading fd tables -- the peer's own
+                namespace first, at most MAX_FD_READS descriptors a batch, a
+                holder remembered for the next batch. It publishes `found`
+                (agent -> links) by one reference swap.
+  ChainKeeper   main thread, engine lock held, once per agent tick: members =
+                what the scanner found + what the agent declared; each member
+                is authorised, protected from exclusivity, pinned on its
+                agents' home CPUs through the one engine (journaled like an
+                agent's threads), and restored when no agent needs it; and the
+                do-no-harm guard judges the agent's latency windows.
+
+Authorisation: a member is moved for an agent only when the agent was
+registered by an admin (root, daemon.admin_group, an auto_register rule) or
+the member's real AND effective uid are the uid of the peer that registered
+the agent -- the registration rule, applied to what discovery finds and what
+an agent declares, checked again right before each batch of writes. A member
+no agent may move is reported ("unmovable" and why) and left where it is;
+it is still never an exclusivity victim (not moving it is always allowed).
+
+Exclusivity waits for the agent's first chain scan and one latency window:
+a member must never be pushed to the completion CPUs before it is known, and
+the guard needs a "before" to compare with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from agentlatd.agents import tasks
+from agentlatd.agents.autoreg import matches, rule_usable
+from agentlatd.agents.tasks import ProcId, ThreadId
+from agentlatd.cpuset import CpuSet
+from agentlatd.errors import AgentlatdError, KernelError
+from agentlatd.model import harm
+from agentlatd.model.chain import (
+    PeerSocket,
+    PortIndex,
+    bound_to,
+    member_cpus,
+    owner_namespaces,
+    peers_of,
+    pipe_peers,
+    port_index,
+    tcp_namespaces,
+)
+from agentlatd.netlink.unix_diag import unix_peers
+from agentlatd.plan.changes import Change
+from agentlatd.policy import ChainRule
+from agentlatd.sample.chain import (
+    UDP_FILES,
+    FdLinks,
+    NsTable,
+    read_fd_links,
+    read_namespaces,
+    read_net_ns,
+    read_ns_table,
+    read_tcp,
+)
+from agentlatd.sample.sockets import Addr, Sock
+from agentlatd.sysfs.root import Root
+from agentlatd.trace import schedstat
+
+if TYPE_CHECKING:
+    from agentlatd.agents.registry import Agent, AgentManager
+
+log = logging.getLogger("agentlatd.agents")
+
+RESCAN_S = 2.0
+MAX_SCANS_PER_TICK = 200
+MAX_PIDS = 32768
+MAX_NAMESPACES = 256
+MAX_FD_READS = 20000
+MAX_CHILDREN = 64
+MAX_UNIX = 256  # sock_diag lookups per agent and scan (one netlink round trip each)
+MAX_DECLARED = 64  # members an agent may declare
+MAX_GUARD_THREADS = 16  # threads of an agent sampled for run delay (lowest tids: the main thread first)
+WINDOW_S = 1.0  # one latency window of the do-no-harm guard
+MAX_WINDOWS = 32
+
+EXCLUSIVE = "exclusive"
+
+
+# ---------------------------------------------------------------------------
+# discovery (tuner thread)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainAgent:
+    """An agent as the scanner sees it (published by the main thread)."""
+
+    proc: ProcId
+    addrs: tuple[tuple[str, Addr, int], ...] = ()  # declared (proto, address, port)
+    agent_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """A process an agent waits on, and how it was found."""
+
+    proc: ProcId
+    via: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScanCost:
+    agents: int = 0
+    namespaces: int = 0
+    fd_reads: int = 0
+    duration_s: float = 0.0
+    truncated: bool = False  # a cap was hit: some peers may be missing
+
+
+class ChainScanner:
+    def __init__(self) -> None:
+        self.found: Mapping[ProcId, tuple[Link, ...]] = {}  # replaced whole
+        self.scanned: dict[ProcId, float] = {}
+        self.holders: dict[tuple[int, int], ProcId] = {}  # (ns, socket inode) -> holder
+        self.cost = ScanCost()
+        self.self_pid = os.getpid()
+        self.own_ns: int | None = None
+        self.unix_ok = True
+        self.rule_seen: dict[ProcId, tuple[str, tuple[int, ...]]] = {}  # proc -> (comm, rules)
+        self.used: set[tuple[int, int]] = set()  # holder keys looked up in the last batch
+
+    def update(self, root: Root, agents: Iterable[ChainAgent], now: float | None = None,
+               rules: Sequence[ChainRule] = ()) -> None:
+        now = time.monotonic() if now is None else now
+        t0 = time.perf_counter()
+        by_proc = {a.proc: a for a in agents}
+        for gone in set(self.scanned) - set(by_proc):
+            del self.scanned[gone]
+        due = sorted((self.scanned.get(p, -1.0), p.pid, p) for p in by_proc
+                     if now - self.scanned.get(p, -RESCAN_S - 1.0) >= RESCAN_S)
+        found = {p: v for p, v in self.found.items() if p in by_proc}
+        if not due:
+            if len(found) != len(self.found):
+                self.found = found
+            return
+        pids = tasks.list_pids(root)
+        truncated = len(pids) > MAX_PIDS
+        ns_of = read_namespaces(root, pids[:MAX_PIDS])
+        by_ns: dict[int, list[int]] = {}
+        for pid, ns in ns_of.items():
+            by_ns.setdefault(ns, []).append(pid)
+        if len(by_ns) > MAX_NAMESPACES:
+            truncated = True
+        # UDP tables and addresses of every namespace (cheap); TCP tables (a walk
+        # of the whole established hash each, sample/chain.py) of the agents' own
+        # namespaces, then of the namespaces their TCP peers' addresses belong to
+        todo = due[:MAX_SCANS_PER_TICK]
+        # over the cap, the agents' own namespaces first
+        theirs = {ns_of[p.pid] for _, _, p in todo if p.pid in ns_of}
+        base = {ns: read_ns_table(root, ns, min(ps), files=UDP_FILES)
+                for ns, ps in sorted(by_ns.items(), key=lambda kv: (kv[0] not in theirs,
+                                                                    min(kv[1])))[:MAX_NAMESPACES]}
+        budget = [MAX_FD_READS]
+        fd_cache: dict[int, FdLinks] = {}
+        self.used = set()
+        mine = {p: self._fds(root, p.pid, fd_cache, budget) for _, _, p in todo}
+        tcp_read: set[int] = set()
+
+        def with_tcp(nss: Iterable[int]) -> None:
+            for ns in nss:
+                t = base.get(ns)
+                if t is None or ns in tcp_read:
+                    continue
+                tcp_read.add(ns)
+                base[ns] = replace(t, socks=t.socks + tuple(read_tcp(root, t.reader)))
+
+        with_tcp(theirs)
+        agent_socks = set().union(*(links.sockets for links in mine.values())) if mine else set()
+        with_tcp(tcp_namespaces(agent_socks, base.values()))
+        with_tcp(ns for _, _, p in todo for proto, addr, _port in by_proc[p].addrs
+                 if proto == "tcp" for ns in owner_namespaces(addr, base.values()))
+        tables = list(base.values())
+        index = port_index(tables)
+        by_inode = {s.inode: (t.ns, s) for t in tables for s in t.socks}
+        ruled = self._ruled(root, rules, pids[:MAX_PIDS])
+        for _, _, p in todo:
+            links = self._links(root, by_proc[p], tables, by_ns, fd_cache, budget, index, by_inode)
+            if links is None:
+                continue
+            aid = by_proc[p].agent_id
+            have = {lk.proc for lk in links}
+            for m, idx in ruled.items():
+                i = next((i for i in idx if fnmatch.fnmatchcase(aid, rules[i].agent)), None)
+                if i is not None and m.pid != p.pid and m not in have:
+                    links += (Link(m, f"policy [[chain]] rule {i}"),)
+            found[p] = links
+            self.scanned[p] = now
+        live = {(t.ns, s.inode) for t in tables for s in t.socks}
+        self.holders = {k: v for k, v in self.holders.items() if k in live or k in self.used}
+        self.found = found
+        self.cost = ScanCost(min(len(due), MAX_SCANS_PER_TICK), len(tables),
+                             MAX_FD_READS - budget[0], time.perf_counter() - t0,
+                             truncated or budget[0] <= 0)
+
+    def _ruled(self, root: Root, rules: Sequence[ChainRule],
+               pids: Iterable[int]) -> dict[ProcId, tuple[int, ...]]:
+        """Processes matching [[chain]] rules -> the indexes of the rules they match.
+        A process is examined once per (pid, starttime, comm), as auto_register does."""
+        usable = [(i, r) for i, r in enumerate(rules) if rule_usable(r)]
+        if not usable:
+            self.rule_seen.clear()
+            return {}
+        seen: dict[ProcId, tuple[str, tuple[int, ...]]] = {}
+        for pid in pids:
+            st = tasks.pid_stat(root, pid)
+            if st is None or st.kthread:
+                continue
+            p = ProcId(pid, st.starttime)
+            old = self.rule_seen.get(p)
+            if old is not None and old[0] == st.comm:
+                seen[p] = old
+                continue
+            exe = tasks.read_exe(root, pid) if any(r.exe for _, r in usable) else ""
+            cg = tasks.read_cgroup(root, pid) if any(r.cgroup for _, r in usable) else ""
+            seen[p] = (st.comm, tuple(i for i, r in usable if matches(r, st.comm, exe, cg)))
+        self.rule_seen = seen
+        return {p: idx for p, (_, idx) in seen.items() if idx}
+
+    def _fds(self, root: Root, pid: int, cache: dict[int, FdLinks], budget: list[int]) -> FdLinks:
+        got = cache.get(pid)
+        if got is None:
+            got = read_fd_links(root, pid)
+            budget[0] -= got.looked
+            cache[pid] = got
+        return got
+
+    def _links(self, root: Root, a: ChainAgent, tables: list[NsTable], by_ns: Mapping[int, list[int]],
+               cache: dict[int, FdLinks], budget: list[int], index: PortIndex,
+               by_inode: Mapping[int, tuple[int, Sock]]) -> tuple[Link, ...] | None:
+        mine = self._fds(root, a.proc.pid, cache, budget)
+        if not tasks.alive(root, a.proc):
+            return None
+        own = [by_inode[i] for i in mine.sockets if i in by_inode]
+        peers: list[PeerSocket] = peers_of(own, mine.sockets, index)
+        for proto, addr, port in a.addrs:
+            peers += bound_to(proto, addr, port, tables)
+        peers += self._unix(root, frozenset(i for i in mine.sockets if i not in by_inode))
+        members: dict[ProcId, str] = {}
+        for peer in peers:
+            holder = self._holder(root, peer, by_ns, cache, budget)
+            if holder is None or holder.pid in (a.proc.pid, self.self_pid):
+                continue
+            members.setdefault(holder, f"{peer.via} (net ns {peer.ns})")
+        kids = tasks.descendants(root, a.proc.pid, MAX_CHILDREN)
+        if mine.pipes and kids:
+            child_pipes = {k: self._fds(root, k, cache, budget).pipes for k in kids}
+            for k, ino in pipe_peers(mine.pipes, child_pipes).items():
+                st = tasks.starttime_of(root, k)
+                if st is not None:
+                    members.setdefault(ProcId(k, st), f"pipe:[{ino}] (child process)")
+        return tuple(Link(p, via) for p, via in sorted(members.items(), key=lambda kv: kv[0].pid))
+
+    def _unix(self, root: Root, inodes: frozenset[int]) -> list[PeerSocket]:
+        """Peers of the agent's Unix sockets (the sockets no TCP/UDP table holds),
+        through sock_diag in agentlatd's own namespace (netlink/unix_diag.py);
+        at most MAX_UNIX lookups per agent."""
+        if not root.is_host or not self.unix_ok:
+            return []
+        cand = sorted(inodes)[:MAX_UNIX]
+        if not cand:
+            return []
+        try:
+            found = unix_peers(cand)
+        except OSError as e:
+            self.unix_ok = False  # no CONFIG_UNIX_DIAG: said once, not retried
+            log.warning("Unix socket peers cannot be found (sock_diag: %s); declare them", e)
+            return []
+        if self.own_ns is None:
+            self.own_ns = read_net_ns(root, self.self_pid) or 0
+        peers = {u.peer for u in found.values() if u.peer is not None}
+        # the name is the server's: an accepted socket carries its listener's path
+        names = unix_peers(sorted(peers)) if peers else {}
+        out: list[PeerSocket] = []
+        for u in found.values():
+            if u.peer is not None:
+                srv = names.get(u.peer)
+                name = (srv.name if srv is not None else "") or u.name or "socket"
+                out.append(PeerSocket(self.own_ns, u.peer, f"unix {name}"))
+        return out
+
+    def _holder(self, root: Root, peer: PeerSocket, by_ns: Mapping[int, list[int]],
+                cache: dict[int, FdLinks], budget: list[int]) -> ProcId | None:
+        key = (peer.ns, peer.inode)
+        self.used.add(key)
+        known = self.holders.get(key)
+        if known is not None and tasks.alive(root, known) \
+                and peer.inode in self._fds(root, known.pid, cache, budget).sockets:
+            return known
+        # the namespace's own processes first: a socket is usually held by a
+        # process of the namespace it was created in
+        near = by_ns.get(peer.ns, [])
+        rest = (p for ns, ps in by_ns.items() if ns != peer.ns for p in ps)
+        for pid in [*near, *rest]:
+            if budget[0] <= 0:
+                return None
+            if peer.inode in self._fds(root, pid, cache, budget).sockets:
+                st = tasks.starttime_of(root, pid)
+                if st is None:
+                    return None
+                self.holders[key] = ProcId(pid, st)
+                return self.holders[key]
+        return None
+
+
+# ---------------------------------------------------------------------------
+# placement and the guard (main thread, engine lock held)
+
+
+@dataclass(slots=True)
+class Member:
+    proc: ProcId
+    agents: dict[ProcId, str] = field(default_factory=dict)  # agent -> how it was found
+    cpus: CpuSet | None = None  # the affinity written (None: not placed)
+    orig: str | None = None  # its main thread's affinity when first seen
+    threads: set[int] = field(default_factory=set)
+    state: str = "pending"  # placed | partial | unmovable | failed
+    problem: str = ""
+    comm: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pid": self.proc.pid, "starttime": self.proc.starttime, "comm": self.comm,
+                "cpus": self.cpus.to_list() if self.cpus is not None else None,
+                "threads": len(self.threads), "state": self.state, "problem": self.problem}
+
+
+@dataclass(slots=True)
+class Guard:
+    """One agent's latency windows and the decisions being judged."""
+
+    start: float
+    hist_prev: dict[int, int] = field(default_factory=dict)
+    sched_prev: dict[int, tuple[int, int]] = field(default_factory=dict)
+    windows: list[harm.Window] = field(default_factory=list)
+    closed: int = 0  # windows closed in all (windows keeps the last MAX_WINDOWS)
+    decisions: dict[str, int] = field(default_factory=dict)  # name -> `closed` when it took effect
+    verdicts: dict[str, harm.Verdict] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        last = self.windows[-1] if self.windows else None
+        return {"source": last.source if last else None,
+                "last_window_ns": last.value_ns if last else None,
+                "windows": self.closed,
+                "decisions": {k: {"action": v.action, "reason": v.reason}
+                              for k, v in sorted(self.verdicts.items())},
+                "judging": sorted(k for k in self.decisions if k not in self.verdicts)}
+
+
+@dataclass(frozen=True, slots=True)
+class Declared:
+    procs: tuple[ProcId, ...] = ()
+    addrs: tuple[tuple[str, Addr, int], ...] = ()
+
+
+def _member_key(p: ProcId) -> str:
+    return f"member:{p}"
+
+
+class ChainKeeper:
+    def __init__(self, manager: AgentManager, scanner: ChainScanner,
+                 clock: Any = time.monotonic) -> None:
+        self.m = manager
+        self.applier = manager.applier
+        self.root = manager.root
+        self.scanner = scanner
+        self.clock = clock
+        self.members: dict[ProcId, Member] = {}
+        self.owners: dict[ProcId, int | None] = {}  # agent -> uid of the non-admin registrar
+        self.declared: dict[ProcId, Declared] = {}
+        self.refused: dict[ProcId, set[str]] = {}  # agent -> decisions never retried
+        self.guards: dict[ProcId, Guard] = {}
+        self.undone: dict[str, int] = {}  # decision kind -> times undone (metric)
+        self.published: tuple[ChainAgent, ...] = ()
+        self.known: set[ProcId] = set()  # agents whose first scan's members were placed
+        manager.protected = set()
+        manager.excl_gate = self.allow_exclusive
+        manager.row_extras = self.row
+
+    # -- inputs from the daemon --------------------------------------------
+    def set_owner(self, p: ProcId, uid: int | None) -> None:
+        """Who registered agent `p`: None = an admin (or a policy rule), else that uid."""
+        self.owners[p] = uid
+
+    def declare(self, p: ProcId, decl: Declared) -> None:
+        if decl.procs or decl.addrs:
+            self.declared[p] = decl
+        else:
+            self.declared.pop(p, None)
+        self.publish()
+
+    def may_move(self, agent: ProcId, member_pid: int) -> str:
+        """"" when `agent`'s registrar may have `member_pid` moved, else why not."""
+        owner = self.owners.get(agent, -1)
+        if owner is None:
+            return ""
+        if owner == -1:
+            a = self.m.agents.get(agent)
+            owner = a.uid if a is not None else -1
+        uids = tasks.uids_of(self.root, member_pid)
+        if uids is None:
+            return f"process {member_pid} has exited"
+        if uids == (owner, owner):
+            return ""
+        return (f"runs as uid {uids[0] if uids[0] != owner else uids[1]}; the agent was "
+                f"registered by uid {owner}, which may have only its own processes moved")
+
+    def publish(self) -> tuple[ChainAgent, ...]:
+        """The agents for the scanner (pinned ones with a home CPU), one tuple swap."""
+        if not self.m.policy.tuning.chains:
+            self.published = ()
+            return ()
+        self.published = tuple(
+            ChainAgent(a.proc, self.declared.get(a.proc, Declared()).addrs, a.agent_id)
+            for a in self.m.agents.values() if self._pinned(a))
+        return self.published
+
+    def _pinned(self, a: Agent) -> bool:
+        return (a.home_cpu is not None and a.state in ("placed", "partial")
+                and self.m.policy.classes[a.latency_class].pin)
+
+    # -- gates and views (called by the registry) ---------------------------
+    def allow_exclusive(self, a: Agent) -> bool:
+        if EXCLUSIVE in self.refused.get(a.proc, ()):
+            return False
+        g = self.guards.get(a.proc)
+        if not self.m.policy.tuning.chains:
+            return g is not None and g.closed >= 1  # no scan to wait for; the guard's baseline
+        # `known`: the keeper has placed (and protected) what the first scan found;
+        # the scanner's `found` alone could be newer than the last placement
+        return a.proc in self.known and g is not None and g.closed >= 1
+
+    def row(self, a: Agent) -> dict[str, Any]:
+        g = self.guards.get(a.proc)
+        return {"chain": [dict(m.to_json(), via=m.agents[a.proc])
+                          for m in sorted(self.members.values(), key=lambda m: m.proc.pid)
+                          if a.proc in m.agents],
+                "guard": g.to_json() if g is not None else None,
+                "refused": sorted(self.refused.get(a.proc, ()))}
+
+    def status(self) -> dict[str, Any]:
+        c = self.scanner.cost
+        return {"chain_members": len(self.members),
+                "chain_unmovable": sum(1 for m in self.members.values() if m.state == "unmovable"),
+                "guard_undone": dict(sorted(self.undone.items())),
+                "chain_scan": {"agents": c.agents, "namespaces": c.namespaces,
+                               "fd_reads": c.fd_reads, "ms": round(c.duration_s * 1000, 3),
+                               "truncated": c.truncated}}
+
+    # -- the tick ------------------------------------------------------------
+    def tick(self) -> None:
+        now = self.clock()
+        live = set(self.m.agents)
+        for d in (self.owners, self.declared, self.refused, self.guards):
+            for p in [p for p in d if p not in live]:
+                del d[p]
+        self.known &= live
+        self._windows(now)
+        self._place(self._wanted())
+        self.publish()
+
+    def _wanted(self) -> dict[ProcId, dict[ProcId, str]]:
+        """member -> {agent: how found} for the pinned agents."""
+        found = self.scanner.found
+        want: dict[ProcId, dict[ProcId, str]] = {}
+        if not self.m.policy.tuning.chains:
+            return want
+        for a in self.m.agents.values():
+            if not self._pinned(a):
+                continue
+            if a.proc in found:
+                self.known.add(a.proc)
+            links = list(found.get(a.proc, ()))
+            links += [Link(p, "declared") for p in self.declared.get(a.proc, Declared()).procs]
+            refused = self.refused.get(a.proc, set())
+            for lk in links:
+                if lk.proc.pid in self.m.by_pid or _member_key(lk.proc) in refused:
+                    continue  # a registered agent is placed by its own class
+                want.setdefault(lk.proc, {}).setdefault(a.proc, lk.via)
+        return want
+
+    def _place(self, want: Mapping[ProcId, dict[ProcId, str]]) -> None:
+        for p in [p for p in self.members if p not in want]:
+            gone = self.members.pop(p)
+            if p.pid in self.m.by_pid:
+                # registered as an agent itself: its journal entries (the same
+                # threads, the same originals) are the registry's now
+                self.m.protected.discard(p.pid)
+                log.info("chain member pid %d registered as an agent: placed by its class",
+                         p.pid)
+                continue
+            self._release(gone, "no registered agent waits on it any more")
+        changes: list[Change] = []
+        placing: list[Member] = []
+        skipped_why: dict[ProcId, str] = {}
+        for p, agents in want.items():
+            m = self.members.get(p)
+            if m is None:
+                if not tasks.alive(self.root, p):
+                    continue
+                m = Member(p, comm=tasks.read_comm(self.root, p.pid) or "")
+                moved = self.m.victim_procs.get(p.pid)  # already narrowed by exclusivity
+                with contextlib.suppress(KernelError):
+                    m.orig = (moved or tasks.get_affinity(p.pid)).to_list()
+                self.members[p] = m
+            m.agents = dict(agents)
+            if not tasks.alive(self.root, p):
+                self._gone(self.members.pop(p))
+                continue
+            allowed: list[ProcId] = []
+            why_not: list[str] = []
+            for ap in agents:
+                why = self.may_move(ap, p.pid)
+                if why:
+                    why_not.append(why)
+                else:
+                    allowed.append(ap)
+            cpus = member_cpus((self.m.agents[ap].home_cpu for ap in allowed if ap in self.m.agents),
+                               self.m.layout, self.m.tracker.hot(self.m.policy.heat), self.m.load)
+            if not cpus:
+                if m.cpus is not None:
+                    self._release(m, "no agent it serves may move it")
+                self._unvictim(m)
+                m.state = "unmovable"
+                m.problem = why_not[0] if why_not else "no agent it serves has a home CPU"
+                continue
+            tids = tasks.list_tids(self.root, p.pid)
+            todo = tids if cpus != m.cpus else sorted(set(tids) - m.threads)
+            m.threads = set(tids)
+            # a thread can change credentials on its own (setresuid is per thread
+            # in the kernel): with no admin among the registrars, each thread
+            # written must still be the registrars' uid, right before the batch
+            uids = self._owner_uids(allowed)
+            if uids is not None:
+                skipped = [t for t in todo if self._thread_uids(p.pid, t) not in uids]
+                if skipped:
+                    todo = [t for t in todo if t not in skipped]
+                    skipped_why[p] = (f"thread(s) {', '.join(map(str, skipped[:4]))} run as "
+                                      "another uid than the agent's registrar: left where they are")
+            if not todo:
+                if p in skipped_why and m.cpus is None:
+                    m.state, m.problem = "unmovable", skipped_why[p]
+                continue
+            self._adopt_victims(m, todo, cpus)
+            why = ("chain member of agent(s) "
+                   + ", ".join(repr(self.m.agents[ap].agent_id) for ap in allowed)
+                   + f": runs on their home CPU(s) {cpus}")
+            changes += [Change("task.affinity", ThreadId(p.pid, p.starttime, t).target, "",
+                               cpus.to_list(), why) for t in todo]
+            first = m.cpus is None
+            m.cpus = cpus
+            placing.append(m)
+            if first:
+                for ap in allowed:
+                    g = self.guards.get(ap)
+                    if g is not None:
+                        g.decisions.setdefault(_member_key(p), g.closed)
+        # found means protected, movable or not: never an exclusivity victim
+        self.m.protected = {p.pid for p in self.members}
+        if not changes:
+            return
+        try:
+            results = self.applier.apply(changes)
+        except AgentlatdError as e:
+            log.error("cannot place chain members: %s", e)
+            for m in placing:
+                m.state, m.problem, m.cpus = "failed", str(e), None
+            return
+        bad: dict[int, str] = {}
+        for r in results:
+            if r.status in ("changed", "unchanged", "clamped") or r.errclass == "gone":
+                continue
+            with contextlib.suppress(ValueError):
+                bad.setdefault(ThreadId.parse(r.target).pid, f"{r.target}: {r.message}")
+        for m in placing:
+            if m.proc.pid in bad or m.proc in skipped_why:
+                m.state, m.problem = "partial", bad.get(m.proc.pid) or skipped_why[m.proc]
+                log.warning("chain member pid %d: %s", m.proc.pid, m.problem)
+            else:
+                m.state, m.problem = "placed", ""
+                log.info("chain member pid %d (%s) on CPU(s) %s: %s", m.proc.pid, m.comm,
+                         m.cpus, "; ".join(sorted(set(m.agents.values()))))
+
+    def _owner_uids(self, agents: Iterable[ProcId]) -> set[tuple[int, int]] | None:
+        """(ruid, euid) pairs a member's threads may have to be written for these
+        agents; None when an admin registered one of them (no limit)."""
+        out: set[tuple[int, int]] = set()
+        for ap in agents:
+            owner = self.owners.get(ap, -1)
+            if owner is None:
+                return None
+            if owner == -1:
+                a = self.m.agents.get(ap)
+                if a is None:
+                    continue
+                owner = a.uid
+            out.add((owner, owner))
+        return out
+
+    def _thread_uids(self, pid: int, tid: int) -> tuple[int, int] | None:
+        try:
+            return tasks.parse_status_uids(
+                self.root.read_text(f"proc/{pid}/task/{tid}/status", tasks.CONTEXT))
+        except (KernelError, ValueError):
+            return None
+
+    def _adopt_victims(self, m: Member, tids: Iterable[int], cpus: CpuSet) -> None:
+        """Threads moved off an exclusive CPU before they were known members: the
+        journal keeps their true original (the engine journals only before the
+        first write); inherited ones get their original back before pinning;
+        and a thread born with our cpus (cloned from a pinned thread) gets the
+        process's original first, so the journal holds that, not ours."""
+        journaled = {t for _, t, _ in self.applier.entries(("task.affinity",))}
+        for tid in tids:
+            v = self.m.victims.pop((m.proc.pid, tid), None)
+            t = ThreadId(m.proc.pid, m.proc.starttime, tid).target
+            if v is not None and not v.journaled:
+                self.applier.write_direct("task.affinity", t, v.original.to_list())
+            elif (v is None and m.orig is not None and m.orig != cpus.to_list()
+                  and t not in journaled
+                  and self.applier.read("task.affinity", t) == cpus.to_list()):
+                self.applier.write_direct("task.affinity", t, m.orig)
+        self.m.victim_procs.pop(m.proc.pid, None)
+
+    def _unvictim(self, m: Member) -> None:
+        """A member that stays where it is must not stay narrowed by exclusivity
+        either: its victim threads get their originals back."""
+        keys: list[tuple[str, str]] = []
+        for k in [k for k in self.m.victims if k[0] == m.proc.pid]:
+            v = self.m.victims.pop(k)
+            if v.journaled:
+                keys.append(("task.affinity", v.thread.target))
+            else:
+                self.applier.write_direct("task.affinity", v.thread.target, v.original.to_list())
+        if keys:
+            self.applier.restore(keys)
+        self.m.victim_procs.pop(m.proc.pid, None)
+
+    def _release(self, m: Member, why: str) -> None:
+        """Give a member back its originals (journaled ones through the engine)."""
+        pre = f"{m.proc.pid}:{m.proc.starttime}:"
+        keys = [(k, t) for k, t, _ in self.applier.entries(("task.affinity",)) if t.startswith(pre)]
+        if keys:
+            self.applier.restore(keys)
+        journaled = {t for _, t in keys}
+        if m.cpus is not None and m.orig is not None and tasks.alive(self.root, m.proc):
+            for tid in tasks.list_tids(self.root, m.proc.pid):
+                t = ThreadId(m.proc.pid, m.proc.starttime, tid).target
+                if t not in journaled and self.applier.read("task.affinity", t) == m.cpus.to_list():
+                    err = self.applier.write_direct("task.affinity", t, m.orig)
+                    if err:
+                        log.warning("restoring the affinity of chain member thread %s: %s", t, err)
+        self.m.protected.discard(m.proc.pid)
+        # exclusivity looks at it again, now as any other task
+        self.m.seen_tasks = {k for k in self.m.seen_tasks if k[0] != m.proc.pid}
+        if m.cpus is not None:
+            log.info("chain member pid %d (%s) restored: %s", m.proc.pid, m.comm, why)
+        m.cpus = None
+
+    def _gone(self, m: Member) -> None:
+        pre = f"{m.proc.pid}:{m.proc.starttime}:"
+        self.applier.forget((k, t) for k, t, _ in self.applier.entries(("task.affinity",))
+                            if t.startswith(pre))
+        self.m.protected.discard(m.proc.pid)
+
+    def release_all(self) -> None:
+        """Before a full rollback: members' threads the journal does not hold."""
+        for m in list(self.members.values()):
+            try:
+                self._release(m, "agentlatd is stopping")
+            except Exception:
+                log.exception("restoring chain member pid %d", m.proc.pid)
+        self.members.clear()
+
+    # -- the guard -------------------------------------------------------------
+    def _windows(self, now: float) -> None:
+        for a in list(self.m.agents.values()):
+            if not self._pinned(a):
+                continue
+            g = self.guards.get(a.proc)
+            if g is None:
+                g = self.guards[a.proc] = Guard(now, dict(a.hist.counts), self._sched(a))
+                continue
+            if a.home_cpu in self.m.excl and a.exclusive and EXCLUSIVE not in g.decisions \
+                    and EXCLUSIVE not in self.refused.get(a.proc, ()):
+                g.decisions[EXCLUSIVE] = g.closed
+            if now - g.start < WINDOW_S:
+                continue
+            steps = a.hist.count > 0 or any(w.source == harm.STEPS for w in g.windows)
+            if not steps and g.closed and not self._judging(a, g):
+                # run delay costs a read per thread: only while a decision needs it
+                g.start = now
+                g.sched_prev = {}
+                continue
+            if steps:
+                w = harm.steps_window(g.hist_prev, a.hist)
+                g.hist_prev = dict(a.hist.counts)
+            else:
+                cur = self._sched(a)
+                w = harm.run_delay_window(g.sched_prev, cur)
+                g.sched_prev = cur
+            g.windows.append(w)
+            del g.windows[:-MAX_WINDOWS]
+            g.closed += 1
+            g.start = now
+            self._judge(a, g)
+
+    def _judging(self, a: Agent, g: Guard) -> bool:
+        """A decision of this agent waits for its verdict, or exclusivity is still
+        to come (its "before" must be recent)."""
+        return (any(k not in g.verdicts for k in g.decisions)
+                or (a.exclusive and EXCLUSIVE not in g.decisions
+                    and EXCLUSIVE not in self.refused.get(a.proc, ())))
+
+    def _sched(self, a: Agent) -> dict[int, tuple[int, int]]:
+        out: dict[int, tuple[int, int]] = {}
+        for tid, s in list(schedstat.sample_threads(self.root, a.proc.pid).items())[
+                :MAX_GUARD_THREADS]:
+            out[tid] = (s.wait_ns, s.slices)
+        return out
+
+    def _judge(self, a: Agent, g: Guard) -> None:
+        first = g.closed - len(g.windows)  # the index of windows[0]
+        for name, at in list(g.decisions.items()):
+            if name in g.verdicts:
+                continue
+            # the window open when it took effect straddles it: neither before nor after
+            before = g.windows[max(0, at - first - harm.RULES[harm.STEPS].before_windows):
+                               max(0, at - first)]
+            after = g.windows[max(0, at + 1 - first):]
+            v = harm.judge(before, after)
+            if v.action == harm.WAIT:
+                continue
+            g.verdicts[name] = v
+            if v.action == harm.UNDO:
+                self._undo(a, name, v)
+            else:
+                log.info("agent %r pid %d: %s kept: %s", a.agent_id, a.proc.pid, name, v.reason)
+
+    def _undo(self, a: Agent, name: str, v: harm.Verdict) -> None:
+        self.refused.setdefault(a.proc, set()).add(name)
+        kind = EXCLUSIVE if name == EXCLUSIVE else "member"
+        self.undone[kind] = self.undone.get(kind, 0) + 1
+        log.warning("agent %r pid %d: undoing %s, it made the agent slower: %s; not retried "
+                    "for this agent", a.agent_id, a.proc.pid,
+                    "its exclusive home CPU" if name == EXCLUSIVE else
+                    f"the placement of chain {name}", v.reason)
+        if name == EXCLUSIVE:
+            self.m.cpu_dirty = True
