@@ -37,7 +37,15 @@ from agentlatd.agents.tasks import ProcId
 from agentlatd.apply.engine import ApplyReport, Drift, KnobResult, RollbackReport
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import PolicyError
-from agentlatd.metrics import Exporter, Family, Metrics, parse_listen, render, write_atomic
+from agentlatd.metrics import (
+    Exporter,
+    Family,
+    Metrics,
+    parse_listen,
+    render,
+    render_view,
+    write_atomic,
+)
 from agentlatd.model.machine import Discontinuity, Rates
 from agentlatd.policy import MetricsPolicy, default, loads
 from agentlatd.sample.softirqs import Softirqs
@@ -269,6 +277,24 @@ def test_other_step_counters_never_go_down_when_an_agent_leaves() -> None:
     assert [(x.agent, x.count) for x in after] == [("other", 15)]
     assert all(x >= y for x, y in zip(after[0].buckets, before[0].buckets, strict=True))
     assert after[0].sum_s == pytest.approx(before[0].sum_s)
+
+
+def test_chain_members_and_undone_decisions_in_the_metrics() -> None:
+    m = Metrics()
+    a = FakeAgent("planner", "interactive", ProcId(100, 1), home_cpu=1)
+    rows = {a.proc: {"chain": [{"pid": 10, "state": "placed"}, {"pid": 11, "state": "placed"},
+                               {"pid": 12, "state": "unmovable"}],
+                     "refused": ["exclusive"]}}
+    m.observe_tick(duration_s=0.01, guard_undone={"exclusive": 1})
+    fams = _parse(render_view(m.view([a], None, lambda ag: rows[ag.proc])))
+    members = fams["agentlatd_agent_chain_members"]
+    assert _value(members, "agentlatd_agent_chain_members", agent="planner", state="placed") == 2
+    assert _value(members, "agentlatd_agent_chain_members", agent="planner",
+                  state="unmovable") == 1
+    assert _value(fams["agentlatd_agent_decision_undone"], "agentlatd_agent_decision_undone",
+                  agent="planner", decision="exclusive") == 1
+    assert _value(fams["agentlatd_guard_undone"], "agentlatd_guard_undone_total",
+                  decision="exclusive") == 1
 
 
 def test_per_cpu_softirq_vectors_only_when_the_policy_asks() -> None:
@@ -590,6 +616,7 @@ def test_textfile_of_a_real_daemon_is_written_per_interval_and_removed_at_stop()
 class _StubManager:
     def __init__(self) -> None:
         self.agents: dict[Any, Any] = {}
+        self.row_extras = None
 
     def rows(self) -> list[Any]:
         return []
@@ -603,6 +630,11 @@ class _StubEngine:
         return []
 
 
+class _StubChain:
+    def __init__(self) -> None:
+        self.undone: dict[str, int] = {}
+
+
 class _StubDaemon:
     """The attributes Service reads of agentlatd.daemon.Daemon."""
 
@@ -610,6 +642,7 @@ class _StubDaemon:
         self.policy = default()
         self.manager = _StubManager()
         self.engine = _StubEngine()
+        self.chain = _StubChain()
         self.last_state: Any = None
         self.woken = threading.Event()
 

@@ -173,22 +173,6 @@ def test_windows_from_histogram_deltas_and_schedstat() -> None:
     assert rd.source == harm.RUN_DELAY and rd.value_ns == 9000 and rd.samples == 11
 
 
-def test_chain_members_and_undone_decisions_in_the_metrics() -> None:
-    from agentlatd.metrics import Metrics
-
-    m = Metrics()
-    row = {"agent_id": "planner", "latency_class": "interactive", "home_cpu": 1, "steps": 0,
-           "chain": [{"pid": 10, "state": "placed"}, {"pid": 11, "state": "placed"},
-                     {"pid": 12, "state": "unmovable"}],
-           "refused": ["exclusive"]}
-    m.observe_tick(duration_s=0.01, agents=[row], guard_undone={"exclusive": 1})
-    text = m.render()
-    assert 'agentlatd_agent_chain_members{agent_id="planner",state="placed"} 2' in text
-    assert 'agentlatd_agent_chain_members{agent_id="planner",state="unmovable"} 1' in text
-    assert 'agentlatd_agent_decision_undone{agent_id="planner",decision="exclusive"} 1' in text
-    assert 'agentlatd_guard_undone_total{decision="exclusive"} 1' in text
-
-
 def test_chain_rules_in_the_policy() -> None:
     from agentlatd import policy
     from agentlatd.errors import PolicyError
