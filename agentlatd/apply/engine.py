@@ -216,6 +216,7 @@ class _Pending:
     new_entry: bool
     result: KnobResult | None = field(default=None)
     prev_written: str | None = None  # entry.written before this batch
+    prev_original: str = ""  # entry.original before this batch (an entry it did not add)
 
 
 # ---------------------------------------------------------------------------
@@ -488,12 +489,14 @@ class Engine:
                 continue
             assert j is not None
             new = entry is None
+            prev_original = entry.original if entry is not None else ""
             if entry is None:
                 entry = j.add(c.knob, c.target, knob.original_of(current, c.desired))
             else:
                 entry.original = knob.merge_original(entry.original,
                                                      knob.original_of(current, c.desired))
-            pending.append((i, _Pending(c, knob, current, entry, new, prev_written=entry.written)))
+            pending.append((i, _Pending(c, knob, current, entry, new, prev_written=entry.written,
+                                        prev_original=prev_original)))
 
         if pending:
             assert j is not None
@@ -502,12 +505,21 @@ class Engine:
             # the commit below is 5 bytes, not a second save (journal.py)
             for _, p in pending:
                 p.entry.written = p.change.desired
+            was_complete = j.complete
             j.complete = False
             try:
                 j.save()
             except JournalError:
-                for _, p in pending:  # nothing was written: no false drift later
+                # nothing was written: the batch leaves nothing behind, in memory
+                # either. An original kept here would reach the file with the
+                # next save and be "restored" at stop over a value agentlatd
+                # never changed (the process's own later choice)
+                for _, p in pending:
                     p.entry.written = p.prev_written
+                    if not p.new_entry and p.entry.original != p.prev_original:
+                        p.entry.original = p.prev_original
+                j.remove_entries([p.entry for _, p in pending if p.new_entry])
+                j.complete = was_complete
                 raise
             if self._crash_after == 0:
                 os.kill(os.getpid(), signal.SIGKILL)
