@@ -89,13 +89,15 @@ class Applier:
         return self.engine.forget(want)
 
     # -- direct writes (never journaled) ---------------------------------
-    def write_direct(self, knob: str, target: str, value: str) -> str | None:
-        """Write without journaling (restoring a thread the journal never held).
+    def write_direct(self, knob: str, target: str, value: str,
+                     owner: int | None = None) -> str | None:
+        """Write without journaling (restoring a thread the journal never held);
+        `owner` as Change.owner.
 
         Returns None on success, else a sentence why not.
         """
         try:
-            get_knob(knob).write(self.root, target, value)
+            get_knob(knob).write_for(self.root, target, value, owner)
         except (KernelError, ValueError, AgentlatdError) as e:
             return str(e)
         return None

@@ -48,10 +48,113 @@ class _TaskKnob(Knob):
     def check_target(self, target: str) -> None:
         tasks.ThreadId.parse(target)
 
-    def _thread(self, root: Root, target: str, op: str) -> tasks.ThreadId:
+    def _thread(self, root: Root, target: str, op: str,
+                owner: int | None = None) -> tasks.ThreadId:
         t = tasks.ThreadId.parse(target)
-        tasks.check_thread(root, t, op)
+        tasks.check_thread(root, t, op, owner)
         return t
+
+    def write(self, root: Root, target: str, value: str) -> None:
+        self.write_for(root, target, value, None)
+
+    def write_for(self, root: Root, target: str, value: str, owner: int | None) -> None:
+        """Check the value, then the thread (identity and, for `owner`, its
+        credentials) right before the syscall."""
+        self.write_check(value)  # ValueError before any syscall
+        t = self._thread(root, target, "write", owner)
+        self._set(t.tid, value.strip())
+
+    def _set(self, tid: int, value: str) -> None:
+        raise NotImplementedError
+
+
+    def restore(self, root: Root, target: str, original: str, *, written: str | None,
+                journaled: frozenset[tuple[str, str]]) -> str:
+        """Restore the thread, then the threads and processes that inherited our value.
+
+        A thread created by a thread agentlatd changed starts with the
+        creator's affinity, nice and ioprio (clone() copies cpus_mask,
+        static_prio and io_context's priority: kernel/fork.c
+        dup_task_struct(), sched_fork(), copy_io()). The daemon journals such
+        threads at its next agent tick, with the process's original; a daemon
+        killed before that tick (kill -9, watchdog abort) leaves them
+        journaled nowhere, and `agentlatd rollback` (ExecStopPost) restored
+        only the journaled thread: seen in the VM tier, 5 of 6 threads of an
+        `agentlatd exec` agent stayed on CPU 2 after kill -9, and threads and
+        children of a background agent kept nice 10 / ioprio be7. So: every
+        other live thread of the SAME process (pid and starttime, re-checked
+        right before each syscall by read() and write()) without an entry of
+        its own, whose value is exactly what agentlatd wrote here, inherited
+        it and gets the same original. A thread whose value differs chose
+        its own (the agent set it) and is left alone. Done here, in the knob,
+        so that rollback in a fresh process, recover-at-start, a clean stop
+        and Engine.restore() (unregister) all do it from the journal alone.
+
+        The same holds for processes the agent forks (fork() copies all
+        three as clone() does): with the main thread's entry, every
+        descendant process (proc/PID/task/*/children, walked down) gets the
+        same rule. A child that exited, re-parented to init after the agent
+        died, or set its own value is left alone.
+        """
+        self.write(root, target, original)
+        if written is None:
+            return ""
+        try:
+            self.write_check(written)
+        except ValueError:
+            return ""
+        me = tasks.ThreadId.parse(target)
+        held: set[tasks.ThreadId] = set()
+        for knob, tgt in journaled:
+            if knob == self.name:
+                try:
+                    held.add(tasks.ThreadId.parse(tgt))
+                except ValueError:
+                    continue
+        # clone() and fork() copy the creator's credentials too: a thread under
+        # other uids did not inherit from this one, and a non-admin's agent
+        # never reaches a thread of another uid this way (another uid's thread
+        # that happens to show our value would otherwise get the original)
+        creds = tasks.thread_uids(root, me.pid, me.tid)
+        if creds is None:
+            return ""
+        fixed = self._inherited(root, me.pid, me.starttime, written, original, held, creds,
+                                skip=me.tid)
+        forked = 0
+        if me.tid == me.pid:  # once per process: with its main thread's entry
+            for child in tasks.descendants(root, me.pid):
+                st = tasks.starttime_of(root, child)
+                if st is not None and st >= me.starttime:
+                    forked += self._inherited(root, child, st, written, original, held, creds)
+        out = []
+        if fixed:
+            out.append(f"{fixed} unjournaled thread(s) that inherited {self.name} too")
+        if forked:
+            out.append(f"{forked} thread(s) of processes it forked that inherited {self.name}")
+        return "; ".join(out)
+
+    def write_check(self, value: str) -> None:
+        """ValueError unless `value` is a value this knob writes (no syscall)."""
+        raise NotImplementedError
+
+    def _inherited(self, root: Root, pid: int, starttime: int, written: str, original: str,
+                   held: set[tasks.ThreadId], creds: tuple[int, int],
+                   skip: int | None = None) -> int:
+        """Restore the threads of process (pid, starttime) under credentials `creds`
+        that still show `written` and have no journal entry of their own; how many."""
+        fixed = 0
+        for tid in tasks.list_tids(root, pid):
+            t = tasks.ThreadId(pid, starttime, tid)
+            if tid == skip or t in held or tasks.thread_uids(root, pid, tid) != creds:
+                continue
+            try:
+                if not self.equal(self.read(root, t.target), written):
+                    continue  # the agent chose this thread's value itself
+                self.write(root, t.target, original)
+            except (KernelError, ValueError):
+                continue  # exited (or the pid was recycled) meanwhile: nothing to restore
+            fixed += 1
+        return fixed
 
 
 class TaskAffinityKnob(_TaskKnob):
@@ -62,91 +165,23 @@ class TaskAffinityKnob(_TaskKnob):
         t = self._thread(root, target, "read")
         return tasks.get_affinity(t.tid).to_list()
 
-    def write(self, root: Root, target: str, value: str) -> None:
+    def write_check(self, value: str) -> None:
+        self._cpus(value)
+
+    def _cpus(self, value: str) -> CpuSet:
         try:
             cpus = CpuSet.parse_list(value)
         except CpuSetError as e:
             raise ValueError(f"{self.name}: bad cpulist {value!r}") from e
         if not cpus:
             raise ValueError(f"{self.name}: an empty CPU set would leave the thread nowhere to run")
-        t = self._thread(root, target, "write")  # right before the syscall
-        tasks.set_affinity(t.tid, cpus)
+        return cpus
+
+    def _set(self, tid: int, value: str) -> None:
+        tasks.set_affinity(tid, self._cpus(value))
 
     def equal(self, a: str, b: str) -> bool:
         return cpulist_equal(a, b)
-
-    def restore(self, root: Root, target: str, original: str, *, written: str | None,
-                journaled: frozenset[tuple[str, str]]) -> str:
-        """Restore the thread, then the threads of its process that inherited the pin.
-
-        A thread created by a pinned thread starts with the creator's mask
-        (clone() copies cpus_mask, kernel/fork.c dup_task_struct()). The daemon
-        journals such threads at its next agent tick, with the process's
-        original; a daemon killed before that tick (kill -9, watchdog abort)
-        leaves them journaled nowhere, and `agentlatd rollback` (ExecStopPost)
-        used to restore only the journaled thread: seen in the VM tier, 5 of 6
-        threads of an `agentlatd exec` agent stayed on CPU 2 after kill -9.
-        So: every other live thread of the SAME process (pid and starttime,
-        re-checked right before each syscall by read() and write()) without an
-        entry of its own, whose mask is exactly what agentlatd wrote here,
-        inherited it and gets the same original. A thread whose mask differs
-        chose its own (the agent set it) and is left alone. Done here, in the
-        knob, so that rollback in a fresh process, recover-at-start, a clean
-        stop and Engine.restore() all do it from the journal alone.
-
-        The same holds for processes the agent forks (fork() copies the
-        mask as clone() does): with the main thread's entry, every descendant
-        process (proc/PID/task/*/children, walked down) gets the same rule --
-        its threads without an entry of their own whose mask is exactly the
-        pin get the original. A child that exited, re-parented to init after
-        the agent died, or set its own mask is left alone.
-        """
-        self.write(root, target, original)
-        if written is None:
-            return ""
-        try:
-            pinned = CpuSet.parse_list(written)
-        except CpuSetError:
-            return ""
-        me = tasks.ThreadId.parse(target)
-        held: set[tasks.ThreadId] = set()
-        for knob, tgt in journaled:
-            if knob == self.name:
-                try:
-                    held.add(tasks.ThreadId.parse(tgt))
-                except ValueError:
-                    continue
-        fixed = self._inherited(root, me.pid, me.starttime, pinned, original, held, skip=me.tid)
-        forked = 0
-        if me.tid == me.pid:  # once per process: with its main thread's entry
-            for child in tasks.descendants(root, me.pid):
-                st = tasks.starttime_of(root, child)
-                if st is not None and st >= me.starttime:
-                    forked += self._inherited(root, child, st, pinned, original, held)
-        out = []
-        if fixed:
-            out.append(f"{fixed} unjournaled thread(s) that inherited the pin too")
-        if forked:
-            out.append(f"{forked} thread(s) of processes it forked that inherited the pin")
-        return "; ".join(out)
-
-    def _inherited(self, root: Root, pid: int, starttime: int, pinned: CpuSet, original: str,
-                   held: set[tasks.ThreadId], skip: int | None = None) -> int:
-        """Restore the threads of process (pid, starttime) that still show `pinned`
-        and have no journal entry of their own; how many."""
-        fixed = 0
-        for tid in tasks.list_tids(root, pid):
-            t = tasks.ThreadId(pid, starttime, tid)
-            if tid == skip or t in held:
-                continue
-            try:
-                if CpuSet.parse_list(self.read(root, t.target)) != pinned:
-                    continue  # the agent chose this thread's mask itself
-                self.write(root, t.target, original)
-            except (KernelError, ValueError):
-                continue  # exited (or the pid was recycled) meanwhile: nothing to restore
-            fixed += 1
-        return fixed
 
     def shell(self, target: str, value: str) -> str:
         t = tasks.ThreadId.parse(target)
@@ -161,11 +196,12 @@ class TaskNiceKnob(_TaskKnob):
         t = self._thread(root, target, "read")
         return str(tasks.get_nice(t.tid))
 
-    def write(self, root: Root, target: str, value: str) -> None:
+    def write_check(self, value: str) -> None:
         if not re.fullmatch(r"-?[0-9]{1,2}", value.strip()) or not -20 <= int(value) <= 19:
             raise ValueError(f"{self.name}: bad nice value {value!r} (expected -20..19)")
-        t = self._thread(root, target, "write")
-        tasks.set_nice(t.tid, int(value))
+
+    def _set(self, tid: int, value: str) -> None:
+        tasks.set_nice(tid, int(value))
 
     def equal(self, a: str, b: str) -> bool:
         return int_equal(a, b)
@@ -183,10 +219,11 @@ class TaskIoprioKnob(_TaskKnob):
         t = self._thread(root, target, "read")
         return tasks.get_ioprio(t.tid)
 
-    def write(self, root: Root, target: str, value: str) -> None:
-        tasks.parse_ioprio(value)  # ValueError before any syscall
-        t = self._thread(root, target, "write")
-        tasks.set_ioprio(t.tid, value.strip())
+    def write_check(self, value: str) -> None:
+        tasks.parse_ioprio(value)
+
+    def _set(self, tid: int, value: str) -> None:
+        tasks.set_ioprio(tid, value)
 
     def equal(self, a: str, b: str) -> bool:
         try:

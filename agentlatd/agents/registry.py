@@ -125,6 +125,10 @@ class Agent:
     dropped: int = 0
     last_move: MoveRecord | None = None
     pidfd: int | None = None
+    # the non-admin uid that registered it: its threads are written only where
+    # that uid is their real and effective uid (checked per thread, right before
+    # each syscall); None = registered by an admin or by the policy itself
+    owner: int | None = None
     state: str = "pending"  # pending | placed | partial | failed
     problem: str = ""  # the last write that failed
     note: str = ""  # why the class policy could not be met (no home CPU, ...)
@@ -274,8 +278,11 @@ class AgentManager:
                                         f"registered already (limit {MAX_AGENTS_PER_UID})")
         return p, ruid
 
-    def register(self, p: ProcId, uid: int, req: Register, source: str = "socket") -> Agent:
-        """Record (or update) a registration; the writes happen in place_pending()."""
+    def register(self, p: ProcId, uid: int, req: Register, source: str = "socket", *,
+                 owner: int | None = None) -> Agent:
+        """Record (or update) a registration; the writes happen in place_pending().
+
+        `owner`: the registering peer's uid when it is not an admin (Agent.owner)."""
         a = self.agents.get(p)
         if a is None:
             a = Agent(agent_id=req.agent_id, proc=p, uid=uid, latency_class=req.latency_class,
@@ -297,6 +304,7 @@ class AgentManager:
             a.agent_id = req.agent_id
             a.latency_class = req.latency_class
             a.source = source
+        a.owner = owner
         a.deadline_ns, a.budget_ns = req.deadline_ns, req.budget_ns
         a.numa_node = req.numa_node
         a.devices = req.devices
@@ -365,11 +373,11 @@ class AgentManager:
         for tid in tids:
             t = ThreadId(a.proc.pid, a.proc.starttime, tid).target
             if a.want_cpus is not None:
-                out.append(Change("task.affinity", t, "", a.want_cpus.to_list(), why))
+                out.append(Change("task.affinity", t, "", a.want_cpus.to_list(), why, a.owner))
             if a.want_nice is not None:
-                out.append(Change("task.nice", t, "", str(a.want_nice), why))
+                out.append(Change("task.nice", t, "", str(a.want_nice), why, a.owner))
             if a.want_ioprio is not None:
-                out.append(Change("task.ioprio", t, "", a.want_ioprio, why))
+                out.append(Change("task.ioprio", t, "", a.want_ioprio, why, a.owner))
         return out
 
     def _why(self, a: Agent) -> str:
@@ -498,7 +506,7 @@ class AgentManager:
                     if want is None or orig is None:
                         continue
                     if self.applier.read(knob, t) == want and want != orig:
-                        err = self.applier.write_direct(knob, t, orig)
+                        err = self.applier.write_direct(knob, t, orig, a.owner)
                         if err:
                             log.warning("restoring %s of %s: %s", knob, t, err)
         self._drop(a, "unregistered", forget=False)
@@ -620,7 +628,7 @@ class AgentManager:
             if want is None or orig is None or orig == want:
                 continue
             if self.applier.read(knob, t) == want:
-                self.applier.write_direct(knob, t, orig)
+                self.applier.write_direct(knob, t, orig, a.owner)
 
     def _moves(self, now: float) -> None:
         pol = self.policy.heat

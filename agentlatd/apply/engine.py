@@ -556,7 +556,10 @@ class Engine:
                               errclass.value if errclass else None, message, c.reason)
 
         try:
-            knob.write(self.root, c.target, c.desired)
+            if c.owner is None:
+                knob.write(self.root, c.target, c.desired)
+            else:
+                knob.write_for(self.root, c.target, c.desired, c.owner)
         except KernelError as e:
             if e.errclass is ErrClass.MANAGED:
                 p.entry.set_flag(FLAG_MANAGED)

@@ -71,6 +71,11 @@ class Knob:
     def write(self, root: Root, target: str, value: str) -> None:
         raise NotImplementedError
 
+    def write_for(self, root: Root, target: str, value: str, owner: int | None) -> None:
+        """write() for Change.owner: knobs of objects a uid can own (task knobs)
+        refuse targets `owner` may not control; the others have no owner."""
+        self.write(root, target, value)
+
     def equal(self, a: str, b: str) -> bool:
         """Whether two values mean the same (the kernel prints "0003", we write "3")."""
         return a.split() == b.split()

@@ -6,21 +6,27 @@ that steers nothing on the host), real processes, real uids.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import platform
+import socket
 import subprocess
-import time
+import sys
+from typing import Any
 
 import pytest
 from agentshelpers import (
     current_affinity,
+    daemon,
     policy_text,
     start_daemon,
     thread_affinities,
-    wait_until,
     workdir,
 )
-from hostilehelpers import fill, tmpfs
+from hostilehelpers import NOBODY, as_uid, fill, tmpfs
+
+from agentlatd.agents import tasks
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (tmpfs, other uids)")
 needs_2cpus = pytest.mark.skipif(not {0, 1} <= os.sched_getaffinity(0),
@@ -75,3 +81,111 @@ def test_refused_registration_for_a_full_disk_leaves_no_phantom_original() -> No
             if dm.proc.poll() is None:
                 dm.proc.kill()
                 dm.proc.wait()
+
+
+# -- hole 2: a process whose threads run under different uids ---------------------
+
+# syscall numbers: arch/x86/entry/syscalls/syscall_64.tbl (117),
+# include/uapi/asm-generic/unistd.h (147: arm64, riscv)
+_SETRESUID = {"x86_64": 117, "aarch64": 147, "arm64": 147, "riscv64": 147}
+
+# A root server whose MAIN thread drops to uid argv[1] with the raw syscall,
+# after starting 3 threads that stay root: glibc's setresuid() would change
+# every thread of the process (nptl's setxid broadcast), the raw syscall only
+# the calling thread (credentials are per task in Linux). It prints the root
+# threads' tids, then waits (bounded).
+_MIXED = r"""
+import ctypes, sys, threading
+stop = threading.Event()
+tids, ready = [], threading.Semaphore(0)
+def worker():
+    tids.append(threading.get_native_id())
+    ready.release()
+    stop.wait(60)
+for _ in range(3):
+    threading.Thread(target=worker, daemon=True).start()
+for _ in range(3):
+    ready.acquire()
+uid, nr = int(sys.argv[1]), int(sys.argv[2])
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.syscall(ctypes.c_long(nr), uid, uid, uid) != 0:
+    raise OSError(ctypes.get_errno(), "setresuid")
+print(" ".join(map(str, tids)), flush=True)
+stop.wait(60)
+"""
+
+
+def _requests(path: str, reqs: list[dict[str, Any]]) -> Any:
+    out = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.settimeout(10)
+        c.connect(path)
+        f = c.makefile("rwb")
+        for i, r in enumerate(reqs):
+            f.write((json.dumps({"v": 1, "id": i, **r}) + "\n").encode())
+            f.flush()
+            out.append(json.loads(f.readline()))
+    return out
+
+
+def _task(pid: int, tid: int) -> tuple[str, int, str]:
+    """(affinity, nice, ioprio) of one thread, read from the kernel."""
+    aff = ""
+    with open(f"/proc/{pid}/task/{tid}/status") as f:
+        for line in f:
+            if line.startswith("Cpus_allowed_list:"):
+                aff = line.split(":", 1)[1].strip()
+    return aff, os.getpriority(os.PRIO_PROCESS, tid), tasks.get_ioprio(tid)
+
+
+def _uids(pid: int, tid: int) -> tuple[int, int]:
+    with open(f"/proc/{pid}/task/{tid}/status") as f:
+        return tasks.parse_status_uids(f.read())
+
+
+@contextlib.contextmanager
+def _mixed_uid_process(uid: int) -> Any:
+    nr = _SETRESUID.get(platform.machine())
+    if nr is None:
+        pytest.skip(f"setresuid syscall number unknown on {platform.machine()}")
+    p = subprocess.Popen([sys.executable, "-c", _MIXED, str(uid), str(nr)],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None
+        root_tids = [int(x) for x in p.stdout.readline().split()]
+        assert len(root_tids) == 3, root_tids
+        yield p.pid, root_tids
+    finally:
+        p.kill()
+        p.wait()
+
+
+@needs_2cpus
+def test_unprivileged_peer_cannot_renice_or_repin_root_threads_of_a_mixed_uid_process() -> None:
+    """Permission was checked on the named task's credentials (its main thread,
+    which had dropped to nobody), then nice 10, ioprio be7 and the completion
+    CPU were written to EVERY thread, root's included."""
+    with workdir() as d, daemon(d, policy_text()) as dm, _mixed_uid_process(NOBODY) as (pid, root_tids):
+        assert _uids(pid, pid) == (NOBODY, NOBODY)
+        assert all(_uids(pid, t) == (0, 0) for t in root_tids)
+        before = {t: _task(pid, t) for t in [pid, *root_tids]}
+        ans = as_uid(NOBODY, NOBODY, lambda: _requests(str(dm.socket), [
+            {"op": "register", "agent_id": "mixed", "pid": pid, "latency_class": "background"}]),
+            groups=(NOBODY,))
+        assert ans[0]["ok"], ans
+        # the thread the peer owns got the class; the root threads were skipped
+        assert _task(pid, pid) == ("0", 10, "be7"), _task(pid, pid)
+        for t in root_tids:
+            assert _task(pid, t) == before[t], (t, _task(pid, t), before[t])
+        # and that is reported, not hidden
+        row = next(r for r in dm.agents() if r["agent_id"] == "mixed")
+        assert row["state"] == "partial" and f"uid {NOBODY}" in row["problem"], row
+        assert "runs as uid 0" in row["problem"], row
+        # an admin may write any thread: root re-registers the same process
+        assert dm.request("register", agent_id="mixed", pid=pid,
+                          latency_class="background")["ok"]
+        for t in root_tids:
+            assert _task(pid, t) == ("0", 10, "be7"), t
+        assert dm.stop() == 0, dm.log[-2000:]
+        for t in [pid, *root_tids]:
+            assert _task(pid, t) == before[t], (t, _task(pid, t), before[t])
