@@ -829,10 +829,11 @@ def rollback_commands(root: Root, state_dir: str) -> list[str]:
             out.append(knob.shell(e.target, e.original))
         except ValueError as err:
             out.append(f"# {e.knob} {e.target}: {err}")
-    if any(e.knob == "task.affinity" and e.written is not None for e in j.entries):
+    if any(e.knob in ("task.affinity", "task.nice", "task.ioprio") and e.written is not None
+           for e in j.entries):
         # restore() also puts back threads and forked processes that inherited a
-        # pin (agents/knobs.py); which ones is only known when it runs
+        # pin, nice or ioprio (agents/knobs.py); which ones is only known when it runs
         out.append("# NOTE: `agentlatd rollback` also restores the threads and forked child "
-                   "processes that inherited an agent's pin and have no entry of their own; "
-                   "the lines above do not")
+                   "processes that inherited an agent's pin, nice or ioprio and have no entry "
+                   "of their own; the lines above do not")
     return out

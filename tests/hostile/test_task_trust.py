@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +25,9 @@ from agentshelpers import (
     thread_affinities,
     workdir,
 )
+from applyhelpers import cli
 from hostilehelpers import NOBODY, as_uid, fill, tmpfs
+from taskfamily import Family, task_values
 
 from agentlatd.agents import tasks
 
@@ -189,3 +192,63 @@ def test_unprivileged_peer_cannot_renice_or_repin_root_threads_of_a_mixed_uid_pr
         assert dm.stop() == 0, dm.log[-2000:]
         for t in [pid, *root_tids]:
             assert _task(pid, t) == before[t], (t, _task(pid, t), before[t])
+
+
+# -- hole 4: nice and ioprio of threads and processes born after registration ---------
+
+# no agent tick during the test (interval 30 s): what a thread or process born
+# after the registration has, it has from its creator, journaled nowhere
+_SLOW = policy_text(interval=30.0)
+
+
+def _background_family(dm: Any) -> tuple[Family, dict[tuple[int, int], tuple[str, int, str]]]:
+    """A process registered as background (nice 10, ioprio be7, the completion CPU),
+    which then starts a thread and forks a child (which starts a thread): the
+    family's original values, read before the registration."""
+    fam = Family()
+    orig = fam.tasks()
+    assert dm.request("register", agent_id="bg", pid=fam.pid, latency_class="background")["ok"]
+    assert task_values(fam.pid, fam.pid) == ("0", 10, "be7")
+    fam.thread()
+    fam.fork()
+    born = fam.tasks()
+    assert len(born) == len(orig) + 3, born
+    assert all(v == ("0", 10, "be7") for v in born.values()), born  # all inherited
+    base = orig[(fam.pid, fam.pid)]
+    return fam, {k: base for k in born}
+
+
+@needs_2cpus
+def test_background_nice_and_ioprio_inherited_by_new_threads_and_forks_are_restored_after_kill_9() -> None:
+    """kill -9 of the daemon, then `agentlatd rollback` (ExecStopPost): threads
+    started by the re-niced thread and processes it forked kept nice 10 and
+    ioprio be7 (only the affinity had an inheritance rule)."""
+    with workdir() as d:
+        dm = start_daemon(d, _SLOW)
+        fam, want = _background_family(dm)
+        try:
+            dm.proc.send_signal(signal.SIGKILL)
+            dm.proc.wait(10)
+            p = cli(["rollback", "--state-dir", str(dm.state_dir), "--json"])
+            assert p.returncode == 0, (p.stdout, p.stderr)
+            assert json.loads(p.stdout)["ok"], p.stdout
+            assert fam.tasks() == want, p.stdout
+        finally:
+            fam.kill()
+            if dm.proc.poll() is None:
+                dm.proc.kill()
+                dm.proc.wait()
+
+
+@needs_2cpus
+def test_background_nice_and_ioprio_of_forked_children_are_restored_at_a_clean_stop() -> None:
+    """SIGTERM: the daemon restores the agent's threads; processes it forked after
+    the registration kept nice 10 / ioprio be7."""
+    with workdir() as d:
+        dm = start_daemon(d, _SLOW)
+        fam, want = _background_family(dm)
+        try:
+            assert dm.stop() == 0, dm.log[-2000:]
+            assert fam.tasks() == want, dm.log[-2000:]
+        finally:
+            fam.kill()
