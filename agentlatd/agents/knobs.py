@@ -67,7 +67,6 @@ class _TaskKnob(Knob):
     def _set(self, tid: int, value: str) -> None:
         raise NotImplementedError
 
-
     def restore(self, root: Root, target: str, original: str, *, written: str | None,
                 journaled: frozenset[tuple[str, str]]) -> str:
         """Restore the thread, then the threads and processes that inherited our value.
@@ -97,6 +96,11 @@ class _TaskKnob(Knob):
         died, or set its own value is left alone.
         """
         self.write(root, target, original)
+        return self.restore_spread(root, target, original, written=written, journaled=journaled)
+
+    def restore_spread(self, root: Root, target: str, original: str, *, written: str | None,
+                       journaled: frozenset[tuple[str, str]]) -> str:
+        """The inherited threads and forked processes of restore()."""
         if written is None:
             return ""
         try:

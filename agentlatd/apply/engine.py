@@ -709,7 +709,15 @@ class Engine:
             return res(FAILED, f"cannot read: {err}", errclass=ErrClass.INVALID)
         current = knob.original_of(current, e.original)  # the journaled fields only
         if knob.equal(current, e.original):
-            return res(UNCHANGED, "already at its original value", current, current)
+            # the object set its original back itself; what agentlatd's write
+            # spread to (threads and processes it started meanwhile) may not have
+            try:
+                note = knob.restore_spread(self.root, e.target, e.original, written=e.written,
+                                           journaled=held)
+            except (KernelError, ValueError, AgentlatdError):
+                note = ""
+            return res(UNCHANGED, "already at its original value" + (f"; {note}" if note else ""),
+                       current, current)
         try:
             note = knob.restore(self.root, e.target, e.original, written=e.written,
                                 journaled=held)

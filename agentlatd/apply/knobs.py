@@ -111,6 +111,13 @@ class Knob:
         self.write(root, target, original)
         return ""
 
+    def restore_spread(self, root: Root, target: str, original: str, *, written: str | None,
+                       journaled: frozenset[tuple[str, str]]) -> str:
+        """The part of restore() beyond `target` itself, for an entry whose own
+        value is back already (the object set it back): the objects the write
+        spread to may still show agentlatd's value. A note, as restore()."""
+        return ""
+
     def shell(self, target: str, value: str) -> str:
         """A command a person could paste to write `value` on the live host."""
         raise NotImplementedError

@@ -252,3 +252,31 @@ def test_background_nice_and_ioprio_of_forked_children_are_restored_at_a_clean_s
             assert fam.tasks() == want, dm.log[-2000:]
         finally:
             fam.kill()
+
+
+@needs_2cpus
+def test_forked_children_are_restored_when_the_agent_set_its_own_values_back_first() -> None:
+    """The agent's main thread set nice 0 / ioprio none / its CPUs back itself after
+    forking: its entries are "unchanged" at the stop, and the engine skipped
+    them whole, leaving the child it forked at nice 10 / be7 / CPU 0."""
+    with workdir() as d:
+        dm = start_daemon(d, _SLOW)
+        fam, want = _background_family(dm)
+        try:
+            base = want[(fam.pid, fam.pid)]
+            os.sched_setaffinity(fam.pid, {int(c) for c in _cpus(base[0])})
+            os.setpriority(os.PRIO_PROCESS, fam.pid, base[1])
+            tasks.set_ioprio(fam.pid, base[2])
+            assert task_values(fam.pid, fam.pid) == base
+            assert dm.stop() == 0, dm.log[-2000:]
+            assert fam.tasks() == want, dm.log[-2000:]
+        finally:
+            fam.kill()
+
+
+def _cpus(cpulist: str) -> list[str]:
+    out: list[str] = []
+    for part in cpulist.split(","):
+        lo, _, hi = part.partition("-")
+        out += [str(c) for c in range(int(lo), int(hi or lo) + 1)]
+    return out
