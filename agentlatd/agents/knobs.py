@@ -41,7 +41,7 @@ def _guard(t: tasks.ThreadId) -> str:
             f"{t.starttime} ] && ")
 
 
-class _TaskKnob(Knob):
+class TaskKnob(Knob):
     context = tasks.CONTEXT
     live_only = True
 
@@ -141,6 +141,20 @@ class _TaskKnob(Knob):
         """ValueError unless `value` is a value this knob writes (no syscall)."""
         raise NotImplementedError
 
+    def restore_forked(self, root: Root, child: tasks.ProcId, written: str, original: str,
+                       creds: tuple[int, int], held: frozenset[tuple[str, str]]) -> int:
+        """A process an agent forked, after the agent itself is gone (the kernel
+        re-parented it, so restore_spread() can no longer find it): its threads
+        under `creds` (the agent's) that show exactly `written` and have no
+        entry of their own get `original`; how many (not journaled)."""
+        try:
+            self.write_check(written)
+        except ValueError:
+            return 0
+        mine = {tasks.ThreadId.parse(t) for k, t in held
+                if k == self.name and t.startswith(f"{child}:")}
+        return self._inherited(root, child.pid, child.starttime, written, original, mine, creds)
+
     def _inherited(self, root: Root, pid: int, starttime: int, written: str, original: str,
                    held: set[tasks.ThreadId], creds: tuple[int, int],
                    skip: int | None = None) -> int:
@@ -161,7 +175,7 @@ class _TaskKnob(Knob):
         return fixed
 
 
-class TaskAffinityKnob(_TaskKnob):
+class TaskAffinityKnob(TaskKnob):
     name = "task.affinity"
     help = "CPU affinity of one thread (cpulist)"
 
@@ -192,7 +206,7 @@ class TaskAffinityKnob(_TaskKnob):
         return _guard(t) + f"taskset -p -c {shlex.quote(value.strip())} {t.tid}"
 
 
-class TaskNiceKnob(_TaskKnob):
+class TaskNiceKnob(TaskKnob):
     name = "task.nice"
     help = "nice value of one thread (-20..19)"
 
@@ -215,7 +229,7 @@ class TaskNiceKnob(_TaskKnob):
         return _guard(t) + f"renice -n {int(value)} -p {t.tid}"
 
 
-class TaskIoprioKnob(_TaskKnob):
+class TaskIoprioKnob(TaskKnob):
     name = "task.ioprio"
     help = "I/O priority of one thread (none, idle, rtN, beN)"
 

@@ -16,7 +16,17 @@ What a class does is the policy's [classes.X] (etc/agentlatd.toml):
                  moved off its home CPU (see "Exclusive home CPUs")
   pm_qos_resume_latency_us   per home CPU while an agent lives there
 The originals are journaled by the engine before the first write and
-restored on unregister, on `agentlatd rollback`, on SIGTERM and after a crash.
+restored on unregister, on `agentlatd rollback`, on SIGTERM and after a crash,
+on the threads and forked processes that inherited them too (agents/knobs.py
+TaskKnob.restore). An agent's own exit forgets its entries (its threads are
+gone), but the processes it forked live on, re-parented: the tick remembers
+them (Agent.forked) and the exit gives them the originals.
+
+Writes made for a non-admin peer (Agent.owner) reach only threads whose real
+and effective uid are the peer's, checked per thread right before each
+syscall (agents/tasks.py check_thread): a process whose threads run under
+several uids (one dropped privileges with the raw setresuid syscall) gets
+the class on the peer's threads only, and the agent is "partial".
 
 Per-thread sched_setaffinity, not a cpuset cgroup (issue 4 asks to choose):
   - a cpuset means moving the process into a cgroup of ours (systemd and
@@ -84,6 +94,12 @@ log = logging.getLogger("agentlatd.agents")
 
 MAX_AGENTS = 16384  # in all
 MAX_AGENTS_PER_UID = 4096  # for a non-admin uid
+# Processes an agent forked are listed at the agent tick (proc/PID/task/*/children,
+# ~15-30 us per agent here), for this many agents per tick, round robin: a fork
+# shorter-lived than the round is missed (it inherited the values and is
+# restored on every other path; only the agent's own exit needs the list)
+FORK_SCAN_AGENTS = 64
+MAX_FORKED = 1024  # remembered per agent
 
 
 @dataclass(slots=True)
@@ -129,6 +145,11 @@ class Agent:
     # that uid is their real and effective uid (checked per thread, right before
     # each syscall); None = registered by an admin or by the policy itself
     owner: int | None = None
+    # (ruid, euid) of its main thread at registration, and the processes it
+    # forked since (seen at the agent tick): at its exit they have been
+    # re-parented, and still show what agentlatd set on the agent
+    creds: tuple[int, int] | None = None
+    forked: set[ProcId] = field(default_factory=set)
     state: str = "pending"  # pending | placed | partial | failed
     problem: str = ""  # the last write that failed
     note: str = ""  # why the class policy could not be met (no home CPU, ...)
@@ -209,6 +230,7 @@ class AgentManager:
         # agents whose pidfd the daemon has not put in its selector yet: it takes
         # them from here rather than walking every agent on every loop turn
         self.new_pidfds: list[Agent] = []
+        self._fork_cursor = 0
 
     # -- inputs ----------------------------------------------------------
     def set_layout(self, layout: CpuLayout) -> None:
@@ -300,6 +322,7 @@ class AgentManager:
             self.agents[p] = a
             self.by_pid[p.pid] = a
             self._read_originals(a)
+            a.creds = tasks.thread_uids(self.root, p.pid, p.pid)
         else:
             a.agent_id = req.agent_id
             a.latency_class = req.latency_class
@@ -542,6 +565,7 @@ class AgentManager:
         """The process is gone (pidfd readable or polling): forget its entries (lock held)."""
         a = self.agents.get(p)
         if a is not None:
+            self._restore_forked(a)
             self._drop(a, "process exited", forget=True)
 
     def decline(self, p: ProcId) -> None:
@@ -578,6 +602,7 @@ class AgentManager:
                 if fd in by_fd:
                     self.exited(by_fd[fd])
         self._new_threads()
+        self._scan_forks()
         self._moves(now)
         self._auto_register()
         self.place_pending()
@@ -613,6 +638,43 @@ class AgentManager:
             self.applier.forget(gone_keys)
         if changes:
             self._account(self.applier.apply(changes), touched, add=True)
+
+    def _scan_forks(self) -> None:
+        """Remember the processes agents forked (FORK_SCAN_AGENTS agents per tick)."""
+        todo = [a for a in self.agents.values() if a.applied and a.creds is not None]
+        if not todo:
+            return
+        start = self._fork_cursor % len(todo)
+        chosen = (todo[start:] + todo[:start])[:FORK_SCAN_AGENTS]
+        self._fork_cursor = start + len(chosen)
+        for a in chosen:
+            if len(a.forked) >= MAX_FORKED:
+                continue
+            for pid in tasks.descendants(self.root, a.proc.pid, limit=MAX_FORKED):
+                st = tasks.starttime_of(self.root, pid)
+                if st is not None and st >= a.proc.starttime:
+                    a.forked.add(ProcId(pid, st))
+
+    def _restore_forked(self, a: Agent) -> None:
+        """The agent exited: its forked processes that still show agentlatd's values
+        (inherited from it) get its originals back, as its entries would have."""
+        if not a.forked or a.creds is None:
+            return
+        main = ThreadId(a.proc.pid, a.proc.starttime, a.proc.pid).target
+        vals = self.applier.written(main)
+        n = 0
+        for child in sorted(a.forked, key=lambda c: c.pid):
+            if child in self.agents or not tasks.alive(self.root, child):
+                continue  # registered itself (its own entries decide) or gone
+            for knob, original, written in vals:
+                try:
+                    n += self.applier.restore_forked(knob, child, written, original, a.creds)
+                except (KernelError, ValueError):
+                    continue
+        a.forked.clear()
+        if n:
+            log.info("agent %r pid %d exited: %d value(s) restored on processes it forked",
+                     a.agent_id, a.proc.pid, n)
 
     def _unborn(self, a: Agent, tid: int) -> None:
         """A thread born with our values (cloned from a pinned thread) has no journal

@@ -23,6 +23,7 @@ from agentshelpers import (
     policy_text,
     start_daemon,
     thread_affinities,
+    wait_until,
     workdir,
 )
 from applyhelpers import cli
@@ -270,6 +271,31 @@ def test_forked_children_are_restored_when_the_agent_set_its_own_values_back_fir
             assert task_values(fam.pid, fam.pid) == base
             assert dm.stop() == 0, dm.log[-2000:]
             assert fam.tasks() == want, dm.log[-2000:]
+        finally:
+            fam.kill()
+
+
+@needs_2cpus
+def test_processes_forked_by_an_agent_get_its_originals_back_when_it_exits() -> None:
+    """The agent exits (or is killed): the kernel re-parents the processes it forked
+    before the daemon hears of the exit, the daemon forgot the agent's entries,
+    and its children kept CPU 0 / nice 10 / be7 for good (no stop restores them)."""
+    with workdir() as d, daemon(d, policy_text()) as dm:
+        fam = Family()
+        try:
+            base = fam.tasks()[(fam.pid, fam.pid)]
+            assert dm.request("register", agent_id="bg", pid=fam.pid,
+                              latency_class="background")["ok"]
+            child, child_tid = fam.fork()
+            fam.thread()
+            # the tick that placed the new thread also listed the fork
+            wait_until(lambda: dm.agents()[0]["threads"] == 2, 10.0, what="a tick saw them")
+            assert task_values(child, child_tid) == ("0", 10, "be7")
+            os.kill(fam.pid, signal.SIGKILL)
+            fam.p.wait(10)
+            wait_until(lambda: dm.agents() == [], 10.0, what="the exit handled")
+            assert task_values(child, child) == base
+            assert task_values(child, child_tid) == base
         finally:
             fam.kill()
 
