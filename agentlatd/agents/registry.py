@@ -99,7 +99,7 @@ MAX_AGENTS_PER_UID = 4096  # for a non-admin uid
 # shorter-lived than the round is missed (it inherited the values and is
 # restored on every other path; only the agent's own exit needs the list)
 FORK_SCAN_AGENTS = 64
-MAX_FORKED = 1024  # remembered per agent
+MAX_FORKED = 256  # remembered per agent
 
 
 @dataclass(slots=True)
@@ -145,9 +145,9 @@ class Agent:
     # that uid is their real and effective uid (checked per thread, right before
     # each syscall); None = registered by an admin or by the policy itself
     owner: int | None = None
-    # (ruid, euid) of its main thread at registration, and the processes it
-    # forked since (seen at the agent tick): at its exit they have been
-    # re-parented, and still show what agentlatd set on the agent
+    # the processes it forked (its live descendants at its last fork scan) and
+    # (ruid, euid) of its main thread: at its exit they have been re-parented,
+    # and still show what agentlatd set on the agent
     creds: tuple[int, int] | None = None
     forked: set[ProcId] = field(default_factory=set)
     state: str = "pending"  # pending | placed | partial | failed
@@ -322,7 +322,6 @@ class AgentManager:
             self.agents[p] = a
             self.by_pid[p.pid] = a
             self._read_originals(a)
-            a.creds = tasks.thread_uids(self.root, p.pid, p.pid)
         else:
             a.agent_id = req.agent_id
             a.latency_class = req.latency_class
@@ -641,19 +640,23 @@ class AgentManager:
 
     def _scan_forks(self) -> None:
         """Remember the processes agents forked (FORK_SCAN_AGENTS agents per tick)."""
-        todo = [a for a in self.agents.values() if a.applied and a.creds is not None]
+        todo = [a for a in self.agents.values() if a.applied]
         if not todo:
             return
         start = self._fork_cursor % len(todo)
         chosen = (todo[start:] + todo[:start])[:FORK_SCAN_AGENTS]
         self._fork_cursor = start + len(chosen)
         for a in chosen:
-            if len(a.forked) >= MAX_FORKED:
-                continue
+            # the live descendants only (replaced, not added to: an agent that
+            # forks short-lived commands all day must not grow the set)
+            kids: set[ProcId] = set()
             for pid in tasks.descendants(self.root, a.proc.pid, limit=MAX_FORKED):
                 st = tasks.starttime_of(self.root, pid)
                 if st is not None and st >= a.proc.starttime:
-                    a.forked.add(ProcId(pid, st))
+                    kids.add(ProcId(pid, st))
+            a.forked = kids
+            if kids and a.creds is None:  # read here, not on the registration path
+                a.creds = tasks.thread_uids(self.root, a.proc.pid, a.proc.pid)
 
     def _restore_forked(self, a: Agent) -> None:
         """The agent exited: its forked processes that still show agentlatd's values
