@@ -99,15 +99,27 @@ _SETRESUID = {"x86_64": 117, "aarch64": 147, "arm64": 147, "riscv64": 147}
 # the calling thread (credentials are per task in Linux). It prints the root
 # threads' tids, then waits (bounded).
 _MIXED = r"""
-import ctypes, sys, threading
-stop = threading.Event()
-tids, ready = [], threading.Semaphore(0)
-def worker():
+import ctypes, queue, sys, threading, time
+end = time.monotonic() + 60
+tids, ready, asks = [], threading.Semaphore(0), queue.Queue()
+def sleeper(box):
+    box.append(threading.get_native_id())
+    time.sleep(max(0.0, end - time.monotonic()))
+def start():
+    box = []
+    threading.Thread(target=sleeper, args=(box,), daemon=True).start()
+    while not box:
+        time.sleep(0.001)
+    return box[0]
+def worker(first):
     tids.append(threading.get_native_id())
     ready.release()
-    stop.wait(60)
-for _ in range(3):
-    threading.Thread(target=worker, daemon=True).start()
+    while first:  # starts threads on request: they are born root
+        asks.get()
+        print(start(), flush=True)
+    time.sleep(max(0.0, end - time.monotonic()))
+for i in range(3):
+    threading.Thread(target=worker, args=(i == 0,), daemon=True).start()
 for _ in range(3):
     ready.acquire()
 uid, nr = int(sys.argv[1]), int(sys.argv[2])
@@ -115,7 +127,11 @@ libc = ctypes.CDLL(None, use_errno=True)
 if libc.syscall(ctypes.c_long(nr), uid, uid, uid) != 0:
     raise OSError(ctypes.get_errno(), "setresuid")
 print(" ".join(map(str, tids)), flush=True)
-stop.wait(60)
+for line in sys.stdin:
+    if line.strip() == "root":
+        asks.put(1)
+    elif line.strip() == "mine":  # born of the main thread: the dropped uid
+        print(start(), flush=True)
 """
 
 
@@ -153,12 +169,19 @@ def _mixed_uid_process(uid: int) -> Any:
     if nr is None:
         pytest.skip(f"setresuid syscall number unknown on {platform.machine()}")
     p = subprocess.Popen([sys.executable, "-c", _MIXED, str(uid), str(nr)],
-                         stdout=subprocess.PIPE, text=True)
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        assert p.stdout is not None
+        assert p.stdout is not None and p.stdin is not None
         root_tids = [int(x) for x in p.stdout.readline().split()]
         assert len(root_tids) == 3, root_tids
-        yield p.pid, root_tids
+
+        def spawn(kind: str) -> int:
+            assert p.stdin is not None and p.stdout is not None
+            p.stdin.write(kind + "\n")
+            p.stdin.flush()
+            return int(p.stdout.readline())
+
+        yield p.pid, root_tids, spawn
     finally:
         p.kill()
         p.wait()
@@ -169,7 +192,8 @@ def test_unprivileged_peer_cannot_renice_or_repin_root_threads_of_a_mixed_uid_pr
     """Permission was checked on the named task's credentials (its main thread,
     which had dropped to nobody), then nice 10, ioprio be7 and the completion
     CPU were written to EVERY thread, root's included."""
-    with workdir() as d, daemon(d, policy_text()) as dm, _mixed_uid_process(NOBODY) as (pid, root_tids):
+    with workdir() as d, daemon(d, policy_text()) as dm, \
+            _mixed_uid_process(NOBODY) as (pid, root_tids, spawn):
         assert _uids(pid, pid) == (NOBODY, NOBODY)
         assert all(_uids(pid, t) == (0, 0) for t in root_tids)
         before = {t: _task(pid, t) for t in [pid, *root_tids]}
@@ -185,13 +209,26 @@ def test_unprivileged_peer_cannot_renice_or_repin_root_threads_of_a_mixed_uid_pr
         row = next(r for r in dm.agents() if r["agent_id"] == "mixed")
         assert row["state"] == "partial" and f"uid {NOBODY}" in row["problem"], row
         assert "runs as uid 0" in row["problem"], row
+        # threads born later, checked by the tick one by one: a root thread's
+        # new thread is root's (skipped), the main thread's is the peer's (placed)
+        root_new, mine_new = spawn("root"), spawn("mine")
+        assert _uids(pid, root_new) == (0, 0) and _uids(pid, mine_new) == (NOBODY, NOBODY)
+        assert _task(pid, mine_new) == ("0", 10, "be7")  # inherited from the main thread
+        before[root_new] = _task(pid, root_new)
+        wait_until(lambda: next(r for r in dm.agents() if r["agent_id"] == "mixed")
+                   ["threads"] == 6, 10.0, what="the tick saw the new threads")
+        wait_until(lambda: dm.status()["journal_entries"] >= 6, 10.0, what="journaled")
+        assert _task(pid, root_new) == before[root_new]
+        assert _task(pid, mine_new) == ("0", 10, "be7")
+        root_tids.append(root_new)
         # an admin may write any thread: root re-registers the same process
         assert dm.request("register", agent_id="mixed", pid=pid,
                           latency_class="background")["ok"]
         for t in root_tids:
             assert _task(pid, t) == ("0", 10, "be7"), t
         assert dm.stop() == 0, dm.log[-2000:]
-        for t in [pid, *root_tids]:
+        before[mine_new] = before[pid]
+        for t in [pid, mine_new, *root_tids]:
             assert _task(pid, t) == before[t], (t, _task(pid, t), before[t])
 
 
