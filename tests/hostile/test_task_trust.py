@@ -31,6 +31,7 @@ from hostilehelpers import NOBODY, as_uid, fill, tmpfs
 from taskfamily import Family, task_values
 
 from agentlatd.agents import tasks
+from agentlatd.apply import journal
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (tmpfs, other uids)")
 needs_2cpus = pytest.mark.skipif(not {0, 1} <= os.sched_getaffinity(0),
@@ -38,17 +39,8 @@ needs_2cpus = pytest.mark.skipif(not {0, 1} <= os.sched_getaffinity(0),
 
 
 def _journal_targets(path: str) -> list[str]:
-    try:
-        with open(path) as f:
-            text = f.read()
-    except FileNotFoundError:
-        return []
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("{") and '"target"' in line:
-            out.append(str(json.loads(line.rstrip(","))["target"]))
-    return out
+    j = journal.load(path)
+    return [] if j is None else [e.target for e in j.entries]
 
 
 @needs_2cpus
