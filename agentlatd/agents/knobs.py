@@ -15,7 +15,13 @@ Every task knob checks the thread's identity right before each read and write
 (agentlatd.agents.tasks.check_thread): a recycled pid is never touched, and a
 thread that is gone is ErrClass.GONE, which rollback reports as "nothing left
 to restore". Task knobs act on the live kernel only (live_only): a recorded
-tree's pid 1234 is not this host's.
+tree's pid 1234 is not this host's. A write made for a non-admin peer
+(write_for with Change.owner) also checks the credentials of that very thread
+(tasks.check_thread): credentials are per thread in Linux.
+
+Threads a changed thread starts, and processes it forks, inherit its
+affinity, nice and ioprio; TaskKnob.restore() puts those back too (see there),
+so every path that restores an entry restores them.
 
 The engine journals the original before the first write and restores it in
 reverse order on rollback, crash or stop; `agentlatd rollback --print` prints
@@ -42,6 +48,8 @@ def _guard(t: tasks.ThreadId) -> str:
 
 
 class TaskKnob(Knob):
+    """A per-thread knob: identity and credentials checks, inherited-value restores."""
+
     context = tasks.CONTEXT
     live_only = True
 
