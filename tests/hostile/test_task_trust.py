@@ -50,8 +50,8 @@ def test_refused_registration_for_a_full_disk_leaves_no_phantom_original() -> No
     save wrote them out, and the stop "restored" a value agentlatd never
     changed over the process's own later choice."""
     with workdir() as d, tmpfs("256k", nr_inodes=64) as m:
-        os.symlink(m, d / "state")
-        dm = start_daemon(d, policy_text())
+        # the tmpfs itself as the state directory (not a symlink to it: refused)
+        dm = start_daemon(d, policy_text(), extra_args=("--state-dir", str(m)))
         victim = subprocess.Popen(["sleep", "60"])
         other = subprocess.Popen(["sleep", "60"])
         try:
