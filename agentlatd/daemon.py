@@ -741,7 +741,7 @@ class Daemon:
         admin = self.is_admin(c.peer.uid, c.peer.gid)
         p, uid = self.manager.check_register(c.peer.pid, c.peer.uid, self.peer_start.get(c.id),
                                              req, admin)
-        self.manager.register(p, uid, req)
+        self.manager.register(p, uid, req, owner=None if admin else c.peer.uid)
         self.chain.set_owner(p, None if admin else c.peer.uid)
         self.manager.autoreg.declined.discard(p)
         # (no c.owned.add(p): nothing read that set, and on a long-lived

@@ -26,6 +26,8 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 
+from agentlatd.agents.knobs import TaskKnob
+from agentlatd.agents.tasks import ProcId
 from agentlatd.apply import engine as engine_mod
 from agentlatd.apply.engine import Engine, KnobResult
 from agentlatd.apply.knobs import get as get_knob
@@ -74,6 +76,21 @@ class Applier:
         ks = set(knobs)
         return [(e.knob, e.target, e.original) for e in self.engine.entries() if e.knob in ks]
 
+    def written(self, target: str, knobs: Iterable[str] = TASK_KNOBS) -> list[tuple[str, str, str]]:
+        """(knob, original, written) of the entries of `target` agentlatd has written."""
+        ks = set(knobs)
+        return [(e.knob, e.original, e.written) for e in self.engine.entries()
+                if e.target == target and e.knob in ks and e.written is not None]
+
+    def restore_forked(self, knob: str, child: ProcId, written: str, original: str,
+                       creds: tuple[int, int]) -> int:
+        """TaskKnob.restore_forked() on a process an agent forked; 0 for other knobs."""
+        k = get_knob(knob)
+        if not isinstance(k, TaskKnob):
+            return 0
+        held = frozenset(e.key for e in self.engine.entries())
+        return k.restore_forked(self.root, child, written, original, creds, held)
+
     def restore(self, keys: Iterable[tuple[str, str]]) -> list[KnobResult]:
         want = set(keys)
         if not want:
@@ -89,13 +106,15 @@ class Applier:
         return self.engine.forget(want)
 
     # -- direct writes (never journaled) ---------------------------------
-    def write_direct(self, knob: str, target: str, value: str) -> str | None:
-        """Write without journaling (restoring a thread the journal never held).
+    def write_direct(self, knob: str, target: str, value: str,
+                     owner: int | None = None) -> str | None:
+        """Write without journaling (restoring a thread the journal never held);
+        `owner` as Change.owner.
 
         Returns None on success, else a sentence why not.
         """
         try:
-            get_knob(knob).write(self.root, target, value)
+            get_knob(knob).write_for(self.root, target, value, owner)
         except (KernelError, ValueError, AgentlatdError) as e:
             return str(e)
         return None

@@ -569,8 +569,11 @@ class ChainKeeper:
             why = ("chain member of agent(s) "
                    + ", ".join(repr(self.m.agents[ap].agent_id) for ap in allowed)
                    + f": runs on their home CPU(s) {cpus}")
+            # the write point checks each thread again against one registrar's uid
+            # (tasks.check_thread); several non-admin registrars: the check above
+            owner = next(iter(uids))[0] if uids is not None and len(uids) == 1 else None
             changes += [Change("task.affinity", ThreadId(p.pid, p.starttime, t).target, "",
-                               cpus.to_list(), why) for t in todo]
+                               cpus.to_list(), why, owner=owner) for t in todo]
             first = m.cpus is None
             m.cpus = cpus
             placing.append(m)

@@ -15,7 +15,13 @@ Every task knob checks the thread's identity right before each read and write
 (agentlatd.agents.tasks.check_thread): a recycled pid is never touched, and a
 thread that is gone is ErrClass.GONE, which rollback reports as "nothing left
 to restore". Task knobs act on the live kernel only (live_only): a recorded
-tree's pid 1234 is not this host's.
+tree's pid 1234 is not this host's. A write made for a non-admin peer
+(write_for with Change.owner) also checks the credentials of that very thread
+(tasks.check_thread): credentials are per thread in Linux.
+
+Threads a changed thread starts, and processes it forks, inherit its
+affinity, nice and ioprio; TaskKnob.restore() puts those back too (see there),
+so every path that restores an entry restores them.
 
 The engine journals the original before the first write and restores it in
 reverse order on rollback, crash or stop; `agentlatd rollback --print` prints
@@ -41,72 +47,73 @@ def _guard(t: tasks.ThreadId) -> str:
             f"{t.starttime} ] && ")
 
 
-class _TaskKnob(Knob):
+class TaskKnob(Knob):
+    """A per-thread knob: identity and credentials checks, inherited-value restores."""
+
     context = tasks.CONTEXT
     live_only = True
 
     def check_target(self, target: str) -> None:
         tasks.ThreadId.parse(target)
 
-    def _thread(self, root: Root, target: str, op: str) -> tasks.ThreadId:
+    def _thread(self, root: Root, target: str, op: str,
+                owner: int | None = None) -> tasks.ThreadId:
         t = tasks.ThreadId.parse(target)
-        tasks.check_thread(root, t, op)
+        tasks.check_thread(root, t, op, owner)
         return t
 
-
-class TaskAffinityKnob(_TaskKnob):
-    name = "task.affinity"
-    help = "CPU affinity of one thread (cpulist)"
-
-    def read(self, root: Root, target: str) -> str:
-        t = self._thread(root, target, "read")
-        return tasks.get_affinity(t.tid).to_list()
-
     def write(self, root: Root, target: str, value: str) -> None:
-        try:
-            cpus = CpuSet.parse_list(value)
-        except CpuSetError as e:
-            raise ValueError(f"{self.name}: bad cpulist {value!r}") from e
-        if not cpus:
-            raise ValueError(f"{self.name}: an empty CPU set would leave the thread nowhere to run")
-        t = self._thread(root, target, "write")  # right before the syscall
-        tasks.set_affinity(t.tid, cpus)
+        self.write_for(root, target, value, None)
 
-    def equal(self, a: str, b: str) -> bool:
-        return cpulist_equal(a, b)
+    def write_for(self, root: Root, target: str, value: str, owner: int | None) -> None:
+        """Check the value, then the thread (identity and, for `owner`, its
+        credentials) right before the syscall."""
+        self.write_check(value)  # ValueError before any syscall
+        t = self._thread(root, target, "write", owner)
+        self._set(t.tid, value.strip())
+
+    def _set(self, tid: int, value: str) -> None:
+        raise NotImplementedError
 
     def restore(self, root: Root, target: str, original: str, *, written: str | None,
                 journaled: frozenset[tuple[str, str]]) -> str:
-        """Restore the thread, then the threads of its process that inherited the pin.
+        """Restore the thread, then the threads and processes that inherited our value.
 
-        A thread created by a pinned thread starts with the creator's mask
-        (clone() copies cpus_mask, kernel/fork.c dup_task_struct()). The daemon
-        journals such threads at its next agent tick, with the process's
-        original; a daemon killed before that tick (kill -9, watchdog abort)
-        leaves them journaled nowhere, and `agentlatd rollback` (ExecStopPost)
-        used to restore only the journaled thread: seen in the VM tier, 5 of 6
-        threads of an `agentlatd exec` agent stayed on CPU 2 after kill -9.
-        So: every other live thread of the SAME process (pid and starttime,
-        re-checked right before each syscall by read() and write()) without an
-        entry of its own, whose mask is exactly what agentlatd wrote here,
-        inherited it and gets the same original. A thread whose mask differs
-        chose its own (the agent set it) and is left alone. Done here, in the
-        knob, so that rollback in a fresh process, recover-at-start, a clean
-        stop and Engine.restore() all do it from the journal alone.
+        A thread created by a thread agentlatd changed starts with the
+        creator's affinity, nice and ioprio (clone() copies cpus_mask,
+        static_prio and io_context's priority: kernel/fork.c
+        dup_task_struct(), sched_fork(), copy_io()). The daemon journals such
+        threads at its next agent tick, with the process's original; a daemon
+        killed before that tick (kill -9, watchdog abort) leaves them
+        journaled nowhere, and `agentlatd rollback` (ExecStopPost) restored
+        only the journaled thread: seen in the VM tier, 5 of 6 threads of an
+        `agentlatd exec` agent stayed on CPU 2 after kill -9, and threads and
+        children of a background agent kept nice 10 / ioprio be7. So: every
+        other live thread of the SAME process (pid and starttime, re-checked
+        right before each syscall by read() and write()) without an entry of
+        its own, whose value is exactly what agentlatd wrote here, inherited
+        it and gets the same original. A thread whose value differs chose
+        its own (the agent set it) and is left alone. Done here, in the knob,
+        so that rollback in a fresh process, recover-at-start, a clean stop
+        and Engine.restore() (unregister) all do it from the journal alone.
 
-        The same holds for processes the agent forks (fork() copies the
-        mask as clone() does): with the main thread's entry, every descendant
-        process (proc/PID/task/*/children, walked down) gets the same rule --
-        its threads without an entry of their own whose mask is exactly the
-        pin get the original. A child that exited, re-parented to init after
-        the agent died, or set its own mask is left alone.
+        The same holds for processes the agent forks (fork() copies all
+        three as clone() does): with the main thread's entry, every
+        descendant process (proc/PID/task/*/children, walked down) gets the
+        same rule. A child that exited, re-parented to init after the agent
+        died, or set its own value is left alone.
         """
         self.write(root, target, original)
+        return self.restore_spread(root, target, original, written=written, journaled=journaled)
+
+    def restore_spread(self, root: Root, target: str, original: str, *, written: str | None,
+                       journaled: frozenset[tuple[str, str]]) -> str:
+        """The inherited threads and forked processes of restore()."""
         if written is None:
             return ""
         try:
-            pinned = CpuSet.parse_list(written)
-        except CpuSetError:
+            self.write_check(written)
+        except ValueError:
             return ""
         me = tasks.ThreadId.parse(target)
         held: set[tasks.ThreadId] = set()
@@ -116,44 +123,98 @@ class TaskAffinityKnob(_TaskKnob):
                     held.add(tasks.ThreadId.parse(tgt))
                 except ValueError:
                     continue
-        fixed = self._inherited(root, me.pid, me.starttime, pinned, original, held, skip=me.tid)
+        # clone() and fork() copy the creator's credentials too: a thread under
+        # other uids did not inherit from this one, and a non-admin's agent
+        # never reaches a thread of another uid this way (another uid's thread
+        # that happens to show our value would otherwise get the original)
+        creds = tasks.thread_uids(root, me.pid, me.tid)
+        if creds is None:
+            return ""
+        fixed = self._inherited(root, me.pid, me.starttime, written, original, held, creds,
+                                skip=me.tid)
         forked = 0
         if me.tid == me.pid:  # once per process: with its main thread's entry
             for child in tasks.descendants(root, me.pid):
                 st = tasks.starttime_of(root, child)
                 if st is not None and st >= me.starttime:
-                    forked += self._inherited(root, child, st, pinned, original, held)
+                    forked += self._inherited(root, child, st, written, original, held, creds)
         out = []
         if fixed:
-            out.append(f"{fixed} unjournaled thread(s) that inherited the pin too")
+            out.append(f"{fixed} unjournaled thread(s) that inherited {self.name} too")
         if forked:
-            out.append(f"{forked} thread(s) of processes it forked that inherited the pin")
+            out.append(f"{forked} thread(s) of processes it forked that inherited {self.name}")
         return "; ".join(out)
 
-    def _inherited(self, root: Root, pid: int, starttime: int, pinned: CpuSet, original: str,
-                   held: set[tasks.ThreadId], skip: int | None = None) -> int:
-        """Restore the threads of process (pid, starttime) that still show `pinned`
-        and have no journal entry of their own; how many."""
+    def write_check(self, value: str) -> None:
+        """ValueError unless `value` is a value this knob writes (no syscall)."""
+        raise NotImplementedError
+
+    def restore_forked(self, root: Root, child: tasks.ProcId, written: str, original: str,
+                       creds: tuple[int, int], held: frozenset[tuple[str, str]]) -> int:
+        """A process an agent forked, after the agent itself is gone (the kernel
+        re-parented it, so restore_spread() can no longer find it): its threads
+        under `creds` (the agent's) that show exactly `written` and have no
+        entry of their own get `original`; how many (not journaled)."""
+        try:
+            self.write_check(written)
+        except ValueError:
+            return 0
+        mine = {tasks.ThreadId.parse(t) for k, t in held
+                if k == self.name and t.startswith(f"{child}:")}
+        return self._inherited(root, child.pid, child.starttime, written, original, mine, creds)
+
+    def _inherited(self, root: Root, pid: int, starttime: int, written: str, original: str,
+                   held: set[tasks.ThreadId], creds: tuple[int, int],
+                   skip: int | None = None) -> int:
+        """Restore the threads of process (pid, starttime) under credentials `creds`
+        that still show `written` and have no journal entry of their own; how many."""
         fixed = 0
         for tid in tasks.list_tids(root, pid):
             t = tasks.ThreadId(pid, starttime, tid)
-            if tid == skip or t in held:
+            if tid == skip or t in held or tasks.thread_uids(root, pid, tid) != creds:
                 continue
             try:
-                if CpuSet.parse_list(self.read(root, t.target)) != pinned:
-                    continue  # the agent chose this thread's mask itself
+                if not self.equal(self.read(root, t.target), written):
+                    continue  # the agent chose this thread's value itself
                 self.write(root, t.target, original)
             except (KernelError, ValueError):
                 continue  # exited (or the pid was recycled) meanwhile: nothing to restore
             fixed += 1
         return fixed
 
+
+class TaskAffinityKnob(TaskKnob):
+    name = "task.affinity"
+    help = "CPU affinity of one thread (cpulist)"
+
+    def read(self, root: Root, target: str) -> str:
+        t = self._thread(root, target, "read")
+        return tasks.get_affinity(t.tid).to_list()
+
+    def write_check(self, value: str) -> None:
+        self._cpus(value)
+
+    def _cpus(self, value: str) -> CpuSet:
+        try:
+            cpus = CpuSet.parse_list(value)
+        except CpuSetError as e:
+            raise ValueError(f"{self.name}: bad cpulist {value!r}") from e
+        if not cpus:
+            raise ValueError(f"{self.name}: an empty CPU set would leave the thread nowhere to run")
+        return cpus
+
+    def _set(self, tid: int, value: str) -> None:
+        tasks.set_affinity(tid, self._cpus(value))
+
+    def equal(self, a: str, b: str) -> bool:
+        return cpulist_equal(a, b)
+
     def shell(self, target: str, value: str) -> str:
         t = tasks.ThreadId.parse(target)
         return _guard(t) + f"taskset -p -c {shlex.quote(value.strip())} {t.tid}"
 
 
-class TaskNiceKnob(_TaskKnob):
+class TaskNiceKnob(TaskKnob):
     name = "task.nice"
     help = "nice value of one thread (-20..19)"
 
@@ -161,11 +222,12 @@ class TaskNiceKnob(_TaskKnob):
         t = self._thread(root, target, "read")
         return str(tasks.get_nice(t.tid))
 
-    def write(self, root: Root, target: str, value: str) -> None:
+    def write_check(self, value: str) -> None:
         if not re.fullmatch(r"-?[0-9]{1,2}", value.strip()) or not -20 <= int(value) <= 19:
             raise ValueError(f"{self.name}: bad nice value {value!r} (expected -20..19)")
-        t = self._thread(root, target, "write")
-        tasks.set_nice(t.tid, int(value))
+
+    def _set(self, tid: int, value: str) -> None:
+        tasks.set_nice(tid, int(value))
 
     def equal(self, a: str, b: str) -> bool:
         return int_equal(a, b)
@@ -175,7 +237,7 @@ class TaskNiceKnob(_TaskKnob):
         return _guard(t) + f"renice -n {int(value)} -p {t.tid}"
 
 
-class TaskIoprioKnob(_TaskKnob):
+class TaskIoprioKnob(TaskKnob):
     name = "task.ioprio"
     help = "I/O priority of one thread (none, idle, rtN, beN)"
 
@@ -183,10 +245,11 @@ class TaskIoprioKnob(_TaskKnob):
         t = self._thread(root, target, "read")
         return tasks.get_ioprio(t.tid)
 
-    def write(self, root: Root, target: str, value: str) -> None:
-        tasks.parse_ioprio(value)  # ValueError before any syscall
-        t = self._thread(root, target, "write")
-        tasks.set_ioprio(t.tid, value.strip())
+    def write_check(self, value: str) -> None:
+        tasks.parse_ioprio(value)
+
+    def _set(self, tid: int, value: str) -> None:
+        tasks.set_ioprio(tid, value)
 
     def equal(self, a: str, b: str) -> bool:
         try:

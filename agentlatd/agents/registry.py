@@ -16,7 +16,17 @@ What a class does is the policy's [classes.X] (etc/agentlatd.toml):
                  moved off its home CPU (see "Exclusive home CPUs")
   pm_qos_resume_latency_us   per home CPU while an agent lives there
 The originals are journaled by the engine before the first write and
-restored on unregister, on `agentlatd rollback`, on SIGTERM and after a crash.
+restored on unregister, on `agentlatd rollback`, on SIGTERM and after a crash,
+on the threads and forked processes that inherited them too (agents/knobs.py
+TaskKnob.restore). An agent's own exit forgets its entries (its threads are
+gone), but the processes it forked live on, re-parented: the tick remembers
+them (Agent.forked) and the exit gives them the originals.
+
+Writes made for a non-admin peer (Agent.owner) reach only threads whose real
+and effective uid are the peer's, checked per thread right before each
+syscall (agents/tasks.py check_thread): a process whose threads run under
+several uids (one dropped privileges with the raw setresuid syscall) gets
+the class on the peer's threads only, and the agent is "partial".
 
 Per-thread sched_setaffinity, not a cpuset cgroup (issue 4 asks to choose):
   - a cpuset means moving the process into a cgroup of ours (systemd and
@@ -85,6 +95,12 @@ log = logging.getLogger("agentlatd.agents")
 
 MAX_AGENTS = 16384  # in all
 MAX_AGENTS_PER_UID = 4096  # for a non-admin uid
+# Processes an agent forked are listed at the agent tick (proc/PID/task/*/children,
+# ~15-30 us per agent here), for this many agents per tick, round robin: a fork
+# shorter-lived than the round is missed (it inherited the values and is
+# restored on every other path; only the agent's own exit needs the list)
+FORK_SCAN_AGENTS = 64
+MAX_FORKED = 256  # remembered per agent
 
 
 @dataclass(slots=True)
@@ -127,6 +143,15 @@ class Agent:
     dropped: int = 0
     last_move: MoveRecord | None = None
     pidfd: int | None = None
+    # the non-admin uid that registered it: its threads are written only where
+    # that uid is their real and effective uid (checked per thread, right before
+    # each syscall); None = registered by an admin or by the policy itself
+    owner: int | None = None
+    # the processes it forked (its live descendants at its last fork scan) and
+    # (ruid, euid) of its main thread: at its exit they have been re-parented,
+    # and still show what agentlatd set on the agent
+    creds: tuple[int, int] | None = None
+    forked: set[ProcId] = field(default_factory=set)
     state: str = "pending"  # pending | placed | partial | failed
     problem: str = ""  # the last write that failed
     note: str = ""  # why the class policy could not be met (no home CPU, ...)
@@ -214,6 +239,7 @@ class AgentManager:
         self.protected: set[int] = set()
         self.excl_gate: Callable[[Agent], bool] = lambda a: True
         self.row_extras: Callable[[Agent], dict[str, Any]] | None = None
+        self._fork_cursor = 0
 
     # -- inputs ----------------------------------------------------------
     def set_layout(self, layout: CpuLayout) -> None:
@@ -304,8 +330,11 @@ class AgentManager:
                                         f"registered already (limit {MAX_AGENTS_PER_UID})")
         return p, ruid
 
-    def register(self, p: ProcId, uid: int, req: Register, source: str = "socket") -> Agent:
-        """Record (or update) a registration; the writes happen in place_pending()."""
+    def register(self, p: ProcId, uid: int, req: Register, source: str = "socket", *,
+                 owner: int | None = None) -> Agent:
+        """Record (or update) a registration; the writes happen in place_pending().
+
+        `owner`: the registering peer's uid when it is not an admin (Agent.owner)."""
         a = self.agents.get(p)
         if a is None:
             a = Agent(agent_id=req.agent_id, proc=p, uid=uid, latency_class=req.latency_class,
@@ -329,6 +358,7 @@ class AgentManager:
             a.agent_id = req.agent_id
             a.latency_class = req.latency_class
             a.source = source
+        a.owner = owner
         a.deadline_ns, a.budget_ns = req.deadline_ns, req.budget_ns
         a.numa_node = req.numa_node
         a.devices = req.devices
@@ -398,11 +428,11 @@ class AgentManager:
         for tid in tids:
             t = ThreadId(a.proc.pid, a.proc.starttime, tid).target
             if a.want_cpus is not None:
-                out.append(Change("task.affinity", t, "", a.want_cpus.to_list(), why))
+                out.append(Change("task.affinity", t, "", a.want_cpus.to_list(), why, a.owner))
             if a.want_nice is not None:
-                out.append(Change("task.nice", t, "", str(a.want_nice), why))
+                out.append(Change("task.nice", t, "", str(a.want_nice), why, a.owner))
             if a.want_ioprio is not None:
-                out.append(Change("task.ioprio", t, "", a.want_ioprio, why))
+                out.append(Change("task.ioprio", t, "", a.want_ioprio, why, a.owner))
         return out
 
     def _why(self, a: Agent) -> str:
@@ -531,7 +561,7 @@ class AgentManager:
                     if want is None or orig is None:
                         continue
                     if self.applier.read(knob, t) == want and want != orig:
-                        err = self.applier.write_direct(knob, t, orig)
+                        err = self.applier.write_direct(knob, t, orig, a.owner)
                         if err:
                             log.warning("restoring %s of %s: %s", knob, t, err)
         self._drop(a, "unregistered", forget=False)
@@ -567,6 +597,7 @@ class AgentManager:
         """The process is gone (pidfd readable or polling): forget its entries (lock held)."""
         a = self.agents.get(p)
         if a is not None:
+            self._restore_forked(a)
             self._drop(a, "process exited", forget=True)
 
     def decline(self, p: ProcId) -> None:
@@ -603,6 +634,7 @@ class AgentManager:
                 if fd in by_fd:
                     self.exited(by_fd[fd])
         self._new_threads()
+        self._scan_forks()
         self._moves(now)
         self._auto_register()
         self.place_pending()
@@ -639,6 +671,47 @@ class AgentManager:
         if changes:
             self._account(self.applier.apply(changes), touched, add=True)
 
+    def _scan_forks(self) -> None:
+        """Remember the processes agents forked (FORK_SCAN_AGENTS agents per tick)."""
+        todo = [a for a in self.agents.values() if a.applied]
+        if not todo:
+            return
+        start = self._fork_cursor % len(todo)
+        chosen = (todo[start:] + todo[:start])[:FORK_SCAN_AGENTS]
+        self._fork_cursor = start + len(chosen)
+        for a in chosen:
+            # the live descendants only (replaced, not added to: an agent that
+            # forks short-lived commands all day must not grow the set)
+            kids: set[ProcId] = set()
+            for pid in tasks.descendants(self.root, a.proc.pid, limit=MAX_FORKED):
+                st = tasks.starttime_of(self.root, pid)
+                if st is not None and st >= a.proc.starttime:
+                    kids.add(ProcId(pid, st))
+            a.forked = kids
+            if kids and a.creds is None:  # read here, not on the registration path
+                a.creds = tasks.thread_uids(self.root, a.proc.pid, a.proc.pid)
+
+    def _restore_forked(self, a: Agent) -> None:
+        """The agent exited: its forked processes that still show agentlatd's values
+        (inherited from it) get its originals back, as its entries would have."""
+        if not a.forked or a.creds is None:
+            return
+        main = ThreadId(a.proc.pid, a.proc.starttime, a.proc.pid).target
+        vals = self.applier.written(main)
+        n = 0
+        for child in sorted(a.forked, key=lambda c: c.pid):
+            if child in self.agents or not tasks.alive(self.root, child):
+                continue  # registered itself (its own entries decide) or gone
+            for knob, original, written in vals:
+                try:
+                    n += self.applier.restore_forked(knob, child, written, original, a.creds)
+                except (KernelError, ValueError):
+                    continue
+        a.forked.clear()
+        if n:
+            log.info("agent %r pid %d exited: %d value(s) restored on processes it forked",
+                     a.agent_id, a.proc.pid, n)
+
     def _unborn(self, a: Agent, tid: int) -> None:
         """A thread born with our values (cloned from a pinned thread) has no journal
         entry, and a crash would leave it pinned: give it the process's original
@@ -653,7 +726,7 @@ class AgentManager:
             if want is None or orig is None or orig == want:
                 continue
             if self.applier.read(knob, t) == want:
-                self.applier.write_direct(knob, t, orig)
+                self.applier.write_direct(knob, t, orig, a.owner)
 
     def _moves(self, now: float) -> None:
         pol = self.policy.heat

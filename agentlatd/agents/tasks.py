@@ -253,8 +253,32 @@ def descendants(root: Root, pid: int, limit: int = 4096) -> list[int]:
     return out[:limit]
 
 
-def check_thread(root: Root, t: ThreadId, op: str) -> None:
-    """Raise TaskGone unless `t` is still that process's thread (see the module docstring)."""
+class TaskNotPermitted(KernelError):
+    """The thread runs under credentials the uid a write is made for does not hold."""
+
+    def __init__(self, op: str, target: str, detail: str) -> None:
+        super().__init__(op, f"task {target} ({detail})", errno.EPERM, CONTEXT)
+
+
+def thread_uids(root: Root, pid: int, tid: int) -> tuple[int, int] | None:
+    """(real uid, effective uid) of ONE thread: proc/PID/task/TID/status.
+
+    Credentials are per task (kernel/cred.c): a thread that called the raw
+    setresuid syscall changed its own only (glibc's setresuid() makes every
+    thread call it, nptl's setxid broadcast), so proc/PID/status (the main
+    thread's) says nothing about the others. None when it is gone."""
+    try:
+        return parse_status_uids(root.read_text(f"proc/{pid}/task/{tid}/status", CONTEXT))
+    except (KernelError, ValueError):
+        return None
+
+
+def check_thread(root: Root, t: ThreadId, op: str, uid: int | None = None) -> None:
+    """Raise TaskGone unless `t` is still that process's thread (see the module docstring).
+
+    With `uid` (a write made for a non-admin peer): also TaskNotPermitted
+    unless the thread's real AND effective uid are `uid`, the rule the
+    registration applied to the process, now to the very thread written."""
     st = pid_stat(root, t.pid)
     if st is None or st.state in ("Z", "X"):
         raise TaskGone(op, t.target, "process exited")
@@ -263,6 +287,14 @@ def check_thread(root: Root, t: ThreadId, op: str) -> None:
                                      f"(starttime {st.starttime}, not {t.starttime})")
     if t.tid != t.pid and not root.exists(f"proc/{t.pid}/task/{t.tid}"):
         raise TaskGone(op, t.target, "thread exited")
+    if uid is not None:
+        uids = thread_uids(root, t.pid, t.tid)
+        if uids is None:
+            raise TaskGone(op, t.target, "thread exited")
+        if uids != (uid, uid):
+            raise TaskNotPermitted(op, t.target, f"thread {t.tid} runs as uid {uids[0]} "
+                                   f"(effective {uids[1]}), not as uid {uid} that registered "
+                                   "its process: skipped")
 
 
 def read_comm(root: Root, pid: int) -> str | None:

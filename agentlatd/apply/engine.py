@@ -232,6 +232,7 @@ class _Pending:
     new_entry: bool
     result: KnobResult | None = field(default=None)
     prev_written: str | None = None  # entry.written before this batch
+    prev_original: str = ""  # entry.original before this batch (an entry it did not add)
 
 
 # ---------------------------------------------------------------------------
@@ -621,13 +622,15 @@ class Engine:
                 continue
             assert j is not None
             new = entry is None
+            prev_original = entry.original if entry is not None else ""
             if entry is None:
                 entry = j.add(c.knob, c.target, knob.original_of(current, c.desired),
                               device=self._device_id(knob, c.target, ids))
             else:
                 entry.original = knob.merge_original(entry.original,
                                                      knob.original_of(current, c.desired))
-            pending.append((i, _Pending(c, knob, current, entry, new, prev_written=entry.written)))
+            pending.append((i, _Pending(c, knob, current, entry, new, prev_written=entry.written,
+                                        prev_original=prev_original)))
 
         if pending:
             assert j is not None
@@ -636,12 +639,21 @@ class Engine:
             # the save after the writes appends only "complete" (journal.py)
             for _, p in pending:
                 p.entry.written = p.change.desired
+            was_complete = j.complete
             j.complete = False
             try:
                 j.save()
             except JournalError:
-                for _, p in pending:  # nothing was written: no false drift later
+                # nothing was written: the batch leaves nothing behind, in memory
+                # either. An original kept here would reach the file with the
+                # next save and be "restored" at stop over a value agentlatd
+                # never changed (the process's own later choice)
+                for _, p in pending:
                     p.entry.written = p.prev_written
+                    if not p.new_entry and p.entry.original != p.prev_original:
+                        p.entry.original = p.prev_original
+                j.remove_entries([p.entry for _, p in pending if p.new_entry])
+                j.complete = was_complete
                 raise
             if self._crash_after == 0:
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -696,7 +708,10 @@ class Engine:
                               errclass.value if errclass else None, message, c.reason)
 
         try:
-            knob.write(self.root, c.target, c.desired)
+            if c.owner is None:
+                knob.write(self.root, c.target, c.desired)
+            else:
+                knob.write_for(self.root, c.target, c.desired, c.owner)
         except KernelError as e:
             if e.errclass is ErrClass.MANAGED:
                 p.entry.set_flag(FLAG_MANAGED)
@@ -858,7 +873,15 @@ class Engine:
             return res(FAILED, f"cannot read: {err}", errclass=ErrClass.INVALID)
         current = knob.original_of(current, e.original)  # the journaled fields only
         if knob.equal(current, e.original):
-            return res(UNCHANGED, "already at its original value", current, current)
+            # the object set its original back itself; what agentlatd's write
+            # spread to (threads and processes it started meanwhile) may not have
+            try:
+                note = knob.restore_spread(self.root, e.target, e.original, written=e.written,
+                                           journaled=held)
+            except (KernelError, ValueError, AgentlatdError):
+                note = ""
+            return res(UNCHANGED, "already at its original value" + (f"; {note}" if note else ""),
+                       current, current)
         try:
             note = knob.restore(self.root, e.target, e.original, written=e.written,
                                 journaled=held)
@@ -1078,10 +1101,11 @@ def rollback_commands(root: Root, state_dir: str) -> list[str]:
             out.append(f"# {e.knob} {e.target}: {err}")
             continue
         out += [ln if ln.startswith("#") else wrap(ln) for ln in _guarded(cmd, e.device)]
-    if any(e.knob == "task.affinity" and e.written is not None for e in j.entries):
+    if any(e.knob in ("task.affinity", "task.nice", "task.ioprio") and e.written is not None
+           for e in j.entries):
         # restore() also puts back threads and forked processes that inherited a
-        # pin (agents/knobs.py); which ones is only known when it runs
+        # pin, nice or ioprio (agents/knobs.py); which ones is only known when it runs
         out.append("# NOTE: `agentlatd rollback` also restores the threads and forked child "
-                   "processes that inherited an agent's pin and have no entry of their own; "
-                   "the lines above do not")
+                   "processes that inherited an agent's pin, nice or ioprio and have no entry "
+                   "of their own; the lines above do not")
     return out

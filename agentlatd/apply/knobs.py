@@ -79,6 +79,11 @@ class Knob:
     def write(self, root: Root, target: str, value: str) -> None:
         raise NotImplementedError
 
+    def write_for(self, root: Root, target: str, value: str, owner: int | None) -> None:
+        """write() for Change.owner: knobs of objects a uid can own (task knobs)
+        refuse targets `owner` may not control; the others have no owner."""
+        self.write(root, target, value)
+
     def equal(self, a: str, b: str) -> bool:
         """Whether two values mean the same (the kernel prints "0003", we write "3")."""
         return a.split() == b.split()
@@ -112,6 +117,13 @@ class Knob:
         the report ("" when there is nothing more to say).
         """
         self.write(root, target, original)
+        return ""
+
+    def restore_spread(self, root: Root, target: str, original: str, *, written: str | None,
+                       journaled: frozenset[tuple[str, str]]) -> str:
+        """The part of restore() beyond `target` itself, for an entry whose own
+        value is back already (the object set it back): the objects the write
+        spread to may still show agentlatd's value. A note, as restore()."""
         return ""
 
     def shell(self, target: str, value: str) -> str:

@@ -46,6 +46,10 @@ class Change:
     current: the value read at plan time, as the kernel prints it ("" if unknown)
     desired: the value to write, as the kernel accepts it
     reason:  one sentence for a person
+    owner:   the uid the write is made for when that uid's rights bound it (a
+             non-admin peer's agent: a task knob writes only threads whose real
+             and effective uid are this one, checked right before the syscall);
+             None for the daemon's own decisions and admins' requests
     """
 
     knob: str
@@ -53,6 +57,7 @@ class Change:
     current: str
     desired: str
     reason: str
+    owner: int | None = None
 
     @property
     def key(self) -> tuple[str, str]:
