@@ -70,4 +70,6 @@ def test_slow_steps_blame_the_hog_sharing_the_cpu(agent_and_hog: tuple[int, int]
     assert by["runnable"]["ns"] >= 0.9 * (total - own), doc["summary"]
     culprits = {c["who"].split(" ")[1] for c in doc["summary"]["culprits"] if c["cause"] == "runnable"}
     assert culprits & {str(h) for h in hog_pids}, doc["summary"]
-    assert "runnable on CPU" in doc["steps"][0]["verdict"]
+    # one slow step may be all "running": a vCPU stolen by the hypervisor looks so from
+    # inside the guest; the verdicts must still name the runqueue wait
+    assert any("runnable on CPU" in s["verdict"] for s in doc["steps"]), doc["steps"][:5]
