@@ -66,7 +66,7 @@ from typing import Any
 
 from agentlatd import __version__
 from agentlatd import policy as policy_mod
-from agentlatd.agents import tasks
+from agentlatd.agents import pidns, tasks
 from agentlatd.agents.applier import AGENT_KNOBS, Applier
 from agentlatd.agents.links import LinkTracker
 from agentlatd.agents.placement import CpuLayout
@@ -644,6 +644,8 @@ class Daemon:
             if len(nodes) == 1:
                 req = dataclasses.replace(req, numa_node=nodes.pop())
         admin = self.is_admin(c.peer.uid, c.peer.gid)
+        if req.pid is not None:
+            req = dataclasses.replace(req, pid=self._peer_pid(c, req.pid))
         p, uid = self.manager.check_register(c.peer.pid, c.peer.uid, self.peer_start.get(c.id),
                                              req, admin)
         self.manager.register(p, uid, req)
@@ -654,7 +656,20 @@ class Daemon:
         self._waiting.append((c, env.req_id, "register", p))
         return PENDING
 
+    def _peer_pid(self, c: Conn, pid: int) -> int:
+        """A pid from a request, as the peer sees it, in the daemon's PID namespace
+        (agents/pidns.py; docs/protocol.md "PID namespaces")."""
+        out = pidns.translate(self.root, c.peer.pid, pid)
+        if out is None:
+            raise ProtocolError(protocol.NO_SUCH_PROCESS,
+                                f"no process {pid} in your PID namespace (pids in requests "
+                                "are read in the client's own PID namespace; a process in a "
+                                "namespace nested below it must register itself)")
+        return out
+
     def _agent_for(self, c: Conn, pid: int | None, agent_id: str | None) -> Any:
+        if pid is not None:
+            pid = self._peer_pid(c, pid)
         target = pid if pid is not None else c.peer.pid
         a = self.manager.find(target)
         if a is None:
@@ -797,7 +812,7 @@ def _register_result(a: Any) -> dict[str, Any]:
     j: dict[str, Any] = a.to_json()
     return {k: j[k] for k in ("agent_id", "pid", "starttime", "latency_class", "home_cpu",
                               "cpus", "exclusive", "threads", "threads_pinned", "state",
-                              "problem")}
+                              "problem", "placement", "cpuset", "container")}
 
 
 def _raise_nofile() -> None:
