@@ -70,7 +70,7 @@ from agentlatd.agents import pidns, tasks
 from agentlatd.agents.applier import AGENT_KNOBS, Applier
 from agentlatd.agents.links import LinkTracker
 from agentlatd.agents.placement import CpuLayout
-from agentlatd.agents.registry import AgentManager
+from agentlatd.agents.registry import AgentManager, parse_cpus
 from agentlatd.agents.tasks import ProcId
 from agentlatd.api import protocol
 from agentlatd.api.protocol import Envelope, ProtocolError, Register, Step, Unregister
@@ -219,8 +219,10 @@ class Tuner:
                 links = NONE
                 errors.append(f"agent link sampling failed: {e}")
                 log.warning("agent link sampling failed: %s", e, exc_info=not isinstance(e, AgentlatdError))
-            plan = make_plan(self.machine, pol, rates=rates,
-                             irqbalance_running=bool(irqbalance.running(root)), agent_links=links)
+            ib_pids = irqbalance.running(root)
+            plan = make_plan(self.machine, pol, rates=rates, irqbalance_running=bool(ib_pids),
+                             agent_links=links,
+                             irqbalance_banned=self._irqbalance_base(ib_pids, pol))
         except Exception as e:
             errors.append(f"planning failed: {e}")
             log.warning("planning failed: %s", e, exc_info=not isinstance(e, AgentlatdError))
@@ -300,6 +302,17 @@ class Tuner:
         out = tuple(eng.check_drift())
         self.yields += [(now, (d.knob, d.target)) for d in out if d.action == "yielded"]
         return out
+
+    def _irqbalance_base(self, pids: tuple[int, ...], pol: Policy) -> CpuSet | None:
+        """What irqbalance banned before agentlatd (daemon.irqbalance = "cooperate"):
+        the journaled original of the ban, else the running irqbalance's ban now."""
+        if not pids or pol.daemon.irqbalance != "cooperate" or not self.d.tune_devices:
+            return None
+        from agentlatd.apply import irqbalance_ban
+        for e in self.d.engine.entries():
+            if (e.knob, e.target) == (irqbalance_ban.NAME, irqbalance_ban.TARGET):
+                return parse_cpus(e.original) or CpuSet()
+        return irqbalance_ban.current_ban(self.d.root, pids)
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self._run, name="agentlatd-tuner", daemon=True)

@@ -83,7 +83,7 @@ class DaemonPolicy:
     admin_group: str = "agentlatd-admin"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     drift: Literal["reassert", "yield"] = "yield"
-    irqbalance: Literal["refuse", "ignore"] = "refuse"
+    irqbalance: Literal["cooperate", "refuse", "ignore"] = "cooperate"
     max_clients: int = field(default=4096, metadata=_meta(_check_pos))
 
 
