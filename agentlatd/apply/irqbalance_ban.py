@@ -27,7 +27,22 @@ A ban set over the socket lives as long as that irqbalance process: a new
 irqbalance (restart, upgrade) starts without it. read() therefore returns the
 ban of the running irqbalance, and the engine's drift check sees a restart as
 drift; this knob asks to be reasserted whatever policy.daemon.drift says
-(REASSERT), which puts the ban back within one tick of the new pid.
+(reassert = True), which puts the ban back within one tick of the new pid.
+
+Talking to irqbalance safely (seen in the VM tier with Debian's 1.9.2):
+  - irqbalance serves its socket from its one main loop, and a rescan (which
+    "settings cpus" itself triggers) blocks that loop for a whole sleep
+    interval; a "setup" sent then is answered 10 s later;
+  - a client that gives up before the answer kills irqbalance: sock_handle()
+    answers with send() without MSG_NOSIGNAL and irqbalance does not ignore
+    SIGPIPE.
+So "settings cpus" is sent without waiting for anything (the kernel buffers
+it; irqbalance reads it when its loop comes round), and "setup" is asked
+only of an irqbalance agentlatd has not written to yet (once per irqbalance
+process), with a timeout of SETUP_TIMEOUT_S, longer than any sleep interval
+irqbalance is run with in practice. For an irqbalance agentlatd wrote to,
+read() returns what was written: agentlatd is the only writer of the UI ban
+(irqbalance-ui is an interactive tool).
 
 Values are CPU lists ("2-3"; "" = nothing banned). Target: "irqbalance".
 """
@@ -36,7 +51,6 @@ from __future__ import annotations
 
 import errno
 import socket
-import time
 from dataclasses import dataclass
 
 from agentlatd.apply import irqbalance
@@ -48,9 +62,9 @@ from agentlatd.sysfs.root import Root
 NAME = "irqbalance.banned_cpus"
 TARGET = "irqbalance"
 CONTEXT = "irqbalance"
-TIMEOUT_S = 2.0
+SEND_TIMEOUT_S = 2.0
+SETUP_TIMEOUT_S = 60.0  # > irqbalance's sleep interval (module docstring: never give up early)
 MAX_ANSWER = 1 << 20
-RESCAN_GRACE_S = 2.0  # on top of irqbalance's sleep interval
 
 
 def socket_rel(pid: int) -> str:
@@ -94,7 +108,7 @@ def _request(root: Root, pid: int, command: str, *, answer: bool) -> str:
     path = root.path(rel)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
-        s.settimeout(TIMEOUT_S)
+        s.settimeout(SETUP_TIMEOUT_S if answer else SEND_TIMEOUT_S)
         s.connect(path)
         s.sendall(command.encode())
         if not answer:
@@ -150,9 +164,9 @@ class IrqbalanceBanKnob(Knob):
     reassert = True  # a restarted irqbalance forgot the ban: put it back (module docstring)
 
     def __init__(self) -> None:
-        # what was written to which irqbalance and when: until its next rescan,
-        # irqbalance still reports the old ban, and that is not drift
-        self._pending: dict[int, tuple[str, float, float]] = {}
+        # irqbalance pid -> the ban written to it (module docstring: read() asks
+        # "setup" only of an irqbalance not written to yet)
+        self._written: dict[int, str] = {}
 
     def check_target(self, target: str) -> None:
         if target != TARGET:
@@ -160,16 +174,12 @@ class IrqbalanceBanKnob(Knob):
 
     def read(self, root: Root, target: str) -> str:
         pid = the_pid(root)
-        st = read_setup(root, pid)
-        shown = st.banned.to_list()
-        pend = self._pending.get(pid)
-        if pend is not None:
-            value, at, grace = pend
-            if cpulist_equal(shown, value) or time.monotonic() - at > grace:
-                del self._pending[pid]
-            else:
-                return value  # written, applied at irqbalance's next pass
-        return shown
+        written = self._written.get(pid)
+        if written is not None:
+            return written
+        for old in [p for p in self._written if p != pid]:
+            del self._written[old]  # that irqbalance is gone
+        return read_setup(root, pid).banned.to_list()
 
     def write(self, root: Root, target: str, value: str) -> None:
         pid = the_pid(root)
@@ -177,9 +187,8 @@ class IrqbalanceBanKnob(Knob):
             cpus = CpuSet.parse_list(value.strip()) if value.strip() else CpuSet()
         except CpuSetError as e:
             raise ValueError(f"{NAME}: {e}") from e
-        sleep_s = read_setup(root, pid).sleep_s
         _request(root, pid, f"settings cpus {cpus.to_list() if cpus else 'NULL'}", answer=False)
-        self._pending[pid] = (cpus.to_list(), time.monotonic(), sleep_s + RESCAN_GRACE_S)
+        self._written[pid] = cpus.to_list()
 
     def equal(self, a: str, b: str) -> bool:
         return cpulist_equal(a, b)

@@ -40,7 +40,9 @@ TRAFFIC_S = 65.0
 def setup_answer(pid: int) -> str:
     """irqbalance's answer to "setup" (irqbalance.c sock_handle())."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(5)
+        # irqbalance answers after a rescan's blocking sleep (10 s); a client that
+        # gives up makes its send() raise SIGPIPE and kill it
+        s.settimeout(90)
         s.connect(f"/run/irqbalance/irqbalance{pid}.sock")
         s.sendall(b"setup")
         s.shutdown(socket.SHUT_WR)
