@@ -33,9 +33,10 @@ Talking to irqbalance safely (seen in the VM tier with Debian's 1.9.2):
   - irqbalance serves its socket from its one main loop, and a rescan (which
     "settings cpus" itself triggers) blocks that loop for a whole sleep
     interval; a "setup" sent then is answered 10 s later;
-  - a client that gives up before the answer kills irqbalance: sock_handle()
-    answers with send() without MSG_NOSIGNAL and irqbalance does not ignore
-    SIGPIPE.
+  - a client that gives up before the answer risks killing irqbalance (read
+    in irqbalance.c, not observed: sock_handle() answers with send() without
+    MSG_NOSIGNAL, and irqbalance does not ignore SIGPIPE). In the VM tier a
+    2-s timeout on "setup" left agentlatd unable to read or restore the ban.
 So "settings cpus" is sent without waiting for anything (the kernel buffers
 it; irqbalance reads it when its loop comes round), and "setup" is asked
 only of an irqbalance agentlatd has not written to yet (once per irqbalance
