@@ -496,8 +496,11 @@ def phase_containers() -> None:
         assert isinstance(ct, dict)
         check("agent in AllowedCPUs=0-1: cpuset read from cgroup v2 cpuset.cpus.effective",
               reg.get("cpuset") == "0-1", f"cpuset={reg.get('cpuset')} cgroup={ct.get('cgroup')}")
+        # systemd nests a dashed slice name: agentlat-test.slice is
+        # /agentlat.slice/agentlat-test.slice (systemd.slice(5))
         check("its cgroup path is the scope in the slice",
-              str(ct.get("cgroup", "")).startswith(f"/{slice_}/"), str(ct.get("cgroup")))
+              f"/{slice_}/" in str(ct.get("cgroup", ""))
+              and str(ct.get("cgroup", "")).endswith(".scope"), str(ct.get("cgroup")))
         home = reg.get("home_cpu")
         check("no home CPU in its cpuset: placed on a CPU it may use, and said so",
               reg.get("placement") == "fallback" and home in (0, 1)
