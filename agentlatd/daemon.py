@@ -69,12 +69,12 @@ from typing import Any
 
 from agentlatd import __version__
 from agentlatd import policy as policy_mod
-from agentlatd.agents import tasks
+from agentlatd.agents import pidns, tasks
 from agentlatd.agents.applier import AGENT_KNOBS, Applier
 from agentlatd.agents.chain import ChainKeeper, ChainScanner, Declared
 from agentlatd.agents.links import LinkTracker
 from agentlatd.agents.placement import NO_HOME_CPU, CpuLayout
-from agentlatd.agents.registry import AgentManager
+from agentlatd.agents.registry import AgentManager, parse_cpus
 from agentlatd.agents.tasks import ProcId
 from agentlatd.api import protocol
 from agentlatd.api.protocol import Chain, Envelope, ProtocolError, Register, Step, Unregister
@@ -230,8 +230,10 @@ class Tuner:
                 links = NONE
                 errors.append(f"agent link sampling failed: {e}")
                 log.warning("agent link sampling failed: %s", e, exc_info=not isinstance(e, AgentlatdError))
-            plan = make_plan(self.machine, pol, rates=rates,
-                             irqbalance_running=bool(irqbalance.running(root)), agent_links=links)
+            ib_pids = irqbalance.running(root)
+            plan = make_plan(self.machine, pol, rates=rates, irqbalance_running=bool(ib_pids),
+                             agent_links=links,
+                             irqbalance_banned=self._irqbalance_base(ib_pids, pol))
             self.policy_error = None
         except PolicyError as e:  # nothing is planned, so nothing is written
             self.policy_error = e
@@ -334,6 +336,17 @@ class Tuner:
                         human_value(d.knob, d.expected), d.action, self.d.policy.daemon.drift)
         self.yields += [(now, (d.knob, d.target)) for d in out if d.action == "yielded"]
         return out
+
+    def _irqbalance_base(self, pids: tuple[int, ...], pol: Policy) -> CpuSet | None:
+        """What irqbalance banned before agentlatd (daemon.irqbalance = "cooperate"):
+        the journaled original of the ban, else the running irqbalance's ban now."""
+        if not pids or pol.daemon.irqbalance != "cooperate" or not self.d.tune_devices:
+            return None
+        from agentlatd.apply import irqbalance_ban
+        for e in self.d.engine.entries():
+            if (e.knob, e.target) == (irqbalance_ban.NAME, irqbalance_ban.TARGET):
+                return parse_cpus(e.original) or CpuSet()
+        return irqbalance_ban.current_ban(self.d.root, pids)
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self._run, name="agentlatd-tuner", daemon=True)
@@ -739,6 +752,8 @@ class Daemon:
             if len(nodes) == 1:
                 req = dataclasses.replace(req, numa_node=nodes.pop())
         admin = self.is_admin(c.peer.uid, c.peer.gid)
+        if req.pid is not None:
+            req = dataclasses.replace(req, pid=self._peer_pid(c, req.pid))
         p, uid = self.manager.check_register(c.peer.pid, c.peer.uid, self.peer_start.get(c.id),
                                              req, admin)
         self.manager.register(p, uid, req, owner=None if admin else c.peer.uid)
@@ -750,7 +765,20 @@ class Daemon:
         self._waiting.append((c, env.req_id, "register", p))
         return PENDING
 
+    def _peer_pid(self, c: Conn, pid: int) -> int:
+        """A pid from a request, as the peer sees it, in the daemon's PID namespace
+        (agents/pidns.py; docs/protocol.md "PID namespaces")."""
+        out = pidns.translate(self.root, c.peer.pid, pid)
+        if out is None:
+            raise ProtocolError(protocol.NO_SUCH_PROCESS,
+                                f"no process {pid} in your PID namespace (pids in requests "
+                                "are read in the client's own PID namespace; a process in a "
+                                "namespace nested below it must register itself)")
+        return out
+
     def _agent_for(self, c: Conn, pid: int | None, agent_id: str | None) -> Any:
+        if pid is not None:
+            pid = self._peer_pid(c, pid)
         target = pid if pid is not None else c.peer.pid
         a = self.manager.find(target)
         if a is None:
@@ -940,7 +968,7 @@ def _register_result(a: Any) -> dict[str, Any]:
     j: dict[str, Any] = a.to_json()
     return {k: j[k] for k in ("agent_id", "pid", "starttime", "latency_class", "home_cpu",
                               "cpus", "exclusive", "threads", "threads_pinned", "state",
-                              "problem")}
+                              "problem", "placement", "cpuset", "container")}
 
 
 def _raise_nofile() -> None:

@@ -188,6 +188,8 @@ class AgentInfo:
     pid: int
     home_cpu: int | None
     state: str
+    pod_uid: str = ""  # from the agent's cgroup path (model/container.py)
+    container: str = ""  # short (12 hex) container id
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,8 +467,10 @@ class Metrics:
             h = a.hist
             if g:
                 acc = own.setdefault((a.agent_id, cls), [[0] * stats.EXPORT_N, 0, 0])
+                ct = getattr(a, "container", None)
                 info.append(AgentInfo(a.agent_id, cls, int(getattr(key, "pid", 0)), a.home_cpu,
-                                      a.state))
+                                      a.state, getattr(ct, "pod_uid", "") or "",
+                                      getattr(ct, "short_id", "") or ""))
                 row = extras(a) if extras is not None else {}
                 for m in row.get("chain") or ():
                     k = (a.agent_id, str(m.get("state", "")))
@@ -656,10 +660,12 @@ def families(v: View) -> list[Family]:
     fam("agent_series_cap", "gauge", "Agents with step series of their own (policy "
         "metrics.max_agents); the rest are summed under agent=\"other\"").add(v.max_agents)
     ai = fam("agent", "info", "A registered agent with step series of its own: class, pid, "
-             "home CPU (\"\" when it has none), placement state")
+             "home CPU (\"\" when it has none), placement state, pod UID and short "
+             "container id from its cgroup (\"\" outside containers)")
     for a in v.agent_info:
         ai.add(1, agent=a.agent, **{"class": a.klass}, pid=a.pid,
-               home_cpu="" if a.home_cpu is None else a.home_cpu, state=a.state)
+               home_cpu="" if a.home_cpu is None else a.home_cpu, state=a.state,
+               pod_uid=a.pod_uid, container=a.container)
     cm = fam("agent_chain_members", "gauge", "Processes an agent waits on (its chain), by "
              "placement state (agents with series of their own)")
     for aid, mstate, n in v.chain_members:

@@ -177,7 +177,7 @@ class DaemonPolicy:
     admin_group: str = field(default="agentlatd-admin", metadata=_meta(_check_group, unit="group"))
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     drift: Literal["reassert", "yield"] = "yield"
-    irqbalance: Literal["refuse", "ignore"] = "refuse"
+    irqbalance: Literal["cooperate", "refuse", "ignore"] = "cooperate"
     max_clients: int = field(default=4096, metadata=_rng(1, MAX_CLIENTS_MAX, "connections"))
     # per non-root peer uid: requests per second (token bucket refill), the
     # bucket's size, and requests read but not yet answered (api/server.py)

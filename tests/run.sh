@@ -78,6 +78,24 @@ else
 fi
 
 echo "== VM tier (real kernel, real MSI-X IRQs)"
+# irqbalance for the guest's cooperation test (tests/vm/guest/test_agentlatd_7_irqbalance.py):
+# the Debian package unpacked into the lab cache with dpkg -x, NOT installed: its
+# maintainer scripts would start irqbalance on this host, and it must never move the
+# host's own IRQs. The guest sees the cache through its read-only view of /.
+IBDIR=${AGENTLATD_VMLAB:-/var/tmp/agentlatd-vmlab}/irqbalance
+if [ "${AGENTLATD_SKIP_VM:-0}" != 1 ] && [ ! -x "$IBDIR/root/usr/sbin/irqbalance" ]; then
+    mkdir -p "$IBDIR" && chmod 755 "$IBDIR"
+    (cd "$IBDIR" && apt-get -o DPkg::Lock::Timeout=300 download irqbalance >/dev/null)
+    irc=$?
+    if [ $irc -eq 0 ]; then
+        dpkg -x "$IBDIR"/irqbalance_*.deb "$IBDIR/root"
+        irc=$?
+    fi
+    if [ $irc -ne 0 ]; then
+        echo "PACKAGE STEP FAILED: irqbalance download/unpack exited $irc" >&2
+        rc=1
+    fi
+fi
 if [ "${AGENTLATD_SKIP_VM:-0}" = 1 ]; then
     echo "VM TIER SKIPPED: AGENTLATD_SKIP_VM=1"
 elif [ -x tests/vm/run_tier.sh ]; then

@@ -99,6 +99,61 @@ def choose_home(layout: CpuLayout, heat: Mapping[int, float], load: Mapping[int,
                                     order.get(c, len(order)), c))
 
 
+_NONE = CpuSet()
+
+
+@dataclass(frozen=True, slots=True)
+class HomeChoice:
+    """Where an agent goes: a home CPU, or (fallback) the quietest CPU it may use."""
+
+    cpu: int | None
+    fallback: bool = False  # True: not a home CPU (its cpuset holds none)
+    note: str = ""  # why, for `agents` and the registration answer
+
+
+def choose_home_within(layout: CpuLayout, heat: Mapping[int, float], load: Mapping[int, int],
+                       pol: HeatPolicy, *, allowed: CpuSet | None, reserved: CpuSet = _NONE,
+                       node: int | None = None, hot: frozenset[int] = frozenset()) -> HomeChoice:
+    """choose_home restricted to the CPUs the agent may use.
+
+    allowed:  the agent's effective cpuset (None: unknown, every CPU)
+    reserved: CPUs other workloads hold exclusively (never a home for this agent)
+    A home CPU inside `allowed` and outside `reserved` wins. When there is none,
+    the agent goes to the quietest CPU it may use (heat band, agents there,
+    heat, number), and the note says so; with none at all, cpu is None.
+    """
+    usable_home = layout.home - reserved
+    if allowed is not None:
+        usable_home = usable_home & allowed
+    if usable_home:
+        sub = CpuLayout(usable_home, layout.completion, layout.quiet_order, layout.siblings,
+                        layout.node_of, layout.online)
+        # candidates() prefers home CPUs that are not SMT siblings of completion
+        # CPUs; restricting `home` keeps that preference inside the cpuset
+        cpu = choose_home(sub, heat, load, pol, node=node, hot=hot)
+        if cpu is not None:
+            return HomeChoice(cpu)
+    if allowed is None:
+        if not layout.home:
+            return HomeChoice(None, note="no home CPU available (cpus.home)")
+        return HomeChoice(None, note=f"every home CPU ({layout.home}) is held exclusively "
+                                     f"by another workload ({reserved})")
+    may = allowed - reserved
+    if layout.online:
+        may = may & layout.online
+    if not may:
+        return HomeChoice(None, note=f"every CPU of this agent's cpuset ({allowed}) is held "
+                                     f"exclusively by another workload: left where it is")
+    cpu = min(may, key=lambda c: (band(heat.get(c), pol), c in hot, load.get(c, 0),
+                                  heat.get(c, 0.0), c))
+    why = (f"no home CPU ({layout.home}) in this agent's cpuset ({allowed})" if layout.home
+           else "no home CPU available (cpus.home)")
+    if reserved & allowed & layout.home:
+        why += f"; {reserved & allowed & layout.home} held exclusively by another workload"
+    return HomeChoice(cpu, fallback=True,
+                      note=f"{why}: placed on CPU {cpu}, the quietest CPU it may use")
+
+
 @dataclass(slots=True)
 class HotTracker:
     """Consecutive ticks each CPU has been at heat >= heat.hot."""
@@ -124,6 +179,7 @@ class Placed:
     home_cpu: int
     last_move: float  # time.monotonic() of its last placement/move
     node: int | None = None
+    usable: CpuSet | None = None  # CPUs it may live on (cpuset minus held CPUs); None: any
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +205,10 @@ def plan_moves(agents: Iterable[Placed], layout: CpuLayout, heat: Mapping[int, f
             continue
         if not gone and now - a.last_move < pol.min_move_interval:
             continue
-        cool = CpuSet(c for c in layout.candidates(a.node)
+        cand = layout.candidates(a.node)
+        if a.usable is not None:
+            cand = cand & a.usable
+        cool = CpuSet(c for c in cand
                       if c != a.home_cpu and c not in hot and (gone or band(heat.get(c), pol) == 0))
         if not cool:
             h = heat.get(a.home_cpu)
@@ -175,13 +234,19 @@ def plan_moves(agents: Iterable[Placed], layout: CpuLayout, heat: Mapping[int, f
     return moves, notes
 
 
-def victim_affinity(current: CpuSet, exclusive: CpuSet) -> CpuSet | None:
+def victim_affinity(current: CpuSet, exclusive: CpuSet,
+                    held: CpuSet = _NONE) -> CpuSet | None:
     """The affinity a task moved off exclusive home CPUs gets; None = leave it.
 
     A task allowed only on exclusive CPUs (someone pinned it there on purpose,
     e.g. `taskset -c 3`) is left alone: moving it would override that choice.
+    So is a task that runs only on CPUs another workload holds exclusively
+    (`held`: a cgroup partition, a kubelet static CPU assignment): those CPUs
+    are that workload's, not a source of victims.
     """
     if not current & exclusive:
+        return None
+    if held and current <= held:
         return None
     rest = current - exclusive
     return rest if rest else None

@@ -70,7 +70,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentlatd.agents import stats, tasks
+from agentlatd.agents import containers, stats, tasks
 from agentlatd.agents.applier import TASK_KNOBS, Applier
 from agentlatd.agents.autoreg import AutoRegistrar, agent_id_for
 from agentlatd.agents.placement import (
@@ -78,7 +78,7 @@ from agentlatd.agents.placement import (
     CpuLayout,
     HotTracker,
     Placed,
-    choose_home,
+    choose_home_within,
     plan_moves,
     victim_affinity,
 )
@@ -88,6 +88,7 @@ from agentlatd.api.protocol import ProtocolError, Register
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import AgentlatdError, KernelError
 from agentlatd.model.agent_links import AgentHome
+from agentlatd.model.container import ContainerId
 from agentlatd.plan.changes import Change
 from agentlatd.policy import Policy
 
@@ -155,6 +156,9 @@ class Agent:
     state: str = "pending"  # pending | placed | partial | failed
     problem: str = ""  # the last write that failed
     note: str = ""  # why the class policy could not be met (no home CPU, ...)
+    container: ContainerId = field(default_factory=ContainerId)
+    allowed: CpuSet | None = None  # its cgroup's effective cpuset (None: unknown)
+    fallback: bool = False  # placed outside the home CPUs: its cpuset holds none
 
     @property
     def key(self) -> ProcId:
@@ -176,6 +180,10 @@ class Agent:
             "registered_at": round(self.registered_at, 3),
             "last_move": self.last_move.to_json() if self.last_move else None,
             "state": self.state, "problem": self.problem or self.note,
+            "container": self.container.to_json(),
+            "cpuset": self.allowed.to_list() if self.allowed is not None else None,
+            "placement": ("none" if self.home_cpu is None else
+                          "fallback" if self.fallback else "home"),
         }
 
 
@@ -240,6 +248,9 @@ class AgentManager:
         self.excl_gate: Callable[[Agent], bool] = lambda a: True
         self.row_extras: Callable[[Agent], dict[str, Any]] | None = None
         self._fork_cursor = 0
+        # cgroups: each agent's cpuset, and CPUs other workloads hold exclusively
+        self.cgroups = containers.Scanner(self.root)
+        self.held = CpuSet()  # held CPUs no exclusive agent lives in: never victims
 
     # -- inputs ----------------------------------------------------------
     def set_layout(self, layout: CpuLayout) -> None:
@@ -354,6 +365,8 @@ class AgentManager:
             self._read_originals(a)
             log.info("agent %r pid %d registered: class %s, uid %d, by %s", a.agent_id, p.pid,
                      a.latency_class, uid, source)
+            self.cgroups.rescan(self.clock())
+            self._read_cgroup(a)
         else:
             a.agent_id = req.agent_id
             a.latency_class = req.latency_class
@@ -378,6 +391,19 @@ class AgentManager:
             with contextlib.suppress(KernelError):
                 a.orig[knob] = read()
 
+    def _read_cgroup(self, a: Agent) -> bool:
+        """Refresh the agent's container identity and cpuset; True when either changed."""
+        ac = self.cgroups.agent(a.proc.pid)
+        if ac is None:
+            return False
+        changed = (ac.ident, ac.allowed) != (a.container, a.allowed)
+        a.container, a.allowed = ac.ident, ac.allowed
+        return changed
+
+    def _usable(self, a: Agent) -> tuple[CpuSet | None, CpuSet]:
+        """(its cpuset, CPUs held exclusively by other workloads)."""
+        return a.allowed, containers.reserved_for(self.cgroups.holders, a.container)
+
     def _set_home(self, a: Agent, cpu: int | None) -> None:
         if a.home_cpu is not None:
             n = self.load.get(a.home_cpu, 0) - 1
@@ -395,20 +421,38 @@ class AgentManager:
         old_cpus, old_home = a.want_cpus, a.home_cpu
         if cp.pin:
             home = a.home_cpu
-            if home is None or home not in self.layout.home:
+            allowed, reserved = self._usable(a)
+            may = (allowed - reserved) if allowed is not None else None
+            outside = home is not None and (home in reserved or (may is not None
+                                                                  and home not in may))
+            if a.fallback:
+                # a fallback placement is revisited when a home CPU becomes usable
+                usable_home = self.layout.home - reserved
+                if may is not None:
+                    usable_home &= may
+                stale = bool(usable_home)
+            else:
+                stale = home is not None and home not in self.layout.home
+            if home is None or stale or outside:
                 if home is not None:
                     self._set_home(a, None)
-                home = choose_home(self.layout, self.heat, self.load, self.policy.heat,
-                                   node=a.numa_node, hot=self.tracker.hot(self.policy.heat))
+                choice = choose_home_within(self.layout, self.heat, self.load, self.policy.heat,
+                                            allowed=allowed, reserved=reserved,
+                                            node=a.numa_node,
+                                            hot=self.tracker.hot(self.policy.heat))
+                home = choice.cpu
                 self._set_home(a, home)
+                a.fallback, a.note = choice.fallback, choice.note
                 a.placed_mono = self.clock()
                 if old_home is not None and home != old_home:
-                    a.last_move = MoveRecord(time.time(), old_home, home,
-                                             f"CPU {old_home} is no longer a home CPU")
+                    why = (f"CPU {old_home} is outside its cpuset or held by another workload"
+                           if outside else f"CPU {old_home} is no longer a home CPU")
+                    a.last_move = MoveRecord(time.time(), old_home, home, why)
             a.want_cpus = CpuSet({home}) if home is not None else None
-            a.note = "" if home is not None else (
-                "no home CPU available (cpus.home)" if self.layout.home else NO_HOME_CPU)
+            if home is None:
+                a.note = "no home CPU available (cpus.home)" if self.layout.home else NO_HOME_CPU
         else:
+            a.fallback = False
             self._set_home(a, None)
             a.want_cpus = self.layout.completion if cp.to_completion and self.layout.completion \
                 else None
@@ -416,7 +460,8 @@ class AgentManager:
                       if cp.to_completion and not self.layout.completion else "")
         a.want_nice = cp.nice
         a.want_ioprio = None if cp.ioprio == "none" else cp.ioprio
-        a.exclusive = bool(cp.pin and cp.exclusive == "exclusive" and a.home_cpu is not None)
+        a.exclusive = bool(cp.pin and cp.exclusive == "exclusive" and a.home_cpu is not None
+                           and not a.fallback)
         a.pm_qos = cp.pm_qos_resume_latency_us if cp.pin and a.home_cpu is not None else None
         if a.want_cpus != old_cpus or a.home_cpu != old_home:
             self.dirty.add(a.proc)
@@ -635,11 +680,23 @@ class AgentManager:
                     self.exited(by_fd[fd])
         self._new_threads()
         self._scan_forks()
+        self._cgroups(now)
         self._moves(now)
         self._auto_register()
         self.place_pending()
         self.reconcile_cpus()
         self.last_tick_s = time.perf_counter() - t0
+
+    def _cgroups(self, now: float) -> None:
+        """Every RESCAN_S: re-read exclusive holders and each agent's cgroup; re-place
+        the agents whose cpuset or reserved CPUs changed."""
+        if self.cgroups.scanned_at is not None and \
+                now - self.cgroups.scanned_at < containers.RESCAN_S:
+            return
+        held_changed = self.cgroups.rescan(now, force=True)
+        for a in self.agents.values():
+            if self._read_cgroup(a) or held_changed:
+                self._wants(a)
 
     def _new_threads(self) -> None:
         changes: list[Change] = []
@@ -730,9 +787,15 @@ class AgentManager:
 
     def _moves(self, now: float) -> None:
         pol = self.policy.heat
-        placed = [Placed(str(a.proc), a.home_cpu, a.placed_mono, a.numa_node)
-                  for a in self.agents.values()
-                  if a.home_cpu is not None and self.policy.classes[a.latency_class].pin]
+        placed = []
+        for a in self.agents.values():
+            if a.home_cpu is None or a.fallback or not self.policy.classes[a.latency_class].pin:
+                continue
+            allowed, reserved = self._usable(a)
+            usable = (allowed - reserved) if allowed is not None else None
+            if usable is None and reserved:
+                usable = self.layout.home - reserved
+            placed.append(Placed(str(a.proc), a.home_cpu, a.placed_mono, a.numa_node, usable))
         if not placed:
             return
         hot = self.tracker.hot(pol)
@@ -784,6 +847,11 @@ class AgentManager:
         only when the set of exclusive CPUs changed; new tasks wait for the tick.
         """
         want = self._excl_wanted()
+        homes = [a for a in self.agents.values() if a.exclusive]
+        self.held = CpuSet()
+        for h in self.cgroups.holders:
+            if not any(h.owns(a.container) for a in homes):
+                self.held |= h.cpus
         changed = want != self.excl
         if changed:
             grown = not want <= self.excl
@@ -876,7 +944,7 @@ class AgentManager:
                 if st.kthread and len(aff) <= 1:
                     continue  # a per-CPU kthread
                 th = ThreadId(pid, pst.starttime, tid)
-                new = victim_affinity(aff, self.excl)
+                new = victim_affinity(aff, self.excl, self.held)
                 if new is None:
                     # born narrowed from a moved parent (fork or thread): inherited
                     parent = self.victim_procs.get(pid) or self.victim_procs.get(pst.ppid)
@@ -969,6 +1037,8 @@ class AgentManager:
             "home_cpus": self.layout.home.to_list(),
             "completion_cpus": self.layout.completion.to_list(),
             "exclusive_cpus": self.excl.to_list(), "tasks_moved": len(self.victims),
+            "held_cpus": [{"cpus": h.cpus.to_list(), "holder": h.describe()}
+                          for h in self.cgroups.holders],
             "pm_qos": {str(c): v for c, v in sorted(self.pmqos.items())},
             "hot_cpus": sorted(self.tracker.hot(self.policy.heat)),
             "heat": {str(c): round(h, 4) for c, h in sorted(self.heat.items())},

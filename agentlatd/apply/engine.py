@@ -588,8 +588,7 @@ class Engine:
                     r, reason=c.reason, message=r.message.removesuffix(_HELD) + _HELD)
                 continue
             if c.knob == "irq.affinity" and not steer:
-                results[i] = res(SKIPPED, "irqbalance is running and policy daemon.irqbalance "
-                                          "= \"refuse\": IRQ affinity left to it")
+                results[i] = res(SKIPPED, irqbalance.skip_reason(self.policy.daemon.irqbalance))
                 continue
             try:
                 current = knob.read(self.root, c.target)
@@ -948,7 +947,7 @@ class Engine:
                 continue
             if knob.equal(current, e.written):
                 continue
-            if mode == "yield":
+            if mode == "yield" and not knob.reassert:
                 e.set_flag(FLAG_YIELDED)
                 dirty = True
                 out.append(Drift(e.knob, e.target, e.written, current, "yielded",

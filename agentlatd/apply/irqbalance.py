@@ -23,7 +23,18 @@ The options considered:
      knob (RPS/XPS, NAPI, coalescing, rq_affinity, agent pinning) still
      applies: they are not irqbalance's.
 
-Decision: policy.daemon.irqbalance = "refuse" (the default) is option 3. The
+Decision, first: policy.daemon.irqbalance = "refuse" was option 3. Running
+agentlatd where irqbalance is the distribution default then protected nothing
+from IRQs, so "cooperate" (the default now) takes option 1 after all, with
+its costs handled: the ban is a journaled knob (apply/irqbalance_ban.py),
+reasserted when irqbalance restarts (a new pid starts without it), restored
+on stop, after a crash and by `rollback --print`; and IRQs, NIC queue IRQs
+included, stay irqbalance's: it places them on the CPUs not banned (the
+completion CPUs and any others outside the home set), so nothing fights. The
+cost is per-queue placement: irqbalance spreads queues by its own load
+estimate, not agentlatd's NUMA-local completion plan; "ignore" with
+--banirq for those IRQs, or "refuse" and stopping irqbalance, restore it.
+"refuse" is option 3 as below. The
 planner leaves irq.affinity out and adds a plan note; the engine enforces it
 too (an irq.affinity Change while irqbalance runs is reported "skipped", never
 written), so a stale plan cannot start the fight. "ignore" steers anyway and
@@ -56,6 +67,15 @@ def steers_irqs(mode: str, pids: tuple[int, ...]) -> bool:
     return not pids or mode == "ignore"
 
 
+def skip_reason(mode: str) -> str:
+    """Why an irq.affinity change was not written while irqbalance runs."""
+    if mode == "cooperate":
+        return ("irqbalance is running and policy daemon.irqbalance = \"cooperate\": "
+                "IRQ affinity left to it, with the home CPUs banned in it")
+    return ("irqbalance is running and policy daemon.irqbalance = \"refuse\": IRQ affinity "
+            "left to it")
+
+
 def note(mode: str, pids: tuple[int, ...], home_cpus: str = "") -> str:
     """One sentence for the report and the plan notes ("" when irqbalance is not running)."""
     if not pids:
@@ -64,6 +84,10 @@ def note(mode: str, pids: tuple[int, ...], home_cpus: str = "") -> str:
     if mode == "ignore":
         return (f"{who} and policy daemon.irqbalance = \"ignore\": IRQs are steered "
                 "anyway; irqbalance will move them back and drift reports it")
+    if mode == "cooperate":
+        return (f"{who} and policy daemon.irqbalance = \"cooperate\": the home CPUs are "
+                "banned in it (irqbalance.banned_cpus, over its socket) and it balances "
+                "every IRQ, NIC queues included, over the other CPUs")
     ban = f"IRQBALANCE_BANNED_CPULIST={home_cpus}" if home_cpus else "IRQBALANCE_BANNED_CPULIST"
     return (f"{who}: IRQ affinity is left to it (policy daemon.irqbalance = \"refuse\"); "
             f"other knobs still apply. To let agentlatd steer IRQs, set {ban} in "

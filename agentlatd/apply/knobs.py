@@ -61,6 +61,9 @@ class Knob:
     help: str = ""
     context: str = "sysfs"
     live_only: bool = False
+    # drift is written back whatever policy.daemon.drift says: the value lives in a
+    # process that forgets it on restart (irqbalance.banned_cpus), not another writer
+    reassert: bool = False
 
     def check_target(self, target: str) -> None:
         """Raise ValueError when `target` is not in this knob's syntax."""
@@ -167,6 +170,7 @@ def names() -> list[str]:
 # entries are then reported and kept, never dropped).
 PLUGINS: list[str] = [
     "agentlatd.agents.knobs",
+    "agentlatd.apply.irqbalance_ban",
 ]
 
 

@@ -84,6 +84,20 @@ def render(rows: list[dict[str, Any]], now: float | None = None) -> str:
             out += textwrap.wrap(f"moved {mv.get('from_cpu')} -> {mv.get('to_cpu')} "
                                  f"{ago:.0f}s ago: {mv.get('reason', '')}", WIDTH,
                                  initial_indent="  ", subsequent_indent="    ")
+        ct = r.get("container")
+        if isinstance(ct, dict) and (ct.get("pod_uid") or ct.get("container_id")):
+            who = []
+            if ct.get("pod_uid"):
+                who.append(f"pod {ct['pod_uid']}")
+            if ct.get("container_id"):
+                who.append(f"container {str(ct['container_id'])[:12]}"
+                           + (f" ({ct['runtime']})" if ct.get("runtime") else ""))
+            out += textwrap.wrap(", ".join(who) + (f", cpuset {r['cpuset']}"
+                                                   if r.get("cpuset") else ""), WIDTH,
+                                 initial_indent="  ", subsequent_indent="    ")
+        if r.get("placement") == "fallback":
+            cpu_txt = f"CPU {r.get('home_cpu')} is not a home CPU (its cpuset holds none)"
+            out += textwrap.wrap(cpu_txt, WIDTH, initial_indent="  ", subsequent_indent="    ")
         prob = r.get("problem")
         if prob:
             out += textwrap.wrap(f"{r.get('state', '')}: {prob}", WIDTH,

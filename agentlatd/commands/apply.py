@@ -115,7 +115,12 @@ def plan_now(root: Root, pol: policy_mod.Policy) -> tuple[list[Change], tuple[st
                              "with --plan FILE") from None
     machine = build.build_machine(root)
     pids = irqbalance.running(root)
-    plan = planner.make_plan(machine, pol, irqbalance_running=bool(pids))
+    base = None
+    if pids and pol.daemon.irqbalance == "cooperate":
+        from agentlatd.apply import irqbalance_ban
+        base = irqbalance_ban.current_ban(root, pids)
+    plan = planner.make_plan(machine, pol, irqbalance_running=bool(pids),
+                             irqbalance_banned=base)
     advice = tuple(f"boot-time advice (not applied): {a}" for a in plan.advice)
     return list(plan.changes), (*plan.notes, *advice)
 

@@ -36,6 +36,7 @@ from agentlatd.policy import Policy, TuningPolicy
 # apply order: steer IRQs first (where completions land), then softirq
 # steering, then per-device batching, then host-wide sysctls
 KNOB_ORDER = (
+    "irqbalance.banned_cpus",
     "irq.affinity",
     "net.rps_cpus",
     "net.rps_flow_cnt",
@@ -75,11 +76,16 @@ def check_policy_cpus(machine: Machine, policy: Policy) -> None:
 
 
 def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
-              irqbalance_running: bool = False, agent_links: AgentLinks = NONE) -> Plan:
+              irqbalance_running: bool = False, agent_links: AgentLinks = NONE,
+              irqbalance_banned: CpuSet | None = None) -> Plan:
     """The CPU partition and every change the engine would make, with reasons.
 
     irqbalance_running: filled by the daemon/CLI (the Machine does not know);
-    with daemon.irqbalance = "refuse" IRQ affinity is then left alone.
+    with daemon.irqbalance = "refuse" IRQ affinity is then left alone; with
+    "cooperate" it is left to irqbalance and the home CPUs are banned in it
+    (one irqbalance.banned_cpus change: the home CPUs plus `irqbalance_banned`,
+    what irqbalance banned before agentlatd, since a ban over its socket
+    replaces its own IRQBALANCE_BANNED_CPULIST/isolated-CPU ban).
     agent_links: filled by the daemon from its registered agents
     (agents/links.py); the NICs that carry only their traffic (plan/rps.py).
     PolicyError when the policy names CPUs this machine cannot have
@@ -89,7 +95,8 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
     sel = select_devices(machine, policy.devices)
     devices = sel.devices
     tuning = policy.tuning
-    steered = tuning.irq_affinity and not (irqbalance_running and policy.daemon.irqbalance == "refuse")
+    steered = tuning.irq_affinity and not (irqbalance_running
+                                           and policy.daemon.irqbalance != "ignore")
     fixed = fixed_irqs(machine, devices, steered)
     part = partition(machine.topology, devices, policy.cpus, fixed_irq_load(machine, fixed))
     nr = nr_cpu_ids(machine.topology.possible | {c.cpu for c in machine.topology.cpus})
@@ -111,6 +118,19 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
         if irq.changes:
             notes.append(f"tuning.irq_affinity = false: {len(irq.changes)} IRQ(s) of devices "
                          "in scope are left where they are.")
+    elif irqbalance_running and policy.daemon.irqbalance == "cooperate":
+        ban = part.home | (irqbalance_banned or CpuSet())
+        if part.home:
+            changes.append(Change(
+                "irqbalance.banned_cpus", "irqbalance", "", ban.to_list(),
+                f"irqbalance places IRQs (NIC queues included) on the CPUs it does not ban: "
+                f"ban the home CPUs {part.home}"
+                + (f" beside its own ban {irqbalance_banned}" if irqbalance_banned else "")
+                + " (daemon.irqbalance = \"cooperate\")"))
+        notes.append("irqbalance is running (daemon.irqbalance = \"cooperate\"): it keeps "
+                     "balancing every IRQ, NIC queue IRQs included, over the CPUs outside the "
+                     f"home set; the home CPUs {part.home} are banned in it while agentlatd "
+                     "runs. RPS, XPS and the other knobs apply as planned.")
     elif irqbalance_running and policy.daemon.irqbalance == "refuse":
         notes.append("irqbalance is running: IRQ affinity is not steered "
                      "(daemon.irqbalance = \"refuse\"); stop it or ban these IRQs in it "

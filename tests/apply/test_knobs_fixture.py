@@ -312,7 +312,7 @@ def test_drift(tmp_path: pathlib.Path, mode: str) -> None:
 # -- irqbalance ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["refuse", "ignore"])
+@pytest.mark.parametrize("mode", ["cooperate", "refuse", "ignore"])
 def test_irqbalance_coexistence(tmp_path: pathlib.Path, mode: str) -> None:
     tree = small_tree(tmp_path / "tree")
     (tree / "proc/4242").mkdir()
@@ -327,8 +327,8 @@ def test_irqbalance_coexistence(tmp_path: pathlib.Path, mode: str) -> None:
     irq, rps = rep.results
     assert rps.status == CHANGED
     assert "irqbalance is running (pid 4242)" in rep.notes[0]
-    if mode == "refuse":
-        assert irq.status == SKIPPED and "refuse" in irq.message
+    if mode in ("refuse", "cooperate"):
+        assert irq.status == SKIPPED and mode in irq.message
         assert (tree / "proc/irq/40/smp_affinity_list").read_text() == "0-3\n"
     else:
         assert irq.status == CHANGED and "drift" in rep.notes[0]

@@ -141,10 +141,30 @@ def test_quiet_home_order_puts_cpus_with_busy_managed_queues_last() -> None:
 
 
 def test_irqbalance_refuse_leaves_irqs_alone_and_says_so(server: Machine) -> None:
-    plan = make_plan(server, pol(), irqbalance_running=True)
+    plan = make_plan(server, pol('[daemon]\nirqbalance = "refuse"\n'), irqbalance_running=True)
     assert "irq.affinity" not in knobs(plan)
+    assert "irqbalance.banned_cpus" not in knobs(plan)
     assert "net.rps_cpus" in knobs(plan)
     assert any("irqbalance is running" in n for n in plan.notes)
+
+
+def test_regression_irqbalance_running_left_home_cpus_unprotected(server: Machine) -> None:
+    # before: with irqbalance running (the distributions' default) agentlatd only
+    # refused to steer, and irqbalance kept placing IRQs on the home CPUs. Now the
+    # default cooperates: the home CPUs (plus irqbalance's own ban) are banned in
+    # it, and IRQs stay irqbalance's (no irq.affinity change to fight over)
+    plan = make_plan(server, pol(), irqbalance_running=True,
+                     irqbalance_banned=CpuSet({63}))
+    assert "irq.affinity" not in knobs(plan)
+    (ban,) = [c for c in plan.changes if c.knob == "irqbalance.banned_cpus"]
+    assert ban.target == "irqbalance"
+    assert CpuSet.parse_list(ban.desired) == plan.home_cpus | CpuSet({63})
+    assert not CpuSet.parse_list(ban.desired) & plan.completion_cpus - CpuSet({63})
+    assert "net.rps_cpus" in knobs(plan)
+    assert any("cooperate" in n for n in plan.notes)
+    # not running: nothing to ban, IRQs steered as usual
+    quiet = make_plan(server, pol())
+    assert "irqbalance.banned_cpus" not in knobs(quiet) and "irq.affinity" in knobs(quiet)
 
 
 def test_irqbalance_ignore_steers_anyway_and_warns(server: Machine) -> None:

@@ -127,7 +127,8 @@ class Lab:
     def policy(self, name: str, extra: str = "") -> pathlib.Path:
         """A policy naming exactly the guest's NICs, the netdevsim port and nvme0:
         completion CPUs 0-1, home CPUs 2-3, threaded NAPI on; every other key default
-        (irqbalance = "refuse" is the default: it does not run in the guest)."""
+        (daemon.irqbalance = "cooperate", the default, changes nothing where irqbalance
+        does not run; test_agentlatd_7_irqbalance.py runs it)."""
         names = ", ".join(f'"{n}"' for n in [*self.ifnames, "nvme0"])
         path = self.workdir / name
         path.write_text(

@@ -475,6 +475,62 @@ def phase_agent(nics: dict[str, str], st: dict[str, str]
     return p, info
 
 
+def phase_containers() -> None:
+    """Agents in cgroup v2 under systemd: a slice with AllowedCPUs= that holds no home
+    CPU, and an agent in a PID namespace of its own (unshare --pid --fork)."""
+    log("== 4b. an agent in a slice with AllowedCPUs=0-1, and one in a PID namespace")
+    slice_ = "agentlat-test.slice"
+    unit = Path("/run/systemd/system") / slice_
+    unit.parent.mkdir(parents=True, exist_ok=True)
+    unit.write_text("[Slice]\nAllowedCPUs=0-1\n")
+    sh("systemctl", "daemon-reload")
+    p = q = None
+    try:
+        p, info = spawn_agent("boxed", ["systemd-run", "--quiet", "--scope", f"--slice={slice_}",
+                                        "/usr/bin/python3", "-I", str(JOB / "agent.py"),
+                                        str(JOB / "boxed.json"), "client"])
+        reg = info.get("registration") or {}
+        assert isinstance(reg, dict)
+        print("boxed agent registration:", json.dumps(reg))
+        ct = reg.get("container") or {}
+        assert isinstance(ct, dict)
+        check("agent in AllowedCPUs=0-1: cpuset read from cgroup v2 cpuset.cpus.effective",
+              reg.get("cpuset") == "0-1", f"cpuset={reg.get('cpuset')} cgroup={ct.get('cgroup')}")
+        # systemd nests a dashed slice name: agentlat-test.slice is
+        # /agentlat.slice/agentlat-test.slice (systemd.slice(5))
+        check("its cgroup path is the scope in the slice",
+              f"/{slice_}/" in str(ct.get("cgroup", ""))
+              and str(ct.get("cgroup", "")).endswith(".scope"), str(ct.get("cgroup")))
+        home = reg.get("home_cpu")
+        check("no home CPU in its cpuset: placed on a CPU it may use, and said so",
+              reg.get("placement") == "fallback" and home in (0, 1)
+              and "no home CPU" in str(reg.get("problem")), json.dumps(reg))
+        if isinstance(home, int):
+            pid = int(str(info["pid"]))
+            wait_for(lambda: not pinned(pid, home), 10)
+            check(f"every thread of the boxed agent on CPU {home}", not pinned(pid, home),
+                  str(thread_affinity(pid)))
+        q, info2 = spawn_agent("nsagent", ["unshare", "--pid", "--fork", "--kill-child",
+                                           "/usr/bin/python3", "-I", str(JOB / "agent.py"),
+                                           str(JOB / "nsagent.json"), "client"])
+        reg2 = info2.get("registration") or {}
+        assert isinstance(reg2, dict)
+        kids = read(f"/proc/{q.pid}/task/{q.pid}/children").split()
+        print("PID-namespace agent:", json.dumps({"pid_in_ns": info2.get("pid"),
+                                                  "host_pid": kids}), json.dumps(reg2))
+        check("agent in a PID namespace registered (SO_PEERCRED: the host pid)",
+              info2.get("pid") == 1 and kids == [str(reg2.get("pid"))]
+              and reg2.get("state") == "placed", json.dumps(reg2))
+    except RuntimeError as e:
+        check("container agents registered", False, str(e))
+    finally:
+        for a in (p, q):
+            if a is not None:
+                stop_agent(a)
+        unit.unlink(missing_ok=True)
+        sh("systemctl", "daemon-reload")
+
+
 class WatchdogMonitor:
     """Polls the unit's WatchdogTimestampMonotonic (systemd sets it at every WATCHDOG=1)
     from a thread while the agent checks run: how many pings came and the longest gap."""
@@ -695,6 +751,7 @@ def main() -> int:
             tuned_diff(before)
             mon = WatchdogMonitor()
             agent, info = phase_agent(nics, st)
+            phase_containers()
             phase_watchdog(st, mon)
         else:
             info = {}

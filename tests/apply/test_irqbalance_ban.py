@@ -1,0 +1,143 @@
+"""irqbalance.banned_cpus: the setup answer's parser (pure) and the knob's client
+side against a peer that speaks irqbalance's socket protocol in a recorded tree.
+
+The real irqbalance runs only in the VM guest (tests/vm/guest): it would move
+this host's own IRQs. The peer here follows irqbalance.c sock_handle(): one
+command per connection, "setup" answered with "SLEEP .. BANNED <mask>",
+"settings cpus <list>|NULL" applied at the next pass (here: at once when the
+test says so), and it checks SCM_CREDENTIALS (uid 0), as irqbalance does."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import socket
+import struct
+import tempfile
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from agentlatd.apply import irqbalance_ban, knobs
+from agentlatd.apply.irqbalance_ban import IrqbalanceBanKnob, parse_setup
+from agentlatd.cpuset import CpuSet
+from agentlatd.errors import KernelError
+from agentlatd.sysfs.root import Root
+
+
+def test_parse_setup_real_answers() -> None:
+    # irqbalance.c sock_handle(): "SLEEP %d " + per banned IRQ
+    # "IRQ %d LOAD %lu DIFF %lu CLASS %d " + "BANNED %s" (cpumask_scnprintf)
+    s = parse_setup("SLEEP 10 BANNED 00000000,0000000c")
+    assert (s.sleep_s, s.banned_irqs, s.banned) == (10, (), CpuSet({2, 3}))
+    s = parse_setup("SLEEP 10 IRQ 24 LOAD 0 DIFF 0 CLASS 3 IRQ 25 LOAD 12 DIFF 4 CLASS 5 "
+                    "BANNED 00000000")
+    assert s.banned_irqs == (24, 25) and s.banned == CpuSet()
+    for bad in ("", "garbage", "SLEEP x BANNED 0", "SLEEP 10 BANNED zz"):
+        with pytest.raises(ValueError):
+            parse_setup(bad)
+
+
+class Peer:
+    """A process-less stand-in speaking irqbalance's socket protocol."""
+
+    def __init__(self, path: str, env_ban: CpuSet) -> None:
+        self.env_ban = env_ban
+        self.ui: CpuSet | None = None
+        self.banned = env_ban
+        self.commands: list[str] = []
+        self.cond = threading.Condition()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.listen(4)
+        self.stop = False
+        self.t = threading.Thread(target=self.serve, daemon=True)
+        self.t.start()
+
+    def rescan(self) -> None:
+        # cputree.c setup_banned_cpus(): a UI ban replaces the environment's
+        self.banned = self.ui if self.ui is not None else self.env_ban
+
+    def serve(self) -> None:
+        while not self.stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with c:
+                msg, anc, _, _ = c.recvmsg(16384, socket.CMSG_SPACE(12))
+                uid = None
+                for level, typ, data in anc:
+                    if level == socket.SOL_SOCKET and typ == socket.SCM_CREDENTIALS:
+                        uid = struct.unpack("iII", data[:12])[1]
+                if uid != 0:
+                    continue
+                cmd = msg.decode()
+                if cmd.startswith("setup"):
+                    c.sendall(f"SLEEP 10 BANNED {self.banned.to_mask()}".encode())
+                elif cmd.startswith("settings cpus "):
+                    tok = cmd[len("settings cpus "):].split()[0]
+                    self.ui = None if tok.startswith("NULL") else CpuSet.parse_list(tok)
+                with self.cond:
+                    self.commands.append(cmd)
+                    self.cond.notify_all()
+
+    def wait_for(self, cmd: str) -> None:
+        """Until the peer has handled `cmd` (the client does not wait for it)."""
+        with self.cond:
+            assert self.cond.wait_for(lambda: cmd in self.commands, timeout=10.0), self.commands
+
+    def close(self) -> None:
+        self.stop = True
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def tree_with_peer(env_ban: CpuSet) -> Iterator[tuple[Root, Peer]]:
+    # AF_UNIX paths are at most 107 bytes: a short directory of our own
+    with tempfile.TemporaryDirectory(prefix="ib-", dir="/dev/shm") as d:
+        base = pathlib.Path(d)
+        (base / "proc/4242").mkdir(parents=True)
+        (base / "proc/4242/comm").write_text("irqbalance\n")
+        (base / "run/irqbalance").mkdir(parents=True)
+        peer = Peer(str(base / "run/irqbalance/irqbalance4242.sock"), env_ban)
+        try:
+            yield Root(d), peer
+        finally:
+            peer.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="irqbalance answers root peers only")
+def test_knob_bans_keeps_pending_until_rescan_and_restores() -> None:
+    k = IrqbalanceBanKnob()
+    with tree_with_peer(CpuSet({7})) as (root, peer):
+        assert k.read(root, "irqbalance") == "7"
+        k.write(root, "irqbalance", "2-3,7")
+        peer.wait_for("settings cpus 2-3,7")
+        assert peer.ui == CpuSet({2, 3, 7})
+        # irqbalance applies it at its next pass; read() asks "setup" only of an
+        # irqbalance not written to (a slow answer must never be abandoned)
+        assert peer.banned == CpuSet({7})
+        n = len(peer.commands)
+        assert k.read(root, "irqbalance") == "2-3,7"
+        assert len(peer.commands) == n  # no "setup" sent
+        peer.rescan()
+        assert peer.banned == CpuSet({2, 3, 7})
+        k.write(root, "irqbalance", "")  # restore an empty original: the UI ban is cleared
+        peer.wait_for("settings cpus NULL")
+        assert peer.ui is None
+        assert "settings cpus NULL" in k.shell("irqbalance", "")
+
+
+def test_knob_without_irqbalance_says_so(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "proc").mkdir()
+    k = knobs.get(irqbalance_ban.NAME)
+    with pytest.raises(KernelError) as ei:
+        k.read(Root(str(tmp_path)), "irqbalance")
+    assert ei.value.errclass.value == "gone"
+    with pytest.raises(ValueError):
+        k.check_target("irqbalance2")
+    assert k.reassert
