@@ -122,6 +122,10 @@ def choose_home_within(layout: CpuLayout, heat: Mapping[int, float], load: Mappi
     the agent goes to the quietest CPU it may use (heat band, agents there,
     heat, number), and the note says so; with none at all, cpu is None.
     """
+    if not layout.home:
+        # degraded mode (the policy leaves no home CPU): agents are measured, not
+        # pinned; a "quietest CPU" here would be a completion CPU
+        return HomeChoice(None, note=NO_HOME_CPU)
     usable_home = layout.home - reserved
     if allowed is not None:
         usable_home = usable_home & allowed
@@ -134,8 +138,6 @@ def choose_home_within(layout: CpuLayout, heat: Mapping[int, float], load: Mappi
         if cpu is not None:
             return HomeChoice(cpu)
     if allowed is None:
-        if not layout.home:
-            return HomeChoice(None, note="no home CPU available (cpus.home)")
         return HomeChoice(None, note=f"every home CPU ({layout.home}) is held exclusively "
                                      f"by another workload ({reserved})")
     may = allowed - reserved
@@ -146,8 +148,7 @@ def choose_home_within(layout: CpuLayout, heat: Mapping[int, float], load: Mappi
                                      f"exclusively by another workload: left where it is")
     cpu = min(may, key=lambda c: (band(heat.get(c), pol), c in hot, load.get(c, 0),
                                   heat.get(c, 0.0), c))
-    why = (f"no home CPU ({layout.home}) in this agent's cpuset ({allowed})" if layout.home
-           else "no home CPU available (cpus.home)")
+    why = f"no home CPU ({layout.home}) in this agent's cpuset ({allowed})"
     if reserved & allowed & layout.home:
         why += f"; {reserved & allowed & layout.home} held exclusively by another workload"
     return HomeChoice(cpu, fallback=True,

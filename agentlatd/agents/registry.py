@@ -74,7 +74,6 @@ from agentlatd.agents import containers, stats, tasks
 from agentlatd.agents.applier import TASK_KNOBS, Applier
 from agentlatd.agents.autoreg import AutoRegistrar, agent_id_for
 from agentlatd.agents.placement import (
-    NO_HOME_CPU,
     CpuLayout,
     HotTracker,
     Placed,
@@ -449,8 +448,6 @@ class AgentManager:
                            if outside else f"CPU {old_home} is no longer a home CPU")
                     a.last_move = MoveRecord(time.time(), old_home, home, why)
             a.want_cpus = CpuSet({home}) if home is not None else None
-            if home is None:
-                a.note = "no home CPU available (cpus.home)" if self.layout.home else NO_HOME_CPU
         else:
             a.fallback = False
             self._set_home(a, None)
