@@ -7,7 +7,8 @@ random offset, a timer wait. Run inside the agent namespace:
     ip netns exec NS python -m agentlatd.benchmark.pyagent --dst IP --port P \
         --bind IP --file F --seconds S --timer-ns N --out FILE
 
-With --socket (configuration D) it registers itself with
+With --ring N (and no --socket) each step is written into a step ring, as
+the Client does (agentlatd/benchmark/causes.py reads it). With --socket (configuration D) it registers itself with
 agentlatd.client.Client and wraps each step in `with client.step()`: the
 Python client path, timing overhead included.
 
@@ -24,8 +25,9 @@ import os
 import random
 import socket
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 BLOCK = 4096
 
@@ -33,6 +35,22 @@ BLOCK = 4096
 @contextlib.contextmanager
 def _no_step(step_id: object = None) -> Iterator[None]:
     yield
+
+
+def _ring_step(capacity: int) -> Callable[[object], contextlib.AbstractContextManager[None]]:
+    from agentlatd.steps.ring import RingWriter
+
+    ring = RingWriter(capacity)
+    tid = threading.get_native_id()
+    clock = time.monotonic_ns
+
+    @contextlib.contextmanager
+    def step(step_id: object = None) -> Iterator[None]:
+        t0 = clock()
+        yield
+        ring.write(step_id, tid, t0, clock())
+
+    return step
 
 
 def main(argv: list[str]) -> int:
@@ -48,13 +66,19 @@ def main(argv: list[str]) -> int:
     p.add_argument("--socket", help="agentlatd socket: register with agentlatd.client.Client "
                                     "and time each step with client.step()")
     p.add_argument("--agent-id", default=f"bench-py-agent-{os.getpid()}")
+    p.add_argument("--ring", type=int, default=0,
+                   help="without --socket: write each step into a step ring of N records "
+                        "(the ring the Client writes; agentlatd/steps/ring.py)")
     a = p.parse_args(argv)
     client = None
     if a.socket:
         from agentlatd.client import Client
 
         client = Client(a.agent_id, "interactive", socket=a.socket)
-    step = client.step if client is not None else _no_step
+    step: Callable[[object], contextlib.AbstractContextManager[None]] = (
+        client.step if client is not None else _no_step)
+    if client is None and a.ring:
+        step = _ring_step(a.ring)
 
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((a.bind, 0))

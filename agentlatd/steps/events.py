@@ -12,7 +12,8 @@ ring's clock):
         sched_waking of an agent thread; ctx 0 task, 1 hardirq (ctx_id = IRQ),
         2 softirq (ctx_id = vector), 3 inside an hrtimer callback; blk_dev
         and blk_ns when a block request completed in that same hardirq or
-        softirq (dev_t, issue->complete)
+        softirq, or (ctx 0) earlier in the waking task's current run, as a
+        loop device's worker does (dev_t, issue->complete)
   M t tid orig_cpu dest_cpu                        sched_migrate_task
   I t0 t1 cpu irq                                  a hardirq handler
   Q t0 t1 cpu vec                                  a softirq run
@@ -67,7 +68,11 @@ def program(tids: Collection[int], duration_s: float, gates: Iterable[str] = GAT
         "  $i = @rq[args->dev, args->sector]; delete(@rq[args->dev, args->sector]);",
         "  if (@irq_t[cpu]) { @blk_h[cpu] = args->dev; if ($i) { @blk_hl[cpu] = nsecs - $i; } }",
         "  else { if (@si_t[cpu]) { @blk_s[cpu] = args->dev;"
-        " if ($i) { @blk_sl[cpu] = nsecs - $i; } } } }",
+        " if ($i) { @blk_sl[cpu] = nsecs - $i; } }",
+        # in task context (a loop device's worker, dm/md threads): kept for that task
+        # only until it switches out, so only a wakeup the completing task makes in
+        # the same run (the waiter's end_io) is told it was a block completion
+        "  else { @blk_t[tid] = args->dev; if ($i) { @blk_tl[tid] = nsecs - $i; } } } }",
         "tracepoint:sched:sched_waking /@agent[args->pid]/ {",
         "  @agcpu[args->target_cpu] = 1;",
         "  if (@hrt[cpu]) {",
@@ -80,12 +85,13 @@ def program(tids: Collection[int], duration_s: float, gates: Iterable[str] = GAT
         '    printf("W %llu %d %d %d %d 2 %d %d %llu %s\\n", nsecs, cpu, args->pid, args->target_cpu,'
         " tid, @si_v[cpu], @blk_s[cpu], @blk_sl[cpu], comm); }",
         "  else {",
-        '    printf("W %llu %d %d %d %d 0 -1 0 0 %s\\n", nsecs, cpu, args->pid, args->target_cpu,'
-        " tid, comm); } } } }",
+        '    printf("W %llu %d %d %d %d 0 -1 %d %llu %s\\n", nsecs, cpu, args->pid, args->target_cpu,'
+        " tid, @blk_t[tid], @blk_tl[tid], comm); } } } }",
         "tracepoint:sched:sched_migrate_task /@agent[args->pid]/ {",
         "  @agcpu[args->dest_cpu] = 1;",
         '  printf("M %llu %d %d %d\\n", nsecs, args->pid, args->orig_cpu, args->dest_cpu); }',
         "tracepoint:sched:sched_switch {",
+        "  delete(@blk_t[args->prev_pid]); delete(@blk_tl[args->prev_pid]);",
         "  if (@agent[args->next_pid]) { @agcpu[cpu] = 1; }",
         '  if (@agcpu[cpu]) { printf("S %llu %d %d %lld %d %s\\t%s\\n", nsecs, cpu, args->prev_pid,'
         " args->prev_state, args->next_pid, args->prev_comm, args->next_comm); } }",
@@ -101,7 +107,7 @@ def program(tids: Collection[int], duration_s: float, gates: Iterable[str] = GAT
         f"interval:ms:{ms} {{ exit(); }}",
         "END { clear(@agent); clear(@agcpu); clear(@irq_t); clear(@irq_n); clear(@si_t); clear(@si_v);"
         " clear(@hrt); clear(@rq); clear(@blk_h); clear(@blk_hl); clear(@blk_s); clear(@blk_sl);"
-        " clear(@g_t); clear(@g_k); }",
+        " clear(@g_t); clear(@g_k); clear(@blk_t); clear(@blk_tl); }",
     ]
     return "\n".join(lines) + "\n"
 
