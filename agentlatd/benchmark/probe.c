@@ -61,6 +61,13 @@ static volatile sig_atomic_t slow_tool;
 
 static void on_usr1(int sig) { (void)sig; slow_tool = !slow_tool; }
 
+/* SIGUSR2 toggles the agent's disk read (--reads 0: start without): the
+ * causes run reads only while it injects writeback, so the other cases' steps
+ * carry no loop-device wait of their own */
+static volatile sig_atomic_t reads_on = 1;
+
+static void on_usr2(int sig) { (void)sig; reads_on = !reads_on; }
+
 static uint64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -150,6 +157,7 @@ static void parse(int argc, char **argv) {
         else if (!strcmp(k, "--file-mb")) o_file_mb = atol(v);
         else if (!strcmp(k, "--ring")) o_ring = atol(v);
         else if (!strcmp(k, "--slow-think-ns")) o_slow_think_ns = atol(v);
+        else if (!strcmp(k, "--reads")) reads_on = atol(v) != 0;
         else if (!strcmp(k, "--seconds")) o_seconds = atof(v);
         else { fprintf(stderr, "probe: unknown option %s\n", k); exit(2); }
     }
@@ -304,7 +312,7 @@ static int mode_agent(void) {
         if (r < 0) { lost++; if (errno != EAGAIN && errno != EINTR) die("recv"); continue; }
         uint64_t t1 = now_ns();
         off_t off = (off_t)(rand_r(&seed) % (unsigned)nblocks) * BLOCK;
-        if (pread(fd, blk, BLOCK, off) != BLOCK) die("pread");
+        if (reads_on && pread(fd, blk, BLOCK, off) != BLOCK) die("pread");
         uint64_t t2 = now_ns();
         struct timespec d = {0, o_timer_ns};
         while (clock_nanosleep(CLOCK_MONOTONIC, 0, &d, &d) == EINTR && !stop_flag) { }
@@ -449,6 +457,8 @@ int main(int argc, char **argv) {
     sa.sa_handler = on_usr1;
     sa.sa_flags = SA_RESTART; /* the toggle must not fail a step's recv */
     sigaction(SIGUSR1, &sa, NULL);
+    sa.sa_handler = on_usr2;
+    sigaction(SIGUSR2, &sa, NULL);
     if (argc < 2) {
         fprintf(stderr, "usage: probe agent|serve|flood|sink|hog|writeback [--opt value]...\n");
         return 2;

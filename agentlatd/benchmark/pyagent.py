@@ -8,8 +8,9 @@ random offset, a timer wait. Run inside the agent namespace:
         --bind IP --file F --seconds S --timer-ns N --out FILE
 
 With --ring N (and no --socket) each step is written into a step ring, as
-the Client does (agentlatd/benchmark/causes.py reads it). With --socket (configuration D) it registers itself with
-agentlatd.client.Client and wraps each step in `with client.step()`: the
+the Client does (agentlatd/benchmark/causes.py reads it). With --socket
+(configuration D) it registers itself with agentlatd.client.Client and
+wraps each step in `with client.step()`: the
 Python client path, timing overhead included.
 
 Protocol as the probe's: "ready <pid>", wait for "go", then one line per step
@@ -23,6 +24,7 @@ import contextlib
 import mmap
 import os
 import random
+import signal
 import socket
 import sys
 import threading
@@ -69,7 +71,15 @@ def main(argv: list[str]) -> int:
     p.add_argument("--ring", type=int, default=0,
                    help="without --socket: write each step into a step ring of N records "
                         "(the ring the Client writes; agentlatd/steps/ring.py)")
+    p.add_argument("--reads", type=int, default=1,
+                   help="0: start without the disk read; SIGUSR2 toggles it (causes.py)")
     a = p.parse_args(argv)
+    reads = [bool(a.reads)]
+
+    def toggle_reads(_sig: int, _frame: object) -> None:
+        reads[0] = not reads[0]
+
+    signal.signal(signal.SIGUSR2, toggle_reads)
     client = None
     if a.socket:
         from agentlatd.client import Client
@@ -85,7 +95,7 @@ def main(argv: list[str]) -> int:
     s.connect((a.dst, a.port))
     s.settimeout(1.0)
     fd = os.open(a.file, os.O_RDONLY | os.O_DIRECT)
-    nblocks = os.fstat(fd).st_size // BLOCK
+    nblocks = os.lseek(fd, 0, os.SEEK_END) // BLOCK  # a block device's st_size is 0
     buf = mmap.mmap(-1, BLOCK)  # page-aligned, as O_DIRECT needs
     rng = random.Random(os.getpid())
     timer_s = a.timer_ns / 1e9
@@ -115,7 +125,8 @@ def main(argv: list[str]) -> int:
                 lost += 1
                 continue
             t1 = clock()
-            os.preadv(fd, [buf], rng.randrange(nblocks) * BLOCK)
+            if reads[0]:
+                os.preadv(fd, [buf], rng.randrange(nblocks) * BLOCK)
             t2 = clock()
             time.sleep(timer_s)
             t3 = clock()
