@@ -5,6 +5,7 @@ agent loop, and the share of the slow steps' delay `trace --slow-steps` blames o
     python bench/causes.py                      # both agents, every cause
     python bench/causes.py --agent c --json     # the C agent only, JSON
     python bench/causes.py --phase 3 --threshold 2
+    python bench/causes.py --cost               # what the tracer costs the agent
 """
 
 from __future__ import annotations
@@ -25,7 +26,17 @@ def main(argv: list[str]) -> int:
     p.add_argument("--phase", type=float, default=1.5, help="seconds per cause (default 1.5)")
     p.add_argument("--threshold", type=float, default=1.0, help="slow step, ms (default 1)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--cost", action="store_true",
+                   help="instead: the C agent's step p50/p99 untraced, traced, untraced again")
     a = p.parse_args(argv)
+    if a.cost:
+        try:
+            cost = causes.run_cost(max(a.phase, 3.0))
+        except Unavailable as e:
+            print(f"causes: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps(cost, indent=1) if a.json else causes.render_cost(cost), end="")
+        return 0
     agents = causes.AGENTS if a.agent == "both" else (a.agent,)
     try:
         doc = causes.run(agents, tuple(a.case or causes.CASES), a.phase, int(a.threshold * 1e6),

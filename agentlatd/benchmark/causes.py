@@ -432,3 +432,87 @@ def run(agents: Sequence[str] = AGENTS, cases: Sequence[str] = CASES, phase_s: f
             failed = lab.teardown()
     out["teardown_failed"] = failed
     return out
+
+
+# -- what tracing costs the agent ----------------------------------------------
+
+def _pct(durs: Sequence[int], q: float) -> int:
+    if not durs:
+        return 0
+    s = sorted(durs)
+    return s[min(len(s) - 1, max(0, -(-int(q * 1000) * len(s) // 100_000) - 1))]
+
+
+def run_cost(window_s: float = 3.0, log: Log = lambda m: None) -> dict[str, Any]:
+    """The C agent's step p50/p99 untraced, traced by the slow-steps tracer, untraced
+    again (A-B-A in one run, one agent process, nothing injected)."""
+    reason = check(Root("/"))
+    if reason:
+        raise Unavailable(reason)
+    with tempfile.TemporaryDirectory(prefix="agentlatd-causes-lab-") as wd:
+        lab = Lab(wd)
+        mine = os.sched_getaffinity(0)
+        try:
+            lab.setup()
+            os.sched_setaffinity(0, {lab.cpu_b})
+            ag, _tool, tid = _agent(lab, "c", 3 * window_s + 40)
+            ag.go()
+            reader = None
+            deadline = time.monotonic() + 10
+            while reader is None and time.monotonic() < deadline:
+                reader = RingReader.open(Root("/"), ag.pid)
+                time.sleep(0.02)
+            if reader is None:
+                raise Unavailable(f"no step ring found in the C agent (pid {ag.pid})")
+            records: list[StepRecord] = []
+            windows: list[tuple[str, int, int]] = []
+
+            def untraced(name: str) -> None:
+                t0 = time.monotonic_ns()
+                end = time.monotonic() + window_s
+                while time.monotonic() < end:
+                    records.extend(reader.read())
+                    time.sleep(0.25)
+                windows.append((name, t0, time.monotonic_ns()))
+
+            untraced("untraced")
+            with tempfile.TemporaryDirectory(prefix="agentlatd-causes-") as twd:
+                result: dict[str, Any] = {}
+
+                def trace() -> None:
+                    try:
+                        result["trace"] = events.run(Root("/"), [tid], window_s + 0.5, twd,
+                                                     lambda: records.extend(reader.read()))
+                    except BaseException as e:
+                        result["error"] = e
+
+                th = threading.Thread(target=trace, name="causes-cost-trace", daemon=True)
+                th.start()
+                _wait_begin(os.path.join(twd, "events.txt"), 60)
+                t0 = time.monotonic_ns()
+                time.sleep(window_s)
+                windows.append(("traced", t0, time.monotonic_ns()))
+                th.join(window_s + 90)
+                if "error" in result:
+                    raise result["error"]
+            log("traced window done")
+            untraced("untraced again")
+            reader.close()
+            ag.stop()
+        finally:
+            os.sched_setaffinity(0, mine)
+            failed = lab.teardown()
+    out: dict[str, Any] = {"window_s": window_s, "teardown_failed": failed, "windows": []}
+    for name, t0, t1 in windows:
+        d = [r.duration_ns for r in records if r.start_ns >= t0 and r.end_ns <= t1]
+        out["windows"].append({"name": name, "steps": len(d), "p50_ns": _pct(d, 50), "p99_ns": _pct(d, 99),
+                               "p999_ns": _pct(d, 99.9)})
+    return out
+
+
+def render_cost(doc: Mapping[str, Any]) -> str:
+    out = [f"C agent step time, {doc['window_s']:g} s windows, one run (p50/p99/p99.9, us)"]
+    for w in doc["windows"]:
+        out.append(f"  {w['name']:<16}{w['steps']:>7} steps  {w['p50_ns'] / 1e3:8.1f}"
+                   f"{w['p99_ns'] / 1e3:9.1f}{w['p999_ns'] / 1e3:9.1f}")
+    return "\n".join(out) + "\n"
