@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 from agentlatd.benchmark import causes
@@ -29,6 +30,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--cost", action="store_true",
                    help="instead: the C agent's step p50/p99 untraced, traced, untraced again")
     a = p.parse_args(argv)
+    # SIGTERM (a timeout(1), a CI cancel) unwinds like ^C: the lab's finally removes
+    # its namespaces, loop device and tmpfs file
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if a.cost:
         try:
             cost = causes.run_cost(max(a.phase, 3.0))
