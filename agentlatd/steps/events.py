@@ -17,7 +17,8 @@ ring's clock):
   M t tid orig_cpu dest_cpu                        sched_migrate_task
   I t0 t1 cpu irq                                  a hardirq handler
   Q t0 t1 cpu vec                                  a softirq run
-  G t0 t1 tid kind                                 a gate syscall (GATES)
+  G t0 t1 tid kind until                           a gate syscall (GATES); until: a
+                                                   timer sleep's expiry (TIMER_EXPIRY)
 
 IRQ and softirq spans and switches are printed only for the CPUs the agents
 were seen on (@agcpu), wakeups, migrations and syscalls only for the agent
@@ -44,6 +45,20 @@ from agentlatd.trace.bpftrace import Unavailable, check, tracefs_dir
 GATES = ("epoll_wait", "epoll_pwait", "epoll_pwait2", "io_uring_enter", "recvfrom", "recvmsg",
          "read", "pread64", "futex", "clock_nanosleep", "nanosleep", "poll", "ppoll", "select",
          "pselect6")
+# When a timer sleep's timer expires: its struct __kernel_timespec (tv_sec, tv_nsec:
+# two u64, include/uapi/linux/time_types.h) read from user memory. clock_nanosleep
+# with TIMER_ABSTIME (flags bit 0) on CLOCK_MONOTONIC (1) gives the expiry itself
+# (CPython's time.sleep does this); relative sleeps are entry + the interval.
+# Why: the kernel skips a BPF program that fires while another runs on the CPU
+# (trace_call_bpf's bpf_prog_active), so the hrtimer's sched_waking is missed
+# whenever the timer interrupt lands inside one: on a CPU flooded with softirqs,
+# most of the time.
+_TS = "$p = (uint64 *)uptr(args->rqtp); $x = *$p * 1000000000 + *($p + 1);"
+TIMER_EXPIRY = {
+    "clock_nanosleep": f" {_TS} if (args->flags & 1) {{ if (args->which_clock == 1) {{ @g_x[tid] = $x; }} }}"
+                       " else { @g_x[tid] = nsecs + $x; }",
+    "nanosleep": f" {_TS} @g_x[tid] = nsecs + $x;",
+}
 PERF_RB_PAGES = 1024  # per CPU (4 MiB): a NET_RX flood's softirq spans fit a 250 ms read
 
 
@@ -97,17 +112,20 @@ def program(tids: Collection[int], duration_s: float, gates: Iterable[str] = GAT
         " args->prev_state, args->next_pid, args->prev_comm, args->next_comm); } }",
     ]
     for k, g in enumerate(gates, 1):
+        # the timer sleeps also print when their timer expires (nsecs, CLOCK_MONOTONIC):
+        # where the wakeup itself is not seen (below), the sleep is split there
+        until = TIMER_EXPIRY.get(g, "")
         lines.append(f"tracepoint:syscalls:sys_enter_{g} /@agent[tid]/ "
-                     f"{{ @g_t[tid] = nsecs; @g_k[tid] = {k}; }}")
+                     f"{{ @g_t[tid] = nsecs; @g_k[tid] = {k};{until} }}")
     exits = ", ".join(f"tracepoint:syscalls:sys_exit_{g}" for g in gates)
     lines += [
         f"{exits} /@g_t[tid]/ {{",
-        '  printf("G %llu %llu %d %d\\n", @g_t[tid], nsecs, tid, @g_k[tid]);'
-        " delete(@g_t[tid]); delete(@g_k[tid]); }",
+        '  printf("G %llu %llu %d %d %llu\\n", @g_t[tid], nsecs, tid, @g_k[tid], @g_x[tid]);'
+        " delete(@g_t[tid]); delete(@g_k[tid]); delete(@g_x[tid]); }",
         f"interval:ms:{ms} {{ exit(); }}",
         "END { clear(@agent); clear(@agcpu); clear(@irq_t); clear(@irq_n); clear(@si_t); clear(@si_v);"
         " clear(@hrt); clear(@rq); clear(@blk_h); clear(@blk_hl); clear(@blk_s); clear(@blk_sl);"
-        " clear(@g_t); clear(@g_k); clear(@blk_t); clear(@blk_tl); }",
+        " clear(@g_t); clear(@g_k); clear(@g_x); clear(@blk_t); clear(@blk_tl); }",
     ]
     return "\n".join(lines) + "\n"
 
@@ -164,7 +182,8 @@ def parse(lines: Iterable[str], gates: tuple[str, ...] = GATES) -> Trace:
                 f = line.split()
                 kind = int(f[4])
                 ev.append(Span("syscall", int(f[1]), int(f[2]), tid=int(f[3]),
-                               name=gates[kind - 1] if 0 < kind <= len(gates) else str(kind)))
+                               name=gates[kind - 1] if 0 < kind <= len(gates) else str(kind),
+                               until=int(f[5]) if len(f) > 5 else 0))
             elif k == "B":
                 tr.start_ns = int(line.split()[1])
                 continue

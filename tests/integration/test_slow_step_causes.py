@@ -77,18 +77,17 @@ def test_slow_tool_blamed_blocked_in_recv_woken_by_net_rx(c_reduced: dict[str, A
 
 @pytest.mark.slow
 def test_full_matrix_c_and_python_agents() -> None:
-    """Both agents, every cause (~90 s). The CPU hog and the slow tool must get >= 90 %
-    of the checked delay; the NET_RX flood and the writeback must be the largest cause
-    in their rows (measured 58-78 % and 85 % on a shared 2-core host: what else holds
-    the step, not yet separated, is listed in the bench's table)."""
+    """Both agents, every cause (~3 min). The CPU hog, the NET_RX flood and the slow
+    tool must get >= 90 % of the checked delay; the writeback must be the largest cause
+    in its row (measured 77-87 % on a shared 2-core host: docs/evaluation.md)."""
     doc = causes.run()
     _check_run(doc)
     for agent in causes.AGENTS:
         rows = _rows(doc, agent)
-        for case in ("cpu-hog", "slow-tool"):
+        for case in ("cpu-hog", "netrx-flood", "slow-tool"):
             share = rows[case].checked_share()
             assert share is not None and share >= 0.9, (agent, rows[case].to_json())
-        for case in ("netrx-flood", "writeback"):
+        for case in ("writeback",):
             r = rows[case]
             want = causes.EXPECTED[case]
             mine = {c: ns for c, ns in r.by_cause.items() if c not in causes.OWN}

@@ -7,7 +7,7 @@ from __future__ import annotations
 from agentlatd.benchmark import causes
 from agentlatd.steps import attribute as at
 from agentlatd.steps import events
-from agentlatd.steps.attribute import Switch, Wakeup
+from agentlatd.steps.attribute import Span, Switch, Wakeup
 from agentlatd.steps.ring import StepRecord
 
 A = 100  # the agent's tid (= pid)
@@ -72,3 +72,25 @@ def test_wakeup_after_a_block_completion_in_the_wakers_task_context() -> None:
     a = at.attribute(at.index(ev), at.Step(A, 0, 3 * MS + MS // 2))
     assert a.by_cause()[at.BLOCKED_BLOCK] == 2 * MS
     assert "block completion on dev 7:2" in a.verdict()
+
+
+def test_timer_wakeup_missed_by_the_tracer_splits_the_sleep_at_its_expiry() -> None:
+    """The kernel skips a BPF program firing inside another (bpf_prog_active): on a CPU
+    flooded with softirqs the hrtimer's sched_waking is lost, and the whole sleep plus
+    the time runnable behind ksoftirqd after the timer fired was one "woken by an
+    unseen waker" part (10-23 % of the flood case's delay). The sleep's timer expiry,
+    read at sys_enter_clock_nanosleep, splits it."""
+    ev: list[at.Event] = [
+        Switch(0, 1, 0, 0, A, "swapper/1", "probe"),
+        Span("syscall", 1 * MS, 2 * MS + 500_000, tid=A, name="clock_nanosleep", until=1 * MS + 100_000),
+        Switch(1 * MS, 1, A, 1, 24, "probe", "ksoftirqd/1"),
+        Switch(2 * MS + 400_000, 1, 24, 1, A, "ksoftirqd/1", "probe"),  # no wakeup seen
+    ]
+    a = at.attribute(at.index(ev), at.Step(A, 0, 3 * MS))
+    by = a.by_cause()
+    assert by == {at.RUNNING: 1 * MS + 600_000, at.BLOCKED_TIMER: 100_000, at.SOFTIRQ: 1 * MS + 300_000}
+    assert sum(by.values()) == 3 * MS
+    prog = events.program([A], 1.0)
+    assert "uptr(args->rqtp)" in prog and "@g_x[tid]" in prog
+    [g] = events.parse(["G 1000000 2500000 100 10 1100000\n"]).events
+    assert isinstance(g, Span) and g.name == "clock_nanosleep" and g.until == 1_100_000
