@@ -18,6 +18,8 @@
  *             talks to over two pipes (a stdio MCP server); the request/reply
  *             stage is that round trip.
  *   serve     the tool server thread alone (for the Python agent path).
+ *             In both, SIGUSR1 toggles the tool's think time between
+ *             --think-ns (spun) and --slow-think-ns (slept).
  *   flood     paced UDP sender (sendmmsg batches), --pps for --seconds, at
  *             most --max-packets; prints "sent <n> <seconds>".
  *   sink      UDP receiver (recvmmsg) for --seconds; prints "recv <n> <seconds>".
@@ -57,6 +59,20 @@
 static volatile sig_atomic_t stop_flag;
 
 static void on_signal(int sig) { (void)sig; stop_flag = 1; }
+
+/* SIGUSR1 toggles the tool server between --think-ns and --slow-think-ns: the
+ * "slow tool server" cause of agentlatd/benchmark/causes.py, switched on and
+ * off within one traced run */
+static volatile sig_atomic_t slow_tool;
+
+static void on_usr1(int sig) { (void)sig; slow_tool = !slow_tool; }
+
+/* SIGUSR2 toggles the agent's disk read (--reads 0: start without): the
+ * causes run reads only while it injects writeback, so the other cases' steps
+ * carry no loop-device wait of their own */
+static volatile sig_atomic_t reads_on = 1;
+
+static void on_usr2(int sig) { (void)sig; reads_on = !reads_on; }
 
 static uint64_t now_ns(void) {
     struct timespec ts;
@@ -123,7 +139,7 @@ static void ring_step(uint64_t step, uint32_t tid, uint64_t start, uint64_t end,
 static const char *o_ns, *o_tool_ns, *o_agent_ns, *o_dst, *o_bind, *o_file, *o_out;
 static long o_port = 0, o_steps = 1000, o_think_ns = 20000, o_timer_ns = 50000;
 static long o_pps = 100000, o_max_packets = 100000000, o_size = 64, o_mbps = 32;
-static long o_file_mb = 64, o_ring = 0, o_server = 1, o_pipe = 0;
+static long o_file_mb = 64, o_ring = 0, o_server = 1, o_pipe = 0, o_slow_think_ns = 5000000;
 static double o_seconds = 5.0;
 
 static void parse(int argc, char **argv) {
@@ -148,6 +164,8 @@ static void parse(int argc, char **argv) {
         else if (!strcmp(k, "--ring")) o_ring = atol(v);
         else if (!strcmp(k, "--server")) o_server = atol(v);
         else if (!strcmp(k, "--pipe")) o_pipe = atol(v);
+        else if (!strcmp(k, "--slow-think-ns")) o_slow_think_ns = atol(v);
+        else if (!strcmp(k, "--reads")) reads_on = atol(v) != 0;
         else if (!strcmp(k, "--seconds")) o_seconds = atof(v);
         else { fprintf(stderr, "probe: unknown option %s\n", k); exit(2); }
     }
@@ -211,7 +229,14 @@ static void *server_main(void *arg) {
             break;
         }
         if (n == 4 && !memcmp(buf, "quit", 4)) break;
-        spin_ns(o_think_ns); /* the tool's think time */
+        /* the tool's think time: spun, or slept when slow (a slow tool waits on
+         * something else; it does not take the CPU from the agent) */
+        if (slow_tool) {
+            struct timespec d = {o_slow_think_ns / 1000000000L, o_slow_think_ns % 1000000000L};
+            while (clock_nanosleep(CLOCK_MONOTONIC, 0, &d, &d) == EINTR && !stop_flag) { }
+        } else {
+            spin_ns(o_think_ns);
+        }
         sendto(server_fd, buf, (size_t)n, 0, (struct sockaddr *)&peer, pl);
     }
     return NULL;
@@ -308,7 +333,8 @@ static int mode_agent(void) {
     fd = open(o_file, O_RDONLY | O_DIRECT | O_CLOEXEC);
     if (fd < 0) die("open O_DIRECT");
     if (fstat(fd, &st) < 0) die("fstat");
-    nblocks = st.st_size / BLOCK;
+    /* a block device (a loop device) has st_size 0: its size is where SEEK_END lands */
+    nblocks = (S_ISBLK(st.st_mode) ? lseek(fd, 0, SEEK_END) : st.st_size) / BLOCK;
     if (nblocks < 1) { fprintf(stderr, "probe: file too small\n"); return 2; }
     if (posix_memalign(&blk, BLOCK, BLOCK)) die("posix_memalign");
     rec = calloc((size_t)o_steps * 4, sizeof *rec);
@@ -343,7 +369,7 @@ static int mode_agent(void) {
         }
         uint64_t t1 = now_ns();
         off_t off = (off_t)(rand_r(&seed) % (unsigned)nblocks) * BLOCK;
-        if (pread(fd, blk, BLOCK, off) != BLOCK) die("pread");
+        if (reads_on && pread(fd, blk, BLOCK, off) != BLOCK) die("pread");
         uint64_t t2 = now_ns();
         struct timespec d = {0, o_timer_ns};
         while (clock_nanosleep(CLOCK_MONOTONIC, 0, &d, &d) == EINTR && !stop_flag) { }
@@ -491,6 +517,11 @@ int main(int argc, char **argv) {
     sa.sa_handler = on_signal; /* no SA_RESTART: blocking calls return EINTR */
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sa.sa_handler = on_usr1;
+    sa.sa_flags = SA_RESTART; /* the toggle must not fail a step's recv */
+    sigaction(SIGUSR1, &sa, NULL);
+    sa.sa_handler = on_usr2;
+    sigaction(SIGUSR2, &sa, NULL);
     if (argc < 2) {
         fprintf(stderr, "usage: probe agent|serve|flood|sink|hog|writeback [--opt value]...\n");
         return 2;

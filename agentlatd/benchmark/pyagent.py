@@ -7,8 +7,10 @@ random offset, a timer wait. Run inside the agent namespace:
     ip netns exec NS python -m agentlatd.benchmark.pyagent --dst IP --port P \
         --bind IP --file F --seconds S --timer-ns N --out FILE
 
-With --socket (configuration D) it registers itself with
-agentlatd.client.Client and wraps each step in `with client.step()`: the
+With --ring N (and no --socket) each step is written into a step ring, as
+the Client does (agentlatd/benchmark/causes.py reads it). With --socket
+(configuration D) it registers itself with agentlatd.client.Client and
+wraps each step in `with client.step()`: the
 Python client path, timing overhead included.
 
 Protocol as the probe's: "ready <pid>", wait for "go", then one line per step
@@ -22,10 +24,12 @@ import contextlib
 import mmap
 import os
 import random
+import signal
 import socket
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 BLOCK = 4096
 
@@ -33,6 +37,22 @@ BLOCK = 4096
 @contextlib.contextmanager
 def _no_step(step_id: object = None) -> Iterator[None]:
     yield
+
+
+def _ring_step(capacity: int) -> Callable[[object], contextlib.AbstractContextManager[None]]:
+    from agentlatd.steps.ring import RingWriter
+
+    ring = RingWriter(capacity)
+    tid = threading.get_native_id()
+    clock = time.monotonic_ns
+
+    @contextlib.contextmanager
+    def step(step_id: object = None) -> Iterator[None]:
+        t0 = clock()
+        yield
+        ring.write(step_id, tid, t0, clock())
+
+    return step
 
 
 def main(argv: list[str]) -> int:
@@ -48,20 +68,34 @@ def main(argv: list[str]) -> int:
     p.add_argument("--socket", help="agentlatd socket: register with agentlatd.client.Client "
                                     "and time each step with client.step()")
     p.add_argument("--agent-id", default=f"bench-py-agent-{os.getpid()}")
+    p.add_argument("--ring", type=int, default=0,
+                   help="without --socket: write each step into a step ring of N records "
+                        "(the ring the Client writes; agentlatd/steps/ring.py)")
+    p.add_argument("--reads", type=int, default=1,
+                   help="0: start without the disk read; SIGUSR2 toggles it (causes.py)")
     a = p.parse_args(argv)
+    reads = [bool(a.reads)]
+
+    def toggle_reads(_sig: int, _frame: object) -> None:
+        reads[0] = not reads[0]
+
+    signal.signal(signal.SIGUSR2, toggle_reads)
     client = None
     if a.socket:
         from agentlatd.client import Client
 
         client = Client(a.agent_id, "interactive", socket=a.socket)
-    step = client.step if client is not None else _no_step
+    step: Callable[[object], contextlib.AbstractContextManager[None]] = (
+        client.step if client is not None else _no_step)
+    if client is None and a.ring:
+        step = _ring_step(a.ring)
 
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((a.bind, 0))
     s.connect((a.dst, a.port))
     s.settimeout(1.0)
     fd = os.open(a.file, os.O_RDONLY | os.O_DIRECT)
-    nblocks = os.fstat(fd).st_size // BLOCK
+    nblocks = os.lseek(fd, 0, os.SEEK_END) // BLOCK  # a block device's st_size is 0
     buf = mmap.mmap(-1, BLOCK)  # page-aligned, as O_DIRECT needs
     rng = random.Random(os.getpid())
     timer_s = a.timer_ns / 1e9
@@ -91,7 +125,8 @@ def main(argv: list[str]) -> int:
                 lost += 1
                 continue
             t1 = clock()
-            os.preadv(fd, [buf], rng.randrange(nblocks) * BLOCK)
+            if reads[0]:
+                os.preadv(fd, [buf], rng.randrange(nblocks) * BLOCK)
             t2 = clock()
             time.sleep(timer_s)
             t3 = clock()

@@ -84,6 +84,7 @@ class Span:
     id: int = -1
     tid: int = 0
     name: str = ""
+    until: int = 0  # a timer sleep syscall: when its timer expires (0: not known)
 
 
 Event = Switch | Wakeup | Migrate | Span
@@ -190,6 +191,8 @@ class Index:
     cpu_switch_t: dict[int, list[int]] = field(default_factory=dict)
     cpu_switch: dict[int, list[Switch]] = field(default_factory=dict)
     cpu_spans: dict[int, list[Span]] = field(default_factory=dict)
+    cpu_spans_t0: dict[int, list[int]] = field(default_factory=dict)
+    cpu_span_max: dict[int, int] = field(default_factory=dict)  # the longest span there
     thread: dict[int, list[Event]] = field(default_factory=dict)
     thread_t: dict[int, list[int]] = field(default_factory=dict)
     syscalls: dict[int, list[Span]] = field(default_factory=dict)
@@ -217,8 +220,10 @@ def index(events: Iterable[Event]) -> Index:
         sws.sort(key=lambda e: e.t)
     for cpu, sws in ix.cpu_switch.items():
         ix.cpu_switch_t[cpu] = [e.t for e in sws]
-    for spans in ix.cpu_spans.values():
+    for cpu, spans in ix.cpu_spans.items():
         spans.sort(key=lambda e: e.t0)
+        ix.cpu_spans_t0[cpu] = [e.t0 for e in spans]
+        ix.cpu_span_max[cpu] = max(e.t1 - e.t0 for e in spans)
     for tid, evs in ix.thread.items():
         evs.sort(key=_t)
         ix.thread_t[tid] = [_t(e) for e in evs]
@@ -306,7 +311,12 @@ def _overlap(a0: int, a1: int, b0: int, b1: int) -> int:
 def _interrupts(ix: Index, cpu: int, t0: int, t1: int) -> list[Part]:
     """The hardirq and softirq time on `cpu` within [t0, t1) (nested hardirqs are taken
     out of the softirq they interrupted)."""
-    spans = ix.cpu_spans.get(cpu, [])
+    # the spans that may overlap: none starts before t0 - the longest span (a bisect,
+    # not a scan: a step's joins stay O(log n) in a flood's hundreds of thousands of spans)
+    allspans = ix.cpu_spans.get(cpu, [])
+    lo = bisect.bisect_left(ix.cpu_spans_t0.get(cpu, []), t0 - ix.cpu_span_max.get(cpu, 0))
+    hi = bisect.bisect_left(ix.cpu_spans_t0.get(cpu, []), t1)
+    spans = allspans[lo:hi]
     out: list[Part] = []
     hard: list[Span] = []
     for s in spans:
@@ -397,29 +407,60 @@ def attribute(ix: Index, step: Step) -> StepAttribution:
             parts.append(Part(UNKNOWN, d))
             continue
         if sg.state == "sleep":
+            exp = _timer_expiry(ix, step.tid, sg.t0, sg.t1) if sg.wake is None else 0
+            if exp:
+                # its wakeup was not seen, but its timer expired at `exp`: asleep until
+                # then, runnable (on the CPU it slept on) after
+                parts.append(Part(BLOCKED_TIMER, exp - sg.t0, "its timer (wakeup not seen)", -1,
+                                  _gate(ix, step.tid, sg.t0, exp)))
+                parts += _cpu_parts(ix, step, _Seg(exp, sg.t1, "wait", sg.cpu))
+                continue
             cause, who = _waker(sg.wake)
             parts.append(Part(cause, d, who, -1, _gate(ix, step.tid, sg.t0, sg.t1)))
             continue
-        ints = _interrupts(ix, sg.cpu, sg.t0, sg.t1)
-        parts += ints
-        left = d - sum(p.ns for p in ints)
-        if sg.state == "run":
-            if left > 0:
-                parts.append(Part(RUNNING, left, "", sg.cpu))
-            continue
-        # runnable: who ran instead, each occupant's share less the interrupts in it
-        occ = _occupants(ix, sg.cpu, sg.t0, sg.t1)
-        for o0, o1, otid, ocomm in occ:
-            od = o1 - o0 - sum(p.ns for p in _interrupts(ix, sg.cpu, o0, o1))
-            if od <= 0:
-                continue
-            if ocomm.startswith("ksoftirqd"):
-                parts.append(Part(SOFTIRQ, od, f"softirqs in {ocomm}", sg.cpu))
-            elif otid == step.tid or otid < 0:
-                parts.append(Part(RUNNABLE, od, "", sg.cpu))
-            else:
-                parts.append(Part(RUNNABLE, od, _who(otid, ocomm), sg.cpu))
+        parts += _cpu_parts(ix, step, sg)
     return StepAttribution(step, tuple(parts), migrations, tuple(sorted(cpus)))
+
+
+TIMER_GATES = ("clock_nanosleep", "nanosleep")
+
+
+def _timer_expiry(ix: Index, tid: int, t0: int, t1: int) -> int:
+    """When the timer of the timer sleep the thread was in over [t0, t1) expired, if
+    that lies inside (0 otherwise)."""
+    for s in ix.syscalls.get(tid, []):
+        if s.t0 >= t1:
+            break
+        if s.name in TIMER_GATES and s.until and _overlap(t0, t1, s.t0, s.t1) and t0 < s.until < t1:
+            return s.until
+    return 0
+
+
+def _cpu_parts(ix: Index, step: Step, sg: _Seg) -> list[Part]:
+    """A running or runnable segment: the interrupts on its CPU, then running, or who
+    ran instead."""
+    parts: list[Part] = []
+    d = sg.t1 - sg.t0
+    ints = _interrupts(ix, sg.cpu, sg.t0, sg.t1)
+    parts += ints
+    left = d - sum(p.ns for p in ints)
+    if sg.state == "run":
+        if left > 0:
+            parts.append(Part(RUNNING, left, "", sg.cpu))
+        return parts
+    # runnable: who ran instead, each occupant's share less the interrupts in it
+    occ = _occupants(ix, sg.cpu, sg.t0, sg.t1)
+    for o0, o1, otid, ocomm in occ:
+        od = o1 - o0 - sum(p.ns for p in _interrupts(ix, sg.cpu, o0, o1))
+        if od <= 0:
+            continue
+        if ocomm.startswith("ksoftirqd"):
+            parts.append(Part(SOFTIRQ, od, f"softirqs in {ocomm}", sg.cpu))
+        elif otid == step.tid or otid < 0:
+            parts.append(Part(RUNNABLE, od, "", sg.cpu))
+        else:
+            parts.append(Part(RUNNABLE, od, _who(otid, ocomm), sg.cpu))
+    return parts
 
 
 def cycles(ix: Index, tids: Iterable[int], pid_of: dict[int, int] | None = None) -> list[Step]:

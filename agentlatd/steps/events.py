@@ -12,11 +12,13 @@ ring's clock):
         sched_waking of an agent thread; ctx 0 task, 1 hardirq (ctx_id = IRQ),
         2 softirq (ctx_id = vector), 3 inside an hrtimer callback; blk_dev
         and blk_ns when a block request completed in that same hardirq or
-        softirq (dev_t, issue->complete)
+        softirq, or (ctx 0) earlier in the waking task's current run, as a
+        loop device's worker does (dev_t, issue->complete)
   M t tid orig_cpu dest_cpu                        sched_migrate_task
   I t0 t1 cpu irq                                  a hardirq handler
   Q t0 t1 cpu vec                                  a softirq run
-  G t0 t1 tid kind                                 a gate syscall (GATES)
+  G t0 t1 tid kind until                           a gate syscall (GATES); until: a
+                                                   timer sleep's expiry (TIMER_EXPIRY)
 
 IRQ and softirq spans and switches are printed only for the CPUs the agents
 were seen on (@agcpu), wakeups, migrations and syscalls only for the agent
@@ -43,6 +45,20 @@ from agentlatd.trace.bpftrace import Unavailable, check, tracefs_dir
 GATES = ("epoll_wait", "epoll_pwait", "epoll_pwait2", "io_uring_enter", "recvfrom", "recvmsg",
          "read", "pread64", "futex", "clock_nanosleep", "nanosleep", "poll", "ppoll", "select",
          "pselect6")
+# When a timer sleep's timer expires: its struct __kernel_timespec (tv_sec, tv_nsec:
+# two u64, include/uapi/linux/time_types.h) read from user memory. clock_nanosleep
+# with TIMER_ABSTIME (flags bit 0) on CLOCK_MONOTONIC (1) gives the expiry itself
+# (CPython's time.sleep does this); relative sleeps are entry + the interval.
+# Why: the kernel skips a BPF program that fires while another runs on the CPU
+# (trace_call_bpf's bpf_prog_active), so the hrtimer's sched_waking is missed
+# whenever the timer interrupt lands inside one: on a CPU flooded with softirqs,
+# most of the time.
+_TS = "$p = (uint64 *)uptr(args->rqtp); $x = *$p * 1000000000 + *($p + 1);"
+TIMER_EXPIRY = {
+    "clock_nanosleep": f" {_TS} if (args->flags & 1) {{ if (args->which_clock == 1) {{ @g_x[tid] = $x; }} }}"
+                       " else { @g_x[tid] = nsecs + $x; }",
+    "nanosleep": f" {_TS} @g_x[tid] = nsecs + $x;",
+}
 PERF_RB_PAGES = 1024  # per CPU (4 MiB): a NET_RX flood's softirq spans fit a 250 ms read
 
 
@@ -67,7 +83,11 @@ def program(tids: Collection[int], duration_s: float, gates: Iterable[str] = GAT
         "  $i = @rq[args->dev, args->sector]; delete(@rq[args->dev, args->sector]);",
         "  if (@irq_t[cpu]) { @blk_h[cpu] = args->dev; if ($i) { @blk_hl[cpu] = nsecs - $i; } }",
         "  else { if (@si_t[cpu]) { @blk_s[cpu] = args->dev;"
-        " if ($i) { @blk_sl[cpu] = nsecs - $i; } } } }",
+        " if ($i) { @blk_sl[cpu] = nsecs - $i; } }",
+        # in task context (a loop device's worker, dm/md threads): kept for that task
+        # only until it switches out, so only a wakeup the completing task makes in
+        # the same run (the waiter's end_io) is told it was a block completion
+        "  else { @blk_t[tid] = args->dev; if ($i) { @blk_tl[tid] = nsecs - $i; } } } }",
         "tracepoint:sched:sched_waking /@agent[args->pid]/ {",
         "  @agcpu[args->target_cpu] = 1;",
         "  if (@hrt[cpu]) {",
@@ -80,28 +100,32 @@ def program(tids: Collection[int], duration_s: float, gates: Iterable[str] = GAT
         '    printf("W %llu %d %d %d %d 2 %d %d %llu %s\\n", nsecs, cpu, args->pid, args->target_cpu,'
         " tid, @si_v[cpu], @blk_s[cpu], @blk_sl[cpu], comm); }",
         "  else {",
-        '    printf("W %llu %d %d %d %d 0 -1 0 0 %s\\n", nsecs, cpu, args->pid, args->target_cpu,'
-        " tid, comm); } } } }",
+        '    printf("W %llu %d %d %d %d 0 -1 %d %llu %s\\n", nsecs, cpu, args->pid, args->target_cpu,'
+        " tid, @blk_t[tid], @blk_tl[tid], comm); } } } }",
         "tracepoint:sched:sched_migrate_task /@agent[args->pid]/ {",
         "  @agcpu[args->dest_cpu] = 1;",
         '  printf("M %llu %d %d %d\\n", nsecs, args->pid, args->orig_cpu, args->dest_cpu); }',
         "tracepoint:sched:sched_switch {",
+        "  delete(@blk_t[args->prev_pid]); delete(@blk_tl[args->prev_pid]);",
         "  if (@agent[args->next_pid]) { @agcpu[cpu] = 1; }",
         '  if (@agcpu[cpu]) { printf("S %llu %d %d %lld %d %s\\t%s\\n", nsecs, cpu, args->prev_pid,'
         " args->prev_state, args->next_pid, args->prev_comm, args->next_comm); } }",
     ]
     for k, g in enumerate(gates, 1):
+        # the timer sleeps also print when their timer expires (nsecs, CLOCK_MONOTONIC):
+        # where the wakeup itself is not seen (below), the sleep is split there
+        until = TIMER_EXPIRY.get(g, "")
         lines.append(f"tracepoint:syscalls:sys_enter_{g} /@agent[tid]/ "
-                     f"{{ @g_t[tid] = nsecs; @g_k[tid] = {k}; }}")
+                     f"{{ @g_t[tid] = nsecs; @g_k[tid] = {k};{until} }}")
     exits = ", ".join(f"tracepoint:syscalls:sys_exit_{g}" for g in gates)
     lines += [
         f"{exits} /@g_t[tid]/ {{",
-        '  printf("G %llu %llu %d %d\\n", @g_t[tid], nsecs, tid, @g_k[tid]);'
-        " delete(@g_t[tid]); delete(@g_k[tid]); }",
+        '  printf("G %llu %llu %d %d %llu\\n", @g_t[tid], nsecs, tid, @g_k[tid], @g_x[tid]);'
+        " delete(@g_t[tid]); delete(@g_k[tid]); delete(@g_x[tid]); }",
         f"interval:ms:{ms} {{ exit(); }}",
         "END { clear(@agent); clear(@agcpu); clear(@irq_t); clear(@irq_n); clear(@si_t); clear(@si_v);"
         " clear(@hrt); clear(@rq); clear(@blk_h); clear(@blk_hl); clear(@blk_s); clear(@blk_sl);"
-        " clear(@g_t); clear(@g_k); }",
+        " clear(@g_t); clear(@g_k); clear(@g_x); clear(@blk_t); clear(@blk_tl); }",
     ]
     return "\n".join(lines) + "\n"
 
@@ -158,7 +182,8 @@ def parse(lines: Iterable[str], gates: tuple[str, ...] = GATES) -> Trace:
                 f = line.split()
                 kind = int(f[4])
                 ev.append(Span("syscall", int(f[1]), int(f[2]), tid=int(f[3]),
-                               name=gates[kind - 1] if 0 < kind <= len(gates) else str(kind)))
+                               name=gates[kind - 1] if 0 < kind <= len(gates) else str(kind),
+                               until=int(f[5]) if len(f) > 5 else 0))
             elif k == "B":
                 tr.start_ns = int(line.split()[1])
                 continue

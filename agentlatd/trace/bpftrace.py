@@ -15,7 +15,8 @@ rate, and no per-event output to keep up with. Maps:
   @softirq[vec, cpu, b]      one softirq vector's run (softirq_entry -> exit)
   @softirq_ns[vec, cpu]      total softirq time; @ksoftirqd_ns the part run by ksoftirqd/N
   @wake[tid, cpu, b]         wakeup-to-run: sched_waking (or, preempted,
-                             sched_switch with prev_state == 0) -> sched_switch in;
+                             sched_switch with prev_state 0 or TASK_REPORT_MAX:
+                             PREEMPTED below) -> sched_switch in;
                              cpu = where it then ran. sched_waking, not the note's
                              sched_wakeup: it fires in the waker's context, so the
                              remote-wakeup IPI is inside the measured time
@@ -46,6 +47,13 @@ from agentlatd.sysfs.root import Root
 from agentlatd.trace.hist import BUCKETS, TOP
 
 GATE_KINDS = {1: "epoll", 2: "io_uring", 3: "recv"}
+# sched_switch's prev_state for a task switched out still runnable. A preempted task
+# reports TASK_REPORT_MAX (0x100; include/linux/sched.h, set by
+# __trace_sched_switch_state() in include/trace/events/sched.h since 4.14, printed "R+");
+# 0 (TASK_RUNNING, "R") is a task that yielded or was switched out running without
+# preemption. Both start a wait on the runqueue.
+TASK_REPORT_MAX = 0x100
+PREEMPTED = f"(args->prev_state == 0 || args->prev_state == {TASK_REPORT_MAX:#x})"
 MAP_KEYS_MAX = 65536  # BPFTRACE_MAP_KEYS_MAX; 0.17's default 4096 is too few for @wake
 
 
@@ -107,7 +115,7 @@ def program(tids: Collection[int] = (), duration_s: float = 5.0) -> str:
         "  if (!@hrt[cpu]) { if (@irq_t[cpu]) { if (@blk_h[cpu]) { @bw[args->pid] = @blk_h[cpu]; } }",
         "    else { if (@blk_s[cpu]) { @bw[args->pid] = @blk_s[cpu]; } } } }",
         "tracepoint:sched:sched_switch {",
-        f"  if (args->prev_state == 0 && args->prev_pid != 0 && {f(sel, 'args->prev_pid')}) {{",
+        f"  if ({PREEMPTED} && args->prev_pid != 0 && {f(sel, 'args->prev_pid')}) {{",
         "    @wk[args->prev_pid] = nsecs; }",
         "  $t = @wk[args->next_pid];",
         f"  if ($t) {{ $d = nsecs - $t; {b}",

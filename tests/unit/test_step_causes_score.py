@@ -1,0 +1,96 @@
+"""agentlatd/benchmark/causes.py's score and table (pure): phases cut from one trace,
+the denominator (own running and timer wait out; runnable behind other tenants out
+of the checked share), and the block completion a loop worker makes in task context."""
+
+from __future__ import annotations
+
+from agentlatd.benchmark import causes
+from agentlatd.steps import attribute as at
+from agentlatd.steps import events
+from agentlatd.steps.attribute import Span, Switch, Wakeup
+from agentlatd.steps.ring import StepRecord
+
+A = 100  # the agent's tid (= pid)
+HOG, TENANT = 555, 777
+MS = 1_000_000
+
+
+def test_score_splits_phases_and_checks_against_the_injected_cause() -> None:
+    ev: list[at.Event] = [
+        Switch(0, 1, 0, 0, A, "swapper/1", "probe"),
+        # phase "cpu-hog" (10-20 ms): preempted by the hog 3 ms, then by a tenant 1 ms
+        Switch(11 * MS, 1, A, at.TASK_REPORT_MAX, HOG, "probe", "probe"),
+        Switch(14 * MS, 1, HOG, 0, TENANT, "probe", "qemu-system-x86"),
+        Switch(15 * MS, 1, TENANT, 0, A, "qemu-system-x86", "probe"),
+        # phase "slow-tool" (20-30 ms): asleep in recv 5 ms, woken by NET_RX on CPU 0
+        Switch(21 * MS, 1, A, 1, 0, "probe", "swapper/1"),
+        Wakeup(26 * MS, 0, A, 1, 9, "probe", "softirq", at.NET_RX),
+        Switch(26 * MS, 1, 0, 0, A, "swapper/1", "probe"),
+    ]
+    recs = [StepRecord(0, 0, A, 10 * MS, 16 * MS), StepRecord(1, 1, A, 16 * MS + 1, 16 * MS + 200_000),
+            StepRecord(2, 2, A, 20 * MS, 27 * MS)]
+    phases = [causes.Phase("cpu-hog", 10 * MS, 20 * MS, (HOG,)), causes.Phase("slow-tool", 20 * MS, 30 * MS)]
+    hog, tool = causes.score(ev, recs, A, phases, 1 * MS, {A})
+    assert (hog.steps, hog.slow, hog.total_ns) == (2, 1, 6 * MS)
+    assert hog.by_cause == {at.RUNNING: 2 * MS, at.RUNNABLE: 4 * MS}
+    assert hog.delay_ns == 4 * MS and hog.foreign_ns == 1 * MS
+    assert hog.share(at.RUNNABLE) == 1.0
+    assert hog.checked_share() == 1.0  # 3 ms behind the hog of the 3 ms not behind the tenant
+    assert tool.by_cause == {at.RUNNING: 2 * MS, at.BLOCKED_NET: 5 * MS}
+    assert tool.checked_share() == 1.0
+    table = causes.render("c", [hog, tool], 1 * MS)
+    assert "cpu-hog" in table and "100.0ok" in table and "b:net" in table
+
+
+def test_score_checked_share_counts_what_is_not_the_cause() -> None:
+    ev: list[at.Event] = [
+        Switch(0, 1, 0, 0, A, "swapper/1", "probe"),
+        Switch(1 * MS, 1, A, 1, 0, "probe", "swapper/1"),
+        Wakeup(3 * MS, 1, A, 1, 0, "", "hrtimer"),  # its own timer: out of the denominator
+        Switch(3 * MS, 1, 0, 0, A, "swapper/1", "probe"),
+        Switch(4 * MS, 1, A, 1, 0, "probe", "swapper/1"),
+        Wakeup(5 * MS, 1, A, 1, 42, "kworker/u8:1"),  # a task woke it: not the flood
+        Switch(5 * MS, 1, 0, 0, A, "swapper/1", "probe"),
+    ]
+    [row] = causes.score(ev, [StepRecord(0, 0, A, 0, 6 * MS)], A, [causes.Phase("netrx-flood", 0, 10 * MS)],
+                         1 * MS)
+    assert row.delay_ns == 1 * MS and row.checked_share() == 0.0
+    assert "0.0!!" in causes.render("c", [row], 1 * MS)
+
+
+def test_wakeup_after_a_block_completion_in_the_wakers_task_context() -> None:
+    """A loop device completes in its worker (task context): the events program prints
+    the device with the worker's wakeup of the reader, which is then blocked:block."""
+    prog = events.program([A], 1.0)
+    assert "@blk_t[tid] = args->dev" in prog and "delete(@blk_t[args->prev_pid])" in prog
+    tr = events.parse([f"W 3000000 0 {A} 1 42 0 -1 {7 << 20 | 2} 1500000 kworker/u8:1\n"])
+    [w] = tr.events
+    assert isinstance(w, Wakeup) and w.ctx == "task" and w.blk_dev == 7 << 20 | 2
+    ev: list[at.Event] = [Switch(0, 1, 0, 0, A, "swapper/1", "probe"),
+                          Switch(1 * MS, 1, A, 1, 0, "probe", "swapper/1"), w,
+                          Switch(3 * MS, 1, 0, 0, A, "swapper/1", "probe")]
+    a = at.attribute(at.index(ev), at.Step(A, 0, 3 * MS + MS // 2))
+    assert a.by_cause()[at.BLOCKED_BLOCK] == 2 * MS
+    assert "block completion on dev 7:2" in a.verdict()
+
+
+def test_timer_wakeup_missed_by_the_tracer_splits_the_sleep_at_its_expiry() -> None:
+    """The kernel skips a BPF program firing inside another (bpf_prog_active): on a CPU
+    flooded with softirqs the hrtimer's sched_waking is lost, and the whole sleep plus
+    the time runnable behind ksoftirqd after the timer fired was one "woken by an
+    unseen waker" part (10-23 % of the flood case's delay). The sleep's timer expiry,
+    read at sys_enter_clock_nanosleep, splits it."""
+    ev: list[at.Event] = [
+        Switch(0, 1, 0, 0, A, "swapper/1", "probe"),
+        Span("syscall", 1 * MS, 2 * MS + 500_000, tid=A, name="clock_nanosleep", until=1 * MS + 100_000),
+        Switch(1 * MS, 1, A, 1, 24, "probe", "ksoftirqd/1"),
+        Switch(2 * MS + 400_000, 1, 24, 1, A, "ksoftirqd/1", "probe"),  # no wakeup seen
+    ]
+    a = at.attribute(at.index(ev), at.Step(A, 0, 3 * MS))
+    by = a.by_cause()
+    assert by == {at.RUNNING: 1 * MS + 600_000, at.BLOCKED_TIMER: 100_000, at.SOFTIRQ: 1 * MS + 300_000}
+    assert sum(by.values()) == 3 * MS
+    prog = events.program([A], 1.0)
+    assert "uptr(args->rqtp)" in prog and "@g_x[tid]" in prog
+    [g] = events.parse(["G 1000000 2500000 100 10 1100000\n"]).events
+    assert isinstance(g, Span) and g.name == "clock_nanosleep" and g.until == 1_100_000
