@@ -40,10 +40,11 @@ callbacks, all called from the main thread:
   on_stop(daemon)                  before the rollback
 and Daemon.status() returns a dict (also the socket's "status" answer).
 
-Test hook: AGENTLATD_TEST_HEAT_FILE=PATH makes the tuner read a JSON object
-{"<cpu>": heat, ...} from PATH at every tick and use it in place of the
-measured heat of those CPUs (a missing or unreadable file = measured heat).
-Tests drive "home CPU turns hot" with it on a 2-CPU host; it has no other use.
+Heat source: Daemon(heat_source=f) makes the tuner call f() at every tick
+and use the {cpu: heat} it returns in place of the measured heat of those
+CPUs. Nothing in agentlatd passes one and nothing reads it from the
+environment: tests do (tests/support/launch.py --heat-file), to drive "home
+CPU turns hot" on a 2-CPU host without flooding a CPU with NET_RX softirqs.
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ import contextlib
 import dataclasses
 import errno
 import grp
-import json
 import logging
 import os
 import pwd
@@ -92,7 +92,6 @@ from agentlatd.sysfs.root import Root
 
 log = logging.getLogger("agentlatd.daemon")
 
-HEAT_ENV = "AGENTLATD_TEST_HEAT_FILE"
 MACHINE_TTL = 60.0  # seconds between full rebuilds of the Machine (plus on discontinuities)
 RETRY = 0.005  # seconds to the next turn when the engine lock was busy
 
@@ -150,23 +149,13 @@ def layout_of(machine: Machine, plan: Plan) -> CpuLayout:
         node_of={c.cpu: c.node for c in topo.cpus}, online=topo.online)
 
 
-def read_heat_override() -> dict[int, float] | None:
-    path = os.environ.get(HEAT_ENV, "")
-    if not path:
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-        return {int(k): float(v) for k, v in raw.items()}
-    except (OSError, ValueError, AttributeError, TypeError):
-        return None
-
-
 class Tuner:
     """sample -> rates -> plan -> apply, each tick (see the module docstring)."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Daemon,
+                 heat_source: Callable[[], Mapping[int, float]] | None = None) -> None:
         self.d = daemon
+        self.heat_source = heat_source  # the module docstring's heat source
         self.seq = 0
         self.prev: Any = None  # the previous CounterSnapshot
         self.machine: Machine | None = None
@@ -285,9 +274,8 @@ class Tuner:
             # an agent's own replies processed on its home CPU are not heat to move it for
             heat = discount_heat(heat, rates.softirq_rate.get("NET_RX", {}),
                                  own_softirq_rate(plan.agent_links), pol.heat)
-        override = read_heat_override()
-        if override:
-            heat.update(override)
+        if self.heat_source is not None:
+            heat.update(self.heat_source())
         if errors:
             self.failures += 1
         self.seq += 1
@@ -393,7 +381,8 @@ class Daemon:
     def __init__(self, policy: Policy, *, config_path: str | None = None, root: str = "/",
                  state_dir: str | None = None, socket_path: str | None = None,
                  exclusive_scope_pid: int | None = None, tune_devices: bool = True,
-                 listen_socket: socket.socket | None = None) -> None:
+                 listen_socket: socket.socket | None = None,
+                 heat_source: Callable[[], Mapping[int, float]] | None = None) -> None:
         self.policy = policy
         self.config_path = config_path
         self.root = Root(root)
@@ -409,7 +398,7 @@ class Daemon:
         # completion chains: found in the tuner thread, placed in the main one
         self.chain_scanner = ChainScanner()
         self.chain = ChainKeeper(self.manager, self.chain_scanner)
-        self.tuner = Tuner(self)
+        self.tuner = Tuner(self, heat_source)
         self.sel = selectors.DefaultSelector()
         self.server: Server | None = None
         self._listen = listen_socket

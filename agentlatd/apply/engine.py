@@ -44,11 +44,12 @@ Use (the daemon keeps one Engine, and its lock, for its lifetime):
         ...
         eng.rollback()                     # on stop
 
-Test hook: AGENTLATD_TEST_CRASH_AFTER_WRITES=N makes the process SIGKILL itself
-right after its Nth successful kernel write (apply, reassert or restore
-writes, counted per process); N=0 kills it right after the journal is saved,
-before the first write. tests/apply/test_crash.py uses it to kill at every
-write point; it has no other use.
+Write points: Engine(write_hook=f) calls f(0) once a batch's journal is
+saved while no kernel write has been made yet, and f(n) right after the nth
+successful kernel write (apply, reassert or restore writes, counted per
+Engine). Nothing in agentlatd passes one and nothing reads it from the
+environment: fault-injection tests do (tests/support/launch.py kills the
+process at a chosen point, tests/apply/test_crash.py at every one of them).
 """
 
 from __future__ import annotations
@@ -59,7 +60,6 @@ import errno
 import fcntl
 import os
 import shlex
-import signal
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,8 +82,6 @@ from agentlatd.plan.changes import CPUMASK_KNOBS, Change, human_value
 from agentlatd.policy import Policy
 from agentlatd.sample import namespaces
 from agentlatd.sysfs.root import HOST, Root
-
-CRASH_ENV = "AGENTLATD_TEST_CRASH_AFTER_WRITES"
 
 # apply statuses
 CHANGED = "changed"  # written and read back as desired
@@ -238,11 +236,6 @@ class _Pending:
 # ---------------------------------------------------------------------------
 
 
-def _crash_after() -> int | None:
-    raw = os.environ.get(CRASH_ENV, "")
-    return int(raw) if raw.strip().isdigit() else None
-
-
 class Engine:
     """Applies and rolls back knob changes on one Root, journaling under state_dir.
 
@@ -252,7 +245,8 @@ class Engine:
     """
 
     def __init__(self, root: Root, state_dir: str, *, policy: Policy | None = None,
-                 knobs: Mapping[str, Knob] | None = None) -> None:
+                 knobs: Mapping[str, Knob] | None = None,
+                 write_hook: Callable[[int], None] | None = None) -> None:
         self.root = root
         self.state_dir = os.path.abspath(state_dir)
         self.policy = policy if policy is not None else Policy()
@@ -264,7 +258,7 @@ class Engine:
         self._journal: Journal | None = None
         self._recovered: RecoverReport | None = None
         self._writes = 0
-        self._crash_after = _crash_after()
+        self._write_hook = write_hook  # the module docstring's write points
         self._netns_note = ""  # _check_owner(): entries of a vanished namespace dropped
         # (knob, target) -> (the value refused, the result): a knob the kernel refused for
         # good (unsupported, value invalid, not permitted) is not tried again with the same
@@ -474,8 +468,8 @@ class Engine:
     # -- kernel writes ---------------------------------------------------
     def _wrote(self) -> None:
         self._writes += 1
-        if self._crash_after is not None and self._writes == self._crash_after:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self._write_hook is not None:
+            self._write_hook(self._writes)
 
     def _knob(self, name: str) -> Knob | None:
         return self._knobs.get(name)
@@ -654,8 +648,8 @@ class Engine:
                 j.remove_entries([p.entry for _, p in pending if p.new_entry])
                 j.complete = was_complete
                 raise
-            if self._crash_after == 0:
-                os.kill(os.getpid(), signal.SIGKILL)
+            if self._write_hook is not None and self._writes == 0:
+                self._write_hook(0)
             failed: list[Entry] = []
             for i, p in pending:
                 r = self._write_one(p)

@@ -139,14 +139,23 @@ def plan_file(path: pathlib.Path, changes: Iterable[Change]) -> pathlib.Path:
     return path
 
 
+LAUNCH = REPO / "tests" / "support" / "launch.py"
+
+
 def cli(args: list[str], *, netns: str | None = None, env: dict[str, str] | None = None,
-        timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """`python -m agentlatd ARGS`, inside `ip netns exec NETNS` when given."""
+        timeout: float = 120, crash_after_writes: int | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    """`python -m agentlatd ARGS`, inside `ip netns exec NETNS` when given.
+
+    crash_after_writes=N: through tests/support/launch.py, which SIGKILLs the run at
+    write point N (agentlatd/apply/engine.py, "Write points")."""
     cmd = [sys.executable, "-m", "agentlatd", *args]
+    if crash_after_writes is not None:
+        cmd = [sys.executable, str(LAUNCH), "--crash-after-writes", str(crash_after_writes),
+               "--", *args]
     if netns is not None:
         cmd = ["ip", "netns", "exec", netns, *cmd]
     full_env = dict(os.environ)
-    full_env.pop("AGENTLATD_TEST_CRASH_AFTER_WRITES", None)
     full_env.update(env or {})
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True,
                           timeout=timeout, check=False)

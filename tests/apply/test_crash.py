@@ -1,8 +1,9 @@
 """kill -9 at every write point, then start again: every knob is back to its original.
 
-The engine's test hook AGENTLATD_TEST_CRASH_AFTER_WRITES=N makes `agentlatd
-apply` SIGKILL itself right after its Nth successful kernel write (N=0: right
-after the journal is saved, before the first write). For N = 0, 1, ..., last
+tests/support/launch.py --crash-after-writes N gives the engine a write hook
+(Engine(write_hook=...)) that makes `agentlatd apply` SIGKILL itself right after
+its Nth successful kernel write (N=0: right after the journal is saved, before
+the first write). For N = 0, 1, ..., last
 the run is killed there; the next start is `agentlatd rollback`, or a new
 `agentlatd apply` (which restores the interrupted run first) followed by a
 rollback. Both end with every value exactly as before.
@@ -32,13 +33,11 @@ from applyhelpers import (
 from agentlatd.apply import journal
 from agentlatd.plan.changes import Change
 
-CRASH = "AGENTLATD_TEST_CRASH_AFTER_WRITES"
-
 
 def _crash_cycle(n: int, apply_args: list[str], restart_args: list[str], *,
                  netns: str | None, state: pathlib.Path,
                  changed_now: Callable[[], int], writes: int) -> None:
-    p = cli(apply_args, netns=netns, env={CRASH: str(n)})
+    p = cli(apply_args, netns=netns, crash_after_writes=n)
     assert p.returncode == -signal.SIGKILL, (n, p.returncode, p.stdout, p.stderr)
     j = journal.read_json(str(state / "journal.json"))
     assert j is not None
@@ -87,7 +86,7 @@ def test_kill_9_at_every_write_point_on_a_fixture_tree(tmp_path: pathlib.Path) -
                      changed_now=changed_now, writes=len(changes))
         assert diff_keys(before, tree_bytes(tree)) == []
     # past the last write point the run completes
-    p = cli(["apply", "--plan", str(plan), *args], env={CRASH: str(len(changes) + 1)})
+    p = cli(["apply", "--plan", str(plan), *args], crash_after_writes=len(changes) + 1)
     assert p.returncode == 0, p.stderr
     assert cli(["rollback", *args]).returncode == 0
     assert diff_keys(before, tree_bytes(tree)) == []
@@ -101,7 +100,7 @@ def test_kill_9_during_rollback_then_rollback_again(tmp_path: pathlib.Path) -> N
     args = ["--root", str(tree), "--state-dir", str(tmp_path / "state")]
     for n in range(1, len(changes)):
         assert cli(["apply", "--plan", str(plan), *args]).returncode == 0
-        p = cli(["rollback", *args], env={CRASH: str(n)})
+        p = cli(["rollback", *args], crash_after_writes=n)
         assert p.returncode == -signal.SIGKILL
         assert len(diff_keys(before, tree_bytes(tree))) == len(changes) - n
         p = cli(["rollback", *args])

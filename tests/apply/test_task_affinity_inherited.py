@@ -33,8 +33,6 @@ from agentlatd.cpuset import CpuSet
 from agentlatd.plan.changes import Change
 from agentlatd.sysfs.root import HOST
 
-CRASH = "AGENTLATD_TEST_CRASH_AFTER_WRITES"
-
 # The child: on "spawn N OWN" it starts N threads that keep their inherited
 # mask and one that sets its own mask to the CPU OWN, then prints their tids.
 _CHILD = r"""
@@ -162,7 +160,7 @@ def _pinned_then_killed(child: Child, pin: int, tmp_path: pathlib.Path) -> pathl
     state = tmp_path / "state"
     plan = plan_file(tmp_path / "plan.json",
                      [Change("task.affinity", child.target(child.pid), "", str(pin), "t")])
-    p = cli(["apply", "--plan", str(plan), "--state-dir", str(state)], env={CRASH: "1"})
+    p = cli(["apply", "--plan", str(plan), "--state-dir", str(state)], crash_after_writes=1)
     assert p.returncode == -signal.SIGKILL, (p.returncode, p.stdout, p.stderr)
     return state
 

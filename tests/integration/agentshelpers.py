@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+LAUNCH = REPO / "tests" / "support" / "launch.py"
 NOTHING = "agentlatd-test-none-*"
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (restores nice/affinity "
@@ -201,10 +202,12 @@ class Daemon:
 
 def start_daemon(d: pathlib.Path, policy: str, *, extra_args: tuple[str, ...] = (),
                  env: dict[str, str] | None = None, log_name: str = "daemon.log",
-                 prefix: tuple[str, ...] = ()) -> Daemon:
+                 prefix: tuple[str, ...] = (), heat_file: pathlib.Path | None = None) -> Daemon:
     """`agentlatd run` in `d` with `policy`, answering on its socket. `prefix`: a
     command it runs under, e.g. ("ip", "netns", "exec", NS), which execs it in the
-    same process (the pid is the daemon's)."""
+    same process (the pid is the daemon's). `heat_file`: run through
+    tests/support/launch.py, whose heat source reads {"<cpu>": heat} from that file
+    at every tuner tick in place of the measured heat."""
     config = d / "agentlatd.toml"
     config.write_text(policy)
     state = d / "state"
@@ -212,7 +215,9 @@ def start_daemon(d: pathlib.Path, policy: str, *, extra_args: tuple[str, ...] = 
     log_path = d / log_name
     e = env_for_children()
     e.update(env or {})
-    argv = [*prefix, sys.executable, "-m", "agentlatd", "run", "--config", str(config),
+    cli = ["-m", "agentlatd"] if heat_file is None else [
+        str(LAUNCH), "--heat-file", str(heat_file), "--"]
+    argv = [*prefix, sys.executable, *cli, "run", "--config", str(config),
             "--state-dir", str(state), "--socket", str(sock), *extra_args]
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,

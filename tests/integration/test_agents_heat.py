@@ -1,9 +1,9 @@
 """A home CPU turns hot: its agents move to a cooler home CPU, with hysteresis.
 
 This host has 2 CPUs, so the policy makes both of them home CPUs (cpus.home =
-"0-1", no completion CPU), and heat is injected through the daemon's test
-hook (AGENTLATD_TEST_HEAT_FILE, agentlatd/daemon.py) instead of flooding a
-CPU with real NET_RX softirqs.
+"0-1", no completion CPU), and heat is injected through a heat source
+(Daemon(heat_source=...), installed by tests/support/launch.py --heat-file)
+instead of flooding a CPU with real NET_RX softirqs.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def test_hot_home_cpu_moves_every_thread_with_hysteresis() -> None:
         set_heat(heat, {0: 0.0, 1: 0.0})
         pol = policy_text(completion="", home="0-1", hot=0.5, cool=0.2, hot_ticks=2,
                           min_move_interval=0.0)
-        with daemon(d, pol, env={"AGENTLATD_TEST_HEAT_FILE": str(heat)}) as dm, \
+        with daemon(d, pol, heat_file=heat) as dm, \
                 Agent(dm.socket, "planner", nthreads=3) as ag:
             x = ag.ready["home_cpu"]
             assert x in (0, 1)
@@ -80,7 +80,7 @@ def test_min_move_interval_keeps_a_just_moved_agent_put() -> None:
         heat = d / "heat.json"
         set_heat(heat, {0: 0.0, 1: 0.0})
         pol = policy_text(completion="", home="0-1", hot_ticks=1, min_move_interval=2.0)
-        with daemon(d, pol, env={"AGENTLATD_TEST_HEAT_FILE": str(heat)}) as dm, \
+        with daemon(d, pol, heat_file=heat) as dm, \
                 Agent(dm.socket, "planner", nthreads=1) as ag:
             x = ag.ready["home_cpu"]
             y = 1 - x

@@ -297,7 +297,8 @@ def kernel_at_least(major: int, minor: int) -> bool:
 # back what it did, again straight from the kernel (never through agentlatd's parsers).
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
-CRASH_ENV = "AGENTLATD_TEST_CRASH_AFTER_WRITES"  # agentlatd/apply/engine.py CRASH_ENV
+# the CLI with a crash hook installed (tests/support/launch.py): agentlatd itself has none
+LAUNCH = REPO / "tests" / "support" / "launch.py"
 # The partition the agentlatd tests' policy asks for (conftest Lab.policy): two of the four
 # vCPUs take completions, two are agent home CPUs; explicit, so every expectation is known.
 COMPLETION = frozenset({0, 1})
@@ -331,8 +332,9 @@ class Agentlatd:
               runs it (2-5 s each under TCG: interpreter start plus imports);
     - fork(): a forked copy of this test process calls agentlatd.cli.main(ARGS) with its
               own stdout/stderr and environment: the same code from argument parsing on,
-              in a real process that can be SIGKILLed (the engine's crash hook), for
-              ~0.6 s. The modules are imported once here, before the first fork.
+              in a real process that can be SIGKILLed (crash_after_writes: the write
+              hook of tests/support/launch.py), for ~0.6 s. The modules are imported
+              once here, before the first fork.
     A module compile pass runs once first: the checkout has no __pycache__ and the job
     runs with PYTHONDONTWRITEBYTECODE, so every interpreter would otherwise compile
     agentlatd from source (the .pyc files land in the guest's tmpfs overlay only).
@@ -345,15 +347,18 @@ class Agentlatd:
         self._loaded = False
 
     def _env(self, env: dict[str, str] | None) -> dict[str, str]:
-        e = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
+        e = dict(os.environ)
         e.update(env or {})
         return e
 
-    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 180) -> Ran:
+    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 180,
+            crash_after_writes: int | None = None) -> Ran:
         import sys
 
         t0 = time.monotonic()
-        p = subprocess.run([sys.executable, "-m", "agentlatd", *args], cwd=REPO, env=self._env(env),
+        cli = ["-m", "agentlatd"] if crash_after_writes is None else [
+            str(LAUNCH), "--crash-after-writes", str(crash_after_writes), "--"]
+        p = subprocess.run([sys.executable, *cli, *args], cwd=REPO, env=self._env(env),
                            capture_output=True, text=True, timeout=timeout, check=False)
         return Ran(tuple(args), p.returncode, p.stdout, p.stderr, time.monotonic() - t0, False)
 
@@ -366,9 +371,14 @@ class Agentlatd:
             importlib.import_module("agentlatd.netlink.ethtool")  # pyroute2: ~3 s under TCG
             importlib.import_module("agentlatd.netlink.netdev")
             importlib.import_module("agentlatd.apply.knobs").load_plugins()
+            import sys
+
+            sys.path.insert(0, str(LAUNCH.parent))
+            importlib.import_module("launch")
             self._loaded = True
 
-    def fork(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Ran:
+    def fork(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120,
+             crash_after_writes: int | None = None) -> Ran:
         import io
         import sys
         import tempfile
@@ -389,6 +399,8 @@ class Agentlatd:
                     os.environ.clear()
                     os.environ.update(full_env)
                     os.chdir(REPO)
+                    if crash_after_writes is not None:
+                        sys.modules["launch"].install(crash_after_writes=crash_after_writes)
                     rc = sys.modules["agentlatd.cli"].main(list(args))
                 except SystemExit as e:  # argparse
                     rc = e.code if isinstance(e.code, int) else 2

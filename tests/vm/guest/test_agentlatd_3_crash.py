@@ -1,12 +1,13 @@
 """kill -9 in the middle of `agentlatd apply` on a real kernel, then recover: all restored.
 
-The engine's test hook AGENTLATD_TEST_CRASH_AFTER_WRITES=N (agentlatd/apply/engine.py)
-makes the apply SIGKILL itself right after its Nth successful kernel write (N=0: after the
-journal is saved, before the first write). The write sequence is learnt from one complete
-apply of the lab policy (IRQ affinity first, then RPS, XPS, threaded NAPI, coalescing); the
-run is then killed at a few points across it: exactly the first N writes must be in the
-kernel, and the next start (`agentlatd rollback`, or a new `agentlatd apply`, which restores
-the interrupted run before anything else) must leave every value as snapshotted before.
+The write hook tests/support/launch.py installs (crash_after_writes=N, through
+Engine(write_hook=...), agentlatd/apply/engine.py) makes the apply SIGKILL itself right
+after its Nth successful kernel write (N=0: after the journal is saved, before the first
+write). The write sequence is learnt from one complete apply of the lab policy (IRQ affinity
+first, then RPS, XPS, threaded NAPI, coalescing); the run is then killed at a few points
+across it: exactly the first N writes must be in the kernel, and the next start (`agentlatd
+rollback`, or a new `agentlatd apply`, which restores the interrupted run before anything
+else) must leave every value as snapshotted before.
 """
 
 from __future__ import annotations
@@ -54,10 +55,10 @@ def test_kill_9_during_apply_then_restart_restores_everything(
     for i, n in enumerate(points):
         st = tmp_path / f"crash{n}"
         args = ("apply", "--config", config, "--state-dir", str(st))
-        env = {g.CRASH_ENV: str(n)}
         # at one point a fresh `agentlatd apply` interpreter is killed, at the others a
         # forked one (the same code from argument parsing on, 4x faster under TCG)
-        ran = agentlatd.run(*args, env=env) if n == 1 else agentlatd.fork(*args, env=env)
+        ran = (agentlatd.run(*args, crash_after_writes=n) if n == 1
+               else agentlatd.fork(*args, crash_after_writes=n))
         assert ran.rc == KILLED, ran
         from agentlatd.apply import journal as journal_file  # the snapshot and its log as one
         journal = journal_file.read_json(str(st / "journal.json"))
@@ -105,7 +106,7 @@ def test_apply_after_a_crash_applies_the_whole_plan(
     pats = [r"nvme0q0", rf"{nics.virtio_dev}-.*", rf"{nics.e1000e}(-.*)?", rf"{nics.igb}(-.*)?"]
     steerable = [r.irq for p in pats for r in g.irqs_named(p).values()]
     try:
-        assert agentlatd.fork(*args, env={g.CRASH_ENV: str(n)}).rc == KILLED
+        assert agentlatd.fork(*args, crash_after_writes=n).rc == KILLED
         rep = agentlatd.fork(*args, "--json").json()
         assert isinstance(rep, dict) and rep["recovery"]["action"] == "restored", rep
         off = {irq: g.read_cpulist(irq) for irq in steerable

@@ -90,7 +90,7 @@ def running(agentlatd: g.Agentlatd, agentlatd_lab: Any,
     config = lab.policy("agents.toml", extra='[classes.interactive]\nexclusive = "shared"\n')
     sock, state, log = work / "agentlatd.sock", work / "state", work / "daemon.log"
     before_irqs = {n: g.read_cpulist(n) for n in g.read_interrupts()}
-    env = {k: v for k, v in os.environ.items() if k != g.CRASH_ENV}
+    env = dict(os.environ)
     t0 = time.monotonic()
     with open(log, "wb") as f:
         daemon = subprocess.Popen(

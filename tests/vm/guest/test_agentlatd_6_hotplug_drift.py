@@ -203,7 +203,7 @@ def daemon(agentlatd: g.Agentlatd, lab: Any, work: pathlib.Path, drift: str,
         f"[devices]\ninclude = [{names}]\n"
         "[tuning]\nthreaded_napi = true\n"
         f'[metrics]\ntextfile = "{work / "metrics.prom"}"\ntextfile_interval = 1.0\n')
-    env = {k: v for k, v in os.environ.items() if k != g.CRASH_ENV}
+    env = dict(os.environ)
     t0 = time.monotonic()
     with open(work / "daemon.log", "wb") as f:
         proc = subprocess.Popen(

@@ -86,7 +86,7 @@ def nic_irqs(nics: g.Nics) -> list[int]:
 
 def start_daemon(config: pathlib.Path, work: pathlib.Path) -> subprocess.Popen[bytes]:
     sock, state = work / "agentlatd.sock", work / "state"
-    env = {k: v for k, v in os.environ.items() if k != g.CRASH_ENV}
+    env = dict(os.environ)
     with open(work / "daemon.log", "ab") as f:
         d = subprocess.Popen(
             [sys.executable, "-m", "agentlatd", "run", "--config", str(config), "--state-dir",
