@@ -31,6 +31,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+from agentlatd.steps.ring import RingWriter
+
 BLOCK = 4096
 
 
@@ -40,8 +42,6 @@ def _no_step(step_id: object = None) -> Iterator[None]:
 
 
 def _ring_step(capacity: int) -> Callable[[object], contextlib.AbstractContextManager[None]]:
-    from agentlatd.steps.ring import RingWriter
-
     ring = RingWriter(capacity)
     tid = threading.get_native_id()
     clock = time.monotonic_ns
