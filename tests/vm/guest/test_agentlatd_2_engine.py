@@ -324,8 +324,12 @@ def test_rollback_restores_every_value(applied: Applied, agentlatd: g.Agentlatd)
     for target, r in applied.results("irq.affinity").items():
         assert f"echo {r['before']} > /proc/irq/{target}/smp_affinity_list" in lines, target
     igb_rx = re.search(r"rx-usecs: (\d+)", applied.before[f"ethtool -c {nics.igb}"])
-    assert igb_rx and f"ethtool -C {nics.igb} rx-usecs {igb_rx.group(1)}" in lines
-    assert f"echo 0 > /sys/class/net/{nics.virtio}/threaded" in lines
+    # device lines run only while the device is the one journaled (its ifindex):
+    # `if [ ... ]; then CMD; else echo ... device replaced ...; fi`
+    guarded = [ln.split("; then ", 1)[1].split("; else ", 1)[0] for ln in lines
+               if ln.startswith("if [ ") and "; then " in ln]
+    assert igb_rx and f"ethtool -C {nics.igb} rx-usecs {igb_rx.group(1)}" in guarded, lines
+    assert f"echo 0 > /sys/class/net/{nics.virtio}/threaded" in guarded, lines
     assert sum("kernel-managed, never changed" in ln for ln in lines) == len(nvme_io_irqs())
 
     ran = agentlatd.run("rollback", "--state-dir", str(applied.state), "--json")
