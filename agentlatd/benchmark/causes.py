@@ -414,24 +414,33 @@ def run_agent(lab: Lab, kind: str, cases: Sequence[str], phase_s: float, thresho
 def run(agents: Sequence[str] = AGENTS, cases: Sequence[str] = CASES, phase_s: float = 1.5,
         threshold_ns: int = 1_000_000, log: Log = lambda m: None) -> dict[str, Any]:
     """Every agent through every case; raises Unavailable when bpftrace cannot run."""
+    with _lab_running() as (lab, failed):
+        out = {"threshold_ns": threshold_ns, "phase_s": phase_s, "cpu_agent": lab.cpu_a,
+               "cpu_helpers": lab.cpu_b, "loop_dev": lab.loop_dev,
+               "runs": [run_agent(lab, k, cases, phase_s, threshold_ns, log) for k in agents]}
+    out["teardown_failed"] = failed
+    return out
+
+
+@contextlib.contextmanager
+def _lab_running() -> Iterator[tuple[Lab, list[str]]]:
+    """A set-up Lab, with this process and the tracer (its child) off the agent's CPU;
+    on exit the affinity comes back and the lab is torn down, what failed to go
+    away appended to the yielded list. Unavailable when bpftrace cannot run."""
     reason = check(Root("/"))
     if reason:
         raise Unavailable(reason)
+    failed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="agentlatd-causes-lab-") as wd:
         lab = Lab(wd)
         mine = os.sched_getaffinity(0)
         try:
             lab.setup()
-            # this process and the tracer (its child) off the agent's CPU
             os.sched_setaffinity(0, {lab.cpu_b})
-            out = {"threshold_ns": threshold_ns, "phase_s": phase_s, "cpu_agent": lab.cpu_a,
-                   "cpu_helpers": lab.cpu_b, "loop_dev": lab.loop_dev,
-                   "runs": [run_agent(lab, k, cases, phase_s, threshold_ns, log) for k in agents]}
+            yield lab, failed
         finally:
             os.sched_setaffinity(0, mine)
-            failed = lab.teardown()
-    out["teardown_failed"] = failed
-    return out
+            failed += lab.teardown()
 
 
 # -- what tracing costs the agent ----------------------------------------------
@@ -446,62 +455,51 @@ def _pct(durs: Sequence[int], q: float) -> int:
 def run_cost(window_s: float = 3.0, log: Log = lambda m: None) -> dict[str, Any]:
     """The C agent's step p50/p99 untraced, traced by the slow-steps tracer, untraced
     again (A-B-A in one run, one agent process, nothing injected)."""
-    reason = check(Root("/"))
-    if reason:
-        raise Unavailable(reason)
-    with tempfile.TemporaryDirectory(prefix="agentlatd-causes-lab-") as wd:
-        lab = Lab(wd)
-        mine = os.sched_getaffinity(0)
-        try:
-            lab.setup()
-            os.sched_setaffinity(0, {lab.cpu_b})
-            ag, _tool, tid = _agent(lab, "c", 3 * window_s + 40)
-            ag.go()
-            reader = None
-            deadline = time.monotonic() + 10
-            while reader is None and time.monotonic() < deadline:
-                reader = RingReader.open(Root("/"), ag.pid)
-                time.sleep(0.02)
-            if reader is None:
-                raise Unavailable(f"no step ring found in the C agent (pid {ag.pid})")
-            records: list[StepRecord] = []
-            windows: list[tuple[str, int, int]] = []
+    with _lab_running() as (lab, failed):
+        ag, _tool, tid = _agent(lab, "c", 3 * window_s + 40)
+        ag.go()
+        reader = None
+        deadline = time.monotonic() + 10
+        while reader is None and time.monotonic() < deadline:
+            reader = RingReader.open(Root("/"), ag.pid)
+            time.sleep(0.02)
+        if reader is None:
+            raise Unavailable(f"no step ring found in the C agent (pid {ag.pid})")
+        records: list[StepRecord] = []
+        windows: list[tuple[str, int, int]] = []
 
-            def untraced(name: str) -> None:
-                t0 = time.monotonic_ns()
-                end = time.monotonic() + window_s
-                while time.monotonic() < end:
-                    records.extend(reader.read())
-                    time.sleep(0.25)
-                windows.append((name, t0, time.monotonic_ns()))
+        def untraced(name: str) -> None:
+            t0 = time.monotonic_ns()
+            end = time.monotonic() + window_s
+            while time.monotonic() < end:
+                records.extend(reader.read())
+                time.sleep(0.25)
+            windows.append((name, t0, time.monotonic_ns()))
 
-            untraced("untraced")
-            with tempfile.TemporaryDirectory(prefix="agentlatd-causes-") as twd:
-                result: dict[str, Any] = {}
+        untraced("untraced")
+        with tempfile.TemporaryDirectory(prefix="agentlatd-causes-") as twd:
+            result: dict[str, Any] = {}
 
-                def trace() -> None:
-                    try:
-                        result["trace"] = events.run(Root("/"), [tid], window_s + 0.5, twd,
-                                                     lambda: records.extend(reader.read()))
-                    except BaseException as e:
-                        result["error"] = e
+            def trace() -> None:
+                try:
+                    result["trace"] = events.run(Root("/"), [tid], window_s + 0.5, twd,
+                                                 lambda: records.extend(reader.read()))
+                except BaseException as e:
+                    result["error"] = e
 
-                th = threading.Thread(target=trace, name="causes-cost-trace", daemon=True)
-                th.start()
-                _wait_begin(os.path.join(twd, "events.txt"), 60)
-                t0 = time.monotonic_ns()
-                time.sleep(window_s)
-                windows.append(("traced", t0, time.monotonic_ns()))
-                th.join(window_s + 90)
-                if "error" in result:
-                    raise result["error"]
-            log("traced window done")
-            untraced("untraced again")
-            reader.close()
-            ag.stop()
-        finally:
-            os.sched_setaffinity(0, mine)
-            failed = lab.teardown()
+            th = threading.Thread(target=trace, name="causes-cost-trace", daemon=True)
+            th.start()
+            _wait_begin(os.path.join(twd, "events.txt"), 60)
+            t0 = time.monotonic_ns()
+            time.sleep(window_s)
+            windows.append(("traced", t0, time.monotonic_ns()))
+            th.join(window_s + 90)
+            if "error" in result:
+                raise result["error"]
+        log("traced window done")
+        untraced("untraced again")
+        reader.close()
+        ag.stop()
     out: dict[str, Any] = {"window_s": window_s, "teardown_failed": failed, "windows": []}
     for name, t0, t1 in windows:
         d = [r.duration_ns for r in records if r.start_ns >= t0 and r.end_ns <= t1]
