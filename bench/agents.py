@@ -55,7 +55,8 @@ from typing import Any
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from agentlatd.benchmark.sleepers import Sleepers  # noqa: E402 - after the checkout is on sys.path
+sys.path.insert(0, str(REPO / "tests"))
+from support.sleepers import Sleepers  # noqa: E402 - after tests/ is on sys.path
 
 POLICY = """
 [daemon]

@@ -33,9 +33,10 @@ from agentlatd import jsonout
 from agentlatd import policy as policy_mod
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError, KernelError
+from agentlatd.sample import schedstat
 from agentlatd.sysfs.root import Root
-from agentlatd.trace import bpftrace, schedstat
-from agentlatd.trace import report as trace_report
+from agentlatd.tools.trace import bpftrace
+from agentlatd.tools.trace import report as trace_report
 
 HELP = "attribute agent step latency to IRQs, softirqs, wakeups and wait gates"
 EXAMPLES = (
@@ -194,7 +195,7 @@ def _trace(args: argparse.Namespace, root: Root, tids: list[int],
         except bpftrace.Unavailable as e:
             reasons.append(f"bpftrace: {e}")
     if args.method in ("auto", "tracefs"):
-        from agentlatd.trace import tracefs
+        from agentlatd.tools.trace import tracefs
 
         try:
             return tracefs.run(root, tids, args.duration), "tracefs"

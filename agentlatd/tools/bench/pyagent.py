@@ -4,11 +4,11 @@ Same step as the C probe's agent mode: a UDP request/reply to the tool server
 (the probe in `serve` mode, in the tool namespace), a 4 KiB O_DIRECT read at a
 random offset, a timer wait. Run inside the agent namespace:
 
-    ip netns exec NS python -m agentlatd.benchmark.pyagent --dst IP --port P \
+    ip netns exec NS python -m agentlatd.tools.bench.pyagent --dst IP --port P \
         --bind IP --file F --seconds S --timer-ns N --out FILE
 
 With --ring N (and no --socket) each step is written into a step ring, as
-the Client does (agentlatd/benchmark/causes.py reads it). With --socket
+the Client does (agentlatd/tools/bench/causes.py reads it). With --socket
 (configuration D) it registers itself with agentlatd.client.Client and
 wraps each step in `with client.step()`: the
 Python client path, timing overhead included.

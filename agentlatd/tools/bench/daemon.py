@@ -33,10 +33,10 @@ import sys
 import time
 from typing import Any
 
-from agentlatd.benchmark import netns
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError
 from agentlatd.sysfs.root import Root
+from agentlatd.tools.bench import netns
 
 LATENCY_CLASS = "interactive"
 START_TIMEOUT = 15.0

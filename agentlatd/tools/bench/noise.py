@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from agentlatd.benchmark.netns import BenchNet
-from agentlatd.benchmark.probe import ProbeProc, parse_counts
+from agentlatd.tools.bench.netns import BenchNet
+from agentlatd.tools.bench.probe import ProbeProc, parse_counts
 
 FLOOD_PORT = 9999
 
