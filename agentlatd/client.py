@@ -53,8 +53,9 @@ from typing import Any
 
 from agentlatd.agents.stats import sparse
 from agentlatd.api import protocol
-from agentlatd.policy import DaemonPolicy
 from agentlatd.steps.ring import RingWriter
+from agentlatd.sysfs.root import HOST
+from agentlatd.wire import DEFAULT_SOCKET
 
 ENV_SOCKET = "AGENTLATD_SOCKET"
 _perf = time.perf_counter_ns
@@ -62,7 +63,7 @@ _perf = time.perf_counter_ns
 
 def socket_path(explicit: str | None = None) -> str:
     """The socket to use: explicit, else $AGENTLATD_SOCKET, else the policy default."""
-    return explicit or os.environ.get(ENV_SOCKET) or DaemonPolicy().socket
+    return explicit or os.environ.get(ENV_SOCKET) or DEFAULT_SOCKET
 
 
 class ClientError(Exception):
@@ -522,5 +523,4 @@ class Client:
 
 
 def _comm() -> str:
-    from agentlatd.sysfs.root import HOST
     return HOST.read_optional(f"proc/{os.getpid()}/comm") or "agent"
