@@ -114,7 +114,6 @@ class Connection:
                                        f"{e.strerror}{connect_hint(e.errno, self.path)}") from e
         self.buf = bytearray()
         self._ids = itertools.count(1)
-        self.acks: list[dict[str, Any]] = []  # answers to requests nobody waits for
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -146,8 +145,7 @@ class Connection:
         while True:
             msg = json.loads(self._line())
             if msg.get("id") != req_id:
-                self.acks.append(msg)
-                continue
+                continue  # the answer to a request whose reader gave up waiting
             if msg.get("ok"):
                 return msg.get("result")
             err = msg.get("error") or {}

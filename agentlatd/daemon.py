@@ -748,9 +748,6 @@ class Daemon:
         self.manager.register(p, uid, req, owner=None if admin else c.peer.uid)
         self.chain.set_owner(p, None if admin else c.peer.uid)
         self.manager.autoreg.declined.discard(p)
-        # (no c.owned.add(p): nothing read that set, and on a long-lived
-        # connection it grew by ~150 bytes per registration for ever; the soak in
-        # bench/soak.py found it, tests/hostile/test_socket_abuse.py pins it)
         self._waiting.append((c, env.req_id, "register", p))
         return PENDING
 

@@ -196,7 +196,7 @@ def main() -> int:
     ap.add_argument("--exclusive", action="store_true",
                     help="interactive home CPUs exclusive, with one agent registered "
                          "throughout (steady state) and --victims sleeping processes as "
-                         "the only tasks that may be moved (--exclusive-scope-pid)")
+                         "the only tasks that may be moved (agentlatd/tools/bench/scoped.py)")
     ap.add_argument("--victims", type=int, default=50)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--daemon-repo", type=pathlib.Path, default=REPO,
@@ -214,11 +214,18 @@ def main() -> int:
     (d / "p.toml").write_text(POLICY.replace('exclusive = "shared"', 'exclusive = "exclusive"')
                               if args.exclusive else POLICY)
     victims = Sleepers(args.victims) if args.exclusive else None
-    extra = ["--exclusive-scope-pid", str(victims.p.pid)] if victims else []
+    # the daemon moves only the victims off the exclusive CPU: agentlatd/tools/bench/scoped.py
+    # injects that scope; a checkout older than it took a hidden run option instead
+    cli = ["-m", "agentlatd"]
+    extra: list[str] = []
+    if victims and (args.daemon_repo / "agentlatd" / "tools" / "bench" / "scoped.py").exists():
+        cli = ["-m", "agentlatd.tools.bench.scoped", str(victims.p.pid)]
+    elif victims:
+        extra = ["--exclusive-scope-pid", str(victims.p.pid)]
     sock = str(d / "s.sock")
     env = dict(os.environ, PYTHONPATH=str(args.daemon_repo.resolve()))
     with open(d / "log", "wb") as logf:
-        dm = subprocess.Popen([sys.executable, "-m", "agentlatd", "run", "--config",
+        dm = subprocess.Popen([sys.executable, *cli, "run", "--config",
                                str(d / "p.toml"), "--state-dir", str(d / "state"),
                                "--socket", sock, *extra],
                               env=env, stdin=subprocess.DEVNULL, stdout=logf,

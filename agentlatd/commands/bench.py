@@ -25,6 +25,7 @@ from typing import Any
 from agentlatd import jsonout
 from agentlatd.errors import AgentlatdError
 from agentlatd.exitcodes import Exit
+from agentlatd.tools.bench import report
 from agentlatd.tools.bench.configs import ALL, CONFIGS, ORDER
 from agentlatd.tools.bench.harness import QUICK, Bench, Settings
 from agentlatd.tools.bench.noise import NoiseSpec
@@ -125,8 +126,6 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, old)
-    from agentlatd.tools.bench import report
-
     doc["argv"] = list(sys.argv)
     jpath, hpath = report.write(doc, out_dir)
     if args.json:

@@ -104,30 +104,6 @@ ALLOWED: frozenset[Violation] = frozenset({
     ("local", "agentlatd.daemon", "agentlatd.sdnotify"),
     # daemon <-> service: service.py imports daemon under TYPE_CHECKING, main() imports it here
     ("local", "agentlatd.daemon", "agentlatd.service"),
-    # -- local: the commands assemble the pipeline at call time (the "one tick" debt)
-    ("local", "agentlatd.commands.capture", "agentlatd.model.build"),
-    ("local", "agentlatd.commands.run", "agentlatd.daemon"),
-    ("local", "agentlatd.commands.run", "agentlatd.logging_setup"),
-    ("local", "agentlatd.commands.status", "agentlatd.model.build"),
-    ("local", "agentlatd.commands.status", "agentlatd.model.rates"),
-    ("local", "agentlatd.commands.status", "agentlatd.sample.counters"),
-    ("local", "agentlatd.commands.trace", "agentlatd.model.build"),
-    ("local", "agentlatd.commands.trace", "agentlatd.plan.build"),
-    ("local", "agentlatd.commands.trace", "agentlatd.sample.interrupts"),
-    ("local", "agentlatd.commands.trace", "agentlatd.steps.slow"),
-    ("local", "agentlatd.commands.trace", "agentlatd.tools.trace.tracefs"),
-    ("local", "agentlatd.commands.bench", "agentlatd.tools.bench.report"),
-    ("local", "agentlatd.commands.agents", "agentlatd.client"),
-    ("local", "agentlatd.commands.exec_", "agentlatd.client"),
-    ("local", "agentlatd.commands.status", "agentlatd.client"),
-    ("local", "agentlatd.commands.trace", "agentlatd.client"),
-    # -- local: the rest
-    ("local", "agentlatd.metrics", "agentlatd.agents.applier"),
-    ("local", "agentlatd.metrics", "agentlatd.apply.knobs"),
-    ("local", "agentlatd.metrics", "agentlatd.sample.stat"),
-    ("local", "agentlatd.tools.bench.daemon", "agentlatd.client"),
-    ("local", "agentlatd.tools.bench.daemon", "agentlatd.commands.run"),
-    ("local", "agentlatd.tools.bench.pyagent", "agentlatd.client"),
 })
 
 

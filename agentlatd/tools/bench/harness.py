@@ -494,13 +494,7 @@ class Bench:
             doc["net"] = {"namespaces": list(n.namespaces), "agent_devices": list(n.agent_devices),
                           "tool_device": n.dev_tool, "flood_device": n.dev_flood_tx,
                           "agent_ip": n.agent_ip, "tool_ip": n.tool_ip, "sink_ip": n.sink_ip}
-            d_skip = ""
-            if any(CONFIGS[k].daemon for k in keys):
-                d_skip = BenchDaemon.unavailable_reason()
-                if d_skip:
-                    self.notes.append(f"configurations with agentlatd skipped: {d_skip}")
-                    self.log(f"D/E skipped: {d_skip}")
-            plan = [(k, r) for k, r in schedule(keys, self.s.runs) if not (CONFIGS[k].daemon and d_skip)]
+            plan = schedule(keys, self.s.runs)
             for i, (key, rnd) in enumerate(plan):
                 cfg = CONFIGS[key]
                 t0 = time.monotonic()

@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+from agentlatd.client import Client
 from agentlatd.steps.ring import RingWriter
 
 BLOCK = 4096
@@ -82,8 +83,6 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGUSR2, toggle_reads)
     client = None
     if a.socket:
-        from agentlatd.client import Client
-
         client = Client(a.agent_id, "interactive", socket=a.socket)
     step: Callable[[object], contextlib.AbstractContextManager[None]] = (
         client.step if client is not None else _no_step)
