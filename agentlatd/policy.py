@@ -6,8 +6,7 @@ merged over the default section by section. Errors name the file, the line
 where it can be found, the key path and what was expected; unknown keys are
 errors (tuned's profiles silently ignore typos; we don't).
 
-tomllib (stdlib since 3.11) replaces the design card's tomli: same parser,
-no dependency.
+tomllib (stdlib since 3.11) rather than tomli: the same parser, no dependency.
 """
 
 from __future__ import annotations

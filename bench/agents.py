@@ -1,4 +1,4 @@
-"""Benchmarks of the agent side (issue 4): registration round trip, step() overhead,
+"""Benchmarks of the agent side: registration round trip, step() overhead,
 tick cost with many agents. Not a test: it prints figures.
 
     sudo .venv/bin/python bench/agents.py                  # defaults below
@@ -29,7 +29,7 @@ journal's fsyncs cost what they cost there), interval 1 s (the default).
                  trip): what a registration costs the daemon, whatever else
                  the machine runs (round trips on a shared box are mostly
                  other processes' time slices)
-Targets (issue 4): register p99 <= 500 us; step overhead <= 2 us.
+Targets: register p99 <= 500 us; step overhead <= 2 us.
 
     --daemon-repo PATH   run the daemon from another checkout (before/after)
     --rt                 run the benchmark and its daemon SCHED_FIFO 10, so

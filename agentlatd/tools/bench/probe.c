@@ -1,7 +1,7 @@
 /*
  * agentlatd bench probe: the agent loop and the noise sources, in C so that
- * the interpreter's own jitter does not hide a 100 us effect (issue 6).
- * Compiled at run time by agentlatd/tools/bench/build.py with the host's gcc.
+ * the interpreter's own jitter does not hide a 100 us effect.
+ * Compiled at run time by agentlatd/tools/bench/probe.py with the host's gcc.
  *
  * Modes (one per process; every mode is bounded in time, and the packet
  * modes in count):

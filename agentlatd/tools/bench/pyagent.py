@@ -1,4 +1,4 @@
-"""The agent loop in Python: the path a Python agent takes (issue 6).
+"""The agent loop in Python: the path a Python agent takes.
 
 Same step as the C probe's agent mode: a UDP request/reply to the tool server
 (the probe in `serve` mode, in the tool namespace), a 4 KiB O_DIRECT read at a
