@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Sequence
 from types import ModuleType
 
 from agentlatd import __version__
@@ -30,16 +31,21 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def _load(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(COMMANDS[name])
-    except ModuleNotFoundError as e:
-        if e.name == COMMANDS[name]:
-            return None  # not built yet in this version
-        raise
+def _load(name: str) -> ModuleType:
+    return importlib.import_module(COMMANDS[name])
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command argv names (its first word that is not an option), if it is one."""
+    for a in argv:
+        if not a.startswith("-"):
+            return a if a in COMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of `only`: `agentlatd run` then imports the daemon's
+    modules and no other command's (the tools under agentlatd/tools stay out of it)."""
     p = argparse.ArgumentParser(
         prog="agentlatd",
         description="Keep AI agent control loops on IRQ-quiet CPUs.",
@@ -49,10 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"agentlatd {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in [only] if only else COMMANDS:
         mod = _load(name)
-        if mod is None:
-            continue
         examples = getattr(mod, "EXAMPLES", ())
         sp = sub.add_parser(
             name, help=mod.HELP, description=mod.HELP,
@@ -65,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()

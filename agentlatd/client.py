@@ -53,8 +53,9 @@ from typing import Any
 
 from agentlatd.agents.stats import sparse
 from agentlatd.api import protocol
-from agentlatd.policy import DaemonPolicy
 from agentlatd.steps.ring import RingWriter
+from agentlatd.sysfs.root import HOST
+from agentlatd.wire import DEFAULT_SOCKET
 
 ENV_SOCKET = "AGENTLATD_SOCKET"
 _perf = time.perf_counter_ns
@@ -62,7 +63,7 @@ _perf = time.perf_counter_ns
 
 def socket_path(explicit: str | None = None) -> str:
     """The socket to use: explicit, else $AGENTLATD_SOCKET, else the policy default."""
-    return explicit or os.environ.get(ENV_SOCKET) or DaemonPolicy().socket
+    return explicit or os.environ.get(ENV_SOCKET) or DEFAULT_SOCKET
 
 
 class ClientError(Exception):
@@ -113,7 +114,6 @@ class Connection:
                                        f"{e.strerror}{connect_hint(e.errno, self.path)}") from e
         self.buf = bytearray()
         self._ids = itertools.count(1)
-        self.acks: list[dict[str, Any]] = []  # answers to requests nobody waits for
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -145,8 +145,7 @@ class Connection:
         while True:
             msg = json.loads(self._line())
             if msg.get("id") != req_id:
-                self.acks.append(msg)
-                continue
+                continue  # the answer to a request whose reader gave up waiting
             if msg.get("ok"):
                 return msg.get("result")
             err = msg.get("error") or {}
@@ -522,5 +521,4 @@ class Client:
 
 
 def _comm() -> str:
-    from agentlatd.sysfs.root import HOST
     return HOST.read_optional(f"proc/{os.getpid()}/comm") or "agent"

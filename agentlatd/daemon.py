@@ -67,7 +67,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentlatd import __version__
+from agentlatd import __version__, knobset
 from agentlatd import policy as policy_mod
 from agentlatd.agents import pidns, tasks
 from agentlatd.agents.applier import AGENT_KNOBS, Applier
@@ -391,7 +391,7 @@ class Daemon:
         self.exclusive_scope_pid = exclusive_scope_pid
         self.tune_devices = tune_devices
         self.hooks = Hooks()
-        self.engine = Engine(self.root, self.state_dir, policy=policy)
+        self.engine = Engine(self.root, self.state_dir, policy=policy, knobs=knobset.REGISTRY)
         self.applier = Applier(self.engine)
         self.manager = AgentManager(self.applier, policy, exclusive_scope_pid=exclusive_scope_pid)
         self.manager.close_pidfd = self._close_pidfd
@@ -748,9 +748,6 @@ class Daemon:
         self.manager.register(p, uid, req, owner=None if admin else c.peer.uid)
         self.chain.set_owner(p, None if admin else c.peer.uid)
         self.manager.autoreg.declined.discard(p)
-        # (no c.owned.add(p): nothing read that set, and on a long-lived
-        # connection it grew by ~150 bytes per registration for ever; the soak in
-        # bench/soak.py found it, tests/hostile/test_socket_abuse.py pins it)
         self._waiting.append((c, env.req_id, "register", p))
         return PENDING
 

@@ -53,6 +53,7 @@ from typing import Any, Protocol
 
 from agentlatd import __version__
 from agentlatd.agents import stats
+from agentlatd.agents.applier import AGENT_KNOBS
 from agentlatd.apply.engine import (
     CHANGED,
     CLAMPED,
@@ -66,11 +67,12 @@ from agentlatd.apply.engine import (
 )
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError, PolicyError
+from agentlatd.knobset import REGISTRY
 from agentlatd.model.machine import Rates
 from agentlatd.policy import LATENCY_CLASSES, MetricsPolicy, Policy
 from agentlatd.sample.process import read_process
 from agentlatd.sample.softirqs import Softirqs
-from agentlatd.sample.stat import Stat
+from agentlatd.sample.stat import Stat, parse_stat
 from agentlatd.sysfs.root import Root
 
 log = logging.getLogger("agentlatd.metrics")
@@ -548,8 +550,6 @@ class Metrics:
 
 
 def _device_knobs() -> tuple[str, ...]:
-    from agentlatd.agents.applier import AGENT_KNOBS
-    from agentlatd.apply.knobs import REGISTRY
     return tuple(sorted(k for k in REGISTRY if k not in AGENT_KNOBS))
 
 
@@ -719,7 +719,6 @@ def process_families(root: Root = _HOST) -> list[Family]:
     """The standard process_* metrics of this process (read now: the scrape's IO)."""
     global _btime
     if _btime is None:
-        from agentlatd.sample.stat import parse_stat
         try:
             _btime = parse_stat(root.read_text("proc/stat")).btime or 0
         except Exception:

@@ -6,8 +6,7 @@ merged over the default section by section. Errors name the file, the line
 where it can be found, the key path and what was expected; unknown keys are
 errors (tuned's profiles silently ignore typos; we don't).
 
-tomllib (stdlib since 3.11) replaces the design card's tomli: same parser,
-no dependency.
+tomllib (stdlib since 3.11) rather than tomli: the same parser, no dependency.
 """
 
 from __future__ import annotations
@@ -27,8 +26,9 @@ from typing import Any, Literal
 
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import PolicyError
+from agentlatd.wire import DEFAULT_SOCKET
+from agentlatd.wire import LATENCY_CLASSES as LATENCY_CLASSES  # the policy's vocabulary too
 
-LATENCY_CLASSES = ("interactive", "normal", "background")
 LatencyClass = Literal["interactive", "normal", "background"]
 
 
@@ -171,7 +171,7 @@ class DaemonPolicy:
     # 0.05 s: the loop never ticks faster; an hour: slower is not tuning
     interval: float = field(default=1.0, metadata=_rng(0.05, 3600.0, "s"))
     state_dir: str = field(default="/run/agentlatd", metadata=_meta(_check_abs_path, unit="path"))
-    socket: str = field(default="/run/agentlatd/agentlatd.sock",
+    socket: str = field(default=DEFAULT_SOCKET,
                         metadata=_meta(_check_socket_path, unit="path"))
     socket_group: str = field(default="agentlatd", metadata=_meta(_check_group, unit="group"))
     admin_group: str = field(default="agentlatd-admin", metadata=_meta(_check_group, unit="group"))
@@ -349,9 +349,6 @@ class Policy:
     # (key path, line) of the keys the file sets: errors found later (against
     # the machine, at plan time) point at the line as load-time ones do
     key_lines: tuple[tuple[str, int], ...] = ()
-
-    def klass(self, name: str) -> ClassPolicy:
-        return self.classes[name]
 
     def error(self, key: str, message: str) -> PolicyError:
         """A PolicyError about `key` of this policy: file, line, key path."""

@@ -7,7 +7,7 @@ name written with a leading "@" (the "@" stands for the leading NUL byte).
 sd_listen_fds(3): sockets systemd passed are fds 3 .. 3+$LISTEN_FDS-1, for
 the process whose pid is $LISTEN_PID.
 
-Why not the `sdnotify` package the design card named: its last release is
+Why not the `sdnotify` package: its last release is
 from 2017 and its notify() catches every exception and drops it, so a
 watchdog ping that cannot be sent is silent until systemd kills the service
 for a missed watchdog. Here every failed send is logged with the errno and

@@ -1,6 +1,6 @@
 """Verified on known causes: one cause injected at a time into the C and the Python
 agent loop, and the share of the slow steps' delay `trace --slow-steps` blames on it
-(agentlatd/benchmark/causes.py says how). Root and bpftrace needed; ~40 s.
+(agentlatd/tools/bench/causes.py says how). Root and bpftrace needed; ~40 s.
 
     python bench/causes.py                      # both agents, every cause
     python bench/causes.py --agent c --json     # the C agent only, JSON
@@ -15,8 +15,8 @@ import json
 import signal
 import sys
 
-from agentlatd.benchmark import causes
-from agentlatd.trace.bpftrace import Unavailable
+from agentlatd.tools.bench import causes
+from agentlatd.tools.trace.bpftrace import Unavailable
 
 
 def main(argv: list[str]) -> int:

@@ -19,7 +19,7 @@ the benchmark's own processes is touched), then for --seconds seconds, at once:
 
 Reported: the polite client's p50/p99/max, failures, the daemon's CPU share
 over the window (/proc/PID/stat utime+stime), flood answers per second.
-Target (issue 12): polite ping p99 < 50 ms while one uid floods.
+Target: polite ping p99 < 50 ms while one uid floods.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Soak: a real daemon under agent churn and noise for N minutes (issue 7, "Load").
+"""Soak: a real daemon under agent churn and noise for N minutes.
 
     sudo .venv/bin/python bench/soak.py                  # 10 minutes, 200 agents
     sudo .venv/bin/python bench/soak.py --minutes 1      # a short check

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""CPU time of one sample + model tick on a synthetic 256-CPU x 2000-IRQ host (issue 2).
+"""CPU time of one sample + model tick on a synthetic 256-CPU x 2000-IRQ host.
 
 Builds a host tree with bench/synth.py in a temp dir (fixed seed), then for
 each scenario runs N ticks of

@@ -69,6 +69,7 @@ from agentlatd.model.chain import (
 from agentlatd.netlink.unix_diag import unix_peers
 from agentlatd.plan.changes import Change
 from agentlatd.policy import ChainRule
+from agentlatd.sample import schedstat
 from agentlatd.sample.chain import (
     UDP_FILES,
     FdLinks,
@@ -81,7 +82,6 @@ from agentlatd.sample.chain import (
 )
 from agentlatd.sample.sockets import Addr, Sock
 from agentlatd.sysfs.root import Root
-from agentlatd.trace import schedstat
 
 if TYPE_CHECKING:
     from agentlatd.agents.registry import Agent, AgentManager

@@ -26,7 +26,7 @@ from typing import Any
 from agentlatd.agents import stats
 from agentlatd.agents.tasks import valid_pid
 from agentlatd.model.chain import parse_endpoint
-from agentlatd.policy import LATENCY_CLASSES
+from agentlatd.wire import LATENCY_CLASSES
 
 VERSION = 1
 MAX_LINE = 64 * 1024  # bytes per request line, newline included

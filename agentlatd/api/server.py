@@ -123,8 +123,8 @@ class _UidBudget:
 class Conn:
     """One client connection."""
 
-    __slots__ = ("buf_in", "buf_out", "closed", "id", "last", "owned", "parked", "peer",
-                 "pending", "server", "sock", "write_wanted")
+    __slots__ = ("buf_in", "buf_out", "closed", "id", "last", "parked", "peer", "pending",
+                 "server", "sock", "write_wanted")
 
     def __init__(self, server: Server, sock: socket.socket, peer: Peer, cid: int) -> None:
         self.server = server
@@ -137,7 +137,6 @@ class Conn:
         self.last = time.monotonic()
         self.closed = False
         self.write_wanted = False
-        self.owned: set[Any] = set()  # keys of the registrations this connection made
         self.parked = 0.0  # rate limited: not read before this time.monotonic()
 
     def __repr__(self) -> str:
@@ -305,13 +304,11 @@ class Server:
         self.max_inflight = uid_max_inflight
         self.budgets: dict[int, _UidBudget] = {}
         self._parked: list[Conn] = []
-        self.rate_limited = 0  # answers rate_limited so far
         self.idle_timeout = idle_timeout
         self.conns: dict[int, Conn] = {}
         self._next_id = 1
         self._ready: list[Conn] = []  # connections with unprocessed complete lines
         self.requests = 0
-        self.errors = 0
         self.accepting = True
         sel.register(sock, selectors.EVENT_READ, self._on_accept)
 
@@ -466,7 +463,6 @@ class Server:
             b.tokens -= 1.0
             return True
         ms = max(1, int(wait * 1000 + 0.999))
-        self.rate_limited += 1
         # the line is consumed and answered: the client resends it after the wait
         i = c.buf_in.find(b"\n")
         req_id = _req_id(bytes(c.buf_in[:i]))
@@ -570,13 +566,11 @@ class Server:
                                     f"op {env.op!r} is not served by this daemon", env.req_id)
             result = h(c, env)
         except ProtocolError as e:
-            self.errors += 1
             self._reply(c, protocol.error(env.req_id if env is not None else e.req_id,
                                           e.code, e.message))
             return
         except Exception:
             # a bug, in the decoder or a handler: this request fails, the daemon serves on
-            self.errors += 1
             log.exception("request from %r failed (%s): %r", c,
                           f"op {env.op!r}" if env is not None else "decoding", line[:200])
             self._reply(c, protocol.error(env.req_id if env is not None else None,

@@ -75,7 +75,7 @@ from agentlatd.apply.journal import (
     JournalDamaged,
     JournalUntrusted,
 )
-from agentlatd.apply.knobs import REGISTRY, Knob, load_plugins, netns_scoped
+from agentlatd.apply.knobs import REGISTRY, Knob, netns_scoped
 from agentlatd.errors import AgentlatdError, JournalError, KernelError
 from agentlatd.kernel.errnos import ErrClass
 from agentlatd.plan.changes import CPUMASK_KNOBS, Change, human_value
@@ -250,10 +250,9 @@ class Engine:
         self.root = root
         self.state_dir = os.path.abspath(state_dir)
         self.policy = policy if policy is not None else Policy()
-        if knobs is None:
-            load_plugins()
-            knobs = REGISTRY
-        self._knobs = knobs
+        # REGISTRY: every knob registered in this process; an entry point that may meet
+        # any journal entry imports agentlatd.knobset first
+        self._knobs = REGISTRY if knobs is None else knobs
         self._lock_fd: int | None = None
         self._journal: Journal | None = None
         self._recovered: RecoverReport | None = None
@@ -1039,7 +1038,6 @@ def rollback_commands(root: Root, state_dir: str) -> list[str]:
     For `agentlatd rollback --print`: takes no lock and moves nothing (a damaged
     journal is read leniently and the damage is said in a comment line).
     """
-    load_plugins()
     path = journal.journal_path(os.path.abspath(state_dir))
     out: list[str] = []
     try:

@@ -164,16 +164,6 @@ def names() -> list[str]:
     return sorted(REGISTRY)
 
 
-# Modules that register knobs of their own when imported. `agentlatd rollback`
-# runs in a fresh process: it imports these so that a journal entry of, say,
-# "task.affinity" finds its knob. A module not in this build is skipped (its
-# entries are then reported and kept, never dropped).
-PLUGINS: list[str] = [
-    "agentlatd.agents.knobs",
-    "agentlatd.apply.irqbalance_ban",
-]
-
-
 def netns_scoped(knob: str, target: str) -> bool:
     """Whether (knob, target) names an object of the network namespace it was written in.
 
@@ -184,15 +174,6 @@ def netns_scoped(knob: str, target: str) -> bool:
     if knob == "sysctl":
         return target.startswith("net.")
     return knob.startswith("net.") or knob == "napi.config"
-
-
-def load_plugins() -> None:
-    for mod in PLUGINS:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name is None or not mod.startswith(e.name):
-                raise
 
 
 # ---------------------------------------------------------------------------
@@ -338,8 +319,7 @@ class ThreadedNapiKnob(FileKnob):
             ifindex = int(root.read_value(f"sys/class/net/{dev}/ifindex"))
             if not flags & 0x1:  # IFF_UP
                 return None
-            from agentlatd.netlink.netdev import napi_list
-            if napi_list(ifindex, queues=False):
+            if _netlink_module("netdev").napi_list(ifindex, queues=False):
                 return None
         except Exception:  # no netdev family, no such device: not knowable, try the write
             return None
@@ -444,16 +424,10 @@ def _live(root: Root, knob: Knob, target: str) -> None:
 
 
 def _netlink_module(name: str) -> ModuleType:
-    """agentlatd.netlink.<name>, imported on first use (pyroute2 costs ~50 ms);
-    KernelError(EOPNOTSUPP) when this build lacks it."""
-    full = f"agentlatd.netlink.{name}"
-    try:
-        return importlib.import_module(full)
-    except ModuleNotFoundError as e:
-        if e.name != full:
-            raise
-        raise KernelError("netlink", f"{full} (not in this build)", errno.EOPNOTSUPP,
-                          "netlink") from None
+    """agentlatd.netlink.<name>, imported on first use: it imports pyroute2 (~50 ms, and
+    ~3 s under an emulated CPU), which a daemon whose policy sets no coalescing or NAPI
+    knob never needs."""
+    return importlib.import_module(f"agentlatd.netlink.{name}")
 
 
 class FieldsKnob(Knob):

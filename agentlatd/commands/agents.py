@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from agentlatd import jsonout
+from agentlatd.client import ClientError, Connection, Unavailable
 
 HELP = "list registered agents: class, home CPU, threads, step latency, moves"
 EXAMPLES = (
@@ -121,7 +122,6 @@ def render(rows: list[dict[str, Any]], now: float | None = None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agentlatd.client import ClientError, Connection, Unavailable
     try:
         with Connection(args.socket) as conn:
             rows = conn.request("agents")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import os
 import shlex
@@ -12,9 +11,9 @@ import sys
 import textwrap
 from typing import Any
 
-from agentlatd import jsonout
+from agentlatd import jsonout, knobset
 from agentlatd import policy as policy_mod
-from agentlatd.apply import irqbalance
+from agentlatd.apply import irqbalance, irqbalance_ban
 from agentlatd.apply.engine import (
     CHANGED,
     CLAMPED,
@@ -31,7 +30,7 @@ from agentlatd.apply.engine import (
 )
 from agentlatd.errors import AgentlatdError
 from agentlatd.model.build import build_machine
-from agentlatd.plan.build import followup, needs_followup
+from agentlatd.plan.build import followup, make_plan, needs_followup
 from agentlatd.plan.changes import Change, human_value
 from agentlatd.sysfs.root import Root
 
@@ -105,21 +104,14 @@ def changes_from_file(path: str) -> list[Change]:
 
 
 def plan_now(root: Root, pol: policy_mod.Policy) -> tuple[list[Change], tuple[str, ...]]:
-    """make_plan(build_machine(root), policy) when the planner is in this build:
-    its changes, and its notes and boot-time advice (printed, never applied)."""
-    try:
-        build = importlib.import_module("agentlatd.model.build")
-        planner = importlib.import_module("agentlatd.plan.build")
-    except ModuleNotFoundError as e:
-        raise AgentlatdError(f"this build has no planner yet ({e.name}); apply a saved plan "
-                             "with --plan FILE") from None
-    machine = build.build_machine(root)
+    """make_plan(build_machine(root), policy): its changes, and its notes and boot-time
+    advice (printed, never applied)."""
+    machine = build_machine(root)
     pids = irqbalance.running(root)
     base = None
     if pids and pol.daemon.irqbalance == "cooperate":
-        from agentlatd.apply import irqbalance_ban
         base = irqbalance_ban.current_ban(root, pids)
-    plan = planner.make_plan(machine, pol, irqbalance_running=bool(pids),
+    plan = make_plan(machine, pol, irqbalance_running=bool(pids),
                              irqbalance_banned=base)
     advice = tuple(f"boot-time advice (not applied): {a}" for a in plan.advice)
     return list(plan.changes), (*plan.notes, *advice)
@@ -149,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     pol = load_policy(args.config)
     plan_notes: tuple[str, ...] = ()
     state_dir = state_dir_for(root, args.state_dir, pol.daemon.state_dir)
-    with Engine(root, state_dir, policy=pol) as eng:
+    with Engine(root, state_dir, policy=pol, knobs=knobset.REGISTRY) as eng:
         # Recover a crashed run's journal BEFORE planning: a plan made first
         # sees the crashed run's first N writes as "already right", skips them,
         # and recovery then undoes them, leaving part of the new plan unapplied

@@ -23,11 +23,12 @@ from types import FrameType
 from typing import Any
 
 from agentlatd import jsonout
-from agentlatd.benchmark.configs import ALL, CONFIGS, ORDER
-from agentlatd.benchmark.harness import QUICK, Bench, Settings
-from agentlatd.benchmark.noise import NoiseSpec
 from agentlatd.errors import AgentlatdError
 from agentlatd.exitcodes import Exit
+from agentlatd.tools.bench import report
+from agentlatd.tools.bench.configs import ALL, CONFIGS, ORDER
+from agentlatd.tools.bench.harness import QUICK, Bench, Settings
+from agentlatd.tools.bench.noise import NoiseSpec
 
 HELP = "run the Q/A/B/D latency evaluation under completion noise and write a report"
 EXAMPLES = (
@@ -125,8 +126,6 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, old)
-    from agentlatd.benchmark import report
-
     doc["argv"] = list(sys.argv)
     jpath, hpath = report.write(doc, out_dir)
     if args.json:

@@ -14,6 +14,7 @@ import sys
 from agentlatd import jsonout
 from agentlatd.capture import MANIFEST, write_capture
 from agentlatd.errors import AgentlatdError
+from agentlatd.model.build import build_machine
 from agentlatd.sysfs.root import Root
 
 HELP = "record this host's relevant /proc and /sys files into a tree --root replays"
@@ -49,8 +50,6 @@ def run(args: argparse.Namespace) -> int:
     }
     # replay check: the capture must build a Machine as --root DIR would
     try:
-        from agentlatd.model.build import build_machine
-
         m = build_machine(Root(args.out))
         summary["replay"] = {"cpus": len(m.topology.cpus), "irqs": len(m.irqs),
                              "devices": len(m.devices)}

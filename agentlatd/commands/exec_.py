@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 
+from agentlatd.client import ClientError, Connection, Unavailable
 from agentlatd.policy import LATENCY_CLASSES
 
 HELP = "run a command registered as an agent (pinned to a quiet home CPU)"
@@ -41,7 +42,6 @@ def run(args: argparse.Namespace) -> int:
     if not cmd:
         print("agentlatd exec: no command given (agentlatd exec -- CMD ...)", file=sys.stderr)
         return 2
-    from agentlatd.client import ClientError, Connection, Unavailable
     agent_id = args.agent_id or os.path.basename(cmd[0])[:64] or "agent"
     try:
         with Connection(args.socket) as conn:

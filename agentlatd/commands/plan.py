@@ -10,8 +10,12 @@ from typing import Any
 
 from agentlatd import jsonout
 from agentlatd import policy as policy_mod
+from agentlatd.apply import irqbalance
 from agentlatd.cpuset import CpuSet
+from agentlatd.model.build import build_machine
+from agentlatd.plan.build import make_plan
 from agentlatd.plan.changes import Change, Plan, human_value
+from agentlatd.sysfs.root import Root
 
 HELP = "show the CPU partition and the changes agentlatd would make (writes nothing)"
 EXAMPLES = (
@@ -130,23 +134,11 @@ def compress_targets(targets: list[str]) -> str:
     return ", ".join(parts + plain)
 
 
-def _irqbalance_running(root: Any) -> bool:
-    try:
-        from agentlatd.apply import irqbalance
-    except ImportError:  # pragma: no cover - engine not built in this version
-        return False
-    return bool(irqbalance.running(root))
-
-
 def run(args: argparse.Namespace) -> int:
-    from agentlatd.model.build import build_machine
-    from agentlatd.plan.build import make_plan
-    from agentlatd.sysfs.root import Root
-
     pol = policy_mod.resolve(args.config)
     root = Root(args.root)
     machine = build_machine(root)
-    ib = _irqbalance_running(root)
+    ib = bool(irqbalance.running(root))
     plan = make_plan(machine, pol, irqbalance_running=ib)
     if args.json:
         doc = plan_to_json(plan, policy_source=pol.source, irqbalance_running=ib)

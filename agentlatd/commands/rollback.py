@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from agentlatd import jsonout
+from agentlatd import jsonout, knobset
 from agentlatd.apply.engine import (
     CLAMPED,
     FAILED,
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if root.is_host and os.geteuid() != 0:
         raise AgentlatdError("rollback writes kernel settings of this host: run it as root "
                              "(or --print to see the commands)")
-    with Engine(root, state_dir, policy=pol) as eng:
+    with Engine(root, state_dir, policy=pol, knobs=knobset.REGISTRY) as eng:
         rep = eng.rollback()
     if args.json:
         print(jsonout.dumps(rep.to_json()))

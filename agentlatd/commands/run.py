@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from agentlatd import daemon, logging_setup
 from agentlatd import policy as policy_mod
 
 HELP = "run the daemon: tune each tick and keep registered agents on quiet CPUs"
@@ -29,33 +30,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agents-only", action="store_true",
                    help="serve agents (pinning, exclusive home CPUs, pm_qos) but apply no "
                         "device knobs (IRQs, RPS, coalescing); heat is still measured")
-    # Not for people: tests confine the move off exclusive home CPUs to PID and its
-    # descendants so that they never touch the host's own tasks (default: every movable
-    # task of the host). Kept out of --help, the man page and shell completion.
-    p.add_argument("--exclusive-scope-pid", type=int, metavar="PID", help=argparse.SUPPRESS)
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                    help="override policy daemon.log_level")
-
-
-def _setup_logging(level: str) -> None:
-    try:
-        from agentlatd import logging_setup
-    except ImportError:
-        logging.basicConfig(level=getattr(logging, level.upper()),
-                            format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-        return
-    logging_setup.setup(level)
 
 
 def run(args: argparse.Namespace) -> int:
     config = policy_mod.resolve_path(args.config)
     pol = policy_mod.load(config) if config is not None else policy_mod.default()
-    _setup_logging(args.log_level or pol.daemon.log_level)
+    logging_setup.setup(args.log_level or pol.daemon.log_level)
     logging.getLogger("agentlatd.daemon").info("policy: %s", pol.source)
-    if args.exclusive_scope_pid is not None and args.exclusive_scope_pid <= 0:
-        raise SystemExit("agentlatd run: --exclusive-scope-pid must be a positive pid")
-    from agentlatd import daemon
     return daemon.main(pol, config_path=config,
                        root=args.root, state_dir=args.state_dir, socket_path=args.socket,
-                       exclusive_scope_pid=args.exclusive_scope_pid,
                        tune_devices=not args.agents_only)

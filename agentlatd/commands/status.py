@@ -30,9 +30,13 @@ from typing import Any
 
 from agentlatd import jsonout
 from agentlatd import policy as policy_mod
+from agentlatd.client import ClientError, Connection, Unavailable
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError
+from agentlatd.model.build import build_machine
 from agentlatd.model.machine import Device, Irq, Machine, Rates
+from agentlatd.model.rates import compute_rates
+from agentlatd.sample.counters import read_counters
 from agentlatd.sysfs.root import Root
 
 HELP = "show topology, devices, queues, IRQs and per-CPU heat (reads only)"
@@ -64,7 +68,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # -- the running daemon ---------------------------------------------------------------
 def daemon_view(socket: str | None) -> tuple[dict[str, Any] | None, str]:
     """The running daemon's own `status` answer, or (None, why there is none)."""
-    from agentlatd.client import ClientError, Connection, Unavailable
     try:
         with Connection(socket, timeout=3.0) as conn:
             ans: dict[str, Any] = conn.request("status")
@@ -119,9 +122,6 @@ def sample_rates(root: Root, machine: Machine, interval: float,
     """Two counter snapshots `interval` seconds apart; None for interval 0."""
     if interval <= 0:
         return None
-    from agentlatd.model.rates import compute_rates
-    from agentlatd.sample.counters import read_counters
-
     watched = [i.irq for i in machine.irqs]
     prev = read_counters(root, watched)
     time.sleep(interval)
@@ -320,8 +320,6 @@ def render_text(machine: Machine, rates: Rates | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agentlatd.model.build import build_machine
-
     if args.interval < 0:
         raise AgentlatdError(f"--interval must be 0 or more seconds, not {args.interval}.")
     pol = policy_mod.resolve(args.config)

@@ -31,11 +31,17 @@ from typing import Any
 
 from agentlatd import jsonout
 from agentlatd import policy as policy_mod
+from agentlatd.client import ClientError, Connection, Unavailable
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError, KernelError
+from agentlatd.model.build import build_machine
+from agentlatd.plan.build import make_plan
+from agentlatd.sample import schedstat
+from agentlatd.sample.interrupts import parse_interrupts, read_interrupts
+from agentlatd.steps import slow
 from agentlatd.sysfs.root import Root
-from agentlatd.trace import bpftrace, schedstat
-from agentlatd.trace import report as trace_report
+from agentlatd.tools.trace import bpftrace, tracefs
+from agentlatd.tools.trace import report as trace_report
 
 HELP = "attribute agent step latency to IRQs, softirqs, wakeups and wait gates"
 EXAMPLES = (
@@ -76,10 +82,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _daemon(socket: str | None, op: str) -> Any:
     """A running daemon's answer to `op`, or None when none answers."""
     try:
-        from agentlatd.client import ClientError, Connection, Unavailable
-    except ImportError:
-        return None
-    try:
         with Connection(socket, timeout=2.0) as c:
             return c.request(op)
     except (Unavailable, ClientError, OSError, ValueError):
@@ -96,12 +98,9 @@ def cpu_roles(root: Root, socket: str | None) -> tuple[CpuSet, CpuSet, str]:
         except ValueError:
             pass
     try:
-        from agentlatd.model.build import build_machine
-        from agentlatd.plan.build import make_plan
-
         plan = make_plan(build_machine(root), policy_mod.default())
         return plan.home_cpus, plan.completion_cpus, "planner, default policy"
-    except (ImportError, AgentlatdError) as e:
+    except AgentlatdError as e:
         return CpuSet(), CpuSet(), f"roles unknown: {e}"
 
 
@@ -142,8 +141,6 @@ def targets(args: argparse.Namespace, root: Root) -> tuple[Threads, dict[int, st
 
 
 def _irq_names(root: Root) -> dict[int, str]:
-    from agentlatd.sample.interrupts import parse_interrupts, read_interrupts
-
     try:
         return {k: (r.desc or r.chip) for k, r in parse_interrupts(read_interrupts(root)).numbered().items()}
     except KernelError:
@@ -194,8 +191,6 @@ def _trace(args: argparse.Namespace, root: Root, tids: list[int],
         except bpftrace.Unavailable as e:
             reasons.append(f"bpftrace: {e}")
     if args.method in ("auto", "tracefs"):
-        from agentlatd.trace import tracefs
-
         try:
             return tracefs.run(root, tids, args.duration), "tracefs"
         except bpftrace.Unavailable as e:
@@ -245,8 +240,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _slow_steps(args: argparse.Namespace, root: Root, threads: Threads, pids: dict[int, str]) -> int:
-    from agentlatd.steps import slow
-
     if not pids:
         raise AgentlatdError("--slow-steps needs agents: give --pid or --agent (or run a daemon "
                              "with registered agents).")

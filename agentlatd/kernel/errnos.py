@@ -67,7 +67,3 @@ def classify(err: int, context: str | None = None) -> ErrClass:
         return _TABLE[(err, context)]
     return _TABLE.get((err, None), ErrClass.IO)
 
-
-def retry_later(cls: ErrClass) -> bool:
-    """Whether a later tick may try the same write again."""
-    return cls in (ErrClass.TRANSIENT, ErrClass.GONE, ErrClass.NO_SPACE)

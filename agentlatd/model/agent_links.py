@@ -1,6 +1,6 @@
 """Agent links: the NICs an agent's own replies arrive on, and where to process them (pure).
 
-Why (issue 6, docs/evaluation.md): with RPS of every NIC on the completion
+Why (measured in docs/evaluation.md): with RPS of every NIC on the completion
 CPUs, an agent's tool reply is queued on a completion CPU's backlog behind
 whatever bulk traffic that CPU is absorbing (enqueue_to_backlog is one FIFO
 per CPU, net/core/dev.c) and then wakes the agent across CPUs. Measured on

@@ -15,7 +15,7 @@ None when the device did not report it. A SET naming a parameter the driver
 does not support fails as a whole with EOPNOTSUPP ("unsupported parameter");
 a driver without ->get_coalesce (veth, on 6.18) answers EOPNOTSUPP to GET and
 SET alike. Both surface as NetlinkError with errclass UNSUPPORTED: reported,
-not fatal (issue 3).
+not fatal.
 
 String form (the engine's Change.current/desired): "key=value,..." with ethtool
 -C keywords in attribute-id order, booleans as on/off, None fields left out:

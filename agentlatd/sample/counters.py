@@ -6,7 +6,7 @@ Kernel files (see each parser's docstring for the format and the doc):
   sys/kernel/irq/N/per_cpu_count     sample/irq.py        one IRQ, one count per possible CPU
   proc/interrupts                    sample/interrupts.py every IRQ x every online CPU (fallback)
 
-Design (issue 2, "Performance"): a 256-CPU host with 2000 IRQs has a ~6 MB
+Design: a 256-CPU host with 2000 IRQs has a ~6 MB
 /proc/interrupts, and a plain split parse of it costs 60-70 ms of CPU: a dozen
 times the 5 ms budget (0.5% of a core at 1 Hz). Almost all of those numbers did not
 move since the last tick, so the tick reads only what moved:

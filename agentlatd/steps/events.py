@@ -1,7 +1,7 @@
 """Per-event tracing for step attribution: a bpftrace program that prints the events
 agentlatd/steps/attribute.py joins, and its parser.
 
-Tracepoints only (as agentlatd/trace/bpftrace.py, bpftrace 0.17 syntax). What
+Tracepoints only (as agentlatd/tools/trace/bpftrace.py, bpftrace 0.17 syntax). What
 it prints, one line per event (times are nsecs = CLOCK_MONOTONIC, the step
 ring's clock):
 
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 from agentlatd.steps.attribute import Event, Migrate, Span, Switch, Wakeup
 from agentlatd.sysfs.root import Root
-from agentlatd.trace.bpftrace import Unavailable, check, tracefs_dir
+from agentlatd.tools.trace.bpftrace import Unavailable, check, tracefs_dir
 
 # gate syscalls: the ones the issue names, plus the timer waits (a step's own sleep)
 GATES = ("epoll_wait", "epoll_pwait", "epoll_pwait2", "io_uring_enter", "recvfrom", "recvmsg",

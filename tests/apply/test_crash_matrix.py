@@ -12,7 +12,7 @@ Knob types (each seen changed before it is checked back):
                every path, and written back in teardown whatever happened)
   exclusivity  the interactive home CPU is "exclusive": the tasks moved off it
                are only those of a process tree this test starts
-               (--exclusive-scope-pid), never the host's
+               (scope_pid=), never the host's
 
 Restore paths: unregister, process exit, clean stop (SIGTERM) share one daemon;
 crash + rollback (kill -9, `agentlatd rollback`) and crash + restart (kill -9,
@@ -134,7 +134,7 @@ class World:
         d = self.dir / state
         d.mkdir(exist_ok=True)
         dm = start_daemon(d, _policy(self.devs), prefix=("ip", "netns", "exec", self.netns),
-                          extra_args=("--exclusive-scope-pid", str(self.victim.pid)))
+                          scope_pid=self.victim.pid)
         wait_until(lambda: dm.status().get("ready"), 20.0, 0.1, "first tick applied")
         return dm
 
@@ -318,7 +318,7 @@ def test_crash_then_restart_restores_every_knob() -> None:
             # entries before anything else (their processes register again, or not)
             dm2 = start_daemon(dm.dir, dm.config.read_text(), prefix=(
                 "ip", "netns", "exec", w.netns), log_name="daemon2.log",
-                extra_args=("--exclusive-scope-pid", str(w.victim.pid)))
+                scope_pid=w.victim.pid)
             try:
                 wait_until(lambda: dm2.status().get("ready"), 20.0, 0.1, "first tick applied")
                 _check(w, ag, "crash + restart")

@@ -88,8 +88,6 @@ def test_rollback_refuses_another_network_namespace(tmp_path: pathlib.Path) -> N
 
 def test_planner_policy_apply_and_rollback(tmp_path: pathlib.Path) -> None:
     """`agentlatd apply --config` with the real planner, limited to the test's veths."""
-    pytest.importorskip("agentlatd.model.build")
-    pytest.importorskip("agentlatd.plan.build")
     with netns_with_veths() as v:
         pol = tmp_path / "policy.toml"
         pol.write_text(

@@ -402,8 +402,6 @@ def test_cli_refuses_the_real_root_without_root_privileges(nobody_python: list[s
 
 def test_cli_plans_and_round_trips_every_fixture(tmp_path: pathlib.Path) -> None:
     """The real planner over each recorded machine, applied and rolled back."""
-    pytest.importorskip("agentlatd.model.build")
-    pytest.importorskip("agentlatd.plan.build")
     from applyhelpers import FIXTURES
     names = sorted(p.name for p in FIXTURES.iterdir() if (p / "proc").is_dir())
     assert names

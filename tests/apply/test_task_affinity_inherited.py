@@ -26,6 +26,7 @@ from collections.abc import Iterator
 import pytest
 from applyhelpers import cli, plan_file
 
+from agentlatd import knobset
 from agentlatd.agents import tasks
 from agentlatd.apply import journal
 from agentlatd.apply.engine import Engine
@@ -196,7 +197,7 @@ def test_recover_at_start_restores_threads_born_pinned(child: Child,
     orig, pin, _own = _cpus(child)
     state = _pinned_then_killed(child, pin, tmp_path)
     inherited, _ = child.spawn(2, -1)
-    with Engine(HOST, str(state)) as eng:
+    with Engine(HOST, str(state), knobs=knobset.REGISTRY) as eng:
         rec = eng.recover()  # the interrupted batch is restored before anything else
     assert rec.action == "restored", rec
     assert rec.rollback is not None and rec.rollback.ok, rec
@@ -207,7 +208,7 @@ def test_recover_at_start_restores_threads_born_pinned(child: Child,
 def test_clean_stop_leaves_threads_with_their_own_entry_to_it(child: Child,
                                                               tmp_path: pathlib.Path) -> None:
     orig, pin, own = _cpus(child)
-    with Engine(HOST, str(tmp_path / "state")) as eng:
+    with Engine(HOST, str(tmp_path / "state"), knobs=knobset.REGISTRY) as eng:
         rep = eng.apply([Change("task.affinity", child.target(child.pid), "", str(pin), "t")])
         assert rep.results[0].status == "changed", rep
         inherited, mine = child.spawn(3, own)

@@ -1,4 +1,4 @@
-"""Hostile input and faults (issue 7): make the shared helpers importable.
+"""Hostile input and faults: make the shared helpers importable.
 
 The engine helpers (tests/apply/applyhelpers.py: fixture copies, FaultRoot,
 netns with veths, the CLI) and the agent helpers (tests/integration/

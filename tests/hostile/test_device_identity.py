@@ -1,6 +1,6 @@
 """A device deleted and re-created under the same name never gets the old one's original.
 
-The journal used to key device knobs by name alone: a veth deleted and
+The bug pinned: a journal keying device knobs by name alone. A veth deleted and
 re-created as "agt0" (its administrator setting a new rps_cpus) got the deleted
 device's original written over that value at stop, at `rollback` after a
 kill -9, and at the restart after a crash. Here a real daemon in its own

@@ -1,4 +1,4 @@
-"""Fuzzing the parsers that take hostile input (issue 7): the socket protocol
+"""Fuzzing the parsers that take hostile input: the socket protocol
 (agentlatd.api.protocol.decode), the policy loader (agentlatd.policy.loads) and
 the journal parser (agentlatd.apply.journal.parse), with hypothesis.
 

@@ -1,4 +1,4 @@
-"""The rollback journal damaged, and the state directory full or read-only (issue 7).
+"""The rollback journal damaged, and the state directory full or read-only.
 
 What must hold: a damaged journal is named with what is wrong, kept aside
 byte for byte (never deleted), every entry that still parses is restored,

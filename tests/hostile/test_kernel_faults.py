@@ -1,4 +1,4 @@
-"""Kernel and host faults (issue 7): errnos at every knob, objects that vanish
+"""Kernel and host faults: errnos at every knob, objects that vanish
 between sample and apply, CPU hotplug between ticks, devices removed mid-run,
 processes that exit between listing their threads and pinning them.
 

@@ -119,7 +119,7 @@ def test_a_non_admin_peer_naming_a_nic_cannot_move_its_rps_to_its_home_cpu(
     victim = spawn_as(NOBODY, ["sleep", "60"])
     try:
         with workdir() as d, daemon(d, _policy(dev), prefix=("ip", "netns", "exec", ns),
-                                    extra_args=("--exclusive-scope-pid", str(os.getpid()))) as dm:
+                                    scope_pid=os.getpid()) as dm:
             wait_until(lambda: _rps(ns, dev) == COMPLETION, 10.0, 0.1, "RPS on completion CPU")
             ans = _register_as_nobody(dm, victim.pid, dev)
             assert is_error(ans, "not_permitted"), ans
@@ -149,7 +149,7 @@ def test_root_may_name_any_nic_in_scope(veth: tuple[str, str]) -> None:
     victim = subprocess.Popen(["sleep", "60"])
     try:
         with workdir() as d, daemon(d, _policy(dev), prefix=("ip", "netns", "exec", ns),
-                                    extra_args=("--exclusive-scope-pid", str(os.getpid()))) as dm:
+                                    scope_pid=os.getpid()) as dm:
             reg = dm.result("register", agent_id="admin-named", pid=victim.pid, devices=[dev])
             wait_until(lambda: _rps(ns, dev) == CpuSet({reg["home_cpu"]}), 10.0, 0.1,
                        f"{dev} RPS on home CPU {reg['home_cpu']}")

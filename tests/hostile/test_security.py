@@ -1,5 +1,5 @@
 """Who may connect, who may act on whose process, what becomes a path, which
-policy files are trusted, which capabilities the daemon keeps (issue 7).
+policy files are trusted, which capabilities the daemon keeps.
 
 Other uids are real: forked children that setuid to nobody (65534) or to
 65533 (a second unprivileged uid), and target processes started with setpriv.

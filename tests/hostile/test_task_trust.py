@@ -1,4 +1,4 @@
-"""Per-thread trust and complete restores of task knobs (issue 12 holes 2, 4, 9).
+"""Per-thread trust and complete restores of task knobs (docs/hostile.md holes 2, 4, 9).
 
 Real daemons on temporary sockets (tests/integration/agentshelpers.py: a policy
 that steers nothing on the host), real processes, real uids.

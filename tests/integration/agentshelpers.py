@@ -6,9 +6,9 @@ and real agent processes: Python programs with threads, driven over stdin.
 
 Safety: the policy here names no device (devices.include matches nothing),
 turns every device knob off, and keeps interactive home CPUs "shared" unless a
-test asks for "exclusive", which it must combine with --exclusive-scope-pid
-(a process tree the test spawned): the host's own tasks are never moved, no
-IRQ is steered, no sysctl is written, and pm_qos is never set.
+test asks for "exclusive", which it must combine with scope_pid= (a process tree
+the test spawned, injected by tests/support/launch.py): the host's own tasks are
+never moved, no IRQ is steered, no sysctl is written, and pm_qos is never set.
 """
 
 from __future__ import annotations
@@ -202,12 +202,14 @@ class Daemon:
 
 def start_daemon(d: pathlib.Path, policy: str, *, extra_args: tuple[str, ...] = (),
                  env: dict[str, str] | None = None, log_name: str = "daemon.log",
-                 prefix: tuple[str, ...] = (), heat_file: pathlib.Path | None = None) -> Daemon:
+                 prefix: tuple[str, ...] = (), heat_file: pathlib.Path | None = None,
+                 scope_pid: int | None = None) -> Daemon:
     """`agentlatd run` in `d` with `policy`, answering on its socket. `prefix`: a
     command it runs under, e.g. ("ip", "netns", "exec", NS), which execs it in the
     same process (the pid is the daemon's). `heat_file`: run through
     tests/support/launch.py, whose heat source reads {"<cpu>": heat} from that file
-    at every tuner tick in place of the measured heat."""
+    at every tuner tick in place of the measured heat. `scope_pid`: run through it too,
+    the daemon moving only that process tree off an exclusive home CPU."""
     config = d / "agentlatd.toml"
     config.write_text(policy)
     state = d / "state"
@@ -215,8 +217,9 @@ def start_daemon(d: pathlib.Path, policy: str, *, extra_args: tuple[str, ...] = 
     log_path = d / log_name
     e = env_for_children()
     e.update(env or {})
-    cli = ["-m", "agentlatd"] if heat_file is None else [
-        str(LAUNCH), "--heat-file", str(heat_file), "--"]
+    instruments = [*(("--heat-file", str(heat_file)) if heat_file is not None else ()),
+                   *(("--exclusive-scope-pid", str(scope_pid)) if scope_pid is not None else ())]
+    cli = [str(LAUNCH), *instruments, "--"] if instruments else ["-m", "agentlatd"]
     argv = [*prefix, sys.executable, *cli, "run", "--config", str(config),
             "--state-dir", str(state), "--socket", str(sock), *extra_args]
     with open(log_path, "wb") as logf:

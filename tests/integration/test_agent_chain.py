@@ -5,7 +5,7 @@ namespaces, real processes (agents/chain.py, model/chain.py, model/harm.py).
           tool server; in A too a Unix-socket model server; and a child the
           agent talks to over pipes (a stdio MCP server)
 
-Home CPU 1 is "exclusive"; --exclusive-scope-pid is a launcher process this
+Home CPU 1 is "exclusive"; the daemon's scope_pid is a launcher process this
 test starts, and the tool server, a bystander and the signal-driven tool of
 the guard test are its children: nothing of the host is moved. Checked:
 
@@ -258,7 +258,7 @@ def test_tool_server_in_another_namespace_and_pipe_child_are_the_agents_chain() 
     try:
         with two_namespaces() as (ns_a, ns_t, _a_ip, t_ip), workdir() as d, \
                 daemon(d, policy_text(exclusive="exclusive"), prefix=("ip", "netns", "exec", ns_a),
-                       extra_args=("--exclusive-scope-pid", str(launcher.pid))) as dm:
+                       scope_pid=launcher.pid) as dm:
             server = launcher.spawn(["ip", "netns", "exec", ns_t, sys.executable, "-c", ECHO,
                                      str(PORT), str(PROC_LIMIT_S)])
             # Unix sockets are looked up (sock_diag) in agentlatd's own namespace:
@@ -399,7 +399,7 @@ def test_guard_undoes_an_exclusive_home_cpu_that_made_the_agent_slower() -> None
     hog: subprocess.Popen[bytes] | None = None
     try:
         with workdir() as d, daemon(d, policy_text(exclusive="exclusive"),
-                                    extra_args=("--exclusive-scope-pid", str(launcher.pid))) as dm:
+                                    scope_pid=launcher.pid) as dm:
             tool = launcher.spawn([sys.executable, "-c", SIG_TOOL, str(PROC_LIMIT_S)])
             agent = Proc([sys.executable, "-c", SIG_AGENT, str(dm.socket), str(tool),
                           str(PROC_LIMIT_S)])
@@ -454,7 +454,7 @@ def test_exclusive_home_cpu_pushed_the_tool_server_to_the_completion_cpu() -> No
     try:
         with two_namespaces() as (ns_a, ns_t, _a_ip, t_ip), workdir() as d, \
                 daemon(d, policy_text(exclusive="exclusive"),
-                       extra_args=("--exclusive-scope-pid", str(launcher.pid))) as dm:
+                       scope_pid=launcher.pid) as dm:
             server = launcher.spawn(["ip", "netns", "exec", ns_t, sys.executable, "-c", ECHO,
                                      str(PORT), str(PROC_LIMIT_S)])
             bystander = launcher.spawn([sys.executable, "-c",
@@ -496,7 +496,7 @@ def test_declared_and_policy_rule_members_join_the_chain() -> None:
             shutil.copy("/bin/sleep", tool_bin)
             rule = '\n[[chain]]\nagent = "decl-*"\ncomm = "chaintool-x9"\n'
             with daemon(d, policy_text(exclusive="exclusive") + rule,
-                        extra_args=("--exclusive-scope-pid", str(launcher.pid))) as dm:
+                        scope_pid=launcher.pid) as dm:
                 declared = launcher.spawn(["sh", "-c", f"echo x; exec sleep {PROC_LIMIT_S}"])
                 ruled = launcher.spawn(["sh", "-c", f"echo x; exec {tool_bin} {PROC_LIMIT_S}"])
                 agent = Proc([sys.executable, "-c", DECL_AGENT, str(dm.socket), str(declared)])

@@ -329,7 +329,7 @@ def _daemon(net: Net, d: pathlib.Path) -> Iterator[Daemon]:
     """agentlatd run inside ns A (it sees only al<r>, fl<r> and lo), ready: its first
     tick applied."""
     with daemon(d, _policy(net), prefix=("ip", "netns", "exec", net.ns_a),
-                extra_args=("--exclusive-scope-pid", str(os.getpid()))) as dm:
+                scope_pid=os.getpid()) as dm:
         def ready() -> bool:
             if dm.proc.poll() is not None:
                 raise AssertionError(f"daemon exited with {dm.proc.returncode}:\n{dm.log}")

@@ -1,7 +1,7 @@
 """Exclusive home CPUs: other tasks are moved off while an agent lives there.
 
-Only a process tree this test spawns is in scope (--exclusive-scope-pid): the
-host's own tasks are never moved. A process outside that tree, also spawned
+Only a process tree this test spawns is in scope (scope_pid=, injected by
+tests/support/launch.py): the host's own tasks are never moved. A process outside that tree, also spawned
 here, shows the scope holds.
 """
 
@@ -65,7 +65,7 @@ def test_exclusive_home_cpu_moves_scoped_tasks_and_restores_them() -> None:
         tree.stdin.flush()
         child1 = int(tree.stdout.readline())
         with workdir() as d, daemon(d, policy_text(exclusive="exclusive"),
-                                    extra_args=("--exclusive-scope-pid", str(tree.pid))) as dm:
+                                    scope_pid=tree.pid) as dm:
             time.sleep(0.5)
             assert all_on(tree.pid, orig) and all_on(child1, orig)  # no agent yet: untouched
             with Agent(dm.socket, "planner", nthreads=2) as ag:
@@ -113,7 +113,7 @@ def test_exclusive_victims_are_restored_when_the_daemon_stops() -> None:
     try:
         with workdir() as d:
             with daemon(d, policy_text(exclusive="exclusive"),
-                        extra_args=("--exclusive-scope-pid", str(tree.pid))) as dm, \
+                        scope_pid=tree.pid) as dm, \
                     Agent(dm.socket, "planner", nthreads=1):
                 wait_until(lambda: all_on(tree.pid, "0"), 5.0, what="moved")
             assert dm.proc.returncode == 0, dm.log
@@ -127,7 +127,7 @@ def test_a_task_pinned_only_to_the_home_cpu_is_left_alone() -> None:
     try:
         wait_until(lambda: all_on(tree.pid, "1"), 5.0, what="taskset applied")
         with workdir() as d, daemon(d, policy_text(exclusive="exclusive"),
-                                    extra_args=("--exclusive-scope-pid", str(tree.pid))) as dm, \
+                                    scope_pid=tree.pid) as dm, \
                 Agent(dm.socket, "planner", nthreads=1):
             time.sleep(0.8)
             assert all_on(tree.pid, "1")

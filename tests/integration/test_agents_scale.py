@@ -25,8 +25,7 @@ from agentshelpers import (
     wait_until,
     workdir,
 )
-
-from agentlatd.benchmark.sleepers import Sleepers
+from support.sleepers import Sleepers
 
 pytestmark = [needs_root, needs_2cpus]
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from agentlatd.benchmark.configs import CONFIGS, schedule
 from agentlatd.commands import bench as bench_cmd
 from agentlatd.errors import AgentlatdError
+from agentlatd.tools.bench.configs import CONFIGS, schedule
 
 NO_TOOLS = shutil.which("gcc") is None or shutil.which("ip") is None
 

@@ -3,7 +3,7 @@ socket bound by the test, signals, and real sysfs writes in a network
 namespace the test creates (veth agt0/agt1; the daemon runs inside it with
 `ip netns exec`, so /sys/class/net there holds only the test's devices).
 
-Shown here (issue 5, "Done when"):
+Shown here:
   - READY=1 after the first apply, with a STATUS= line; the socket answers
   - WATCHDOG=1 every WATCHDOG_USEC/2 (2 s -> ~1 s), also between ticks of a
     longer interval; none when WATCHDOG_PID names another process

@@ -1,4 +1,4 @@
-"""Verified on known causes (agentlatd/benchmark/causes.py): one cause at a time
+"""Verified on known causes (agentlatd/tools/bench/causes.py): one cause at a time
 injected into an agent loop over a veth, traced by one bpftrace session, and the
 share of the slow steps' delay attributed to it.
 
@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from agentlatd.benchmark import causes
 from agentlatd.steps import attribute as at
+from agentlatd.tools.bench import causes
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="namespaces, loop devices and tracing need root"),
               pytest.mark.skipif(shutil.which("bpftrace") is None, reason="bpftrace not installed"),

@@ -23,9 +23,10 @@ from collections.abc import Iterator
 import pytest
 
 from agentlatd.cpuset import CpuSet
+from agentlatd.sample import schedstat
 from agentlatd.sysfs.root import Root
-from agentlatd.trace import bpftrace, hist, schedstat, tracefs
-from agentlatd.trace import report as trace_report
+from agentlatd.tools.trace import bpftrace, hist, tracefs
+from agentlatd.tools.trace import report as trace_report
 
 ROOT = os.geteuid() == 0
 HAVE_BPFTRACE = shutil.which("bpftrace") is not None

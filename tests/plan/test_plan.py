@@ -149,10 +149,10 @@ def test_irqbalance_refuse_leaves_irqs_alone_and_says_so(server: Machine) -> Non
 
 
 def test_regression_irqbalance_running_left_home_cpus_unprotected(server: Machine) -> None:
-    # before: with irqbalance running (the distributions' default) agentlatd only
-    # refused to steer, and irqbalance kept placing IRQs on the home CPUs. Now the
-    # default cooperates: the home CPUs (plus irqbalance's own ban) are banned in
-    # it, and IRQs stay irqbalance's (no irq.affinity change to fight over)
+    # the bug pinned: with irqbalance running (the distributions' default), refusing
+    # to steer leaves irqbalance placing IRQs on the home CPUs. The default
+    # cooperates: the home CPUs (plus irqbalance's own ban) are banned in it, and
+    # IRQs stay irqbalance's (no irq.affinity change to fight over)
     plan = make_plan(server, pol(), irqbalance_running=True,
                      irqbalance_banned=CpuSet({63}))
     assert "irq.affinity" not in knobs(plan)

@@ -1,6 +1,7 @@
 """The agentlatd CLI with test instruments installed: what `python -m agentlatd` runs, plus
 
-    python tests/support/launch.py [--heat-file PATH] [--crash-after-writes N] -- ARGS...
+    python tests/support/launch.py [--heat-file PATH] [--crash-after-writes N]
+                                   [--exclusive-scope-pid PID] -- ARGS...
 
   --heat-file PATH         every Daemon gets a heat source that reads {"<cpu>": heat, ...}
                            from PATH at each tuner tick (a missing, partly written or
@@ -10,9 +11,14 @@
                            write point N: right after its Nth successful kernel write,
                            or, N=0, once the first batch's journal is saved and before
                            any write (agentlatd/apply/engine.py, "Write points")
+  --exclusive-scope-pid PID
+                           every Daemon moves only PID and its descendants off an
+                           exclusive home CPU, never the host's own tasks: the tests
+                           that turn a home CPU exclusive run their daemon so
 
-The shipped daemon has no switch for either: they are constructor parameters
-(Daemon(heat_source=...), Engine(write_hook=...)) that only this launcher passes, by
+The shipped daemon has no switch for any: they are constructor parameters
+(Daemon(heat_source=..., exclusive_scope_pid=...), Engine(write_hook=...)) that only
+this launcher (and the benchmark's, agentlatd/tools/bench/scoped.py) passes, by
 defaulting them on every instance created in this process. install() does the same
 in a process that calls agentlatd.cli.main itself (the VM tier's forked runs).
 """
@@ -61,18 +67,22 @@ def kill_at_write(n: int) -> Callable[[int], None]:
 
 def _default_kwarg(cls: type, name: str, value: object) -> None:
     """Every `cls(...)` made from now on in this process gets `name=value` unless it
-    passes its own."""
+    passes its own (None is none: daemon.main passes exclusive_scope_pid=None)."""
     init = cls.__init__  # type: ignore[misc]
 
     @functools.wraps(init)
     def with_default(self: Any, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault(name, value)
+        if kwargs.get(name) is None:
+            kwargs[name] = value
         init(self, *args, **kwargs)
 
     cls.__init__ = with_default  # type: ignore[misc]
 
 
-def install(*, heat_file: str | None = None, crash_after_writes: int | None = None) -> None:
+def install(*, heat_file: str | None = None, crash_after_writes: int | None = None,
+            exclusive_scope_pid: int | None = None) -> None:
+    if exclusive_scope_pid is not None:
+        _default_kwarg(daemon.Daemon, "exclusive_scope_pid", exclusive_scope_pid)
     if heat_file is not None:
         _default_kwarg(daemon.Daemon, "heat_source", heat_from_file(heat_file))
     if crash_after_writes is not None:
@@ -83,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="launch.py", description="the agentlatd CLI with test instruments")
     p.add_argument("--heat-file", metavar="PATH")
     p.add_argument("--crash-after-writes", type=int, metavar="N")
+    p.add_argument("--exclusive-scope-pid", type=int, metavar="PID")
     p.add_argument("args", nargs=argparse.REMAINDER, help="agentlatd's own arguments, after --")
     ns = p.parse_args(argv)
     rest = list(ns.args)
@@ -90,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         rest = rest[1:]
     if ns.crash_after_writes is not None and ns.crash_after_writes < 0:
         p.error("--crash-after-writes: N >= 0")
-    install(heat_file=ns.heat_file, crash_after_writes=ns.crash_after_writes)
+    if ns.exclusive_scope_pid is not None and ns.exclusive_scope_pid <= 0:
+        p.error("--exclusive-scope-pid: a positive pid")
+    install(heat_file=ns.heat_file, crash_after_writes=ns.crash_after_writes,
+            exclusive_scope_pid=ns.exclusive_scope_pid)
     return cli.main(rest)
 
 

@@ -1,4 +1,4 @@
-"""sample/interrupts: every /proc/interrupts row format seen in the field (issue 2),
+"""sample/interrupts: every /proc/interrupts row format seen in the field,
 this host's live file, the fixture trees, and property tests on generated tables."""
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The import contract of agentlatd/, checked on the source (docs: README, design/style.md).
 
-    sysfs, kernel, netlink  <-  sample  <-  model  <-  plan  <-  apply  <-  the rest
-                                                                        (daemon, agents, api,
-                                                                         service, cli, commands)
+    sysfs, kernel, netlink  <-  sample  <-  model  <-  plan  <-  apply  <-  the daemon's side
+        <-  the entry points and tools (cli, commands, tools)
+
+    the daemon's side: daemon, service, agents, api, metrics, steps, client, ...
 
 - layer:   a module of one layer imports nothing of a layer to its right; the base modules
            (errors, cpuset, policy, safepath, exitcodes, jsonout, the package itself) are
@@ -13,6 +14,9 @@
 - client:  agentlatd/client.py, and everything it imports in turn, stays out of the daemon's
            side: no policy, agents, daemon, service, model, plan, apply, commands, cli
 - cycle:   no import cycle among agentlatd modules (top-level imports only: what runs at import)
+- tools:   the daemon's import closure (what `agentlatd run` can import: commands/run.py and
+           everything it reaches, function-local and by-name imports included) holds nothing of
+           agentlatd/tools/ and no other command; a subprocess checks the same on sys.modules
 - local:   no function-local import of agentlatd's own modules (they hide cycles and layer
            breaks from a reader of the module's header)
 
@@ -20,7 +24,7 @@ An AST walk rather than import-linter: no new dependency, one pass of ast over t
 modules (~0.5 s), and rules import-linter's contracts cannot state: its graph (grimp) does
 not tell a function-local import from a top-level one, and it sees neither
 importlib.import_module("agentlatd....") calls and module-name tables such as
-apply/knobs.py's PLUGINS, nor open() calls in the pure layers.
+cli.py's COMMANDS, nor open() calls in the pure layers.
 
 ALLOWED lists every violation the code had when this test was written: the debt. A new
 violation fails the test with the rule and the two modules; a fixed one fails it too, until
@@ -32,6 +36,8 @@ from __future__ import annotations
 import ast
 import functools
 import pathlib
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -39,9 +45,13 @@ PKG = pathlib.Path(__file__).resolve().parents[2] / "agentlatd"
 
 LAYERS: dict[str, int] = {"sysfs": 0, "kernel": 0, "netlink": 0, "sample": 1, "model": 2,
                           "plan": 3, "apply": 4}
-TOP = 5  # every other package and module: the daemon's side
+DAEMON_SIDE = 5  # every other package and module
+TOP = 6
+TOP_PACKAGES = frozenset({"__main__", "cli", "commands", "tools"})  # entry points and tools
+DAEMON_ROOT = "agentlatd.commands.run"  # `agentlatd run`: cli.py loads only this command
 BASE = frozenset({"agentlatd", "agentlatd.errors", "agentlatd.cpuset", "agentlatd.policy",
-                  "agentlatd.safepath", "agentlatd.exitcodes", "agentlatd.jsonout"})
+                  "agentlatd.safepath", "agentlatd.exitcodes", "agentlatd.jsonout",
+                  "agentlatd.wire"})
 PURE_LAYERS = ("model", "plan")
 IO_MODULES = frozenset({"os", "socket", "subprocess", "shutil", "fcntl", "select", "selectors",
                         "ctypes", "mmap", "signal", "pyroute2", "agentlatd.sysfs",
@@ -62,8 +72,6 @@ ALLOWED: frozenset[Violation] = frozenset({
     # -- layer: model/ uses agents/ types (the CPU layout of placement, the step stats)
     ("layer", "agentlatd.model.chain", "agentlatd.agents.placement"),
     ("layer", "agentlatd.model.harm", "agentlatd.agents.stats"),
-    # -- layer: apply/ loads the agents' knobs by module name (knobs.PLUGINS)
-    ("layer", "agentlatd.apply.knobs", "agentlatd.agents.knobs"),
     # -- pure: model/build.py samples the machine itself (takes a Root, calls the readers)
     ("pure", "agentlatd.model.build", "agentlatd.sysfs.root"),
     # -- api: the wire protocol carries agents' types (step stats, task ids); the registry
@@ -80,7 +88,10 @@ ALLOWED: frozenset[Violation] = frozenset({
     # -- package cycle: agents/ is a vertical slice of every stage (sample, model, plan,
     #    apply) and both imports api/ and is imported by it; no module-level cycle exists
     ("package cycle", "agentlatd.agents", "agentlatd.api agentlatd.apply agentlatd.model "
-     "agentlatd.plan agentlatd.sample agentlatd.trace"),
+     "agentlatd.plan agentlatd.sample"),
+    # -- layer: steps/events.py and steps/slow.py are the bpftrace side of `trace
+    #    --slow-steps` (a tool), living in steps/ beside the ring the client writes
+    ("layer", "agentlatd.steps.events", "agentlatd.tools.trace.bpftrace"),
     # -- local: the daemon's tick stages and hooks, imported at call time
     ("local", "agentlatd.daemon", "agentlatd.apply.irqbalance"),
     ("local", "agentlatd.daemon", "agentlatd.apply.irqbalance_ban"),
@@ -93,37 +104,6 @@ ALLOWED: frozenset[Violation] = frozenset({
     ("local", "agentlatd.daemon", "agentlatd.sdnotify"),
     # daemon <-> service: service.py imports daemon under TYPE_CHECKING, main() imports it here
     ("local", "agentlatd.daemon", "agentlatd.service"),
-    # -- local: the commands assemble the pipeline at call time (the "one tick" debt)
-    ("local", "agentlatd.commands.apply", "agentlatd.apply.irqbalance_ban"),
-    ("local", "agentlatd.commands.capture", "agentlatd.model.build"),
-    ("local", "agentlatd.commands.plan", "agentlatd.apply.irqbalance"),
-    ("local", "agentlatd.commands.plan", "agentlatd.model.build"),
-    ("local", "agentlatd.commands.plan", "agentlatd.plan.build"),
-    ("local", "agentlatd.commands.plan", "agentlatd.sysfs.root"),
-    ("local", "agentlatd.commands.run", "agentlatd.daemon"),
-    ("local", "agentlatd.commands.run", "agentlatd.logging_setup"),
-    ("local", "agentlatd.commands.status", "agentlatd.model.build"),
-    ("local", "agentlatd.commands.status", "agentlatd.model.rates"),
-    ("local", "agentlatd.commands.status", "agentlatd.sample.counters"),
-    ("local", "agentlatd.commands.trace", "agentlatd.model.build"),
-    ("local", "agentlatd.commands.trace", "agentlatd.plan.build"),
-    ("local", "agentlatd.commands.trace", "agentlatd.sample.interrupts"),
-    ("local", "agentlatd.commands.trace", "agentlatd.steps.slow"),
-    ("local", "agentlatd.commands.trace", "agentlatd.trace.tracefs"),
-    ("local", "agentlatd.commands.bench", "agentlatd.benchmark.report"),
-    ("local", "agentlatd.commands.agents", "agentlatd.client"),
-    ("local", "agentlatd.commands.exec_", "agentlatd.client"),
-    ("local", "agentlatd.commands.status", "agentlatd.client"),
-    ("local", "agentlatd.commands.trace", "agentlatd.client"),
-    # -- local: the rest
-    ("local", "agentlatd.apply.knobs", "agentlatd.netlink.netdev"),  # pyroute2 on first use
-    ("local", "agentlatd.client", "agentlatd.sysfs.root"),
-    ("local", "agentlatd.metrics", "agentlatd.agents.applier"),
-    ("local", "agentlatd.metrics", "agentlatd.apply.knobs"),
-    ("local", "agentlatd.metrics", "agentlatd.sample.stat"),
-    ("local", "agentlatd.benchmark.daemon", "agentlatd.client"),
-    ("local", "agentlatd.benchmark.daemon", "agentlatd.commands.run"),
-    ("local", "agentlatd.benchmark.pyagent", "agentlatd.client"),
 })
 
 
@@ -199,11 +179,13 @@ def calls_open(path: pathlib.Path) -> list[int]:
 
 
 def layer_of(mod: str) -> int | None:
-    """None: a base module; else its layer (TOP for the daemon's side)."""
+    """None: a base module; else its layer."""
     if mod in BASE:
         return None
     parts = mod.split(".")
-    return LAYERS.get(parts[1], TOP) if len(parts) > 1 else TOP
+    if len(parts) == 1:
+        return TOP
+    return TOP if parts[1] in TOP_PACKAGES else LAYERS.get(parts[1], DAEMON_SIDE)
 
 
 def _within(mod: str, prefix: str) -> bool:
@@ -312,6 +294,27 @@ def violations() -> dict[Violation, str]:
                 chain.append(via[chain[-1]])
             found[("client", CLIENT, m)] = " <- ".join(chain)
 
+    # what `agentlatd run` can import: every edge but the typing-only ones
+    runtime: dict[str, set[str]] = {m: set() for m in mods}
+    for e in all_edges:
+        if e.imported in mods and not e.typing_only:
+            runtime[e.importer].add(e.imported)
+    seen, todo, via = {DAEMON_ROOT}, [DAEMON_ROOT], {}
+    while todo:
+        m = todo.pop()
+        for n in sorted(runtime[m]):
+            if n not in seen:
+                seen.add(n)
+                via[n] = m
+                todo.append(n)
+    for m in sorted(seen):
+        if _within(m, "agentlatd.tools") or (_within(m, "agentlatd.commands") and m not in (
+                "agentlatd.commands", DAEMON_ROOT)):
+            chain = [m]
+            while chain[-1] != DAEMON_ROOT:
+                chain.append(via[chain[-1]])
+            found[("tools", DAEMON_ROOT, m)] = " <- ".join(chain)
+
     for comp in _cycles(graph):
         members = sorted(comp)
         found[("cycle", members[0], " ".join(members[1:]))] = "a top-level import cycle"
@@ -330,8 +333,10 @@ def violations() -> dict[Violation, str]:
 
 
 def _package(mod: str) -> str:
-    """agentlatd.X for a module of agentlatd/X/ or agentlatd/X.py."""
-    return ".".join(mod.split(".")[:2])
+    """agentlatd.X for a module of agentlatd/X/ or agentlatd/X.py; agentlatd.tools.X for
+    one of agentlatd/tools/X/ (each tool is a package of its own)."""
+    parts = mod.split(".")
+    return ".".join(parts[:3] if parts[1:2] == ["tools"] else parts[:2])
 
 
 def test_no_new_layering_violation() -> None:
@@ -352,8 +357,22 @@ def test_the_walk_sees_the_import_forms_it_checks() -> None:
     es = list(edges(modules()))
     assert any(e.importer == "agentlatd.daemon" and e.imported == "agentlatd.apply.engine"
                and not e.local for e in es)
-    assert any(e.dynamic and e.importer == "agentlatd.apply.knobs" for e in es)
+    assert any(e.dynamic and e.importer == "agentlatd.cli" for e in es)
     assert any(e.typing_only for e in es)
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [
         frozenset({"a", "b", "c"})]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_daemon_process_imports_no_tool() -> None:
+    # the same contract at run time: what `agentlatd run --help` has imported once its
+    # parser is built (cli.main's path up to parse_args), daemon included
+    code = ("import sys; from agentlatd import cli; import agentlatd.daemon, agentlatd.service; "
+            "cli.build_parser(cli.command_of(['run', '--help'])); "
+            "print('\\n'.join(m for m in sys.modules if m.startswith('agentlatd.')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PKG.parent, capture_output=True,
+                         text=True, check=True, timeout=60).stdout.split()
+    assert "agentlatd.commands.run" in out and "agentlatd.daemon" in out
+    loaded = sorted(m for m in out if _within(m, "agentlatd.tools") or (
+        _within(m, "agentlatd.commands") and m not in ("agentlatd.commands", DAEMON_ROOT)))
+    assert not loaded, f"the daemon's process imports tools or other commands: {loaded}"

@@ -122,7 +122,7 @@ def _host_nic_with_msi() -> tuple[str, str, set[int]] | None:
 
 def test_live_host_maps_eth0_msi_irqs_to_eth0_and_its_queues(
         capsys: pytest.CaptureFixture[str]) -> None:
-    """Done-when of issue 2: `agentlatd status --json` on this host maps eth0's MSI IRQs."""
+    """`agentlatd status --json` on this host maps eth0's MSI IRQs."""
     found = _host_nic_with_msi()
     if found is None:
         pytest.skip("this host has no PCI NIC with MSI vectors")

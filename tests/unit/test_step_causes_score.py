@@ -1,14 +1,14 @@
-"""agentlatd/benchmark/causes.py's score and table (pure): phases cut from one trace,
+"""agentlatd/tools/bench/causes.py's score and table (pure): phases cut from one trace,
 the denominator (own running and timer wait out; runnable behind other tenants out
 of the checked share), and the block completion a loop worker makes in task context."""
 
 from __future__ import annotations
 
-from agentlatd.benchmark import causes
 from agentlatd.steps import attribute as at
 from agentlatd.steps import events
 from agentlatd.steps.attribute import Span, Switch, Wakeup
 from agentlatd.steps.ring import StepRecord
+from agentlatd.tools.bench import causes
 
 A = 100  # the agent's tid (= pid)
 HOG, TENANT = 555, 777

@@ -370,7 +370,7 @@ class Agentlatd:
             cli.build_parser()  # imports every command module
             importlib.import_module("agentlatd.netlink.ethtool")  # pyroute2: ~3 s under TCG
             importlib.import_module("agentlatd.netlink.netdev")
-            importlib.import_module("agentlatd.apply.knobs").load_plugins()
+            importlib.import_module("agentlatd.knobset")  # every knob registered
             import sys
 
             sys.path.insert(0, str(LAUNCH.parent))

@@ -93,9 +93,9 @@ def test_kill_9_during_apply_then_restart_restores_everything(
               f"{'rollback' if i % 2 == 0 else 'a new apply + rollback'}")
 
 
-# regression: commands/apply.py used to plan before recovering the crashed run's
-# journal, so the knobs the killed run had written looked right, were not
-# planned, and recovery then undid them
+# regression (planning before recovering the crashed run's journal): the knobs
+# the killed run had written look right, are not planned, and recovery then
+# undoes them
 def test_apply_after_a_crash_applies_the_whole_plan(
         agentlatd: g.Agentlatd, agentlatd_lab: Any, tmp_path: pathlib.Path) -> None:
     lab = agentlatd_lab

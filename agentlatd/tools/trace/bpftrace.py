@@ -6,7 +6,7 @@ bcc does not work here, bpftrace does. Checked with bpftrace 0.17 (Debian
 12): `args->field` syntax (0.18+ accepts `args.field`; 0.17 does not),
 `-f json` output, if/else, strncmp, multi-key count() maps.
 
-Every duration is bucketed in the program (agentlatd.trace.hist.BUCKETS,
+Every duration is bucketed in the program (agentlatd.tools.trace.hist.BUCKETS,
 two significant digits) and counted in a map keyed (what, cpu, bucket); the
 maps are printed once at exit as JSON: a few kilobytes, whatever the event
 rate, and no per-event output to keep up with. Maps:
@@ -44,7 +44,7 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 
 from agentlatd.sysfs.root import Root
-from agentlatd.trace.hist import BUCKETS, TOP
+from agentlatd.tools.trace.hist import BUCKETS, TOP
 
 GATE_KINDS = {1: "epoll", 2: "io_uring", 3: "recv"}
 # sched_switch's prev_state for a task switched out still runnable. A preempted task

@@ -21,7 +21,7 @@ import os
 import statistics
 from typing import Any
 
-from agentlatd.benchmark.configs import CONFIGS
+from agentlatd.tools.bench.configs import CONFIGS
 
 TARGET_P999_RATIO = 1.2
 TARGET_CHAIN_RATIO = 1.2  # DS/DC step p999 within this of BS/BC's, and never above AS/AC's

@@ -35,7 +35,7 @@ The results are the same maps bpftrace.py produces (irq, softirq,
 softirq_ns, ksoftirqd_ns, wake, gate), so report.py does not care which ran,
 plus wake_untimed[tid, cpu] (above), which it ignores.
 
-Where tracefs is not mounted, `python -m agentlatd.trace.tracefs` runs in a
+Where tracefs is not mounted, `python -m agentlatd.tools.trace.tracefs` runs in a
 private mount namespace that mounts it (see bpftrace.py) and prints the maps
 as JSON.
 """
@@ -54,8 +54,8 @@ from collections.abc import Collection, Iterable
 
 from agentlatd.errors import KernelError
 from agentlatd.sysfs.root import Root
-from agentlatd.trace.bpftrace import Maps, Unavailable, tracefs_dir
-from agentlatd.trace.hist import bucket_lower
+from agentlatd.tools.trace.bpftrace import Maps, Unavailable, tracefs_dir
+from agentlatd.tools.trace.hist import bucket_lower
 
 BUFFER_KB = 8192  # per CPU
 # the first the instance accepts; "mono" is bpftrace's nsecs, "global" is at least in step across CPUs
@@ -262,7 +262,7 @@ def run(root: Root, tids: Collection[int], duration_s: float) -> Maps:
     mnt = root.path("sys/kernel/tracing")
     argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
             'mount -t tracefs nodev "$1" && shift && exec "$@"', "sh", mnt,
-            sys.executable, "-m", "agentlatd.trace.tracefs", str(duration_s),
+            sys.executable, "-m", "agentlatd.tools.trace.tracefs", str(duration_s),
             ",".join(str(t) for t in sorted(tids))]
     p = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60)
     if p.returncode != 0:
@@ -284,7 +284,7 @@ def maps_from_json(text: str) -> Maps:
 
 
 def _main(argv: list[str]) -> int:
-    """`python -m agentlatd.trace.tracefs SECONDS [TID,...]` (inside its private mount namespace)."""
+    """`python -m agentlatd.tools.trace.tracefs SECONDS [TID,...]` (inside its private mount namespace)."""
     root = Root("/")
     base = tracefs_dir(root)
     if base is None:

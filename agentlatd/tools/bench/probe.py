@@ -34,7 +34,7 @@ def build_probe(workdir: str) -> str:
                          "(apt-get install gcc).")
     src = os.path.join(workdir, "probe.c")
     with open(src, "w") as f:
-        f.write(resources.files("agentlatd.benchmark").joinpath("probe.c").read_text())
+        f.write(resources.files("agentlatd.tools.bench").joinpath("probe.c").read_text())
     out = os.path.join(workdir, "probe")
     p = subprocess.run([gcc, *CFLAGS, "-o", out, src], capture_output=True, text=True, timeout=120)
     if p.returncode != 0:

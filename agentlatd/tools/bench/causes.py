@@ -4,7 +4,7 @@ tests/integration/test_slow_step_causes.py).
 
 The agent is the bench's C probe (agent mode, writing the step ring of
 docs/protocol.md: the reference C writer) or the Python agent
-(agentlatd/benchmark/pyagent.py, writing the ring the Client writes): each
+(agentlatd/tools/bench/pyagent.py, writing the ring the Client writes): each
 step a UDP request/reply over a veth to a tool server in another network
 namespace, a 4 KiB O_DIRECT read of a loop device over a tmpfs file, a
 100 us timer wait. The agent thread is pinned to CPU A (the last CPU), the
@@ -50,13 +50,13 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentlatd.benchmark import netns
-from agentlatd.benchmark.probe import ProbeProc, build_probe
 from agentlatd.steps import attribute as at
 from agentlatd.steps import events
 from agentlatd.steps.ring import RingReader, StepRecord
 from agentlatd.sysfs.root import Root
-from agentlatd.trace.bpftrace import Unavailable, check
+from agentlatd.tools.bench import netns
+from agentlatd.tools.bench.probe import ProbeProc, build_probe
+from agentlatd.tools.trace.bpftrace import Unavailable, check
 
 CASES = ("none", "cpu-hog", "netrx-flood", "writeback", "slow-tool")
 EXPECTED = {"cpu-hog": at.RUNNABLE, "netrx-flood": at.SOFTIRQ, "writeback": at.BLOCKED_BLOCK,
@@ -293,7 +293,7 @@ def _agent(lab: Lab, kind: str, seconds: float) -> tuple[ProbeProc, ProbeProc, i
                       str(SLOW_THINK_NS), "--seconds", s], "tool", lab.cpu_b)
     for tid in os.listdir(f"/proc/{tool.pid}/task"):
         _realtime(int(tid))
-    ag = lab.start([*netns.ns_exec(n.ns_agent), sys.executable, "-m", "agentlatd.benchmark.pyagent",
+    ag = lab.start([*netns.ns_exec(n.ns_agent), sys.executable, "-m", "agentlatd.tools.bench.pyagent",
                     "--dst", n.tool_ip, "--port", str(TOOL_PORT), "--bind", n.agent_ip, "--file",
                     lab.loop_dev, "--seconds", s, "--timer-ns", str(TIMER_NS), "--ring", str(RING),
                     "--reads", "0",

@@ -29,21 +29,21 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agentlatd.agents.tasks import descendants
-from agentlatd.benchmark import netns
-from agentlatd.benchmark.configs import CONFIGS, Config, schedule
-from agentlatd.benchmark.daemon import BenchDaemon, DaemonUnavailable
-from agentlatd.benchmark.noise import Noise, NoiseResult, NoiseSpec
-from agentlatd.benchmark.probe import ProbeError, ProbeProc, build_probe
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError, KernelError
 from agentlatd.model.build import build_machine
 from agentlatd.plan.build import make_plan
 from agentlatd.policy import DevicesPolicy, Policy
+from agentlatd.sample import schedstat
 from agentlatd.sample.softirqs import parse_softirqs, read_softirqs
 from agentlatd.sample.stat import parse_stat, read_stat
 from agentlatd.sysfs.root import Root
-from agentlatd.trace import schedstat
-from agentlatd.trace.hist import cdf_points, summarize
+from agentlatd.tools.bench import netns
+from agentlatd.tools.bench.configs import CONFIGS, Config, schedule
+from agentlatd.tools.bench.daemon import BenchDaemon, DaemonUnavailable
+from agentlatd.tools.bench.noise import Noise, NoiseResult, NoiseSpec
+from agentlatd.tools.bench.probe import ProbeError, ProbeProc, build_probe
+from agentlatd.tools.trace.hist import cdf_points, summarize
 
 STAGES = ("step", "net", "disk", "timer")  # column order of the step files: net disk timer step
 TOOL_PORT = 7777
@@ -347,7 +347,7 @@ class Bench:
     def _pyagent_argv(self, out: str, socket: str | None) -> list[str]:
         assert self.net is not None
         n = self.net
-        argv = [*netns.ns_exec(n.ns_agent), sys.executable, "-m", "agentlatd.benchmark.pyagent",
+        argv = [*netns.ns_exec(n.ns_agent), sys.executable, "-m", "agentlatd.tools.bench.pyagent",
                 "--dst", n.tool_ip, "--port", str(PY_TOOL_PORT), "--bind", n.agent_ip,
                 "--file", os.path.join(self.workdir, "read.dat"), "--seconds", f"{self.s.py_seconds:.3f}",
                 "--timer-ns", str(self.s.timer_ns), "--out", out]
@@ -494,13 +494,7 @@ class Bench:
             doc["net"] = {"namespaces": list(n.namespaces), "agent_devices": list(n.agent_devices),
                           "tool_device": n.dev_tool, "flood_device": n.dev_flood_tx,
                           "agent_ip": n.agent_ip, "tool_ip": n.tool_ip, "sink_ip": n.sink_ip}
-            d_skip = ""
-            if any(CONFIGS[k].daemon for k in keys):
-                d_skip = BenchDaemon.unavailable_reason()
-                if d_skip:
-                    self.notes.append(f"configurations with agentlatd skipped: {d_skip}")
-                    self.log(f"D/E skipped: {d_skip}")
-            plan = [(k, r) for k, r in schedule(keys, self.s.runs) if not (CONFIGS[k].daemon and d_skip)]
+            plan = schedule(keys, self.s.runs)
             for i, (key, rnd) in enumerate(plan):
                 cfg = CONFIGS[key]
                 t0 = time.monotonic()

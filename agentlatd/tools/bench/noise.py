@@ -3,7 +3,7 @@
 - flood: a paced UDP sender in the flood namespace to a sink in the agent
   namespace through the second veth pair; its NET_RX softirq runs on the CPU
   that fR's rx-0 rps_cpus names (the harness points it at the agent's CPU,
-  the "by default" case of issue 6, or at the completion CPU in B). Bounded:
+  the default placement, or at the completion CPU in B). Bounded:
   --pps for the run's seconds and at most max_packets.
 - writeback: buffered writes into one fixed-size file in the bench's work
   directory (rewritten in place, never growing), with writeback started every
@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from agentlatd.benchmark.netns import BenchNet
-from agentlatd.benchmark.probe import ProbeProc, parse_counts
+from agentlatd.tools.bench.netns import BenchNet
+from agentlatd.tools.bench.probe import ProbeProc, parse_counts
 
 FLOOD_PORT = 9999
 

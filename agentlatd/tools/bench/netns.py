@@ -18,7 +18,7 @@ Teardown deletes the namespaces, which deletes the veths and every RPS
 setting made on them.
 
 Sysfs files of a device inside a namespace are reached with
-`ip netns exec NS python -m agentlatd.benchmark.netns read|write ...`, which
+`ip netns exec NS python -m agentlatd.tools.bench.netns read|write ...`, which
 goes through Root like every other kernel access.
 """
 
@@ -163,7 +163,7 @@ def ns_exec(ns: str) -> list[str]:
 def sysfs_write(ns: str, pairs: list[tuple[str, str]]) -> None:
     """Write kernel files (relative paths) as seen from inside `ns`."""
     args = [x for kv in pairs for x in kv]
-    p = subprocess.run([*ns_exec(ns), sys.executable, "-m", "agentlatd.benchmark.netns", "write", *args],
+    p = subprocess.run([*ns_exec(ns), sys.executable, "-m", "agentlatd.tools.bench.netns", "write", *args],
                        capture_output=True, text=True, timeout=30)
     if p.returncode != 0:
         raise NetnsError(f"writing {', '.join(k for k, _ in pairs)} in {ns} failed: "
@@ -172,7 +172,7 @@ def sysfs_write(ns: str, pairs: list[tuple[str, str]]) -> None:
 
 def sysfs_read(ns: str, rels: list[str]) -> dict[str, str]:
     """Read kernel files (relative paths) as seen from inside `ns` ("" when unreadable)."""
-    p = subprocess.run([*ns_exec(ns), sys.executable, "-m", "agentlatd.benchmark.netns", "read", *rels],
+    p = subprocess.run([*ns_exec(ns), sys.executable, "-m", "agentlatd.tools.bench.netns", "read", *rels],
                        capture_output=True, text=True, timeout=30)
     vals = p.stdout.split("\n")
     return {rel: (vals[i] if i < len(vals) else "") for i, rel in enumerate(rels)}
@@ -183,7 +183,7 @@ def rps_path(dev: str, queue: str = "rx-0") -> str:
 
 
 def _main(argv: list[str]) -> int:
-    """`python -m agentlatd.benchmark.netns read REL... | write REL VALUE...`, run inside a namespace."""
+    """`python -m agentlatd.tools.bench.netns read REL... | write REL VALUE...`, run inside a namespace."""
     root = Root("/")
     if len(argv) >= 1 and argv[0] == "read":
         for rel in argv[1:]:
@@ -198,7 +198,7 @@ def _main(argv: list[str]) -> int:
                 return 2
             root.write_value(argv[i], argv[i + 1])
         return 0
-    print("usage: python -m agentlatd.benchmark.netns read REL... | write REL VALUE...", file=sys.stderr)
+    print("usage: python -m agentlatd.tools.bench.netns read REL... | write REL VALUE...", file=sys.stderr)
     return 2
 
 

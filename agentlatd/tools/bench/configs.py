@@ -1,4 +1,4 @@
-"""The bench's configurations (design note section 12, issue 6).
+"""The bench's configurations (design note section 12).
 
   Q  quiet: no noise; default placement.
   A  baseline: noise on; default placement; the flood's NET_RX softirq lands

@@ -1,7 +1,7 @@
 /*
  * agentlatd bench probe: the agent loop and the noise sources, in C so that
- * the interpreter's own jitter does not hide a 100 us effect (issue 6).
- * Compiled at run time by agentlatd/benchmark/build.py with the host's gcc.
+ * the interpreter's own jitter does not hide a 100 us effect.
+ * Compiled at run time by agentlatd/tools/bench/probe.py with the host's gcc.
  *
  * Modes (one per process; every mode is bounded in time, and the packet
  * modes in count):
@@ -61,7 +61,7 @@ static volatile sig_atomic_t stop_flag;
 static void on_signal(int sig) { (void)sig; stop_flag = 1; }
 
 /* SIGUSR1 toggles the tool server between --think-ns and --slow-think-ns: the
- * "slow tool server" cause of agentlatd/benchmark/causes.py, switched on and
+ * "slow tool server" cause of agentlatd/tools/bench/causes.py, switched on and
  * off within one traced run */
 static volatile sig_atomic_t slow_tool;
 

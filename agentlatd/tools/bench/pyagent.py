@@ -1,14 +1,14 @@
-"""The agent loop in Python: the path a Python agent takes (issue 6).
+"""The agent loop in Python: the path a Python agent takes.
 
 Same step as the C probe's agent mode: a UDP request/reply to the tool server
 (the probe in `serve` mode, in the tool namespace), a 4 KiB O_DIRECT read at a
 random offset, a timer wait. Run inside the agent namespace:
 
-    ip netns exec NS python -m agentlatd.benchmark.pyagent --dst IP --port P \
+    ip netns exec NS python -m agentlatd.tools.bench.pyagent --dst IP --port P \
         --bind IP --file F --seconds S --timer-ns N --out FILE
 
 With --ring N (and no --socket) each step is written into a step ring, as
-the Client does (agentlatd/benchmark/causes.py reads it). With --socket
+the Client does (agentlatd/tools/bench/causes.py reads it). With --socket
 (configuration D) it registers itself with agentlatd.client.Client and
 wraps each step in `with client.step()`: the
 Python client path, timing overhead included.
@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+from agentlatd.client import Client
 from agentlatd.steps.ring import RingWriter
 
 BLOCK = 4096
@@ -82,8 +83,6 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGUSR2, toggle_reads)
     client = None
     if a.socket:
-        from agentlatd.client import Client
-
         client = Client(a.agent_id, "interactive", socket=a.socket)
     step: Callable[[object], contextlib.AbstractContextManager[None]] = (
         client.step if client is not None else _no_step)

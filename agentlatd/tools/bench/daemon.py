@@ -16,8 +16,8 @@ does); the Python agent registers itself with agentlatd.client.Client and
 times its steps with client.step() (the Python client path).
 
 Exclusive home CPUs: the interactive class moves other tasks off the agent's
-home CPU. scope "bench" (default) passes --exclusive-scope-pid = the bench's
-pid, so only the bench's own processes (the noise) are moved, as B moves
+home CPU. scope "bench" (default) runs it through agentlatd/tools/bench/scoped.py
+with the bench's pid, so only the bench's own processes (the noise) are moved, as B moves
 them by hand; scope "host" is the daemon's default, every movable task of
 the host, which on a shared machine also moves other people's work.
 """
@@ -33,10 +33,11 @@ import sys
 import time
 from typing import Any
 
-from agentlatd.benchmark import netns
+from agentlatd.client import ClientError, Connection
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError
 from agentlatd.sysfs.root import Root
+from agentlatd.tools.bench import netns
 
 LATENCY_CLASS = "interactive"
 START_TIMEOUT = 15.0
@@ -80,24 +81,14 @@ class BenchDaemon:
         self.logfile = os.path.join(workdir, "agentlatd-run.log")
         self._client: Any = None
 
-    @staticmethod
-    def unavailable_reason() -> str:
-        """"" when this build has the daemon and the client, else why not."""
-        try:
-            import agentlatd.client
-            import agentlatd.commands.run  # noqa: F401
-        except ImportError as e:
-            return f"agentlatd run / agentlatd.client are not in this build ({e})"
-        return ""
-
     def start(self) -> dict[str, Any]:
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         with open(self.policy, "w") as f:
             f.write(policy_text(self.net, self.agent_links, self.chains))
-        argv = [*netns.ns_exec(self.net.ns_agent), sys.executable, "-m", "agentlatd", "run",
+        cli = (["-m", "agentlatd.tools.bench.scoped", str(os.getpid())] if self.scope == "bench"
+               else ["-m", "agentlatd"])
+        argv = [*netns.ns_exec(self.net.ns_agent), sys.executable, *cli, "run",
                 "--config", self.policy, "--state-dir", self.state_dir, "--socket", self.socket]
-        if self.scope == "bench":
-            argv += ["--exclusive-scope-pid", str(os.getpid())]
         logf = open(self.logfile, "a")  # noqa: SIM115 - handed to the child
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
@@ -126,14 +117,10 @@ class BenchDaemon:
                                 f"{self._tail()}")
 
     def _connect(self) -> Any:
-        from agentlatd.client import Connection
-
         return Connection(self.socket, timeout=10.0)
 
     def register(self, pid: int, agent_id: str) -> Any:
         """Register process `pid` (all its threads) over the socket; the answer and its round trip."""
-        from agentlatd.client import ClientError
-
         if self._client is None:
             raise DaemonUnavailable("agentlatd is not running")
         t0 = time.perf_counter_ns()
@@ -185,8 +172,6 @@ class BenchDaemon:
         """`agents --json` (with each agent's chain and guard)."""
         if self._client is None:
             return None
-        from agentlatd.client import ClientError
-
         try:
             return _jsonable(self._client.request("agents"))
         except (OSError, ClientError, ValueError) as e:
@@ -195,8 +180,6 @@ class BenchDaemon:
     def status(self) -> Any:
         if self._client is None:
             return None
-        from agentlatd.client import ClientError
-
         try:
             return _jsonable(self._client.request("status"))
         except (OSError, ClientError, ValueError) as e:

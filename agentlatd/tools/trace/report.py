@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentlatd.cpuset import CpuSet
+from agentlatd.sample.schedstat import RunDelay
 from agentlatd.sample.softirqs import SOFTIRQ_NAMES
-from agentlatd.trace.bpftrace import GATE_KINDS, Maps
-from agentlatd.trace.hist import Summary, merge, summarize_buckets
-from agentlatd.trace.schedstat import RunDelay
+from agentlatd.tools.trace.bpftrace import GATE_KINDS, Maps
+from agentlatd.tools.trace.hist import Summary, merge, summarize_buckets
 
 # design note section 10, "Expected Latency Budget" (typical uncontended, tail under pressure)
 NOTE_BUDGET: dict[str, tuple[str, str, str]] = {

@@ -1,1 +1,0 @@
-"""`agentlatd bench`: the design note's section 12 evaluation on one machine (issue 6)."""

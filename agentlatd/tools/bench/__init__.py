@@ -1,0 +1,1 @@
+"""`agentlatd bench`: the design note's section 12 evaluation on one machine."""
