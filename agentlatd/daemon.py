@@ -4,17 +4,17 @@
                 one pidfd per agent (readable when it exits), the signal
                 pipe, and the agent tick (agents/registry.py: new threads,
                 heat moves, auto-registration, exclusive home CPUs, pm_qos)
-  tuner thread  sample -> rates -> plan -> apply every policy daemon.interval
-                (sample/counters.py, model/rates.py, model/build.py,
-                plan/build.py, apply/engine.py), then drift; it publishes
-                the heat and the CPU layout for the main thread to use
+  tuner thread  one tick (agentlatd/tick.py: sample -> plan) then apply and
+                drift, every policy daemon.interval (agentlatd/tuner.py); it
+                reads a frozen TickInput the main thread replaces whole and
+                publishes a frozen TunerState (heat, CPU layout)
 
 Why a thread for the device pipeline and not one loop: a knob write can be
 slow (ethtool netlink on a busy NIC, a sysfs store that takes a driver lock)
 and a tick that reads /proc/interrupts of a large host costs milliseconds. In
 the tuner thread neither delays an answer on the socket. Both sides write
 through ONE engine (one journal, so `agentlatd rollback` and a crash restore
-restore everything), serialised by a lock; the main loop never waits for it:
+restore everything), serialised by the engine's lock; the main loop never waits for it:
 it takes it when free, else answers everything that needs no write and
 retries on its next turn (a few ms). Only registrations wait, and only for
 the engine. One failing knob is one failed result in the engine's report;
@@ -22,23 +22,16 @@ it never stops the tick.
 
 Signals: SIGTERM/SIGINT roll back every change (engine.rollback(): device
 knobs, task affinity/nice/ioprio, pm_qos) and exit 0; SIGHUP reloads the
-policy file (a bad one is logged with its key path and the old one stays).
+policy file (a bad one is logged with its key path and the old one stays);
+the tuner takes the new policy at its next tick, never inside one.
 At start a journal left by a crashed run is restored (incomplete) or adopted
 (complete) by the engine; the agent side then restores its own adopted
 entries (task and pm_qos knobs: the processes must register again, and their
 client libraries do so on reconnect), so it starts from a clean slate.
 
-Hooks for the service layer (sd_notify, metrics): Daemon.hooks holds lists of
-callbacks, all called from the main thread:
-  on_acquire(daemon)               at start, before the first write: take what can
-                                   fail (the metrics listener); raising fails the start
-  on_release(daemon)               the start failed after on_acquire
-  on_ready(daemon)                 after the first tuner tick and the socket
-  on_tick(daemon, TunerState)      after each tuner tick the main loop picks up
-  on_loop(daemon)                  every loop turn (at most 1 s apart): watchdog
-  on_reload(daemon, ok: bool)      after SIGHUP
-  on_stop(daemon)                  before the rollback
-and Daemon.status() returns a dict (also the socket's "status" answer).
+Hooks for the service layer (sd_notify, metrics): Daemon.hooks (agentlatd/hooks.py),
+called from the main thread with a read-only DaemonView, never the Daemon;
+Daemon.status() returns a dict (also the socket's "status" answer).
 
 Heat source: Daemon(heat_source=f) makes the tuner call f() at every tick
 and use the {cpu: heat} it returns in place of the measured heat of those
@@ -51,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import grp
 import logging
 import os
@@ -61,312 +53,40 @@ import selectors
 import signal
 import socket
 import sys
-import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from agentlatd import __version__
+from agentlatd import __version__, caps, logging_setup, sdnotify
 from agentlatd import policy as policy_mod
 from agentlatd.agents import pidns, tasks
 from agentlatd.agents.applier import AGENT_KNOBS, Applier
 from agentlatd.agents.chain import ChainKeeper, ChainScanner, Declared
-from agentlatd.agents.links import LinkTracker
-from agentlatd.agents.placement import NO_HOME_CPU, CpuLayout
-from agentlatd.agents.registry import AgentManager, parse_cpus
+from agentlatd.agents.placement import NO_HOME_CPU
+from agentlatd.agents.registry import AgentManager
 from agentlatd.agents.tasks import ProcId
 from agentlatd.api import protocol
 from agentlatd.api.protocol import Chain, Envelope, ProtocolError, Register, Step, Unregister
 from agentlatd.api.server import PENDING, Conn, Server, bind_socket
-from agentlatd.apply.engine import ApplyReport, Drift, Engine
+from agentlatd.apply.engine import Engine
 from agentlatd.apply.journal import FLAG_YIELDED
-from agentlatd.cpuset import CpuSet, CpuSetError
-from agentlatd.errors import AgentlatdError, KernelError, PolicyError
-from agentlatd.model.agent_links import NONE, AgentHome, AgentLinks, discount_heat, own_softirq_rate
+from agentlatd.errors import AgentlatdError, PolicyError
+from agentlatd.hooks import Hooks
+from agentlatd.model.agent_links import AgentLinks
 from agentlatd.model.chain import parse_endpoint
-from agentlatd.model.machine import Machine, Rates
-from agentlatd.plan.changes import INCLUDE_MATCHES_NOTHING, Plan, human_value
+from agentlatd.plan.build import check_policy_cpus
 from agentlatd.policy import Policy
 from agentlatd.sysfs.root import Root
+from agentlatd.tick import TickInput
+from agentlatd.tuner import Tuner, TunerState
 
 log = logging.getLogger("agentlatd.daemon")
 
-MACHINE_TTL = 60.0  # seconds between full rebuilds of the Machine (plus on discontinuities)
 RETRY = 0.005  # seconds to the next turn when the engine lock was busy
 
 
 # ---------------------------------------------------------------------------
-# the tuner (helper thread)
-
-
-@dataclass(frozen=True, slots=True)
-class TunerState:
-    """What one tuner tick produced (published to the main thread)."""
-
-    seq: int
-    t: float  # time.monotonic() at its end
-    duration_s: float
-    layout: CpuLayout
-    heat: Mapping[int, float]
-    rates: Rates | None = None
-    plan: Plan | None = None
-    report: ApplyReport | None = None
-    drift: tuple[Drift, ...] = ()
-    machine: Machine | None = None
-    error: str = ""
-    # (stage, seconds, ok) of this tick's stages: "counters", "plan", "apply"
-    # (per-sampler duration/success metrics, agentlatd/metrics.py)
-    timings: tuple[tuple[str, float, bool], ...] = ()
-    # the tick's kernel counters (sample/counters.py CounterSnapshot, frozen):
-    # the metrics export their cumulative softirq counts and irq times as counters
-    counters: Any = None
-
-
-def fallback_layout(root: Root, pol: Policy) -> CpuLayout:
-    """CPU roles without the model/plan stages (their modules failed or are missing)."""
-    try:
-        online = CpuSet.parse_list(root.read_value("sys/devices/system/cpu/online"))
-    except (KernelError, CpuSetError):
-        online = CpuSet(range(os.cpu_count() or 1))
-    if len(online) <= 1:
-        return CpuLayout(home=online, completion=CpuSet(), online=online)
-    comp = CpuSet() if pol.cpus.completion == "auto" else CpuSet.parse_list(pol.cpus.completion)
-    comp = comp & online
-    home = CpuSet() if pol.cpus.home == "auto" else CpuSet.parse_list(pol.cpus.home) & online
-    if not comp and not home:
-        comp = CpuSet({min(online)})
-    home = (home or (online - comp)) - comp
-    return CpuLayout(home=home, completion=comp, quiet_order=tuple(sorted(home)), online=online)
-
-
-def layout_of(machine: Machine, plan: Plan) -> CpuLayout:
-    topo = machine.topology
-    return CpuLayout(
-        home=plan.home_cpus, completion=plan.completion_cpus,
-        quiet_order=plan.quiet_home_order or tuple(sorted(plan.home_cpus)),
-        siblings={c.cpu: c.smt_siblings | {c.cpu} for c in topo.cpus},
-        node_of={c.cpu: c.node for c in topo.cpus}, online=topo.online)
-
-
-class Tuner:
-    """sample -> rates -> plan -> apply, each tick (see the module docstring)."""
-
-    def __init__(self, daemon: Daemon,
-                 heat_source: Callable[[], Mapping[int, float]] | None = None) -> None:
-        self.d = daemon
-        self.heat_source = heat_source  # the module docstring's heat source
-        self.seq = 0
-        self.prev: Any = None  # the previous CounterSnapshot
-        self.machine: Machine | None = None
-        self.machine_t = 0.0
-        self.rebuild = True
-        self.state: TunerState | None = None  # the last published state (one reference swap)
-        self.stop = threading.Event()
-        self.thread: threading.Thread | None = None
-        self.failures = 0
-        self.links = LinkTracker()
-        self.yields: list[tuple[float, tuple[str, str]]] = []  # (time, knob key) of recent yields
-        # the policy does not fit this machine (plan/build.py check_policy_cpus):
-        # set by the last tick, refused at start and on reload
-        self.policy_error: PolicyError | None = None
-
-    def step(self) -> TunerState:
-        t0 = time.monotonic()
-        pol = self.d.policy
-        root = self.d.root
-        rates: Rates | None = None
-        plan: Plan | None = None
-        report: ApplyReport | None = None
-        drift: tuple[Drift, ...] = ()
-        errors: list[str] = []
-        timings: list[tuple[str, float, bool]] = []
-
-        def timed(stage: str, since: float, n_errors: int) -> None:
-            timings.append((stage, time.monotonic() - since, len(errors) == n_errors))
-
-        ts, ne = time.monotonic(), len(errors)
-        hotplug = False
-        snap: Any = None
-        rescanned = False
-        try:
-            from agentlatd.model.rates import compute_rates
-            from agentlatd.sample.counters import read_counters
-            snap = read_counters(root, None, self.prev)
-            if self.prev is not None:
-                rates = compute_rates(self.prev, snap, pol.heat)
-                if any(d.kind in ("cpu_hotplug", "irq_set_changed") for d in rates.discontinuities):
-                    self.rebuild = True
-                hotplug = any(d.kind == "cpu_hotplug" for d in rates.discontinuities)
-            self.prev = snap
-        except Exception as e:  # a sampler failure must not stop the daemon
-            errors.append(f"sampling failed: {e}")
-            log.warning("sampling failed: %s", e, exc_info=not isinstance(e, AgentlatdError))
-        timed("counters", ts, ne)
-        ts, ne = time.monotonic(), len(errors)
-        try:
-            from agentlatd.model.build import build_machine
-            from agentlatd.plan.build import make_plan, needs_followup
-            if self.rebuild or self.machine is None or t0 - self.machine_t > MACHINE_TTL:
-                self.machine = build_machine(root)
-                self.machine_t = t0
-                self.rebuild = False
-                rescanned = True
-            from agentlatd.apply import irqbalance
-            try:
-                links = self.links.update(root, self.d.agent_homes, pol)
-            except Exception as e:  # agent links are an optimisation: plan without them
-                links = NONE
-                errors.append(f"agent link sampling failed: {e}")
-                log.warning("agent link sampling failed: %s", e, exc_info=not isinstance(e, AgentlatdError))
-            ib_pids = irqbalance.running(root)
-            plan = make_plan(self.machine, pol, rates=rates, irqbalance_running=bool(ib_pids),
-                             agent_links=links,
-                             irqbalance_banned=self._irqbalance_base(ib_pids, pol))
-            self.policy_error = None
-        except PolicyError as e:  # nothing is planned, so nothing is written
-            self.policy_error = e
-            errors.append(f"planning failed: {e}")
-            log.error("the policy does not fit this machine, nothing is tuned: %s", e)
-            plan = None
-        except Exception as e:
-            errors.append(f"planning failed: {e}")
-            log.warning("planning failed: %s", e, exc_info=not isinstance(e, AgentlatdError))
-            plan = None
-        timed("plan", ts, ne)
-        if plan is not None:
-            for n in plan.notes:  # the repeat filter says a persisting one once per window
-                if n.startswith(INCLUDE_MATCHES_NOTHING):
-                    log.warning("%s", n.removeprefix("WARNING: "))
-        layout = (layout_of(self.machine, plan) if plan is not None and self.machine is not None
-                  else fallback_layout(root, pol))
-        if plan is not None and self.d.tune_devices:
-            ts, ne = time.monotonic(), len(errors)
-            try:
-                with self.d.applier.hold():
-                    if rescanned:  # knobs the kernel refused get one more try per rescan
-                        self.d.engine.forget_refusals()
-                    drift = self._drift(hotplug, t0)
-                    report = self.d.engine.apply(plan.changes)
-                if any(r.errclass == "gone" for r in report.results):
-                    # a device or IRQ vanished (hot-unplug, a veth deleted): rescan
-                    # at the next tick, not after MACHINE_TTL of failing writes
-                    # (tests/hostile: test_device_removed_under_a_running_daemon)
-                    self.rebuild = True
-                if needs_followup(r.knob for r in report.results
-                                  if r.status in ("changed", "clamped")):
-                    # threaded = 1 just started the napi/<dev>-<id> kthreads: rescan
-                    # so the next tick pins them (plan/napi.py plan_napi_threads)
-                    self.rebuild = True
-            except Exception as e:
-                errors.append(f"apply failed: {e}")
-                log.error("apply failed: %s", e, exc_info=not isinstance(e, AgentlatdError))
-            timed("apply", ts, ne)
-        ts, ne = time.monotonic(), len(errors)
-        try:
-            self.d.chain_scanner.update(root, self.d.chain.published, rules=pol.chain)
-        except Exception as e:  # discovery failing must not stop the tick
-            errors.append(f"chain discovery failed: {e}")
-            log.warning("chain discovery failed: %s", e, exc_info=not isinstance(e, AgentlatdError))
-        timed("chain", ts, ne)
-        heat = dict(rates.heat) if rates is not None else {}
-        if rates is not None and plan is not None and plan.agent_links.local:
-            # an agent's own replies processed on its home CPU are not heat to move it for
-            heat = discount_heat(heat, rates.softirq_rate.get("NET_RX", {}),
-                                 own_softirq_rate(plan.agent_links), pol.heat)
-        if self.heat_source is not None:
-            heat.update(self.heat_source())
-        if errors:
-            self.failures += 1
-        self.seq += 1
-        st = TunerState(seq=self.seq, t=time.monotonic(), duration_s=time.monotonic() - t0,
-                        layout=layout, heat=heat, rates=rates, plan=plan, report=report,
-                        drift=drift, machine=self.machine, error="; ".join(errors),
-                        timings=tuple(timings), counters=snap)
-        self.state = st
-        self.d.wake()
-        return st
-
-    def _drift(self, hotplug: bool, now: float) -> tuple[Drift, ...]:
-        """Drift, BEFORE this tick's apply: a value another writer set since the
-        last tick is judged against what agentlatd wrote (yield or reassert),
-        not silently overwritten by a plan built on a rescanned Machine.
-
-        CPU hotplug: the kernel migrates IRQs off a CPU going down and drivers
-        re-spread their queues' IRQ affinity and XPS both ways (virtio_net's
-        cpuhp callbacks) -- not another writer. On the tick that sees the
-        hotplug, drift is not checked, and entries yielded in the ticks just
-        before it (the driver's rewrite can come before the CPU masks change)
-        are managed again; the rebuilt plan then re-steers them, and apply
-        adopts those the driver already put where the new plan wants them.
-        Seen in the VM tier (tests/vm/guest/test_agentlatd_6_hotplug_drift.py).
-        Called with the engine lock held.
-        """
-        eng = self.d.engine
-        grace = max(2.0, 3 * self.d.policy.daemon.interval)
-        self.yields = [(t, k) for t, k in self.yields if now - t <= grace]
-        if hotplug:
-            n = eng.unyield(k for _, k in self.yields)
-            if n:
-                log.info("CPU hotplug: %d knob(s) yielded just before it are managed again "
-                         "(the kernel's and drivers' own rewrite, not another writer)", n)
-            self.yields = []
-            return ()
-        # drift is about device knobs another writer (irqbalance, an admin)
-        # changes; with only agent entries journaled it would read every agent
-        # thread under the lock for nothing
-        if not any(e.knob not in AGENT_KNOBS for e in eng.entries()):
-            return ()
-        out = tuple(eng.check_drift())
-        for d in out:  # another writer changed a knob: say so, not only in metrics
-            log.warning("drift: %s %s is %s, agentlatd wrote %s: %s (daemon.drift = %s)",
-                        d.knob, d.target, human_value(d.knob, d.actual),
-                        human_value(d.knob, d.expected), d.action, self.d.policy.daemon.drift)
-        self.yields += [(now, (d.knob, d.target)) for d in out if d.action == "yielded"]
-        return out
-
-    def _irqbalance_base(self, pids: tuple[int, ...], pol: Policy) -> CpuSet | None:
-        """What irqbalance banned before agentlatd (daemon.irqbalance = "cooperate"):
-        the journaled original of the ban, else the running irqbalance's ban now."""
-        if not pids or pol.daemon.irqbalance != "cooperate" or not self.d.tune_devices:
-            return None
-        from agentlatd.apply import irqbalance_ban
-        for e in self.d.engine.entries():
-            if (e.knob, e.target) == (irqbalance_ban.NAME, irqbalance_ban.TARGET):
-                return parse_cpus(e.original) or CpuSet()
-        return irqbalance_ban.current_ban(self.d.root, pids)
-
-    def start(self) -> None:
-        self.thread = threading.Thread(target=self._run, name="agentlatd-tuner", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop.wait(max(0.05, self.d.policy.daemon.interval)):
-            try:
-                self.step()
-            except Exception:  # pragma: no cover - step() catches its own
-                log.exception("tuner tick failed")
-
-    def join(self, timeout: float = 10.0) -> None:
-        self.stop.set()
-        if self.thread is not None:
-            self.thread.join(timeout)
-
-
-# ---------------------------------------------------------------------------
 # the daemon
-
-
-@dataclass(slots=True)
-class Hooks:
-    on_ready: list[Callable[[Daemon], None]] = field(default_factory=list)
-    on_tick: list[Callable[[Daemon, TunerState], None]] = field(default_factory=list)
-    on_loop: list[Callable[[Daemon], None]] = field(default_factory=list)
-    on_reload: list[Callable[[Daemon, bool], None]] = field(default_factory=list)
-    on_stop: list[Callable[[Daemon], None]] = field(default_factory=list)
-    # at start, before the first write; an exception fails the start
-    on_acquire: list[Callable[[Daemon], None]] = field(default_factory=list)
-    on_release: list[Callable[[Daemon], None]] = field(default_factory=list)  # start failed
 
 
 def _call(hooks: list[Any], *args: Any) -> None:
@@ -398,7 +118,10 @@ class Daemon:
         # completion chains: found in the tuner thread, placed in the main one
         self.chain_scanner = ChainScanner()
         self.chain = ChainKeeper(self.manager, self.chain_scanner)
-        self.tuner = Tuner(self, heat_source)
+        self.tuner = Tuner(self.root, self.engine, TickInput(policy, tune_devices=tune_devices),
+                           chain_scanner=self.chain_scanner, heat_source=heat_source,
+                           wake=self.wake)
+        self.view = _View(self)
         self.sel = selectors.DefaultSelector()
         self.server: Server | None = None
         self._listen = listen_socket
@@ -419,9 +142,6 @@ class Daemon:
         self._pidfds: set[int] = set()
         self._retry = False
         self._next_reap = 0.0
-        # the pinned agents, for the tuner's agent links (agents/links.py): a
-        # tuple replaced whole by the main thread, read by the tuner thread
-        self.agent_homes: tuple[AgentHome, ...] = ()
 
     # -- plumbing --------------------------------------------------------
     def wake(self) -> None:
@@ -457,11 +177,7 @@ class Daemon:
         self.engine.acquire()
         sock = self._listen
         if sock is None:
-            try:
-                from agentlatd.sdnotify import inherited_socket
-                sock = inherited_socket(self.socket_path)
-            except ImportError:
-                sock = None
+            sock = sdnotify.inherited_socket(self.socket_path)
         if sock is None:
             sock = bind_socket(self.socket_path, mode=0o660, group=self.policy.daemon.socket_group)
         else:
@@ -471,7 +187,7 @@ class Daemon:
             self._socket_owned = False
         self._sock = sock
         for h in self.hooks.on_acquire:
-            h(self)  # an error fails the start: nothing is written yet
+            h(self.view)  # an error fails the start: nothing is written yet
 
     def _release(self) -> None:
         """Undo acquire() after a failed start (the socket file is removed if ours)."""
@@ -483,7 +199,7 @@ class Daemon:
         self._sock = None
         for h in self.hooks.on_release:
             with contextlib.suppress(Exception):
-                h(self)
+                h(self.view)
 
     def start(self) -> None:
         _raise_nofile()
@@ -504,8 +220,8 @@ class Daemon:
                          sum(1 for r in res if r.status in ("restored", "unchanged", "gone")),
                          sum(1 for r in res if r.status not in ("restored", "unchanged", "gone")))
         st = self.tuner.step()
-        if self.tuner.policy_error is not None:
-            raise self.tuner.policy_error  # nothing was planned, so nothing was tuned
+        if st.policy_error is not None:
+            raise st.policy_error  # nothing was planned, so nothing was tuned
         self._take(st)
         sock = self._sock
         assert sock is not None
@@ -526,7 +242,7 @@ class Daemon:
         log.info("agentlatd %s serving %s (state %s, home CPUs %s, completion CPUs %s)",
                  __version__, self.socket_path, self.state_dir,
                  st.layout.home.to_list() or "none", st.layout.completion.to_list() or "none")
-        _call(self.hooks.on_ready, self)
+        _call(self.hooks.on_ready, self.view)
 
     def _drop_caps(self) -> None:
         """Keep CAP_NET_ADMIN, CAP_SYS_NICE, CAP_SYS_PTRACE only (agentlatd/caps.py).
@@ -537,7 +253,6 @@ class Daemon:
         """
         if not self.root.is_host:
             return
-        from agentlatd import caps
         try:
             caps.drop()
         except OSError as e:  # e.g. a seccomp filter refusing prctl: serve on, say so
@@ -601,7 +316,7 @@ class Daemon:
         if now >= self._next_reap:
             self._next_reap = now + 10.0
             self.server.reap_idle(now)
-        _call(self.hooks.on_loop, self)
+        _call(self.hooks.on_loop, self.view)
 
     def _take(self, st: TunerState) -> None:
         self._seen_seq = st.seq
@@ -615,7 +330,7 @@ class Daemon:
             self._device_nodes = {d.name: d.numa_node for d in st.machine.devices
                                   if d.numa_node is not None}
         if self.ready:
-            _call(self.hooks.on_tick, self, st)
+            _call(self.hooks.on_tick, self.view, st)
 
     def _locked_work(self, tick_due: bool) -> None:
         """Everything that writes: unregisters, placements, the tick (lock held)."""
@@ -624,6 +339,7 @@ class Daemon:
         # loop serves on; nothing is written without its original journaled.
         waiting, self._waiting = self._waiting, []
         assert self.server is not None
+        self.engine.policy = self.policy  # the lock is held: no tick is applying
         for conn, req_id, op, payload in waiting:
             if op == "unregister":
                 try:
@@ -669,7 +385,12 @@ class Daemon:
             # once per tick, not per registration: O(agents), and the tuner reads
             # it once per tick anyway (bench/agents.py: per registration it cost
             # ~0.6 ms of register round trip with 1000 agents)
-            self.agent_homes = self.manager.homes()
+            self._publish()
+
+    def _publish(self) -> None:
+        """The tuner's next input, replaced whole (it reads it once per tick)."""
+        self.tuner.set_input(TickInput(self.policy, self.manager.homes(), self.chain.published,
+                                       self.tune_devices))
 
     def _failed(self, what: str, e: BaseException) -> None:
         if isinstance(e, AgentlatdError):
@@ -857,32 +578,31 @@ class Daemon:
             new = policy_mod.load(self.config_path) if self.config_path else policy_mod.default()
             machine = self.tuner.machine
             if machine is not None:
-                from agentlatd.plan.build import check_policy_cpus
                 check_policy_cpus(machine, new)
         except PolicyError as e:
             log.error("reload refused, the running policy stays in force: %s", e)
-            _call(self.hooks.on_reload, self, False)
+            _call(self.hooks.on_reload, self.view, False)
             return False
         if os.path.abspath(new.daemon.socket) != os.path.abspath(self.policy.daemon.socket):
             log.warning("daemon.socket changed in the policy: takes effect at the next start")
-        self.policy = new
-        self.engine.policy = new
+        self.policy = new  # the engine takes it under its lock (_locked_work, the tuner)
         self.manager.set_policy(new)
         if self.server is not None:
             self.server.rate = new.daemon.uid_requests_per_s
             self.server.burst = float(new.daemon.uid_request_burst)
             self.server.max_inflight = new.daemon.uid_max_inflight
-        self.tuner.rebuild = True
-        with contextlib.suppress(Exception):
-            from agentlatd import logging_setup
+        # between ticks: the tuner's running tick keeps the policy it started
+        # with; a new policy makes its next tick rescan the machine
+        self._publish()
+        with contextlib.suppress(ValueError):  # the loader checked it
             logging_setup.set_level(new.daemon.log_level)
         log.info("policy reloaded from %s", new.source)
-        _call(self.hooks.on_reload, self, True)
+        _call(self.hooks.on_reload, self.view, True)
         return True
 
     def shutdown(self) -> bool:
         """Stop serving and roll back every change. True when everything is back."""
-        _call(self.hooks.on_stop, self)
+        _call(self.hooks.on_stop, self.view)
         if self.server is not None:
             self.server.accepting = False
         self.tuner.join(10.0)
@@ -946,6 +666,41 @@ class Daemon:
         return out
 
 
+class _View:
+    """The DaemonView the service hooks get (agentlatd/hooks.py): reads only."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self, d: Daemon) -> None:
+        self._d = d
+
+    @property
+    def policy(self) -> Policy:
+        return self._d.policy
+
+    @property
+    def last_state(self) -> TunerState | None:
+        return self._d.last_state
+
+    def wake(self) -> None:
+        self._d.wake()
+
+    def agents(self) -> Collection[Any]:
+        return self._d.manager.agents.values()
+
+    def row_extras(self) -> Callable[[Any], Mapping[str, Any]] | None:
+        return self._d.manager.row_extras
+
+    def hot_cpus(self) -> list[int]:
+        return list(self._d.manager.status().get("hot_cpus", []))
+
+    def journal_entries(self) -> int:
+        return len(self._d.engine.entries())
+
+    def guard_undone(self) -> Mapping[str, int]:
+        return dict(self._d.chain.undone)
+
+
 def _links_json(links: AgentLinks) -> list[dict[str, Any]]:
     return [{"device": lk.device, "mode": mode, "home_cpus": lk.home_cpus.to_list(),
              "agents": list(lk.agents), "rx_pps": None if lk.rx_pps is None else round(lk.rx_pps, 1)}
@@ -967,20 +722,3 @@ def _raise_nofile() -> None:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY
                                                         else 1 << 20, hard))
-
-
-def main(policy: Policy, *, config_path: str | None, root: str, state_dir: str | None,
-         socket_path: str | None, exclusive_scope_pid: int | None = None,
-         tune_devices: bool = True) -> int:
-    try:
-        d = Daemon(policy, config_path=config_path, root=root, state_dir=state_dir,
-                   socket_path=socket_path, exclusive_scope_pid=exclusive_scope_pid,
-                   tune_devices=tune_devices)
-        from agentlatd import service  # sd_notify + metrics through d.hooks
-        service.attach(d)
-        return d.run()
-    except OSError as e:
-        if e.errno in (errno.EACCES, errno.EPERM):
-            print(f"agentlatd run: {e} (run as root?)", file=sys.stderr)
-            return 1
-        raise

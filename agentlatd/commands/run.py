@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import sys
 
+from agentlatd import logging_setup, service
 from agentlatd import policy as policy_mod
+from agentlatd.daemon import Daemon
 
 HELP = "run the daemon: tune each tick and keep registered agents on quiet CPUs"
 EXAMPLES = (
@@ -37,25 +41,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override policy daemon.log_level")
 
 
-def _setup_logging(level: str) -> None:
-    try:
-        from agentlatd import logging_setup
-    except ImportError:
-        logging.basicConfig(level=getattr(logging, level.upper()),
-                            format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-        return
-    logging_setup.setup(level)
-
-
 def run(args: argparse.Namespace) -> int:
     config = policy_mod.resolve_path(args.config)
     pol = policy_mod.load(config) if config is not None else policy_mod.default()
-    _setup_logging(args.log_level or pol.daemon.log_level)
+    logging_setup.setup(args.log_level or pol.daemon.log_level)
     logging.getLogger("agentlatd.daemon").info("policy: %s", pol.source)
     if args.exclusive_scope_pid is not None and args.exclusive_scope_pid <= 0:
         raise SystemExit("agentlatd run: --exclusive-scope-pid must be a positive pid")
-    from agentlatd import daemon
-    return daemon.main(pol, config_path=config,
-                       root=args.root, state_dir=args.state_dir, socket_path=args.socket,
-                       exclusive_scope_pid=args.exclusive_scope_pid,
-                       tune_devices=not args.agents_only)
+    try:
+        d = Daemon(pol, config_path=config, root=args.root, state_dir=args.state_dir,
+                   socket_path=args.socket, exclusive_scope_pid=args.exclusive_scope_pid,
+                   tune_devices=not args.agents_only)
+        service.attach(d.hooks, d.view)  # sd_notify + metrics
+        return d.run()
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM):
+            print(f"agentlatd run: {e} (run as root?)", file=sys.stderr)
+            return 1
+        raise

@@ -81,18 +81,6 @@ ALLOWED: frozenset[Violation] = frozenset({
     #    apply) and both imports api/ and is imported by it; no module-level cycle exists
     ("package cycle", "agentlatd.agents", "agentlatd.api agentlatd.apply agentlatd.model "
      "agentlatd.plan agentlatd.sample agentlatd.trace"),
-    # -- local: the daemon's tick stages and hooks, imported at call time
-    ("local", "agentlatd.daemon", "agentlatd.apply.irqbalance"),
-    ("local", "agentlatd.daemon", "agentlatd.apply.irqbalance_ban"),
-    ("local", "agentlatd.daemon", "agentlatd.caps"),
-    ("local", "agentlatd.daemon", "agentlatd.logging_setup"),
-    ("local", "agentlatd.daemon", "agentlatd.model.build"),
-    ("local", "agentlatd.daemon", "agentlatd.model.rates"),
-    ("local", "agentlatd.daemon", "agentlatd.plan.build"),
-    ("local", "agentlatd.daemon", "agentlatd.sample.counters"),
-    ("local", "agentlatd.daemon", "agentlatd.sdnotify"),
-    # daemon <-> service: service.py imports daemon under TYPE_CHECKING, main() imports it here
-    ("local", "agentlatd.daemon", "agentlatd.service"),
     # -- local: the commands assemble the pipeline at call time (the "one tick" debt)
     ("local", "agentlatd.commands.apply", "agentlatd.apply.irqbalance_ban"),
     ("local", "agentlatd.commands.capture", "agentlatd.model.build"),
@@ -100,8 +88,6 @@ ALLOWED: frozenset[Violation] = frozenset({
     ("local", "agentlatd.commands.plan", "agentlatd.model.build"),
     ("local", "agentlatd.commands.plan", "agentlatd.plan.build"),
     ("local", "agentlatd.commands.plan", "agentlatd.sysfs.root"),
-    ("local", "agentlatd.commands.run", "agentlatd.daemon"),
-    ("local", "agentlatd.commands.run", "agentlatd.logging_setup"),
     ("local", "agentlatd.commands.status", "agentlatd.model.build"),
     ("local", "agentlatd.commands.status", "agentlatd.model.rates"),
     ("local", "agentlatd.commands.status", "agentlatd.sample.counters"),
