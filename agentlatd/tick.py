@@ -274,7 +274,11 @@ class Sampler:
             return pids, None
         if journaled is not None:
             return pids, _parse_ban(journaled)
-        return pids, irqbalance_ban.current_ban(self.root, pids)
+        try:
+            return pids, irqbalance_ban.current_ban(self.root, pids)
+        except (AgentlatdError, OSError) as e:  # its socket: plan without its own ban
+            log.debug("irqbalance's ban not read: %s", e)
+            return pids, None
 
 
 def _parse_ban(text: str) -> CpuSet:
