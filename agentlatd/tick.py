@@ -29,9 +29,7 @@ ones (threaded NAPI's kthreads), asks for a rescan at the next tick.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -41,6 +39,7 @@ from agentlatd.agents.chain import ChainAgent
 from agentlatd.agents.links import LinkTracker
 from agentlatd.apply import irqbalance, irqbalance_ban
 from agentlatd.apply.engine import CHANGED, CLAMPED, ApplyReport
+from agentlatd.capture import previous_sample
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import AgentlatdError, PolicyError
 from agentlatd.kernel.errnos import ErrClass
@@ -289,14 +288,11 @@ def _parse_ban(text: str) -> CpuSet:
 
 
 # -- a tick from the command line ---------------------------------------------------
-# A capture (agentlatd/capture.py) records the counter files twice, a second apart:
-# the first sample in <tree>/<PREVIOUS_SAMPLE>/, its age in capture.json.
-PREVIOUS_SAMPLE = "previous-sample"
-SAMPLE_INTERVAL_KEY = "sample_interval_s"
-MANIFEST = "capture.json"
+# A capture (agentlatd/capture.py) records the counter files twice, a second apart.
 
 
 def sample_once(root: Root, policy: Policy, *, interval: float = 0.0,
+                journaled_ban: str | None = None,
                 sleep: Callable[[float], None] = time.sleep,
                 clock: Callable[[], float] = time.monotonic) -> Snapshot:
     """The daemon's tick with rates, once: on a recorded tree with the two counter
@@ -307,10 +303,10 @@ def sample_once(root: Root, policy: Policy, *, interval: float = 0.0,
     prev = previous_sample(root)
     if prev is None:
         if interval > 0:
-            s.sample(inp)
+            s.sample(inp, journaled_ban)
             sleep(interval)
-        return s.sample(inp)
-    snap = s.sample(inp)
+        return s.sample(inp, journaled_ban)
+    snap = s.sample(inp, journaled_ban)
     older, age = prev
     if snap.counters is None:
         return snap
@@ -318,23 +314,3 @@ def sample_once(root: Root, policy: Policy, *, interval: float = 0.0,
     before = replace(read_counters(older, None, None), t=0.0, base_t=None, fresh=None)
     cur = replace(snap.counters, t=age, base_t=None, fresh=None)
     return replace(snap, counters=cur, rates=compute_rates(before, cur, policy.heat))
-
-
-def previous_sample(root: Root) -> tuple[Root, float] | None:
-    """(the capture's first counter sample, seconds before the tree's own), or None."""
-    if root.is_host or not root.isdir(PREVIOUS_SAMPLE):
-        return None
-    age = recorded_interval(root)
-    if age is None or age <= 0:
-        return None
-    return Root(os.path.join(root.base, PREVIOUS_SAMPLE)), age
-
-
-def recorded_interval(root: Root) -> float | None:
-    """The seconds between a capture's two counter samples (capture.json), or None."""
-    try:
-        doc = json.loads(root.read_text(MANIFEST))
-    except (AgentlatdError, ValueError):
-        return None
-    v = doc.get(SAMPLE_INTERVAL_KEY) if isinstance(doc, dict) else None
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None

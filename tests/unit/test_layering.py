@@ -81,18 +81,7 @@ ALLOWED: frozenset[Violation] = frozenset({
     #    apply) and both imports api/ and is imported by it; no module-level cycle exists
     ("package cycle", "agentlatd.agents", "agentlatd.api agentlatd.apply agentlatd.model "
      "agentlatd.plan agentlatd.sample agentlatd.trace"),
-    # -- local: the commands assemble the pipeline at call time (the "one tick" debt)
-    ("local", "agentlatd.commands.apply", "agentlatd.apply.irqbalance_ban"),
-    ("local", "agentlatd.commands.capture", "agentlatd.model.build"),
-    ("local", "agentlatd.commands.plan", "agentlatd.apply.irqbalance"),
-    ("local", "agentlatd.commands.plan", "agentlatd.model.build"),
-    ("local", "agentlatd.commands.plan", "agentlatd.plan.build"),
-    ("local", "agentlatd.commands.plan", "agentlatd.sysfs.root"),
-    ("local", "agentlatd.commands.status", "agentlatd.model.build"),
-    ("local", "agentlatd.commands.status", "agentlatd.model.rates"),
-    ("local", "agentlatd.commands.status", "agentlatd.sample.counters"),
-    ("local", "agentlatd.commands.trace", "agentlatd.model.build"),
-    ("local", "agentlatd.commands.trace", "agentlatd.plan.build"),
+    # -- local: the commands import these at call time
     ("local", "agentlatd.commands.trace", "agentlatd.sample.interrupts"),
     ("local", "agentlatd.commands.trace", "agentlatd.steps.slow"),
     ("local", "agentlatd.commands.trace", "agentlatd.trace.tracefs"),

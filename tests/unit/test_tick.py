@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from agentlatd import policy as policy_mod
 from agentlatd.apply.engine import MANAGED, UNSUPPORTED, Engine
+from agentlatd.capture import PREVIOUS_SAMPLE, SAMPLE_INTERVAL_KEY
 from agentlatd.cpuset import CpuSet
 from agentlatd.daemon import Daemon
 from agentlatd.errors import KernelError
@@ -23,8 +24,6 @@ from agentlatd.policy import Policy
 from agentlatd.sysfs.root import Root
 from agentlatd.tick import (
     MACHINE_TTL,
-    PREVIOUS_SAMPLE,
-    SAMPLE_INTERVAL_KEY,
     TickInput,
     plan_tick,
     sample_once,
