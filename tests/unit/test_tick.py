@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from agentlatd import policy as policy_mod
 from agentlatd.apply.engine import MANAGED, UNSUPPORTED, Engine
-from agentlatd.capture import PREVIOUS_SAMPLE, SAMPLE_INTERVAL_KEY
+from agentlatd.capture import PREVIOUS_SAMPLE, SAMPLE_INTERVAL_KEY, write_capture
 from agentlatd.cpuset import CpuSet
 from agentlatd.daemon import Daemon
 from agentlatd.errors import KernelError
@@ -242,3 +242,22 @@ def test_plan_root_has_rates_when_the_capture_holds_two_samples(tmp_path: pathli
     snap = sample_once(Root(str(tree)), pol)
     assert snap.rates is not None
     assert snap.rates.softirq_rate["NET_RX"][0] == 1000.0
+
+
+def test_capture_of_this_host_replays_the_daemons_tick_with_rates(
+        tmp_path: pathlib.Path) -> None:
+    """capture reads the counter files twice (an injected clock and sleep: no wait);
+    plan --root on it then has rates, and a recapture keeps both samples."""
+    readings = iter([100.0, 101.0])
+    out = tmp_path / "host"
+    man = write_capture(Root("/"), str(out), sleep=lambda _s: None,
+                        clock=lambda: next(readings))
+    assert man[SAMPLE_INTERVAL_KEY] == 1.0
+    assert (out / PREVIOUS_SAMPLE / "proc" / "softirqs").is_file()
+    pol = policy_mod.default()
+    snap = sample_once(Root(str(out)), pol)
+    assert snap.rates is not None and snap.rates.interval_s == 1.0
+    copy = tmp_path / "copy"
+    man2 = write_capture(Root(str(out)), str(copy))
+    assert man2[SAMPLE_INTERVAL_KEY] == 1.0
+    assert sample_once(Root(str(copy)), pol).rates == snap.rates
