@@ -48,30 +48,37 @@ import grp
 import logging
 import os
 import pwd
-import resource
 import selectors
-import signal
 import socket
 import sys
 import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from agentlatd import __version__, caps, logging_setup, sdnotify
+from agentlatd import __version__, logging_setup
 from agentlatd import policy as policy_mod
 from agentlatd.agents import pidns, tasks
-from agentlatd.agents.applier import AGENT_KNOBS, Applier
+from agentlatd.agents.applier import Applier
 from agentlatd.agents.chain import ChainKeeper, ChainScanner, Declared
 from agentlatd.agents.placement import NO_HOME_CPU
 from agentlatd.agents.registry import AgentManager
 from agentlatd.agents.tasks import ProcId
 from agentlatd.api import protocol
 from agentlatd.api.protocol import Chain, Envelope, ProtocolError, Register, Step, Unregister
-from agentlatd.api.server import PENDING, Conn, Server, bind_socket
+from agentlatd.api.server import PENDING, Conn, Server
 from agentlatd.apply.engine import Engine
 from agentlatd.apply.journal import FLAG_YIELDED
 from agentlatd.errors import AgentlatdError, PolicyError
 from agentlatd.hooks import Hooks
+from agentlatd.lifecycle import (
+    Listener,
+    Pidfds,
+    Wakeup,
+    drop_caps,
+    raise_nofile,
+    recover_agents,
+    rollback_all,
+)
 from agentlatd.model.agent_links import AgentLinks
 from agentlatd.model.chain import parse_endpoint
 from agentlatd.plan.build import check_policy_cpus
@@ -108,26 +115,24 @@ class Daemon:
         self.root = Root(root)
         self.state_dir = os.path.abspath(state_dir or policy.daemon.state_dir)
         self.socket_path = os.path.abspath(socket_path or policy.daemon.socket)
-        self.exclusive_scope_pid = exclusive_scope_pid
         self.tune_devices = tune_devices
         self.hooks = Hooks()
         self.engine = Engine(self.root, self.state_dir, policy=policy)
         self.applier = Applier(self.engine)
         self.manager = AgentManager(self.applier, policy, exclusive_scope_pid=exclusive_scope_pid)
-        self.manager.close_pidfd = self._close_pidfd
+        self.sel = selectors.DefaultSelector()
+        self.pidfds = Pidfds(self.sel, self.manager.mark_dead)
+        self.manager.close_pidfd = self.pidfds.close
         # completion chains: found in the tuner thread, placed in the main one
         self.chain_scanner = ChainScanner()
         self.chain = ChainKeeper(self.manager, self.chain_scanner)
+        self.waker = Wakeup()
         self.tuner = Tuner(self.root, self.engine, TickInput(policy, tune_devices=tune_devices),
                            chain_scanner=self.chain_scanner, heat_source=heat_source,
-                           wake=self.wake)
+                           wake=self.waker.wake)
         self.view = _View(self)
-        self.sel = selectors.DefaultSelector()
         self.server: Server | None = None
-        self._listen = listen_socket
-        self._stop = False
-        self._hup = False
-        self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.listener = Listener(self.socket_path, policy.daemon.socket_group, listen_socket)
         self._waiting: list[tuple[Conn, Any, str, Any]] = []  # (conn, req id, op, payload)
         self._seen_seq = 0
         self._next_tick = 0.0
@@ -136,33 +141,17 @@ class Daemon:
         self.last_state: TunerState | None = None
         self.peer_start: dict[int, int | None] = {}
         self._device_nodes: dict[str, int] = {}
-        self._socket_owned = True  # False: the listening socket was passed in
-        self._sock: socket.socket | None = None  # acquire()d, not yet served
+        self._acquired = False
         self._writing = False  # start() got past acquire(): the host may be changed
-        self._pidfds: set[int] = set()
         self._retry = False
         self._next_reap = 0.0
 
-    # -- plumbing --------------------------------------------------------
     def wake(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._wfd, b"w")
-
-    def _drain(self, _mask: int) -> None:
-        with contextlib.suppress(OSError):
-            while os.read(self._rfd, 4096):
-                pass
-
-    def _signal(self, signum: int, _frame: Any) -> None:
-        if signum == signal.SIGHUP:
-            self._hup = True
-        else:
-            self._stop = True
-        self.wake()
+        self.waker.wake()
 
     def request_stop(self) -> None:
-        self._stop = True
-        self.wake()
+        self.waker.stop = True
+        self.waker.wake()
 
     # -- start -----------------------------------------------------------
     def acquire(self) -> None:
@@ -175,67 +164,43 @@ class Daemon:
         has been written yet (tests/hostile/test_trust_start.py).
         """
         self.engine.acquire()
-        sock = self._listen
-        if sock is None:
-            sock = sdnotify.inherited_socket(self.socket_path)
-        if sock is None:
-            sock = bind_socket(self.socket_path, mode=0o660, group=self.policy.daemon.socket_group)
-        else:
-            sock.setblocking(False)
-            # passed by systemd (agentlatd.socket) or the caller: its file is
-            # theirs, left in place at exit so the socket keeps accepting
-            self._socket_owned = False
-        self._sock = sock
+        self.listener.acquire()
+        self._acquired = True
         for h in self.hooks.on_acquire:
             h(self.view)  # an error fails the start: nothing is written yet
 
     def _release(self) -> None:
         """Undo acquire() after a failed start (the socket file is removed if ours)."""
-        if self.server is None and self._sock is not None:
-            self._sock.close()
-            if self._socket_owned:
-                with contextlib.suppress(OSError):
-                    os.unlink(self.socket_path)
-        self._sock = None
+        if self.server is None:
+            self.listener.release()
         for h in self.hooks.on_release:
             with contextlib.suppress(Exception):
                 h(self.view)
 
     def start(self) -> None:
-        _raise_nofile()
+        raise_nofile()
         # the tuner thread parses in pure Python for milliseconds at a time: hand
         # the GIL to the socket loop after 0.5 ms, not the default 5 ms
         sys.setswitchinterval(0.0005)
-        if self._sock is None:
+        if not self._acquired:
             self.acquire()
         self._writing = True  # from here on a failed start must roll back
-        rec = self.engine.recover()
-        if rec.action != "none":
-            log.info("journal: %s", rec.message)
-        with self.applier.hold():
-            left = [(k, t) for k, t, _ in self.applier.entries(AGENT_KNOBS)]
-            if left:
-                res = self.applier.restore(left)
-                log.info("restored %d agent-side change(s) of the previous run (%d not)",
-                         sum(1 for r in res if r.status in ("restored", "unchanged", "gone")),
-                         sum(1 for r in res if r.status not in ("restored", "unchanged", "gone")))
+        recover_agents(self.engine, self.applier)
         st = self.tuner.step()
         if st.policy_error is not None:
             raise st.policy_error  # nothing was planned, so nothing was tuned
         self._take(st)
-        sock = self._sock
+        sock = self.listener.sock
         assert sock is not None
-        self._drop_caps()
-        self.server = Server(self.sel, sock, self._handlers(),
-                             max_clients=self.policy.daemon.max_clients,
-                             uid_requests_per_s=self.policy.daemon.uid_requests_per_s,
-                             uid_request_burst=self.policy.daemon.uid_request_burst,
-                             uid_max_inflight=self.policy.daemon.uid_max_inflight,
+        drop_caps(self.root)
+        d = self.policy.daemon
+        self.server = Server(self.sel, sock, self._handlers(), max_clients=d.max_clients,
+                             uid_requests_per_s=d.uid_requests_per_s,
+                             uid_request_burst=d.uid_request_burst,
+                             uid_max_inflight=d.uid_max_inflight,
                              on_close=self._on_close, on_accept=self._on_accept,
                              path=self.socket_path)
-        self.sel.register(self._rfd, selectors.EVENT_READ, self._drain)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, self._signal)
+        self.waker.install(self.sel)
         self.tuner.start()
         self._next_tick = time.monotonic()
         self.ready = True
@@ -243,20 +208,6 @@ class Daemon:
                  __version__, self.socket_path, self.state_dir,
                  st.layout.home.to_list() or "none", st.layout.completion.to_list() or "none")
         _call(self.hooks.on_ready, self.view)
-
-    def _drop_caps(self) -> None:
-        """Keep CAP_NET_ADMIN, CAP_SYS_NICE, CAP_SYS_PTRACE only (agentlatd/caps.py).
-
-        After the socket is bound and chowned, before the tuner thread starts
-        (capabilities are per thread). Only on the live root: a run on a
-        recorded tree (tests, --root) writes files, not the kernel.
-        """
-        if not self.root.is_host:
-            return
-        try:
-            caps.drop()
-        except OSError as e:  # e.g. a seccomp filter refusing prctl: serve on, say so
-            log.warning("cannot drop capabilities: %s", e)
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; then roll back. Returns the exit status."""
@@ -272,7 +223,7 @@ class Daemon:
             self.engine.close()
             raise
         try:
-            while not self._stop:
+            while not self.waker.stop:
                 self.turn()
         finally:
             ok = self.shutdown()
@@ -290,12 +241,11 @@ class Daemon:
             if wake is not None:
                 timeout = min(timeout, max(0.0, wake - now))
         for key, mask in self.sel.select(timeout):
-            cb = key.data
-            cb(mask)
-        if self._stop:
+            key.data(mask)
+        if self.waker.stop:
             return
-        if self._hup:
-            self._hup = False
+        if self.waker.hup:
+            self.waker.hup = False
             self.reload()
         self.server.process()
         st = self.tuner.state
@@ -305,14 +255,15 @@ class Daemon:
         tick_due = now >= self._next_tick
         self._retry = False
         if tick_due or self._waiting or self.manager.dirty or self.manager.dead:
-            with self.applier.hold(blocking=False) as got:
+            with self.engine.hold(blocking=False) as got:
                 if got:
                     self._locked_work(tick_due)
                     if tick_due:
                         self._next_tick = now + max(0.05, self.policy.daemon.interval)
                 else:
                     self._retry = True
-        self._register_pidfds()
+        new, self.manager.new_pidfds = self.manager.new_pidfds, []
+        self.pidfds.watch(new)
         if now >= self._next_reap:
             self._next_reap = now + 10.0
             self.server.reap_idle(now)
@@ -397,32 +348,6 @@ class Daemon:
             log.error("%s failed: %s", what, e)
         else:
             log.exception("%s failed", what)
-
-    def _register_pidfds(self) -> None:
-        new, self.manager.new_pidfds = self.manager.new_pidfds, []
-        for a in new:
-            if a.pidfd is not None and a.pidfd not in self._pidfds:
-                p = a.proc
-                try:
-                    self.sel.register(a.pidfd, selectors.EVENT_READ,
-                                      lambda _m, p=p, fd=a.pidfd: self._on_exit(p, fd))
-                except (ValueError, KeyError, OSError):
-                    continue
-                self._pidfds.add(a.pidfd)
-
-    def _on_exit(self, p: ProcId, fd: int) -> None:
-        with contextlib.suppress(KeyError, ValueError, OSError):
-            self.sel.unregister(fd)
-        self._pidfds.discard(fd)
-        self.manager.mark_dead(p)
-
-    def _close_pidfd(self, fd: int) -> None:
-        if fd in self._pidfds:
-            with contextlib.suppress(KeyError, ValueError, OSError):
-                self.sel.unregister(fd)
-            self._pidfds.discard(fd)
-        with contextlib.suppress(OSError):
-            os.close(fd)
 
     # -- requests --------------------------------------------------------
     def _handlers(self) -> dict[str, Callable[[Conn, Envelope], Any]]:
@@ -606,64 +531,19 @@ class Daemon:
         if self.server is not None:
             self.server.accepting = False
         self.tuner.join(10.0)
-        ok = True
-        with self.applier.hold():
-            try:
-                with contextlib.suppress(Exception):
-                    self.chain.release_all()
-                self.manager.release_all()
-                rep = self.engine.rollback()
-                ok = rep.ok
-                n = sum(1 for r in rep.results if r.status == "restored")
-                if ok:
-                    log.info("rolled back: %d original(s) restored", n)
-                else:
-                    log.error("rollback incomplete: %s", "; ".join(rep.notes) or
-                              "; ".join(r.message for r in rep.results
-                                        if r.status not in ("restored", "unchanged", "gone",
-                                                            "managed"))[:500])
-            except AgentlatdError as e:
-                log.error("rollback failed: %s", e)
-                ok = False
+        ok = rollback_all(self.engine, self.manager, self.chain)
         if self.server is not None:
-            self.server.close(unlink=self._socket_owned)
+            self.server.close(unlink=self.listener.owned)
         with contextlib.suppress(Exception):
             self.sel.close()
-        for fd in (self._rfd, self._wfd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self.waker.close()
         self.engine.close()
         return ok
 
     # -- views -----------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        st = self.last_state
-        rep = st.report if st is not None else None
-        counts: dict[str, int] = {}
-        if rep is not None:
-            for r in rep.results:
-                counts[r.status] = counts.get(r.status, 0) + 1
-        out: dict[str, Any] = {
-            "version": __version__, "pid": os.getpid(), "policy": self.policy.source,
-            "socket": self.socket_path, "state_dir": self.state_dir,
-            "uptime_s": round(time.time() - self.started, 3), "ready": self.ready,
-            "tick": st.seq if st else 0,
-            "tuner_tick_ms": round(st.duration_s * 1000, 3) if st else None,
-            "tuner_error": st.error if st else "",
-            "changes": counts,
-            "planned_changes": len(st.plan.changes) if st and st.plan else 0,
-            "drift": [d.to_json() for d in st.drift] if st else [],
-            "journal_entries": len(self.engine.entries()),
-            # knobs another writer changed and agentlatd left to it (daemon.drift = "yield")
-            "yielded": [{"knob": e.knob, "target": e.target} for e in self.engine.entries()
-                        if e.has(FLAG_YIELDED)],
-            "agent_links": _links_json(st.plan.agent_links) if st and st.plan else [],
-            "connections": len(self.server.conns) if self.server else 0,
-            "requests": self.server.requests if self.server else 0,
-        }
-        out.update(self.manager.status())
-        out.update(self.chain.status())
-        return out
+        """The socket's "status" answer (and `agentlatd status`'s daemon view)."""
+        return _status(self)
 
 
 class _View:
@@ -701,6 +581,39 @@ class _View:
         return dict(self._d.chain.undone)
 
 
+def _status(d: Daemon) -> dict[str, Any]:
+    st = d.last_state
+    rep = st.report if st is not None else None
+    counts: dict[str, int] = {}
+    if rep is not None:
+        for r in rep.results:
+            counts[r.status] = counts.get(r.status, 0) + 1
+    out: dict[str, Any] = {
+        "version": __version__, "pid": os.getpid(), "policy": d.policy.source,
+        "socket": d.socket_path, "state_dir": d.state_dir,
+        "uptime_s": round(time.time() - d.started, 3), "ready": d.ready,
+        "tick": st.seq if st else 0,
+        "tuner_tick_ms": round(st.duration_s * 1000, 3) if st else None,
+        "tuner_error": st.error if st else "",
+        "changes": counts,
+        "planned_changes": len(st.plan.changes) if st and st.plan else 0,
+        "drift": [x.to_json() for x in st.drift] if st else [],
+        # planned changes the kernel refused for good, held back until a rescan
+        "held": [{"knob": h.knob, "target": h.target, "errclass": h.errclass}
+                 for h in st.held] if st else [],
+        "journal_entries": len(d.engine.entries()),
+        # knobs another writer changed and agentlatd left to it (daemon.drift = "yield")
+        "yielded": [{"knob": e.knob, "target": e.target} for e in d.engine.entries()
+                    if e.has(FLAG_YIELDED)],
+        "agent_links": _links_json(st.plan.agent_links) if st and st.plan else [],
+        "connections": len(d.server.conns) if d.server else 0,
+        "requests": d.server.requests if d.server else 0,
+    }
+    out.update(d.manager.status())
+    out.update(d.chain.status())
+    return out
+
+
 def _links_json(links: AgentLinks) -> list[dict[str, Any]]:
     return [{"device": lk.device, "mode": mode, "home_cpus": lk.home_cpus.to_list(),
              "agents": list(lk.agents), "rx_pps": None if lk.rx_pps is None else round(lk.rx_pps, 1)}
@@ -713,12 +626,3 @@ def _register_result(a: Any) -> dict[str, Any]:
     return {k: j[k] for k in ("agent_id", "pid", "starttime", "latency_class", "home_cpu",
                               "cpus", "exclusive", "threads", "threads_pinned", "state",
                               "problem", "placement", "cpuset", "container")}
-
-
-def _raise_nofile() -> None:
-    """One pidfd per agent plus one fd per client: lift the soft fd limit to the hard one."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY
-                                                        else 1 << 20, hard))

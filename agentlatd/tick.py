@@ -7,8 +7,8 @@ recorded tree (with rates when the capture holds two counter samples).
   stage       module                         input                     output
   counters    sample/counters.py, model/     the previous counters     CounterSnapshot, Rates
               rates.py
-  machine     model/build.py (readers in     a rescan is due           Machine
-              sample/)
+  machine     sample/machine.py (read),      a rescan is due           Machine
+              model/build.py (pure)
   links       agents/links.py                the agents' homes         AgentLinks
   irqbalance  apply/irqbalance*.py           the journaled ban         its pids, its own ban
   feedback    the previous apply's report    ApplyReport               Feedback
@@ -51,6 +51,7 @@ from agentlatd.plan.build import make_plan, needs_followup
 from agentlatd.plan.changes import Change, Plan
 from agentlatd.policy import Policy
 from agentlatd.sample.counters import CounterSnapshot, read_counters
+from agentlatd.sample.machine import read_machine
 from agentlatd.sysfs.root import Root
 
 log = logging.getLogger("agentlatd.tick")
@@ -182,6 +183,11 @@ def plan_tick(snap: Snapshot, policy: Policy) -> TickPlan:
     return TickPlan(plan, tuple(changes), tuple(held))
 
 
+def scan_machine(root: Root) -> Machine:
+    """The Machine under `root` now: read (sample/machine.py), then built (model/build.py)."""
+    return build_machine(read_machine(root))
+
+
 class _Stages:
     """The stage table of one tick: each stage timed, its failure kept as an error."""
 
@@ -242,7 +248,7 @@ class Sampler:
                                              for d in rates.discontinuities)))
         rescanned = False
         if due:
-            m = st.run("machine", "machine scan", lambda: build_machine(self.root), None)
+            m = st.run("machine", "machine scan", lambda: scan_machine(self.root), None)
             if m is not None:
                 self.machine, self.machine_t, self.policy, rescanned = m, t0, pol, True
                 # a rescan tries refused knobs again (a driver, link or kernel changed)

@@ -64,8 +64,6 @@ ALLOWED: frozenset[Violation] = frozenset({
     ("layer", "agentlatd.model.harm", "agentlatd.agents.stats"),
     # -- layer: apply/ loads the agents' knobs by module name (knobs.PLUGINS)
     ("layer", "agentlatd.apply.knobs", "agentlatd.agents.knobs"),
-    # -- pure: model/build.py samples the machine itself (takes a Root, calls the readers)
-    ("pure", "agentlatd.model.build", "agentlatd.sysfs.root"),
     # -- api: the wire protocol carries agents' types (step stats, task ids); the registry
     #    raises its errors (the package cycle below)
     ("api", "agentlatd.api.protocol", "agentlatd.agents.stats"),
