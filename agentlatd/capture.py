@@ -21,6 +21,12 @@ A capture is what `agentlatd plan --root DIR` and bug reports run on
   reads EINVAL. Read-only permission bits are kept: since 6.12 a managed
   IRQ's proc/irq/N/smp_affinity is 0444 (the manifest lists them in
   "readonly" too, since git does not keep write bits).
+- Two counter samples: the counter files (COUNTER_FILES) are read once more a
+  second before the rest, into DIR/previous-sample/, with the seconds between
+  the two in the manifest ("sample_interval_s"), so that `plan --root DIR` runs
+  the daemon's tick with rates (agentlatd/tick.py). A capture of a recorded
+  tree copies the tree's own first sample when it has one; a capture without
+  one (older captures, hand-made fixtures) replays without rates.
 - Read-only: this module only reads the source root.
 """
 
@@ -33,7 +39,7 @@ import posixpath
 import re
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from agentlatd.errors import AgentlatdError, KernelError
@@ -127,6 +133,15 @@ def is_knob_file(rel: str) -> bool:
 
 
 MANIFEST = "capture.json"
+# the first of a capture's two counter samples, and the manifest key of their distance
+PREVIOUS_SAMPLE = "previous-sample"
+SAMPLE_INTERVAL_KEY = "sample_interval_s"
+SAMPLE_INTERVAL_S = 1.0
+# what sample/counters.py read_counters() reads (and the possible-CPU list that maps
+# per_cpu_count's columns)
+COUNTER_FILES: tuple[str, ...] = ("proc/stat", "proc/softirqs", "proc/interrupts",
+                                  "sys/kernel/irq/*/per_cpu_count",
+                                  "sys/devices/system/cpu/possible")
 KEEP = ".gitkeep"  # in each empty link-target directory (not listed in "files")
 FORMAT = 1
 _MAX_HOPS = 40  # as the kernel's MAXSYMLINKS
@@ -298,13 +313,81 @@ def _recorded_readonly(src: Root) -> list[str]:
     return [str(r) for r in ro] if isinstance(ro, list) else []
 
 
+def previous_sample(root: Root) -> tuple[Root, float] | None:
+    """(a recorded tree's first counter sample, seconds before its own), or None."""
+    if root.is_host or not root.isdir(PREVIOUS_SAMPLE):
+        return None
+    age = recorded_interval(root)
+    if age is None or age <= 0:
+        return None
+    return Root(os.path.join(root.base, PREVIOUS_SAMPLE)), age
+
+
+def recorded_interval(root: Root) -> float | None:
+    """The seconds between a capture's two counter samples (its manifest), or None."""
+    try:
+        doc = json.loads(root.read_text(MANIFEST))
+    except (AgentlatdError, ValueError):
+        return None
+    v = doc.get(SAMPLE_INTERVAL_KEY) if isinstance(doc, dict) else None
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def read_counter_files(src: Root) -> dict[str, bytes]:
+    """The counter files of `src` as they are now (unreadable ones left out)."""
+    out: dict[str, bytes] = {}
+    for pat in COUNTER_FILES:
+        try:
+            paths = src.glob(pat)
+        except KernelError:
+            continue
+        for rel in paths:
+            try:
+                out[rel] = src.read_bytes(rel)
+            except KernelError:
+                continue
+    return out
+
+
+def _first_sample(src: Root, interval: float, sleep: Callable[[float], None],
+                  clock: Callable[[], float]) -> tuple[dict[str, bytes], float] | None:
+    """The counter files `interval` seconds before the capture proper (this host), or
+    a recorded source's own first sample; with the clock reading it was taken at."""
+    if not src.is_host:
+        prev = previous_sample(src)
+        if prev is None:
+            return None
+        older, age = prev
+        return read_counter_files(older), -age
+    if interval <= 0:
+        return None
+    t0 = clock()
+    files = read_counter_files(src)
+    sleep(interval)
+    return files, t0
+
+
+def _write_files(out: str, files: dict[str, bytes]) -> None:
+    for rel, content in sorted(files.items()):
+        dst = os.path.join(out, rel)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        with open(dst, "wb") as f:
+            f.write(content)
+
+
 def kernel_release(src: Root) -> str:
     return src.read_optional("proc/sys/kernel/osrelease")
 
 
 def write_capture(src: Root, out: str, whitelist: Iterable[str] = WHITELIST,
-                  machine: str | None = None, now: float | None = None) -> dict[str, object]:
-    """Capture `src` into directory `out` (absent or empty); return the manifest."""
+                  machine: str | None = None, now: float | None = None, *,
+                  interval: float = SAMPLE_INTERVAL_S,
+                  sleep: Callable[[float], None] = time.sleep,
+                  clock: Callable[[], float] = time.monotonic) -> dict[str, object]:
+    """Capture `src` into directory `out` (absent or empty); return the manifest.
+
+    On this host the counter files are sampled twice, `interval` seconds apart
+    (0: once); the first sample goes to out/PREVIOUS_SAMPLE."""
     out = os.path.abspath(out)
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise CaptureError(f"{out} exists and is not an empty directory; "
@@ -312,8 +395,24 @@ def write_capture(src: Root, out: str, whitelist: Iterable[str] = WHITELIST,
     if src.base.rstrip("/") and (out + "/").startswith(src.base.rstrip("/") + "/") \
             and not src.is_host:
         raise CaptureError(f"{out} lies inside the root being captured ({src.base}).")
+    first = _first_sample(src, interval, sleep, clock)
     cap, data = collect(src, whitelist)
+    sample_interval: float | None = None
+    if first is not None:
+        older, t0 = first
+        if src.is_host:
+            # the second sample after everything else, so the two are `interval`
+            # apart or more, never less; the tree's counter files are that sample
+            t1 = clock()
+            now_files = {k: v for k, v in read_counter_files(src).items() if k in data}
+            sample_interval = round(t1 - t0, 6)
+            data.update(now_files)
+        else:
+            sample_interval = -t0
+        older = {k: v for k, v in older.items() if k in data}
     os.makedirs(out, exist_ok=True)
+    if first is not None:
+        _write_files(os.path.join(out, PREVIOUS_SAMPLE), older)
     for rel in sorted(cap.dirs):
         os.makedirs(os.path.join(out, rel), exist_ok=True)
     for rel, content in sorted(data.items()):
@@ -358,6 +457,8 @@ def write_capture(src: Root, out: str, whitelist: Iterable[str] = WHITELIST,
         "unreadable": dict(sorted(cap.unreadable.items())),
         "readonly": readonly,
     }
+    if sample_interval is not None:
+        manifest[SAMPLE_INTERVAL_KEY] = sample_interval
     with open(os.path.join(out, MANIFEST), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
         f.write("\n")

@@ -1,7 +1,8 @@
 """The daemon's service side: systemd notify protocol and Prometheus metrics,
-attached to a running Daemon through its hooks (agentlatd/daemon.py, Hooks).
+attached to a running Daemon through its hooks (agentlatd/hooks.py), which see a
+read-only DaemonView of it, never the Daemon.
 
-    svc = service.attach(daemon)     # before daemon.run(); commands/run.py does it
+    svc = service.attach(daemon.hooks, daemon.view)   # before daemon.run(): commands/run.py
 
 What each hook does (all run in the daemon's main thread):
   on_ready   READY=1 + STATUS= once the first tick sampled, planned and
@@ -35,14 +36,12 @@ import threading
 from collections.abc import Callable, MutableMapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import TYPE_CHECKING, Any
 
 from agentlatd.errors import PolicyError
+from agentlatd.hooks import DaemonView, Hooks
 from agentlatd.metrics import Exporter, Metrics, View, parse_listen
 from agentlatd.sdnotify import Notifier
-
-if TYPE_CHECKING:
-    from agentlatd.daemon import Daemon, TunerState
+from agentlatd.tuner import TunerState
 
 log = logging.getLogger("agentlatd.service")
 
@@ -113,7 +112,7 @@ class ViewBroker:
 
 
 class Service:
-    def __init__(self, daemon: Daemon, notifier: Notifier, metrics: Metrics,
+    def __init__(self, daemon: DaemonView, notifier: Notifier, metrics: Metrics,
                  exporter: Exporter, broker: ViewBroker) -> None:
         self.d = daemon
         self.notifier = notifier
@@ -126,20 +125,20 @@ class Service:
         self._exporter_configured = False
 
     # -- hooks -----------------------------------------------------------
-    def _configure_exporter(self, d: Daemon) -> None:
+    def _configure_exporter(self, d: DaemonView) -> None:
         if not self._exporter_configured:
             self._exporter_configured = True
             self.exporter.configure(d.policy.metrics)
 
-    def on_acquire(self, d: Daemon) -> None:
+    def on_acquire(self, d: DaemonView) -> None:
         # bound before the first write, served (its thread started) after the
         # capabilities are dropped: on_ready -> configure()
         self.exporter.bind(d.policy.metrics)
 
-    def on_release(self, d: Daemon) -> None:
+    def on_release(self, d: DaemonView) -> None:
         self.exporter.unbind()
 
-    def on_ready(self, d: Daemon) -> None:
+    def on_ready(self, d: DaemonView) -> None:
         self._configure_exporter(d)
         st = d.last_state
         if st is not None:
@@ -155,7 +154,7 @@ class Service:
                                            daemon=True)
             self._waker.start()
 
-    def on_tick(self, d: Daemon, st: TunerState) -> None:
+    def on_tick(self, d: DaemonView, st: TunerState) -> None:
         self._configure_exporter(d)
         self._observe(d, st)
         if not self.ready_sent and not st.error:
@@ -163,15 +162,14 @@ class Service:
         elif self.ready_sent:
             self.notifier.status(self.status_line(d, st))
 
-    def on_loop(self, d: Daemon) -> None:
+    def on_loop(self, d: DaemonView) -> None:
         if self.metrics.ticks:
-            self.broker.serve(lambda: self.metrics.view(d.manager.agents.values(), d.policy,
-                                                              d.manager.row_extras))
+            self.broker.serve(lambda: self.metrics.view(d.agents(), d.policy, d.row_extras()))
         due = self.notifier.watchdog_due()
         if due is not None and due <= PING_SLACK:
             self.notifier.watchdog()
 
-    def on_reload(self, d: Daemon, ok: bool) -> None:
+    def on_reload(self, d: DaemonView, ok: bool) -> None:
         self.notifier.reloading()
         self.metrics.observe_reload(ok)
         if ok:
@@ -188,7 +186,7 @@ class Service:
         else:
             self.notifier.status(line)
 
-    def on_stop(self, d: Daemon) -> None:
+    def on_stop(self, d: DaemonView) -> None:
         self._stop.set()
         self.notifier.stopping("stopping: rolling back every change")
         self.broker.close()
@@ -201,7 +199,7 @@ class Service:
             self._waker.join(timeout=2)
 
     # -- internals -------------------------------------------------------
-    def _ready(self, d: Daemon) -> None:
+    def _ready(self, d: DaemonView) -> None:
         st = d.last_state
         line = self.status_line(d, st) if st is not None else "running"
         self.ready_sent = True
@@ -222,40 +220,29 @@ class Service:
             # the loop pings within a turn; do not spin while it does
             self._stop.wait(min(0.05, (self.notifier.watchdog_interval or 1.0) / 4))
 
-    def _observe(self, d: Daemon, st: TunerState) -> None:
+    def _observe(self, d: DaemonView, st: TunerState) -> None:
         m = self.metrics
-        for name, dur, ok in getattr(st, "timings", ()):
-            m.observe_sampler(name, dur, ok)
+        for t in st.timings:  # the tick's stage table
+            m.observe_sampler(t.stage, t.seconds, t.ok)
         if st.report is not None:
             m.observe_apply(st.report)
         if st.drift:
             m.observe_drift(st.drift)
-        mgr: Any = d.manager
-        hot: list[int] | None = None
-        with contextlib.suppress(Exception):
-            hot = list(mgr.status().get("hot_cpus", []))
-        active: int | None = None
-        with contextlib.suppress(Exception):
-            active = len(d.engine.entries())
         snap = st.counters
         m.observe_tick(duration_s=st.duration_s, rates=st.rates, completion=st.layout.completion,
                        home=st.layout.home, online=st.layout.online,
-                       hot_threshold=d.policy.heat.hot, active_changes=active, hot_cpus=hot,
-                       softirqs=getattr(snap, "softirqs", None), stat=getattr(snap, "stat", None),
-                       failed=bool(st.error),
-                       guard_undone=d.chain.undone)
+                       hot_threshold=d.policy.heat.hot, active_changes=d.journal_entries(),
+                       hot_cpus=d.hot_cpus(),
+                       softirqs=snap.softirqs if snap is not None else None,
+                       stat=snap.stat if snap is not None else None,
+                       failed=bool(st.error), guard_undone=d.guard_undone())
         self.exporter.tick()
 
-    def status_line(self, d: Daemon, st: TunerState) -> str:
+    def status_line(self, d: DaemonView, st: TunerState) -> str:
         """One line for `systemctl status`: agents, hot CPUs, changes."""
-        mgr: Any = d.manager
-        n_agents = len(getattr(mgr, "agents", ()))
-        hot = ""
-        with contextlib.suppress(Exception):
-            hot = ",".join(str(c) for c in mgr.status().get("hot_cpus", []))
-        held = 0
-        with contextlib.suppress(Exception):
-            held = len(d.engine.entries())
+        n_agents = len(d.agents())
+        hot = ",".join(str(c) for c in d.hot_cpus())
+        held = d.journal_entries()
         failed = 0
         if st.report is not None:
             failed = sum(1 for r in st.report.results if r.status == "failed")
@@ -275,8 +262,9 @@ class Service:
         self.notifier.close()
 
 
-def attach(daemon: Daemon, environ: MutableMapping[str, str] | None = None) -> Service:
-    """Hook systemd notification and metrics into `daemon` (before daemon.run()).
+def attach(hooks: Hooks, daemon: DaemonView,
+           environ: MutableMapping[str, str] | None = None) -> Service:
+    """Hook systemd notification and metrics into a daemon (before daemon.run()).
 
     Raises PolicyError when policy [metrics] listen is malformed (the start
     fails with the key path, as for any policy error).
@@ -291,7 +279,7 @@ def attach(daemon: Daemon, environ: MutableMapping[str, str] | None = None) -> S
     # CAP_NET_BIND_SERVICE, which the daemon drops: use a high port.
     parse_listen(daemon.policy.metrics.listen)
     svc = Service(daemon, notifier, Metrics(), exporter, broker)
-    h = daemon.hooks
+    h = hooks
     h.on_acquire.append(svc.on_acquire)
     h.on_release.append(svc.on_release)
     h.on_ready.append(svc.on_ready)

@@ -15,16 +15,16 @@ Both are the engine's own Engine.restore()/Engine.forget() (the same per-entry
 restore rollback runs, one crash-safe journal save per call).
 
 One Engine serves the daemon's device tuning (a helper thread) and the agent
-side (the main loop): `lock` serialises them. The main loop never blocks on
-it: it takes the lock only when free and otherwise retries on its next turn.
+side (the main loop): the engine's own lock serialises them (Engine.hold). The
+main loop never blocks on it: it takes the lock only when free and otherwise
+retries on its next turn.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 
 from agentlatd.agents.knobs import TaskKnob
 from agentlatd.agents.tasks import ProcId
@@ -47,20 +47,14 @@ _DONE = ("restored", "unchanged", "gone", "managed")
 class Applier:
     """The agent side's handle on the shared engine."""
 
-    def __init__(self, engine: Engine, lock: threading.Lock | None = None) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.lock = lock if lock is not None else threading.Lock()
         self.root: Root = engine.root
         self.failures = 0
 
-    @contextlib.contextmanager
-    def hold(self, blocking: bool = True, timeout: float = -1) -> Iterator[bool]:
-        got = self.lock.acquire(blocking, timeout)
-        try:
-            yield got
-        finally:
-            if got:
-                self.lock.release()
+    def hold(self, blocking: bool = True) -> contextlib.AbstractContextManager[bool]:
+        """The engine's lock (Engine.hold)."""
+        return self.engine.hold(blocking)
 
     # -- engine calls (caller holds the lock) ----------------------------
     def apply(self, changes: Sequence[Change]) -> list[KnobResult]:

@@ -60,7 +60,8 @@ import errno
 import fcntl
 import os
 import shlex
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -264,6 +265,19 @@ class Engine:
         # value until forget_refusals(), which the daemon calls at each machine rescan:
         # without it every tick repeats the failing write (and its journal round trip)
         self._refused: dict[tuple[str, str], tuple[str, KnobResult]] = {}
+        # one engine serves the daemon's tuner thread and its agent side (the main
+        # loop): every call that reads or writes the journal is made holding this
+        self.lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def hold(self, blocking: bool = True) -> Iterator[bool]:
+        """with engine.hold(blocking=False) as got: ...  -- got False: another thread has it."""
+        got = self.lock.acquire(blocking)
+        try:
+            yield got
+        finally:
+            if got:
+                self.lock.release()
 
     # -- lifecycle -------------------------------------------------------
     def __enter__(self) -> Engine:

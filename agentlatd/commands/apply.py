@@ -13,7 +13,7 @@ from typing import Any
 
 from agentlatd import jsonout, knobset
 from agentlatd import policy as policy_mod
-from agentlatd.apply import irqbalance, irqbalance_ban
+from agentlatd.apply import irqbalance_ban
 from agentlatd.apply.engine import (
     CHANGED,
     CLAMPED,
@@ -29,10 +29,10 @@ from agentlatd.apply.engine import (
     RecoverReport,
 )
 from agentlatd.errors import AgentlatdError
-from agentlatd.model.build import build_machine
-from agentlatd.plan.build import followup, make_plan, needs_followup
+from agentlatd.plan.build import FOLLOWUP_KNOBS, needs_followup
 from agentlatd.plan.changes import Change, human_value
 from agentlatd.sysfs.root import Root
+from agentlatd.tick import TickPlan, plan_tick, sample_once
 
 HELP = "apply the plan to the kernel (journals originals for rollback)"
 EXAMPLES = (
@@ -103,16 +103,24 @@ def changes_from_file(path: str) -> list[Change]:
     return out
 
 
-def plan_now(root: Root, pol: policy_mod.Policy) -> tuple[list[Change], tuple[str, ...]]:
-    """make_plan(build_machine(root), policy): its changes, and its notes and boot-time
-    advice (printed, never applied)."""
-    machine = build_machine(root)
-    pids = irqbalance.running(root)
-    base = None
-    if pids and pol.daemon.irqbalance == "cooperate":
-        base = irqbalance_ban.current_ban(root, pids)
-    plan = make_plan(machine, pol, irqbalance_running=bool(pids),
-                             irqbalance_banned=base)
+def _tick(root: Root, pol: policy_mod.Policy, eng: Engine) -> TickPlan:
+    """The daemon's tick, once, on `root` (agentlatd/tick.py)."""
+    ban = next((e.original for e in eng.entries()
+                if (e.knob, e.target) == (irqbalance_ban.NAME, irqbalance_ban.TARGET)), None)
+    snap = sample_once(root, pol, journaled_ban=ban)
+    tp = plan_tick(snap, pol)
+    if tp.policy_error is not None:
+        raise tp.policy_error
+    if tp.plan is None:
+        raise AgentlatdError("; ".join((*snap.errors, tp.error)))
+    return tp
+
+
+def plan_now(root: Root, pol: policy_mod.Policy,
+             eng: Engine) -> tuple[list[Change], tuple[str, ...]]:
+    """The tick's changes, and its notes and boot-time advice (printed, never applied)."""
+    plan = _tick(root, pol, eng).plan
+    assert plan is not None
     advice = tuple(f"boot-time advice (not applied): {a}" for a in plan.advice)
     return list(plan.changes), (*plan.notes, *advice)
 
@@ -121,11 +129,14 @@ def _followup(root: Root, pol: policy_mod.Policy, eng: Engine,
               report: ApplyReport) -> ApplyReport:
     """A second pass for what the first one created: threaded NAPI's kthreads
     only exist once `threaded` was written, and they are pinned to the
-    completion CPUs right after. Its results join the first report, so the
-    report names every write the journal holds."""
+    completion CPUs right after (the tick's changes of FOLLOWUP_KNOBS, on a
+    Machine scanned after the first batch). Its results join the first report,
+    so the report names every write the journal holds."""
     if not needs_followup(r.knob for r in report.results if r.status in (CHANGED, CLAMPED)):
         return report
-    more = followup(build_machine(root), pol, irqbalance_running=bool(irqbalance.running(root)))
+    plan = _tick(root, pol, eng).plan
+    assert plan is not None
+    more = [c for c in plan.changes if c.knob in FOLLOWUP_KNOBS]
     if not more:
         return report
     second = eng.apply(more)
@@ -150,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         if args.plan:
             changes = changes_from_file(args.plan)
         else:
-            changes, plan_notes = plan_now(root, pol)
+            changes, plan_notes = plan_now(root, pol, eng)
         report = eng.apply(changes, dry_run=args.dry_run)
         if not args.plan and not args.dry_run:
             report = _followup(root, pol, eng, report)

@@ -3,7 +3,9 @@
 The files are agentlatd.capture.WHITELIST (glob patterns, never a blind walk
 of /sys); symlinks are kept with their relative targets so the tree is
 relocatable; unreadable files are listed with their errno in DIR/capture.json.
-Reads only: nothing on the host is written.
+The counter files are sampled twice, a second apart (DIR/previous-sample/), so
+that `plan --root DIR` runs the daemon's tick with rates. Reads only: nothing
+on the host is written.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import argparse
 import sys
 
 from agentlatd import jsonout
+from agentlatd import policy as policy_mod
 from agentlatd.capture import MANIFEST, write_capture
 from agentlatd.errors import AgentlatdError
-from agentlatd.model.build import build_machine
 from agentlatd.sysfs.root import Root
+from agentlatd.tick import sample_once
 
 HELP = "record this host's relevant /proc and /sys files into a tree --root replays"
 EXAMPLES = (
@@ -48,13 +51,14 @@ def run(args: argparse.Namespace) -> int:
         "out": args.out, "kernel": manifest["kernel"], "files": len(files),
         "symlinks": len(links), "unreadable": len(bad), "manifest": f"{args.out}/{MANIFEST}",
     }
-    # replay check: the capture must build a Machine as --root DIR would
-    try:
-        m = build_machine(Root(args.out))
+    # replay check: the capture must sample as the daemon's tick on --root DIR would
+    snap = sample_once(Root(args.out), policy_mod.default())
+    m = snap.machine
+    if m is not None:
         summary["replay"] = {"cpus": len(m.topology.cpus), "irqs": len(m.irqs),
-                             "devices": len(m.devices)}
-    except AgentlatdError as e:
-        summary["replay_error"] = str(e)
+                             "devices": len(m.devices), "rates": snap.rates is not None}
+    else:
+        summary["replay_error"] = "; ".join(snap.errors)
     if args.json:
         print(jsonout.dumps(summary))
         return 0 if "replay_error" not in summary else 1

@@ -1,4 +1,9 @@
-"""`agentlatd plan`: the CPU partition and the changes apply would make. Writes nothing."""
+"""`agentlatd plan`: the CPU partition and the changes apply would make. Writes nothing.
+
+It runs the daemon's tick (agentlatd/tick.py): on a recorded tree (`--root`) with
+the rates of the two counter samples a capture holds; on this host with none
+(the daemon's first tick).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,11 @@ from typing import Any
 
 from agentlatd import jsonout
 from agentlatd import policy as policy_mod
-from agentlatd.apply import irqbalance
 from agentlatd.cpuset import CpuSet
-from agentlatd.model.build import build_machine
-from agentlatd.plan.build import make_plan
+from agentlatd.errors import AgentlatdError
 from agentlatd.plan.changes import Change, Plan, human_value
 from agentlatd.sysfs.root import Root
+from agentlatd.tick import plan_tick, sample_once
 
 HELP = "show the CPU partition and the changes agentlatd would make (writes nothing)"
 EXAMPLES = (
@@ -136,10 +140,14 @@ def compress_targets(targets: list[str]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     pol = policy_mod.resolve(args.config)
-    root = Root(args.root)
-    machine = build_machine(root)
-    ib = bool(irqbalance.running(root))
-    plan = make_plan(machine, pol, irqbalance_running=ib)
+    snap = sample_once(Root(args.root), pol)
+    tp = plan_tick(snap, pol)
+    if tp.policy_error is not None:
+        raise tp.policy_error
+    if tp.plan is None:
+        raise AgentlatdError("; ".join((*snap.errors, tp.error)))
+    plan = tp.plan
+    ib = bool(snap.irqbalance_pids)
     if args.json:
         doc = plan_to_json(plan, policy_source=pol.source, irqbalance_running=ib)
         sys.stdout.write(jsonout.dumps(doc) + "\n")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import sys
 
-from agentlatd import daemon, logging_setup
+from agentlatd import logging_setup, service
 from agentlatd import policy as policy_mod
+from agentlatd.daemon import Daemon
 
 HELP = "run the daemon: tune each tick and keep registered agents on quiet CPUs"
 EXAMPLES = (
@@ -39,6 +42,14 @@ def run(args: argparse.Namespace) -> int:
     pol = policy_mod.load(config) if config is not None else policy_mod.default()
     logging_setup.setup(args.log_level or pol.daemon.log_level)
     logging.getLogger("agentlatd.daemon").info("policy: %s", pol.source)
-    return daemon.main(pol, config_path=config,
-                       root=args.root, state_dir=args.state_dir, socket_path=args.socket,
-                       tune_devices=not args.agents_only)
+    try:
+        d = Daemon(pol, config_path=config, root=args.root, state_dir=args.state_dir,
+                   socket_path=args.socket,
+                   tune_devices=not args.agents_only)
+        service.attach(d.hooks, d.view)  # sd_notify + metrics
+        return d.run()
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM):
+            print(f"agentlatd run: {e} (run as root?)", file=sys.stderr)
+            return 1
+        raise

@@ -24,7 +24,6 @@ import argparse
 import os
 import sys
 import textwrap
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,11 +32,9 @@ from agentlatd import policy as policy_mod
 from agentlatd.client import ClientError, Connection, Unavailable
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError
-from agentlatd.model.build import build_machine
 from agentlatd.model.machine import Device, Irq, Machine, Rates
-from agentlatd.model.rates import compute_rates
-from agentlatd.sample.counters import read_counters
 from agentlatd.sysfs.root import Root
+from agentlatd.tick import sample_once
 
 HELP = "show topology, devices, queues, IRQs and per-CPU heat (reads only)"
 EXAMPLES = (
@@ -114,19 +111,6 @@ def render_daemon(view: dict[str, Any] | None, why: str) -> str:
     for n in view.get("notes", []):
         out += textwrap.wrap(f"note: {n}", WIDTH, initial_indent="  ", subsequent_indent="    ")
     return "\n".join(out) + "\n\n"
-
-
-# -- sampling -------------------------------------------------------------------
-def sample_rates(root: Root, machine: Machine, interval: float,
-                 heat: policy_mod.HeatPolicy) -> Rates | None:
-    """Two counter snapshots `interval` seconds apart; None for interval 0."""
-    if interval <= 0:
-        return None
-    watched = [i.irq for i in machine.irqs]
-    prev = read_counters(root, watched)
-    time.sleep(interval)
-    cur = read_counters(root, watched, prev)
-    return compute_rates(prev, cur, heat)
 
 
 # -- JSON -------------------------------------------------------------------------
@@ -327,8 +311,13 @@ def run(args: argparse.Namespace) -> int:
     if not root.exists("proc/interrupts"):
         raise AgentlatdError(f"{root.base} has no proc/interrupts: --root must name a "
                              "directory holding proc/ and sys/ (a capture or a fixture).")
-    machine = build_machine(root)
-    rates = sample_rates(root, machine, args.interval, pol.heat)
+    # the daemon's tick's sampling: two counter samples --interval seconds apart (on a
+    # capture holding two, those), no rates for --interval 0
+    snap = sample_once(root, pol, interval=args.interval)
+    if snap.machine is None:
+        raise AgentlatdError("; ".join(snap.errors))
+    machine = snap.machine
+    rates = snap.rates if args.interval > 0 else None
     # the running daemon's view, over its socket (only for this host, not a --root tree)
     if root.is_host or args.socket:
         view, why = daemon_view(args.socket or os.environ.get("AGENTLATD_SOCKET")

@@ -34,12 +34,11 @@ from agentlatd import policy as policy_mod
 from agentlatd.client import ClientError, Connection, Unavailable
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError, KernelError
-from agentlatd.model.build import build_machine
-from agentlatd.plan.build import make_plan
 from agentlatd.sample import schedstat
 from agentlatd.sample.interrupts import parse_interrupts, read_interrupts
 from agentlatd.steps import slow
 from agentlatd.sysfs.root import Root
+from agentlatd.tick import plan_tick, sample_once
 from agentlatd.tools.trace import bpftrace, tracefs
 from agentlatd.tools.trace import report as trace_report
 
@@ -97,11 +96,12 @@ def cpu_roles(root: Root, socket: str | None) -> tuple[CpuSet, CpuSet, str]:
                     CpuSet.parse_list(str(st.get("completion_cpus") or "")), "running daemon")
         except ValueError:
             pass
-    try:
-        plan = make_plan(build_machine(root), policy_mod.default())
-        return plan.home_cpus, plan.completion_cpus, "planner, default policy"
-    except AgentlatdError as e:
-        return CpuSet(), CpuSet(), f"roles unknown: {e}"
+    pol = policy_mod.default()
+    snap = sample_once(root, pol)
+    tp = plan_tick(snap, pol)
+    if tp.plan is None:
+        return CpuSet(), CpuSet(), f"roles unknown: {'; '.join((*snap.errors, tp.error))}"
+    return tp.plan.home_cpus, tp.plan.completion_cpus, "planner, default policy"
 
 
 def _threads_of(root: Root, pid: int, agent_id: str = "") -> dict[int, trace_report.Thread]:

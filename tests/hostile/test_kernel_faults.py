@@ -312,10 +312,10 @@ def test_errno_at_the_coalesce_knob(tmp_path: pathlib.Path, monkeypatch: pytest.
 
 
 def _plan_for(tree: pathlib.Path, rates: Any = None, policy_text: str = "") -> Any:
-    from agentlatd.model.build import build_machine
     from agentlatd.plan.build import make_plan
+    from agentlatd.tick import scan_machine
     pol = loads('[daemon]\nirqbalance = "ignore"\n' + policy_text)
-    return make_plan(build_machine(Root(str(tree))), pol, rates=rates)
+    return make_plan(scan_machine(Root(str(tree))), pol, rates=rates)
 
 
 def test_irq_vanishing_between_sample_and_apply(tmp_path: pathlib.Path) -> None:

@@ -35,11 +35,11 @@ from agentlatd.agents import autoreg
 from agentlatd.api import protocol
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import PolicyError
-from agentlatd.model.build import build_machine
 from agentlatd.model.machine import Machine
 from agentlatd.plan.build import make_plan
 from agentlatd.plan.changes import Plan
 from agentlatd.sysfs.root import Root
+from agentlatd.tick import scan_machine
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MACHINES = sorted(p for p in (REPO / "tests/fixtures/machines").iterdir() if (p / "proc").is_dir())
@@ -64,7 +64,7 @@ rq_affinity = 2
 
 @cache
 def machine(path: pathlib.Path) -> Machine:
-    return build_machine(Root(str(path)))
+    return scan_machine(Root(str(path)))
 
 
 # -- the crashes: a traceback where a policy error belongs -------------------------------

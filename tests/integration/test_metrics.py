@@ -613,38 +613,28 @@ def test_textfile_of_a_real_daemon_is_written_per_interval_and_removed_at_stop()
         assert not tf.exists()
 
 
-class _StubManager:
-    def __init__(self) -> None:
-        self.agents: dict[Any, Any] = {}
-        self.row_extras = None
-
-    def rows(self) -> list[Any]:
-        return []
-
-    def status(self) -> dict[str, Any]:
-        return {"hot_cpus": []}
-
-
-class _StubEngine:
-    def entries(self) -> list[Any]:
-        return []
-
-
-class _StubChain:
-    def __init__(self) -> None:
-        self.undone: dict[str, int] = {}
-
-
 class _StubDaemon:
-    """The attributes Service reads of agentlatd.daemon.Daemon."""
+    """A DaemonView (agentlatd/hooks.py): what the service hooks read of the daemon."""
 
     def __init__(self) -> None:
         self.policy = default()
-        self.manager = _StubManager()
-        self.engine = _StubEngine()
-        self.chain = _StubChain()
         self.last_state: Any = None
         self.woken = threading.Event()
+
+    def agents(self) -> list[Any]:
+        return []
+
+    def row_extras(self) -> None:
+        return None
+
+    def hot_cpus(self) -> list[int]:
+        return []
+
+    def journal_entries(self) -> int:
+        return 0
+
+    def guard_undone(self) -> dict[str, int]:
+        return {}
 
     def wake(self) -> None:
         self.woken.set()
@@ -657,9 +647,9 @@ def test_metrics_rendered_every_tick_even_with_no_output_is_gone(
     only add to counters, and a render happens for a scrape, in the HTTP thread."""
     import agentlatd.metrics as metrics_mod
     from agentlatd.agents.placement import CpuLayout
-    from agentlatd.daemon import TunerState
     from agentlatd.sdnotify import Notifier
     from agentlatd.service import Service, ViewBroker
+    from agentlatd.tuner import TunerState
 
     renders: list[str] = []
     real = metrics_mod.render
@@ -672,26 +662,26 @@ def test_metrics_rendered_every_tick_even_with_no_output_is_gone(
     d = _StubDaemon()
     broker = ViewBroker(d.wake, timeout=10)
     ex = Exporter(broker.request)
-    svc = Service(d, Notifier.from_env({}), Metrics(), ex, broker)  # type: ignore[arg-type]
+    svc = Service(d, Notifier.from_env({}), Metrics(), ex, broker)
     layout = CpuLayout(home=CpuSet({1}), completion=CpuSet({0}), online=CpuSet({0, 1}))
     try:
         for seq in range(1, 21):
             st = TunerState(seq=seq, t=time.monotonic(), duration_s=0.001, layout=layout, heat={},
                             rates=_rates())
-            svc.on_tick(d, st)  # type: ignore[arg-type]
-            svc.on_loop(d)  # type: ignore[arg-type]
+            svc.on_tick(d, st)
+            svc.on_loop(d)
         assert renders == []  # 20 ticks, no output configured: nothing rendered
         ex.configure(MetricsPolicy(listen="127.0.0.1:0"))
         addr = ex.address
         assert addr is not None
         for _ in range(5):
-            svc.on_tick(d, st)  # type: ignore[arg-type]
+            svc.on_tick(d, st)
         assert renders == []  # a listener, but nobody scraped
         got: list[Any] = []
         t = threading.Thread(target=lambda: got.append(_get(addr[1], "/metrics")))
         t.start()
         # the main loop's turn answers the scrape's request for a View
-        wait_until(lambda: (svc.on_loop(d), got)[1], 10, "the scrape answered")  # type: ignore[arg-type]
+        wait_until(lambda: (svc.on_loop(d), got)[1], 10, "the scrape answered")
         t.join(5)
         assert got[0][0] == 200 and b"agentlatd_ticks_total 25" in got[0][2]
         assert len(renders) == 1 and renders[0] != threading.current_thread().name

@@ -2,7 +2,7 @@
 IRQs agentlatd leaves in place (plan/irq_affinity.py fixed_irqs/fixed_irq_load) steering the
 "auto" completion CPUs (plan/partition.py FIXED_MIN / FIXED_SHARE).
 
-Machines: the recorded fixture trees (tests/fixtures/machines) through build_machine, and small
+Machines: the recorded fixture trees (tests/fixtures/machines) through scan_machine, and small
 synthetic ones (plan_synth.py) where a case needs one device or IRQ changed.
 """
 
@@ -18,7 +18,6 @@ from agentlatd import policy
 from agentlatd.commands.plan import plan_to_json
 from agentlatd.cpuset import CpuSet
 from agentlatd.model.agent_links import NONE, AgentLink, AgentLinks
-from agentlatd.model.build import build_machine
 from agentlatd.model.machine import Device, Irq, Machine, Topology
 from agentlatd.plan.build import make_plan
 from agentlatd.plan.changes import Plan
@@ -26,6 +25,7 @@ from agentlatd.plan.irq_affinity import FIXED_NOTABLE, fixed_irq_load, fixed_irq
 from agentlatd.plan.partition import FIXED_MIN, FIXED_SHARE, Partition, partition
 from agentlatd.policy import CpusPolicy, Policy
 from agentlatd.sysfs.root import Root
+from agentlatd.tick import scan_machine
 
 S = CpuSet.parse_list
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "machines"
@@ -51,12 +51,12 @@ def busy(dev: str, cpus: str, pps: float | None = 90000.0) -> AgentLinks:
 
 @pytest.fixture(scope="module")
 def server() -> Machine:
-    return build_machine(Root(str(FIXTURES / "server-2s64t")))
+    return scan_machine(Root(str(FIXTURES / "server-2s64t")))
 
 
 @pytest.fixture(scope="module")
 def this_host() -> Machine:
-    return build_machine(Root(str(FIXTURES / "this-host")))
+    return scan_machine(Root(str(FIXTURES / "this-host")))
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import pytest
 
 from agentlatd import policy
 from agentlatd.cpuset import CpuSet
-from agentlatd.model.build import build_machine
 from agentlatd.model.machine import Machine
 from agentlatd.plan.build import make_plan
 from agentlatd.plan.changes import Plan
 from agentlatd.sysfs.root import Root
+from agentlatd.tick import scan_machine
 
 MACHINES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "machines"
 LARGE = ("epyc-2s256t-nvme", "arm64-kunpeng-128c")
@@ -23,7 +23,7 @@ SHARE = "[cpus]\ncompletion_share = 0.125\n"
 
 @pytest.fixture(scope="module", params=LARGE)
 def host(request: pytest.FixtureRequest) -> Machine:
-    return build_machine(Root(str(MACHINES / request.param)))
+    return scan_machine(Root(str(MACHINES / request.param)))
 
 
 def node_cpus(m: Machine) -> dict[int, CpuSet]:
@@ -75,7 +75,7 @@ def test_partition_per_node_follows_the_devices(host: Machine) -> None:
 
 
 def test_nvme_admin_queues_stay_on_their_controllers_node() -> None:
-    m = build_machine(Root(str(MACHINES / "epyc-2s256t-nvme")))
+    m = scan_machine(Root(str(MACHINES / "epyc-2s256t-nvme")))
     plan = make_plan(m, policy.default())
     nodes = node_cpus(m)
     at = landing(m, plan)

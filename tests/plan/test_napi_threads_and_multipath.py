@@ -16,11 +16,11 @@ import plan_synth as synth
 
 from agentlatd import policy
 from agentlatd.cpuset import CpuSet
-from agentlatd.model.build import build_machine
 from agentlatd.model.machine import Machine, NapiThread
 from agentlatd.plan.build import followup, make_plan, needs_followup
 from agentlatd.plan.changes import Change, Plan
 from agentlatd.sysfs.root import Root
+from agentlatd.tick import scan_machine
 
 S = CpuSet.parse_list
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "machines"
@@ -65,7 +65,7 @@ def test_multipath_rq_affinity_goes_to_the_path_disk_only() -> None:
 
 
 def test_multipath_fixture_path_disk_is_the_controllers_namespace_with_hctx() -> None:
-    m = build_machine(Root(str(FIXTURES / "cloud-vm-small")))
+    m = scan_machine(Root(str(FIXTURES / "cloud-vm-small")))
     nvme0 = m.device("nvme0")
     assert set(nvme0.block_devices) == {"nvme0c0n1", "nvme0n1"}
     assert nvme0.hw_queue_cpus == m.device("nvme0c0n1").hw_queue_cpus
@@ -136,7 +136,7 @@ def test_build_machine_reads_napi_kthreads_of_a_threaded_nic(tmp_path: pathlib.P
         (d / "stat").write_text(_stat(pid, comm, flags, st))
         (d / "comm").write_text(comm + "\n")
         (d / "status").write_text(f"Name:\t{comm}\nCpus_allowed:\tf\nCpus_allowed_list:\t0-3\n")
-    m = build_machine(Root(str(tree)))
+    m = scan_machine(Root(str(tree)))
     eth0 = m.device("eth0")
     assert eth0.napi_threads == (NapiThread(812, 4410, 8193, S("0-3")),
                                  NapiThread(813, 4411, 8194, S("0-3")))
@@ -146,7 +146,7 @@ def test_build_machine_reads_napi_kthreads_of_a_threaded_nic(tmp_path: pathlib.P
     assert all(S(c.desired) == plan.completion_cpus for c in task.values())
     # threaded = 0: the kthreads are not even looked for
     (tree / "sys/class/net/eth0/threaded").write_text("0\n")
-    assert build_machine(Root(str(tree))).device("eth0").napi_threads == ()
+    assert scan_machine(Root(str(tree))).device("eth0").napi_threads == ()
 
 
 def test_napi_owner_of_a_comm_cut_at_15_characters() -> None:

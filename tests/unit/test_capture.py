@@ -23,9 +23,9 @@ from agentlatd.capture import (
     patterns,
     write_capture,
 )
-from agentlatd.model.build import build_machine
 from agentlatd.model.machine import Machine
 from agentlatd.sysfs.root import Root
+from agentlatd.tick import scan_machine
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MACHINES = REPO / "tests" / "fixtures" / "machines"
@@ -140,7 +140,7 @@ def test_capture_tree(tmp_path: pathlib.Path) -> None:
     assert on_disk["kernel"] == "6.8.0-test" and on_disk["time"] == "1970-01-01T00:00:00Z"
     assert on_disk["machine"] == "t" and on_disk["format"] == 1
     # and it replays
-    m = build_machine(Root(str(out)))
+    m = scan_machine(Root(str(out)))
     assert m.device("eth0").irqs == (37,) and m.irq(37).queue == "config"
     assert m.irq(37).managed  # the read-only smp_affinity
 
@@ -150,7 +150,7 @@ def test_capture_is_relocatable(tmp_path: pathlib.Path) -> None:
     make_source(src)
     write_capture(Root(str(src)), str(tmp_path / "a"))
     os.rename(tmp_path / "a", tmp_path / "b")
-    m = build_machine(Root(str(tmp_path / "b")))
+    m = scan_machine(Root(str(tmp_path / "b")))
     assert m.device("eth0").pci == "0000:00:03.0"
 
 
@@ -176,7 +176,7 @@ def test_recapturing_a_fixture_gives_the_same_machine(tree: pathlib.Path, tmp_pa
     out = tmp_path / tree.name
     write_capture(Root(str(tree)), str(out))
     assert tree_state(tree) == before
-    assert build_machine(Root(str(out))) == build_machine(Root(str(tree)))
+    assert scan_machine(Root(str(out))) == scan_machine(Root(str(tree)))
     man = json.loads((out / MANIFEST).read_text())
     for link, target in man["symlinks"].items():
         p = out / link
@@ -185,12 +185,12 @@ def test_recapturing_a_fixture_gives_the_same_machine(tree: pathlib.Path, tmp_pa
 
 
 def test_live_host_round_trip(tmp_path: pathlib.Path) -> None:
-    """capture / -> build_machine(capture) == build_machine(/) for the stable parts."""
+    """capture / -> scan_machine(capture) == scan_machine(/) for the stable parts."""
     out = tmp_path / "host"
-    host_before = build_machine(Root("/"))
+    host_before = scan_machine(Root("/"))
     man = write_capture(Root("/"), str(out))
-    host_after = build_machine(Root("/"))
-    cap = build_machine(Root(str(out)))
+    host_after = scan_machine(Root("/"))
+    cap = scan_machine(Root(str(out)))
     assert man["kernel"] == os.uname().release == cap.kernel_release
     assert cap.topology == host_after.topology
     # devices of the capture are the host's (a test elsewhere may add or drop

@@ -1,7 +1,7 @@
 """Devices -> queues -> IRQs and managed IRQs: model/devices.py + model/build.py.
 
 Tmp trees built here (real sysfs layouts with relative symlinks) and every
-fixture machine. Nothing touches the host except read-only build_machine(/).
+fixture machine. Nothing touches the host except read-only scan_machine(/).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import re
 import pytest
 
 from agentlatd.cpuset import CpuSet
-from agentlatd.model.build import build_machine
 from agentlatd.model.devices import NameMatch, parse_action
 from agentlatd.model.machine import Machine
 from agentlatd.sysfs.root import Root
+from agentlatd.tick import scan_machine
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MACHINES = REPO / "tests" / "fixtures" / "machines"
@@ -151,7 +151,7 @@ def test_virtio_nic_msi_list_is_one_directory_above_device(tmp_path: pathlib.Pat
     t.irq(38, "virtio2-input.0", "1")
     t.irq(39, "virtio2-output.0", "1")
     t.irq(40, "virtio3-input.0", "0-3", chip="PCI-MSIX-0000:00:04.0")  # not eth0's
-    m = build_machine(t.done())
+    m = scan_machine(t.done())
     eth0 = m.device("eth0")
     assert (eth0.kind, eth0.driver, eth0.pci, eth0.numa_node) == ("net", "virtio_net", "0000:00:03.0", None)
     assert eth0.irqs == (37, 38, 39)
@@ -171,7 +171,7 @@ def test_name_decides_between_two_nics_and_msi_overrides_a_wrong_name(tmp_path: 
     t.irq(51, "iavf-eth0-TxRx-0", "0-3")
     t.irq(52, "eth1-TxRx-1", "0-3")  # named after eth1 but eth0's function lists it
     t.irq(60, "iavf-eth1-TxRx-0", "0-3")
-    m = build_machine(t.done())
+    m = scan_machine(t.done())
     got = {i.irq: (i.device, i.queue) for i in m.irqs}
     assert got == {50: ("eth0", "other"), 51: ("eth0", "txrx-0"), 52: ("eth0", "other"),
                    60: ("eth1", "txrx-0")}
@@ -185,7 +185,7 @@ def test_names_alone_map_when_there_is_no_msi_list(tmp_path: pathlib.Path) -> No
     t.irq(11, "eth1", "0-3", chip="IO-APIC")  # legacy INTx line of the function
     t.irq(70, "eth1-rx-0", "0", chip="PCI-MSI")
     t.irq(71, "eth1-tx-0", "1", chip="PCI-MSI")
-    m = build_machine(t.done())
+    m = scan_machine(t.done())
     assert {i.irq: (i.device, i.queue) for i in m.irqs} == {
         11: ("eth1", "other"), 70: ("eth1", "rx-0"), 71: ("eth1", "tx-0")}
     assert m.device("eth1").numa_node == 1
@@ -211,7 +211,7 @@ def _nvme_tree(t: Tree, *, driver: str | None, cpu_lists: list[str]) -> None:
 def test_nvme_io_queues_are_managed_admin_is_not(tmp_path: pathlib.Path) -> None:
     t = Tree(tmp_path)
     _nvme_tree(t, driver="nvme", cpu_lists=["0, 2", "1, 3"])
-    m = build_machine(t.done())
+    m = scan_machine(t.done())
     nv = m.device("nvme0")
     assert (nv.kind, nv.driver, nv.pci, nv.numa_node) == ("nvme", "nvme", "0000:5e:00.0", 0)
     assert nv.irqs == (42, 43, 44) and nv.queues == ("admin", "q1", "q2")
@@ -226,7 +226,7 @@ def test_nvme_io_queues_are_managed_admin_is_not(tmp_path: pathlib.Path) -> None
 def test_nvme_managed_by_layout_without_a_driver_link(tmp_path: pathlib.Path) -> None:
     t = Tree(tmp_path)
     _nvme_tree(t, driver=None, cpu_lists=["0", "1", "2", "3"])
-    m = build_machine(t.done())
+    m = scan_machine(t.done())
     assert [i.managed for i in m.irqs] == [False, True, True, True, True]
     assert "per-CPU/per-group layout" in m.irq(44).managed_reason
 
@@ -236,7 +236,7 @@ def test_nvme_io_queue_whose_affinity_is_not_a_hctx_is_not_managed_without_drive
     t = Tree(tmp_path)
     _nvme_tree(t, driver=None, cpu_lists=["0", "1"])
     (tmp_path / "proc/irq/44/smp_affinity_list").write_text("0-3\n")  # someone spread it
-    m = build_machine(t.done())
+    m = scan_machine(t.done())
     assert m.irq(43).managed and not m.irq(44).managed
 
 
@@ -251,7 +251,7 @@ def test_read_only_affinity_file_means_managed(tmp_path: pathlib.Path) -> None:
     t.irq(36, "virtio1-req.0", "0-3")
     t.file("proc/irq/36/smp_affinity", "f")
     os.chmod(tmp_path / "proc/irq/36/smp_affinity", 0o444)
-    m = build_machine(t.done())
+    m = scan_machine(t.done())
     vda = m.device("vda")
     assert (vda.kind, vda.driver, vda.irqs) == ("block", "virtio_blk", (35, 36))
     assert not m.irq(35).managed
@@ -264,7 +264,7 @@ def test_capture_manifest_readonly_list_is_an_explicit_marker(tmp_path: pathlib.
     t.irq(30, "foo", "0-3", chip="IO-APIC")
     t.irq(31, "bar", "0-3", chip="IO-APIC")
     (tmp_path / "capture.json").write_text(json.dumps({"readonly": ["proc/irq/31/smp_affinity"]}))
-    m = build_machine(t.done())
+    m = scan_machine(t.done())
     assert not m.irq(30).managed
     assert m.irq(31).managed and "capture recorded" in m.irq(31).managed_reason
 
@@ -280,8 +280,8 @@ def _manifest(tree: pathlib.Path) -> dict[str, object]:
 @pytest.mark.parametrize("tree", trees(), ids=lambda p: p.name)
 def test_fixture_devices_are_consistent(tree: pathlib.Path) -> None:
     root = Root(str(tree))
-    m = build_machine(root)
-    assert m == build_machine(root), "same tree, same Machine"
+    m = scan_machine(root)
+    assert m == scan_machine(root), "same tree, same Machine"
     assert [i.irq for i in m.irqs] == sorted(i.irq for i in m.irqs)
     names = [d.name for d in m.devices]
     assert len(names) == len(set(names))
@@ -314,7 +314,7 @@ def test_fixture_managed_irqs_match_the_answer_key(tree: pathlib.Path) -> None:
         want = [36]  # virtio1-req.0 (see its README)
     if not isinstance(want, list):
         pytest.skip(f"{tree.name} has no answer key for managed IRQs")
-    m = build_machine(Root(str(tree)))
+    m = scan_machine(Root(str(tree)))
     assert sorted(i.irq for i in m.irqs if i.managed) == sorted(want)
     for i in m.irqs:
         assert bool(i.managed_reason) == i.managed
@@ -324,7 +324,7 @@ def _fix(name: str) -> Machine:
     p = MACHINES / name
     if not (p / "proc").is_dir():
         pytest.skip(f"fixture {name} not in this checkout")
-    return build_machine(Root(str(p)))
+    return scan_machine(Root(str(p)))
 
 
 def test_server_mlx5_and_nvme() -> None:
@@ -372,7 +372,7 @@ def test_this_host_fixture_maps_eth0() -> None:
 
 def test_live_host_builds_and_every_msi_vector_of_a_nic_maps_to_it() -> None:
     root = Root("/")
-    m = build_machine(root)
+    m = scan_machine(root)
     assert m.topology.online and m.kernel_release == os.uname().release
     for d in m.devices:
         if d.kind != "net" or d.virtual:
@@ -430,7 +430,7 @@ def test_azure_mana_queue_irqs_on_the_hyperv_msi_chip(tmp_path: pathlib.Path) ->
     t.irq(24, "mana_hwc@pci:7870:00:00.0", "0-3", chip="Hyper-V PCIe MSI")
     for q in range(4):
         t.irq(25 + q, f"mana_q{q}@pci:7870:00:00.0", str(q), chip="Hyper-V PCIe MSI")
-    m = build_machine(t.done())
+    m = scan_machine(t.done())
     assert {i.irq: (i.device, i.queue) for i in m.irqs} == {
         24: ("eth0", "other"), 25: ("eth0", "comp-0"), 26: ("eth0", "comp-1"),
         27: ("eth0", "comp-2"), 28: ("eth0", "comp-3")}
@@ -443,7 +443,7 @@ def test_azure_mlx5_vf_queue_irqs_on_the_hyperv_msi_chip(tmp_path: pathlib.Path)
     t.irq(33, "mlx5_async0@pci:4ea0:00:02.0", "0-1", chip="Hyper-V PCIe MSI")
     t.irq(34, "mlx5_comp0@pci:4ea0:00:02.0", "0", chip="Hyper-V PCIe MSI")
     t.irq(35, "mlx5_comp1@pci:4ea0:00:02.0", "1", chip="Hyper-V PCIe MSI")
-    m = build_machine(t.done())
+    m = scan_machine(t.done())
     assert {i.irq: (i.device, i.queue) for i in m.irqs} == {
         33: ("enP20128s1", "other"), 34: ("enP20128s1", "comp-0"), 35: ("enP20128s1", "comp-1")}
 
@@ -455,7 +455,7 @@ def test_gve_legacy_eth_template_names_get_their_queue_from_the_msi_owner(tmp_pa
     t.irq(26, "eth%d-ntfy-block.0", "0", chip="ITS-MSI")
     t.irq(27, "eth%d-ntfy-block.1", "1", chip="ITS-MSI")
     t.irq(58, "eth%d-mgmnt", "0-1", chip="ITS-MSI")
-    m = build_machine(t.done())
+    m = scan_machine(t.done())
     assert {i.irq: (i.device, i.queue) for i in m.irqs} == {
         26: ("ens4", "comp-0"), 27: ("ens4", "comp-1"), 58: ("ens4", "other")}
 
@@ -469,7 +469,7 @@ def test_renamed_nic_keeps_queue_labels_from_its_old_irq_names(tmp_path: pathlib
     t.irq(27, "ena-mgmnt@pci:0000:00:05.0", "0")
     t.irq(28, "eth0-Tx-Rx-0", "0")
     t.irq(29, "eth0-Tx-Rx-1", "1")
-    m = build_machine(t.done())
+    m = scan_machine(t.done())
     assert {i.irq: (i.device, i.queue) for i in m.irqs} == {
         27: ("ens5", "other"), 28: ("ens5", "txrx-0"), 29: ("ens5", "txrx-1")}
 
@@ -479,5 +479,5 @@ def test_name_of_another_pci_function_gives_no_queue(tmp_path: pathlib.Path) -> 
     fn = t.pci("0000:3b:00.0", [40], driver="mlx5_core")
     t.nic("eth0", fn, 2)
     t.irq(40, "mlx5_comp3@pci:0000:3b:00.1", "0")  # 3b:00.1 is not a device here
-    m = build_machine(t.done())
+    m = scan_machine(t.done())
     assert {i.irq: (i.device, i.queue) for i in m.irqs} == {40: ("eth0", "other")}

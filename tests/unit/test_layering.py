@@ -72,8 +72,6 @@ ALLOWED: frozenset[Violation] = frozenset({
     # -- layer: model/ uses agents/ types (the CPU layout of placement, the step stats)
     ("layer", "agentlatd.model.chain", "agentlatd.agents.placement"),
     ("layer", "agentlatd.model.harm", "agentlatd.agents.stats"),
-    # -- pure: model/build.py samples the machine itself (takes a Root, calls the readers)
-    ("pure", "agentlatd.model.build", "agentlatd.sysfs.root"),
     # -- api: the wire protocol carries agents' types (step stats, task ids); the registry
     #    raises its errors (the package cycle below)
     ("api", "agentlatd.api.protocol", "agentlatd.agents.stats"),
@@ -93,17 +91,9 @@ ALLOWED: frozenset[Violation] = frozenset({
     #    --slow-steps` (a tool), living in steps/ beside the ring the client writes
     ("layer", "agentlatd.steps.events", "agentlatd.tools.trace.bpftrace"),
     # -- local: the daemon's tick stages and hooks, imported at call time
-    ("local", "agentlatd.daemon", "agentlatd.apply.irqbalance"),
-    ("local", "agentlatd.daemon", "agentlatd.apply.irqbalance_ban"),
-    ("local", "agentlatd.daemon", "agentlatd.caps"),
-    ("local", "agentlatd.daemon", "agentlatd.logging_setup"),
-    ("local", "agentlatd.daemon", "agentlatd.model.build"),
-    ("local", "agentlatd.daemon", "agentlatd.model.rates"),
-    ("local", "agentlatd.daemon", "agentlatd.plan.build"),
-    ("local", "agentlatd.daemon", "agentlatd.sample.counters"),
-    ("local", "agentlatd.daemon", "agentlatd.sdnotify"),
     # daemon <-> service: service.py imports daemon under TYPE_CHECKING, main() imports it here
-    ("local", "agentlatd.daemon", "agentlatd.service"),
+    # -- local: the commands import these at call time
+    # -- local: the rest
 })
 
 

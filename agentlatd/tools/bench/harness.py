@@ -35,6 +35,7 @@ from agentlatd.model.build import build_machine
 from agentlatd.plan.build import make_plan
 from agentlatd.policy import DevicesPolicy, Policy
 from agentlatd.sample import schedstat
+from agentlatd.sample.machine import read_machine
 from agentlatd.sample.softirqs import parse_softirqs, read_softirqs
 from agentlatd.sample.stat import parse_stat, read_stat
 from agentlatd.sysfs.root import Root
@@ -138,7 +139,7 @@ def choose_split(root: Root, cpus: tuple[int, ...]) -> tuple[int, int, str]:
     fallback = (cpus[-1], cpus[0], "no plan: last and first usable CPU")
     try:
         pol = replace(Policy(), devices=DevicesPolicy(include=("agentlatd-bench-no-device",)))
-        plan = make_plan(build_machine(root), pol)
+        plan = make_plan(build_machine(read_machine(root)), pol)
     except (AgentlatdError, OSError, ValueError) as e:
         return (*fallback[:2], f"{fallback[2]} ({e})")
     comp = [c for c in sorted(plan.completion_cpus) if c in cpus]

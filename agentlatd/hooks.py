@@ -1,0 +1,63 @@
+"""What the service layer (sd_notify, metrics: agentlatd/service.py) sees of the daemon.
+
+The daemon calls each hook from its main thread with a DaemonView: the few
+read-only facts a hook needs, typed, never the Daemon itself. So daemon.py and
+service.py import neither the other; both import this module.
+
+  on_acquire(view)               at start, before the first write: take what can
+                                 fail (the metrics listener); raising fails the start
+  on_release(view)               the start failed after on_acquire
+  on_ready(view)                 after the first tuner tick and the socket
+  on_tick(view, TunerState)      after each tuner tick the main loop picks up
+  on_loop(view)                  every loop turn (at most 1 s apart): watchdog
+  on_reload(view, ok: bool)      after SIGHUP
+  on_stop(view)                  before the rollback
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from agentlatd.policy import Policy
+from agentlatd.tuner import TunerState
+
+
+class DaemonView(Protocol):
+    """The running daemon as a hook may read it (main thread only)."""
+
+    @property
+    def policy(self) -> Policy: ...
+
+    @property
+    def last_state(self) -> TunerState | None: ...
+
+    def wake(self) -> None:
+        """Make the main loop turn now (safe from any thread)."""
+
+    def agents(self) -> Collection[Any]:
+        """The registered agents (metrics.AgentLike)."""
+
+    def row_extras(self) -> Callable[[Any], Mapping[str, Any]] | None:
+        """Extra per-agent fields of the agents' rows, if any."""
+
+    def hot_cpus(self) -> list[int]: ...
+
+    def journal_entries(self) -> int:
+        """How many originals the journal holds (changes in force)."""
+
+    def guard_undone(self) -> Mapping[str, int]:
+        """Chain decisions the do-no-harm guard undid, by kind."""
+
+
+@dataclass(slots=True)
+class Hooks:
+    on_ready: list[Callable[[DaemonView], None]] = field(default_factory=list)
+    on_tick: list[Callable[[DaemonView, TunerState], None]] = field(default_factory=list)
+    on_loop: list[Callable[[DaemonView], None]] = field(default_factory=list)
+    on_reload: list[Callable[[DaemonView, bool], None]] = field(default_factory=list)
+    on_stop: list[Callable[[DaemonView], None]] = field(default_factory=list)
+    # at start, before the first write; an exception fails the start
+    on_acquire: list[Callable[[DaemonView], None]] = field(default_factory=list)
+    on_release: list[Callable[[DaemonView], None]] = field(default_factory=list)  # start failed

@@ -1,0 +1,322 @@
+"""One tick of device tuning: sample (all the IO) -> Snapshot -> plan_tick (pure) -> TickPlan.
+
+The daemon's tuner thread, `agentlatd plan`, `apply`, `status`, `trace` and
+`capture` all run this, so `agentlatd plan --root DIR` is the daemon's tick on a
+recorded tree (with rates when the capture holds two counter samples).
+
+  stage       module                         input                     output
+  counters    sample/counters.py, model/     the previous counters     CounterSnapshot, Rates
+              rates.py
+  machine     sample/machine.py (read),      a rescan is due           Machine
+              model/build.py (pure)
+  links       agents/links.py                the agents' homes         AgentLinks
+  irqbalance  apply/irqbalance*.py           the journaled ban         its pids, its own ban
+  feedback    the previous apply's report    ApplyReport               Feedback
+  plan        plan/build.py (pure)           Snapshot + Policy         TickPlan
+
+Every sampling stage is timed and its success recorded in the Snapshot's
+stage table (node_exporter's per-collector duration and success): the metrics
+export that table as it is. A failing stage leaves its default (no rates, no
+links) and an error; it never stops the tick.
+
+Apply feedback feeds the next plan, as irqbalance's activate.c feeds placement:
+a change the kernel refused for good (an unsupported knob, a kernel-managed
+IRQ, a value it rejects, a write it does not permit) is held back by plan_tick,
+with its reason, until the next machine rescan, instead of being planned and
+refused again every tick. An object that vanished, or a write that created new
+ones (threaded NAPI's kthreads), asks for a rescan at the next tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple, TypeVar
+
+from agentlatd.agents.chain import ChainAgent
+from agentlatd.agents.links import LinkTracker
+from agentlatd.apply import irqbalance, irqbalance_ban
+from agentlatd.apply.engine import CHANGED, CLAMPED, ApplyReport
+from agentlatd.capture import previous_sample
+from agentlatd.cpuset import CpuSet, CpuSetError
+from agentlatd.errors import AgentlatdError, PolicyError
+from agentlatd.kernel.errnos import ErrClass
+from agentlatd.model.agent_links import NONE, AgentHome, AgentLinks
+from agentlatd.model.build import build_machine
+from agentlatd.model.machine import Machine, Rates
+from agentlatd.model.rates import compute_rates
+from agentlatd.plan.build import make_plan, needs_followup
+from agentlatd.plan.changes import Change, Plan
+from agentlatd.policy import Policy
+from agentlatd.sample.counters import CounterSnapshot, read_counters
+from agentlatd.sample.machine import read_machine
+from agentlatd.sysfs.root import Root
+
+log = logging.getLogger("agentlatd.tick")
+
+MACHINE_TTL = 60.0  # seconds between full rescans of the Machine (plus on discontinuities)
+
+# what the kernel refuses for good, per (knob, target, value): planned again only
+# after a rescan (a driver, a link or the kernel changed): EIO/EPERM on a managed
+# IRQ, EOPNOTSUPP, EINVAL, EACCES. ENOSPC (no vector left on those CPUs), EBUSY and
+# EAGAIN are tried again at the next tick, as irqbalance's activate.c does ("Do not
+# blacklist the IRQ on transient errors"; any other error sets BALANCE_NONE).
+HOLD_BACK = frozenset({ErrClass.MANAGED.value, ErrClass.UNSUPPORTED.value,
+                       ErrClass.INVALID.value, ErrClass.DENIED.value})
+# a change of a process (task.*) names threads that come and go; the agent side
+# retries those itself
+_NOT_HELD_PREFIX = "task."
+
+T = TypeVar("T")
+
+
+class StageTiming(NamedTuple):
+    """One row of a tick's stage table."""
+
+    stage: str
+    seconds: float
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A change the kernel refused at an earlier tick, not planned again until a rescan."""
+
+    knob: str
+    target: str
+    desired: str
+    errclass: str
+    message: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.knob, self.target)
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """What the last apply tells the next plan."""
+
+    held: tuple[Held, ...] = ()
+    rescan: bool = False  # an object vanished, or a write created new ones (threaded NAPI)
+
+    def find(self, c: Change) -> Held | None:
+        for h in self.held:
+            if h.key == c.key and h.desired == c.desired:
+                return h
+        return None
+
+
+def feedback_of(report: ApplyReport, prev: Feedback) -> Feedback:
+    """Fold one apply report into the feedback the next tick plans with."""
+    held = {h.key: h for h in prev.held}
+    for r in report.results:
+        if r.errclass in HOLD_BACK and not r.knob.startswith(_NOT_HELD_PREFIX):
+            held[(r.knob, r.target)] = Held(r.knob, r.target, r.desired, r.errclass or "",
+                                            r.message)
+    gone = any(r.errclass == ErrClass.GONE.value for r in report.results)
+    created = needs_followup(r.knob for r in report.results if r.status in (CHANGED, CLAMPED))
+    return Feedback(tuple(held[k] for k in sorted(held)), prev.rescan or gone or created)
+
+
+@dataclass(frozen=True, slots=True)
+class TickInput:
+    """What the main thread hands the tuner for its next tick, replaced whole (never
+    mutated): a reload swaps the policy here, so one tick never mixes two policies."""
+
+    policy: Policy
+    agent_homes: tuple[AgentHome, ...] = ()
+    chain_agents: tuple[ChainAgent, ...] = ()
+    tune_devices: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything one tick read, frozen: the input of plan_tick."""
+
+    t: float
+    policy: Policy
+    machine: Machine | None
+    counters: CounterSnapshot | None = None
+    rates: Rates | None = None
+    rescanned: bool = False  # the Machine was rebuilt this tick
+    hotplug: bool = False  # CPUs came or went since the last tick
+    links: AgentLinks = NONE
+    irqbalance_pids: tuple[int, ...] = ()
+    irqbalance_banned: CpuSet | None = None
+    feedback: Feedback = field(default_factory=Feedback)
+    timings: tuple[StageTiming, ...] = ()
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TickPlan:
+    plan: Plan | None
+    changes: tuple[Change, ...] = ()  # plan.changes less those held back
+    held: tuple[Held, ...] = ()
+    policy_error: PolicyError | None = None
+    error: str = ""
+
+
+def plan_tick(snap: Snapshot, policy: Policy) -> TickPlan:
+    """The plan of one snapshot. Pure: the same snapshot and policy give the same plan."""
+    if snap.machine is None:
+        return TickPlan(None, error="no machine to plan for")
+    try:
+        plan = make_plan(snap.machine, policy, rates=snap.rates,
+                         irqbalance_running=bool(snap.irqbalance_pids), agent_links=snap.links,
+                         irqbalance_banned=snap.irqbalance_banned)
+    except PolicyError as e:  # nothing is planned, so nothing is written
+        return TickPlan(None, policy_error=e, error=f"planning failed: {e}")
+    except AgentlatdError as e:
+        return TickPlan(None, error=f"planning failed: {e}")
+    changes: list[Change] = []
+    held: list[Held] = []
+    for c in plan.changes:
+        h = snap.feedback.find(c)
+        if h is None:
+            changes.append(c)
+        else:
+            held.append(h)
+    return TickPlan(plan, tuple(changes), tuple(held))
+
+
+def scan_machine(root: Root) -> Machine:
+    """The Machine under `root` now: read (sample/machine.py), then built (model/build.py)."""
+    return build_machine(read_machine(root))
+
+
+class _Stages:
+    """The stage table of one tick: each stage timed, its failure kept as an error."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.rows: list[StageTiming] = []
+        self.errors: list[str] = []
+
+    def run(self, stage: str, what: str, fn: Callable[[], T], default: T) -> T:
+        t0 = self.clock()
+        try:
+            out, ok = fn(), True
+        except Exception as e:  # a failing sampler must not stop the daemon
+            self.errors.append(f"{what} failed: {e}")
+            log.warning("%s failed: %s", what, e, exc_info=not isinstance(e, AgentlatdError))
+            out, ok = default, False
+        self.rows.append(StageTiming(stage, self.clock() - t0, ok))
+        return out
+
+
+class Sampler:
+    """The sampling side of the tick and the little it keeps between ticks (the previous
+    counters, the Machine until a rescan is due, the agent links' rx counters, the
+    apply feedback). Owned by one thread."""
+
+    def __init__(self, root: Root, *, clock: Callable[[], float] = time.monotonic,
+                 machine_ttl: float = MACHINE_TTL) -> None:
+        self.root = root
+        self.clock = clock
+        self.machine_ttl = machine_ttl
+        self.prev: CounterSnapshot | None = None
+        self.machine: Machine | None = None
+        self.machine_t = 0.0
+        self.policy: Policy | None = None
+        self.links = LinkTracker()
+        self.feedback = Feedback()
+
+    def record(self, report: ApplyReport) -> None:
+        """The apply report of this tick: the next tick's feedback stage reads it."""
+        self.feedback = feedback_of(report, self.feedback)
+
+    def rescan(self) -> None:
+        self.feedback = Feedback(self.feedback.held, rescan=True)
+
+    def sample(self, inp: TickInput, journaled_ban: str | None = None) -> Snapshot:
+        """Read one tick. `journaled_ban`: the original of irqbalance's ban in the
+        journal (what irqbalance banned before agentlatd), when one is held."""
+        t0 = self.clock()
+        pol = inp.policy
+        st = _Stages(self.clock)
+        no_counters: tuple[Rates | None, CounterSnapshot | None] = (None, None)
+        rates, snap = st.run("counters", "sampling", lambda: self._counters(pol), no_counters)
+        hotplug = rates is not None and any(d.kind == "cpu_hotplug"
+                                            for d in rates.discontinuities)
+        due = (self.machine is None or self.feedback.rescan or pol is not self.policy
+               or t0 - self.machine_t > self.machine_ttl
+               or (rates is not None and any(d.kind in ("cpu_hotplug", "irq_set_changed")
+                                             for d in rates.discontinuities)))
+        rescanned = False
+        if due:
+            m = st.run("machine", "machine scan", lambda: scan_machine(self.root), None)
+            if m is not None:
+                self.machine, self.machine_t, self.policy, rescanned = m, t0, pol, True
+                # a rescan tries refused knobs again (a driver, link or kernel changed)
+                self.feedback = Feedback()
+        links = st.run("links", "agent link sampling",
+                       lambda: self.links.update(self.root, inp.agent_homes, pol), NONE)
+        no_irqbalance: tuple[tuple[int, ...], CpuSet | None] = ((), None)
+        pids, banned = st.run("irqbalance", "irqbalance sampling",
+                              lambda: self._irqbalance(pol, inp.tune_devices, journaled_ban),
+                              no_irqbalance)
+        return Snapshot(t=t0, policy=pol, machine=self.machine, counters=snap, rates=rates,
+                        rescanned=rescanned, hotplug=hotplug, links=links, irqbalance_pids=pids,
+                        irqbalance_banned=banned, feedback=self.feedback,
+                        timings=tuple(st.rows), errors=tuple(st.errors))
+
+    def _counters(self, pol: Policy) -> tuple[Rates | None, CounterSnapshot | None]:
+        snap = read_counters(self.root, None, self.prev)
+        rates = compute_rates(self.prev, snap, pol.heat) if self.prev is not None else None
+        self.prev = snap
+        return rates, snap
+
+    def _irqbalance(self, pol: Policy, tune_devices: bool,
+                    journaled: str | None) -> tuple[tuple[int, ...], CpuSet | None]:
+        """irqbalance's pids, and (daemon.irqbalance = "cooperate") what it banned
+        before agentlatd: the journaled original of the ban, else its ban now."""
+        pids = irqbalance.running(self.root)
+        if not pids or pol.daemon.irqbalance != "cooperate" or not tune_devices:
+            return pids, None
+        if journaled is not None:
+            return pids, _parse_ban(journaled)
+        try:
+            return pids, irqbalance_ban.current_ban(self.root, pids)
+        except (AgentlatdError, OSError) as e:  # its socket: plan without its own ban
+            log.debug("irqbalance's ban not read: %s", e)
+            return pids, None
+
+
+def _parse_ban(text: str) -> CpuSet:
+    try:
+        return CpuSet.parse_list(text)
+    except CpuSetError:
+        return CpuSet()
+
+
+# -- a tick from the command line ---------------------------------------------------
+# A capture (agentlatd/capture.py) records the counter files twice, a second apart.
+
+
+def sample_once(root: Root, policy: Policy, *, interval: float = 0.0,
+                journaled_ban: str | None = None,
+                sleep: Callable[[float], None] = time.sleep,
+                clock: Callable[[], float] = time.monotonic) -> Snapshot:
+    """The daemon's tick with rates, once: on a recorded tree with the two counter
+    samples its capture holds (no rates from a one-sample capture); on a live root
+    with two samples `interval` seconds apart (no rates for interval 0)."""
+    s = Sampler(root, clock=clock)
+    inp = TickInput(policy)
+    prev = previous_sample(root)
+    if prev is None:
+        if interval > 0:
+            s.sample(inp, journaled_ban)
+            sleep(interval)
+        return s.sample(inp, journaled_ban)
+    snap = s.sample(inp, journaled_ban)
+    older, age = prev
+    if snap.counters is None:
+        return snap
+    # the rates of the recorded interval, timed by the capture's clock
+    before = replace(read_counters(older, None, None), t=0.0, base_t=None, fresh=None)
+    cur = replace(snap.counters, t=age, base_t=None, fresh=None)
+    return replace(snap, counters=cur, rates=compute_rates(before, cur, policy.heat))

@@ -1,0 +1,230 @@
+"""The daemon's tuner thread: one tick (agentlatd/tick.py) every policy daemon.interval.
+
+The thread shares nothing mutable with the main loop. It reads one TickInput
+(policy, agent homes, chain agents) that the main thread replaces whole, once at
+the start of each tick, so a SIGHUP reload takes effect between ticks and never
+inside one; it writes through the Engine holding the engine's own lock; and it
+publishes a frozen TunerState (one reference swap) the main loop picks up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from agentlatd.agents.applier import AGENT_KNOBS
+from agentlatd.agents.chain import ChainScanner
+from agentlatd.agents.placement import CpuLayout
+from agentlatd.apply import irqbalance_ban
+from agentlatd.apply.engine import ApplyReport, Drift, Engine
+from agentlatd.cpuset import CpuSet
+from agentlatd.errors import AgentlatdError, PolicyError
+from agentlatd.model.agent_links import discount_heat, own_softirq_rate
+from agentlatd.model.machine import Machine, Rates
+from agentlatd.plan.changes import INCLUDE_MATCHES_NOTHING, Plan, human_value
+from agentlatd.sample.counters import CounterSnapshot
+from agentlatd.sysfs.root import Root
+from agentlatd.tick import Held, Sampler, StageTiming, TickInput, plan_tick
+
+log = logging.getLogger("agentlatd.daemon")
+
+
+@dataclass(frozen=True, slots=True)
+class TunerState:
+    """What one tuner tick produced (published to the main thread)."""
+
+    seq: int
+    t: float  # the clock at its end
+    duration_s: float
+    layout: CpuLayout
+    heat: Mapping[int, float]
+    rates: Rates | None = None
+    plan: Plan | None = None
+    report: ApplyReport | None = None
+    drift: tuple[Drift, ...] = ()
+    machine: Machine | None = None
+    error: str = ""
+    # the tick's stage table: (stage, seconds, ok) per stage (agentlatd/metrics.py
+    # exports them as node_exporter's per-collector duration and success)
+    timings: tuple[StageTiming, ...] = ()
+    # the tick's kernel counters: the metrics export their cumulative counts
+    counters: CounterSnapshot | None = None
+    held: tuple[Held, ...] = ()  # planned changes held back by apply feedback
+    policy_error: PolicyError | None = None  # the policy does not fit this machine
+
+
+def layout_of(machine: Machine, plan: Plan) -> CpuLayout:
+    topo = machine.topology
+    return CpuLayout(
+        home=plan.home_cpus, completion=plan.completion_cpus,
+        quiet_order=plan.quiet_home_order or tuple(sorted(plan.home_cpus)),
+        siblings={c.cpu: c.smt_siblings | {c.cpu} for c in topo.cpus},
+        node_of={c.cpu: c.node for c in topo.cpus}, online=topo.online)
+
+
+NO_LAYOUT = CpuLayout(home=CpuSet(), completion=CpuSet())  # before the first plan
+
+
+class Tuner:
+    """sample -> plan -> apply -> drift, each tick (the module docstring)."""
+
+    def __init__(self, root: Root, engine: Engine, inp: TickInput, *,
+                 chain_scanner: ChainScanner | None = None,
+                 heat_source: Callable[[], Mapping[int, float]] | None = None,
+                 wake: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.root = root
+        self.engine = engine
+        self.input = inp  # replaced whole by the main thread (set_input), read once per tick
+        self.chain_scanner = chain_scanner if chain_scanner is not None else ChainScanner()
+        # tests inject heat for "a home CPU turns hot" on a small host
+        self.heat_source = heat_source
+        self.wake = wake
+        self.clock = clock
+        self.sampler = Sampler(root, clock=clock)
+        self.seq = 0
+        self.state: TunerState | None = None  # the last published state (one reference swap)
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.yields: list[tuple[float, tuple[str, str]]] = []  # (time, knob key) of recent yields
+
+    def set_input(self, inp: TickInput) -> None:
+        self.input = inp
+
+    @property
+    def machine(self) -> Machine | None:
+        return self.sampler.machine
+
+    def step(self) -> TunerState:
+        t0 = self.clock()
+        inp = self.input  # one read: this tick's policy, whatever a reload does meanwhile
+        pol = inp.policy
+        snap = self.sampler.sample(inp, self._journaled_ban())
+        ts = self.clock()
+        tp = plan_tick(snap, pol)
+        errors = list(snap.errors)
+        timings = list(snap.timings)
+        if tp.error:
+            errors.append(tp.error)
+            if tp.policy_error is not None:
+                log.error("the policy does not fit this machine, nothing is tuned: %s",
+                          tp.policy_error)
+        timings.append(StageTiming("plan", self.clock() - ts, not tp.error))
+        plan = tp.plan
+        if plan is not None:
+            for n in plan.notes:  # the repeat filter says a persisting one once per window
+                if n.startswith(INCLUDE_MATCHES_NOTHING):
+                    log.warning("%s", n.removeprefix("WARNING: "))
+        report: ApplyReport | None = None
+        drift: tuple[Drift, ...] = ()
+        if plan is not None and inp.tune_devices:
+            ts = self.clock()
+            try:
+                with self.engine.hold():
+                    self.engine.policy = pol
+                    if snap.rescanned:  # knobs the kernel refused get one more try per rescan
+                        self.engine.forget_refusals()
+                    drift = self._drift(snap.hotplug, t0, pol.daemon.interval, pol.daemon.drift)
+                    report = self.engine.apply(tp.changes)
+                self.sampler.record(report)
+                ok = True
+            except Exception as e:
+                errors.append(f"apply failed: {e}")
+                log.error("apply failed: %s", e, exc_info=not isinstance(e, AgentlatdError))
+                ok = False
+            timings.append(StageTiming("apply", self.clock() - ts, ok))
+        ts = self.clock()
+        try:
+            self.chain_scanner.update(self.root, inp.chain_agents, rules=pol.chain)
+            ok = True
+        except Exception as e:  # discovery failing must not stop the tick
+            errors.append(f"chain discovery failed: {e}")
+            log.warning("chain discovery failed: %s", e, exc_info=not isinstance(e, AgentlatdError))
+            ok = False
+        timings.append(StageTiming("chain", self.clock() - ts, ok))
+        rates = snap.rates
+        heat = dict(rates.heat) if rates is not None else {}
+        if rates is not None and plan is not None and plan.agent_links.local:
+            # an agent's own replies processed on its home CPU are not heat to move it for
+            heat = discount_heat(heat, rates.softirq_rate.get("NET_RX", {}),
+                                 own_softirq_rate(plan.agent_links), pol.heat)
+        if self.heat_source is not None:
+            heat.update(self.heat_source())
+        machine = self.sampler.machine
+        if plan is not None and machine is not None:
+            layout = layout_of(machine, plan)
+        else:  # no plan this tick: the roles of the last one stand
+            layout = self.state.layout if self.state is not None else NO_LAYOUT
+        self.seq += 1
+        now = self.clock()
+        st = TunerState(seq=self.seq, t=now, duration_s=now - t0, layout=layout, heat=heat,
+                        rates=rates, plan=plan, report=report, drift=drift, machine=machine,
+                        error="; ".join(errors), timings=tuple(timings), counters=snap.counters,
+                        held=tp.held, policy_error=tp.policy_error)
+        self.state = st
+        self.wake()
+        return st
+
+    def _journaled_ban(self) -> str | None:
+        for e in self.engine.entries():
+            if (e.knob, e.target) == (irqbalance_ban.NAME, irqbalance_ban.TARGET):
+                return e.original
+        return None
+
+    def _drift(self, hotplug: bool, now: float, interval: float,
+               mode: str) -> tuple[Drift, ...]:
+        """Drift, BEFORE this tick's apply: a value another writer set since the
+        last tick is judged against what agentlatd wrote (yield or reassert),
+        not silently overwritten by a plan built on a rescanned Machine.
+
+        CPU hotplug: the kernel migrates IRQs off a CPU going down and drivers
+        re-spread their queues' IRQ affinity and XPS both ways (virtio_net's
+        cpuhp callbacks) -- not another writer. On the tick that sees the
+        hotplug, drift is not checked, and entries yielded in the ticks just
+        before it (the driver's rewrite can come before the CPU masks change)
+        are managed again; the rebuilt plan then re-steers them, and apply
+        adopts those the driver already put where the new plan wants them.
+        Seen in the VM tier (tests/vm/guest/test_agentlatd_6_hotplug_drift.py).
+        Called with the engine lock held.
+        """
+        eng = self.engine
+        grace = max(2.0, 3 * interval)
+        self.yields = [(t, k) for t, k in self.yields if now - t <= grace]
+        if hotplug:
+            n = eng.unyield(k for _, k in self.yields)
+            if n:
+                log.info("CPU hotplug: %d knob(s) yielded just before it are managed again "
+                         "(the kernel's and drivers' own rewrite, not another writer)", n)
+            self.yields = []
+            return ()
+        # drift is about device knobs another writer (irqbalance, an admin)
+        # changes; with only agent entries journaled it would read every agent
+        # thread under the lock for nothing
+        if not any(e.knob not in AGENT_KNOBS for e in eng.entries()):
+            return ()
+        out = tuple(eng.check_drift())
+        for d in out:  # another writer changed a knob: say so, not only in metrics
+            log.warning("drift: %s %s is %s, agentlatd wrote %s: %s (daemon.drift = %s)",
+                        d.knob, d.target, human_value(d.knob, d.actual),
+                        human_value(d.knob, d.expected), d.action, mode)
+        self.yields += [(now, (d.knob, d.target)) for d in out if d.action == "yielded"]
+        return out
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name="agentlatd-tuner", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(max(0.05, self.input.policy.daemon.interval)):
+            try:
+                self.step()
+            except Exception:  # pragma: no cover - step() catches its own
+                log.exception("tuner tick failed")
+
+    def join(self, timeout: float = 10.0) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout)

@@ -1,0 +1,263 @@
+"""The tick in process (agentlatd/tick.py, agentlatd/tuner.py): a copy of a recorded tree,
+an injected clock, no root, no sleeps, no daemon subprocess.
+
+The tuner's writes land in the tree copy (a recorded tree is files: the engine writes
+them as it would the kernel's); a FaultRoot answers chosen writes with the errno a
+kernel gives, as tests/apply/applyhelpers.py does.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import pathlib
+import shutil
+from collections.abc import Callable
+
+from agentlatd import policy as policy_mod
+from agentlatd.apply.engine import MANAGED, UNSUPPORTED, Engine
+from agentlatd.capture import PREVIOUS_SAMPLE, SAMPLE_INTERVAL_KEY, write_capture
+from agentlatd.cpuset import CpuSet
+from agentlatd.daemon import Daemon
+from agentlatd.errors import KernelError
+from agentlatd.policy import Policy
+from agentlatd.sysfs.root import Root
+from agentlatd.tick import (
+    MACHINE_TTL,
+    TickInput,
+    plan_tick,
+    sample_once,
+)
+from agentlatd.tuner import Tuner
+
+FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "machines"
+SMALL = "cloud-vm-small"  # 4 vCPUs (cpu3 offline), virtio-net eth0, NVMe
+
+
+def copy_tree(tmp: pathlib.Path, name: str = SMALL) -> pathlib.Path:
+    out = tmp / name
+    shutil.copytree(FIXTURES / name, out, symlinks=True)
+    return out
+
+
+class Clock:
+    """A monotonic clock that moves only when asked (and 1 ms per reading)."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+        self.on_read: Callable[[int], None] | None = None
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        if self.on_read is not None:
+            self.on_read(self.reads)
+        self.t += 0.001
+        return self.t
+
+    def advance(self, s: float) -> None:
+        self.t += s
+
+
+class FaultRoot(Root):
+    """A Root over a writable tree whose chosen writes fail with an errno."""
+
+    __slots__ = ("attempts", "faults")
+
+    def __init__(self, tree: pathlib.Path, faults: dict[str, int]) -> None:
+        super().__init__(str(tree))
+        self.faults = faults
+        self.attempts: dict[str, int] = {}
+
+    def write_value(self, rel: str, value: str, context: str | None = None) -> None:
+        self.attempts[rel] = self.attempts.get(rel, 0) + 1
+        if rel in self.faults:
+            raise KernelError("write", rel, self.faults[rel], context, value)
+        super().write_value(rel, value, context)
+
+
+def tuner(root: Root, tmp: pathlib.Path, pol: Policy | None = None, *,
+          tune: bool = True) -> tuple[Tuner, Clock]:
+    pol = pol or policy_mod.default()
+    clock = Clock()
+    eng = Engine(root, str(tmp / "state"), policy=pol)
+    return Tuner(root, eng, TickInput(pol, tune_devices=tune), clock=clock), clock
+
+
+def stages(st: object) -> list[str]:
+    return [t.stage for t in getattr(st, "timings", ())]
+
+
+def keys(st: object, status: str | None = None) -> set[tuple[str, str]]:
+    rep = getattr(st, "report", None)
+    assert rep is not None
+    return {(r.knob, r.target) for r in rep.results if status is None or r.status == status}
+
+
+# -- one tick everywhere ----------------------------------------------------------------
+def test_plan_root_is_the_daemons_first_tick(tmp_path: pathlib.Path) -> None:
+    tree = copy_tree(tmp_path)
+    pol = policy_mod.default()
+    cli = plan_tick(sample_once(Root(str(tree)), pol), pol)
+    t, _ = tuner(Root(str(tree)), tmp_path, pol, tune=False)
+    st = t.step()
+    assert cli.plan is not None and st.plan is not None
+    assert st.plan == cli.plan
+    assert st.error == ""
+
+
+def test_stage_table_times_every_stage_and_rescans_only_when_due(tmp_path: pathlib.Path) -> None:
+    t, clock = tuner(Root(str(copy_tree(tmp_path))), tmp_path, tune=False)
+    first = t.step()
+    assert stages(first) == ["counters", "machine", "links", "irqbalance", "plan", "chain"]
+    assert all(x.ok and x.seconds > 0 for x in first.timings)
+    assert first.rates is None  # one counter sample so far
+    second = t.step()
+    assert stages(second) == ["counters", "links", "irqbalance", "plan", "chain"]
+    assert second.rates is not None and second.seq == 2
+    clock.advance(MACHINE_TTL + 1)
+    assert "machine" in stages(t.step())
+
+
+def test_a_failing_sampler_is_a_failed_stage_not_a_stopped_tick(tmp_path: pathlib.Path) -> None:
+    tree = copy_tree(tmp_path)
+    (tree / "proc" / "stat").unlink()
+    t, _ = tuner(Root(str(tree)), tmp_path, tune=False)
+    st = t.step()
+    row = next(x for x in st.timings if x.stage == "counters")
+    assert not row.ok
+    assert "sampling failed" in st.error
+    assert st.plan is not None and st.plan.changes  # the machine still planned
+
+
+# -- apply feedback feeds the next plan -------------------------------------------------
+def test_unsupported_knob_is_not_planned_again_every_tick(tmp_path: pathlib.Path) -> None:
+    """net.coalesce acts on the live kernel only: on a recorded tree the engine answers
+    "unsupported". The next tick held it back instead of planning it again (and
+    reporting the same refusal) every tick until a rescan."""
+    t, clock = tuner(Root(str(copy_tree(tmp_path))), tmp_path)
+    coalesce = ("net.coalesce", "eth0")
+    first = t.step()
+    assert coalesce in keys(first, UNSUPPORTED)
+    second = t.step()
+    assert coalesce not in keys(second)
+    assert [h.key for h in second.held] == [coalesce]
+    assert second.plan is not None and coalesce in {c.key for c in second.plan.changes}
+    clock.advance(MACHINE_TTL + 1)  # a rescan: a driver or the kernel may have changed
+    third = t.step()
+    assert coalesce in keys(third, UNSUPPORTED)
+
+
+def test_managed_irq_is_not_planned_again_every_tick(tmp_path: pathlib.Path) -> None:
+    """EIO on smp_affinity: a kernel-managed IRQ. It is not planned (nor written) again."""
+    path = "proc/irq/26/smp_affinity_list"
+    root = FaultRoot(copy_tree(tmp_path), {path: errno.EIO})
+    t, _ = tuner(root, tmp_path)
+    first = t.step()
+    assert ("irq.affinity", "26") in keys(first, MANAGED)
+    for _ in range(3):
+        st = t.step()
+        assert ("irq.affinity", "26") not in keys(st)
+        assert ("irq.affinity", "26") in {h.key for h in st.held}
+    assert root.attempts[path] == 1
+
+
+def test_transient_errors_are_tried_again_at_the_next_tick(tmp_path: pathlib.Path) -> None:
+    """ENOSPC (no vector left) and EBUSY are not held: irqbalance's activate.c retries them."""
+    path = "proc/irq/26/smp_affinity_list"
+    root = FaultRoot(copy_tree(tmp_path), {path: errno.ENOSPC})
+    t, _ = tuner(root, tmp_path)
+    t.step()
+    st = t.step()
+    assert ("irq.affinity", "26") in keys(st)
+    assert not st.held or ("irq.affinity", "26") not in {h.key for h in st.held}
+    assert root.attempts[path] == 2
+
+
+# -- reload between ticks ---------------------------------------------------------------
+def _completion(cpus: str) -> Policy:
+    return policy_mod.loads(f'[cpus]\ncompletion = "{cpus}"\n')
+
+
+def test_reload_during_a_tick_takes_effect_at_the_next_one(tmp_path: pathlib.Path) -> None:
+    old, new = _completion("0"), _completion("1")
+    t, clock = tuner(Root(str(copy_tree(tmp_path))), tmp_path, old)
+    # the main thread swaps the input while the tick samples (its 3rd clock reading)
+    clock.on_read = lambda n: t.set_input(TickInput(new)) if n == 3 else None
+    during = t.step()
+    clock.on_read = None
+    assert during.plan is not None and during.plan.completion_cpus == CpuSet({0})
+    assert t.engine.policy is old  # the apply of that tick ran under the old policy
+    after = t.step()
+    assert after.plan is not None and after.plan.completion_cpus == CpuSet({1})
+    assert "machine" in stages(after)  # a new policy rescans the machine
+    assert t.engine.policy is new
+
+
+def test_daemon_reload_mid_tick_never_mixes_two_policies(tmp_path: pathlib.Path) -> None:
+    tree = copy_tree(tmp_path)
+    cfg = tmp_path / "agentlatd.toml"
+    cfg.write_text('[cpus]\ncompletion = "0"\n')
+    d = Daemon(policy_mod.load(str(cfg)), config_path=str(cfg), root=str(tree),
+               state_dir=str(tmp_path / "state"), socket_path=str(tmp_path / "sock"),
+               tune_devices=False)
+    clock = Clock()
+    d.tuner.clock = d.tuner.sampler.clock = clock
+
+    def reload_now(n: int) -> None:
+        if n == 3:
+            cfg.write_text('[cpus]\ncompletion = "1"\n')
+            assert d.reload()
+
+    clock.on_read = reload_now
+    during = d.tuner.step()
+    clock.on_read = None
+    assert during.plan is not None and during.plan.completion_cpus == CpuSet({0})
+    assert d.policy.cpus.completion == "1"
+    after = d.tuner.step()
+    assert after.plan is not None and after.plan.completion_cpus == CpuSet({1})
+    d.engine.close()
+
+
+# -- captures: the daemon's tick with rates -----------------------------------------------
+def test_plan_root_has_rates_when_the_capture_holds_two_samples(tmp_path: pathlib.Path) -> None:
+    tree = copy_tree(tmp_path)
+    pol = policy_mod.default()
+    assert sample_once(Root(str(tree)), pol).rates is None  # an old one-sample capture
+    prev = tree / PREVIOUS_SAMPLE / "proc"
+    prev.mkdir(parents=True)
+    for name in ("stat", "softirqs", "interrupts"):
+        shutil.copy(tree / "proc" / name, prev / name)
+    # one second later CPU 0 ran 1000 more NET_RX softirqs
+    lines = (tree / "proc" / "softirqs").read_text().splitlines(keepends=True)
+    for i, ln in enumerate(lines):
+        if ln.split() and ln.split()[0] == "NET_RX:":
+            parts = ln.split()
+            parts[1] = str(int(parts[1]) + 1000)
+            lines[i] = "    " + " ".join(parts) + "\n"
+    (tree / "proc" / "softirqs").write_text("".join(lines))
+    man = json.loads((tree / "capture.json").read_text())
+    man[SAMPLE_INTERVAL_KEY] = 1.0
+    (tree / "capture.json").write_text(json.dumps(man))
+    snap = sample_once(Root(str(tree)), pol)
+    assert snap.rates is not None
+    assert snap.rates.softirq_rate["NET_RX"][0] == 1000.0
+
+
+def test_capture_of_this_host_replays_the_daemons_tick_with_rates(
+        tmp_path: pathlib.Path) -> None:
+    """capture reads the counter files twice (an injected clock and sleep: no wait);
+    plan --root on it then has rates, and a recapture keeps both samples."""
+    readings = iter([100.0, 101.0])
+    out = tmp_path / "host"
+    man = write_capture(Root("/"), str(out), sleep=lambda _s: None,
+                        clock=lambda: next(readings))
+    assert man[SAMPLE_INTERVAL_KEY] == 1.0
+    assert (out / PREVIOUS_SAMPLE / "proc" / "softirqs").is_file()
+    pol = policy_mod.default()
+    snap = sample_once(Root(str(out)), pol)
+    assert snap.rates is not None and snap.rates.interval_s == 1.0
+    copy = tmp_path / "copy"
+    man2 = write_capture(Root(str(out)), str(copy))
+    assert man2[SAMPLE_INTERVAL_KEY] == 1.0
+    assert sample_once(Root(str(copy)), pol).rates == snap.rates
