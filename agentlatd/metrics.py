@@ -62,6 +62,7 @@ from agentlatd.apply.engine import (
     UNSUPPORTED,
     ApplyReport,
     Drift,
+    DriftAction,
     RollbackReport,
 )
 from agentlatd.cpuset import CpuSet
@@ -349,7 +350,7 @@ class Metrics:
             elif r.status == CLAMPED:
                 _inc(self.clamped, r.knob)
             elif r.status == FAILED:
-                _inc(self.failed, (r.knob, r.errclass or "unknown"))
+                _inc(self.failed, (r.knob, "unknown" if r.errclass is None else str(r.errclass)))
             elif r.status == UNSUPPORTED:
                 _inc(self.unsupported, r.knob)
             elif r.status == MANAGED:
@@ -366,7 +367,7 @@ class Metrics:
 
     def observe_drift(self, drifts: Iterable[Drift]) -> None:
         for d in drifts:
-            _inc(self.drifted, (d.knob, d.action))
+            _inc(self.drifted, (d.knob, str(d.action)))
 
     def observe_reload(self, ok: bool) -> None:
         self.reloads["ok" if ok else "error"] += 1
@@ -511,7 +512,8 @@ class Metrics:
                               for (k, e), n in sorted(self.failed.items()))))
         # every device knob x the two usual actions from 0, so that increase()
         # and the drift panel have a series before the first drift
-        drifted = {(k, a): 0 for k in _device_knobs() for a in ("reasserted", "yielded")}
+        drifted = {(k, str(a)): 0 for k in _device_knobs()
+                   for a in (DriftAction.REASSERTED, DriftAction.YIELDED)}
         drifted.update(self.drifted)
         changes.append(("changes_drifted", "Knobs another writer changed after agentlatd set "
                         "them, by action taken",

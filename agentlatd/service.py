@@ -37,6 +37,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
+from agentlatd.apply.engine import FAILED
 from agentlatd.errors import PolicyError
 from agentlatd.metrics import Exporter, Metrics, View, parse_listen
 from agentlatd.sdnotify import Notifier
@@ -258,7 +259,7 @@ class Service:
             held = len(d.engine.entries())
         failed = 0
         if st.report is not None:
-            failed = sum(1 for r in st.report.results if r.status == "failed")
+            failed = sum(1 for r in st.report.results if r.status is FAILED)
         parts = [f"{n_agents} agent{'s' if n_agents != 1 else ''}",
                  f"hot CPUs: {hot or 'none'}",
                  f"{held} change{'s' if held != 1 else ''} held"
