@@ -68,6 +68,7 @@ from agentlatd.apply.engine import (
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError, PolicyError
 from agentlatd.model.machine import Rates
+from agentlatd.model.roles import Role
 from agentlatd.policy import LATENCY_CLASSES, MetricsPolicy, Policy
 from agentlatd.sample.process import read_process
 from agentlatd.sample.softirqs import Softirqs
@@ -80,7 +81,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 PREFIX = "agentlatd_"
 OTHER = "other"  # the agent label of the agents beyond [metrics] max_agents
-ROLES = ("home", "completion", "other")
+ROLES = (Role.HOME, Role.COMPLETION, Role.OTHER)
 USER_HZ = os.sysconf("SC_CLK_TCK")  # /proc/stat times are in these ticks
 
 Labels = tuple[tuple[str, str], ...]
@@ -600,9 +601,9 @@ def families(v: View) -> list[Family]:
                "completion (IRQs and softirqs), other")
     rname = PREFIX + "cpu_role"
     for c in sorted(v.online | v.home | v.completion):
-        cur = "home" if c in v.home else "completion" if c in v.completion else "other"
+        cur = Role.HOME if c in v.home else Role.COMPLETION if c in v.completion else Role.OTHER
         for r in ROLES:
-            role.add(1 if r == cur else 0, cpu=c, **{rname: r})
+            role.add(1 if r is cur else 0, cpu=c, **{rname: r})
     rates = v.rates
     if rates is not None:
         heat = fam("cpu_heat", "gauge", "Per-CPU heat score of the last tick (policy [heat])")

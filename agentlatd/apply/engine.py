@@ -79,7 +79,7 @@ from agentlatd.apply.journal import (
 from agentlatd.apply.knobs import REGISTRY, Knob, load_plugins, netns_scoped
 from agentlatd.errors import AgentlatdError, JournalError, KernelError
 from agentlatd.kernel.errnos import ErrClass
-from agentlatd.plan.changes import CPUMASK_KNOBS, Change, human_value
+from agentlatd.plan.changes import CPUMASK_KNOBS, Change, KnobName, human_value
 from agentlatd.policy import Policy
 from agentlatd.sample import namespaces
 from agentlatd.sysfs.root import HOST, Root
@@ -140,6 +140,8 @@ class DriftAction(enum.StrEnum):
 
 # an apply result after which the knob holds the value asked for (or what the kernel made of it)
 WRITTEN = frozenset({CHANGED, CLAMPED})
+# knobs whose restore spreads to threads and processes that inherited the value
+_TASK_KNOBS = frozenset({KnobName.TASK_AFFINITY, KnobName.TASK_NICE, KnobName.TASK_IOPRIO})
 # rollback statuses after which an entry leaves the journal
 DONE = frozenset({RESTORED, UNCHANGED, GONE, MANAGED, REPLACED})
 
@@ -561,7 +563,7 @@ class Engine:
 
         notes: list[str] = []
         pids: tuple[int, ...] = ()
-        if any(c.knob == "irq.affinity" for c in changes):
+        if any(c.knob == KnobName.IRQ_AFFINITY for c in changes):
             pids = irqbalance.running(self.root)
             msg = irqbalance.note(self.policy.daemon.irqbalance, pids)
             if msg:
@@ -585,7 +587,7 @@ class Engine:
                 continue
             knob = self._knob(c.knob)
             if knob is None:
-                results[i] = res(FAILED, f"no knob named {c.knob!r} in this build",
+                results[i] = res(FAILED, f"no knob named {str(c.knob)!r} in this build",
                                  errclass=ErrClass.INVALID)
                 continue
             try:
@@ -626,7 +628,7 @@ class Engine:
                 results[i] = dataclasses.replace(
                     r, reason=c.reason, message=r.message.removesuffix(_HELD) + _HELD)
                 continue
-            if c.knob == "irq.affinity" and not steer:
+            if c.knob == KnobName.IRQ_AFFINITY and not steer:
                 results[i] = res(SKIPPED, irqbalance.skip_reason(self.policy.daemon.irqbalance))
                 continue
             try:
@@ -1139,8 +1141,7 @@ def rollback_commands(root: Root, state_dir: str) -> list[str]:
             out.append(f"# {e.knob} {e.target}: {err}")
             continue
         out += [ln if ln.startswith("#") else wrap(ln) for ln in _guarded(cmd, e.device)]
-    if any(e.knob in ("task.affinity", "task.nice", "task.ioprio") and e.written is not None
-           for e in j.entries):
+    if any(e.knob in _TASK_KNOBS and e.written is not None for e in j.entries):
         # restore() also puts back threads and forked processes that inherited a
         # pin, nice or ioprio (agents/knobs.py); which ones is only known when it runs
         out.append("# NOTE: `agentlatd rollback` also restores the threads and forked child "

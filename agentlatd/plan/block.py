@@ -21,10 +21,10 @@ head) is not planned.
 from __future__ import annotations
 
 from agentlatd.model.machine import Device, Machine
-from agentlatd.plan.changes import Change
+from agentlatd.plan.changes import Change, KnobName
 from agentlatd.policy import TuningPolicy
 
-KNOB = "block.rq_affinity"
+KNOB = KnobName.BLOCK_RQ_AFFINITY
 
 _MEANING = {0: "the completing CPU is not steered", 1: "completions go to the submitter's "
             "CPU group", 2: "each request completes on the CPU that submitted it"}

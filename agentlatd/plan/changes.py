@@ -3,20 +3,52 @@ knob registry (agentlatd.apply.knobs), its target, and why."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.model.agent_links import NONE, AgentLinks
+from agentlatd.model.roles import Role
 
 # The start of the plan note for a devices.include glob that names no device (the daemon
 # logs it as a warning: a typo there silently leaves a NIC untuned).
 INCLUDE_MATCHES_NOTHING = "WARNING: devices.include pattern"
 
+
+class KnobName(enum.StrEnum):
+    """The registry name of every knob agentlatd ships (agentlatd.apply.knobs
+    registers each under this name; its docstring names the kernel file).
+
+    Here, with Change, rather than beside the registry in apply/: the plan
+    stage names knobs and must not import the apply stage. Change.knob and
+    the journal keep a plain str (a member compares and hashes as its value,
+    and the journal's JSON is unchanged): a knob registered by another module
+    has a name outside this enum.
+    """
+
+    IRQ_AFFINITY = "irq.affinity"
+    NET_RPS_CPUS = "net.rps_cpus"
+    NET_RPS_FLOW_CNT = "net.rps_flow_cnt"
+    NET_XPS_CPUS = "net.xps_cpus"
+    NET_THREADED = "net.threaded"
+    NET_NAPI_DEFER_HARD_IRQS = "net.napi_defer_hard_irqs"
+    NET_GRO_FLUSH_TIMEOUT = "net.gro_flush_timeout"
+    NET_COALESCE = "net.coalesce"
+    NAPI_CONFIG = "napi.config"
+    BLOCK_RQ_AFFINITY = "block.rq_affinity"
+    SYSCTL = "sysctl"
+    TASK_AFFINITY = "task.affinity"
+    TASK_NICE = "task.nice"
+    TASK_IOPRIO = "task.ioprio"
+    CPU_PM_QOS_RESUME_LATENCY_US = "cpu.pm_qos_resume_latency_us"
+    IRQBALANCE_BANNED_CPUS = "irqbalance.banned_cpus"
+
+
 # Knobs whose kernel syntax is a hex CPU mask (rps_cpus, xps_cpus: bitmap_parse()).
 # People and JSON readers get the CPU list, as `status` prints it; the mask stays only
 # where it is the literal value written (the journal, `rollback --print` commands,
 # a plan's "desired", which `apply --plan` writes).
-CPUMASK_KNOBS = frozenset({"net.rps_cpus", "net.xps_cpus"})
+CPUMASK_KNOBS = frozenset({KnobName.NET_RPS_CPUS, KnobName.NET_XPS_CPUS})
 
 
 def human_value(knob: str, value: str) -> str:
@@ -36,10 +68,9 @@ def human_value(knob: str, value: str) -> str:
 class Change:
     """One write the engine would make.
 
-    knob:    registry name, e.g. "irq.affinity", "net.rps_cpus", "net.xps_cpus",
-             "net.rps_flow_cnt", "net.threaded", "net.napi_defer_hard_irqs",
-             "net.gro_flush_timeout", "net.coalesce", "napi.config", "block.rq_affinity",
-             "sysctl", "task.affinity", "cpu.pm_qos_resume_latency_us"
+    knob:    registry name: a KnobName for every knob agentlatd ships
+             (KnobName.NET_RPS_CPUS == "net.rps_cpus"), a plain str for a knob
+             another module registers
     target:  what the knob is applied to, in the knob's own syntax
              ("45" for an IRQ, "eth0/rx-3" for a queue, "eth0" for a device,
              "nvme0n1" for a block device, "net.core.rps_sock_flow_entries")
@@ -68,7 +99,7 @@ class Change:
 @dataclass(frozen=True, slots=True)
 class CpuRole:
     cpu: int
-    role: str  # "completion" | "home" | "other" | "offline"
+    role: Role
     reason: str
 
 

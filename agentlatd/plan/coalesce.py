@@ -17,10 +17,10 @@ or bridge has no interrupt to coalesce.
 from __future__ import annotations
 
 from agentlatd.model.machine import Device
-from agentlatd.plan.changes import Change
+from agentlatd.plan.changes import Change, KnobName
 from agentlatd.policy import Policy
 
-KNOB = "net.coalesce"
+KNOB = KnobName.NET_COALESCE
 
 
 def rx_usecs(pol: Policy) -> tuple[int, int] | None:

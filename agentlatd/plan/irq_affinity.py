@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 from agentlatd.cpuset import CpuSet
 from agentlatd.model.machine import Device, Irq, Machine, Rates
-from agentlatd.plan.changes import Change
+from agentlatd.plan.changes import Change, KnobName
 from agentlatd.plan.common import node_phrase, ordinals, queue_number
 from agentlatd.plan.partition import Partition
 
-KNOB = "irq.affinity"
+KNOB = KnobName.IRQ_AFFINITY
 
 
 @dataclass(frozen=True, slots=True)

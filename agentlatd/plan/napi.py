@@ -37,12 +37,12 @@ second pass (plan.build.followup).
 from __future__ import annotations
 
 from agentlatd.model.machine import Device
-from agentlatd.plan.changes import Change
+from agentlatd.plan.changes import Change, KnobName
 from agentlatd.plan.common import node_phrase
 from agentlatd.plan.partition import Partition
 from agentlatd.policy import TuningPolicy
 
-TASK_AFFINITY = "task.affinity"
+TASK_AFFINITY = KnobName.TASK_AFFINITY
 
 
 def plan_napi(devices: tuple[Device, ...], tuning: TuningPolicy, *,
@@ -54,20 +54,20 @@ def plan_napi(devices: tuple[Device, ...], tuning: TuningPolicy, *,
             continue
         if tuning.threaded_napi and d.threaded is not None and d.threaded != 1:
             out.append(Change(
-                "net.threaded", d.name, str(d.threaded), "1",
+                KnobName.NET_THREADED, d.name, str(d.threaded), "1",
                 f"threaded NAPI for {d.name} (tuning.threaded_napi): its NET_RX work "
                 "runs in kthreads pinned to completion CPUs"))
         want = tuning.napi_defer_hard_irqs
         if want is not None and d.napi_defer_hard_irqs is not None \
                 and d.napi_defer_hard_irqs != want:
             out.append(Change(
-                "net.napi_defer_hard_irqs", d.name, str(d.napi_defer_hard_irqs), str(want),
+                KnobName.NET_NAPI_DEFER_HARD_IRQS, d.name, str(d.napi_defer_hard_irqs), str(want),
                 f"{d.name} defers IRQ re-arming for {want} empty polls "
                 "(tuning.napi_defer_hard_irqs)"))
         gro = tuning.gro_flush_timeout
         if gro is not None and d.gro_flush_timeout is not None and d.gro_flush_timeout != gro:
             out.append(Change(
-                "net.gro_flush_timeout", d.name, str(d.gro_flush_timeout), str(gro),
+                KnobName.NET_GRO_FLUSH_TIMEOUT, d.name, str(d.gro_flush_timeout), str(gro),
                 f"{d.name} flushes GRO after {gro} ns (tuning.gro_flush_timeout)"))
     return out
 

@@ -28,7 +28,7 @@ import dataclasses
 from agentlatd.cpuset import CpuSet
 from agentlatd.model.agent_links import NONE, AgentLinks
 from agentlatd.model.machine import Device, NetQueue
-from agentlatd.plan.changes import Change
+from agentlatd.plan.changes import Change, KnobName
 from agentlatd.plan.common import node_phrase, ordinals, queue_number
 from agentlatd.plan.partition import Partition
 from agentlatd.policy import TuningPolicy
@@ -78,11 +78,11 @@ def plan_rps(devices: tuple[Device, ...], part: Partition, tuning: TuningPolicy,
             target = f"{d.name}/{q.name}"
             if tuning.rps and q.rps_cpus is not None and q.rps_cpus != cpus:
                 out.append(Change(
-                    "net.rps_cpus", target, q.rps_cpus.to_mask(nr_cpus), cpus.to_mask(nr_cpus), why))
+                    KnobName.NET_RPS_CPUS, target, q.rps_cpus.to_mask(nr_cpus), cpus.to_mask(nr_cpus), why))
             if (tuning.rps and tuning.rps_flow_cnt > 0 and q.rps_flow_cnt is not None
                     and q.rps_flow_cnt != tuning.rps_flow_cnt):
                 out.append(Change(
-                    "net.rps_flow_cnt", target, str(q.rps_flow_cnt), str(tuning.rps_flow_cnt),
+                    KnobName.NET_RPS_FLOW_CNT, target, str(q.rps_flow_cnt), str(tuning.rps_flow_cnt),
                     f"{d.name} RFS flow table of {tuning.rps_flow_cnt} entries per rx queue "
                     "(tuning.rps_flow_cnt): a flow's packets are processed on one CPU"))
     return out
@@ -109,7 +109,7 @@ def plan_xps(devices: tuple[Device, ...], part: Partition, tuning: TuningPolicy,
                 continue
             target = f"{d.name}/{q.name}"
             out.append(Change(
-                "net.xps_cpus", target, q.xps_cpus.to_mask(nr_cpus), want.to_mask(nr_cpus),
+                KnobName.NET_XPS_CPUS, target, q.xps_cpus.to_mask(nr_cpus), want.to_mask(nr_cpus),
                 f"{d.name} transmit queue of completion CPU {want} (XPS; {where}, "
                 "one queue per CPU)"))
     return out

@@ -17,10 +17,10 @@ latency-bounded batching, never batching off (design note section 7).
 
 from __future__ import annotations
 
-from agentlatd.plan.changes import Change
+from agentlatd.plan.changes import Change, KnobName
 from agentlatd.policy import TuningPolicy
 
-KNOB = "sysctl"
+KNOB = KnobName.SYSCTL
 
 
 def plan_sysctl(tuning: TuningPolicy, *, rfs: bool, steering: bool) -> list[Change]:
