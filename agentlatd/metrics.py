@@ -53,6 +53,7 @@ from typing import Any, Protocol
 
 from agentlatd import __version__
 from agentlatd.agents import stats
+from agentlatd.agents.chainrow import NO_CHAIN, ChainRow
 from agentlatd.apply.engine import (
     CHANGED,
     CLAMPED,
@@ -432,7 +433,7 @@ class Metrics:
 
     # -- the view --------------------------------------------------------
     def view(self, agents: Iterable[AgentLike] = (), policy: Policy | None = None,
-             extras: Callable[[Any], Mapping[str, Any]] | None = None) -> View:
+             chain: Callable[[Any], ChainRow] | None = None) -> View:
         """A frozen copy of what a render needs (main thread; O(agents + families))."""
         pol = policy
         cap = pol.metrics.max_agents if pol is not None else 32
@@ -473,11 +474,11 @@ class Metrics:
                 info.append(AgentInfo(a.agent_id, cls, int(getattr(key, "pid", 0)), a.home_cpu,
                                       a.state, getattr(ct, "pod_uid", "") or "",
                                       getattr(ct, "short_id", "") or ""))
-                row = extras(a) if extras is not None else {}
-                for m in row.get("chain") or ():
-                    k = (a.agent_id, str(m.get("state", "")))
+                row = chain(a) if chain is not None else NO_CHAIN
+                for state in row.member_states:
+                    k = (a.agent_id, state)
                     members[k] = members.get(k, 0) + 1
-                undone.update((a.agent_id, str(d)) for d in row.get("refused") or ())
+                undone.update((a.agent_id, d) for d in row.refused)
             else:
                 acc = other.setdefault(cls, [[0] * stats.EXPORT_N, 0, 0])
                 self._other_last[key] = (cls, tuple(h.export), h.sum_ns, h.count)

@@ -32,7 +32,8 @@ from agentlatd.apply import engine as engine_mod
 from agentlatd.apply.engine import Engine, KnobResult
 from agentlatd.apply.knobs import get as get_knob
 from agentlatd.errors import AgentlatdError, KernelError
-from agentlatd.plan.changes import Change, KnobName
+from agentlatd.kernel.knobnames import KnobName
+from agentlatd.plan.changes import Change
 from agentlatd.sysfs.root import Root
 
 log = logging.getLogger("agentlatd.agents")

@@ -37,7 +37,7 @@ from agentlatd.agents import tasks
 from agentlatd.apply.knobs import FileKnob, Knob, cpulist_equal, int_equal, register
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import KernelError
-from agentlatd.plan.changes import KnobName
+from agentlatd.kernel.knobnames import KnobName
 from agentlatd.sysfs.root import Root
 
 

@@ -79,7 +79,8 @@ from agentlatd.apply.journal import (
 from agentlatd.apply.knobs import REGISTRY, Knob, load_plugins, netns_scoped
 from agentlatd.errors import AgentlatdError, JournalError, KernelError
 from agentlatd.kernel.errnos import ErrClass
-from agentlatd.plan.changes import CPUMASK_KNOBS, Change, KnobName, human_value
+from agentlatd.kernel.knobnames import KnobName
+from agentlatd.plan.changes import CPUMASK_KNOBS, Change, human_value
 from agentlatd.policy import Policy
 from agentlatd.sample import namespaces
 from agentlatd.sysfs.root import HOST, Root

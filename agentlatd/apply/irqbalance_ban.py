@@ -58,7 +58,7 @@ from agentlatd.apply import irqbalance
 from agentlatd.apply.knobs import Knob, cpulist_equal, register
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import KernelError
-from agentlatd.plan.changes import KnobName
+from agentlatd.kernel.knobnames import KnobName
 from agentlatd.sysfs.root import Root
 
 NAME = KnobName.IRQBALANCE_BANNED_CPUS

@@ -37,7 +37,7 @@ from typing import Any
 
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import KernelError
-from agentlatd.plan.changes import KnobName
+from agentlatd.kernel.knobnames import KnobName
 from agentlatd.sysfs.root import HOST, Root
 
 # A network device name as the kernel allows it (dev_valid_name(): at most

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from agentlatd.cpuset import CpuSet
+from agentlatd.kernel.knobnames import KnobName
+from agentlatd.kernel.targets import DaemonTarget, format_target
 from agentlatd.model.agent_links import NONE, AgentLinks
 from agentlatd.model.machine import Device, Machine, Rates
 from agentlatd.plan.block import plan_block
-from agentlatd.plan.changes import INCLUDE_MATCHES_NOTHING, Change, KnobName, Plan
+from agentlatd.plan.changes import INCLUDE_MATCHES_NOTHING, Change, Plan
 from agentlatd.plan.coalesce import plan_coalesce
 from agentlatd.plan.common import natural_key, nr_cpu_ids
 from agentlatd.plan.irq_affinity import (
@@ -122,7 +124,7 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
         ban = part.home | (irqbalance_banned or CpuSet())
         if part.home:
             changes.append(Change(
-                KnobName.IRQBALANCE_BANNED_CPUS, "irqbalance", "", ban.to_list(),
+                KnobName.IRQBALANCE_BANNED_CPUS, format_target(DaemonTarget("irqbalance")), "", ban.to_list(),
                 f"irqbalance places IRQs (NIC queues included) on the CPUs it does not ban: "
                 f"ban the home CPUs {part.home}"
                 + (f" beside its own ban {irqbalance_banned}" if irqbalance_banned else "")
