@@ -60,6 +60,7 @@ from agentlatd import policy as policy_mod
 from agentlatd.agents import pidns, tasks
 from agentlatd.agents.applier import Applier
 from agentlatd.agents.chain import ChainKeeper, ChainScanner, Declared
+from agentlatd.agents.chainrow import ChainRow
 from agentlatd.agents.placement import NO_HOME_CPU
 from agentlatd.agents.registry import AgentManager
 from agentlatd.agents.tasks import ProcId
@@ -565,8 +566,8 @@ class _View:
     def agents(self) -> Collection[Any]:
         return self._d.manager.agents.values()
 
-    def row_extras(self) -> Callable[[Any], Mapping[str, Any]] | None:
-        return self._d.manager.row_extras
+    def chain_row(self) -> Callable[[Any], ChainRow] | None:
+        return self._d.chain.view
 
     def hot_cpus(self) -> list[int]:
         return list(self._d.manager.status().get("hot_cpus", []))

@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from agentlatd.agents.chainrow import ChainRow
 from agentlatd.policy import Policy
 from agentlatd.tuner import TunerState
 
@@ -39,8 +40,8 @@ class DaemonView(Protocol):
     def agents(self) -> Collection[Any]:
         """The registered agents (metrics.AgentLike)."""
 
-    def row_extras(self) -> Callable[[Any], Mapping[str, Any]] | None:
-        """Extra per-agent fields of the agents' rows, if any."""
+    def chain_row(self) -> Callable[[Any], ChainRow] | None:
+        """The completion-chain columns of an agent's metrics row."""
 
     def hot_cpus(self) -> list[int]: ...
 

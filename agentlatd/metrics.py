@@ -54,6 +54,7 @@ from typing import Any, Protocol
 from agentlatd import __version__
 from agentlatd.agents import stats
 from agentlatd.agents.applier import AGENT_KNOBS
+from agentlatd.agents.chainrow import NO_CHAIN, ChainRow
 from agentlatd.apply.engine import (
     CHANGED,
     CLAMPED,
@@ -63,12 +64,14 @@ from agentlatd.apply.engine import (
     UNSUPPORTED,
     ApplyReport,
     Drift,
+    DriftAction,
     RollbackReport,
 )
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError, PolicyError
 from agentlatd.knobset import REGISTRY
 from agentlatd.model.machine import Rates
+from agentlatd.model.roles import Role
 from agentlatd.policy import LATENCY_CLASSES, MetricsPolicy, Policy
 from agentlatd.sample.process import read_process
 from agentlatd.sample.softirqs import Softirqs
@@ -81,7 +84,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 PREFIX = "agentlatd_"
 OTHER = "other"  # the agent label of the agents beyond [metrics] max_agents
-ROLES = ("home", "completion", "other")
+ROLES = (Role.HOME, Role.COMPLETION, Role.OTHER)
 USER_HZ = os.sysconf("SC_CLK_TCK")  # /proc/stat times are in these ticks
 
 Labels = tuple[tuple[str, str], ...]
@@ -351,7 +354,7 @@ class Metrics:
             elif r.status == CLAMPED:
                 _inc(self.clamped, r.knob)
             elif r.status == FAILED:
-                _inc(self.failed, (r.knob, r.errclass or "unknown"))
+                _inc(self.failed, (r.knob, "unknown" if r.errclass is None else str(r.errclass)))
             elif r.status == UNSUPPORTED:
                 _inc(self.unsupported, r.knob)
             elif r.status == MANAGED:
@@ -368,7 +371,7 @@ class Metrics:
 
     def observe_drift(self, drifts: Iterable[Drift]) -> None:
         for d in drifts:
-            _inc(self.drifted, (d.knob, d.action))
+            _inc(self.drifted, (d.knob, str(d.action)))
 
     def observe_reload(self, ok: bool) -> None:
         self.reloads["ok" if ok else "error"] += 1
@@ -432,7 +435,7 @@ class Metrics:
 
     # -- the view --------------------------------------------------------
     def view(self, agents: Iterable[AgentLike] = (), policy: Policy | None = None,
-             extras: Callable[[Any], Mapping[str, Any]] | None = None) -> View:
+             chain: Callable[[Any], ChainRow] | None = None) -> View:
         """A frozen copy of what a render needs (main thread; O(agents + families))."""
         pol = policy
         cap = pol.metrics.max_agents if pol is not None else 32
@@ -473,11 +476,11 @@ class Metrics:
                 info.append(AgentInfo(a.agent_id, cls, int(getattr(key, "pid", 0)), a.home_cpu,
                                       a.state, getattr(ct, "pod_uid", "") or "",
                                       getattr(ct, "short_id", "") or ""))
-                row = extras(a) if extras is not None else {}
-                for m in row.get("chain") or ():
-                    k = (a.agent_id, str(m.get("state", "")))
+                row = chain(a) if chain is not None else NO_CHAIN
+                for state in row.member_states:
+                    k = (a.agent_id, state)
                     members[k] = members.get(k, 0) + 1
-                undone.update((a.agent_id, str(d)) for d in row.get("refused") or ())
+                undone.update((a.agent_id, d) for d in row.refused)
             else:
                 acc = other.setdefault(cls, [[0] * stats.EXPORT_N, 0, 0])
                 self._other_last[key] = (cls, tuple(h.export), h.sum_ns, h.count)
@@ -513,7 +516,8 @@ class Metrics:
                               for (k, e), n in sorted(self.failed.items()))))
         # every device knob x the two usual actions from 0, so that increase()
         # and the drift panel have a series before the first drift
-        drifted = {(k, a): 0 for k in _device_knobs() for a in ("reasserted", "yielded")}
+        drifted = {(k, str(a)): 0 for k in _device_knobs()
+                   for a in (DriftAction.REASSERTED, DriftAction.YIELDED)}
         drifted.update(self.drifted)
         changes.append(("changes_drifted", "Knobs another writer changed after agentlatd set "
                         "them, by action taken",
@@ -598,9 +602,9 @@ def families(v: View) -> list[Family]:
                "completion (IRQs and softirqs), other")
     rname = PREFIX + "cpu_role"
     for c in sorted(v.online | v.home | v.completion):
-        cur = "home" if c in v.home else "completion" if c in v.completion else "other"
+        cur = Role.HOME if c in v.home else Role.COMPLETION if c in v.completion else Role.OTHER
         for r in ROLES:
-            role.add(1 if r == cur else 0, cpu=c, **{rname: r})
+            role.add(1 if r is cur else 0, cpu=c, **{rname: r})
     rates = v.rates
     if rates is not None:
         heat = fam("cpu_heat", "gauge", "Per-CPU heat score of the last tick (policy [heat])")

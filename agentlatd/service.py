@@ -37,6 +37,7 @@ from collections.abc import Callable, MutableMapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
+from agentlatd.apply.engine import FAILED
 from agentlatd.errors import PolicyError
 from agentlatd.hooks import DaemonView, Hooks
 from agentlatd.metrics import Exporter, Metrics, View, parse_listen
@@ -164,7 +165,7 @@ class Service:
 
     def on_loop(self, d: DaemonView) -> None:
         if self.metrics.ticks:
-            self.broker.serve(lambda: self.metrics.view(d.agents(), d.policy, d.row_extras()))
+            self.broker.serve(lambda: self.metrics.view(d.agents(), d.policy, d.chain_row()))
         due = self.notifier.watchdog_due()
         if due is not None and due <= PING_SLACK:
             self.notifier.watchdog()
@@ -245,7 +246,7 @@ class Service:
         held = d.journal_entries()
         failed = 0
         if st.report is not None:
-            failed = sum(1 for r in st.report.results if r.status == "failed")
+            failed = sum(1 for r in st.report.results if r.status is FAILED)
         parts = [f"{n_agents} agent{'s' if n_agents != 1 else ''}",
                  f"hot CPUs: {hot or 'none'}",
                  f"{held} change{'s' if held != 1 else ''} held"

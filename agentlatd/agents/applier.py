@@ -32,13 +32,14 @@ from agentlatd.apply import engine as engine_mod
 from agentlatd.apply.engine import Engine, KnobResult
 from agentlatd.apply.knobs import get as get_knob
 from agentlatd.errors import AgentlatdError, KernelError
+from agentlatd.kernel.knobnames import KnobName
 from agentlatd.plan.changes import Change
 from agentlatd.sysfs.root import Root
 
 log = logging.getLogger("agentlatd.agents")
 
-TASK_KNOBS = ("task.affinity", "task.nice", "task.ioprio")
-CPU_KNOBS = ("cpu.pm_qos_resume_latency_us",)
+TASK_KNOBS = (KnobName.TASK_AFFINITY, KnobName.TASK_NICE, KnobName.TASK_IOPRIO)
+CPU_KNOBS = (KnobName.CPU_PM_QOS_RESUME_LATENCY_US,)
 AGENT_KNOBS = TASK_KNOBS + CPU_KNOBS
 
 _DONE = ("restored", "unchanged", "gone", "managed")

@@ -51,9 +51,13 @@ from typing import TYPE_CHECKING, Any
 
 from agentlatd.agents import tasks
 from agentlatd.agents.autoreg import matches, rule_usable
+from agentlatd.agents.chainrow import ChainRow
 from agentlatd.agents.tasks import ProcId, ThreadId
+from agentlatd.apply.engine import CHANGED, CLAMPED, UNCHANGED
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError, KernelError
+from agentlatd.kernel.errnos import ErrClass
+from agentlatd.kernel.knobnames import KnobName
 from agentlatd.model import harm
 from agentlatd.model.chain import (
     PeerSocket,
@@ -381,6 +385,14 @@ def _member_key(p: ProcId) -> str:
     return f"member:{p}"
 
 
+def _proc_of(target: str) -> ProcId | None:
+    """The process of a task target; None for a journal line that names none."""
+    try:
+        return ThreadId.parse(target).proc
+    except ValueError:
+        return None
+
+
 class ChainKeeper:
     def __init__(self, manager: AgentManager, scanner: ChainScanner,
                  clock: Any = time.monotonic) -> None:
@@ -461,6 +473,12 @@ class ChainKeeper:
                           if a.proc in m.agents],
                 "guard": g.to_json() if g is not None else None,
                 "refused": sorted(self.refused.get(a.proc, ()))}
+
+    def view(self, a: Agent) -> ChainRow:
+        """row() as metrics read it: typed, without the details for people."""
+        return ChainRow(tuple(m.state for m in sorted(self.members.values(), key=lambda m: m.proc.pid)
+                              if a.proc in m.agents),
+                        tuple(sorted(self.refused.get(a.proc, ()))))
 
     def status(self) -> dict[str, Any]:
         c = self.scanner.cost
@@ -572,7 +590,7 @@ class ChainKeeper:
             # the write point checks each thread again against one registrar's uid
             # (tasks.check_thread); several non-admin registrars: the check above
             owner = next(iter(uids))[0] if uids is not None and len(uids) == 1 else None
-            changes += [Change("task.affinity", ThreadId(p.pid, p.starttime, t).target, "",
+            changes += [Change(KnobName.TASK_AFFINITY, ThreadId(p.pid, p.starttime, t).target, "",
                                cpus.to_list(), why, owner=owner) for t in todo]
             first = m.cpus is None
             m.cpus = cpus
@@ -595,7 +613,7 @@ class ChainKeeper:
             return
         bad: dict[int, str] = {}
         for r in results:
-            if r.status in ("changed", "unchanged", "clamped") or r.errclass == "gone":
+            if r.status in (CHANGED, UNCHANGED, CLAMPED) or r.errclass is ErrClass.GONE:
                 continue
             with contextlib.suppress(ValueError):
                 bad.setdefault(ThreadId.parse(r.target).pid, f"{r.target}: {r.message}")
@@ -637,16 +655,16 @@ class ChainKeeper:
         first write); inherited ones get their original back before pinning;
         and a thread born with our cpus (cloned from a pinned thread) gets the
         process's original first, so the journal holds that, not ours."""
-        journaled = {t for _, t, _ in self.applier.entries(("task.affinity",))}
+        journaled = {t for _, t, _ in self.applier.entries((KnobName.TASK_AFFINITY,))}
         for tid in tids:
             v = self.m.victims.pop((m.proc.pid, tid), None)
             t = ThreadId(m.proc.pid, m.proc.starttime, tid).target
             if v is not None and not v.journaled:
-                self.applier.write_direct("task.affinity", t, v.original.to_list())
+                self.applier.write_direct(KnobName.TASK_AFFINITY, t, v.original.to_list())
             elif (v is None and m.orig is not None and m.orig != cpus.to_list()
                   and t not in journaled
-                  and self.applier.read("task.affinity", t) == cpus.to_list()):
-                self.applier.write_direct("task.affinity", t, m.orig)
+                  and self.applier.read(KnobName.TASK_AFFINITY, t) == cpus.to_list()):
+                self.applier.write_direct(KnobName.TASK_AFFINITY, t, m.orig)
         self.m.victim_procs.pop(m.proc.pid, None)
 
     def _unvictim(self, m: Member) -> None:
@@ -656,25 +674,25 @@ class ChainKeeper:
         for k in [k for k in self.m.victims if k[0] == m.proc.pid]:
             v = self.m.victims.pop(k)
             if v.journaled:
-                keys.append(("task.affinity", v.thread.target))
+                keys.append((KnobName.TASK_AFFINITY, v.thread.target))
             else:
-                self.applier.write_direct("task.affinity", v.thread.target, v.original.to_list())
+                self.applier.write_direct(KnobName.TASK_AFFINITY, v.thread.target, v.original.to_list())
         if keys:
             self.applier.restore(keys)
         self.m.victim_procs.pop(m.proc.pid, None)
 
     def _release(self, m: Member, why: str) -> None:
         """Give a member back its originals (journaled ones through the engine)."""
-        pre = f"{m.proc.pid}:{m.proc.starttime}:"
-        keys = [(k, t) for k, t, _ in self.applier.entries(("task.affinity",)) if t.startswith(pre)]
+        keys = [(k, t) for k, t, _ in self.applier.entries((KnobName.TASK_AFFINITY,))
+                if _proc_of(t) == m.proc]
         if keys:
             self.applier.restore(keys)
         journaled = {t for _, t in keys}
         if m.cpus is not None and m.orig is not None and tasks.alive(self.root, m.proc):
             for tid in tasks.list_tids(self.root, m.proc.pid):
                 t = ThreadId(m.proc.pid, m.proc.starttime, tid).target
-                if t not in journaled and self.applier.read("task.affinity", t) == m.cpus.to_list():
-                    err = self.applier.write_direct("task.affinity", t, m.orig)
+                if t not in journaled and self.applier.read(KnobName.TASK_AFFINITY, t) == m.cpus.to_list():
+                    err = self.applier.write_direct(KnobName.TASK_AFFINITY, t, m.orig)
                     if err:
                         log.warning("restoring the affinity of chain member thread %s: %s", t, err)
         self.m.protected.discard(m.proc.pid)
@@ -685,9 +703,8 @@ class ChainKeeper:
         m.cpus = None
 
     def _gone(self, m: Member) -> None:
-        pre = f"{m.proc.pid}:{m.proc.starttime}:"
-        self.applier.forget((k, t) for k, t, _ in self.applier.entries(("task.affinity",))
-                            if t.startswith(pre))
+        self.applier.forget((k, t) for k, t, _ in self.applier.entries((KnobName.TASK_AFFINITY,))
+                            if _proc_of(t) == m.proc)
         self.m.protected.discard(m.proc.pid)
 
     def release_all(self) -> None:

@@ -37,6 +37,7 @@ from agentlatd.agents import tasks
 from agentlatd.apply.knobs import FileKnob, Knob, cpulist_equal, int_equal, register
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import KernelError
+from agentlatd.kernel.knobnames import KnobName
 from agentlatd.sysfs.root import Root
 
 
@@ -184,7 +185,7 @@ class TaskKnob(Knob):
 
 
 class TaskAffinityKnob(TaskKnob):
-    name = "task.affinity"
+    name = KnobName.TASK_AFFINITY
     help = "CPU affinity of one thread (cpulist)"
 
     def read(self, root: Root, target: str) -> str:
@@ -215,7 +216,7 @@ class TaskAffinityKnob(TaskKnob):
 
 
 class TaskNiceKnob(TaskKnob):
-    name = "task.nice"
+    name = KnobName.TASK_NICE
     help = "nice value of one thread (-20..19)"
 
     def read(self, root: Root, target: str) -> str:
@@ -238,7 +239,7 @@ class TaskNiceKnob(TaskKnob):
 
 
 class TaskIoprioKnob(TaskKnob):
-    name = "task.ioprio"
+    name = KnobName.TASK_IOPRIO
     help = "I/O priority of one thread (none, idle, rtN, beN)"
 
     def read(self, root: Root, target: str) -> str:
@@ -267,7 +268,7 @@ class TaskIoprioKnob(TaskKnob):
 
 
 PM_QOS = FileKnob(
-    "cpu.pm_qos_resume_latency_us",
+    KnobName.CPU_PM_QOS_RESUME_LATENCY_US,
     "per-CPU idle exit latency limit (us; 0 = none, n/a = no idle states)", "sysfs",
     r"(0|[1-9][0-9]{0,4})",
     lambda m: f"sys/devices/system/cpu/cpu{m[1]}/power/pm_qos_resume_latency_us",

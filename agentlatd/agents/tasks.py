@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import KernelError
+from agentlatd.kernel.knobnames import KnobName
+from agentlatd.kernel.targets import TaskTarget, format_target, parse_target
 from agentlatd.sysfs.root import Root
 
 CONTEXT = "process"
@@ -46,7 +48,6 @@ CONTEXT = "process"
 PF_KTHREAD = 0x00200000  # I am a kernel thread
 PF_NO_SETAFFINITY = 0x04000000  # userland is not allowed to meddle with cpus_mask
 
-_TARGET_RE = re.compile(r"([1-9][0-9]{0,9}):([0-9]{1,20}):([1-9][0-9]{0,9})")
 PID_MAX = 1 << 22  # PID_MAX_LIMIT on 64-bit (include/linux/threads.h)
 
 
@@ -86,17 +87,13 @@ class ThreadId:
 
     @property
     def target(self) -> str:
-        return f"{self.pid}:{self.starttime}:{self.tid}"
+        return format_target(TaskTarget(self.pid, self.starttime, self.tid))
 
     @classmethod
     def parse(cls, target: str) -> ThreadId:
-        m = _TARGET_RE.fullmatch(target)
-        if m is None:
-            raise ValueError(f"bad task target {target!r} (expected PID:STARTTIME:TID)")
-        pid, st, tid = int(m[1]), int(m[2]), int(m[3])
-        if pid >= PID_MAX or tid >= PID_MAX:
-            raise ValueError(f"bad task target {target!r}: pid out of range")
-        return cls(pid, st, tid)
+        t = parse_target(KnobName.TASK_AFFINITY, target)
+        assert isinstance(t, TaskTarget)  # the knob's kind
+        return cls(t.pid, t.starttime, t.tid)
 
 
 def valid_pid(v: object) -> int | None:

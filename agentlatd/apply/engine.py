@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import errno
 import fcntl
 import os
@@ -79,26 +80,72 @@ from agentlatd.apply.journal import (
 from agentlatd.apply.knobs import REGISTRY, Knob, netns_scoped
 from agentlatd.errors import AgentlatdError, JournalError, KernelError
 from agentlatd.kernel.errnos import ErrClass
+from agentlatd.kernel.knobnames import KnobName
 from agentlatd.plan.changes import CPUMASK_KNOBS, Change, human_value
 from agentlatd.policy import Policy
 from agentlatd.sample import namespaces
 from agentlatd.sysfs.root import HOST, Root
 
-# apply statuses
-CHANGED = "changed"  # written and read back as desired
-UNCHANGED = "unchanged"  # already right: no write
-CLAMPED = "clamped"  # written, but the kernel shows another value (clamped or ignored)
-FAILED = "failed"  # the write (or the read before it) failed
-UNSUPPORTED = "unsupported"  # the device or kernel lacks the knob (EOPNOTSUPP): not fatal
-MANAGED = "managed"  # kernel-managed IRQ: recorded, never retried
-SKIPPED = "skipped"  # not attempted (irqbalance refuse, yielded to another writer)
-PLANNED = "planned"  # --dry-run: would be written
-# rollback statuses (plus UNCHANGED, FAILED, CLAMPED, MANAGED)
-RESTORED = "restored"
-GONE = "gone"  # the object vanished (device removed): nothing left to restore
-REPLACED = "replaced"  # another device took the name: the original is not its own
+
+class Status(enum.StrEnum):
+    """What happened to one knob instance in an apply or a rollback (KnobResult.status).
+
+    The values are what `apply --json`, `rollback --json`, status JSON and
+    metrics carry; a member compares equal to its value.
+    """
+
+    CHANGED = "changed"  # written and read back as desired
+    UNCHANGED = "unchanged"  # already right: no write
+    CLAMPED = "clamped"  # written, but the kernel shows another value (clamped or ignored)
+    FAILED = "failed"  # the write (or the read before it) failed
+    UNSUPPORTED = "unsupported"  # the device or kernel lacks the knob (EOPNOTSUPP): not fatal
+    MANAGED = "managed"  # kernel-managed IRQ: recorded, never retried
+    SKIPPED = "skipped"  # not attempted (irqbalance refuse, yielded to another writer)
+    PLANNED = "planned"  # --dry-run: would be written
+    # rollback statuses (plus UNCHANGED, FAILED, CLAMPED, MANAGED)
+    RESTORED = "restored"
+    GONE = "gone"  # the object vanished (device removed): nothing left to restore
+    REPLACED = "replaced"  # another device took the name: the original is not its own
+
+
+CHANGED = Status.CHANGED
+UNCHANGED = Status.UNCHANGED
+CLAMPED = Status.CLAMPED
+FAILED = Status.FAILED
+UNSUPPORTED = Status.UNSUPPORTED
+MANAGED = Status.MANAGED
+SKIPPED = Status.SKIPPED
+PLANNED = Status.PLANNED
+RESTORED = Status.RESTORED
+GONE = Status.GONE
+REPLACED = Status.REPLACED
+
+
+class Recovery(enum.StrEnum):
+    """What recover() did with a journal found at start (RecoverReport.action)."""
+
+    NONE = "none"
+    ADOPTED = "adopted"
+    RESTORED = "restored"
+    SET_ASIDE = "set-aside"
+
+
+class DriftAction(enum.StrEnum):
+    """What check_drift() did about a knob another writer changed (Drift.action)."""
+
+    YIELDED = "yielded"
+    REASSERTED = "reasserted"
+    FAILED = "failed"
+    UNREADABLE = "unreadable"
+    REPLACED = "replaced"  # another device took the name: dropped from the journal
+
+
+# an apply result after which the knob holds the value asked for (or what the kernel made of it)
+WRITTEN = frozenset({CHANGED, CLAMPED})
+# knobs whose restore spreads to threads and processes that inherited the value
+_TASK_KNOBS = frozenset({KnobName.TASK_AFFINITY, KnobName.TASK_NICE, KnobName.TASK_IOPRIO})
 # rollback statuses after which an entry leaves the journal
-_DONE = (RESTORED, UNCHANGED, GONE, MANAGED, REPLACED)
+DONE = frozenset({RESTORED, UNCHANGED, GONE, MANAGED, REPLACED})
 
 _ADVICE: dict[ErrClass, str] = {
     ErrClass.MANAGED: "the kernel manages this IRQ's affinity; recorded, never retried",
@@ -126,26 +173,27 @@ class KnobResult:
 
     knob: str
     target: str
-    status: str
+    status: Status
     before: str = ""  # value read before writing ("" when unknown)
     desired: str = ""  # value asked for (apply: the plan's; rollback: the original)
     after: str = ""  # value read back after writing ("" when not written)
-    errclass: str | None = None
+    errclass: ErrClass | None = None
     message: str = ""  # one sentence for a person
     reason: str = ""  # the plan's reason (apply)
 
     def to_json(self) -> dict[str, Any]:
         # before/after as people read them (CPU lists); desired is the literal value written
-        return {"knob": self.knob, "target": self.target, "status": self.status,
+        return {"knob": self.knob, "target": self.target, "status": str(self.status),
                 "before": human_value(self.knob, self.before), "desired": self.desired,
                 "after": human_value(self.knob, self.after),
-                "errclass": self.errclass, "message": self.message, "reason": self.reason}
+                "errclass": None if self.errclass is None else str(self.errclass),
+                "message": self.message, "reason": self.reason}
 
 
 def _counts(results: Iterable[KnobResult]) -> dict[str, int]:
     out: dict[str, int] = {}
     for r in results:
-        out[r.status] = out.get(r.status, 0) + 1
+        out[str(r.status)] = out.get(str(r.status), 0) + 1
     return out
 
 
@@ -161,9 +209,9 @@ class RollbackReport:
     @property
     def ok(self) -> bool:
         """Every original is back and nothing was lost."""
-        return not self.damaged and all(r.status in _DONE for r in self.results)
+        return not self.damaged and all(r.status in DONE for r in self.results)
 
-    def count(self, status: str) -> int:
+    def count(self, status: Status) -> int:
         return sum(1 for r in self.results if r.status == status)
 
     def to_json(self) -> dict[str, Any]:
@@ -174,12 +222,12 @@ class RollbackReport:
 
 @dataclass(frozen=True, slots=True)
 class RecoverReport:
-    action: str  # "none" | "adopted" | "restored" | "set-aside"
+    action: Recovery
     message: str
     rollback: RollbackReport | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"action": self.action, "message": self.message,
+        return {"action": str(self.action), "message": self.message,
                 "rollback": self.rollback.to_json() if self.rollback else None}
 
 
@@ -191,7 +239,7 @@ class ApplyReport:
     notes: tuple[str, ...] = ()
     dry_run: bool = False
 
-    def count(self, status: str) -> int:
+    def count(self, status: Status) -> int:
         return sum(1 for r in self.results if r.status == status)
 
     @property
@@ -214,12 +262,12 @@ class Drift:
     target: str
     expected: str  # what agentlatd wrote
     actual: str  # what the kernel shows now
-    action: str  # "yielded" | "reasserted" | "failed" | "unreadable"
+    action: DriftAction
     message: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"knob": self.knob, "target": self.target, "expected": self.expected,
-                "actual": self.actual, "action": self.action, "message": self.message}
+                "actual": self.actual, "action": str(self.action), "message": self.message}
 
 
 @dataclass(slots=True)
@@ -434,24 +482,24 @@ class Engine:
         self._lock()
         j, salvaged, aside = self._load()
         if salvaged is not None:
-            rep = RecoverReport("restored", f"damaged journal salvaged: {salvaged.damaged}; "
+            rep = RecoverReport(Recovery.RESTORED, f"damaged journal salvaged: {salvaged.damaged}; "
                                 f"kept as {salvaged.kept_as}", salvaged)
             self._journal = j if j is not None else self._fresh()
         elif aside:
-            rep = RecoverReport("set-aside", aside)
+            rep = RecoverReport(Recovery.SET_ASIDE, aside)
             self._journal = self._fresh()
         elif j is None:
-            rep = RecoverReport("none", "no journal: nothing to recover")
+            rep = RecoverReport(Recovery.NONE, "no journal: nothing to recover")
             self._journal = self._fresh()
         elif not j.complete:
             rb = self._restore(j)
-            rep = RecoverReport("restored", f"journal of an interrupted run (pid {j.pid}): "
+            rep = RecoverReport(Recovery.RESTORED, f"journal of an interrupted run (pid {j.pid}): "
                                 f"{len(rb.results)} original(s) restored before anything else"
                                 + ("" if rb.ok else "; some could not be restored")
                                 + (f"; {self._netns_note}" if self._netns_note else ""), rb)
             self._journal = j if not rb.journal_removed else self._fresh()
         else:
-            rep = RecoverReport("adopted", f"journal of a finished run (pid {j.pid}) adopted: "
+            rep = RecoverReport(Recovery.ADOPTED, f"journal of a finished run (pid {j.pid}) adopted: "
                                 f"{len(j.entries)} original(s) kept for rollback"
                                 + (f"; {self._netns_note}" if self._netns_note else ""))
             self._journal = j
@@ -523,13 +571,13 @@ class Engine:
         if not dry_run:
             first = self._recovered is None
             recovery = self.recover()
-            if not first or recovery.action == "none":
+            if not first or recovery.action is Recovery.NONE:
                 recovery = None
         j = self._journal if not dry_run else None
 
         notes: list[str] = []
         pids: tuple[int, ...] = ()
-        if any(c.knob == "irq.affinity" for c in changes):
+        if any(c.knob == KnobName.IRQ_AFFINITY for c in changes):
             pids = irqbalance.running(self.root)
             msg = irqbalance.note(self.policy.daemon.irqbalance, pids)
             if msg:
@@ -543,17 +591,17 @@ class Engine:
         dropped = False
         pending: list[tuple[int, _Pending]] = []
         for i, c in enumerate(changes):
-            def res(status: str, message: str = "", *, before: str = "",
+            def res(status: Status, message: str = "", *, before: str = "",
                     errclass: ErrClass | None = None, c: Change = c) -> KnobResult:
                 return KnobResult(c.knob, c.target, status, before, c.desired, "",
-                                  errclass.value if errclass else None, message, c.reason)
+                                  errclass, message, c.reason)
 
             if last[c.key] != i:
                 results[i] = res(SKIPPED, "superseded by a later change of the same knob")
                 continue
             knob = self._knob(c.knob)
             if knob is None:
-                results[i] = res(FAILED, f"no knob named {c.knob!r} in this build",
+                results[i] = res(FAILED, f"no knob named {str(c.knob)!r} in this build",
                                  errclass=ErrClass.INVALID)
                 continue
             try:
@@ -594,7 +642,7 @@ class Engine:
                 results[i] = dataclasses.replace(
                     r, reason=c.reason, message=r.message.removesuffix(_HELD) + _HELD)
                 continue
-            if c.knob == "irq.affinity" and not steer:
+            if c.knob == KnobName.IRQ_AFFINITY and not steer:
                 results[i] = res(SKIPPED, irqbalance.skip_reason(self.policy.daemon.irqbalance))
                 continue
             try:
@@ -707,11 +755,11 @@ class Engine:
     def _write_one(self, p: _Pending) -> KnobResult:
         c, knob = p.change, p.knob
 
-        def res(status: str, message: str, after: str = "",
+        def res(status: Status, message: str, after: str = "",
                 errclass: ErrClass | None = None) -> KnobResult:
             return KnobResult(c.knob, c.target, status, knob.original_of(p.current, c.desired),
                               c.desired, after,
-                              errclass.value if errclass else None, message, c.reason)
+                              errclass, message, c.reason)
 
         try:
             if c.owner is None:
@@ -770,7 +818,7 @@ class Engine:
         for e in reversed(chosen):
             r = self._restore_one(e, held, ids)
             results.append(r)
-            if r.status in _DONE:
+            if r.status in DONE:
                 done.append(e)
         if done:
             j.remove_entries(done)
@@ -807,7 +855,7 @@ class Engine:
             salvaged, aside = None, ""
         else:
             j, salvaged, aside = self._load()
-        self._recovered = RecoverReport("none", "rolled back")
+        self._recovered = RecoverReport(Recovery.NONE, "rolled back")
         if salvaged is not None:
             self._journal = j if j is not None else self._fresh()
             return salvaged
@@ -827,7 +875,7 @@ class Engine:
         for e in reversed(j.entries):
             r = self._restore_one(e, held, ids)
             results.append(r)
-            if r.status in _DONE:
+            if r.status in DONE:
                 done.append(e)
         j.remove_entries(done)
         keep = j.entries
@@ -849,10 +897,10 @@ class Engine:
                      ids: dict[str, DeviceId | None] | None = None) -> KnobResult:
         """Restore one entry; `held` is every (knob, target) of its journal, `ids`
         the device identities read so far in this restore."""
-        def res(status: str, message: str, before: str = "", after: str = "",
+        def res(status: Status, message: str, before: str = "", after: str = "",
                 errclass: ErrClass | None = None) -> KnobResult:
             return KnobResult(e.knob, e.target, status, before, e.original, after,
-                              errclass.value if errclass else None, message)
+                              errclass, message)
 
         if e.has(FLAG_MANAGED) and e.written is None:
             return res(MANAGED, "kernel-managed IRQ: agentlatd never changed it")
@@ -943,21 +991,21 @@ class Engine:
             if other is not None:
                 assert e.device is not None
                 replaced.append(e)
-                out.append(Drift(e.knob, e.target, e.written, "", "replaced",
+                out.append(Drift(e.knob, e.target, e.written, "", DriftAction.REPLACED,
                                  f"device replaced, original not restored: journaled for "
                                  f"{e.device.describe()}, now {other.describe()}"))
                 continue
             try:
                 current = knob.read(self.root, e.target)
             except (KernelError, ValueError) as err:
-                out.append(Drift(e.knob, e.target, e.written, "", "unreadable", str(err)))
+                out.append(Drift(e.knob, e.target, e.written, "", DriftAction.UNREADABLE, str(err)))
                 continue
             if knob.equal(current, e.written):
                 continue
             if mode == "yield" and not knob.reassert:
                 e.set_flag(FLAG_YIELDED)
                 dirty = True
-                out.append(Drift(e.knob, e.target, e.written, current, "yielded",
+                out.append(Drift(e.knob, e.target, e.written, current, DriftAction.YIELDED,
                                  "changed by another writer; agentlatd stops managing it "
                                  "(rollback still restores the original)"))
                 continue
@@ -969,11 +1017,11 @@ class Engine:
                 shown = knob.read(self.root, e.target)
                 ok = knob.equal(shown, e.written)
             except (KernelError, ValueError) as err:
-                out.append(Drift(e.knob, e.target, e.written, current, "failed",
+                out.append(Drift(e.knob, e.target, e.written, current, DriftAction.FAILED,
                                  f"reassert failed: {err}"))
                 continue
             out.append(Drift(e.knob, e.target, e.written, current,
-                             "reasserted" if ok else "failed",
+                             DriftAction.REASSERTED if ok else DriftAction.FAILED,
                              "written back" if ok else f"written back; the kernel shows {shown!r}"))
         if replaced:
             j.remove_entries(replaced)
@@ -1106,8 +1154,7 @@ def rollback_commands(root: Root, state_dir: str) -> list[str]:
             out.append(f"# {e.knob} {e.target}: {err}")
             continue
         out += [ln if ln.startswith("#") else wrap(ln) for ln in _guarded(cmd, e.device)]
-    if any(e.knob in ("task.affinity", "task.nice", "task.ioprio") and e.written is not None
-           for e in j.entries):
+    if any(e.knob in _TASK_KNOBS and e.written is not None for e in j.entries):
         # restore() also puts back threads and forked processes that inherited a
         # pin, nice or ioprio (agents/knobs.py); which ones is only known when it runs
         out.append("# NOTE: `agentlatd rollback` also restores the threads and forked child "

@@ -58,9 +58,10 @@ from agentlatd.apply import irqbalance
 from agentlatd.apply.knobs import Knob, cpulist_equal, register
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import KernelError
+from agentlatd.kernel.knobnames import KnobName
 from agentlatd.sysfs.root import Root
 
-NAME = "irqbalance.banned_cpus"
+NAME = KnobName.IRQBALANCE_BANNED_CPUS
 TARGET = "irqbalance"
 CONTEXT = "irqbalance"
 SEND_TIMEOUT_S = 2.0

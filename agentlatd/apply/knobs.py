@@ -37,6 +37,7 @@ from typing import Any
 
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import KernelError
+from agentlatd.kernel.knobnames import KnobName
 from agentlatd.sysfs.root import HOST, Root
 
 # A network device name as the kernel allows it (dev_valid_name(): at most
@@ -147,7 +148,7 @@ def register(knob: Knob, *, replace: bool = False) -> Knob:
     if not knob.name:
         raise ValueError("a knob needs a name")
     if knob.name in REGISTRY and not replace:
-        raise ValueError(f"knob {knob.name!r} is already registered")
+        raise ValueError(f"knob {str(knob.name)!r} is already registered")
     REGISTRY[knob.name] = knob
     return knob
 
@@ -171,9 +172,9 @@ def netns_scoped(knob: str, target: str) -> bool:
     and so are the net.* sysctls (net/sysctl_net.c registers them per netns);
     IRQs, block queues, CPUs and tasks belong to no network namespace.
     """
-    if knob == "sysctl":
+    if knob == KnobName.SYSCTL:
         return target.startswith("net.")
-    return knob.startswith("net.") or knob == "napi.config"
+    return knob.startswith("net.") or knob == KnobName.NAPI_CONFIG
 
 
 # ---------------------------------------------------------------------------
@@ -349,7 +350,7 @@ class IrqAffinityKnob(FileKnob):
 
     def __init__(self) -> None:
         super().__init__(
-            "irq.affinity", "IRQ affinity (cpulist)", "irq", r"(\d{1,7})",
+            KnobName.IRQ_AFFINITY, "IRQ affinity (cpulist)", "irq", r"(\d{1,7})",
             lambda m: f"proc/irq/{m[1]}/smp_affinity_list", cpulist_equal, _CPULIST_RE)
 
     def verify(self, root: Root, target: str, desired: str) -> tuple[bool, str]:
@@ -377,7 +378,7 @@ def _sysctl_path(m: re.Match[str]) -> str:
 class SysctlKnob(FileKnob):
     def __init__(self) -> None:
         super().__init__(
-            "sysctl", "a sysctl under proc/sys (target: dotted name)", "proc",
+            KnobName.SYSCTL, "a sysctl under proc/sys (target: dotted name)", "proc",
             r"[a-z][a-z0-9_]*(?:\.[A-Za-z0-9_-]+)+", _sysctl_path, None, r"[0-9a-zA-Z \t_.:,-]*")
 
     def shell(self, target: str, value: str) -> str:
@@ -386,25 +387,25 @@ class SysctlKnob(FileKnob):
 
 for _k in (
     IrqAffinityKnob(),
-    FileKnob("net.rps_cpus", "RPS CPUs of an rx queue (hex mask)", "sysfs",
+    FileKnob(KnobName.NET_RPS_CPUS, "RPS CPUs of an rx queue (hex mask)", "sysfs",
              rf"({_DEV})/(rx-\d+)", lambda m: f"sys/class/net/{m[1]}/queues/{m[2]}/rps_cpus",
              mask_equal, _MASK_RE, net_device=True),
-    FileKnob("net.rps_flow_cnt", "RFS flow table size of an rx queue", "sysfs",
+    FileKnob(KnobName.NET_RPS_FLOW_CNT, "RFS flow table size of an rx queue", "sysfs",
              rf"({_DEV})/(rx-\d+)", lambda m: f"sys/class/net/{m[1]}/queues/{m[2]}/rps_flow_cnt",
              int_equal, r"[0-9]+", net_device=True),
-    FileKnob("net.xps_cpus", "XPS CPUs of a tx queue (hex mask)", "sysfs",
+    FileKnob(KnobName.NET_XPS_CPUS, "XPS CPUs of a tx queue (hex mask)", "sysfs",
              rf"({_DEV})/(tx-\d+)", lambda m: f"sys/class/net/{m[1]}/queues/{m[2]}/xps_cpus",
              mask_equal, _MASK_RE, net_device=True),
-    ThreadedNapiKnob("net.threaded", "threaded NAPI of a device (0/1)", "sysfs",
+    ThreadedNapiKnob(KnobName.NET_THREADED, "threaded NAPI of a device (0/1)", "sysfs",
              rf"({_DEV})", lambda m: f"sys/class/net/{m[1]}/threaded", int_equal, _INT_RE,
              net_device=True),
-    FileKnob("net.napi_defer_hard_irqs", "NAPI polls before re-arming the IRQ", "sysfs",
+    FileKnob(KnobName.NET_NAPI_DEFER_HARD_IRQS, "NAPI polls before re-arming the IRQ", "sysfs",
              rf"({_DEV})", lambda m: f"sys/class/net/{m[1]}/napi_defer_hard_irqs",
              int_equal, _INT_RE, net_device=True),
-    FileKnob("net.gro_flush_timeout", "GRO flush timeout (ns) of a device", "sysfs",
+    FileKnob(KnobName.NET_GRO_FLUSH_TIMEOUT, "GRO flush timeout (ns) of a device", "sysfs",
              rf"({_DEV})", lambda m: f"sys/class/net/{m[1]}/gro_flush_timeout",
              int_equal, _INT_RE, net_device=True),
-    FileKnob("block.rq_affinity", "blk-mq completion CPU policy (0/1/2)", "sysfs",
+    FileKnob(KnobName.BLOCK_RQ_AFFINITY, "blk-mq completion CPU policy (0/1/2)", "sysfs",
              rf"({_BLOCK})", lambda m: f"sys/block/{m[1]}/queue/rq_affinity", int_equal, _INT_RE),
     SysctlKnob(),
 ):
@@ -463,7 +464,7 @@ class CoalesceKnob(FieldsKnob):
     The netlink socket lives in the caller's network namespace.
     """
 
-    name = "net.coalesce"
+    name = KnobName.NET_COALESCE
     help = "NIC interrupt coalescing (ethtool -C)"
     context = "netlink"
     live_only = True
@@ -526,7 +527,7 @@ class NapiConfigKnob(FieldsKnob):
     what it does not report (pre-6.13) from the same sysfs files.
     """
 
-    name = "napi.config"
+    name = KnobName.NAPI_CONFIG
     help = "per-NAPI config (netdev napi-set), sysfs fallback"
     context = "netlink"
 

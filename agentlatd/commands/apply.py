@@ -20,6 +20,7 @@ from agentlatd.apply.engine import (
     FAILED,
     MANAGED,
     PLANNED,
+    RESTORED,
     SKIPPED,
     UNCHANGED,
     UNSUPPORTED,
@@ -27,6 +28,7 @@ from agentlatd.apply.engine import (
     Engine,
     KnobResult,
     RecoverReport,
+    Recovery,
 )
 from agentlatd.errors import AgentlatdError
 from agentlatd.plan.build import FOLLOWUP_KNOBS, needs_followup
@@ -165,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         report = eng.apply(changes, dry_run=args.dry_run)
         if not args.plan and not args.dry_run:
             report = _followup(root, pol, eng, report)
-    if recovery is not None and recovery.action != "none" and report.recovery is None:
+    if recovery is not None and recovery.action is not Recovery.NONE and report.recovery is None:
         report = dataclasses.replace(report, recovery=recovery)
     if args.json:
         out = report.to_json()
@@ -254,7 +256,7 @@ def print_recovery(rec: RecoverReport | None, file: Any = None) -> None:
     if rec.rollback is not None:
         for r in rec.rollback.results:
             print(_wrap(f"  {r.status:<13} {r.knob} {r.target} = {r.desired}"
-                        + (f" ({r.message})" if r.status not in ("restored", "unchanged") else ""),
+                        + (f" ({r.message})" if r.status not in (RESTORED, UNCHANGED) else ""),
                         ""), file=file or sys.stdout)
 
 

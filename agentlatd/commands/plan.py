@@ -17,6 +17,7 @@ from agentlatd import jsonout
 from agentlatd import policy as policy_mod
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError
+from agentlatd.model.roles import Role
 from agentlatd.plan.changes import Change, Plan, human_value
 from agentlatd.sysfs.root import Root
 from agentlatd.tick import plan_tick, sample_once
@@ -31,7 +32,7 @@ EXAMPLES = (
 )
 
 WIDTH = 80
-_ROLE_ORDER = {"completion": 0, "home": 1, "other": 2, "offline": 3}
+_ROLE_ORDER = {r: i for i, r in enumerate(Role)}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -74,11 +75,11 @@ def render_text(plan: Plan, *, policy_source: str) -> str:
                  f"Home CPUs: {plan.home_cpus.to_list() or 'none'}", "  ", "")
     out.append("")
     out.append("CPU roles:")
-    groups: dict[tuple[str, str], list[int]] = {}
+    groups: dict[tuple[Role, str], list[int]] = {}
     for r in plan.roles:
         groups.setdefault((r.role, r.reason), []).append(r.cpu)
     for (role, reason), cpus in sorted(groups.items(),
-                                       key=lambda kv: (_ROLE_ORDER.get(kv[0][0], 9), min(kv[1]))):
+                                       key=lambda kv: (_ROLE_ORDER[kv[0][0]], min(kv[1]))):
         out += _wrap(f"{role} {CpuSet(cpus).to_list()}", "      ", "  ")
         out += _wrap(reason, "      ")
     if plan.quiet_home_order:

@@ -14,6 +14,7 @@ from agentlatd.apply.engine import (
     RESTORED,
     UNCHANGED,
     Engine,
+    Status,
     rollback_commands,
 )
 from agentlatd.commands.apply import _wrap, load_policy, state_dir_for, value_lines
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if rep.damaged:
         print(_wrap(f"WARNING: the journal was damaged ({rep.damaged}); kept as {rep.kept_as}; "
                     "the entries that parsed were restored", ""))
-    counts: dict[str, int] = {}
+    counts: dict[Status, int] = {}
     for r in rep.results:
         counts[r.status] = counts.get(r.status, 0) + 1
     summary = ", ".join(f"{n} {_LABEL.get(s, s)}" for s, n in counts.items())

@@ -12,8 +12,12 @@ import enum
 import errno
 
 
-class ErrClass(enum.Enum):
-    """What the engine does about a failed write, by class, never by raw errno."""
+class ErrClass(enum.StrEnum):
+    """What the engine does about a failed write, by class, never by raw errno.
+
+    A StrEnum: the value is what reports, status JSON and metric labels carry
+    ("gone"), and a member compares equal to it.
+    """
 
     MANAGED = "managed"  # kernel owns this IRQ's affinity: record, plan around, never retry
     NO_SPACE = "no_space"  # no vector room on the target CPUs: try a wider set or report

@@ -20,11 +20,13 @@ head) is not planned.
 
 from __future__ import annotations
 
+from agentlatd.kernel.knobnames import KnobName
+from agentlatd.kernel.targets import BlockTarget, format_target
 from agentlatd.model.machine import Device, Machine
 from agentlatd.plan.changes import Change
 from agentlatd.policy import TuningPolicy
 
-KNOB = "block.rq_affinity"
+KNOB = KnobName.BLOCK_RQ_AFFINITY
 
 _MEANING = {0: "the completing CPU is not steered", 1: "completions go to the submitter's "
             "CPU group", 2: "each request completes on the CPU that submitted it"}
@@ -48,6 +50,6 @@ def plan_block(machine: Machine, devices: tuple[Device, ...],
             if cur is None or cur == want:
                 continue
             out.append(Change(
-                KNOB, name, str(cur), str(want),
+                KNOB, format_target(BlockTarget(name)), str(cur), str(want),
                 f"{name} (on {ctrl.name}): rq_affinity {want}, {_MEANING[want]}"))
     return out

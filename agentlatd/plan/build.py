@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from agentlatd.cpuset import CpuSet
+from agentlatd.kernel.knobnames import KnobName
+from agentlatd.kernel.targets import DaemonTarget, format_target
 from agentlatd.model.agent_links import NONE, AgentLinks
 from agentlatd.model.machine import Device, Machine, Rates
 from agentlatd.plan.block import plan_block
@@ -36,18 +38,18 @@ from agentlatd.policy import Policy, TuningPolicy
 # apply order: steer IRQs first (where completions land), then softirq
 # steering, then per-device batching, then host-wide sysctls
 KNOB_ORDER = (
-    "irqbalance.banned_cpus",
-    "irq.affinity",
-    "net.rps_cpus",
-    "net.rps_flow_cnt",
-    "net.xps_cpus",
-    "net.threaded",
-    "task.affinity",
-    "net.napi_defer_hard_irqs",
-    "net.gro_flush_timeout",
-    "net.coalesce",
-    "block.rq_affinity",
-    "sysctl",
+    KnobName.IRQBALANCE_BANNED_CPUS,
+    KnobName.IRQ_AFFINITY,
+    KnobName.NET_RPS_CPUS,
+    KnobName.NET_RPS_FLOW_CNT,
+    KnobName.NET_XPS_CPUS,
+    KnobName.NET_THREADED,
+    KnobName.TASK_AFFINITY,
+    KnobName.NET_NAPI_DEFER_HARD_IRQS,
+    KnobName.NET_GRO_FLUSH_TIMEOUT,
+    KnobName.NET_COALESCE,
+    KnobName.BLOCK_RQ_AFFINITY,
+    KnobName.SYSCTL,
 )
 
 
@@ -122,7 +124,7 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
         ban = part.home | (irqbalance_banned or CpuSet())
         if part.home:
             changes.append(Change(
-                "irqbalance.banned_cpus", "irqbalance", "", ban.to_list(),
+                KnobName.IRQBALANCE_BANNED_CPUS, format_target(DaemonTarget("irqbalance")), "", ban.to_list(),
                 f"irqbalance places IRQs (NIC queues included) on the CPUs it does not ban: "
                 f"ban the home CPUs {part.home}"
                 + (f" beside its own ban {irqbalance_banned}" if irqbalance_banned else "")
@@ -198,7 +200,7 @@ def agent_link_notes(devices: Iterable[Device], links: AgentLinks, tuning: Tunin
 
 # knobs whose write makes new objects appear that the plan steers: net.threaded
 # starts the napi/<dev>-<id> kthreads (net/core/dev.c napi_kthread_create)
-FOLLOWUP_AFTER = frozenset({"net.threaded"})
+FOLLOWUP_AFTER = frozenset({KnobName.NET_THREADED})
 FOLLOWUP_KNOBS = frozenset({TASK_AFFINITY})
 
 

@@ -6,17 +6,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agentlatd.cpuset import CpuSet, CpuSetError
+from agentlatd.kernel.knobnames import KnobName
 from agentlatd.model.agent_links import NONE, AgentLinks
+from agentlatd.model.roles import Role
 
 # The start of the plan note for a devices.include glob that names no device (the daemon
 # logs it as a warning: a typo there silently leaves a NIC untuned).
 INCLUDE_MATCHES_NOTHING = "WARNING: devices.include pattern"
 
+
 # Knobs whose kernel syntax is a hex CPU mask (rps_cpus, xps_cpus: bitmap_parse()).
 # People and JSON readers get the CPU list, as `status` prints it; the mask stays only
 # where it is the literal value written (the journal, `rollback --print` commands,
 # a plan's "desired", which `apply --plan` writes).
-CPUMASK_KNOBS = frozenset({"net.rps_cpus", "net.xps_cpus"})
+CPUMASK_KNOBS = frozenset({KnobName.NET_RPS_CPUS, KnobName.NET_XPS_CPUS})
 
 
 def human_value(knob: str, value: str) -> str:
@@ -36,10 +39,9 @@ def human_value(knob: str, value: str) -> str:
 class Change:
     """One write the engine would make.
 
-    knob:    registry name, e.g. "irq.affinity", "net.rps_cpus", "net.xps_cpus",
-             "net.rps_flow_cnt", "net.threaded", "net.napi_defer_hard_irqs",
-             "net.gro_flush_timeout", "net.coalesce", "napi.config", "block.rq_affinity",
-             "sysctl", "task.affinity", "cpu.pm_qos_resume_latency_us"
+    knob:    registry name: a KnobName for every knob agentlatd ships
+             (KnobName.NET_RPS_CPUS == "net.rps_cpus"), a plain str for a knob
+             another module registers
     target:  what the knob is applied to, in the knob's own syntax
              ("45" for an IRQ, "eth0/rx-3" for a queue, "eth0" for a device,
              "nvme0n1" for a block device, "net.core.rps_sock_flow_entries")
@@ -68,7 +70,7 @@ class Change:
 @dataclass(frozen=True, slots=True)
 class CpuRole:
     cpu: int
-    role: str  # "completion" | "home" | "other" | "offline"
+    role: Role
     reason: str
 
 

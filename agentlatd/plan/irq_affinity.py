@@ -22,12 +22,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agentlatd.cpuset import CpuSet
+from agentlatd.kernel.knobnames import KnobName
+from agentlatd.kernel.targets import IrqTarget, format_target
 from agentlatd.model.machine import Device, Irq, Machine, Rates
 from agentlatd.plan.changes import Change
 from agentlatd.plan.common import node_phrase, ordinals, queue_number
 from agentlatd.plan.partition import Partition
 
-KNOB = "irq.affinity"
+KNOB = KnobName.IRQ_AFFINITY
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +89,7 @@ def plan_irq_affinity(machine: Machine, devices: tuple[Device, ...],
                           "off the home CPUs")
             if irq.smp_affinity == want:
                 continue
-            changes.append(Change(KNOB, str(irq.irq), as_list(irq.smp_affinity),
+            changes.append(Change(KNOB, format_target(IrqTarget(irq.irq)), as_list(irq.smp_affinity),
                                   as_list(want), reason))
     return IrqPlan(tuple(changes), tuple(sorted(managed, key=lambda i: i.irq)))
 

@@ -36,13 +36,15 @@ second pass (plan.build.followup).
 
 from __future__ import annotations
 
+from agentlatd.kernel.knobnames import KnobName
+from agentlatd.kernel.targets import DeviceTarget, TaskTarget, format_target
 from agentlatd.model.machine import Device
 from agentlatd.plan.changes import Change
 from agentlatd.plan.common import node_phrase
 from agentlatd.plan.partition import Partition
 from agentlatd.policy import TuningPolicy
 
-TASK_AFFINITY = "task.affinity"
+TASK_AFFINITY = KnobName.TASK_AFFINITY
 
 
 def plan_napi(devices: tuple[Device, ...], tuning: TuningPolicy, *,
@@ -52,22 +54,23 @@ def plan_napi(devices: tuple[Device, ...], tuning: TuningPolicy, *,
     for d in devices:
         if d.kind != "net" or (d.virtual and not named):
             continue
+        dev = format_target(DeviceTarget(d.name))
         if tuning.threaded_napi and d.threaded is not None and d.threaded != 1:
             out.append(Change(
-                "net.threaded", d.name, str(d.threaded), "1",
+                KnobName.NET_THREADED, dev, str(d.threaded), "1",
                 f"threaded NAPI for {d.name} (tuning.threaded_napi): its NET_RX work "
                 "runs in kthreads pinned to completion CPUs"))
         want = tuning.napi_defer_hard_irqs
         if want is not None and d.napi_defer_hard_irqs is not None \
                 and d.napi_defer_hard_irqs != want:
             out.append(Change(
-                "net.napi_defer_hard_irqs", d.name, str(d.napi_defer_hard_irqs), str(want),
+                KnobName.NET_NAPI_DEFER_HARD_IRQS, dev, str(d.napi_defer_hard_irqs), str(want),
                 f"{d.name} defers IRQ re-arming for {want} empty polls "
                 "(tuning.napi_defer_hard_irqs)"))
         gro = tuning.gro_flush_timeout
         if gro is not None and d.gro_flush_timeout is not None and d.gro_flush_timeout != gro:
             out.append(Change(
-                "net.gro_flush_timeout", d.name, str(d.gro_flush_timeout), str(gro),
+                KnobName.NET_GRO_FLUSH_TIMEOUT, dev, str(d.gro_flush_timeout), str(gro),
                 f"{d.name} flushes GRO after {gro} ns (tuning.gro_flush_timeout)"))
     return out
 
@@ -88,7 +91,7 @@ def plan_napi_threads(devices: tuple[Device, ...], part: Partition, tuning: Tuni
                 continue
             napi = f"NAPI {t.napi_id}" if t.napi_id is not None else "NAPI"
             out.append(Change(
-                TASK_AFFINITY, f"{t.pid}:{t.starttime}:{t.pid}",
+                TASK_AFFINITY, format_target(TaskTarget(t.pid, t.starttime, t.pid)),
                 t.cpus.to_list() if t.cpus is not None else "", cpus.to_list(),
                 f"{d.name} {napi} kthread (pid {t.pid}) polls on the {where}, where its "
                 "IRQ fires, never on a home CPU (tuning.threaded_napi)"))

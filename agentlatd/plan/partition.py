@@ -40,17 +40,13 @@ from dataclasses import dataclass, field
 
 from agentlatd.cpuset import CpuSet
 from agentlatd.model.machine import Device, Topology
+from agentlatd.model.roles import Role
 from agentlatd.plan.changes import CpuRole
 from agentlatd.policy import CpusPolicy
 
 FIXED_MIN = 10000  # interrupts since boot before a core counts as busy with fixed IRQs
 FIXED_SHARE = 0.5  # of the busiest core's fixed IRQ count: a coarse bar, so the
 # choice does not flip as counts grow
-
-ROLE_COMPLETION = "completion"
-ROLE_HOME = "home"
-ROLE_OTHER = "other"
-ROLE_OFFLINE = "offline"
 
 R_OFFLINE = "offline: takes no IRQs and runs no tasks"
 R_ISOLATED = ("isolated by the kernel command line (isolcpus/nohz_full): "
@@ -224,7 +220,7 @@ def partition(topo: Topology, devices: Sequence[Device], pol: CpusPolicy,
     load = fixed_load or {}
     t = _Topo(topo)
     notes: list[str] = []
-    reasons: dict[int, tuple[str, str]] = {}
+    reasons: dict[int, tuple[Role, str]] = {}
     dev_nodes = device_nodes(devices)
 
     if len(t.usable) <= 1:
@@ -237,7 +233,7 @@ def partition(topo: Topology, devices: Sequence[Device], pol: CpusPolicy,
             notes.append("No usable CPU (every online CPU is isolated by the kernel): "
                          "no steering is planned and no agent is pinned.")
         for c in home:
-            reasons[c] = (ROLE_HOME, R_SINGLE)
+            reasons[c] = (Role.HOME, R_SINGLE)
         return _finish(t, CpuSet(), home, {}, reasons, notes)
 
     home_explicit: CpuSet | None = None
@@ -257,7 +253,7 @@ def partition(topo: Topology, devices: Sequence[Device], pol: CpusPolicy,
             notes.append("cpus.completion names no online CPU: completion CPUs are chosen "
                          "automatically instead.")
         for c in completion:
-            reasons[c] = (ROLE_COMPLETION, "completion CPU named by cpus.completion")
+            reasons[c] = (Role.COMPLETION, "completion CPU named by cpus.completion")
         for n in t.nodes:
             on_node = completion & t.node_cpus(n)
             if on_node:
@@ -295,13 +291,13 @@ def partition(topo: Topology, devices: Sequence[Device], pol: CpusPolicy,
             r = (f"completion CPU on node {n}, {where}: takes device IRQs, softirqs, "
                  "blk-mq completions and background work")
             for c in chosen:
-                reasons[c] = (ROLE_COMPLETION, r)
+                reasons[c] = (Role.COMPLETION, r)
             if hit:
                 notes.append(f"Completion CPU(s) {hit} chosen where IRQs that agentlatd leaves "
                              "in place land (out of scope, or not steered): home CPUs stay "
                              "clear of them.")
             for c in kept:
-                reasons[c] = (ROLE_HOME, f"home CPU on node {n}, kept although an SMT sibling "
+                reasons[c] = (Role.HOME, f"home CPU on node {n}, kept although an SMT sibling "
                                          "of a completion CPU: the node has no other CPU "
                                          "for agents")
 
@@ -313,7 +309,7 @@ def partition(topo: Topology, devices: Sequence[Device], pol: CpusPolicy,
             notes.append(f"cpus.home names CPUs {clash} that are SMT siblings of completion "
                          "CPUs: kept because the policy names them.")
         for c in home:
-            reasons.setdefault(c, (ROLE_HOME, "home CPU named by cpus.home"))
+            reasons.setdefault(c, (Role.HOME, "home CPU named by cpus.home"))
     else:
         home = (t.usable - completion - sib) | keep_home
         # a node with >= 2 usable CPUs keeps a home CPU (explicit completion lists
@@ -326,7 +322,7 @@ def partition(topo: Topology, devices: Sequence[Device], pol: CpusPolicy,
             if spare:
                 c = min(spare)
                 home |= {c}
-                reasons[c] = (ROLE_HOME, f"home CPU on node {n}, kept although an SMT "
+                reasons[c] = (Role.HOME, f"home CPU on node {n}, kept although an SMT "
                                          "sibling of a completion CPU: the node has no other "
                                          "CPU for agents")
                 notes.append(f"Node {n} keeps CPU {c} as a home CPU although it is an SMT "
@@ -335,29 +331,29 @@ def partition(topo: Topology, devices: Sequence[Device], pol: CpusPolicy,
                 notes.append(f"Node {n} has no home CPU: cpus.completion names all its "
                              "usable CPUs.")
         for c in home:
-            reasons.setdefault(c, (ROLE_HOME, f"home CPU on node {t.node_of.get(c, 0)}: "
+            reasons.setdefault(c, (Role.HOME, f"home CPU on node {t.node_of.get(c, 0)}: "
                                               "kept IRQ-quiet for agent control loops"))
     for c in sib - home - completion:
         if c in t.usable:
-            reasons.setdefault(c, (ROLE_OTHER, R_SIBLING))
+            reasons.setdefault(c, (Role.OTHER, R_SIBLING))
     if home_explicit is not None:
         for c in t.usable - home - completion:
-            reasons.setdefault(c, (ROLE_OTHER, R_NOT_HOME))
+            reasons.setdefault(c, (Role.OTHER, R_NOT_HOME))
     return _finish(t, completion, home, by_node, reasons, notes)
 
 
 def _finish(t: _Topo, completion: CpuSet, home: CpuSet, by_node: Mapping[int, CpuSet],
-            reasons: dict[int, tuple[str, str]], notes: list[str]) -> Partition:
+            reasons: dict[int, tuple[Role, str]], notes: list[str]) -> Partition:
     roles: list[CpuRole] = []
     for c in sorted(t.possible):
         if c not in t.online:
-            role, why = ROLE_OFFLINE, R_OFFLINE
+            role, why = Role.OFFLINE, R_OFFLINE
         elif c in reasons:
             role, why = reasons[c]
         elif c in t.kiso:
-            role, why = ROLE_OTHER, R_ISOLATED
+            role, why = Role.OTHER, R_ISOLATED
         else:  # pragma: no cover - every usable CPU gets a reason above
-            role, why = ROLE_OTHER, "not assigned"
+            role, why = Role.OTHER, "not assigned"
         roles.append(CpuRole(c, role, why))
     thread_index = {c: sorted(t.sibs.get(c, CpuSet({c})) & t.online).index(c)
                     for c in sorted(completion)}

@@ -26,6 +26,8 @@ from __future__ import annotations
 import dataclasses
 
 from agentlatd.cpuset import CpuSet
+from agentlatd.kernel.knobnames import KnobName
+from agentlatd.kernel.targets import QueueTarget, format_target
 from agentlatd.model.agent_links import NONE, AgentLinks
 from agentlatd.model.machine import Device, NetQueue
 from agentlatd.plan.changes import Change
@@ -75,14 +77,14 @@ def plan_rps(devices: tuple[Device, ...], part: Partition, tuning: TuningPolicy,
             where = node_phrase(d.numa_node, cpus, d.numa_node in part.by_node)
             why = f"{d.name} receive processing (RPS) on the {where}, never on a home CPU"
         for q in _queues(d, "rx-"):
-            target = f"{d.name}/{q.name}"
+            target = format_target(QueueTarget.of_sysfs(d.name, q.name))
             if tuning.rps and q.rps_cpus is not None and q.rps_cpus != cpus:
                 out.append(Change(
-                    "net.rps_cpus", target, q.rps_cpus.to_mask(nr_cpus), cpus.to_mask(nr_cpus), why))
+                    KnobName.NET_RPS_CPUS, target, q.rps_cpus.to_mask(nr_cpus), cpus.to_mask(nr_cpus), why))
             if (tuning.rps and tuning.rps_flow_cnt > 0 and q.rps_flow_cnt is not None
                     and q.rps_flow_cnt != tuning.rps_flow_cnt):
                 out.append(Change(
-                    "net.rps_flow_cnt", target, str(q.rps_flow_cnt), str(tuning.rps_flow_cnt),
+                    KnobName.NET_RPS_FLOW_CNT, target, str(q.rps_flow_cnt), str(tuning.rps_flow_cnt),
                     f"{d.name} RFS flow table of {tuning.rps_flow_cnt} entries per rx queue "
                     "(tuning.rps_flow_cnt): a flow's packets are processed on one CPU"))
     return out
@@ -107,9 +109,9 @@ def plan_xps(devices: tuple[Device, ...], part: Partition, tuning: TuningPolicy,
             want = CpuSet({order[rank[queue_number(q.name) or 0] % len(order)]})
             if q.xps_cpus == want:
                 continue
-            target = f"{d.name}/{q.name}"
+            target = format_target(QueueTarget.of_sysfs(d.name, q.name))
             out.append(Change(
-                "net.xps_cpus", target, q.xps_cpus.to_mask(nr_cpus), want.to_mask(nr_cpus),
+                KnobName.NET_XPS_CPUS, target, q.xps_cpus.to_mask(nr_cpus), want.to_mask(nr_cpus),
                 f"{d.name} transmit queue of completion CPU {want} (XPS; {where}, "
                 "one queue per CPU)"))
     return out

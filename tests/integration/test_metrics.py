@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from servicehelpers import NotifySocket, free_port, policy_text, run_daemon, veth_netns, wait_until
 
 from agentlatd.agents import stats
+from agentlatd.agents.chainrow import ChainRow
 from agentlatd.agents.tasks import ProcId
 from agentlatd.apply.engine import ApplyReport, Drift, KnobResult, RollbackReport
 from agentlatd.cpuset import CpuSet
@@ -282,9 +283,7 @@ def test_other_step_counters_never_go_down_when_an_agent_leaves() -> None:
 def test_chain_members_and_undone_decisions_in_the_metrics() -> None:
     m = Metrics()
     a = FakeAgent("planner", "interactive", ProcId(100, 1), home_cpu=1)
-    rows = {a.proc: {"chain": [{"pid": 10, "state": "placed"}, {"pid": 11, "state": "placed"},
-                               {"pid": 12, "state": "unmovable"}],
-                     "refused": ["exclusive"]}}
+    rows = {a.proc: ChainRow(("placed", "placed", "unmovable"), ("exclusive",))}
     m.observe_tick(duration_s=0.01, guard_undone={"exclusive": 1})
     fams = _parse(render_view(m.view([a], None, lambda ag: rows[ag.proc])))
     members = fams["agentlatd_agent_chain_members"]
@@ -624,7 +623,7 @@ class _StubDaemon:
     def agents(self) -> list[Any]:
         return []
 
-    def row_extras(self) -> None:
+    def chain_row(self) -> None:
         return None
 
     def hot_cpus(self) -> list[int]:
