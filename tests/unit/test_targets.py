@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from agentlatd.agents.tasks import ThreadId
 from agentlatd import knobset
+from agentlatd.agents.tasks import ThreadId
 from agentlatd.apply import knobs
 from agentlatd.kernel.knobnames import KnobName
 from agentlatd.kernel.targets import (
