@@ -133,3 +133,68 @@ def test_forked_child_ring_names_the_parent() -> None:
             os.close(w_fd)
     finally:
         w.close()
+
+
+@pytest.mark.parametrize("step_id", [0, 7, 2**64 - 1, 2**64, -1, None, "plan", 1.5, True])
+def test_step_ids_stored_as_documented(step_id: object) -> None:
+    """The writer's fast path (u64 stores, falling back on anything not a u64 int) stores
+    what step_key() documents for every kind of id."""
+    w = ring.RingWriter(4)
+    try:
+        w.write("x", 1, 0, 1)
+        seq = w.write(step_id, 9, 10, 20, ring.FLAG_RAISED)
+        rec = ring.parse_records(w.mm)[-1]
+        assert (rec.seq, rec.step, rec.tid, rec.flags) == (seq, ring.step_key(step_id, seq), 9,
+                                                           ring.FLAG_RAISED)
+    finally:
+        w.close()
+
+
+def test_close_unmaps_the_ring() -> None:
+    """close() releases the writer's view first, so the mapping really goes (an exported
+    buffer would make mmap.close() fail, silently suppressed)."""
+    w = ring.RingWriter(4)
+    w.write(1, 1, 1, 2)
+    mm = w.mm
+    w.close()
+    assert mm.closed
+
+
+def test_client_in_forked_child_records_the_childs_tid() -> None:
+    """Regression (stale tid after fork): the client cached the kernel tid per
+    threading.get_ident(), which a forked child's main thread keeps, so a Client created
+    in the child wrote the parent's tid into every record."""
+    import warnings
+
+    from agentlatd.client import Client
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # no daemon
+        parent = Client("fork-parent", socket="/nonexistent/agentlatd.sock", background=False)
+        with parent.step(1):
+            pass
+        r_fd, w_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(r_fd)
+                child = Client("fork-child", socket="/nonexistent/agentlatd.sock",
+                               background=False)
+                with child.step(2):
+                    pass
+                assert child.ring is not None
+                recs = ring.parse_records(child.ring.mm)
+                os.write(w_fd, str(recs[0].tid).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w_fd)
+        try:
+            got = os.read(r_fd, 64)
+        finally:
+            os.close(r_fd)
+            _, status = os.waitpid(pid, 0)
+            parent.close()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert int(got) == pid
