@@ -88,6 +88,7 @@ from agentlatd.model.chain import parse_endpoint
 from agentlatd.model.machine import Machine, Rates
 from agentlatd.plan.changes import INCLUDE_MATCHES_NOTHING, Plan, human_value
 from agentlatd.policy import Policy
+from agentlatd.steps.slowsteps import SlowSteps, targets_of
 from agentlatd.sysfs.root import Root
 
 log = logging.getLogger("agentlatd.daemon")
@@ -422,6 +423,13 @@ class Daemon:
         # the pinned agents, for the tuner's agent links (agents/links.py): a
         # tuple replaced whole by the main thread, read by the tuner thread
         self.agent_homes: tuple[AgentHome, ...] = ()
+        # the always-on slowest-steps view (steps/slowsteps.py): its own thread,
+        # fed the agents once per tick, started with the service and stopped first
+        self.slow_steps = SlowSteps(self.root)
+        self.hooks.on_ready.append(lambda d: d.slow_steps.start())
+        self.hooks.on_tick.append(
+            lambda d, _st: d.slow_steps.set_targets(targets_of(d.manager.agents.values())))
+        self.hooks.on_stop.append(lambda d: d.slow_steps.stop())
 
     # -- plumbing --------------------------------------------------------
     def wake(self) -> None:
@@ -707,7 +715,8 @@ class Daemon:
     def _handlers(self) -> dict[str, Callable[[Conn, Envelope], Any]]:
         return {"register": self._h_register, "unregister": self._h_unregister,
                 "step": self._h_step, "agents": self._h_agents, "status": self._h_status,
-                "ping": self._h_ping, "chain": self._h_chain}
+                "ping": self._h_ping, "chain": self._h_chain,
+                "slow_steps": lambda _c, _env: self.slow_steps.rows()}
 
     def _on_accept(self, c: Conn) -> None:
         # the connecting process's starttime: a request without a pid means
