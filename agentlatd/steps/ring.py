@@ -244,6 +244,7 @@ class RingReader:
             self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
         finally:
             os.close(fd)
+        self._q: memoryview | None = None  # read_new()'s u64 view, made on first use
         self.header = parse_header(self.mm)
         if self.header.pid != pid:
             self.close()
@@ -253,7 +254,6 @@ class RingReader:
         # claimed but not yet committed may still come, and is read then)
         self.last = self.header.head - 1 if from_now else -1
         self.missed = 0
-        self._q: memoryview | None = None  # read_new()'s u64 view, made on first use
 
     @classmethod
     def open(cls, root: Root, pid: int, *, from_now: bool = False) -> RingReader | None:

@@ -198,3 +198,46 @@ def test_client_in_forked_child_records_the_childs_tid() -> None:
             parent.close()
     assert os.waitstatus_to_exitcode(status) == 0
     assert int(got) == pid
+
+
+def test_read_new_reads_only_new_records_up_to_a_limit() -> None:
+    """The daemon's incremental read: from the header's head, O(new records); past the
+    limit or the capacity, the older records count as missed."""
+    w = ring.RingWriter(8)
+    try:
+        r = ring.RingReader.open(HOST, os.getpid())
+        assert r is not None
+        w.write(None, 5, 10, 20)
+        w.write("plan", 6, 30, 45, ring.FLAG_RAISED)
+        got = r.read_new(100)
+        assert [(x.seq, x.step, x.tid, x.start_ns, x.end_ns, x.flags) for x in got] == [
+            (0, 0, 5, 10, 20, 0), (1, ring.step_key("plan", 1), 6, 30, 45, 1)]
+        assert r.read_new(100) == []
+        for i in range(5):
+            w.write(i, 1, i, i + 1)
+        assert [x.seq for x in r.read_new(2)] == [5, 6] and r.missed == 3
+        for i in range(20):
+            w.write(i, 1, i, i + 1)
+        assert [x.seq for x in r.read_new(100)] == list(range(19, 27)) and r.missed == 15
+        r.close()
+    finally:
+        w.close()
+
+
+def test_read_new_leaves_a_record_being_written_for_the_next_call() -> None:
+    w = ring.RingWriter(8)
+    try:
+        r = ring.RingReader.open(HOST, os.getpid())
+        assert r is not None
+        w.write(1, 1, 1, 2)
+        seq = w.write(2, 1, 3, 4)
+        q = memoryview(w.mm).cast("Q")
+        off = (64 + seq * 48) // 8
+        q[off] = 0  # claimed, not yet committed
+        assert [x.seq for x in r.read_new(100)] == [0]
+        q[off] = seq + 1  # now committed
+        assert [x.seq for x in r.read_new(100)] == [1]
+        q.release()
+        r.close()
+    finally:
+        w.close()
