@@ -15,7 +15,10 @@ absent):
      thread's sample at or before its start and this poll's sample is
      attributed (agentlatd/steps/slowview.py) and kept (the last `keep`).
 So a poll costs, per agent, its new records plus three small reads per
-stepping thread: bench/slowsteps.py measures it with 1 and 100 agents.
+stepping thread: bench/slowsteps.py measures it with 1 and 100 agents. The
+cost is bounded: when a poll took more than `max_cpu_share` (2 %) of the
+period in CPU time, the next one comes later (up to `max_period_s`, 1 s), so
+with many agents the view stays within ~2 % of one CPU and its windows grow.
 
 Threads share nothing mutable: the main thread hands in the targets as a
 tuple replaced whole (set_targets) and reads back the published tuple of
@@ -92,9 +95,12 @@ def targets_of(agents: Iterable[object]) -> tuple[Target, ...]:
 
 class SlowSteps:
     def __init__(self, root: Root, *, period_s: float = 0.1, keep: int = 16,
-                 max_records: int = 4096, max_threads: int = 16, active_s: float = 10.0) -> None:
+                 max_records: int = 4096, max_threads: int = 16, active_s: float = 10.0,
+                 max_cpu_share: float = 0.02, max_period_s: float = 1.0) -> None:
         self.root = root
         self.period_s = period_s
+        self.max_cpu_share = max_cpu_share
+        self.max_period_s = max_period_s
         self.keep = keep
         self.max_records = max_records
         self.max_threads = max_threads
@@ -137,8 +143,15 @@ class SlowSteps:
             self._cpu.close()
             self._cpu = None
 
+    def next_wait(self) -> float:
+        """Seconds to the next poll: period_s, longer when the last poll cost more
+        than max_cpu_share of it (many agents), so the view's cost stays bounded
+        (at most max_period_s; the windows, and so the split, get coarser)."""
+        return min(self.max_period_s,
+                   max(self.period_s, self.poll_cpu_ns / 1e9 / self.max_cpu_share))
+
     def _run(self) -> None:
-        while not self._stop.wait(self.period_s):
+        while not self._stop.wait(self.next_wait()):
             try:
                 self.poll()
             except Exception:  # a bug here must not end the view for good
@@ -160,7 +173,8 @@ class SlowSteps:
             ag.target = t
             if ag.reader is None and now >= ag.next_find:
                 ag.next_find = now + FIND_EVERY_S
-                ag.reader = RingReader.open(self.root, t.pid)
+                # from now: older steps have no thread sample before them to split by
+                ag.reader = RingReader.open(self.root, t.pid, from_now=True)
         if any(ag.reader is not None for ag in self._agents.values()):
             irq = self._cpu_irq()
             if irq is not None:
