@@ -54,7 +54,7 @@ from typing import Any
 from agentlatd.agents.stats import sparse
 from agentlatd.api import protocol
 from agentlatd.policy import DaemonPolicy
-from agentlatd.steps.ring import RingWriter
+from agentlatd.steps.ring import FLAG_RAISED, RingWriter, step_key
 
 ENV_SOCKET = "AGENTLATD_SOCKET"
 _perf = time.perf_counter_ns
@@ -202,15 +202,14 @@ def _tid() -> int:
 
 
 class _Step:
-    __slots__ = ("_limit", "_q", "_ring", "_t0", "_wake", "step_id")
+    """One timed step. Only the client and the id are stored here (two stores: the
+    object is made per step); __exit__ reads the rest from the client."""
+
+    __slots__ = ("_c", "_t0", "step_id")
 
     def __init__(self, client: Client, step_id: Any) -> None:
-        self._q = client._samples
-        self._wake = client._wake
-        self._limit = client.flush_steps
-        self._ring = client._ring_write
+        self._c = client
         self.step_id = step_id
-        self._t0 = 0
 
     def __enter__(self) -> _Step:
         self._t0 = _perf()
@@ -219,18 +218,37 @@ class _Step:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
         t1 = _perf()
-        q = self._q
         t0 = self._t0
+        c = self._c
+        q = c._samples
         q.append(t1 - t0)
-        ring = self._ring
-        if ring is not None:
-            try:  # _tid() inlined: a call is a tenth of the step's budget
+        w = c._ring_words
+        if w is not None:
+            # RingWriter.write inlined, the same stores in the same order (docs/protocol.md
+            # "Writer protocol"): a Python call costs ~15 % of the step's 2 us budget on
+            # the 2-core CI machine (bench/agents.py step_cpu_ns)
+            seq = c._ring_claim()
+            i = 8 + (seq & c._ring_mask) * 6
+            k = self.step_id
+            if k is None:
+                k = seq
+            elif k.__class__ is not int or not 0 <= k <= 0xFFFF_FFFF_FFFF_FFFF:
+                k = step_key(k, seq)
+            try:  # _tid() inlined too
                 tid = _tls.tid
             except AttributeError:
                 tid = _tid()
-            ring(self.step_id, tid, t0, t1, 0 if et is None else 1)
-        if len(q) >= self._limit:
-            self._wake.set()
+            w[i] = 0
+            w[i + 1] = k
+            w[i + 2] = t0
+            w[i + 3] = t1
+            w[i + 4] = tid if et is None else tid | FLAG_RAISED << 32
+            w[i] = seq + 1
+            w[4] = seq + 1
+        elif c._ring_write is not None:  # a big-endian host: the struct path
+            c._ring_write(self.step_id, _tid(), t0, t1, 0 if et is None else FLAG_RAISED)
+        if len(q) >= c.flush_steps:
+            c._wake.set()
 
 
 class _NoStep:
@@ -304,10 +322,18 @@ class Client:
         # (id, tid, start, end) for `agentlatd trace --slow-steps` and the daemon
         self.ring: RingWriter | None = None
         self._ring_write: Any = None
+        self._ring_words: memoryview | None = None  # the ring's u64 view (little-endian hosts)
+        self._ring_claim: Any = None
+        self._ring_mask = 0
         if step_ring:
             try:
                 self.ring = RingWriter(ring_capacity)
-                self._ring_write = self.ring.write
+                self._ring_claim = self.ring.claim
+                self._ring_mask = self.ring.mask
+                if self.ring.words is not None:
+                    self._ring_words = self.ring.words
+                else:
+                    self._ring_write = self.ring.write
             except OSError as e:  # no memfd (seccomp, old kernel): steps are still timed
                 warnings.warn(f"agentlatd client: no step ring ({e.strerror}); per-step "
                               "attribution falls back to wakeup-to-block cycles",
@@ -332,8 +358,8 @@ class Client:
     def step(self, step_id: Any = None) -> Any:
         """`with client.step(id):` times one step (without a daemon, only its ring record)."""
         if self._conn is None:
-            ring = self._ring_write
-            return _NO_STEP if ring is None else _RingStep(ring, step_id)
+            ring = self.ring
+            return _NO_STEP if ring is None else _RingStep(ring.write, step_id)
         return _Step(self, step_id)
 
     def record(self, duration_ns: int) -> None:
@@ -381,6 +407,7 @@ class Client:
                 self._conn.close()
                 self._conn = None
         self._ring_write = None
+        self._ring_words = None
         if self.ring is not None:
             self.ring.close()
             self.ring = None
@@ -401,6 +428,7 @@ class Client:
         # the parent's ring stays the parent's: the child never writes it (its header
         # names the parent's pid, so readers ignore the inherited fd)
         self._ring_write = None
+        self._ring_words = None
         self.ring = None
 
     def _register_fields(self) -> dict[str, Any]:

@@ -70,7 +70,7 @@ def pct(xs: list[float], q: float) -> float:
 
 def run(n: int, rate: float, seconds: float, period: float, adaptive: bool) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    procs = [subprocess.Popen([sys.executable, "-c", AGENT, str(rate), str(seconds + 30)],
+    procs = [subprocess.Popen([sys.executable, "-c", AGENT, str(rate), "600"],
                               stdout=subprocess.PIPE, text=True, env=env) for _ in range(n)]
     try:
         for p in procs:

@@ -152,7 +152,9 @@ class RingWriter:
     CI machine, four per record), an item store on a cast view is ~0.05 us
     (bench/agents.py step_ns; tests/unit/test_step_ring.py checks the bytes)."""
 
-    __slots__ = ("_claim", "_mask", "_q", "capacity", "fd", "mm", "pid")
+    # claim, mask and words are public: the Python client inlines write() into its
+    # step's __exit__ (agentlatd/client.py _Step), with the same stores in the same order
+    __slots__ = ("capacity", "claim", "fd", "mask", "mm", "pid", "words")
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         import itertools
@@ -170,20 +172,20 @@ class RingWriter:
             os.close(self.fd)
             raise
         new_ring(self.mm, capacity, self.pid)
-        self._mask = capacity - 1
+        self.mask = capacity - 1
         # native u64 items: the format is little-endian, so a big-endian host
         # takes the struct path (write_packed)
-        self._q: memoryview | None = memoryview(self.mm).cast("Q") if _NATIVE_LE else None
+        self.words: memoryview | None = memoryview(self.mm).cast("Q") if _NATIVE_LE else None
         # next() on itertools.count is one C call: atomic under the GIL, so two Python
         # threads never claim the same seq
-        self._claim = itertools.count().__next__
+        self.claim = itertools.count().__next__
 
     def write(self, step_id: object, tid: int, start_ns: int, end_ns: int, flags: int = 0) -> int:
-        seq = self._claim()
-        q = self._q
+        seq = self.claim()
+        q = self.words
         if q is None:
             return self._write_packed(seq, step_id, tid, start_ns, end_ns, flags)
-        i = 8 + (seq & self._mask) * 6  # _REC0, _RECQ as literals: no global look-up
+        i = 8 + (seq & self.mask) * 6  # _REC0, _RECQ as literals: no global look-up
         k = step_id
         if k is None:
             k = seq
@@ -200,7 +202,7 @@ class RingWriter:
 
     def _write_packed(self, seq: int, step_id: object, tid: int, start_ns: int, end_ns: int,
                       flags: int) -> int:
-        off = HEADER_SIZE + (seq & self._mask) * RECORD_SIZE
+        off = HEADER_SIZE + (seq & self.mask) * RECORD_SIZE
         mm = self.mm
         COMMIT.pack_into(mm, off, 0)
         FIELDS.pack_into(mm, off + 8, step_key(step_id, seq), start_ns, end_ns, tid, flags)
@@ -209,7 +211,7 @@ class RingWriter:
         return seq
 
     def close(self) -> None:
-        q, self._q = self._q, None
+        q, self.words = self.words, None
         if q is not None:
             q.release()
         with contextlib.suppress(BufferError, ValueError):

@@ -241,3 +241,38 @@ def test_read_new_leaves_a_record_being_written_for_the_next_call() -> None:
         r.close()
     finally:
         w.close()
+
+
+def test_client_step_writes_the_documented_record() -> None:
+    """The client's step inlines RingWriter.write: the same record, flags and head, read
+    back by the reader; an exception in the step sets the raised flag."""
+    import warnings
+
+    from agentlatd.client import Client
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # no daemon
+        c = Client("inline", socket="/nonexistent/agentlatd.sock", background=False)
+    c._conn = object()  # type: ignore[assignment]  # the registered path (_Step), no socket
+    try:
+        with c.step(48213):
+            pass
+        with pytest.raises(KeyError), c.step("plan"):
+            raise KeyError("x")
+        with c.step(None):
+            pass
+        c._conn = None
+        with c.step(7):  # no daemon: RingWriter.write itself, sharing the seq counter
+            pass
+        assert c.ring is not None
+        recs = ring.parse_records(c.ring.mm)
+        tid = threading.get_native_id()
+        assert [(r.seq, r.step, r.tid, r.flags) for r in recs] == [
+            (0, 48213, tid, 0), (1, ring.step_key("plan", 1), tid, ring.FLAG_RAISED),
+            (2, 2, tid, 0), (3, 7, tid, 0)]
+        assert all(r.end_ns >= r.start_ns > 0 for r in recs)
+        assert ring.parse_header(c.ring.mm).head == 4
+        assert len(c._samples) == 3
+    finally:
+        c._conn = None
+        c.close()
