@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from agentlatd.errors import KernelError
 from agentlatd.sample.taskstat import CpuIrqProbe, TaskProbe, TaskSample
 from agentlatd.steps import slowview as sv
 from agentlatd.steps.ring import RingReader
@@ -173,15 +174,22 @@ class SlowSteps:
             ag.target = t
             if ag.reader is None and now >= ag.next_find:
                 ag.next_find = now + FIND_EVERY_S
-                # from now: older steps have no thread sample before them to split by
-                ag.reader = RingReader.open(self.root, t.pid, from_now=True)
+                try:
+                    # from now: older steps have no thread sample before them to split by
+                    ag.reader = RingReader.open(self.root, t.pid, from_now=True)
+                except (KernelError, OSError) as e:  # proc/PID/fd unreadable (EACCES)
+                    log.debug("step ring of pid %d: %s", t.pid, e)
         if any(ag.reader is not None for ag in self._agents.values()):
             irq = self._cpu_irq()
             if irq is not None:
                 self._irq.append((now_ns, irq))
             for ag in self._agents.values():
                 if ag.reader is not None:
-                    self._poll_agent(ag, now_ns)
+                    try:
+                        self._poll_agent(ag, now_ns)
+                    except Exception:  # one agent's surprise must not blind the view
+                        log.exception("slow-steps view of pid %d", ag.target.pid)
+                        self._drop(ag)
         self.polls += 1
         self._published = tuple(
             sv.summarize(ag.target.agent_id, ag.target.pid, ag.book, self._threshold(ag),

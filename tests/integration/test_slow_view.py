@@ -127,3 +127,42 @@ def test_hogged_agent_shows_runnable_and_sleeping_agent_blocked(lab: tuple[Any, 
     row = next(r for r in doc["agents"] if r["pid"] == spin)
     assert row["slowest"] and row["slowest"][0]["cause"] in ("runnable", "on_cpu")
     assert row["share_by_cause"]["runnable"] >= 0.5
+
+
+def test_view_survives_vanished_and_unknown_processes() -> None:
+    """SlowSteps alone (the daemon thread's body, poll()): an agent killed between polls,
+    and a target pid with no process, leave the view polling and answering."""
+    from agentlatd.steps.slowsteps import SlowSteps, Target
+    from agentlatd.sysfs.root import Root
+
+    agent = subprocess.Popen([sys.executable, "-c", AGENT, "/nonexistent/agentlatd.sock",
+                              "lone", "sleep"], stdout=subprocess.PIPE, text=True,
+                             env=env_for_children())
+    view = SlowSteps(Root("/"))
+    try:
+        assert agent.stdout is not None and agent.stdout.readline().strip() == "up"
+        gone = 4_000_000  # above pid_max's default: no such process
+        view.set_targets((Target(agent.pid, None, "lone", 1_000_000),
+                          Target(gone, None, "ghost", None)))
+
+        def attributed() -> bool:
+            view.poll()
+            rows = {r.agent_id: r for r in view.snapshot()}
+            return rows["lone"].ring and len(rows["lone"].slowest) >= 3 and not rows["ghost"].ring
+
+        wait_until(attributed, 20.0, 0.1, "3 attributed slow steps without a daemon")
+        agent.kill()
+        agent.wait(10)
+        polls = view.polls
+        view.poll()
+        view.poll()
+        assert view.polls == polls + 2
+        assert {r.agent_id for r in view.snapshot()} == {"lone", "ghost"}
+        view.set_targets(())
+        view.poll()
+        assert view.snapshot() == ()
+    finally:
+        view.stop()
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait(10)
