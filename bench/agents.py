@@ -19,8 +19,11 @@ journal's fsyncs cost what they cost there), interval 1 s (the default).
   ping_rtt       the socket and JSON round trip alone
   step_ns        `with client.step(i): pass` minus an empty loop, per step,
                  the step ring written (the default); step_ns_no_ring the
-                 same with Client(step_ring=False), timed in the same rounds;
-                 over --steps steps, in this process (a registered Client)
+                 same Client with its ring switched off, in alternate rounds;
+                 over --steps steps, in this process (a registered Client);
+                 step_cpu_ns*: the same in this thread's CPU time (steadier on
+                 a shared machine); --client-repo: the same with another
+                 checkout's client in the same run (before/after)
   tick_ms        the daemon's agent-side tick (new threads, moves, exclusive
                  CPUs) with --agents agents, as its status reports it, and
                  the tuner tick (sample, rates, plan, apply, drift)
@@ -151,52 +154,58 @@ def register_round(path: str, n: int, daemon_pid: int = 0,
 
 
 def step_overhead(path: str, steps: int) -> dict[str, float]:
-    """Per step: a Client with the step ring (the default) and one without, interleaved
-    in the same rounds so the two figures share the machine's state. Wall time (the
-    best of 6 rounds) and this thread's CPU time (time.thread_time_ns: what the step
-    path itself costs, without the time slices other processes of a shared machine
-    take from it)."""
+    """Per step, with the step ring and without, on ONE registered Client whose ring is
+    switched off and on between rounds (alternating, so both share the machine's
+    state). Not two Clients: the daemon keeps one registration per process, so two
+    would displace each other, and each would spend part of the time unregistered,
+    when step() takes its no-daemon path (no timing without a ring: nearly free).
+    Wall time (the best of 6 rounds) and this thread's CPU time (time.thread_time_ns:
+    what the step path itself costs, without the time slices other processes of a
+    shared machine take from it)."""
     import time
 
     from agentlatd.client import Client
     c = Client("bench-steps", "normal", socket=path)
-    bare = Client("bench-steps-noring", "normal", socket=path, step_ring=False)
-    assert c.enabled and bare.enabled and c.ring is not None
+    assert c.enabled and c.ring is not None
+    # the ring's hooks on the client (both spellings: --client-repo may be older)
+    ring_on = {k: getattr(c, k) for k in ("_ring_words", "_ring_write") if hasattr(c, k)}
+    ring_off = dict.fromkeys(ring_on)
     perf = time.perf_counter_ns
     cpu = time.thread_time_ns
     inf = float("inf")
     best = {"empty": [inf, inf], "ring": [inf, inf], "bare": [inf, inf]}
 
-    def timed(name: str, client: Client | None) -> None:
+    def timed(name: str) -> None:
+        for k, v in (ring_on if name == "ring" else ring_off).items():
+            setattr(c, k, v)
         w0, c0 = perf(), cpu()
-        if client is None:
+        if name == "empty":
             for _ in range(steps):
                 pass
         else:
             for i in range(steps):
-                with client.step(i):
+                with c.step(i):
                     pass
         w, cp = perf() - w0, cpu() - c0
         b = best[name]
         b[0], b[1] = min(b[0], w), min(b[1], cp)
 
     for r in range(6):
-        timed("empty", None)
-        # alternate the order: each client's helper thread flushes what the loop just
-        # recorded while the next loop runs (GIL), and that should not favour one
-        order = [("bare", bare), ("ring", c)] if r % 2 else [("ring", c), ("bare", bare)]
-        for name, cl in order:
-            timed(name, cl)
-    for x in (c, bare):
-        x.flush()
-        x.unregister()
+        timed("empty")
+        for name in (("bare", "ring") if r % 2 else ("ring", "bare")):
+            timed(name)
+    for k, v in ring_on.items():
+        setattr(c, k, v)
+    reconnects = c.reconnects
+    c.flush()
+    c.unregister()
 
     def per(name: str, k: int) -> float:
         return round((best[name][k] - best["empty"][k]) / steps, 1)
 
     return {"steps": steps, "step_ns": per("ring", 0), "step_ns_no_ring": per("bare", 0),
             "step_cpu_ns": per("ring", 1), "step_cpu_ns_no_ring": per("bare", 1),
-            "loop_ns": round(best["empty"][0] / steps, 1)}
+            "loop_ns": round(best["empty"][0] / steps, 1), "reconnects": reconnects}
 
 
 def step_overhead_of(repo: pathlib.Path, path: str, steps: int) -> dict[str, float]:
