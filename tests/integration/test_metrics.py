@@ -50,7 +50,9 @@ from agentlatd.model.machine import Discontinuity, Rates
 from agentlatd.policy import MetricsPolicy, default, loads
 from agentlatd.sample.softirqs import Softirqs
 from agentlatd.sample.stat import CpuTimes, Stat
+from agentlatd.steps.slowsteps import SlowSteps
 from agentlatd.steps.slowview import CAUSES, Cause, summarize
+from agentlatd.sysfs.root import Root
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -644,6 +646,7 @@ class _StubDaemon:
         self.manager = _StubManager()
         self.engine = _StubEngine()
         self.chain = _StubChain()
+        self.slow_steps = SlowSteps(Root("/"))  # never started: an empty view
         self.last_state: Any = None
         self.woken = threading.Event()
 
