@@ -88,7 +88,7 @@ from agentlatd.model.chain import parse_endpoint
 from agentlatd.model.machine import Machine, Rates
 from agentlatd.plan.changes import INCLUDE_MATCHES_NOTHING, Plan, human_value
 from agentlatd.policy import Policy
-from agentlatd.steps.slowsteps import SlowSteps, targets_of
+from agentlatd.steps.slowsteps import SlowSteps
 from agentlatd.sysfs.root import Root
 
 log = logging.getLogger("agentlatd.daemon")
@@ -427,8 +427,7 @@ class Daemon:
         # fed the agents once per tick, started with the service and stopped first
         self.slow_steps = SlowSteps(self.root)
         self.hooks.on_ready.append(lambda d: d.slow_steps.start())
-        self.hooks.on_tick.append(
-            lambda d, _st: d.slow_steps.set_targets(targets_of(d.manager.agents.values())))
+        self.hooks.on_tick.append(lambda d, _st: d.slow_steps.update(d.manager.agents.values()))
         self.hooks.on_stop.append(lambda d: d.slow_steps.stop())
 
     # -- plumbing --------------------------------------------------------

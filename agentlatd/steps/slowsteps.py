@@ -77,20 +77,35 @@ class _Agent:
     threads_skipped: int = 0
 
 
-def targets_of(agents: Iterable[object]) -> tuple[Target, ...]:
+def targets_of(agents: Iterable[object],
+               p99_cache: dict[object, tuple[int, int | None]] | None = None
+               ) -> tuple[Target, ...]:
     """Targets from registry Agents (agents/registry.py: proc, agent_id, deadline_ns,
-    hist): read in the main thread, once per tick."""
+    hist): read in the main thread, once per tick. `p99_cache`: proc -> (step count,
+    p99), so an agent whose histogram did not grow costs no percentile."""
+    agents = list(agents)
     out: list[Target] = []
     for a in agents:
         proc = getattr(a, "proc", None)
         if proc is None:
             continue
         hist = getattr(a, "hist", None)
-        p99 = hist.percentile(0.99) if hist is not None and hist.count >= sv.MIN_STEPS_FOR_P99 \
-            else None
+        n = hist.count if hist is not None else 0
+        hit = p99_cache.get(proc) if p99_cache is not None else None
+        if hit is not None and hit[0] == n:
+            p99 = hit[1]
+        else:
+            p99 = hist.percentile(0.99) if hist is not None and n >= sv.MIN_STEPS_FOR_P99 \
+                else None
+            if p99_cache is not None:
+                p99_cache[proc] = (n, p99)
         out.append(Target(proc.pid, getattr(proc, "starttime", None),
                           str(getattr(a, "agent_id", proc.pid)),
                           getattr(a, "deadline_ns", None), p99))
+    if p99_cache is not None and len(p99_cache) > len(out):  # agents gone
+        live = {getattr(a, "proc", None) for a in agents}
+        for k in [k for k in p99_cache if k not in live]:
+            del p99_cache[k]
     return tuple(out)
 
 
@@ -107,6 +122,7 @@ class SlowSteps:
         self.max_threads = max_threads
         self.active_ns = int(active_s * 1e9)
         self._targets: tuple[Target, ...] = ()
+        self._p99_cache: dict[object, tuple[int, int | None]] = {}  # the main thread's
         self._agents: dict[tuple[int, int | None], _Agent] = {}
         self._irq: deque[tuple[int, dict[int, int]]] = deque(maxlen=HISTORY)
         self._cpu: CpuIrqProbe | None = None
@@ -119,6 +135,11 @@ class SlowSteps:
     # -- the main thread's side -------------------------------------------
     def set_targets(self, targets: tuple[Target, ...]) -> None:
         self._targets = targets
+
+    def update(self, agents: Iterable[object]) -> None:
+        """set_targets(targets_of(agents)), with a p99 cache that only this caller
+        (the main thread) touches."""
+        self._targets = targets_of(agents, self._p99_cache)
 
     def snapshot(self) -> tuple[sv.AgentSlow, ...]:
         return self._published

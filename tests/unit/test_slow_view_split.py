@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass, field
 
+from agentlatd.agents import stats
+from agentlatd.agents.tasks import ProcId
 from agentlatd.sample import taskstat
 from agentlatd.sample.taskstat import TaskSample
 from agentlatd.steps import slowview as sv
 from agentlatd.steps.ring import StepRecord
+from agentlatd.steps.slowsteps import targets_of
 from agentlatd.sysfs.root import Root
 
 MS = 1_000_000
@@ -101,3 +105,24 @@ def test_probe_reads_this_thread_again_and_again() -> None:
         assert s2.cpu is not None and s2.cpu in os.sched_getaffinity(0)
     finally:
         p.close()
+
+
+def test_targets_p99_from_the_reports_cached_until_the_histogram_grows() -> None:
+    @dataclass
+    class A:
+        agent_id: str
+        proc: ProcId
+        deadline_ns: int | None = None
+        hist: stats.Histogram = field(default_factory=stats.Histogram.empty)
+
+    a, b = A("a", ProcId(1, 10)), A("b", ProcId(2, 20), deadline_ns=5 * MS)
+    a.hist.add_many([MS] * 200)
+    cache: dict[object, tuple[int, int | None]] = {}
+    t = targets_of([a, b], cache)
+    assert [(x.pid, x.starttime, x.agent_id, x.deadline_ns) for x in t] == [
+        (1, 10, "a", None), (2, 20, "b", 5 * MS)]
+    p99 = t[0].p99_ns
+    assert p99 is not None and 0.9 * MS <= p99 <= 1.1 * MS and t[1].p99_ns is None
+    a.hist.add_many([50 * MS] * 100)  # grown: computed again
+    assert targets_of([a, b], cache)[0].p99_ns > 40 * MS  # type: ignore[operator]
+    assert targets_of([b], cache) and set(cache) == {b.proc}  # a left: evicted
