@@ -84,6 +84,8 @@ from agentlatd.model.agent_links import AgentLinks
 from agentlatd.model.chain import parse_endpoint
 from agentlatd.plan.build import check_policy_cpus
 from agentlatd.policy import Policy
+from agentlatd.steps.slowsteps import SlowSteps
+from agentlatd.steps.slowview import AgentSlow
 from agentlatd.sysfs.root import Root
 from agentlatd.tick import TickInput
 from agentlatd.tuner import Tuner, TunerState
@@ -146,6 +148,13 @@ class Daemon:
         self._writing = False  # start() got past acquire(): the host may be changed
         self._retry = False
         self._next_reap = 0.0
+        # the always-on slowest-steps view (steps/slowsteps.py): its own thread,
+        # fed the agents once per tick, started with the service and stopped first
+        self.slow_steps = SlowSteps(self.root)
+        self.hooks.on_ready.append(lambda _v: self.slow_steps.start())
+        self.hooks.on_tick.append(
+            lambda _v, _st: self.slow_steps.update(self.manager.agents.values()))
+        self.hooks.on_stop.append(lambda _v: self.slow_steps.stop())
 
     def wake(self) -> None:
         self.waker.wake()
@@ -354,7 +363,8 @@ class Daemon:
     def _handlers(self) -> dict[str, Callable[[Conn, Envelope], Any]]:
         return {"register": self._h_register, "unregister": self._h_unregister,
                 "step": self._h_step, "agents": self._h_agents, "status": self._h_status,
-                "ping": self._h_ping, "chain": self._h_chain}
+                "ping": self._h_ping, "chain": self._h_chain,
+                "slow_steps": lambda _c, _env: self.slow_steps.rows()}
 
     def _on_accept(self, c: Conn) -> None:
         # the connecting process's starttime: a request without a pid means
@@ -568,6 +578,9 @@ class _View:
 
     def chain_row(self) -> Callable[[Any], ChainRow] | None:
         return self._d.chain.view
+
+    def slow_steps(self) -> tuple[AgentSlow, ...]:
+        return self._d.slow_steps.snapshot()
 
     def hot_cpus(self) -> list[int]:
         return list(self._d.manager.status().get("hot_cpus", []))

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from agentlatd.agents.chainrow import ChainRow
 from agentlatd.policy import Policy
+from agentlatd.steps.slowview import AgentSlow
 from agentlatd.tuner import TunerState
 
 
@@ -42,6 +43,9 @@ class DaemonView(Protocol):
 
     def chain_row(self) -> Callable[[Any], ChainRow] | None:
         """The completion-chain columns of an agent's metrics row."""
+
+    def slow_steps(self) -> tuple[AgentSlow, ...]:
+        """The always-on slowest-steps view (steps/slowsteps.py), per agent."""
 
     def hot_cpus(self) -> list[int]: ...
 

@@ -76,6 +76,7 @@ from agentlatd.policy import LATENCY_CLASSES, MetricsPolicy, Policy
 from agentlatd.sample.process import read_process
 from agentlatd.sample.softirqs import Softirqs
 from agentlatd.sample.stat import Stat, parse_stat
+from agentlatd.steps.slowview import AgentSlow
 from agentlatd.sysfs.root import Root
 
 log = logging.getLogger("agentlatd.metrics")
@@ -241,6 +242,9 @@ class View:
     class_budgets: tuple[tuple[str, float], ...]
     max_agents: int
     per_cpu_vectors: bool
+    # the slowest-steps view (steps/slowsteps.py), agents with series of their own only:
+    # (agent, slow steps, ((cause, ns), ...))
+    slow_steps: tuple[tuple[str, int, tuple[tuple[str, int], ...]], ...] = ()
 
 
 class AgentLike(Protocol):
@@ -435,7 +439,8 @@ class Metrics:
 
     # -- the view --------------------------------------------------------
     def view(self, agents: Iterable[AgentLike] = (), policy: Policy | None = None,
-             chain: Callable[[Any], ChainRow] | None = None) -> View:
+             chain: Callable[[Any], ChainRow] | None = None,
+             slow_steps: Iterable[AgentSlow] = ()) -> View:
         """A frozen copy of what a render needs (main thread; O(agents + families))."""
         pol = policy
         cap = pol.metrics.max_agents if pol is not None else 32
@@ -545,12 +550,21 @@ class Metrics:
             decisions_undone=tuple(sorted(undone)),
             guard_undone=tuple(sorted(self.guard_undone.items())),
             class_budgets=budgets, max_agents=cap,
-            per_cpu_vectors=pol.metrics.per_cpu_softirq_vectors if pol is not None else False)
+            per_cpu_vectors=pol.metrics.per_cpu_softirq_vectors if pol is not None else False,
+            slow_steps=_slow_series(slow_steps, {aid for aid, _ in own}))
 
     def render(self, agents: Iterable[AgentLike] = (), policy: Policy | None = None,
                openmetrics: bool = False) -> str:
         """view() and render it (tests, one-shot tools; the daemon splits the two)."""
         return render_view(self.view(agents, policy), openmetrics)
+
+
+def _slow_series(rows: Iterable[AgentSlow], own: set[str]
+                 ) -> tuple[tuple[str, int, tuple[tuple[str, int], ...]], ...]:
+    """Slow-step time by cause for the agents with series of their own (at most
+    metrics.max_agents: 4 causes each); the others are in `agentlatd agents --slow`."""
+    return tuple(sorted((r.agent_id, r.slow_steps, tuple((str(c), ns) for c, ns in r.time_by_cause))
+                        for r in rows if r.agent_id in own and r.ring))
 
 
 def _device_knobs() -> tuple[str, ...]:
@@ -693,6 +707,15 @@ def families(v: View) -> list[Family]:
             step.add(cum, "_bucket", **lab, le=le)
         step.add(s.count, "_count", **lab)
         step.add(s.sum_s, "_sum", **lab)
+    ss = fam("agent_slow_steps", "counter", "Steps above the agent's slow threshold (its "
+             "deadline, else its p99) seen by the always-on slowest-steps view")
+    sc = fam("agent_slow_step_seconds", "counter", "Time of the agent's slow steps by cause: "
+             "runnable (waiting for a CPU), irq (its CPU's interrupts), on_cpu, blocked "
+             "(schedstat over a window around each step; agentlatd agents --slow)")
+    for aid, n, causes in v.slow_steps:
+        ss.add(n, agent=aid)
+        for cause, ns in causes:
+            sc.add(ns / 1e9, agent=aid, cause=cause)
     bud = fam("class_budget_seconds", "gauge", "Step latency budget of the latency class "
               "(policy classes.NAME.budget_us; classes without one are absent)")
     for cls, b in v.class_budgets:

@@ -165,7 +165,8 @@ class Service:
 
     def on_loop(self, d: DaemonView) -> None:
         if self.metrics.ticks:
-            self.broker.serve(lambda: self.metrics.view(d.agents(), d.policy, d.chain_row()))
+            self.broker.serve(lambda: self.metrics.view(d.agents(), d.policy, d.chain_row(),
+                                                              d.slow_steps()))
         due = self.notifier.watchdog_due()
         if due is not None and due <= PING_SLACK:
             self.notifier.watchdog()

@@ -19,8 +19,11 @@ journal's fsyncs cost what they cost there), interval 1 s (the default).
   ping_rtt       the socket and JSON round trip alone
   step_ns        `with client.step(i): pass` minus an empty loop, per step,
                  the step ring written (the default); step_ns_no_ring the
-                 same with Client(step_ring=False), timed in the same rounds;
-                 over --steps steps, in this process (a registered Client)
+                 same Client with its ring switched off, in alternate rounds;
+                 over --steps steps, in this process (a registered Client);
+                 step_cpu_ns*: the same in this thread's CPU time (steadier on
+                 a shared machine); --client-repo: the same with another
+                 checkout's client in the same run (before/after)
   tick_ms        the daemon's agent-side tick (new threads, moves, exclusive
                  CPUs) with --agents agents, as its status reports it, and
                  the tuner tick (sample, rates, plan, apply, drift)
@@ -39,6 +42,7 @@ Targets: register p99 <= 500 us; step overhead <= 2 us.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import pathlib
@@ -151,40 +155,70 @@ def register_round(path: str, n: int, daemon_pid: int = 0,
 
 
 def step_overhead(path: str, steps: int) -> dict[str, float]:
-    """Per step: a Client with the step ring (the default) and one without, interleaved
-    in the same rounds so the two figures share the machine's state."""
+    """Per step, with the step ring and without, on ONE registered Client whose ring is
+    switched off and on between rounds (alternating, so both share the machine's
+    state). Not two Clients: the daemon keeps one registration per process, so two
+    would displace each other, and each would spend part of the time unregistered,
+    when step() takes its no-daemon path (no timing without a ring: nearly free).
+    Wall time (the best of 6 rounds) and this thread's CPU time (time.thread_time_ns:
+    what the step path itself costs, without the time slices other processes of a
+    shared machine take from it)."""
+    import time
+
     from agentlatd.client import Client
     c = Client("bench-steps", "normal", socket=path)
-    bare = Client("bench-steps-noring", "normal", socket=path, step_ring=False)
-    assert c.enabled and bare.enabled and c.ring is not None
+    assert c.enabled and c.ring is not None
+    # the ring's hooks on the client (both spellings: --client-repo may be older)
+    ring_on = {k: getattr(c, k) for k in ("_ring_words", "_ring_write") if hasattr(c, k)}
+    ring_off = dict.fromkeys(ring_on)
     perf = time.perf_counter_ns
-    best_empty = best_step = best_bare = float("inf")
-    def timed(client: Client) -> int:
-        t0 = perf()
-        for i in range(steps):
-            with client.step(i):
+    cpu = time.thread_time_ns
+    inf = float("inf")
+    best = {"empty": [inf, inf], "ring": [inf, inf], "bare": [inf, inf]}
+
+    def timed(name: str) -> None:
+        for k, v in (ring_on if name == "ring" else ring_off).items():
+            setattr(c, k, v)
+        w0, c0 = perf(), cpu()
+        if name == "empty":
+            for _ in range(steps):
                 pass
-        return perf() - t0
+        else:
+            for i in range(steps):
+                with c.step(i):
+                    pass
+        w, cp = perf() - w0, cpu() - c0
+        b = best[name]
+        b[0], b[1] = min(b[0], w), min(b[1], cp)
 
     for r in range(6):
-        t0 = perf()
-        for _ in range(steps):
-            pass
-        best_empty = min(best_empty, perf() - t0)
-        # alternate the order: each client's helper thread flushes what the loop just
-        # recorded while the next loop runs (GIL), and that should not favour one
-        if r % 2:
-            best_bare = min(best_bare, timed(bare))
-            best_step = min(best_step, timed(c))
-        else:
-            best_step = min(best_step, timed(c))
-            best_bare = min(best_bare, timed(bare))
-    for x in (c, bare):
-        x.flush()
-        x.unregister()
-    return {"steps": steps, "step_ns": round((best_step - best_empty) / steps, 1),
-            "step_ns_no_ring": round((best_bare - best_empty) / steps, 1),
-            "loop_ns": round(best_empty / steps, 1)}
+        timed("empty")
+        for name in (("bare", "ring") if r % 2 else ("ring", "bare")):
+            timed(name)
+    for k, v in ring_on.items():
+        setattr(c, k, v)
+    reconnects = c.reconnects
+    c.flush()
+    c.unregister()
+
+    def per(name: str, k: int) -> float:
+        return round((best[name][k] - best["empty"][k]) / steps, 1)
+
+    return {"steps": steps, "step_ns": per("ring", 0), "step_ns_no_ring": per("bare", 0),
+            "step_cpu_ns": per("ring", 1), "step_cpu_ns_no_ring": per("bare", 1),
+            "loop_ns": round(best["empty"][0] / steps, 1), "reconnects": reconnects}
+
+
+def step_overhead_of(repo: pathlib.Path, path: str, steps: int) -> dict[str, float]:
+    """step_overhead() with the client of another checkout, in a child process (one
+    interpreter cannot import two agentlatd packages)."""
+    code = ("import pathlib, sys, json\nsys.path.insert(0, sys.argv[1])\n"
+            + inspect.getsource(step_overhead)
+            + "\nprint(json.dumps(step_overhead(sys.argv[2], int(sys.argv[3]))))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(repo.resolve()), path, str(steps)],
+                         check=True, capture_output=True, text=True).stdout
+    res: dict[str, float] = json.loads(out.splitlines()[-1])
+    return res
 
 
 def main() -> int:
@@ -202,6 +236,11 @@ def main() -> int:
     ap.add_argument("--daemon-repo", type=pathlib.Path, default=REPO,
                     help="the checkout whose agentlatd the daemon runs (default: this one)")
     ap.add_argument("--rt", action="store_true", help="SCHED_FIFO priority 10 (see above)")
+    ap.add_argument("--client-repo", type=pathlib.Path, action="append", default=[],
+                    help="also time step() with this checkout's client, in the same run "
+                         "(before/after; repeat it to alternate, e.g. main, this, main)")
+    ap.add_argument("--steps-only", action="store_true",
+                    help="only the step figures (no registration rounds, no --agents load)")
     args = ap.parse_args()
     if args.rt:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))  # the daemon inherits it
@@ -252,43 +291,52 @@ def main() -> int:
             time.sleep(0.5)
             _, st = c.rtt("status")
             out["tasks_moved"] = st["result"]["tasks_moved"]
-        pings = [c.rtt("ping")[0] for _ in range(2000)]
-        c.close()
-        out["ping_rtt"] = summary(pings[200:])
-        cpu: list[float] = []
-        first, again, unreg = register_round(sock, args.samples, dm.pid, cpu)
-        out["register_cpu_0_agents"] = summary(cpu)
-        out["register_rtt_0_agents"] = summary(first)
-        out["reregister_rtt"] = summary(again)
-        out["unregister_rtt"] = summary(unreg)
+        if args.steps_only:
+            c.close()
+            out["step"] = step_overhead(sock, args.steps)
+            for i, repo in enumerate(args.client_repo):
+                out[f"step_{i}_{repo}"] = step_overhead_of(repo, sock, args.steps)
+            out["step_again"] = step_overhead(sock, args.steps)
+        else:
+            pings = [c.rtt("ping")[0] for _ in range(2000)]
+            c.close()
+            out["ping_rtt"] = summary(pings[200:])
+            cpu: list[float] = []
+            first, again, unreg = register_round(sock, args.samples, dm.pid, cpu)
+            out["register_cpu_0_agents"] = summary(cpu)
+            out["register_rtt_0_agents"] = summary(first)
+            out["reregister_rtt"] = summary(again)
+            out["unregister_rtt"] = summary(unreg)
 
-        load = Sleepers(args.agents)
-        c = Conn(sock)
-        t0 = time.monotonic()
-        for pid in load.pids:
-            _, ans = c.rtt("register", agent_id=f"load{pid}", pid=pid)
-            assert ans["ok"], ans
-        out[f"register_{args.agents}_sequential_s"] = round(time.monotonic() - t0, 3)
-        cpu = []
-        first, _, _ = register_round(sock, args.samples, dm.pid, cpu)
-        out[f"register_cpu_{args.agents}_agents"] = summary(cpu)
-        out[f"register_rtt_{args.agents}_agents"] = summary(first)
-        agent_ticks, tuner_ticks = [], []
-        for _ in range(8):
-            time.sleep(1.0)
-            _, st = c.rtt("status")
-            agent_ticks.append(st["result"]["agent_tick_ms"])
-            tuner_ticks.append(st["result"].get("tuner_tick_ms") or 0.0)
-        out[f"agent_tick_ms_{args.agents}_agents"] = {
-            "p50": round(statistics.median(agent_ticks), 2), "max": round(max(agent_ticks), 2)}
-        out[f"tuner_tick_ms_{args.agents}_agents"] = {
-            "p50": round(statistics.median(tuner_ticks), 2), "max": round(max(tuner_ticks), 2)}
-        out["journal_entries"] = st["result"]["journal_entries"]
-        c.close()
-        load.close()
-        out["step"] = step_overhead(sock, args.steps)
-        if anchor is not None:
-            anchor.close()
+            load = Sleepers(args.agents)
+            c = Conn(sock)
+            t0 = time.monotonic()
+            for pid in load.pids:
+                _, ans = c.rtt("register", agent_id=f"load{pid}", pid=pid)
+                assert ans["ok"], ans
+            out[f"register_{args.agents}_sequential_s"] = round(time.monotonic() - t0, 3)
+            cpu = []
+            first, _, _ = register_round(sock, args.samples, dm.pid, cpu)
+            out[f"register_cpu_{args.agents}_agents"] = summary(cpu)
+            out[f"register_rtt_{args.agents}_agents"] = summary(first)
+            agent_ticks, tuner_ticks = [], []
+            for _ in range(8):
+                time.sleep(1.0)
+                _, st = c.rtt("status")
+                agent_ticks.append(st["result"]["agent_tick_ms"])
+                tuner_ticks.append(st["result"].get("tuner_tick_ms") or 0.0)
+            out[f"agent_tick_ms_{args.agents}_agents"] = {
+                "p50": round(statistics.median(agent_ticks), 2), "max": round(max(agent_ticks), 2)}
+            out[f"tuner_tick_ms_{args.agents}_agents"] = {
+                "p50": round(statistics.median(tuner_ticks), 2), "max": round(max(tuner_ticks), 2)}
+            out["journal_entries"] = st["result"]["journal_entries"]
+            c.close()
+            load.close()
+            out["step"] = step_overhead(sock, args.steps)
+            for i, repo in enumerate(args.client_repo):
+                out[f"step_{i}_{repo}"] = step_overhead_of(repo, sock, args.steps)
+            if anchor is not None:
+                anchor.close()
     finally:
         dm.send_signal(signal.SIGTERM)
         out["daemon_rc"] = dm.wait(60)

@@ -49,7 +49,7 @@ RATE_LIMITED = "rate_limited"  # this uid's request rate or in-flight requests: 
 UNAVAILABLE = "unavailable"  # no home CPU, daemon stopping, ...
 INTERNAL = "internal"  # a bug in agentlatd: logged with a traceback
 
-OPS = ("register", "unregister", "step", "agents", "status", "ping", "chain")
+OPS = ("register", "unregister", "step", "agents", "status", "ping", "chain", "slow_steps")
 
 
 class ProtocolError(Exception):
@@ -93,7 +93,7 @@ class Step:
 
 @dataclass(frozen=True, slots=True)
 class Query:
-    op: str  # "agents" | "status" | "ping"
+    op: str  # "agents" | "status" | "ping" | "slow_steps"
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,17 @@ latency_class, home_cpu, threads, steps, p50_ns, p99_ns, p999_ns, recent
 ({"1m": {steps, p50_ns, p99_ns, p999_ns}, "10m": {...}}), last_move ({at,
 from_cpu, to_cpu, reason} or null), chain, guard, refused; see
 docs/protocol.md ("agents").
+
+--slow: the daemon's always-on slowest-steps view (agentlatd/steps/
+slowsteps.py): per agent with a step ring, the share of its slow steps' time
+by cause (runnable: waiting for a CPU; irq: its CPU's interrupts; on_cpu: its
+own work; blocked: asleep) and its slowest recent steps, each with the CPU it
+ran on, its migrations and the sampling window the split comes from. --json:
+{"schema_version": 1, "agents": [{agent_id, pid, ring, threshold_ns, steps,
+slow_steps, unattributed, ring_missed, time_by_cause_ns, share_by_cause,
+slowest: [{seq, step, tid, start_ns, end_ns, duration_ns, cpu, migrations,
+window_ns, cause, causes_ns}]}]}. For the exact cause of each step (who ran
+instead, which IRQ), `agentlatd trace --slow-steps`.
 """
 
 from __future__ import annotations
@@ -27,6 +38,8 @@ HELP = "list registered agents: class, home CPU, threads, step latency, moves"
 EXAMPLES = (
     "agentlatd agents",
     "agentlatd agents --json",
+    "agentlatd agents --slow",
+    "agentlatd agents --slow --json",
     "agentlatd agents --socket /tmp/al/agentlatd.sock",
 )
 WIDTH = 80
@@ -36,6 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--socket", metavar="PATH",
                    help="registration socket (default: $AGENTLATD_SOCKET, else the policy's)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument("--slow", action="store_true",
+                   help="each agent's slowest recent steps and their time by cause")
+    p.add_argument("--limit", type=int, default=5, metavar="N",
+                   help="with --slow: slow steps shown per agent (default 5; --json has all)")
 
 
 def fmt_ns(v: int | None) -> str:
@@ -121,10 +138,56 @@ def render(rows: list[dict[str, Any]], now: float | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
+CAUSES = ("runnable", "irq", "on_cpu", "blocked")
+
+
+def _pct(share: Any) -> str:
+    return f"{float(share) * 100:.0f}%" if isinstance(share, int | float) else "-"
+
+
+def render_slow(rows: list[dict[str, Any]], limit: int = 5) -> str:
+    if not rows:
+        return "No agents registered.\n"
+    out = [f"{'AGENT':<16} {'PID':>7} {'STEPS':>8} {'SLOW':>6} {'OVER':>6} "
+           f"{'RUNNABLE':>8} {'IRQ':>4} {'ON_CPU':>6} {'BLOCKED':>7}"]
+    for r in rows:
+        aid = str(r.get("agent_id", ""))
+        aid = aid if len(aid) <= 16 else aid[:15] + "~"
+        share = r.get("share_by_cause") or {}
+        anyslow = bool(sum((r.get("time_by_cause_ns") or {}).values()))
+        out.append(f"{aid:<16} {r.get('pid', 0):>7} {r.get('steps', 0):>8} "
+                   f"{r.get('slow_steps', 0):>6} {fmt_ns(r.get('threshold_ns')):>6} "
+                   + " ".join(f"{_pct(share.get(c)) if anyslow else '-':>{w}}"
+                              for c, w in zip(CAUSES, (8, 4, 6, 7), strict=True)))
+        if not r.get("ring"):
+            out.append("  no step ring (not a Client, or step_ring=False): no per-step view")
+            continue
+        notes = []
+        if r.get("unattributed"):
+            notes.append(f"{r['unattributed']} slow step(s) before the view sampled the thread")
+        if r.get("ring_missed"):
+            notes.append(f"{r['ring_missed']} step(s) overwritten before read")
+        if notes:
+            out += textwrap.wrap("; ".join(notes), WIDTH, initial_indent="  ",
+                                 subsequent_indent="    ")
+        for st in (r.get("slowest") or [])[:limit]:
+            causes = st.get("causes_ns") or {}
+            parts = ", ".join(f"{fmt_ns(v)} {c}" for c, v in
+                              sorted(causes.items(), key=lambda kv: -int(kv[1])) if v)
+            mig = st.get("migrations")
+            line = (f"step {st.get('step')}: {fmt_ns(st.get('duration_ns'))} on CPU "
+                    f"{st.get('cpu', '-')}: {parts}"
+                    + (f"; {mig} migration(s)" if mig else "")
+                    + f" (window {fmt_ns(st.get('window_ns'))})")
+            out += textwrap.wrap(line, WIDTH, initial_indent="  ", subsequent_indent="    ")
+    out.append("OVER: the slow threshold (deadline, else p99); shares: of slow-step time")
+    return "\n".join(out) + "\n"
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         with Connection(args.socket) as conn:
-            rows = conn.request("agents")
+            rows = conn.request("slow_steps" if args.slow else "agents")
     except Unavailable as e:
         print(f"agentlatd agents: {e.strerror}", file=sys.stderr)
         return 1
@@ -134,5 +197,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(jsonout.dumps({"agents": rows}) + "\n")
     else:
-        sys.stdout.write(render(rows))
+        sys.stdout.write(render_slow(rows, args.limit) if args.slow else render(rows))
     return 0

@@ -51,6 +51,7 @@ from agentlatd.model.machine import Discontinuity, Rates
 from agentlatd.policy import MetricsPolicy, default, loads
 from agentlatd.sample.softirqs import Softirqs
 from agentlatd.sample.stat import CpuTimes, Stat
+from agentlatd.steps.slowview import CAUSES, Cause, summarize
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -626,6 +627,9 @@ class _StubDaemon:
     def chain_row(self) -> None:
         return None
 
+    def slow_steps(self) -> tuple[Any, ...]:
+        return ()
+
     def hot_cpus(self) -> list[int]:
         return []
 
@@ -686,3 +690,24 @@ def test_metrics_rendered_every_tick_even_with_no_output_is_gone(
         assert len(renders) == 1 and renders[0] != threading.current_thread().name
     finally:
         svc.close()
+
+
+def test_slow_step_time_by_cause_only_for_agents_with_own_series() -> None:
+    """The slowest-steps view's counters: agent x cause for the agents within
+    metrics.max_agents, none for the rest (bounded cardinality), parsed by prometheus_client."""
+    pol = dataclasses.replace(default(), metrics=MetricsPolicy(max_agents=2))
+    m = Metrics()
+    m.observe_tick(duration_s=0.0)
+    agents = [FakeAgent(f"a{i}", "normal", ProcId(10 + i, 1)) for i in range(3)]
+    rows = []
+    for i, a in enumerate(agents):
+        r = summarize(a.agent_id, a.proc.pid, None, 1_000_000, True)
+        causes = tuple((c, (i + 1) * 1_000_000 if c is Cause.RUNNABLE else 0) for c in CAUSES)
+        rows.append(dataclasses.replace(r, slow_steps=i + 1, time_by_cause=causes))
+    s = _parse(render_view(m.view(agents, pol, slow_steps=rows)))
+    secs = {(x.labels["agent"], x.labels["cause"]): x.value
+            for x in s["agentlatd_agent_slow_step_seconds"]}
+    assert secs == {(f"a{i}", str(c)): ((i + 1) / 1000 if c is Cause.RUNNABLE else 0.0)
+                    for i in (0, 1) for c in CAUSES}
+    assert {x.labels["agent"]: x.value for x in s["agentlatd_agent_slow_steps"]} == {
+        "a0": 1, "a1": 2}
