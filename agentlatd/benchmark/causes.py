@@ -54,7 +54,7 @@ from typing import Any
 from agentlatd.benchmark import netns
 from agentlatd.benchmark.probe import ProbeProc, build_probe
 from agentlatd.steps import attribute as at
-from agentlatd.steps import events
+from agentlatd.steps import events, slow
 from agentlatd.steps.ring import RingReader, StepRecord
 from agentlatd.sysfs.root import Root
 from agentlatd.trace.bpftrace import Unavailable, check
@@ -362,7 +362,7 @@ def _inject(lab: Lab, case: str, agent: ProbeProc, tool: ProbeProc,
             p.stop()
 
 
-def _wait_begin(path: str, timeout: float) -> None:
+def _wait_begin(path: str, timeout: float) -> None:  # the tracer's "B" line: bpftrace's or tracefs's
     """Until the tracer printed its BEGIN line (its probes are attached)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -370,11 +370,11 @@ def _wait_begin(path: str, timeout: float) -> None:
             if any(line.startswith("B ") for line in f):
                 return
         time.sleep(0.05)
-    raise Unavailable(f"bpftrace did not attach within {timeout:.0f} s")
+    raise Unavailable(f"the tracer did not attach within {timeout:.0f} s")
 
 
 def run_agent(lab: Lab, kind: str, cases: Sequence[str], phase_s: float, threshold_ns: int,
-              log: Log) -> dict[str, Any]:
+              log: Log, backend: str = "bpftrace") -> dict[str, Any]:
     """One agent, one traced run through `cases`; the rows and the table."""
     settle = 0.3
     trace_s = len(cases) * (phase_s + 2 * settle + 0.3) + 2.0
@@ -390,7 +390,7 @@ def run_agent(lab: Lab, kind: str, cases: Sequence[str], phase_s: float, thresho
 
         def trace() -> None:
             try:
-                result["trace"] = events.run(Root("/"), [tid], trace_s, wd, tick)
+                result["trace"] = slow.TRACERS[backend](Root("/"), [tid], trace_s, wd, tick)
             except BaseException as e:  # handed to the main thread
                 result["error"] = e
 
@@ -426,30 +426,39 @@ def run_agent(lab: Lab, kind: str, cases: Sequence[str], phase_s: float, thresho
         tool.stop()
     rows = score(tr.events, records, ag.pid, phases, threshold_ns, {ag.pid, tool.pid})
     ring = ring_check(records, os.path.join(lab.workdir, "c-steps.txt")) if kind == "c" else {}
-    return {"agent": kind, "pid": ag.pid, "events": len(tr.events), "lost_events": tr.lost,
+    return {"agent": kind, "backend": backend, "pid": ag.pid, "events": len(tr.events),
+            "lost_events": tr.lost, "synth_switches": tr.synth_switches,
             "ring_missed": reader.missed, "rows": [r.to_json() for r in rows],
             "phases": [{"case": p.case, "t0": p.t0, "t1": p.t1, "pids": list(p.culprit_pids)}
                        for p in phases],
-            "ring_check": ring, "table": render(kind, rows, threshold_ns), "_rows": rows}
+            "ring_check": ring, "table": render(f"{kind} ({backend})", rows, threshold_ns), "_rows": rows}
 
 
 def run(agents: Sequence[str] = AGENTS, cases: Sequence[str] = CASES, phase_s: float = 1.5,
-        threshold_ns: int = 1_000_000, log: Log = lambda m: None) -> dict[str, Any]:
-    """Every agent through every case; raises Unavailable when bpftrace cannot run."""
-    with _lab_running() as (lab, failed):
+        threshold_ns: int = 1_000_000, log: Log = lambda m: None,
+        backends: Sequence[str] = ("bpftrace",)) -> dict[str, Any]:
+    """Every agent through every case, traced by each backend in turn (bpftrace,
+    tracefs: agentlatd/steps/slow.TRACERS); raises Unavailable when one cannot run."""
+    with _lab_running(backends) as (lab, failed):
         out = {"threshold_ns": threshold_ns, "phase_s": phase_s, "cpu_agent": lab.cpu_a,
                "cpu_helpers": lab.cpu_b, "loop_dev": lab.loop_dev,
-               "runs": [run_agent(lab, k, cases, phase_s, threshold_ns, log) for k in agents]}
+               "runs": [run_agent(lab, k, cases, phase_s, threshold_ns, log, b)
+                        for b in backends for k in agents]}
     out["teardown_failed"] = failed
     return out
 
 
 @contextlib.contextmanager
-def _lab_running() -> Iterator[tuple[Lab, list[str]]]:
+def _lab_running(backends: Sequence[str] = ("bpftrace",)) -> Iterator[tuple[Lab, list[str]]]:
     """A set-up Lab, with this process and the tracer (its child) off the agent's CPU;
     on exit the affinity comes back and the lab is torn down, what failed to go
-    away appended to the yielded list. Unavailable when bpftrace cannot run."""
-    reason = check(Root("/"))
+    away appended to the yielded list. Unavailable when bpftrace is asked for and
+    cannot run, or tracefs without root."""
+    for b in backends:
+        if b not in slow.TRACERS:
+            raise Unavailable(f"no tracer backend {b!r} (one of {', '.join(slow.TRACERS)})")
+    reason = check(Root("/")) if "bpftrace" in backends else (
+        "" if os.geteuid() == 0 else "tracing needs root (tracefs); run with sudo.")
     if reason:
         raise Unavailable(reason)
     failed: list[str] = []
@@ -474,11 +483,13 @@ def _pct(durs: Sequence[int], q: float) -> int:
     return s[min(len(s) - 1, max(0, -(-int(q * 1000) * len(s) // 100_000) - 1))]
 
 
-def run_cost(window_s: float = 3.0, log: Log = lambda m: None) -> dict[str, Any]:
-    """The C agent's step p50/p99 untraced, traced by the slow-steps tracer, untraced
-    again (A-B-A in one run, one agent process, nothing injected)."""
-    with _lab_running() as (lab, failed):
-        ag, _tool, tid = _agent(lab, "c", 3 * window_s + 40)
+def run_cost(window_s: float = 3.0, log: Log = lambda m: None,
+             backends: Sequence[str] = ("bpftrace",)) -> dict[str, Any]:
+    """The C agent's step p50/p99 untraced, then traced by each backend's slow-steps
+    tracer, each followed by an untraced window again (A-B-A-C-A in one run, one agent
+    process, nothing injected): what tracing costs the agent, side by side."""
+    with _lab_running(backends) as (lab, failed):
+        ag, _tool, tid = _agent(lab, "c", (2 * len(backends) + 1) * (window_s + 2) + 40)
         ag.go()
         reader = None
         deadline = time.monotonic() + 10
@@ -499,30 +510,34 @@ def run_cost(window_s: float = 3.0, log: Log = lambda m: None) -> dict[str, Any]
             windows.append((name, t0, time.monotonic_ns()))
 
         untraced("untraced")
-        with tempfile.TemporaryDirectory(prefix="agentlatd-causes-") as twd:
-            result: dict[str, Any] = {}
+        events_seen: dict[str, int] = {}
+        for b in backends:
+            with tempfile.TemporaryDirectory(prefix="agentlatd-causes-") as twd:
+                result: dict[str, Any] = {}
 
-            def trace() -> None:
-                try:
-                    result["trace"] = events.run(Root("/"), [tid], window_s + 0.5, twd,
-                                                 lambda: records.extend(reader.read()))
-                except BaseException as e:
-                    result["error"] = e
+                def trace(backend: str = b, wd: str = twd, res: dict[str, Any] = result) -> None:
+                    try:
+                        res["trace"] = slow.TRACERS[backend](Root("/"), [tid], window_s + 0.5, wd,
+                                                             lambda: records.extend(reader.read()))
+                    except BaseException as e:
+                        res["error"] = e
 
-            th = threading.Thread(target=trace, name="causes-cost-trace", daemon=True)
-            th.start()
-            _wait_begin(os.path.join(twd, "events.txt"), 60)
-            t0 = time.monotonic_ns()
-            time.sleep(window_s)
-            windows.append(("traced", t0, time.monotonic_ns()))
-            th.join(window_s + 90)
-            if "error" in result:
-                raise result["error"]
-        log("traced window done")
-        untraced("untraced again")
+                th = threading.Thread(target=trace, name="causes-cost-trace", daemon=True)
+                th.start()
+                _wait_begin(os.path.join(twd, "events.txt"), 60)
+                t0 = time.monotonic_ns()
+                time.sleep(window_s)
+                windows.append((f"traced: {b}", t0, time.monotonic_ns()))
+                th.join(window_s + 90)
+                if "error" in result:
+                    raise result["error"]
+                events_seen[b] = len(result["trace"].events)
+            log(f"traced window ({b}) done")
+            untraced("untraced again")
         reader.close()
         ag.stop()
-    out: dict[str, Any] = {"window_s": window_s, "teardown_failed": failed, "windows": []}
+    out: dict[str, Any] = {"window_s": window_s, "teardown_failed": failed, "windows": [],
+                           "events": events_seen}
     for name, t0, t1 in windows:
         d = [r.duration_ns for r in records if r.start_ns >= t0 and r.end_ns <= t1]
         out["windows"].append({"name": name, "steps": len(d), "p50_ns": _pct(d, 50), "p99_ns": _pct(d, 99),
@@ -533,6 +548,6 @@ def run_cost(window_s: float = 3.0, log: Log = lambda m: None) -> dict[str, Any]
 def render_cost(doc: Mapping[str, Any]) -> str:
     out = [f"C agent step time, {doc['window_s']:g} s windows, one run (p50/p99/p99.9, us)"]
     for w in doc["windows"]:
-        out.append(f"  {w['name']:<16}{w['steps']:>7} steps  {w['p50_ns'] / 1e3:8.1f}"
+        out.append(f"  {w['name']:<18}{w['steps']:>7} steps  {w['p50_ns'] / 1e3:8.1f}"
                    f"{w['p99_ns'] / 1e3:9.1f}{w['p999_ns'] / 1e3:9.1f}")
     return "\n".join(out) + "\n"

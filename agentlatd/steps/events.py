@@ -138,6 +138,7 @@ class Trace:
     end_ns: int = 0  # the last event seen
     attached: int = 0
     unparsed: int = 0
+    synth_switches: int = 0  # tracefs: switches in made up where the idle task's went unrecorded
 
 
 CTX = {0: "task", 1: "hardirq", 2: "softirq", 3: "hrtimer"}
