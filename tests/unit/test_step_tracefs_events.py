@@ -27,31 +27,31 @@ def _ns(us: int) -> int:
 LINES = [
     "B 1000000000000\n",
     "A 31\n",
-    f"           probe-{A}    [001] ..... {_t(100)}: sys_pread64(fd: 3, buf: 7f00, count: 1000, pos: 0)\n",
-    f"           probe-{A}    [001] ..... {_t(105)}: block_rq_issue: 7,0 R 4096 () 2048 + 8 none,0,0 [probe]\n",
-    f"           probe-{A}    [001] d..2. {_t(110)}: sched_switch: prev_comm=probe prev_pid={A} prev_prio=110 "
+    f"  probe-{A} [001] ..... {_t(100)}: sys_pread64(fd: 3, buf: 7f00, count: 1000, pos: 0)\n",
+    f"  probe-{A} [001] ..... {_t(105)}: block_rq_issue: 7,0 R 4096 () 2048 + 8 none,0,0 [probe]\n",
+    f"  probe-{A} [001] d..2. {_t(110)}: sched_switch: prev_comm=probe prev_pid={A} prev_prio=110 "
     "prev_state=D ==> next_comm=swapper/1 next_pid=0 next_prio=120\n",
-    f"    kworker/u8:2-77      [000] ..... {_t(900)}: block_rq_complete: 7,0 R () 2048 + 8 none,0,0 [0]\n",
-    f"    kworker/u8:2-77      [000] d..2. {_t(905)}: sched_waking: comm=probe pid={A} prio=110 target_cpu=001\n",
+    f"  kworker/u8:2-77 [000] ..... {_t(900)}: block_rq_complete: 7,0 R () 2048 + 8 none,0,0 [0]\n",
+    f"  kworker/u8:2-77 [000] d..2. {_t(905)}: sched_waking: comm=probe pid={A} prio=110 target_cpu=001\n",
     # the switch in from swapper/1 is not recorded (the module doc): its syscall exit shows it
-    f"           probe-{A}    [001] ..... {_t(930)}: sys_pread64 -> 0x1000\n",
-    f"           probe-{A}    [001] ..... {_t(931)}: sys_exit: NR 17 = 4096\n",
-    f"           probe-{A}    [001] ..... {_t(1000)}: sys_recvfrom(fd: 4, ubuf: 7f00, size: 800, flags: 0)\n",
-    f"           probe-{A}    [001] d..2. {_t(1001)}: sched_switch: prev_comm=probe prev_pid={A} prev_prio=110 "
+    f"  probe-{A} [001] ..... {_t(930)}: sys_pread64 -> 0x1000\n",
+    f"  probe-{A} [001] ..... {_t(931)}: sys_exit: NR 17 = 4096\n",
+    f"  probe-{A} [001] ..... {_t(1000)}: sys_recvfrom(fd: 4, ubuf: 7f00, size: 800, flags: 0)\n",
+    f"  probe-{A} [001] d..2. {_t(1001)}: sched_switch: prev_comm=probe prev_pid={A} prev_prio=110 "
     "prev_state=S ==> next_comm=swapper/1 next_pid=0 next_prio=120\n",
-    f"          <idle>-0       [000] ..s1. {_t(1500)}: softirq_entry: vec=3 [action=NET_RX]\n",
-    f"          <idle>-0       [000] d.s3. {_t(1510)}: sched_waking: comm=probe pid={A} prio=110 target_cpu=001\n",
-    f"          <idle>-0       [000] ..s1. {_t(1520)}: softirq_exit: vec=3 [action=NET_RX]\n",
-    f"          <idle>-0       [001] d..2. {_t(1530)}: sched_switch: prev_comm=swapper/1 prev_pid=0 prev_prio=120 "
+    f"  <idle>-0 [000] ..s1. {_t(1500)}: softirq_entry: vec=3 [action=NET_RX]\n",
+    f"  <idle>-0 [000] d.s3. {_t(1510)}: sched_waking: comm=probe pid={A} prio=110 target_cpu=001\n",
+    f"  <idle>-0 [000] ..s1. {_t(1520)}: softirq_exit: vec=3 [action=NET_RX]\n",
+    f"  <idle>-0 [001] d..2. {_t(1530)}: sched_switch: prev_comm=swapper/1 prev_pid=0 prev_prio=120 "
     f"prev_state=R ==> next_comm=probe next_pid={A} next_prio=110\n",
-    f"           probe-{A}    [001] ..... {_t(1535)}: sys_recvfrom -> 0x40\n",
-    f"           probe-{A}    [001] d.h1. {_t(1600)}: irq_handler_entry: irq=36 name=virtio1-req.0\n",
-    f"           probe-{A}    [001] d.h1. {_t(1620)}: irq_handler_exit: irq=36 ret=handled\n",
-    f"           probe-{A}    [001] ..s1. {_t(1620)}: softirq_entry: vec=4 [action=BLOCK]\n",
-    f"           probe-{A}    [001] ..s1. {_t(1700)}: softirq_exit: vec=4 [action=BLOCK]\n",
-    f"           probe-{A}    [001] d..2. {_t(1800)}: sched_switch: prev_comm=probe prev_pid={A} prev_prio=110 "
+    f"  probe-{A} [001] ..... {_t(1535)}: sys_recvfrom -> 0x40\n",
+    f"  probe-{A} [001] d.h1. {_t(1600)}: irq_handler_entry: irq=36 name=virtio1-req.0\n",
+    f"  probe-{A} [001] d.h1. {_t(1620)}: irq_handler_exit: irq=36 ret=handled\n",
+    f"  probe-{A} [001] ..s1. {_t(1620)}: softirq_entry: vec=4 [action=BLOCK]\n",
+    f"  probe-{A} [001] ..s1. {_t(1700)}: softirq_exit: vec=4 [action=BLOCK]\n",
+    f"  probe-{A} [001] d..2. {_t(1800)}: sched_switch: prev_comm=probe prev_pid={A} prev_prio=110 "
     "prev_state=R+ ==> next_comm=stress ng next_pid=555 next_prio=120\n",
-    f"        stress ng-555     [001] d..2. {_t(2800)}: sched_switch: prev_comm=stress ng prev_pid=555 "
+    f"  stress ng-555 [001] d..2. {_t(2800)}: sched_switch: prev_comm=stress ng prev_pid=555 "
     f"prev_prio=120 prev_state=R ==> next_comm=probe next_pid={A} next_prio=110\n",
     "Lost 3 events\n",
 ]
