@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agentlatd.agents.tasks import descendants
-from agentlatd.benchmark import netns
+from agentlatd.benchmark import attribution, netns
 from agentlatd.benchmark.configs import CONFIGS, Config, schedule
 from agentlatd.benchmark.daemon import BenchDaemon, DaemonUnavailable
 from agentlatd.benchmark.noise import Noise, NoiseResult, NoiseSpec
@@ -70,13 +70,14 @@ class Settings:
     quick: bool = False
     workdir_parent: str = "/var/tmp"
     exclusive_scope: str = "bench"  # D: "bench" (the bench's processes) or "host" (daemon default)
+    attribute: str = "auto"  # the C agent's slow steps by cause: tracer backend, or "off"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "runs": self.runs, "seconds": self.seconds, "py_seconds": self.py_seconds,
             "think_ns": self.think_ns, "timer_ns": self.timer_ns, "file_mb": self.file_mb,
             "configs": list(self.configs), "quick": self.quick,
-            "exclusive_scope": self.exclusive_scope,
+            "exclusive_scope": self.exclusive_scope, "attribute": self.attribute,
             "noise": {"pps": self.noise.pps, "packet_size": self.noise.packet_size,
                       "hogs": self.noise.hogs, "writeback_mbps": self.noise.writeback_mbps,
                       "writeback_file_mb": self.noise.writeback_file_mb},
@@ -335,7 +336,8 @@ class Bench:
                 "--file", os.path.join(self.workdir, "read.dat"), "--steps", "10000000",
                 "--seconds", f"{self.s.seconds:.3f}", "--out", out,
                 "--think-ns", str(self.s.think_ns), "--timer-ns", str(self.s.timer_ns),
-                "--server", "1" if tool == "thread" else "0", "--pipe", "1" if tool == "pipe" else "0"]
+                "--server", "1" if tool == "thread" else "0", "--pipe", "1" if tool == "pipe" else "0",
+                "--ring", str(attribution.RING if self.s.attribute != "off" else 0)]
 
     def _serve_argv(self, seconds: float, port: int = PY_TOOL_PORT) -> list[str]:
         assert self.net is not None
@@ -416,7 +418,15 @@ class Bench:
         if self.noise is not None:
             run["affinity"].update({p.name: _affinity(self.root, p.pid) for p in self.noise.procs()})
 
-        # 3. go
+        # 3. go: the slow-steps tracer first (it takes a second or two to attach),
+        # so that it sees the agent's first step
+        tracer = None
+        if self.s.attribute != "off":
+            tracer = attribution.StepTracer(self.root, agent.pid, self.s.seconds + 1.5, self.s.attribute,
+                                            self.workdir)
+            if not tracer.start():
+                run["slow_steps"] = tracer.finish()
+                tracer = None
         ss0 = schedstat.sample_threads(self.root, agent.pid)
         if self.noise is not None:
             self.noise.go()
@@ -426,6 +436,8 @@ class Bench:
         serve.go()
         agent.go()
         res = agent.finish(timeout=self.s.seconds + 20)
+        if tracer is not None:
+            run["slow_steps"] = tracer.finish()
         sq1, ct1 = _softirqs(self.root), _cpu_times(self.root)
         run["cpu_share"] = _cpu_shares(ct0, ct1)
         ss1 = schedstat.sample_threads(self.root, agent.pid) or ss0
