@@ -26,6 +26,7 @@ from agentlatd.steps.ring import RingReader, StepRecord
 from agentlatd.sysfs.root import Root
 from agentlatd.trace.bpftrace import Unavailable
 
+SLACK_S = 60.0  # what the tracer adds to a run at most: attach (<= 60 s: StepTracer.start), parse
 RING = 1 << 16  # records: read every 0.25 s, 65536 hold 4 s of 16 us steps
 BACKENDS = (*slow.BACKENDS, "off")
 

@@ -359,7 +359,10 @@ class Bench:
     def run_one(self, cfg: Config, rnd: int) -> dict[str, Any]:
         assert self.net is not None and self.host is not None
         host, n = self.host, self.net
-        total_s = self.s.seconds + self.s.py_seconds + 1.5
+        # the tool servers and the noise run from go until the Python agent ends: with
+        # the attribution on, past the tracer's attach and its trace's parsing too
+        total_s = self.s.seconds + self.s.py_seconds + 1.5 + (
+            attribution.SLACK_S if self.s.attribute != "off" else 0)
         c_out = os.path.join(self.workdir, "c-steps.txt")
         py_out = os.path.join(self.workdir, "py-steps.txt")
         for f in (c_out, py_out):
@@ -422,7 +425,7 @@ class Bench:
         # so that it sees the agent's first step
         tracer = None
         if self.s.attribute != "off":
-            tracer = attribution.StepTracer(self.root, agent.pid, self.s.seconds + 1.5, self.s.attribute,
+            tracer = attribution.StepTracer(self.root, agent.pid, self.s.seconds + 0.5, self.s.attribute,
                                             self.workdir)
             if not tracer.start():
                 run["slow_steps"] = tracer.finish()
