@@ -2,11 +2,13 @@
 (docs/protocol.md, written by probe.c), attributed by `trace --slow-steps`'s
 tracer and pure attribution (agentlatd/steps/) while the agent runs.
 
-The tracer runs for every configuration alike (so its cost, bench/causes.py
---cost, is the same in A as in D and the comparison stays fair), from before
-the agent's first step to after its last; the slow steps are those at or above
-the run's own p99. What comes back is `trace --slow-steps --json`'s summary:
-the share of slow-step time by cause and the top culprits, which
+The tracer costs the agent +30-40 % at p50 and several x at p99
+(bench/causes.py --cost), so it runs in one extra run per configuration after
+the measured rounds (harness.run), whose latencies are kept out of the
+comparisons; it runs from before that run's first C agent step to after its
+last, and the slow steps are those at or above that run's own p99. What comes
+back is `trace --slow-steps --json`'s summary: the share of slow-step time by
+cause and the top culprits, which
 agentlatd/benchmark/report.py sums per configuration ("why A is slow, and
 what D removed"). A tracer that cannot run is a note in the run, never a
 failed run: the latency figures do not depend on it.

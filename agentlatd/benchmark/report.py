@@ -76,7 +76,8 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
         entry["flood_pps"] = [n["flood_pps"] for n in noise]
         entry["writeback_mbps"] = [n["writeback_mbps"] for n in noise]
         entry["hog_loops_per_s"] = [n["hog_loops_per_s"] for n in noise]
-        entry["slow_causes"] = slow_causes(runs)
+        entry["slow_causes"] = slow_causes([r for r in doc.get("attribution_runs", [])
+                                            if r.get("config") == k and "error" not in r])
         out[k] = entry
 
     targets: dict[str, Any] = {}
@@ -118,8 +119,9 @@ _PID = re.compile(r"^pid \d+ ")
 
 def slow_causes(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The C agent's slow steps (each run's >= p99, agentlatd/benchmark/attribution.py)
-    over the configuration's runs: time by cause, summed, and the top culprits, named
-    by command (a pid differs from run to run)."""
+    over the configuration's attribution runs (apart from the measured rounds): time
+    by cause, summed, and the top culprits, named by command (a pid differs from run
+    to run)."""
     by: dict[str, int] = {}
     culprits: dict[tuple[str, str], int] = {}
     total = steps = traced = 0
@@ -161,8 +163,8 @@ def slow_cause_lines(summ: dict[str, Any]) -> list[str]:
     cols = [c for c in CAUSE_SHORT if any(r["by_cause"].get(c, {}).get("share", 0) >= 0.005
                                          for r in rows.values())]
     methods = sorted({m for r in rows.values() for m in r["methods"]})
-    lines = ["", f"C agent slow steps (>= each run's p99): share of their time by cause "
-             f"({', '.join(methods)})",
+    lines = ["", f"C agent slow steps (>= p99), % of their time by cause, one traced run "
+             f"per config ({', '.join(methods)})",
              f"{'cfg':<4}{'slow':>5}{'ms/run':>7} " + "".join(f"{CAUSE_SHORT[c]:>6}" for c in cols)]
     for k, r in rows.items():
         ms = r["total_ns"] / r["runs"] / 1e6
