@@ -163,8 +163,7 @@ def slow_cause_lines(summ: dict[str, Any]) -> list[str]:
     cols = [c for c in CAUSE_SHORT if any(r["by_cause"].get(c, {}).get("share", 0) >= 0.005
                                          for r in rows.values())]
     methods = sorted({m for r in rows.values() for m in r["methods"]})
-    lines = ["", f"C agent slow steps (>= p99), % of their time by cause, one traced run "
-             f"per config ({', '.join(methods)})",
+    lines = ["", f"C agent slow steps (>= p99) by cause, 1 traced run each ({', '.join(methods)})",
              f"{'cfg':<4}{'slow':>5}{'ms/run':>7} " + "".join(f"{CAUSE_SHORT[c]:>6}" for c in cols)]
     for k, r in rows.items():
         ms = r["total_ns"] / r["runs"] / 1e6

@@ -155,7 +155,7 @@ def test_bench_quick_report(tmp_path: Path) -> None:
         assert ss.get("method") in ("bpftrace", "tracefs"), ss
         assert ss["steps_seen"] > 20 and ss["slow_steps"] >= 1 and ss["summary"]["total_ns"] > 0, ss
     assert summ["configs"]["A"]["slow_causes"]["runs"] == 1
-    assert "% of their time by cause" in doc["headline"] and "A -> D: slow steps" in doc["headline"]
+    assert "slow steps (>= p99) by cause" in doc["headline"] and "A -> D: slow steps" in doc["headline"]
     for k, cdfs in doc["cdf"]["c"].items():
         assert cdfs["step"][-1][1] == 1.0, k
     assert max(len(line) for line in doc["headline"].splitlines()) <= 80

@@ -44,7 +44,7 @@ def test_headline_says_why_a_is_slow_and_what_d_removed() -> None:
     summ = {"A": {"slow_causes": report.slow_causes(a)}, "D": {"slow_causes": report.slow_causes(d)}}
     lines = report.slow_cause_lines(summ)
     text = "\n".join(lines)
-    assert "% of their time by cause, one traced run per config (bpftrace)" in text
+    assert "slow steps (>= p99) by cause, 1 traced run each (bpftrace)" in text
     assert all(len(line) <= 80 for line in lines)
     header = next(line for line in lines if line.startswith("cfg"))
     assert header.split()[3:] == ["run", "rnbl", "sirq", "b:net"]
