@@ -6,6 +6,8 @@ agent loop, and the share of the slow steps' delay `trace --slow-steps` blames o
     python bench/causes.py --agent c --json     # the C agent only, JSON
     python bench/causes.py --phase 3 --threshold 2
     python bench/causes.py --cost               # what the tracer costs the agent
+    python bench/causes.py --backend tracefs    # the same check, bpftrace forced off
+    python bench/causes.py --cost --backend bpftrace --backend tracefs
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ def main(argv: list[str]) -> int:
                    help="inject only these (repeatable; default: all, 'none' first)")
     p.add_argument("--phase", type=float, default=1.5, help="seconds per cause (default 1.5)")
     p.add_argument("--threshold", type=float, default=1.0, help="slow step, ms (default 1)")
+    p.add_argument("--backend", action="append", choices=("bpftrace", "tracefs"),
+                   help="the slow-steps tracer (repeatable: each in turn; default bpftrace)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--cost", action="store_true",
                    help="instead: the C agent's step p50/p99 untraced, traced, untraced again")
@@ -35,7 +39,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if a.cost:
         try:
-            cost = causes.run_cost(max(a.phase, 3.0))
+            cost = causes.run_cost(max(a.phase, 3.0), backends=tuple(a.backend or ("bpftrace",)))
         except Unavailable as e:
             print(f"causes: {e}", file=sys.stderr)
             return 2
@@ -44,7 +48,7 @@ def main(argv: list[str]) -> int:
     agents = causes.AGENTS if a.agent == "both" else (a.agent,)
     try:
         doc = causes.run(agents, tuple(a.case or causes.CASES), a.phase, int(a.threshold * 1e6),
-                         log=lambda m: print(m, file=sys.stderr))
+                         log=lambda m: print(m, file=sys.stderr), backends=tuple(a.backend or ("bpftrace",)))
     except Unavailable as e:
         print(f"causes: {e}", file=sys.stderr)
         return 2

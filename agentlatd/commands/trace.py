@@ -51,6 +51,7 @@ EXAMPLES = (
     "agentlatd trace --pid 4242 --slow-steps --duration 10",
     "agentlatd trace --agent planner --slow-steps --threshold 2ms --json",
     "agentlatd trace --pid 4242 --slow-steps --top 20",
+    "agentlatd trace --pid 4242 --slow-steps --method tracefs",
 )
 METHODS = ("auto", "bpftrace", "tracefs", "schedstat")
 
@@ -69,8 +70,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument("--slow-steps", action="store_true",
                    help="per slow step, why: running, runnable behind whom, IRQ/softirq on its CPU, "
-                        "blocked in which gate and woken by what (bpftrace; agents need --pid "
-                        "or --agent)")
+                        "blocked in which gate and woken by what (bpftrace, else tracefs: "
+                        "--method; agents need --pid or --agent)")
     lim = p.add_mutually_exclusive_group()
     lim.add_argument("--threshold", metavar="T",
                      help="with --slow-steps: steps at least this long (500us, 2ms; default: "
@@ -243,8 +244,8 @@ def _slow_steps(args: argparse.Namespace, root: Root, threads: Threads, pids: di
     if not pids:
         raise AgentlatdError("--slow-steps needs agents: give --pid or --agent (or run a daemon "
                              "with registered agents).")
-    if args.method not in ("auto", "bpftrace"):
-        raise AgentlatdError("--slow-steps needs per-event tracing: bpftrace only for now.")
+    if args.method not in slow.BACKENDS:
+        raise AgentlatdError("--slow-steps needs per-event tracing: --method auto, bpftrace or tracefs.")
     if not root.is_host:
         raise AgentlatdError("--slow-steps traces the live host: --root must be /.")
     if args.top is not None and args.top < 1:
@@ -254,7 +255,7 @@ def _slow_steps(args: argparse.Namespace, root: Root, threads: Threads, pids: di
     for t in threads.values():
         by_pid.setdefault(t.pid, []).append(t.tid)
     try:
-        doc = slow.trace_slow_steps(root, by_pid, args.duration, thr, args.top)
+        doc = slow.trace_slow_steps(root, by_pid, args.duration, thr, args.top, args.method)
     except bpftrace.Unavailable as e:
         raise AgentlatdError(f"--slow-steps: per-event tracing is unavailable: {e}") from None
     if args.json:

@@ -44,7 +44,7 @@ from agentlatd.tools.trace.bpftrace import Unavailable, check, tracefs_dir
 # gate syscalls: the ones the issue names, plus the timer waits (a step's own sleep)
 GATES = ("epoll_wait", "epoll_pwait", "epoll_pwait2", "io_uring_enter", "recvfrom", "recvmsg",
          "read", "pread64", "futex", "clock_nanosleep", "nanosleep", "poll", "ppoll", "select",
-         "pselect6")
+         "pselect6", "preadv", "preadv2", "readv")
 # When a timer sleep's timer expires: its struct __kernel_timespec (tv_sec, tv_nsec:
 # two u64, include/uapi/linux/time_types.h) read from user memory. clock_nanosleep
 # with TIMER_ABSTIME (flags bit 0) on CLOCK_MONOTONIC (1) gives the expiry itself
@@ -138,6 +138,7 @@ class Trace:
     end_ns: int = 0  # the last event seen
     attached: int = 0
     unparsed: int = 0
+    synth_switches: int = 0  # tracefs: switches in made up where the idle task's went unrecorded
 
 
 CTX = {0: "task", 1: "hardirq", 2: "softirq", 3: "hrtimer"}

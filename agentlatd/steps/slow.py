@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from agentlatd.errors import AgentlatdError
 from agentlatd.steps import attribute as at
-from agentlatd.steps import events
+from agentlatd.steps import events, tracefs_events
 from agentlatd.steps.ring import RingReader, StepRecord
 from agentlatd.sysfs.root import Root
+from agentlatd.tools.trace.bpftrace import Unavailable
 
 UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 
@@ -78,8 +79,34 @@ def analyse(tr: events.Trace, records: Mapping[int, list[StepRecord]], tids_by_p
     }
 
 
+BACKENDS = ("auto", "bpftrace", "tracefs")
+Tracer = Callable[..., events.Trace]
+TRACERS: dict[str, Tracer] = {"bpftrace": events.run, "tracefs": tracefs_events.run}
+
+
+def traced(root: Root, tids: Collection[int], duration_s: float, workdir: str, tick: Callable[[], None],
+           backend: str = "auto") -> tuple[events.Trace, str, str]:
+    """Trace with `backend` ("auto": bpftrace, then tracefs where bpftrace is missing
+    or fails); (the trace, the backend that ran, why bpftrace did not). Unavailable
+    when none can."""
+    if backend not in BACKENDS:
+        raise Unavailable(f"no tracer backend {backend!r} (one of {', '.join(BACKENDS)})")
+    why = ""
+    if backend in ("auto", "bpftrace"):
+        try:
+            return events.run(root, tids, duration_s, workdir, tick), "bpftrace", ""
+        except Unavailable as e:
+            if backend == "bpftrace":
+                raise
+            why = str(e)
+    try:
+        return tracefs_events.run(root, tids, duration_s, workdir, tick), "tracefs", why
+    except Unavailable as e:
+        raise Unavailable(f"{why} tracefs: {e}" if why else str(e)) from None
+
+
 def trace_slow_steps(root: Root, tids_by_pid: Mapping[int, list[int]], duration_s: float,
-                     threshold_ns: int | None, top: int | None) -> dict[str, Any]:
+                     threshold_ns: int | None, top: int | None, backend: str = "auto") -> dict[str, Any]:
     readers = {pid: r for pid in tids_by_pid if (r := RingReader.open(root, pid, from_now=True))}
     records: dict[int, list[StepRecord]] = {pid: [] for pid in readers}
 
@@ -90,19 +117,26 @@ def trace_slow_steps(root: Root, tids_by_pid: Mapping[int, list[int]], duration_
     tids = sorted(t for ts in tids_by_pid.values() for t in ts)
     try:
         with tempfile.TemporaryDirectory(prefix="agentlatd-steps-") as wd:
-            tr = events.run(root, tids, duration_s, wd, tick)
+            tr, method, why = traced(root, tids, duration_s, wd, tick, backend)
     finally:
         missed = {pid: r.missed for pid, r in readers.items()}
         for r in readers.values():
             r.close()
     doc = analyse(tr, records, tids_by_pid, threshold_ns, top)
     doc["ring_missed"] = {str(p): n for p, n in missed.items() if n}
-    doc["method"] = "bpftrace"
+    doc["method"] = method
+    if why:
+        doc["fallback_reason"] = why
+    if tr.synth_switches:
+        doc["synth_switches"] = tr.synth_switches
     return doc
 
 
 def render(doc: Mapping[str, Any], limit: int = 40) -> str:
-    out = [f"slow steps: {doc['slow_steps']} of {doc['steps_seen']} "
+    out = []
+    if doc.get("fallback_reason"):
+        out.append(f"bpftrace unavailable ({doc['fallback_reason']}): traced with {doc['method']}"[:200])
+    out += [f"slow steps: {doc['slow_steps']} of {doc['steps_seen']} "
            f"(threshold: {doc['threshold_source']}"
            + "".join(f"; pid {p}: {int(t) / 1e6:.2f} ms" for p, t in doc["threshold_ns"].items())
            + ")"]

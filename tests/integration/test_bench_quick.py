@@ -129,6 +129,7 @@ def test_bench_quick_report(tmp_path: Path) -> None:
                 # a step holds its stages
                 assert st["step"]["p50"] >= st["timer"]["p50"]
             assert set(r["softirqs"]["NET_RX"]) == set(cpus)
+            assert "slow_steps" not in r  # measured rounds run untraced
             assert set(r["cpu_share"]["busy"]) == set(cpus)
             if key == "Q":
                 assert r["noise"] is None
@@ -147,6 +148,14 @@ def test_bench_quick_report(tmp_path: Path) -> None:
     assert set(summ["configs"]) == {"Q", "A", "B", "D"}
     assert len(summ["configs"]["A"]["c"]["step"]["p999"]["per_run"]) == 2
     assert "p999_D_over_Q" in summ["targets"] and "noise_D_vs_A" in summ["targets"]
+    # one attribution run per configuration: the C agent's slow steps by the slow-steps tracer
+    assert [r["config"] for r in doc["attribution_runs"]] == ["Q", "A", "B", "D"]
+    for r in doc["attribution_runs"]:
+        ss = r["slow_steps"]
+        assert ss.get("method") in ("bpftrace", "tracefs"), ss
+        assert ss["steps_seen"] > 20 and ss["slow_steps"] >= 1 and ss["summary"]["total_ns"] > 0, ss
+    assert summ["configs"]["A"]["slow_causes"]["runs"] == 1
+    assert "slow steps (>= p99) by cause" in doc["headline"] and "A -> D: slow steps" in doc["headline"]
     for k, cdfs in doc["cdf"]["c"].items():
         assert cdfs["step"][-1][1] == 1.0, k
     assert max(len(line) for line in doc["headline"].splitlines()) <= 80

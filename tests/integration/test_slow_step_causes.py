@@ -77,19 +77,12 @@ def test_slow_tool_blamed_blocked_in_recv_woken_by_net_rx(c_reduced: dict[str, A
 
 @pytest.mark.slow
 def test_full_matrix_c_and_python_agents() -> None:
-    """Both agents, every cause (~3 min). The CPU hog, the NET_RX flood and the slow
-    tool must get >= 90 % of the checked delay; the writeback must be the largest cause
-    in its row (measured 62-88 % on a shared 2-core host: docs/evaluation.md)."""
+    """Both agents, every cause (~3 min): each injected cause gets >= 90 % of the
+    checked delay (the writeback's: blocked:block plus the BLOCK softirq, causes.py)."""
     doc = causes.run()
     _check_run(doc)
     for agent in causes.AGENTS:
         rows = _rows(doc, agent)
-        for case in ("cpu-hog", "netrx-flood", "slow-tool"):
+        for case in causes.EXPECTED:
             share = rows[case].checked_share()
             assert share is not None and share >= 0.9, (agent, rows[case].to_json())
-        for case in ("writeback",):
-            r = rows[case]
-            want = causes.EXPECTED[case]
-            mine = {c: ns for c, ns in r.by_cause.items() if c not in causes.OWN}
-            mine[at.RUNNABLE] = mine.get(at.RUNNABLE, 0) - r.foreign_ns
-            assert max(mine, key=lambda c: mine[c]) == want, (agent, r.to_json())

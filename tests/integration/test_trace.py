@@ -137,6 +137,20 @@ def test_parse_tracefs_text() -> None:
     assert m.get("gate") == {(1, 777, 600_000): 1}
 
 
+def test_tracefs_gate_lines_as_the_kernel_prints_them() -> None:
+    """A syscalls event prints "sys_epoll_wait(epfd: 3, ...)" and "sys_epoll_wait -> 0x1"
+    (kernel/trace/trace_syscalls.c; seen in a 6.18 instance's trace_pipe), not
+    "sys_enter_epoll_wait:": the gate histogram of --method tracefs was always empty."""
+    lines = [
+        "           agent-777     [001] .....  100.000300: sys_epoll_wait(epfd: 3, events: 7ffd, "
+        "maxevents: 1, timeout: ffffffff)",
+        "           agent-777     [001] .....  100.000900: sys_epoll_wait -> 0x1",
+        "           agent-777     [001] .....  100.000950: sys_exit: NR 232 = 1",
+    ]
+    m = tracefs.parse_trace(lines, tids=[777])
+    assert m.get("gate") == {(1, 777, 600_000): 1}
+
+
 def _synthetic_doc() -> dict[str, object]:
     maps = bpftrace.Maps(maps={
         "irq": {(36, 0, 2_000): 100, (36, 0, 30_000): 1, (41, 1, 5_000): 3},

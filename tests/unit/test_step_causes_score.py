@@ -94,3 +94,42 @@ def test_timer_wakeup_missed_by_the_tracer_splits_the_sleep_at_its_expiry() -> N
     assert "uptr(args->rqtp)" in prog and "@g_x[tid]" in prog
     [g] = events.parse(["G 1000000 2500000 100 10 1100000\n"]).events
     assert isinstance(g, Span) and g.name == "clock_nanosleep" and g.until == 1_100_000
+
+
+def test_writeback_block_softirq_on_the_agents_cpu_counts_as_the_injected_cause() -> None:
+    """The writes' completions run as BLOCK softirqs on the agent's CPU (the loop
+    worker completes where it runs, and it runs there while the agent sleeps): block
+    completion work, the writeback's, scored as such, apart from the packet softirqs
+    that stay what the NET_RX flood is checked against."""
+    dev = 7 << 20
+    ev: list[at.Event] = [
+        Switch(0, 1, 0, 0, A, "swapper/1", "probe"),
+        Span("softirq", 1 * MS, 2 * MS, cpu=1, id=at.BLOCK_VEC),  # while it runs
+        Span("syscall", 3 * MS, 7 * MS, tid=A, name="pread64"),
+        Switch(3 * MS, 1, A, 1, 0, "probe", "swapper/1"),
+        Wakeup(7 * MS, 1, A, 1, 42, "kworker/u8:1", blk_dev=dev, blk_ns=3 * MS),
+        Switch(7 * MS, 1, 0, 0, A, "swapper/1", "probe"),
+        Span("softirq", 8 * MS, 8 * MS + 500_000, cpu=1, id=at.NET_RX),
+    ]
+    [wb] = causes.score(ev, [StepRecord(0, 0, A, 0, 9 * MS)], A, [causes.Phase("writeback", 0, 10 * MS)],
+                        1 * MS)
+    assert wb.by_cause[causes.SOFTIRQ_BLOCK] == 1 * MS and wb.by_cause[at.SOFTIRQ] == 500_000
+    assert wb.by_cause[at.BLOCKED_BLOCK] == 4 * MS
+    assert wb.delay_ns == 5 * MS + 500_000
+    assert wb.checked_share() == 5 * MS / (5 * MS + 500_000)
+    table = causes.render("c", [wb], 1 * MS)
+    assert "si:BLOCK" in table and "90.9ok" in table
+    [flood] = causes.score(ev, [StepRecord(0, 0, A, 0, 9 * MS)], A,
+                           [causes.Phase("netrx-flood", 0, 10 * MS)], 1 * MS)
+    assert flood.checked_share() == 500_000 / (5 * MS + 500_000)  # BLOCK is not a packet's
+
+
+def test_python_agent_preadv_is_a_gate() -> None:
+    """os.preadv (the Python agent's disk read) is preadv(2), not pread64: its blocked
+    time had no gate (blocked:block "in" nothing) until the tracer traced it."""
+    assert {"preadv", "preadv2", "readv"} <= set(events.GATES)
+    prog = events.program([A], 1.0)
+    assert "tracepoint:syscalls:sys_enter_preadv /@agent[tid]/" in prog
+    k = events.GATES.index("preadv") + 1
+    [g] = events.parse([f"G 1000000 2500000 100 {k} 0\n"]).events
+    assert isinstance(g, Span) and g.name == "preadv"

@@ -18,7 +18,8 @@ phases, one cause injected in each:
                agent namespace, fR's rx-0 rps_cpus = CPU A: its NET_RX
                softirq runs on CPU A (sender and sink on CPU B) -> softirq
   writeback    buffered writes into the loop device, writeback started every
-               4 MiB: the agent's reads queue behind them -> blocked:block
+               4 MiB: the agent's reads queue behind them -> blocked:block,
+               and the writes' completions on its CPU -> the BLOCK softirq
   slow-tool    the tool server sleeps 5 ms before each reply (SIGUSR1 to the
                probe) -> blocked:net (woken by NET_RX from the reply)
 
@@ -51,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentlatd.steps import attribute as at
-from agentlatd.steps import events
+from agentlatd.steps import events, slow
 from agentlatd.steps.ring import RingReader, StepRecord
 from agentlatd.sysfs.root import Root
 from agentlatd.tools.bench import netns
@@ -59,8 +60,18 @@ from agentlatd.tools.bench.probe import ProbeProc, build_probe
 from agentlatd.tools.trace.bpftrace import Unavailable, check
 
 CASES = ("none", "cpu-hog", "netrx-flood", "writeback", "slow-tool")
-EXPECTED = {"cpu-hog": at.RUNNABLE, "netrx-flood": at.SOFTIRQ, "writeback": at.BLOCKED_BLOCK,
-            "slow-tool": at.BLOCKED_NET}
+# The score splits the BLOCK softirq out of "softirq": it is block request completion
+# (blk_done_softirq), the device's work, not a packet's. Writeback shows in a step
+# both ways: the agent's read waits in the device's queue behind the writes
+# (blocked:block), and the writes' completions run as BLOCK softirqs on the agent's
+# CPU (the loop worker, an unbound kworker, runs there while the agent sleeps,
+# and completes on its own CPU): 7-10 % of the writeback case's delay.
+SOFTIRQ_BLOCK = "softirq:BLOCK"
+KEYS = (*at.CAUSES[:at.CAUSES.index(at.SOFTIRQ) + 1], SOFTIRQ_BLOCK,
+        *at.CAUSES[at.CAUSES.index(at.SOFTIRQ) + 1:])
+EXPECTED: dict[str, tuple[str, ...]] = {
+    "cpu-hog": (at.RUNNABLE,), "netrx-flood": (at.SOFTIRQ,),
+    "writeback": (at.BLOCKED_BLOCK, SOFTIRQ_BLOCK), "slow-tool": (at.BLOCKED_NET,)}
 OWN = (at.RUNNING, at.BLOCKED_TIMER)  # the step's own work, out of the denominator
 AGENTS = ("c", "python")
 TOOL_PORT = 9101
@@ -110,7 +121,8 @@ class Row:
         want = EXPECTED.get(self.case)
         if want is None or self.checked_ns <= 0:
             return None
-        mine = self.by_cause.get(want, 0) - (self.foreign_ns if want == at.RUNNABLE else 0)
+        mine = sum(self.by_cause.get(c, 0) for c in want) - (
+            self.foreign_ns if at.RUNNABLE in want else 0)
         return mine / self.checked_ns
 
     def share(self, cause: str) -> float:
@@ -119,18 +131,27 @@ class Row:
     @property
     def expected_share(self) -> float | None:
         want = EXPECTED.get(self.case)
-        return None if want is None else self.share(want)
+        return None if want is None else sum(self.share(c) for c in want)
 
     def to_json(self) -> dict[str, Any]:
         return {"case": self.case, "steps": self.steps, "slow_steps": self.slow,
                 "slow_ns": self.total_ns, "delay_ns": self.delay_ns,
-                "expected": EXPECTED.get(self.case),
+                "expected": list(EXPECTED.get(self.case, ())),
                 "expected_share": None if self.expected_share is None else round(self.expected_share, 4),
                 "foreign_ns": self.foreign_ns, "checked_ns": self.checked_ns,
                 "checked_share": None if (c := self.checked_share()) is None else round(c, 4),
                 "by_cause_ns": dict(self.by_cause),
                 "share_of_delay": {c: round(self.share(c), 4) for c in self.by_cause if c not in OWN},
                 "culprits": list(self.culprits)}
+
+
+def by_key(a: at.StepAttribution) -> dict[str, int]:
+    """The step's time by cause, the BLOCK softirq apart (SOFTIRQ_BLOCK)."""
+    out: dict[str, int] = {}
+    for p in a.parts:
+        k = SOFTIRQ_BLOCK if p.cause == at.SOFTIRQ and p.who == at.vec_name(at.BLOCK_VEC) else p.cause
+        out[k] = out.get(k, 0) + p.ns
+    return out
 
 
 def _pid_of(who: str) -> int:
@@ -155,7 +176,7 @@ def score(evs: Sequence[at.Event], records: Sequence[StepRecord], pid: int,
         foreign = 0
         mine = {*ours, *ph.culprit_pids}
         for a in atts:
-            for c, ns in a.by_cause().items():
+            for c, ns in by_key(a).items():
                 by[c] = by.get(c, 0) + ns
             foreign += sum(p.ns for p in a.parts if p.cause == at.RUNNABLE
                            and (q := _pid_of(p.who)) and q not in mine)
@@ -169,8 +190,8 @@ def score(evs: Sequence[at.Event], records: Sequence[StepRecord], pid: int,
 
 def render(agent: str, rows: Sequence[Row], threshold_ns: int) -> str:
     """The confusion table: rows injected cause, columns attributed cause, % of the delay."""
-    cols = [c for c in at.CAUSES if c not in OWN and any(r.by_cause.get(c) for r in rows)]
-    short = {c: c.replace("blocked:", "b:") for c in cols}
+    cols = [c for c in KEYS if c not in OWN and any(r.by_cause.get(c) for r in rows)]
+    short = {c: c.replace("blocked:", "b:").replace("softirq:", "si:") for c in cols}
     out = [f"{agent} agent: slow steps (>= {threshold_ns / 1e6:g} ms), % of their delay "
            f"(wall time - running - own timer wait) by attributed cause"]
     out.append(f"{'injected':<12}{'slow':>5}{'delay ms':>9}" + "".join(f"{short[c]:>9}" for c in cols)
@@ -181,10 +202,11 @@ def render(agent: str, rows: Sequence[Row], threshold_ns: int) -> str:
         chk = r.checked_share()
         ok = "" if chk is None else f"{chk * 100:>6.1f}{'ok' if chk >= 0.9 else '!!'}"
         out.append(f"{r.case:<12}{r.slow:>5}{r.delay_ns / 1e6:>9.1f}"
-                   + "".join(f"{r.share(c) * 100:>8.1f}{'*' if c == want else ' '}" for c in cols)
+                   + "".join(f"{r.share(c) * 100:>8.1f}{'*' if c in (want or ()) else ' '}" for c in cols)
                    + f"{r.foreign_ns / r.delay_ns * 100 if r.delay_ns else 0:>7.1f} " + ok)
-    out.append("* the injected cause; (other tasks): the part of runnable spent behind tasks outside")
-    out.append("the experiment (this host's other tenants); checked: the injected cause's share of")
+    out.append("* the injected cause; si:BLOCK: the BLOCK softirq (block completions), apart from")
+    out.append("softirq; (other tasks): the part of runnable spent behind tasks outside the")
+    out.append("experiment (this host's other tenants); checked: the injected cause's share of")
     out.append("the delay less that part (ok: >= 90 %)")
     return "\n".join(out) + "\n"
 
@@ -340,7 +362,7 @@ def _inject(lab: Lab, case: str, agent: ProbeProc, tool: ProbeProc,
             p.stop()
 
 
-def _wait_begin(path: str, timeout: float) -> None:
+def _wait_begin(path: str, timeout: float) -> None:  # the tracer's "B" line: bpftrace's or tracefs's
     """Until the tracer printed its BEGIN line (its probes are attached)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -348,11 +370,11 @@ def _wait_begin(path: str, timeout: float) -> None:
             if any(line.startswith("B ") for line in f):
                 return
         time.sleep(0.05)
-    raise Unavailable(f"bpftrace did not attach within {timeout:.0f} s")
+    raise Unavailable(f"the tracer did not attach within {timeout:.0f} s")
 
 
 def run_agent(lab: Lab, kind: str, cases: Sequence[str], phase_s: float, threshold_ns: int,
-              log: Log) -> dict[str, Any]:
+              log: Log, backend: str = "bpftrace") -> dict[str, Any]:
     """One agent, one traced run through `cases`; the rows and the table."""
     settle = 0.3
     trace_s = len(cases) * (phase_s + 2 * settle + 0.3) + 2.0
@@ -368,7 +390,7 @@ def run_agent(lab: Lab, kind: str, cases: Sequence[str], phase_s: float, thresho
 
         def trace() -> None:
             try:
-                result["trace"] = events.run(Root("/"), [tid], trace_s, wd, tick)
+                result["trace"] = slow.TRACERS[backend](Root("/"), [tid], trace_s, wd, tick)
             except BaseException as e:  # handed to the main thread
                 result["error"] = e
 
@@ -404,30 +426,39 @@ def run_agent(lab: Lab, kind: str, cases: Sequence[str], phase_s: float, thresho
         tool.stop()
     rows = score(tr.events, records, ag.pid, phases, threshold_ns, {ag.pid, tool.pid})
     ring = ring_check(records, os.path.join(lab.workdir, "c-steps.txt")) if kind == "c" else {}
-    return {"agent": kind, "pid": ag.pid, "events": len(tr.events), "lost_events": tr.lost,
+    return {"agent": kind, "backend": backend, "pid": ag.pid, "events": len(tr.events),
+            "lost_events": tr.lost, "synth_switches": tr.synth_switches,
             "ring_missed": reader.missed, "rows": [r.to_json() for r in rows],
             "phases": [{"case": p.case, "t0": p.t0, "t1": p.t1, "pids": list(p.culprit_pids)}
                        for p in phases],
-            "ring_check": ring, "table": render(kind, rows, threshold_ns), "_rows": rows}
+            "ring_check": ring, "table": render(f"{kind} ({backend})", rows, threshold_ns), "_rows": rows}
 
 
 def run(agents: Sequence[str] = AGENTS, cases: Sequence[str] = CASES, phase_s: float = 1.5,
-        threshold_ns: int = 1_000_000, log: Log = lambda m: None) -> dict[str, Any]:
-    """Every agent through every case; raises Unavailable when bpftrace cannot run."""
-    with _lab_running() as (lab, failed):
+        threshold_ns: int = 1_000_000, log: Log = lambda m: None,
+        backends: Sequence[str] = ("bpftrace",)) -> dict[str, Any]:
+    """Every agent through every case, traced by each backend in turn (bpftrace,
+    tracefs: agentlatd/steps/slow.TRACERS); raises Unavailable when one cannot run."""
+    with _lab_running(backends) as (lab, failed):
         out = {"threshold_ns": threshold_ns, "phase_s": phase_s, "cpu_agent": lab.cpu_a,
                "cpu_helpers": lab.cpu_b, "loop_dev": lab.loop_dev,
-               "runs": [run_agent(lab, k, cases, phase_s, threshold_ns, log) for k in agents]}
+               "runs": [run_agent(lab, k, cases, phase_s, threshold_ns, log, b)
+                        for b in backends for k in agents]}
     out["teardown_failed"] = failed
     return out
 
 
 @contextlib.contextmanager
-def _lab_running() -> Iterator[tuple[Lab, list[str]]]:
+def _lab_running(backends: Sequence[str] = ("bpftrace",)) -> Iterator[tuple[Lab, list[str]]]:
     """A set-up Lab, with this process and the tracer (its child) off the agent's CPU;
     on exit the affinity comes back and the lab is torn down, what failed to go
-    away appended to the yielded list. Unavailable when bpftrace cannot run."""
-    reason = check(Root("/"))
+    away appended to the yielded list. Unavailable when bpftrace is asked for and
+    cannot run, or tracefs without root."""
+    for b in backends:
+        if b not in slow.TRACERS:
+            raise Unavailable(f"no tracer backend {b!r} (one of {', '.join(slow.TRACERS)})")
+    reason = check(Root("/")) if "bpftrace" in backends else (
+        "" if os.geteuid() == 0 else "tracing needs root (tracefs); run with sudo.")
     if reason:
         raise Unavailable(reason)
     failed: list[str] = []
@@ -452,11 +483,13 @@ def _pct(durs: Sequence[int], q: float) -> int:
     return s[min(len(s) - 1, max(0, -(-int(q * 1000) * len(s) // 100_000) - 1))]
 
 
-def run_cost(window_s: float = 3.0, log: Log = lambda m: None) -> dict[str, Any]:
-    """The C agent's step p50/p99 untraced, traced by the slow-steps tracer, untraced
-    again (A-B-A in one run, one agent process, nothing injected)."""
-    with _lab_running() as (lab, failed):
-        ag, _tool, tid = _agent(lab, "c", 3 * window_s + 40)
+def run_cost(window_s: float = 3.0, log: Log = lambda m: None,
+             backends: Sequence[str] = ("bpftrace",)) -> dict[str, Any]:
+    """The C agent's step p50/p99 untraced, then traced by each backend's slow-steps
+    tracer, each followed by an untraced window again (A-B-A-C-A in one run, one agent
+    process, nothing injected): what tracing costs the agent, side by side."""
+    with _lab_running(backends) as (lab, failed):
+        ag, _tool, tid = _agent(lab, "c", (2 * len(backends) + 1) * (window_s + 2) + 40)
         ag.go()
         reader = None
         deadline = time.monotonic() + 10
@@ -477,30 +510,34 @@ def run_cost(window_s: float = 3.0, log: Log = lambda m: None) -> dict[str, Any]
             windows.append((name, t0, time.monotonic_ns()))
 
         untraced("untraced")
-        with tempfile.TemporaryDirectory(prefix="agentlatd-causes-") as twd:
-            result: dict[str, Any] = {}
+        events_seen: dict[str, int] = {}
+        for b in backends:
+            with tempfile.TemporaryDirectory(prefix="agentlatd-causes-") as twd:
+                result: dict[str, Any] = {}
 
-            def trace() -> None:
-                try:
-                    result["trace"] = events.run(Root("/"), [tid], window_s + 0.5, twd,
-                                                 lambda: records.extend(reader.read()))
-                except BaseException as e:
-                    result["error"] = e
+                def trace(backend: str = b, wd: str = twd, res: dict[str, Any] = result) -> None:
+                    try:
+                        res["trace"] = slow.TRACERS[backend](Root("/"), [tid], window_s + 0.5, wd,
+                                                             lambda: records.extend(reader.read()))
+                    except BaseException as e:
+                        res["error"] = e
 
-            th = threading.Thread(target=trace, name="causes-cost-trace", daemon=True)
-            th.start()
-            _wait_begin(os.path.join(twd, "events.txt"), 60)
-            t0 = time.monotonic_ns()
-            time.sleep(window_s)
-            windows.append(("traced", t0, time.monotonic_ns()))
-            th.join(window_s + 90)
-            if "error" in result:
-                raise result["error"]
-        log("traced window done")
-        untraced("untraced again")
+                th = threading.Thread(target=trace, name="causes-cost-trace", daemon=True)
+                th.start()
+                _wait_begin(os.path.join(twd, "events.txt"), 60)
+                t0 = time.monotonic_ns()
+                time.sleep(window_s)
+                windows.append((f"traced: {b}", t0, time.monotonic_ns()))
+                th.join(window_s + 90)
+                if "error" in result:
+                    raise result["error"]
+                events_seen[b] = len(result["trace"].events)
+            log(f"traced window ({b}) done")
+            untraced("untraced again")
         reader.close()
         ag.stop()
-    out: dict[str, Any] = {"window_s": window_s, "teardown_failed": failed, "windows": []}
+    out: dict[str, Any] = {"window_s": window_s, "teardown_failed": failed, "windows": [],
+                           "events": events_seen}
     for name, t0, t1 in windows:
         d = [r.duration_ns for r in records if r.start_ns >= t0 and r.end_ns <= t1]
         out["windows"].append({"name": name, "steps": len(d), "p50_ns": _pct(d, 50), "p99_ns": _pct(d, 99),
@@ -511,6 +548,6 @@ def run_cost(window_s: float = 3.0, log: Log = lambda m: None) -> dict[str, Any]
 def render_cost(doc: Mapping[str, Any]) -> str:
     out = [f"C agent step time, {doc['window_s']:g} s windows, one run (p50/p99/p99.9, us)"]
     for w in doc["windows"]:
-        out.append(f"  {w['name']:<16}{w['steps']:>7} steps  {w['p50_ns'] / 1e3:8.1f}"
+        out.append(f"  {w['name']:<18}{w['steps']:>7} steps  {w['p50_ns'] / 1e3:8.1f}"
                    f"{w['p99_ns'] / 1e3:9.1f}{w['p999_ns'] / 1e3:9.1f}")
     return "\n".join(out) + "\n"

@@ -39,7 +39,7 @@ from agentlatd.sample.machine import read_machine
 from agentlatd.sample.softirqs import parse_softirqs, read_softirqs
 from agentlatd.sample.stat import parse_stat, read_stat
 from agentlatd.sysfs.root import Root
-from agentlatd.tools.bench import netns
+from agentlatd.tools.bench import attribution, netns
 from agentlatd.tools.bench.configs import CONFIGS, Config, schedule
 from agentlatd.tools.bench.daemon import BenchDaemon, DaemonUnavailable
 from agentlatd.tools.bench.noise import Noise, NoiseResult, NoiseSpec
@@ -71,13 +71,14 @@ class Settings:
     quick: bool = False
     workdir_parent: str = "/var/tmp"
     exclusive_scope: str = "bench"  # D: "bench" (the bench's processes) or "host" (daemon default)
+    attribute: str = "auto"  # the C agent's slow steps by cause: tracer backend, or "off"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "runs": self.runs, "seconds": self.seconds, "py_seconds": self.py_seconds,
             "think_ns": self.think_ns, "timer_ns": self.timer_ns, "file_mb": self.file_mb,
             "configs": list(self.configs), "quick": self.quick,
-            "exclusive_scope": self.exclusive_scope,
+            "exclusive_scope": self.exclusive_scope, "attribute": self.attribute,
             "noise": {"pps": self.noise.pps, "packet_size": self.noise.packet_size,
                       "hogs": self.noise.hogs, "writeback_mbps": self.noise.writeback_mbps,
                       "writeback_file_mb": self.noise.writeback_file_mb},
@@ -328,7 +329,7 @@ class Bench:
         return notes
 
     # -- one run -----------------------------------------------------------
-    def _agent_argv(self, out: str, tool: str = "thread") -> list[str]:
+    def _agent_argv(self, out: str, tool: str = "thread", ring: bool = False) -> list[str]:
         assert self.net is not None
         n = self.net
         return [self.probe, "agent", "--tool-ns", n.ns_path(n.ns_tool), "--agent-ns", n.ns_path(n.ns_agent),
@@ -336,7 +337,8 @@ class Bench:
                 "--file", os.path.join(self.workdir, "read.dat"), "--steps", "10000000",
                 "--seconds", f"{self.s.seconds:.3f}", "--out", out,
                 "--think-ns", str(self.s.think_ns), "--timer-ns", str(self.s.timer_ns),
-                "--server", "1" if tool == "thread" else "0", "--pipe", "1" if tool == "pipe" else "0"]
+                "--server", "1" if tool == "thread" else "0", "--pipe", "1" if tool == "pipe" else "0",
+                "--ring", str(attribution.RING if ring else 0)]
 
     def _serve_argv(self, seconds: float, port: int = PY_TOOL_PORT) -> list[str]:
         assert self.net is not None
@@ -355,10 +357,15 @@ class Bench:
         return argv + (["--socket", socket, "--agent-id", f"bench-py-agent-{time.monotonic_ns()}"]
                        if socket else [])
 
-    def run_one(self, cfg: Config, rnd: int) -> dict[str, Any]:
+    def run_one(self, cfg: Config, rnd: int, traced: bool = False) -> dict[str, Any]:
+        """One run of `cfg`. `traced`: the attribution round (the slow-steps tracer on
+        the C agent, its ring on): its latencies are not pooled with the others'."""
         assert self.net is not None and self.host is not None
         host, n = self.host, self.net
-        total_s = self.s.seconds + self.s.py_seconds + 1.5
+        # the tool servers and the noise run from go until the Python agent ends: with
+        # the attribution on, past the tracer's attach and its trace's parsing too
+        total_s = self.s.seconds + self.s.py_seconds + 1.5 + (
+            attribution.SLACK_S if traced else 0)
         c_out = os.path.join(self.workdir, "c-steps.txt")
         py_out = os.path.join(self.workdir, "py-steps.txt")
         for f in (c_out, py_out):
@@ -386,7 +393,7 @@ class Bench:
         # first, so that the agent's connect() names a bound socket
         tool = (ProbeProc(self._serve_argv(total_s, TOOL_PORT), name="c-tool-server")
                 if cfg.tool == "process" else None)
-        agent = ProbeProc(self._agent_argv(c_out, cfg.tool), name="agent")
+        agent = ProbeProc(self._agent_argv(c_out, cfg.tool, ring=traced), name="agent")
         serve = ProbeProc(self._serve_argv(total_s), name="tool-server")
         pyag = ProbeProc(self._pyagent_argv(py_out, self.daemon.socket if self.daemon else None),
                          name="py-agent")
@@ -417,7 +424,15 @@ class Bench:
         if self.noise is not None:
             run["affinity"].update({p.name: _affinity(self.root, p.pid) for p in self.noise.procs()})
 
-        # 3. go
+        # 3. go: the slow-steps tracer first (it takes a second or two to attach),
+        # so that it sees the agent's first step
+        tracer = None
+        if traced:
+            tracer = attribution.StepTracer(self.root, agent.pid, self.s.seconds + 0.5, self.s.attribute,
+                                            self.workdir)
+            if not tracer.start():
+                run["slow_steps"] = tracer.finish()
+                tracer = None
         ss0 = schedstat.sample_threads(self.root, agent.pid)
         if self.noise is not None:
             self.noise.go()
@@ -427,6 +442,8 @@ class Bench:
         serve.go()
         agent.go()
         res = agent.finish(timeout=self.s.seconds + 20)
+        if tracer is not None:
+            run["slow_steps"] = tracer.finish()
         sq1, ct1 = _softirqs(self.root), _cpu_times(self.root)
         run["cpu_share"] = _cpu_shares(ct0, ct1)
         ss1 = schedstat.sample_threads(self.root, agent.pid) or ss0
@@ -450,8 +467,9 @@ class Bench:
         # 4. results
         cols = read_steps(c_out)
         pycols = read_steps(py_out)
-        self.pools.add("c", cfg.key, cols)
-        self.pools.add("py", cfg.key, pycols)
+        if not traced:
+            self.pools.add("c", cfg.key, cols)
+            self.pools.add("py", cfg.key, pycols)
         run["c"] = {"result": res, "stages": _stage_json(cols)}
         run["python"] = {"result": pyres, "stages": _stage_json(pycols)}
         run["softirqs"] = _softirq_delta(sq0, sq1)
@@ -485,6 +503,7 @@ class Bench:
             "%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)), "settings": self.s.to_json()}
         keys = tuple(k for k in self.s.configs if k in CONFIGS)
         runs: list[dict[str, Any]] = []
+        traced_runs: list[dict[str, Any]] = []
         try:
             self.setup()
             assert self.host is not None
@@ -509,6 +528,24 @@ class Bench:
                 run["wall_s"] = round(time.monotonic() - t0, 2)
                 runs.append(run)
                 self.log(_progress(run, i, len(plan)))
+            # the attribution round: one more run per configuration with the slow-steps
+            # tracer on (it costs the agent +30-40 % at p50, several x at p99:
+            # docs/evaluation.md), kept apart from the rounds whose latencies are compared
+            traced_keys = list(keys) if self.s.attribute != "off" else []
+            for key in traced_keys:
+                t0 = time.monotonic()
+                try:
+                    run = self.run_one(CONFIGS[key], -1, traced=True)
+                except (ProbeError, DaemonUnavailable) as e:
+                    self.teardown_run()
+                    run = {"config": key, "round": -1, "error": str(e)}
+                run["wall_s"] = round(time.monotonic() - t0, 2)
+                traced_runs.append(run)
+                ss = run.get("slow_steps", {})
+                why = ss.get("error") or run.get("error")
+                self.log(f"[attribution] {key}: " + (f"{ss.get('slow_steps', 0)} slow steps of "
+                                                     f"{ss.get('steps_seen', 0)}, {ss.get('method')}"
+                                                     if "summary" in ss else f"not attributed: {why}"))
             doc["host"]["loadavg_after"] = os.getloadavg()
         finally:
             self.notes += self.teardown()
@@ -516,6 +553,7 @@ class Bench:
         doc["configs"] = {k: {"title": CONFIGS[k].title, "description": CONFIGS[k].description}
                           for k in keys}
         doc["runs"] = runs
+        doc["attribution_runs"] = traced_runs
         doc["cdf"] = {which: {k: {s: cdf_points(sorted(v[s])) for s in STAGES} for k, v in pool.items()}
                       for which, pool in (("c", self.pools.c), ("python", self.pools.py))}
         doc["notes"] = self.notes

@@ -485,6 +485,8 @@ static int mode_hog(void) {
     return 0;
 }
 
+#define PIECE (64 << 10)
+
 static int mode_writeback(void) {
     const long chunk = 1 << 20, file_bytes = o_file_mb << 20;
     char *buf = malloc((size_t)chunk);
@@ -500,7 +502,12 @@ static int mode_writeback(void) {
         uint64_t due = t0 + (uint64_t)(per_chunk_ns * (double)k);
         while (now_ns() < due && !stop_flag) usleep(1000);
         if (stop_flag || elapsed_s(t0) >= o_seconds) break;
-        if (pwrite(fd, buf, (size_t)chunk, off) != chunk) die("pwrite");
+        /* in PIECE pieces: a kernel booted "Dynamic Preempt: none" does not preempt a
+         * task inside pwrite(2), and one 1 MiB page-cache copy held the tool server's
+         * CPU (its SCHED_FIFO thread waiting behind it) for hundreds of us: the
+         * agent's recv then waited on the tool, not on the queue this injects */
+        for (long p = 0; p < chunk; p += PIECE)
+            if (pwrite(fd, buf + p, (size_t)PIECE, off + p) != PIECE) die("pwrite");
         written += chunk;
         off = (off + chunk) % file_bytes;
         if (written % (4 * chunk) == 0)

@@ -18,6 +18,7 @@ import html
 import io
 import json
 import os
+import re
 import statistics
 from typing import Any
 
@@ -75,6 +76,8 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
         entry["flood_pps"] = [n["flood_pps"] for n in noise]
         entry["writeback_mbps"] = [n["writeback_mbps"] for n in noise]
         entry["hog_loops_per_s"] = [n["hog_loops_per_s"] for n in noise]
+        entry["slow_causes"] = slow_causes([r for r in doc.get("attribution_runs", [])
+                                            if r.get("config") == k and "error" not in r])
         out[k] = entry
 
     targets: dict[str, Any] = {}
@@ -104,6 +107,87 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
                 "met": bool(b999) and ratio <= TARGET_CHAIN_RATIO and d999 <= a999,
                 "basis": "median over runs of each run's step p999 (C agent)"}
     return {"configs": out, "targets": targets}
+
+
+# the causes of agentlatd/steps/attribute.py, in its order, as the headline's columns
+CAUSE_SHORT = {"running": "run", "runnable": "rnbl", "irq": "irq", "softirq": "sirq",
+               "blocked:block": "b:blk", "blocked:net": "b:net", "blocked:timer": "b:tmr",
+               "blocked:task": "b:task", "blocked:irq": "b:irq", "blocked:other": "b:oth", "unknown": "unkn"}
+CHANGE_PAIRS = (("A", "D"), ("AS", "DS"), ("AC", "DC"), ("B", "D"))
+_PID = re.compile(r"^pid \d+ ")
+
+
+def slow_causes(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The C agent's slow steps (each run's >= p99, agentlatd/benchmark/attribution.py)
+    over the configuration's attribution runs (apart from the measured rounds): time
+    by cause, summed, and the top culprits, named by command (a pid differs from run
+    to run)."""
+    by: dict[str, int] = {}
+    culprits: dict[tuple[str, str], int] = {}
+    total = steps = traced = 0
+    methods: set[str] = set()
+    errors: list[str] = []
+    for r in runs:
+        ss = r.get("slow_steps")
+        if not ss:
+            continue
+        if "error" in ss:
+            errors.append(ss["error"])
+            continue
+        traced += 1
+        methods.add(ss.get("method", ""))
+        summ = ss["summary"]
+        total += summ["total_ns"]
+        steps += summ["steps"]
+        for c, v in summ["by_cause"].items():
+            by[c] = by.get(c, 0) + v["ns"]
+        for c in summ["culprits"]:
+            key = (c["cause"], _PID.sub("", c["who"]))
+            culprits[key] = culprits.get(key, 0) + c["ns"]
+    return {"runs": traced, "slow_steps": steps, "total_ns": total, "methods": sorted(methods),
+            "errors": errors,
+            "by_cause": {c: {"ns": ns, "share": round(ns / total, 4) if total else 0.0,
+                             "ms_per_run": round(ns / traced / 1e6, 3) if traced else 0.0}
+                         for c, ns in sorted(by.items(), key=lambda kv: -kv[1])},
+            "culprits": [{"cause": c, "who": w, "ns": ns, "share": round(ns / total, 4) if total else 0.0}
+                         for (c, w), ns in sorted(culprits.items(), key=lambda kv: -kv[1])[:3]]}
+
+
+def slow_cause_lines(summ: dict[str, Any]) -> list[str]:
+    """The headline's section: per configuration the share of slow-step time by cause,
+    its top culprits, and what changed from A to D (and the chain pairs)."""
+    rows = {k: e["slow_causes"] for k, e in summ.items() if e.get("slow_causes", {}).get("runs")}
+    if not rows:
+        errs = sorted({m for e in summ.values() for m in e.get("slow_causes", {}).get("errors", [])})
+        return ["", "Slow steps by cause: not traced" + (f" ({errs[0]})" if errs else "")]
+    cols = [c for c in CAUSE_SHORT if any(r["by_cause"].get(c, {}).get("share", 0) >= 0.005
+                                         for r in rows.values())]
+    methods = sorted({m for r in rows.values() for m in r["methods"]})
+    lines = ["", f"C agent slow steps (>= p99) by cause, 1 traced run each ({', '.join(methods)})",
+             f"{'cfg':<4}{'slow':>5}{'ms/run':>7} " + "".join(f"{CAUSE_SHORT[c]:>6}" for c in cols)]
+    for k, r in rows.items():
+        ms = r["total_ns"] / r["runs"] / 1e6
+        lines.append(f"{k:<4}{r['slow_steps']:>5}{ms:>7.1f} "
+                     + "".join(f"{r['by_cause'].get(c, {}).get('share', 0) * 100:>5.0f}%" for c in cols))
+        top = "; ".join(f"{c['cause']} {c['who']} {c['share'] * 100:.0f}%" for c in r["culprits"][:2])
+        if top:
+            lines += _wrap(f"     top: {top}", "       ")
+    for a, d in CHANGE_PAIRS:
+        if a in rows and d in rows:
+            lines += _wrap(f"{a} -> {d}: {_change(rows[a], rows[d])}", "   ")
+    return lines
+
+
+def _change(a: dict[str, Any], d: dict[str, Any]) -> str:
+    """Slow-step ms per run, and the causes that fell (or rose) the most."""
+    def per_run(r: dict[str, Any], c: str) -> float:
+        return float(r["by_cause"].get(c, {}).get("ms_per_run", 0.0))
+
+    ta, td = a["total_ns"] / a["runs"] / 1e6, d["total_ns"] / d["runs"] / 1e6
+    moved = sorted(CAUSE_SHORT, key=lambda c: -abs(per_run(a, c) - per_run(d, c)))[:2]
+    parts = [f"{c} {per_run(a, c):.1f} -> {per_run(d, c):.1f}" for c in moved
+             if abs(per_run(a, c) - per_run(d, c)) >= 0.05]
+    return f"slow steps {ta:.1f} -> {td:.1f} ms/run" + (f"; {', '.join(parts)}" if parts else "")
 
 
 def headline(doc: dict[str, Any]) -> str:
@@ -144,6 +228,7 @@ def headline(doc: dict[str, Any]) -> str:
             bu = e["busy_share"][c]
             parts.append(f"cpu{c} {_pct(so)} / {_pct(bu)}")
         lines += _wrap(f"{k}: " + "   ".join(parts), "   ")
+    lines += slow_cause_lines(summ)
     t = doc["summary"]["targets"]
     if t:
         lines.append("")

@@ -66,8 +66,13 @@ GATE_SYSCALLS = {"epoll_wait": 1, "epoll_pwait": 1, "epoll_pwait2": 1, "io_uring
 # "  <idle>-0       [001] d.h1.  1234.567890: irq_handler_entry: irq=36 name=virtio1-req.0"
 # (kernel/trace/trace_output.c: comm-pid [cpu] irqs-off/need-resched/hardirq/preempt-depth
 # flags (absent with the irq-info option off), timestamp, event name, fields)
+# The syscalls events print no "event:": "sys_epoll_wait(epfd: 3, ...)" on entry and
+# "sys_epoll_wait -> 0x1" on exit (kernel/trace/trace_syscalls.c print_syscall_enter,
+# print_syscall_exit); `sep` tells them apart, and they are named sys_enter_/sys_exit_
+# as their events are.
 LINE = re.compile(r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
-                  r"(?:\S+\s+)?(?P<sec>\d+)\.(?P<usec>\d{6}):\s+(?P<event>\w+):\s?(?P<rest>.*)$")
+                  r"(?:\S+\s+)?(?P<sec>\d+)\.(?P<usec>\d{6}):\s+(?P<event>\w+)(?P<sep>:\s?|\(| -> )"
+                  r"(?P<rest>.*)$")
 FIELD = re.compile(r"(\w+)=(\S+)")
 
 
@@ -112,6 +117,8 @@ def parse_trace(lines: Iterable[str], tids: Collection[int] = ()) -> Maps:
         if mt is None:
             continue
         ev = mt.group("event")
+        if not mt.group("sep").startswith(":") and ev.startswith("sys_"):
+            ev = ("sys_enter_" if mt.group("sep") == "(" else "sys_exit_") + ev[len("sys_"):]
         cpu = int(mt.group("cpu"))
         t = _ts(mt.group("sec"), mt.group("usec"))
         rest = mt.group("rest")

@@ -1,0 +1,39 @@
+"""The known-cause check with bpftrace forced off: the same injected causes, the
+same attribution (agentlatd/steps/attribute.py), fed by the tracefs backend
+(agentlatd/steps/tracefs_events.py). Runs where bpftrace is not installed too.
+Root and gcc needed; everything made is removed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+import pytest
+
+from agentlatd.steps import attribute as at
+from agentlatd.tools.bench import causes
+
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="namespaces, loop devices and tracing need root"),
+              pytest.mark.skipif(shutil.which("gcc") is None, reason="the probe is built with gcc"),
+              pytest.mark.netns]
+
+
+@pytest.fixture(scope="module")
+def tracefs_run() -> dict[str, Any]:
+    return causes.run(("c",), ("none", "cpu-hog", "writeback", "slow-tool"), phase_s=1.5,
+                      backends=("tracefs",))
+
+
+def test_tracefs_backend_blames_the_injected_causes(tracefs_run: dict[str, Any]) -> None:
+    assert tracefs_run["teardown_failed"] == []
+    [run] = tracefs_run["runs"]
+    print(run["table"])
+    assert run["backend"] == "tracefs" and run["lost_events"] == 0 and run["ring_missed"] == 0, run
+    rows = {r.case: r for r in run["_rows"]}
+    for case in ("cpu-hog", "writeback", "slow-tool"):
+        r = rows[case]
+        assert r.steps >= 200 and r.slow >= 20, r
+        share = r.checked_share()
+        assert share is not None and share >= 0.9, (case, r.to_json())
+    assert any(c["cause"] == at.BLOCKED_BLOCK and "dev 7:" in c["who"] for c in rows["writeback"].culprits)
