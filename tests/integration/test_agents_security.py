@@ -148,7 +148,7 @@ def test_register_refuses_missing_and_recycled_processes() -> None:
 RECYCLE = r'''
 import json, os, signal, socket, subprocess, sys, time
 sys.path.insert(0, sys.argv[1])
-from agentshelpers import all_on, request, starttime, wait_until
+from agentshelpers import all_on, request, starttime, wait_ticks, wait_until
 argv, sock = json.loads(sys.argv[2]), sys.argv[3]
 env = dict(os.environ)
 d = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=open(sys.argv[4], "wb"),
@@ -175,7 +175,9 @@ try:
     out["reused"] = p2.pid == x
     out["st_differ"] = starttime(p2.pid) != st1
     os.kill(d.pid, signal.SIGCONT)
-    time.sleep(1.5)  # several ticks: exits, new threads, placement
+    # several ticks of each loop (exits, new threads, placement), counted: after a bare
+    # sleep a slow daemon may not have ticked, and "untouched" would prove nothing
+    wait_ticks(lambda: request(sock, "status")["result"], 7)
     out["p2_affinity_untouched"] = all_on(p2.pid, "0-1")
     out["agents_after"] = request(sock, "agents")["result"]
     out["register_old_identity"] = request(sock, "register", agent_id="p1", pid=x, starttime=st1)

@@ -30,9 +30,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+from typing import Any, cast
 
 import pytest
+from agentshelpers import wait_ticks
 from servicehelpers import (
     NotifySocket,
     policy_text,
@@ -144,7 +145,9 @@ def test_sighup_bad_policy_keeps_the_old_one_good_policy_takes_effect(
             wait_until(lambda: "heat.hott" in d.log, 10, "the bad key path in the log")
             line = next(ln for ln in d.log.splitlines() if "heat.hott" in ln)
             assert str(d.config) in line, line
-            time.sleep(1.5)  # three ticks of the old policy
+            # three ticks of each loop under the old policy, counted: after a bare sleep a
+            # slow daemon may not have ticked, and "nothing of it applied" would prove nothing
+            wait_ticks(lambda: cast("dict[str, Any]", d.request("status")["result"]), 3)
             assert d.alive(), d.log
             assert _rps(ns) == before, "a part of the bad policy was applied"
             ans = d.request("status")
