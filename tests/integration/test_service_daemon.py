@@ -118,7 +118,13 @@ def test_no_watchdog_pings_for_another_pids_watchdog(
     with run_daemon(tmp_path, policy_text(interval=0.5), notify=notify,
                     env={"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}) as d:
         notify.wait_for("READY=1", timeout=60)
-        got = notify.drain(1.5)
+        start = len(notify.messages)
+        # four counted ticks of each loop (>= 1.5 s at interval 0.5, three ping periods of
+        # WATCHDOG_USEC) before looking: after a bare 1.5 s wait a slow daemon may not have
+        # run at all, and "no ping" would prove nothing
+        wait_ticks(lambda: cast("dict[str, Any]", d.request("status")["result"]), 4)
+        notify.collect()
+        got = notify.messages[start:]
         assert d.alive(), d.log
     assert not [m for _, m in got if "WATCHDOG=1" in m], got
 
