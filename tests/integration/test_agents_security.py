@@ -11,10 +11,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from agentshelpers import (
+    Daemon,
     all_on,
     current_affinity,
     daemon,
@@ -244,6 +246,16 @@ def raw(sock_path: str, data: bytes, timeout: float = 5.0) -> list[dict[str, Any
     return out
 
 
+@pytest.fixture(scope="module")
+def bad_input_daemon() -> Iterator[Daemon]:
+    """One daemon for every bad-input case below: each case opens its own connection (no
+    state carries over: nothing bad is ever registered), so a fresh daemon per case only
+    added a start (~2 s on a quiet 2-core machine, 19 times); the one daemon must now also
+    answer every bad line in a row and serve on."""
+    with workdir() as d, daemon(d, policy_text()) as dm:
+        yield dm
+
+
 @pytest.mark.parametrize("line, code", [
     (b"not json", "bad_json"),
     (b"[1,2]", "bad_json"),
@@ -265,14 +277,17 @@ def raw(sock_path: str, data: bytes, timeout: float = 5.0) -> list[dict[str, Any
     (b'{"v":1,"op":"unregister"}', "not_registered"),
     (b"[" * 100000 + b"]" * 10, "too_large"),
 ])
-def test_bad_input_gets_an_error_code_and_a_sentence(line: bytes, code: str) -> None:
-    with workdir() as d, daemon(d, policy_text()) as dm:
-        ans = raw(str(dm.socket), line + b"\n")
-        assert len(ans) == 1, ans
-        assert ans[0]["ok"] is False and ans[0]["error"]["code"] == code, ans
-        msg = ans[0]["error"]["message"]
-        assert isinstance(msg, str) and len(msg) > 10
-        assert dm.request("ping")["ok"]  # still serving
+def test_bad_input_gets_an_error_code_and_a_sentence(bad_input_daemon: Daemon, line: bytes,
+                                                     code: str) -> None:
+    dm = bad_input_daemon
+    assert dm.proc.poll() is None, dm.log[-2000:]
+    ans = raw(str(dm.socket), line + b"\n")
+    assert len(ans) == 1, ans
+    assert ans[0]["ok"] is False and ans[0]["error"]["code"] == code, ans
+    msg = ans[0]["error"]["message"]
+    assert isinstance(msg, str) and len(msg) > 10
+    assert dm.request("ping")["ok"]  # still serving
+    assert dm.proc.poll() is None, dm.log[-2000:]
 
 
 def test_one_bad_client_never_stalls_the_others() -> None:
