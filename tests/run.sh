@@ -14,6 +14,7 @@
 # CI machine has two; run one after the other the guests left a core idle for ~8 min.
 # The host tier runs alone: its daemons and timing checks get the whole machine.
 # Env: AGENTLATD_SKIP_VM=1 / AGENTLATD_SKIP_PACKAGE=1 skip those tiers (say so loudly);
+#      AGENTLATD_SUITE_SERIAL=1 runs the side lane after the VM tier, not beside it;
 #      PYTEST_ARGS="-k foo" narrows the host tier.
 set -uo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
@@ -137,13 +138,16 @@ side_lane() {
     rm -rf "$debdir"
     return $rc
 }
-SIDELOG=$(mktemp /tmp/agentlatd-run-side.XXXXXX.log) || exit 1
-phase "README command 1, package and service VM test start beside the VM tier" \
-      "(their output follows the VM tier's)"
-side_lane > "$SIDELOG" 2>&1 &
-SIDE=$!
-# shellcheck disable=SC2064  # expand now
-trap "rm -f '$SIDELOG'" EXIT
+SIDE=
+if [ "${AGENTLATD_SUITE_SERIAL:-0}" != 1 ]; then
+    SIDELOG=$(mktemp /tmp/agentlatd-run-side.XXXXXX.log) || exit 1
+    # shellcheck disable=SC2064  # expand now
+    trap "rm -f '$SIDELOG'" EXIT
+    phase "README command 1, package and service VM test start beside the VM tier" \
+          "(their output follows the VM tier's)"
+    side_lane > "$SIDELOG" 2>&1 &
+    SIDE=$!
+fi
 
 # ---- VM lane (streamed) ------------------------------------------------------------------
 phase "VM tier (real kernel, real MSI-X IRQs)"
@@ -158,11 +162,17 @@ elif [ -x tests/vm/run_tier.sh ]; then
 else
     echo "VM TIER SKIPPED: tests/vm/run_tier.sh not present"
 fi
-phase "VM tier done; waiting for the side lane"
-wait $SIDE
-src=$?
-phase "side lane (ran beside the VM tier), rc=$src:"
-cat "$SIDELOG"
+if [ -n "$SIDE" ]; then
+    phase "VM tier done; waiting for the side lane"
+    wait "$SIDE"
+    src=$?
+    phase "side lane (ran beside the VM tier), rc=$src:"
+    cat "$SIDELOG"
+else
+    phase "side lane (AGENTLATD_SUITE_SERIAL=1: after the VM tier)"
+    side_lane
+    src=$?
+fi
 [ $src -eq 0 ] || rc=1
 echo "== total $(( $(date +%s) - T0 )) s, rc=$rc"
 exit $rc
