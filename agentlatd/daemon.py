@@ -139,6 +139,9 @@ class Daemon:
         self._waiting: list[tuple[Conn, Any, str, Any]] = []  # (conn, req id, op, payload)
         self._seen_seq = 0
         self._next_tick = 0.0
+        # agent-side ticks completed (the tuner's own count is TunerState.seq): status shows
+        # both, so a test can wait for ticks to pass instead of sleeping
+        self.agent_ticks = 0
         self.started = time.time()
         self.ready = False
         self.last_state: TunerState | None = None
@@ -333,6 +336,7 @@ class Daemon:
         try:
             if tick_due:
                 self.manager.tick()
+                self.agent_ticks += 1
             else:
                 self.manager.reconcile_cpus(full=False)
         except Exception as e:
@@ -604,6 +608,7 @@ def _status(d: Daemon) -> dict[str, Any]:
         "socket": d.socket_path, "state_dir": d.state_dir,
         "uptime_s": round(time.time() - d.started, 3), "ready": d.ready,
         "tick": st.seq if st else 0,
+        "agent_ticks": d.agent_ticks,
         "tuner_tick_ms": round(st.duration_s * 1000, 3) if st else None,
         "tuner_error": st.error if st else "",
         "changes": counts,

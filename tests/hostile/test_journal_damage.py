@@ -15,7 +15,6 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 from applyhelpers import cli, diff_keys, plan_file, small_tree, tree_bytes
@@ -383,7 +382,7 @@ def test_daemon_with_a_full_state_dir_refuses_the_pin_and_keeps_serving() -> Non
     """Regression: a full state directory killed the daemon (the JournalError of
     Engine.apply escaped Daemon.turn); fixed by the agents engineer in
     daemon.py _locked_work / registry.place_pending after this test found it."""
-    from agentshelpers import current_affinity, start_daemon, thread_affinities, workdir
+    from agentshelpers import current_affinity, start_daemon, thread_affinities, wait_ticks, workdir
     from agentshelpers import policy_text as agents_policy
     with workdir() as d, tmpfs("256k", nr_inodes=64) as m:
         # the tmpfs itself, not a symlink to it (a state directory reached
@@ -398,7 +397,9 @@ def test_daemon_with_a_full_state_dir_refuses_the_pin_and_keeps_serving() -> Non
                 raise AssertionError(f"no answer ({e}); daemon log:\n{dm.log[-1500:]}") from e
             assert ans["ok"] is False and ans["error"]["code"] == "unavailable", ans
             assert "No space left on device" in ans["error"]["message"], ans
-            time.sleep(0.3)
+            # nothing pinned after the refusal, over two counted ticks of each loop (a
+            # retry would come at a tick; a bare sleep could end before one ran)
+            wait_ticks(dm.status, 2)
             assert set(thread_affinities(child.pid).values()) == {current_affinity()}
             assert dm.proc.poll() is None and dm.request("ping")["ok"]
             assert dm.agents() == []

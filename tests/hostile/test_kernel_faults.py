@@ -529,7 +529,7 @@ def _daemon_policy(include: str) -> str:
 
 @pytest.mark.netns
 def test_device_removed_under_a_running_daemon(tmp_path: pathlib.Path) -> None:
-    from agentshelpers import env_for_children, request, wait_until
+    from agentshelpers import env_for_children, request, wait_ticks, wait_until
     with netns_with_veths(2) as v:
         a0, b0, a1, b1 = v.devs
         tag = a0[3:]
@@ -559,7 +559,9 @@ def test_device_removed_under_a_running_daemon(tmp_path: pathlib.Path) -> None:
                 return int(request(sock, "status")["result"]["journal_entries"])
             wait_until(lambda: journaled() >= 4, 15, what="RPS/XPS of the veths applied")
             _del_link(v.netns, a0)
-            time.sleep(1.5)  # several ticks with the device gone
+            # several ticks of each loop with the device gone, counted (after a bare sleep
+            # a slow daemon may not have ticked yet, and "still alive" would prove nothing)
+            wait_ticks(lambda: request(sock, "status")["result"], 7)
             assert proc.poll() is None, log()
             st = request(sock, "status")["result"]
             assert request(sock, "ping")["ok"]

@@ -15,10 +15,12 @@ import socket
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from agentshelpers import (
+    Daemon,
     current_affinity,
     daemon,
     env_for_children,
@@ -256,12 +258,23 @@ def test_agent_ids_and_device_names_stay_strings() -> None:
             child.wait()
 
 
-@pytest.mark.parametrize("aid", ["a\x1b[2Jb", "a\nb", "a\x00b", "a\u202eb", "", "x" * 129])
-def test_agent_ids_that_would_reach_a_terminal_raw_are_refused(aid: str) -> None:
+@pytest.fixture(scope="module")
+def agent_id_daemon() -> Iterator[Daemon]:
+    """One daemon for every agent-id case below: each is refused, so no state carries over
+    (checked: no agent after each), and a daemon per case only added a start each."""
     with workdir() as d, daemon(d, _policy()) as dm:
-        ans = dm.request("register", agent_id=aid)
-        assert is_error(ans, "bad_request"), ans
-        assert dm.agents() == []
+        yield dm
+
+
+@pytest.mark.parametrize("aid", ["a\x1b[2Jb", "a\nb", "a\x00b", "a\u202eb", "", "x" * 129])
+def test_agent_ids_that_would_reach_a_terminal_raw_are_refused(agent_id_daemon: Daemon,
+                                                               aid: str) -> None:
+    dm = agent_id_daemon
+    assert dm.agents() == []
+    ans = dm.request("register", agent_id=aid)
+    assert is_error(ans, "bad_request"), ans
+    assert dm.agents() == []
+    assert dm.proc.poll() is None, dm.log[-2000:]
 
 
 # -- policy files others could write are refused when running as root ------------------

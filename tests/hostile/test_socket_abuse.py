@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 from agentshelpers import (
+    Daemon,
     current_affinity,
     daemon,
     policy_text,
@@ -131,15 +132,26 @@ def test_every_bad_line_gets_an_error_with_a_code_in_order_on_one_connection() -
         assert dm.proc.poll() is None
 
 
-@pytest.mark.parametrize("v", VERSIONS, ids=[repr(v) for v in VERSIONS])
-def test_unknown_protocol_versions_are_refused_with_a_code(v: Any) -> None:
-    line = json.dumps({"v": v, "op": "ping", "id": 5}).encode() + b"\n"
+@pytest.fixture(scope="module")
+def versions_daemon() -> Iterator[Daemon]:
+    """One daemon for every version case below: each case is one ping on its own connection
+    (no state carries over), so a daemon per case only added a start each; the one daemon
+    must now also refuse every version in a row and serve on."""
     with workdir() as d, daemon(d, _policy()) as dm:
-        (ans,) = exchange(dm.socket, line)
-        assert is_error(ans, "unsupported_version"), ans
-        assert ans["id"] == 5  # the id comes back even on a version error
-        assert "version 1" in ans["error"]["message"]
-        assert dm.request("ping")["ok"]
+        yield dm
+
+
+@pytest.mark.parametrize("v", VERSIONS, ids=[repr(v) for v in VERSIONS])
+def test_unknown_protocol_versions_are_refused_with_a_code(versions_daemon: Daemon, v: Any) -> None:
+    dm = versions_daemon
+    assert dm.proc.poll() is None, dm.log[-2000:]
+    line = json.dumps({"v": v, "op": "ping", "id": 5}).encode() + b"\n"
+    (ans,) = exchange(dm.socket, line)
+    assert is_error(ans, "unsupported_version"), ans
+    assert ans["id"] == 5  # the id comes back even on a version error
+    assert "version 1" in ans["error"]["message"]
+    assert dm.request("ping")["ok"]
+    assert dm.proc.poll() is None, dm.log[-2000:]
 
 
 def test_binary_garbage_is_answered_line_by_line_and_the_daemon_serves_on() -> None:

@@ -91,6 +91,55 @@ def wait_until(fn: Callable[[], Any], timeout: float = 10.0, interval: float = 0
     raise AssertionError(f"{what} not met within {timeout} s (last: {last!r})")
 
 
+TICK_KEYS = ("tick", "agent_ticks")
+
+
+def tick_counts(status: Callable[[], dict[str, Any]]) -> dict[str, int]:
+    """The daemon's tick counters from its status: the tuner's (`tick`) and the agent
+    side's (`agent_ticks`), each of the two loops that can act on its own."""
+    st = status()
+    missing = [k for k in TICK_KEYS if k not in st]
+    assert not missing, f"status has no {missing} tick counter: {sorted(st)}"
+    return {k: int(st[k]) for k in TICK_KEYS}
+
+
+def wait_ticks(status: Callable[[], dict[str, Any]], n: int = 2, timeout: float = 20.0,
+               what: str = "") -> dict[str, Any]:
+    """Block until both of the daemon's loops have completed at least `n` more ticks
+    than when called; return the status that shows it.
+
+    For "nothing happened" checks: a fixed sleep passes vacuously when the daemon has not
+    ticked yet on a loaded machine, while two completed ticks of each loop prove the
+    daemon had the chance to act (the first may have begun before the change under test)."""
+    base = tick_counts(status)
+    last: dict[str, Any] = {}
+
+    def done() -> bool:
+        nonlocal last
+        last = status()
+        return all(int(last[k]) >= base[k] + n for k in TICK_KEYS)
+
+    wait_until(done, timeout, what=what or f"{n} more ticks of each loop (from {base})")
+    return last
+
+
+def statuses_over_ticks(status: Callable[[], dict[str, Any]], n: int, timeout: float = 30.0,
+                        interval: float = 0.05) -> Iterator[dict[str, Any]]:
+    """Every status polled until both loops have completed `n` more ticks (the last one
+    yielded shows them): a "still so on every tick" check asserts on each."""
+    base = tick_counts(status)
+    end = time.monotonic() + timeout
+    while True:
+        st = status()
+        yield st
+        if all(int(st[k]) >= base[k] + n for k in TICK_KEYS):
+            return
+        if time.monotonic() > end:
+            raise AssertionError(f"{n} more ticks of each loop not seen within {timeout} s "
+                                 f"(from {base}, last {[st.get(k) for k in TICK_KEYS]})")
+        time.sleep(interval)
+
+
 def thread_affinities(pid: int) -> dict[int, str]:
     """tid -> Cpus_allowed_list of every thread of `pid` (read from /proc)."""
     out: dict[int, str] = {}

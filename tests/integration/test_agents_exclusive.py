@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 from agentshelpers import (
     Agent,
@@ -21,6 +20,7 @@ from agentshelpers import (
     needs_root,
     policy_text,
     thread_affinities,
+    wait_ticks,
     wait_until,
     workdir,
 )
@@ -66,8 +66,10 @@ def test_exclusive_home_cpu_moves_scoped_tasks_and_restores_them() -> None:
         child1 = int(tree.stdout.readline())
         with workdir() as d, daemon(d, policy_text(exclusive="exclusive"),
                                     scope_pid=tree.pid) as dm:
-            time.sleep(0.5)
-            assert all_on(tree.pid, orig) and all_on(child1, orig)  # no agent yet: untouched
+            # no agent yet: untouched, after two counted ticks of each loop (a bare sleep
+            # could end before the first tick and pass without the daemon having looked)
+            wait_ticks(dm.status, 2)
+            assert all_on(tree.pid, orig) and all_on(child1, orig)
             with Agent(dm.socket, "planner", nthreads=2) as ag:
                 assert ag.ready["exclusive"] is True and ag.ready["home_cpu"] == 1
                 wait_until(lambda: all_on(tree.pid, "0") and all_on(child1, "0"), 5.0,
@@ -86,7 +88,9 @@ def test_exclusive_home_cpu_moves_scoped_tasks_and_restores_them() -> None:
                 tree.stdin.flush()
                 tid = int(tree.stdout.readline())
                 assert all_on(child2, "0") and thread_affinities(tree.pid)[tid] == "0"
-                time.sleep(0.6)  # the tick records them as inherited
+                # a completed agent tick records them as inherited (waited for, not
+                # assumed after a sleep: the restore below must cover them)
+                wait_ticks(dm.status, 2)
 
                 ag.cmd("unregister")  # the last agent leaves: everything back
                 wait_until(lambda: all(all_on(p, orig) for p in (tree.pid, child1, child2)),
@@ -129,8 +133,10 @@ def test_a_task_pinned_only_to_the_home_cpu_is_left_alone() -> None:
         with workdir() as d, daemon(d, policy_text(exclusive="exclusive"),
                                     scope_pid=tree.pid) as dm, \
                 Agent(dm.socket, "planner", nthreads=1):
-            time.sleep(0.8)
+            # left alone over three counted ticks of each loop (a bare sleep could end
+            # before the exclusivity scan ran, and the check would prove nothing)
+            st = wait_ticks(dm.status, 3)
             assert all_on(tree.pid, "1")
-            assert dm.status()["tasks_moved"] == 0
+            assert st["tasks_moved"] == 0 and dm.status()["tasks_moved"] == 0
     finally:
         kill_quietly(tree)

@@ -20,6 +20,7 @@ from agentshelpers import (
     needs_root,
     policy_text,
     thread_affinities,
+    wait_ticks,
     wait_until,
     workdir,
 )
@@ -61,7 +62,9 @@ def test_hot_home_cpu_moves_every_thread_with_hysteresis() -> None:
             # x is not chosen again, the agent stays on y
             set_heat(heat, {x: 0.3, y: 0.9})
             wait_until(lambda: dm.status()["hot_cpus"] == [y], 5.0, what="y counted hot")
-            time.sleep(0.6)  # three more ticks
+            # three more ticks of each loop, counted (a sleep could end before the daemon
+            # ticked on a loaded machine, and the stay-put check would then prove nothing)
+            wait_ticks(dm.status, 3)
             assert all_on(ag.pid, str(y)), thread_affinities(ag.pid)
             assert any("below heat.cool" in n for n in dm.status()["notes"])
 

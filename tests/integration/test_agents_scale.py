@@ -22,6 +22,7 @@ from agentshelpers import (
     policy_text,
     start_daemon,
     thread_affinities,
+    wait_ticks,
     wait_until,
     workdir,
 )
@@ -55,8 +56,9 @@ def test_1000_registered_agents() -> None:
             assert all(all_on(p, "1") for p in pids)
             rows = dm.agents()
             assert len(rows) == n and {r["pid"] for r in rows} == set(pids)
-            time.sleep(0.5)  # a few ticks with 1000 agents
-            st = dm.status()
+            # a few ticks of each loop with 1000 agents, counted: none may be dropped or
+            # lose its journal entry (after a bare sleep the daemon may not have ticked)
+            st = wait_ticks(dm.status, 3, timeout=60.0)
             assert st["agents"] == n and st["journal_entries"] == n
             print(f"\n1000 registrations in {took:.2f} s; agent tick {st['agent_tick_ms']} ms")
             forker.close()
@@ -131,9 +133,11 @@ comm = "{name}"
                 assert [(r["agent_id"], r["pid"], r["source"]) for r in rows] == \
                     [("auto-agent", p.pid, "auto:0")]
                 assert all_on(other.pid, current_affinity())
-                # unregistered by hand: not registered again while it lives
+                # unregistered by hand: not registered again while it lives, over three
+                # counted ticks of each loop (auto-registration scans at a tick; a bare
+                # sleep could end before one ran)
                 assert dm.request("unregister", pid=p.pid)["ok"]
-                time.sleep(0.6)
+                wait_ticks(dm.status, 3)
                 assert dm.agents() == [] and all_on(p.pid, current_affinity())
             finally:
                 kill_quietly(p)

@@ -11,10 +11,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from agentshelpers import (
+    Daemon,
     all_on,
     current_affinity,
     daemon,
@@ -148,7 +150,7 @@ def test_register_refuses_missing_and_recycled_processes() -> None:
 RECYCLE = r'''
 import json, os, signal, socket, subprocess, sys, time
 sys.path.insert(0, sys.argv[1])
-from agentshelpers import all_on, request, starttime, wait_until
+from agentshelpers import all_on, request, starttime, wait_ticks, wait_until
 argv, sock = json.loads(sys.argv[2]), sys.argv[3]
 env = dict(os.environ)
 d = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=open(sys.argv[4], "wb"),
@@ -175,7 +177,9 @@ try:
     out["reused"] = p2.pid == x
     out["st_differ"] = starttime(p2.pid) != st1
     os.kill(d.pid, signal.SIGCONT)
-    time.sleep(1.5)  # several ticks: exits, new threads, placement
+    # several ticks of each loop (exits, new threads, placement), counted: after a bare
+    # sleep a slow daemon may not have ticked, and "untouched" would prove nothing
+    wait_ticks(lambda: request(sock, "status")["result"], 7)
     out["p2_affinity_untouched"] = all_on(p2.pid, "0-1")
     out["agents_after"] = request(sock, "agents")["result"]
     out["register_old_identity"] = request(sock, "register", agent_id="p1", pid=x, starttime=st1)
@@ -242,6 +246,16 @@ def raw(sock_path: str, data: bytes, timeout: float = 5.0) -> list[dict[str, Any
     return out
 
 
+@pytest.fixture(scope="module")
+def bad_input_daemon() -> Iterator[Daemon]:
+    """One daemon for every bad-input case below: each case opens its own connection (no
+    state carries over: nothing bad is ever registered), so a fresh daemon per case only
+    added a start (~2 s on a quiet 2-core machine, 19 times); the one daemon must now also
+    answer every bad line in a row and serve on."""
+    with workdir() as d, daemon(d, policy_text()) as dm:
+        yield dm
+
+
 @pytest.mark.parametrize("line, code", [
     (b"not json", "bad_json"),
     (b"[1,2]", "bad_json"),
@@ -263,14 +277,17 @@ def raw(sock_path: str, data: bytes, timeout: float = 5.0) -> list[dict[str, Any
     (b'{"v":1,"op":"unregister"}', "not_registered"),
     (b"[" * 100000 + b"]" * 10, "too_large"),
 ])
-def test_bad_input_gets_an_error_code_and_a_sentence(line: bytes, code: str) -> None:
-    with workdir() as d, daemon(d, policy_text()) as dm:
-        ans = raw(str(dm.socket), line + b"\n")
-        assert len(ans) == 1, ans
-        assert ans[0]["ok"] is False and ans[0]["error"]["code"] == code, ans
-        msg = ans[0]["error"]["message"]
-        assert isinstance(msg, str) and len(msg) > 10
-        assert dm.request("ping")["ok"]  # still serving
+def test_bad_input_gets_an_error_code_and_a_sentence(bad_input_daemon: Daemon, line: bytes,
+                                                     code: str) -> None:
+    dm = bad_input_daemon
+    assert dm.proc.poll() is None, dm.log[-2000:]
+    ans = raw(str(dm.socket), line + b"\n")
+    assert len(ans) == 1, ans
+    assert ans[0]["ok"] is False and ans[0]["error"]["code"] == code, ans
+    msg = ans[0]["error"]["message"]
+    assert isinstance(msg, str) and len(msg) > 10
+    assert dm.request("ping")["ok"]  # still serving
+    assert dm.proc.poll() is None, dm.log[-2000:]
 
 
 def test_one_bad_client_never_stalls_the_others() -> None:

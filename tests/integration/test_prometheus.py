@@ -270,8 +270,13 @@ def test_real_prometheus_scrapes_daemon_and_every_panel_and_rule_returns_data() 
                         assert rows[aid]["recent"]["10m"]["steps"] == N_SAMPLES, rows[aid]
                     assert rows["slow"]["recent"]["1m"]["p999_ns"] > 5e6 > \
                         rows["fast"]["recent"]["1m"]["p999_ns"]
-                    # rate() over CPU counters needs two scrapes after the first
-                    time.sleep(3)
+                    # rate() over CPU counters needs two scrapes after the first: counted
+                    # in Prometheus's own samples of `up`, not assumed after a sleep
+                    def scrapes() -> int:
+                        got = query(base, 'count_over_time(up{job="agentlatd"}[10m])')
+                        return int(float(got[0]["value"][1])) if got else 0
+                    n0 = scrapes()
+                    wait_until(lambda: scrapes() >= n0 + 2, 15, 0.2, "two more scrapes")
                     _check_merged_p99(base, fast, slow)
                     report = _check_panels_and_rules(base)
                     up = query(base, 'up{job="agentlatd"}')

@@ -30,9 +30,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+from typing import Any, cast
 
 import pytest
+from agentshelpers import wait_ticks
 from servicehelpers import (
     NotifySocket,
     policy_text,
@@ -117,7 +118,13 @@ def test_no_watchdog_pings_for_another_pids_watchdog(
     with run_daemon(tmp_path, policy_text(interval=0.5), notify=notify,
                     env={"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}) as d:
         notify.wait_for("READY=1", timeout=60)
-        got = notify.drain(1.5)
+        start = len(notify.messages)
+        # four counted ticks of each loop (>= 1.5 s at interval 0.5, three ping periods of
+        # WATCHDOG_USEC) before looking: after a bare 1.5 s wait a slow daemon may not have
+        # run at all, and "no ping" would prove nothing
+        wait_ticks(lambda: cast("dict[str, Any]", d.request("status")["result"]), 4)
+        notify.collect()
+        got = notify.messages[start:]
         assert d.alive(), d.log
     assert not [m for _, m in got if "WATCHDOG=1" in m], got
 
@@ -144,7 +151,9 @@ def test_sighup_bad_policy_keeps_the_old_one_good_policy_takes_effect(
             wait_until(lambda: "heat.hott" in d.log, 10, "the bad key path in the log")
             line = next(ln for ln in d.log.splitlines() if "heat.hott" in ln)
             assert str(d.config) in line, line
-            time.sleep(1.5)  # three ticks of the old policy
+            # three ticks of each loop under the old policy, counted: after a bare sleep a
+            # slow daemon may not have ticked, and "nothing of it applied" would prove nothing
+            wait_ticks(lambda: cast("dict[str, Any]", d.request("status")["result"]), 3)
             assert d.alive(), d.log
             assert _rps(ns) == before, "a part of the bad policy was applied"
             ans = d.request("status")
