@@ -74,11 +74,12 @@ from agentlatd.agents.applier import AGENT_KNOBS, Applier
 from agentlatd.agents.chain import ChainKeeper, ChainScanner, Declared
 from agentlatd.agents.links import LinkTracker
 from agentlatd.agents.placement import NO_HOME_CPU, CpuLayout
-from agentlatd.agents.registry import AgentManager, parse_cpus
+from agentlatd.agents.registry import AgentManager
 from agentlatd.agents.tasks import ProcId
 from agentlatd.api import protocol
 from agentlatd.api.protocol import Chain, Envelope, ProtocolError, Register, Step, Unregister
 from agentlatd.api.server import PENDING, Conn, Server, bind_socket
+from agentlatd.apply import irqbalance_env
 from agentlatd.apply.engine import ApplyReport, Drift, Engine
 from agentlatd.apply.journal import FLAG_YIELDED
 from agentlatd.cpuset import CpuSet, CpuSetError
@@ -220,9 +221,10 @@ class Tuner:
                 errors.append(f"agent link sampling failed: {e}")
                 log.warning("agent link sampling failed: %s", e, exc_info=not isinstance(e, AgentlatdError))
             ib_pids = irqbalance.running(root)
+            ib = self._irqbalance_channel(ib_pids, pol)
             plan = make_plan(self.machine, pol, rates=rates, irqbalance_running=bool(ib_pids),
-                             agent_links=links,
-                             irqbalance_banned=self._irqbalance_base(ib_pids, pol))
+                             agent_links=links, irqbalance_banned=ib.base,
+                             irqbalance_env=ib.env_file)
             self.policy_error = None
         except PolicyError as e:  # nothing is planned, so nothing is written
             self.policy_error = e
@@ -325,16 +327,13 @@ class Tuner:
         self.yields += [(now, (d.knob, d.target)) for d in out if d.action == "yielded"]
         return out
 
-    def _irqbalance_base(self, pids: tuple[int, ...], pol: Policy) -> CpuSet | None:
-        """What irqbalance banned before agentlatd (daemon.irqbalance = "cooperate"):
-        the journaled original of the ban, else the running irqbalance's ban now."""
+    def _irqbalance_channel(self, pids: tuple[int, ...], pol: Policy) -> irqbalance_env.Channel:
+        """How the home CPUs are banned in irqbalance (daemon.irqbalance = "cooperate")
+        and what it banned before agentlatd: apply/irqbalance_env.py choose()."""
         if not pids or pol.daemon.irqbalance != "cooperate" or not self.d.tune_devices:
-            return None
-        from agentlatd.apply import irqbalance_ban
-        for e in self.d.engine.entries():
-            if (e.knob, e.target) == (irqbalance_ban.NAME, irqbalance_ban.TARGET):
-                return parse_cpus(e.original) or CpuSet()
-        return irqbalance_ban.current_ban(self.d.root, pids)
+            return irqbalance_env.Channel("", None)
+        return irqbalance_env.choose(self.d.root, pids, [
+            (e.knob, e.target, e.original) for e in self.d.engine.entries()])
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self._run, name="agentlatd-tuner", daemon=True)

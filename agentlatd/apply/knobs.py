@@ -171,6 +171,7 @@ def names() -> list[str]:
 PLUGINS: list[str] = [
     "agentlatd.agents.knobs",
     "agentlatd.apply.irqbalance_ban",
+    "agentlatd.apply.irqbalance_env",
 ]
 
 

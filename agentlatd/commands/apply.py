@@ -14,7 +14,7 @@ from typing import Any
 
 from agentlatd import jsonout
 from agentlatd import policy as policy_mod
-from agentlatd.apply import irqbalance
+from agentlatd.apply import irqbalance, irqbalance_env
 from agentlatd.apply.engine import (
     CHANGED,
     CLAMPED,
@@ -115,12 +115,12 @@ def plan_now(root: Root, pol: policy_mod.Policy) -> tuple[list[Change], tuple[st
                              "with --plan FILE") from None
     machine = build.build_machine(root)
     pids = irqbalance.running(root)
-    base = None
+    base, env = None, ""
     if pids and pol.daemon.irqbalance == "cooperate":
-        from agentlatd.apply import irqbalance_ban
-        base = irqbalance_ban.current_ban(root, pids)
+        ch = irqbalance_env.choose(root, pids, ())
+        base, env = ch.base, ch.env_file
     plan = planner.make_plan(machine, pol, irqbalance_running=bool(pids),
-                             irqbalance_banned=base)
+                             irqbalance_banned=base, irqbalance_env=env)
     advice = tuple(f"boot-time advice (not applied): {a}" for a in plan.advice)
     return list(plan.changes), (*plan.notes, *advice)
 

@@ -37,6 +37,7 @@ from agentlatd.policy import Policy, TuningPolicy
 # steering, then per-device batching, then host-wide sysctls
 KNOB_ORDER = (
     "irqbalance.banned_cpus",
+    "irqbalance.env_banned_cpus",
     "irq.affinity",
     "net.rps_cpus",
     "net.rps_flow_cnt",
@@ -77,7 +78,7 @@ def check_policy_cpus(machine: Machine, policy: Policy) -> None:
 
 def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
               irqbalance_running: bool = False, agent_links: AgentLinks = NONE,
-              irqbalance_banned: CpuSet | None = None) -> Plan:
+              irqbalance_banned: CpuSet | None = None, irqbalance_env: str = "") -> Plan:
     """The CPU partition and every change the engine would make, with reasons.
 
     irqbalance_running: filled by the daemon/CLI (the Machine does not know);
@@ -86,6 +87,9 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
     (one irqbalance.banned_cpus change: the home CPUs plus `irqbalance_banned`,
     what irqbalance banned before agentlatd, since a ban over its socket
     replaces its own IRQBALANCE_BANNED_CPULIST/isolated-CPU ban).
+    irqbalance_env: the environment file to ban them in instead (one
+    irqbalance.env_banned_cpus change, apply/irqbalance_env.py), filled when
+    the running irqbalance has no socket agentlatd can use.
     agent_links: filled by the daemon from its registered agents
     (agents/links.py); the NICs that carry only their traffic (plan/rps.py).
     PolicyError when the policy names CPUs this machine cannot have
@@ -121,12 +125,17 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
     elif irqbalance_running and policy.daemon.irqbalance == "cooperate":
         ban = part.home | (irqbalance_banned or CpuSet())
         if part.home:
-            changes.append(Change(
-                "irqbalance.banned_cpus", "irqbalance", "", ban.to_list(),
-                f"irqbalance places IRQs (NIC queues included) on the CPUs it does not ban: "
-                f"ban the home CPUs {part.home}"
-                + (f" beside its own ban {irqbalance_banned}" if irqbalance_banned else "")
-                + " (daemon.irqbalance = \"cooperate\")"))
+            why = (f"irqbalance places IRQs (NIC queues included) on the CPUs it does not ban: "
+                   f"ban the home CPUs {part.home}"
+                   + (f" beside its own ban {irqbalance_banned}" if irqbalance_banned else "")
+                   + " (daemon.irqbalance = \"cooperate\")")
+            if irqbalance_env:
+                changes.append(Change(
+                    "irqbalance.env_banned_cpus", irqbalance_env, "", ban.to_list(),
+                    why + f"; its socket is not usable: in {irqbalance_env}, then a restart"))
+            else:
+                changes.append(Change("irqbalance.banned_cpus", "irqbalance", "",
+                                      ban.to_list(), why))
         notes.append("irqbalance is running (daemon.irqbalance = \"cooperate\"): it keeps "
                      "balancing every IRQ, NIC queue IRQs included, over the CPUs outside the "
                      f"home set; the home CPUs {part.home} are banned in it while agentlatd "

@@ -167,6 +167,18 @@ def test_regression_irqbalance_running_left_home_cpus_unprotected(server: Machin
     assert "irqbalance.banned_cpus" not in knobs(quiet) and "irq.affinity" in knobs(quiet)
 
 
+def test_irqbalance_without_socket_bans_in_its_environment_file(server: Machine) -> None:
+    # the running irqbalance has no usable socket: the same ban goes to the
+    # environment file the daemon found (apply/irqbalance_env.py), not the socket
+    plan = make_plan(server, pol(), irqbalance_running=True, irqbalance_banned=CpuSet({63}),
+                     irqbalance_env="/etc/sysconfig/irqbalance")
+    assert "irqbalance.banned_cpus" not in knobs(plan) and "irq.affinity" not in knobs(plan)
+    (ban,) = [c for c in plan.changes if c.knob == "irqbalance.env_banned_cpus"]
+    assert ban.target == "/etc/sysconfig/irqbalance"
+    assert CpuSet.parse_list(ban.desired) == plan.home_cpus | CpuSet({63})
+    assert "restart" in ban.reason
+
+
 def test_irqbalance_ignore_steers_anyway_and_warns(server: Machine) -> None:
     plan = make_plan(server, pol('[daemon]\nirqbalance = "ignore"\n'), irqbalance_running=True)
     assert "irq.affinity" in knobs(plan)

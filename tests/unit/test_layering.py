@@ -83,7 +83,6 @@ ALLOWED: frozenset[Violation] = frozenset({
      "agentlatd.plan agentlatd.sample agentlatd.trace"),
     # -- local: the daemon's tick stages and hooks, imported at call time
     ("local", "agentlatd.daemon", "agentlatd.apply.irqbalance"),
-    ("local", "agentlatd.daemon", "agentlatd.apply.irqbalance_ban"),
     ("local", "agentlatd.daemon", "agentlatd.caps"),
     ("local", "agentlatd.daemon", "agentlatd.logging_setup"),
     ("local", "agentlatd.daemon", "agentlatd.model.build"),
@@ -94,7 +93,6 @@ ALLOWED: frozenset[Violation] = frozenset({
     # daemon <-> service: service.py imports daemon under TYPE_CHECKING, main() imports it here
     ("local", "agentlatd.daemon", "agentlatd.service"),
     # -- local: the commands assemble the pipeline at call time (the "one tick" debt)
-    ("local", "agentlatd.commands.apply", "agentlatd.apply.irqbalance_ban"),
     ("local", "agentlatd.commands.capture", "agentlatd.model.build"),
     ("local", "agentlatd.commands.plan", "agentlatd.apply.irqbalance"),
     ("local", "agentlatd.commands.plan", "agentlatd.model.build"),
