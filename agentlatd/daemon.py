@@ -224,7 +224,7 @@ class Tuner:
             ib = self._irqbalance_channel(ib_pids, pol)
             plan = make_plan(self.machine, pol, rates=rates, irqbalance_running=bool(ib_pids),
                              agent_links=links, irqbalance_banned=ib.base,
-                             irqbalance_env=ib.env_file)
+                             irqbalance_env=ib.env_file, irqbalance_banned_irqs=ib.irqs)
             self.policy_error = None
         except PolicyError as e:  # nothing is planned, so nothing is written
             self.policy_error = e
@@ -250,6 +250,11 @@ class Tuner:
                         self.d.engine.forget_refusals()
                     drift = self._drift(hotplug, t0)
                     report = self.d.engine.apply(plan.changes)
+                for r in report.results:
+                    if r.knob.startswith("irqbalance.") and r.status in ("failed", "unsupported"):
+                        # a ban not in place leaves home CPUs to irqbalance: say why (the
+                        # repeat filter says a persisting one once per window)
+                        log.warning("%s %s not applied: %s", r.knob, r.target, r.message)
                 if any(r.errclass == "gone" for r in report.results):
                     # a device or IRQ vanished (hot-unplug, a veth deleted): rescan
                     # at the next tick, not after MACHINE_TTL of failing writes

@@ -45,7 +45,24 @@ against irqbalance means a rewrite every ~10 s; the report says so).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Protocol
+
 from agentlatd.sysfs.root import Root
+
+
+class _Change(Protocol):
+    @property
+    def knob(self) -> str: ...
+    @property
+    def desired(self) -> str: ...
+
+
+class _Entry(Protocol):
+    @property
+    def knob(self) -> str: ...
+    @property
+    def written(self) -> str | None: ...
 
 COMM = "irqbalance"
 
@@ -67,6 +84,20 @@ def steers_irqs(mode: str, pids: tuple[int, ...]) -> bool:
     return not pids or mode == "ignore"
 
 
+def handed_over(changes: Iterable[_Change], entries: Iterable[_Entry]) -> frozenset[str]:
+    """IRQs (as irq.affinity targets) banned in irqbalance by agentlatd: in an
+    irqbalance.banned_irqs change of this batch or the value it journaled as
+    written. Under "cooperate" only these IRQs are steered (apply/irqbalance_ban.py)."""
+    out: set[str] = set()
+    for c in changes:
+        if c.knob == "irqbalance.banned_irqs":
+            out.update(c.desired.split())
+    for e in entries:
+        if e.knob == "irqbalance.banned_irqs" and e.written:
+            out.update(e.written.split())
+    return frozenset(out)
+
+
 def skip_reason(mode: str) -> str:
     """Why an irq.affinity change was not written while irqbalance runs."""
     if mode == "cooperate":
@@ -86,8 +117,9 @@ def note(mode: str, pids: tuple[int, ...], home_cpus: str = "") -> str:
                 "anyway; irqbalance will move them back and drift reports it")
     if mode == "cooperate":
         return (f"{who} and policy daemon.irqbalance = \"cooperate\": the home CPUs are "
-                "banned in it (irqbalance.banned_cpus, over its socket) and it balances "
-                "every IRQ, NIC queues included, over the other CPUs")
+                "banned in it and it balances every other IRQ over the other CPUs; the IRQs "
+                "agentlatd steers, where it can read irqbalance's banned IRQs over its "
+                "socket, are banned in it (irqbalance.banned_irqs) so it never moves them")
     ban = f"IRQBALANCE_BANNED_CPULIST={home_cpus}" if home_cpus else "IRQBALANCE_BANNED_CPULIST"
     return (f"{who}: IRQ affinity is left to it (policy daemon.irqbalance = \"refuse\"); "
             f"other knobs still apply. To let agentlatd steer IRQs, set {ban} in "

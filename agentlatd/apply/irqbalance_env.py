@@ -60,6 +60,7 @@ from dataclasses import dataclass
 
 from agentlatd.apply import irqbalance, irqbalance_ban
 from agentlatd.apply.knobs import Knob, register
+from agentlatd.apply.knobs import get as get_knob
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import KernelError
 from agentlatd.sysfs.root import Root
@@ -410,10 +411,13 @@ class Channel:
 
     env_file: "" = over its socket (irqbalance.banned_cpus), else the
               environment file (irqbalance.env_banned_cpus) to edit
-    base:     what irqbalance bans without agentlatd (None: unknown)"""
+    base:     what irqbalance bans without agentlatd (None: unknown)
+    irqs:     the IRQs it leaves alone without agentlatd (--banirq; over the
+              socket only; None: unknown or no socket, so agentlatd steers no IRQ)"""
 
     env_file: str
     base: CpuSet | None
+    irqs: tuple[int, ...] | None = None  # the socket's banned IRQs before agentlatd
 
 
 def choose(root: Root, pids: tuple[int, ...],
@@ -422,17 +426,36 @@ def choose(root: Root, pids: tuple[int, ...],
     entries first (a ban once written stays on its channel until restored),
     else the socket when the running irqbalance has one, else its environment
     file."""
+    cpus: CpuSet | None = None
+    irqs: tuple[int, ...] | None = None
+    on_socket = False
     for knob, target, original in journaled:
         if knob == NAME:
             return Channel(target, base_ban(root, original))
         if (knob, target) == (irqbalance_ban.NAME, irqbalance_ban.TARGET):
-            try:
-                return Channel("", CpuSet.parse_list(original) if original else CpuSet())
-            except CpuSetError:
-                return Channel("", None)
+            on_socket = True
+            with contextlib.suppress(CpuSetError):
+                cpus = CpuSet.parse_list(original) if original else CpuSet()
+        if (knob, target) == (irqbalance_ban.IRQS_NAME, irqbalance_ban.TARGET):
+            on_socket = True
+            with contextlib.suppress(ValueError):
+                irqs = irqbalance_ban.parse_irqs(original)
     pid = pids[0] if len(pids) == 1 else None
-    if pid is None or root.exists(irqbalance_ban.socket_rel(pid)):
-        return Channel("", irqbalance_ban.current_ban(root, pids))
+    if on_socket or pid is None or root.exists(irqbalance_ban.socket_rel(pid)):
+        if cpus is None:  # nothing written to this irqbalance yet: "setup" answers at once
+            setup = irqbalance_ban.current_setup(root, pids)
+            if setup is not None:
+                cpus, irqs = setup.banned, setup.banned_irqs if irqs is None else irqs
+        elif irqs is None:
+            # the CPUs were banned but no IRQ yet: the knob's own cache of what this
+            # irqbalance had (read before the first write), never a "setup" that
+            # could wait out a rescan where one is cached
+            try:
+                irqs = irqbalance_ban.parse_irqs(
+                    get_knob(irqbalance_ban.IRQS_NAME).read(root, irqbalance_ban.TARGET))
+            except (KernelError, ValueError):
+                irqs = None
+        return Channel("", cpus, irqs)
     path = env_file(root, pid)
     try:
         text = read_file(root, path)

@@ -115,12 +115,12 @@ def plan_now(root: Root, pol: policy_mod.Policy) -> tuple[list[Change], tuple[st
                              "with --plan FILE") from None
     machine = build.build_machine(root)
     pids = irqbalance.running(root)
-    base, env = None, ""
+    ch = irqbalance_env.Channel("", None)
     if pids and pol.daemon.irqbalance == "cooperate":
         ch = irqbalance_env.choose(root, pids, ())
-        base, env = ch.base, ch.env_file
     plan = planner.make_plan(machine, pol, irqbalance_running=bool(pids),
-                             irqbalance_banned=base, irqbalance_env=env)
+                             irqbalance_banned=ch.base, irqbalance_env=ch.env_file,
+                             irqbalance_banned_irqs=ch.irqs)
     advice = tuple(f"boot-time advice (not applied): {a}" for a in plan.advice)
     return list(plan.changes), (*plan.notes, *advice)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from agentlatd.cpuset import CpuSet
+from agentlatd.kernel.irqbalance_proto import MAX_COMMAND, ban_irqs_command
 from agentlatd.model.agent_links import NONE, AgentLinks
 from agentlatd.model.machine import Device, Machine, Rates
 from agentlatd.plan.block import plan_block
@@ -38,6 +39,7 @@ from agentlatd.policy import Policy, TuningPolicy
 KNOB_ORDER = (
     "irqbalance.banned_cpus",
     "irqbalance.env_banned_cpus",
+    "irqbalance.banned_irqs",
     "irq.affinity",
     "net.rps_cpus",
     "net.rps_flow_cnt",
@@ -50,6 +52,37 @@ KNOB_ORDER = (
     "block.rq_affinity",
     "sysctl",
 )
+
+
+def _handed_over(irq_changes: list[Change] | tuple[Change, ...], theirs: tuple[int, ...],
+                 notes: list[str]) -> list[Change]:
+    """The IRQ changes agentlatd makes beside irqbalance, and the one change that
+    bans their IRQs in it (with `theirs`, its own --banirq list), as many as its
+    socket command takes (kernel/irqbalance_proto.py); the rest stay
+    irqbalance's and a note says so."""
+    banned = sorted({i for i in theirs if i > 0})
+    kept: list[Change] = []
+    left: list[str] = []
+    for c in sorted(irq_changes, key=lambda c: int(c.target)):
+        irq = int(c.target)
+        trial = sorted({*banned, irq})
+        if len(ban_irqs_command(tuple(trial))) > MAX_COMMAND:
+            left.append(c.target)
+            continue
+        banned = trial
+        kept.append(c)
+    if left:
+        notes.append(f"irqbalance's socket takes at most {MAX_COMMAND + 1} bytes a command: "
+                     f"IRQs {', '.join(left)} are not banned in it and left to it.")
+    if not kept:
+        return []
+    mine = ", ".join(c.target for c in kept)
+    ban = Change("irqbalance.banned_irqs", "irqbalance", "", " ".join(map(str, banned)),
+                 f"hand IRQs {mine} over from irqbalance (it never moves a banned IRQ), "
+                 "then steer them" + (f"; beside its own --banirq {', '.join(map(str, theirs))}"
+                                      if theirs else "")
+                 + " (daemon.irqbalance = \"cooperate\")")
+    return [ban, *kept]
 
 
 def _sort_key(c: Change) -> tuple[int, str, tuple[tuple[int, int | str], ...]]:
@@ -78,7 +111,8 @@ def check_policy_cpus(machine: Machine, policy: Policy) -> None:
 
 def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
               irqbalance_running: bool = False, agent_links: AgentLinks = NONE,
-              irqbalance_banned: CpuSet | None = None, irqbalance_env: str = "") -> Plan:
+              irqbalance_banned: CpuSet | None = None, irqbalance_env: str = "",
+              irqbalance_banned_irqs: tuple[int, ...] | None = None) -> Plan:
     """The CPU partition and every change the engine would make, with reasons.
 
     irqbalance_running: filled by the daemon/CLI (the Machine does not know);
@@ -90,6 +124,11 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
     irqbalance_env: the environment file to ban them in instead (one
     irqbalance.env_banned_cpus change, apply/irqbalance_env.py), filled when
     the running irqbalance has no socket agentlatd can use.
+    irqbalance_banned_irqs: the IRQs irqbalance leaves alone before agentlatd
+    (its --banirq list, read over its socket; None: unknown). When known, the
+    IRQs of devices in scope are steered as without irqbalance and handed over:
+    one irqbalance.banned_irqs change bans them in it (beside its own), so it
+    never moves them; unknown, they stay irqbalance's.
     agent_links: filled by the daemon from its registered agents
     (agents/links.py); the NICs that carry only their traffic (plan/rps.py).
     PolicyError when the policy names CPUs this machine cannot have
@@ -99,8 +138,10 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
     sel = select_devices(machine, policy.devices)
     devices = sel.devices
     tuning = policy.tuning
-    steered = tuning.irq_affinity and not (irqbalance_running
-                                           and policy.daemon.irqbalance != "ignore")
+    handover = (irqbalance_running and policy.daemon.irqbalance == "cooperate"
+                and not irqbalance_env and irqbalance_banned_irqs is not None)
+    steered = tuning.irq_affinity and (not irqbalance_running or handover
+                                       or policy.daemon.irqbalance == "ignore")
     fixed = fixed_irqs(machine, devices, steered)
     part = partition(machine.topology, devices, policy.cpus, fixed_irq_load(machine, fixed))
     nr = nr_cpu_ids(machine.topology.possible | {c.cpu for c in machine.topology.cpus})
@@ -136,6 +177,8 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
             else:
                 changes.append(Change("irqbalance.banned_cpus", "irqbalance", "",
                                       ban.to_list(), why))
+        if handover:
+            changes += _handed_over(irq.changes, irqbalance_banned_irqs or (), notes)
         notes.append("irqbalance is running (daemon.irqbalance = \"cooperate\"): it keeps "
                      "balancing every IRQ, NIC queue IRQs included, over the CPUs outside the "
                      f"home set; the home CPUs {part.home} are banned in it while agentlatd "

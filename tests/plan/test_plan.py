@@ -14,7 +14,7 @@ from agentlatd import policy
 from agentlatd.commands.plan import compress_targets, plan_to_json, render_text
 from agentlatd.cpuset import CpuSet
 from agentlatd.model.machine import Machine, Rates
-from agentlatd.plan.build import make_plan
+from agentlatd.plan.build import _handed_over, make_plan
 from agentlatd.plan.changes import Change, Plan
 
 S = CpuSet.parse_list
@@ -177,6 +177,36 @@ def test_irqbalance_without_socket_bans_in_its_environment_file(server: Machine)
     assert ban.target == "/etc/sysconfig/irqbalance"
     assert CpuSet.parse_list(ban.desired) == plan.home_cpus | CpuSet({63})
     assert "restart" in ban.reason
+
+
+def test_irqbalance_socket_hands_steered_irqs_over_before_steering_them(server: Machine) -> None:
+    # irqbalance's banned IRQs are known (its socket answered "setup"): agentlatd
+    # steers the IRQs of devices in scope as without irqbalance and bans exactly
+    # those, beside irqbalance's own --banirq, before writing any affinity
+    plan = make_plan(server, pol(), irqbalance_running=True, irqbalance_banned=CpuSet(),
+                     irqbalance_banned_irqs=(5,))
+    steered = [c for c in plan.changes if c.knob == "irq.affinity"]
+    assert steered
+    (ban,) = [c for c in plan.changes if c.knob == "irqbalance.banned_irqs"]
+    assert ban.target == "irqbalance"
+    assert [int(i) for i in ban.desired.split()] == sorted({5, *(int(c.target) for c in steered)})
+    order = [c.knob for c in plan.changes]
+    assert order.index("irqbalance.banned_irqs") < order.index("irq.affinity")
+    assert "irqbalance.banned_cpus" in order
+    # through the environment file there is no IRQ ban: IRQs stay irqbalance's
+    env = make_plan(server, pol(), irqbalance_running=True, irqbalance_banned=CpuSet(),
+                    irqbalance_banned_irqs=(5,), irqbalance_env="/etc/default/irqbalance")
+    assert not {"irq.affinity", "irqbalance.banned_irqs"} & knobs(env)
+
+
+def test_irqbalance_irq_ban_fits_its_socket_buffer() -> None:
+    changes = [Change("irq.affinity", str(n), "", "1", "t") for n in range(1000, 1200)]
+    notes: list[str] = []
+    out = _handed_over(changes, (7,), notes)
+    ban, kept = out[0], out[1:]
+    assert len("settings ban irqs " + ban.desired) <= 499
+    assert ban.desired.split()[0] == "7" and len(kept) == len(ban.desired.split()) - 1
+    assert kept and len(kept) < len(changes) and "left to it" in notes[0]
 
 
 def test_irqbalance_ignore_steers_anyway_and_warns(server: Machine) -> None:
