@@ -54,35 +54,34 @@ KNOB_ORDER = (
 )
 
 
-def _handed_over(irq_changes: list[Change] | tuple[Change, ...], theirs: tuple[int, ...],
-                 notes: list[str]) -> list[Change]:
-    """The IRQ changes agentlatd makes beside irqbalance, and the one change that
-    bans their IRQs in it (with `theirs`, its own --banirq list), as many as its
-    socket command takes (kernel/irqbalance_proto.py); the rest stay
-    irqbalance's and a note says so."""
+def _handed_over(steered: tuple[int, ...], irq_changes: tuple[Change, ...],
+                 theirs: tuple[int, ...], notes: list[str]) -> list[Change]:
+    """The one change that bans every IRQ agentlatd places (`steered`, changed
+    now or already in place) in irqbalance, beside `theirs` (its own --banirq
+    list), as many as its socket command takes (kernel/irqbalance_proto.py), and
+    the IRQ changes of those; the rest stay irqbalance's and a note says so."""
     banned = sorted({i for i in theirs if i > 0})
-    kept: list[Change] = []
-    left: list[str] = []
-    for c in sorted(irq_changes, key=lambda c: int(c.target)):
-        irq = int(c.target)
+    mine: list[int] = []
+    left: list[int] = []
+    for irq in sorted(set(steered)):
         trial = sorted({*banned, irq})
         if len(ban_irqs_command(tuple(trial))) > MAX_COMMAND:
-            left.append(c.target)
+            left.append(irq)
             continue
         banned = trial
-        kept.append(c)
+        mine.append(irq)
     if left:
         notes.append(f"irqbalance's socket takes at most {MAX_COMMAND + 1} bytes a command: "
-                     f"IRQs {', '.join(left)} are not banned in it and left to it.")
-    if not kept:
+                     f"IRQs {', '.join(map(str, left))} are not banned in it and left to it.")
+    if not mine:
         return []
-    mine = ", ".join(c.target for c in kept)
     ban = Change("irqbalance.banned_irqs", "irqbalance", "", " ".join(map(str, banned)),
-                 f"hand IRQs {mine} over from irqbalance (it never moves a banned IRQ), "
-                 "then steer them" + (f"; beside its own --banirq {', '.join(map(str, theirs))}"
-                                      if theirs else "")
+                 f"hand IRQs {', '.join(map(str, mine))} over from irqbalance (it never moves "
+                 "a banned IRQ), then steer them"
+                 + (f"; beside its own --banirq {', '.join(map(str, theirs))}" if theirs else "")
                  + " (daemon.irqbalance = \"cooperate\")")
-    return [ban, *kept]
+    handed = {str(i) for i in mine}
+    return [ban, *(c for c in irq_changes if c.target in handed)]
 
 
 def _sort_key(c: Change) -> tuple[int, str, tuple[tuple[int, int | str], ...]]:
@@ -178,7 +177,7 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
                 changes.append(Change("irqbalance.banned_cpus", "irqbalance", "",
                                       ban.to_list(), why))
         if handover:
-            changes += _handed_over(irq.changes, irqbalance_banned_irqs or (), notes)
+            changes += _handed_over(irq.steered, irq.changes, irqbalance_banned_irqs or (), notes)
         notes.append("irqbalance is running (daemon.irqbalance = \"cooperate\"): it keeps "
                      "balancing every IRQ, NIC queue IRQs included, over the CPUs outside the "
                      f"home set; the home CPUs {part.home} are banned in it while agentlatd "
