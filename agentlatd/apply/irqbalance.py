@@ -26,18 +26,21 @@ The options considered:
 Decision, first: policy.daemon.irqbalance = "refuse" was option 3. Running
 agentlatd where irqbalance is the distribution default then protected nothing
 from IRQs, so "cooperate" (the default now) takes option 1 after all, with
-its costs handled: the ban is a journaled knob (apply/irqbalance_ban.py),
+its costs handled: the CPU ban is a journaled knob (apply/irqbalance_ban.py),
 reasserted when irqbalance restarts (a new pid starts without it), restored
-on stop, after a crash and by `rollback --print`; and IRQs, NIC queue IRQs
-included, stay irqbalance's: it places them on the CPUs not banned (the
-completion CPUs and any others outside the home set), so nothing fights. The
-cost is per-queue placement: irqbalance spreads queues by its own load
-estimate, not agentlatd's NUMA-local completion plan; "ignore" with
---banirq for those IRQs, or "refuse" and stopping irqbalance, restore it.
-"refuse" is option 3 as below. The
-planner leaves irq.affinity out and adds a plan note; the engine enforces it
-too (an irq.affinity Change while irqbalance runs is reported "skipped", never
-written), so a stale plan cannot start the fight. "ignore" steers anyway and
+on stop, after a crash and by `rollback --print`. The IRQs agentlatd places
+(NIC queues, NVMe admin queues of devices in scope) are handed over the same
+way: "settings ban irqs" bans them in irqbalance beside its own --banirq list,
+so it never writes their affinity, and agentlatd steers them to its
+NUMA-local completion plan; irqbalance keeps every other IRQ on the CPUs it
+does not ban. The engine steers, under "cooperate", only IRQs banned in
+irqbalance by the same batch or the journal (handed_over()), so a stale plan
+cannot start the fight. Where the banned IRQs cannot be read (no socket:
+the environment-file fallback, apply/irqbalance_env.py), the IRQs stay
+irqbalance's, placed on the CPUs it does not ban.
+"refuse" is option 3: the planner leaves irq.affinity out and adds a plan
+note; the engine reports an irq.affinity Change while irqbalance runs
+"skipped", never written. "ignore" steers anyway and
 relies on drift detection: each tick compares smp_affinity_list with what
 agentlatd wrote and, per policy.daemon.drift, yields or reasserts (reassert
 against irqbalance means a rewrite every ~10 s; the report says so).

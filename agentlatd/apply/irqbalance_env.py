@@ -11,8 +11,11 @@ only when it starts, so a change needs a restart.
 This is the way tuned (tuned/plugins/plugin_irqbalance.py: edits
 IRQBALANCE_BANNED_CPULIST in /etc/sysconfig/irqbalance, then
 `systemctl try-restart irqbalance`, exit 5 = no such unit tolerated) and
-CRI-O's high-performance hooks (IRQBALANCE_BANNED_CPUS in
-/etc/sysconfig/irqbalance, then a restart of irqbalance) ban CPUs. agentlatd
+CRI-O's high-performance hooks (internal/runtimehandlerhooks/utils.go
+updateIrqBalanceConfigFile(): IRQBALANCE_BANNED_CPUS="<mask>" rewritten in
+place in /etc/sysconfig/irqbalance, then restartService(): `systemctl restart
+irqbalance`) ban CPUs; try-restart is tuned's choice here, since it never
+starts an irqbalance that was stopped. agentlatd
 uses it only where the socket way (apply/irqbalance_ban.py) is not there:
 irqbalance built without its UI, or its socket unreachable (it binds an
 unnamed abstract socket when run/irqbalance is not writable: irqbalance.c

@@ -179,8 +179,11 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
         if handover:
             changes += _handed_over(irq.steered, irq.changes, irqbalance_banned_irqs or (), notes)
         notes.append("irqbalance is running (daemon.irqbalance = \"cooperate\"): it keeps "
-                     "balancing every IRQ, NIC queue IRQs included, over the CPUs outside the "
-                     f"home set; the home CPUs {part.home} are banned in it while agentlatd "
+                     + ("balancing every other IRQ over the CPUs outside the home set; the IRQs "
+                        "agentlatd steers are banned in it (handed over)" if handover else
+                        "balancing every IRQ, NIC queue IRQs included, over the CPUs outside "
+                        "the home set")
+                     + f"; the home CPUs {part.home} are banned in it while agentlatd "
                      "runs. RPS, XPS and the other knobs apply as planned.")
     elif irqbalance_running and policy.daemon.irqbalance == "refuse":
         notes.append("irqbalance is running: IRQ affinity is not steered "
