@@ -197,3 +197,29 @@ def test_engine_steers_under_cooperate_only_the_irqs_banned_in_irqbalance(
     assert st[("irq.affinity", "42")] == SKIPPED
     assert (tree / "proc/irq/41/smp_affinity_list").read_text().strip() == "1"
     assert (tree / "proc/irq/42/smp_affinity_list").read_text().strip() == "0-3"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="irqbalance answers root peers only")
+def test_channel_over_the_socket_carries_irqbalances_own_bans() -> None:
+    # the daemon plans from this: the CPUs and IRQs irqbalance bans without
+    # agentlatd (its environment ban, its --banirq), read once over the socket;
+    # once agentlatd banned CPUs, the IRQ original comes from the knob's cache,
+    # not a "setup" that could wait out a rescan
+    from agentlatd.apply import irqbalance_env
+    with tree_with_peer(CpuSet({7})) as (root, peer):
+        peer.banned_irqs = [30]
+        ch = irqbalance_env.choose(root, (4242,), ())
+        assert ch == irqbalance_env.Channel("", CpuSet({7}), (30,))
+        k = knobs.get(irqbalance_ban.IRQS_NAME)
+        assert k.read(root, "irqbalance") == "30"  # what the engine reads before writing
+        knobs.get(irqbalance_ban.NAME).write(root, "irqbalance", "2-3,7")
+        peer.wait_for("settings cpus 2-3,7")
+        n = len(peer.commands)
+        ch = irqbalance_env.choose(root, (4242,), [(irqbalance_ban.NAME, "irqbalance", "7")])
+        assert ch == irqbalance_env.Channel("", CpuSet({7}), (30,))
+        assert len(peer.commands) == n
+        # both journaled: nothing asked at all
+        ch = irqbalance_env.choose(root, (4242,), [(irqbalance_ban.NAME, "irqbalance", "7"),
+                                                   (irqbalance_ban.IRQS_NAME, "irqbalance", "")])
+        assert ch == irqbalance_env.Channel("", CpuSet({7}), ())
+        assert len(peer.commands) == n
