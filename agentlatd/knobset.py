@@ -1,8 +1,8 @@
 """Every knob of agentlatd, registered.
 
 apply/knobs.py's REGISTRY holds the device knobs; the task knobs (agents/knobs.py) and
-irqbalance's ban (apply/irqbalance_ban.py) register themselves when imported. Whatever
-builds an Engine that may meet any journal entry (the daemon, `agentlatd apply`,
+irqbalance's bans (apply/irqbalance_ban.py, apply/irqbalance_env.py) register themselves
+when imported. Whatever builds an Engine that may meet any journal entry (the daemon, `agentlatd apply`,
 `agentlatd rollback`, in a fresh process after a crash) imports this module first, so
 that an entry of, say, "task.affinity" finds its knob. The registry lives below the
 agents' layer and names none of them: the entry points, above both, do.
@@ -11,9 +11,9 @@ agents' layer and names none of them: the entry points, above both, do.
 from __future__ import annotations
 
 from agentlatd.agents import knobs as task_knobs
-from agentlatd.apply import irqbalance_ban
+from agentlatd.apply import irqbalance_ban, irqbalance_env
 from agentlatd.apply.knobs import REGISTRY
 
-MODULES = (task_knobs, irqbalance_ban)  # what registered, for a reader and a test
+MODULES = (task_knobs, irqbalance_ban, irqbalance_env)  # what registered, for a reader and a test
 
 __all__ = ["MODULES", "REGISTRY"]

@@ -31,16 +31,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from agentlatd.agents.chain import ChainAgent
 from agentlatd.agents.links import LinkTracker
-from agentlatd.apply import irqbalance, irqbalance_ban
+from agentlatd.apply import irqbalance, irqbalance_ban, irqbalance_env
 from agentlatd.apply.engine import CHANGED, CLAMPED, ApplyReport
+from agentlatd.apply.irqbalance_env import Channel
 from agentlatd.capture import previous_sample
-from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import AgentlatdError, PolicyError
 from agentlatd.kernel.errnos import ErrClass
 from agentlatd.model.agent_links import NONE, AgentHome, AgentLinks
@@ -70,6 +70,20 @@ HOLD_BACK = frozenset({ErrClass.MANAGED.value, ErrClass.UNSUPPORTED.value,
 _NOT_HELD_PREFIX = "task."
 
 T = TypeVar("T")
+
+# the journal's irqbalance entries, (knob, target, original): Sampler.sample's input
+Journaled = tuple[tuple[str, str, str], ...]
+IRQBALANCE_KNOBS = frozenset({irqbalance_ban.NAME, irqbalance_ban.IRQS_NAME, irqbalance_env.NAME})
+NO_CHANNEL = Channel("", None)  # no ban to make (no irqbalance, or not "cooperate")
+
+
+class JournalEntryLike(Protocol):
+    @property
+    def knob(self) -> str: ...
+    @property
+    def target(self) -> str: ...
+    @property
+    def original(self) -> str: ...
 
 
 class StageTiming(NamedTuple):
@@ -145,7 +159,8 @@ class Snapshot:
     hotplug: bool = False  # CPUs came or went since the last tick
     links: AgentLinks = NONE
     irqbalance_pids: tuple[int, ...] = ()
-    irqbalance_banned: CpuSet | None = None
+    # how the home CPUs are banned in irqbalance and what it banned before agentlatd
+    irqbalance: Channel = NO_CHANNEL
     feedback: Feedback = field(default_factory=Feedback)
     timings: tuple[StageTiming, ...] = ()
     errors: tuple[str, ...] = ()
@@ -167,7 +182,9 @@ def plan_tick(snap: Snapshot, policy: Policy) -> TickPlan:
     try:
         plan = make_plan(snap.machine, policy, rates=snap.rates,
                          irqbalance_running=bool(snap.irqbalance_pids), agent_links=snap.links,
-                         irqbalance_banned=snap.irqbalance_banned)
+                         irqbalance_banned=snap.irqbalance.base,
+                         irqbalance_env=snap.irqbalance.env_file,
+                         irqbalance_banned_irqs=snap.irqbalance.irqs)
     except PolicyError as e:  # nothing is planned, so nothing is written
         return TickPlan(None, policy_error=e, error=f"planning failed: {e}")
     except AgentlatdError as e:
@@ -232,9 +249,9 @@ class Sampler:
     def rescan(self) -> None:
         self.feedback = Feedback(self.feedback.held, rescan=True)
 
-    def sample(self, inp: TickInput, journaled_ban: str | None = None) -> Snapshot:
-        """Read one tick. `journaled_ban`: the original of irqbalance's ban in the
-        journal (what irqbalance banned before agentlatd), when one is held."""
+    def sample(self, inp: TickInput, journaled: Journaled = ()) -> Snapshot:
+        """Read one tick. `journaled`: the journal's irqbalance entries (knob, target,
+        original): what irqbalance banned before agentlatd, and on which channel."""
         t0 = self.clock()
         pol = inp.policy
         st = _Stages(self.clock)
@@ -255,13 +272,13 @@ class Sampler:
                 self.feedback = Feedback()
         links = st.run("links", "agent link sampling",
                        lambda: self.links.update(self.root, inp.agent_homes, pol), NONE)
-        no_irqbalance: tuple[tuple[int, ...], CpuSet | None] = ((), None)
-        pids, banned = st.run("irqbalance", "irqbalance sampling",
-                              lambda: self._irqbalance(pol, inp.tune_devices, journaled_ban),
-                              no_irqbalance)
+        no_irqbalance: tuple[tuple[int, ...], Channel] = ((), NO_CHANNEL)
+        pids, channel = st.run("irqbalance", "irqbalance sampling",
+                               lambda: self._irqbalance(pol, inp.tune_devices, journaled),
+                               no_irqbalance)
         return Snapshot(t=t0, policy=pol, machine=self.machine, counters=snap, rates=rates,
                         rescanned=rescanned, hotplug=hotplug, links=links, irqbalance_pids=pids,
-                        irqbalance_banned=banned, feedback=self.feedback,
+                        irqbalance=channel, feedback=self.feedback,
                         timings=tuple(st.rows), errors=tuple(st.errors))
 
     def _counters(self, pol: Policy) -> tuple[Rates | None, CounterSnapshot | None]:
@@ -271,26 +288,24 @@ class Sampler:
         return rates, snap
 
     def _irqbalance(self, pol: Policy, tune_devices: bool,
-                    journaled: str | None) -> tuple[tuple[int, ...], CpuSet | None]:
-        """irqbalance's pids, and (daemon.irqbalance = "cooperate") what it banned
-        before agentlatd: the journaled original of the ban, else its ban now."""
+                    journaled: Journaled) -> tuple[tuple[int, ...], Channel]:
+        """irqbalance's pids, and (daemon.irqbalance = "cooperate") how the home CPUs
+        are banned in it and what it banned before agentlatd (irqbalance_env.choose:
+        the journal's channel first, else its socket, else its environment file)."""
         pids = irqbalance.running(self.root)
         if not pids or pol.daemon.irqbalance != "cooperate" or not tune_devices:
-            return pids, None
-        if journaled is not None:
-            return pids, _parse_ban(journaled)
+            return pids, NO_CHANNEL
         try:
-            return pids, irqbalance_ban.current_ban(self.root, pids)
+            return pids, irqbalance_env.choose(self.root, pids, journaled)
         except (AgentlatdError, OSError) as e:  # its socket: plan without its own ban
             log.debug("irqbalance's ban not read: %s", e)
-            return pids, None
+            return pids, NO_CHANNEL
 
 
-def _parse_ban(text: str) -> CpuSet:
-    try:
-        return CpuSet.parse_list(text)
-    except CpuSetError:
-        return CpuSet()
+def irqbalance_entries(entries: Iterable[JournalEntryLike]) -> Journaled:
+    """The journal's irqbalance entries as Sampler.sample takes them."""
+    return tuple((e.knob, e.target, e.original) for e in entries
+                 if e.knob in IRQBALANCE_KNOBS)
 
 
 # -- a tick from the command line ---------------------------------------------------
@@ -298,7 +313,7 @@ def _parse_ban(text: str) -> CpuSet:
 
 
 def sample_once(root: Root, policy: Policy, *, interval: float = 0.0,
-                journaled_ban: str | None = None,
+                journaled: Journaled = (),
                 sleep: Callable[[float], None] = time.sleep,
                 clock: Callable[[], float] = time.monotonic) -> Snapshot:
     """The daemon's tick with rates, once: on a recorded tree with the two counter
@@ -309,10 +324,10 @@ def sample_once(root: Root, policy: Policy, *, interval: float = 0.0,
     prev = previous_sample(root)
     if prev is None:
         if interval > 0:
-            s.sample(inp, journaled_ban)
+            s.sample(inp, journaled)
             sleep(interval)
-        return s.sample(inp, journaled_ban)
-    snap = s.sample(inp, journaled_ban)
+        return s.sample(inp, journaled)
+    snap = s.sample(inp, journaled)
     older, age = prev
     if snap.counters is None:
         return snap

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from agentlatd.agents.applier import AGENT_KNOBS
 from agentlatd.agents.chain import ChainScanner
 from agentlatd.agents.placement import CpuLayout
-from agentlatd.apply import irqbalance_ban
-from agentlatd.apply.engine import ApplyReport, Drift, Engine
+from agentlatd.apply.engine import FAILED, UNSUPPORTED, ApplyReport, Drift, Engine
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError, PolicyError
 from agentlatd.model.agent_links import discount_heat, own_softirq_rate
@@ -27,7 +26,15 @@ from agentlatd.model.machine import Machine, Rates
 from agentlatd.plan.changes import INCLUDE_MATCHES_NOTHING, Plan, human_value
 from agentlatd.sample.counters import CounterSnapshot
 from agentlatd.sysfs.root import Root
-from agentlatd.tick import Held, Sampler, StageTiming, TickInput, plan_tick
+from agentlatd.tick import (
+    IRQBALANCE_KNOBS,
+    Held,
+    Sampler,
+    StageTiming,
+    TickInput,
+    irqbalance_entries,
+    plan_tick,
+)
 
 log = logging.getLogger("agentlatd.daemon")
 
@@ -102,7 +109,7 @@ class Tuner:
         t0 = self.clock()
         inp = self.input  # one read: this tick's policy, whatever a reload does meanwhile
         pol = inp.policy
-        snap = self.sampler.sample(inp, self._journaled_ban())
+        snap = self.sampler.sample(inp, irqbalance_entries(self.engine.entries()))
         ts = self.clock()
         tp = plan_tick(snap, pol)
         errors = list(snap.errors)
@@ -130,6 +137,11 @@ class Tuner:
                     drift = self._drift(snap.hotplug, t0, pol.daemon.interval, pol.daemon.drift)
                     report = self.engine.apply(tp.changes)
                 self.sampler.record(report)
+                for r in report.results:
+                    if r.knob in IRQBALANCE_KNOBS and r.status in (FAILED, UNSUPPORTED):
+                        # a ban not in place leaves home CPUs to irqbalance: say why (the
+                        # repeat filter says a persisting one once per window)
+                        log.warning("%s %s not applied: %s", r.knob, r.target, r.message)
                 ok = True
             except Exception as e:
                 errors.append(f"apply failed: {e}")
@@ -167,12 +179,6 @@ class Tuner:
         self.state = st
         self.wake()
         return st
-
-    def _journaled_ban(self) -> str | None:
-        for e in self.engine.entries():
-            if (e.knob, e.target) == (irqbalance_ban.NAME, irqbalance_ban.TARGET):
-                return e.original
-        return None
 
     def _drift(self, hotplug: bool, now: float, interval: float,
                mode: str) -> tuple[Drift, ...]:

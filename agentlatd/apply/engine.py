@@ -583,6 +583,10 @@ class Engine:
             if msg:
                 notes.append(msg)
         steer = irqbalance.steers_irqs(self.policy.daemon.irqbalance, pids)
+        # "cooperate": only IRQs banned in irqbalance (this batch or the journal) are steered
+        handed = (irqbalance.handed_over(changes, self._journal.entries if self._journal else ())
+                  if pids and not steer and self.policy.daemon.irqbalance == "cooperate"
+                  else frozenset())
 
         # the last change of a knob instance wins; earlier ones are superseded
         last: dict[tuple[str, str], int] = {c.key: i for i, c in enumerate(changes)}
@@ -642,7 +646,7 @@ class Engine:
                 results[i] = dataclasses.replace(
                     r, reason=c.reason, message=r.message.removesuffix(_HELD) + _HELD)
                 continue
-            if c.knob == KnobName.IRQ_AFFINITY and not steer:
+            if c.knob == KnobName.IRQ_AFFINITY and not steer and c.target not in handed:
                 results[i] = res(SKIPPED, irqbalance.skip_reason(self.policy.daemon.irqbalance))
                 continue
             try:

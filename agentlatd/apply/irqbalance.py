@@ -26,18 +26,21 @@ The options considered:
 Decision, first: policy.daemon.irqbalance = "refuse" was option 3. Running
 agentlatd where irqbalance is the distribution default then protected nothing
 from IRQs, so "cooperate" (the default now) takes option 1 after all, with
-its costs handled: the ban is a journaled knob (apply/irqbalance_ban.py),
+its costs handled: the CPU ban is a journaled knob (apply/irqbalance_ban.py),
 reasserted when irqbalance restarts (a new pid starts without it), restored
-on stop, after a crash and by `rollback --print`; and IRQs, NIC queue IRQs
-included, stay irqbalance's: it places them on the CPUs not banned (the
-completion CPUs and any others outside the home set), so nothing fights. The
-cost is per-queue placement: irqbalance spreads queues by its own load
-estimate, not agentlatd's NUMA-local completion plan; "ignore" with
---banirq for those IRQs, or "refuse" and stopping irqbalance, restore it.
-"refuse" is option 3 as below. The
-planner leaves irq.affinity out and adds a plan note; the engine enforces it
-too (an irq.affinity Change while irqbalance runs is reported "skipped", never
-written), so a stale plan cannot start the fight. "ignore" steers anyway and
+on stop, after a crash and by `rollback --print`. The IRQs agentlatd places
+(NIC queues, NVMe admin queues of devices in scope) are handed over the same
+way: "settings ban irqs" bans them in irqbalance beside its own --banirq list,
+so it never writes their affinity, and agentlatd steers them to its
+NUMA-local completion plan; irqbalance keeps every other IRQ on the CPUs it
+does not ban. The engine steers, under "cooperate", only IRQs banned in
+irqbalance by the same batch or the journal (handed_over()), so a stale plan
+cannot start the fight. Where the banned IRQs cannot be read (no socket:
+the environment-file fallback, apply/irqbalance_env.py), the IRQs stay
+irqbalance's, placed on the CPUs it does not ban.
+"refuse" is option 3: the planner leaves irq.affinity out and adds a plan
+note; the engine reports an irq.affinity Change while irqbalance runs
+"skipped", never written. "ignore" steers anyway and
 relies on drift detection: each tick compares smp_affinity_list with what
 agentlatd wrote and, per policy.daemon.drift, yields or reasserts (reassert
 against irqbalance means a rewrite every ~10 s; the report says so).
@@ -45,7 +48,25 @@ against irqbalance means a rewrite every ~10 s; the report says so).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Protocol
+
+from agentlatd.kernel.knobnames import KnobName
 from agentlatd.sysfs.root import Root
+
+
+class _Change(Protocol):
+    @property
+    def knob(self) -> str: ...
+    @property
+    def desired(self) -> str: ...
+
+
+class _Entry(Protocol):
+    @property
+    def knob(self) -> str: ...
+    @property
+    def written(self) -> str | None: ...
 
 COMM = "irqbalance"
 
@@ -67,6 +88,20 @@ def steers_irqs(mode: str, pids: tuple[int, ...]) -> bool:
     return not pids or mode == "ignore"
 
 
+def handed_over(changes: Iterable[_Change], entries: Iterable[_Entry]) -> frozenset[str]:
+    """IRQs (as irq.affinity targets) banned in irqbalance by agentlatd: in an
+    irqbalance.banned_irqs change of this batch or the value it journaled as
+    written. Under "cooperate" only these IRQs are steered (apply/irqbalance_ban.py)."""
+    out: set[str] = set()
+    for c in changes:
+        if c.knob == KnobName.IRQBALANCE_BANNED_IRQS:
+            out.update(c.desired.split())
+    for e in entries:
+        if e.knob == KnobName.IRQBALANCE_BANNED_IRQS and e.written:
+            out.update(e.written.split())
+    return frozenset(out)
+
+
 def skip_reason(mode: str) -> str:
     """Why an irq.affinity change was not written while irqbalance runs."""
     if mode == "cooperate":
@@ -86,8 +121,9 @@ def note(mode: str, pids: tuple[int, ...], home_cpus: str = "") -> str:
                 "anyway; irqbalance will move them back and drift reports it")
     if mode == "cooperate":
         return (f"{who} and policy daemon.irqbalance = \"cooperate\": the home CPUs are "
-                "banned in it (irqbalance.banned_cpus, over its socket) and it balances "
-                "every IRQ, NIC queues included, over the other CPUs")
+                "banned in it and it balances every other IRQ over the other CPUs; the IRQs "
+                "agentlatd steers, where it can read irqbalance's banned IRQs over its "
+                "socket, are banned in it (irqbalance.banned_irqs) so it never moves them")
     ban = f"IRQBALANCE_BANNED_CPULIST={home_cpus}" if home_cpus else "IRQBALANCE_BANNED_CPULIST"
     return (f"{who}: IRQ affinity is left to it (policy daemon.irqbalance = \"refuse\"); "
             f"other knobs still apply. To let agentlatd steer IRQs, set {ban} in "

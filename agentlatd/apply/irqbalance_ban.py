@@ -13,6 +13,18 @@ SO_PASSCRED):
   "settings cpus <list>"  replaces the UI's banned CPU list ("NULL": none) and
                           sets need_rescan: the ban takes effect at irqbalance's
                           next pass (within its sleep interval, 10 s by default)
+  "settings ban irqs <n n ..>"  replaces the list of banned IRQs (cl_banned_irqs:
+                          the --banirq ones too; "NONE": empty) and sets
+                          need_rescan; at the rescan classify.c marks them
+                          IRQ_FLAG_BANNED and irqbalance never writes their
+                          affinity again. Parsed with a strtoul() loop that
+                          stops at a 0, so the numbers are space-separated and
+                          IRQ 0 cannot be listed. The setup answer lists them
+                          ("IRQ <n> LOAD .. DIFF .. CLASS .."), so the original
+                          is read as for the CPUs.
+sock_handle() reads one recvmsg() into a 500-byte buffer: a longer command is
+cut (a truncated last IRQ number), so commands longer than MAX_COMMAND are
+refused here and the planner bans only as many IRQs as fit (plan/build.py).
 The same protocol is used by other daemons that cooperate with irqbalance:
 intel/lpmd (irqbalance_ban_cpus(): "settings cpus <list>" / "NULL") and
 firedancer (fd_irqbalance_ban_cpus_set()). tuned's plugin_irqbalance.py and
@@ -45,7 +57,9 @@ irqbalance is run with in practice. For an irqbalance agentlatd wrote to,
 read() returns what was written: agentlatd is the only writer of the UI ban
 (irqbalance-ui is an interactive tool).
 
-Values are CPU lists ("2-3"; "" = nothing banned). Target: "irqbalance".
+irqbalance.banned_cpus values are CPU lists ("2-3"; "" = nothing banned);
+irqbalance.banned_irqs values are IRQ numbers, space-separated ("24 25"; "" =
+none). Target: "irqbalance".
 """
 
 from __future__ import annotations
@@ -58,10 +72,12 @@ from agentlatd.apply import irqbalance
 from agentlatd.apply.knobs import Knob, cpulist_equal, register
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import KernelError
+from agentlatd.kernel.irqbalance_proto import MAX_COMMAND, ban_irqs_command
 from agentlatd.kernel.knobnames import KnobName
 from agentlatd.sysfs.root import Root
 
 NAME = KnobName.IRQBALANCE_BANNED_CPUS
+IRQS_NAME = KnobName.IRQBALANCE_BANNED_IRQS
 TARGET = "irqbalance"
 CONTEXT = "irqbalance"
 SEND_TIMEOUT_S = 2.0
@@ -170,6 +186,10 @@ class IrqbalanceBanKnob(Knob):
         # "setup" only of an irqbalance not written to yet)
         self._written: dict[int, str] = {}
 
+    def written_to(self, pid: int) -> bool:
+        """Whether agentlatd sent this irqbalance a command (its "setup" may block)."""
+        return pid in self._written
+
     def check_target(self, target: str) -> None:
         if target != TARGET:
             raise ValueError(f"{NAME} has the one target {TARGET!r}, not {target!r}")
@@ -202,6 +222,84 @@ class IrqbalanceBanKnob(Knob):
                 f"s.send(b\"{cmd}\")'  # or: systemctl restart irqbalance")
 
 
+def parse_irqs(value: str) -> tuple[int, ...]:
+    """"24 25" -> (24, 25), sorted and unique; ValueError for anything else (IRQ 0
+    included: irqbalance's strtoul() loop ends at a 0)."""
+    try:
+        irqs = sorted({int(t) for t in value.replace(",", " ").split()})
+    except ValueError:
+        raise ValueError(f"{IRQS_NAME}: not a list of IRQ numbers: {value!r}") from None
+    if irqs and irqs[0] <= 0:
+        raise ValueError(f"{IRQS_NAME}: IRQ {irqs[0]} cannot be banned over the socket")
+    return tuple(irqs)
+
+
+class IrqbalanceIrqsKnob(Knob):
+    """IRQs the running irqbalance leaves alone (its cl_banned_irqs, over its
+    socket): the IRQs agentlatd steers itself (module docstring)."""
+
+    name = IRQS_NAME
+    help = "IRQs the running irqbalance must leave alone (its UI socket)"
+    context = CONTEXT
+    live_only = True
+    reassert = True  # a restarted irqbalance has only its --banirq list again
+
+    def __init__(self, cpus: IrqbalanceBanKnob) -> None:
+        self._cpus = cpus  # shares its "written to" knowledge: one "setup" per irqbalance
+        self._written: dict[int, str] = {}
+        self._read: dict[int, str] = {}
+
+    def check_target(self, target: str) -> None:
+        if target != TARGET:
+            raise ValueError(f"{IRQS_NAME} has the one target {TARGET!r}, not {target!r}")
+
+    def read(self, root: Root, target: str) -> str:
+        pid = the_pid(root)
+        for old in [p for p in (*self._written, *self._read) if p != pid]:
+            self._written.pop(old, None)
+            self._read.pop(old, None)
+        if pid in self._written:
+            return self._written[pid]
+        if pid in self._read and self._cpus.written_to(pid):
+            # a "setup" now could wait out a whole rescan (module docstring)
+            return self._read[pid]
+        value = " ".join(str(i) for i in read_setup(root, pid).banned_irqs)
+        self._read[pid] = value
+        return value
+
+    def write(self, root: Root, target: str, value: str) -> None:
+        irqs = parse_irqs(value)
+        cmd = ban_irqs_command(irqs)
+        if len(cmd) > MAX_COMMAND:
+            raise ValueError(f"{IRQS_NAME}: {len(irqs)} IRQs make a {len(cmd)}-byte command; "
+                             f"irqbalance reads at most {MAX_COMMAND + 1} bytes")
+        pid = the_pid(root)
+        _request(root, pid, cmd, answer=False)
+        self._written[pid] = " ".join(str(i) for i in irqs)
+
+    def equal(self, a: str, b: str) -> bool:
+        try:
+            return parse_irqs(a) == parse_irqs(b)
+        except ValueError:
+            return a.split() == b.split()
+
+    def shell(self, target: str, value: str) -> str:
+        cmd = ban_irqs_command(parse_irqs(value))
+        return ("python3 -c 'import glob,socket; s=socket.socket(socket.AF_UNIX); "
+                "s.connect(glob.glob(\"/run/irqbalance/irqbalance*.sock\")[0]); "
+                f"s.send(b\"{cmd}\")'  # or: systemctl restart irqbalance")
+
+
+def current_setup(root: Root, pids: tuple[int, ...]) -> Setup | None:
+    """The running irqbalance's "setup" answer (None: none runs, or it does not answer)."""
+    if len(pids) != 1:
+        return None
+    try:
+        return read_setup(root, pids[0])
+    except KernelError:
+        return None
+
+
 def current_ban(root: Root, pids: tuple[int, ...]) -> CpuSet | None:
     """The running irqbalance's ban now (None: none runs, or it does not answer).
 
@@ -216,4 +314,6 @@ def current_ban(root: Root, pids: tuple[int, ...]) -> CpuSet | None:
         return None
 
 
-register(IrqbalanceBanKnob())
+_CPUS_KNOB = IrqbalanceBanKnob()
+register(_CPUS_KNOB)
+register(IrqbalanceIrqsKnob(_CPUS_KNOB))

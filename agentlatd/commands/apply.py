@@ -13,7 +13,6 @@ from typing import Any
 
 from agentlatd import jsonout, knobset
 from agentlatd import policy as policy_mod
-from agentlatd.apply import irqbalance_ban
 from agentlatd.apply.engine import (
     CHANGED,
     CLAMPED,
@@ -34,7 +33,7 @@ from agentlatd.errors import AgentlatdError
 from agentlatd.plan.build import FOLLOWUP_KNOBS, needs_followup
 from agentlatd.plan.changes import Change, human_value
 from agentlatd.sysfs.root import Root
-from agentlatd.tick import TickPlan, plan_tick, sample_once
+from agentlatd.tick import TickPlan, irqbalance_entries, plan_tick, sample_once
 
 HELP = "apply the plan to the kernel (journals originals for rollback)"
 EXAMPLES = (
@@ -107,9 +106,7 @@ def changes_from_file(path: str) -> list[Change]:
 
 def _tick(root: Root, pol: policy_mod.Policy, eng: Engine) -> TickPlan:
     """The daemon's tick, once, on `root` (agentlatd/tick.py)."""
-    ban = next((e.original for e in eng.entries()
-                if (e.knob, e.target) == (irqbalance_ban.NAME, irqbalance_ban.TARGET)), None)
-    snap = sample_once(root, pol, journaled_ban=ban)
+    snap = sample_once(root, pol, journaled=irqbalance_entries(eng.entries()))
     tp = plan_tick(snap, pol)
     if tp.policy_error is not None:
         raise tp.policy_error

@@ -37,3 +37,5 @@ class KnobName(enum.StrEnum):
     TASK_IOPRIO = "task.ioprio"
     CPU_PM_QOS_RESUME_LATENCY_US = "cpu.pm_qos_resume_latency_us"
     IRQBALANCE_BANNED_CPUS = "irqbalance.banned_cpus"
+    IRQBALANCE_BANNED_IRQS = "irqbalance.banned_irqs"
+    IRQBALANCE_ENV_BANNED_CPUS = "irqbalance.env_banned_cpus"

@@ -21,7 +21,10 @@ Syntax, per kind (the journal's on-disk form, kept as it always was):
   SysctlTarget   "net.core.netdev_budget"   sysctl: proc/sys/net/core/netdev_budget
   TaskTarget     "1234:98765:1240"   task.*: thread 1240 of process 1234 started
                                      at 98765 clock ticks (a recycled pid never matches)
-  DaemonTarget   "irqbalance"        irqbalance.banned_cpus: a running daemon
+  DaemonTarget   "irqbalance"        irqbalance.banned_cpus, irqbalance.banned_irqs: a
+                                     running daemon
+  FileTarget     "/etc/default/irqbalance"   irqbalance.env_banned_cpus: a daemon's
+                                     environment file (an absolute path)
 
 A network device name is what net/core/dev.c dev_valid_name() accepts: 1..15
 bytes (IFNAMSIZ - 1), not "." or "..", no '/', ':' or whitespace; every other
@@ -32,6 +35,7 @@ name, which is what makes the string form unambiguous.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -132,8 +136,13 @@ class DaemonTarget:
     name: str
 
 
+@dataclass(frozen=True, slots=True)
+class FileTarget:
+    path: str  # absolute, normalised: no "//", "/./", "/../", NUL or newline
+
+
 TargetKey = (IrqTarget | CpuTarget | DeviceTarget | QueueTarget | NapiTarget | BlockTarget
-             | SysctlTarget | TaskTarget | DaemonTarget)
+             | SysctlTarget | TaskTarget | DaemonTarget | FileTarget)
 
 # The kind of target each shipped knob takes.
 KIND: dict[str, type[TargetKey]] = {
@@ -153,6 +162,8 @@ KIND: dict[str, type[TargetKey]] = {
     KnobName.TASK_IOPRIO: TaskTarget,
     KnobName.CPU_PM_QOS_RESUME_LATENCY_US: CpuTarget,
     KnobName.IRQBALANCE_BANNED_CPUS: DaemonTarget,
+    KnobName.IRQBALANCE_BANNED_IRQS: DaemonTarget,
+    KnobName.IRQBALANCE_ENV_BANNED_CPUS: FileTarget,
 }
 # the direction of queue each queue knob takes
 _QUEUE_DIRECTION: dict[str, str] = {KnobName.NET_RPS_CPUS: "rx", KnobName.NET_RPS_FLOW_CNT: "rx",
@@ -176,6 +187,8 @@ def format_target(key: TargetKey) -> str:
             text = f"{check_netdev_name(dev)}/{by}{n}"
         case BlockTarget(name=name) | SysctlTarget(name=name) | DaemonTarget(name=name):
             text = name
+        case FileTarget(path=path):
+            text = path
         case TaskTarget(pid=pid, starttime=st, tid=tid):
             text = f"{pid}:{st}:{tid}"
     if _parse(type(key), text, None) != key:
@@ -236,6 +249,12 @@ def _parse(kind: type[TargetKey], text: str, knob: str | None) -> TargetKey:
         if pid >= PID_MAX or tid >= PID_MAX:
             raise ValueError(f"bad task target {text!r}: pid out of range")
         return TaskTarget(pid, st, tid)
+    if kind is FileTarget:
+        if (not text.startswith("/") or len(text) > 4095 or "\0" in text or "\n" in text
+                or posixpath.normpath(text) != text or text.startswith("//")):
+            raise ValueError(f"bad file path {text!r}{for_knob} (expected an absolute, "
+                             "normalised path)")
+        return FileTarget(text)
     if _DAEMON.fullmatch(text) is None:
         raise ValueError(f"bad daemon name {text!r}{for_knob}")
     return DaemonTarget(text)

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from agentlatd.cpuset import CpuSet
+from agentlatd.kernel.irqbalance_proto import MAX_COMMAND, ban_irqs_command
 from agentlatd.kernel.knobnames import KnobName
-from agentlatd.kernel.targets import DaemonTarget, format_target
+from agentlatd.kernel.targets import DaemonTarget, FileTarget, format_target
 from agentlatd.model.agent_links import NONE, AgentLinks
 from agentlatd.model.machine import Device, Machine, Rates
 from agentlatd.plan.block import plan_block
@@ -39,6 +40,8 @@ from agentlatd.policy import Policy, TuningPolicy
 # steering, then per-device batching, then host-wide sysctls
 KNOB_ORDER = (
     KnobName.IRQBALANCE_BANNED_CPUS,
+    KnobName.IRQBALANCE_ENV_BANNED_CPUS,
+    KnobName.IRQBALANCE_BANNED_IRQS,
     KnobName.IRQ_AFFINITY,
     KnobName.NET_RPS_CPUS,
     KnobName.NET_RPS_FLOW_CNT,
@@ -51,6 +54,37 @@ KNOB_ORDER = (
     KnobName.BLOCK_RQ_AFFINITY,
     KnobName.SYSCTL,
 )
+
+
+def _handed_over(steered: tuple[int, ...], irq_changes: tuple[Change, ...],
+                 theirs: tuple[int, ...], notes: list[str]) -> list[Change]:
+    """The one change that bans every IRQ agentlatd places (`steered`, changed
+    now or already in place) in irqbalance, beside `theirs` (its own --banirq
+    list), as many as its socket command takes (kernel/irqbalance_proto.py), and
+    the IRQ changes of those; the rest stay irqbalance's and a note says so."""
+    banned = sorted({i for i in theirs if i > 0})
+    mine: list[int] = []
+    left: list[int] = []
+    for irq in sorted(set(steered)):
+        trial = sorted({*banned, irq})
+        if len(ban_irqs_command(tuple(trial))) > MAX_COMMAND:
+            left.append(irq)
+            continue
+        banned = trial
+        mine.append(irq)
+    if left:
+        notes.append(f"irqbalance's socket takes at most {MAX_COMMAND + 1} bytes a command: "
+                     f"IRQs {', '.join(map(str, left))} are not banned in it and left to it.")
+    if not mine:
+        return []
+    ban = Change(KnobName.IRQBALANCE_BANNED_IRQS, format_target(DaemonTarget("irqbalance")), "",
+                 " ".join(map(str, banned)),
+                 f"hand IRQs {', '.join(map(str, mine))} over from irqbalance (it never moves "
+                 "a banned IRQ), then steer them"
+                 + (f"; beside its own --banirq {', '.join(map(str, theirs))}" if theirs else "")
+                 + " (daemon.irqbalance = \"cooperate\")")
+    handed = {str(i) for i in mine}
+    return [ban, *(c for c in irq_changes if c.target in handed)]
 
 
 def _sort_key(c: Change) -> tuple[int, str, tuple[tuple[int, int | str], ...]]:
@@ -79,7 +113,8 @@ def check_policy_cpus(machine: Machine, policy: Policy) -> None:
 
 def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
               irqbalance_running: bool = False, agent_links: AgentLinks = NONE,
-              irqbalance_banned: CpuSet | None = None) -> Plan:
+              irqbalance_banned: CpuSet | None = None, irqbalance_env: str = "",
+              irqbalance_banned_irqs: tuple[int, ...] | None = None) -> Plan:
     """The CPU partition and every change the engine would make, with reasons.
 
     irqbalance_running: filled by the daemon/CLI (the Machine does not know);
@@ -88,6 +123,14 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
     (one irqbalance.banned_cpus change: the home CPUs plus `irqbalance_banned`,
     what irqbalance banned before agentlatd, since a ban over its socket
     replaces its own IRQBALANCE_BANNED_CPULIST/isolated-CPU ban).
+    irqbalance_env: the environment file to ban them in instead (one
+    irqbalance.env_banned_cpus change, apply/irqbalance_env.py), filled when
+    the running irqbalance has no socket agentlatd can use.
+    irqbalance_banned_irqs: the IRQs irqbalance leaves alone before agentlatd
+    (its --banirq list, read over its socket; None: unknown). When known, the
+    IRQs of devices in scope are steered as without irqbalance and handed over:
+    one irqbalance.banned_irqs change bans them in it (beside its own), so it
+    never moves them; unknown, they stay irqbalance's.
     agent_links: filled by the daemon from its registered agents
     (agents/links.py); the NICs that carry only their traffic (plan/rps.py).
     PolicyError when the policy names CPUs this machine cannot have
@@ -97,8 +140,10 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
     sel = select_devices(machine, policy.devices)
     devices = sel.devices
     tuning = policy.tuning
-    steered = tuning.irq_affinity and not (irqbalance_running
-                                           and policy.daemon.irqbalance != "ignore")
+    handover = (irqbalance_running and policy.daemon.irqbalance == "cooperate"
+                and not irqbalance_env and irqbalance_banned_irqs is not None)
+    steered = tuning.irq_affinity and (not irqbalance_running or handover
+                                       or policy.daemon.irqbalance == "ignore")
     fixed = fixed_irqs(machine, devices, steered)
     part = partition(machine.topology, devices, policy.cpus, fixed_irq_load(machine, fixed))
     nr = nr_cpu_ids(machine.topology.possible | {c.cpu for c in machine.topology.cpus})
@@ -123,15 +168,27 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
     elif irqbalance_running and policy.daemon.irqbalance == "cooperate":
         ban = part.home | (irqbalance_banned or CpuSet())
         if part.home:
-            changes.append(Change(
-                KnobName.IRQBALANCE_BANNED_CPUS, format_target(DaemonTarget("irqbalance")), "", ban.to_list(),
-                f"irqbalance places IRQs (NIC queues included) on the CPUs it does not ban: "
-                f"ban the home CPUs {part.home}"
-                + (f" beside its own ban {irqbalance_banned}" if irqbalance_banned else "")
-                + " (daemon.irqbalance = \"cooperate\")"))
+            why = (f"irqbalance places IRQs (NIC queues included) on the CPUs it does not ban: "
+                   f"ban the home CPUs {part.home}"
+                   + (f" beside its own ban {irqbalance_banned}" if irqbalance_banned else "")
+                   + " (daemon.irqbalance = \"cooperate\")")
+            if irqbalance_env:
+                changes.append(Change(
+                    KnobName.IRQBALANCE_ENV_BANNED_CPUS, format_target(FileTarget(irqbalance_env)),
+                    "", ban.to_list(),
+                    why + f"; its socket is not usable: in {irqbalance_env}, then a restart"))
+            else:
+                changes.append(Change(KnobName.IRQBALANCE_BANNED_CPUS,
+                                      format_target(DaemonTarget("irqbalance")), "",
+                                      ban.to_list(), why))
+        if handover:
+            changes += _handed_over(irq.steered, irq.changes, irqbalance_banned_irqs or (), notes)
         notes.append("irqbalance is running (daemon.irqbalance = \"cooperate\"): it keeps "
-                     "balancing every IRQ, NIC queue IRQs included, over the CPUs outside the "
-                     f"home set; the home CPUs {part.home} are banned in it while agentlatd "
+                     + ("balancing every other IRQ over the CPUs outside the home set; the IRQs "
+                        "agentlatd steers are banned in it (handed over)" if handover else
+                        "balancing every IRQ, NIC queue IRQs included, over the CPUs outside "
+                        "the home set")
+                     + f"; the home CPUs {part.home} are banned in it while agentlatd "
                      "runs. RPS, XPS and the other knobs apply as planned.")
     elif irqbalance_running and policy.daemon.irqbalance == "refuse":
         notes.append("irqbalance is running: IRQ affinity is not steered "

@@ -36,6 +36,9 @@ KNOB = KnobName.IRQ_AFFINITY
 class IrqPlan:
     changes: tuple[Change, ...]
     managed: tuple[Irq, ...]  # kernel-managed IRQs of devices in scope, by number
+    # every IRQ agentlatd places, changed or already where it wants it (the set
+    # handed over from irqbalance must not shrink once the IRQs are in place)
+    steered: tuple[int, ...] = ()
 
 
 def _is_admin(d: Device, irq: Irq) -> bool:
@@ -55,6 +58,7 @@ def plan_irq_affinity(machine: Machine, devices: tuple[Device, ...],
     """Changes for the IRQs of NICs and NVMe controllers in `devices`."""
     changes: list[Change] = []
     managed: list[Irq] = []
+    steered: list[int] = []
     text: dict[CpuSet, str] = {}  # cpulists repeat ("0-255"): print each once
 
     def as_list(cpus: CpuSet) -> str:
@@ -87,11 +91,13 @@ def plan_irq_affinity(machine: Machine, devices: tuple[Device, ...],
                 what = "admin queue" if _is_admin(d, irq) else (irq.queue or "non-queue")
                 reason = (f"{d.name} {what} IRQ ({irq.name}) to the {where}, "
                           "off the home CPUs")
+            steered.append(irq.irq)
             if irq.smp_affinity == want:
                 continue
             changes.append(Change(KNOB, format_target(IrqTarget(irq.irq)), as_list(irq.smp_affinity),
                                   as_list(want), reason))
-    return IrqPlan(tuple(changes), tuple(sorted(managed, key=lambda i: i.irq)))
+    return IrqPlan(tuple(changes), tuple(sorted(managed, key=lambda i: i.irq)),
+                   tuple(sorted(steered)))
 
 
 def _lands_on(irq: Irq) -> CpuSet:

@@ -19,11 +19,14 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from applyhelpers import small_tree
 
 from agentlatd.apply import irqbalance_ban, knobs
+from agentlatd.apply.engine import CHANGED, CLAMPED, SKIPPED, Engine
 from agentlatd.apply.irqbalance_ban import IrqbalanceBanKnob, parse_setup
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import KernelError
+from agentlatd.plan.changes import Change
 from agentlatd.sysfs.root import Root
 
 
@@ -47,6 +50,7 @@ class Peer:
         self.env_ban = env_ban
         self.ui: CpuSet | None = None
         self.banned = env_ban
+        self.banned_irqs: list[int] = [] # cl_banned_irqs (--banirq, "settings ban irqs")
         self.commands: list[str] = []
         self.cond = threading.Condition()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -77,7 +81,13 @@ class Peer:
                     continue
                 cmd = msg.decode()
                 if cmd.startswith("setup"):
-                    c.sendall(f"SLEEP 10 BANNED {self.banned.to_mask()}".encode())
+                    irqs = "".join(f"IRQ {n} LOAD 0 DIFF 0 CLASS 3 " for n in self.banned_irqs)
+                    c.sendall(f"SLEEP 10 {irqs}BANNED {self.banned.to_mask()}".encode())
+                elif cmd.startswith("settings ban irqs "):
+                    rest = cmd[len("settings ban irqs "):]
+                    # irqbalance.c: "NONE" empties the list, else a strtoul() loop
+                    self.banned_irqs = [] if rest.startswith("NONE") else [
+                        int(t) for t in rest.split()]
                 elif cmd.startswith("settings cpus "):
                     tok = cmd[len("settings cpus "):].split()[0]
                     self.ui = None if tok.startswith("NULL") else CpuSet.parse_list(tok)
@@ -132,6 +142,30 @@ def test_knob_bans_keeps_pending_until_rescan_and_restores() -> None:
         assert "settings cpus NULL" in k.shell("irqbalance", "")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="irqbalance answers root peers only")
+def test_irq_ban_keeps_irqbalances_own_banirq_and_restores_it() -> None:
+    cpus = IrqbalanceBanKnob()
+    k = irqbalance_ban.IrqbalanceIrqsKnob(cpus)
+    with tree_with_peer(CpuSet()) as (root, peer):
+        peer.banned_irqs = [30]  # irqbalance --banirq=30
+        assert k.read(root, "irqbalance") == "30"
+        k.write(root, "irqbalance", "24 25 30")
+        peer.wait_for("settings ban irqs 24 25 30")
+        assert peer.banned_irqs == [24, 25, 30]
+        n = len(peer.commands)
+        assert k.equal(k.read(root, "irqbalance"), "30 25 24")
+        assert len(peer.commands) == n  # what was written, no "setup" asked
+        k.write(root, "irqbalance", "")  # an empty original: "NONE"
+        peer.wait_for("settings ban irqs NONE")
+        assert peer.banned_irqs == []
+        assert "settings ban irqs 30" in k.shell("irqbalance", "30")
+        # sock_handle() reads 500 bytes: a longer command would be cut mid-number
+        with pytest.raises(ValueError, match="500 bytes"):
+            k.write(root, "irqbalance", " ".join(str(n) for n in range(10000, 10100)))
+        with pytest.raises(ValueError):
+            irqbalance_ban.parse_irqs("0 24")  # its strtoul() loop ends at a 0
+
+
 def test_knob_without_irqbalance_says_so(tmp_path: pathlib.Path) -> None:
     (tmp_path / "proc").mkdir()
     k = knobs.get(irqbalance_ban.NAME)
@@ -141,3 +175,51 @@ def test_knob_without_irqbalance_says_so(tmp_path: pathlib.Path) -> None:
     with pytest.raises(ValueError):
         k.check_target("irqbalance2")
     assert k.reassert
+
+
+def test_engine_steers_under_cooperate_only_the_irqs_banned_in_irqbalance(
+        tmp_path: pathlib.Path) -> None:
+    # daemon.irqbalance = "cooperate" (the default) with irqbalance running: an
+    # irq.affinity change is written only for an IRQ the same batch (or the
+    # journal) bans in irqbalance; any other is skipped, so a stale plan cannot
+    # start a fight. (The ban itself acts on the live irqbalance only: on this
+    # recorded tree it is refused, and the IRQ write still shows the guard.)
+    tree = small_tree(tmp_path / "tree")
+    (tree / "proc/4242").mkdir(parents=True)
+    (tree / "proc/4242/comm").write_text("irqbalance\n")
+    with Engine(Root(str(tree)), str(tmp_path / "state")) as eng:
+        rep = eng.apply([Change(irqbalance_ban.IRQS_NAME, "irqbalance", "", "41", "t"),
+                         Change("irq.affinity", "41", "", "1", "t"),
+                         Change("irq.affinity", "42", "", "1", "t")])
+    st = {(r.knob, r.target): r.status for r in rep.results}
+    # written (the tree's effective_affinity_list does not follow: "clamped")
+    assert st[("irq.affinity", "41")] in (CHANGED, CLAMPED)
+    assert st[("irq.affinity", "42")] == SKIPPED
+    assert (tree / "proc/irq/41/smp_affinity_list").read_text().strip() == "1"
+    assert (tree / "proc/irq/42/smp_affinity_list").read_text().strip() == "0-3"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="irqbalance answers root peers only")
+def test_channel_over_the_socket_carries_irqbalances_own_bans() -> None:
+    # the daemon plans from this: the CPUs and IRQs irqbalance bans without
+    # agentlatd (its environment ban, its --banirq), read once over the socket;
+    # once agentlatd banned CPUs, the IRQ original comes from the knob's cache,
+    # not a "setup" that could wait out a rescan
+    from agentlatd.apply import irqbalance_env
+    with tree_with_peer(CpuSet({7})) as (root, peer):
+        peer.banned_irqs = [30]
+        ch = irqbalance_env.choose(root, (4242,), ())
+        assert ch == irqbalance_env.Channel("", CpuSet({7}), (30,))
+        k = knobs.get(irqbalance_ban.IRQS_NAME)
+        assert k.read(root, "irqbalance") == "30"  # what the engine reads before writing
+        knobs.get(irqbalance_ban.NAME).write(root, "irqbalance", "2-3,7")
+        peer.wait_for("settings cpus 2-3,7")
+        n = len(peer.commands)
+        ch = irqbalance_env.choose(root, (4242,), [(irqbalance_ban.NAME, "irqbalance", "7")])
+        assert ch == irqbalance_env.Channel("", CpuSet({7}), (30,))
+        assert len(peer.commands) == n
+        # both journaled: nothing asked at all
+        ch = irqbalance_env.choose(root, (4242,), [(irqbalance_ban.NAME, "irqbalance", "7"),
+                                                   (irqbalance_ban.IRQS_NAME, "irqbalance", "")])
+        assert ch == irqbalance_env.Channel("", CpuSet({7}), ())
+        assert len(peer.commands) == n

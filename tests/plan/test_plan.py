@@ -14,7 +14,7 @@ from agentlatd import policy
 from agentlatd.commands.plan import compress_targets, plan_to_json, render_text
 from agentlatd.cpuset import CpuSet
 from agentlatd.model.machine import Machine, Rates
-from agentlatd.plan.build import make_plan
+from agentlatd.plan.build import _handed_over, make_plan
 from agentlatd.plan.changes import Change, Plan
 
 S = CpuSet.parse_list
@@ -165,6 +165,69 @@ def test_regression_irqbalance_running_left_home_cpus_unprotected(server: Machin
     # not running: nothing to ban, IRQs steered as usual
     quiet = make_plan(server, pol())
     assert "irqbalance.banned_cpus" not in knobs(quiet) and "irq.affinity" in knobs(quiet)
+
+
+def test_irqbalance_without_socket_bans_in_its_environment_file(server: Machine) -> None:
+    # the running irqbalance has no usable socket: the same ban goes to the
+    # environment file the daemon found (apply/irqbalance_env.py), not the socket
+    plan = make_plan(server, pol(), irqbalance_running=True, irqbalance_banned=CpuSet({63}),
+                     irqbalance_env="/etc/sysconfig/irqbalance")
+    assert "irqbalance.banned_cpus" not in knobs(plan) and "irq.affinity" not in knobs(plan)
+    (ban,) = [c for c in plan.changes if c.knob == "irqbalance.env_banned_cpus"]
+    assert ban.target == "/etc/sysconfig/irqbalance"
+    assert CpuSet.parse_list(ban.desired) == plan.home_cpus | CpuSet({63})
+    assert "restart" in ban.reason
+
+
+def test_irqbalance_socket_hands_steered_irqs_over_before_steering_them(server: Machine) -> None:
+    # irqbalance's banned IRQs are known (its socket answered "setup"): agentlatd
+    # steers the IRQs of devices in scope as without irqbalance and bans exactly
+    # those, beside irqbalance's own --banirq, before writing any affinity
+    plan = make_plan(server, pol(), irqbalance_running=True, irqbalance_banned=CpuSet(),
+                     irqbalance_banned_irqs=(5,))
+    steered = [c for c in plan.changes if c.knob == "irq.affinity"]
+    assert steered
+    (ban,) = [c for c in plan.changes if c.knob == "irqbalance.banned_irqs"]
+    assert ban.target == "irqbalance"
+    assert [int(i) for i in ban.desired.split()] == sorted({5, *(int(c.target) for c in steered)})
+    order = [c.knob for c in plan.changes]
+    assert order.index("irqbalance.banned_irqs") < order.index("irq.affinity")
+    assert "irqbalance.banned_cpus" in order
+    # through the environment file there is no IRQ ban: IRQs stay irqbalance's
+    env = make_plan(server, pol(), irqbalance_running=True, irqbalance_banned=CpuSet(),
+                    irqbalance_banned_irqs=(5,), irqbalance_env="/etc/default/irqbalance")
+    assert not {"irq.affinity", "irqbalance.banned_irqs"} & knobs(env)
+
+
+def test_irqbalance_irq_ban_fits_its_socket_buffer() -> None:
+    steered = tuple(range(1000, 1200))
+    changes = tuple(Change("irq.affinity", str(n), "", "1", "t") for n in steered[::2])
+    notes: list[str] = []
+    out = _handed_over(steered, changes, (7,), notes)
+    ban, kept = out[0], out[1:]
+    assert len("settings ban irqs " + ban.desired) <= 499
+    banned = [int(i) for i in ban.desired.split()]
+    assert banned[0] == 7 and 1000 in banned and len(banned) < 1 + len(steered)
+    assert kept and {int(c.target) for c in kept} <= set(banned)
+    assert "left to it" in notes[0]
+
+
+def test_regression_irqbalance_irq_ban_shrank_once_irqs_were_in_place(server: Machine) -> None:
+    # before: only the IRQs whose affinity still had to change were banned, so once
+    # agentlatd had placed them the next plan banned fewer and irqbalance took them
+    # back (seen in the VM tier: 1 of 21 NIC IRQs banned). Every IRQ agentlatd places
+    # is handed over, in place or not
+    first = make_plan(server, pol(), irqbalance_running=True, irqbalance_banned=CpuSet(),
+                      irqbalance_banned_irqs=())
+    placed = dataclasses.replace(server, irqs=tuple(
+        dataclasses.replace(i, smp_affinity=CpuSet.parse_list(c.desired))
+        if (c := next((c for c in first.changes if c.knob == "irq.affinity"
+                       and c.target == str(i.irq)), None)) else i for i in server.irqs))
+    again = make_plan(placed, pol(), irqbalance_running=True, irqbalance_banned=CpuSet(),
+                      irqbalance_banned_irqs=())
+    assert "irq.affinity" not in knobs(again)
+    ban = {c.knob: c.desired for c in first.changes}["irqbalance.banned_irqs"]
+    assert {c.knob: c.desired for c in again.changes}["irqbalance.banned_irqs"] == ban
 
 
 def test_irqbalance_ignore_steers_anyway_and_warns(server: Machine) -> None:

@@ -15,6 +15,7 @@ from agentlatd.kernel.targets import (
     CpuTarget,
     DaemonTarget,
     DeviceTarget,
+    FileTarget,
     IrqTarget,
     NapiTarget,
     QueueTarget,
@@ -54,6 +55,11 @@ CASES: list[tuple[str, TargetKey, str]] = [
     (KnobName.TASK_IOPRIO, TaskTarget(4194303, 18446744073709551615, 4194303),
      "4194303:18446744073709551615:4194303"),
     (KnobName.IRQBALANCE_BANNED_CPUS, DaemonTarget("irqbalance"), "irqbalance"),
+    (KnobName.IRQBALANCE_BANNED_IRQS, DaemonTarget("irqbalance"), "irqbalance"),
+    (KnobName.IRQBALANCE_ENV_BANNED_CPUS, FileTarget("/etc/default/irqbalance"),
+     "/etc/default/irqbalance"),
+    (KnobName.IRQBALANCE_ENV_BANNED_CPUS, FileTarget("/etc/sysconfig/irqbalance"),
+     "/etc/sysconfig/irqbalance"),
 ]
 
 
@@ -149,3 +155,11 @@ def test_thread_ids_use_the_one_task_syntax() -> None:
     assert t.target == format_target(TaskTarget(1234, 98765, 1240))
     assert ThreadId.parse(t.target) == t
     assert parse_target(KnobName.TASK_AFFINITY, t.target) == TaskTarget(1234, 98765, 1240)
+
+
+@pytest.mark.parametrize("text", ["etc/default/irqbalance", "/etc/../etc/default/irqbalance",
+                                  "/etc//default/irqbalance", "//etc/default/irqbalance",
+                                  "/etc/default/irq\nbalance", "/etc/default/irqbalance/", ""])
+def test_an_environment_file_target_is_an_absolute_normalised_path(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_target(KnobName.IRQBALANCE_ENV_BANNED_CPUS, text)
