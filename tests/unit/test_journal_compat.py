@@ -39,7 +39,10 @@ def test_old_journal_entries_reserialise_byte_identical() -> None:
 
 def test_old_journal_targets_parse_to_typed_keys_and_format_back() -> None:
     j = journal.parse("all-kinds", (FIXTURES / "all-kinds-7c6d683.json").read_text())
-    assert {e.knob for e in j.entries} == {str(k) for k in KnobName}
+    # every knob that existed at 7c6d683 (the irqbalance IRQ ban and environment-file
+    # knobs came after it and have no old entries to read)
+    newer = {KnobName.IRQBALANCE_BANNED_IRQS, KnobName.IRQBALANCE_ENV_BANNED_CPUS}
+    assert {e.knob for e in j.entries} == {str(k) for k in KnobName if k not in newer}
     for e in j.entries:
         key = parse_target(e.knob, e.target)
         assert format_target(key) == e.target, (e.knob, e.target, key)
