@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from agentlatd.agents.knobs import TaskKnob
 from agentlatd.agents.tasks import ProcId
 from agentlatd.apply import engine as engine_mod
-from agentlatd.apply.engine import Engine, KnobResult
+from agentlatd.apply.engine import Engine, KnobResult, Status
 from agentlatd.apply.knobs import get as get_knob
 from agentlatd.errors import AgentlatdError, KernelError
 from agentlatd.kernel.knobnames import KnobName
@@ -42,7 +42,7 @@ TASK_KNOBS = (KnobName.TASK_AFFINITY, KnobName.TASK_NICE, KnobName.TASK_IOPRIO)
 CPU_KNOBS = (KnobName.CPU_PM_QOS_RESUME_LATENCY_US,)
 AGENT_KNOBS = TASK_KNOBS + CPU_KNOBS
 
-_DONE = ("restored", "unchanged", "gone", "managed")
+_DONE = frozenset({Status.RESTORED, Status.UNCHANGED, Status.GONE, Status.MANAGED})
 
 
 class Applier:

@@ -1069,7 +1069,7 @@ def _netns_wrapper(root: Root, journal_netns: str) -> Callable[[str], str] | Non
 
 
 # Failures that repeat as long as the device, driver and value stay the same (errnos.py).
-_HOLD_BACK = frozenset({ErrClass.UNSUPPORTED.value, ErrClass.INVALID.value, ErrClass.DENIED.value})
+_HOLD_BACK = frozenset({ErrClass.UNSUPPORTED, ErrClass.INVALID, ErrClass.DENIED})
 _HELD = " (not tried again until the next machine rescan)"
 
 

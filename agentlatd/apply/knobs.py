@@ -38,6 +38,7 @@ from typing import Any
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import KernelError
 from agentlatd.kernel.knobnames import KnobName
+from agentlatd.kernel.targets import NapiTarget, parse_target
 from agentlatd.sysfs.root import HOST, Root
 
 # A network device name as the kernel allows it (dev_valid_name(): at most
@@ -531,24 +532,23 @@ class NapiConfigKnob(FieldsKnob):
     help = "per-NAPI config (netdev napi-set), sysfs fallback"
     context = "netlink"
 
-    _TARGET = re.compile(rf"({_DEV})/(irq|queue|napi)(\d{{1,7}})")
-
     def __init__(self) -> None:
         self._support: dict[str, Any] = {}
 
     def _split(self, target: str) -> tuple[str, str, int]:
-        m = self._TARGET.fullmatch(target)
-        if m is None:
-            raise ValueError(f"{self.name}: bad target {target!r} "
-                             "(expected DEV/irqN, DEV/queueN or DEV/napiK)")
-        return m[1], m[2], int(m[3])
+        match parse_target(self.name, target):
+            case NapiTarget(dev=dev, by=by, n=n):
+                return dev, by, n
+        raise AssertionError(f"{self.name} takes NAPI targets")  # pragma: no cover - KIND
 
     def check_target(self, target: str) -> None:
         self._split(target)
 
     def device(self, target: str) -> str | None:
-        m = self._TARGET.fullmatch(target)
-        return m[1] if m is not None else None
+        try:
+            return self._split(target)[0]
+        except ValueError:
+            return None
 
     def _netdev(self, root: Root) -> tuple[ModuleType, Any] | None:
         """(the netdev client, its NetdevSupport) on the live kernel, else None."""

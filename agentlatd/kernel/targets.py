@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -56,19 +57,14 @@ _TASK = re.compile(r"([1-9][0-9]{0,9}):([0-9]{1,20}):([1-9][0-9]{0,9})")
 _INT = re.compile(_NUM)
 
 
-def _int(text: str, what: str) -> int:
-    if _INT.fullmatch(text) is None:
-        raise ValueError(f"bad {what} {text!r} (expected a decimal number)")
-    return int(text)
+_NETDEV_RULE = "1 to 15 bytes, no '/', ':' or whitespace, not '.' or '..'"
 
 
 def check_netdev_name(name: str) -> str:
     """`name` when the kernel could have named a network device so; ValueError otherwise."""
-    if not name or len(name.encode("utf-8", "surrogateescape")) >= IFNAMSIZ:
-        raise ValueError(f"bad network device name {name!r} (1 to {IFNAMSIZ - 1} bytes)")
-    if name in (".", "..") or any(ch in "/:" or ch.isspace() for ch in name):
-        raise ValueError(f"bad network device name {name!r} "
-                         "(no '/', ':' or whitespace; not '.' or '..')")
+    if (not name or len(name.encode("utf-8", "surrogateescape")) >= IFNAMSIZ
+            or name in (".", "..") or any(ch in "/:" or ch.isspace() for ch in name)):
+        raise ValueError(f"bad network device name {name!r} ({_NETDEV_RULE})")
     return name
 
 
@@ -207,47 +203,45 @@ def parse_target(knob: str, text: str) -> TargetKey:
 
 
 def _parse(kind: type[TargetKey], text: str, knob: str | None) -> TargetKey:
-    for_knob = f" for {knob}" if knob else ""
-    if kind is IrqTarget:
-        return IrqTarget(_int(text, "IRQ" + for_knob))
-    if kind is CpuTarget:
-        return CpuTarget(_int(text, "CPU" + for_knob))
+    def bad(expected: str) -> ValueError:
+        return ValueError(f"bad target {text!r}{f' for {knob}' if knob else ''} "
+                          f"(expected {expected})")
+
+    if kind is IrqTarget or kind is CpuTarget:
+        if _INT.fullmatch(text) is None:
+            raise bad("an IRQ number" if kind is IrqTarget else "a CPU number")
+        return IrqTarget(int(text)) if kind is IrqTarget else CpuTarget(int(text))
     if kind is DeviceTarget:
-        return DeviceTarget(check_netdev_name(text))
+        return DeviceTarget(_netdev(text, bad))
     if kind is QueueTarget or kind is NapiTarget:
         dev, sep, rest = text.rpartition("/")
-        if not sep:
-            raise ValueError(f"bad target {text!r}{for_knob} (expected DEV/...)")
-        check_netdev_name(dev)
         if kind is QueueTarget:
-            m = _QUEUE.fullmatch(rest)
             want = _QUEUE_DIRECTION.get(knob or "")
-            if m is None or (want is not None and m[1] != want):
-                raise ValueError(f"bad queue target {text!r}{for_knob} "
-                                 f"(expected DEV/{want or 'rx|tx'}-N)")
-            return QueueTarget(dev, "rx" if m[1] == "rx" else "tx", int(m[2]))
+            m = _QUEUE.fullmatch(rest)
+            if not sep or m is None or (want is not None and m[1] != want):
+                raise bad(f"DEV/{want or 'rx|tx'}-N")
+            return QueueTarget(_netdev(dev, bad), "rx" if m[1] == "rx" else "tx", int(m[2]))
         m = _NAPI.fullmatch(rest)
-        if m is None:
-            raise ValueError(f"bad NAPI target {text!r}{for_knob} "
-                             "(expected DEV/irqN, DEV/queueN or DEV/napiK)")
+        if not sep or m is None:
+            raise bad("DEV/irqN, DEV/queueN or DEV/napiK")
         by: Literal["irq", "queue", "napi"] = ("irq" if m[1] == "irq" else
                                                "queue" if m[1] == "queue" else "napi")
-        return NapiTarget(dev, by, int(m[2]))
+        return NapiTarget(_netdev(dev, bad), by, int(m[2]))
     if kind is BlockTarget:
         if _BLOCK.fullmatch(text) is None:
-            raise ValueError(f"bad block device {text!r}{for_knob}")
+            raise bad("a sys/block name")
         return BlockTarget(text)
     if kind is SysctlTarget:
         if _SYSCTL.fullmatch(text) is None:
-            raise ValueError(f"bad sysctl name {text!r}{for_knob} (expected a.b.c)")
+            raise bad("a dotted sysctl name, a.b.c")
         return SysctlTarget(text)
     if kind is TaskTarget:
         m = _TASK.fullmatch(text)
         if m is None:
-            raise ValueError(f"bad task target {text!r} (expected PID:STARTTIME:TID)")
+            raise bad("PID:STARTTIME:TID")
         pid, st, tid = int(m[1]), int(m[2]), int(m[3])
         if pid >= PID_MAX or tid >= PID_MAX:
-            raise ValueError(f"bad task target {text!r}: pid out of range")
+            raise bad(f"PID:STARTTIME:TID, pids below {PID_MAX}")
         return TaskTarget(pid, st, tid)
     if kind is FileTarget:
         if (not text.startswith("/") or len(text) > 4095 or "\0" in text or "\n" in text
@@ -256,5 +250,12 @@ def _parse(kind: type[TargetKey], text: str, knob: str | None) -> TargetKey:
                              "normalised path)")
         return FileTarget(text)
     if _DAEMON.fullmatch(text) is None:
-        raise ValueError(f"bad daemon name {text!r}{for_knob}")
+        raise bad("a daemon's name")
     return DaemonTarget(text)
+
+
+def _netdev(name: str, bad: Callable[[str], ValueError]) -> str:
+    try:
+        return check_netdev_name(name)
+    except ValueError as e:
+        raise bad(f"a network device name of {_NETDEV_RULE}") from e
