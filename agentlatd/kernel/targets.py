@@ -246,8 +246,7 @@ def _parse(kind: type[TargetKey], text: str, knob: str | None) -> TargetKey:
     if kind is FileTarget:
         if (not text.startswith("/") or len(text) > 4095 or "\0" in text or "\n" in text
                 or posixpath.normpath(text) != text or text.startswith("//")):
-            raise ValueError(f"bad file path {text!r}{for_knob} (expected an absolute, "
-                             "normalised path)")
+            raise bad("an absolute, normalised file path")
         return FileTarget(text)
     if _DAEMON.fullmatch(text) is None:
         raise bad("a daemon's name")
