@@ -188,7 +188,7 @@ def scan_machine(root: Root) -> Machine:
     return build_machine(read_machine(root))
 
 
-class _Stages:
+class StageTable:
     """The stage table of one tick: each stage timed, its failure kept as an error."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
@@ -196,16 +196,25 @@ class _Stages:
         self.rows: list[StageTiming] = []
         self.errors: list[str] = []
 
-    def run(self, stage: str, what: str, fn: Callable[[], T], default: T) -> T:
+    def run(self, stage: str, what: str, fn: Callable[[], T], default: T,
+            level: int = logging.WARNING) -> T:
+        """fn()'s value, or `default` when it raised (a failing stage must not stop
+        the daemon: the error is this tick's, logged at `level`)."""
         t0 = self.clock()
         try:
             out, ok = fn(), True
-        except Exception as e:  # a failing sampler must not stop the daemon
+        except Exception as e:
             self.errors.append(f"{what} failed: {e}")
-            log.warning("%s failed: %s", what, e, exc_info=not isinstance(e, AgentlatdError))
+            log.log(level, "%s failed: %s", what, e, exc_info=not isinstance(e, AgentlatdError))
             out, ok = default, False
         self.rows.append(StageTiming(stage, self.clock() - t0, ok))
         return out
+
+    def add(self, stage: str, seconds: float, error: str = "") -> None:
+        """A stage run elsewhere (the pure plan: its error is a value, not an exception)."""
+        if error:
+            self.errors.append(error)
+        self.rows.append(StageTiming(stage, seconds, not error))
 
 
 class Sampler:
@@ -237,7 +246,7 @@ class Sampler:
         journal (what irqbalance banned before agentlatd), when one is held."""
         t0 = self.clock()
         pol = inp.policy
-        st = _Stages(self.clock)
+        st = StageTable(self.clock)
         no_counters: tuple[Rates | None, CounterSnapshot | None] = (None, None)
         rates, snap = st.run("counters", "sampling", lambda: self._counters(pol), no_counters)
         hotplug = rates is not None and any(d.kind == "cpu_hotplug"
