@@ -238,9 +238,6 @@ class Sampler:
         """The apply report of this tick: the next tick's feedback stage reads it."""
         self.feedback = feedback_of(report, self.feedback)
 
-    def rescan(self) -> None:
-        self.feedback = Feedback(self.feedback.held, rescan=True)
-
     def sample(self, inp: TickInput, journaled_ban: str | None = None) -> Snapshot:
         """Read one tick. `journaled_ban`: the original of irqbalance's ban in the
         journal (what irqbalance banned before agentlatd), when one is held."""
