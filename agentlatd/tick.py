@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple, TypeVar
 
+from agentlatd.agents.applier import TASK_KNOBS
 from agentlatd.agents.chain import ChainAgent
 from agentlatd.agents.links import LinkTracker
 from agentlatd.apply import irqbalance, irqbalance_ban
@@ -65,9 +66,9 @@ MACHINE_TTL = 60.0  # seconds between full rescans of the Machine (plus on disco
 # blacklist the IRQ on transient errors"; any other error sets BALANCE_NONE).
 HOLD_BACK = frozenset({ErrClass.MANAGED.value, ErrClass.UNSUPPORTED.value,
                        ErrClass.INVALID.value, ErrClass.DENIED.value})
-# a change of a process (task.*) names threads that come and go; the agent side
-# retries those itself
-_NOT_HELD_PREFIX = "task."
+# a change of a process (task.*) names threads that come and go between ticks; the
+# agent side retries those itself
+NOT_HELD = frozenset(TASK_KNOBS)
 
 T = TypeVar("T")
 
@@ -113,7 +114,7 @@ def feedback_of(report: ApplyReport, prev: Feedback) -> Feedback:
     """Fold one apply report into the feedback the next tick plans with."""
     held = {h.key: h for h in prev.held}
     for r in report.results:
-        if r.errclass in HOLD_BACK and not r.knob.startswith(_NOT_HELD_PREFIX):
+        if r.errclass in HOLD_BACK and r.knob not in NOT_HELD:
             held[(r.knob, r.target)] = Held(r.knob, r.target, r.desired, r.errclass or "",
                                             r.message)
     gone = any(r.errclass == ErrClass.GONE.value for r in report.results)
