@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple, Protocol, TypeVar
 
+from agentlatd.agents.applier import TASK_KNOBS
 from agentlatd.agents.chain import ChainAgent
 from agentlatd.agents.links import LinkTracker
 from agentlatd.apply import irqbalance, irqbalance_ban, irqbalance_env
@@ -65,9 +66,9 @@ MACHINE_TTL = 60.0  # seconds between full rescans of the Machine (plus on disco
 # blacklist the IRQ on transient errors"; any other error sets BALANCE_NONE).
 HOLD_BACK = frozenset({ErrClass.MANAGED.value, ErrClass.UNSUPPORTED.value,
                        ErrClass.INVALID.value, ErrClass.DENIED.value})
-# a change of a process (task.*) names threads that come and go; the agent side
-# retries those itself
-_NOT_HELD_PREFIX = "task."
+# a change of a process (task.*) names threads that come and go between ticks; the
+# agent side retries those itself
+NOT_HELD = frozenset(TASK_KNOBS)
 
 T = TypeVar("T")
 
@@ -127,7 +128,7 @@ def feedback_of(report: ApplyReport, prev: Feedback) -> Feedback:
     """Fold one apply report into the feedback the next tick plans with."""
     held = {h.key: h for h in prev.held}
     for r in report.results:
-        if r.errclass in HOLD_BACK and not r.knob.startswith(_NOT_HELD_PREFIX):
+        if r.errclass in HOLD_BACK and r.knob not in NOT_HELD:
             held[(r.knob, r.target)] = Held(r.knob, r.target, r.desired, r.errclass or "",
                                             r.message)
     gone = any(r.errclass == ErrClass.GONE.value for r in report.results)
@@ -205,7 +206,7 @@ def scan_machine(root: Root) -> Machine:
     return build_machine(read_machine(root))
 
 
-class _Stages:
+class StageTable:
     """The stage table of one tick: each stage timed, its failure kept as an error."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
@@ -213,16 +214,25 @@ class _Stages:
         self.rows: list[StageTiming] = []
         self.errors: list[str] = []
 
-    def run(self, stage: str, what: str, fn: Callable[[], T], default: T) -> T:
+    def run(self, stage: str, what: str, fn: Callable[[], T], default: T,
+            level: int = logging.WARNING) -> T:
+        """fn()'s value, or `default` when it raised (a failing stage must not stop
+        the daemon: the error is this tick's, logged at `level`)."""
         t0 = self.clock()
         try:
             out, ok = fn(), True
-        except Exception as e:  # a failing sampler must not stop the daemon
+        except Exception as e:
             self.errors.append(f"{what} failed: {e}")
-            log.warning("%s failed: %s", what, e, exc_info=not isinstance(e, AgentlatdError))
+            log.log(level, "%s failed: %s", what, e, exc_info=not isinstance(e, AgentlatdError))
             out, ok = default, False
         self.rows.append(StageTiming(stage, self.clock() - t0, ok))
         return out
+
+    def add(self, stage: str, seconds: float, error: str = "") -> None:
+        """A stage run elsewhere (the pure plan: its error is a value, not an exception)."""
+        if error:
+            self.errors.append(error)
+        self.rows.append(StageTiming(stage, seconds, not error))
 
 
 class Sampler:
@@ -254,7 +264,7 @@ class Sampler:
         original): what irqbalance banned before agentlatd, and on which channel."""
         t0 = self.clock()
         pol = inp.policy
-        st = _Stages(self.clock)
+        st = StageTable(self.clock)
         no_counters: tuple[Rates | None, CounterSnapshot | None] = (None, None)
         rates, snap = st.run("counters", "sampling", lambda: self._counters(pol), no_counters)
         hotplug = rates is not None and any(d.kind == "cpu_hotplug"

@@ -20,16 +20,18 @@ from agentlatd.agents.chain import ChainScanner
 from agentlatd.agents.placement import CpuLayout
 from agentlatd.apply.engine import FAILED, UNSUPPORTED, ApplyReport, Drift, Engine
 from agentlatd.cpuset import CpuSet
-from agentlatd.errors import AgentlatdError, PolicyError
+from agentlatd.errors import PolicyError
 from agentlatd.model.agent_links import discount_heat, own_softirq_rate
 from agentlatd.model.machine import Machine, Rates
-from agentlatd.plan.changes import INCLUDE_MATCHES_NOTHING, Plan, human_value
+from agentlatd.plan.changes import INCLUDE_MATCHES_NOTHING, Change, Plan, human_value
 from agentlatd.sample.counters import CounterSnapshot
 from agentlatd.sysfs.root import Root
 from agentlatd.tick import (
     IRQBALANCE_KNOBS,
     Held,
     Sampler,
+    Snapshot,
+    StageTable,
     StageTiming,
     TickInput,
     irqbalance_entries,
@@ -109,54 +111,27 @@ class Tuner:
         t0 = self.clock()
         inp = self.input  # one read: this tick's policy, whatever a reload does meanwhile
         pol = inp.policy
-        snap = self.sampler.sample(inp, irqbalance_entries(self.engine.entries()))
+        snap = self.sampler.sample(inp, self._journaled())
+        table = StageTable(self.clock)  # the stages after sampling
         ts = self.clock()
         tp = plan_tick(snap, pol)
-        errors = list(snap.errors)
-        timings = list(snap.timings)
-        if tp.error:
-            errors.append(tp.error)
-            if tp.policy_error is not None:
-                log.error("the policy does not fit this machine, nothing is tuned: %s",
-                          tp.policy_error)
-        timings.append(StageTiming("plan", self.clock() - ts, not tp.error))
+        table.add("plan", self.clock() - ts, tp.error)
+        if tp.policy_error is not None:
+            log.error("the policy does not fit this machine, nothing is tuned: %s",
+                      tp.policy_error)
         plan = tp.plan
         if plan is not None:
             for n in plan.notes:  # the repeat filter says a persisting one once per window
                 if n.startswith(INCLUDE_MATCHES_NOTHING):
                     log.warning("%s", n.removeprefix("WARNING: "))
-        report: ApplyReport | None = None
-        drift: tuple[Drift, ...] = ()
+        no_apply: tuple[ApplyReport | None, tuple[Drift, ...]] = (None, ())
+        report, drift = no_apply
         if plan is not None and inp.tune_devices:
-            ts = self.clock()
-            try:
-                with self.engine.hold():
-                    self.engine.policy = pol
-                    if snap.rescanned:  # knobs the kernel refused get one more try per rescan
-                        self.engine.forget_refusals()
-                    drift = self._drift(snap.hotplug, t0, pol.daemon.interval, pol.daemon.drift)
-                    report = self.engine.apply(tp.changes)
-                self.sampler.record(report)
-                for r in report.results:
-                    if r.knob in IRQBALANCE_KNOBS and r.status in (FAILED, UNSUPPORTED):
-                        # a ban not in place leaves home CPUs to irqbalance: say why (the
-                        # repeat filter says a persisting one once per window)
-                        log.warning("%s %s not applied: %s", r.knob, r.target, r.message)
-                ok = True
-            except Exception as e:
-                errors.append(f"apply failed: {e}")
-                log.error("apply failed: %s", e, exc_info=not isinstance(e, AgentlatdError))
-                ok = False
-            timings.append(StageTiming("apply", self.clock() - ts, ok))
-        ts = self.clock()
-        try:
-            self.chain_scanner.update(self.root, inp.chain_agents, rules=pol.chain)
-            ok = True
-        except Exception as e:  # discovery failing must not stop the tick
-            errors.append(f"chain discovery failed: {e}")
-            log.warning("chain discovery failed: %s", e, exc_info=not isinstance(e, AgentlatdError))
-            ok = False
-        timings.append(StageTiming("chain", self.clock() - ts, ok))
+            report, drift = table.run("apply", "apply", lambda: self._apply(snap, tp.changes),
+                                      no_apply, level=logging.ERROR)
+        table.run("chain", "chain discovery",
+                  lambda: self.chain_scanner.update(self.root, inp.chain_agents, rules=pol.chain),
+                  None)
         rates = snap.rates
         heat = dict(rates.heat) if rates is not None else {}
         if rates is not None and plan is not None and plan.agent_links.local:
@@ -174,11 +149,36 @@ class Tuner:
         now = self.clock()
         st = TunerState(seq=self.seq, t=now, duration_s=now - t0, layout=layout, heat=heat,
                         rates=rates, plan=plan, report=report, drift=drift, machine=machine,
-                        error="; ".join(errors), timings=tuple(timings), counters=snap.counters,
+                        error="; ".join((*snap.errors, *table.errors)),
+                        timings=(*snap.timings, *table.rows), counters=snap.counters,
                         held=tp.held, policy_error=tp.policy_error)
         self.state = st
         self.wake()
         return st
+
+    def _apply(self, snap: Snapshot,
+               changes: tuple[Change, ...]) -> tuple[ApplyReport, tuple[Drift, ...]]:
+        pol = snap.policy
+        with self.engine.hold():
+            self.engine.policy = pol
+            if snap.rescanned:  # knobs the kernel refused get one more try per rescan
+                self.engine.forget_refusals()
+            drift = self._drift(snap.hotplug, snap.t, pol.daemon.interval, pol.daemon.drift)
+            report = self.engine.apply(changes)
+        self.sampler.record(report)  # the next tick's feedback stage
+        for r in report.results:
+            if r.knob in IRQBALANCE_KNOBS and r.status in (FAILED, UNSUPPORTED):
+                # a ban not in place leaves home CPUs to irqbalance: say why (the
+                # repeat filter says a persisting one once per window)
+                log.warning("%s %s not applied: %s", r.knob, r.target, r.message)
+        return report, drift
+
+    def _journaled(self) -> tuple[tuple[str, str, str], ...]:
+        """The journal's irqbalance entries: what irqbalance banned before agentlatd,
+        and on which channel (tick.Sampler.sample)."""
+        with self.engine.hold():
+            entries = self.engine.entries()
+        return irqbalance_entries(entries)
 
     def _drift(self, hotplug: bool, now: float, interval: float,
                mode: str) -> tuple[Drift, ...]:
