@@ -71,6 +71,7 @@ class Settings:
     workdir_parent: str = "/var/tmp"
     exclusive_scope: str = "bench"  # D: "bench" (the bench's processes) or "host" (daemon default)
     attribute: str = "auto"  # the C agent's slow steps by cause: tracer backend, or "off"
+    attribute_configs: tuple[str, ...] = ()  # the configurations given an attribution run (): all
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,13 +79,16 @@ class Settings:
             "think_ns": self.think_ns, "timer_ns": self.timer_ns, "file_mb": self.file_mb,
             "configs": list(self.configs), "quick": self.quick,
             "exclusive_scope": self.exclusive_scope, "attribute": self.attribute,
+            "attribute_configs": list(self.attribute_configs),
             "noise": {"pps": self.noise.pps, "packet_size": self.noise.packet_size,
                       "hogs": self.noise.hogs, "writeback_mbps": self.noise.writeback_mbps,
                       "writeback_file_mb": self.noise.writeback_file_mb},
         }
 
 
-QUICK = Settings(runs=2, seconds=1.5, py_seconds=0.6, file_mb=16, quick=True)
+# --quick traces A and D only (the pair the report's "A -> D" line compares): an
+# attribution run costs the tracer's attach, ~3-10 s here, on a CI-bounded bench
+QUICK = Settings(runs=2, seconds=1.5, py_seconds=0.6, file_mb=16, quick=True, attribute_configs=("A", "D"))
 
 
 @dataclass(slots=True)
@@ -536,7 +540,8 @@ class Bench:
             # the attribution round: one more run per configuration with the slow-steps
             # tracer on (it costs the agent +30-40 % at p50, several x at p99:
             # docs/evaluation.md), kept apart from the rounds whose latencies are compared
-            traced_keys = [k for k in keys if not (CONFIGS[k].daemon and d_skip)] \
+            traced_keys = [k for k in keys if not (CONFIGS[k].daemon and d_skip)
+                           and (not self.s.attribute_configs or k in self.s.attribute_configs)] \
                 if self.s.attribute != "off" else []
             for key in traced_keys:
                 t0 = time.monotonic()
