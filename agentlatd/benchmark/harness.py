@@ -86,9 +86,11 @@ class Settings:
         }
 
 
-# --quick traces A and D only (the pair the report's "A -> D" line compares): an
-# attribution run costs the tracer's attach, ~3-10 s here, on a CI-bounded bench
-QUICK = Settings(runs=2, seconds=1.5, py_seconds=0.6, file_mb=16, quick=True, attribute_configs=("A", "D"))
+# --quick runs no attribution unless asked (--attribute auto: then A and D only, the
+# pair the report's "A -> D" line compares): one attribution run costs ~13 s on a
+# loaded 2-CPU host (the tracer's attach and parse), the quick bench ~50 s in all
+QUICK = Settings(runs=2, seconds=1.5, py_seconds=0.6, file_mb=16, quick=True, attribute="off",
+                 attribute_configs=("A", "D"))
 
 
 @dataclass(slots=True)
