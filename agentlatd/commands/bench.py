@@ -59,9 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclusive-scope", choices=("bench", "host"), default="bench",
                    help="D: tasks agentlatd moves off the agent's home CPU: the bench's own "
                         "(default) or every movable task of the host (the daemon's default)")
-    p.add_argument("--attribute", choices=("auto", "bpftrace", "tracefs", "off"), default="auto",
-                   help="the C agent's slow steps (>= each run's p99) by cause, traced during every "
-                        "run by trace --slow-steps's tracer (auto: bpftrace, else tracefs; default)")
+    p.add_argument("--attribute", choices=("auto", "bpftrace", "tracefs", "off"),
+                   help="the C agent's slow steps (>= p99) by cause: one more run per configuration "
+                        "after the measured ones, traced by trace --slow-steps's tracer (auto: "
+                        "bpftrace, else tracefs; the default, off with --quick)")
     p.add_argument("--json", action="store_true", help="print report.json to stdout at the end")
     p.add_argument("--check", action="store_true",
                    help="exit with status 3 when a target of the evaluation is not met "
@@ -108,7 +109,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             raise AgentlatdError("--hogs must be between 0 and 64.")
         s = replace(s, noise=replace(s.noise, hogs=hogs))
     return replace(s, configs=keys, exclusive_scope=getattr(args, "exclusive_scope", "bench"),
-                   attribute=getattr(args, "attribute", "auto"))
+                   attribute=getattr(args, "attribute", None) or s.attribute)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ these are seq_files, which render anew on a read at offset 0, so one open
 serves every sample: one system call per file and sample instead of three
 (open, read, close). An fd on a task's file keeps naming that task: once it
 exits every read fails (ESRCH), so a recycled tid is never read by mistake.
-Parsers take text. (agentlatd/trace/schedstat.py has the same two parsers for
+Parsers take text. (agentlatd/sample/schedstat.py has the same two parsers for
 `agentlatd trace`; trace/ stays out of the daemon's imports, so they belong
 here and trace/schedstat.py should import them from this module.)
 """

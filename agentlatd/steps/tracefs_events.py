@@ -4,7 +4,7 @@ from a private tracefs instance (Documentation/trace/ftrace.rst "Instances").
 Where bpftrace is missing or fails, `trace --slow-steps` (and bench/causes.py
 --backend tracefs) run this. A child process (`python -m
 agentlatd.steps.tracefs_events SECONDS TID,...`, in a private mount namespace
-that mounts tracefs where it is not mounted: agentlatd/trace/tracefs.py) makes
+that mounts tracefs where it is not mounted: agentlatd/tools/trace/tracefs.py) makes
 an instance of its own, so the host's global buffer and other tracers are left
 alone, enables
 
@@ -35,7 +35,7 @@ Differences from bpftrace, all visible in the output:
   prints the timespec pointer, not the user memory it points at); tracefs has
   no bpf_prog_active, so the hrtimer's wakeup itself is not lost either;
 - sched_switch from the idle task is never recorded on some CPUs of the
-  Firecracker guests this runs on (agentlatd/trace/tracefs.py's module doc):
+  Firecracker guests this runs on (agentlatd/tools/trace/tracefs.py's module doc):
   a woken agent thread whose switch in is missing gets one made up at its
   first own event (a syscall exit), from the idle task; `synth_switches`
   counts them.

@@ -1,5 +1,5 @@
-"""agentlatd/benchmark/report.py: the share of slow-step time by cause per
-configuration (the runs' `slow_steps` summaries, agentlatd/benchmark/attribution.py),
+"""agentlatd/tools/bench/report.py: the share of slow-step time by cause per
+configuration (the runs' `slow_steps` summaries, agentlatd/tools/bench/attribution.py),
 and the headline lines that say why A is slow and what D removed."""
 
 from __future__ import annotations

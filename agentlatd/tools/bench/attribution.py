@@ -9,7 +9,7 @@ comparisons; it runs from before that run's first C agent step to after its
 last, and the slow steps are those at or above that run's own p99. What comes
 back is `trace --slow-steps --json`'s summary: the share of slow-step time by
 cause and the top culprits, which
-agentlatd/benchmark/report.py sums per configuration ("why A is slow, and
+agentlatd/tools/bench/report.py sums per configuration ("why A is slow, and
 what D removed"). A tracer that cannot run is a note in the run, never a
 failed run: the latency figures do not depend on it.
 """

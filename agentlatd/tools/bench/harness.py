@@ -72,6 +72,7 @@ class Settings:
     workdir_parent: str = "/var/tmp"
     exclusive_scope: str = "bench"  # D: "bench" (the bench's processes) or "host" (daemon default)
     attribute: str = "auto"  # the C agent's slow steps by cause: tracer backend, or "off"
+    attribute_configs: tuple[str, ...] = ()  # the configurations given an attribution run (): all
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -79,13 +80,18 @@ class Settings:
             "think_ns": self.think_ns, "timer_ns": self.timer_ns, "file_mb": self.file_mb,
             "configs": list(self.configs), "quick": self.quick,
             "exclusive_scope": self.exclusive_scope, "attribute": self.attribute,
+            "attribute_configs": list(self.attribute_configs),
             "noise": {"pps": self.noise.pps, "packet_size": self.noise.packet_size,
                       "hogs": self.noise.hogs, "writeback_mbps": self.noise.writeback_mbps,
                       "writeback_file_mb": self.noise.writeback_file_mb},
         }
 
 
-QUICK = Settings(runs=2, seconds=1.5, py_seconds=0.6, file_mb=16, quick=True)
+# --quick runs no attribution unless asked (--attribute auto: then A and D only, the
+# pair the report's "A -> D" line compares): one attribution run costs ~13 s on a
+# loaded 2-CPU host (the tracer's attach and parse), the quick bench ~50 s in all
+QUICK = Settings(runs=2, seconds=1.5, py_seconds=0.6, file_mb=16, quick=True, attribute="off",
+                 attribute_configs=("A", "D"))
 
 
 @dataclass(slots=True)
@@ -531,7 +537,9 @@ class Bench:
             # the attribution round: one more run per configuration with the slow-steps
             # tracer on (it costs the agent +30-40 % at p50, several x at p99:
             # docs/evaluation.md), kept apart from the rounds whose latencies are compared
-            traced_keys = list(keys) if self.s.attribute != "off" else []
+            traced_keys = [k for k in keys
+                           if not self.s.attribute_configs or k in self.s.attribute_configs] \
+                if self.s.attribute != "off" else []
             for key in traced_keys:
                 t0 = time.monotonic()
                 try:

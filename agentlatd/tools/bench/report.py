@@ -118,7 +118,7 @@ _PID = re.compile(r"^pid \d+ ")
 
 
 def slow_causes(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The C agent's slow steps (each run's >= p99, agentlatd/benchmark/attribution.py)
+    """The C agent's slow steps (each run's >= p99, agentlatd/tools/bench/attribution.py)
     over the configuration's attribution runs (apart from the measured rounds): time
     by cause, summed, and the top culprits, named by command (a pid differs from run
     to run)."""
