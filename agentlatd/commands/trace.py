@@ -36,11 +36,11 @@ from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError, KernelError
 from agentlatd.sample import schedstat
 from agentlatd.sample.interrupts import parse_interrupts, read_interrupts
-from agentlatd.steps import slow
 from agentlatd.sysfs.root import Root
 from agentlatd.tick import plan_tick, sample_once
 from agentlatd.tools.trace import bpftrace, tracefs
 from agentlatd.tools.trace import report as trace_report
+from agentlatd.tools.trace import slow_steps as slow
 
 HELP = "attribute agent step latency to IRQs, softirqs, wakeups and wait gates"
 EXAMPLES = (

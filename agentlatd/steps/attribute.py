@@ -2,7 +2,7 @@
 
 Input: the step (thread, start, end: agentlatd/steps/ring.py, or a cycle
 for a process without markers) and the kernel events the tracer recorded
-(agentlatd/steps/events.py: sched_switch, sched_waking with the waker's
+(agentlatd/tools/trace/step_events.py: sched_switch, sched_waking with the waker's
 context, migrations, hardirq and softirq spans, the thread's gate syscalls).
 Output: a StepAttribution whose parts add up to the step's wall time:
 

@@ -1,6 +1,6 @@
 """The known-cause check with bpftrace forced off: the same injected causes, the
 same attribution (agentlatd/steps/attribute.py), fed by the tracefs backend
-(agentlatd/steps/tracefs_events.py). Runs where bpftrace is not installed too.
+(agentlatd/tools/trace/step_tracefs.py). Runs where bpftrace is not installed too.
 Root and gcc needed; everything made is removed."""
 
 from __future__ import annotations

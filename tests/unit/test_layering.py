@@ -87,13 +87,6 @@ ALLOWED: frozenset[Violation] = frozenset({
     #    apply) and both imports api/ and is imported by it; no module-level cycle exists
     ("package cycle", "agentlatd.agents", "agentlatd.api agentlatd.apply agentlatd.model "
      "agentlatd.plan agentlatd.sample"),
-    # -- layer: steps/events.py and steps/slow.py are the bpftrace side of `trace
-    #    --slow-steps` (a tool), living in steps/ beside the ring the client writes
-    ("layer", "agentlatd.steps.events", "agentlatd.tools.trace.bpftrace"),
-    # -- local: the daemon's tick stages and hooks, imported at call time
-    # daemon <-> service: service.py imports daemon under TYPE_CHECKING, main() imports it here
-    # -- local: the commands import these at call time
-    # -- local: the rest
 })
 
 

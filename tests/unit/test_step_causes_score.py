@@ -5,10 +5,10 @@ of the checked share), and the block completion a loop worker makes in task cont
 from __future__ import annotations
 
 from agentlatd.steps import attribute as at
-from agentlatd.steps import events
 from agentlatd.steps.attribute import Span, Switch, Wakeup
 from agentlatd.steps.ring import StepRecord
 from agentlatd.tools.bench import causes
+from agentlatd.tools.trace import step_events as events
 
 A = 100  # the agent's tid (= pid)
 HOG, TENANT = 555, 777

@@ -1,4 +1,4 @@
-"""agentlatd/steps/tracefs_events.py: ftrace's text (formats as printed by this 6.18
+"""agentlatd/tools/trace/step_tracefs.py: ftrace's text (formats as printed by this 6.18
 kernel's trace_pipe: kernel/trace/trace_output.c, include/trace/events/{sched,irq,
 block}.h, kernel/trace/trace_syscalls.c) -> the events attribute.py joins, the same
 verdicts as from bpftrace's lines."""
@@ -6,8 +6,9 @@ verdicts as from bpftrace's lines."""
 from __future__ import annotations
 
 from agentlatd.steps import attribute as at
-from agentlatd.steps import events, tracefs_events
 from agentlatd.steps.attribute import Span, Switch, Wakeup
+from agentlatd.tools.trace import step_events as events
+from agentlatd.tools.trace import step_tracefs as tracefs_events
 
 A = 4242  # the agent's tid
 

@@ -23,9 +23,9 @@ import threading
 import time
 from typing import Any
 
-from agentlatd.steps import slow
 from agentlatd.steps.ring import RingReader, StepRecord
 from agentlatd.sysfs.root import Root
+from agentlatd.tools.trace import slow_steps as slow
 from agentlatd.tools.trace.bpftrace import Unavailable
 
 SLACK_S = 60.0  # what the tracer adds to a run at most: attach (<= 60 s: StepTracer.start), parse

@@ -9,7 +9,7 @@ step a UDP request/reply over a veth to a tool server in another network
 namespace, a 4 KiB O_DIRECT read of a loop device over a tmpfs file, a
 100 us timer wait. The agent thread is pinned to CPU A (the last CPU), the
 tool server and every helper process to CPU B (the first). One bpftrace
-session (agentlatd/steps/events.py) traces the whole run; the run is cut into
+session (agentlatd/tools/trace/step_events.py) traces the whole run; the run is cut into
 phases, one cause injected in each:
 
   none         nothing injected (what this shared machine adds by itself)
@@ -52,11 +52,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentlatd.steps import attribute as at
-from agentlatd.steps import events, slow
 from agentlatd.steps.ring import RingReader, StepRecord
 from agentlatd.sysfs.root import Root
 from agentlatd.tools.bench import netns
 from agentlatd.tools.bench.probe import ProbeProc, build_probe
+from agentlatd.tools.trace import slow_steps as slow
+from agentlatd.tools.trace import step_events as events
 from agentlatd.tools.trace.bpftrace import Unavailable, check
 
 CASES = ("none", "cpu-hog", "netrx-flood", "writeback", "slow-tool")

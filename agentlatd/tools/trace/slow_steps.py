@@ -1,7 +1,7 @@
 """`agentlatd trace --slow-steps`: every slow step of the traced agents, with why.
 
 Reads each agent's step ring (agentlatd/steps/ring.py) every 0.25 s while the
-per-event tracer (agentlatd/steps/events.py) runs, keeps the steps that lie
+per-event tracer (agentlatd/tools/trace/step_events.py) runs, keeps the steps that lie
 inside the trace window, picks the slow ones (above --threshold, else the
 window's p99 per agent; or the --top N slowest), attributes each
 (agentlatd/steps/attribute.py) and prints one verdict line per step and the
@@ -18,9 +18,10 @@ from typing import Any
 
 from agentlatd.errors import AgentlatdError
 from agentlatd.steps import attribute as at
-from agentlatd.steps import events, tracefs_events
 from agentlatd.steps.ring import RingReader, StepRecord
 from agentlatd.sysfs.root import Root
+from agentlatd.tools.trace import step_events as events
+from agentlatd.tools.trace import step_tracefs as tracefs_events
 from agentlatd.tools.trace.bpftrace import Unavailable
 
 UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}

@@ -1,9 +1,9 @@
-"""The step tracer without bpftrace: the same events as agentlatd/steps/events.py,
+"""The step tracer without bpftrace: the same events as agentlatd/tools/trace/step_events.py,
 from a private tracefs instance (Documentation/trace/ftrace.rst "Instances").
 
 Where bpftrace is missing or fails, `trace --slow-steps` (and bench/causes.py
 --backend tracefs) run this. A child process (`python -m
-agentlatd.steps.tracefs_events SECONDS TID,...`, in a private mount namespace
+agentlatd.tools.trace.step_tracefs SECONDS TID,...`, in a private mount namespace
 that mounts tracefs where it is not mounted: agentlatd/tools/trace/tracefs.py) makes
 an instance of its own, so the host's global buffer and other tracers are left
 alone, enables
@@ -54,9 +54,9 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from agentlatd.steps.attribute import TASK_REPORT_MAX, Event, Migrate, Span, Switch, Wakeup
-from agentlatd.steps.events import GATES, Trace
 from agentlatd.sysfs.root import Root
 from agentlatd.tools.trace.bpftrace import Unavailable, tracefs_dir
+from agentlatd.tools.trace.step_events import GATES, Trace
 from agentlatd.tools.trace.tracefs import CLOCKS, Instance
 
 BUFFER_KB = 4096  # per CPU, between two reads of trace_pipe (every POLL_S)
@@ -333,7 +333,7 @@ def stream(root: Root, base: str, tids: Collection[int], duration_s: float,
 
 
 def _command(root: Root, duration_s: float, tids: Collection[int]) -> list[str]:
-    me = [sys.executable, "-m", "agentlatd.steps.tracefs_events", f"{duration_s:.3f}",
+    me = [sys.executable, "-m", "agentlatd.tools.trace.step_tracefs", f"{duration_s:.3f}",
           ",".join(str(t) for t in sorted(tids))]
     if tracefs_dir(root) is not None:
         return me
@@ -381,7 +381,7 @@ def run(root: Root, tids: Collection[int], duration_s: float, workdir: str,
 
 
 def _main(argv: list[str]) -> int:
-    """`python -m agentlatd.steps.tracefs_events SECONDS TID,...` (where tracefs is mounted)."""
+    """`python -m agentlatd.tools.trace.step_tracefs SECONDS TID,...` (where tracefs is mounted)."""
     root = Root("/")
     base = tracefs_dir(root)
     if base is None:
@@ -391,7 +391,7 @@ def _main(argv: list[str]) -> int:
         duration = float(argv[0])
         tids = [int(t) for t in argv[1].split(",") if t]
     except (IndexError, ValueError):
-        print("usage: python -m agentlatd.steps.tracefs_events SECONDS TID[,TID...]", file=sys.stderr)
+        print("usage: python -m agentlatd.tools.trace.step_tracefs SECONDS TID[,TID...]", file=sys.stderr)
         return 2
     if not tids:
         print("no threads to trace", file=sys.stderr)
