@@ -63,7 +63,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +94,9 @@ log = logging.getLogger("agentlatd.daemon")
 
 MACHINE_TTL = 60.0  # seconds between full rebuilds of the Machine (plus on discontinuities)
 RETRY = 0.005  # seconds to the next turn when the engine lock was busy
+# the agent tick runs in slices of about this long (seconds) with requests
+# served between them: a registration waits for one slice, not a whole tick
+TICK_SLICE_S = 0.0003
 
 
 # ---------------------------------------------------------------------------
@@ -419,6 +422,7 @@ class Daemon:
         self._pidfds: set[int] = set()
         self._retry = False
         self._next_reap = 0.0
+        self._tick_job: Iterator[None] | None = None  # the agent tick under way
         # the pinned agents, for the tuner's agent links (agents/links.py): a
         # tuple replaced whole by the main thread, read by the tuner thread
         self.agent_homes: tuple[AgentHome, ...] = ()
@@ -570,7 +574,8 @@ class Daemon:
         if self._retry:
             timeout = RETRY  # the engine lock was busy: try again soon, never spin
         else:
-            timeout = 0.0 if self.server.busy else max(0.0, min(self._next_tick - now, 1.0))
+            timeout = 0.0 if self.server.busy or self._tick_job is not None \
+                else max(0.0, min(self._next_tick - now, 1.0))
             wake = self.server.wakeup()  # a rate-limited connection to read again
             if wake is not None:
                 timeout = min(timeout, max(0.0, wake - now))
@@ -589,12 +594,14 @@ class Daemon:
         now = time.monotonic()
         tick_due = now >= self._next_tick
         self._retry = False
-        if tick_due or self._waiting or self.manager.dirty or self.manager.dead:
+        if tick_due or self._waiting or self.manager.dirty or self.manager.dead \
+                or self._tick_job is not None:
             with self.applier.hold(blocking=False) as got:
                 if got:
-                    self._locked_work(tick_due)
-                    if tick_due:
+                    if tick_due and self._tick_job is None:
+                        self._tick_job = self._agent_tick()
                         self._next_tick = now + max(0.05, self.policy.daemon.interval)
+                    self._locked_work(tick_due)
                 else:
                     self._retry = True
         self._register_pidfds()
@@ -653,23 +660,36 @@ class Daemon:
                 self.server.fail(conn, req_id, code, msg)
             else:
                 self.server.answer(conn, req_id, _register_result(a))
-        try:
-            if tick_due:
-                self.manager.tick()
-            else:
+        if self._tick_job is None:
+            try:
                 self.manager.reconcile_cpus(full=False)
+            except Exception as e:
+                self._failed("agent tick", e)
+            return
+        # a slice of the agent tick; requests are served between slices
+        end = time.perf_counter() + TICK_SLICE_S
+        try:
+            while True:
+                next(self._tick_job)
+                if time.perf_counter() >= end:
+                    return
+        except StopIteration:
+            self._tick_job = None
+
+    def _agent_tick(self) -> Iterator[None]:
+        """The agent side's tick as a generator of bounded pieces (lock held while
+        each runs): the registry's upkeep, then the chain keeper's."""
+        try:
+            yield from self.manager.tick_steps()
         except Exception as e:
             self._failed("agent tick", e)
-        if tick_due:
-            try:
-                self.chain.tick()
-            except Exception as e:
-                self._failed("chain tick", e)
-        if tick_due:
-            # once per tick, not per registration: O(agents), and the tuner reads
-            # it once per tick anyway (bench/agents.py: per registration it cost
-            # ~0.6 ms of register round trip with 1000 agents)
-            self.agent_homes = self.manager.homes()
+        try:
+            yield from self.chain.tick_steps()
+        except Exception as e:
+            self._failed("chain tick", e)
+        # once per tick, not per registration: O(agents), and the tuner reads
+        # it once per tick anyway
+        self.agent_homes = self.manager.homes()
 
     def _failed(self, what: str, e: BaseException) -> None:
         if isinstance(e, AgentlatdError):
@@ -954,10 +974,8 @@ def _links_json(links: AgentLinks) -> list[dict[str, Any]]:
 
 
 def _register_result(a: Any) -> dict[str, Any]:
-    j: dict[str, Any] = a.to_json()
-    return {k: j[k] for k in ("agent_id", "pid", "starttime", "latency_class", "home_cpu",
-                              "cpus", "exclusive", "threads", "threads_pinned", "state",
-                              "problem", "placement", "cpuset", "container")}
+    out: dict[str, Any] = a.placement_json()
+    return out
 
 
 def _raise_nofile() -> None:

@@ -45,7 +45,7 @@ import fnmatch
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +99,7 @@ MAX_DECLARED = 64  # members an agent may declare
 MAX_GUARD_THREADS = 16  # threads of an agent sampled for run delay (lowest tids: the main thread first)
 WINDOW_S = 1.0  # one latency window of the do-no-harm guard
 MAX_WINDOWS = 32
+CHAIN_PIECE = 16  # agents whose guard window is looked at between two yields of the tick
 
 EXCLUSIVE = "exclusive"
 
@@ -473,13 +474,21 @@ class ChainKeeper:
 
     # -- the tick ------------------------------------------------------------
     def tick(self) -> None:
+        """The whole tick at once: see tick_steps()."""
+        for _ in self.tick_steps():
+            pass
+
+    def tick_steps(self) -> Iterator[None]:
+        """The guard's windows a few agents at a time (yields between: the daemon
+        serves requests there), then members placed and agents published at once
+        from the registry as it is then."""
         now = self.clock()
+        yield from self._windows(now)
         live = set(self.m.agents)
         for d in (self.owners, self.declared, self.refused, self.guards):
             for p in [p for p in d if p not in live]:
                 del d[p]
         self.known &= live
-        self._windows(now)
         self._place(self._wanted())
         self.publish()
 
@@ -700,9 +709,12 @@ class ChainKeeper:
         self.members.clear()
 
     # -- the guard -------------------------------------------------------------
-    def _windows(self, now: float) -> None:
-        for a in list(self.m.agents.values()):
-            if not self._pinned(a):
+    def _windows(self, now: float) -> Iterator[None]:
+        agents = list(self.m.agents.values())
+        for i, a in enumerate(agents):
+            if i % CHAIN_PIECE == CHAIN_PIECE - 1:
+                yield
+            if self.m.agents.get(a.proc) is not a or not self._pinned(a):
                 continue
             g = self.guards.get(a.proc)
             if g is None:

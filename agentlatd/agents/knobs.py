@@ -116,13 +116,9 @@ class TaskKnob(Knob):
         except ValueError:
             return ""
         me = tasks.ThreadId.parse(target)
-        held: set[tasks.ThreadId] = set()
-        for knob, tgt in journaled:
-            if knob == self.name:
-                try:
-                    held.add(tasks.ThreadId.parse(tgt))
-                except ValueError:
-                    continue
+        # targets as the engine journals them (ThreadId.target): compared as
+        # strings, since parsing every entry made each restore O(journal)
+        held = {tgt for knob, tgt in journaled if knob == self.name}
         # clone() and fork() copy the creator's credentials too: a thread under
         # other uids did not inherit from this one, and a non-admin's agent
         # never reaches a thread of another uid this way (another uid's thread
@@ -159,19 +155,18 @@ class TaskKnob(Knob):
             self.write_check(written)
         except ValueError:
             return 0
-        mine = {tasks.ThreadId.parse(t) for k, t in held
-                if k == self.name and t.startswith(f"{child}:")}
+        mine = {t for k, t in held if k == self.name and t.startswith(f"{child}:")}
         return self._inherited(root, child.pid, child.starttime, written, original, mine, creds)
 
     def _inherited(self, root: Root, pid: int, starttime: int, written: str, original: str,
-                   held: set[tasks.ThreadId], creds: tuple[int, int],
+                   held: set[str], creds: tuple[int, int],
                    skip: int | None = None) -> int:
         """Restore the threads of process (pid, starttime) under credentials `creds`
         that still show `written` and have no journal entry of their own; how many."""
         fixed = 0
         for tid in tasks.list_tids(root, pid):
             t = tasks.ThreadId(pid, starttime, tid)
-            if tid == skip or t in held or tasks.thread_uids(root, pid, tid) != creds:
+            if tid == skip or t.target in held or tasks.thread_uids(root, pid, tid) != creds:
                 continue
             try:
                 if not self.equal(self.read(root, t.target), written):

@@ -66,7 +66,7 @@ import logging
 import os
 import select
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +101,8 @@ MAX_AGENTS_PER_UID = 4096  # for a non-admin uid
 # restored on every other path; only the agent's own exit needs the list)
 FORK_SCAN_AGENTS = 64
 MAX_FORKED = 256  # remembered per agent
+# agents looked at between two yields of the tick (~10 us of /proc reads each)
+TICK_PIECE = 16
 
 
 @dataclass(slots=True)
@@ -162,6 +164,22 @@ class Agent:
     @property
     def key(self) -> ProcId:
         return self.proc
+
+    def placement_json(self) -> dict[str, Any]:
+        """Where it was placed: the answer to a registration (to_json()'s fields
+        without the step statistics, which cost O(histogram) to summarise)."""
+        return {
+            "agent_id": self.agent_id, "pid": self.proc.pid, "starttime": self.proc.starttime,
+            "latency_class": self.latency_class, "home_cpu": self.home_cpu,
+            "cpus": self.want_cpus.to_list() if self.want_cpus is not None else None,
+            "exclusive": self.exclusive, "threads": len(self.threads),
+            "threads_pinned": self.pinned, "state": self.state,
+            "problem": self.problem or self.note,
+            "placement": ("none" if self.home_cpu is None else
+                          "fallback" if self.fallback else "home"),
+            "cpuset": self.allowed.to_list() if self.allowed is not None else None,
+            "container": self.container.to_json(),
+        }
 
     def to_json(self) -> dict[str, Any]:
         s = self.hist.summary()
@@ -299,17 +317,14 @@ class AgentManager:
                                                       "user processes can register")
         # a thread id is not a process: its registration would journal our own
         # pin of its threads as their "original"
-        tgid = tasks.tgid_of(self.root, pid)
-        if tgid is None:
+        ids = tasks.status_ids(self.root, pid)
+        if ids is None:
             raise ProtocolError(protocol.NO_SUCH_PROCESS, f"process {pid} does not exist")
+        tgid, ruid, euid = ids
         if tgid != pid:
             raise ProtocolError(protocol.BAD_REQUEST,
                                 f"pid {pid} is thread {pid} of process {tgid}, not a process; "
                                 f"register the process (its thread-group leader, pid {tgid})")
-        uids = tasks.uids_of(self.root, pid)
-        if uids is None:
-            raise ProtocolError(protocol.NO_SUCH_PROCESS, f"process {pid} does not exist")
-        ruid, euid = uids
         if not admin and not (ruid == peer_uid and euid == peer_uid):
             raise ProtocolError(
                 protocol.NOT_PERMITTED,
@@ -417,7 +432,7 @@ class AgentManager:
     def _wants(self, a: Agent) -> None:
         """What the class policy wants for `a` (no writes)."""
         cp = self.policy.classes[a.latency_class]
-        old_cpus, old_home = a.want_cpus, a.home_cpu
+        old_cpus, old_home, old_cpu_use = a.want_cpus, a.home_cpu, (a.exclusive, a.pm_qos)
         if cp.pin:
             home = a.home_cpu
             allowed, reserved = self._usable(a)
@@ -462,6 +477,8 @@ class AgentManager:
         a.pm_qos = cp.pm_qos_resume_latency_us if cp.pin and a.home_cpu is not None else None
         if a.want_cpus != old_cpus or a.home_cpu != old_home:
             self.dirty.add(a.proc)
+            self.cpu_dirty = True
+        if (a.exclusive, a.pm_qos) != old_cpu_use:
             self.cpu_dirty = True
 
     # -- writes ----------------------------------------------------------
@@ -543,7 +560,10 @@ class AgentManager:
                 self._drop(a, "process exited during registration", forget=True)
                 continue
             outcome[a.proc] = None
-        self.cpu_dirty = True
+        # exclusivity and pm_qos follow the agents' states: only an agent that has
+        # either can change them (a home that changed set cpu_dirty already)
+        if any(a.exclusive or a.pm_qos is not None for a in todo):
+            self.cpu_dirty = True
         return outcome
 
     def _account(self, results: Iterable[Any], agents: list[Agent], *, add: bool = False) -> None:
@@ -656,33 +676,67 @@ class AgentManager:
 
     # -- the tick --------------------------------------------------------
     def tick(self) -> None:
-        """Per-tick upkeep (lock held): exits, new threads, heat moves, auto-registration,
-        exclusivity and pm_qos."""
+        """The whole per-tick upkeep at once (lock held): see tick_steps()."""
+        for _ in self.tick_steps():
+            pass
+
+    def tick_steps(self) -> Iterator[None]:
+        """Per-tick upkeep (lock held while it runs): exits, new threads, forks, heat
+        moves, auto-registration, exclusivity and pm_qos.
+
+        A generator that yields between bounded pieces of work (a few agents
+        each): the daemon runs it a slice per loop turn and serves requests in
+        between, so a registration never waits for a whole tick of 1000 agents.
+        Registrations, unregistrations and exits may happen at every yield: each
+        piece re-checks that its agent is still the registered one, and nothing
+        computed before a yield is written after it without that check.
+        """
         t0 = time.perf_counter()
+        spent = 0.0
         now = self.clock()
         self.reap()
         # a pidfd turns readable when its process exits (zombies included): one
         # poll() over all of them; the daemon's selector usually saw it first
         poller = select.poll()
         by_fd: dict[int, ProcId] = {}
+        polled: list[Agent] = []
         for a in list(self.agents.values()):
             if a.pidfd is not None:
                 poller.register(a.pidfd, select.POLLIN)
                 by_fd[a.pidfd] = a.proc
-            elif not tasks.alive(self.root, a.proc):
-                self.exited(a.proc)
+            else:
+                polled.append(a)
         if by_fd:
             for fd, _ev in poller.poll(0):
                 if fd in by_fd:
                     self.exited(by_fd[fd])
-        self._new_threads()
-        self._scan_forks()
+        for i, a in enumerate(polled):
+            if self.agents.get(a.proc) is a and not tasks.alive(self.root, a.proc):
+                self.exited(a.proc)
+            if i % TICK_PIECE == TICK_PIECE - 1:
+                spent += time.perf_counter() - t0
+                yield
+                t0 = time.perf_counter()
+        for _ in self._new_threads():
+            spent += time.perf_counter() - t0
+            yield
+            t0 = time.perf_counter()
+        for _ in self._scan_forks():
+            spent += time.perf_counter() - t0
+            yield
+            t0 = time.perf_counter()
         self._cgroups(now)
-        self._moves(now)
+        spent += time.perf_counter() - t0
+        yield
+        t0 = time.perf_counter()
+        for _ in self._moves(now):
+            spent += time.perf_counter() - t0
+            yield
+            t0 = time.perf_counter()
         self._auto_register()
         self.place_pending()
         self.reconcile_cpus()
-        self.last_tick_s = time.perf_counter() - t0
+        self.last_tick_s = spent + time.perf_counter() - t0
 
     def _cgroups(self, now: float) -> None:
         """Every RESCAN_S: re-read exclusive holders and each agent's cgroup; re-place
@@ -695,38 +749,46 @@ class AgentManager:
             if self._read_cgroup(a) or held_changed:
                 self._wants(a)
 
-    def _new_threads(self) -> None:
-        changes: list[Change] = []
-        touched: list[Agent] = []
-        gone_keys: list[tuple[str, str]] = []
-        for a in self.agents.values():
-            if a.proc in self.dirty:
-                continue
-            tids = set(tasks.list_tids(self.root, a.proc.pid))
-            if not tids:
-                continue
-            new = tids - a.threads
-            old = a.threads - tids
-            if old:
-                for tid in old:
-                    t = ThreadId(a.proc.pid, a.proc.starttime, tid).target
-                    gone_keys += [(k, t) for k in TASK_KNOBS]
-            if not new and not old:
-                continue
-            a.threads = tids
-            if new and (a.want_cpus is not None or a.want_nice is not None
-                        or a.want_ioprio is not None):
-                for tid in sorted(new):
-                    self._unborn(a, tid)
-                changes += self._agent_changes(a, sorted(new), self._why(a) + " (new thread)")
-                touched.append(a)
-        if gone_keys:
-            self.applier.forget(gone_keys)
-        if changes:
-            self._account(self.applier.apply(changes), touched, add=True)
+    def _new_threads(self) -> Iterator[None]:
+        """Pin threads started since the last look; forget threads that ended.
 
-    def _scan_forks(self) -> None:
-        """Remember the processes agents forked (FORK_SCAN_AGENTS agents per tick)."""
+        Yields every TICK_PIECE agents, after writing what it found for them."""
+        agents = list(self.agents.values())
+        for start in range(0, len(agents), TICK_PIECE):
+            changes: list[Change] = []
+            touched: list[Agent] = []
+            gone_keys: list[tuple[str, str]] = []
+            for a in agents[start:start + TICK_PIECE]:
+                if a.proc in self.dirty or self.agents.get(a.proc) is not a:
+                    continue
+                tids = set(tasks.list_tids(self.root, a.proc.pid))
+                if not tids:
+                    continue
+                new = tids - a.threads
+                old = a.threads - tids
+                if old:
+                    for tid in old:
+                        t = ThreadId(a.proc.pid, a.proc.starttime, tid).target
+                        gone_keys += [(k, t) for k in TASK_KNOBS]
+                if not new and not old:
+                    continue
+                a.threads = tids
+                if new and (a.want_cpus is not None or a.want_nice is not None
+                            or a.want_ioprio is not None):
+                    for tid in sorted(new):
+                        self._unborn(a, tid)
+                    changes += self._agent_changes(a, sorted(new),
+                                                   self._why(a) + " (new thread)")
+                    touched.append(a)
+            if gone_keys:
+                self.applier.forget(gone_keys)
+            if changes:
+                self._account(self.applier.apply(changes), touched, add=True)
+            yield
+
+    def _scan_forks(self) -> Iterator[None]:
+        """Remember the processes agents forked (FORK_SCAN_AGENTS agents per tick),
+        yielding after each agent."""
         todo = [a for a in self.agents.values() if a.applied]
         if not todo:
             return
@@ -734,6 +796,8 @@ class AgentManager:
         chosen = (todo[start:] + todo[:start])[:FORK_SCAN_AGENTS]
         self._fork_cursor = start + len(chosen)
         for a in chosen:
+            if self.agents.get(a.proc) is not a:
+                continue
             # the live descendants only (replaced, not added to: an agent that
             # forks short-lived commands all day must not grow the set)
             kids: set[ProcId] = set()
@@ -744,6 +808,7 @@ class AgentManager:
             a.forked = kids
             if kids and a.creds is None:  # read here, not on the registration path
                 a.creds = tasks.thread_uids(self.root, a.proc.pid, a.proc.pid)
+            yield
 
     def _restore_forked(self, a: Agent) -> None:
         """The agent exited: its forked processes that still show agentlatd's values
@@ -782,10 +847,16 @@ class AgentManager:
             if self.applier.read(knob, t) == want:
                 self.applier.write_direct(knob, t, orig, a.owner)
 
-    def _moves(self, now: float) -> None:
+    def _moves(self, now: float) -> Iterator[None]:
+        """Heat moves: the agents' places are read a piece at a time (yields between),
+        then planned and applied at once; a move planned for an agent that
+        left, or whose home changed meanwhile, is dropped."""
         pol = self.policy.heat
         placed = []
-        for a in self.agents.values():
+        agents = list(self.agents.values())
+        for i, a in enumerate(agents):
+            if i % (8 * TICK_PIECE) == 8 * TICK_PIECE - 1:
+                yield
             if a.home_cpu is None or a.fallback or not self.policy.classes[a.latency_class].pin:
                 continue
             allowed, reserved = self._usable(a)
@@ -797,9 +868,12 @@ class AgentManager:
             return
         hot = self.tracker.hot(pol)
         moves, notes = plan_moves(placed, self.layout, self.heat, hot, pol, now)
-        by_key = {str(a.proc): a for a in self.agents.values()}
+        by_key = {str(a.proc): a for a in self.agents.values()} if moves else {}
         for m in moves:
-            a = by_key[m.key]
+            mover = by_key.get(m.key)
+            if mover is None or mover.home_cpu != m.from_cpu or mover.fallback:
+                continue
+            a = mover
             self._set_home(a, m.to_cpu)
             a.want_cpus = CpuSet({m.to_cpu})
             a.placed_mono = now
@@ -843,6 +917,10 @@ class AgentManager:
         full=False (between ticks, after registrations): scan the host's tasks
         only when the set of exclusive CPUs changed; new tasks wait for the tick.
         """
+        if not full and not self.cpu_dirty:
+            # nothing an agent holds changed since the last reconcile (the chain
+            # keeper's gate is read at the tick): O(agents) work saved per request
+            return
         want = self._excl_wanted()
         homes = [a for a in self.agents.values() if a.exclusive]
         self.held = CpuSet()
