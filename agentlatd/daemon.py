@@ -69,13 +69,12 @@ from typing import Any
 
 from agentlatd import __version__
 from agentlatd import policy as policy_mod
-from agentlatd.agents import pidns, tasks
+from agentlatd.agents import pidns
 from agentlatd.agents.applier import AGENT_KNOBS, Applier
 from agentlatd.agents.chain import ChainKeeper, ChainScanner, Declared
 from agentlatd.agents.links import LinkTracker
 from agentlatd.agents.placement import NO_HOME_CPU, CpuLayout
 from agentlatd.agents.registry import AgentManager, parse_cpus
-from agentlatd.agents.tasks import ProcId
 from agentlatd.api import protocol
 from agentlatd.api.protocol import Chain, Envelope, ProtocolError, Register, Step, Unregister
 from agentlatd.api.server import PENDING, Conn, Server, bind_socket
@@ -88,6 +87,8 @@ from agentlatd.model.chain import parse_endpoint
 from agentlatd.model.machine import Machine, Rates
 from agentlatd.plan.changes import INCLUDE_MATCHES_NOTHING, Plan, human_value
 from agentlatd.policy import Policy
+from agentlatd.sample import tasks
+from agentlatd.sample.tasks import ProcId
 from agentlatd.sysfs.root import Root
 
 log = logging.getLogger("agentlatd.daemon")

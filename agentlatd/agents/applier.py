@@ -27,12 +27,12 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 
 from agentlatd.agents.knobs import TaskKnob
-from agentlatd.agents.tasks import ProcId
 from agentlatd.apply import engine as engine_mod
 from agentlatd.apply.engine import Engine, KnobResult
 from agentlatd.apply.knobs import get as get_knob
 from agentlatd.errors import AgentlatdError, KernelError
 from agentlatd.plan.changes import Change
+from agentlatd.sample.tasks import ProcId
 from agentlatd.sysfs.root import Root
 
 log = logging.getLogger("agentlatd.agents")

@@ -49,9 +49,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from agentlatd.agents import tasks
 from agentlatd.agents.autoreg import matches, rule_usable
-from agentlatd.agents.tasks import ProcId, ThreadId
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError, KernelError
 from agentlatd.model import harm
@@ -69,6 +67,7 @@ from agentlatd.model.chain import (
 from agentlatd.netlink.unix_diag import unix_peers
 from agentlatd.plan.changes import Change
 from agentlatd.policy import ChainRule
+from agentlatd.sample import tasks
 from agentlatd.sample.chain import (
     UDP_FILES,
     FdLinks,
@@ -80,6 +79,7 @@ from agentlatd.sample.chain import (
     read_tcp,
 )
 from agentlatd.sample.sockets import Addr, Sock
+from agentlatd.sample.tasks import ProcId, ThreadId
 from agentlatd.sysfs.root import Root
 from agentlatd.trace import schedstat
 

@@ -12,7 +12,7 @@
                   most N us. Written back exactly as read.
 
 Every task knob checks the thread's identity right before each read and write
-(agentlatd.agents.tasks.check_thread): a recycled pid is never touched, and a
+(agentlatd.sample.tasks.check_thread): a recycled pid is never touched, and a
 thread that is gone is ErrClass.GONE, which rollback reports as "nothing left
 to restore". Task knobs act on the live kernel only (live_only): a recorded
 tree's pid 1234 is not this host's. A write made for a non-admin peer
@@ -33,10 +33,10 @@ from __future__ import annotations
 import re
 import shlex
 
-from agentlatd.agents import tasks
 from agentlatd.apply.knobs import FileKnob, Knob, cpulist_equal, int_equal, register
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import KernelError
+from agentlatd.sample import tasks
 from agentlatd.sysfs.root import Root
 
 

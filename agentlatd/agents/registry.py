@@ -6,7 +6,7 @@ may register only processes whose real AND effective uid are its own uid.
 A process is (pid, starttime): the registration is keyed by it, the daemon
 holds a pidfd of it (its exit drops the registration at once; without pidfds
 the tick polls), and every thread write checks it again right before the
-syscall (agents/tasks.py), so a recycled pid is never pinned.
+syscall (sample/tasks.py), so a recycled pid is never pinned.
 
 What a class does is the policy's [classes.X] (etc/agentlatd.toml):
   pin            every thread on one home CPU (placement.choose_home)
@@ -24,7 +24,7 @@ them (Agent.forked) and the exit gives them the originals.
 
 Writes made for a non-admin peer (Agent.owner) reach only threads whose real
 and effective uid are the peer's, checked per thread right before each
-syscall (agents/tasks.py check_thread): a process whose threads run under
+syscall (sample/tasks.py check_thread): a process whose threads run under
 several uids (one dropped privileges with the raw setresuid syscall) gets
 the class on the peer's threads only, and the agent is "partial".
 
@@ -70,7 +70,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentlatd.agents import containers, stats, tasks
+from agentlatd.agents import containers, stats
 from agentlatd.agents.applier import TASK_KNOBS, Applier
 from agentlatd.agents.autoreg import AutoRegistrar, agent_id_for
 from agentlatd.agents.placement import (
@@ -81,7 +81,6 @@ from agentlatd.agents.placement import (
     plan_moves,
     victim_affinity,
 )
-from agentlatd.agents.tasks import ProcId, ThreadId
 from agentlatd.api import protocol
 from agentlatd.api.protocol import ProtocolError, Register
 from agentlatd.cpuset import CpuSet, CpuSetError
@@ -90,6 +89,8 @@ from agentlatd.model.agent_links import AgentHome
 from agentlatd.model.container import ContainerId
 from agentlatd.plan.changes import Change
 from agentlatd.policy import Policy
+from agentlatd.sample import tasks
+from agentlatd.sample.tasks import ProcId, ThreadId
 
 log = logging.getLogger("agentlatd.agents")
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentlatd.agents import stats
-from agentlatd.agents.tasks import valid_pid
 from agentlatd.model.chain import parse_endpoint
 from agentlatd.policy import LATENCY_CLASSES
+from agentlatd.sample.tasks import valid_pid
 
 VERSION = 1
 MAX_LINE = 64 * 1024  # bytes per request line, newline included

@@ -28,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agentlatd.agents.tasks import descendants
 from agentlatd.benchmark import netns
 from agentlatd.benchmark.configs import CONFIGS, Config, schedule
 from agentlatd.benchmark.daemon import BenchDaemon, DaemonUnavailable
@@ -41,6 +40,7 @@ from agentlatd.plan.build import make_plan
 from agentlatd.policy import DevicesPolicy, Policy
 from agentlatd.sample.softirqs import parse_softirqs, read_softirqs
 from agentlatd.sample.stat import parse_stat, read_stat
+from agentlatd.sample.tasks import descendants
 from agentlatd.sysfs.root import Root
 from agentlatd.trace import schedstat
 from agentlatd.trace.hist import cdf_points, summarize

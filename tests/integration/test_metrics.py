@@ -33,7 +33,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from servicehelpers import NotifySocket, free_port, policy_text, run_daemon, veth_netns, wait_until
 
 from agentlatd.agents import stats
-from agentlatd.agents.tasks import ProcId
 from agentlatd.apply.engine import ApplyReport, Drift, KnobResult, RollbackReport
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import PolicyError
@@ -50,6 +49,7 @@ from agentlatd.model.machine import Discontinuity, Rates
 from agentlatd.policy import MetricsPolicy, default, loads
 from agentlatd.sample.softirqs import Softirqs
 from agentlatd.sample.stat import CpuTimes, Stat
+from agentlatd.sample.tasks import ProcId
 
 pytestmark = pytest.mark.timeout(120)
 
