@@ -166,7 +166,7 @@ class Service:
     def on_loop(self, d: Daemon) -> None:
         if self.metrics.ticks:
             self.broker.serve(lambda: self.metrics.view(d.manager.agents.values(), d.policy,
-                                                              d.manager.row_extras))
+                                                              d.chain.row))
         due = self.notifier.watchdog_due()
         if due is not None and due <= PING_SLACK:
             self.notifier.watchdog()

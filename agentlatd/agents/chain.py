@@ -50,6 +50,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from agentlatd.agents.autoreg import matches, rule_usable
+from agentlatd.agents.registry import ChainInput
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError, KernelError
 from agentlatd.model import harm
@@ -398,9 +399,7 @@ class ChainKeeper:
         self.undone: dict[str, int] = {}  # decision kind -> times undone (metric)
         self.published: tuple[ChainAgent, ...] = ()
         self.known: set[ProcId] = set()  # agents whose first scan's members were placed
-        manager.protected = set()
-        manager.excl_gate = self.allow_exclusive
-        manager.row_extras = self.row
+        self.protected: set[int] = set()  # pids of members: never exclusivity victims
 
     # -- inputs from the daemon --------------------------------------------
     def set_owner(self, p: ProcId, uid: int | None) -> None:
@@ -444,7 +443,13 @@ class ChainKeeper:
         return (a.home_cpu is not None and a.state in ("placed", "partial")
                 and self.m.policy.classes[a.latency_class].pin)
 
-    # -- gates and views (called by the registry) ---------------------------
+    # -- decisions for the registry, views -------------------------------------
+    def decisions(self) -> ChainInput:
+        """What the registry needs of the keeper, as of now (after a tick)."""
+        return ChainInput(frozenset(self.protected),
+                          frozenset(p for p, a in self.m.agents.items()
+                                    if self.allow_exclusive(a)))
+
     def allow_exclusive(self, a: Agent) -> bool:
         if EXCLUSIVE in self.refused.get(a.proc, ()):
             return False
@@ -518,7 +523,7 @@ class ChainKeeper:
             if p.pid in self.m.by_pid:
                 # registered as an agent itself: its journal entries (the same
                 # threads, the same originals) are the registry's now
-                self.m.protected.discard(p.pid)
+                self.protected.discard(p.pid)
                 log.info("chain member pid %d registered as an agent: placed by its class",
                          p.pid)
                 continue
@@ -592,7 +597,7 @@ class ChainKeeper:
                     if g is not None:
                         g.decisions.setdefault(_member_key(p), g.closed)
         # found means protected, movable or not: never an exclusivity victim
-        self.m.protected = {p.pid for p in self.members}
+        self.protected = {p.pid for p in self.members}
         if not changes:
             return
         try:
@@ -686,7 +691,7 @@ class ChainKeeper:
                     err = self.applier.write_direct("task.affinity", t, m.orig)
                     if err:
                         log.warning("restoring the affinity of chain member thread %s: %s", t, err)
-        self.m.protected.discard(m.proc.pid)
+        self.protected.discard(m.proc.pid)
         # exclusivity looks at it again, now as any other task
         self.m.seen_tasks = {k for k in self.m.seen_tasks if k[0] != m.proc.pid}
         if m.cpus is not None:
@@ -697,7 +702,7 @@ class ChainKeeper:
         pre = f"{m.proc.pid}:{m.proc.starttime}:"
         self.applier.forget((k, t) for k, t, _ in self.applier.entries(("task.affinity",))
                             if t.startswith(pre))
-        self.m.protected.discard(m.proc.pid)
+        self.protected.discard(m.proc.pid)
 
     def release_all(self) -> None:
         """Before a full rollback: members' threads the journal does not hold."""
@@ -784,5 +789,5 @@ class ChainKeeper:
                     "for this agent", a.agent_id, a.proc.pid,
                     "its exclusive home CPU" if name == EXCLUSIVE else
                     f"the placement of chain {name}", v.reason)
-        if name == EXCLUSIVE:
-            self.m.cpu_dirty = True
+        # an undone exclusivity leaves decisions() (the daemon hands them to the
+        # registry after this tick)

@@ -81,8 +81,7 @@ from agentlatd.agents.placement import (
     plan_moves,
     victim_affinity,
 )
-from agentlatd.api import protocol
-from agentlatd.api.protocol import ProtocolError, Register
+from agentlatd.agents.refusal import AgentRefused, Refusal, Registration
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import AgentlatdError, KernelError
 from agentlatd.model.agent_links import AgentHome
@@ -215,6 +214,17 @@ class Victim:
     journaled: bool  # False: inherited from a moved parent, widened directly
 
 
+@dataclass(frozen=True, slots=True)
+class ChainInput:
+    """The chain keeper's decisions, given to the registry after each chain tick."""
+
+    # pids of chain members (processes agents wait on): never exclusivity victims
+    protected: frozenset[int] = frozenset()
+    # agents whose home CPU may turn exclusive now (the do-no-harm guard has its
+    # baseline and did not undo it); None: no keeper, every agent may
+    exclusive_ok: frozenset[ProcId] | None = None
+
+
 def _prefix(p: ProcId) -> str:
     return f"{p.pid}:{p.starttime}:"
 
@@ -259,12 +269,9 @@ class AgentManager:
         # agents whose pidfd the daemon has not put in its selector yet: it takes
         # them from here rather than walking every agent on every loop turn
         self.new_pidfds: list[Agent] = []
-        # completion chains (agents/chain.py): the processes agents wait on are
-        # never exclusivity victims; an agent's CPU turns exclusive only when
-        # the chain keeper allows it; its rows carry the chain and the guard
-        self.protected: set[int] = set()
-        self.excl_gate: Callable[[Agent], bool] = lambda a: True
-        self.row_extras: Callable[[Agent], dict[str, Any]] | None = None
+        # completion chains (agents/chain.py): what the chain keeper decided at
+        # its last tick (set_chain)
+        self.chain = ChainInput()
         self._fork_cursor = 0
         # cgroups: each agent's cpuset, and CPUs other workloads hold exclusively
         self.cgroups = containers.Scanner(self.root)
@@ -291,6 +298,12 @@ class AgentManager:
         self.heat = dict(heat)
         self.tracker.update(self.heat, self.policy.heat)
 
+    def set_chain(self, chain: ChainInput) -> None:
+        """The chain keeper's decisions after its tick (the registry reads no keeper state)."""
+        if chain != self.chain:
+            self.chain = chain
+            self.cpu_dirty = True
+
     def set_policy(self, policy: Policy) -> None:
         self.policy = policy
         for a in self.agents.values():
@@ -299,36 +312,35 @@ class AgentManager:
 
     # -- registration ----------------------------------------------------
     def check_register(self, peer_pid: int, peer_uid: int, peer_start: int | None,
-                       req: Register, admin: bool) -> tuple[ProcId, int]:
-        """Validate and authorise a register request; (process, its uid) or ProtocolError."""
+                       req: Registration, admin: bool) -> tuple[ProcId, int]:
+        """Validate and authorise a register request; (process, its uid) or AgentRefused."""
         pid = req.pid if req.pid is not None else peer_pid
         st = tasks.pid_stat(self.root, pid)
         if st is None or st.state in ("Z", "X"):
-            raise ProtocolError(protocol.NO_SUCH_PROCESS, f"process {pid} does not exist")
+            raise AgentRefused(Refusal.NO_SUCH_PROCESS, f"process {pid} does not exist")
         if req.pid is None and peer_start is not None and st.starttime != peer_start:
-            raise ProtocolError(protocol.NO_SUCH_PROCESS,
+            raise AgentRefused(Refusal.NO_SUCH_PROCESS,
                                 f"the process that connected (pid {pid}) has exited")
         if req.starttime is not None and st.starttime != req.starttime:
-            raise ProtocolError(protocol.NO_SUCH_PROCESS,
+            raise AgentRefused(Refusal.NO_SUCH_PROCESS,
                                 f"process {pid} started at {st.starttime}, not at "
                                 f"{req.starttime}: the process you named has exited and "
                                 "its pid was reused")
         if st.kthread:
-            raise ProtocolError(protocol.BAD_REQUEST, f"pid {pid} is a kernel thread; only "
+            raise AgentRefused(Refusal.BAD_REQUEST, f"pid {pid} is a kernel thread; only "
                                                       "user processes can register")
         # a thread id is not a process: its registration would journal our own
         # pin of its threads as their "original"
         ids = tasks.status_ids(self.root, pid)
         if ids is None:
-            raise ProtocolError(protocol.NO_SUCH_PROCESS, f"process {pid} does not exist")
+            raise AgentRefused(Refusal.NO_SUCH_PROCESS, f"process {pid} does not exist")
         tgid, ruid, euid = ids
         if tgid != pid:
-            raise ProtocolError(protocol.BAD_REQUEST,
+            raise AgentRefused(Refusal.BAD_REQUEST,
                                 f"pid {pid} is thread {pid} of process {tgid}, not a process; "
                                 f"register the process (its thread-group leader, pid {tgid})")
         if not admin and not (ruid == peer_uid and euid == peer_uid):
-            raise ProtocolError(
-                protocol.NOT_PERMITTED,
+            raise AgentRefused(Refusal.NOT_PERMITTED,
                 f"uid {peer_uid} may register only its own processes, and process {pid} "
                 f"runs as uid {ruid if ruid != peer_uid else euid}; root and members of group "
                 f"{self.policy.daemon.admin_group!r} may register any process")
@@ -338,8 +350,7 @@ class AgentManager:
             dp = self.policy.devices
             denied = [d for d in req.devices if not dp.agent_may_name(d)]
             if denied:
-                raise ProtocolError(
-                    protocol.NOT_PERMITTED,
+                raise AgentRefused(Refusal.NOT_PERMITTED,
                     f"uid {peer_uid} may not name device(s) {', '.join(denied)}: naming a "
                     "NIC steers its receive processing to the agent's home CPU; only root, "
                     f"group {self.policy.daemon.admin_group!r} and NICs the policy lists in "
@@ -347,16 +358,16 @@ class AgentManager:
         p = ProcId(pid, st.starttime)
         if p not in self.agents:
             if len(self.agents) >= MAX_AGENTS:
-                raise ProtocolError(protocol.LIMIT, f"{MAX_AGENTS} agents are registered "
+                raise AgentRefused(Refusal.LIMIT, f"{MAX_AGENTS} agents are registered "
                                                     "already")
             if not admin:
                 mine = sum(1 for a in self.agents.values() if a.uid == peer_uid)
                 if mine >= MAX_AGENTS_PER_UID:
-                    raise ProtocolError(protocol.LIMIT, f"uid {peer_uid} has {mine} agents "
+                    raise AgentRefused(Refusal.LIMIT, f"uid {peer_uid} has {mine} agents "
                                         f"registered already (limit {MAX_AGENTS_PER_UID})")
         return p, ruid
 
-    def register(self, p: ProcId, uid: int, req: Register, source: str = "socket", *,
+    def register(self, p: ProcId, uid: int, req: Registration, source: str = "socket", *,
                  owner: int | None = None) -> Agent:
         """Record (or update) a registration; the writes happen in place_pending().
 
@@ -371,7 +382,7 @@ class AgentManager:
             if fd is not None and not tasks.alive(self.root, p):
                 # opened after the check: the pidfd may name a newer process
                 os.close(fd)
-                raise ProtocolError(protocol.NO_SUCH_PROCESS, f"process {p.pid} has exited")
+                raise AgentRefused(Refusal.NO_SUCH_PROCESS, f"process {p.pid} has exited")
             a.pidfd = fd
             if fd is not None:
                 self.new_pidfds.append(a)
@@ -511,7 +522,7 @@ class AgentManager:
             out.add("task.ioprio")
         return out
 
-    def place_pending(self) -> dict[ProcId, ProtocolError | None]:
+    def place_pending(self) -> dict[ProcId, AgentRefused | None]:
         """Apply the placement of every dirty agent in one engine batch (lock held)."""
         todo = [self.agents[p] for p in self.dirty if p in self.agents]
         self.dirty.clear()
@@ -519,14 +530,14 @@ class AgentManager:
             return {}
         changes: list[Change] = []
         unwanted: dict[str, set[str]] = {}  # prefix -> knobs its class no longer sets
-        outcome: dict[ProcId, ProtocolError | None] = {}
+        outcome: dict[ProcId, AgentRefused | None] = {}
         tids_of: dict[ProcId, list[int]] = {}
         fresh = {a.proc for a in todo if a.state == "pending" and not a.applied
                  and a.pinned == 0}
         for a in todo:
             tids = tasks.list_tids(self.root, a.proc.pid)
             if not tids or not tasks.alive(self.root, a.proc):
-                outcome[a.proc] = ProtocolError(protocol.NO_SUCH_PROCESS,
+                outcome[a.proc] = AgentRefused(Refusal.NO_SUCH_PROCESS,
                                                 f"process {a.proc.pid} has exited")
                 continue
             tids_of[a.proc] = tids
@@ -547,8 +558,8 @@ class AgentManager:
             # directory): the engine wrote nothing. New agents are not kept.
             log.error("cannot place %d agent(s): %s", len(todo), e)
             for a in todo:
-                outcome.setdefault(a.proc, ProtocolError(
-                    protocol.UNAVAILABLE, f"agentlatd cannot journal the original values "
+                outcome.setdefault(a.proc, AgentRefused(
+                    Refusal.UNAVAILABLE, f"agentlatd cannot journal the original values "
                     f"({e}), so it changed nothing"))
                 if a.proc in fresh:
                     self._drop(a, "placement failed", forget=False)
@@ -897,20 +908,21 @@ class AgentManager:
             uids = tasks.uids_of(self.root, m.proc.pid)
             if uids is None:
                 continue
-            req = Register(agent_id=agent_id_for(m.rule, m.comm, m.proc.pid), pid=m.proc.pid,
+            req = Registration(agent_id=agent_id_for(m.rule, m.comm, m.proc.pid), pid=m.proc.pid,
                            latency_class=m.rule.latency_class)
             try:
                 self.register(m.proc, uids[0], req, source=f"auto:{m.rule_index}")
-            except ProtocolError:
+            except AgentRefused:
                 continue
             log.info("auto-registered pid %d (%s) as %r, class %s (auto_register[%d])",
                      m.proc.pid, m.comm, req.agent_id, req.latency_class, m.rule_index)
 
     # -- exclusive home CPUs and pm_qos ---------------------------------------
     def _excl_wanted(self) -> CpuSet:
+        ok = self.chain.exclusive_ok
         return CpuSet(a.home_cpu for a in self.agents.values()
                       if a.exclusive and a.home_cpu is not None and a.state != "failed"
-                      and self.excl_gate(a))
+                      and (ok is None or a.proc in ok))
 
     def reconcile_cpus(self, full: bool = True) -> None:
         """Bring victims and pm_qos in line with where agents live now (lock held).
@@ -986,7 +998,7 @@ class AgentManager:
         return False
 
     def _scan_victims(self) -> None:
-        agent_pids = set(self.by_pid) | self.protected
+        agent_pids = set(self.by_pid) | self.chain.protected
         live: set[tuple[int, int]] = set()
         live_pids: set[int] = set()
         changes: list[Change] = []
@@ -1099,8 +1111,9 @@ class AgentManager:
                 a.pidfd = None
 
     # -- views -----------------------------------------------------------
-    def rows(self) -> list[dict[str, Any]]:
-        extras = self.row_extras
+    def rows(self, extras: Callable[[Agent], dict[str, Any]] | None = None
+             ) -> list[dict[str, Any]]:
+        """Each agent's JSON row, with `extras(agent)` merged in (the chain keeper's)."""
         return [a.to_json() | (extras(a) if extras is not None else {})
                 for a in sorted(self.agents.values(), key=lambda a: (a.agent_id, a.proc.pid))]
 

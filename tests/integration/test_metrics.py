@@ -616,7 +616,6 @@ def test_textfile_of_a_real_daemon_is_written_per_interval_and_removed_at_stop()
 class _StubManager:
     def __init__(self) -> None:
         self.agents: dict[Any, Any] = {}
-        self.row_extras = None
 
     def rows(self) -> list[Any]:
         return []
@@ -633,6 +632,9 @@ class _StubEngine:
 class _StubChain:
     def __init__(self) -> None:
         self.undone: dict[str, int] = {}
+
+    def row(self, a: Any) -> dict[str, Any]:
+        return {}
 
 
 class _StubDaemon:
