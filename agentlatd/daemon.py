@@ -69,7 +69,6 @@ from agentlatd import policy as policy_mod
 from agentlatd.agents.applier import AGENT_KNOBS, Applier
 from agentlatd.agents.chain import ChainKeeper, ChainScanner
 from agentlatd.agents.links import LinkTracker
-from agentlatd.agents.placement import NO_HOME_CPU, CpuLayout
 from agentlatd.agents.refusal import AgentRefused, Refusal
 from agentlatd.agents.registry import AgentManager, parse_cpus
 from agentlatd.api import protocol
@@ -80,6 +79,7 @@ from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import AgentlatdError, KernelError, PolicyError
 from agentlatd.handlers import Handlers
 from agentlatd.model.agent_links import NONE, AgentHome, AgentLinks, discount_heat, own_softirq_rate
+from agentlatd.model.layout import NO_HOME_CPU, CpuLayout
 from agentlatd.model.machine import Machine, Rates
 from agentlatd.plan.changes import INCLUDE_MATCHES_NOTHING, Plan, human_value
 from agentlatd.policy import Policy

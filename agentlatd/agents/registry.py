@@ -73,19 +73,21 @@ from typing import Any
 from agentlatd.agents import containers, stats
 from agentlatd.agents.applier import TASK_KNOBS, Applier
 from agentlatd.agents.autoreg import AutoRegistrar, agent_id_for
-from agentlatd.agents.placement import (
-    CpuLayout,
-    HotTracker,
-    Placed,
-    choose_home_within,
-    plan_moves,
-    victim_affinity,
-)
 from agentlatd.agents.refusal import AgentRefused, Refusal, Registration
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import AgentlatdError, KernelError
 from agentlatd.model.agent_links import AgentHome
 from agentlatd.model.container import ContainerId
+from agentlatd.model.layout import CpuLayout
+from agentlatd.plan.agents import (
+    AgentPlace,
+    HotTracker,
+    Placed,
+    class_wants,
+    plan_moves,
+    pm_qos_wanted,
+    victim_affinity,
+)
 from agentlatd.plan.changes import Change
 from agentlatd.policy import Policy
 from agentlatd.sample import tasks
@@ -442,51 +444,22 @@ class AgentManager:
             self.load[cpu] = self.load.get(cpu, 0) + 1
 
     def _wants(self, a: Agent) -> None:
-        """What the class policy wants for `a` (no writes)."""
-        cp = self.policy.classes[a.latency_class]
+        """What the class policy wants for `a` (plan/agents.py class_wants; no writes)."""
+        allowed, reserved = self._usable(a)
+        w = class_wants(self.policy.classes[a.latency_class],
+                        AgentPlace(a.home_cpu, a.fallback, a.note, allowed, reserved,
+                                   a.numa_node),
+                        self.layout, self.heat, self.load, self.policy.heat,
+                        self.tracker.hot(self.policy.heat))
         old_cpus, old_home, old_cpu_use = a.want_cpus, a.home_cpu, (a.exclusive, a.pm_qos)
-        if cp.pin:
-            home = a.home_cpu
-            allowed, reserved = self._usable(a)
-            may = (allowed - reserved) if allowed is not None else None
-            outside = home is not None and (home in reserved or (may is not None
-                                                                  and home not in may))
-            if a.fallback:
-                # a fallback placement is revisited when a home CPU becomes usable
-                usable_home = self.layout.home - reserved
-                if may is not None:
-                    usable_home &= may
-                stale = bool(usable_home)
-            else:
-                stale = home is not None and home not in self.layout.home
-            if home is None or stale or outside:
-                if home is not None:
-                    self._set_home(a, None)
-                choice = choose_home_within(self.layout, self.heat, self.load, self.policy.heat,
-                                            allowed=allowed, reserved=reserved,
-                                            node=a.numa_node,
-                                            hot=self.tracker.hot(self.policy.heat))
-                home = choice.cpu
-                self._set_home(a, home)
-                a.fallback, a.note = choice.fallback, choice.note
-                a.placed_mono = self.clock()
-                if old_home is not None and home != old_home:
-                    why = (f"CPU {old_home} is outside its cpuset or held by another workload"
-                           if outside else f"CPU {old_home} is no longer a home CPU")
-                    a.last_move = MoveRecord(time.time(), old_home, home, why)
-            a.want_cpus = CpuSet({home}) if home is not None else None
-        else:
-            a.fallback = False
-            self._set_home(a, None)
-            a.want_cpus = self.layout.completion if cp.to_completion and self.layout.completion \
-                else None
-            a.note = ("no completion CPU to run on (cpus.completion): left where it is"
-                      if cp.to_completion and not self.layout.completion else "")
-        a.want_nice = cp.nice
-        a.want_ioprio = None if cp.ioprio == "none" else cp.ioprio
-        a.exclusive = bool(cp.pin and cp.exclusive == "exclusive" and a.home_cpu is not None
-                           and not a.fallback)
-        a.pm_qos = cp.pm_qos_resume_latency_us if cp.pin and a.home_cpu is not None else None
+        if w.home != a.home_cpu or w.rehomed:
+            self._set_home(a, w.home)
+        if w.rehomed:
+            a.placed_mono = self.clock()
+        if w.moved_why:
+            a.last_move = MoveRecord(time.time(), old_home, w.home, w.moved_why)
+        a.want_cpus, a.want_nice, a.want_ioprio = w.cpus, w.nice, w.ioprio
+        a.exclusive, a.pm_qos, a.fallback, a.note = w.exclusive, w.pm_qos, w.fallback, w.note
         if a.want_cpus != old_cpus or a.home_cpu != old_home:
             self.dirty.add(a.proc)
             self.cpu_dirty = True
@@ -1070,12 +1043,8 @@ class AgentManager:
             self.scope &= live_pids | {self.scope_pid}
 
     def _reconcile_pmqos(self) -> None:
-        want: dict[int, str] = {}
-        for a in self.agents.values():
-            if a.pm_qos is not None and a.home_cpu is not None:
-                cur = want.get(a.home_cpu)
-                if cur is None or a.pm_qos < int(cur):
-                    want[a.home_cpu] = str(a.pm_qos)
+        want = pm_qos_wanted((a.home_cpu, a.pm_qos) for a in self.agents.values()
+                             if a.pm_qos is not None and a.home_cpu is not None)
         gone = [c for c in self.pmqos if c not in want]
         if gone:
             self.applier.restore(("cpu.pm_qos_resume_latency_us", str(c)) for c in gone)

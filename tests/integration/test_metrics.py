@@ -658,8 +658,8 @@ def test_metrics_rendered_every_tick_even_with_no_output_is_gone(
     or without a listener or textfile (2-2.5x the tick on 256 CPUs): now ticks
     only add to counters, and a render happens for a scrape, in the HTTP thread."""
     import agentlatd.metrics as metrics_mod
-    from agentlatd.agents.placement import CpuLayout
     from agentlatd.daemon import TunerState
+    from agentlatd.model.layout import CpuLayout
     from agentlatd.sdnotify import Notifier
     from agentlatd.service import Service, ViewBroker
 
