@@ -537,7 +537,7 @@ class ChainKeeper:
                 if not tasks.alive(self.root, p):
                     continue
                 m = Member(p, comm=tasks.read_comm(self.root, p.pid) or "")
-                moved = self.m.victim_procs.get(p.pid)  # already narrowed by exclusivity
+                moved = self.m.cpus.victim_procs.get(p.pid)  # already narrowed by exclusivity
                 with contextlib.suppress(KernelError):
                     m.orig = (moved or tasks.get_affinity(p.pid)).to_list()
                 self.members[p] = m
@@ -653,7 +653,7 @@ class ChainKeeper:
         process's original first, so the journal holds that, not ours."""
         journaled = {t for _, t, _ in self.applier.entries(("task.affinity",))}
         for tid in tids:
-            v = self.m.victims.pop((m.proc.pid, tid), None)
+            v = self.m.cpus.victims.pop((m.proc.pid, tid), None)
             t = ThreadId(m.proc.pid, m.proc.starttime, tid).target
             if v is not None and not v.journaled:
                 self.applier.write_direct("task.affinity", t, v.original.to_list())
@@ -661,21 +661,21 @@ class ChainKeeper:
                   and t not in journaled
                   and self.applier.read("task.affinity", t) == cpus.to_list()):
                 self.applier.write_direct("task.affinity", t, m.orig)
-        self.m.victim_procs.pop(m.proc.pid, None)
+        self.m.cpus.victim_procs.pop(m.proc.pid, None)
 
     def _unvictim(self, m: Member) -> None:
         """A member that stays where it is must not stay narrowed by exclusivity
         either: its victim threads get their originals back."""
         keys: list[tuple[str, str]] = []
-        for k in [k for k in self.m.victims if k[0] == m.proc.pid]:
-            v = self.m.victims.pop(k)
+        for k in [k for k in self.m.cpus.victims if k[0] == m.proc.pid]:
+            v = self.m.cpus.victims.pop(k)
             if v.journaled:
                 keys.append(("task.affinity", v.thread.target))
             else:
                 self.applier.write_direct("task.affinity", v.thread.target, v.original.to_list())
         if keys:
             self.applier.restore(keys)
-        self.m.victim_procs.pop(m.proc.pid, None)
+        self.m.cpus.victim_procs.pop(m.proc.pid, None)
 
     def _release(self, m: Member, why: str) -> None:
         """Give a member back its originals (journaled ones through the engine)."""
@@ -693,7 +693,7 @@ class ChainKeeper:
                         log.warning("restoring the affinity of chain member thread %s: %s", t, err)
         self.protected.discard(m.proc.pid)
         # exclusivity looks at it again, now as any other task
-        self.m.seen_tasks = {k for k in self.m.seen_tasks if k[0] != m.proc.pid}
+        self.m.cpus.seen_tasks = {k for k in self.m.cpus.seen_tasks if k[0] != m.proc.pid}
         if m.cpus is not None:
             log.info("chain member pid %d (%s) restored: %s", m.proc.pid, m.comm, why)
         m.cpus = None
@@ -725,7 +725,7 @@ class ChainKeeper:
             if g is None:
                 g = self.guards[a.proc] = Guard(now, dict(a.hist.counts), self._sched(a))
                 continue
-            if a.home_cpu in self.m.excl and a.exclusive and EXCLUSIVE not in g.decisions \
+            if a.home_cpu in self.m.cpus.excl and a.exclusive and EXCLUSIVE not in g.decisions \
                     and EXCLUSIVE not in self.refused.get(a.proc, ()):
                 g.decisions[EXCLUSIVE] = g.closed
             if now - g.start < WINDOW_S:

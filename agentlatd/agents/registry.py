@@ -46,17 +46,7 @@ AllowedCPUs= of every slice would need D-Bus and would not reach processes
 outside systemd's slices). Kernel threads with PF_NO_SETAFFINITY (per-CPU
 kthreads, every kworker) or a single-CPU affinity stay where they are.
 
-Exclusive home CPUs: while an agent of an "exclusive" class lives on home CPU
-H, every other task whose affinity includes H gets its affinity minus H
-(journaled). A task allowed ONLY on such CPUs (pinned there on purpose) is left
-alone, and so are registered agents of any class (their class policy places
-them). Tasks are scanned each tick; a task seen once is not read again (keyed
-by (pid, tid): a tid reused within one tick is the remaining gap). A child
-forked by a moved task inherits the narrowed affinity: it is recorded as
-"inherited" and widened again (not journaled: a crash loses only these)
-when H stops being exclusive. `exclusive_scope_pid` limits the victims to that
-process and its descendants (tests use it: they must never move the host's
-own tasks).
+Exclusive home CPUs and pm_qos: agents/exclusive.py.
 """
 
 from __future__ import annotations
@@ -73,6 +63,7 @@ from typing import Any
 from agentlatd.agents import containers, stats
 from agentlatd.agents.applier import TASK_KNOBS, Applier
 from agentlatd.agents.autoreg import AutoRegistrar, agent_id_for
+from agentlatd.agents.exclusive import CpuKeeper
 from agentlatd.agents.refusal import AgentRefused, Refusal, Registration
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import AgentlatdError, KernelError
@@ -86,7 +77,6 @@ from agentlatd.plan.agents import (
     class_wants,
     plan_moves,
     pm_qos_wanted,
-    victim_affinity,
 )
 from agentlatd.plan.changes import Change
 from agentlatd.policy import Policy
@@ -206,16 +196,6 @@ class Agent:
         }
 
 
-@dataclass(slots=True)
-class Victim:
-    """A task moved off exclusive home CPUs."""
-
-    thread: ThreadId
-    original: CpuSet
-    moved_to: CpuSet
-    journaled: bool  # False: inherited from a moved parent, widened directly
-
-
 @dataclass(frozen=True, slots=True)
 class ChainInput:
     """The chain keeper's decisions, given to the registry after each chain tick."""
@@ -253,14 +233,9 @@ class AgentManager:
         self.load: dict[int, int] = {}
         self.dirty: set[ProcId] = set()
         self.dead: set[ProcId] = set()
-        self.victims: dict[tuple[int, int], Victim] = {}
-        self.victim_procs: dict[int, CpuSet] = {}  # pid -> original affinity of a moved process
-        self.seen_tasks: set[tuple[int, int]] = set()
-        self.excl = CpuSet()
-        self.pmqos: dict[int, str] = {}
+        # exclusive home CPUs (their victims) and pm_qos: agents/exclusive.py
+        self.cpus = CpuKeeper(applier, exclusive_scope_pid)
         self.autoreg = AutoRegistrar()
-        self.scope_pid = exclusive_scope_pid
-        self.scope: set[int] = {exclusive_scope_pid} if exclusive_scope_pid else set()
         self.notes: list[str] = []
         self.moves = 0
         self.cpu_dirty = True
@@ -277,7 +252,6 @@ class AgentManager:
         self._fork_cursor = 0
         # cgroups: each agent's cpuset, and CPUs other workloads hold exclusively
         self.cgroups = containers.Scanner(self.root)
-        self.held = CpuSet()  # held CPUs no exclusive agent lives in: never victims
 
     # -- inputs ----------------------------------------------------------
     def set_layout(self, layout: CpuLayout) -> None:
@@ -905,162 +879,19 @@ class AgentManager:
         """
         if not full and not self.cpu_dirty:
             # nothing an agent holds changed since the last reconcile (the chain
-            # keeper's gate is read at the tick): O(agents) work saved per request
+            # keeper's decisions come at the tick): O(agents) work saved per request
             return
-        want = self._excl_wanted()
         homes = [a for a in self.agents.values() if a.exclusive]
-        self.held = CpuSet()
+        held = CpuSet()
         for h in self.cgroups.holders:
             if not any(h.owns(a.container) for a in homes):
-                self.held |= h.cpus
-        changed = want != self.excl
-        if changed:
-            grown = not want <= self.excl
-            self.excl = want
-            self._reconcile_victims()
-            if grown:
-                self.seen_tasks.clear()
-        if self.excl and (full or changed):
-            self._scan_victims()
-        elif self.victims:
-            self._reconcile_victims()
-        if self.cpu_dirty:
-            self._reconcile_pmqos()
+                held |= h.cpus
+        pm = (pm_qos_wanted((a.home_cpu, a.pm_qos) for a in self.agents.values()
+                            if a.pm_qos is not None and a.home_cpu is not None)
+              if self.cpu_dirty else None)
+        self.cpus.reconcile(self._excl_wanted(), held,
+                            lambda: set(self.by_pid) | self.chain.protected, pm, full=full)
         self.cpu_dirty = False
-
-    def _reconcile_victims(self) -> None:
-        restore: list[tuple[str, str]] = []
-        changes: list[Change] = []
-        for key, v in list(self.victims.items()):
-            desired = victim_affinity(v.original, self.excl) or v.original
-            if desired == v.moved_to:
-                continue
-            t = v.thread.target
-            if desired == v.original:
-                if v.journaled:
-                    restore.append(("task.affinity", t))
-                else:
-                    self.applier.write_direct("task.affinity", t, v.original.to_list())
-                del self.victims[key]
-            else:
-                if v.journaled:
-                    changes.append(Change("task.affinity", t, v.moved_to.to_list(),
-                                          desired.to_list(), self._victim_why()))
-                else:
-                    self.applier.write_direct("task.affinity", t, desired.to_list())
-                v.moved_to = desired
-        if restore:
-            self.applier.restore(restore)
-        if changes:
-            self.applier.apply(changes)
-        if not self.victims:
-            self.victim_procs.clear()
-
-    def _victim_why(self) -> str:
-        return (f"home CPU(s) {self.excl} are exclusive to interactive agents "
-                "(classes.*.exclusive = \"exclusive\")")
-
-    def _in_scope(self, pid: int, ppid: int) -> bool:
-        if self.scope_pid is None:
-            return True
-        if pid in self.scope:
-            return True
-        if ppid in self.scope:
-            self.scope.add(pid)
-            return True
-        return False
-
-    def _scan_victims(self) -> None:
-        agent_pids = set(self.by_pid) | self.chain.protected
-        live: set[tuple[int, int]] = set()
-        live_pids: set[int] = set()
-        changes: list[Change] = []
-        new_victims: dict[tuple[int, int], Victim] = {}
-        for pid in tasks.list_pids(self.root):
-            live_pids.add(pid)
-            if pid in agent_pids:
-                continue
-            tids = tasks.list_tids(self.root, pid)
-            unseen = [t for t in tids if (pid, t) not in self.seen_tasks]
-            live.update((pid, t) for t in tids)
-            pst = None
-            if self.scope_pid is not None and pid not in self.scope:
-                pst = tasks.pid_stat(self.root, pid)
-                if pst is None or not self._in_scope(pid, pst.ppid):
-                    continue
-            if not unseen:
-                continue
-            pst = pst or tasks.pid_stat(self.root, pid)
-            if pst is None:
-                continue
-            for tid in unseen:
-                self.seen_tasks.add((pid, tid))
-                st = pst if tid == pid else tasks.pid_stat(self.root, pid, tid)
-                if st is None or (st.kthread and st.no_setaffinity):
-                    continue
-                try:
-                    aff = tasks.get_affinity(tid)
-                except KernelError:
-                    continue
-                if st.kthread and len(aff) <= 1:
-                    continue  # a per-CPU kthread
-                th = ThreadId(pid, pst.starttime, tid)
-                new = victim_affinity(aff, self.excl, self.held)
-                if new is None:
-                    # born narrowed from a moved parent (fork or thread): inherited
-                    parent = self.victim_procs.get(pid) or self.victim_procs.get(pst.ppid)
-                    if parent is not None and aff == victim_affinity(parent, self.excl):
-                        self.victims[(pid, tid)] = Victim(th, parent, aff, journaled=False)
-                        self.victim_procs.setdefault(pid, parent)
-                    continue
-                changes.append(Change("task.affinity", th.target, aff.to_list(), new.to_list(),
-                                      self._victim_why()))
-                new_victims[(pid, tid)] = Victim(th, aff, new, journaled=True)
-        if changes:
-            results = self.applier.apply(changes)
-            for r in results:
-                th = ThreadId.parse(r.target)
-                v = new_victims.get((th.pid, th.tid))
-                if v is None:
-                    continue
-                if r.status in ("changed", "clamped"):
-                    self.victims[(th.pid, th.tid)] = v
-                    self.victim_procs.setdefault(th.pid, v.original)
-                elif r.status not in ("unchanged",) and r.errclass != "gone":
-                    log.info("cannot move task %s off home CPUs: %s", r.target, r.message)
-        # tasks gone: forget them
-        gone = [k for k in self.victims if k not in live]
-        if gone:
-            self.applier.forget(("task.affinity", self.victims[k].thread.target) for k in gone
-                                if self.victims[k].journaled)
-            for k in gone:
-                del self.victims[k]
-        self.seen_tasks &= live
-        for pid in list(self.victim_procs):
-            if pid not in live_pids:
-                del self.victim_procs[pid]
-        if self.scope_pid is not None:
-            self.scope &= live_pids | {self.scope_pid}
-
-    def _reconcile_pmqos(self) -> None:
-        want = pm_qos_wanted((a.home_cpu, a.pm_qos) for a in self.agents.values()
-                             if a.pm_qos is not None and a.home_cpu is not None)
-        gone = [c for c in self.pmqos if c not in want]
-        if gone:
-            self.applier.restore(("cpu.pm_qos_resume_latency_us", str(c)) for c in gone)
-            for c in gone:
-                del self.pmqos[c]
-        changes = [Change("cpu.pm_qos_resume_latency_us", str(c), "", v,
-                          f"an interactive agent lives on home CPU {c}: bound its idle exit "
-                          f"latency (classes.*.pm_qos_resume_latency_us)")
-                   for c, v in sorted(want.items()) if self.pmqos.get(c) != v]
-        if changes:
-            for r in self.applier.apply(changes):
-                c = int(r.target)
-                if r.status in ("changed", "unchanged", "clamped"):
-                    self.pmqos[c] = want[c]
-                else:
-                    log.warning("pm_qos of CPU %d: %s", c, r.message)
 
     def release_all(self) -> None:
         """Before a full rollback (lock held): unregister every agent (restores the
@@ -1070,10 +901,7 @@ class AgentManager:
                 self.unregister(p)
             except Exception:
                 log.exception("restoring agent pid %d", p.pid)
-        for v in self.victims.values():
-            if not v.journaled:
-                self.applier.write_direct("task.affinity", v.thread.target, v.original.to_list())
-        self.victims.clear()
+        self.cpus.release()
         for a in self.agents.values():
             if a.pidfd is not None:
                 self.close_pidfd(a.pidfd)
@@ -1094,10 +922,10 @@ class AgentManager:
             "agents": len(self.agents), "classes": classes,
             "home_cpus": self.layout.home.to_list(),
             "completion_cpus": self.layout.completion.to_list(),
-            "exclusive_cpus": self.excl.to_list(), "tasks_moved": len(self.victims),
+            "exclusive_cpus": self.cpus.excl.to_list(), "tasks_moved": len(self.cpus.victims),
             "held_cpus": [{"cpus": h.cpus.to_list(), "holder": h.describe()}
                           for h in self.cgroups.holders],
-            "pm_qos": {str(c): v for c, v in sorted(self.pmqos.items())},
+            "pm_qos": {str(c): v for c, v in sorted(self.cpus.pmqos.items())},
             "hot_cpus": sorted(self.tracker.hot(self.policy.heat)),
             "heat": {str(c): round(h, 4) for c, h in sorted(self.heat.items())},
             "moves": self.moves, "notes": list(self.notes),
