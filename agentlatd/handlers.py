@@ -32,9 +32,10 @@ from typing import Any
 
 from agentlatd import __version__
 from agentlatd.agents import pidns
+from agentlatd.agents.agent import Agent
 from agentlatd.agents.chain import ChainKeeper, Declared
 from agentlatd.agents.refusal import AgentRefused, Refusal, Registration
-from agentlatd.agents.registry import Agent, AgentManager
+from agentlatd.agents.registry import AgentManager
 from agentlatd.api import protocol
 from agentlatd.api.protocol import Chain, Envelope, ProtocolError, Register, Step, Unregister
 from agentlatd.api.server import PENDING, Conn, Server

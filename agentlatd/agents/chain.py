@@ -85,7 +85,8 @@ from agentlatd.sysfs.root import Root
 from agentlatd.trace import schedstat
 
 if TYPE_CHECKING:
-    from agentlatd.agents.registry import Agent, AgentManager
+    from agentlatd.agents.agent import Agent
+    from agentlatd.agents.registry import AgentManager
 
 log = logging.getLogger("agentlatd.agents")
 

@@ -56,19 +56,20 @@ import logging
 import os
 import select
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from agentlatd.agents import containers, stats
+from agentlatd.agents import containers
+from agentlatd.agents.agent import Agent, MoveRecord
 from agentlatd.agents.applier import TASK_KNOBS, Applier
 from agentlatd.agents.autoreg import AutoRegistrar, agent_id_for
 from agentlatd.agents.exclusive import CpuKeeper
 from agentlatd.agents.refusal import AgentRefused, Refusal, Registration
+from agentlatd.agents.threads import TICK_PIECE, ThreadUpkeep, account, agent_changes, prefix, wanted, why
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import AgentlatdError, KernelError
 from agentlatd.model.agent_links import AgentHome
-from agentlatd.model.container import ContainerId
 from agentlatd.model.layout import CpuLayout
 from agentlatd.plan.agents import (
     AgentPlace,
@@ -87,113 +88,6 @@ log = logging.getLogger("agentlatd.agents")
 
 MAX_AGENTS = 16384  # in all
 MAX_AGENTS_PER_UID = 4096  # for a non-admin uid
-# Processes an agent forked are listed at the agent tick (proc/PID/task/*/children,
-# ~15-30 us per agent here), for this many agents per tick, round robin: a fork
-# shorter-lived than the round is missed (it inherited the values and is
-# restored on every other path; only the agent's own exit needs the list)
-FORK_SCAN_AGENTS = 64
-MAX_FORKED = 256  # remembered per agent
-# agents looked at between two yields of the tick (~10 us of /proc reads each)
-TICK_PIECE = 16
-
-
-@dataclass(slots=True)
-class MoveRecord:
-    at: float  # wall clock (time.time())
-    from_cpu: int | None
-    to_cpu: int | None
-    reason: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"at": round(self.at, 3), "from_cpu": self.from_cpu, "to_cpu": self.to_cpu,
-                "reason": self.reason}
-
-
-@dataclass(slots=True)
-class Agent:
-    agent_id: str
-    proc: ProcId
-    uid: int
-    latency_class: str
-    source: str  # "socket" | "auto:<rule index>"
-    registered_at: float  # time.time()
-    deadline_ns: int | None = None
-    budget_ns: int | None = None
-    numa_node: int | None = None
-    devices: tuple[str, ...] = ()
-    home_cpu: int | None = None
-    placed_mono: float = 0.0  # time.monotonic() of the last placement or move
-    want_cpus: CpuSet | None = None
-    want_nice: int | None = None
-    want_ioprio: str | None = None
-    exclusive: bool = False
-    pm_qos: int | None = None
-    threads: set[int] = field(default_factory=set)
-    pinned: int = 0
-    orig: dict[str, str] = field(default_factory=dict)  # knob -> main thread's original
-    applied: set[str] = field(default_factory=set)  # knobs written for it so far
-    hist: stats.Histogram = field(default_factory=stats.Histogram.empty)
-    recent: stats.Recent = field(default_factory=stats.Recent)  # last minute, last ten minutes
-    dropped: int = 0
-    last_move: MoveRecord | None = None
-    pidfd: int | None = None
-    # the non-admin uid that registered it: its threads are written only where
-    # that uid is their real and effective uid (checked per thread, right before
-    # each syscall); None = registered by an admin or by the policy itself
-    owner: int | None = None
-    # the processes it forked (its live descendants at its last fork scan) and
-    # (ruid, euid) of its main thread: at its exit they have been re-parented,
-    # and still show what agentlatd set on the agent
-    creds: tuple[int, int] | None = None
-    forked: set[ProcId] = field(default_factory=set)
-    state: str = "pending"  # pending | placed | partial | failed
-    problem: str = ""  # the last write that failed
-    note: str = ""  # why the class policy could not be met (no home CPU, ...)
-    container: ContainerId = field(default_factory=ContainerId)
-    allowed: CpuSet | None = None  # its cgroup's effective cpuset (None: unknown)
-    fallback: bool = False  # placed outside the home CPUs: its cpuset holds none
-
-    @property
-    def key(self) -> ProcId:
-        return self.proc
-
-    def placement_json(self) -> dict[str, Any]:
-        """Where it was placed: the answer to a registration (to_json()'s fields
-        without the step statistics, which cost O(histogram) to summarise)."""
-        return {
-            "agent_id": self.agent_id, "pid": self.proc.pid, "starttime": self.proc.starttime,
-            "latency_class": self.latency_class, "home_cpu": self.home_cpu,
-            "cpus": self.want_cpus.to_list() if self.want_cpus is not None else None,
-            "exclusive": self.exclusive, "threads": len(self.threads),
-            "threads_pinned": self.pinned, "state": self.state,
-            "problem": self.problem or self.note,
-            "placement": ("none" if self.home_cpu is None else
-                          "fallback" if self.fallback else "home"),
-            "cpuset": self.allowed.to_list() if self.allowed is not None else None,
-            "container": self.container.to_json(),
-        }
-
-    def to_json(self) -> dict[str, Any]:
-        s = self.hist.summary()
-        return {
-            "agent_id": self.agent_id, "pid": self.proc.pid, "starttime": self.proc.starttime,
-            "uid": self.uid, "latency_class": self.latency_class, "source": self.source,
-            "home_cpu": self.home_cpu,
-            "cpus": self.want_cpus.to_list() if self.want_cpus is not None else None,
-            "exclusive": self.exclusive, "threads": len(self.threads),
-            "threads_pinned": self.pinned, "nice": self.want_nice, "ioprio": self.want_ioprio,
-            "steps": s["steps"], "p50_ns": s["p50_ns"], "p99_ns": s["p99_ns"],
-            "p999_ns": s["p999_ns"], "max_ns": s["max_ns"], "mean_ns": s["mean_ns"],
-            "recent": self.recent.summary(time.monotonic()),
-            "dropped": self.dropped, "deadline_ns": self.deadline_ns, "budget_ns": self.budget_ns,
-            "registered_at": round(self.registered_at, 3),
-            "last_move": self.last_move.to_json() if self.last_move else None,
-            "state": self.state, "problem": self.problem or self.note,
-            "container": self.container.to_json(),
-            "cpuset": self.allowed.to_list() if self.allowed is not None else None,
-            "placement": ("none" if self.home_cpu is None else
-                          "fallback" if self.fallback else "home"),
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,10 +99,6 @@ class ChainInput:
     # agents whose home CPU may turn exclusive now (the do-no-harm guard has its
     # baseline and did not undo it); None: no keeper, every agent may
     exclusive_ok: frozenset[ProcId] | None = None
-
-
-def _prefix(p: ProcId) -> str:
-    return f"{p.pid}:{p.starttime}:"
 
 
 class AgentManager:
@@ -249,7 +139,7 @@ class AgentManager:
         # completion chains (agents/chain.py): what the chain keeper decided at
         # its last tick (set_chain)
         self.chain = ChainInput()
-        self._fork_cursor = 0
+        self.threads = ThreadUpkeep(applier)  # new threads, forked processes
         # cgroups: each agent's cpuset, and CPUs other workloads hold exclusively
         self.cgroups = containers.Scanner(self.root)
 
@@ -441,34 +331,6 @@ class AgentManager:
             self.cpu_dirty = True
 
     # -- writes ----------------------------------------------------------
-    def _agent_changes(self, a: Agent, tids: Iterable[int], why: str) -> list[Change]:
-        out: list[Change] = []
-        for tid in tids:
-            t = ThreadId(a.proc.pid, a.proc.starttime, tid).target
-            if a.want_cpus is not None:
-                out.append(Change("task.affinity", t, "", a.want_cpus.to_list(), why, a.owner))
-            if a.want_nice is not None:
-                out.append(Change("task.nice", t, "", str(a.want_nice), why, a.owner))
-            if a.want_ioprio is not None:
-                out.append(Change("task.ioprio", t, "", a.want_ioprio, why, a.owner))
-        return out
-
-    def _why(self, a: Agent) -> str:
-        if a.home_cpu is not None:
-            return (f"agent {a.agent_id!r} ({a.latency_class}) on home CPU {a.home_cpu}")
-        return f"agent {a.agent_id!r} ({a.latency_class})"
-
-    @staticmethod
-    def _wanted(a: Agent) -> set[str]:
-        out = set()
-        if a.want_cpus is not None:
-            out.add("task.affinity")
-        if a.want_nice is not None:
-            out.add("task.nice")
-        if a.want_ioprio is not None:
-            out.add("task.ioprio")
-        return out
-
     def place_pending(self) -> dict[ProcId, AgentRefused | None]:
         """Apply the placement of every dirty agent in one engine batch (lock held)."""
         todo = [self.agents[p] for p in self.dirty if p in self.agents]
@@ -489,11 +351,11 @@ class AgentManager:
                 continue
             tids_of[a.proc] = tids
             a.threads = set(tids)
-            changes += self._agent_changes(a, tids, self._why(a))
-            wanted = self._wanted(a)
-            if a.applied - wanted:
-                unwanted[_prefix(a.proc)] = a.applied - wanted
-            a.applied = wanted
+            changes += agent_changes(a, tids, why(a))
+            knobs = wanted(a)
+            if a.applied - knobs:
+                unwanted[prefix(a.proc)] = a.applied - knobs
+            a.applied = knobs
         try:
             if unwanted:
                 self.applier.restore(
@@ -513,7 +375,7 @@ class AgentManager:
                 else:
                     a.state, a.problem = "failed", str(e)
             return outcome
-        self._account(results, [a for a in todo if a.proc in tids_of])
+        account(results, [a for a in todo if a.proc in tids_of])
         for a in todo:
             if a.proc in outcome:
                 self._drop(a, "process exited during registration", forget=True)
@@ -525,45 +387,12 @@ class AgentManager:
             self.cpu_dirty = True
         return outcome
 
-    def _account(self, results: Iterable[Any], agents: list[Agent], *, add: bool = False) -> None:
-        """Fold engine results into each agent's state/problem/pinned count.
-
-        add=False: the results cover every thread; True: only new threads."""
-        by_prefix = {_prefix(a.proc): a for a in agents}
-        bad: dict[str, list[str]] = {}
-        ok_aff: dict[str, int] = {}
-        for r in results:
-            pre = r.target.rsplit(":", 1)[0] + ":"
-            a = by_prefix.get(pre)
-            if a is None:
-                continue
-            if r.status in ("changed", "unchanged"):
-                if r.knob == "task.affinity":
-                    ok_aff[pre] = ok_aff.get(pre, 0) + 1
-            elif r.errclass == "gone":
-                a.threads.discard(int(r.target.rsplit(":", 1)[1]))
-            else:
-                bad.setdefault(pre, []).append(f"{r.knob} {r.target}: {r.status}: {r.message}")
-        for pre, a in by_prefix.items():
-            n = ok_aff.get(pre, 0)
-            a.pinned = 0 if a.want_cpus is None else min(len(a.threads),
-                                                         a.pinned + n if add else n)
-            probs = bad.get(pre, [])
-            if probs:
-                if not add:
-                    a.state = "partial" if a.pinned or a.want_cpus is None else "failed"
-                a.problem = probs[0] + (f" (+{len(probs) - 1} more)" if len(probs) > 1 else "")
-                log.warning("agent %r pid %d: %s", a.agent_id, a.proc.pid, a.problem)
-            elif not add:
-                a.state = "placed"
-                a.problem = ""
-
     def unregister(self, p: ProcId) -> Agent | None:
         """Restore a live agent's originals and drop it (lock held)."""
         a = self.agents.get(p)
         if a is None:
             return None
-        pre = _prefix(p)
+        pre = prefix(p)
         keys = [(k, t) for k, t, _ in self.applier.entries(TASK_KNOBS) if t.startswith(pre)]
         self.applier.restore(keys)
         journaled = {t for _, t in keys}
@@ -590,7 +419,7 @@ class AgentManager:
 
     def _drop(self, a: Agent, why: str, *, forget: bool) -> None:
         if forget:
-            pre = _prefix(a.proc)
+            pre = prefix(a.proc)
             self.applier.forget((k, t) for k, t, _ in self.applier.entries(TASK_KNOBS)
                                 if t.startswith(pre))
         if a.pidfd is not None:
@@ -618,7 +447,7 @@ class AgentManager:
         """The process is gone (pidfd readable or polling): forget its entries (lock held)."""
         a = self.agents.get(p)
         if a is not None:
-            self._restore_forked(a)
+            self.threads.restore_forked(a, self.agents)
             self._drop(a, "process exited", forget=True)
 
     def decline(self, p: ProcId) -> None:
@@ -676,11 +505,11 @@ class AgentManager:
                 spent += time.perf_counter() - t0
                 yield
                 t0 = time.perf_counter()
-        for _ in self._new_threads():
+        for _ in self.threads.new_threads(self.agents, self.dirty):
             spent += time.perf_counter() - t0
             yield
             t0 = time.perf_counter()
-        for _ in self._scan_forks():
+        for _ in self.threads.scan_forks(self.agents):
             spent += time.perf_counter() - t0
             yield
             t0 = time.perf_counter()
@@ -707,104 +536,6 @@ class AgentManager:
         for a in self.agents.values():
             if self._read_cgroup(a) or held_changed:
                 self._wants(a)
-
-    def _new_threads(self) -> Iterator[None]:
-        """Pin threads started since the last look; forget threads that ended.
-
-        Yields every TICK_PIECE agents, after writing what it found for them."""
-        agents = list(self.agents.values())
-        for start in range(0, len(agents), TICK_PIECE):
-            changes: list[Change] = []
-            touched: list[Agent] = []
-            gone_keys: list[tuple[str, str]] = []
-            for a in agents[start:start + TICK_PIECE]:
-                if a.proc in self.dirty or self.agents.get(a.proc) is not a:
-                    continue
-                tids = set(tasks.list_tids(self.root, a.proc.pid))
-                if not tids:
-                    continue
-                new = tids - a.threads
-                old = a.threads - tids
-                if old:
-                    for tid in old:
-                        t = ThreadId(a.proc.pid, a.proc.starttime, tid).target
-                        gone_keys += [(k, t) for k in TASK_KNOBS]
-                if not new and not old:
-                    continue
-                a.threads = tids
-                if new and (a.want_cpus is not None or a.want_nice is not None
-                            or a.want_ioprio is not None):
-                    for tid in sorted(new):
-                        self._unborn(a, tid)
-                    changes += self._agent_changes(a, sorted(new),
-                                                   self._why(a) + " (new thread)")
-                    touched.append(a)
-            if gone_keys:
-                self.applier.forget(gone_keys)
-            if changes:
-                self._account(self.applier.apply(changes), touched, add=True)
-            yield
-
-    def _scan_forks(self) -> Iterator[None]:
-        """Remember the processes agents forked (FORK_SCAN_AGENTS agents per tick),
-        yielding after each agent."""
-        todo = [a for a in self.agents.values() if a.applied]
-        if not todo:
-            return
-        start = self._fork_cursor % len(todo)
-        chosen = (todo[start:] + todo[:start])[:FORK_SCAN_AGENTS]
-        self._fork_cursor = start + len(chosen)
-        for a in chosen:
-            if self.agents.get(a.proc) is not a:
-                continue
-            # the live descendants only (replaced, not added to: an agent that
-            # forks short-lived commands all day must not grow the set)
-            kids: set[ProcId] = set()
-            for pid in tasks.descendants(self.root, a.proc.pid, limit=MAX_FORKED):
-                st = tasks.starttime_of(self.root, pid)
-                if st is not None and st >= a.proc.starttime:
-                    kids.add(ProcId(pid, st))
-            a.forked = kids
-            if kids and a.creds is None:  # read here, not on the registration path
-                a.creds = tasks.thread_uids(self.root, a.proc.pid, a.proc.pid)
-            yield
-
-    def _restore_forked(self, a: Agent) -> None:
-        """The agent exited: its forked processes that still show agentlatd's values
-        (inherited from it) get its originals back, as its entries would have."""
-        if not a.forked or a.creds is None:
-            return
-        main = ThreadId(a.proc.pid, a.proc.starttime, a.proc.pid).target
-        vals = self.applier.written(main)
-        n = 0
-        for child in sorted(a.forked, key=lambda c: c.pid):
-            if child in self.agents or not tasks.alive(self.root, child):
-                continue  # registered itself (its own entries decide) or gone
-            for knob, original, written in vals:
-                try:
-                    n += self.applier.restore_forked(knob, child, written, original, a.creds)
-                except (KernelError, ValueError):
-                    continue
-        a.forked.clear()
-        if n:
-            log.info("agent %r pid %d exited: %d value(s) restored on processes it forked",
-                     a.agent_id, a.proc.pid, n)
-
-    def _unborn(self, a: Agent, tid: int) -> None:
-        """A thread born with our values (cloned from a pinned thread) has no journal
-        entry, and a crash would leave it pinned: give it the process's original
-        first, so that the engine journals the true original before pinning it
-        again (a few microseconds unpinned, for a crash-safe restore)."""
-        t = ThreadId(a.proc.pid, a.proc.starttime, tid).target
-        wants = {"task.affinity": a.want_cpus.to_list() if a.want_cpus is not None else None,
-                 "task.nice": str(a.want_nice) if a.want_nice is not None else None,
-                 "task.ioprio": a.want_ioprio}
-        for knob, want in wants.items():
-            orig = a.orig.get(knob)
-            if want is None or orig is None or orig == want:
-                continue
-            if self.applier.read(knob, t) == want:
-                self.applier.write_direct(knob, t, orig, a.owner)
 
     def _moves(self, now: float) -> Iterator[None]:
         """Heat moves: the agents' places are read a piece at a time (yields between),
