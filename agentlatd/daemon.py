@@ -679,7 +679,9 @@ class Daemon:
             # the keeper's decisions (members protected, exclusivity allowed or
             # undone) reach the registry here, once per tick, as one value
             self.manager.set_chain(self.chain.decisions())
+            yield
             self.manager.reconcile_cpus(full=False)
+            yield
         except Exception as e:
             self._failed("chain tick", e)
         # once per tick, not per registration: O(agents), and the tuner reads

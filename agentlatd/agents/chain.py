@@ -495,7 +495,9 @@ class ChainKeeper:
             for p in [p for p in d if p not in live]:
                 del d[p]
         self.known &= live
+        yield
         self._place(self._wanted())
+        yield
         self.publish()
 
     def _wanted(self) -> dict[ProcId, dict[ProcId, str]]:

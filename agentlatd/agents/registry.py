@@ -521,9 +521,12 @@ class AgentManager:
             spent += time.perf_counter() - t0
             yield
             t0 = time.perf_counter()
-        self._auto_register()
-        self.place_pending()
-        self.reconcile_cpus()
+        # each O(agents) step below leaves the registry consistent: a yield between
+        for step in (self._auto_register, self.place_pending, self.reconcile_cpus):
+            step()
+            spent += time.perf_counter() - t0
+            yield
+            t0 = time.perf_counter()
         self.last_tick_s = spent + time.perf_counter() - t0
 
     def _cgroups(self, now: float) -> None:
