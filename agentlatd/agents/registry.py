@@ -326,7 +326,9 @@ class AgentManager:
         a.exclusive, a.pm_qos, a.fallback, a.note = w.exclusive, w.pm_qos, w.fallback, w.note
         if a.want_cpus != old_cpus or a.home_cpu != old_home:
             self.dirty.add(a.proc)
-            self.cpu_dirty = True
+            # exclusivity and pm_qos follow only the agents that have (or had) either
+            if _holds_cpu(a) or old_cpu_use != (False, None):
+                self.cpu_dirty = True
         if (a.exclusive, a.pm_qos) != old_cpu_use:
             self.cpu_dirty = True
 
@@ -383,7 +385,7 @@ class AgentManager:
             outcome[a.proc] = None
         # exclusivity and pm_qos follow the agents' states: only an agent that has
         # either can change them (a home that changed set cpu_dirty already)
-        if any(a.exclusive or a.pm_qos is not None for a in todo):
+        if any(_holds_cpu(a) for a in todo):
             self.cpu_dirty = True
         return outcome
 
@@ -430,7 +432,8 @@ class AgentManager:
         if self.by_pid.get(a.proc.pid) is a:
             del self.by_pid[a.proc.pid]
         self.dirty.discard(a.proc)
-        self.cpu_dirty = True
+        if _holds_cpu(a):
+            self.cpu_dirty = True
         log.info("agent %r pid %d dropped: %s", a.agent_id, a.proc.pid, why)
 
     def mark_dead(self, p: ProcId) -> None:
@@ -572,7 +575,8 @@ class AgentManager:
             a.placed_mono = now
             a.last_move = MoveRecord(time.time(), m.from_cpu, m.to_cpu, m.reason)
             self.dirty.add(a.proc)
-            self.cpu_dirty = True
+            if _holds_cpu(a):
+                self.cpu_dirty = True
             self.moves += 1
             log.info("agent %r pid %d moved from CPU %d to CPU %d: %s", a.agent_id, a.proc.pid,
                      m.from_cpu, m.to_cpu, m.reason)
@@ -665,6 +669,11 @@ class AgentManager:
             "moves": self.moves, "notes": list(self.notes),
             "agent_tick_ms": round(self.last_tick_s * 1000, 3),
         }
+
+
+def _holds_cpu(a: Agent) -> bool:
+    """Whether the agent's home CPU is exclusive or bounded by pm_qos because of it."""
+    return a.exclusive or a.pm_qos is not None
 
 
 def _close(fd: int) -> None:
