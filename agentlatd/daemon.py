@@ -43,33 +43,28 @@ CPU turns hot" on a 2-CPU host without flooding a CPU with NET_RX softirqs.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import grp
 import logging
 import os
-import pwd
 import selectors
 import socket
 import sys
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 from agentlatd import __version__, knobset, logging_setup
 from agentlatd import policy as policy_mod
-from agentlatd.agents import pidns, tasks
 from agentlatd.agents.applier import Applier
-from agentlatd.agents.chain import ChainKeeper, ChainScanner, Declared
+from agentlatd.agents.chain import ChainKeeper, ChainScanner
 from agentlatd.agents.chainrow import ChainRow
-from agentlatd.agents.placement import NO_HOME_CPU
+from agentlatd.agents.refusal import AgentRefused, Refusal
 from agentlatd.agents.registry import AgentManager
-from agentlatd.agents.tasks import ProcId
 from agentlatd.api import protocol
-from agentlatd.api.protocol import Chain, Envelope, ProtocolError, Register, Step, Unregister
-from agentlatd.api.server import PENDING, Conn, Server
+from agentlatd.api.server import Server
 from agentlatd.apply.engine import Engine
 from agentlatd.apply.journal import FLAG_YIELDED
 from agentlatd.errors import AgentlatdError, PolicyError
+from agentlatd.handlers import Handlers
 from agentlatd.hooks import Hooks
 from agentlatd.lifecycle import (
     Listener,
@@ -81,9 +76,10 @@ from agentlatd.lifecycle import (
     rollback_all,
 )
 from agentlatd.model.agent_links import AgentLinks
-from agentlatd.model.chain import parse_endpoint
+from agentlatd.model.layout import NO_HOME_CPU
 from agentlatd.plan.build import check_policy_cpus
 from agentlatd.policy import Policy
+from agentlatd.sample.tasks import ProcId
 from agentlatd.steps.slowsteps import SlowSteps
 from agentlatd.steps.slowview import AgentSlow
 from agentlatd.sysfs.root import Root
@@ -93,6 +89,9 @@ from agentlatd.tuner import Tuner, TunerState
 log = logging.getLogger("agentlatd.daemon")
 
 RETRY = 0.005  # seconds to the next turn when the engine lock was busy
+# the agent tick runs in slices of about this long (seconds) with requests
+# served between them: a registration waits for one slice, not a whole tick
+TICK_SLICE_S = 0.0003
 
 
 # ---------------------------------------------------------------------------
@@ -129,6 +128,7 @@ class Daemon:
         # completion chains: found in the tuner thread, placed in the main one
         self.chain_scanner = ChainScanner()
         self.chain = ChainKeeper(self.manager, self.chain_scanner)
+        self.manager.set_chain(self.chain.decisions())
         self.waker = Wakeup()
         self.tuner = Tuner(self.root, self.engine, TickInput(policy, tune_devices=tune_devices),
                            chain_scanner=self.chain_scanner, heat_source=heat_source,
@@ -136,7 +136,11 @@ class Daemon:
         self.view = _View(self)
         self.server: Server | None = None
         self.listener = Listener(self.socket_path, policy.daemon.socket_group, listen_socket)
-        self._waiting: list[tuple[Conn, Any, str, Any]] = []  # (conn, req id, op, payload)
+        # the socket API's handlers and authorisation (agentlatd/handlers.py)
+        self.handlers = Handlers(self.root, self.manager, self.chain,
+                                 policy=lambda: self.policy, status=self.status,
+                                 device_nodes=lambda: self._device_nodes)
+        self._tick_job: Iterator[None] | None = None  # the agent tick under way
         self._seen_seq = 0
         self._next_tick = 0.0
         # agent-side ticks completed (the tuner's own count is TunerState.seq): status shows
@@ -145,7 +149,6 @@ class Daemon:
         self.started = time.time()
         self.ready = False
         self.last_state: TunerState | None = None
-        self.peer_start: dict[int, int | None] = {}
         self._device_nodes: dict[str, int] = {}
         self._acquired = False
         self._writing = False  # start() got past acquire(): the host may be changed
@@ -207,11 +210,13 @@ class Daemon:
         assert sock is not None
         drop_caps(self.root)
         d = self.policy.daemon
-        self.server = Server(self.sel, sock, self._handlers(), max_clients=d.max_clients,
+        ops = self.handlers.table()
+        ops["slow_steps"] = lambda _c, _env: self.slow_steps.rows()
+        self.server = Server(self.sel, sock, ops, max_clients=d.max_clients,
                              uid_requests_per_s=d.uid_requests_per_s,
                              uid_request_burst=d.uid_request_burst,
                              uid_max_inflight=d.uid_max_inflight,
-                             on_close=self._on_close, on_accept=self._on_accept,
+                             on_close=self.handlers.on_close, on_accept=self.handlers.on_accept,
                              path=self.socket_path)
         self.waker.install(self.sel)
         self.tuner.start()
@@ -249,7 +254,8 @@ class Daemon:
         if self._retry:
             timeout = RETRY  # the engine lock was busy: try again soon, never spin
         else:
-            timeout = 0.0 if self.server.busy else max(0.0, min(self._next_tick - now, 1.0))
+            timeout = 0.0 if self.server.busy or self._tick_job is not None \
+                else max(0.0, min(self._next_tick - now, 1.0))
             wake = self.server.wakeup()  # a rate-limited connection to read again
             if wake is not None:
                 timeout = min(timeout, max(0.0, wake - now))
@@ -267,12 +273,14 @@ class Daemon:
         now = time.monotonic()
         tick_due = now >= self._next_tick
         self._retry = False
-        if tick_due or self._waiting or self.manager.dirty or self.manager.dead:
+        if tick_due or self.handlers.waiting or self.manager.dirty or self.manager.dead \
+                or self._tick_job is not None:
             with self.engine.hold(blocking=False) as got:
                 if got:
-                    self._locked_work(tick_due)
-                    if tick_due:
+                    if tick_due and self._tick_job is None:
+                        self._tick_job = self._agent_tick()
                         self._next_tick = now + max(0.05, self.policy.daemon.interval)
+                    self._locked_work(tick_due)
                 else:
                     self._retry = True
         new, self.manager.new_pidfds = self.manager.new_pidfds, []
@@ -301,56 +309,67 @@ class Daemon:
         # Each phase is guarded: a journal that cannot be written (ENOSPC on the
         # state directory) or a bug in one phase is answered and logged, and the
         # loop serves on; nothing is written without its original journaled.
-        waiting, self._waiting = self._waiting, []
+        waiting = self.handlers.take_waiting()
         assert self.server is not None
         self.engine.policy = self.policy  # the lock is held: no tick is applying
-        for conn, req_id, op, payload in waiting:
-            if op == "unregister":
+        for w in waiting:
+            if w.op == "unregister":
                 try:
-                    self._do_unregister(conn, req_id, payload)
+                    self.handlers.finish_unregister(self.server, w)
                 except Exception as e:
                     self._failed("unregister", e)
-                    self.server.fail(conn, req_id, protocol.UNAVAILABLE,
+                    self.server.fail(w.conn, w.req_id, protocol.UNAVAILABLE,
                                      f"agentlatd could not restore the process's originals: {e}")
-        outcome: dict[ProcId, ProtocolError | None] = {}
+        outcome: dict[ProcId, AgentRefused | None] = {}
         try:
             self.manager.reap()
             outcome = self.manager.place_pending()
         except Exception as e:  # place_pending answers journal errors itself; a bug here
             self._failed("placement", e)
-            outcome = {p: ProtocolError(protocol.INTERNAL, "agentlatd failed to place the "
-                                        "agent; the daemon log has the details")
-                       for _, _, op, p in waiting if op == "register"}
-        for conn, req_id, op, payload in waiting:
-            if op != "register":
-                continue
-            p: ProcId = payload
-            err = outcome.get(p)
-            a = self.manager.agents.get(p)
-            if err is not None or a is None:
-                code = err.code if err is not None else protocol.NO_SUCH_PROCESS
-                msg = err.message if err is not None else f"process {p.pid} has exited"
-                self.server.fail(conn, req_id, code, msg)
-            else:
-                self.server.answer(conn, req_id, _register_result(a))
-        try:
-            if tick_due:
-                self.manager.tick()
-                self.agent_ticks += 1
-            else:
+            outcome = {w.proc: AgentRefused(Refusal.INTERNAL, "agentlatd failed to place the "
+                                            "agent; the daemon log has the details")
+                       for w in waiting if w.op == "register"}
+        for w in waiting:
+            if w.op == "register":
+                self.handlers.answer_register(self.server, w, outcome.get(w.proc))
+        if self._tick_job is None:
+            try:
                 self.manager.reconcile_cpus(full=False)
+            except Exception as e:
+                self._failed("agent tick", e)
+            return
+        # a slice of the agent tick; requests are served between slices
+        end = time.perf_counter() + TICK_SLICE_S
+        try:
+            while True:
+                next(self._tick_job)
+                if time.perf_counter() >= end:
+                    return
+        except StopIteration:
+            self._tick_job = None
+
+    def _agent_tick(self) -> Iterator[None]:
+        """The agent side's tick as a generator of bounded pieces (lock held while
+        each runs): the registry's upkeep, then the chain keeper's."""
+        try:
+            yield from self.manager.tick_steps()
         except Exception as e:
             self._failed("agent tick", e)
-        if tick_due:
-            try:
-                self.chain.tick()
-            except Exception as e:
-                self._failed("chain tick", e)
-        if tick_due:
-            # once per tick, not per registration: O(agents), and the tuner reads
-            # it once per tick anyway (bench/agents.py: per registration it cost
-            # ~0.6 ms of register round trip with 1000 agents)
-            self._publish()
+        try:
+            yield from self.chain.tick_steps()
+            # the keeper's decisions (members protected, exclusivity allowed or
+            # undone) reach the registry here, once per tick, as one value
+            self.manager.set_chain(self.chain.decisions())
+            yield
+            self.manager.reconcile_cpus(full=False)
+            yield
+        except Exception as e:
+            self._failed("chain tick", e)
+        self.agent_ticks += 1
+        # once per tick, not per registration: O(agents), and the tuner reads
+        # it once per tick anyway (bench/agents.py: per registration it cost
+        # ~0.6 ms of register round trip with 1000 agents)
+        self._publish()
 
     def _publish(self) -> None:
         """The tuner's next input, replaced whole (it reads it once per tick)."""
@@ -363,153 +382,6 @@ class Daemon:
         else:
             log.exception("%s failed", what)
 
-    # -- requests --------------------------------------------------------
-    def _handlers(self) -> dict[str, Callable[[Conn, Envelope], Any]]:
-        return {"register": self._h_register, "unregister": self._h_unregister,
-                "step": self._h_step, "agents": self._h_agents, "status": self._h_status,
-                "ping": self._h_ping, "chain": self._h_chain,
-                "slow_steps": lambda _c, _env: self.slow_steps.rows()}
-
-    def _on_accept(self, c: Conn) -> None:
-        # the connecting process's starttime: a request without a pid means
-        # "this process", and a pid reused after it exited must not get in
-        self.peer_start[c.id] = tasks.starttime_of(self.root, c.peer.pid)
-
-    def _on_close(self, c: Conn) -> None:
-        self.peer_start.pop(c.id, None)
-
-    def is_admin(self, uid: int, gid: int) -> bool:
-        if uid == 0:
-            return True
-        name = self.policy.daemon.admin_group
-        try:
-            g = grp.getgrnam(name)
-        except KeyError:
-            return False
-        if gid == g.gr_gid:
-            return True
-        try:
-            user = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            return False
-        return user in g.gr_mem
-
-    def _h_register(self, c: Conn, env: Envelope) -> Any:
-        req = env.req
-        assert isinstance(req, Register)
-        if req.numa_node is None and req.devices:
-            nodes = {self._device_nodes[d] for d in req.devices if d in self._device_nodes}
-            if len(nodes) == 1:
-                req = dataclasses.replace(req, numa_node=nodes.pop())
-        admin = self.is_admin(c.peer.uid, c.peer.gid)
-        if req.pid is not None:
-            req = dataclasses.replace(req, pid=self._peer_pid(c, req.pid))
-        p, uid = self.manager.check_register(c.peer.pid, c.peer.uid, self.peer_start.get(c.id),
-                                             req, admin)
-        self.manager.register(p, uid, req, owner=None if admin else c.peer.uid)
-        self.chain.set_owner(p, None if admin else c.peer.uid)
-        self.manager.autoreg.declined.discard(p)
-        self._waiting.append((c, env.req_id, "register", p))
-        return PENDING
-
-    def _peer_pid(self, c: Conn, pid: int) -> int:
-        """A pid from a request, as the peer sees it, in the daemon's PID namespace
-        (agents/pidns.py; docs/protocol.md "PID namespaces")."""
-        out = pidns.translate(self.root, c.peer.pid, pid)
-        if out is None:
-            raise ProtocolError(protocol.NO_SUCH_PROCESS,
-                                f"no process {pid} in your PID namespace (pids in requests "
-                                "are read in the client's own PID namespace; a process in a "
-                                "namespace nested below it must register itself)")
-        return out
-
-    def _agent_for(self, c: Conn, pid: int | None, agent_id: str | None) -> Any:
-        if pid is not None:
-            pid = self._peer_pid(c, pid)
-        target = pid if pid is not None else c.peer.pid
-        a = self.manager.find(target)
-        if a is None:
-            raise ProtocolError(protocol.NOT_REGISTERED, f"process {target} is not registered")
-        if pid is None and self.peer_start.get(c.id) not in (None, a.proc.starttime):
-            raise ProtocolError(protocol.NOT_REGISTERED, f"process {target} is not registered")
-        if agent_id is not None and agent_id != a.agent_id:
-            raise ProtocolError(protocol.NOT_REGISTERED, f"process {target} is registered as "
-                                                         f"{a.agent_id!r}, not {agent_id!r}")
-        if a.uid != c.peer.uid and not self.is_admin(c.peer.uid, c.peer.gid):
-            raise ProtocolError(protocol.NOT_PERMITTED, f"uid {c.peer.uid} may not act on "
-                                                        f"agent {a.agent_id!r} of uid {a.uid}")
-        return a
-
-    def _h_unregister(self, c: Conn, env: Envelope) -> Any:
-        req = env.req
-        assert isinstance(req, Unregister)
-        a = self._agent_for(c, req.pid, req.agent_id)
-        self._waiting.append((c, env.req_id, "unregister", a.proc))
-        return PENDING
-
-    def _do_unregister(self, c: Conn, req_id: Any, p: ProcId) -> None:
-        assert self.server is not None
-        a = self.manager.unregister(p)
-        if a is None:
-            self.server.fail(c, req_id, protocol.NOT_REGISTERED,
-                             f"process {p.pid} is not registered")
-            return
-        self.manager.decline(p)
-        self.server.answer(c, req_id, {"agent_id": a.agent_id, "pid": p.pid,
-                                       "restored": True, "steps": a.hist.count})
-
-    def _h_step(self, c: Conn, env: Envelope) -> Any:
-        req = env.req
-        assert isinstance(req, Step)
-        a = self._agent_for(c, req.pid, req.agent_id)
-        a.hist.merge_counts(req.hist, sum_ns=req.sum_ns, max_ns=req.max_ns)
-        a.recent.merge_counts(req.hist, time.monotonic())
-        a.dropped += req.dropped
-        return {"steps": a.hist.count}
-
-    def _h_chain(self, c: Conn, env: Envelope) -> Any:
-        """Members an agent declares (docs/protocol.md, "Chains"): a non-admin peer
-        may name only processes whose real and effective uid are its own."""
-        req = env.req
-        assert isinstance(req, Chain)
-        a = self._agent_for(c, req.pid, req.agent_id)
-        admin = self.is_admin(c.peer.uid, c.peer.gid)
-        procs: list[ProcId] = []
-        addrs: list[tuple[str, Any, int]] = []
-        for m in req.members:
-            if m.address is not None:
-                addr, port = parse_endpoint(m.address)
-                addrs.append((m.proto or "udp", addr, port))
-                continue
-            assert m.pid is not None
-            st = tasks.starttime_of(self.root, m.pid)
-            if st is None or (m.starttime is not None and st != m.starttime):
-                raise ProtocolError(protocol.NO_SUCH_PROCESS, f"process {m.pid} does not exist"
-                                    + (" (or was recycled)" if st is not None else ""))
-            uids = tasks.uids_of(self.root, m.pid)
-            if uids is None:
-                raise ProtocolError(protocol.NO_SUCH_PROCESS, f"process {m.pid} does not exist")
-            if not admin and uids != (c.peer.uid, c.peer.uid):
-                raise ProtocolError(protocol.NOT_PERMITTED,
-                                    f"uid {c.peer.uid} may declare only its own processes, and "
-                                    f"process {m.pid} runs as uid "
-                                    f"{uids[0] if uids[0] != c.peer.uid else uids[1]}")
-            procs.append(ProcId(m.pid, st))
-        self.chain.declare(a.proc, Declared(tuple(procs), tuple(addrs)))
-        return {"agent_id": a.agent_id, "pid": a.proc.pid,
-                "members": [{"pid": p.pid, "starttime": p.starttime} for p in procs]
-                + [{"proto": pr, "address": f"{ad}:{po}"} for pr, ad, po in addrs]}
-
-    def _h_agents(self, c: Conn, env: Envelope) -> Any:
-        return self.manager.rows()
-
-    def _h_status(self, c: Conn, env: Envelope) -> Any:
-        return self.status()
-
-    def _h_ping(self, c: Conn, env: Envelope) -> Any:
-        return {"pong": True, "version": __version__, "protocol": protocol.VERSION}
-
-    # -- reload / stop ---------------------------------------------------
     def reload(self) -> bool:
         try:
             new = policy_mod.load(self.config_path) if self.config_path else policy_mod.default()
@@ -636,9 +508,3 @@ def _links_json(links: AgentLinks) -> list[dict[str, Any]]:
             for mode, group in (("local", links.local), ("busy", links.busy))
             for lk in group.values()]
 
-
-def _register_result(a: Any) -> dict[str, Any]:
-    j: dict[str, Any] = a.to_json()
-    return {k: j[k] for k in ("agent_id", "pid", "starttime", "latency_class", "home_cpu",
-                              "cpus", "exclusive", "threads", "threads_pinned", "state",
-                              "problem", "placement", "cpuset", "container")}

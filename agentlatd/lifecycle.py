@@ -25,10 +25,10 @@ from agentlatd import caps, sdnotify
 from agentlatd.agents.applier import AGENT_KNOBS, Applier
 from agentlatd.agents.chain import ChainKeeper
 from agentlatd.agents.registry import AgentManager
-from agentlatd.agents.tasks import ProcId
 from agentlatd.api.server import bind_socket
 from agentlatd.apply.engine import Engine
 from agentlatd.errors import AgentlatdError
+from agentlatd.sample.tasks import ProcId
 from agentlatd.sysfs.root import Root
 
 log = logging.getLogger("agentlatd.daemon")

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 from agentlatd.agents.applier import AGENT_KNOBS
 from agentlatd.agents.chain import ChainScanner
-from agentlatd.agents.placement import CpuLayout
 from agentlatd.apply.engine import FAILED, UNSUPPORTED, ApplyReport, Drift, Engine
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import PolicyError
 from agentlatd.model.agent_links import discount_heat, own_softirq_rate
+from agentlatd.model.layout import CpuLayout
 from agentlatd.model.machine import Machine, Rates
 from agentlatd.plan.changes import INCLUDE_MATCHES_NOTHING, Change, Plan, human_value
 from agentlatd.sample.counters import CounterSnapshot

@@ -267,7 +267,10 @@ def main() -> int:
         dm = subprocess.Popen([sys.executable, *cli, "run", "--config",
                                str(d / "p.toml"), "--state-dir", str(d / "state"),
                                "--socket", sock, *extra],
-                              env=env, stdin=subprocess.DEVNULL, stdout=logf,
+                              # cwd: `python -m` puts it first on sys.path, ahead of
+                              # PYTHONPATH, so from this checkout it would run this one
+                              env=env, cwd=str(args.daemon_repo.resolve()),
+                              stdin=subprocess.DEVNULL, stdout=logf,
                               stderr=subprocess.STDOUT)
     out: dict[str, Any] = {"host_cpus": os.cpu_count(), "kernel": os.uname().release,
                            "exclusive": args.exclusive, "daemon": str(args.daemon_repo),

@@ -27,8 +27,8 @@ import statistics
 import sys
 import time
 
-from agentlatd.agents import tasks
 from agentlatd.agents.chain import ChainAgent, ChainScanner
+from agentlatd.sample import tasks
 from agentlatd.sysfs.root import Root
 
 

@@ -171,7 +171,7 @@ def starttime(pid: int) -> int | None:
 
 
 def ioprio(pid: int) -> str:
-    from agentlatd.agents.tasks import get_ioprio
+    from agentlatd.sample.tasks import get_ioprio
     return get_ioprio(pid)
 
 

@@ -27,13 +27,13 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from agentlatd.agents.knobs import TaskKnob
-from agentlatd.agents.tasks import ProcId
 from agentlatd.apply import engine as engine_mod
 from agentlatd.apply.engine import Engine, KnobResult, Status
 from agentlatd.apply.knobs import get as get_knob
 from agentlatd.errors import AgentlatdError, KernelError
 from agentlatd.kernel.knobnames import KnobName
 from agentlatd.plan.changes import Change
+from agentlatd.sample.tasks import ProcId
 from agentlatd.sysfs.root import Root
 
 log = logging.getLogger("agentlatd.agents")

@@ -18,9 +18,9 @@ import fnmatch
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from agentlatd.agents import tasks
-from agentlatd.agents.tasks import ProcId
 from agentlatd.policy import AutoRegisterRule, ChainRule
+from agentlatd.sample import tasks
+from agentlatd.sample.tasks import ProcId
 from agentlatd.sysfs.root import Root
 
 

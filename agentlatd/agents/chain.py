@@ -45,14 +45,13 @@ import fnmatch
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from agentlatd.agents import tasks
 from agentlatd.agents.autoreg import matches, rule_usable
 from agentlatd.agents.chainrow import ChainRow
-from agentlatd.agents.tasks import ProcId, ThreadId
+from agentlatd.agents.registry import ChainInput
 from agentlatd.apply.engine import CHANGED, CLAMPED, UNCHANGED
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError, KernelError
@@ -73,7 +72,7 @@ from agentlatd.model.chain import (
 from agentlatd.netlink.unix_diag import unix_peers
 from agentlatd.plan.changes import Change
 from agentlatd.policy import ChainRule
-from agentlatd.sample import schedstat
+from agentlatd.sample import schedstat, tasks
 from agentlatd.sample.chain import (
     UDP_FILES,
     FdLinks,
@@ -85,10 +84,12 @@ from agentlatd.sample.chain import (
     read_tcp,
 )
 from agentlatd.sample.sockets import Addr, Sock
+from agentlatd.sample.tasks import ProcId, ThreadId
 from agentlatd.sysfs.root import Root
 
 if TYPE_CHECKING:
-    from agentlatd.agents.registry import Agent, AgentManager
+    from agentlatd.agents.agent import Agent
+    from agentlatd.agents.registry import AgentManager
 
 log = logging.getLogger("agentlatd.agents")
 
@@ -103,6 +104,7 @@ MAX_DECLARED = 64  # members an agent may declare
 MAX_GUARD_THREADS = 16  # threads of an agent sampled for run delay (lowest tids: the main thread first)
 WINDOW_S = 1.0  # one latency window of the do-no-harm guard
 MAX_WINDOWS = 32
+CHAIN_PIECE = 16  # agents whose guard window is looked at between two yields of the tick
 
 EXCLUSIVE = "exclusive"
 
@@ -409,9 +411,7 @@ class ChainKeeper:
         self.undone: dict[str, int] = {}  # decision kind -> times undone (metric)
         self.published: tuple[ChainAgent, ...] = ()
         self.known: set[ProcId] = set()  # agents whose first scan's members were placed
-        manager.protected = set()
-        manager.excl_gate = self.allow_exclusive
-        manager.row_extras = self.row
+        self.protected: set[int] = set()  # pids of members: never exclusivity victims
 
     # -- inputs from the daemon --------------------------------------------
     def set_owner(self, p: ProcId, uid: int | None) -> None:
@@ -455,7 +455,13 @@ class ChainKeeper:
         return (a.home_cpu is not None and a.state in ("placed", "partial")
                 and self.m.policy.classes[a.latency_class].pin)
 
-    # -- gates and views (called by the registry) ---------------------------
+    # -- decisions for the registry, views -------------------------------------
+    def decisions(self) -> ChainInput:
+        """What the registry needs of the keeper, as of now (after a tick)."""
+        return ChainInput(frozenset(self.protected),
+                          frozenset(p for p, a in self.m.agents.items()
+                                    if self.allow_exclusive(a)))
+
     def allow_exclusive(self, a: Agent) -> bool:
         if EXCLUSIVE in self.refused.get(a.proc, ()):
             return False
@@ -491,14 +497,24 @@ class ChainKeeper:
 
     # -- the tick ------------------------------------------------------------
     def tick(self) -> None:
+        """The whole tick at once: see tick_steps()."""
+        for _ in self.tick_steps():
+            pass
+
+    def tick_steps(self) -> Iterator[None]:
+        """The guard's windows a few agents at a time (yields between: the daemon
+        serves requests there), then members placed and agents published at once
+        from the registry as it is then."""
         now = self.clock()
+        yield from self._windows(now)
         live = set(self.m.agents)
         for d in (self.owners, self.declared, self.refused, self.guards):
             for p in [p for p in d if p not in live]:
                 del d[p]
         self.known &= live
-        self._windows(now)
+        yield
         self._place(self._wanted())
+        yield
         self.publish()
 
     def _wanted(self) -> dict[ProcId, dict[ProcId, str]]:
@@ -527,7 +543,7 @@ class ChainKeeper:
             if p.pid in self.m.by_pid:
                 # registered as an agent itself: its journal entries (the same
                 # threads, the same originals) are the registry's now
-                self.m.protected.discard(p.pid)
+                self.protected.discard(p.pid)
                 log.info("chain member pid %d registered as an agent: placed by its class",
                          p.pid)
                 continue
@@ -541,7 +557,7 @@ class ChainKeeper:
                 if not tasks.alive(self.root, p):
                     continue
                 m = Member(p, comm=tasks.read_comm(self.root, p.pid) or "")
-                moved = self.m.victim_procs.get(p.pid)  # already narrowed by exclusivity
+                moved = self.m.cpus.victim_procs.get(p.pid)  # already narrowed by exclusivity
                 with contextlib.suppress(KernelError):
                     m.orig = (moved or tasks.get_affinity(p.pid)).to_list()
                 self.members[p] = m
@@ -601,7 +617,7 @@ class ChainKeeper:
                     if g is not None:
                         g.decisions.setdefault(_member_key(p), g.closed)
         # found means protected, movable or not: never an exclusivity victim
-        self.m.protected = {p.pid for p in self.members}
+        self.protected = {p.pid for p in self.members}
         if not changes:
             return
         try:
@@ -657,7 +673,7 @@ class ChainKeeper:
         process's original first, so the journal holds that, not ours."""
         journaled = {t for _, t, _ in self.applier.entries((KnobName.TASK_AFFINITY,))}
         for tid in tids:
-            v = self.m.victims.pop((m.proc.pid, tid), None)
+            v = self.m.cpus.victims.pop((m.proc.pid, tid), None)
             t = ThreadId(m.proc.pid, m.proc.starttime, tid).target
             if v is not None and not v.journaled:
                 self.applier.write_direct(KnobName.TASK_AFFINITY, t, v.original.to_list())
@@ -665,21 +681,21 @@ class ChainKeeper:
                   and t not in journaled
                   and self.applier.read(KnobName.TASK_AFFINITY, t) == cpus.to_list()):
                 self.applier.write_direct(KnobName.TASK_AFFINITY, t, m.orig)
-        self.m.victim_procs.pop(m.proc.pid, None)
+        self.m.cpus.victim_procs.pop(m.proc.pid, None)
 
     def _unvictim(self, m: Member) -> None:
         """A member that stays where it is must not stay narrowed by exclusivity
         either: its victim threads get their originals back."""
         keys: list[tuple[str, str]] = []
-        for k in [k for k in self.m.victims if k[0] == m.proc.pid]:
-            v = self.m.victims.pop(k)
+        for k in [k for k in self.m.cpus.victims if k[0] == m.proc.pid]:
+            v = self.m.cpus.victims.pop(k)
             if v.journaled:
                 keys.append((KnobName.TASK_AFFINITY, v.thread.target))
             else:
                 self.applier.write_direct(KnobName.TASK_AFFINITY, v.thread.target, v.original.to_list())
         if keys:
             self.applier.restore(keys)
-        self.m.victim_procs.pop(m.proc.pid, None)
+        self.m.cpus.victim_procs.pop(m.proc.pid, None)
 
     def _release(self, m: Member, why: str) -> None:
         """Give a member back its originals (journaled ones through the engine)."""
@@ -695,9 +711,9 @@ class ChainKeeper:
                     err = self.applier.write_direct(KnobName.TASK_AFFINITY, t, m.orig)
                     if err:
                         log.warning("restoring the affinity of chain member thread %s: %s", t, err)
-        self.m.protected.discard(m.proc.pid)
+        self.protected.discard(m.proc.pid)
         # exclusivity looks at it again, now as any other task
-        self.m.seen_tasks = {k for k in self.m.seen_tasks if k[0] != m.proc.pid}
+        self.m.cpus.seen_tasks = {k for k in self.m.cpus.seen_tasks if k[0] != m.proc.pid}
         if m.cpus is not None:
             log.info("chain member pid %d (%s) restored: %s", m.proc.pid, m.comm, why)
         m.cpus = None
@@ -705,7 +721,7 @@ class ChainKeeper:
     def _gone(self, m: Member) -> None:
         self.applier.forget((k, t) for k, t, _ in self.applier.entries((KnobName.TASK_AFFINITY,))
                             if _proc_of(t) == m.proc)
-        self.m.protected.discard(m.proc.pid)
+        self.protected.discard(m.proc.pid)
 
     def release_all(self) -> None:
         """Before a full rollback: members' threads the journal does not hold."""
@@ -717,15 +733,18 @@ class ChainKeeper:
         self.members.clear()
 
     # -- the guard -------------------------------------------------------------
-    def _windows(self, now: float) -> None:
-        for a in list(self.m.agents.values()):
-            if not self._pinned(a):
+    def _windows(self, now: float) -> Iterator[None]:
+        agents = list(self.m.agents.values())
+        for i, a in enumerate(agents):
+            if i % CHAIN_PIECE == CHAIN_PIECE - 1:
+                yield
+            if self.m.agents.get(a.proc) is not a or not self._pinned(a):
                 continue
             g = self.guards.get(a.proc)
             if g is None:
                 g = self.guards[a.proc] = Guard(now, dict(a.hist.counts), self._sched(a))
                 continue
-            if a.home_cpu in self.m.excl and a.exclusive and EXCLUSIVE not in g.decisions \
+            if a.home_cpu in self.m.cpus.excl and a.exclusive and EXCLUSIVE not in g.decisions \
                     and EXCLUSIVE not in self.refused.get(a.proc, ()):
                 g.decisions[EXCLUSIVE] = g.closed
             if now - g.start < WINDOW_S:
@@ -789,5 +808,5 @@ class ChainKeeper:
                     "for this agent", a.agent_id, a.proc.pid,
                     "its exclusive home CPU" if name == EXCLUSIVE else
                     f"the placement of chain {name}", v.reason)
-        if name == EXCLUSIVE:
-            self.m.cpu_dirty = True
+        # an undone exclusivity leaves decisions() (the daemon hands them to the
+        # registry after this tick)

@@ -23,11 +23,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agentlatd.cpuset import CpuSet
+from agentlatd.errors import KernelError
 from agentlatd.model.container import ContainerId, identify
 from agentlatd.sample import cgroup, kubelet
 from agentlatd.sysfs.root import Root
 
 RESCAN_S = 5.0
+MAX_CACHED = 4096  # cgroups whose cpuset is remembered between rescans
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,19 +93,35 @@ class Scanner:
         self.h = cgroup.read_hierarchies(root)
         self.holders: tuple[Holder, ...] = ()
         self.scanned_at: float | None = None
+        self._by_cgroup: dict[str, AgentCgroup] = {}  # proc/PID/cgroup text -> its cpuset
 
     def agent(self, pid: int) -> AgentCgroup | None:
-        """The agent's cgroup and cpuset; None when the process is gone."""
-        pc = cgroup.read_cpuset(self.root, pid, self.h)
-        if pc is None:
+        """The agent's cgroup and cpuset; None when the process is gone.
+
+        The cpuset of a cgroup is read once per rescan (every RESCAN_S, and at
+        each tick's forced rescan): agents of one pod or service share it, and
+        a registration then costs one read of proc/PID/cgroup, not a walk of
+        the hierarchy. A cpuset changed meanwhile is seen at the next rescan,
+        as it is for the agents registered already."""
+        try:
+            text = self.root.read_text(f"proc/{pid}/cgroup", "process")
+        except KernelError:
             return None
-        return AgentCgroup(identify(pc.path), pc.cpus, pc.version)
+        ac = self._by_cgroup.get(text)
+        if ac is None:
+            pc = cgroup.cpuset_of(self.root, cgroup.parse_proc_cgroup(text), self.h)
+            ac = AgentCgroup(identify(pc.path), pc.cpus, pc.version)
+            if len(self._by_cgroup) >= MAX_CACHED:
+                self._by_cgroup.clear()
+            self._by_cgroup[text] = ac
+        return ac
 
     def rescan(self, now: float, *, force: bool = False) -> bool:
         """Refresh the exclusive holders; True when they changed."""
         if not force and self.scanned_at is not None and now - self.scanned_at < RESCAN_S:
             return False
         self.scanned_at = now
+        self._by_cgroup.clear()
         new = holders_of(cgroup.exclusive_cgroups(self.root, self.h),
                          kubelet.read_cpu_manager_state(self.root))
         changed = new != self.holders

@@ -12,7 +12,7 @@
                   most N us. Written back exactly as read.
 
 Every task knob checks the thread's identity right before each read and write
-(agentlatd.agents.tasks.check_thread): a recycled pid is never touched, and a
+(agentlatd.sample.tasks.check_thread): a recycled pid is never touched, and a
 thread that is gone is ErrClass.GONE, which rollback reports as "nothing left
 to restore". Task knobs act on the live kernel only (live_only): a recorded
 tree's pid 1234 is not this host's. A write made for a non-admin peer
@@ -33,11 +33,11 @@ from __future__ import annotations
 import re
 import shlex
 
-from agentlatd.agents import tasks
 from agentlatd.apply.knobs import FileKnob, Knob, cpulist_equal, int_equal, register
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import KernelError
 from agentlatd.kernel.knobnames import KnobName
+from agentlatd.sample import tasks
 from agentlatd.sysfs.root import Root
 
 
@@ -117,13 +117,9 @@ class TaskKnob(Knob):
         except ValueError:
             return ""
         me = tasks.ThreadId.parse(target)
-        held: set[tasks.ThreadId] = set()
-        for knob, tgt in journaled:
-            if knob == self.name:
-                try:
-                    held.add(tasks.ThreadId.parse(tgt))
-                except ValueError:
-                    continue
+        # targets as the engine journals them (ThreadId.target): compared as
+        # strings, since parsing every entry made each restore O(journal)
+        held = {tgt for knob, tgt in journaled if knob == self.name}
         # clone() and fork() copy the creator's credentials too: a thread under
         # other uids did not inherit from this one, and a non-admin's agent
         # never reaches a thread of another uid this way (another uid's thread
@@ -160,19 +156,18 @@ class TaskKnob(Knob):
             self.write_check(written)
         except ValueError:
             return 0
-        mine = {tasks.ThreadId.parse(t) for k, t in held
-                if k == self.name and t.startswith(f"{child}:")}
+        mine = {t for k, t in held if k == self.name and t.startswith(f"{child}:")}
         return self._inherited(root, child.pid, child.starttime, written, original, mine, creds)
 
     def _inherited(self, root: Root, pid: int, starttime: int, written: str, original: str,
-                   held: set[tasks.ThreadId], creds: tuple[int, int],
+                   held: set[str], creds: tuple[int, int],
                    skip: int | None = None) -> int:
         """Restore the threads of process (pid, starttime) under credentials `creds`
         that still show `written` and have no journal entry of their own; how many."""
         fixed = 0
         for tid in tasks.list_tids(root, pid):
             t = tasks.ThreadId(pid, starttime, tid)
-            if tid == skip or t in held or tasks.thread_uids(root, pid, tid) != creds:
+            if tid == skip or t.target in held or tasks.thread_uids(root, pid, tid) != creds:
                 continue
             try:
                 if not self.equal(self.read(root, t.target), written):

@@ -6,7 +6,7 @@ may register only processes whose real AND effective uid are its own uid.
 A process is (pid, starttime): the registration is keyed by it, the daemon
 holds a pidfd of it (its exit drops the registration at once; without pidfds
 the tick polls), and every thread write checks it again right before the
-syscall (agents/tasks.py), so a recycled pid is never pinned.
+syscall (sample/tasks.py), so a recycled pid is never pinned.
 
 What a class does is the policy's [classes.X] (etc/agentlatd.toml):
   pin            every thread on one home CPU (placement.choose_home)
@@ -24,7 +24,7 @@ them (Agent.forked) and the exit gives them the originals.
 
 Writes made for a non-admin peer (Agent.owner) reach only threads whose real
 and effective uid are the peer's, checked per thread right before each
-syscall (agents/tasks.py check_thread): a process whose threads run under
+syscall (sample/tasks.py check_thread): a process whose threads run under
 several uids (one dropped privileges with the raw setresuid syscall) gets
 the class on the peer's threads only, and the agent is "partial".
 
@@ -46,17 +46,7 @@ AllowedCPUs= of every slice would need D-Bus and would not reach processes
 outside systemd's slices). Kernel threads with PF_NO_SETAFFINITY (per-CPU
 kthreads, every kworker) or a single-CPU affinity stay where they are.
 
-Exclusive home CPUs: while an agent of an "exclusive" class lives on home CPU
-H, every other task whose affinity includes H gets its affinity minus H
-(journaled). A task allowed ONLY on such CPUs (pinned there on purpose) is left
-alone, and so are registered agents of any class (their class policy places
-them). Tasks are scanned each tick; a task seen once is not read again (keyed
-by (pid, tid): a tid reused within one tick is the remaining gap). A child
-forked by a moved task inherits the narrowed affinity: it is recorded as
-"inherited" and widened again (not journaled: a crash loses only these)
-when H stops being exclusive. `exclusive_scope_pid` limits the victims to that
-process and its descendants (tests use it: they must never move the host's
-own tasks).
+Exclusive home CPUs and pm_qos: agents/exclusive.py.
 """
 
 from __future__ import annotations
@@ -66,138 +56,49 @@ import logging
 import os
 import select
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from agentlatd.agents import containers, stats, tasks
+from agentlatd.agents import containers
+from agentlatd.agents.agent import Agent, MoveRecord
 from agentlatd.agents.applier import TASK_KNOBS, Applier
 from agentlatd.agents.autoreg import AutoRegistrar, agent_id_for
-from agentlatd.agents.placement import (
-    CpuLayout,
-    HotTracker,
-    Placed,
-    choose_home_within,
-    plan_moves,
-    victim_affinity,
-)
-from agentlatd.agents.tasks import ProcId, ThreadId
-from agentlatd.api import protocol
-from agentlatd.api.protocol import ProtocolError, Register
+from agentlatd.agents.exclusive import CpuKeeper
+from agentlatd.agents.refusal import AgentRefused, Refusal, Registration
+from agentlatd.agents.threads import TICK_PIECE, ThreadUpkeep, account, agent_changes, prefix, wanted, why
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import AgentlatdError, KernelError
 from agentlatd.model.agent_links import AgentHome
-from agentlatd.model.container import ContainerId
+from agentlatd.model.layout import CpuLayout
+from agentlatd.plan.agents import (
+    AgentPlace,
+    HotTracker,
+    Placed,
+    class_wants,
+    plan_moves,
+    pm_qos_wanted,
+)
 from agentlatd.plan.changes import Change
 from agentlatd.policy import Policy
+from agentlatd.sample import tasks
+from agentlatd.sample.tasks import ProcId, ThreadId
 
 log = logging.getLogger("agentlatd.agents")
 
 MAX_AGENTS = 16384  # in all
 MAX_AGENTS_PER_UID = 4096  # for a non-admin uid
-# Processes an agent forked are listed at the agent tick (proc/PID/task/*/children,
-# ~15-30 us per agent here), for this many agents per tick, round robin: a fork
-# shorter-lived than the round is missed (it inherited the values and is
-# restored on every other path; only the agent's own exit needs the list)
-FORK_SCAN_AGENTS = 64
-MAX_FORKED = 256  # remembered per agent
 
 
-@dataclass(slots=True)
-class MoveRecord:
-    at: float  # wall clock (time.time())
-    from_cpu: int | None
-    to_cpu: int | None
-    reason: str
+@dataclass(frozen=True, slots=True)
+class ChainInput:
+    """The chain keeper's decisions, given to the registry after each chain tick."""
 
-    def to_json(self) -> dict[str, Any]:
-        return {"at": round(self.at, 3), "from_cpu": self.from_cpu, "to_cpu": self.to_cpu,
-                "reason": self.reason}
-
-
-@dataclass(slots=True)
-class Agent:
-    agent_id: str
-    proc: ProcId
-    uid: int
-    latency_class: str
-    source: str  # "socket" | "auto:<rule index>"
-    registered_at: float  # time.time()
-    deadline_ns: int | None = None
-    budget_ns: int | None = None
-    numa_node: int | None = None
-    devices: tuple[str, ...] = ()
-    home_cpu: int | None = None
-    placed_mono: float = 0.0  # time.monotonic() of the last placement or move
-    want_cpus: CpuSet | None = None
-    want_nice: int | None = None
-    want_ioprio: str | None = None
-    exclusive: bool = False
-    pm_qos: int | None = None
-    threads: set[int] = field(default_factory=set)
-    pinned: int = 0
-    orig: dict[str, str] = field(default_factory=dict)  # knob -> main thread's original
-    applied: set[str] = field(default_factory=set)  # knobs written for it so far
-    hist: stats.Histogram = field(default_factory=stats.Histogram.empty)
-    recent: stats.Recent = field(default_factory=stats.Recent)  # last minute, last ten minutes
-    dropped: int = 0
-    last_move: MoveRecord | None = None
-    pidfd: int | None = None
-    # the non-admin uid that registered it: its threads are written only where
-    # that uid is their real and effective uid (checked per thread, right before
-    # each syscall); None = registered by an admin or by the policy itself
-    owner: int | None = None
-    # the processes it forked (its live descendants at its last fork scan) and
-    # (ruid, euid) of its main thread: at its exit they have been re-parented,
-    # and still show what agentlatd set on the agent
-    creds: tuple[int, int] | None = None
-    forked: set[ProcId] = field(default_factory=set)
-    state: str = "pending"  # pending | placed | partial | failed
-    problem: str = ""  # the last write that failed
-    note: str = ""  # why the class policy could not be met (no home CPU, ...)
-    container: ContainerId = field(default_factory=ContainerId)
-    allowed: CpuSet | None = None  # its cgroup's effective cpuset (None: unknown)
-    fallback: bool = False  # placed outside the home CPUs: its cpuset holds none
-
-    @property
-    def key(self) -> ProcId:
-        return self.proc
-
-    def to_json(self) -> dict[str, Any]:
-        s = self.hist.summary()
-        return {
-            "agent_id": self.agent_id, "pid": self.proc.pid, "starttime": self.proc.starttime,
-            "uid": self.uid, "latency_class": self.latency_class, "source": self.source,
-            "home_cpu": self.home_cpu,
-            "cpus": self.want_cpus.to_list() if self.want_cpus is not None else None,
-            "exclusive": self.exclusive, "threads": len(self.threads),
-            "threads_pinned": self.pinned, "nice": self.want_nice, "ioprio": self.want_ioprio,
-            "steps": s["steps"], "p50_ns": s["p50_ns"], "p99_ns": s["p99_ns"],
-            "p999_ns": s["p999_ns"], "max_ns": s["max_ns"], "mean_ns": s["mean_ns"],
-            "recent": self.recent.summary(time.monotonic()),
-            "dropped": self.dropped, "deadline_ns": self.deadline_ns, "budget_ns": self.budget_ns,
-            "registered_at": round(self.registered_at, 3),
-            "last_move": self.last_move.to_json() if self.last_move else None,
-            "state": self.state, "problem": self.problem or self.note,
-            "container": self.container.to_json(),
-            "cpuset": self.allowed.to_list() if self.allowed is not None else None,
-            "placement": ("none" if self.home_cpu is None else
-                          "fallback" if self.fallback else "home"),
-        }
-
-
-@dataclass(slots=True)
-class Victim:
-    """A task moved off exclusive home CPUs."""
-
-    thread: ThreadId
-    original: CpuSet
-    moved_to: CpuSet
-    journaled: bool  # False: inherited from a moved parent, widened directly
-
-
-def _prefix(p: ProcId) -> str:
-    return f"{p.pid}:{p.starttime}:"
+    # pids of chain members (processes agents wait on): never exclusivity victims
+    protected: frozenset[int] = frozenset()
+    # agents whose home CPU may turn exclusive now (the do-no-harm guard has its
+    # baseline and did not undo it); None: no keeper, every agent may
+    exclusive_ok: frozenset[ProcId] | None = None
 
 
 class AgentManager:
@@ -222,14 +123,9 @@ class AgentManager:
         self.load: dict[int, int] = {}
         self.dirty: set[ProcId] = set()
         self.dead: set[ProcId] = set()
-        self.victims: dict[tuple[int, int], Victim] = {}
-        self.victim_procs: dict[int, CpuSet] = {}  # pid -> original affinity of a moved process
-        self.seen_tasks: set[tuple[int, int]] = set()
-        self.excl = CpuSet()
-        self.pmqos: dict[int, str] = {}
+        # exclusive home CPUs (their victims) and pm_qos: agents/exclusive.py
+        self.cpus = CpuKeeper(applier, exclusive_scope_pid)
         self.autoreg = AutoRegistrar()
-        self.scope_pid = exclusive_scope_pid
-        self.scope: set[int] = {exclusive_scope_pid} if exclusive_scope_pid else set()
         self.notes: list[str] = []
         self.moves = 0
         self.cpu_dirty = True
@@ -240,16 +136,12 @@ class AgentManager:
         # agents whose pidfd the daemon has not put in its selector yet: it takes
         # them from here rather than walking every agent on every loop turn
         self.new_pidfds: list[Agent] = []
-        # completion chains (agents/chain.py): the processes agents wait on are
-        # never exclusivity victims; an agent's CPU turns exclusive only when
-        # the chain keeper allows it; its rows carry the chain and the guard
-        self.protected: set[int] = set()
-        self.excl_gate: Callable[[Agent], bool] = lambda a: True
-        self.row_extras: Callable[[Agent], dict[str, Any]] | None = None
-        self._fork_cursor = 0
+        # completion chains (agents/chain.py): what the chain keeper decided at
+        # its last tick (set_chain)
+        self.chain = ChainInput()
+        self.threads = ThreadUpkeep(applier)  # new threads, forked processes
         # cgroups: each agent's cpuset, and CPUs other workloads hold exclusively
         self.cgroups = containers.Scanner(self.root)
-        self.held = CpuSet()  # held CPUs no exclusive agent lives in: never victims
 
     # -- inputs ----------------------------------------------------------
     def set_layout(self, layout: CpuLayout) -> None:
@@ -272,6 +164,12 @@ class AgentManager:
         self.heat = dict(heat)
         self.tracker.update(self.heat, self.policy.heat)
 
+    def set_chain(self, chain: ChainInput) -> None:
+        """The chain keeper's decisions after its tick (the registry reads no keeper state)."""
+        if chain != self.chain:
+            self.chain = chain
+            self.cpu_dirty = True
+
     def set_policy(self, policy: Policy) -> None:
         self.policy = policy
         for a in self.agents.values():
@@ -280,39 +178,35 @@ class AgentManager:
 
     # -- registration ----------------------------------------------------
     def check_register(self, peer_pid: int, peer_uid: int, peer_start: int | None,
-                       req: Register, admin: bool) -> tuple[ProcId, int]:
-        """Validate and authorise a register request; (process, its uid) or ProtocolError."""
+                       req: Registration, admin: bool) -> tuple[ProcId, int]:
+        """Validate and authorise a register request; (process, its uid) or AgentRefused."""
         pid = req.pid if req.pid is not None else peer_pid
         st = tasks.pid_stat(self.root, pid)
         if st is None or st.state in ("Z", "X"):
-            raise ProtocolError(protocol.NO_SUCH_PROCESS, f"process {pid} does not exist")
+            raise AgentRefused(Refusal.NO_SUCH_PROCESS, f"process {pid} does not exist")
         if req.pid is None and peer_start is not None and st.starttime != peer_start:
-            raise ProtocolError(protocol.NO_SUCH_PROCESS,
+            raise AgentRefused(Refusal.NO_SUCH_PROCESS,
                                 f"the process that connected (pid {pid}) has exited")
         if req.starttime is not None and st.starttime != req.starttime:
-            raise ProtocolError(protocol.NO_SUCH_PROCESS,
+            raise AgentRefused(Refusal.NO_SUCH_PROCESS,
                                 f"process {pid} started at {st.starttime}, not at "
                                 f"{req.starttime}: the process you named has exited and "
                                 "its pid was reused")
         if st.kthread:
-            raise ProtocolError(protocol.BAD_REQUEST, f"pid {pid} is a kernel thread; only "
+            raise AgentRefused(Refusal.BAD_REQUEST, f"pid {pid} is a kernel thread; only "
                                                       "user processes can register")
         # a thread id is not a process: its registration would journal our own
         # pin of its threads as their "original"
-        tgid = tasks.tgid_of(self.root, pid)
-        if tgid is None:
-            raise ProtocolError(protocol.NO_SUCH_PROCESS, f"process {pid} does not exist")
+        ids = tasks.status_ids(self.root, pid)
+        if ids is None:
+            raise AgentRefused(Refusal.NO_SUCH_PROCESS, f"process {pid} does not exist")
+        tgid, ruid, euid = ids
         if tgid != pid:
-            raise ProtocolError(protocol.BAD_REQUEST,
+            raise AgentRefused(Refusal.BAD_REQUEST,
                                 f"pid {pid} is thread {pid} of process {tgid}, not a process; "
                                 f"register the process (its thread-group leader, pid {tgid})")
-        uids = tasks.uids_of(self.root, pid)
-        if uids is None:
-            raise ProtocolError(protocol.NO_SUCH_PROCESS, f"process {pid} does not exist")
-        ruid, euid = uids
         if not admin and not (ruid == peer_uid and euid == peer_uid):
-            raise ProtocolError(
-                protocol.NOT_PERMITTED,
+            raise AgentRefused(Refusal.NOT_PERMITTED,
                 f"uid {peer_uid} may register only its own processes, and process {pid} "
                 f"runs as uid {ruid if ruid != peer_uid else euid}; root and members of group "
                 f"{self.policy.daemon.admin_group!r} may register any process")
@@ -322,8 +216,7 @@ class AgentManager:
             dp = self.policy.devices
             denied = [d for d in req.devices if not dp.agent_may_name(d)]
             if denied:
-                raise ProtocolError(
-                    protocol.NOT_PERMITTED,
+                raise AgentRefused(Refusal.NOT_PERMITTED,
                     f"uid {peer_uid} may not name device(s) {', '.join(denied)}: naming a "
                     "NIC steers its receive processing to the agent's home CPU; only root, "
                     f"group {self.policy.daemon.admin_group!r} and NICs the policy lists in "
@@ -331,16 +224,16 @@ class AgentManager:
         p = ProcId(pid, st.starttime)
         if p not in self.agents:
             if len(self.agents) >= MAX_AGENTS:
-                raise ProtocolError(protocol.LIMIT, f"{MAX_AGENTS} agents are registered "
+                raise AgentRefused(Refusal.LIMIT, f"{MAX_AGENTS} agents are registered "
                                                     "already")
             if not admin:
                 mine = sum(1 for a in self.agents.values() if a.uid == peer_uid)
                 if mine >= MAX_AGENTS_PER_UID:
-                    raise ProtocolError(protocol.LIMIT, f"uid {peer_uid} has {mine} agents "
+                    raise AgentRefused(Refusal.LIMIT, f"uid {peer_uid} has {mine} agents "
                                         f"registered already (limit {MAX_AGENTS_PER_UID})")
         return p, ruid
 
-    def register(self, p: ProcId, uid: int, req: Register, source: str = "socket", *,
+    def register(self, p: ProcId, uid: int, req: Registration, source: str = "socket", *,
                  owner: int | None = None) -> Agent:
         """Record (or update) a registration; the writes happen in place_pending().
 
@@ -355,7 +248,7 @@ class AgentManager:
             if fd is not None and not tasks.alive(self.root, p):
                 # opened after the check: the pidfd may name a newer process
                 os.close(fd)
-                raise ProtocolError(protocol.NO_SUCH_PROCESS, f"process {p.pid} has exited")
+                raise AgentRefused(Refusal.NO_SUCH_PROCESS, f"process {p.pid} has exited")
             a.pidfd = fd
             if fd is not None:
                 self.new_pidfds.append(a)
@@ -415,85 +308,32 @@ class AgentManager:
             self.load[cpu] = self.load.get(cpu, 0) + 1
 
     def _wants(self, a: Agent) -> None:
-        """What the class policy wants for `a` (no writes)."""
-        cp = self.policy.classes[a.latency_class]
-        old_cpus, old_home = a.want_cpus, a.home_cpu
-        if cp.pin:
-            home = a.home_cpu
-            allowed, reserved = self._usable(a)
-            may = (allowed - reserved) if allowed is not None else None
-            outside = home is not None and (home in reserved or (may is not None
-                                                                  and home not in may))
-            if a.fallback:
-                # a fallback placement is revisited when a home CPU becomes usable
-                usable_home = self.layout.home - reserved
-                if may is not None:
-                    usable_home &= may
-                stale = bool(usable_home)
-            else:
-                stale = home is not None and home not in self.layout.home
-            if home is None or stale or outside:
-                if home is not None:
-                    self._set_home(a, None)
-                choice = choose_home_within(self.layout, self.heat, self.load, self.policy.heat,
-                                            allowed=allowed, reserved=reserved,
-                                            node=a.numa_node,
-                                            hot=self.tracker.hot(self.policy.heat))
-                home = choice.cpu
-                self._set_home(a, home)
-                a.fallback, a.note = choice.fallback, choice.note
-                a.placed_mono = self.clock()
-                if old_home is not None and home != old_home:
-                    why = (f"CPU {old_home} is outside its cpuset or held by another workload"
-                           if outside else f"CPU {old_home} is no longer a home CPU")
-                    a.last_move = MoveRecord(time.time(), old_home, home, why)
-            a.want_cpus = CpuSet({home}) if home is not None else None
-        else:
-            a.fallback = False
-            self._set_home(a, None)
-            a.want_cpus = self.layout.completion if cp.to_completion and self.layout.completion \
-                else None
-            a.note = ("no completion CPU to run on (cpus.completion): left where it is"
-                      if cp.to_completion and not self.layout.completion else "")
-        a.want_nice = cp.nice
-        a.want_ioprio = None if cp.ioprio == "none" else cp.ioprio
-        a.exclusive = bool(cp.pin and cp.exclusive == "exclusive" and a.home_cpu is not None
-                           and not a.fallback)
-        a.pm_qos = cp.pm_qos_resume_latency_us if cp.pin and a.home_cpu is not None else None
+        """What the class policy wants for `a` (plan/agents.py class_wants; no writes)."""
+        allowed, reserved = self._usable(a)
+        w = class_wants(self.policy.classes[a.latency_class],
+                        AgentPlace(a.home_cpu, a.fallback, a.note, allowed, reserved,
+                                   a.numa_node),
+                        self.layout, self.heat, self.load, self.policy.heat,
+                        self.tracker.hot(self.policy.heat))
+        old_cpus, old_home, old_cpu_use = a.want_cpus, a.home_cpu, (a.exclusive, a.pm_qos)
+        if w.home != a.home_cpu or w.rehomed:
+            self._set_home(a, w.home)
+        if w.rehomed:
+            a.placed_mono = self.clock()
+        if w.moved_why:
+            a.last_move = MoveRecord(time.time(), old_home, w.home, w.moved_why)
+        a.want_cpus, a.want_nice, a.want_ioprio = w.cpus, w.nice, w.ioprio
+        a.exclusive, a.pm_qos, a.fallback, a.note = w.exclusive, w.pm_qos, w.fallback, w.note
         if a.want_cpus != old_cpus or a.home_cpu != old_home:
             self.dirty.add(a.proc)
+            # exclusivity and pm_qos follow only the agents that have (or had) either
+            if _holds_cpu(a) or old_cpu_use != (False, None):
+                self.cpu_dirty = True
+        if (a.exclusive, a.pm_qos) != old_cpu_use:
             self.cpu_dirty = True
 
     # -- writes ----------------------------------------------------------
-    def _agent_changes(self, a: Agent, tids: Iterable[int], why: str) -> list[Change]:
-        out: list[Change] = []
-        for tid in tids:
-            t = ThreadId(a.proc.pid, a.proc.starttime, tid).target
-            if a.want_cpus is not None:
-                out.append(Change("task.affinity", t, "", a.want_cpus.to_list(), why, a.owner))
-            if a.want_nice is not None:
-                out.append(Change("task.nice", t, "", str(a.want_nice), why, a.owner))
-            if a.want_ioprio is not None:
-                out.append(Change("task.ioprio", t, "", a.want_ioprio, why, a.owner))
-        return out
-
-    def _why(self, a: Agent) -> str:
-        if a.home_cpu is not None:
-            return (f"agent {a.agent_id!r} ({a.latency_class}) on home CPU {a.home_cpu}")
-        return f"agent {a.agent_id!r} ({a.latency_class})"
-
-    @staticmethod
-    def _wanted(a: Agent) -> set[str]:
-        out = set()
-        if a.want_cpus is not None:
-            out.add("task.affinity")
-        if a.want_nice is not None:
-            out.add("task.nice")
-        if a.want_ioprio is not None:
-            out.add("task.ioprio")
-        return out
-
-    def place_pending(self) -> dict[ProcId, ProtocolError | None]:
+    def place_pending(self) -> dict[ProcId, AgentRefused | None]:
         """Apply the placement of every dirty agent in one engine batch (lock held)."""
         todo = [self.agents[p] for p in self.dirty if p in self.agents]
         self.dirty.clear()
@@ -501,23 +341,23 @@ class AgentManager:
             return {}
         changes: list[Change] = []
         unwanted: dict[str, set[str]] = {}  # prefix -> knobs its class no longer sets
-        outcome: dict[ProcId, ProtocolError | None] = {}
+        outcome: dict[ProcId, AgentRefused | None] = {}
         tids_of: dict[ProcId, list[int]] = {}
         fresh = {a.proc for a in todo if a.state == "pending" and not a.applied
                  and a.pinned == 0}
         for a in todo:
             tids = tasks.list_tids(self.root, a.proc.pid)
             if not tids or not tasks.alive(self.root, a.proc):
-                outcome[a.proc] = ProtocolError(protocol.NO_SUCH_PROCESS,
+                outcome[a.proc] = AgentRefused(Refusal.NO_SUCH_PROCESS,
                                                 f"process {a.proc.pid} has exited")
                 continue
             tids_of[a.proc] = tids
             a.threads = set(tids)
-            changes += self._agent_changes(a, tids, self._why(a))
-            wanted = self._wanted(a)
-            if a.applied - wanted:
-                unwanted[_prefix(a.proc)] = a.applied - wanted
-            a.applied = wanted
+            changes += agent_changes(a, tids, why(a))
+            knobs = wanted(a)
+            if a.applied - knobs:
+                unwanted[prefix(a.proc)] = a.applied - knobs
+            a.applied = knobs
         try:
             if unwanted:
                 self.applier.restore(
@@ -529,62 +369,32 @@ class AgentManager:
             # directory): the engine wrote nothing. New agents are not kept.
             log.error("cannot place %d agent(s): %s", len(todo), e)
             for a in todo:
-                outcome.setdefault(a.proc, ProtocolError(
-                    protocol.UNAVAILABLE, f"agentlatd cannot journal the original values "
+                outcome.setdefault(a.proc, AgentRefused(
+                    Refusal.UNAVAILABLE, f"agentlatd cannot journal the original values "
                     f"({e}), so it changed nothing"))
                 if a.proc in fresh:
                     self._drop(a, "placement failed", forget=False)
                 else:
                     a.state, a.problem = "failed", str(e)
             return outcome
-        self._account(results, [a for a in todo if a.proc in tids_of])
+        account(results, [a for a in todo if a.proc in tids_of])
         for a in todo:
             if a.proc in outcome:
                 self._drop(a, "process exited during registration", forget=True)
                 continue
             outcome[a.proc] = None
-        self.cpu_dirty = True
+        # exclusivity and pm_qos follow the agents' states: only an agent that has
+        # either can change them (a home that changed set cpu_dirty already)
+        if any(_holds_cpu(a) for a in todo):
+            self.cpu_dirty = True
         return outcome
-
-    def _account(self, results: Iterable[Any], agents: list[Agent], *, add: bool = False) -> None:
-        """Fold engine results into each agent's state/problem/pinned count.
-
-        add=False: the results cover every thread; True: only new threads."""
-        by_prefix = {_prefix(a.proc): a for a in agents}
-        bad: dict[str, list[str]] = {}
-        ok_aff: dict[str, int] = {}
-        for r in results:
-            pre = r.target.rsplit(":", 1)[0] + ":"
-            a = by_prefix.get(pre)
-            if a is None:
-                continue
-            if r.status in ("changed", "unchanged"):
-                if r.knob == "task.affinity":
-                    ok_aff[pre] = ok_aff.get(pre, 0) + 1
-            elif r.errclass == "gone":
-                a.threads.discard(int(r.target.rsplit(":", 1)[1]))
-            else:
-                bad.setdefault(pre, []).append(f"{r.knob} {r.target}: {r.status}: {r.message}")
-        for pre, a in by_prefix.items():
-            n = ok_aff.get(pre, 0)
-            a.pinned = 0 if a.want_cpus is None else min(len(a.threads),
-                                                         a.pinned + n if add else n)
-            probs = bad.get(pre, [])
-            if probs:
-                if not add:
-                    a.state = "partial" if a.pinned or a.want_cpus is None else "failed"
-                a.problem = probs[0] + (f" (+{len(probs) - 1} more)" if len(probs) > 1 else "")
-                log.warning("agent %r pid %d: %s", a.agent_id, a.proc.pid, a.problem)
-            elif not add:
-                a.state = "placed"
-                a.problem = ""
 
     def unregister(self, p: ProcId) -> Agent | None:
         """Restore a live agent's originals and drop it (lock held)."""
         a = self.agents.get(p)
         if a is None:
             return None
-        pre = _prefix(p)
+        pre = prefix(p)
         keys = [(k, t) for k, t, _ in self.applier.entries(TASK_KNOBS) if t.startswith(pre)]
         self.applier.restore(keys)
         journaled = {t for _, t in keys}
@@ -611,7 +421,7 @@ class AgentManager:
 
     def _drop(self, a: Agent, why: str, *, forget: bool) -> None:
         if forget:
-            pre = _prefix(a.proc)
+            pre = prefix(a.proc)
             self.applier.forget((k, t) for k, t, _ in self.applier.entries(TASK_KNOBS)
                                 if t.startswith(pre))
         if a.pidfd is not None:
@@ -622,7 +432,8 @@ class AgentManager:
         if self.by_pid.get(a.proc.pid) is a:
             del self.by_pid[a.proc.pid]
         self.dirty.discard(a.proc)
-        self.cpu_dirty = True
+        if _holds_cpu(a):
+            self.cpu_dirty = True
         log.info("agent %r pid %d dropped: %s", a.agent_id, a.proc.pid, why)
 
     def mark_dead(self, p: ProcId) -> None:
@@ -639,7 +450,7 @@ class AgentManager:
         """The process is gone (pidfd readable or polling): forget its entries (lock held)."""
         a = self.agents.get(p)
         if a is not None:
-            self._restore_forked(a)
+            self.threads.restore_forked(a, self.agents)
             self._drop(a, "process exited", forget=True)
 
     def decline(self, p: ProcId) -> None:
@@ -656,33 +467,70 @@ class AgentManager:
 
     # -- the tick --------------------------------------------------------
     def tick(self) -> None:
-        """Per-tick upkeep (lock held): exits, new threads, heat moves, auto-registration,
-        exclusivity and pm_qos."""
+        """The whole per-tick upkeep at once (lock held): see tick_steps()."""
+        for _ in self.tick_steps():
+            pass
+
+    def tick_steps(self) -> Iterator[None]:
+        """Per-tick upkeep (lock held while it runs): exits, new threads, forks, heat
+        moves, auto-registration, exclusivity and pm_qos.
+
+        A generator that yields between bounded pieces of work (a few agents
+        each): the daemon runs it a slice per loop turn and serves requests in
+        between, so a registration never waits for a whole tick of 1000 agents.
+        Registrations, unregistrations and exits may happen at every yield: each
+        piece re-checks that its agent is still the registered one, and nothing
+        computed before a yield is written after it without that check.
+        """
         t0 = time.perf_counter()
+        spent = 0.0
         now = self.clock()
         self.reap()
         # a pidfd turns readable when its process exits (zombies included): one
         # poll() over all of them; the daemon's selector usually saw it first
         poller = select.poll()
         by_fd: dict[int, ProcId] = {}
+        polled: list[Agent] = []
         for a in list(self.agents.values()):
             if a.pidfd is not None:
                 poller.register(a.pidfd, select.POLLIN)
                 by_fd[a.pidfd] = a.proc
-            elif not tasks.alive(self.root, a.proc):
-                self.exited(a.proc)
+            else:
+                polled.append(a)
         if by_fd:
             for fd, _ev in poller.poll(0):
                 if fd in by_fd:
                     self.exited(by_fd[fd])
-        self._new_threads()
-        self._scan_forks()
+        for i, a in enumerate(polled):
+            if self.agents.get(a.proc) is a and not tasks.alive(self.root, a.proc):
+                self.exited(a.proc)
+            if i % TICK_PIECE == TICK_PIECE - 1:
+                spent += time.perf_counter() - t0
+                yield
+                t0 = time.perf_counter()
+        for _ in self.threads.new_threads(self.agents, self.dirty):
+            spent += time.perf_counter() - t0
+            yield
+            t0 = time.perf_counter()
+        for _ in self.threads.scan_forks(self.agents):
+            spent += time.perf_counter() - t0
+            yield
+            t0 = time.perf_counter()
         self._cgroups(now)
-        self._moves(now)
-        self._auto_register()
-        self.place_pending()
-        self.reconcile_cpus()
-        self.last_tick_s = time.perf_counter() - t0
+        spent += time.perf_counter() - t0
+        yield
+        t0 = time.perf_counter()
+        for _ in self._moves(now):
+            spent += time.perf_counter() - t0
+            yield
+            t0 = time.perf_counter()
+        # each O(agents) step below leaves the registry consistent: a yield between
+        for step in (self._auto_register, self.place_pending, self.reconcile_cpus):
+            step()
+            spent += time.perf_counter() - t0
+            yield
+            t0 = time.perf_counter()
+        self.last_tick_s = spent + time.perf_counter() - t0
 
     def _cgroups(self, now: float) -> None:
         """Every RESCAN_S: re-read exclusive holders and each agent's cgroup; re-place
@@ -695,97 +543,16 @@ class AgentManager:
             if self._read_cgroup(a) or held_changed:
                 self._wants(a)
 
-    def _new_threads(self) -> None:
-        changes: list[Change] = []
-        touched: list[Agent] = []
-        gone_keys: list[tuple[str, str]] = []
-        for a in self.agents.values():
-            if a.proc in self.dirty:
-                continue
-            tids = set(tasks.list_tids(self.root, a.proc.pid))
-            if not tids:
-                continue
-            new = tids - a.threads
-            old = a.threads - tids
-            if old:
-                for tid in old:
-                    t = ThreadId(a.proc.pid, a.proc.starttime, tid).target
-                    gone_keys += [(k, t) for k in TASK_KNOBS]
-            if not new and not old:
-                continue
-            a.threads = tids
-            if new and (a.want_cpus is not None or a.want_nice is not None
-                        or a.want_ioprio is not None):
-                for tid in sorted(new):
-                    self._unborn(a, tid)
-                changes += self._agent_changes(a, sorted(new), self._why(a) + " (new thread)")
-                touched.append(a)
-        if gone_keys:
-            self.applier.forget(gone_keys)
-        if changes:
-            self._account(self.applier.apply(changes), touched, add=True)
-
-    def _scan_forks(self) -> None:
-        """Remember the processes agents forked (FORK_SCAN_AGENTS agents per tick)."""
-        todo = [a for a in self.agents.values() if a.applied]
-        if not todo:
-            return
-        start = self._fork_cursor % len(todo)
-        chosen = (todo[start:] + todo[:start])[:FORK_SCAN_AGENTS]
-        self._fork_cursor = start + len(chosen)
-        for a in chosen:
-            # the live descendants only (replaced, not added to: an agent that
-            # forks short-lived commands all day must not grow the set)
-            kids: set[ProcId] = set()
-            for pid in tasks.descendants(self.root, a.proc.pid, limit=MAX_FORKED):
-                st = tasks.starttime_of(self.root, pid)
-                if st is not None and st >= a.proc.starttime:
-                    kids.add(ProcId(pid, st))
-            a.forked = kids
-            if kids and a.creds is None:  # read here, not on the registration path
-                a.creds = tasks.thread_uids(self.root, a.proc.pid, a.proc.pid)
-
-    def _restore_forked(self, a: Agent) -> None:
-        """The agent exited: its forked processes that still show agentlatd's values
-        (inherited from it) get its originals back, as its entries would have."""
-        if not a.forked or a.creds is None:
-            return
-        main = ThreadId(a.proc.pid, a.proc.starttime, a.proc.pid).target
-        vals = self.applier.written(main)
-        n = 0
-        for child in sorted(a.forked, key=lambda c: c.pid):
-            if child in self.agents or not tasks.alive(self.root, child):
-                continue  # registered itself (its own entries decide) or gone
-            for knob, original, written in vals:
-                try:
-                    n += self.applier.restore_forked(knob, child, written, original, a.creds)
-                except (KernelError, ValueError):
-                    continue
-        a.forked.clear()
-        if n:
-            log.info("agent %r pid %d exited: %d value(s) restored on processes it forked",
-                     a.agent_id, a.proc.pid, n)
-
-    def _unborn(self, a: Agent, tid: int) -> None:
-        """A thread born with our values (cloned from a pinned thread) has no journal
-        entry, and a crash would leave it pinned: give it the process's original
-        first, so that the engine journals the true original before pinning it
-        again (a few microseconds unpinned, for a crash-safe restore)."""
-        t = ThreadId(a.proc.pid, a.proc.starttime, tid).target
-        wants = {"task.affinity": a.want_cpus.to_list() if a.want_cpus is not None else None,
-                 "task.nice": str(a.want_nice) if a.want_nice is not None else None,
-                 "task.ioprio": a.want_ioprio}
-        for knob, want in wants.items():
-            orig = a.orig.get(knob)
-            if want is None or orig is None or orig == want:
-                continue
-            if self.applier.read(knob, t) == want:
-                self.applier.write_direct(knob, t, orig, a.owner)
-
-    def _moves(self, now: float) -> None:
+    def _moves(self, now: float) -> Iterator[None]:
+        """Heat moves: the agents' places are read a piece at a time (yields between),
+        then planned and applied at once; a move planned for an agent that
+        left, or whose home changed meanwhile, is dropped."""
         pol = self.policy.heat
         placed = []
-        for a in self.agents.values():
+        agents = list(self.agents.values())
+        for i, a in enumerate(agents):
+            if i % (8 * TICK_PIECE) == 8 * TICK_PIECE - 1:
+                yield
             if a.home_cpu is None or a.fallback or not self.policy.classes[a.latency_class].pin:
                 continue
             allowed, reserved = self._usable(a)
@@ -797,15 +564,19 @@ class AgentManager:
             return
         hot = self.tracker.hot(pol)
         moves, notes = plan_moves(placed, self.layout, self.heat, hot, pol, now)
-        by_key = {str(a.proc): a for a in self.agents.values()}
+        by_key = {str(a.proc): a for a in self.agents.values()} if moves else {}
         for m in moves:
-            a = by_key[m.key]
+            mover = by_key.get(m.key)
+            if mover is None or mover.home_cpu != m.from_cpu or mover.fallback:
+                continue
+            a = mover
             self._set_home(a, m.to_cpu)
             a.want_cpus = CpuSet({m.to_cpu})
             a.placed_mono = now
             a.last_move = MoveRecord(time.time(), m.from_cpu, m.to_cpu, m.reason)
             self.dirty.add(a.proc)
-            self.cpu_dirty = True
+            if _holds_cpu(a):
+                self.cpu_dirty = True
             self.moves += 1
             log.info("agent %r pid %d moved from CPU %d to CPU %d: %s", a.agent_id, a.proc.pid,
                      m.from_cpu, m.to_cpu, m.reason)
@@ -822,20 +593,21 @@ class AgentManager:
             uids = tasks.uids_of(self.root, m.proc.pid)
             if uids is None:
                 continue
-            req = Register(agent_id=agent_id_for(m.rule, m.comm, m.proc.pid), pid=m.proc.pid,
+            req = Registration(agent_id=agent_id_for(m.rule, m.comm, m.proc.pid), pid=m.proc.pid,
                            latency_class=m.rule.latency_class)
             try:
                 self.register(m.proc, uids[0], req, source=f"auto:{m.rule_index}")
-            except ProtocolError:
+            except AgentRefused:
                 continue
             log.info("auto-registered pid %d (%s) as %r, class %s (auto_register[%d])",
                      m.proc.pid, m.comm, req.agent_id, req.latency_class, m.rule_index)
 
     # -- exclusive home CPUs and pm_qos ---------------------------------------
     def _excl_wanted(self) -> CpuSet:
+        ok = self.chain.exclusive_ok
         return CpuSet(a.home_cpu for a in self.agents.values()
                       if a.exclusive and a.home_cpu is not None and a.state != "failed"
-                      and self.excl_gate(a))
+                      and (ok is None or a.proc in ok))
 
     def reconcile_cpus(self, full: bool = True) -> None:
         """Bring victims and pm_qos in line with where agents live now (lock held).
@@ -843,164 +615,21 @@ class AgentManager:
         full=False (between ticks, after registrations): scan the host's tasks
         only when the set of exclusive CPUs changed; new tasks wait for the tick.
         """
-        want = self._excl_wanted()
+        if not full and not self.cpu_dirty:
+            # nothing an agent holds changed since the last reconcile (the chain
+            # keeper's decisions come at the tick): O(agents) work saved per request
+            return
         homes = [a for a in self.agents.values() if a.exclusive]
-        self.held = CpuSet()
+        held = CpuSet()
         for h in self.cgroups.holders:
             if not any(h.owns(a.container) for a in homes):
-                self.held |= h.cpus
-        changed = want != self.excl
-        if changed:
-            grown = not want <= self.excl
-            self.excl = want
-            self._reconcile_victims()
-            if grown:
-                self.seen_tasks.clear()
-        if self.excl and (full or changed):
-            self._scan_victims()
-        elif self.victims:
-            self._reconcile_victims()
-        if self.cpu_dirty:
-            self._reconcile_pmqos()
+                held |= h.cpus
+        pm = (pm_qos_wanted((a.home_cpu, a.pm_qos) for a in self.agents.values()
+                            if a.pm_qos is not None and a.home_cpu is not None)
+              if self.cpu_dirty else None)
+        self.cpus.reconcile(self._excl_wanted(), held,
+                            lambda: set(self.by_pid) | self.chain.protected, pm, full=full)
         self.cpu_dirty = False
-
-    def _reconcile_victims(self) -> None:
-        restore: list[tuple[str, str]] = []
-        changes: list[Change] = []
-        for key, v in list(self.victims.items()):
-            desired = victim_affinity(v.original, self.excl) or v.original
-            if desired == v.moved_to:
-                continue
-            t = v.thread.target
-            if desired == v.original:
-                if v.journaled:
-                    restore.append(("task.affinity", t))
-                else:
-                    self.applier.write_direct("task.affinity", t, v.original.to_list())
-                del self.victims[key]
-            else:
-                if v.journaled:
-                    changes.append(Change("task.affinity", t, v.moved_to.to_list(),
-                                          desired.to_list(), self._victim_why()))
-                else:
-                    self.applier.write_direct("task.affinity", t, desired.to_list())
-                v.moved_to = desired
-        if restore:
-            self.applier.restore(restore)
-        if changes:
-            self.applier.apply(changes)
-        if not self.victims:
-            self.victim_procs.clear()
-
-    def _victim_why(self) -> str:
-        return (f"home CPU(s) {self.excl} are exclusive to interactive agents "
-                "(classes.*.exclusive = \"exclusive\")")
-
-    def _in_scope(self, pid: int, ppid: int) -> bool:
-        if self.scope_pid is None:
-            return True
-        if pid in self.scope:
-            return True
-        if ppid in self.scope:
-            self.scope.add(pid)
-            return True
-        return False
-
-    def _scan_victims(self) -> None:
-        agent_pids = set(self.by_pid) | self.protected
-        live: set[tuple[int, int]] = set()
-        live_pids: set[int] = set()
-        changes: list[Change] = []
-        new_victims: dict[tuple[int, int], Victim] = {}
-        for pid in tasks.list_pids(self.root):
-            live_pids.add(pid)
-            if pid in agent_pids:
-                continue
-            tids = tasks.list_tids(self.root, pid)
-            unseen = [t for t in tids if (pid, t) not in self.seen_tasks]
-            live.update((pid, t) for t in tids)
-            pst = None
-            if self.scope_pid is not None and pid not in self.scope:
-                pst = tasks.pid_stat(self.root, pid)
-                if pst is None or not self._in_scope(pid, pst.ppid):
-                    continue
-            if not unseen:
-                continue
-            pst = pst or tasks.pid_stat(self.root, pid)
-            if pst is None:
-                continue
-            for tid in unseen:
-                self.seen_tasks.add((pid, tid))
-                st = pst if tid == pid else tasks.pid_stat(self.root, pid, tid)
-                if st is None or (st.kthread and st.no_setaffinity):
-                    continue
-                try:
-                    aff = tasks.get_affinity(tid)
-                except KernelError:
-                    continue
-                if st.kthread and len(aff) <= 1:
-                    continue  # a per-CPU kthread
-                th = ThreadId(pid, pst.starttime, tid)
-                new = victim_affinity(aff, self.excl, self.held)
-                if new is None:
-                    # born narrowed from a moved parent (fork or thread): inherited
-                    parent = self.victim_procs.get(pid) or self.victim_procs.get(pst.ppid)
-                    if parent is not None and aff == victim_affinity(parent, self.excl):
-                        self.victims[(pid, tid)] = Victim(th, parent, aff, journaled=False)
-                        self.victim_procs.setdefault(pid, parent)
-                    continue
-                changes.append(Change("task.affinity", th.target, aff.to_list(), new.to_list(),
-                                      self._victim_why()))
-                new_victims[(pid, tid)] = Victim(th, aff, new, journaled=True)
-        if changes:
-            results = self.applier.apply(changes)
-            for r in results:
-                th = ThreadId.parse(r.target)
-                v = new_victims.get((th.pid, th.tid))
-                if v is None:
-                    continue
-                if r.status in ("changed", "clamped"):
-                    self.victims[(th.pid, th.tid)] = v
-                    self.victim_procs.setdefault(th.pid, v.original)
-                elif r.status not in ("unchanged",) and r.errclass != "gone":
-                    log.info("cannot move task %s off home CPUs: %s", r.target, r.message)
-        # tasks gone: forget them
-        gone = [k for k in self.victims if k not in live]
-        if gone:
-            self.applier.forget(("task.affinity", self.victims[k].thread.target) for k in gone
-                                if self.victims[k].journaled)
-            for k in gone:
-                del self.victims[k]
-        self.seen_tasks &= live
-        for pid in list(self.victim_procs):
-            if pid not in live_pids:
-                del self.victim_procs[pid]
-        if self.scope_pid is not None:
-            self.scope &= live_pids | {self.scope_pid}
-
-    def _reconcile_pmqos(self) -> None:
-        want: dict[int, str] = {}
-        for a in self.agents.values():
-            if a.pm_qos is not None and a.home_cpu is not None:
-                cur = want.get(a.home_cpu)
-                if cur is None or a.pm_qos < int(cur):
-                    want[a.home_cpu] = str(a.pm_qos)
-        gone = [c for c in self.pmqos if c not in want]
-        if gone:
-            self.applier.restore(("cpu.pm_qos_resume_latency_us", str(c)) for c in gone)
-            for c in gone:
-                del self.pmqos[c]
-        changes = [Change("cpu.pm_qos_resume_latency_us", str(c), "", v,
-                          f"an interactive agent lives on home CPU {c}: bound its idle exit "
-                          f"latency (classes.*.pm_qos_resume_latency_us)")
-                   for c, v in sorted(want.items()) if self.pmqos.get(c) != v]
-        if changes:
-            for r in self.applier.apply(changes):
-                c = int(r.target)
-                if r.status in ("changed", "unchanged", "clamped"):
-                    self.pmqos[c] = want[c]
-                else:
-                    log.warning("pm_qos of CPU %d: %s", c, r.message)
 
     def release_all(self) -> None:
         """Before a full rollback (lock held): unregister every agent (restores the
@@ -1010,18 +639,16 @@ class AgentManager:
                 self.unregister(p)
             except Exception:
                 log.exception("restoring agent pid %d", p.pid)
-        for v in self.victims.values():
-            if not v.journaled:
-                self.applier.write_direct("task.affinity", v.thread.target, v.original.to_list())
-        self.victims.clear()
+        self.cpus.release()
         for a in self.agents.values():
             if a.pidfd is not None:
                 self.close_pidfd(a.pidfd)
                 a.pidfd = None
 
     # -- views -----------------------------------------------------------
-    def rows(self) -> list[dict[str, Any]]:
-        extras = self.row_extras
+    def rows(self, extras: Callable[[Agent], dict[str, Any]] | None = None
+             ) -> list[dict[str, Any]]:
+        """Each agent's JSON row, with `extras(agent)` merged in (the chain keeper's)."""
         return [a.to_json() | (extras(a) if extras is not None else {})
                 for a in sorted(self.agents.values(), key=lambda a: (a.agent_id, a.proc.pid))]
 
@@ -1033,15 +660,20 @@ class AgentManager:
             "agents": len(self.agents), "classes": classes,
             "home_cpus": self.layout.home.to_list(),
             "completion_cpus": self.layout.completion.to_list(),
-            "exclusive_cpus": self.excl.to_list(), "tasks_moved": len(self.victims),
+            "exclusive_cpus": self.cpus.excl.to_list(), "tasks_moved": len(self.cpus.victims),
             "held_cpus": [{"cpus": h.cpus.to_list(), "holder": h.describe()}
                           for h in self.cgroups.holders],
-            "pm_qos": {str(c): v for c, v in sorted(self.pmqos.items())},
+            "pm_qos": {str(c): v for c, v in sorted(self.cpus.pmqos.items())},
             "hot_cpus": sorted(self.tracker.hot(self.policy.heat)),
             "heat": {str(c): round(h, 4) for c, h in sorted(self.heat.items())},
             "moves": self.moves, "notes": list(self.notes),
             "agent_tick_ms": round(self.last_tick_s * 1000, 3),
         }
+
+
+def _holds_cpu(a: Agent) -> bool:
+    """Whether the agent's home CPU is exclusive or bounded by pm_qos because of it."""
+    return a.exclusive or a.pm_qos is not None
 
 
 def _close(fd: int) -> None:

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentlatd.agents import stats
-from agentlatd.agents.tasks import valid_pid
 from agentlatd.model.chain import parse_endpoint
+from agentlatd.sample.tasks import valid_pid
 from agentlatd.wire import LATENCY_CLASSES
 
 VERSION = 1

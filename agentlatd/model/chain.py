@@ -49,8 +49,8 @@ import ipaddress
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from agentlatd.agents.placement import CpuLayout
 from agentlatd.cpuset import CpuSet
+from agentlatd.model.layout import CpuLayout
 from agentlatd.sample.chain import NsTable
 from agentlatd.sample.sockets import TCP_LISTEN, Addr, Sock
 

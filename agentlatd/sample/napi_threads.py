@@ -25,9 +25,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from agentlatd.agents.tasks import CONTEXT, list_pids, parse_pid_stat, read_pid_stat
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import KernelError
+from agentlatd.sample.tasks import CONTEXT, list_pids, parse_pid_stat, read_pid_stat
 from agentlatd.sysfs.root import Root
 
 PREFIX = "napi/"

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 
-from agentlatd.agents import tasks
+from agentlatd.sample import tasks
 from agentlatd.sysfs.root import HOST
 
 LIFETIME_S = 90

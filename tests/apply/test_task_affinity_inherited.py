@@ -27,11 +27,11 @@ import pytest
 from applyhelpers import cli, plan_file
 
 from agentlatd import knobset
-from agentlatd.agents import tasks
 from agentlatd.apply import journal
 from agentlatd.apply.engine import Engine
 from agentlatd.cpuset import CpuSet
 from agentlatd.plan.changes import Change
+from agentlatd.sample import tasks
 from agentlatd.sysfs.root import HOST
 
 # The child: on "spawn N OWN" it starts N threads that keep their inherited

@@ -46,8 +46,9 @@ from hostilehelpers import connect, is_error, read_answers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agentlatd.agents import stats, tasks
+from agentlatd.agents import stats
 from agentlatd.api import protocol, server
+from agentlatd.sample import tasks
 from agentlatd.sysfs.root import Root
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the daemon restores "

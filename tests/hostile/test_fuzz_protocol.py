@@ -22,12 +22,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agentlatd.agents.tasks import PID_MAX
 from agentlatd.api import protocol
 from agentlatd.api.protocol import Envelope, ProtocolError, Register, Step
 from agentlatd.apply import journal
 from agentlatd.errors import JournalError, PolicyError
 from agentlatd.policy import Policy, loads
+from agentlatd.sample.tasks import PID_MAX
 
 CODES = {protocol.BAD_JSON, protocol.BAD_REQUEST, protocol.TOO_LARGE,
          protocol.UNSUPPORTED_VERSION, protocol.UNKNOWN_OP}

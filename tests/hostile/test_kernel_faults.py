@@ -4,7 +4,7 @@ processes that exit between listing their threads and pinning them.
 
 The IO boundary is where faults are injected: a Root subclass over a writable
 copy of a fixture tree (FaultRoot from tests/apply), the task syscalls of
-agentlatd.agents.tasks for task knobs, and the ethtool netlink client module
+agentlatd.sample.tasks for task knobs, and the ethtool netlink client module
 for coalescing. Device removal and process exit are real: veth pairs in a
 network namespace the test creates, and child processes the test spawns.
 """
@@ -40,7 +40,6 @@ from applyhelpers import (
     veth_changes,
 )
 
-from agentlatd.agents import tasks
 from agentlatd.apply import journal, knobs
 from agentlatd.apply.engine import (
     CHANGED,
@@ -54,6 +53,7 @@ from agentlatd.cpuset import CpuSet
 from agentlatd.errors import KernelError
 from agentlatd.plan.changes import Change
 from agentlatd.policy import loads
+from agentlatd.sample import tasks
 from agentlatd.sysfs.root import Root
 
 ERRNOS = {"EIO": errno.EIO, "EBUSY": errno.EBUSY, "ENOSPC": errno.ENOSPC,
@@ -199,7 +199,7 @@ def test_errno_on_the_read_before_a_write_writes_nothing(tmp_path: pathlib.Path,
     assert diff_keys(before, tree_bytes(tree)) == []
 
 
-# -- task knobs: errnos at the syscalls (agentlatd.agents.tasks is their IO boundary) ----
+# -- task knobs: errnos at the syscalls (agentlatd.sample.tasks is their IO boundary) ----
 
 
 def _start_sleeper() -> subprocess.Popen[bytes]:

@@ -30,8 +30,8 @@ from applyhelpers import cli
 from hostilehelpers import NOBODY, as_uid, fill, tmpfs
 from taskfamily import Family, task_values
 
-from agentlatd.agents import tasks
 from agentlatd.apply import journal
+from agentlatd.sample import tasks
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (tmpfs, other uids)")
 needs_2cpus = pytest.mark.skipif(not {0, 1} <= os.sched_getaffinity(0),

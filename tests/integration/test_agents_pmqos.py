@@ -18,11 +18,11 @@ import pytest
 
 from agentlatd import policy as policy_mod
 from agentlatd.agents.applier import Applier
-from agentlatd.agents.placement import CpuLayout
 from agentlatd.agents.registry import AgentManager
 from agentlatd.api.protocol import Register
 from agentlatd.apply.engine import Engine
 from agentlatd.cpuset import CpuSet
+from agentlatd.model.layout import CpuLayout
 from agentlatd.sysfs.root import Root
 
 POLICY = """

@@ -14,20 +14,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentlatd.agents import stats, tasks
+from agentlatd.agents import stats
 from agentlatd.agents.autoreg import matches
-from agentlatd.agents.placement import (
-    CpuLayout,
-    HotTracker,
-    Placed,
-    choose_home,
-    plan_moves,
-    victim_affinity,
-)
 from agentlatd.api import protocol
 from agentlatd.api.protocol import ProtocolError, Register, Step
 from agentlatd.cpuset import CpuSet
+from agentlatd.model.layout import CpuLayout
+from agentlatd.plan.agents import HotTracker, Placed, choose_home, plan_moves, victim_affinity
 from agentlatd.policy import AutoRegisterRule, HeatPolicy
+from agentlatd.sample import tasks
 
 POL = HeatPolicy(hot=0.5, cool=0.2, hot_ticks=3, min_move_interval=10.0)
 

@@ -34,7 +34,6 @@ from servicehelpers import NotifySocket, free_port, policy_text, run_daemon, vet
 
 from agentlatd.agents import stats
 from agentlatd.agents.chainrow import ChainRow
-from agentlatd.agents.tasks import ProcId
 from agentlatd.apply.engine import ApplyReport, Drift, KnobResult, RollbackReport
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import PolicyError
@@ -51,6 +50,7 @@ from agentlatd.model.machine import Discontinuity, Rates
 from agentlatd.policy import MetricsPolicy, default, loads
 from agentlatd.sample.softirqs import Softirqs
 from agentlatd.sample.stat import CpuTimes, Stat
+from agentlatd.sample.tasks import ProcId
 from agentlatd.steps.slowview import CAUSES, Cause, summarize
 
 pytestmark = pytest.mark.timeout(120)
@@ -649,7 +649,7 @@ def test_metrics_rendered_every_tick_even_with_no_output_is_gone(
     or without a listener or textfile (2-2.5x the tick on 256 CPUs): now ticks
     only add to counters, and a render happens for a scrape, in the HTTP thread."""
     import agentlatd.metrics as metrics_mod
-    from agentlatd.agents.placement import CpuLayout
+    from agentlatd.model.layout import CpuLayout
     from agentlatd.sdnotify import Notifier
     from agentlatd.service import Service, ViewBroker
     from agentlatd.tuner import TunerState

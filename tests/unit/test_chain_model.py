@@ -225,8 +225,8 @@ def test_the_chain_op_decodes_members_and_refuses_bad_ones() -> None:
 
 
 def test_a_member_may_spill_to_a_quiet_smt_sibling_of_its_agents_home() -> None:
-    from agentlatd.agents.placement import CpuLayout
     from agentlatd.cpuset import CpuSet
+    from agentlatd.model.layout import CpuLayout
 
     core = CpuSet({2, 3})
     layout = CpuLayout(home=CpuSet({2, 3, 4}), completion=CpuSet({0, 1}),

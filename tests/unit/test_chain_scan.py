@@ -16,8 +16,8 @@ import sys
 import pytest
 
 from agentlatd.agents.chain import ChainAgent, ChainScanner
-from agentlatd.agents.tasks import ProcId
 from agentlatd.policy import ChainRule
+from agentlatd.sample.tasks import ProcId
 from agentlatd.sysfs.root import Root
 
 pytestmark = pytest.mark.skipif(sys.byteorder != "little", reason="addresses as printed on x86")

@@ -9,9 +9,10 @@ import pathlib
 import pytest
 
 from agentlatd.agents import containers, pidns
-from agentlatd.agents.placement import CpuLayout, choose_home_within, victim_affinity
 from agentlatd.cpuset import CpuSet
 from agentlatd.model.container import identify
+from agentlatd.model.layout import CpuLayout
+from agentlatd.plan.agents import choose_home_within, victim_affinity
 from agentlatd.policy import HeatPolicy
 from agentlatd.sample import cgroup, kubelet
 from agentlatd.sysfs.root import Root

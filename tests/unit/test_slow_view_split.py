@@ -9,8 +9,8 @@ import threading
 from dataclasses import dataclass, field
 
 from agentlatd.agents import stats
-from agentlatd.agents.tasks import ProcId
 from agentlatd.sample import taskstat
+from agentlatd.sample.tasks import ProcId
 from agentlatd.sample.taskstat import TaskSample
 from agentlatd.steps import slowview as sv
 from agentlatd.steps.ring import StepRecord

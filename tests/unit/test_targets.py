@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from agentlatd import knobset
-from agentlatd.agents.tasks import ThreadId
 from agentlatd.apply import knobs
 from agentlatd.kernel.knobnames import KnobName
 from agentlatd.kernel.targets import (
@@ -25,6 +24,7 @@ from agentlatd.kernel.targets import (
     format_target,
     parse_target,
 )
+from agentlatd.sample.tasks import ThreadId
 
 # Names net/core/dev.c dev_valid_name() accepts: anything but '/', ':', whitespace,
 # "." and "..", 1..15 bytes. Real ones: OpenWrt "br-lan", veth peers, VLANs

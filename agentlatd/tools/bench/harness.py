@@ -28,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agentlatd.agents.tasks import descendants
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError, KernelError
 from agentlatd.model.build import build_machine
@@ -38,6 +37,7 @@ from agentlatd.sample import schedstat
 from agentlatd.sample.machine import read_machine
 from agentlatd.sample.softirqs import parse_softirqs, read_softirqs
 from agentlatd.sample.stat import parse_stat, read_stat
+from agentlatd.sample.tasks import descendants
 from agentlatd.sysfs.root import Root
 from agentlatd.tools.bench import attribution, netns
 from agentlatd.tools.bench.configs import CONFIGS, Config, schedule

@@ -211,6 +211,17 @@ def tgid_of(root: Root, pid: int) -> int | None:
         return None
 
 
+def status_ids(root: Root, pid: int) -> tuple[int, int, int] | None:
+    """(Tgid, real uid, effective uid) of task `pid` from one read of proc/PID/status;
+    None when it is gone."""
+    try:
+        text = root.read_text(f"proc/{pid}/status", CONTEXT)
+        ruid, euid = parse_status_uids(text)
+        return parse_status_tgid(text), ruid, euid
+    except (KernelError, ValueError):
+        return None
+
+
 def list_pids(root: Root) -> list[int]:
     """Every process (thread group leader) under proc/."""
     return sorted(int(n) for n in root.listdir("proc") if n.isdigit())

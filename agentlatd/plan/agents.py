@@ -1,4 +1,4 @@
-"""Placement: which home CPU an agent gets, and when it moves (pure).
+"""The agent planner: which home CPU an agent gets, and when it moves (pure).
 
 Design note sections 6.2 and 8: an interactive agent's control loop resumes on
 a warm, IRQ-quiet "home" CPU; completion CPUs absorb IRQs, softirqs and
@@ -37,44 +37,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from agentlatd.cpuset import CpuSet
-from agentlatd.policy import HeatPolicy
-
-# A policy that leaves this host no home CPU (cpus.completion naming every usable CPU,
-# or cpus.home naming only completion CPUs) runs degraded rather than refused: agents
-# still register and are measured, but are not pinned. Said in the log at every change
-# of the layout, in `agents` and in each registration's answer ("problem").
-NO_HOME_CPU = ("degraded: the policy leaves no home CPU on this host (cpus.completion "
-               "takes every usable CPU, or cpus.home names none outside it): agents are "
-               "registered but not pinned until the policy leaves a home CPU")
-
-
-@dataclass(frozen=True, slots=True)
-class CpuLayout:
-    """The CPU roles placement works with (from the plan, or a fallback)."""
-
-    home: CpuSet
-    completion: CpuSet
-    quiet_order: tuple[int, ...] = ()  # home CPUs, quietest first
-    siblings: Mapping[int, CpuSet] = field(default_factory=dict)  # cpu -> its core's CPUs
-    node_of: Mapping[int, int] = field(default_factory=dict)
-    online: CpuSet = field(default_factory=CpuSet)
-
-    def siblings_of(self, cpus: Iterable[int]) -> CpuSet:
-        out: set[int] = set()
-        for c in cpus:
-            out |= self.siblings.get(c, CpuSet({c}))
-        return CpuSet(out)
-
-    def candidates(self, node: int | None = None) -> CpuSet:
-        """Home CPUs an agent may get (module docstring)."""
-        cand = self.home - (self.siblings_of(self.completion) - self.completion)
-        if not cand:
-            cand = self.home
-        if node is not None:
-            on_node = CpuSet(c for c in cand if self.node_of.get(c, 0) == node)
-            if on_node:
-                return on_node
-        return cand
+from agentlatd.model.layout import NO_HOME_CPU, CpuLayout
+from agentlatd.policy import ClassPolicy, HeatPolicy
 
 
 def band(heat: float | None, pol: HeatPolicy) -> int:
@@ -251,3 +215,90 @@ def victim_affinity(current: CpuSet, exclusive: CpuSet,
         return None
     rest = current - exclusive
     return rest if rest else None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentPlace:
+    """Where one agent is now, as the planner sees it."""
+
+    home: int | None
+    fallback: bool  # placed outside the home CPUs: its cpuset holds none
+    note: str  # why its class policy could not be met, from the last choice
+    allowed: CpuSet | None  # its cgroup's effective cpuset (None: unknown)
+    reserved: CpuSet  # CPUs other workloads hold exclusively
+    numa_node: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Wants:
+    """What an agent's class policy wants for it (no writes yet)."""
+
+    home: int | None
+    cpus: CpuSet | None  # its threads' affinity; None: left alone
+    nice: int | None
+    ioprio: str | None
+    exclusive: bool
+    pm_qos: int | None
+    fallback: bool
+    note: str
+    rehomed: bool  # a home was chosen now (placement time restarts)
+    moved_why: str  # an earlier home was left for this one: why
+
+
+def class_wants(cp: ClassPolicy, at: AgentPlace, layout: CpuLayout,
+                heat: Mapping[int, float], load: Mapping[int, int], pol: HeatPolicy,
+                hot: frozenset[int]) -> Wants:
+    """The class policy applied to one agent (`load`: agents per home CPU, this one
+    included). A home CPU is kept unless it left the home set, lies outside the
+    agent's cpuset or is held by another workload; a fallback placement is
+    revisited as soon as a home CPU is usable."""
+    home, fallback, note, rehomed, why = at.home, at.fallback, at.note, False, ""
+    if cp.pin:
+        may = (at.allowed - at.reserved) if at.allowed is not None else None
+        outside = home is not None and (home in at.reserved
+                                        or (may is not None and home not in may))
+        if fallback:
+            usable_home = layout.home - at.reserved
+            if may is not None:
+                usable_home &= may
+            stale = bool(usable_home)
+        else:
+            stale = home is not None and home not in layout.home
+        if home is None or stale or outside:
+            others = dict(load)
+            if home is not None:
+                n = others.get(home, 0) - 1
+                if n > 0:
+                    others[home] = n
+                else:
+                    others.pop(home, None)
+            choice = choose_home_within(layout, heat, others, pol, allowed=at.allowed,
+                                        reserved=at.reserved, node=at.numa_node, hot=hot)
+            old, home = home, choice.cpu
+            fallback, note, rehomed = choice.fallback, choice.note, True
+            if old is not None and home != old:
+                why = (f"CPU {old} is outside its cpuset or held by another workload"
+                       if outside else f"CPU {old} is no longer a home CPU")
+        cpus = CpuSet({home}) if home is not None else None
+    else:
+        home, fallback = None, False
+        cpus = layout.completion if cp.to_completion and layout.completion else None
+        note = ("no completion CPU to run on (cpus.completion): left where it is"
+                if cp.to_completion and not layout.completion else "")
+    return Wants(
+        home=home, cpus=cpus, nice=cp.nice, ioprio=None if cp.ioprio == "none" else cp.ioprio,
+        exclusive=bool(cp.pin and cp.exclusive == "exclusive" and home is not None
+                       and not fallback),
+        pm_qos=cp.pm_qos_resume_latency_us if cp.pin and home is not None else None,
+        fallback=fallback, note=note, rehomed=rehomed, moved_why=why)
+
+
+def pm_qos_wanted(homes: Iterable[tuple[int, int]]) -> dict[int, str]:
+    """cpu -> resume latency to write, from (home CPU, class pm_qos) of each agent:
+    the strictest (lowest) bound of the agents living on a CPU."""
+    want: dict[int, int] = {}
+    for cpu, us in homes:
+        cur = want.get(cpu)
+        if cur is None or us < cur:
+            want[cpu] = us
+    return {c: str(v) for c, v in want.items()}

@@ -1,0 +1,210 @@
+"""The threads and forked processes of registered agents, and the writes for them.
+
+Threads started later inherit the creating thread's affinity, nice and ioprio
+(clone() copies cpus_mask, static_prio and the io_context's priority), so a
+thread started by a pinned thread is pinned from its first instruction; only a
+thread started by a not-yet-pinned thread needs the tick: each tick lists
+proc/PID/task of every agent and applies the class to new threads, after
+giving a thread born with our values the process's original first (unborn),
+so that the engine journals the true original. The processes an agent forked
+are remembered (a few agents per tick) so that its exit can restore them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
+from typing import Any
+
+from agentlatd.agents.agent import Agent
+from agentlatd.agents.applier import TASK_KNOBS, Applier
+from agentlatd.errors import KernelError
+from agentlatd.plan.changes import Change
+from agentlatd.sample import tasks
+from agentlatd.sample.tasks import ProcId, ThreadId
+
+log = logging.getLogger("agentlatd.agents")
+
+# Processes an agent forked are listed at the agent tick (proc/PID/task/*/children,
+# ~15-30 us per agent here), for this many agents per tick, round robin: a fork
+# shorter-lived than the round is missed (it inherited the values and is
+# restored on every other path; only the agent's own exit needs the list)
+FORK_SCAN_AGENTS = 64
+MAX_FORKED = 256  # remembered per agent
+# agents looked at between two yields of the tick (~10 us of /proc reads each)
+TICK_PIECE = 16
+
+
+def prefix(p: ProcId) -> str:
+    return f"{p.pid}:{p.starttime}:"
+
+
+def agent_changes(a: Agent, tids: Iterable[int], why: str) -> list[Change]:
+    out: list[Change] = []
+    for tid in tids:
+        t = ThreadId(a.proc.pid, a.proc.starttime, tid).target
+        if a.want_cpus is not None:
+            out.append(Change("task.affinity", t, "", a.want_cpus.to_list(), why, a.owner))
+        if a.want_nice is not None:
+            out.append(Change("task.nice", t, "", str(a.want_nice), why, a.owner))
+        if a.want_ioprio is not None:
+            out.append(Change("task.ioprio", t, "", a.want_ioprio, why, a.owner))
+    return out
+
+def why(a: Agent) -> str:
+    if a.home_cpu is not None:
+        return (f"agent {a.agent_id!r} ({a.latency_class}) on home CPU {a.home_cpu}")
+    return f"agent {a.agent_id!r} ({a.latency_class})"
+
+def wanted(a: Agent) -> set[str]:
+    out = set()
+    if a.want_cpus is not None:
+        out.add("task.affinity")
+    if a.want_nice is not None:
+        out.add("task.nice")
+    if a.want_ioprio is not None:
+        out.add("task.ioprio")
+    return out
+
+
+def account(results: Iterable[Any], agents: list[Agent], *, add: bool = False) -> None:
+    """Fold engine results into each agent's state/problem/pinned count.
+
+    add=False: the results cover every thread; True: only new threads."""
+    by_prefix = {prefix(a.proc): a for a in agents}
+    bad: dict[str, list[str]] = {}
+    ok_aff: dict[str, int] = {}
+    for r in results:
+        pre = r.target.rsplit(":", 1)[0] + ":"
+        a = by_prefix.get(pre)
+        if a is None:
+            continue
+        if r.status in ("changed", "unchanged"):
+            if r.knob == "task.affinity":
+                ok_aff[pre] = ok_aff.get(pre, 0) + 1
+        elif r.errclass == "gone":
+            a.threads.discard(int(r.target.rsplit(":", 1)[1]))
+        else:
+            bad.setdefault(pre, []).append(f"{r.knob} {r.target}: {r.status}: {r.message}")
+    for pre, a in by_prefix.items():
+        n = ok_aff.get(pre, 0)
+        a.pinned = 0 if a.want_cpus is None else min(len(a.threads),
+                                                     a.pinned + n if add else n)
+        probs = bad.get(pre, [])
+        if probs:
+            if not add:
+                a.state = "partial" if a.pinned or a.want_cpus is None else "failed"
+            a.problem = probs[0] + (f" (+{len(probs) - 1} more)" if len(probs) > 1 else "")
+            log.warning("agent %r pid %d: %s", a.agent_id, a.proc.pid, a.problem)
+        elif not add:
+            a.state = "placed"
+            a.problem = ""
+
+
+class ThreadUpkeep:
+    """New threads pinned as they appear; forked processes remembered and restored."""
+
+    def __init__(self, applier: Applier) -> None:
+        self.applier = applier
+        self.root = applier.root
+        self._fork_cursor = 0
+
+    def new_threads(self, agents: Mapping[ProcId, Agent], skip: AbstractSet[ProcId]
+                    ) -> Iterator[None]:
+        """Pin threads started since the last look; forget threads that ended.
+
+        Yields every TICK_PIECE agents, after writing what it found for them."""
+        listed = list(agents.values())
+        for start in range(0, len(listed), TICK_PIECE):
+            changes: list[Change] = []
+            touched: list[Agent] = []
+            gone_keys: list[tuple[str, str]] = []
+            for a in listed[start:start + TICK_PIECE]:
+                if a.proc in skip or agents.get(a.proc) is not a:
+                    continue
+                tids = set(tasks.list_tids(self.root, a.proc.pid))
+                if not tids:
+                    continue
+                new = tids - a.threads
+                old = a.threads - tids
+                if old:
+                    for tid in old:
+                        t = ThreadId(a.proc.pid, a.proc.starttime, tid).target
+                        gone_keys += [(k, t) for k in TASK_KNOBS]
+                if not new and not old:
+                    continue
+                a.threads = tids
+                if new and (a.want_cpus is not None or a.want_nice is not None
+                            or a.want_ioprio is not None):
+                    for tid in sorted(new):
+                        self.unborn(a, tid)
+                    changes += agent_changes(a, sorted(new),
+                                                   why(a) + " (new thread)")
+                    touched.append(a)
+            if gone_keys:
+                self.applier.forget(gone_keys)
+            if changes:
+                account(self.applier.apply(changes), touched, add=True)
+            yield
+
+    def scan_forks(self, agents: Mapping[ProcId, Agent]) -> Iterator[None]:
+        """Remember the processes agents forked (FORK_SCAN_AGENTS agents per tick),
+        yielding after each agent."""
+        todo = [a for a in agents.values() if a.applied]
+        if not todo:
+            return
+        start = self._fork_cursor % len(todo)
+        chosen = (todo[start:] + todo[:start])[:FORK_SCAN_AGENTS]
+        self._fork_cursor = start + len(chosen)
+        for a in chosen:
+            if agents.get(a.proc) is not a:
+                continue
+            # the live descendants only (replaced, not added to: an agent that
+            # forks short-lived commands all day must not grow the set)
+            kids: set[ProcId] = set()
+            for pid in tasks.descendants(self.root, a.proc.pid, limit=MAX_FORKED):
+                st = tasks.starttime_of(self.root, pid)
+                if st is not None and st >= a.proc.starttime:
+                    kids.add(ProcId(pid, st))
+            a.forked = kids
+            if kids and a.creds is None:  # read here, not on the registration path
+                a.creds = tasks.thread_uids(self.root, a.proc.pid, a.proc.pid)
+            yield
+
+    def restore_forked(self, a: Agent, agents: Mapping[ProcId, Agent]) -> None:
+        """The agent exited: its forked processes that still show agentlatd's values
+        (inherited from it) get its originals back, as its entries would have."""
+        if not a.forked or a.creds is None:
+            return
+        main = ThreadId(a.proc.pid, a.proc.starttime, a.proc.pid).target
+        vals = self.applier.written(main)
+        n = 0
+        for child in sorted(a.forked, key=lambda c: c.pid):
+            if child in agents or not tasks.alive(self.root, child):
+                continue  # registered itself (its own entries decide) or gone
+            for knob, original, written in vals:
+                try:
+                    n += self.applier.restore_forked(knob, child, written, original, a.creds)
+                except (KernelError, ValueError):
+                    continue
+        a.forked.clear()
+        if n:
+            log.info("agent %r pid %d exited: %d value(s) restored on processes it forked",
+                     a.agent_id, a.proc.pid, n)
+
+    def unborn(self, a: Agent, tid: int) -> None:
+        """A thread born with our values (cloned from a pinned thread) has no journal
+        entry, and a crash would leave it pinned: give it the process's original
+        first, so that the engine journals the true original before pinning it
+        again (a few microseconds unpinned, for a crash-safe restore)."""
+        t = ThreadId(a.proc.pid, a.proc.starttime, tid).target
+        wants = {"task.affinity": a.want_cpus.to_list() if a.want_cpus is not None else None,
+                 "task.nice": str(a.want_nice) if a.want_nice is not None else None,
+                 "task.ioprio": a.want_ioprio}
+        for knob, want in wants.items():
+            orig = a.orig.get(knob)
+            if want is None or orig is None or orig == want:
+                continue
+            if self.applier.read(knob, t) == want:
+                self.applier.write_direct(knob, t, orig, a.owner)

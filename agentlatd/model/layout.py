@@ -1,0 +1,50 @@
+"""The CPU roles agents are placed with: home and completion CPUs, SMT siblings,
+NUMA nodes (from the plan's partition, or a fallback when there is none).
+
+A value, no IO: the plan builds it (daemon.layout_of), the agent planner
+(plan/agents.py) and the chain model (model/chain.py) read it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from agentlatd.cpuset import CpuSet
+
+# A policy that leaves this host no home CPU (cpus.completion naming every usable CPU,
+# or cpus.home naming only completion CPUs) runs degraded rather than refused: agents
+# still register and are measured, but are not pinned. Said in the log at every change
+# of the layout, in `agents` and in each registration's answer ("problem").
+NO_HOME_CPU = ("degraded: the policy leaves no home CPU on this host (cpus.completion "
+               "takes every usable CPU, or cpus.home names none outside it): agents are "
+               "registered but not pinned until the policy leaves a home CPU")
+
+
+@dataclass(frozen=True, slots=True)
+class CpuLayout:
+    """The CPU roles placement works with (from the plan, or a fallback)."""
+
+    home: CpuSet
+    completion: CpuSet
+    quiet_order: tuple[int, ...] = ()  # home CPUs, quietest first
+    siblings: Mapping[int, CpuSet] = field(default_factory=dict)  # cpu -> its core's CPUs
+    node_of: Mapping[int, int] = field(default_factory=dict)
+    online: CpuSet = field(default_factory=CpuSet)
+
+    def siblings_of(self, cpus: Iterable[int]) -> CpuSet:
+        out: set[int] = set()
+        for c in cpus:
+            out |= self.siblings.get(c, CpuSet({c}))
+        return CpuSet(out)
+
+    def candidates(self, node: int | None = None) -> CpuSet:
+        """Home CPUs an agent may get (module docstring)."""
+        cand = self.home - (self.siblings_of(self.completion) - self.completion)
+        if not cand:
+            cand = self.home
+        if node is not None:
+            on_node = CpuSet(c for c in cand if self.node_of.get(c, 0) == node)
+            if on_node:
+                return on_node
+        return cand
