@@ -115,3 +115,24 @@ def test_kunpeng_queues_hinted_onto_another_node_are_brought_home() -> None:
         assert len(away) == 32, (d.name, [i.irq for i in away])
         for i in away:
             assert at[i.irq] <= own & plan.completion_cpus, (d.name, i.irq, at[i.irq])
+
+
+# wayca-scheduler README.en.md @ d93f31e4 (wayca-irqdump): irq, total, hwirq, trigger, name as
+# printed on a Kunpeng 920; the tree must keep these rows as published
+WAYCA_HNS3_ROWS = ((199, 27283644, "65536001", "Edge", "hns3-0000:7d:00.0-TxRx-0"),
+                   (589, 0, "99090433", "Edge", "hns3-0000:bd:00.0-TxRx-0"))
+
+
+def test_kunpeng_tree_keeps_the_published_hns3_rows() -> None:
+    m = scan_machine(Root(str(MACHINES / "arm64-kunpeng-128c")))
+    by_irq = {i.irq: i for i in m.irqs}
+    for irq, total, hwirq, trigger, name in WAYCA_HNS3_ROWS:
+        got = by_irq[irq]
+        want = (total, hwirq, trigger, name, "ITS-MSI")
+        assert (got.total, got.hwirq, got.trigger, got.name, got.chip) == want
+    # 64 TxRx vectors per function (the 65-IRQ gap between 7d:00.1-TxRx-0 and 7d:00.2-TxRx-0
+    # in the same listing), the misc vector at MSI-X index 0 just before TxRx-0
+    for first, bdf, dev in ((199, "0000:7d:00.0", "enp125s0f0"), (589, "0000:bd:00.0", "enp189s0f0")):
+        assert by_irq[first - 1].name == f"hclge-misc-{bdf}"
+        txrx = sorted(i.irq for i in m.irqs if i.device == dev and i.name.startswith(f"hns3-{bdf}-TxRx-"))
+        assert txrx == list(range(first, first + 64))
