@@ -39,11 +39,11 @@ from agentlatd.agents.registry import AgentManager
 from agentlatd.api import protocol
 from agentlatd.api.protocol import Chain, Envelope, ProtocolError, Register, Step, Unregister
 from agentlatd.api.server import PENDING, Conn, Server
-from agentlatd.model.chain import parse_endpoint
 from agentlatd.policy import Policy
 from agentlatd.sample import tasks
 from agentlatd.sample.tasks import ProcId
 from agentlatd.sysfs.root import Root
+from agentlatd.wire import parse_endpoint
 
 Handler = Callable[[Conn, Envelope], Any]
 

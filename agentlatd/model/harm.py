@@ -34,7 +34,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from agentlatd.agents.stats import Histogram
+from agentlatd.stepstats import Histogram
 
 STEPS = "steps"
 RUN_DELAY = "run_delay"
