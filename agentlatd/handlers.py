@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentlatd import __version__
-from agentlatd.agents import pidns
+from agentlatd.agents import pidns, views
 from agentlatd.agents.agent import Agent
 from agentlatd.agents.chain import ChainKeeper, Declared
 from agentlatd.agents.refusal import AgentRefused, Refusal, Registration
@@ -226,7 +226,7 @@ class Handlers:
                 + [{"proto": pr, "address": f"{ad}:{po}"} for pr, ad, po in addrs]}
 
     def agents(self, c: Conn, env: Envelope) -> Any:
-        return self.manager.rows(self.chain.row)
+        return views.rows(self.manager, self.chain.row)
 
     def status(self, c: Conn, env: Envelope) -> Any:
         return self._status()

@@ -82,6 +82,27 @@ class CpuKeeper:
         if pmqos is not None:
             self._reconcile_pmqos(pmqos)
 
+    # -- chain members (agents/chain.py): never victims ---------------------------
+    def narrowed(self, pid: int) -> CpuSet | None:
+        """The affinity process `pid` had before exclusivity moved it; None: not moved."""
+        return self.victim_procs.get(pid)
+
+    def take_victim(self, pid: int, tid: int) -> Victim | None:
+        """Stop tracking thread `tid` of `pid` as a victim; its record, if it was one."""
+        return self.victims.pop((pid, tid), None)
+
+    def take_victims(self, pid: int) -> list[Victim]:
+        """Stop tracking every victim thread of `pid`; their records."""
+        return [self.victims.pop(k) for k in [k for k in self.victims if k[0] == pid]]
+
+    def spare(self, pid: int) -> None:
+        """`pid` is no victim any more (its threads were taken or restored)."""
+        self.victim_procs.pop(pid, None)
+
+    def rescan(self, pid: int) -> None:
+        """Look at `pid`'s threads again at the next scan, as at any other task's."""
+        self.seen_tasks = {k for k in self.seen_tasks if k[0] != pid}
+
     def release(self) -> None:
         """Before a full rollback: widen the inherited victims (not journaled)."""
         for v in self.victims.values():

@@ -12,14 +12,16 @@ are remembered (a few agents per tick) so that its exit can restore them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
 
 from agentlatd.agents.agent import Agent
 from agentlatd.agents.applier import TASK_KNOBS, Applier
 from agentlatd.errors import KernelError
+from agentlatd.kernel.knobnames import KnobName
 from agentlatd.plan.changes import Change
 from agentlatd.sample import tasks
 from agentlatd.sample.tasks import ProcId, ThreadId
@@ -40,16 +42,44 @@ def prefix(p: ProcId) -> str:
     return f"{p.pid}:{p.starttime}:"
 
 
+def proc_of(target: str) -> ProcId | None:
+    """The process of a task target; None for a journal line that names none."""
+    try:
+        return ThreadId.parse(target).proc
+    except ValueError:
+        return None
+
+
+def read_originals(pid: int) -> dict[str, str]:
+    """The main thread's affinity, nice and ioprio (those the kernel answers)."""
+    readers: dict[str, Callable[[], str]] = {
+        KnobName.TASK_AFFINITY: lambda: tasks.get_affinity(pid).to_list(),
+        KnobName.TASK_NICE: lambda: str(tasks.get_nice(pid)),
+        KnobName.TASK_IOPRIO: lambda: tasks.get_ioprio(pid)}
+    out: dict[str, str] = {}
+    for knob, read in readers.items():
+        with contextlib.suppress(KernelError):
+            out[knob] = read()
+    return out
+
+
+def class_values(a: Agent) -> dict[KnobName, str | None]:
+    """What the agent's class writes on each of its threads (None: not set)."""
+    return {KnobName.TASK_AFFINITY: a.want_cpus.to_list() if a.want_cpus is not None else None,
+            KnobName.TASK_NICE: str(a.want_nice) if a.want_nice is not None else None,
+            KnobName.TASK_IOPRIO: a.want_ioprio}
+
+
 def agent_changes(a: Agent, tids: Iterable[int], why: str) -> list[Change]:
     out: list[Change] = []
     for tid in tids:
         t = ThreadId(a.proc.pid, a.proc.starttime, tid).target
         if a.want_cpus is not None:
-            out.append(Change("task.affinity", t, "", a.want_cpus.to_list(), why, a.owner))
+            out.append(Change(KnobName.TASK_AFFINITY, t, "", a.want_cpus.to_list(), why, a.owner))
         if a.want_nice is not None:
-            out.append(Change("task.nice", t, "", str(a.want_nice), why, a.owner))
+            out.append(Change(KnobName.TASK_NICE, t, "", str(a.want_nice), why, a.owner))
         if a.want_ioprio is not None:
-            out.append(Change("task.ioprio", t, "", a.want_ioprio, why, a.owner))
+            out.append(Change(KnobName.TASK_IOPRIO, t, "", a.want_ioprio, why, a.owner))
     return out
 
 def why(a: Agent) -> str:
@@ -58,13 +88,13 @@ def why(a: Agent) -> str:
     return f"agent {a.agent_id!r} ({a.latency_class})"
 
 def wanted(a: Agent) -> set[str]:
-    out = set()
+    out: set[str] = set()
     if a.want_cpus is not None:
-        out.add("task.affinity")
+        out.add(KnobName.TASK_AFFINITY)
     if a.want_nice is not None:
-        out.add("task.nice")
+        out.add(KnobName.TASK_NICE)
     if a.want_ioprio is not None:
-        out.add("task.ioprio")
+        out.add(KnobName.TASK_IOPRIO)
     return out
 
 
@@ -81,7 +111,7 @@ def account(results: Iterable[Any], agents: list[Agent], *, add: bool = False) -
         if a is None:
             continue
         if r.status in ("changed", "unchanged"):
-            if r.knob == "task.affinity":
+            if r.knob == KnobName.TASK_AFFINITY:
                 ok_aff[pre] = ok_aff.get(pre, 0) + 1
         elif r.errclass == "gone":
             a.threads.discard(int(r.target.rsplit(":", 1)[1]))
@@ -199,12 +229,29 @@ class ThreadUpkeep:
         first, so that the engine journals the true original before pinning it
         again (a few microseconds unpinned, for a crash-safe restore)."""
         t = ThreadId(a.proc.pid, a.proc.starttime, tid).target
-        wants = {"task.affinity": a.want_cpus.to_list() if a.want_cpus is not None else None,
-                 "task.nice": str(a.want_nice) if a.want_nice is not None else None,
-                 "task.ioprio": a.want_ioprio}
-        for knob, want in wants.items():
+        for knob, want in class_values(a).items():
             orig = a.orig.get(knob)
             if want is None or orig is None or orig == want:
                 continue
             if self.applier.read(knob, t) == want:
                 self.applier.write_direct(knob, t, orig, a.owner)
+
+    def restore_unjournaled(self, a: Agent, journaled: AbstractSet[str]) -> None:
+        """Unregister: threads born pinned (inherited from a pinned thread) were never
+        journaled: give them the process's original when they still have ours."""
+        p = a.proc
+        if not tasks.alive(self.root, p):
+            return
+        wants = class_values(a)
+        for tid in tasks.list_tids(self.root, p.pid):
+            t = ThreadId(p.pid, p.starttime, tid).target
+            if t in journaled:
+                continue
+            for knob, want in wants.items():
+                orig = a.orig.get(knob)
+                if want is None or orig is None:
+                    continue
+                if self.applier.read(knob, t) == want and want != orig:
+                    err = self.applier.write_direct(knob, t, orig, a.owner)
+                    if err:
+                        log.warning("restoring %s of %s: %s", knob, t, err)
