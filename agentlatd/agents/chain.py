@@ -47,10 +47,11 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from agentlatd.agents.agent import Agent
 from agentlatd.agents.autoreg import matches, rule_usable
+from agentlatd.agents.chainauth import MemberAuth, Registrations
 from agentlatd.agents.chainrow import ChainRow
 from agentlatd.agents.exclusive import CpuKeeper
 from agentlatd.agents.guard import EXCLUSIVE, HarmGuard, member_key
@@ -74,7 +75,7 @@ from agentlatd.model.chain import (
 )
 from agentlatd.netlink.unix_diag import unix_peers
 from agentlatd.plan.changes import Change
-from agentlatd.policy import ChainRule, Policy
+from agentlatd.policy import ChainRule
 from agentlatd.sample import tasks
 from agentlatd.sample.chain import (
     UDP_FILES,
@@ -357,17 +358,6 @@ class Declared:
     addrs: tuple[tuple[str, Addr, int], ...] = ()
 
 
-class Registrations(Protocol):
-    """What the chain keeper reads of the registry (agents/registry.py AgentManager)."""
-
-    @property
-    def agents(self) -> Mapping[ProcId, Agent]: ...
-    @property
-    def by_pid(self) -> Mapping[int, Agent]: ...
-    @property
-    def policy(self) -> Policy: ...
-
-
 class ChainKeeper:
     """Chain members placed with their agents (main thread, engine lock held).
 
@@ -386,7 +376,7 @@ class ChainKeeper:
         self.clock = clock
         self.guard = HarmGuard(self.root)
         self.members: dict[ProcId, Member] = {}
-        self.owners: dict[ProcId, int | None] = {}  # agent -> uid of the non-admin registrar
+        self.auth = MemberAuth(self.root, self.reg)  # who may have which member moved
         self.declared: dict[ProcId, Declared] = {}
         self.published: tuple[ChainAgent, ...] = ()
         self.known: set[ProcId] = set()  # agents whose first scan's members were placed
@@ -395,7 +385,7 @@ class ChainKeeper:
     # -- inputs from the daemon --------------------------------------------
     def set_owner(self, p: ProcId, uid: int | None) -> None:
         """Who registered agent `p`: None = an admin (or a policy rule), else that uid."""
-        self.owners[p] = uid
+        self.auth.owners[p] = uid
 
     def declare(self, p: ProcId, decl: Declared) -> None:
         if decl.procs or decl.addrs:
@@ -403,22 +393,6 @@ class ChainKeeper:
         else:
             self.declared.pop(p, None)
         self.publish()
-
-    def may_move(self, agent: ProcId, member_pid: int) -> str:
-        """"" when `agent`'s registrar may have `member_pid` moved, else why not."""
-        owner = self.owners.get(agent, -1)
-        if owner is None:
-            return ""
-        if owner == -1:
-            a = self.reg.agents.get(agent)
-            owner = a.uid if a is not None else -1
-        uids = tasks.uids_of(self.root, member_pid)
-        if uids is None:
-            return f"process {member_pid} has exited"
-        if uids == (owner, owner):
-            return ""
-        return (f"runs as uid {uids[0] if uids[0] != owner else uids[1]}; the agent was "
-                f"registered by uid {owner}, which may have only its own processes moved")
 
     def publish(self) -> tuple[ChainAgent, ...]:
         """The agents for the scanner (pinned ones with a home CPU), one tuple swap."""
@@ -483,7 +457,7 @@ class ChainKeeper:
         yield from self.guard.windows(now, self.reg.agents, self._pinned, self.victims.excl)
         live = set(self.reg.agents)
         self.guard.prune(live)
-        for d in (self.owners, self.declared):
+        for d in (self.auth.owners, self.declared):
             for p in [p for p in d if p not in live]:
                 del d[p]
         self.known &= live
@@ -542,7 +516,7 @@ class ChainKeeper:
             allowed: list[ProcId] = []
             why_not: list[str] = []
             for ap in agents:
-                why = self.may_move(ap, p.pid)
+                why = self.auth.may_move(ap, p.pid)
                 if why:
                     why_not.append(why)
                 else:
@@ -562,9 +536,9 @@ class ChainKeeper:
             # a thread can change credentials on its own (setresuid is per thread
             # in the kernel): with no admin among the registrars, each thread
             # written must still be the registrars' uid, right before the batch
-            uids = self._owner_uids(allowed)
+            uids = self.auth.owner_uids(allowed)
             if uids is not None:
-                skipped = [t for t in todo if self._thread_uids(p.pid, t) not in uids]
+                skipped = [t for t in todo if self.auth.thread_uids(p.pid, t) not in uids]
                 if skipped:
                     todo = [t for t in todo if t not in skipped]
                     skipped_why[p] = (f"thread(s) {', '.join(map(str, skipped[:4]))} run as "
@@ -612,29 +586,6 @@ class ChainKeeper:
                 m.state, m.problem = "placed", ""
                 log.info("chain member pid %d (%s) on CPU(s) %s: %s", m.proc.pid, m.comm,
                          m.cpus, "; ".join(sorted(set(m.agents.values()))))
-
-    def _owner_uids(self, agents: Iterable[ProcId]) -> set[tuple[int, int]] | None:
-        """(ruid, euid) pairs a member's threads may have to be written for these
-        agents; None when an admin registered one of them (no limit)."""
-        out: set[tuple[int, int]] = set()
-        for ap in agents:
-            owner = self.owners.get(ap, -1)
-            if owner is None:
-                return None
-            if owner == -1:
-                a = self.reg.agents.get(ap)
-                if a is None:
-                    continue
-                owner = a.uid
-            out.add((owner, owner))
-        return out
-
-    def _thread_uids(self, pid: int, tid: int) -> tuple[int, int] | None:
-        try:
-            return tasks.parse_status_uids(
-                self.root.read_text(f"proc/{pid}/task/{tid}/status", tasks.CONTEXT))
-        except (KernelError, ValueError):
-            return None
 
     def _adopt_victims(self, m: Member, tids: Iterable[int], cpus: CpuSet) -> None:
         """Threads moved off an exclusive CPU before they were known members: the

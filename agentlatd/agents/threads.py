@@ -20,7 +20,9 @@ from typing import Any
 
 from agentlatd.agents.agent import Agent
 from agentlatd.agents.applier import TASK_KNOBS, Applier
+from agentlatd.apply.engine import Status
 from agentlatd.errors import KernelError
+from agentlatd.kernel.errnos import ErrClass
 from agentlatd.kernel.knobnames import KnobName
 from agentlatd.plan.changes import Change
 from agentlatd.sample import tasks
@@ -42,12 +44,18 @@ def prefix(p: ProcId) -> str:
     return f"{p.pid}:{p.starttime}:"
 
 
-def proc_of(target: str) -> ProcId | None:
-    """The process of a task target; None for a journal line that names none."""
+def thread_of(target: str) -> ThreadId | None:
+    """The thread of a task target (kernel/targets.py); None for one that names none."""
     try:
-        return ThreadId.parse(target).proc
+        return ThreadId.parse(target)
     except ValueError:
         return None
+
+
+def proc_of(target: str) -> ProcId | None:
+    """The process of a task target; None for a journal line that names none."""
+    th = thread_of(target)
+    return th.proc if th is not None else None
 
 
 def read_originals(pid: int) -> dict[str, str]:
@@ -102,22 +110,22 @@ def account(results: Iterable[Any], agents: list[Agent], *, add: bool = False) -
     """Fold engine results into each agent's state/problem/pinned count.
 
     add=False: the results cover every thread; True: only new threads."""
-    by_prefix = {prefix(a.proc): a for a in agents}
-    bad: dict[str, list[str]] = {}
-    ok_aff: dict[str, int] = {}
+    by_proc = {a.proc: a for a in agents}
+    bad: dict[ProcId, list[str]] = {}
+    ok_aff: dict[ProcId, int] = {}
     for r in results:
-        pre = r.target.rsplit(":", 1)[0] + ":"
-        a = by_prefix.get(pre)
-        if a is None:
+        th = thread_of(r.target)
+        a = by_proc.get(th.proc) if th is not None else None
+        if a is None or th is None:
             continue
-        if r.status in ("changed", "unchanged"):
+        if r.status in (Status.CHANGED, Status.UNCHANGED):
             if r.knob == KnobName.TASK_AFFINITY:
-                ok_aff[pre] = ok_aff.get(pre, 0) + 1
-        elif r.errclass == "gone":
-            a.threads.discard(int(r.target.rsplit(":", 1)[1]))
+                ok_aff[a.proc] = ok_aff.get(a.proc, 0) + 1
+        elif r.errclass is ErrClass.GONE:
+            a.threads.discard(th.tid)
         else:
-            bad.setdefault(pre, []).append(f"{r.knob} {r.target}: {r.status}: {r.message}")
-    for pre, a in by_prefix.items():
+            bad.setdefault(a.proc, []).append(f"{r.knob} {r.target}: {r.status}: {r.message}")
+    for pre, a in by_proc.items():
         n = ok_aff.get(pre, 0)
         a.pinned = 0 if a.want_cpus is None else min(len(a.threads),
                                                      a.pinned + n if add else n)
