@@ -20,10 +20,11 @@ rules and the why):
                 (agent -> links) by one reference swap.
   ChainKeeper   main thread, engine lock held, once per agent tick: members =
                 what the scanner found + what the agent declared; each member
-                is authorised, protected from exclusivity, pinned on its
-                agents' home CPUs through the one engine (journaled like an
-                agent's threads), and restored when no agent needs it; and the
-                do-no-harm guard judges the agent's latency windows.
+                is authorised (agents/chainauth.py), protected from
+                exclusivity, pinned on its agents' home CPUs through the one
+                engine (journaled like an agent's threads), and restored when
+                no agent needs it; and the do-no-harm guard (agents/guard.py)
+                judges the agent's latency windows.
 
 Authorisation: a member is moved for an agent only when the agent was
 registered by an admin (root, daemon.admin_group, an auto_register rule) or
@@ -454,7 +455,8 @@ class ChainKeeper:
         serves requests there), then members placed and agents published at once
         from the registry as it is then."""
         now = self.clock()
-        yield from self.guard.windows(now, self.reg.agents, self._pinned, self.victims.excl)
+        yield from self.guard.windows(now, self.reg.agents, self._pinned,
+                                      lambda: self.victims.excl)
         live = set(self.reg.agents)
         self.guard.prune(live)
         for d in (self.auth.owners, self.declared):

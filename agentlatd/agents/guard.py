@@ -94,9 +94,10 @@ class HarmGuard:
                 "refused": sorted(self.refused.get(agent, ()))}
 
     def windows(self, now: float, agents_now: Mapping[ProcId, Agent],
-                pinned: Callable[[Agent], bool], excl: CpuSet) -> Iterator[None]:
+                pinned: Callable[[Agent], bool], excl: Callable[[], CpuSet]) -> Iterator[None]:
         """Close the latency windows that are due, a few agents at a time (yields
-        between), and judge the decisions that have their windows."""
+        between), and judge the decisions that have their windows; `excl()`: the
+        exclusive CPUs now (they may change between two yields)."""
         agents = list(agents_now.values())
         for i, a in enumerate(agents):
             if i % CHAIN_PIECE == CHAIN_PIECE - 1:
@@ -107,7 +108,7 @@ class HarmGuard:
             if g is None:
                 g = self.guards[a.proc] = Guard(now, dict(a.hist.counts), self._sched(a))
                 continue
-            if a.home_cpu in excl and a.exclusive and EXCLUSIVE not in g.decisions \
+            if a.home_cpu in excl() and a.exclusive and EXCLUSIVE not in g.decisions \
                     and EXCLUSIVE not in self.refused.get(a.proc, ()):
                 g.decisions[EXCLUSIVE] = g.closed
             if now - g.start < WINDOW_S:

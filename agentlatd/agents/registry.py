@@ -70,8 +70,8 @@ from agentlatd.agents.threads import (
     ThreadUpkeep,
     account,
     agent_changes,
+    belongs,
     prefix,
-    proc_of,
     read_originals,
     wanted,
     why,
@@ -349,7 +349,7 @@ class AgentManager:
         a = self.agents.get(p)
         if a is None:
             return None
-        keys = [(k, t) for k, t, _ in self.applier.entries(TASK_KNOBS) if proc_of(t) == p]
+        keys = [(k, t) for k, t, _ in self.applier.entries(TASK_KNOBS) if belongs(t, p)]
         self.applier.restore(keys)
         self.threads.restore_unjournaled(a, {t for _, t in keys})
         self._drop(a, "unregistered", forget=False)
@@ -358,7 +358,7 @@ class AgentManager:
     def _drop(self, a: Agent, why: str, *, forget: bool) -> None:
         if forget:
             self.applier.forget((k, t) for k, t, _ in self.applier.entries(TASK_KNOBS)
-                                if proc_of(t) == a.proc)
+                                if belongs(t, a.proc))
         if a.pidfd is not None:
             self.close_pidfd(a.pidfd)
             a.pidfd = None

@@ -58,6 +58,13 @@ def proc_of(target: str) -> ProcId | None:
     return th.proc if th is not None else None
 
 
+def belongs(target: str, p: ProcId) -> bool:
+    """Whether a task target names a thread of `p`. The journal holds every agent's
+    threads: the prefix test skips the others' (0.1 us each) before the typed parse
+    (several us each, ~30 000 entries with 1000 agents)."""
+    return target.startswith(prefix(p)) and proc_of(target) == p
+
+
 def read_originals(pid: int) -> dict[str, str]:
     """The main thread's affinity, nice and ioprio (those the kernel answers)."""
     readers: dict[str, Callable[[], str]] = {
