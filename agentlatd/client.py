@@ -18,7 +18,7 @@ start, end) into the step ring, a memfd mapped shared that the daemon and
 docs/protocol.md). bench/agents.py measures it with and without the ring.
 A helper thread (daemon=True) wakes every `flush_interval` seconds, or once
 `flush_steps` samples are waiting, turns the samples into a sparse histogram
-(agentlatd.agents.stats) and sends one "step" report: one line, one answer
+(agentlatd.stepstats) and sends one "step" report: one line, one answer
 read back without blocking. The same thread notices a daemon restart (EOF or
 EPIPE on the socket) and connects and registers again, so the
 process is pinned again without the application doing anything.
@@ -51,9 +51,9 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
-from agentlatd.agents.stats import sparse
 from agentlatd.api import protocol
 from agentlatd.steps.ring import FLAG_RAISED, RingWriter, step_key
+from agentlatd.stepstats import sparse
 from agentlatd.sysfs.root import HOST
 from agentlatd.wire import DEFAULT_SOCKET
 

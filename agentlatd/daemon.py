@@ -54,6 +54,7 @@ from typing import Any
 
 from agentlatd import __version__, knobset, logging_setup
 from agentlatd import policy as policy_mod
+from agentlatd.agents import views as agent_views
 from agentlatd.agents.applier import Applier
 from agentlatd.agents.chain import ChainKeeper, ChainScanner
 from agentlatd.agents.chainrow import ChainRow
@@ -334,7 +335,7 @@ class Daemon:
                 self.handlers.answer_register(self.server, w, outcome.get(w.proc))
         if self._tick_job is None:
             try:
-                self.manager.reconcile_cpus(full=False)
+                self.manager.upkeep.reconcile_cpus(full=False)
             except Exception as e:
                 self._failed("agent tick", e)
             return
@@ -352,7 +353,7 @@ class Daemon:
         """The agent side's tick as a generator of bounded pieces (lock held while
         each runs): the registry's upkeep, then the chain keeper's."""
         try:
-            yield from self.manager.tick_steps()
+            yield from self.manager.upkeep.steps()
         except Exception as e:
             self._failed("agent tick", e)
         try:
@@ -361,7 +362,7 @@ class Daemon:
             # undone) reach the registry here, once per tick, as one value
             self.manager.set_chain(self.chain.decisions())
             yield
-            self.manager.reconcile_cpus(full=False)
+            self.manager.upkeep.reconcile_cpus(full=False)
             yield
         except Exception as e:
             self._failed("chain tick", e)
@@ -459,13 +460,13 @@ class _View:
         return self._d.slow_steps.snapshot()
 
     def hot_cpus(self) -> list[int]:
-        return list(self._d.manager.status().get("hot_cpus", []))
+        return list(agent_views.status(self._d.manager).get("hot_cpus", []))
 
     def journal_entries(self) -> int:
         return len(self._d.engine.entries())
 
     def guard_undone(self) -> Mapping[str, int]:
-        return dict(self._d.chain.undone)
+        return dict(self._d.chain.guard.undone)
 
 
 def _status(d: Daemon) -> dict[str, Any]:
@@ -497,7 +498,7 @@ def _status(d: Daemon) -> dict[str, Any]:
         "connections": len(d.server.conns) if d.server else 0,
         "requests": d.server.requests if d.server else 0,
     }
-    out.update(d.manager.status())
+    out.update(agent_views.status(d.manager))
     out.update(d.chain.status())
     return out
 

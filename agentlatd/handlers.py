@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentlatd import __version__
-from agentlatd.agents import pidns
+from agentlatd.agents import pidns, views
 from agentlatd.agents.agent import Agent
 from agentlatd.agents.chain import ChainKeeper, Declared
 from agentlatd.agents.refusal import AgentRefused, Refusal, Registration
@@ -39,11 +39,11 @@ from agentlatd.agents.registry import AgentManager
 from agentlatd.api import protocol
 from agentlatd.api.protocol import Chain, Envelope, ProtocolError, Register, Step, Unregister
 from agentlatd.api.server import PENDING, Conn, Server
-from agentlatd.model.chain import parse_endpoint
 from agentlatd.policy import Policy
 from agentlatd.sample import tasks
 from agentlatd.sample.tasks import ProcId
 from agentlatd.sysfs.root import Root
+from agentlatd.wire import parse_endpoint
 
 Handler = Callable[[Conn, Envelope], Any]
 
@@ -226,7 +226,7 @@ class Handlers:
                 + [{"proto": pr, "address": f"{ad}:{po}"} for pr, ad, po in addrs]}
 
     def agents(self, c: Conn, env: Envelope) -> Any:
-        return self.manager.rows(self.chain.row)
+        return views.rows(self.manager, self.chain.row)
 
     def status(self, c: Conn, env: Envelope) -> Any:
         return self._status()

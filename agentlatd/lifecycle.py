@@ -159,7 +159,7 @@ def rollback_all(engine: Engine, manager: AgentManager, chain: ChainKeeper) -> b
         try:
             with contextlib.suppress(Exception):
                 chain.release_all()
-            manager.release_all()
+            manager.upkeep.release_all()
             rep = engine.rollback()
         except AgentlatdError as e:
             log.error("rollback failed: %s", e)

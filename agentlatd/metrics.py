@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agentlatd import __version__
-from agentlatd.agents import stats
+from agentlatd import stepstats as stats
 from agentlatd.agents.applier import AGENT_KNOBS
 from agentlatd.agents.chainrow import NO_CHAIN, ChainRow
 from agentlatd.apply.engine import (

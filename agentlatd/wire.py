@@ -3,9 +3,28 @@ client library alike (docs/protocol.md): the client imports this, never the poli
 
 from __future__ import annotations
 
+import ipaddress
+
 # the policy's daemon.socket default, and the client's when neither socket= nor
 # $AGENTLATD_SOCKET names one (systemd/agentlatd.socket listens here too)
 DEFAULT_SOCKET = "/run/agentlatd/agentlatd.sock"
 
 # register's "class" values, from the most latency-sensitive down
 LATENCY_CLASSES = ("interactive", "normal", "background")
+
+
+# a chain member's declared address (register's and chain's "address" field)
+def parse_endpoint(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    """"10.0.0.2:7777" or "[fd00::2]:7777" -> (address, port); ValueError otherwise."""
+    host, sep, port_s = text.rpartition(":")
+    if not sep or not port_s.isdigit():
+        raise ValueError(f"{text!r} is not ADDRESS:PORT")
+    port = int(port_s)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range in {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    addr = ipaddress.ip_address(host)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped, port
+    return addr, port

@@ -56,7 +56,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from synth import SynthHost
 
-from agentlatd.agents import stats
+from agentlatd import stepstats as stats
 from agentlatd.cpuset import CpuSet
 from agentlatd.metrics import Family, Metrics, View, families, process_families, render_view
 from agentlatd.model.rates import compute_rates

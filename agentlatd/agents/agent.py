@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentlatd.agents import stats
+from agentlatd import stepstats as stats
 from agentlatd.cpuset import CpuSet
 from agentlatd.model.container import ContainerId
 from agentlatd.sample.tasks import ProcId

@@ -20,10 +20,11 @@ rules and the why):
                 (agent -> links) by one reference swap.
   ChainKeeper   main thread, engine lock held, once per agent tick: members =
                 what the scanner found + what the agent declared; each member
-                is authorised, protected from exclusivity, pinned on its
-                agents' home CPUs through the one engine (journaled like an
-                agent's threads), and restored when no agent needs it; and the
-                do-no-harm guard judges the agent's latency windows.
+                is authorised (agents/chainauth.py), protected from
+                exclusivity, pinned on its agents' home CPUs through the one
+                engine (journaled like an agent's threads), and restored when
+                no agent needs it; and the do-no-harm guard (agents/guard.py)
+                judges the agent's latency windows.
 
 Authorisation: a member is moved for an agent only when the agent was
 registered by an admin (root, daemon.admin_group, an auto_register rule) or
@@ -49,20 +50,24 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from agentlatd.agents.agent import Agent
 from agentlatd.agents.autoreg import matches, rule_usable
+from agentlatd.agents.chainauth import MemberAuth, Registrations
 from agentlatd.agents.chainrow import ChainRow
+from agentlatd.agents.exclusive import CpuKeeper
+from agentlatd.agents.guard import EXCLUSIVE, HarmGuard, member_key
+from agentlatd.agents.placement import HomePlacer, pinned_home
 from agentlatd.agents.registry import ChainInput
+from agentlatd.agents.threads import proc_of
 from agentlatd.apply.engine import CHANGED, CLAMPED, UNCHANGED
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError, KernelError
 from agentlatd.kernel.errnos import ErrClass
 from agentlatd.kernel.knobnames import KnobName
-from agentlatd.model import harm
 from agentlatd.model.chain import (
     PeerSocket,
     PortIndex,
     bound_to,
-    member_cpus,
     owner_namespaces,
     peers_of,
     pipe_peers,
@@ -72,7 +77,7 @@ from agentlatd.model.chain import (
 from agentlatd.netlink.unix_diag import unix_peers
 from agentlatd.plan.changes import Change
 from agentlatd.policy import ChainRule
-from agentlatd.sample import schedstat, tasks
+from agentlatd.sample import tasks
 from agentlatd.sample.chain import (
     UDP_FILES,
     FdLinks,
@@ -88,7 +93,6 @@ from agentlatd.sample.tasks import ProcId, ThreadId
 from agentlatd.sysfs.root import Root
 
 if TYPE_CHECKING:
-    from agentlatd.agents.agent import Agent
     from agentlatd.agents.registry import AgentManager
 
 log = logging.getLogger("agentlatd.agents")
@@ -101,12 +105,6 @@ MAX_FD_READS = 20000
 MAX_CHILDREN = 64
 MAX_UNIX = 256  # sock_diag lookups per agent and scan (one netlink round trip each)
 MAX_DECLARED = 64  # members an agent may declare
-MAX_GUARD_THREADS = 16  # threads of an agent sampled for run delay (lowest tids: the main thread first)
-WINDOW_S = 1.0  # one latency window of the do-no-harm guard
-MAX_WINDOWS = 32
-CHAIN_PIECE = 16  # agents whose guard window is looked at between two yields of the tick
-
-EXCLUSIVE = "exclusive"
 
 
 # ---------------------------------------------------------------------------
@@ -355,60 +353,32 @@ class Member:
                 "threads": len(self.threads), "state": self.state, "problem": self.problem}
 
 
-@dataclass(slots=True)
-class Guard:
-    """One agent's latency windows and the decisions being judged."""
-
-    start: float
-    hist_prev: dict[int, int] = field(default_factory=dict)
-    sched_prev: dict[int, tuple[int, int]] = field(default_factory=dict)
-    windows: list[harm.Window] = field(default_factory=list)
-    closed: int = 0  # windows closed in all (windows keeps the last MAX_WINDOWS)
-    decisions: dict[str, int] = field(default_factory=dict)  # name -> `closed` when it took effect
-    verdicts: dict[str, harm.Verdict] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        last = self.windows[-1] if self.windows else None
-        return {"source": last.source if last else None,
-                "last_window_ns": last.value_ns if last else None,
-                "windows": self.closed,
-                "decisions": {k: {"action": v.action, "reason": v.reason}
-                              for k, v in sorted(self.verdicts.items())},
-                "judging": sorted(k for k in self.decisions if k not in self.verdicts)}
-
-
 @dataclass(frozen=True, slots=True)
 class Declared:
     procs: tuple[ProcId, ...] = ()
     addrs: tuple[tuple[str, Addr, int], ...] = ()
 
 
-def _member_key(p: ProcId) -> str:
-    return f"member:{p}"
-
-
-def _proc_of(target: str) -> ProcId | None:
-    """The process of a task target; None for a journal line that names none."""
-    try:
-        return ThreadId.parse(target).proc
-    except ValueError:
-        return None
-
-
 class ChainKeeper:
+    """Chain members placed with their agents (main thread, engine lock held).
+
+    Reads the registry through Registrations, asks the placer where members go,
+    takes members out of exclusivity through CpuKeeper's chain-member methods,
+    and leaves latency judgements to the guard (agents/guard.py)."""
+
     def __init__(self, manager: AgentManager, scanner: ChainScanner,
                  clock: Any = time.monotonic) -> None:
-        self.m = manager
+        self.reg: Registrations = manager
+        self.placer: HomePlacer = manager.placer
+        self.victims: CpuKeeper = manager.cpus
         self.applier = manager.applier
         self.root = manager.root
         self.scanner = scanner
         self.clock = clock
+        self.guard = HarmGuard(self.root)
         self.members: dict[ProcId, Member] = {}
-        self.owners: dict[ProcId, int | None] = {}  # agent -> uid of the non-admin registrar
+        self.auth = MemberAuth(self.root, self.reg)  # who may have which member moved
         self.declared: dict[ProcId, Declared] = {}
-        self.refused: dict[ProcId, set[str]] = {}  # agent -> decisions never retried
-        self.guards: dict[ProcId, Guard] = {}
-        self.undone: dict[str, int] = {}  # decision kind -> times undone (metric)
         self.published: tuple[ChainAgent, ...] = ()
         self.known: set[ProcId] = set()  # agents whose first scan's members were placed
         self.protected: set[int] = set()  # pids of members: never exclusivity victims
@@ -416,7 +386,7 @@ class ChainKeeper:
     # -- inputs from the daemon --------------------------------------------
     def set_owner(self, p: ProcId, uid: int | None) -> None:
         """Who registered agent `p`: None = an admin (or a policy rule), else that uid."""
-        self.owners[p] = uid
+        self.auth.owners[p] = uid
 
     def declare(self, p: ProcId, decl: Declared) -> None:
         if decl.procs or decl.addrs:
@@ -425,72 +395,51 @@ class ChainKeeper:
             self.declared.pop(p, None)
         self.publish()
 
-    def may_move(self, agent: ProcId, member_pid: int) -> str:
-        """"" when `agent`'s registrar may have `member_pid` moved, else why not."""
-        owner = self.owners.get(agent, -1)
-        if owner is None:
-            return ""
-        if owner == -1:
-            a = self.m.agents.get(agent)
-            owner = a.uid if a is not None else -1
-        uids = tasks.uids_of(self.root, member_pid)
-        if uids is None:
-            return f"process {member_pid} has exited"
-        if uids == (owner, owner):
-            return ""
-        return (f"runs as uid {uids[0] if uids[0] != owner else uids[1]}; the agent was "
-                f"registered by uid {owner}, which may have only its own processes moved")
-
     def publish(self) -> tuple[ChainAgent, ...]:
         """The agents for the scanner (pinned ones with a home CPU), one tuple swap."""
-        if not self.m.policy.tuning.chains:
+        if not self.reg.policy.tuning.chains:
             self.published = ()
             return ()
         self.published = tuple(
             ChainAgent(a.proc, self.declared.get(a.proc, Declared()).addrs, a.agent_id)
-            for a in self.m.agents.values() if self._pinned(a))
+            for a in self.reg.agents.values() if self._pinned(a))
         return self.published
 
     def _pinned(self, a: Agent) -> bool:
-        return (a.home_cpu is not None and a.state in ("placed", "partial")
-                and self.m.policy.classes[a.latency_class].pin)
+        return pinned_home(a, self.reg.policy)
 
     # -- decisions for the registry, views -------------------------------------
     def decisions(self) -> ChainInput:
         """What the registry needs of the keeper, as of now (after a tick)."""
         return ChainInput(frozenset(self.protected),
-                          frozenset(p for p, a in self.m.agents.items()
+                          frozenset(p for p, a in self.reg.agents.items()
                                     if self.allow_exclusive(a)))
 
     def allow_exclusive(self, a: Agent) -> bool:
-        if EXCLUSIVE in self.refused.get(a.proc, ()):
+        if self.guard.refuses(a.proc, EXCLUSIVE):
             return False
-        g = self.guards.get(a.proc)
-        if not self.m.policy.tuning.chains:
-            return g is not None and g.closed >= 1  # no scan to wait for; the guard's baseline
+        if not self.reg.policy.tuning.chains:
+            return self.guard.has_baseline(a.proc)  # no scan to wait for; the guard's baseline
         # `known`: the keeper has placed (and protected) what the first scan found;
         # the scanner's `found` alone could be newer than the last placement
-        return a.proc in self.known and g is not None and g.closed >= 1
+        return a.proc in self.known and self.guard.has_baseline(a.proc)
 
     def row(self, a: Agent) -> dict[str, Any]:
-        g = self.guards.get(a.proc)
         return {"chain": [dict(m.to_json(), via=m.agents[a.proc])
                           for m in sorted(self.members.values(), key=lambda m: m.proc.pid)
-                          if a.proc in m.agents],
-                "guard": g.to_json() if g is not None else None,
-                "refused": sorted(self.refused.get(a.proc, ()))}
+                          if a.proc in m.agents]} | self.guard.row(a.proc)
 
     def view(self, a: Agent) -> ChainRow:
         """row() as metrics read it: typed, without the details for people."""
         return ChainRow(tuple(m.state for m in sorted(self.members.values(), key=lambda m: m.proc.pid)
                               if a.proc in m.agents),
-                        tuple(sorted(self.refused.get(a.proc, ()))))
+                        tuple(sorted(self.guard.refused.get(a.proc, ()))))
 
     def status(self) -> dict[str, Any]:
         c = self.scanner.cost
         return {"chain_members": len(self.members),
                 "chain_unmovable": sum(1 for m in self.members.values() if m.state == "unmovable"),
-                "guard_undone": dict(sorted(self.undone.items())),
+                "guard_undone": dict(sorted(self.guard.undone.items())),
                 "chain_scan": {"agents": c.agents, "namespaces": c.namespaces,
                                "fd_reads": c.fd_reads, "ms": round(c.duration_s * 1000, 3),
                                "truncated": c.truncated}}
@@ -506,9 +455,11 @@ class ChainKeeper:
         serves requests there), then members placed and agents published at once
         from the registry as it is then."""
         now = self.clock()
-        yield from self._windows(now)
-        live = set(self.m.agents)
-        for d in (self.owners, self.declared, self.refused, self.guards):
+        yield from self.guard.windows(now, self.reg.agents, self._pinned,
+                                      lambda: self.victims.excl)
+        live = set(self.reg.agents)
+        self.guard.prune(live)
+        for d in (self.auth.owners, self.declared):
             for p in [p for p in d if p not in live]:
                 del d[p]
         self.known &= live
@@ -521,18 +472,17 @@ class ChainKeeper:
         """member -> {agent: how found} for the pinned agents."""
         found = self.scanner.found
         want: dict[ProcId, dict[ProcId, str]] = {}
-        if not self.m.policy.tuning.chains:
+        if not self.reg.policy.tuning.chains:
             return want
-        for a in self.m.agents.values():
+        for a in self.reg.agents.values():
             if not self._pinned(a):
                 continue
             if a.proc in found:
                 self.known.add(a.proc)
             links = list(found.get(a.proc, ()))
             links += [Link(p, "declared") for p in self.declared.get(a.proc, Declared()).procs]
-            refused = self.refused.get(a.proc, set())
             for lk in links:
-                if lk.proc.pid in self.m.by_pid or _member_key(lk.proc) in refused:
+                if lk.proc.pid in self.reg.by_pid or self.guard.refuses(a.proc, member_key(lk.proc)):
                     continue  # a registered agent is placed by its own class
                 want.setdefault(lk.proc, {}).setdefault(a.proc, lk.via)
         return want
@@ -540,7 +490,7 @@ class ChainKeeper:
     def _place(self, want: Mapping[ProcId, dict[ProcId, str]]) -> None:
         for p in [p for p in self.members if p not in want]:
             gone = self.members.pop(p)
-            if p.pid in self.m.by_pid:
+            if p.pid in self.reg.by_pid:
                 # registered as an agent itself: its journal entries (the same
                 # threads, the same originals) are the registry's now
                 self.protected.discard(p.pid)
@@ -557,7 +507,7 @@ class ChainKeeper:
                 if not tasks.alive(self.root, p):
                     continue
                 m = Member(p, comm=tasks.read_comm(self.root, p.pid) or "")
-                moved = self.m.cpus.victim_procs.get(p.pid)  # already narrowed by exclusivity
+                moved = self.victims.narrowed(p.pid)  # already narrowed by exclusivity
                 with contextlib.suppress(KernelError):
                     m.orig = (moved or tasks.get_affinity(p.pid)).to_list()
                 self.members[p] = m
@@ -568,13 +518,13 @@ class ChainKeeper:
             allowed: list[ProcId] = []
             why_not: list[str] = []
             for ap in agents:
-                why = self.may_move(ap, p.pid)
+                why = self.auth.may_move(ap, p.pid)
                 if why:
                     why_not.append(why)
                 else:
                     allowed.append(ap)
-            cpus = member_cpus((self.m.agents[ap].home_cpu for ap in allowed if ap in self.m.agents),
-                               self.m.layout, self.m.tracker.hot(self.m.policy.heat), self.m.load)
+            cpus = self.placer.member_cpus(self.reg.agents[ap].home_cpu for ap in allowed
+                                           if ap in self.reg.agents)
             if not cpus:
                 if m.cpus is not None:
                     self._release(m, "no agent it serves may move it")
@@ -588,9 +538,9 @@ class ChainKeeper:
             # a thread can change credentials on its own (setresuid is per thread
             # in the kernel): with no admin among the registrars, each thread
             # written must still be the registrars' uid, right before the batch
-            uids = self._owner_uids(allowed)
+            uids = self.auth.owner_uids(allowed)
             if uids is not None:
-                skipped = [t for t in todo if self._thread_uids(p.pid, t) not in uids]
+                skipped = [t for t in todo if self.auth.thread_uids(p.pid, t) not in uids]
                 if skipped:
                     todo = [t for t in todo if t not in skipped]
                     skipped_why[p] = (f"thread(s) {', '.join(map(str, skipped[:4]))} run as "
@@ -601,7 +551,7 @@ class ChainKeeper:
                 continue
             self._adopt_victims(m, todo, cpus)
             why = ("chain member of agent(s) "
-                   + ", ".join(repr(self.m.agents[ap].agent_id) for ap in allowed)
+                   + ", ".join(repr(self.reg.agents[ap].agent_id) for ap in allowed)
                    + f": runs on their home CPU(s) {cpus}")
             # the write point checks each thread again against one registrar's uid
             # (tasks.check_thread); several non-admin registrars: the check above
@@ -612,10 +562,7 @@ class ChainKeeper:
             m.cpus = cpus
             placing.append(m)
             if first:
-                for ap in allowed:
-                    g = self.guards.get(ap)
-                    if g is not None:
-                        g.decisions.setdefault(_member_key(p), g.closed)
+                self.guard.member_placed(allowed, p)
         # found means protected, movable or not: never an exclusivity victim
         self.protected = {p.pid for p in self.members}
         if not changes:
@@ -642,29 +589,6 @@ class ChainKeeper:
                 log.info("chain member pid %d (%s) on CPU(s) %s: %s", m.proc.pid, m.comm,
                          m.cpus, "; ".join(sorted(set(m.agents.values()))))
 
-    def _owner_uids(self, agents: Iterable[ProcId]) -> set[tuple[int, int]] | None:
-        """(ruid, euid) pairs a member's threads may have to be written for these
-        agents; None when an admin registered one of them (no limit)."""
-        out: set[tuple[int, int]] = set()
-        for ap in agents:
-            owner = self.owners.get(ap, -1)
-            if owner is None:
-                return None
-            if owner == -1:
-                a = self.m.agents.get(ap)
-                if a is None:
-                    continue
-                owner = a.uid
-            out.add((owner, owner))
-        return out
-
-    def _thread_uids(self, pid: int, tid: int) -> tuple[int, int] | None:
-        try:
-            return tasks.parse_status_uids(
-                self.root.read_text(f"proc/{pid}/task/{tid}/status", tasks.CONTEXT))
-        except (KernelError, ValueError):
-            return None
-
     def _adopt_victims(self, m: Member, tids: Iterable[int], cpus: CpuSet) -> None:
         """Threads moved off an exclusive CPU before they were known members: the
         journal keeps their true original (the engine journals only before the
@@ -673,7 +597,7 @@ class ChainKeeper:
         process's original first, so the journal holds that, not ours."""
         journaled = {t for _, t, _ in self.applier.entries((KnobName.TASK_AFFINITY,))}
         for tid in tids:
-            v = self.m.cpus.victims.pop((m.proc.pid, tid), None)
+            v = self.victims.take_victim(m.proc.pid, tid)
             t = ThreadId(m.proc.pid, m.proc.starttime, tid).target
             if v is not None and not v.journaled:
                 self.applier.write_direct(KnobName.TASK_AFFINITY, t, v.original.to_list())
@@ -681,26 +605,25 @@ class ChainKeeper:
                   and t not in journaled
                   and self.applier.read(KnobName.TASK_AFFINITY, t) == cpus.to_list()):
                 self.applier.write_direct(KnobName.TASK_AFFINITY, t, m.orig)
-        self.m.cpus.victim_procs.pop(m.proc.pid, None)
+        self.victims.spare(m.proc.pid)
 
     def _unvictim(self, m: Member) -> None:
         """A member that stays where it is must not stay narrowed by exclusivity
         either: its victim threads get their originals back."""
         keys: list[tuple[str, str]] = []
-        for k in [k for k in self.m.cpus.victims if k[0] == m.proc.pid]:
-            v = self.m.cpus.victims.pop(k)
+        for v in self.victims.take_victims(m.proc.pid):
             if v.journaled:
                 keys.append((KnobName.TASK_AFFINITY, v.thread.target))
             else:
                 self.applier.write_direct(KnobName.TASK_AFFINITY, v.thread.target, v.original.to_list())
         if keys:
             self.applier.restore(keys)
-        self.m.cpus.victim_procs.pop(m.proc.pid, None)
+        self.victims.spare(m.proc.pid)
 
     def _release(self, m: Member, why: str) -> None:
         """Give a member back its originals (journaled ones through the engine)."""
         keys = [(k, t) for k, t, _ in self.applier.entries((KnobName.TASK_AFFINITY,))
-                if _proc_of(t) == m.proc]
+                if proc_of(t) == m.proc]
         if keys:
             self.applier.restore(keys)
         journaled = {t for _, t in keys}
@@ -713,14 +636,14 @@ class ChainKeeper:
                         log.warning("restoring the affinity of chain member thread %s: %s", t, err)
         self.protected.discard(m.proc.pid)
         # exclusivity looks at it again, now as any other task
-        self.m.cpus.seen_tasks = {k for k in self.m.cpus.seen_tasks if k[0] != m.proc.pid}
+        self.victims.rescan(m.proc.pid)
         if m.cpus is not None:
             log.info("chain member pid %d (%s) restored: %s", m.proc.pid, m.comm, why)
         m.cpus = None
 
     def _gone(self, m: Member) -> None:
         self.applier.forget((k, t) for k, t, _ in self.applier.entries((KnobName.TASK_AFFINITY,))
-                            if _proc_of(t) == m.proc)
+                            if proc_of(t) == m.proc)
         self.protected.discard(m.proc.pid)
 
     def release_all(self) -> None:
@@ -731,82 +654,3 @@ class ChainKeeper:
             except Exception:
                 log.exception("restoring chain member pid %d", m.proc.pid)
         self.members.clear()
-
-    # -- the guard -------------------------------------------------------------
-    def _windows(self, now: float) -> Iterator[None]:
-        agents = list(self.m.agents.values())
-        for i, a in enumerate(agents):
-            if i % CHAIN_PIECE == CHAIN_PIECE - 1:
-                yield
-            if self.m.agents.get(a.proc) is not a or not self._pinned(a):
-                continue
-            g = self.guards.get(a.proc)
-            if g is None:
-                g = self.guards[a.proc] = Guard(now, dict(a.hist.counts), self._sched(a))
-                continue
-            if a.home_cpu in self.m.cpus.excl and a.exclusive and EXCLUSIVE not in g.decisions \
-                    and EXCLUSIVE not in self.refused.get(a.proc, ()):
-                g.decisions[EXCLUSIVE] = g.closed
-            if now - g.start < WINDOW_S:
-                continue
-            steps = a.hist.count > 0 or any(w.source == harm.STEPS for w in g.windows)
-            if not steps and g.closed and not self._judging(a, g):
-                # run delay costs a read per thread: only while a decision needs it
-                g.start = now
-                g.sched_prev = {}
-                continue
-            if steps:
-                w = harm.steps_window(g.hist_prev, a.hist)
-                g.hist_prev = dict(a.hist.counts)
-            else:
-                cur = self._sched(a)
-                w = harm.run_delay_window(g.sched_prev, cur)
-                g.sched_prev = cur
-            g.windows.append(w)
-            del g.windows[:-MAX_WINDOWS]
-            g.closed += 1
-            g.start = now
-            self._judge(a, g)
-
-    def _judging(self, a: Agent, g: Guard) -> bool:
-        """A decision of this agent waits for its verdict, or exclusivity is still
-        to come (its "before" must be recent)."""
-        return (any(k not in g.verdicts for k in g.decisions)
-                or (a.exclusive and EXCLUSIVE not in g.decisions
-                    and EXCLUSIVE not in self.refused.get(a.proc, ())))
-
-    def _sched(self, a: Agent) -> dict[int, tuple[int, int]]:
-        out: dict[int, tuple[int, int]] = {}
-        for tid, s in list(schedstat.sample_threads(self.root, a.proc.pid).items())[
-                :MAX_GUARD_THREADS]:
-            out[tid] = (s.wait_ns, s.slices)
-        return out
-
-    def _judge(self, a: Agent, g: Guard) -> None:
-        first = g.closed - len(g.windows)  # the index of windows[0]
-        for name, at in list(g.decisions.items()):
-            if name in g.verdicts:
-                continue
-            # the window open when it took effect straddles it: neither before nor after
-            before = g.windows[max(0, at - first - harm.RULES[harm.STEPS].before_windows):
-                               max(0, at - first)]
-            after = g.windows[max(0, at + 1 - first):]
-            v = harm.judge(before, after)
-            if v.action == harm.WAIT:
-                continue
-            g.verdicts[name] = v
-            if v.action == harm.UNDO:
-                self._undo(a, name, v)
-            else:
-                log.info("agent %r pid %d: %s kept: %s", a.agent_id, a.proc.pid, name, v.reason)
-
-    def _undo(self, a: Agent, name: str, v: harm.Verdict) -> None:
-        self.refused.setdefault(a.proc, set()).add(name)
-        kind = EXCLUSIVE if name == EXCLUSIVE else "member"
-        self.undone[kind] = self.undone.get(kind, 0) + 1
-        log.warning("agent %r pid %d: undoing %s, it made the agent slower: %s; not retried "
-                    "for this agent", a.agent_id, a.proc.pid,
-                    "its exclusive home CPU" if name == EXCLUSIVE else
-                    f"the placement of chain {name}", v.reason)
-        # an undone exclusivity leaves decisions() (the daemon hands them to the
-        # registry after this tick)

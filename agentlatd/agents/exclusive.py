@@ -27,8 +27,12 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from agentlatd.agents.applier import Applier
+from agentlatd.apply.engine import WRITTEN, Status
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import KernelError
+from agentlatd.kernel.errnos import ErrClass
+from agentlatd.kernel.knobnames import KnobName
+from agentlatd.kernel.targets import CpuTarget, format_target, parse_target
 from agentlatd.plan.agents import victim_affinity
 from agentlatd.plan.changes import Change
 from agentlatd.sample import tasks
@@ -82,11 +86,32 @@ class CpuKeeper:
         if pmqos is not None:
             self._reconcile_pmqos(pmqos)
 
+    # -- chain members (agents/chain.py): never victims ---------------------------
+    def narrowed(self, pid: int) -> CpuSet | None:
+        """The affinity process `pid` had before exclusivity moved it; None: not moved."""
+        return self.victim_procs.get(pid)
+
+    def take_victim(self, pid: int, tid: int) -> Victim | None:
+        """Stop tracking thread `tid` of `pid` as a victim; its record, if it was one."""
+        return self.victims.pop((pid, tid), None)
+
+    def take_victims(self, pid: int) -> list[Victim]:
+        """Stop tracking every victim thread of `pid`; their records."""
+        return [self.victims.pop(k) for k in [k for k in self.victims if k[0] == pid]]
+
+    def spare(self, pid: int) -> None:
+        """`pid` is no victim any more (its threads were taken or restored)."""
+        self.victim_procs.pop(pid, None)
+
+    def rescan(self, pid: int) -> None:
+        """Look at `pid`'s threads again at the next scan, as at any other task's."""
+        self.seen_tasks = {k for k in self.seen_tasks if k[0] != pid}
+
     def release(self) -> None:
         """Before a full rollback: widen the inherited victims (not journaled)."""
         for v in self.victims.values():
             if not v.journaled:
-                self.applier.write_direct("task.affinity", v.thread.target, v.original.to_list())
+                self.applier.write_direct(KnobName.TASK_AFFINITY, v.thread.target, v.original.to_list())
         self.victims.clear()
 
     def _reconcile_victims(self) -> None:
@@ -99,16 +124,16 @@ class CpuKeeper:
             t = v.thread.target
             if desired == v.original:
                 if v.journaled:
-                    restore.append(("task.affinity", t))
+                    restore.append((KnobName.TASK_AFFINITY, t))
                 else:
-                    self.applier.write_direct("task.affinity", t, v.original.to_list())
+                    self.applier.write_direct(KnobName.TASK_AFFINITY, t, v.original.to_list())
                 del self.victims[key]
             else:
                 if v.journaled:
-                    changes.append(Change("task.affinity", t, v.moved_to.to_list(),
+                    changes.append(Change(KnobName.TASK_AFFINITY, t, v.moved_to.to_list(),
                                           desired.to_list(), self._victim_why()))
                 else:
-                    self.applier.write_direct("task.affinity", t, desired.to_list())
+                    self.applier.write_direct(KnobName.TASK_AFFINITY, t, desired.to_list())
                 v.moved_to = desired
         if restore:
             self.applier.restore(restore)
@@ -174,7 +199,7 @@ class CpuKeeper:
                         self.victims[(pid, tid)] = Victim(th, parent, aff, journaled=False)
                         self.victim_procs.setdefault(pid, parent)
                     continue
-                changes.append(Change("task.affinity", th.target, aff.to_list(), new.to_list(),
+                changes.append(Change(KnobName.TASK_AFFINITY, th.target, aff.to_list(), new.to_list(),
                                       self._victim_why()))
                 new_victims[(pid, tid)] = Victim(th, aff, new, journaled=True)
         if changes:
@@ -184,15 +209,15 @@ class CpuKeeper:
                 v = new_victims.get((th.pid, th.tid))
                 if v is None:
                     continue
-                if r.status in ("changed", "clamped"):
+                if r.status in WRITTEN:
                     self.victims[(th.pid, th.tid)] = v
                     self.victim_procs.setdefault(th.pid, v.original)
-                elif r.status not in ("unchanged",) and r.errclass != "gone":
+                elif r.status != Status.UNCHANGED and r.errclass is not ErrClass.GONE:
                     log.info("cannot move task %s off home CPUs: %s", r.target, r.message)
         # tasks gone: forget them
         gone = [k for k in self.victims if k not in live]
         if gone:
-            self.applier.forget(("task.affinity", self.victims[k].thread.target) for k in gone
+            self.applier.forget((KnobName.TASK_AFFINITY, self.victims[k].thread.target) for k in gone
                                 if self.victims[k].journaled)
             for k in gone:
                 del self.victims[k]
@@ -206,17 +231,20 @@ class CpuKeeper:
     def _reconcile_pmqos(self, want: dict[int, str]) -> None:
         gone = [c for c in self.pmqos if c not in want]
         if gone:
-            self.applier.restore(("cpu.pm_qos_resume_latency_us", str(c)) for c in gone)
+            self.applier.restore((KnobName.CPU_PM_QOS_RESUME_LATENCY_US,
+                                  format_target(CpuTarget(c))) for c in gone)
             for c in gone:
                 del self.pmqos[c]
-        changes = [Change("cpu.pm_qos_resume_latency_us", str(c), "", v,
+        changes = [Change(KnobName.CPU_PM_QOS_RESUME_LATENCY_US, format_target(CpuTarget(c)), "", v,
                           f"an interactive agent lives on home CPU {c}: bound its idle exit "
                           f"latency (classes.*.pm_qos_resume_latency_us)")
                    for c, v in sorted(want.items()) if self.pmqos.get(c) != v]
         if changes:
             for r in self.applier.apply(changes):
-                c = int(r.target)
-                if r.status in ("changed", "unchanged", "clamped"):
+                t = parse_target(r.knob, r.target)
+                assert isinstance(t, CpuTarget)  # the knob's kind
+                c = t.cpu
+                if r.status in WRITTEN or r.status == Status.UNCHANGED:
                     self.pmqos[c] = want[c]
                 else:
                     log.warning("pm_qos of CPU %d: %s", c, r.message)

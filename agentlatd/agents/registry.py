@@ -46,7 +46,8 @@ AllowedCPUs= of every slice would need D-Bus and would not reach processes
 outside systemd's slices). Kernel threads with PF_NO_SETAFFINITY (per-CPU
 kthreads, every kworker) or a single-CPU affinity stay where they are.
 
-Exclusive home CPUs and pm_qos: agents/exclusive.py.
+Exclusive home CPUs and pm_qos: agents/exclusive.py; home CPUs and heat moves:
+agents/placement.py; the agent tick: agents/upkeep.py; JSON views: agents/views.py.
 """
 
 from __future__ import annotations
@@ -54,35 +55,35 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from agentlatd.agents import containers
-from agentlatd.agents.agent import Agent, MoveRecord
+from agentlatd.agents.agent import Agent
 from agentlatd.agents.applier import TASK_KNOBS, Applier
-from agentlatd.agents.autoreg import AutoRegistrar, agent_id_for
+from agentlatd.agents.autoreg import AutoRegistrar
 from agentlatd.agents.exclusive import CpuKeeper
+from agentlatd.agents.placement import HomePlacer, holds_cpu
 from agentlatd.agents.refusal import AgentRefused, Refusal, Registration
-from agentlatd.agents.threads import TICK_PIECE, ThreadUpkeep, account, agent_changes, prefix, wanted, why
-from agentlatd.cpuset import CpuSet, CpuSetError
+from agentlatd.agents.threads import (
+    ThreadUpkeep,
+    account,
+    agent_changes,
+    belongs,
+    prefix,
+    read_originals,
+    wanted,
+    why,
+)
+from agentlatd.agents.upkeep import AgentUpkeep
 from agentlatd.errors import AgentlatdError, KernelError
 from agentlatd.model.agent_links import AgentHome
 from agentlatd.model.layout import CpuLayout
-from agentlatd.plan.agents import (
-    AgentPlace,
-    HotTracker,
-    Placed,
-    class_wants,
-    plan_moves,
-    pm_qos_wanted,
-)
 from agentlatd.plan.changes import Change
 from agentlatd.policy import Policy
 from agentlatd.sample import tasks
-from agentlatd.sample.tasks import ProcId, ThreadId
+from agentlatd.sample.tasks import ProcId
 
 log = logging.getLogger("agentlatd.agents")
 
@@ -102,11 +103,10 @@ class ChainInput:
 
 
 class AgentManager:
-    """The agent side of the daemon: registry, placement, exclusivity, pm_qos.
-
-    Methods that write (place_pending, unregister, tick, release_all) must be
-    called with applier.lock held; the others are pure bookkeeping.
-    """
+    """The registrations (identity, class, stats) and the writes that register and
+    unregister them (place_pending, unregister: applier.lock held). Collaborators own
+    the rest: placer (agents/placement.py), upkeep (agents/upkeep.py: the tick,
+    release_all), cpus (agents/exclusive.py), threads (agents/threads.py), cgroups."""
 
     def __init__(self, applier: Applier, policy: Policy, *,
                  exclusive_scope_pid: int | None = None,
@@ -115,21 +115,14 @@ class AgentManager:
         self.root = applier.root
         self.policy = policy
         self.clock = clock
-        self.layout = CpuLayout(CpuSet(), CpuSet())
-        self.heat: dict[int, float] = {}
-        self.tracker = HotTracker()
         self.agents: dict[ProcId, Agent] = {}
         self.by_pid: dict[int, Agent] = {}
-        self.load: dict[int, int] = {}
         self.dirty: set[ProcId] = set()
         self.dead: set[ProcId] = set()
         # exclusive home CPUs (their victims) and pm_qos: agents/exclusive.py
         self.cpus = CpuKeeper(applier, exclusive_scope_pid)
         self.autoreg = AutoRegistrar()
-        self.notes: list[str] = []
-        self.moves = 0
         self.cpu_dirty = True
-        self.last_tick_s = 0.0
         # closes an agent's pidfd; the daemon replaces it to unregister the fd
         # from its selector first (a closed fd number is reused at once)
         self.close_pidfd: Callable[[int], None] = _close
@@ -142,27 +135,29 @@ class AgentManager:
         self.threads = ThreadUpkeep(applier)  # new threads, forked processes
         # cgroups: each agent's cpuset, and CPUs other workloads hold exclusively
         self.cgroups = containers.Scanner(self.root)
+        self.placer = HomePlacer(policy, self.cgroups, clock)
+        self.upkeep = AgentUpkeep(self)
 
     # -- inputs ----------------------------------------------------------
+    @property
+    def layout(self) -> CpuLayout:
+        return self.placer.layout
+
     def set_layout(self, layout: CpuLayout) -> None:
-        if layout == self.layout:
+        if layout == self.placer.layout:
             return
-        self.layout = layout
+        self.placer.layout = layout
         for a in self.agents.values():
             self._wants(a)
         self.cpu_dirty = True
 
     def homes(self) -> tuple[AgentHome, ...]:
         """The pinned agents with a home CPU, for the tuner's agent links."""
-        return tuple(AgentHome(a.proc.pid, a.agent_id, a.home_cpu, a.devices)
-                     for a in self.agents.values()
-                     if a.home_cpu is not None and a.state in ("placed", "partial")
-                     and self.policy.classes[a.latency_class].pin)
+        return self.placer.homes(self.agents.values())
 
     def set_heat(self, heat: Mapping[int, float]) -> None:
         """A new heat sample (one per tuner tick)."""
-        self.heat = dict(heat)
-        self.tracker.update(self.heat, self.policy.heat)
+        self.placer.set_heat(heat)
 
     def set_chain(self, chain: ChainInput) -> None:
         """The chain keeper's decisions after its tick (the registry reads no keeper state)."""
@@ -171,7 +166,7 @@ class AgentManager:
             self.cpu_dirty = True
 
     def set_policy(self, policy: Policy) -> None:
-        self.policy = policy
+        self.policy = self.placer.policy = policy
         for a in self.agents.values():
             self._wants(a)
         self.cpu_dirty = True
@@ -273,15 +268,7 @@ class AgentManager:
         return a
 
     def _read_originals(self, a: Agent) -> None:
-        """The main thread's affinity, nice and ioprio (the process was just checked)."""
-        pid = a.proc.pid
-        readers: dict[str, Callable[[], str]] = {
-            "task.affinity": lambda: tasks.get_affinity(pid).to_list(),
-            "task.nice": lambda: str(tasks.get_nice(pid)),
-            "task.ioprio": lambda: tasks.get_ioprio(pid)}
-        for knob, read in readers.items():
-            with contextlib.suppress(KernelError):
-                a.orig[knob] = read()
+        a.orig.update(read_originals(a.proc.pid))  # the process was just checked
 
     def _read_cgroup(self, a: Agent) -> bool:
         """Refresh the agent's container identity and cpuset; True when either changed."""
@@ -292,44 +279,12 @@ class AgentManager:
         a.container, a.allowed = ac.ident, ac.allowed
         return changed
 
-    def _usable(self, a: Agent) -> tuple[CpuSet | None, CpuSet]:
-        """(its cpuset, CPUs held exclusively by other workloads)."""
-        return a.allowed, containers.reserved_for(self.cgroups.holders, a.container)
-
-    def _set_home(self, a: Agent, cpu: int | None) -> None:
-        if a.home_cpu is not None:
-            n = self.load.get(a.home_cpu, 0) - 1
-            if n > 0:
-                self.load[a.home_cpu] = n
-            else:
-                self.load.pop(a.home_cpu, None)
-        a.home_cpu = cpu
-        if cpu is not None:
-            self.load[cpu] = self.load.get(cpu, 0) + 1
-
     def _wants(self, a: Agent) -> None:
-        """What the class policy wants for `a` (plan/agents.py class_wants; no writes)."""
-        allowed, reserved = self._usable(a)
-        w = class_wants(self.policy.classes[a.latency_class],
-                        AgentPlace(a.home_cpu, a.fallback, a.note, allowed, reserved,
-                                   a.numa_node),
-                        self.layout, self.heat, self.load, self.policy.heat,
-                        self.tracker.hot(self.policy.heat))
-        old_cpus, old_home, old_cpu_use = a.want_cpus, a.home_cpu, (a.exclusive, a.pm_qos)
-        if w.home != a.home_cpu or w.rehomed:
-            self._set_home(a, w.home)
-        if w.rehomed:
-            a.placed_mono = self.clock()
-        if w.moved_why:
-            a.last_move = MoveRecord(time.time(), old_home, w.home, w.moved_why)
-        a.want_cpus, a.want_nice, a.want_ioprio = w.cpus, w.nice, w.ioprio
-        a.exclusive, a.pm_qos, a.fallback, a.note = w.exclusive, w.pm_qos, w.fallback, w.note
-        if a.want_cpus != old_cpus or a.home_cpu != old_home:
+        """What the class policy wants for `a` (agents/placement.py; no writes)."""
+        dirty, cpu_dirty = self.placer.wants(a)
+        if dirty:
             self.dirty.add(a.proc)
-            # exclusivity and pm_qos follow only the agents that have (or had) either
-            if _holds_cpu(a) or old_cpu_use != (False, None):
-                self.cpu_dirty = True
-        if (a.exclusive, a.pm_qos) != old_cpu_use:
+        if cpu_dirty:
             self.cpu_dirty = True
 
     # -- writes ----------------------------------------------------------
@@ -385,7 +340,7 @@ class AgentManager:
             outcome[a.proc] = None
         # exclusivity and pm_qos follow the agents' states: only an agent that has
         # either can change them (a home that changed set cpu_dirty already)
-        if any(_holds_cpu(a) for a in todo):
+        if any(holds_cpu(a) for a in todo):
             self.cpu_dirty = True
         return outcome
 
@@ -394,45 +349,25 @@ class AgentManager:
         a = self.agents.get(p)
         if a is None:
             return None
-        pre = prefix(p)
-        keys = [(k, t) for k, t, _ in self.applier.entries(TASK_KNOBS) if t.startswith(pre)]
+        keys = [(k, t) for k, t, _ in self.applier.entries(TASK_KNOBS) if belongs(t, p)]
         self.applier.restore(keys)
-        journaled = {t for _, t in keys}
-        # threads born pinned (inherited from a pinned thread) were never
-        # journaled: give them the process's original when they still have ours
-        wants = {"task.affinity": a.want_cpus.to_list() if a.want_cpus is not None else None,
-                 "task.nice": str(a.want_nice) if a.want_nice is not None else None,
-                 "task.ioprio": a.want_ioprio}
-        if tasks.alive(self.root, p):
-            for tid in tasks.list_tids(self.root, p.pid):
-                t = ThreadId(p.pid, p.starttime, tid).target
-                if t in journaled:
-                    continue
-                for knob, want in wants.items():
-                    orig = a.orig.get(knob)
-                    if want is None or orig is None:
-                        continue
-                    if self.applier.read(knob, t) == want and want != orig:
-                        err = self.applier.write_direct(knob, t, orig, a.owner)
-                        if err:
-                            log.warning("restoring %s of %s: %s", knob, t, err)
+        self.threads.restore_unjournaled(a, {t for _, t in keys})
         self._drop(a, "unregistered", forget=False)
         return a
 
     def _drop(self, a: Agent, why: str, *, forget: bool) -> None:
         if forget:
-            pre = prefix(a.proc)
             self.applier.forget((k, t) for k, t, _ in self.applier.entries(TASK_KNOBS)
-                                if t.startswith(pre))
+                                if belongs(t, a.proc))
         if a.pidfd is not None:
             self.close_pidfd(a.pidfd)
             a.pidfd = None
-        self._set_home(a, None)
+        self.placer.set_home(a, None)
         self.agents.pop(a.proc, None)
         if self.by_pid.get(a.proc.pid) is a:
             del self.by_pid[a.proc.pid]
         self.dirty.discard(a.proc)
-        if _holds_cpu(a):
+        if holds_cpu(a):
             self.cpu_dirty = True
         log.info("agent %r pid %d dropped: %s", a.agent_id, a.proc.pid, why)
 
@@ -461,228 +396,10 @@ class AgentManager:
         if self.policy.auto_register:
             self.autoreg.declined.add(p)
 
-    # -- steps -----------------------------------------------------------
     def find(self, pid: int) -> Agent | None:
         return self.by_pid.get(pid)
-
-    # -- the tick --------------------------------------------------------
-    def tick(self) -> None:
-        """The whole per-tick upkeep at once (lock held): see tick_steps()."""
-        for _ in self.tick_steps():
-            pass
-
-    def tick_steps(self) -> Iterator[None]:
-        """Per-tick upkeep (lock held while it runs): exits, new threads, forks, heat
-        moves, auto-registration, exclusivity and pm_qos.
-
-        A generator that yields between bounded pieces of work (a few agents
-        each): the daemon runs it a slice per loop turn and serves requests in
-        between, so a registration never waits for a whole tick of 1000 agents.
-        Registrations, unregistrations and exits may happen at every yield: each
-        piece re-checks that its agent is still the registered one, and nothing
-        computed before a yield is written after it without that check.
-        """
-        t0 = time.perf_counter()
-        spent = 0.0
-        now = self.clock()
-        self.reap()
-        # a pidfd turns readable when its process exits (zombies included): one
-        # poll() over all of them; the daemon's selector usually saw it first
-        poller = select.poll()
-        by_fd: dict[int, ProcId] = {}
-        polled: list[Agent] = []
-        for a in list(self.agents.values()):
-            if a.pidfd is not None:
-                poller.register(a.pidfd, select.POLLIN)
-                by_fd[a.pidfd] = a.proc
-            else:
-                polled.append(a)
-        if by_fd:
-            for fd, _ev in poller.poll(0):
-                if fd in by_fd:
-                    self.exited(by_fd[fd])
-        for i, a in enumerate(polled):
-            if self.agents.get(a.proc) is a and not tasks.alive(self.root, a.proc):
-                self.exited(a.proc)
-            if i % TICK_PIECE == TICK_PIECE - 1:
-                spent += time.perf_counter() - t0
-                yield
-                t0 = time.perf_counter()
-        for _ in self.threads.new_threads(self.agents, self.dirty):
-            spent += time.perf_counter() - t0
-            yield
-            t0 = time.perf_counter()
-        for _ in self.threads.scan_forks(self.agents):
-            spent += time.perf_counter() - t0
-            yield
-            t0 = time.perf_counter()
-        self._cgroups(now)
-        spent += time.perf_counter() - t0
-        yield
-        t0 = time.perf_counter()
-        for _ in self._moves(now):
-            spent += time.perf_counter() - t0
-            yield
-            t0 = time.perf_counter()
-        # each O(agents) step below leaves the registry consistent: a yield between
-        for step in (self._auto_register, self.place_pending, self.reconcile_cpus):
-            step()
-            spent += time.perf_counter() - t0
-            yield
-            t0 = time.perf_counter()
-        self.last_tick_s = spent + time.perf_counter() - t0
-
-    def _cgroups(self, now: float) -> None:
-        """Every RESCAN_S: re-read exclusive holders and each agent's cgroup; re-place
-        the agents whose cpuset or reserved CPUs changed."""
-        if self.cgroups.scanned_at is not None and \
-                now - self.cgroups.scanned_at < containers.RESCAN_S:
-            return
-        held_changed = self.cgroups.rescan(now, force=True)
-        for a in self.agents.values():
-            if self._read_cgroup(a) or held_changed:
-                self._wants(a)
-
-    def _moves(self, now: float) -> Iterator[None]:
-        """Heat moves: the agents' places are read a piece at a time (yields between),
-        then planned and applied at once; a move planned for an agent that
-        left, or whose home changed meanwhile, is dropped."""
-        pol = self.policy.heat
-        placed = []
-        agents = list(self.agents.values())
-        for i, a in enumerate(agents):
-            if i % (8 * TICK_PIECE) == 8 * TICK_PIECE - 1:
-                yield
-            if a.home_cpu is None or a.fallback or not self.policy.classes[a.latency_class].pin:
-                continue
-            allowed, reserved = self._usable(a)
-            usable = (allowed - reserved) if allowed is not None else None
-            if usable is None and reserved:
-                usable = self.layout.home - reserved
-            placed.append(Placed(str(a.proc), a.home_cpu, a.placed_mono, a.numa_node, usable))
-        if not placed:
-            return
-        hot = self.tracker.hot(pol)
-        moves, notes = plan_moves(placed, self.layout, self.heat, hot, pol, now)
-        by_key = {str(a.proc): a for a in self.agents.values()} if moves else {}
-        for m in moves:
-            mover = by_key.get(m.key)
-            if mover is None or mover.home_cpu != m.from_cpu or mover.fallback:
-                continue
-            a = mover
-            self._set_home(a, m.to_cpu)
-            a.want_cpus = CpuSet({m.to_cpu})
-            a.placed_mono = now
-            a.last_move = MoveRecord(time.time(), m.from_cpu, m.to_cpu, m.reason)
-            self.dirty.add(a.proc)
-            if _holds_cpu(a):
-                self.cpu_dirty = True
-            self.moves += 1
-            log.info("agent %r pid %d moved from CPU %d to CPU %d: %s", a.agent_id, a.proc.pid,
-                     m.from_cpu, m.to_cpu, m.reason)
-        for n in notes:
-            if n not in self.notes:
-                log.warning("%s", n)
-        self.notes = notes
-
-    def _auto_register(self) -> None:
-        rules = self.policy.auto_register
-        if not rules:
-            return
-        for m in self.autoreg.scan(self.root, rules, self.agents.keys()):
-            uids = tasks.uids_of(self.root, m.proc.pid)
-            if uids is None:
-                continue
-            req = Registration(agent_id=agent_id_for(m.rule, m.comm, m.proc.pid), pid=m.proc.pid,
-                           latency_class=m.rule.latency_class)
-            try:
-                self.register(m.proc, uids[0], req, source=f"auto:{m.rule_index}")
-            except AgentRefused:
-                continue
-            log.info("auto-registered pid %d (%s) as %r, class %s (auto_register[%d])",
-                     m.proc.pid, m.comm, req.agent_id, req.latency_class, m.rule_index)
-
-    # -- exclusive home CPUs and pm_qos ---------------------------------------
-    def _excl_wanted(self) -> CpuSet:
-        ok = self.chain.exclusive_ok
-        return CpuSet(a.home_cpu for a in self.agents.values()
-                      if a.exclusive and a.home_cpu is not None and a.state != "failed"
-                      and (ok is None or a.proc in ok))
-
-    def reconcile_cpus(self, full: bool = True) -> None:
-        """Bring victims and pm_qos in line with where agents live now (lock held).
-
-        full=False (between ticks, after registrations): scan the host's tasks
-        only when the set of exclusive CPUs changed; new tasks wait for the tick.
-        """
-        if not full and not self.cpu_dirty:
-            # nothing an agent holds changed since the last reconcile (the chain
-            # keeper's decisions come at the tick): O(agents) work saved per request
-            return
-        homes = [a for a in self.agents.values() if a.exclusive]
-        held = CpuSet()
-        for h in self.cgroups.holders:
-            if not any(h.owns(a.container) for a in homes):
-                held |= h.cpus
-        pm = (pm_qos_wanted((a.home_cpu, a.pm_qos) for a in self.agents.values()
-                            if a.pm_qos is not None and a.home_cpu is not None)
-              if self.cpu_dirty else None)
-        self.cpus.reconcile(self._excl_wanted(), held,
-                            lambda: set(self.by_pid) | self.chain.protected, pm, full=full)
-        self.cpu_dirty = False
-
-    def release_all(self) -> None:
-        """Before a full rollback (lock held): unregister every agent (restores the
-        threads the journal does not hold yet) and widen inherited victims."""
-        for p in list(self.agents):
-            try:
-                self.unregister(p)
-            except Exception:
-                log.exception("restoring agent pid %d", p.pid)
-        self.cpus.release()
-        for a in self.agents.values():
-            if a.pidfd is not None:
-                self.close_pidfd(a.pidfd)
-                a.pidfd = None
-
-    # -- views -----------------------------------------------------------
-    def rows(self, extras: Callable[[Agent], dict[str, Any]] | None = None
-             ) -> list[dict[str, Any]]:
-        """Each agent's JSON row, with `extras(agent)` merged in (the chain keeper's)."""
-        return [a.to_json() | (extras(a) if extras is not None else {})
-                for a in sorted(self.agents.values(), key=lambda a: (a.agent_id, a.proc.pid))]
-
-    def status(self) -> dict[str, Any]:
-        classes: dict[str, int] = {}
-        for a in self.agents.values():
-            classes[a.latency_class] = classes.get(a.latency_class, 0) + 1
-        return {
-            "agents": len(self.agents), "classes": classes,
-            "home_cpus": self.layout.home.to_list(),
-            "completion_cpus": self.layout.completion.to_list(),
-            "exclusive_cpus": self.cpus.excl.to_list(), "tasks_moved": len(self.cpus.victims),
-            "held_cpus": [{"cpus": h.cpus.to_list(), "holder": h.describe()}
-                          for h in self.cgroups.holders],
-            "pm_qos": {str(c): v for c, v in sorted(self.cpus.pmqos.items())},
-            "hot_cpus": sorted(self.tracker.hot(self.policy.heat)),
-            "heat": {str(c): round(h, 4) for c, h in sorted(self.heat.items())},
-            "moves": self.moves, "notes": list(self.notes),
-            "agent_tick_ms": round(self.last_tick_s * 1000, 3),
-        }
-
-
-def _holds_cpu(a: Agent) -> bool:
-    """Whether the agent's home CPU is exclusive or bounded by pm_qos because of it."""
-    return a.exclusive or a.pm_qos is not None
 
 
 def _close(fd: int) -> None:
     with contextlib.suppress(OSError):
         os.close(fd)
-
-
-def parse_cpus(text: str) -> CpuSet | None:
-    try:
-        return CpuSet.parse_list(text)
-    except CpuSetError:
-        return None

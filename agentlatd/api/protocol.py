@@ -23,10 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agentlatd.agents import stats
-from agentlatd.model.chain import parse_endpoint
+from agentlatd import stepstats as stats
 from agentlatd.sample.tasks import valid_pid
-from agentlatd.wire import LATENCY_CLASSES
+from agentlatd.wire import LATENCY_CLASSES, parse_endpoint
 
 VERSION = 1
 MAX_LINE = 64 * 1024  # bytes per request line, newline included
@@ -85,7 +84,7 @@ class Step:
     pid: int | None
     agent_id: str | None
     count: int
-    hist: Mapping[int, int]  # bucket -> count (agentlatd.agents.stats)
+    hist: Mapping[int, int]  # bucket -> count (agentlatd.stepstats)
     sum_ns: int
     max_ns: int
     dropped: int = 0  # samples the client could not keep

@@ -199,19 +199,3 @@ def member_cpus(homes: Iterable[int | None], layout: CpuLayout | None = None,
     extra = {c for c in layout.siblings_of(base) - base
              if c in layout.home and c not in hot and not load.get(c)}
     return base | CpuSet(extra)
-
-
-def parse_endpoint(text: str) -> tuple[Addr, int]:
-    """"10.0.0.2:7777" or "[fd00::2]:7777" -> (address, port); ValueError otherwise."""
-    host, sep, port_s = text.rpartition(":")
-    if not sep or not port_s.isdigit():
-        raise ValueError(f"{text!r} is not ADDRESS:PORT")
-    port = int(port_s)
-    if not 0 < port < 65536:
-        raise ValueError(f"port {port} out of range in {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    addr = ipaddress.ip_address(host)
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped, port
-    return addr, port

@@ -7,7 +7,7 @@ CPUs), placing a chain member -- is judged: windows of the agent's latency
 before the decision against windows after it. When the decision made it
 clearly worse, it is undone, logged, counted, and never retried for that agent.
 
-What is measured per window (agents/chain.py closes one every WINDOW_S):
+What is measured per window (agents/guard.py closes one every WINDOW_S):
   steps      the agent's own step latencies (client step reports): the p99 of
              the steps reported in the window, from the histogram's deltas
   run_delay  agents that report no steps: from proc/PID/task/TID/schedstat
@@ -34,7 +34,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from agentlatd.agents.stats import Histogram
+from agentlatd.stepstats import Histogram
 
 STEPS = "steps"
 RUN_DELAY = "run_delay"

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from agentlatd.agents import stats
+from agentlatd import stepstats as stats
 from agentlatd.sample.taskstat import TaskSample
 from agentlatd.steps.ring import StepRecord
 

@@ -46,7 +46,7 @@ from hostilehelpers import connect, is_error, read_answers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agentlatd.agents import stats
+from agentlatd import stepstats as stats
 from agentlatd.api import protocol, server
 from agentlatd.sample import tasks
 from agentlatd.sysfs.root import Root

@@ -17,6 +17,7 @@ import tempfile
 import pytest
 
 from agentlatd import policy as policy_mod
+from agentlatd.agents import views
 from agentlatd.agents.applier import Applier
 from agentlatd.agents.registry import AgentManager
 from agentlatd.api.protocol import Register
@@ -65,7 +66,7 @@ def register(mgr: AgentManager, pid: int, cls: str) -> None:
     p, uid = mgr.check_register(0, 0, None, req, True)
     mgr.register(p, uid, req)
     mgr.place_pending()
-    mgr.reconcile_cpus()
+    mgr.upkeep.reconcile_cpus()
 
 
 def test_pm_qos_only_while_an_agent_lives_there(
@@ -82,13 +83,13 @@ def test_pm_qos_only_while_an_agent_lives_there(
         register(mgr, b.pid, "normal")  # two agents on CPU 1: the tighter bound wins
         assert qos(base, 1) == "10"
         mgr.unregister(next(p for p in mgr.agents if p.pid == b.pid))
-        mgr.reconcile_cpus()
+        mgr.upkeep.reconcile_cpus()
         assert qos(base, 1) == "20"
         mgr.unregister(next(p for p in mgr.agents if p.pid == a.pid))
-        mgr.reconcile_cpus()
+        mgr.upkeep.reconcile_cpus()
         assert qos(base, 1) == "0"  # the CPU's own value, restored
         assert eng.entries() == ()
-        assert mgr.status()["pm_qos"] == {}
+        assert views.status(mgr)["pm_qos"] == {}
     finally:
         for p in (a, b):
             p.kill()
@@ -120,7 +121,7 @@ def test_agent_exit_releases_pm_qos(setup: tuple[pathlib.Path, AgentManager, Eng
         assert qos(base, 1) == "20"
         a.kill()
         a.wait()
-        mgr.tick()  # polling path (no pidfd selector here): exit noticed, CPU released
+        mgr.upkeep.tick()  # polling path (no pidfd selector here): exit noticed, CPU released
         assert not mgr.agents and qos(base, 1) == "0"
     finally:
         if a.poll() is None:

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentlatd.agents import stats
+from agentlatd import stepstats as stats
 from agentlatd.agents.autoreg import matches
 from agentlatd.api import protocol
 from agentlatd.api.protocol import ProtocolError, Register, Step

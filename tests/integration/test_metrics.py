@@ -32,7 +32,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 from servicehelpers import NotifySocket, free_port, policy_text, run_daemon, veth_netns, wait_until
 
-from agentlatd.agents import stats
+from agentlatd import stepstats as stats
 from agentlatd.agents.chainrow import ChainRow
 from agentlatd.apply.engine import ApplyReport, Drift, KnobResult, RollbackReport
 from agentlatd.cpuset import CpuSet

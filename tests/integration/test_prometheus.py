@@ -48,7 +48,7 @@ from agentshelpers import (
 )
 from servicehelpers import free_port
 
-from agentlatd.agents.stats import EXPORT_BOUNDS_S
+from agentlatd.stepstats import EXPORT_BOUNDS_S
 
 pytestmark = [needs_root, needs_2cpus, pytest.mark.timeout(90)]
 

@@ -13,9 +13,8 @@ import sys
 
 import pytest
 
-from agentlatd.agents.stats import Histogram, bucket_of
 from agentlatd.model import harm
-from agentlatd.model.chain import bound_to, match_peers, member_cpus, parse_endpoint, pipe_peers
+from agentlatd.model.chain import bound_to, match_peers, member_cpus, pipe_peers
 from agentlatd.sample.chain import (
     NsTable,
     parse_fd_link,
@@ -23,6 +22,8 @@ from agentlatd.sample.chain import (
     parse_ns_link,
 )
 from agentlatd.sample.sockets import parse_sockets
+from agentlatd.stepstats import Histogram, bucket_of
+from agentlatd.wire import parse_endpoint
 
 pytestmark = pytest.mark.skipif(sys.byteorder != "little", reason="lines recorded on x86")
 

@@ -8,7 +8,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 
-from agentlatd.agents import stats
+from agentlatd import stepstats as stats
 from agentlatd.sample import taskstat
 from agentlatd.sample.tasks import ProcId
 from agentlatd.sample.taskstat import TaskSample

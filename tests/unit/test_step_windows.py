@@ -1,4 +1,4 @@
-"""Windowed step percentiles (agents/stats.py Recent) and the exported buckets.
+"""Windowed step percentiles (stepstats.py Recent) and the exported buckets.
 
 A lifetime histogram hides a slowdown: after ten hours of fast steps, a
 minute of every step 20x slower does not move the lifetime p99; the last-minute
@@ -7,7 +7,7 @@ window shows it whole, and `agentlatd agents` prints both.
 
 from __future__ import annotations
 
-from agentlatd.agents import stats
+from agentlatd import stepstats as stats
 from agentlatd.commands.agents import render
 
 
