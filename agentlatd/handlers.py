@@ -90,6 +90,9 @@ class Handlers:
         self._status = status
         self._device_nodes = device_nodes
         self.peer_start: dict[int, int | None] = {}  # conn id -> starttime of its peer
+        # conn ids whose peer was in the daemon's PID namespace when it connected:
+        # their pids need no translation (two readlinks per request saved)
+        self.peer_same_ns: set[int] = set()
         self.waiting: list[Waiting] = []
 
     def table(self) -> dict[str, Handler]:
@@ -100,9 +103,12 @@ class Handlers:
     # -- connections ---------------------------------------------------------
     def on_accept(self, c: Conn) -> None:
         self.peer_start[c.id] = tasks.starttime_of(self.root, c.peer.pid)
+        if pidns.same_ns_as_daemon(self.root, c.peer.pid):
+            self.peer_same_ns.add(c.id)
 
     def on_close(self, c: Conn) -> None:
         self.peer_start.pop(c.id, None)
+        self.peer_same_ns.discard(c.id)
 
     # -- authorisation -------------------------------------------------------
     def is_admin(self, uid: int, gid: int) -> bool:
@@ -124,6 +130,8 @@ class Handlers:
     def peer_pid(self, c: Conn, pid: int) -> int:
         """A pid from a request, as the peer sees it, in the daemon's PID namespace
         (agents/pidns.py; docs/protocol.md "PID namespaces")."""
+        if c.id in self.peer_same_ns:
+            return pid
         out = pidns.translate(self.root, c.peer.pid, pid)
         if out is None:
             raise ProtocolError(protocol.NO_SUCH_PROCESS,

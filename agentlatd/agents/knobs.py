@@ -73,6 +73,20 @@ class TaskKnob(Knob):
         t = self._thread(root, target, "write", owner)
         self._set(t.tid, value.strip())
 
+    def read(self, root: Root, target: str) -> str:
+        return self._get(self._thread(root, target, "read").tid)
+
+    def verify(self, root: Root, target: str, desired: str) -> tuple[bool, str]:
+        """Read back by thread id without a second identity check: write()
+        checked it one syscall earlier, and a pid reused in between would need
+        the whole pid space (pid_max) to wrap meanwhile. What verify reads
+        decides only "changed" or "clamped", never what is written."""
+        actual = self._get(tasks.ThreadId.parse(target).tid)
+        return self.equal(actual, desired), actual
+
+    def _get(self, tid: int) -> str:
+        raise NotImplementedError
+
     def _set(self, tid: int, value: str) -> None:
         raise NotImplementedError
 
@@ -183,9 +197,8 @@ class TaskAffinityKnob(TaskKnob):
     name = KnobName.TASK_AFFINITY
     help = "CPU affinity of one thread (cpulist)"
 
-    def read(self, root: Root, target: str) -> str:
-        t = self._thread(root, target, "read")
-        return tasks.get_affinity(t.tid).to_list()
+    def _get(self, tid: int) -> str:
+        return tasks.get_affinity(tid).to_list()
 
     def write_check(self, value: str) -> None:
         self._cpus(value)
@@ -214,9 +227,8 @@ class TaskNiceKnob(TaskKnob):
     name = KnobName.TASK_NICE
     help = "nice value of one thread (-20..19)"
 
-    def read(self, root: Root, target: str) -> str:
-        t = self._thread(root, target, "read")
-        return str(tasks.get_nice(t.tid))
+    def _get(self, tid: int) -> str:
+        return str(tasks.get_nice(tid))
 
     def write_check(self, value: str) -> None:
         if not re.fullmatch(r"-?[0-9]{1,2}", value.strip()) or not -20 <= int(value) <= 19:
@@ -237,9 +249,8 @@ class TaskIoprioKnob(TaskKnob):
     name = KnobName.TASK_IOPRIO
     help = "I/O priority of one thread (none, idle, rtN, beN)"
 
-    def read(self, root: Root, target: str) -> str:
-        t = self._thread(root, target, "read")
-        return tasks.get_ioprio(t.tid)
+    def _get(self, tid: int) -> str:
+        return tasks.get_ioprio(tid)
 
     def write_check(self, value: str) -> None:
         tasks.parse_ioprio(value)

@@ -221,7 +221,9 @@ class AgentManager:
             if len(self.agents) >= MAX_AGENTS:
                 raise AgentRefused(Refusal.LIMIT, f"{MAX_AGENTS} agents are registered "
                                                     "already")
-            if not admin:
+            # fewer agents in all than the per-uid limit: no uid can be at it (the
+            # count is O(agents), skipped on nearly every registration)
+            if not admin and len(self.agents) >= MAX_AGENTS_PER_UID:
                 mine = sum(1 for a in self.agents.values() if a.uid == peer_uid)
                 if mine >= MAX_AGENTS_PER_UID:
                     raise AgentRefused(Refusal.LIMIT, f"uid {peer_uid} has {mine} agents "
@@ -302,7 +304,10 @@ class AgentManager:
                  and a.pinned == 0}
         for a in todo:
             tids = tasks.list_tids(self.root, a.proc.pid)
-            if not tids or not tasks.alive(self.root, a.proc):
+            # the pidfd names this very process: a poll, not a /proc read
+            running = (tasks.pidfd_running(a.pidfd) if a.pidfd is not None
+                       else tasks.alive(self.root, a.proc))
+            if not tids or not running:
                 outcome[a.proc] = AgentRefused(Refusal.NO_SUCH_PROCESS,
                                                 f"process {a.proc.pid} has exited")
                 continue

@@ -85,10 +85,10 @@ class AgentUpkeep:
             spent += time.perf_counter() - t0
             yield
             t0 = time.perf_counter()
-        self._cgroups(now)
-        spent += time.perf_counter() - t0
-        yield
-        t0 = time.perf_counter()
+        for _ in self._cgroups(now):
+            spent += time.perf_counter() - t0
+            yield
+            t0 = time.perf_counter()
         gen = reg.placer.moves_steps(now, reg.agents)
         while True:
             try:
@@ -110,17 +110,21 @@ class AgentUpkeep:
             t0 = time.perf_counter()
         self.last_tick_s = spent + time.perf_counter() - t0
 
-    def _cgroups(self, now: float) -> None:
+    def _cgroups(self, now: float) -> Iterator[None]:
         """Every RESCAN_S: re-read exclusive holders and each agent's cgroup; re-place
-        the agents whose cpuset or reserved CPUs changed."""
+        the agents whose cpuset or reserved CPUs changed. Yields every TICK_PIECE
+        agents (two /proc and cgroup reads each: 15 ms at 1000 agents at once)."""
         reg = self.reg
         if reg.cgroups.scanned_at is not None and \
                 now - reg.cgroups.scanned_at < containers.RESCAN_S:
             return
         held_changed = reg.cgroups.rescan(now, force=True)
-        for a in reg.agents.values():
-            if reg._read_cgroup(a) or held_changed:
+        yield
+        for i, a in enumerate(list(reg.agents.values())):
+            if reg.agents.get(a.proc) is a and (reg._read_cgroup(a) or held_changed):
                 reg._wants(a)
+            if i % TICK_PIECE == TICK_PIECE - 1:
+                yield
 
     def _auto_register(self) -> None:
         reg = self.reg

@@ -164,17 +164,24 @@ def plan_moves(agents: Iterable[Placed], layout: CpuLayout, heat: Mapping[int, f
         load[a.home_cpu] = load.get(a.home_cpu, 0) + 1
     moves: list[Move] = []
     notes: list[str] = []
+    # the CPUs an agent may move to depend on its home, node and usable CPUs only
+    # (not on the moves made so far): computed once per kind of agent, not per agent
+    cools: dict[tuple[int, int | None, CpuSet | None], CpuSet] = {}
     for a in sorted(agents, key=lambda a: (a.home_cpu, a.key)):
         gone = a.home_cpu not in layout.home
         if not gone and a.home_cpu not in hot:
             continue
         if not gone and now - a.last_move < pol.min_move_interval:
             continue
-        cand = layout.candidates(a.node)
-        if a.usable is not None:
-            cand = cand & a.usable
-        cool = CpuSet(c for c in cand
-                      if c != a.home_cpu and c not in hot and (gone or band(heat.get(c), pol) == 0))
+        kind = (a.home_cpu, a.node, a.usable)
+        cool = cools.get(kind)
+        if cool is None:
+            cand = layout.candidates(a.node)
+            if a.usable is not None:
+                cand = cand & a.usable
+            cool = cools[kind] = CpuSet(
+                c for c in cand
+                if c != a.home_cpu and c not in hot and (gone or band(heat.get(c), pol) == 0))
         if not cool:
             h = heat.get(a.home_cpu)
             notes.append(f"home CPU {a.home_cpu} is " + ("no longer a home CPU" if gone else

@@ -33,6 +33,7 @@ import errno
 import os
 import platform
 import re
+import select
 import signal
 from dataclasses import dataclass
 
@@ -450,6 +451,17 @@ def pidfd_open(pid: int) -> int | None:
         return None  # ENOSYS (pre-5.3), EMFILE: poll instead
     os.set_blocking(fd, False)
     return fd
+
+
+def pidfd_running(fd: int) -> bool:
+    """Whether the process behind a pidfd has not exited: one poll(), no /proc read.
+
+    A pidfd turns readable when its process exits, zombies included (the
+    kernel's pidfd_poll), so this agrees with alive() on (pid, starttime) for
+    the process the pidfd was opened on, for a fraction of its cost."""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return not p.poll(0)
 
 
 def pidfd_alive(fd: int) -> bool:
