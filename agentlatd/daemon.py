@@ -49,7 +49,7 @@ import selectors
 import socket
 import sys
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from agentlatd import __version__, knobset, logging_setup
@@ -58,13 +58,12 @@ from agentlatd.agents import views as agent_views
 from agentlatd.agents.applier import Applier
 from agentlatd.agents.chain import ChainKeeper, ChainScanner
 from agentlatd.agents.chainrow import ChainRow
-from agentlatd.agents.refusal import AgentRefused, Refusal
 from agentlatd.agents.registry import AgentManager
-from agentlatd.api import protocol
+from agentlatd.agentwork import AgentWork
 from agentlatd.api.server import Server
 from agentlatd.apply.engine import Engine
 from agentlatd.apply.journal import FLAG_YIELDED
-from agentlatd.errors import AgentlatdError, PolicyError
+from agentlatd.errors import PolicyError
 from agentlatd.handlers import Handlers
 from agentlatd.hooks import Hooks
 from agentlatd.lifecycle import (
@@ -80,7 +79,6 @@ from agentlatd.model.agent_links import AgentLinks
 from agentlatd.model.layout import NO_HOME_CPU
 from agentlatd.plan.build import check_policy_cpus
 from agentlatd.policy import Policy
-from agentlatd.sample.tasks import ProcId
 from agentlatd.steps.slowsteps import SlowSteps
 from agentlatd.steps.slowview import AgentSlow
 from agentlatd.sysfs.root import Root
@@ -90,9 +88,6 @@ from agentlatd.tuner import Tuner, TunerState
 log = logging.getLogger("agentlatd.daemon")
 
 RETRY = 0.005  # seconds to the next turn when the engine lock was busy
-# the agent tick runs in slices of about this long (seconds) with requests
-# served between them: a registration waits for one slice, not a whole tick
-TICK_SLICE_S = 0.0003
 
 
 # ---------------------------------------------------------------------------
@@ -141,12 +136,10 @@ class Daemon:
         self.handlers = Handlers(self.root, self.manager, self.chain,
                                  policy=lambda: self.policy, status=self.status,
                                  device_nodes=lambda: self._device_nodes)
-        self._tick_job: Iterator[None] | None = None  # the agent tick under way
+        # the main loop's writes under the engine's lock (agentlatd/agentwork.py)
+        self.work = AgentWork(self.manager, self.chain, self.handlers, self._publish)
         self._seen_seq = 0
         self._next_tick = 0.0
-        # agent-side ticks completed (the tuner's own count is TunerState.seq): status shows
-        # both, so a test can wait for ticks to pass instead of sleeping
-        self.agent_ticks = 0
         self.started = time.time()
         self.ready = False
         self.last_state: TunerState | None = None
@@ -255,7 +248,7 @@ class Daemon:
         if self._retry:
             timeout = RETRY  # the engine lock was busy: try again soon, never spin
         else:
-            timeout = 0.0 if self.server.busy or self._tick_job is not None \
+            timeout = 0.0 if self.server.busy or self.work.ticking \
                 else max(0.0, min(self._next_tick - now, 1.0))
             wake = self.server.wakeup()  # a rate-limited connection to read again
             if wake is not None:
@@ -275,13 +268,14 @@ class Daemon:
         tick_due = now >= self._next_tick
         self._retry = False
         if tick_due or self.handlers.waiting or self.manager.dirty or self.manager.dead \
-                or self._tick_job is not None:
+                or self.work.ticking:
             with self.engine.hold(blocking=False) as got:
                 if got:
-                    if tick_due and self._tick_job is None:
-                        self._tick_job = self._agent_tick()
+                    if tick_due and not self.work.ticking:
+                        self.work.begin_tick()
                         self._next_tick = now + max(0.05, self.policy.daemon.interval)
-                    self._locked_work(tick_due)
+                    self.engine.policy = self.policy  # the lock is held: no tick is applying
+                    self.work.run(self.server)
                 else:
                     self._retry = True
         new, self.manager.new_pidfds = self.manager.new_pidfds, []
@@ -305,83 +299,10 @@ class Daemon:
         if self.ready:
             _call(self.hooks.on_tick, self.view, st)
 
-    def _locked_work(self, tick_due: bool) -> None:
-        """Everything that writes: unregisters, placements, the tick (lock held)."""
-        # Each phase is guarded: a journal that cannot be written (ENOSPC on the
-        # state directory) or a bug in one phase is answered and logged, and the
-        # loop serves on; nothing is written without its original journaled.
-        waiting = self.handlers.take_waiting()
-        assert self.server is not None
-        self.engine.policy = self.policy  # the lock is held: no tick is applying
-        for w in waiting:
-            if w.op == "unregister":
-                try:
-                    self.handlers.finish_unregister(self.server, w)
-                except Exception as e:
-                    self._failed("unregister", e)
-                    self.server.fail(w.conn, w.req_id, protocol.UNAVAILABLE,
-                                     f"agentlatd could not restore the process's originals: {e}")
-        outcome: dict[ProcId, AgentRefused | None] = {}
-        try:
-            self.manager.reap()
-            outcome = self.manager.place_pending()
-        except Exception as e:  # place_pending answers journal errors itself; a bug here
-            self._failed("placement", e)
-            outcome = {w.proc: AgentRefused(Refusal.INTERNAL, "agentlatd failed to place the "
-                                            "agent; the daemon log has the details")
-                       for w in waiting if w.op == "register"}
-        for w in waiting:
-            if w.op == "register":
-                self.handlers.answer_register(self.server, w, outcome.get(w.proc))
-        if self._tick_job is None:
-            try:
-                self.manager.upkeep.reconcile_cpus(full=False)
-            except Exception as e:
-                self._failed("agent tick", e)
-            return
-        # a slice of the agent tick; requests are served between slices
-        end = time.perf_counter() + TICK_SLICE_S
-        try:
-            while True:
-                next(self._tick_job)
-                if time.perf_counter() >= end:
-                    return
-        except StopIteration:
-            self._tick_job = None
-
-    def _agent_tick(self) -> Iterator[None]:
-        """The agent side's tick as a generator of bounded pieces (lock held while
-        each runs): the registry's upkeep, then the chain keeper's."""
-        try:
-            yield from self.manager.upkeep.steps()
-        except Exception as e:
-            self._failed("agent tick", e)
-        try:
-            yield from self.chain.tick_steps()
-            # the keeper's decisions (members protected, exclusivity allowed or
-            # undone) reach the registry here, once per tick, as one value
-            self.manager.set_chain(self.chain.decisions())
-            yield
-            self.manager.upkeep.reconcile_cpus(full=False)
-            yield
-        except Exception as e:
-            self._failed("chain tick", e)
-        self.agent_ticks += 1
-        # once per tick, not per registration: O(agents), and the tuner reads
-        # it once per tick anyway (bench/agents.py: per registration it cost
-        # ~0.6 ms of register round trip with 1000 agents)
-        self._publish()
-
     def _publish(self) -> None:
         """The tuner's next input, replaced whole (it reads it once per tick)."""
         self.tuner.set_input(TickInput(self.policy, self.manager.homes(), self.chain.published,
                                        self.tune_devices))
-
-    def _failed(self, what: str, e: BaseException) -> None:
-        if isinstance(e, AgentlatdError):
-            log.error("%s failed: %s", what, e)
-        else:
-            log.exception("%s failed", what)
 
     def reload(self) -> bool:
         try:
@@ -395,12 +316,12 @@ class Daemon:
             return False
         if os.path.abspath(new.daemon.socket) != os.path.abspath(self.policy.daemon.socket):
             log.warning("daemon.socket changed in the policy: takes effect at the next start")
-        self.policy = new  # the engine takes it under its lock (_locked_work, the tuner)
+        self.policy = new  # the engine takes it under its lock (turn(), the tuner)
         self.manager.set_policy(new)
         if self.server is not None:
-            self.server.rate = new.daemon.uid_requests_per_s
-            self.server.burst = float(new.daemon.uid_request_burst)
-            self.server.max_inflight = new.daemon.uid_max_inflight
+            self.server.admission.set_limits(new.daemon.uid_requests_per_s,
+                                             new.daemon.uid_request_burst,
+                                             new.daemon.uid_max_inflight)
         # between ticks: the tuner's running tick keeps the policy it started
         # with; a new policy makes its next tick rescan the machine
         self._publish()
@@ -481,7 +402,7 @@ def _status(d: Daemon) -> dict[str, Any]:
         "socket": d.socket_path, "state_dir": d.state_dir,
         "uptime_s": round(time.time() - d.started, 3), "ready": d.ready,
         "tick": st.seq if st else 0,
-        "agent_ticks": d.agent_ticks,
+        "agent_ticks": d.work.ticks,
         "tuner_tick_ms": round(st.duration_s * 1000, 3) if st else None,
         "tuner_error": st.error if st else "",
         "changes": counts,

@@ -38,6 +38,8 @@ Limits, so that one client never stalls or starves the others:
     its connections: a uid with many pipelining connections gets the same
     share of a turn as a client with one, and a turn stays short (the
     registration path of everyone else waits at most one turn).
+The connection limits and the per-uid budgets are api/admission.py's; a
+connection's buffers and non-blocking reads and writes are api/conn.py's.
 Measured by bench/flood.py: one uid pipelining from 16 connections, another
 uid's ping p99 (docs/hostile.md has the figures).
 Bad input is answered with an error code and a sentence; the server keeps
@@ -60,25 +62,25 @@ import os
 import selectors
 import socket
 import stat
-import struct
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from agentlatd import safepath
 from agentlatd.api import protocol
+from agentlatd.api.admission import Admission
+from agentlatd.api.conn import Conn, ConnIO, Peer, peer_cred
 from agentlatd.api.protocol import Envelope, ProtocolError
 from agentlatd.errors import AgentlatdError
+
+__all__ = ["PENDING", "Conn", "Handler", "Peer", "Server", "SocketError", "SocketInUse",
+           "bind_socket", "peer_cred"]
 
 log = logging.getLogger("agentlatd.api")
 
 LINES_PER_TURN = 64
-IN_BACKLOG = 4 * protocol.MAX_LINE
-MAX_OUT = 32 << 20
 IDLE_TIMEOUT = 600.0
-RECV = 1 << 16
 
 
 class _Pending:
@@ -89,58 +91,8 @@ class _Pending:
 PENDING: Any = _Pending()
 
 
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """SO_PEERCRED of a connection: who connected, at connect() time."""
-
-    pid: int
-    uid: int
-    gid: int
-
-
-def peer_cred(sock: socket.socket) -> Peer:
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
-    return Peer(pid, uid, gid)
-
-
 Callback = Callable[[int], None]
 Handler = Callable[["Conn", Envelope], Any]
-
-
-class _UidBudget:
-    """The token bucket and in-flight count of one peer uid."""
-
-    __slots__ = ("conns", "inflight", "stamp", "tokens")
-
-    def __init__(self, tokens: float, now: float) -> None:
-        self.tokens = tokens
-        self.stamp = now
-        self.inflight = 0
-        self.conns = 0
-
-
-class Conn:
-    """One client connection."""
-
-    __slots__ = ("buf_in", "buf_out", "closed", "id", "last", "parked", "peer", "pending",
-                 "server", "sock", "write_wanted")
-
-    def __init__(self, server: Server, sock: socket.socket, peer: Peer, cid: int) -> None:
-        self.server = server
-        self.sock = sock
-        self.peer = peer
-        self.id = cid
-        self.buf_in = bytearray()
-        self.buf_out = bytearray()
-        self.pending: Any = None  # id of the request awaiting an answer (PENDING handler)
-        self.last = time.monotonic()
-        self.closed = False
-        self.write_wanted = False
-        self.parked = 0.0  # rate limited: not read before this time.monotonic()
-
-    def __repr__(self) -> str:
-        return f"<conn {self.id} pid={self.peer.pid} uid={self.peer.uid}>"
 
 
 def _req_id(line: bytes) -> Any:
@@ -294,16 +246,13 @@ class Server:
         # bind_socket() binds under a temporary name: getsockname() is that one
         self.path = path if path is not None else sock.getsockname()
         self.handlers = handlers
-        self.max_clients = max_clients
         self.on_close = on_close
         self.on_accept = on_accept
-        self.max_per_uid = max(16, max_clients // 8)
-        self.per_uid: dict[int, int] = {}
-        self.rate = float(uid_requests_per_s)
-        self.burst = float(uid_request_burst)
-        self.max_inflight = uid_max_inflight
-        self.budgets: dict[int, _UidBudget] = {}
-        self._parked: list[Conn] = []
+        self.admission = Admission(max_clients=max_clients,
+                                   uid_requests_per_s=uid_requests_per_s,
+                                   uid_request_burst=uid_request_burst,
+                                   uid_max_inflight=uid_max_inflight)
+        self.io = ConnIO(sel, self._on_conn, self.drop)
         self.idle_timeout = idle_timeout
         self.conns: dict[int, Conn] = {}
         self._next_id = 1
@@ -335,18 +284,7 @@ class Server:
         with contextlib.suppress(OSError):
             c.sock.close()
         if self.conns.pop(c.id, None) is not None:
-            n = self.per_uid.get(c.peer.uid, 0) - 1
-            if n > 0:
-                self.per_uid[c.peer.uid] = n
-            else:
-                self.per_uid.pop(c.peer.uid, None)
-            b = self.budgets.get(c.peer.uid)
-            if b is not None:
-                if c.pending is not None:
-                    b.inflight -= 1
-                b.conns -= 1
-                if b.conns <= 0 and b.tokens >= self.burst:
-                    del self.budgets[c.peer.uid]  # a full bucket: nothing to remember
+            self.admission.closed(c)
         if self.on_close is not None:
             try:
                 self.on_close(c)
@@ -374,35 +312,22 @@ class Server:
             except OSError:
                 s.close()
                 continue
-            mine = self.per_uid.get(peer.uid, 0)
-            if (len(self.conns) >= self.max_clients or not self.accepting
-                    or (peer.uid != 0 and mine >= self.max_per_uid)):
-                msg = (protocol.error(None, protocol.UNAVAILABLE, "agentlatd is stopping")
-                       if not self.accepting else
-                       protocol.error(None, protocol.LIMIT, f"too many connections (limit "
-                                      f"{self.max_clients}, policy daemon.max_clients)")
-                       if len(self.conns) >= self.max_clients else
-                       protocol.error(None, protocol.LIMIT, f"uid {peer.uid} has {mine} "
-                                      f"connections open (limit {self.max_per_uid})"))
+            msg = self.admission.refusal(peer, len(self.conns), self.accepting)
+            if msg is not None:
                 with contextlib.suppress(OSError):
                     s.send(msg)
                 s.close()
                 continue
-            c = Conn(self, s, peer, self._next_id)
+            c = Conn(s, peer, self._next_id)
             self._next_id += 1
             self.conns[c.id] = c
-            self.per_uid[peer.uid] = mine + 1
-            if peer.uid != 0:
-                b = self.budgets.get(peer.uid)
-                if b is None:
-                    b = self.budgets[peer.uid] = _UidBudget(self.burst, time.monotonic())
-                b.conns += 1
+            self.admission.opened(peer, time.monotonic())
             if self.on_accept is not None:
                 try:
                     self.on_accept(c)
                 except Exception:
                     log.exception("on_accept hook failed for %r", c)
-            self.sel.register(s, selectors.EVENT_READ, lambda m, c=c: self._on_conn(c, m))
+            self.io.register(c)
 
     def _on_conn(self, c: Conn, mask: int) -> None:
         try:
@@ -413,23 +338,10 @@ class Server:
 
     def _on_conn_events(self, c: Conn, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
-            self._flush(c)
+            self.io.flush(c)
         if c.closed or not mask & selectors.EVENT_READ or c.parked:
             return
-        if len(c.buf_in) > IN_BACKLOG:
-            return  # drains through process(); read again after
-        try:
-            data = c.sock.recv(RECV)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as e:
-            self.drop(c, f"recv: {e.strerror}")
-            return
-        if not data:
-            self.drop(c, "peer closed")
-            return
-        c.buf_in += data
-        if b"\n" in data or len(c.buf_in) > protocol.MAX_LINE:
+        if self.io.receive(c):
             self._ready.append(c)
 
     @property
@@ -439,73 +351,31 @@ class Server:
 
     def wakeup(self) -> float | None:
         """When the first parked connection may be read again (time.monotonic())."""
-        return min((c.parked for c in self._parked), default=None)
+        return self.admission.wakeup()
 
     def _admit(self, c: Conn, now: float) -> bool:
         """Charge one request line to c's uid; False (answered, parked) when over a limit."""
-        b = self.budgets.get(c.peer.uid)
-        if b is None:  # root: not limited
+        over = self.admission.charge(c, now)
+        if over is None:
             return True
-        b.tokens = min(self.burst, b.tokens + (now - b.stamp) * self.rate)
-        b.stamp = now
-        if b.inflight >= self.max_inflight:
-            wait, why = 0.01, (f"uid {c.peer.uid} has {b.inflight} requests in flight "
-                               f"(limit {self.max_inflight}, policy daemon.uid_max_inflight)")
-        elif b.tokens < 1.0:
-            # until this connection's share of the refill: with every connection
-            # of the uid woken at the next token, all but one would be answered
-            # rate_limited again at once (16 flooding connections: 16x the answers)
-            wait = max((1.0 - b.tokens) / self.rate, b.conns / self.rate, 0.005)
-            why = (
-                f"uid {c.peer.uid} is over its request rate ({self.rate:g}/s, burst "
-                f"{self.burst:g}; policy daemon.uid_requests_per_s, uid_request_burst)")
-        else:
-            b.tokens -= 1.0
-            return True
+        wait, why = over
         ms = max(1, int(wait * 1000 + 0.999))
         # the line is consumed and answered: the client resends it after the wait
         i = c.buf_in.find(b"\n")
         req_id = _req_id(bytes(c.buf_in[:i]))
         del c.buf_in[:i + 1]
-        self._reply(c, protocol.error(req_id, protocol.RATE_LIMITED, why + f"; retry in {ms} ms",
+        self.io.reply(c, protocol.error(req_id, protocol.RATE_LIMITED, why + f"; retry in {ms} ms",
                                       retry_after_ms=ms))
         if not c.closed:
-            c.parked = now + ms / 1000.0
-            self._parked.append(c)
-            self._watch(c)
+            self.admission.park(c, now + ms / 1000.0)
+            self.io.watch(c)
         return False
 
     def _unpark(self, now: float) -> None:
-        if not self._parked:
-            return
-        still: list[Conn] = []
-        for c in self._parked:
-            if c.closed:
-                continue
-            if c.parked > now:
-                still.append(c)
-                continue
-            c.parked = 0.0
-            self._watch(c)
+        for c in self.admission.unpark(now):
+            self.io.watch(c)
             if b"\n" in c.buf_in:
                 self._ready.append(c)
-        self._parked = still
-
-    def _watch(self, c: Conn) -> None:
-        """Selector events of c: read unless parked, write while output is queued."""
-        ev = (0 if c.parked else selectors.EVENT_READ) | (
-            selectors.EVENT_WRITE if c.write_wanted else 0)
-        try:
-            key = self.sel.get_key(c.sock)
-        except (KeyError, ValueError):
-            key = None
-        if key is None:
-            if ev:
-                self.sel.register(c.sock, ev, lambda m, c=c: self._on_conn(c, m))
-        elif not ev:
-            self.sel.unregister(c.sock)
-        elif key.events != ev:
-            self.sel.modify(c.sock, ev, key.data)
 
     def process(self) -> None:
         """Handle up to LINES_PER_TURN lines of each uid with input, round robin."""
@@ -535,10 +405,10 @@ class Server:
             i = c.buf_in.find(b"\n")
             if i < 0:
                 if len(c.buf_in) > protocol.MAX_LINE:
-                    self._reply(c, protocol.error(
+                    self.io.reply(c, protocol.error(
                         None, protocol.TOO_LARGE, f"request line exceeds the "
                         f"{protocol.MAX_LINE}-byte limit; closing the connection"))
-                    self._flush(c)
+                    self.io.flush(c)
                     self.drop(c, "line too long")
                 break
             if not self._admit(c, now):
@@ -566,25 +436,23 @@ class Server:
                                     f"op {env.op!r} is not served by this daemon", env.req_id)
             result = h(c, env)
         except ProtocolError as e:
-            self._reply(c, protocol.error(env.req_id if env is not None else e.req_id,
+            self.io.reply(c, protocol.error(env.req_id if env is not None else e.req_id,
                                           e.code, e.message))
             return
         except Exception:
             # a bug, in the decoder or a handler: this request fails, the daemon serves on
             log.exception("request from %r failed (%s): %r", c,
                           f"op {env.op!r}" if env is not None else "decoding", line[:200])
-            self._reply(c, protocol.error(env.req_id if env is not None else None,
+            self.io.reply(c, protocol.error(env.req_id if env is not None else None,
                                           protocol.INTERNAL,
                                           "agentlatd failed to handle this request; "
                                           "the daemon log has the details"))
             return
         if result is PENDING:
             c.pending = env.req_id if env.req_id is not None else PENDING
-            b = self.budgets.get(c.peer.uid)
-            if b is not None:
-                b.inflight += 1
+            self.admission.pending(c)
             return
-        self._reply(c, protocol.ok(env.req_id, result))
+        self.io.reply(c, protocol.ok(env.req_id, result))
 
     def answer(self, c: Conn, req_id: Any, result: Any) -> None:
         """Answer a request its handler left PENDING."""
@@ -595,40 +463,13 @@ class Server:
 
     def _resume(self, c: Conn, data: bytes) -> None:
         if c.pending is not None:
-            b = self.budgets.get(c.peer.uid)
-            if b is not None:
-                b.inflight -= 1
+            self.admission.answered(c)
         c.pending = None
         if c.closed:
             return
-        self._reply(c, data)
+        self.io.reply(c, data)
         if b"\n" in c.buf_in:
             self._ready.append(c)
-
-    # -- output ----------------------------------------------------------
-    def _reply(self, c: Conn, data: bytes) -> None:
-        if c.closed:
-            return
-        c.buf_out += data
-        if len(c.buf_out) > MAX_OUT:
-            self.drop(c, f"client does not read its answers ({len(c.buf_out)} bytes queued)")
-            return
-        self._flush(c)
-
-    def _flush(self, c: Conn) -> None:
-        while c.buf_out and not c.closed:
-            try:
-                n = c.sock.send(c.buf_out)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as e:
-                self.drop(c, f"send: {e.strerror}")
-                return
-            del c.buf_out[:n]
-        want = bool(c.buf_out)
-        if want != c.write_wanted and not c.closed:
-            c.write_wanted = want
-            self._watch(c)
 
     # -- housekeeping ----------------------------------------------------
     def reap_idle(self, now: float | None = None) -> int:
