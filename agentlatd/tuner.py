@@ -75,6 +75,10 @@ def layout_of(machine: Machine, plan: Plan) -> CpuLayout:
 
 
 NO_LAYOUT = CpuLayout(home=CpuSet(), completion=CpuSet())  # before the first plan
+# a yield this many ticks before the tick that sees a CPU hotplug is the hotplug's own
+# rewrite, however long those ticks took (the driver's re-spread can show before the
+# counters do; a tick of a rescan and apply takes seconds under QEMU TCG)
+HOTPLUG_TICKS = 2
 
 
 class Tuner:
@@ -98,7 +102,7 @@ class Tuner:
         self.state: TunerState | None = None  # the last published state (one reference swap)
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
-        self.yields: list[tuple[float, tuple[str, str]]] = []  # (time, knob key) of recent yields
+        self.yields: list[tuple[float, int, tuple[str, str]]] = []  # (time, tick, key) of recent yields
 
     def set_input(self, inp: TickInput) -> None:
         self.input = inp
@@ -198,9 +202,10 @@ class Tuner:
         """
         eng = self.engine
         grace = max(2.0, 3 * interval)
-        self.yields = [(t, k) for t, k in self.yields if now - t <= grace]
+        self.yields = [(t, n, k) for t, n, k in self.yields
+                       if now - t <= grace or self.seq - n < HOTPLUG_TICKS]
         if hotplug:
-            n = eng.unyield(k for _, k in self.yields)
+            n = eng.unyield(k for _, _, k in self.yields)
             if n:
                 log.info("CPU hotplug: %d knob(s) yielded just before it are managed again "
                          "(the kernel's and drivers' own rewrite, not another writer)", n)
@@ -216,7 +221,7 @@ class Tuner:
             log.warning("drift: %s %s is %s, agentlatd wrote %s: %s (daemon.drift = %s)",
                         d.knob, d.target, human_value(d.knob, d.actual),
                         human_value(d.knob, d.expected), d.action, mode)
-        self.yields += [(now, (d.knob, d.target)) for d in out if d.action == "yielded"]
+        self.yields += [(now, self.seq, (d.knob, d.target)) for d in out if d.action == "yielded"]
         return out
 
     def start(self) -> None:

@@ -43,7 +43,7 @@ T0=$(now)
 # 1. build tools (Build-Depends of debian/control + lintian + debootstrap)
 need=()
 for p in dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
-         python3-argparse-manpage python3-shtab python3-build python3-installer python3-wheel lintian debootstrap; do
+         python3-argparse-manpage python3-shtab python3-pyroute2 python3-build python3-installer python3-wheel lintian debootstrap; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

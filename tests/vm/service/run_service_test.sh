@@ -74,7 +74,7 @@ flock 9   # two runs share the caches
 build_deb() {
     local need=() p
     for p in dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
-             python3-argparse-manpage python3-shtab \
+             python3-argparse-manpage python3-shtab python3-pyroute2 \
              python3-build python3-installer python3-wheel; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
     done
