@@ -26,7 +26,7 @@ with its reason, until the next machine rescan, instead of being planned and
 refused again every tick. An IRQ affinity write refused with ENOSPC (no
 interrupt vector left on those CPUs) marks its CPUs vector-full until the next
 rescan: the next plan aims no IRQ that must move at them (irqbalance sets
-slots_left = 0 on the CPU). An object that vanished, or a write that created
+a negative slots_left on the CPU). An object that vanished, or a write that created
 new ones (threaded NAPI's kthreads), asks for a rescan at the next tick.
 """
 
@@ -69,9 +69,11 @@ MACHINE_TTL = 60.0  # seconds between full rescans of the Machine (plus on disco
 # IRQ, EOPNOTSUPP, EINVAL, EACCES. EBUSY and EAGAIN are tried again at the next
 # tick, as irqbalance's activate.c does ("Do not blacklist the IRQ on transient
 # errors"; any other error sets BALANCE_NONE). ENOSPC on smp_affinity does not hold
-# the IRQ back either: activate.c sets the CPU's slots_left = 0 so that placement
-# puts no IRQ there ("Don't blacklist the IRQ if the CPU is full"); here the CPUs of
-# that write become Feedback.vector_full, an input of the next plan.
+# the IRQ back either: activate.c makes the CPU's slots_left negative and forces a
+# rebalance, and placement.c puts no IRQ on a CPU with slots_left <= 0 (irqbalance
+# cd9212f). Here the CPUs of that write become Feedback.vector_full, an input of the
+# next plan; all of them, also for a mask: the kernel returns ENOSPC only when no CPU
+# of the mask has a free vector (irq_matrix_alloc, kernel/irq/matrix.c).
 HOLD_BACK = frozenset({ErrClass.MANAGED.value, ErrClass.UNSUPPORTED.value,
                        ErrClass.INVALID.value, ErrClass.DENIED.value})
 # a change of a process (task.*) names threads that come and go between ticks; the

@@ -18,7 +18,7 @@ Plan (knob "irq.affinity", target "<irq>", desired cpulist):
     write to them failed with ENOSPC, irq_matrix_alloc in kernel/irq/matrix.c)
     take no IRQ that must move: it goes to the device's other completion CPUs,
     or stays where it is when every one is full (irqbalance's activate.c sets
-    slots_left = 0 on such a CPU and placement skips it).
+    slots_left negative on such a CPU and placement.c skips it).
 """
 
 from __future__ import annotations

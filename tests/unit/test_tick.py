@@ -196,7 +196,7 @@ def test_transient_errors_are_tried_again_at_the_next_tick(tmp_path: pathlib.Pat
 
 def test_enospc_steers_the_next_plan_away_from_the_full_cpu(tmp_path: pathlib.Path) -> None:
     """ENOSPC on smp_affinity: CPU 0 has no interrupt vector left. The next tick does not
-    plan the same write again (irqbalance's activate.c sets slots_left = 0 on the CPU):
+    plan the same write again (irqbalance's activate.c: a negative slots_left on the CPU):
     eth0's queue IRQ 31 goes to the other completion CPU, 1, and a note says why; a
     rescan forgets it and tries CPU 0 again (vectors may have been freed)."""
     path = "proc/irq/31/smp_affinity_list"
