@@ -23,8 +23,11 @@ Apply feedback feeds the next plan, as irqbalance's activate.c feeds placement:
 a change the kernel refused for good (an unsupported knob, a kernel-managed
 IRQ, a value it rejects, a write it does not permit) is held back by plan_tick,
 with its reason, until the next machine rescan, instead of being planned and
-refused again every tick. An object that vanished, or a write that created new
-ones (threaded NAPI's kthreads), asks for a rescan at the next tick.
+refused again every tick. An IRQ affinity write refused with ENOSPC (no
+interrupt vector left on those CPUs) marks its CPUs vector-full until the next
+rescan: the next plan aims no IRQ that must move at them (irqbalance sets
+a negative slots_left on the CPU). An object that vanished, or a write that created
+new ones (threaded NAPI's kthreads), asks for a rescan at the next tick.
 """
 
 from __future__ import annotations
@@ -42,8 +45,10 @@ from agentlatd.apply import irqbalance, irqbalance_ban, irqbalance_env
 from agentlatd.apply.engine import CHANGED, CLAMPED, ApplyReport
 from agentlatd.apply.irqbalance_env import Channel
 from agentlatd.capture import previous_sample
+from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import AgentlatdError, PolicyError
 from agentlatd.kernel.errnos import ErrClass
+from agentlatd.kernel.knobnames import KnobName
 from agentlatd.model.agent_links import NONE, AgentHome, AgentLinks
 from agentlatd.model.build import build_machine
 from agentlatd.model.machine import Machine, Rates
@@ -61,9 +66,14 @@ MACHINE_TTL = 60.0  # seconds between full rescans of the Machine (plus on disco
 
 # what the kernel refuses for good, per (knob, target, value): planned again only
 # after a rescan (a driver, a link or the kernel changed): EIO/EPERM on a managed
-# IRQ, EOPNOTSUPP, EINVAL, EACCES. ENOSPC (no vector left on those CPUs), EBUSY and
-# EAGAIN are tried again at the next tick, as irqbalance's activate.c does ("Do not
-# blacklist the IRQ on transient errors"; any other error sets BALANCE_NONE).
+# IRQ, EOPNOTSUPP, EINVAL, EACCES. EBUSY and EAGAIN are tried again at the next
+# tick, as irqbalance's activate.c does ("Do not blacklist the IRQ on transient
+# errors"; any other error sets BALANCE_NONE). ENOSPC on smp_affinity does not hold
+# the IRQ back either: activate.c makes the CPU's slots_left negative and forces a
+# rebalance, and placement.c puts no IRQ on a CPU with slots_left <= 0 (irqbalance
+# cd9212f). Here the CPUs of that write become Feedback.vector_full, an input of the
+# next plan; all of them, also for a mask: the kernel returns ENOSPC only when no CPU
+# of the mask has a free vector (irq_matrix_alloc, kernel/irq/matrix.c).
 HOLD_BACK = frozenset({ErrClass.MANAGED.value, ErrClass.UNSUPPORTED.value,
                        ErrClass.INVALID.value, ErrClass.DENIED.value})
 # a change of a process (task.*) names threads that come and go between ticks; the
@@ -116,6 +126,8 @@ class Feedback:
 
     held: tuple[Held, ...] = ()
     rescan: bool = False  # an object vanished, or a write created new ones (threaded NAPI)
+    # CPUs an irq.affinity write found out of interrupt vectors (ENOSPC), until a rescan
+    vector_full: CpuSet = field(default_factory=CpuSet)
 
     def find(self, c: Change) -> Held | None:
         for h in self.held:
@@ -131,9 +143,17 @@ def feedback_of(report: ApplyReport, prev: Feedback) -> Feedback:
         if r.errclass in HOLD_BACK and r.knob not in NOT_HELD:
             held[(r.knob, r.target)] = Held(r.knob, r.target, r.desired, r.errclass or "",
                                             r.message)
+    full = set(prev.vector_full)
+    for r in report.results:
+        if r.errclass == ErrClass.NO_SPACE and r.knob == KnobName.IRQ_AFFINITY:
+            try:
+                full.update(CpuSet.parse_list(r.desired))
+            except CpuSetError:  # not a CPU list: nothing to learn about CPUs
+                log.warning("irq.affinity %s: ENOSPC for %r, not a CPU list", r.target, r.desired)
     gone = any(r.errclass == ErrClass.GONE.value for r in report.results)
     created = needs_followup(r.knob for r in report.results if r.status in (CHANGED, CLAMPED))
-    return Feedback(tuple(held[k] for k in sorted(held)), prev.rescan or gone or created)
+    return Feedback(tuple(held[k] for k in sorted(held)), prev.rescan or gone or created,
+                    CpuSet(full))
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +205,8 @@ def plan_tick(snap: Snapshot, policy: Policy) -> TickPlan:
                          irqbalance_running=bool(snap.irqbalance_pids), agent_links=snap.links,
                          irqbalance_banned=snap.irqbalance.base,
                          irqbalance_env=snap.irqbalance.env_file,
-                         irqbalance_banned_irqs=snap.irqbalance.irqs)
+                         irqbalance_banned_irqs=snap.irqbalance.irqs,
+                         vector_full=snap.feedback.vector_full)
     except PolicyError as e:  # nothing is planned, so nothing is written
         return TickPlan(None, policy_error=e, error=f"planning failed: {e}")
     except AgentlatdError as e:
@@ -257,7 +278,7 @@ class Sampler:
         self.feedback = feedback_of(report, self.feedback)
 
     def rescan(self) -> None:
-        self.feedback = Feedback(self.feedback.held, rescan=True)
+        self.feedback = replace(self.feedback, rescan=True)
 
     def sample(self, inp: TickInput, journaled: Journaled = ()) -> Snapshot:
         """Read one tick. `journaled`: the journal's irqbalance entries (knob, target,

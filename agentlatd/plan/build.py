@@ -21,6 +21,7 @@ from agentlatd.plan.changes import INCLUDE_MATCHES_NOTHING, Change, Plan
 from agentlatd.plan.coalesce import plan_coalesce
 from agentlatd.plan.common import natural_key, nr_cpu_ids
 from agentlatd.plan.irq_affinity import (
+    NO_CPUS,
     default_affinity_advice,
     fixed_irq_load,
     fixed_irqs,
@@ -114,7 +115,8 @@ def check_policy_cpus(machine: Machine, policy: Policy) -> None:
 def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
               irqbalance_running: bool = False, agent_links: AgentLinks = NONE,
               irqbalance_banned: CpuSet | None = None, irqbalance_env: str = "",
-              irqbalance_banned_irqs: tuple[int, ...] | None = None) -> Plan:
+              irqbalance_banned_irqs: tuple[int, ...] | None = None,
+              vector_full: CpuSet = NO_CPUS) -> Plan:
     """The CPU partition and every change the engine would make, with reasons.
 
     irqbalance_running: filled by the daemon/CLI (the Machine does not know);
@@ -131,6 +133,9 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
     IRQs of devices in scope are steered as without irqbalance and handed over:
     one irqbalance.banned_irqs change bans them in it (beside its own), so it
     never moves them; unknown, they stay irqbalance's.
+    vector_full: CPUs an earlier apply found out of interrupt vectors (ENOSPC on
+    an irq.affinity write; tick.py's feedback, kept until a rescan): IRQs that
+    must move go to other completion CPUs, or stay put (plan/irq_affinity.py).
     agent_links: filled by the daemon from its registered agents
     (agents/links.py); the NICs that carry only their traffic (plan/rps.py).
     PolicyError when the policy names CPUs this machine cannot have
@@ -160,7 +165,7 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
         notes.append(f"{INCLUDE_MATCHES_NOTHING} {g!r} matches no device on this host "
                      f"(devices: {', '.join(sorted(d.name for d in machine.devices)) or 'none'}).")
 
-    irq = plan_irq_affinity(machine, devices, part)
+    irq = plan_irq_affinity(machine, devices, part, vector_full)
     if not tuning.irq_affinity:
         if irq.changes:
             notes.append(f"tuning.irq_affinity = false: {len(irq.changes)} IRQ(s) of devices "
@@ -183,6 +188,7 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
                                       ban.to_list(), why))
         if handover:
             changes += _handed_over(irq.steered, irq.changes, irqbalance_banned_irqs or (), notes)
+            notes += irq.notes
         notes.append("irqbalance is running (daemon.irqbalance = \"cooperate\"): it keeps "
                      + ("balancing every other IRQ over the CPUs outside the home set; the IRQs "
                         "agentlatd steers are banned in it (handed over)" if handover else
@@ -197,6 +203,7 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
                      "RPS, XPS and the other knobs still apply.")
     else:
         changes += irq.changes
+        notes += irq.notes
         if irqbalance_running:
             notes.append("irqbalance is running and rewrites IRQ affinity every 10 s "
                          "(daemon.irqbalance = \"ignore\"): expect drift reports.")

@@ -13,7 +13,12 @@ Plan (knob "irq.affinity", target "<irq>", desired cpulist):
     completion CPUs of the node;
   - kernel-managed IRQs (Irq.managed; NVMe I/O queues, some NIC drivers) are
     never planned: a write fails with EIO (EPERM since 6.12). Boot-time advice and a home-CPU
-    order (quietest first) work around them instead.
+    order (quietest first) work around them instead;
+  - completion CPUs whose interrupt vector space is full (`vector_full`: a
+    write to them failed with ENOSPC, irq_matrix_alloc in kernel/irq/matrix.c)
+    take no IRQ that must move: it goes to the device's other completion CPUs,
+    or stays where it is when every one is full (irqbalance's activate.c sets
+    slots_left negative on such a CPU and placement.c skips it).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from agentlatd.plan.common import node_phrase, ordinals, queue_number
 from agentlatd.plan.partition import Partition
 
 KNOB = KnobName.IRQ_AFFINITY
+NO_CPUS = CpuSet()  # no CPU is out of interrupt vectors (the default: no ENOSPC seen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +45,7 @@ class IrqPlan:
     # every IRQ agentlatd places, changed or already where it wants it (the set
     # handed over from irqbalance must not shrink once the IRQs are in place)
     steered: tuple[int, ...] = ()
+    notes: tuple[str, ...] = ()  # IRQs moved off, or left on, vector-full CPUs
 
 
 def _is_admin(d: Device, irq: Irq) -> bool:
@@ -54,11 +61,16 @@ def _device_irqs(machine: Machine, d: Device) -> list[Irq]:
 
 
 def plan_irq_affinity(machine: Machine, devices: tuple[Device, ...],
-                      part: Partition) -> IrqPlan:
-    """Changes for the IRQs of NICs and NVMe controllers in `devices`."""
+                      part: Partition, vector_full: CpuSet = NO_CPUS) -> IrqPlan:
+    """Changes for the IRQs of NICs and NVMe controllers in `devices`.
+
+    vector_full: CPUs the kernel found out of interrupt vectors at an earlier
+    apply (ENOSPC). An IRQ already in place keeps its vector and stays; one that
+    must move is never aimed at them."""
     changes: list[Change] = []
     managed: list[Irq] = []
     steered: list[int] = []
+    notes: list[str] = []
     text: dict[CpuSet, str] = {}  # cpulists repeat ("0-255"): print each once
 
     def as_list(cpus: CpuSet) -> str:
@@ -76,10 +88,14 @@ def plan_irq_affinity(machine: Machine, devices: tuple[Device, ...],
             continue
         cpus = part.completion_for(d.numa_node)
         order = part.spread_order(cpus)
+        open_cpus = cpus - vector_full
+        open_order = part.spread_order(open_cpus)
         where = node_phrase(d.numa_node, cpus, d.numa_node in part.by_node)
         queued = [i for i in free if not _is_admin(d, i) and queue_number(i.queue) is not None]
         rank = ordinals(queue_number(i.queue) or 0 for i in queued)
         queued_nums = {i.irq for i in queued}
+        moved: list[int] = []
+        stuck: list[int] = []
         for irq in free:
             if irq.irq in queued_nums:
                 r = rank[queue_number(irq.queue) or 0]
@@ -87,6 +103,7 @@ def plan_irq_affinity(machine: Machine, devices: tuple[Device, ...],
                 reason = (f"{d.name} queue IRQs spread round-robin, one per completion "
                           f"CPU ({where}), none on a home CPU")
             else:
+                r = -1
                 want = cpus
                 what = "admin queue" if _is_admin(d, irq) else (irq.queue or "non-queue")
                 reason = (f"{d.name} {what} IRQ ({irq.name}) to the {where}, "
@@ -94,10 +111,29 @@ def plan_irq_affinity(machine: Machine, devices: tuple[Device, ...],
             steered.append(irq.irq)
             if irq.smp_affinity == want:
                 continue
+            # a mask with one CPU that has room is fine: the kernel allocates the
+            # vector there (irq_matrix_alloc picks among the mask's CPUs)
+            if want <= vector_full:
+                if open_order:
+                    want = CpuSet({open_order[r % len(open_order)]}) if r >= 0 else open_cpus
+                else:
+                    stuck.append(irq.irq)
+                    continue
+                reason += f"; CPU(s) {vector_full & cpus} have no interrupt vector left (ENOSPC)"
+                moved.append(irq.irq)
             changes.append(Change(KNOB, format_target(IrqTarget(irq.irq)), as_list(irq.smp_affinity),
                                   as_list(want), reason))
+        full = vector_full & cpus
+        if moved:
+            notes.append(f"{d.name}: completion CPU(s) {full} have no interrupt vector left "
+                         f"(ENOSPC at an earlier apply): IRQ(s) {', '.join(map(str, moved))} go "
+                         f"to the other completion CPU(s) {open_cpus} until the next rescan.")
+        if stuck:
+            notes.append(f"{d.name}: every completion CPU ({full}) has no interrupt vector left "
+                         f"(ENOSPC at an earlier apply): IRQ(s) {', '.join(map(str, stuck))} stay "
+                         "where they are until the next rescan.")
     return IrqPlan(tuple(changes), tuple(sorted(managed, key=lambda i: i.irq)),
-                   tuple(sorted(steered)))
+                   tuple(sorted(steered)), tuple(notes))
 
 
 def _lands_on(irq: Irq) -> CpuSet:

@@ -127,6 +127,43 @@ def test_no_op_irq_changes_are_skipped() -> None:
     assert set(irq) == {"42"}  # 40 (async) and 41 (queue 0) already on cpu 0; 42 too -> "0"
 
 
+def test_vector_full_cpu_takes_no_irq_that_must_move() -> None:
+    """ENOSPC at an earlier apply on completion CPU 4 (vector_full): the queue IRQs
+    dealt to it go to the other completion CPU, 5, with a note; the async IRQ's mask
+    4-5 stays (the kernel allocates its vector on 5)."""
+    topo = synth.topology(cores=8)
+    eth, irqs = synth.nic("eth0", 0, 40, 4, topo.possible)
+    m = synth.machine(topo, [eth], irqs)
+    two = pol("[cpus]\ncompletion = \"4-5\"\n")
+    assert [by_knob(make_plan(m, two), "irq.affinity")[str(41 + q)].desired
+            for q in range(4)] == ["4", "5", "4", "5"]
+    plan = make_plan(m, two, vector_full=S("4"))
+    irq = by_knob(plan, "irq.affinity")
+    assert [irq[str(41 + q)].desired for q in range(4)] == ["5", "5", "5", "5"]
+    assert irq["40"].desired == "4-5"
+    assert "no interrupt vector left (ENOSPC)" in irq["41"].reason
+    assert "ENOSPC" not in irq["42"].reason
+    assert any(n.startswith("eth0: completion CPU(s) 4 have no interrupt vector left")
+               and "IRQ(s) 41, 43 go to the other completion CPU(s) 5" in n for n in plan.notes)
+
+
+def test_vector_full_on_every_completion_cpu_leaves_irqs_where_they_are() -> None:
+    """Every completion CPU of the device is full: no IRQ change is planned (each write
+    would fail with ENOSPC again), a note names the IRQs left in place, and an IRQ
+    already in place keeps its vector and stays planned as such (no change)."""
+    topo = synth.topology(cores=8)
+    eth, irqs = synth.nic("eth0", 0, 40, 2, topo.possible)
+    irqs = [dataclasses.replace(irqs[1], smp_affinity=S("4")) if k == 1 else i
+            for k, i in enumerate(irqs)]
+    m = synth.machine(topo, [eth], irqs)
+    plan = make_plan(m, pol("[cpus]\ncompletion = \"4-5\"\n"), vector_full=S("4-5"))
+    assert not by_knob(plan, "irq.affinity")
+    assert any(n == "eth0: every completion CPU (4-5) has no interrupt vector left (ENOSPC "
+               "at an earlier apply): IRQ(s) 40, 42 stay where they are until the next rescan."
+               for n in plan.notes), plan.notes
+    assert plan.completion_cpus == S("4-5")  # the partition is not what changes
+
+
 def test_quiet_home_order_puts_cpus_with_busy_managed_queues_last() -> None:
     topo = synth.topology(cores=6)
     nv, irqs = synth.nvme("nvme0", 0, 100, topo, per_cpu_counts={1: 900, 2: 50, 4: 5})

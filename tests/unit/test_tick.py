@@ -20,6 +20,7 @@ from agentlatd.capture import PREVIOUS_SAMPLE, SAMPLE_INTERVAL_KEY, write_captur
 from agentlatd.cpuset import CpuSet
 from agentlatd.daemon import Daemon
 from agentlatd.errors import KernelError
+from agentlatd.kernel.errnos import ErrClass
 from agentlatd.policy import Policy
 from agentlatd.sysfs.root import Root
 from agentlatd.tick import (
@@ -73,6 +74,24 @@ class FaultRoot(Root):
         self.attempts[rel] = self.attempts.get(rel, 0) + 1
         if rel in self.faults:
             raise KernelError("write", rel, self.faults[rel], context, value)
+        super().write_value(rel, value, context)
+
+
+class FullCpuRoot(FaultRoot):
+    """A FaultRoot whose CPUs in `full` have no interrupt vector left: an IRQ affinity
+    write naming only those CPUs fails with ENOSPC (irq_matrix_alloc, kernel/irq/matrix.c,
+    finds no free vector on any CPU of the mask)."""
+
+    __slots__ = ("full",)
+
+    def __init__(self, tree: pathlib.Path, full: CpuSet) -> None:
+        super().__init__(tree, {})
+        self.full = full
+
+    def write_value(self, rel: str, value: str, context: str | None = None) -> None:
+        if rel.startswith("proc/irq/") and CpuSet.parse_list(value) <= self.full:
+            self.attempts[rel] = self.attempts.get(rel, 0) + 1
+            raise KernelError("write", rel, errno.ENOSPC, context, value)
         super().write_value(rel, value, context)
 
 
@@ -163,15 +182,65 @@ def test_managed_irq_is_not_planned_again_every_tick(tmp_path: pathlib.Path) -> 
 
 
 def test_transient_errors_are_tried_again_at_the_next_tick(tmp_path: pathlib.Path) -> None:
-    """ENOSPC (no vector left) and EBUSY are not held: irqbalance's activate.c retries them."""
+    """EBUSY (an affinity change in progress) is not held: irqbalance's activate.c
+    retries it."""
     path = "proc/irq/26/smp_affinity_list"
-    root = FaultRoot(copy_tree(tmp_path), {path: errno.ENOSPC})
+    root = FaultRoot(copy_tree(tmp_path), {path: errno.EBUSY})
     t, _ = tuner(root, tmp_path)
     t.step()
     st = t.step()
     assert ("irq.affinity", "26") in keys(st)
     assert not st.held or ("irq.affinity", "26") not in {h.key for h in st.held}
     assert root.attempts[path] == 2
+
+
+def test_enospc_steers_the_next_plan_away_from_the_full_cpu(tmp_path: pathlib.Path) -> None:
+    """ENOSPC on smp_affinity: CPU 0 has no interrupt vector left. The next tick does not
+    plan the same write again (irqbalance's activate.c: a negative slots_left on the CPU):
+    eth0's queue IRQ 31 goes to the other completion CPU, 1, and a note says why; a
+    rescan forgets it and tries CPU 0 again (vectors may have been freed)."""
+    path = "proc/irq/31/smp_affinity_list"
+    tree = copy_tree(tmp_path)
+    root = FullCpuRoot(tree, CpuSet({0}))
+    t, clock = tuner(root, tmp_path)
+    first = t.step()
+    assert first.report is not None
+    r31 = next(r for r in first.report.results if r.target == "31")
+    assert (r31.errclass, r31.desired) == (ErrClass.NO_SPACE, "0")
+    second = t.step()
+    assert second.plan is not None
+    c31 = next(c for c in second.plan.changes if c.key == ("irq.affinity", "31"))
+    assert c31.desired == "1"  # not "0" again
+    assert t.sampler.feedback.vector_full == CpuSet({0})
+    assert "ENOSPC" in c31.reason
+    assert any("IRQ(s) 31, 32 go to the other completion CPU(s) 1" in n for n in second.plan.notes)
+    assert root.attempts[path] == 2  # the second write asked for CPU 1, and took
+    assert (tree / path).read_text().strip() == "1"
+    t.step()
+    assert root.attempts[path] == 2  # in place on CPU 1: not written again
+    clock.advance(MACHINE_TTL + 1)  # a rescan forgets the full CPUs: CPU 0 is tried again
+    fourth = t.step()
+    assert fourth.plan is not None
+    assert ("irq.affinity", "31", "0") in {(*c.key, c.desired) for c in fourth.plan.changes}
+    assert root.attempts[path] == 3
+    assert t.sampler.feedback.vector_full == CpuSet({0})  # still full: learnt again
+
+
+def test_enospc_on_every_completion_cpu_leaves_the_irq_where_it_is(
+        tmp_path: pathlib.Path) -> None:
+    """The config IRQ 26 (0-3 -> 0-1) fails with ENOSPC: both completion CPUs are full,
+    so the next plan leaves it where it is, says so, and writes it no more."""
+    path = "proc/irq/26/smp_affinity_list"
+    root = FaultRoot(copy_tree(tmp_path), {path: errno.ENOSPC})
+    t, _ = tuner(root, tmp_path)
+    t.step()
+    for _ in range(2):
+        st = t.step()
+        assert st.plan is not None
+        assert ("irq.affinity", "26") not in {c.key for c in st.plan.changes}
+        note = next(n for n in st.plan.notes if n.startswith("eth0: every completion CPU"))
+        assert "(0-1) has no interrupt vector left" in note and "IRQ(s) 26," in note
+    assert root.attempts[path] == 1
 
 
 # -- reload between ticks ---------------------------------------------------------------
