@@ -12,7 +12,9 @@ Output: a StepAttribution whose parts add up to the step's wall time:
   irq / softirq    handlers that ran on its CPU while it ran or waited to run
   blocked          asleep, per gate (the syscall it slept in) and per waker:
                    a task, an IRQ, a softirq (NET_RX: a packet), an hrtimer,
-                   or a block request completion (device, issue->complete)
+                   or a block request completion (device, issue->complete);
+                   asleep waiting for a packet, the NET_RX softirq runs on the
+                   CPU it slept on count as softirq (its packet queued behind them)
   unknown          the tracer saw nothing (before the first event on the thread)
 
 No IO here: the same events give the same answer, which is what the unit
@@ -416,13 +418,37 @@ def attribute(ix: Index, step: Step) -> StepAttribution:
                 parts += _cpu_parts(ix, step, _Seg(exp, sg.t1, "wait", sg.cpu))
                 continue
             cause, who = _waker(sg.wake)
-            parts.append(Part(cause, d, who, -1, _gate(ix, step.tid, sg.t0, sg.t1)))
+            gate = _gate(ix, step.tid, sg.t0, sg.t1)
+            if cause == BLOCKED_NET or (sg.wake is None and gate in NET_GATES):
+                # waiting for a packet: the NET_RX work on the CPU it slept on came first
+                rx = _net_rx(ix, sg.cpu, sg.t0, sg.t1)
+                parts += rx
+                d -= sum(p.ns for p in rx)
+            if d > 0:
+                parts.append(Part(cause, d, who, -1, gate))
             continue
         parts += _cpu_parts(ix, step, sg)
     return StepAttribution(step, tuple(parts), migrations, tuple(sorted(cpus)))
 
 
 TIMER_GATES = ("clock_nanosleep", "nanosleep")
+# the gates a thread waits for a packet in (a wake by NET_RX ends them)
+NET_GATES = ("recvfrom", "recvmsg", "poll", "ppoll", "select", "pselect6", "epoll_wait",
+             "epoll_pwait", "epoll_pwait2")
+
+
+def _net_rx(ix: Index, cpu: int, t0: int, t1: int) -> list[Part]:
+    """The NET_RX softirq time on `cpu` within [t0, t1), as SOFTIRQ parts: what a thread
+    asleep there waiting for a packet waited behind. A packet sent over a veth or
+    loopback is queued on the sender's CPU's backlog (netif_rx -> enqueue_to_backlog on
+    smp_processor_id() without RPS, net/core/dev.c), so the thread's request is
+    delivered only once the NET_RX work queued there before it has run (there, or
+    deferred to ksoftirqd, the softirq spans cover both); a reply steered to its CPU
+    (RPS/RFS, a NIC queue's IRQ) waits the same way. Work queued after its packet
+    delays it no more; the tracer cannot tell which came first, so this counts all
+    of it: an upper bound, small when nothing floods the CPU (a slow tool's 5 ms
+    sleep has its one request's softirq in it)."""
+    return [p for p in _interrupts(ix, cpu, t0, t1) if p.cause == SOFTIRQ and p.who == vec_name(NET_RX)]
 
 
 def _timer_expiry(ix: Index, tid: int, t0: int, t1: int) -> int:

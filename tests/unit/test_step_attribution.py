@@ -111,3 +111,57 @@ def test_summary_shares_and_culprits() -> None:
                              at.RUNNABLE: {"ns": 4 * MS, "share": 0.8}}
     assert s["culprits"] == [{"cause": at.RUNNABLE, "who": "pid 9 'stress'", "ns": 4 * MS, "share": 0.8}]
     assert at.threshold_p99(list(range(1, 101))) == 99
+
+
+def test_netrx_flood_on_its_cpu_while_it_waits_in_recv_is_the_floods() -> None:
+    """Asleep in recvfrom for the tool's reply, its request queued on its own CPU's
+    backlog behind a flood's packets: the NET_RX runs on that CPU during the sleep
+    were the wait's "blocked:net, woken by NET_RX" (the tool's round trip) until the
+    sleep was split at them. The NET_RX on another CPU, and the other vectors, are not
+    what it waited behind."""
+    ev: list[at.Event] = [
+        Switch(0, 1, 0, 0, A, "swapper/1", "agent"),
+        Span("syscall", 1 * MS, 4 * MS, tid=A, name="recvfrom"),
+        Switch(1 * MS, 1, A, 1, 17, "agent", "ksoftirqd/1"),
+        Span("softirq", 1 * MS, 2 * MS, cpu=1, id=at.NET_RX),  # in ksoftirqd
+        Span("irq", 1 * MS + 100 * US, 1 * MS + 200 * US, cpu=1, id=36),  # nested: not NET_RX's
+        Span("softirq", 2 * MS, 2 * MS + 300 * US, cpu=1, id=9),  # RCU
+        Span("softirq", 2 * MS, 3 * MS, cpu=0, id=at.NET_RX),  # the tool's CPU
+        Wakeup(3 * MS + 500 * US, 0, A, 1, 9, "tool", "softirq", at.NET_RX),
+        Switch(3 * MS + 500 * US, 1, 17, 1, A, "ksoftirqd/1", "agent"),
+    ]
+    a = _att(ev, Step(A, 0, 4 * MS))
+    by = a.by_cause()
+    assert by[at.SOFTIRQ] == 900 * US
+    assert by[at.BLOCKED_NET] == 3 * MS + 500 * US - 1 * MS - 900 * US
+    assert [p.who for p in a.parts if p.cause == at.SOFTIRQ] == ["NET_RX"]
+
+
+def test_netrx_on_its_cpu_while_asleep_with_an_unseen_waker_in_poll() -> None:
+    """The Python agent waits in poll; under a flood its wakeup may go unseen (the
+    kernel skips a BPF program nested in another): still a packet wait, so the NET_RX
+    runs on its CPU in it count as softirq, the rest stays blocked:other."""
+    ev: list[at.Event] = [
+        Switch(0, 1, 0, 0, A, "swapper/1", "python"),
+        Span("syscall", 1 * MS, 3 * MS, tid=A, name="poll"),
+        Switch(1 * MS, 1, A, 1, 0, "python", "swapper/1"),
+        Span("softirq", 1 * MS + 200 * US, 1 * MS + 700 * US, cpu=1, id=at.NET_RX),
+        Switch(3 * MS, 1, 0, 0, A, "swapper/1", "python"),  # no wakeup seen
+    ]
+    a = _att(ev, Step(A, 0, 3 * MS))
+    assert a.by_cause() == {at.RUNNING: 1 * MS, at.SOFTIRQ: 500 * US, at.BLOCKED_OTHER: 1 * MS + 500 * US}
+
+
+def test_a_disk_wait_keeps_the_netrx_on_its_cpu_out() -> None:
+    """Asleep in pread64, woken by a block completion: not a packet wait, so NET_RX on
+    its CPU meanwhile is not what it waited behind."""
+    ev: list[at.Event] = [
+        Switch(0, 1, 0, 0, A, "swapper/1", "agent"),
+        Span("syscall", 1 * MS, 3 * MS, tid=A, name="pread64"),
+        Switch(1 * MS, 1, A, 1, 0, "agent", "swapper/1"),
+        Span("softirq", 1 * MS + 200 * US, 1 * MS + 700 * US, cpu=1, id=at.NET_RX),
+        Wakeup(3 * MS, 1, A, 1, 42, "kworker/u8:1", blk_dev=7 << 20, blk_ns=2 * MS),
+        Switch(3 * MS, 1, 0, 0, A, "swapper/1", "agent"),
+    ]
+    a = _att(ev, Step(A, 0, 3 * MS + 500 * US))
+    assert a.by_cause() == {at.RUNNING: 1 * MS + 500 * US, at.BLOCKED_BLOCK: 2 * MS}

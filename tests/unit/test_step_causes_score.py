@@ -133,3 +133,49 @@ def test_python_agent_preadv_is_a_gate() -> None:
     k = events.GATES.index("preadv") + 1
     [g] = events.parse([f"G 1000000 2500000 100 {k} 0\n"]).events
     assert isinstance(g, Span) and g.name == "preadv"
+
+
+def _round_trip(t: int, rtt: int, cpu_a: int = 1) -> list[at.Event]:
+    """One step's tool round trip at `t`: asleep in recvfrom `rtt` ns, woken by the
+    reply's NET_RX on CPU 0, back on CPU A right away."""
+    return [Span("syscall", t, t + rtt, tid=A, name="recvfrom"),
+            Switch(t, cpu_a, A, 1, 0, "probe", "swapper/1"),
+            Wakeup(t + rtt, 0, A, cpu_a, 9, "tool", "softirq", at.NET_RX),
+            Switch(t + rtt, cpu_a, 0, 0, A, "swapper/1", "probe")]
+
+
+def test_flood_slow_steps_own_tool_round_trip_is_not_in_the_delay() -> None:
+    """Every step waits ~60 us in recv for its tool's reply (blocked:net). A slow step
+    of the flood phase has that round trip too: it was in the flood's denominator,
+    not attributed to the flood, so the checked share fell short (84.6 % C, 58.8 %
+    Python). Each slow step is measured from the "none" phase's typical step: its
+    blocked:net beyond the typical round trip is delay, the typical part is not."""
+    US = 1_000
+    ev: list[at.Event] = [Switch(0, 1, 0, 0, A, "swapper/1", "probe")]
+    recs: list[StepRecord] = []
+    # "none" (0-10 ms): five steps of 200 us, each a 60 us round trip
+    for k in range(5):
+        t = k * 1 * MS
+        ev += _round_trip(t + 50 * US, 60 * US)
+        recs.append(StepRecord(k, k, A, t, t + 200 * US))
+    # "netrx-flood" (10-20 ms): one slow step, 1 ms of NET_RX on CPU A while it ran,
+    # and a 100 us round trip (40 us of it beyond the typical)
+    ev += [Span("softirq", 11 * MS, 12 * MS, cpu=1, id=at.NET_RX), *_round_trip(12 * MS, 100 * US)]
+    recs.append(StepRecord(5, 5, A, 10 * MS + 900 * US, 12 * MS + 200 * US))
+    phases = [causes.Phase("none", 0, 10 * MS), causes.Phase("netrx-flood", 10 * MS, 20 * MS)]
+    none, flood = causes.score(ev, recs, A, phases, 1 * MS, {A})
+    assert none.slow == 0 and none.typical[at.BLOCKED_NET] == 60 * US
+    assert flood.by_cause[at.BLOCKED_NET] == 100 * US  # the raw split keeps all of it
+    assert flood.excess == {at.SOFTIRQ: 1 * MS, at.BLOCKED_NET: 40 * US}
+    assert flood.delay_ns == 1 * MS + 40 * US
+    assert flood.checked_share() == 1 * MS / (1 * MS + 40 * US)
+    doc = flood.to_json()
+    assert doc["typical_step_ns"][at.BLOCKED_NET] == 60 * US and doc["excess_ns"][at.SOFTIRQ] == 1 * MS
+
+
+def test_typical_step_is_the_median_and_excess_never_negative() -> None:
+    splits = [{at.BLOCKED_NET: 50}, {at.BLOCKED_NET: 70, at.SOFTIRQ: 5}, {at.BLOCKED_NET: 60}]
+    assert causes.typical(splits) == {at.BLOCKED_NET: 60}  # softirq: in a minority of steps
+    assert causes.excess({at.BLOCKED_NET: 40, at.SOFTIRQ: 9, at.RUNNING: 500}, {at.BLOCKED_NET: 60}) == {
+        at.SOFTIRQ: 9}  # running is the step's own work: never delay
+    assert causes.typical([]) == {}
