@@ -1,1 +1,1 @@
-"""Agents: registration, placement on home CPUs, step statistics (issue 4)."""
+"""Agents: registration, placement on home CPUs, upkeep, completion chains (docs/architecture.md)."""

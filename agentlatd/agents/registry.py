@@ -28,7 +28,7 @@ syscall (sample/tasks.py check_thread): a process whose threads run under
 several uids (one dropped privileges with the raw setresuid syscall) gets
 the class on the peer's threads only, and the agent is "partial".
 
-Per-thread sched_setaffinity, not a cpuset cgroup (issue 4 asks to choose):
+Per-thread sched_setaffinity, not a cpuset cgroup:
   - a cpuset means moving the process into a cgroup of ours (systemd and
     container runtimes own the cgroup tree and would move it back, and
     accounting/limits of the unit would be lost) or writing the cpuset of

@@ -1,7 +1,7 @@
 """The bench's report: summary tables (text), report.json, report.html with plots.
 
 Every run is reported, not only medians: default placement is bimodal from
-run to run (issue 6), so a median alone hides half of the story. The
+run to run, so a median alone hides half of the story. The
 summary gives, per configuration, the median and the [min-max] over runs of
 each run's p50/p99/p999; the per-run p999s in full; NET_RX softirqs per
 CPU per run (where completions ran); the noise's throughput.
