@@ -100,7 +100,11 @@ def test_min_move_interval_keeps_a_just_moved_agent_put() -> None:
 def test_agents_spread_over_home_cpus() -> None:
     with workdir() as d:
         pol = policy_text(completion="", home="0-1")
-        with daemon(d, pol) as dm, Agent(dm.socket, "a", nthreads=1) as a, \
+        # equal injected heat: with the host's measured heat, a busy shared machine could
+        # make CPU 1 hot and both agents would rightly avoid it (the spread is the subject)
+        heat = d / "heat.json"
+        set_heat(heat, {0: 0.0, 1: 0.0})
+        with daemon(d, pol, heat_file=heat) as dm, Agent(dm.socket, "a", nthreads=1) as a, \
                 Agent(dm.socket, "b", nthreads=1) as b:
             assert {a.ready["home_cpu"], b.ready["home_cpu"]} == {0, 1}
             assert len(dm.agents()) == 2
