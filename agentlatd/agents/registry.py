@@ -71,7 +71,6 @@ from agentlatd.agents.threads import (
     account,
     agent_changes,
     belongs,
-    prefix,
     read_originals,
     wanted,
     why,
@@ -297,7 +296,7 @@ class AgentManager:
         if not todo:
             return {}
         changes: list[Change] = []
-        unwanted: dict[str, set[str]] = {}  # prefix -> knobs its class no longer sets
+        unwanted: dict[ProcId, set[str]] = {}  # process -> knobs its class no longer sets
         outcome: dict[ProcId, AgentRefused | None] = {}
         tids_of: dict[ProcId, list[int]] = {}
         fresh = {a.proc for a in todo if a.state == "pending" and not a.applied
@@ -316,13 +315,13 @@ class AgentManager:
             changes += agent_changes(a, tids, why(a))
             knobs = wanted(a)
             if a.applied - knobs:
-                unwanted[prefix(a.proc)] = a.applied - knobs
+                unwanted[a.proc] = a.applied - knobs
             a.applied = knobs
         try:
             if unwanted:
                 self.applier.restore(
                     (k, t) for k, t, _ in self.applier.entries(TASK_KNOBS)
-                    if k in unwanted.get(t.rsplit(":", 1)[0] + ":", ()))
+                    if any(k in ks and belongs(t, p) for p, ks in unwanted.items()))
             results = self.applier.apply(changes)
         except AgentlatdError as e:
             # the journal could not be saved (ENOSPC, EROFS on the state
