@@ -25,6 +25,21 @@ NOBODY = 65534
 needs_root = os.geteuid() == 0
 
 
+def requests_on(path: str, reqs: list[dict[str, Any]]) -> Any:
+    """Send `reqs` on one connection to the socket at `path` (in the calling process,
+    so as_uid() can run it as another user); the answers, in order."""
+    out = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.settimeout(10)
+        c.connect(path)
+        f = c.makefile("rwb")
+        for i, r in enumerate(reqs):
+            f.write((json.dumps({"v": 1, "id": i, **r}) + "\n").encode())
+            f.flush()
+            out.append(json.loads(f.readline()))
+    return out
+
+
 def proc_status(pid: int) -> dict[str, str]:
     """/proc/PID/status as a dict (field -> raw value text)."""
     out: dict[str, str] = {}

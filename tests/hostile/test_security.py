@@ -36,6 +36,7 @@ from hostilehelpers import (
     fd_targets,
     is_error,
     proc_status,
+    requests_on,
     scratch_dir,
     spawn_as,
 )
@@ -54,24 +55,10 @@ def _policy(group: str = "nogroup", admin: str = "agentlatd-admin") -> str:
     return text.replace("[daemon]\n", f'[daemon]\nadmin_group = "{admin}"\n', 1)
 
 
-def _requests(path: str, reqs: list[dict[str, Any]]) -> Any:
-    """Send `reqs` on one connection (in the calling process); the answers."""
-    out = []
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
-        c.settimeout(10)
-        c.connect(path)
-        f = c.makefile("rwb")
-        for i, r in enumerate(reqs):
-            f.write((json.dumps({"v": 1, "id": i, **r}) + "\n").encode())
-            f.flush()
-            out.append(json.loads(f.readline()))
-    return out
-
-
 def _as(uid: int, gid: int, path: str, reqs: list[dict[str, Any]]) -> Any:
     """`reqs` from a child of uid/gid; supplementary group nogroup (the test socket's
     group), so that any uid may connect and the daemon's own checks are what is tested."""
-    return as_uid(uid, gid, lambda: _requests(path, reqs), groups=(NOBODY,))
+    return as_uid(uid, gid, lambda: requests_on(path, reqs), groups=(NOBODY,))
 
 
 def _untouched(pid: int) -> bool:
@@ -209,7 +196,7 @@ def test_a_member_of_the_admin_group_may_act_on_any_process() -> None:
             target.wait()
 
 
-def test_identity_is_the_kernels_not_the_requests() -> None:
+def test_identity_is_the_kernels_not_therequests_on() -> None:
     """A pid field naming the peer's parent, or the peer claiming root's pid as its own,
     changes nothing: SO_PEERCRED decides."""
     with workdir() as d, daemon(d, _policy()) as dm:
@@ -402,7 +389,7 @@ def test_the_daemon_works_with_only_the_units_capabilities() -> None:
                        what="daemon up:\n" + (d / "daemon.log").read_text(errors="replace"))
             pid = _daemon_pid(proc.pid)
             assert _caps(proc_status(pid)["CapEff"]) == NEEDED
-            ans = _requests(str(d / "agentlatd.sock"),
+            ans = requests_on(str(d / "agentlatd.sock"),
                             [{"op": "register", "agent_id": "t", "pid": target.pid}])
             assert ans[0]["ok"] and ans[0]["result"]["state"] == "placed", ans
             assert set(thread_affinities(target.pid).values()) == {"1"}
@@ -419,7 +406,7 @@ def test_the_daemon_works_with_only_the_units_capabilities() -> None:
 
 def _ping(d: pathlib.Path) -> bool:
     try:
-        return bool(_requests(str(d / "agentlatd.sock"), [{"op": "ping"}])[0]["ok"])
+        return bool(requests_on(str(d / "agentlatd.sock"), [{"op": "ping"}])[0]["ok"])
     except OSError:
         return False
 
@@ -452,7 +439,7 @@ def test_a_directly_started_daemon_keeps_only_the_capabilities_it_needs() -> Non
                 assert _caps(st["CapBnd"]) == NEEDED, tid
                 assert _caps(st["CapInh"]) == set() and _caps(st["CapAmb"]) == set(), tid
             assert proc_status(dm.proc.pid)["Uid"].split()[:2] == ["0", "0"]
-            ans = _requests(str(dm.socket),
+            ans = requests_on(str(dm.socket),
                             [{"op": "register", "agent_id": "t", "pid": target.pid}])
             assert ans[0]["ok"] and ans[0]["result"]["state"] == "placed", ans
             assert set(thread_affinities(target.pid).values()) == {"1"}

@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 from typing import Any
@@ -27,7 +26,7 @@ from agentshelpers import (
     workdir,
 )
 from applyhelpers import cli
-from hostilehelpers import NOBODY, as_uid, fill, tmpfs
+from hostilehelpers import NOBODY, as_uid, fill, requests_on, tmpfs
 from taskfamily import Family, task_values
 
 from agentlatd.apply import journal
@@ -127,19 +126,6 @@ for line in sys.stdin:
 """
 
 
-def _requests(path: str, reqs: list[dict[str, Any]]) -> Any:
-    out = []
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
-        c.settimeout(10)
-        c.connect(path)
-        f = c.makefile("rwb")
-        for i, r in enumerate(reqs):
-            f.write((json.dumps({"v": 1, "id": i, **r}) + "\n").encode())
-            f.flush()
-            out.append(json.loads(f.readline()))
-    return out
-
-
 def _task(pid: int, tid: int) -> tuple[str, int, str]:
     """(affinity, nice, ioprio) of one thread, read from the kernel."""
     aff = ""
@@ -189,7 +175,7 @@ def test_unprivileged_peer_cannot_renice_or_repin_root_threads_of_a_mixed_uid_pr
         assert _uids(pid, pid) == (NOBODY, NOBODY)
         assert all(_uids(pid, t) == (0, 0) for t in root_tids)
         before = {t: _task(pid, t) for t in [pid, *root_tids]}
-        ans = as_uid(NOBODY, NOBODY, lambda: _requests(str(dm.socket), [
+        ans = as_uid(NOBODY, NOBODY, lambda: requests_on(str(dm.socket), [
             {"op": "register", "agent_id": "mixed", "pid": pid, "latency_class": "background"}]),
             groups=(NOBODY,))
         assert ans[0]["ok"], ans
