@@ -15,9 +15,8 @@ these are seq_files, which render anew on a read at offset 0, so one open
 serves every sample: one system call per file and sample instead of three
 (open, read, close). An fd on a task's file keeps naming that task: once it
 exits every read fails (ESRCH), so a recycled tid is never read by mistake.
-Parsers take text. (agentlatd/sample/schedstat.py has the same two parsers for
-`agentlatd trace`; trace/ stays out of the daemon's imports, so they belong
-here and trace/schedstat.py should import them from this module.)
+Parsers take text; the schedstat and stat parsers are sample/schedstat.py's
+(the ones `agentlatd trace` uses).
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 
+from agentlatd.sample.schedstat import parse_schedstat, parse_stat_cpu
 from agentlatd.sample.stat import USER_HZ
 from agentlatd.sysfs.root import Root
 
@@ -41,37 +41,6 @@ class TaskSample:
     wait_ns: int  # runnable on a runqueue, since the thread started
     cpu: int | None  # the CPU it last ran on
     migrations: int | None  # se.nr_migrations; None without CONFIG_SCHED_DEBUG
-
-
-@dataclass(frozen=True, slots=True)
-class SchedStat:
-    run_ns: int  # on the CPU
-    wait_ns: int  # runnable, waiting on a runqueue
-    slices: int  # times it was switched in
-
-
-def parse_schedstat(text: str) -> SchedStat | None:
-    """"0 2214929 1" -> SchedStat; None when malformed."""
-    toks = text.split()
-    if len(toks) < 3:
-        return None
-    try:
-        return SchedStat(int(toks[0]), int(toks[1]), int(toks[2]))
-    except ValueError:
-        return None
-
-
-def parse_stat_cpu(text: str) -> int | None:
-    """The CPU a thread last ran on: field 39 of proc/PID/task/TID/stat. The comm
-    field (2) may hold spaces and parentheses: fields are counted after the last ')'."""
-    _, sep, rest = text.rpartition(")")
-    if not sep:
-        return None
-    toks = rest.split()
-    try:
-        return int(toks[36])  # rest starts at field 3 (state): field 39 is index 36
-    except (IndexError, ValueError):
-        return None
 
 
 def parse_nr_migrations(text: str) -> int | None:

@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass, field
 
 from agentlatd import stepstats as stats
-from agentlatd.sample import taskstat
+from agentlatd.sample import schedstat, taskstat
 from agentlatd.sample.tasks import ProcId
 from agentlatd.sample.taskstat import TaskSample
 from agentlatd.steps import slowview as sv
@@ -81,12 +81,12 @@ nr_switches                                  :                    2
 def test_task_file_parsers() -> None:
     assert taskstat.parse_nr_migrations(SCHED) == 3
     assert taskstat.parse_nr_migrations("nr_switches : 2\n") is None
-    assert taskstat.parse_schedstat("45834307 93942255 34\n") == taskstat.SchedStat(
+    assert schedstat.parse_schedstat("45834307 93942255 34\n") == schedstat.SchedStat(
         45834307, 93942255, 34)
-    assert taskstat.parse_schedstat("1 2\n") is None
+    assert schedstat.parse_schedstat("1 2\n") is None
     # comm may hold ") " (proc(5)): fields are counted after the last ')'
     stat = "42 (a) b) S " + " ".join(["0"] * 35) + " 7 0 0\n"
-    assert taskstat.parse_stat_cpu(stat) == 7
+    assert schedstat.parse_stat_cpu(stat) == 7
     irq = taskstat.parse_cpu_irq_ns("cpu  1 2 3 4 5 6 7 0 0 0\ncpu0 1 2 3 4 5 6 7 0 0 0\n"
                                     "cpu1 1 2 3 4 5 1 2 0 0 0\n")
     assert irq == {0: 13 * taskstat.TICK_NS, 1: 3 * taskstat.TICK_NS}
