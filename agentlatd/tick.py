@@ -57,12 +57,16 @@ from agentlatd.plan.build import make_plan, needs_followup
 from agentlatd.plan.changes import Change, Plan
 from agentlatd.policy import Policy
 from agentlatd.sample.counters import CounterSnapshot, read_counters
+from agentlatd.sample.cpuhp import cpus_in_transition
 from agentlatd.sample.machine import read_machine
 from agentlatd.sysfs.root import Root
 
 log = logging.getLogger("agentlatd.tick")
 
 MACHINE_TTL = 60.0  # seconds between full rescans of the Machine (plus on discontinuities)
+# a CPU hotplug whose callbacks have not finished after this long is stuck, not running:
+# drift is judged again (a failed hotplug rolls target back, so this is a guard only)
+CPUHP_LIMIT_S = 60.0
 
 # what the kernel refuses for good, per (knob, target, value): planned again only
 # after a rescan (a driver, a link or the kernel changed): EIO/EPERM on a managed
@@ -178,6 +182,9 @@ class Snapshot:
     rates: Rates | None = None
     rescanned: bool = False  # the Machine was rebuilt this tick
     hotplug: bool = False  # CPUs came or went since the last tick
+    # a tick after the one that saw a CPU hotplug, up to and including the first tick
+    # that reads its callbacks done (sample/cpuhp.py): drivers' re-spread may land here
+    hotplug_running: bool = False
     links: AgentLinks = NONE
     irqbalance_pids: tuple[int, ...] = ()
     # how the home CPUs are banned in irqbalance and what it banned before agentlatd
@@ -272,6 +279,9 @@ class Sampler:
         self.policy: Policy | None = None
         self.links = LinkTracker()
         self.feedback = Feedback()
+        self.cpuhp_busy: frozenset[int] = frozenset()  # CPUs whose hotplug still runs
+        self.cpuhp_since = 0.0  # when the hotplug they belong to was seen
+        self.cpuhp_pending = False  # a hotplug was seen and the tick after its end is to come
 
     def record(self, report: ApplyReport) -> None:
         """The apply report of this tick: the next tick's feedback stage reads it."""
@@ -301,6 +311,9 @@ class Sampler:
                 self.machine, self.machine_t, self.policy, rescanned = m, t0, pol, True
                 # a rescan tries refused knobs again (a driver, link or kernel changed)
                 self.feedback = Feedback()
+        running = self.cpuhp_pending or hotplug
+        if running:
+            st.run("cpuhp", "CPU hotplug state", lambda: self._cpuhp(hotplug, t0), None)
         links = st.run("links", "agent link sampling",
                        lambda: self.links.update(self.root, inp.agent_homes, pol), NONE)
         no_irqbalance: tuple[tuple[int, ...], Channel] = ((), NO_CHANNEL)
@@ -308,9 +321,30 @@ class Sampler:
                                lambda: self._irqbalance(pol, inp.tune_devices, journaled),
                                no_irqbalance)
         return Snapshot(t=t0, policy=pol, machine=self.machine, counters=snap, rates=rates,
-                        rescanned=rescanned, hotplug=hotplug, links=links, irqbalance_pids=pids,
+                        rescanned=rescanned, hotplug=hotplug, hotplug_running=running and not hotplug,
+                        links=links, irqbalance_pids=pids,
                         irqbalance=channel, feedback=self.feedback,
                         timings=tuple(st.rows), errors=tuple(st.errors))
+
+    def _cpuhp(self, hotplug: bool, now: float) -> None:
+        """Follow the CPU hotplug seen at this tick (or an earlier one) until its
+        callbacks are done, plus one tick: the drivers' re-spread is over by the time a
+        read finds state == target, and that tick's drift check sees all of it. Read only
+        from the tick that sees a hotplug on: nothing per tick on a machine with none."""
+        if hotplug:
+            self.cpuhp_since = now
+            busy = cpus_in_transition(self.root)  # which CPU: every one, once per hotplug
+        elif self.cpuhp_busy:
+            busy = cpus_in_transition(self.root, self.cpuhp_busy)
+        else:
+            busy = frozenset()
+        if busy and now - self.cpuhp_since > CPUHP_LIMIT_S:
+            log.warning("CPU hotplug of CPU %s has not finished after %.0f s "
+                        "(cpuN/hotplug/state != target): judging drift again",
+                        CpuSet(busy), now - self.cpuhp_since)
+            busy = frozenset()
+        self.cpuhp_busy = busy or frozenset()
+        self.cpuhp_pending = hotplug or bool(self.cpuhp_busy)
 
     def _counters(self, pol: Policy) -> tuple[Rates | None, CounterSnapshot | None]:
         snap = read_counters(self.root, None, self.prev)

@@ -70,6 +70,7 @@ import os
 import shlex
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Literal
 
 from agentlatd.apply import journal
 from agentlatd.apply.batch import BatchWriter
@@ -253,9 +254,10 @@ class Engine:
         daemon.py). The next apply re-plans them. Returns how many."""
         return self._drift.unyield(self._keeper.current(), keys)
 
-    def check_drift(self) -> list[Drift]:
-        """Knobs another writer changed after agentlatd set them; yield or reassert per policy."""
-        return self._drift.check(self._keeper.current(), self.policy.daemon.drift)
+    def check_drift(self, mode: Literal["reassert", "yield"] | None = None) -> list[Drift]:
+        """Knobs another writer changed after agentlatd set them; yield or reassert per
+        policy (`mode`: this once, whatever the policy says)."""
+        return self._drift.check(self._keeper.current(), mode or self.policy.daemon.drift)
 
 
 # ---------------------------------------------------------------------------

@@ -330,3 +330,80 @@ def test_capture_of_this_host_replays_the_daemons_tick_with_rates(
     man2 = write_capture(Root(str(out)), str(copy))
     assert man2[SAMPLE_INTERVAL_KEY] == 1.0
     assert sample_once(Root(str(copy)), pol).rates == snap.rates
+
+
+# -- CPU hotplug: the kernel's own re-spread is not drift ---------------------------------
+def _cpuhp(tree: pathlib.Path, states: dict[int, tuple[int, int]]) -> None:
+    """cpuN/hotplug/{state,target} as kernel/cpu.c prints them (236: CPUHP_ONLINE on 6.12)."""
+    for cpu, (state, target) in states.items():
+        d = tree / "sys" / "devices" / "system" / "cpu" / f"cpu{cpu}" / "hotplug"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "state").write_text(f"{state}\n")
+        (d / "target").write_text(f"{target}\n")
+
+
+def test_hotplug_respread_after_the_column_appears_is_not_yielded(tmp_path: pathlib.Path) -> None:
+    """A CPU coming online shows in /proc/stat before its bring-up callbacks run, and
+    virtio_net re-spreads its queues' IRQ affinity in one of them (virtnet_cpu_online):
+    under TCG that rewrite landed ticks after the tick that saw the new column, and was
+    yielded as another writer's for good (VM tier, test_hotplug_online_again_every_nic_irq_
+    and_mask_on_completion_cpus). While cpuN/hotplug/state != target it is the kernel's."""
+    tree = copy_tree(tmp_path)
+    _cpuhp(tree, {c: (236, 236) for c in range(4)})
+    t, clock = tuner(Root(str(tree)), tmp_path)
+    t.step()
+    irq, want = next((e.target, e.written) for e in t.engine.entries()
+                     if e.knob == "irq.affinity" and e.written)
+    t.step()  # a tick with rates and no hotplug
+    # CPU 3 comes online: its /proc/stat line appears, its callbacks have not run yet
+    stat = tree / "proc" / "stat"
+    lines = stat.read_text().splitlines(keepends=True)
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("cpu2 "))
+    lines.insert(at + 1, "cpu3 1000 0 1000 50000 0 0 0 0 0 0\n")
+    stat.write_text("".join(lines))
+    _cpuhp(tree, {3: (100, 236)})
+    clock.advance(1.0)
+    seen = t.step()
+    assert seen.drift == () and "cpuhp" in stages(seen)
+    # the driver's re-spread lands two slow ticks later, while the callbacks still run
+    respread = "3" if want != "3" else "0"
+    (tree / "proc" / "irq" / irq / "smp_affinity_list").write_text(respread + "\n")
+    (tree / "proc" / "irq" / irq / "effective_affinity_list").write_text(respread + "\n")
+    clock.advance(3.0)
+    t.step()
+    clock.advance(3.0)
+    during = t.step()
+    assert during.drift == ()
+    # agentlatd's value is back at once, not reported as another writer's drift
+    assert (tree / "proc" / "irq" / irq / "smp_affinity_list").read_text().strip() == want
+    _cpuhp(tree, {3: (236, 236)})  # bring-up done
+    clock.advance(1.0)
+    after = t.step()
+    assert after.drift == () and "cpuhp" in stages(after)
+    assert "cpuhp" not in stages(t.step())  # nothing read once the hotplug is over
+    entry = next(e for e in t.engine.entries() if e.key == ("irq.affinity", irq))
+    assert not entry.flags, entry
+    assert (tree / "proc" / "irq" / irq / "smp_affinity_list").read_text().strip() == want
+
+
+def test_hotplug_that_never_finishes_lets_drift_be_judged_again(tmp_path: pathlib.Path) -> None:
+    tree = copy_tree(tmp_path)
+    _cpuhp(tree, {c: (236, 236) for c in range(4)})
+    t, clock = tuner(Root(str(tree)), tmp_path)
+    t.step()
+    irq, want = next((e.target, e.written) for e in t.engine.entries()
+                     if e.knob == "irq.affinity" and e.written)
+    t.step()
+    stat = tree / "proc" / "stat"
+    stat.write_text(stat.read_text().replace("cpu2 ", "cpu3 1000 0 1000 50000 0 0 0 0 0 0\ncpu2 "))
+    _cpuhp(tree, {3: (100, 236)})
+    clock.advance(1.0)
+    t.step()
+    clock.advance(61.0)  # past CPUHP_LIMIT_S: stuck, not running; one last tick puts back
+    assert "cpuhp" in stages(t.step())
+    other = "3" if want != "3" else "0"
+    (tree / "proc" / "irq" / irq / "smp_affinity_list").write_text(other + "\n")
+    (tree / "proc" / "irq" / irq / "effective_affinity_list").write_text(other + "\n")
+    st = t.step()  # another writer now: yielded as always
+    assert "cpuhp" not in stages(st)
+    assert [(d.knob, d.target, d.action) for d in st.drift] == [("irq.affinity", irq, "yielded")]

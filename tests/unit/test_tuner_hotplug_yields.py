@@ -26,11 +26,13 @@ class DriftingEngine:
 
     drift: list[Drift] = field(default_factory=list)
     unyielded: list[tuple[str, str]] = field(default_factory=list)
+    modes: list[str | None] = field(default_factory=list)
 
     def entries(self) -> list[Entry]:
         return [Entry("irq.affinity")]
 
-    def check_drift(self) -> list[Drift]:
+    def check_drift(self, mode: str | None = None) -> list[Drift]:
+        self.modes.append(mode)
         out, self.drift = self.drift, []
         return out
 
@@ -51,3 +53,13 @@ def test_hotplug_after_a_slow_tick_unyields_the_kernels_respread() -> None:
     tuner.seq = 2
     assert tuner._drift(True, 102.5, interval, "yield") == ()
     assert eng.unyielded == [("irq.affinity", "38")]
+
+
+def test_respread_while_the_hotplug_runs_is_written_back_not_yielded() -> None:
+    eng = DriftingEngine([Drift("irq.affinity", "38", "0-1", "1", DriftAction.REASSERTED)])
+    pol = policy_mod.default()
+    tuner = Tuner(Root("/nonexistent"), cast(Engine, eng), TickInput(pol))
+    tuner.seq = 3
+    assert tuner._drift(False, 110.0, 0.2, "yield", running=True) == ()
+    assert eng.modes == ["reassert"]  # whatever daemon.drift says
+    assert tuner.yields == []
