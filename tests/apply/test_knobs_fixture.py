@@ -390,6 +390,27 @@ def test_cli_text_report_fits_80_columns_and_says_why(tmp_path: pathlib.Path) ->
     assert "ENOENT" in text and "unsupported" in text and "journal:" in text
 
 
+@pytest.mark.parametrize(("bad", "said"), [
+    ({"knob": "net.rps_cpus", "target": "eth9/tx-0"}, "bad target 'eth9/tx-0' for net.rps_cpus"),
+    ({"knob": "irq.affinity", "target": "../45"}, "bad target '../45' for irq.affinity"),
+    ({"knob": "no.such", "target": "eth9"}, "no target syntax known for knob 'no.such'"),
+])
+def test_cli_apply_plan_with_a_bad_target_applies_nothing(
+        tmp_path: pathlib.Path, bad: dict[str, str], said: str) -> None:
+    """A plan file's targets are read into typed keys before anything is applied: one
+    its knob cannot take is an error that names it, and the tree is left as it was."""
+    tree = small_tree(tmp_path / "tree")
+    before = tree_bytes(tree)
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"changes": [
+        {"knob": "net.rps_cpus", "target": "eth9/rx-0", "current": "", "desired": "3"},
+        {**bad, "current": "", "desired": "3"}]}))
+    p = cli(["apply", "--root", str(tree), "--plan", str(plan)])
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert f"plan {plan}: change 2: {said}" in p.stderr, p.stderr
+    assert tree_bytes(tree) == before
+
+
 def test_cli_refuses_the_real_root_without_root_privileges(nobody_python: list[str]) -> None:
     """Run as uid 65534 wherever the checkout is (nobody cannot traverse /root)."""
     import subprocess
