@@ -323,7 +323,7 @@ def test_irq_vanishing_between_sample_and_apply(tmp_path: pathlib.Path) -> None:
     plan = _plan_for(tree)
     irq_changes = [c for c in plan.changes if c.knob == "irq.affinity"]
     assert len(irq_changes) >= 2
-    gone = irq_changes[0].target
+    gone = irq_changes[0].target_text
     shutil.rmtree(tree / "proc/irq" / gone)  # the device's driver freed it meanwhile
     before = tree_bytes(tree)
     # a plain Root: effective_affinity_list is the kernel's file, not ours to restore
@@ -333,7 +333,7 @@ def test_irq_vanishing_between_sample_and_apply(tmp_path: pathlib.Path) -> None:
         r = by[("irq.affinity", gone)]
         assert (r.status, r.errclass) == (FAILED, "gone") and "ENOENT" in r.message, r
         assert "rescans" in r.message
-        assert all(by[("irq.affinity", c.target)].status in (CHANGED, "clamped")
+        assert all(by[("irq.affinity", c.target_text)].status in (CHANGED, "clamped")
                    for c in irq_changes[1:])
         assert ("irq.affinity", gone) not in {(e.knob, e.target) for e in eng.entries()}
         assert not (tree / "proc/irq" / gone).exists()  # nothing recreated it
