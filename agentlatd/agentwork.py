@@ -23,6 +23,7 @@ from agentlatd.api.server import Server
 from agentlatd.errors import AgentlatdError
 from agentlatd.handlers import Handlers
 from agentlatd.sample.tasks import ProcId
+from agentlatd.wire import Op
 
 log = logging.getLogger("agentlatd.daemon")
 
@@ -65,7 +66,7 @@ class AgentWork:
         # loop serves on; nothing is written without its original journaled.
         waiting = self.handlers.take_waiting()
         for w in waiting:
-            if w.op == "unregister":
+            if w.op is Op.UNREGISTER:
                 try:
                     self.handlers.finish_unregister(server, w)
                 except Exception as e:
@@ -80,9 +81,9 @@ class AgentWork:
             failed("placement", e)
             outcome = {w.proc: AgentRefused(Refusal.INTERNAL, "agentlatd failed to place the "
                                             "agent; the daemon log has the details")
-                       for w in waiting if w.op == "register"}
+                       for w in waiting if w.op is Op.REGISTER}
         for w in waiting:
-            if w.op == "register":
+            if w.op is Op.REGISTER:
                 self.handlers.answer_register(server, w, outcome.get(w.proc))
         if self._job is None:
             try:

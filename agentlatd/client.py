@@ -55,7 +55,7 @@ from agentlatd.api import protocol
 from agentlatd.steps.ring import FLAG_RAISED, RingWriter, step_key
 from agentlatd.stepstats import sparse
 from agentlatd.sysfs.root import HOST
-from agentlatd.wire import DEFAULT_SOCKET
+from agentlatd.wire import DEFAULT_SOCKET, Op
 
 ENV_SOCKET = "AGENTLATD_SOCKET"
 _perf = time.perf_counter_ns
@@ -152,7 +152,7 @@ class Connection:
             raise ClientError(str(err.get("code", "unknown")),
                               str(err.get("message", "agentlatd refused the request")))
 
-    def request(self, op: str, **fields: Any) -> Any:
+    def request(self, op: Op, **fields: Any) -> Any:
         rid = next(self._ids)
         self.send(protocol.request(op, rid, **fields))
         return self.read_answer(rid)
@@ -378,7 +378,7 @@ class Client:
             conn = self._conn
             if conn is None or self.registration is None:
                 return None
-            return conn.request("chain", pid=self.pid, agent_id=self.agent_id, members=self.chain)
+            return conn.request(Op.CHAIN, pid=self.pid, agent_id=self.agent_id, members=self.chain)
 
     def flush(self) -> bool:
         """Send the waiting samples now (blocking briefly). True when sent."""
@@ -390,7 +390,7 @@ class Client:
         with self._lock:
             if self._conn is not None and self.registration is not None:
                 with contextlib.suppress(OSError, ClientError, ValueError):
-                    self._conn.request("unregister", pid=self.pid, agent_id=self.agent_id)
+                    self._conn.request(Op.UNREGISTER, pid=self.pid, agent_id=self.agent_id)
             self.registration = None
         self.close()
 
@@ -447,7 +447,7 @@ class Client:
                               f"{self.retry_interval:g} s)", RuntimeWarning, stacklevel=3)
             return False
         try:
-            reg = conn.request("register", **self._register_fields())
+            reg = conn.request(Op.REGISTER, **self._register_fields())
         except ClientError as e:
             conn.close()
             if initial:
@@ -461,7 +461,7 @@ class Client:
             return False
         if self.chain:
             try:
-                conn.request("chain", pid=self.pid, agent_id=self.agent_id, members=self.chain)
+                conn.request(Op.CHAIN, pid=self.pid, agent_id=self.agent_id, members=self.chain)
             except ClientError as e:
                 warnings.warn(f"agentlatd client: chain not declared again: {e.message}",
                               RuntimeWarning, stacklevel=2)
@@ -507,7 +507,7 @@ class Client:
                 if samples:
                     hist = sparse(samples)
                     conn.send(protocol.request(
-                        "step", f"s{self.reports}", pid=self.pid, agent_id=self.agent_id,
+                        Op.STEP, f"s{self.reports}", pid=self.pid, agent_id=self.agent_id,
                         count=len(samples), hist={str(b): c for b, c in hist.items()},
                         sum_ns=sum(samples), max_ns=max(samples),
                         dropped=self.dropped or None))

@@ -84,6 +84,7 @@ from agentlatd.steps.slowview import AgentSlow
 from agentlatd.sysfs.root import Root
 from agentlatd.tick import TickInput
 from agentlatd.tuner import Tuner, TunerState
+from agentlatd.wire import Op
 
 log = logging.getLogger("agentlatd.daemon")
 
@@ -205,7 +206,7 @@ class Daemon:
         drop_caps(self.root)
         d = self.policy.daemon
         ops = self.handlers.table()
-        ops["slow_steps"] = lambda _c, _env: self.slow_steps.rows()
+        ops[Op.SLOW_STEPS] = lambda _c, _env: self.slow_steps.rows()
         self.server = Server(self.sel, sock, ops, max_clients=d.max_clients,
                              uid_requests_per_s=d.uid_requests_per_s,
                              uid_request_burst=d.uid_request_burst,

@@ -43,7 +43,7 @@ from agentlatd.policy import Policy
 from agentlatd.sample import tasks
 from agentlatd.sample.tasks import ProcId
 from agentlatd.sysfs.root import Root
-from agentlatd.wire import parse_endpoint
+from agentlatd.wire import Op, parse_endpoint
 
 Handler = Callable[[Conn, Envelope], Any]
 
@@ -68,7 +68,7 @@ class Waiting:
 
     conn: Conn
     req_id: Any
-    op: str  # "register" | "unregister"
+    op: Op  # REGISTER | UNREGISTER
     proc: ProcId
 
 
@@ -95,10 +95,10 @@ class Handlers:
         self.peer_same_ns: set[int] = set()
         self.waiting: list[Waiting] = []
 
-    def table(self) -> dict[str, Handler]:
-        return {"register": self.register, "unregister": self.unregister, "step": self.step,
-                "agents": self.agents, "status": self.status, "ping": self.ping,
-                "chain": self.declare_chain}
+    def table(self) -> dict[Op, Handler]:
+        return {Op.REGISTER: self.register, Op.UNREGISTER: self.unregister, Op.STEP: self.step,
+                Op.AGENTS: self.agents, Op.STATUS: self.status, Op.PING: self.ping,
+                Op.CHAIN: self.declare_chain}
 
     # -- connections ---------------------------------------------------------
     def on_accept(self, c: Conn) -> None:
@@ -181,14 +181,14 @@ class Handlers:
             raise wire_error(e) from None
         self.chain.set_owner(p, None if admin else c.peer.uid)
         self.manager.autoreg.declined.discard(p)
-        self.waiting.append(Waiting(c, env.req_id, "register", p))
+        self.waiting.append(Waiting(c, env.req_id, Op.REGISTER, p))
         return PENDING
 
     def unregister(self, c: Conn, env: Envelope) -> Any:
         req = env.req
         assert isinstance(req, Unregister)
         a = self.agent_for(c, req.pid, req.agent_id)
-        self.waiting.append(Waiting(c, env.req_id, "unregister", a.proc))
+        self.waiting.append(Waiting(c, env.req_id, Op.UNREGISTER, a.proc))
         return PENDING
 
     def step(self, c: Conn, env: Envelope) -> Any:

@@ -53,8 +53,9 @@ from typing import Any, Protocol
 
 from agentlatd import __version__
 from agentlatd import stepstats as stats
+from agentlatd.agents.agent import AgentState
 from agentlatd.agents.applier import AGENT_KNOBS
-from agentlatd.agents.chainrow import NO_CHAIN, ChainRow
+from agentlatd.agents.chainrow import NO_CHAIN, ChainRow, MemberState
 from agentlatd.apply.engine import (
     CHANGED,
     CLAMPED,
@@ -70,12 +71,14 @@ from agentlatd.apply.engine import (
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError, PolicyError
 from agentlatd.knobset import REGISTRY
+from agentlatd.model.container import ContainerId
 from agentlatd.model.machine import Rates
 from agentlatd.model.roles import Role
 from agentlatd.policy import LATENCY_CLASSES, MetricsPolicy, Policy
 from agentlatd.sample.process import read_process
 from agentlatd.sample.softirqs import Softirqs
 from agentlatd.sample.stat import Stat, parse_stat
+from agentlatd.sample.tasks import ProcId
 from agentlatd.steps.slowview import AgentSlow
 from agentlatd.sysfs.root import Root
 
@@ -193,7 +196,7 @@ class AgentInfo:
     klass: str
     pid: int
     home_cpu: int | None
-    state: str
+    state: AgentState
     pod_uid: str = ""  # from the agent's cgroup path (model/container.py)
     container: str = ""  # short (12 hex) container id
 
@@ -236,7 +239,7 @@ class View:
     # completion chains (agents/chain.py), for the agents with series of their own:
     # (agent, member state, members), (agent, decision the guard undid); and the
     # guard's undo counts by decision kind
-    chain_members: tuple[tuple[str, str, int], ...]
+    chain_members: tuple[tuple[str, MemberState, int], ...]
     decisions_undone: tuple[tuple[str, str], ...]
     guard_undone: tuple[tuple[str, int], ...]
     class_budgets: tuple[tuple[str, float], ...]
@@ -253,10 +256,15 @@ class AgentLike(Protocol):
     agent_id: str
     latency_class: str
     home_cpu: int | None
-    state: str
 
     @property
-    def proc(self) -> Any: ...
+    def state(self) -> AgentState: ...
+
+    @property
+    def proc(self) -> ProcId: ...
+
+    @property
+    def container(self) -> ContainerId: ...
 
     @property
     def hist(self) -> stats.Histogram: ...
@@ -448,7 +456,7 @@ class Metrics:
         own: dict[tuple[str, str], list[Any]] = {}
         other: dict[str, list[Any]] = {}
         info: list[AgentInfo] = []
-        members: dict[tuple[str, str], int] = {}
+        members: dict[tuple[str, MemberState], int] = {}
         undone: set[tuple[str, str]] = set()
         agents = list(agents)
         live = {a.proc for a in agents}
@@ -477,10 +485,9 @@ class Metrics:
             h = a.hist
             if g:
                 acc = own.setdefault((a.agent_id, cls), [[0] * stats.EXPORT_N, 0, 0])
-                ct = getattr(a, "container", None)
-                info.append(AgentInfo(a.agent_id, cls, int(getattr(key, "pid", 0)), a.home_cpu,
-                                      a.state, getattr(ct, "pod_uid", "") or "",
-                                      getattr(ct, "short_id", "") or ""))
+                ct = a.container
+                info.append(AgentInfo(a.agent_id, cls, key.pid, a.home_cpu, a.state,
+                                      ct.pod_uid, ct.short_id))
                 row = chain(a) if chain is not None else NO_CHAIN
                 for state in row.member_states:
                     k = (a.agent_id, state)

@@ -4,10 +4,25 @@ client library alike (docs/protocol.md): the client imports this, never the poli
 from __future__ import annotations
 
 import ipaddress
+from enum import StrEnum
 
 # the policy's daemon.socket default, and the client's when neither socket= nor
 # $AGENTLATD_SOCKET names one (systemd/agentlatd.socket listens here too)
 DEFAULT_SOCKET = "/run/agentlatd/agentlatd.sock"
+
+
+class Op(StrEnum):
+    """A request's "op" (docs/protocol.md, "Operations"), parsed once by the decoder."""
+
+    REGISTER = "register"
+    UNREGISTER = "unregister"
+    STEP = "step"
+    AGENTS = "agents"
+    STATUS = "status"
+    PING = "ping"
+    CHAIN = "chain"
+    SLOW_STEPS = "slow_steps"
+
 
 # register's "class" values, from the most latency-sensitive down
 LATENCY_CLASSES = ("interactive", "normal", "background")

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from agentlatd import stepstats as stats
 from agentlatd.cpuset import CpuSet
 from agentlatd.model.container import ContainerId
 from agentlatd.sample.tasks import ProcId
+
+
+class AgentState(StrEnum):
+    """Where an agent's placement stands (the "state" of `agentlatd agents`, the metrics'
+    agent_info label)."""
+
+    PENDING = "pending"  # registered, not placed yet
+    PLACED = "placed"  # every write of its class made
+    PARTIAL = "partial"  # some writes refused (its "problem" says which): the rest stand
+    FAILED = "failed"  # nothing of its class could be written
 
 
 @dataclass(slots=True)
@@ -61,7 +72,7 @@ class Agent:
     # and still show what agentlatd set on the agent
     creds: tuple[int, int] | None = None
     forked: set[ProcId] = field(default_factory=set)
-    state: str = "pending"  # pending | placed | partial | failed
+    state: AgentState = AgentState.PENDING
     problem: str = ""  # the last write that failed
     note: str = ""  # why the class policy could not be met (no home CPU, ...)
     container: ContainerId = field(default_factory=ContainerId)

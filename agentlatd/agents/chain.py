@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 from agentlatd.agents.agent import Agent
 from agentlatd.agents.autoreg import matches, rule_usable
 from agentlatd.agents.chainauth import MemberAuth, Registrations
-from agentlatd.agents.chainrow import ChainRow
+from agentlatd.agents.chainrow import ChainRow, MemberState
 from agentlatd.agents.exclusive import CpuKeeper
 from agentlatd.agents.guard import EXCLUSIVE, HarmGuard, member_key
 from agentlatd.agents.placement import HomePlacer, pinned_home
@@ -343,7 +343,7 @@ class Member:
     cpus: CpuSet | None = None  # the affinity written (None: not placed)
     orig: str | None = None  # its main thread's affinity when first seen
     threads: set[int] = field(default_factory=set)
-    state: str = "pending"  # placed | partial | unmovable | failed
+    state: MemberState = MemberState.PENDING
     problem: str = ""
     comm: str = ""
 
@@ -438,7 +438,8 @@ class ChainKeeper:
     def status(self) -> dict[str, Any]:
         c = self.scanner.cost
         return {"chain_members": len(self.members),
-                "chain_unmovable": sum(1 for m in self.members.values() if m.state == "unmovable"),
+                "chain_unmovable": sum(1 for m in self.members.values()
+                                       if m.state is MemberState.UNMOVABLE),
                 "guard_undone": dict(sorted(self.guard.undone.items())),
                 "chain_scan": {"agents": c.agents, "namespaces": c.namespaces,
                                "fd_reads": c.fd_reads, "ms": round(c.duration_s * 1000, 3),
@@ -529,7 +530,7 @@ class ChainKeeper:
                 if m.cpus is not None:
                     self._release(m, "no agent it serves may move it")
                 self._unvictim(m)
-                m.state = "unmovable"
+                m.state = MemberState.UNMOVABLE
                 m.problem = why_not[0] if why_not else "no agent it serves has a home CPU"
                 continue
             tids = tasks.list_tids(self.root, p.pid)
@@ -547,7 +548,7 @@ class ChainKeeper:
                                       "another uid than the agent's registrar: left where they are")
             if not todo:
                 if p in skipped_why and m.cpus is None:
-                    m.state, m.problem = "unmovable", skipped_why[p]
+                    m.state, m.problem = MemberState.UNMOVABLE, skipped_why[p]
                 continue
             self._adopt_victims(m, todo, cpus)
             why = ("chain member of agent(s) "
@@ -556,7 +557,7 @@ class ChainKeeper:
             # the write point checks each thread again against one registrar's uid
             # (tasks.check_thread); several non-admin registrars: the check above
             owner = next(iter(uids))[0] if uids is not None and len(uids) == 1 else None
-            changes += [Change(KnobName.TASK_AFFINITY, ThreadId(p.pid, p.starttime, t).target, "",
+            changes += [Change(KnobName.TASK_AFFINITY, ThreadId(p.pid, p.starttime, t).key, "",
                                cpus.to_list(), why, owner=owner) for t in todo]
             first = m.cpus is None
             m.cpus = cpus
@@ -572,7 +573,7 @@ class ChainKeeper:
         except AgentlatdError as e:
             log.error("cannot place chain members: %s", e)
             for m in placing:
-                m.state, m.problem, m.cpus = "failed", str(e), None
+                m.state, m.problem, m.cpus = MemberState.FAILED, str(e), None
             return
         bad: dict[int, str] = {}
         for r in results:
@@ -582,10 +583,10 @@ class ChainKeeper:
                 bad.setdefault(ThreadId.parse(r.target).pid, f"{r.target}: {r.message}")
         for m in placing:
             if m.proc.pid in bad or m.proc in skipped_why:
-                m.state, m.problem = "partial", bad.get(m.proc.pid) or skipped_why[m.proc]
+                m.state, m.problem = MemberState.PARTIAL, bad.get(m.proc.pid) or skipped_why[m.proc]
                 log.warning("chain member pid %d: %s", m.proc.pid, m.problem)
             else:
-                m.state, m.problem = "placed", ""
+                m.state, m.problem = MemberState.PLACED, ""
                 log.info("chain member pid %d (%s) on CPU(s) %s: %s", m.proc.pid, m.comm,
                          m.cpus, "; ".join(sorted(set(m.agents.values()))))
 

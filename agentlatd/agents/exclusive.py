@@ -32,7 +32,7 @@ from agentlatd.cpuset import CpuSet
 from agentlatd.errors import KernelError
 from agentlatd.kernel.errnos import ErrClass
 from agentlatd.kernel.knobnames import KnobName
-from agentlatd.kernel.targets import CpuTarget, format_target, parse_target
+from agentlatd.kernel.targets import CpuTarget, TaskTarget, format_target
 from agentlatd.plan.agents import victim_affinity
 from agentlatd.plan.changes import Change
 from agentlatd.sample import tasks
@@ -130,7 +130,7 @@ class CpuKeeper:
                 del self.victims[key]
             else:
                 if v.journaled:
-                    changes.append(Change(KnobName.TASK_AFFINITY, t, v.moved_to.to_list(),
+                    changes.append(Change(KnobName.TASK_AFFINITY, v.thread.key, v.moved_to.to_list(),
                                           desired.to_list(), self._victim_why()))
                 else:
                     self.applier.write_direct(KnobName.TASK_AFFINITY, t, desired.to_list())
@@ -199,19 +199,20 @@ class CpuKeeper:
                         self.victims[(pid, tid)] = Victim(th, parent, aff, journaled=False)
                         self.victim_procs.setdefault(pid, parent)
                     continue
-                changes.append(Change(KnobName.TASK_AFFINITY, th.target, aff.to_list(), new.to_list(),
+                changes.append(Change(KnobName.TASK_AFFINITY, th.key, aff.to_list(), new.to_list(),
                                       self._victim_why()))
                 new_victims[(pid, tid)] = Victim(th, aff, new, journaled=True)
         if changes:
-            results = self.applier.apply(changes)
-            for r in results:
-                th = ThreadId.parse(r.target)
-                v = new_victims.get((th.pid, th.tid))
+            thread_of = {c.target_text: c.target for c in changes}
+            for r in self.applier.apply(changes):
+                tt = thread_of[r.target]
+                assert isinstance(tt, TaskTarget)  # the knob's kind
+                v = new_victims.get((tt.pid, tt.tid))
                 if v is None:
                     continue
                 if r.status in WRITTEN:
-                    self.victims[(th.pid, th.tid)] = v
-                    self.victim_procs.setdefault(th.pid, v.original)
+                    self.victims[(tt.pid, tt.tid)] = v
+                    self.victim_procs.setdefault(tt.pid, v.original)
                 elif r.status != Status.UNCHANGED and r.errclass is not ErrClass.GONE:
                     log.info("cannot move task %s off home CPUs: %s", r.target, r.message)
         # tasks gone: forget them
@@ -235,13 +236,14 @@ class CpuKeeper:
                                   format_target(CpuTarget(c))) for c in gone)
             for c in gone:
                 del self.pmqos[c]
-        changes = [Change(KnobName.CPU_PM_QOS_RESUME_LATENCY_US, format_target(CpuTarget(c)), "", v,
+        changes = [Change(KnobName.CPU_PM_QOS_RESUME_LATENCY_US, CpuTarget(c), "", v,
                           f"an interactive agent lives on home CPU {c}: bound its idle exit "
                           f"latency (classes.*.pm_qos_resume_latency_us)")
                    for c, v in sorted(want.items()) if self.pmqos.get(c) != v]
         if changes:
+            cpu_of = {ch.target_text: ch.target for ch in changes}
             for r in self.applier.apply(changes):
-                t = parse_target(r.knob, r.target)
+                t = cpu_of[r.target]
                 assert isinstance(t, CpuTarget)  # the knob's kind
                 c = t.cpu
                 if r.status in WRITTEN or r.status == Status.UNCHANGED:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 
 from agentlatd.agents import containers
-from agentlatd.agents.agent import Agent, MoveRecord
+from agentlatd.agents.agent import Agent, AgentState, MoveRecord
 from agentlatd.agents.threads import TICK_PIECE
 from agentlatd.cpuset import CpuSet
 from agentlatd.model.agent_links import AgentHome
@@ -33,7 +33,7 @@ def holds_cpu(a: Agent) -> bool:
 
 def pinned_home(a: Agent, policy: Policy) -> bool:
     """A pinned agent placed (or partly placed) on its home CPU."""
-    return (a.home_cpu is not None and a.state in ("placed", "partial")
+    return (a.home_cpu is not None and a.state in (AgentState.PLACED, AgentState.PARTIAL)
             and policy.classes[a.latency_class].pin)
 
 

@@ -60,7 +60,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from agentlatd.agents import containers
-from agentlatd.agents.agent import Agent
+from agentlatd.agents.agent import Agent, AgentState
 from agentlatd.agents.applier import TASK_KNOBS, Applier
 from agentlatd.agents.autoreg import AutoRegistrar
 from agentlatd.agents.exclusive import CpuKeeper
@@ -263,7 +263,7 @@ class AgentManager:
         a.deadline_ns, a.budget_ns = req.deadline_ns, req.budget_ns
         a.numa_node = req.numa_node
         a.devices = req.devices
-        a.state = "pending"
+        a.state = AgentState.PENDING
         self._wants(a)
         self.dirty.add(p)
         return a
@@ -299,7 +299,7 @@ class AgentManager:
         unwanted: dict[ProcId, set[str]] = {}  # process -> knobs its class no longer sets
         outcome: dict[ProcId, AgentRefused | None] = {}
         tids_of: dict[ProcId, list[int]] = {}
-        fresh = {a.proc for a in todo if a.state == "pending" and not a.applied
+        fresh = {a.proc for a in todo if a.state is AgentState.PENDING and not a.applied
                  and a.pinned == 0}
         for a in todo:
             tids = tasks.list_tids(self.root, a.proc.pid)
@@ -334,7 +334,7 @@ class AgentManager:
                 if a.proc in fresh:
                     self._drop(a, "placement failed", forget=False)
                 else:
-                    a.state, a.problem = "failed", str(e)
+                    a.state, a.problem = AgentState.FAILED, str(e)
             return outcome
         account(results, [a for a in todo if a.proc in tids_of])
         for a in todo:

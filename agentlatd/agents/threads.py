@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-from agentlatd.agents.agent import Agent
+from agentlatd.agents.agent import Agent, AgentState
 from agentlatd.agents.applier import TASK_KNOBS, Applier
 from agentlatd.apply.engine import Status
 from agentlatd.errors import KernelError
@@ -90,7 +90,7 @@ def class_values(a: Agent) -> dict[KnobName, str | None]:
 def agent_changes(a: Agent, tids: Iterable[int], why: str) -> list[Change]:
     out: list[Change] = []
     for tid in tids:
-        t = ThreadId(a.proc.pid, a.proc.starttime, tid).target
+        t = ThreadId(a.proc.pid, a.proc.starttime, tid).key
         if a.want_cpus is not None:
             out.append(Change(KnobName.TASK_AFFINITY, t, "", a.want_cpus.to_list(), why, a.owner))
         if a.want_nice is not None:
@@ -141,11 +141,12 @@ def account(results: Iterable[Any], agents: list[Agent], *, add: bool = False) -
         probs = bad.get(pre, [])
         if probs:
             if not add:
-                a.state = "partial" if a.pinned or a.want_cpus is None else "failed"
+                a.state = (AgentState.PARTIAL if a.pinned or a.want_cpus is None
+                           else AgentState.FAILED)
             a.problem = probs[0] + (f" (+{len(probs) - 1} more)" if len(probs) > 1 else "")
             log.warning("agent %r pid %d: %s", a.agent_id, a.proc.pid, a.problem)
         elif not add:
-            a.state = "placed"
+            a.state = AgentState.PLACED
             a.problem = ""
 
 

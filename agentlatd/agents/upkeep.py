@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from agentlatd.agents import containers
-from agentlatd.agents.agent import Agent
+from agentlatd.agents.agent import Agent, AgentState
 from agentlatd.agents.autoreg import agent_id_for
 from agentlatd.agents.placement import holds_cpu
 from agentlatd.agents.refusal import AgentRefused, Registration
@@ -147,7 +147,7 @@ class AgentUpkeep:
     def _excl_wanted(self) -> CpuSet:
         ok = self.reg.chain.exclusive_ok
         return CpuSet(a.home_cpu for a in self.reg.agents.values()
-                      if a.exclusive and a.home_cpu is not None and a.state != "failed"
+                      if a.exclusive and a.home_cpu is not None and a.state is not AgentState.FAILED
                       and (ok is None or a.proc in ok))
 
     def reconcile_cpus(self, full: bool = True) -> None:

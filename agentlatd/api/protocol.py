@@ -25,7 +25,7 @@ from typing import Any
 
 from agentlatd import stepstats as stats
 from agentlatd.sample.tasks import valid_pid
-from agentlatd.wire import LATENCY_CLASSES, parse_endpoint
+from agentlatd.wire import LATENCY_CLASSES, Op, parse_endpoint
 
 VERSION = 1
 MAX_LINE = 64 * 1024  # bytes per request line, newline included
@@ -48,7 +48,7 @@ RATE_LIMITED = "rate_limited"  # this uid's request rate or in-flight requests: 
 UNAVAILABLE = "unavailable"  # no home CPU, daemon stopping, ...
 INTERNAL = "internal"  # a bug in agentlatd: logged with a traceback
 
-OPS = ("register", "unregister", "step", "agents", "status", "ping", "chain", "slow_steps")
+OPS = tuple(Op)  # in the order the unknown_op message lists them
 
 
 class ProtocolError(Exception):
@@ -92,7 +92,7 @@ class Step:
 
 @dataclass(frozen=True, slots=True)
 class Query:
-    op: str  # "agents" | "status" | "ping" | "slow_steps"
+    op: Op  # AGENTS | STATUS | PING | SLOW_STEPS
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +121,7 @@ Request = Register | Unregister | Step | Query | Chain
 @dataclass(frozen=True, slots=True)
 class Envelope:
     req_id: Any
-    op: str
+    op: Op
     req: Request
 
 
@@ -297,6 +297,9 @@ def _chain(obj: Mapping[str, Any]) -> Chain:
                  members=tuple(out))
 
 
+_OP_OF: Mapping[str, Op] = {str(o): o for o in Op}
+
+
 def decode(line: bytes) -> Envelope:
     """One request line -> Envelope; ProtocolError (with the id when known) otherwise."""
     if len(line) > MAX_LINE:
@@ -324,17 +327,19 @@ def decode(line: bytes) -> Envelope:
         if type(v) is not int or v != VERSION:
             raise ProtocolError(UNSUPPORTED_VERSION, f"protocol version {v!r} is not supported; "
                                                      f"this daemon speaks version {VERSION}")
-        op = obj.get("op")
-        if op not in OPS:
-            raise ProtocolError(UNKNOWN_OP, f"unknown op {op!r}; known: {', '.join(OPS)}")
+        raw_op = obj.get("op")
+        # any JSON value may stand here (null, a list): only a known string is an op
+        op = _OP_OF.get(raw_op) if isinstance(raw_op, str) else None
+        if op is None:
+            raise ProtocolError(UNKNOWN_OP, f"unknown op {raw_op!r}; known: {', '.join(OPS)}")
         req: Request
-        if op == "register":
+        if op is Op.REGISTER:
             req = _register(obj)
-        elif op == "unregister":
+        elif op is Op.UNREGISTER:
             req = Unregister(pid=_pid(obj), agent_id=_name(obj, "agent_id", required=False))
-        elif op == "step":
+        elif op is Op.STEP:
             req = _step(obj)
-        elif op == "chain":
+        elif op is Op.CHAIN:
             req = _chain(obj)
         else:
             req = Query(op)
@@ -361,9 +366,9 @@ def error(req_id: Any, code: str, message: str, retry_after_ms: int | None = Non
                        separators=(",", ":")) + "\n").encode()
 
 
-def request(op: str, req_id: Any = None, **fields: Any) -> bytes:
+def request(op: Op, req_id: Any = None, **fields: Any) -> bytes:
     """A request line (for clients)."""
-    msg: dict[str, Any] = {"v": VERSION, "op": op}
+    msg: dict[str, Any] = {"v": VERSION, "op": str(op)}
     if req_id is not None:
         msg["id"] = req_id
     msg.update({k: v for k, v in fields.items() if v is not None})

@@ -73,6 +73,7 @@ from agentlatd.api.admission import Admission
 from agentlatd.api.conn import Conn, ConnIO, Peer, peer_cred
 from agentlatd.api.protocol import Envelope, ProtocolError
 from agentlatd.errors import AgentlatdError
+from agentlatd.wire import Op
 
 __all__ = ["PENDING", "Conn", "Handler", "Peer", "Server", "SocketError", "SocketInUse",
            "bind_socket", "peer_cred"]
@@ -235,7 +236,7 @@ class Server:
     """Serves `handlers` on a listening socket, inside the caller's selector."""
 
     def __init__(self, sel: selectors.BaseSelector, sock: socket.socket,
-                 handlers: Mapping[str, Handler], *, max_clients: int = 4096,
+                 handlers: Mapping[Op, Handler], *, max_clients: int = 4096,
                  on_close: Callable[[Conn], None] | None = None,
                  on_accept: Callable[[Conn], None] | None = None,
                  idle_timeout: float = IDLE_TIMEOUT, path: str | None = None,
@@ -433,7 +434,7 @@ class Server:
             h = self.handlers.get(env.op)
             if h is None:
                 raise ProtocolError(protocol.UNKNOWN_OP,
-                                    f"op {env.op!r} is not served by this daemon", env.req_id)
+                                    f"op {str(env.op)!r} is not served by this daemon", env.req_id)
             result = h(c, env)
         except ProtocolError as e:
             self.io.reply(c, protocol.error(env.req_id if env is not None else e.req_id,
@@ -442,7 +443,7 @@ class Server:
         except Exception:
             # a bug, in the decoder or a handler: this request fails, the daemon serves on
             log.exception("request from %r failed (%s): %r", c,
-                          f"op {env.op!r}" if env is not None else "decoding", line[:200])
+                          f"op {str(env.op)!r}" if env is not None else "decoding", line[:200])
             self.io.reply(c, protocol.error(env.req_id if env is not None else None,
                                           protocol.INTERNAL,
                                           "agentlatd failed to handle this request; "

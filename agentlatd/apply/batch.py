@@ -89,7 +89,7 @@ class BatchWriter:
         for i, c in enumerate(changes):
             def res(status: Status, message: str = "", *, before: str = "",
                     errclass: ErrClass | None = None, c: Change = c) -> KnobResult:
-                return KnobResult(c.knob, c.target, status, before, c.desired, "",
+                return KnobResult(c.knob, c.target_text, status, before, c.desired, "",
                                   errclass, message, c.reason)
 
             if last[c.key] != i:
@@ -101,7 +101,7 @@ class BatchWriter:
                                  errclass=ErrClass.INVALID)
                 continue
             try:
-                knob.check_target(c.target)
+                knob.check_target(c.target_text)
             except ValueError as e:
                 results[i] = res(FAILED, str(e), errclass=ErrClass.INVALID)
                 continue
@@ -111,14 +111,14 @@ class BatchWriter:
                                  f"{self.root.base} is a recorded tree",
                                  errclass=ErrClass.UNSUPPORTED)
                 continue
-            entry = j.find(c.knob, c.target) if j is not None else None
+            entry = j.find(c.knob, c.target_text) if j is not None else None
             if entry is not None and j is not None:
                 other = self._io.replaced(knob, entry, ids)
                 if other is not None:
                     # the journaled original belongs to a device that is gone; the
                     # one with its name now starts from its own value
                     assert entry.device is not None
-                    notes.append(f"{c.knob} {c.target}: device replaced "
+                    notes.append(f"{c.knob} {c.target_text}: device replaced "
                                  f"({entry.device.differs(other)}); the original journaled "
                                  "for the old device is dropped, not restored")
                     j.remove_entry(entry)
@@ -136,11 +136,11 @@ class BatchWriter:
             if again is not None:
                 results[i] = again
                 continue
-            if c.knob == KnobName.IRQ_AFFINITY and not steer and c.target not in handed:
+            if c.knob == KnobName.IRQ_AFFINITY and not steer and c.target_text not in handed:
                 results[i] = res(SKIPPED, irqbalance.skip_reason(policy.daemon.irqbalance))
                 continue
             try:
-                current = knob.read(self.root, c.target)
+                current = knob.read(self.root, c.target_text)
             except KernelError as e:
                 st = UNSUPPORTED if e.errclass is ErrClass.UNSUPPORTED else FAILED
                 results[i] = res(st, sentence(e), errclass=e.errclass)
@@ -162,7 +162,7 @@ class BatchWriter:
                 results[i] = res(UNCHANGED, "already right", before=shown)
                 continue
             if dry_run:
-                why = knob.refusal(self.root, c.target, c.desired)
+                why = knob.refusal(self.root, c.target_text, c.desired)
                 if why is not None:
                     results[i] = res(UNSUPPORTED, why, before=shown, errclass=ErrClass.UNSUPPORTED)
                 else:
@@ -172,8 +172,8 @@ class BatchWriter:
             new = entry is None
             prev_original = entry.original if entry is not None else ""
             if entry is None:
-                entry = j.add(c.knob, c.target, knob.original_of(current, c.desired),
-                              device=self._io.device_id(knob, c.target, ids))
+                entry = j.add(c.knob, c.target_text, knob.original_of(current, c.desired),
+                              device=self._io.device_id(knob, c.target_text, ids))
             else:
                 entry.original = knob.merge_original(entry.original,
                                                      knob.original_of(current, c.desired))
@@ -232,7 +232,7 @@ class BatchWriter:
         writes several files (napi.config's sysfs fallback) can fail half way;
         its entry then stays, or the half that landed would never be restored."""
         try:
-            now = p.knob.read(self.root, p.change.target)
+            now = p.knob.read(self.root, p.change.target_text)
         except (KernelError, ValueError, AgentlatdError):
             return False
         return p.knob.equal(p.knob.original_of(now, p.change.desired), p.entry.original)
@@ -242,15 +242,15 @@ class BatchWriter:
 
         def res(status: Status, message: str, after: str = "",
                 errclass: ErrClass | None = None) -> KnobResult:
-            return KnobResult(c.knob, c.target, status, knob.original_of(p.current, c.desired),
+            return KnobResult(c.knob, c.target_text, status, knob.original_of(p.current, c.desired),
                               c.desired, after,
                               errclass, message, c.reason)
 
         try:
             if c.owner is None:
-                knob.write(self.root, c.target, c.desired)
+                knob.write(self.root, c.target_text, c.desired)
             else:
-                knob.write_for(self.root, c.target, c.desired, c.owner)
+                knob.write_for(self.root, c.target_text, c.desired, c.owner)
         except KernelError as e:
             if e.errclass is ErrClass.MANAGED:
                 p.entry.set_flag(FLAG_MANAGED)
@@ -263,7 +263,7 @@ class BatchWriter:
             return res(FAILED, str(e), errclass=ErrClass.IO)
         self._io.wrote()
         try:
-            ok, shown = knob.verify(self.root, c.target, c.desired)
+            ok, shown = knob.verify(self.root, c.target_text, c.desired)
         except (KernelError, ValueError) as e:
             p.entry.written = c.desired
             return res(CHANGED, f"written; reading it back failed: {e}")
@@ -273,7 +273,7 @@ class BatchWriter:
         # the kernel clamped or ignored it: remember what it shows, so the
         # next tick does not mistake the kernel's own value for drift
         try:
-            p.entry.written = knob.read(self.root, c.target)
+            p.entry.written = knob.read(self.root, c.target_text)
         except (KernelError, ValueError):
             p.entry.written = shown
         return res(CLAMPED, f"written {c.desired!r}; the kernel shows {shown!r}", shown)

@@ -33,6 +33,7 @@ from typing import Any
 
 from agentlatd import jsonout
 from agentlatd.client import ClientError, Connection, Unavailable
+from agentlatd.wire import Op
 
 HELP = "list registered agents: class, home CPU, threads, step latency, moves"
 EXAMPLES = (
@@ -187,7 +188,7 @@ def render_slow(rows: list[dict[str, Any]], limit: int = 5) -> str:
 def run(args: argparse.Namespace) -> int:
     try:
         with Connection(args.socket) as conn:
-            rows = conn.request("slow_steps" if args.slow else "agents")
+            rows = conn.request(Op.SLOW_STEPS if args.slow else Op.AGENTS)
     except Unavailable as e:
         print(f"agentlatd agents: {e.strerror}", file=sys.stderr)
         return 1

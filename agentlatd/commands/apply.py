@@ -99,8 +99,15 @@ def changes_from_file(path: str) -> list[Change]:
         for k in ("knob", "target", "desired"):
             if not isinstance(c.get(k), str):
                 raise AgentlatdError(f"plan {path}: change {i}: {k!r} missing or not a string")
-        out.append(Change(c["knob"], c["target"], str(c.get("current", "")), c["desired"],
-                          str(c.get("reason", ""))))
+        # the target's string form is read here, once: nothing is applied from a plan
+        # with a target its knob cannot take
+        try:
+            out.append(Change.parse(c["knob"], c["target"], str(c.get("current", "")),
+                                    c["desired"], str(c.get("reason", ""))))
+        except KeyError as e:
+            raise AgentlatdError(f"plan {path}: change {i}: {e.args[0]}") from None
+        except ValueError as e:
+            raise AgentlatdError(f"plan {path}: change {i}: {e}") from None
     return out
 
 

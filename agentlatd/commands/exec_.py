@@ -15,6 +15,7 @@ import sys
 
 from agentlatd.client import ClientError, Connection, Unavailable
 from agentlatd.policy import LATENCY_CLASSES
+from agentlatd.wire import Op
 
 HELP = "run a command registered as an agent (pinned to a quiet home CPU)"
 EXAMPLES = (
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     agent_id = args.agent_id or os.path.basename(cmd[0])[:64] or "agent"
     try:
         with Connection(args.socket) as conn:
-            reg = conn.request("register", agent_id=agent_id, latency_class=args.latency_class)
+            reg = conn.request(Op.REGISTER, agent_id=agent_id, latency_class=args.latency_class)
         where = (f"home CPU {reg['home_cpu']}" if reg.get("home_cpu") is not None
                  else f"CPUs {reg['cpus']}" if reg.get("cpus") else "its CPUs unchanged")
         if os.environ.get("AGENTLATD_EXEC_VERBOSE"):

@@ -55,7 +55,7 @@ def plan_to_json(plan: Plan, *, policy_source: str, irqbalance_running: bool) ->
         "roles": [{"cpu": r.cpu, "role": r.role, "reason": r.reason} for r in plan.roles],
         # current/desired: the kernel's syntax (`apply --plan` writes desired as it is);
         # before/after: the same values as people read them (CPU lists, as `status`)
-        "changes": [{"knob": c.knob, "target": c.target, "current": c.current,
+        "changes": [{"knob": c.knob, "target": c.target_text, "current": c.current,
                      "desired": c.desired, "before": human_value(c.knob, c.current),
                      "after": human_value(c.knob, c.desired), "reason": c.reason}
                     for c in plan.changes],
@@ -91,7 +91,7 @@ def render_text(plan: Plan, *, policy_source: str) -> str:
     # changes of one knob that differ only by target print as one entry
     runs: dict[tuple[str, str, str, str], tuple[Change, list[str]]] = {}
     for c in plan.changes:
-        runs.setdefault((c.knob, c.current, c.desired, c.reason), (c, []))[1].append(c.target)
+        runs.setdefault((c.knob, c.current, c.desired, c.reason), (c, []))[1].append(c.target_text)
     for c, targets in runs.values():
         cur = show_value(c.knob, c.current)
         out += _wrap(f"{c.knob} {compress_targets(targets)}: {cur} -> "

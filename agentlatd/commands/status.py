@@ -35,6 +35,7 @@ from agentlatd.errors import AgentlatdError
 from agentlatd.model.machine import Device, Irq, Machine, Rates
 from agentlatd.sysfs.root import Root
 from agentlatd.tick import sample_once
+from agentlatd.wire import Op
 
 HELP = "show topology, devices, queues, IRQs and per-CPU heat (reads only)"
 EXAMPLES = (
@@ -67,7 +68,7 @@ def daemon_view(socket: str | None) -> tuple[dict[str, Any] | None, str]:
     """The running daemon's own `status` answer, or (None, why there is none)."""
     try:
         with Connection(socket, timeout=3.0) as conn:
-            ans: dict[str, Any] = conn.request("status")
+            ans: dict[str, Any] = conn.request(Op.STATUS)
             return ans, ""
     except Unavailable as e:
         return None, str(e.strerror)

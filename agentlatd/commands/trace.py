@@ -41,6 +41,7 @@ from agentlatd.tick import plan_tick, sample_once
 from agentlatd.tools.trace import bpftrace, tracefs
 from agentlatd.tools.trace import report as trace_report
 from agentlatd.tools.trace import slow_steps as slow
+from agentlatd.wire import Op
 
 HELP = "attribute agent step latency to IRQs, softirqs, wakeups and wait gates"
 EXAMPLES = (
@@ -79,7 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lim.add_argument("--top", type=int, metavar="N", help="with --slow-steps: the N slowest steps")
 
 
-def _daemon(socket: str | None, op: str) -> Any:
+def _daemon(socket: str | None, op: Op) -> Any:
     """A running daemon's answer to `op`, or None when none answers."""
     try:
         with Connection(socket, timeout=2.0) as c:
@@ -90,7 +91,7 @@ def _daemon(socket: str | None, op: str) -> Any:
 
 def cpu_roles(root: Root, socket: str | None) -> tuple[CpuSet, CpuSet, str]:
     """(home, completion, where they came from)."""
-    st = _daemon(socket, "status")
+    st = _daemon(socket, Op.STATUS)
     if isinstance(st, dict) and st.get("home_cpus") is not None:
         try:
             return (CpuSet.parse_list(str(st.get("home_cpus") or "")),
@@ -124,7 +125,7 @@ def targets(args: argparse.Namespace, root: Root) -> tuple[Threads, dict[int, st
         if not found:
             raise AgentlatdError(f"no process {args.pid} (or its threads are not readable).")
         return found, {args.pid: ""}, f"pid {args.pid}"
-    agents = _daemon(args.socket, "agents")
+    agents = _daemon(args.socket, Op.AGENTS)
     if args.agent is not None:
         if agents is None:
             raise AgentlatdError(f"--agent {args.agent}: no agentlatd daemon answers; use --pid.")

@@ -21,7 +21,7 @@ head) is not planned.
 from __future__ import annotations
 
 from agentlatd.kernel.knobnames import KnobName
-from agentlatd.kernel.targets import BlockTarget, format_target
+from agentlatd.kernel.targets import BlockTarget
 from agentlatd.model.machine import Device, Machine
 from agentlatd.plan.changes import Change
 from agentlatd.policy import TuningPolicy
@@ -50,6 +50,6 @@ def plan_block(machine: Machine, devices: tuple[Device, ...],
             if cur is None or cur == want:
                 continue
             out.append(Change(
-                KNOB, format_target(BlockTarget(name)), str(cur), str(want),
+                KNOB, BlockTarget(name), str(cur), str(want),
                 f"{name} (on {ctrl.name}): rq_affinity {want}, {_MEANING[want]}"))
     return out

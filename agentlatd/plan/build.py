@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from agentlatd.cpuset import CpuSet
 from agentlatd.kernel.irqbalance_proto import MAX_COMMAND, ban_irqs_command
 from agentlatd.kernel.knobnames import KnobName
-from agentlatd.kernel.targets import DaemonTarget, FileTarget, format_target
+from agentlatd.kernel.targets import DaemonTarget, FileTarget, IrqTarget
 from agentlatd.model.agent_links import NONE, AgentLinks
 from agentlatd.model.machine import Device, Machine, Rates
 from agentlatd.plan.block import plan_block
@@ -78,13 +78,13 @@ def _handed_over(steered: tuple[int, ...], irq_changes: tuple[Change, ...],
                      f"IRQs {', '.join(map(str, left))} are not banned in it and left to it.")
     if not mine:
         return []
-    ban = Change(KnobName.IRQBALANCE_BANNED_IRQS, format_target(DaemonTarget("irqbalance")), "",
+    ban = Change(KnobName.IRQBALANCE_BANNED_IRQS, DaemonTarget("irqbalance"), "",
                  " ".join(map(str, banned)),
                  f"hand IRQs {', '.join(map(str, mine))} over from irqbalance (it never moves "
                  "a banned IRQ), then steer them"
                  + (f"; beside its own --banirq {', '.join(map(str, theirs))}" if theirs else "")
                  + " (daemon.irqbalance = \"cooperate\")")
-    handed = {str(i) for i in mine}
+    handed = {IrqTarget(i) for i in mine}
     return [ban, *(c for c in irq_changes if c.target in handed)]
 
 
@@ -93,7 +93,7 @@ def _sort_key(c: Change) -> tuple[int, str, tuple[tuple[int, int | str], ...]]:
         k = KNOB_ORDER.index(c.knob)
     except ValueError:
         k = len(KNOB_ORDER)
-    return (k, c.knob, natural_key(c.target))
+    return (k, c.knob, natural_key(c.target_text))
 
 
 def check_policy_cpus(machine: Machine, policy: Policy) -> None:
@@ -179,12 +179,12 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
                    + " (daemon.irqbalance = \"cooperate\")")
             if irqbalance_env:
                 changes.append(Change(
-                    KnobName.IRQBALANCE_ENV_BANNED_CPUS, format_target(FileTarget(irqbalance_env)),
+                    KnobName.IRQBALANCE_ENV_BANNED_CPUS, FileTarget(irqbalance_env),
                     "", ban.to_list(),
                     why + f"; its socket is not usable: in {irqbalance_env}, then a restart"))
             else:
                 changes.append(Change(KnobName.IRQBALANCE_BANNED_CPUS,
-                                      format_target(DaemonTarget("irqbalance")), "",
+                                      DaemonTarget("irqbalance"), "",
                                       ban.to_list(), why))
         if handover:
             changes += _handed_over(irq.steered, irq.changes, irqbalance_banned_irqs or (), notes)

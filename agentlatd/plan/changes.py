@@ -3,10 +3,11 @@ knob registry (agentlatd.apply.knobs), its target, and why."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.kernel.knobnames import KnobName
+from agentlatd.kernel.targets import TargetKey, format_target, parse_target
 from agentlatd.model.agent_links import NONE, AgentLinks
 from agentlatd.model.roles import Role
 
@@ -42,9 +43,8 @@ class Change:
     knob:    registry name: a KnobName for every knob agentlatd ships
              (KnobName.NET_RPS_CPUS == "net.rps_cpus"), a plain str for a knob
              another module registers
-    target:  what the knob is applied to, in the knob's own syntax
-             ("45" for an IRQ, "eth0/rx-3" for a queue, "eth0" for a device,
-             "nvme0n1" for a block device, "net.core.rps_sock_flow_entries")
+    target:  what the knob is applied to, a typed key (kernel/targets.py):
+             IrqTarget(45), QueueTarget("eth0", "rx", 3), TaskTarget(pid, starttime, tid)
     current: the value read at plan time, as the kernel prints it ("" if unknown)
     desired: the value to write, as the kernel accepts it
     reason:  one sentence for a person
@@ -52,19 +52,35 @@ class Change:
              non-admin peer's agent: a task knob writes only threads whose real
              and effective uid are this one, checked right before the syscall);
              None for the daemon's own decisions and admins' requests
+
+    target_text is the target's string form (format_target: "45", "eth0/rx-3"),
+    made once here: the journal, the knobs' read/write/verify, the results and
+    the plan's JSON take it. A key with no string form (a device name with '/')
+    names nothing the kernel has: ValueError here, before any write.
     """
 
     knob: str
-    target: str
+    target: TargetKey
     current: str
     desired: str
     reason: str
     owner: int | None = None
+    target_text: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target_text", format_target(self.target))
+
+    @classmethod
+    def parse(cls, knob: str, target: str, current: str, desired: str, reason: str,
+              owner: int | None = None) -> Change:
+        """A change whose target is in its string form (a plan file): ValueError when
+        `target` is not in `knob`'s syntax, KeyError when agentlatd ships no such knob."""
+        return cls(knob, parse_target(knob, target), current, desired, reason, owner)
 
     @property
     def key(self) -> tuple[str, str]:
         """Identity of the knob instance (the journal is keyed by it)."""
-        return (self.knob, self.target)
+        return (self.knob, self.target_text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ or bridge has no interrupt to coalesce.
 from __future__ import annotations
 
 from agentlatd.kernel.knobnames import KnobName
-from agentlatd.kernel.targets import DeviceTarget, format_target
+from agentlatd.kernel.targets import DeviceTarget
 from agentlatd.model.machine import Device
 from agentlatd.plan.changes import Change
 from agentlatd.policy import Policy
@@ -50,7 +50,7 @@ def plan_coalesce(devices: tuple[Device, ...], pol: Policy) -> tuple[list[Change
     share = pol.tuning.coalesce_budget_share
     for d in nics:
         out.append(Change(
-            KNOB, format_target(DeviceTarget(d.name)), "", f"rx-usecs={usecs}",
+            KNOB, DeviceTarget(d.name), "", f"rx-usecs={usecs}",
             f"{d.name}: an rx interrupt waits at most {usecs} us, {share * 100:g}% of the "
             f"tightest class budget ({budget} us) and at least "
             f"{pol.tuning.coalesce_min_usecs} us; coalescing stays on"))

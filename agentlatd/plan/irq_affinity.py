@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from agentlatd.cpuset import CpuSet
 from agentlatd.kernel.knobnames import KnobName
-from agentlatd.kernel.targets import IrqTarget, format_target
+from agentlatd.kernel.targets import IrqTarget
 from agentlatd.model.machine import Device, Irq, Machine, Rates
 from agentlatd.plan.changes import Change
 from agentlatd.plan.common import node_phrase, ordinals, queue_number
@@ -121,7 +121,7 @@ def plan_irq_affinity(machine: Machine, devices: tuple[Device, ...],
                     continue
                 reason += f"; CPU(s) {vector_full & cpus} have no interrupt vector left (ENOSPC)"
                 moved.append(irq.irq)
-            changes.append(Change(KNOB, format_target(IrqTarget(irq.irq)), as_list(irq.smp_affinity),
+            changes.append(Change(KNOB, IrqTarget(irq.irq), as_list(irq.smp_affinity),
                                   as_list(want), reason))
         full = vector_full & cpus
         if moved:

@@ -37,7 +37,7 @@ second pass (plan.build.followup).
 from __future__ import annotations
 
 from agentlatd.kernel.knobnames import KnobName
-from agentlatd.kernel.targets import DeviceTarget, TaskTarget, format_target
+from agentlatd.kernel.targets import DeviceTarget, TaskTarget
 from agentlatd.model.machine import Device
 from agentlatd.plan.changes import Change
 from agentlatd.plan.common import node_phrase
@@ -54,7 +54,7 @@ def plan_napi(devices: tuple[Device, ...], tuning: TuningPolicy, *,
     for d in devices:
         if d.kind != "net" or (d.virtual and not named):
             continue
-        dev = format_target(DeviceTarget(d.name))
+        dev = DeviceTarget(d.name)
         if tuning.threaded_napi and d.threaded is not None and d.threaded != 1:
             out.append(Change(
                 KnobName.NET_THREADED, dev, str(d.threaded), "1",
@@ -91,7 +91,7 @@ def plan_napi_threads(devices: tuple[Device, ...], part: Partition, tuning: Tuni
                 continue
             napi = f"NAPI {t.napi_id}" if t.napi_id is not None else "NAPI"
             out.append(Change(
-                TASK_AFFINITY, format_target(TaskTarget(t.pid, t.starttime, t.pid)),
+                TASK_AFFINITY, TaskTarget(t.pid, t.starttime, t.pid),
                 t.cpus.to_list() if t.cpus is not None else "", cpus.to_list(),
                 f"{d.name} {napi} kthread (pid {t.pid}) polls on the {where}, where its "
                 "IRQ fires, never on a home CPU (tuning.threaded_napi)"))

@@ -27,7 +27,7 @@ import dataclasses
 
 from agentlatd.cpuset import CpuSet
 from agentlatd.kernel.knobnames import KnobName
-from agentlatd.kernel.targets import QueueTarget, format_target
+from agentlatd.kernel.targets import QueueTarget
 from agentlatd.model.agent_links import NONE, AgentLinks
 from agentlatd.model.machine import Device, NetQueue
 from agentlatd.plan.changes import Change
@@ -77,7 +77,7 @@ def plan_rps(devices: tuple[Device, ...], part: Partition, tuning: TuningPolicy,
             where = node_phrase(d.numa_node, cpus, d.numa_node in part.by_node)
             why = f"{d.name} receive processing (RPS) on the {where}, never on a home CPU"
         for q in _queues(d, "rx-"):
-            target = format_target(QueueTarget.of_sysfs(d.name, q.name))
+            target = QueueTarget.of_sysfs(d.name, q.name)
             if tuning.rps and q.rps_cpus is not None and q.rps_cpus != cpus:
                 out.append(Change(
                     KnobName.NET_RPS_CPUS, target, q.rps_cpus.to_mask(nr_cpus), cpus.to_mask(nr_cpus), why))
@@ -109,7 +109,7 @@ def plan_xps(devices: tuple[Device, ...], part: Partition, tuning: TuningPolicy,
             want = CpuSet({order[rank[queue_number(q.name) or 0] % len(order)]})
             if q.xps_cpus == want:
                 continue
-            target = format_target(QueueTarget.of_sysfs(d.name, q.name))
+            target = QueueTarget.of_sysfs(d.name, q.name)
             out.append(Change(
                 KnobName.NET_XPS_CPUS, target, q.xps_cpus.to_mask(nr_cpus), want.to_mask(nr_cpus),
                 f"{d.name} transmit queue of completion CPU {want} (XPS; {where}, "

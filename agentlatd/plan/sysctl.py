@@ -18,7 +18,7 @@ latency-bounded batching, never batching off (design note section 7).
 from __future__ import annotations
 
 from agentlatd.kernel.knobnames import KnobName
-from agentlatd.kernel.targets import SysctlTarget, format_target
+from agentlatd.kernel.targets import SysctlTarget
 from agentlatd.plan.changes import Change
 from agentlatd.policy import TuningPolicy
 
@@ -29,19 +29,19 @@ def plan_sysctl(tuning: TuningPolicy, *, rfs: bool, steering: bool) -> list[Chan
     out: list[Change] = []
     if rfs and steering and tuning.rps_sock_flow_entries > 0:
         out.append(Change(
-            KNOB, format_target(SysctlTarget("net.core.rps_sock_flow_entries")), "",
+            KNOB, SysctlTarget("net.core.rps_sock_flow_entries"), "",
             str(tuning.rps_sock_flow_entries),
             f"global RFS table of {tuning.rps_sock_flow_entries} entries "
             "(tuning.rps_sock_flow_entries): per-queue rps_flow_cnt needs it"))
     if tuning.netdev_budget_usecs is not None:
         out.append(Change(
-            KNOB, format_target(SysctlTarget("net.core.netdev_budget_usecs")), "",
+            KNOB, SysctlTarget("net.core.netdev_budget_usecs"), "",
             str(tuning.netdev_budget_usecs),
             f"bound one NET_RX softirq run to {tuning.netdev_budget_usecs} us "
             "(tuning.netdev_budget_usecs): latency-bounded batching, not batch-free"))
     if tuning.netdev_budget is not None:
         out.append(Change(
-            KNOB, format_target(SysctlTarget("net.core.netdev_budget")), "",
+            KNOB, SysctlTarget("net.core.netdev_budget"), "",
             str(tuning.netdev_budget),
             f"bound one NET_RX softirq run to {tuning.netdev_budget} packets "
             "(tuning.netdev_budget): latency-bounded batching, not batch-free"))

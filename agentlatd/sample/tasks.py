@@ -87,8 +87,14 @@ class ThreadId:
         return ProcId(self.pid, self.starttime)
 
     @property
+    def key(self) -> TaskTarget:
+        """The typed target of a task knob (Change.target)."""
+        return TaskTarget(self.pid, self.starttime, self.tid)
+
+    @property
     def target(self) -> str:
-        return format_target(TaskTarget(self.pid, self.starttime, self.tid))
+        """The string form (the journal's "target", a KnobResult's)."""
+        return format_target(self.key)
 
     @classmethod
     def parse(cls, target: str) -> ThreadId:

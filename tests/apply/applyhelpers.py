@@ -134,7 +134,7 @@ FAULTS = {"EIO": errno.EIO, "EPERM": errno.EPERM, "ENOSPC": errno.ENOSPC, "EBUSY
 
 def plan_file(path: pathlib.Path, changes: Iterable[Change]) -> pathlib.Path:
     path.write_text(json.dumps({"changes": [
-        {"knob": c.knob, "target": c.target, "current": c.current, "desired": c.desired,
+        {"knob": c.knob, "target": c.target_text, "current": c.current, "desired": c.desired,
          "reason": c.reason} for c in changes]}, indent=1))
     return path
 
@@ -267,16 +267,16 @@ def veth_changes(a: str, b: str, napi_fields: frozenset[str]) -> list[Change]:
     mask = online_mask()
     ch: list[Change] = []
     for d in (a, b):
-        ch += [Change("net.rps_cpus", f"{d}/rx-0", "", mask, "test"),
-               Change("net.rps_flow_cnt", f"{d}/rx-0", "", "4096", "test"),
-               Change("net.xps_cpus", f"{d}/tx-0", "", "1", "test")]
-    ch += [Change("net.threaded", a, "", "1", "test"),
-           Change("net.napi_defer_hard_irqs", a, "", "2", "test"),
-           Change("net.gro_flush_timeout", a, "", "20000", "test"),
-           Change("net.coalesce", a, "", "rx-usecs=20", "test")]
+        ch += [Change.parse("net.rps_cpus", f"{d}/rx-0", "", mask, "test"),
+               Change.parse("net.rps_flow_cnt", f"{d}/rx-0", "", "4096", "test"),
+               Change.parse("net.xps_cpus", f"{d}/tx-0", "", "1", "test")]
+    ch += [Change.parse("net.threaded", a, "", "1", "test"),
+           Change.parse("net.napi_defer_hard_irqs", a, "", "2", "test"),
+           Change.parse("net.gro_flush_timeout", a, "", "20000", "test"),
+           Change.parse("net.coalesce", a, "", "rx-usecs=20", "test")]
     fields = [_NAPI_VALUE[f] for f in ("defer_hard_irqs", "gro_flush_timeout",
                                        "irq_suspend_timeout", "threaded") if f in napi_fields]
     if fields:
         # veth NAPIs serve no queue in queue-get and have no IRQ: the K-th NAPI
-        ch.append(Change("napi.config", f"{b}/napi0", "", ",".join(fields), "test"))
+        ch.append(Change.parse("napi.config", f"{b}/napi0", "", ",".join(fields), "test"))
     return ch

@@ -66,13 +66,13 @@ def _crash_cycle(n: int, apply_args: list[str], restart_args: list[str], *,
 def test_kill_9_at_every_write_point_on_a_fixture_tree(tmp_path: pathlib.Path) -> None:
     tree = copy_fixture("server-2s64t", tmp_path)
     before = tree_bytes(tree)
-    changes = [Change("net.rps_cpus", f"ens1f0/rx-{i}", "", "0000000f", "t") for i in range(3)]
-    changes += [Change("net.rps_flow_cnt", "ens1f0/rx-0", "", "4096", "t"),
-                Change("net.xps_cpus", "ens1f0/tx-1", "", "4", "t"),
-                Change("irq.affinity", "80", "", "36", "t"),
-                Change("net.threaded", "ens1f0", "", "1", "t"),
-                Change("block.rq_affinity", "nvme0n1", "", "2", "t"),
-                Change("sysctl", "net.core.rps_sock_flow_entries", "", "32768", "t")]
+    changes = [Change.parse("net.rps_cpus", f"ens1f0/rx-{i}", "", "0000000f", "t") for i in range(3)]
+    changes += [Change.parse("net.rps_flow_cnt", "ens1f0/rx-0", "", "4096", "t"),
+                Change.parse("net.xps_cpus", "ens1f0/tx-1", "", "4", "t"),
+                Change.parse("irq.affinity", "80", "", "36", "t"),
+                Change.parse("net.threaded", "ens1f0", "", "1", "t"),
+                Change.parse("block.rq_affinity", "nvme0n1", "", "2", "t"),
+                Change.parse("sysctl", "net.core.rps_sock_flow_entries", "", "32768", "t")]
     plan = plan_file(tmp_path / "plan.json", changes)
     state = tmp_path / "state"
     args = ["--root", str(tree), "--state-dir", str(state)]
@@ -95,7 +95,7 @@ def test_kill_9_at_every_write_point_on_a_fixture_tree(tmp_path: pathlib.Path) -
 def test_kill_9_during_rollback_then_rollback_again(tmp_path: pathlib.Path) -> None:
     tree = copy_fixture("server-2s64t", tmp_path)
     before = tree_bytes(tree)
-    changes = [Change("net.rps_cpus", f"ens1f0/rx-{i}", "", "0000000f", "t") for i in range(4)]
+    changes = [Change.parse("net.rps_cpus", f"ens1f0/rx-{i}", "", "0000000f", "t") for i in range(4)]
     plan = plan_file(tmp_path / "plan.json", changes)
     args = ["--root", str(tree), "--state-dir", str(tmp_path / "state")]
     for n in range(1, len(changes)):

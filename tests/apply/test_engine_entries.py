@@ -25,7 +25,7 @@ IRQS = range(40, 45)
 
 
 def _aff(irq: int, cpus: str = "1") -> Change:
-    return Change("irq.affinity", str(irq), "", cpus, "t")
+    return Change.parse("irq.affinity", str(irq), "", cpus, "t")
 
 
 def _on_disk(state: pathlib.Path) -> dict[str, object]:
@@ -133,7 +133,7 @@ def test_a_batch_appends_only_its_own_entries_and_never_rewrites_the_snapshot(
         assert '"41"' in lines[2] and '"42"' in lines[3], lines
         assert '"complete": false' in lines[4] and '"complete": true' in lines[5], lines
         # a rounded value (rps_flow_cnt 100 -> 128) is what the log ends with
-        eng.apply([Change("net.rps_flow_cnt", "eth9/rx-0", "", "100", "t")])
+        eng.apply([Change.parse("net.rps_flow_cnt", "eth9/rx-0", "", "100", "t")])
         assert _on_disk(state)["entries"][-1]["written"] == "128"  # type: ignore[index]
         back = journal.load(str(path))
         assert back is not None and back.complete

@@ -159,7 +159,7 @@ def test_dry_run_says_would_change_for_a_knob_the_kernel_reports_unsupported(
     for gro, want in ((False, "unsupported"), (True, "planned")):
         with netns_with_veths(gro=gro) as v:
             a, _b = v.devs
-            plan = plan_file(tmp_path / "plan.json", [Change("net.threaded", a, "", "1", "t")])
+            plan = plan_file(tmp_path / "plan.json", [Change.parse("net.threaded", a, "", "1", "t")])
             state = str(tmp_path / f"state-{gro}")
             p = cli(["apply", "--dry-run", "--plan", str(plan), "--state-dir", state, "--json"],
                     netns=v.netns)

@@ -188,9 +188,9 @@ def test_engine_steers_under_cooperate_only_the_irqs_banned_in_irqbalance(
     (tree / "proc/4242").mkdir(parents=True)
     (tree / "proc/4242/comm").write_text("irqbalance\n")
     with Engine(Root(str(tree)), str(tmp_path / "state")) as eng:
-        rep = eng.apply([Change(irqbalance_ban.IRQS_NAME, "irqbalance", "", "41", "t"),
-                         Change("irq.affinity", "41", "", "1", "t"),
-                         Change("irq.affinity", "42", "", "1", "t")])
+        rep = eng.apply([Change.parse(irqbalance_ban.IRQS_NAME, "irqbalance", "", "41", "t"),
+                         Change.parse("irq.affinity", "41", "", "1", "t"),
+                         Change.parse("irq.affinity", "42", "", "1", "t")])
     st = {(r.knob, r.target): r.status for r in rep.results}
     # written (the tree's effective_affinity_list does not follow: "clamped")
     assert st[("irq.affinity", "41")] in (CHANGED, CLAMPED)

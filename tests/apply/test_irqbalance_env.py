@@ -184,7 +184,7 @@ def test_knob_bans_and_restores_the_file_byte_identical(tmp_path: pathlib.Path) 
         t = tree(tmp_path / name, original)
         path = t / "etc/default/irqbalance"
         with Engine(Root(str(t)), str(tmp_path / f"state-{name}")) as eng:
-            rep = eng.apply([Change(ie.NAME, TARGET, "", "2-3,7", "t")])
+            rep = eng.apply([Change.parse(ie.NAME, TARGET, "", "2-3,7", "t")])
             assert [r.status for r in rep.results] == [CHANGED], rep.results
             assert ie.env_ban(path.read_text()) == CpuSet({2, 3, 7})
             assert eng.check_drift() == []
@@ -200,7 +200,7 @@ def test_restore_leaves_a_ban_another_writer_changed(tmp_path: pathlib.Path) -> 
     t = tree(tmp_path / "t", FEDORA_SYSCONFIG)
     path = t / "etc/default/irqbalance"
     with Engine(Root(str(t)), str(tmp_path / "state")) as eng:
-        eng.apply([Change(ie.NAME, TARGET, "", "2-3,7", "t")])
+        eng.apply([Change.parse(ie.NAME, TARGET, "", "2-3,7", "t")])
         theirs = path.read_text().replace("IRQBALANCE_BANNED_CPULIST=2-3,7",
                                           "IRQBALANCE_BANNED_CPULIST=1-3,7").replace(
                                               "IRQBALANCE_BANNED_CPUS=8c", "IRQBALANCE_BANNED_CPUS=8e")
@@ -211,7 +211,7 @@ def test_restore_leaves_a_ban_another_writer_changed(tmp_path: pathlib.Path) -> 
     t = tree(tmp_path / "t2", FEDORA_SYSCONFIG)
     path = t / "etc/default/irqbalance"
     with Engine(Root(str(t)), str(tmp_path / "state2")) as eng:
-        eng.apply([Change(ie.NAME, TARGET, "", "2-3,7", "t")])
+        eng.apply([Change.parse(ie.NAME, TARGET, "", "2-3,7", "t")])
         theirs = path.read_text().replace("IRQBALANCE_BANNED_CPULIST=2-3,7",
                                           "IRQBALANCE_BANNED_CPULIST=1-3,7").replace(
                                               "IRQBALANCE_BANNED_CPUS=8c", "IRQBALANCE_BANNED_CPUS=8e")
@@ -261,7 +261,7 @@ def test_kill_9_after_the_edit_then_rollback_restores_the_file(tmp_path: pathlib
     t = tree(tmp_path / "t", FEDORA_SYSCONFIG)
     state = tmp_path / "state"
     path = t / "etc/default/irqbalance"
-    plan = plan_file(tmp_path / "plan.json", [Change(ie.NAME, TARGET, "", "2-3,7", "t")])
+    plan = plan_file(tmp_path / "plan.json", [Change.parse(ie.NAME, TARGET, "", "2-3,7", "t")])
     args = ["--root", str(t), "--state-dir", str(state)]
     p = cli(["apply", *args, "--plan", str(plan)], crash_after_writes=1)
     assert p.returncode == -signal.SIGKILL, (p.stdout, p.stderr)

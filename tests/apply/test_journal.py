@@ -146,9 +146,9 @@ def test_entry_flags() -> None:
 
 
 def _changes() -> list[Change]:
-    return [Change("net.rps_cpus", "eth9/rx-0", "", "3", "t"),
-            Change("net.rps_flow_cnt", "eth9/rx-0", "", "4096", "t"),
-            Change("irq.affinity", "41", "", "1", "t")]
+    return [Change.parse("net.rps_cpus", "eth9/rx-0", "", "3", "t"),
+            Change.parse("net.rps_flow_cnt", "eth9/rx-0", "", "4096", "t"),
+            Change.parse("irq.affinity", "41", "", "1", "t")]
 
 
 def test_damaged_journal_is_restored_from_what_parses(tmp_path: pathlib.Path) -> None:
@@ -242,9 +242,9 @@ def test_failing_knob_does_not_rewrite_the_journal_every_tick(tmp_path: pathlib.
     state = tmp_path / "state"
     root = FaultRoot(tree, {"sys/class/net/eth9/threaded": errno.EINVAL,
                             "sys/class/net/eth9/gro_flush_timeout": errno.EOPNOTSUPP})
-    ticks = [Change("net.rps_cpus", "eth9/rx-0", "", "3", "t"),
-             Change("net.threaded", "eth9", "", "1", "t"),
-             Change("net.gro_flush_timeout", "eth9", "", "20000", "t")]
+    ticks = [Change.parse("net.rps_cpus", "eth9/rx-0", "", "3", "t"),
+             Change.parse("net.threaded", "eth9", "", "1", "t"),
+             Change.parse("net.gro_flush_timeout", "eth9", "", "20000", "t")]
     with Engine(root, str(state)) as eng:
         for _ in range(2):
             eng.apply(ticks)
@@ -258,7 +258,7 @@ def test_failing_knob_does_not_rewrite_the_journal_every_tick(tmp_path: pathlib.
         assert "not tried again until the next machine rescan" in rep.results[1].message
         assert root.writes("sys/class/net/eth9/threaded") == 1
         # the plan changes: tried again at once
-        rep = eng.apply([Change("net.threaded", "eth9", "", "2", "t")])
+        rep = eng.apply([Change.parse("net.threaded", "eth9", "", "2", "t")])
         assert root.writes("sys/class/net/eth9/threaded") == 2
         eng.rollback()
 
@@ -340,7 +340,7 @@ def test_format_1_journal_is_migrated_and_restored_by_name(tmp_path: pathlib.Pat
     (state / "journal.json").write_text(f'{head}, "entries": [\n{json.dumps(entry)}\n]}}\n')
     with Engine(Root(str(tree)), str(state)) as eng:
         assert eng.recover().action == "adopted"
-        eng.apply([Change("net.rps_cpus", "eth9/rx-1", "", "3", "t")])
+        eng.apply([Change.parse("net.rps_cpus", "eth9/rx-1", "", "3", "t")])
         on_disk = json.loads((state / "journal.json").read_text())
         assert on_disk["version"] == journal.VERSION == 2
         assert [e["target"] for e in journal.read_json(  # type: ignore[index]
@@ -357,8 +357,8 @@ def test_device_entries_carry_the_device_identity(tmp_path: pathlib.Path) -> Non
     tree = small_tree(tmp_path / "tree")
     state = tmp_path / "state"
     with Engine(Root(str(tree)), str(state)) as eng:
-        eng.apply([Change("net.rps_cpus", "eth9/rx-0", "", "3", "t"),
-                   Change("irq.affinity", "41", "", "1", "t")])
+        eng.apply([Change.parse("net.rps_cpus", "eth9/rx-0", "", "3", "t"),
+                   Change.parse("irq.affinity", "41", "", "1", "t")])
         dev = {(e.knob, e.target): e.device for e in eng.entries()}
         assert dev[("irq.affinity", "41")] is None
         d = dev[("net.rps_cpus", "eth9/rx-0")]

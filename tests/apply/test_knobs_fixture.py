@@ -37,6 +37,7 @@ from agentlatd.apply.engine import (
     UNSUPPORTED,
     Engine,
 )
+from agentlatd.kernel.targets import DeviceTarget
 from agentlatd.plan.changes import Change
 from agentlatd.policy import loads
 from agentlatd.sysfs.root import Root
@@ -125,7 +126,7 @@ def test_targets_outside_the_knob_syntax_are_refused(name: str, target: str) -> 
 def test_values_are_checked_before_writing(tmp_path: pathlib.Path) -> None:
     tree = small_tree(tmp_path)
     with Engine(Root(str(tree)), str(tmp_path / "st")) as eng:
-        rep = eng.apply([Change("net.rps_cpus", "eth9/rx-0", "", "3; rm -rf /", "t")])
+        rep = eng.apply([Change.parse("net.rps_cpus", "eth9/rx-0", "", "3; rm -rf /", "t")])
     assert rep.results[0].status == FAILED and rep.results[0].errclass == "invalid"
     assert (tree / "sys/class/net/eth9/queues/rx-0/rps_cpus").read_text() == "0\n"
 
@@ -136,18 +137,18 @@ def test_values_are_checked_before_writing(tmp_path: pathlib.Path) -> None:
 def _server_changes() -> list[Change]:
     """NIC queue IRQs of the server fixture to node-0 CPUs, RPS/XPS, NAPI knobs,
     rq_affinity, a sysctl, and managed NVMe queue IRQs 43-45."""
-    ch = [Change("irq.affinity", str(76 + i), "", str(32 + i), f"comp{i}") for i in range(8)]
-    ch += [Change("irq.affinity", str(n), "", "2", "nvme") for n in (43, 44, 45)]
-    ch += [Change("net.rps_cpus", f"ens1f0/rx-{i}", "", "0000000f", "rps") for i in range(4)]
-    ch += [Change("net.rps_flow_cnt", f"ens1f0/rx-{i}", "", "4096", "rfs") for i in range(4)]
-    ch += [Change("net.xps_cpus", "ens1f0/tx-0", "", "2", "xps")]
-    ch += [Change("net.threaded", "ens1f0", "", "1", "napi"),
-           Change("net.napi_defer_hard_irqs", "ens1f0", "", "2", "napi"),
-           Change("net.gro_flush_timeout", "ens1f0", "", "20000", "napi"),
-           Change("napi.config", "ens1f0/irq77", "", "defer-hard-irqs=2", "napi"),
-           Change("block.rq_affinity", "nvme0n1", "", "2", "blk"),
-           Change("sysctl", "net.core.rps_sock_flow_entries", "", "32768", "rfs"),
-           Change("net.coalesce", "ens1f0", "", "rx-usecs=20", "coalesce")]
+    ch = [Change.parse("irq.affinity", str(76 + i), "", str(32 + i), f"comp{i}") for i in range(8)]
+    ch += [Change.parse("irq.affinity", str(n), "", "2", "nvme") for n in (43, 44, 45)]
+    ch += [Change.parse("net.rps_cpus", f"ens1f0/rx-{i}", "", "0000000f", "rps") for i in range(4)]
+    ch += [Change.parse("net.rps_flow_cnt", f"ens1f0/rx-{i}", "", "4096", "rfs") for i in range(4)]
+    ch += [Change.parse("net.xps_cpus", "ens1f0/tx-0", "", "2", "xps")]
+    ch += [Change.parse("net.threaded", "ens1f0", "", "1", "napi"),
+           Change.parse("net.napi_defer_hard_irqs", "ens1f0", "", "2", "napi"),
+           Change.parse("net.gro_flush_timeout", "ens1f0", "", "20000", "napi"),
+           Change.parse("napi.config", "ens1f0/irq77", "", "defer-hard-irqs=2", "napi"),
+           Change.parse("block.rq_affinity", "nvme0n1", "", "2", "blk"),
+           Change.parse("sysctl", "net.core.rps_sock_flow_entries", "", "32768", "rfs"),
+           Change.parse("net.coalesce", "ens1f0", "", "rx-usecs=20", "coalesce")]
     return ch
 
 
@@ -192,7 +193,7 @@ def test_injected_errno_is_classified_and_the_others_still_apply(
     before = tree_bytes(tree)
     bad = "proc/irq/42/smp_affinity_list"
     root = FaultRoot(tree, {bad: FAULTS[fault]})
-    changes = [Change("irq.affinity", str(n), "", "1", "t") for n in range(40, 45)]
+    changes = [Change.parse("irq.affinity", str(n), "", "1", "t") for n in range(40, 45)]
     with Engine(root, str(tmp_path / "state")) as eng:
         rep = eng.apply(changes)
         r42 = next(r for r in rep.results if r.target == "42")
@@ -227,8 +228,8 @@ def test_effective_affinity_outside_the_mask_is_reported(tmp_path: pathlib.Path)
     (tree / "proc/irq/40/effective_affinity_list").write_text("3\n")
     root = FaultRoot(tree, stuck_effective={"proc/irq/40/smp_affinity_list"})
     with Engine(root, str(tmp_path / "state")) as eng:
-        rep = eng.apply([Change("irq.affinity", "40", "0-3", "1", "t"),
-                         Change("irq.affinity", "41", "0-3", "2-3", "t")])
+        rep = eng.apply([Change.parse("irq.affinity", "40", "0-3", "1", "t"),
+                         Change.parse("irq.affinity", "41", "0-3", "2-3", "t")])
         r40, r41 = rep.results
         assert r40.status == CLAMPED and "effective 3" in r40.after
         assert r41.status == CHANGED  # effective 2 is inside 2-3
@@ -239,7 +240,7 @@ def test_effective_affinity_outside_the_mask_is_reported(tmp_path: pathlib.Path)
 def test_kernel_rounding_is_reported_clamped_not_drift(tmp_path: pathlib.Path) -> None:
     tree = small_tree(tmp_path / "tree")
     with Engine(FaultRoot(tree), str(tmp_path / "state")) as eng:
-        rep = eng.apply([Change("net.rps_flow_cnt", "eth9/rx-0", "0", "100", "t")])
+        rep = eng.apply([Change.parse("net.rps_flow_cnt", "eth9/rx-0", "0", "100", "t")])
         assert rep.results[0].status == CLAMPED and rep.results[0].after == "128"
         assert eng.check_drift() == []
         assert eng.entries()[0].written == "128"
@@ -249,8 +250,8 @@ def test_dry_run_writes_and_journals_nothing(tmp_path: pathlib.Path) -> None:
     tree = small_tree(tmp_path / "tree")
     before = tree_bytes(tree)
     with Engine(Root(str(tree)), str(tmp_path / "state")) as eng:
-        rep = eng.apply([Change("net.rps_cpus", "eth9/rx-0", "", "3", "t"),
-                         Change("net.rps_cpus", "eth9/rx-1", "", "0", "t")], dry_run=True)
+        rep = eng.apply([Change.parse("net.rps_cpus", "eth9/rx-0", "", "3", "t"),
+                         Change.parse("net.rps_cpus", "eth9/rx-1", "", "0", "t")], dry_run=True)
     assert [r.status for r in rep.results] == [PLANNED, UNCHANGED]
     assert tree_bytes(tree) == before
     assert not (tmp_path / "state" / "journal.json").exists()
@@ -259,9 +260,9 @@ def test_dry_run_writes_and_journals_nothing(tmp_path: pathlib.Path) -> None:
 def test_unknown_knob_fails_alone(tmp_path: pathlib.Path) -> None:
     tree = small_tree(tmp_path / "tree")
     with Engine(Root(str(tree)), str(tmp_path / "state")) as eng:
-        rep = eng.apply([Change("no.such", "x", "", "1", "t"),
-                         Change("net.threaded", "eth9", "", "1", "t"),
-                         Change("net.threaded", "eth7", "", "1", "t")])
+        rep = eng.apply([Change("no.such", DeviceTarget("x"), "", "1", "t"),
+                         Change.parse("net.threaded", "eth9", "", "1", "t"),
+                         Change.parse("net.threaded", "eth7", "", "1", "t")])
     st = [(r.status, r.errclass) for r in rep.results]
     assert st == [(FAILED, "invalid"), (CHANGED, None), (FAILED, "gone")]
 
@@ -270,11 +271,11 @@ def test_original_is_kept_across_applies(tmp_path: pathlib.Path) -> None:
     tree = small_tree(tmp_path / "tree")
     state = tmp_path / "state"
     with Engine(Root(str(tree)), str(state)) as eng:
-        eng.apply([Change("net.rps_cpus", "eth9/rx-0", "", "3", "t")])
+        eng.apply([Change.parse("net.rps_cpus", "eth9/rx-0", "", "3", "t")])
     with Engine(Root(str(tree)), str(state)) as eng:  # a new run adopts the journal
         rec = eng.recover()
         assert rec.action == "adopted"
-        eng.apply([Change("net.rps_cpus", "eth9/rx-0", "", "c", "t")])
+        eng.apply([Change.parse("net.rps_cpus", "eth9/rx-0", "", "c", "t")])
         (entry,) = eng.entries()
         assert entry.original == "0" and entry.written == "c"
         rb = eng.rollback()
@@ -291,7 +292,7 @@ def test_drift(tmp_path: pathlib.Path, mode: str) -> None:
     pol = loads(f'[daemon]\ndrift = "{mode}"\n')
     f = tree / "sys/class/net/eth9/queues/rx-0/rps_cpus"
     with Engine(Root(str(tree)), str(tmp_path / "state"), policy=pol) as eng:
-        eng.apply([Change("net.rps_cpus", "eth9/rx-0", "", "3", "t")])
+        eng.apply([Change.parse("net.rps_cpus", "eth9/rx-0", "", "3", "t")])
         assert eng.check_drift() == []
         f.write_text("8\n")  # another writer
         (d,) = eng.check_drift()
@@ -299,7 +300,7 @@ def test_drift(tmp_path: pathlib.Path, mode: str) -> None:
         if mode == "yield":
             assert d.action == "yielded"
             assert f.read_text() == "8\n"
-            rep = eng.apply([Change("net.rps_cpus", "eth9/rx-0", "", "3", "t")])
+            rep = eng.apply([Change.parse("net.rps_cpus", "eth9/rx-0", "", "3", "t")])
             assert rep.results[0].status == SKIPPED and "yield" in rep.results[0].message
             assert eng.check_drift() == []  # no longer managed
         else:
@@ -322,8 +323,8 @@ def test_irqbalance_coexistence(tmp_path: pathlib.Path, mode: str) -> None:
     assert irqbalance.running(Root(str(tree))) == (4242,)
     pol = loads(f'[daemon]\nirqbalance = "{mode}"\n')
     with Engine(FaultRoot(tree), str(tmp_path / "state"), policy=pol) as eng:
-        rep = eng.apply([Change("irq.affinity", "40", "", "1", "t"),
-                         Change("net.rps_cpus", "eth9/rx-0", "", "3", "t")])
+        rep = eng.apply([Change.parse("irq.affinity", "40", "", "1", "t"),
+                         Change.parse("net.rps_cpus", "eth9/rx-0", "", "3", "t")])
     irq, rps = rep.results
     assert rps.status == CHANGED
     assert "irqbalance is running (pid 4242)" in rep.notes[0]
@@ -341,7 +342,7 @@ def test_cli_apply_print_rollback_on_a_fixture_copy(tmp_path: pathlib.Path) -> N
     tree = copy_fixture("server-2s64t", tmp_path)
     before = tree_bytes(tree)
     plan = plan_file(tmp_path / "plan.json", [c for c in _server_changes()
-                                              if c.target not in ("43", "44", "45")])
+                                              if c.target_text not in ("43", "44", "45")])
     p = cli(["apply", "--root", str(tree), "--plan", str(plan), "--json"])
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
@@ -377,16 +378,37 @@ def test_cli_apply_print_rollback_on_a_fixture_copy(tmp_path: pathlib.Path) -> N
 def test_cli_text_report_fits_80_columns_and_says_why(tmp_path: pathlib.Path) -> None:
     tree = small_tree(tmp_path / "tree")
     plan = plan_file(tmp_path / "plan.json", [
-        Change("net.rps_cpus", "eth9/rx-0", "", "3", "t"),
-        Change("net.rps_cpus", "eth9/rx-1", "", "0", "t"),
-        Change("net.coalesce", "eth9", "", "rx-usecs=20,tx-usecs=20,adaptive-rx=off", "t"),
-        Change("net.threaded", "eth8", "", "1", "t")])
+        Change.parse("net.rps_cpus", "eth9/rx-0", "", "3", "t"),
+        Change.parse("net.rps_cpus", "eth9/rx-1", "", "0", "t"),
+        Change.parse("net.coalesce", "eth9", "", "rx-usecs=20,tx-usecs=20,adaptive-rx=off", "t"),
+        Change.parse("net.threaded", "eth8", "", "1", "t")])
     p = cli(["apply", "--root", str(tree), "--plan", str(plan)])
     assert p.returncode == 1  # a real failure (no eth8)
     text = p.stdout
     assert all(len(ln) <= 80 for ln in text.splitlines()), text
     assert "1 changed" in text and "1 already right" in text and "1 FAILED" in text
     assert "ENOENT" in text and "unsupported" in text and "journal:" in text
+
+
+@pytest.mark.parametrize(("bad", "said"), [
+    ({"knob": "net.rps_cpus", "target": "eth9/tx-0"}, "bad target 'eth9/tx-0' for net.rps_cpus"),
+    ({"knob": "irq.affinity", "target": "../45"}, "bad target '../45' for irq.affinity"),
+    ({"knob": "no.such", "target": "eth9"}, "no target syntax known for knob 'no.such'"),
+])
+def test_cli_apply_plan_with_a_bad_target_applies_nothing(
+        tmp_path: pathlib.Path, bad: dict[str, str], said: str) -> None:
+    """A plan file's targets are read into typed keys before anything is applied: one
+    its knob cannot take is an error that names it, and the tree is left as it was."""
+    tree = small_tree(tmp_path / "tree")
+    before = tree_bytes(tree)
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"changes": [
+        {"knob": "net.rps_cpus", "target": "eth9/rx-0", "current": "", "desired": "3"},
+        {**bad, "current": "", "desired": "3"}]}))
+    p = cli(["apply", "--root", str(tree), "--plan", str(plan)])
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert f"plan {plan}: change 2: {said}" in p.stderr, p.stderr
+    assert tree_bytes(tree) == before
 
 
 def test_cli_refuses_the_real_root_without_root_privileges(nobody_python: list[str]) -> None:
@@ -423,9 +445,9 @@ def test_apply_adopts_a_value_already_where_the_plan_wants_it(tmp_path: pathlib.
     tree = small_tree(tmp_path / "tree")
     f = tree / "sys/class/net/eth9/queues/rx-0/rps_cpus"
     with Engine(Root(str(tree)), str(tmp_path / "state"), policy=loads("")) as eng:
-        eng.apply([Change("net.rps_cpus", "eth9/rx-0", "", "3", "t")])
+        eng.apply([Change.parse("net.rps_cpus", "eth9/rx-0", "", "3", "t")])
         f.write_text("1\n")  # the kernel's own rewrite
-        rep = eng.apply([Change("net.rps_cpus", "eth9/rx-0", "", "1", "t")])  # the new plan
+        rep = eng.apply([Change.parse("net.rps_cpus", "eth9/rx-0", "", "1", "t")])  # the new plan
         assert rep.results[0].status == "unchanged"
         (entry,) = eng.entries()
         assert entry.written == "1" and entry.original == "0"
@@ -442,13 +464,13 @@ def test_unyield_manages_a_yielded_knob_again(tmp_path: pathlib.Path) -> None:
     tree = small_tree(tmp_path / "tree")
     f = tree / "sys/class/net/eth9/queues/rx-0/rps_cpus"
     with Engine(Root(str(tree)), str(tmp_path / "state"), policy=loads("")) as eng:
-        eng.apply([Change("net.rps_cpus", "eth9/rx-0", "", "3", "t")])
+        eng.apply([Change.parse("net.rps_cpus", "eth9/rx-0", "", "3", "t")])
         f.write_text("8\n")
         (d,) = eng.check_drift()
         assert d.action == "yielded"
         assert eng.unyield([("net.rps_cpus", "eth9/rx-0"), ("net.rps_cpus", "nope/rx-0")]) == 1
         assert eng.unyield([("net.rps_cpus", "eth9/rx-0")]) == 0  # already managed
-        rep = eng.apply([Change("net.rps_cpus", "eth9/rx-0", "", "3", "t")])
+        rep = eng.apply([Change.parse("net.rps_cpus", "eth9/rx-0", "", "3", "t")])
         assert rep.results[0].status == "changed" and f.read_text() == "3\n"
         assert eng.check_drift() == []
 
@@ -526,8 +548,8 @@ def test_unsupported_knobs_are_rewritten_every_tick(tmp_path: pathlib.Path) -> N
     tree = small_tree(tmp_path / "tree")
     bad = "sys/class/net/eth9/threaded"
     root = FaultRoot(tree, {bad: errno_mod.EOPNOTSUPP})
-    changes = [Change("net.threaded", "eth9", "", "1", "t"),
-               Change("net.rps_cpus", "eth9/rx-0", "", "2", "t")]
+    changes = [Change.parse("net.threaded", "eth9", "", "1", "t"),
+               Change.parse("net.rps_cpus", "eth9/rx-0", "", "2", "t")]
     state = tmp_path / "state"
     with Engine(root, str(state)) as eng:
         first = eng.apply(changes)
@@ -543,7 +565,7 @@ def test_unsupported_knobs_are_rewritten_every_tick(tmp_path: pathlib.Path) -> N
         assert journal_file.stat().st_mtime_ns == stamp
         assert set(eng.refused()) == {("net.threaded", "eth9")}
         # a changed value is a new question for the kernel
-        eng.apply([Change("net.threaded", "eth9", "", "0", "t")])
+        eng.apply([Change.parse("net.threaded", "eth9", "", "0", "t")])
         assert root.writes(bad) == 1  # "0" is already there: nothing to write
         eng.forget_refusals()  # the daemon's machine rescan
         eng.apply(changes)

@@ -160,7 +160,7 @@ def _pinned_then_killed(child: Child, pin: int, tmp_path: pathlib.Path) -> pathl
     after that write, before any tick (the daemon's crash); its state directory."""
     state = tmp_path / "state"
     plan = plan_file(tmp_path / "plan.json",
-                     [Change("task.affinity", child.target(child.pid), "", str(pin), "t")])
+                     [Change.parse("task.affinity", child.target(child.pid), "", str(pin), "t")])
     p = cli(["apply", "--plan", str(plan), "--state-dir", str(state)], crash_after_writes=1)
     assert p.returncode == -signal.SIGKILL, (p.returncode, p.stdout, p.stderr)
     return state
@@ -209,14 +209,14 @@ def test_clean_stop_leaves_threads_with_their_own_entry_to_it(child: Child,
                                                               tmp_path: pathlib.Path) -> None:
     orig, pin, own = _cpus(child)
     with Engine(HOST, str(tmp_path / "state"), knobs=knobset.REGISTRY) as eng:
-        rep = eng.apply([Change("task.affinity", child.target(child.pid), "", str(pin), "t")])
+        rep = eng.apply([Change.parse("task.affinity", child.target(child.pid), "", str(pin), "t")])
         assert rep.results[0].status == "changed", rep
         inherited, mine = child.spawn(3, own)
         # one of the new threads gets an entry of its own, journaled with the
         # inherited pin as its original: that entry, not the main thread's,
         # decides what it gets back
         own_entry = inherited[0]
-        rep = eng.apply([Change("task.affinity", child.target(own_entry), "", orig.to_list(),
+        rep = eng.apply([Change.parse("task.affinity", child.target(own_entry), "", orig.to_list(),
                                 "t")])
         assert rep.results[0].status == "changed", rep
         rb = eng.rollback()

@@ -31,12 +31,12 @@ from agentlatd.sysfs.root import Root
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (needs root)")
 
 CHANGES = [
-    Change("net.rps_cpus", "eth9/rx-0", "", "3", "t"),
-    Change("net.rps_cpus", "eth9/rx-1", "", "c", "t"),
-    Change("net.xps_cpus", "eth9/tx-0", "", "2", "t"),
-    Change("net.threaded", "eth9", "", "1", "t"),
-    Change("net.gro_flush_timeout", "eth9", "", "20000", "t"),
-    Change("block.rq_affinity", "nvme0n1", "", "2", "t"),
+    Change.parse("net.rps_cpus", "eth9/rx-0", "", "3", "t"),
+    Change.parse("net.rps_cpus", "eth9/rx-1", "", "c", "t"),
+    Change.parse("net.xps_cpus", "eth9/tx-0", "", "2", "t"),
+    Change.parse("net.threaded", "eth9", "", "1", "t"),
+    Change.parse("net.gro_flush_timeout", "eth9", "", "20000", "t"),
+    Change.parse("block.rq_affinity", "nvme0n1", "", "2", "t"),
 ]
 FILES = {
     ("net.rps_cpus", "eth9/rx-0"): "sys/class/net/eth9/queues/rx-0/rps_cpus",
@@ -265,7 +265,7 @@ def test_state_dir_filling_up_between_ticks_keeps_the_journal_whole(
                 good = journal.read_json(str(state / "journal.json"))
                 mid = tree_bytes(tree)
                 try:
-                    eng.apply([Change("net.rps_cpus", "eth9/rx-0", "", "3" if n % 2 else "5",
+                    eng.apply([Change.parse("net.rps_cpus", "eth9/rx-0", "", "3" if n % 2 else "5",
                                       "t"), *CHANGES[2:]])
                 except JournalError:
                     break

@@ -95,8 +95,8 @@ def _expected(knob: str, fault: str) -> tuple[str, str]:
 
 def _batch(under_test: tuple[str, str, str, str]) -> list[Change]:
     """The knob under test plus every knob that writes another file."""
-    out = [Change(under_test[0], under_test[1], "", under_test[2], "under test")]
-    out += [Change(k, t, "", v, "bystander") for k, t, v, p in FILE_KNOBS if p != under_test[3]]
+    out = [Change.parse(under_test[0], under_test[1], "", under_test[2], "under test")]
+    out += [Change.parse(k, t, "", v, "bystander") for k, t, v, p in FILE_KNOBS if p != under_test[3]]
     return out
 
 
@@ -143,7 +143,7 @@ def test_errno_during_rollback_keeps_the_entry_until_it_is_restored(
     before = tree_bytes(tree)
     state = tmp_path / "state"
     root = FaultRoot(tree)
-    changes = [Change(k, t, "", v, "t") for k, t, v, p in FILE_KNOBS if k != "napi.config"]
+    changes = [Change.parse(k, t, "", v, "t") for k, t, v, p in FILE_KNOBS if k != "napi.config"]
     with Engine(root, str(state)) as eng:
         assert not eng.apply(changes).failed
         bad = "sys/class/net/eth9/queues/rx-0/rps_cpus"
@@ -189,8 +189,8 @@ def test_errno_on_the_read_before_a_write_writes_nothing(tmp_path: pathlib.Path,
     path = "sys/class/net/eth9/queues/tx-0/xps_cpus"
     root = ReadFaultRoot(tree, {path: ERRNOS[fault]})
     with Engine(root, str(tmp_path / "state")) as eng:
-        rep = eng.apply([Change("net.xps_cpus", "eth9/tx-0", "", "2", "t"),
-                         Change("net.threaded", "eth9", "", "1", "t")])
+        rep = eng.apply([Change.parse("net.xps_cpus", "eth9/tx-0", "", "2", "t"),
+                         Change.parse("net.threaded", "eth9", "", "1", "t")])
         assert rep.results[0].status == FAILED and fault in rep.results[0].message
         assert rep.results[1].status == CHANGED
         assert root.writes(path) == 0
@@ -247,9 +247,9 @@ def test_errno_at_each_task_knob(tmp_path: pathlib.Path, monkeypatch: pytest.Mon
         monkeypatch.setattr(tasks.os, "sched_setaffinity", aff)
         monkeypatch.setattr(tasks.os, "setpriority", nice)
         monkeypatch.setattr(tasks, "_syscall", sysc)
-        changes = [Change("task.affinity", target, "", "0", "t"),
-                   Change("task.nice", target, "", "7", "t"),
-                   Change("task.ioprio", target, "", "be7", "t")]
+        changes = [Change.parse("task.affinity", target, "", "0", "t"),
+                   Change.parse("task.nice", target, "", "7", "t"),
+                   Change.parse("task.ioprio", target, "", "be7", "t")]
         with Engine(Root("/"), str(tmp_path / "state")) as eng:
             rep = eng.apply(changes)
             by = {r.knob: r for r in rep.results}
@@ -291,7 +291,7 @@ def test_errno_at_the_coalesce_knob(tmp_path: pathlib.Path, monkeypatch: pytest.
                                  set_coalesce=set_coalesce, parse_coalesce=ethtool.parse_coalesce)
     monkeypatch.setattr(knobs, "_netlink_module", lambda name: stub)
     with Engine(Root("/"), str(tmp_path / "state")) as eng:
-        rep = eng.apply([Change("net.coalesce", "hostile-nic0", "",
+        rep = eng.apply([Change.parse("net.coalesce", "hostile-nic0", "",
                                 "rx-usecs=20,adaptive-rx=off", "t")])
         r = rep.results[0]
         want = {"EIO": "io", "EPERM": "denied", "ENOSPC": "no_space", "EBUSY": "transient",
@@ -302,7 +302,7 @@ def test_errno_at_the_coalesce_knob(tmp_path: pathlib.Path, monkeypatch: pytest.
         assert eng.entries() == ()
         assert state["v"] == "rx-usecs=50,adaptive-rx=on"
         # next tick: it goes through, is journaled, and rolls back to the original
-        assert eng.apply([Change("net.coalesce", "hostile-nic0", "",
+        assert eng.apply([Change.parse("net.coalesce", "hostile-nic0", "",
                                  "rx-usecs=20,adaptive-rx=off", "t")]).results[0].status == CHANGED
         assert [e.original for e in eng.entries()] == ["rx-usecs=50,adaptive-rx=on"]
         assert state["v"] == "rx-usecs=20,adaptive-rx=off"
@@ -323,7 +323,7 @@ def test_irq_vanishing_between_sample_and_apply(tmp_path: pathlib.Path) -> None:
     plan = _plan_for(tree)
     irq_changes = [c for c in plan.changes if c.knob == "irq.affinity"]
     assert len(irq_changes) >= 2
-    gone = irq_changes[0].target
+    gone = irq_changes[0].target_text
     shutil.rmtree(tree / "proc/irq" / gone)  # the device's driver freed it meanwhile
     before = tree_bytes(tree)
     # a plain Root: effective_affinity_list is the kernel's file, not ours to restore
@@ -333,7 +333,7 @@ def test_irq_vanishing_between_sample_and_apply(tmp_path: pathlib.Path) -> None:
         r = by[("irq.affinity", gone)]
         assert (r.status, r.errclass) == (FAILED, "gone") and "ENOENT" in r.message, r
         assert "rescans" in r.message
-        assert all(by[("irq.affinity", c.target)].status in (CHANGED, "clamped")
+        assert all(by[("irq.affinity", c.target_text)].status in (CHANGED, "clamped")
                    for c in irq_changes[1:])
         assert ("irq.affinity", gone) not in {(e.knob, e.target) for e in eng.entries()}
         assert not (tree / "proc/irq" / gone).exists()  # nothing recreated it
@@ -617,7 +617,7 @@ def test_process_exiting_between_listing_threads_and_pinning(tmp_path: pathlib.P
         st = tasks.starttime_of(root, child.pid)
         tids = tasks.list_tids(root, child.pid)
         assert len(tids) == 4
-        changes = [Change("task.affinity", f"{child.pid}:{st}:{t}", "", "0", "t") for t in tids]
+        changes = [Change.parse("task.affinity", f"{child.pid}:{st}:{t}", "", "0", "t") for t in tids]
         _kill(child)  # exits after the listing, before the first write
         with Engine(root, str(tmp_path / "state")) as eng:
             rep = eng.apply(changes)
@@ -640,7 +640,7 @@ def test_thread_exiting_between_listing_and_pinning(tmp_path: pathlib.Path) -> N
         st = tasks.starttime_of(root, child.pid)
         tids = tasks.list_tids(root, child.pid)
         orig = {t: os.sched_getaffinity(t) for t in tids}
-        changes = [Change("task.affinity", f"{child.pid}:{st}:{t}", "", "0", "t") for t in tids]
+        changes = [Change.parse("task.affinity", f"{child.pid}:{st}:{t}", "", "0", "t") for t in tids]
         child.stdin.write(b"end0\n")
         child.stdin.flush()
         assert child.stdout.readline().strip() == b"ok"  # that thread has exited

@@ -335,7 +335,7 @@ def test_journal_written_by_agentlatd_is_0600_and_replayed(tmp_path: pathlib.Pat
         t = _target(child.pid)
         with Engine(Root("/"), str(tmp_path / "state")) as eng:
             from agentlatd.plan.changes import Change
-            rep = eng.apply([Change("task.nice", t, "0", "5", "test")])
+            rep = eng.apply([Change.parse("task.nice", t, "0", "5", "test")])
             assert rep.count("changed") == 1, rep
         st = os.stat(tmp_path / "state" / "journal.json")
         assert st.st_mode & 0o777 == 0o600 and st.st_uid == 0

@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from servicehelpers import NotifySocket, free_port, policy_text, run_daemon, veth_netns, wait_until
 
 from agentlatd import stepstats as stats
+from agentlatd.agents.agent import AgentState
 from agentlatd.agents.chainrow import ChainRow
 from agentlatd.apply.engine import ApplyReport, Drift, KnobResult, RollbackReport
 from agentlatd.cpuset import CpuSet
@@ -46,6 +47,7 @@ from agentlatd.metrics import (
     render_view,
     write_atomic,
 )
+from agentlatd.model.container import ContainerId
 from agentlatd.model.machine import Discontinuity, Rates
 from agentlatd.policy import MetricsPolicy, default, loads
 from agentlatd.sample.softirqs import Softirqs
@@ -95,8 +97,9 @@ class FakeAgent:
     latency_class: str
     proc: ProcId
     home_cpu: int | None = None
-    state: str = "placed"
+    state: AgentState = AgentState.PLACED
     hist: stats.Histogram = field(default_factory=stats.Histogram.empty)
+    container: ContainerId = field(default_factory=ContainerId)
 
 
 def _softirqs() -> Softirqs:

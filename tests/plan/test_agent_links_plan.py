@@ -37,8 +37,8 @@ def pol(text: str = "") -> Policy:
 
 def rps(plan: Plan, dev: str) -> dict[str, CpuSet]:
     """rx queue -> the rps_cpus the plan wants, for device `dev`."""
-    return {c.target.split("/", 1)[1]: CpuSet.parse_mask(c.desired)
-            for c in plan.changes if c.knob == "net.rps_cpus" and c.target.startswith(dev + "/")}
+    return {c.target_text.split("/", 1)[1]: CpuSet.parse_mask(c.desired)
+            for c in plan.changes if c.knob == "net.rps_cpus" and c.target_text.startswith(dev + "/")}
 
 
 def local(dev: str, cpus: str, *agents: str, pps: float | None = 800.0) -> AgentLinks:

@@ -42,7 +42,8 @@ def node_cpus(m: Machine) -> dict[int, CpuSet]:
 
 def landing(m: Machine, plan: Plan) -> dict[int, CpuSet]:
     """IRQ -> where the plan leaves it: the planned cpulist, else its affinity now."""
-    want = {int(c.target): CpuSet.parse_list(c.desired) for c in plan.changes if c.knob == "irq.affinity"}
+    want = {int(c.target_text): CpuSet.parse_list(c.desired) for c in plan.changes
+            if c.knob == "irq.affinity"}
     return {i.irq: want.get(i.irq, i.smp_affinity) for i in m.irqs}
 
 
@@ -97,7 +98,7 @@ def test_nvme_admin_queues_stay_on_their_controllers_node() -> None:
         # the kernel-managed I/O queues are never planned
         managed = {i.irq for i in m.irqs if i.device == d.name and i.managed}
         assert len(managed) == 8
-        assert not managed & {int(c.target) for c in plan.changes if c.knob == "irq.affinity"}
+        assert not managed & {int(c.target_text) for c in plan.changes if c.knob == "irq.affinity"}
 
 
 def test_kunpeng_queues_hinted_onto_another_node_are_brought_home() -> None:

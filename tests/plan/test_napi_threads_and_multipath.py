@@ -28,7 +28,7 @@ THREADED = "[tuning]\nthreaded_napi = true\n"
 
 
 def by_knob(plan: Plan, knob: str) -> dict[str, Change]:
-    return {c.target: c for c in plan.changes if c.knob == knob}
+    return {c.target_text: c for c in plan.changes if c.knob == knob}
 
 
 # -- rq_affinity and NVMe multipath ---------------------------------------------

@@ -40,7 +40,7 @@ def test_rfs_is_off_by_default(server_plan: Plan) -> None:
 
 
 def by_knob(plan: Plan, knob: str) -> dict[str, Change]:
-    return {c.target: c for c in plan.changes if c.knob == knob}
+    return {c.target_text: c for c in plan.changes if c.knob == knob}
 
 
 def knobs(plan: Plan) -> set[str]:
@@ -194,7 +194,7 @@ def test_regression_irqbalance_running_left_home_cpus_unprotected(server: Machin
                      irqbalance_banned=CpuSet({63}))
     assert "irq.affinity" not in knobs(plan)
     (ban,) = [c for c in plan.changes if c.knob == "irqbalance.banned_cpus"]
-    assert ban.target == "irqbalance"
+    assert ban.target_text == "irqbalance"
     assert CpuSet.parse_list(ban.desired) == plan.home_cpus | CpuSet({63})
     assert not CpuSet.parse_list(ban.desired) & plan.completion_cpus - CpuSet({63})
     assert "net.rps_cpus" in knobs(plan)
@@ -211,7 +211,7 @@ def test_irqbalance_without_socket_bans_in_its_environment_file(server: Machine)
                      irqbalance_env="/etc/sysconfig/irqbalance")
     assert "irqbalance.banned_cpus" not in knobs(plan) and "irq.affinity" not in knobs(plan)
     (ban,) = [c for c in plan.changes if c.knob == "irqbalance.env_banned_cpus"]
-    assert ban.target == "/etc/sysconfig/irqbalance"
+    assert ban.target_text == "/etc/sysconfig/irqbalance"
     assert CpuSet.parse_list(ban.desired) == plan.home_cpus | CpuSet({63})
     assert "restart" in ban.reason
 
@@ -225,8 +225,8 @@ def test_irqbalance_socket_hands_steered_irqs_over_before_steering_them(server: 
     steered = [c for c in plan.changes if c.knob == "irq.affinity"]
     assert steered
     (ban,) = [c for c in plan.changes if c.knob == "irqbalance.banned_irqs"]
-    assert ban.target == "irqbalance"
-    assert [int(i) for i in ban.desired.split()] == sorted({5, *(int(c.target) for c in steered)})
+    assert ban.target_text == "irqbalance"
+    assert [int(i) for i in ban.desired.split()] == sorted({5, *(int(c.target_text) for c in steered)})
     order = [c.knob for c in plan.changes]
     assert order.index("irqbalance.banned_irqs") < order.index("irq.affinity")
     assert "irqbalance.banned_cpus" in order
@@ -238,14 +238,14 @@ def test_irqbalance_socket_hands_steered_irqs_over_before_steering_them(server: 
 
 def test_irqbalance_irq_ban_fits_its_socket_buffer() -> None:
     steered = tuple(range(1000, 1200))
-    changes = tuple(Change("irq.affinity", str(n), "", "1", "t") for n in steered[::2])
+    changes = tuple(Change.parse("irq.affinity", str(n), "", "1", "t") for n in steered[::2])
     notes: list[str] = []
     out = _handed_over(steered, changes, (7,), notes)
     ban, kept = out[0], out[1:]
     assert len("settings ban irqs " + ban.desired) <= 499
     banned = [int(i) for i in ban.desired.split()]
     assert banned[0] == 7 and 1000 in banned and len(banned) < 1 + len(steered)
-    assert kept and {int(c.target) for c in kept} <= set(banned)
+    assert kept and {int(c.target_text) for c in kept} <= set(banned)
     assert "left to it" in notes[0]
 
 
@@ -259,7 +259,7 @@ def test_regression_irqbalance_irq_ban_shrank_once_irqs_were_in_place(server: Ma
     placed = dataclasses.replace(server, irqs=tuple(
         dataclasses.replace(i, smp_affinity=CpuSet.parse_list(c.desired))
         if (c := next((c for c in first.changes if c.knob == "irq.affinity"
-                       and c.target == str(i.irq)), None)) else i for i in server.irqs))
+                       and c.target_text == str(i.irq)), None)) else i for i in server.irqs))
     again = make_plan(placed, pol(), irqbalance_running=True, irqbalance_banned=CpuSet(),
                       irqbalance_banned_irqs=())
     assert "irq.affinity" not in knobs(again)
@@ -351,7 +351,7 @@ def test_napi_knobs_follow_the_policy(server: Machine) -> None:
                                  "gro_flush_timeout = 20000\n"))
     assert by_knob(plan, "net.threaded")["ens1f0"].desired == "1"
     assert by_knob(plan, "net.napi_defer_hard_irqs")["ens1f0"].desired == "2"
-    assert by_knob(plan, "net.gro_flush_timeout")["ens1f0"] == Change(
+    assert by_knob(plan, "net.gro_flush_timeout")["ens1f0"] == Change.parse(
         "net.gro_flush_timeout", "ens1f0", "0", "20000",
         "ens1f0 flushes GRO after 20000 ns (tuning.gro_flush_timeout)")
 
@@ -390,7 +390,7 @@ def test_tuning_switches(server: Machine, server_rfs_plan: Plan, key: str, gone:
 
 def test_include_limits_to_exactly_the_named_devices(server: Machine) -> None:
     plan = make_plan(server, pol('[devices]\ninclude = ["ens*"]\n'))
-    assert not any(c.target.startswith("nvme") for c in plan.changes)
+    assert not any(c.target_text.startswith("nvme") for c in plan.changes)
     assert by_knob(plan, "irq.affinity").keys() == {str(n) for n in range(75, 92)}
     assert any("not named by devices.include" in n and "nvme0" in n for n in plan.notes)
 

@@ -4,12 +4,15 @@ for every kind, the kernel's device-name rules, and the registry agreeing with t
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agentlatd import knobset
 from agentlatd.apply import knobs
 from agentlatd.kernel.knobnames import KnobName
 from agentlatd.kernel.targets import (
     KIND,
+    PID_MAX,
     BlockTarget,
     CpuTarget,
     DaemonTarget,
@@ -21,6 +24,7 @@ from agentlatd.kernel.targets import (
     SysctlTarget,
     TargetKey,
     TaskTarget,
+    _parse,
     format_target,
     parse_target,
 )
@@ -148,6 +152,27 @@ def test_a_key_that_cannot_read_back_is_not_formatted() -> None:
         format_target(TaskTarget(0, 1, 1))
     with pytest.raises(ValueError):
         format_target(SysctlTarget("Net.core"))
+
+
+@given(st.one_of(
+    st.builds(IrqTarget, st.integers(-2, 10 ** 10)),
+    st.builds(CpuTarget, st.integers(-2, 10 ** 10)),
+    st.builds(TaskTarget, st.integers(-2, PID_MAX + 2), st.integers(-2, 10 ** 21),
+              st.integers(-2, PID_MAX + 2))))
+def test_numeric_keys_format_as_their_parse_back_says(key: TargetKey) -> None:
+    """format_target's shortcut for number-only keys (no parse-back) formats exactly
+    the keys the parse-back accepts, and refuses the rest."""
+    text = str(key.irq) if isinstance(key, IrqTarget) else str(key.cpu) \
+        if isinstance(key, CpuTarget) else f"{key.pid}:{key.starttime}:{key.tid}"
+    try:
+        back: TargetKey | None = _parse(type(key), text, None)
+    except ValueError:
+        back = None
+    if back == key:
+        assert format_target(key) == text
+    else:
+        with pytest.raises(ValueError):
+            format_target(key)
 
 
 def test_thread_ids_use_the_one_task_syntax() -> None:

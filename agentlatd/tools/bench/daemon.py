@@ -38,6 +38,7 @@ from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError
 from agentlatd.sysfs.root import Root
 from agentlatd.tools.bench import netns
+from agentlatd.wire import Op
 
 LATENCY_CLASS = "interactive"
 START_TIMEOUT = 15.0
@@ -79,7 +80,7 @@ class BenchDaemon:
         self.log = log
         self.proc: subprocess.Popen[str] | None = None
         self.logfile = os.path.join(workdir, "agentlatd-run.log")
-        self._client: Any = None
+        self._client: Connection | None = None
 
     def start(self) -> dict[str, Any]:
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
@@ -116,7 +117,7 @@ class BenchDaemon:
         raise DaemonUnavailable(f"agentlatd run did not open {self.socket} in {START_TIMEOUT:.0f} s: "
                                 f"{self._tail()}")
 
-    def _connect(self) -> Any:
+    def _connect(self) -> Connection:
         return Connection(self.socket, timeout=10.0)
 
     def register(self, pid: int, agent_id: str) -> Any:
@@ -125,7 +126,7 @@ class BenchDaemon:
             raise DaemonUnavailable("agentlatd is not running")
         t0 = time.perf_counter_ns()
         try:
-            res = self._client.request("register", agent_id=agent_id, pid=pid,
+            res = self._client.request(Op.REGISTER, agent_id=agent_id, pid=pid,
                                        latency_class=LATENCY_CLASS)
         except (ClientError, OSError) as e:
             raise DaemonUnavailable(f"agentlatd refused to register {agent_id}: {e}") from e
@@ -173,7 +174,7 @@ class BenchDaemon:
         if self._client is None:
             return None
         try:
-            return _jsonable(self._client.request("agents"))
+            return _jsonable(self._client.request(Op.AGENTS))
         except (OSError, ClientError, ValueError) as e:
             return {"error": str(e)}
 
@@ -181,7 +182,7 @@ class BenchDaemon:
         if self._client is None:
             return None
         try:
-            return _jsonable(self._client.request("status"))
+            return _jsonable(self._client.request(Op.STATUS))
         except (OSError, ClientError, ValueError) as e:
             return {"error": str(e)}
 
@@ -189,10 +190,8 @@ class BenchDaemon:
         """SIGTERM (the daemon rolls back what it changed), wait, then SIGKILL."""
         notes: list[str] = []
         if self._client is not None:
-            close = getattr(self._client, "close", None)
-            if close is not None:
-                with contextlib.suppress(OSError):
-                    close()
+            with contextlib.suppress(OSError):
+                self._client.close()
             self._client = None
         if self.proc is None:
             return notes

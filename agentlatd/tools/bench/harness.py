@@ -269,22 +269,19 @@ class Pools:
             pool[s].extend(cols[s])
 
 
-class Bench:
-    def __init__(self, settings: Settings, *, log: Log, root: Root | None = None) -> None:
+class Lab:
+    """What every run shares: the host's facts, the C probe, the O_DIRECT read file in a
+    work directory, the namespaces and veths; built once, removed once."""
+
+    def __init__(self, settings: Settings, *, log: Log, root: Root) -> None:
         self.s = settings
         self.log = log
-        self.root = root or Root("/")
+        self.root = root
         self.host: Host | None = None
         self.net: netns.BenchNet | None = None
         self.workdir = ""
         self.probe = ""
-        self.procs: list[ProbeProc] = []
-        self.noise: Noise | None = None
-        self.daemon: BenchDaemon | None = None
-        self.pools = Pools()
-        self.notes: list[str] = []
 
-    # -- setup / teardown --------------------------------------------------
     def setup(self) -> None:
         self.host = inspect_host(self.root)
         parent = self.s.workdir_parent if os.path.isdir(self.s.workdir_parent) else None
@@ -313,16 +310,8 @@ class Bench:
             os.close(fd)
 
     def teardown(self) -> list[str]:
+        """Namespaces (their veths and RPS settings go along), PM QoS, the work directory."""
         notes: list[str] = []
-        for p in self.procs:
-            p.kill()
-        self.procs = []
-        if self.noise is not None:
-            self.noise.kill()
-            self.noise = None
-        if self.daemon is not None:
-            notes += self.daemon.stop()
-            self.daemon = None
         if self.net is not None:
             failed = netns.teardown(self.net)
             notes += [f"could not delete namespace {f}" for f in failed]
@@ -334,8 +323,8 @@ class Bench:
             self.workdir = ""
         return notes
 
-    # -- one run -----------------------------------------------------------
-    def _agent_argv(self, out: str, tool: str = "thread", ring: bool = False) -> list[str]:
+    # -- the processes' command lines ------------------------------------------
+    def agent_argv(self, out: str, tool: str = "thread", ring: bool = False) -> list[str]:
         assert self.net is not None
         n = self.net
         return [self.probe, "agent", "--tool-ns", n.ns_path(n.ns_tool), "--agent-ns", n.ns_path(n.ns_agent),
@@ -346,14 +335,14 @@ class Bench:
                 "--server", "1" if tool == "thread" else "0", "--pipe", "1" if tool == "pipe" else "0",
                 "--ring", str(attribution.RING if ring else 0)]
 
-    def _serve_argv(self, seconds: float, port: int = PY_TOOL_PORT) -> list[str]:
+    def serve_argv(self, seconds: float, port: int = PY_TOOL_PORT) -> list[str]:
         assert self.net is not None
         n = self.net
         return [self.probe, "serve", "--tool-ns", n.ns_path(n.ns_tool), "--dst", n.tool_ip,
                 "--port", str(port), "--think-ns", str(self.s.think_ns),
                 "--seconds", f"{seconds:.3f}"]
 
-    def _pyagent_argv(self, out: str, socket: str | None) -> list[str]:
+    def pyagent_argv(self, out: str, socket: str | None) -> list[str]:
         assert self.net is not None
         n = self.net
         argv = [*netns.ns_exec(n.ns_agent), sys.executable, "-m", "agentlatd.tools.bench.pyagent",
@@ -363,17 +352,48 @@ class Bench:
         return argv + (["--socket", socket, "--agent-id", f"bench-py-agent-{time.monotonic_ns()}"]
                        if socket else [])
 
+
+class Bench:
+    """The runs: each configuration's rounds interleaved, then the attribution round,
+    in a Lab; the processes, noise and daemon of the run under way."""
+
+    def __init__(self, settings: Settings, *, log: Log, root: Root | None = None) -> None:
+        self.s = settings
+        self.log = log
+        self.root = root or Root("/")
+        self.lab = Lab(settings, log=log, root=self.root)
+        self.procs: list[ProbeProc] = []
+        self.noise: Noise | None = None
+        self.daemon: BenchDaemon | None = None
+        self.pools = Pools()
+        self.notes: list[str] = []
+
+    def teardown(self) -> list[str]:
+        notes: list[str] = []
+        for p in self.procs:
+            p.kill()
+        self.procs = []
+        if self.noise is not None:
+            self.noise.kill()
+            self.noise = None
+        if self.daemon is not None:
+            notes += self.daemon.stop()
+            self.daemon = None
+        return notes + self.lab.teardown()
+
+    # -- one run -----------------------------------------------------------
     def run_one(self, cfg: Config, rnd: int, traced: bool = False) -> dict[str, Any]:
         """One run of `cfg`. `traced`: the attribution round (the slow-steps tracer on
         the C agent, its ring on): its latencies are not pooled with the others'."""
-        assert self.net is not None and self.host is not None
-        host, n = self.host, self.net
+        lab = self.lab
+        assert lab.net is not None and lab.host is not None
+        host, n = lab.host, lab.net
         # the tool servers and the noise run from go until the Python agent ends: with
         # the attribution on, past the tracer's attach and its trace's parsing too
         total_s = self.s.seconds + self.s.py_seconds + 1.5 + (
             attribution.SLACK_S if traced else 0)
-        c_out = os.path.join(self.workdir, "c-steps.txt")
-        py_out = os.path.join(self.workdir, "py-steps.txt")
+        c_out = os.path.join(lab.workdir, "c-steps.txt")
+        py_out = os.path.join(lab.workdir, "py-steps.txt")
         for f in (c_out, py_out):
             if os.path.exists(f):
                 os.unlink(f)
@@ -389,19 +409,19 @@ class Bench:
         # then agentlatd (D), then the processes, all waiting for go
         if cfg.daemon:
             t0 = time.monotonic()
-            self.daemon = BenchDaemon(n, self.workdir, log=self.log, scope=self.s.exclusive_scope,
+            self.daemon = BenchDaemon(n, lab.workdir, log=self.log, scope=self.s.exclusive_scope,
                                       agent_links=cfg.agent_links, chains=cfg.chains)
             run["agentlatd"] = {"start": self.daemon.start(), "start_s": round(time.monotonic() - t0, 3)}
         if cfg.noise:
-            self.noise = Noise(self.probe, n, self.s.noise, self.workdir, total_s)
+            self.noise = Noise(lab.probe, n, self.s.noise, lab.workdir, total_s)
             self.noise.start()
         # the C agent's own tool server, when it is a separate process: started
         # first, so that the agent's connect() names a bound socket
-        tool = (ProbeProc(self._serve_argv(total_s, TOOL_PORT), name="c-tool-server")
+        tool = (ProbeProc(lab.serve_argv(total_s, TOOL_PORT), name="c-tool-server")
                 if cfg.tool == "process" else None)
-        agent = ProbeProc(self._agent_argv(c_out, cfg.tool, ring=traced), name="agent")
-        serve = ProbeProc(self._serve_argv(total_s), name="tool-server")
-        pyag = ProbeProc(self._pyagent_argv(py_out, self.daemon.socket if self.daemon else None),
+        agent = ProbeProc(lab.agent_argv(c_out, cfg.tool, ring=traced), name="agent")
+        serve = ProbeProc(lab.serve_argv(total_s), name="tool-server")
+        pyag = ProbeProc(lab.pyagent_argv(py_out, self.daemon.socket if self.daemon else None),
                          name="py-agent")
         self.procs = ([tool] if tool is not None else []) + [agent, serve, pyag]
         for p in self.procs:
@@ -435,7 +455,7 @@ class Bench:
         tracer = None
         if traced:
             tracer = attribution.StepTracer(self.root, agent.pid, self.s.seconds + 0.5, self.s.attribute,
-                                            self.workdir)
+                                            lab.workdir)
             if not tracer.start():
                 run["slow_steps"] = tracer.finish()
                 tracer = None
@@ -511,12 +531,12 @@ class Bench:
         runs: list[dict[str, Any]] = []
         traced_runs: list[dict[str, Any]] = []
         try:
-            self.setup()
-            assert self.host is not None
-            doc["host"] = self.host.to_json()
+            self.lab.setup()
+            assert self.lab.host is not None
+            doc["host"] = self.lab.host.to_json()
             doc["host"]["loadavg_before"] = os.getloadavg()
-            assert self.net is not None
-            n = self.net
+            assert self.lab.net is not None
+            n = self.lab.net
             doc["net"] = {"namespaces": list(n.namespaces), "agent_devices": list(n.agent_devices),
                           "tool_device": n.dev_tool, "flood_device": n.dev_flood_tx,
                           "agent_ip": n.agent_ip, "tool_ip": n.tool_ip, "sink_ip": n.sink_ip}
