@@ -111,7 +111,8 @@ class AgentWork:
             yield from self.chain.tick_steps()
             # the keeper's decisions (members protected, exclusivity allowed or
             # undone) reach the registry here, once per tick, as one value
-            self.manager.set_chain(self.chain.decisions())
+            decided = yield from self.chain.decisions_steps()
+            self.manager.set_chain(decided)
             yield
             self.manager.upkeep.reconcile_cpus(full=False)
             yield
