@@ -40,11 +40,13 @@ def failed(what: str, e: BaseException) -> None:
 
 class AgentWork:
     def __init__(self, manager: AgentManager, chain: ChainKeeper, handlers: Handlers,
-                 publish: Callable[[], None]) -> None:
+                 publish: Callable[[], Iterator[None]]) -> None:
         self.manager = manager
         self.chain = chain
         self.handlers = handlers
-        self._publish = publish  # the tuner's next input, once per agent tick
+        # the tuner's next input and the slow-steps view's targets, once per
+        # agent tick, as the tick's last pieces
+        self._publish = publish
         self._job: Iterator[None] | None = None  # the agent tick under way
         # agent-side ticks completed (the tuner's own count is TunerState.seq): status shows
         # both, so a test can wait for ticks to pass instead of sleeping
@@ -118,8 +120,11 @@ class AgentWork:
             yield
         except Exception as e:
             failed("chain tick", e)
-        self.ticks += 1
         # once per tick, not per registration: O(agents), and the tuner reads
         # it once per tick anyway (bench/agents.py: per registration it cost
-        # ~0.6 ms of register round trip with 1000 agents)
-        self._publish()
+        # ~0.6 ms of register round trip with 1000 agents); in pieces, as above
+        try:
+            yield from self._publish()
+        except Exception as e:
+            failed("publish", e)
+        self.ticks += 1

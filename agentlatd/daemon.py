@@ -50,7 +50,7 @@ import selectors
 import socket
 import sys
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 from agentlatd import __version__, knobset, logging_setup
@@ -138,7 +138,7 @@ class Daemon:
                                  policy=lambda: self.policy, status=self.status,
                                  device_nodes=lambda: self._device_nodes)
         # the main loop's writes under the engine's lock (agentlatd/agentwork.py)
-        self.work = AgentWork(self.manager, self.chain, self.handlers, self._publish)
+        self.work = AgentWork(self.manager, self.chain, self.handlers, self._publish_steps)
         self._seen_seq = 0
         self._next_tick = 0.0
         self.started = time.time()
@@ -153,8 +153,7 @@ class Daemon:
         # fed the agents once per tick, started with the service and stopped first
         self.slow_steps = SlowSteps(self.root)
         self.hooks.on_ready.append(lambda _v: self.slow_steps.start())
-        self.hooks.on_tick.append(
-            lambda _v, _st: self.slow_steps.update(self.manager.agents.values()))
+        # its targets are fed at the end of each agent tick (_publish_steps)
         self.hooks.on_stop.append(lambda _v: self.slow_steps.stop())
 
     def wake(self) -> None:
@@ -309,6 +308,14 @@ class Daemon:
         """The tuner's next input, replaced whole (it reads it once per tick)."""
         self.tuner.set_input(TickInput(self.policy, self.manager.homes(), self.chain.published,
                                        self.tune_devices))
+
+    def _publish_steps(self) -> Iterator[None]:
+        """_publish() and the slow-steps view's targets, once per agent tick, a
+        piece at a time (the main loop serves requests between pieces)."""
+        homes = yield from self.manager.placer.homes_steps(self.manager.agents)
+        self.tuner.set_input(TickInput(self.policy, homes, self.chain.published,
+                                       self.tune_devices))
+        yield from self.slow_steps.update_steps(self.manager.agents.values())
 
     def reload(self) -> bool:
         try:
