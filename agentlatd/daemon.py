@@ -253,7 +253,7 @@ class Daemon:
         if self._retry:
             timeout = RETRY  # the engine lock was busy: try again soon, never spin
         else:
-            timeout = 0.0 if self.server.busy or self.work.ticking \
+            timeout = 0.0 if self.server.busy or self.work.ticking or self.manager.dead \
                 else max(0.0, min(self._next_tick - now, 1.0))
             wake = self.server.wakeup()  # a rate-limited connection to read again
             if wake is not None:

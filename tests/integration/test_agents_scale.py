@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import shutil
 import signal
 import socket
@@ -27,6 +28,16 @@ from agentshelpers import (
     workdir,
 )
 from support.sleepers import Sleepers
+
+from agentlatd import policy as policy_mod
+from agentlatd.agents.applier import Applier
+from agentlatd.agents.registry import REAP_PIECE, AgentManager
+from agentlatd.agents.threads import proc_of
+from agentlatd.api.protocol import Register
+from agentlatd.apply.engine import Engine
+from agentlatd.cpuset import CpuSet
+from agentlatd.model.layout import CpuLayout
+from agentlatd.sysfs.root import Root
 
 pytestmark = [needs_root, needs_2cpus]
 
@@ -142,3 +153,41 @@ comm = "{name}"
             finally:
                 kill_quietly(p)
                 kill_quietly(other)
+
+
+def test_a_mass_exit_is_dropped_a_batch_per_reap(tmp_path: pathlib.Path) -> None:
+    """Agents whose processes all exit at once are dropped REAP_PIECE per reap()
+    (one loop turn each, one pass over the journal per batch): dropping all of
+    them in one turn was one journal pass per agent, ~60 ms of the main loop at
+    1000 agents, during which no registration was answered. Each batch forgets
+    exactly its own agents' entries."""
+    n = 2 * REAP_PIECE + 5
+    # the live root (task affinity acts on live processes only: these sleepers);
+    # home CPUs shared and no pm_qos: nothing but the sleepers is written
+    eng = Engine(Root("/"), str(tmp_path / "state"),
+                 policy=policy_mod.loads('[classes.interactive]\nexclusive = "shared"\n'))
+    mgr = AgentManager(Applier(eng), eng.policy)
+    mgr.set_layout(CpuLayout(home=CpuSet({1}), completion=CpuSet({0})))
+    forker = Sleepers(n)
+    try:
+        for pid in forker.pids:
+            req = Register(agent_id=f"a{pid}", pid=pid, latency_class="interactive")
+            p, uid = mgr.check_register(0, 0, None, req, True)
+            mgr.register(p, uid, req)
+        assert all(r is None for r in mgr.place_pending().values())
+        procs = list(mgr.agents)
+        assert len(procs) == n and len(eng.entries()) == n
+        forker.close()
+        for p in procs:
+            mgr.mark_dead(p)
+        left = n
+        while left:
+            assert mgr.reap() == min(REAP_PIECE, left)
+            left -= min(REAP_PIECE, left)
+            assert len(mgr.agents) == left and len(mgr.dead) == left
+            journaled = {proc_of(e.target) for e in eng.entries()}
+            assert journaled == set(mgr.agents)
+        assert mgr.reap() == 0 and not eng.entries()
+    finally:
+        forker.kill()
+        eng.close()
