@@ -60,8 +60,12 @@ class AgentWork:
     def begin_tick(self) -> None:
         self._job = self._tick()
 
-    def run(self, server: Server) -> None:
-        """Everything that writes: unregisters, placements, a slice of the tick (lock held)."""
+    def run(self, server: Server, pending: Callable[[], bool] | None = None) -> None:
+        """Everything that writes: unregisters, placements, a slice of the tick (lock held).
+
+        `pending()`: a request (or an exit) waits to be read; the slice ends at the
+        first piece boundary after one arrives, so a registration waits for one
+        piece of the tick (~0.1 ms), not the rest of a slice."""
         # Each phase is guarded: a journal that cannot be written (ENOSPC on the
         # state directory) or a bug in one phase is answered and logged, and the
         # loop serves on; nothing is written without its original journaled.
@@ -97,7 +101,7 @@ class AgentWork:
         try:
             while True:
                 next(self._job)
-                if time.perf_counter() >= end:
+                if time.perf_counter() >= end or (pending is not None and pending()):
                     return
         except StopIteration:
             self._job = None

@@ -280,7 +280,9 @@ class Daemon:
                         self.work.begin_tick()
                         self._next_tick = now + max(0.05, self.policy.daemon.interval)
                     self.engine.policy = self.policy  # the lock is held: no tick is applying
-                    self.work.run(self.server)
+                    # epoll is level-triggered: a select(0) here leaves what it
+                    # sees for the next turn's select
+                    self.work.run(self.server, lambda: bool(self.sel.select(0)))
                 else:
                     self._retry = True
         new, self.manager.new_pidfds = self.manager.new_pidfds, []
