@@ -218,7 +218,9 @@ class Daemon:
         # what start built and imported lives as long as the daemon: out of the
         # cyclic collector's sight, so that a full collection scans the agents'
         # objects, not ~50,000 module objects (a 30-60 ms pause of the socket
-        # loop with 1000 agents; bench/agents.py register p99)
+        # loop with 1000 agents; bench/agents.py register p99). Collected first:
+        # garbage frozen with them would never be freed
+        gc.collect()
         gc.freeze()
         self.ready = True
         log.info("agentlatd %s serving %s (state %s, home CPUs %s, completion CPUs %s)",
