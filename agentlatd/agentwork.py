@@ -41,11 +41,13 @@ def failed(what: str, e: BaseException) -> None:
 
 class AgentWork:
     def __init__(self, manager: AgentManager, chain: ChainKeeper, handlers: Handlers,
-                 publish: Callable[[], None]) -> None:
+                 publish: Callable[[], Iterator[None]]) -> None:
         self.manager = manager
         self.chain = chain
         self.handlers = handlers
-        self._publish = publish  # the tuner's next input, once per agent tick
+        # the tuner's next input and the slow-steps view's targets, once per
+        # agent tick, as the tick's last pieces
+        self._publish = publish
         self._job: Iterator[None] | None = None  # the agent tick under way
         # agent-side ticks completed (the tuner's own count is TunerState.seq): status shows
         # both, so a test can wait for ticks to pass instead of sleeping
@@ -59,8 +61,12 @@ class AgentWork:
     def begin_tick(self) -> None:
         self._job = self._tick()
 
-    def run(self, server: Server) -> None:
-        """Everything that writes: unregisters, placements, a slice of the tick (lock held)."""
+    def run(self, server: Server, pending: Callable[[], bool] | None = None) -> None:
+        """Everything that writes: unregisters, placements, a slice of the tick (lock held).
+
+        `pending()`: a request (or an exit) waits to be read; the slice ends at the
+        first piece boundary after one arrives, so a registration waits for one
+        piece of the tick (~0.1 ms), not the rest of a slice."""
         # Each phase is guarded: a journal that cannot be written (ENOSPC on the
         # state directory) or a bug in one phase is answered and logged, and the
         # loop serves on; nothing is written without its original journaled.
@@ -96,7 +102,7 @@ class AgentWork:
         try:
             while True:
                 next(self._job)
-                if time.perf_counter() >= end:
+                if time.perf_counter() >= end or (pending is not None and pending()):
                     return
         except StopIteration:
             self._job = None
@@ -112,14 +118,18 @@ class AgentWork:
             yield from self.chain.tick_steps()
             # the keeper's decisions (members protected, exclusivity allowed or
             # undone) reach the registry here, once per tick, as one value
-            self.manager.set_chain(self.chain.decisions())
+            decided = yield from self.chain.decisions_steps()
+            self.manager.set_chain(decided)
             yield
             self.manager.upkeep.reconcile_cpus(full=False)
             yield
         except Exception as e:
             failed("chain tick", e)
-        self.ticks += 1
         # once per tick, not per registration: O(agents), and the tuner reads
         # it once per tick anyway (bench/agents.py: per registration it cost
-        # ~0.6 ms of register round trip with 1000 agents)
-        self._publish()
+        # ~0.6 ms of register round trip with 1000 agents); in pieces, as above
+        try:
+            yield from self._publish()
+        except Exception as e:
+            failed("publish", e)
+        self.ticks += 1

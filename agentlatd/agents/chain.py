@@ -46,9 +46,9 @@ import fnmatch
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from agentlatd.agents.agent import Agent
 from agentlatd.agents.autoreg import matches, rule_usable
@@ -96,6 +96,13 @@ if TYPE_CHECKING:
     from agentlatd.agents.registry import AgentManager
 
 log = logging.getLogger("agentlatd.agents")
+
+# the keeper's once-per-tick passes over the agents (members wanted, agents
+# published, decisions) yield every this many agents: each pass cost 2-3 ms at
+# 1000 agents at once, and a registration arriving meanwhile waited for it
+# (bench/agents.py register p99); 64 agents are ~0.1-0.2 ms
+SCAN_PIECE = 64
+_T = TypeVar("_T")
 
 RESCAN_S = 2.0
 MAX_SCANS_PER_TICK = 200
@@ -397,12 +404,23 @@ class ChainKeeper:
 
     def publish(self) -> tuple[ChainAgent, ...]:
         """The agents for the scanner (pinned ones with a home CPU), one tuple swap."""
+        return _run(self.publish_steps())
+
+    def publish_steps(self) -> Generator[None, None, tuple[ChainAgent, ...]]:
+        """publish() a piece at a time (yields between); the tuple is swapped in
+        at the end, from the agents still registered then."""
         if not self.reg.policy.tuning.chains:
             self.published = ()
             return ()
-        self.published = tuple(
-            ChainAgent(a.proc, self.declared.get(a.proc, Declared()).addrs, a.agent_id)
-            for a in self.reg.agents.values() if self._pinned(a))
+        agents = self.reg.agents
+        out: list[ChainAgent] = []
+        for i, a in enumerate(list(agents.values())):
+            if i % SCAN_PIECE == SCAN_PIECE - 1:
+                yield
+            if agents.get(a.proc) is a and self._pinned(a):
+                out.append(ChainAgent(a.proc, self.declared.get(a.proc, Declared()).addrs,
+                                      a.agent_id))
+        self.published = tuple(out)
         return self.published
 
     def _pinned(self, a: Agent) -> bool:
@@ -411,9 +429,20 @@ class ChainKeeper:
     # -- decisions for the registry, views -------------------------------------
     def decisions(self) -> ChainInput:
         """What the registry needs of the keeper, as of now (after a tick)."""
-        return ChainInput(frozenset(self.protected),
-                          frozenset(p for p, a in self.reg.agents.items()
-                                    if self.allow_exclusive(a)))
+        return _run(self.decisions_steps())
+
+    def decisions_steps(self) -> Generator[None, None, ChainInput]:
+        """decisions() a piece at a time (yields between). An agent registered
+        meanwhile is not in exclusive_ok: the guard has no baseline for it yet,
+        so decisions() would not allow it either."""
+        agents = self.reg.agents
+        ok: list[ProcId] = []
+        for i, (p, a) in enumerate(list(agents.items())):
+            if i % SCAN_PIECE == SCAN_PIECE - 1:
+                yield
+            if agents.get(p) is a and self.allow_exclusive(a):
+                ok.append(p)
+        return ChainInput(frozenset(self.protected), frozenset(ok))
 
     def allow_exclusive(self, a: Agent) -> bool:
         if self.guard.refuses(a.proc, EXCLUSIVE):
@@ -465,18 +494,28 @@ class ChainKeeper:
                 del d[p]
         self.known &= live
         yield
-        self._place(self._wanted())
+        want = yield from self._wanted_steps()
+        self._place(want)
         yield
-        self.publish()
+        yield from self.publish_steps()
 
     def _wanted(self) -> dict[ProcId, dict[ProcId, str]]:
         """member -> {agent: how found} for the pinned agents."""
+        return _run(self._wanted_steps())
+
+    def _wanted_steps(self) -> Generator[None, None, dict[ProcId, dict[ProcId, str]]]:
+        """_wanted() a piece at a time (yields between). What changed meanwhile is
+        settled when it returns: agents gone are dropped, and a member registered
+        as an agent itself meanwhile is left to its own class."""
         found = self.scanner.found
         want: dict[ProcId, dict[ProcId, str]] = {}
         if not self.reg.policy.tuning.chains:
             return want
-        for a in self.reg.agents.values():
-            if not self._pinned(a):
+        agents = self.reg.agents
+        for i, a in enumerate(list(agents.values())):
+            if i % SCAN_PIECE == SCAN_PIECE - 1:
+                yield
+            if agents.get(a.proc) is not a or not self._pinned(a):
                 continue
             if a.proc in found:
                 self.known.add(a.proc)
@@ -486,7 +525,9 @@ class ChainKeeper:
                 if lk.proc.pid in self.reg.by_pid or self.guard.refuses(a.proc, member_key(lk.proc)):
                     continue  # a registered agent is placed by its own class
                 want.setdefault(lk.proc, {}).setdefault(a.proc, lk.via)
-        return want
+        live = {m: {ap: via for ap, via in by.items() if ap in agents}
+                for m, by in want.items() if m.pid not in self.reg.by_pid}
+        return {m: by for m, by in live.items() if by}
 
     def _place(self, want: Mapping[ProcId, dict[ProcId, str]]) -> None:
         for p in [p for p in self.members if p not in want]:
@@ -655,3 +696,13 @@ class ChainKeeper:
             except Exception:
                 log.exception("restoring chain member pid %d", m.proc.pid)
         self.members.clear()
+
+
+def _run(steps: Generator[None, None, _T]) -> _T:
+    """A *_steps() generator run through at once; its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            value: _T = stop.value
+            return value

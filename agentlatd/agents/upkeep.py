@@ -69,7 +69,9 @@ class AgentUpkeep:
         if by_fd:
             for fd, _ev in poller.poll(0):
                 if fd in by_fd:
-                    reg.exited(by_fd[fd])
+                    reg.mark_dead(by_fd[fd])
+            # a batch now; the rest a batch per loop turn (AgentWork.run)
+            reg.reap()
         for i, a in enumerate(polled):
             if reg.agents.get(a.proc) is a and not tasks.alive(reg.root, a.proc):
                 reg.exited(a.proc)

@@ -24,7 +24,12 @@ them on a crash; oracle/bpftune journals and prints its rollback. Here:
   save() appends one line per changed entry, removed entry and state change
   in ONE write(2), then fdatasync()s it, before returning: the engine writes
   no knob before save() returns, so every original is durable before the
-  write it guards. Nothing changed: nothing is written at all. When the log
+  write it guards (the log's fd stays open between appends). Why sync at all
+  when every knob journaled is kernel state a reboot resets: on tmpfs (/run,
+  the default) fdatasync costs ~1 us, and on a disk-backed state_dir a power
+  cut could otherwise leave a log ending in zeros, which load() calls damaged
+  and salvage() restores before any boot-id check. Nothing changed: nothing
+  is written at all. When the log
   holds more than 64 + 2 x entries records, the next save() is a compaction:
   a new snapshot with a new random gen, then the log is unlinked. A crash
   between the two leaves a log naming the old gen, which load() ignores (its
@@ -231,6 +236,24 @@ def _new_gen() -> int:
     return int.from_bytes(os.urandom(6), "big") or 1
 
 
+class _LogFile:
+    """The append log's fd, held between appends; closed with its journal object."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
 @dataclass(slots=True)
 class Journal:
     """The in-memory journal; save() makes it durable."""
@@ -253,6 +276,7 @@ class Journal:
     _gen: int | None = field(default=None, init=False, repr=False, compare=False)
     _log_records: int = field(default=0, init=False, repr=False, compare=False)
     _log_exists: bool = field(default=False, init=False, repr=False, compare=False)
+    _log: _LogFile | None = field(default=None, init=False, repr=False, compare=False)
     _disk_state: tuple[bool, int] = field(default=(True, 0), init=False, repr=False,
                                           compare=False)
     _dirty: dict[int, Entry] = field(default_factory=dict, init=False, repr=False,
@@ -374,38 +398,66 @@ class Journal:
         if creating:
             data = _record({"log": self._gen}) + "\n" + data
         raw = data.encode()
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
-        flags |= (os.O_CREAT | os.O_EXCL) if creating else 0
-        try:
-            fd = os.open(self.log_path, flags, 0o600)
-        except FileExistsError:
+        log = self._open_log(creating)
+        if log is None:
             self.compact()  # a log we did not write: start over from a snapshot
             return
-        except OSError as e:
-            raise JournalError(f"cannot write rollback journal {self.log_path}: "
-                               f"{e.strerror}") from e
         try:
-            size = os.fstat(fd).st_size
+            size = os.fstat(log.fd).st_size
             try:
                 view = memoryview(raw)
                 while view:
-                    n = os.write(fd, view)
+                    n = os.write(log.fd, view)
                     view = view[n:]
-                os.fdatasync(fd)
+                os.fdatasync(log.fd)
             except OSError as e:
                 # a short write (ENOSPC half way) must not leave half a line
                 # for the next append to run into
                 with contextlib.suppress(OSError):
-                    os.ftruncate(fd, size)
+                    os.ftruncate(log.fd, size)
                 raise JournalError(f"cannot write rollback journal {self.log_path}: "
                                    f"{e.strerror}") from e
-        finally:
-            os.close(fd)
+        except BaseException:
+            self._close_log()  # the next append opens the file by its path again
+            raise
         if creating:
             _fsync_dir(os.path.dirname(self.log_path) or ".")
             self._log_exists = True
         self._log_records += len(lines)
         self.writes += 1
+
+    def _open_log(self, creating: bool) -> _LogFile | None:
+        """The log, open for appends (None: `creating` and a file is there already).
+
+        The fd stays open from one append to the next: open and close were
+        two of the five syscalls of an append (bench/agents.py: two appends
+        per registration). A log unlinked or replaced behind our back (st_nlink
+        0) is opened by its path again, as every append did before.
+        """
+        log = self._log
+        if log is not None and not creating:
+            try:
+                if os.fstat(log.fd).st_nlink > 0:
+                    return log
+            except OSError:
+                pass
+        self._close_log()
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+        flags |= (os.O_CREAT | os.O_EXCL) if creating else 0
+        try:
+            fd = os.open(self.log_path, flags, 0o600)
+        except FileExistsError:
+            return None
+        except OSError as e:
+            raise JournalError(f"cannot write rollback journal {self.log_path}: "
+                               f"{e.strerror}") from e
+        self._log = _LogFile(fd)
+        return self._log
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def compact(self) -> None:
         """Crash-safe replace of the snapshot by the whole journal; the log goes."""
@@ -413,6 +465,7 @@ class Journal:
         gen = _new_gen()
         atomic_write(self.path, self.dumps(gen).encode())
         self.writes += 1
+        self._close_log()
         with contextlib.suppress(FileNotFoundError):
             # a crash before this unlink leaves a log of the old gen: ignored by load()
             os.unlink(self.log_path)
@@ -440,6 +493,7 @@ class Journal:
             pass
         except OSError as e:
             raise JournalError(f"cannot remove rollback journal {self.path}: {e.strerror}") from e
+        self._close_log()
         with contextlib.suppress(OSError):
             os.unlink(self.log_path)
         _fsync_dir(os.path.dirname(self.path) or ".")

@@ -156,12 +156,20 @@ class Move:
 
 
 def plan_moves(agents: Iterable[Placed], layout: CpuLayout, heat: Mapping[int, float],
-               hot: frozenset[int], pol: HeatPolicy, now: float) -> tuple[list[Move], list[str]]:
-    """Agents to move off hot (or no longer home) CPUs; plus notes for agents that stay."""
+               hot: frozenset[int], pol: HeatPolicy, now: float,
+               load: Mapping[int, int] | None = None) -> tuple[list[Move], list[str]]:
+    """Agents to move off hot (or no longer home) CPUs; plus notes for agents that stay.
+
+    `load`: placed agents per home CPU, when `agents` holds only those that may
+    move (home CPU hot or no longer a home CPU: the others are never moved); by
+    default counted from `agents`."""
     agents = list(agents)
-    load: dict[int, int] = {}
-    for a in agents:
-        load[a.home_cpu] = load.get(a.home_cpu, 0) + 1
+    if load is None:
+        counted: dict[int, int] = {}
+        for a in agents:
+            counted[a.home_cpu] = counted.get(a.home_cpu, 0) + 1
+        load = counted
+    load = dict(load)
     moves: list[Move] = []
     notes: list[str] = []
     # the CPUs an agent may move to depend on its home, node and usable CPUs only

@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 
 from agentlatd.errors import KernelError
@@ -46,6 +46,9 @@ log = logging.getLogger("agentlatd.slowsteps")
 HISTORY = 64  # samples kept per thread: brackets steps up to HISTORY * period_s long
 RECENT = 256  # step intervals kept per thread, for its step time inside a window
 FIND_EVERY_S = 5.0
+# targets_steps() yields every this many agents: the whole pass cost 3-4 ms of
+# the main loop at 1000 agents, which a registration arriving meanwhile waited for
+TARGETS_PIECE = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +86,25 @@ def targets_of(agents: Iterable[object],
     """Targets from registry Agents (agents/registry.py: proc, agent_id, deadline_ns,
     hist): read in the main thread, once per tick. `p99_cache`: proc -> (step count,
     p99), so an agent whose histogram did not grow costs no percentile."""
+    steps = targets_steps(agents, p99_cache)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            out: tuple[Target, ...] = stop.value
+            return out
+
+
+def targets_steps(agents: Iterable[object],
+                  p99_cache: dict[object, tuple[int, int | None]] | None = None
+                  ) -> Generator[None, None, tuple[Target, ...]]:
+    """targets_of() a piece at a time (yields every TARGETS_PIECE agents, for the
+    main loop to serve requests between); the agents are listed once, first."""
     agents = list(agents)
     out: list[Target] = []
-    for a in agents:
+    for i, a in enumerate(agents):
+        if i % TARGETS_PIECE == TARGETS_PIECE - 1:
+            yield
         proc = getattr(a, "proc", None)
         if proc is None:
             continue
@@ -140,6 +159,11 @@ class SlowSteps:
         """set_targets(targets_of(agents)), with a p99 cache that only this caller
         (the main thread) touches."""
         self._targets = targets_of(agents, self._p99_cache)
+
+    def update_steps(self, agents: Iterable[object]) -> Generator[None, None, None]:
+        """update() a piece at a time (the main loop's agent tick); the targets are
+        swapped in whole at the end."""
+        self._targets = yield from targets_steps(agents, self._p99_cache)
 
     def snapshot(self) -> tuple[sv.AgentSlow, ...]:
         return self._published

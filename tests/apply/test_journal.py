@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 import pathlib
@@ -286,6 +287,48 @@ def test_a_torn_append_is_ignored_and_the_next_save_compacts(tmp_path: pathlib.P
     again = journal.load(str(path))
     assert again is not None and again.find("net.rps_cpus", "eth9/rx-9") is not None
     assert again.find("net.rps_cpus", "eth9/rx-7") is not None
+
+
+def test_appends_keep_the_log_open_and_a_dropped_journal_closes_it(tmp_path: pathlib.Path) -> None:
+    """The append log's fd is held between appends (no open/close per save), and a
+    journal object dropped without compact()/delete() does not leave its fd behind
+    (once collected: its entries point back at it, so the cycle collector frees it)."""
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    gc.collect()  # journals of earlier tests
+    before = fds()
+    for n in range(40):
+        path = tmp_path / f"j{n}" / "journal.json"
+        path.parent.mkdir()
+        j = _journal(path)
+        j.save()
+        for i in range(3):
+            j.add("net.rps_cpus", f"eth9/rx-{10 + i}", "0").written = "3"
+            j.save()
+        log_fd = j._log.fd if j._log is not None else -1
+        assert log_fd >= 0 and os.readlink(f"/proc/self/fd/{log_fd}") == str(path) + ".log"
+        back = journal.load(str(path))
+        assert back is not None and len(back.entries) == 7
+        del j
+    gc.collect()
+    assert fds() == before
+
+
+def test_an_append_after_the_log_was_removed_is_refused_not_lost(tmp_path: pathlib.Path) -> None:
+    """The held fd of a log removed behind the journal's back names an unlinked
+    file: an append there would report success and reach no file. It is opened by
+    its path again, which fails as an append always did (ENOENT): the engine
+    writes nothing (the original is journaled nowhere)."""
+    path = tmp_path / "journal.json"
+    j = _journal(path)
+    j.save()
+    j.add("net.rps_cpus", "eth9/rx-7", "0").written = "3"
+    j.save()
+    (tmp_path / "journal.json.log").unlink()
+    j.add("net.rps_cpus", "eth9/rx-8", "0").written = "3"
+    with pytest.raises(JournalError, match=r"journal\.json\.log"):
+        j.save()
 
 
 def test_a_log_of_an_older_snapshot_is_ignored(tmp_path: pathlib.Path) -> None:

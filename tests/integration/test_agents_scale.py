@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import shutil
 import signal
 import socket
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from agentshelpers import (
     all_on,
     current_affinity,
@@ -27,6 +29,19 @@ from agentshelpers import (
     workdir,
 )
 from support.sleepers import Sleepers
+
+from agentlatd import policy as policy_mod
+from agentlatd.agents.applier import Applier
+from agentlatd.agents.chain import SCAN_PIECE, ChainKeeper, ChainScanner, Link
+from agentlatd.agents.refusal import Registration
+from agentlatd.agents.registry import REAP_PIECE, AgentManager
+from agentlatd.agents.threads import proc_of
+from agentlatd.apply.engine import Engine
+from agentlatd.cpuset import CpuSet
+from agentlatd.model.layout import CpuLayout
+from agentlatd.sample import tasks
+from agentlatd.sample.tasks import ProcId
+from agentlatd.sysfs.root import Root
 
 pytestmark = [needs_root, needs_2cpus]
 
@@ -142,3 +157,93 @@ comm = "{name}"
             finally:
                 kill_quietly(p)
                 kill_quietly(other)
+
+
+def test_a_mass_exit_is_dropped_a_batch_per_reap(tmp_path: pathlib.Path) -> None:
+    """Agents whose processes all exit at once are dropped REAP_PIECE per reap()
+    (one loop turn each, one pass over the journal per batch): dropping all of
+    them in one turn was one journal pass per agent, ~60 ms of the main loop at
+    1000 agents, during which no registration was answered. Each batch forgets
+    exactly its own agents' entries."""
+    n = 2 * REAP_PIECE + 5
+    # the live root (task affinity acts on live processes only: these sleepers);
+    # home CPUs shared and no pm_qos: nothing but the sleepers is written
+    eng = Engine(Root("/"), str(tmp_path / "state"),
+                 policy=policy_mod.loads('[classes.interactive]\nexclusive = "shared"\n'))
+    mgr = AgentManager(Applier(eng), eng.policy)
+    mgr.set_layout(CpuLayout(home=CpuSet({1}), completion=CpuSet({0})))
+    forker = Sleepers(n)
+    try:
+        for pid in forker.pids:
+            req = Registration(agent_id=f"a{pid}", pid=pid, latency_class="interactive")
+            p, uid = mgr.check_register(0, 0, None, req, True)
+            mgr.register(p, uid, req)
+        assert all(r is None for r in mgr.place_pending().values())
+        procs = list(mgr.agents)
+        assert len(procs) == n and len(eng.entries()) == n
+        forker.close()
+        for p in procs:
+            mgr.mark_dead(p)
+        left = n
+        while left:
+            assert mgr.reap() == min(REAP_PIECE, left)
+            left -= min(REAP_PIECE, left)
+            assert len(mgr.agents) == left and len(mgr.dead) == left
+            journaled = {proc_of(e.target) for e in eng.entries()}
+            assert journaled == set(mgr.agents)
+        assert mgr.reap() == 0 and not eng.entries()
+    finally:
+        forker.kill()
+        eng.close()
+
+
+def test_chain_passes_in_pieces_settle_what_changed_between_pieces(tmp_path: pathlib.Path) -> None:
+    """The chain keeper's once-per-tick passes yield every SCAN_PIECE agents (the
+    loop serves requests there): an agent that left after its piece was read
+    leaves no member wanted on its behalf, a member that registered as an agent
+    meanwhile is left to its own class, and publish leaves out an agent gone
+    before its piece."""
+    n = 2 * SCAN_PIECE + 1
+    eng = Engine(Root("/"), str(tmp_path / "state"),
+                 policy=policy_mod.loads('[classes.interactive]\nexclusive = "shared"\n'))
+    mgr = AgentManager(Applier(eng), eng.policy)
+    mgr.set_layout(CpuLayout(home=CpuSet({1}), completion=CpuSet({0})))
+    keeper = ChainKeeper(mgr, ChainScanner())
+    agents, members = Sleepers(n), Sleepers(2)
+    try:
+        def reg(pid: int) -> ProcId:
+            req = Registration(agent_id=f"a{pid}", pid=pid, latency_class="interactive")
+            p, uid = mgr.check_register(0, 0, None, req, True)
+            mgr.register(p, uid, req)
+            assert all(r is None for r in mgr.place_pending().values())
+            return p
+
+        procs = [reg(pid) for pid in agents.pids]
+        m1, m2 = (tasks.proc_id(Root("/"), pid) for pid in members.pids)
+        assert m1 is not None and m2 is not None
+        first, last = procs[0], procs[-1]
+        keeper.scanner.found = {first: (Link(m1, "tcp"), Link(m2, "tcp")),
+                                last: (Link(m1, "tcp"),)}
+        steps = keeper._wanted_steps()
+        next(steps)  # the first piece read `first`
+        mgr.unregister(first)
+        reg(m2.pid)  # a member turned agent meanwhile
+        with pytest.raises(StopIteration) as stop:
+            while True:
+                next(steps)
+        assert stop.value.value == {m1: {last: "tcp"}}
+        pub = keeper.publish_steps()
+        next(pub)
+        mgr.unregister(last)  # gone before its piece
+        with pytest.raises(StopIteration) as stop:
+            while True:
+                next(pub)
+        published = {c.proc for c in stop.value.value}
+        assert last not in published and first not in published
+        assert published == set(mgr.agents) == {p for p in procs[1:-1]} | {m2}
+    finally:
+        for p in list(mgr.agents):
+            mgr.unregister(p)
+        agents.kill()
+        members.kill()
+        eng.close()

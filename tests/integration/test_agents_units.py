@@ -119,6 +119,25 @@ def test_moves_spread_the_agents_of_a_hot_cpu() -> None:
         sorted(m.to_cpu for m in moves) in ([2, 6, 6, 7], [2, 6, 7, 7])
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 7), st.sampled_from([0.0, 95.0])), max_size=40),
+       st.frozensets(st.integers(0, 7)),
+       st.dictionaries(st.integers(0, 7), st.floats(0.0, 1.0), max_size=8))
+def test_moves_planned_from_the_movable_agents_and_a_load_are_the_same(
+        homes: list[tuple[int, float]], hot: frozenset[int], heat: dict[int, float]) -> None:
+    """The daemon lists only agents on hot or no-longer-home CPUs (the others are
+    never moved) and passes every placed agent's count as `load`: the moves and
+    notes are those of the whole list."""
+    lay = layout_2s_smt()
+    agents = [Placed(f"a{i:02d}", cpu, last) for i, (cpu, last) in enumerate(homes)]
+    load: dict[int, int] = {}
+    for a in agents:
+        load[a.home_cpu] = load.get(a.home_cpu, 0) + 1
+    movable = [a for a in agents if a.home_cpu not in lay.home or a.home_cpu in hot]
+    assert plan_moves(movable, lay, heat, hot, POL, 100.0, load) == \
+        plan_moves(agents, lay, heat, hot, POL, 100.0)
+
+
 def test_a_cpu_leaving_the_home_set_is_left_at_once() -> None:
     lay = layout_2s_smt()
     moves, _ = plan_moves([Placed("a", 0, last_move=99.0)], lay, {}, frozenset(), POL,
