@@ -8,8 +8,9 @@
 #                                  README command 1 verbatim in a fresh clone, the .deb
 #                                  (build, lintian, install in a chroot), then that .deb
 #                                  under systemd in a second guest (tests/vm/service/),
-#                                  then the pure tier (tests/unit, tests/plan), printed
-#                                  when the lane is done
+#                                  then the pure tier (tests/unit, tests/plan and three
+#                                  fixture-tree/fuzz files: PURE below), printed when
+#                                  the lane is done
 #
 # Why two lanes: each QEMU guest is single-threaded TCG, about one host core, and the
 # CI machine has two; run one after the other the guests left a core idle for ~8 min.
@@ -71,8 +72,11 @@ phase "ruff"
 .venv/bin/ruff check agentlatd tests bench || rc=1
 phase "mypy"
 .venv/bin/mypy || rc=1
-# the pure tier: run in the side lane (below), not here
-PURE=(tests/unit tests/plan)
+# the pure tier: run in the side lane (below), not here. Parsers, planners, goldens and
+# properties, the engine and the journal on fixture-tree copies, the protocol fuzzers: no
+# daemon, no namespace, no timing check.
+PURE=(tests/unit tests/plan tests/apply/test_knobs_fixture.py tests/apply/test_journal.py
+      tests/hostile/test_fuzz_protocol.py)
 # pytest's 5 = nothing collected: only an error when the run was not narrowed (PYTEST_ARGS)
 pytest_failed() { [ "$1" -ne 0 ] && { [ "$1" -ne 5 ] || [ -z "${PYTEST_ARGS:-}" ]; }; }
 phase "pytest (host tier; the pure tier ${PURE[*]} runs in the side lane)"
