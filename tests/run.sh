@@ -2,20 +2,25 @@
 # The whole test suite, on a fresh Debian 12 machine, as root (README command 2:
 # `$([ "$(id -u)" = 0 ] || echo sudo) bash tests/run.sh`), from a checkout anywhere (/tmp, /root, a path
 # with spaces):
-#   bash tests/run.sh            host tier (lint, types, unit, plan, apply, integration)
+#   bash tests/run.sh            lint, types, then the host tier (apply, hostile, integration)
 #                                then, in two lanes at once:
 #                                  the real-kernel VM tier (tests/vm/run_tier.sh), streamed;
 #                                  README command 1 verbatim in a fresh clone, the .deb
 #                                  (build, lintian, install in a chroot), then that .deb
 #                                  under systemd in a second guest (tests/vm/service/),
-#                                  printed when the lane is done
+#                                  then the pure tier (tests/unit, tests/plan and three
+#                                  fixture-tree/fuzz files: PURE below), printed when
+#                                  the lane is done
 #
 # Why two lanes: each QEMU guest is single-threaded TCG, about one host core, and the
 # CI machine has two; run one after the other the guests left a core idle for ~8 min.
-# The host tier runs alone: its daemons and timing checks get the whole machine.
+# The host tier runs alone: its daemons and timing checks get the whole machine. The pure
+# tier (parsers, planners, goldens, properties on fixture trees: no daemon, no namespace,
+# no timing check) needs one core and no quiet; it fills the core the side lane leaves idle
+# once the service guest is done (the VM tier runs ~2 min longer than the side lane).
 # Env: AGENTLATD_SKIP_VM=1 / AGENTLATD_SKIP_PACKAGE=1 skip those tiers (say so loudly);
 #      AGENTLATD_SUITE_SERIAL=1 runs the side lane after the VM tier, not beside it;
-#      PYTEST_ARGS="-k foo" narrows the host tier.
+#      PYTEST_ARGS="-k foo" narrows the host and pure tiers.
 set -uo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 T0=$(date +%s)
@@ -49,6 +54,19 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
 fi
 
+# 1b. the VM lab (kernel, QEMU 10, initramfs), built or refreshed in the background while
+#     the venv is made and ruff and mypy run (cold: 24-43 s plus downloads; cached: a
+#     no-op). It is waited for before the host tier, whose timing checks get the machine
+#     alone, and so is over before README command 1's apt-get in the side lane (on a fresh
+#     machine lab.sh apt-get installs host tools). Whether it failed or skipped is
+#     run_tier.sh's to act on (it calls lab.sh again: then a no-op).
+LABPID= LABLOG=
+if [ "${AGENTLATD_SKIP_VM:-0}" != 1 ] && [ -f tests/vm/lab.sh ]; then
+    LABLOG=$(mktemp /tmp/agentlatd-run-lab.XXXXXX.log) || exit 1
+    bash tests/vm/lab.sh > "$LABLOG" 2>&1 &
+    LABPID=$!
+fi
+
 # 2. virtual environment with the project and its test tools
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import agentlatd, pytest, mypy' 2>/dev/null; then
@@ -67,11 +85,24 @@ phase "ruff"
 .venv/bin/ruff check agentlatd tests bench || rc=1
 phase "mypy"
 .venv/bin/mypy || rc=1
-phase "pytest (host tier)"
+# the pure tier: run in the side lane (below), not here. Parsers, planners, goldens and
+# properties, the engine and the journal on fixture-tree copies, the protocol fuzzers: no
+# daemon, no namespace, no timing check.
+PURE=(tests/unit tests/plan tests/apply/test_knobs_fixture.py tests/apply/test_journal.py
+      tests/hostile/test_fuzz_protocol.py)
+# pytest's 5 = nothing collected: only an error when the run was not narrowed (PYTEST_ARGS)
+pytest_failed() { [ "$1" -ne 0 ] && { [ "$1" -ne 5 ] || [ -z "${PYTEST_ARGS:-}" ]; }; }
+if [ -n "$LABPID" ]; then
+    phase "VM lab (built beside the venv, ruff and mypy)"
+    wait "$LABPID"
+    grep -v '^LAB=' "$LABLOG" | sed 's/^/  /'
+    rm -f "$LABLOG"
+fi
+phase "pytest (host tier; the pure tier ${PURE[*]} runs in the side lane)"
 # shellcheck disable=SC2086
-.venv/bin/python -m pytest -q ${PYTEST_ARGS:-} tests
+.venv/bin/python -m pytest -q ${PYTEST_ARGS:-} tests "${PURE[@]/#/--ignore=}"
 prc=$?
-[ $prc -eq 0 ] || rc=1
+pytest_failed $prc && rc=1
 
 # irqbalance for the guest's cooperation test (tests/vm/guest/test_agentlatd_7_irqbalance.py):
 # the Debian package unpacked into the lab cache with dpkg -x, NOT installed: its
@@ -92,21 +123,14 @@ if [ "${AGENTLATD_SKIP_VM:-0}" != 1 ] && [ ! -x "$IBDIR/root/usr/sbin/irqbalance
         rc=1
     fi
 fi
-# The lab (kernel, QEMU 10, initramfs) is built or refreshed here, before the lanes split:
-# on a fresh machine lab.sh apt-get installs host tools, which must not meet README
-# command 1's apt-get in the side lane. Whether it failed or skipped is run_tier.sh's to
-# act on (it calls lab.sh again: then a no-op).
-if [ "${AGENTLATD_SKIP_VM:-0}" != 1 ] && [ -f tests/vm/lab.sh ]; then
-    phase "VM lab"
-    bash tests/vm/lab.sh 2>&1 | grep --line-buffered -v '^LAB=' | sed 's/^/  /'
-fi
 
-# ---- side lane: README command 1, the .deb, the .deb under systemd in a guest ----------
+# ---- side lane: README command 1, the .deb, the .deb under systemd in a guest, pure tier --
 # Run beside the VM tier; its output goes to a file, printed when both lanes are done.
 # Its steps stay in this order: apt-get runs on the host (README command 1, build tools)
-# are over before the service guest, which reads the host's apt state through 9p, boots.
+# are over before the service guest, which reads the host's apt state through 9p, boots;
+# the pure tier comes last, so that the two guests never share the machine with a third job.
 side_lane() {
-    local rc=0 r debdir deb
+    local rc=0 r debdir deb t0
     echo "== README command 1, verbatim, in a fresh clone"
     bash tests/readme/check_command1.sh
     r=$?
@@ -136,6 +160,14 @@ side_lane() {
         elif [ $r -ne 0 ]; then rc=1; fi
     fi
     rm -rf "$debdir"
+
+    t0=$(date +%s)
+    echo "== pytest (pure tier: ${PURE[*]})"
+    # shellcheck disable=SC2086
+    .venv/bin/python -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-} "${PURE[@]}"
+    r=$?
+    echo "== pure tier: rc=$r, $(( $(date +%s) - t0 )) s"
+    pytest_failed $r && rc=1
     return $rc
 }
 SIDE=

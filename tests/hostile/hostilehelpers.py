@@ -55,6 +55,12 @@ def rss_kib(pid: int) -> int:
     return int(proc_status(pid)["VmRSS"].split()[0])
 
 
+def rss_anon_kib(pid: int) -> int:
+    """Anonymous resident memory of `pid` in KiB (RssAnon: heap and stacks, without
+    the file pages of shared libraries that VmRSS also counts)."""
+    return int(proc_status(pid)["RssAnon"].split()[0])
+
+
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 

@@ -19,6 +19,7 @@ Stated bounds (checked here, and in docs/hostile.md):
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -26,6 +27,7 @@ import resource
 import selectors
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -51,6 +53,7 @@ from hostilehelpers import (
     is_error,
     ping_ms,
     read_answers,
+    rss_anon_kib,
     rss_kib,
     wait_for_pid_state,
 )
@@ -61,6 +64,9 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the daemo
 RSS_SLACK_KIB = 16 * 1024
 PER_CONN_KIB = 192  # 64 KiB line cap + one 64 KiB recv chunk + bookkeeping
 FD_SLACK = 2
+# a long-lived connection's register+unregister cycle: the median window's heap growth
+# (test_a_long_lived_connection_...): a leak the size of the bug 238, no leak 0..82
+MAX_BYTES_PER_CYCLE = 150
 
 
 def _policy(max_clients: int | None = None) -> str:
@@ -455,10 +461,21 @@ def test_a_long_lived_connection_registering_many_agents_does_not_grow_the_daemo
     registration left ~150 bytes on its connection (Conn.owned, never read) and
     each unregister ~130 more (autoreg.declined, never pruned without
     auto_register rules), for as long as the daemon ran: ~290 bytes per
-    register+unregister cycle. Bound: < 160 bytes per cycle over 2000 cycles on
-    one connection (measured: 215 before the fixes, 90..125 after, allocator
-    noise: tracemalloc shows no per-cycle object left)."""
-    n = 2000
+    register+unregister cycle.
+
+    A leak grows the heap in every stretch of cycles; the allocator does not:
+    its growth comes in one-off steps (a pool or arena touched for the first
+    time, a high-water mark when a loaded host delays a tick and work piles up:
+    single windows of +300..+1000 bytes per cycle at load 10-40, then nothing),
+    and a mean over the whole run mixes those steps into the leak's rate
+    (72..209 bytes per cycle with no leak at load 10). So
+    the 2000 cycles are measured as 8 windows of 250, as anonymous RSS growth
+    (RssAnon: heap, not shared-library pages touched for the first time), and
+    the MEDIAN window must stay under MAX_BYTES_PER_CYCLE: three noisy windows of
+    eight cannot fail it, a steady leak fails it. Measured at load 7-75: no leak,
+    medians 0, 8, 8, 16, 82; a leak the size of the bug (both sets put back in
+    the daemon by hand, ~215 bytes per cycle on average), median 238: fails."""
+    windows, per_window = 8, 250
 
     def cycles(s: socket.socket, k: int) -> None:
         for i in range(k):
@@ -474,16 +491,17 @@ def test_a_long_lived_connection_registering_many_agents_does_not_grow_the_daemo
                 p.wait()
 
     with workdir() as d, daemon(d, _policy()) as dm, connect(dm.socket) as s:
-        cycles(s, 300)
-        time.sleep(0.5)
-        rss0 = rss_kib(dm.proc.pid)
-        cycles(s, n)
-        time.sleep(0.5)
-        rss1 = rss_kib(dm.proc.pid)
-        per = (rss1 - rss0) * 1024 / n
-        print(f"\n{n} register+unregister cycles on one connection: VmRSS {rss0} -> {rss1} "
-              f"KiB, {per:.0f} bytes per cycle")
-        assert per < 160, (rss0, rss1, per)
+        cycles(s, 300)  # warm-up: first use of every code path and pool
+        anon = [rss_anon_kib(dm.proc.pid)]
+        for _ in range(windows):
+            cycles(s, per_window)
+            anon.append(rss_anon_kib(dm.proc.pid))
+        per = [(b - a) * 1024 / per_window for a, b in itertools.pairwise(anon)]
+        med = statistics.median(per)
+        print(f"\n{windows} x {per_window} register+unregister cycles on one connection: RssAnon "
+              f"{anon[0]} -> {anon[-1]} KiB; bytes per cycle by window {[round(x) for x in per]}, "
+              f"median {med:.0f}")
+        assert med < MAX_BYTES_PER_CYCLE, (anon, per)
 
 
 # ---------------------------------------------------------------------------
