@@ -888,9 +888,11 @@ def phase_irqbalance_env(nics: dict[str, str]) -> None:
         check("agentlatd killed (-9), ExecStopPost ran", bool(got) and r.returncode == 0,
               str(show("SubState", "Result")))
         ib_restored(pid4, pid3, original, "after kill -9 + ExecStopPost rollback")
-        # Restart=on-failure: the new daemon bans again; the final stop restores again
-        wait_for(lambda: ib_pid() not in (0, pid4) and IB_MARKER.encode() in IB_ENV.read_bytes(),
-                 RESTART_S + 90, 0.5)
+        # Restart=on-failure: the new daemon bans again; the final stop restores again.
+        # Active = READY=1, sent after the first tick's writes (the ban, the restart,
+        # then the IRQs): `systemctl start` waits for it, a restart does not
+        wait_for(lambda: ib_pid() not in (0, pid4) and IB_MARKER.encode() in IB_ENV.read_bytes()
+                 and show("ActiveState")["ActiveState"] == "active", RESTART_S + 90, 0.5)
         pid5 = ib_pid()
         ib_banned_by_agentlatd(pid5, nics, pid4, original, "after Restart=on-failure")
         r = sh("systemctl", "stop", UNIT, timeout=150)

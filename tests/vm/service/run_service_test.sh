@@ -29,7 +29,7 @@
 #       AGENTLATD_SERVICE_CACHE      cache dir (default /var/tmp/agentlatd-service-test)
 #       AGENTLATD_VM_KEEP=1          keep the job dir (out.log, console.log, journal.txt)
 #       AGENTLATD_SERVICE_ONLY_IRQBALANCE=1  run only phase 7 (irqbalance) after install/setup
-#       VM_TIMEOUT (default 600 s), AGENTLATD_VMLAB*: see tests/vm/lab.sh and run_vm.sh
+#       VM_TIMEOUT (default 720 s), AGENTLATD_VMLAB*: see tests/vm/lab.sh and run_vm.sh
 set -uo pipefail
 HERE=$(dirname "$(readlink -f "$0")")
 REPO=$(readlink -f "$HERE/../../..")
@@ -232,7 +232,7 @@ exec /usr/bin/python3 -I /job/guest_service_test.py
 EOF
 
 say "booting the guest (kernel $KV, ${VM_SMP:-4} vCPUs, TCG, systemd as PID 1)"
-VM_LAB=$LAB VM_MODE=systemd VM_STREAM=1 VM_TIMEOUT=${VM_TIMEOUT:-600} \
+VM_LAB=$LAB VM_MODE=systemd VM_STREAM=1 VM_TIMEOUT=${VM_TIMEOUT:-720} \
     bash "$VMDIR/run_vm.sh" "$JOB"
 RC=$?
 if [ "$RC" -ge 124 ] && [ "$RC" -le 125 ] || [ "$RC" = 255 ]; then
