@@ -52,6 +52,29 @@ class _Pending:
     prev_original: str = ""  # entry.original before this batch (an entry it did not add)
 
 
+def _ban_not_landed(p: _Pending, changes: list[Change], results: list[KnobResult | None],
+                    pending_ban: frozenset[str]) -> KnobResult | None:
+    """A SKIPPED result for an irq.affinity write whose hand-over rests on a ban
+    change of this batch (irqbalance.banned_irqs, or --banirq through
+    irqbalance.env_banned_cpus) that was not written: steering it anyway would
+    start the fight with irqbalance the ban exists to prevent. None: write it.
+    The ban changes sort before irq.affinity (plan/build.py KNOB_ORDER), so
+    their results are known here."""
+    c = p.change
+    if c.knob != KnobName.IRQ_AFFINITY or c.target_text not in pending_ban:
+        return None
+    for k, other in enumerate(changes):
+        r = results[k]
+        if (r is not None and r.status in (CHANGED, CLAMPED, UNCHANGED)
+                and c.target_text in irqbalance.handed_over((other,), ())):
+            return None
+    return KnobResult(c.knob, c.target_text, SKIPPED, p.knob.original_of(p.current, c.desired),
+                      c.desired, "", None,
+                      f"IRQ {c.target_text} is irqbalance's: the ban that hands it over to agentlatd "
+                      "was not written in this batch, so it is left where irqbalance keeps it",
+                      c.reason)
+
+
 class BatchWriter:
     def __init__(self, io: KnobIO, refusals: Refusals) -> None:
         self._io = io
@@ -76,9 +99,11 @@ class BatchWriter:
                 notes.append(msg)
         steer = irqbalance.steers_irqs(policy.daemon.irqbalance, pids)
         # "cooperate": only IRQs banned in irqbalance (this batch or the journal) are steered
-        handed = (irqbalance.handed_over(changes, journaled.entries if journaled else ())
-                  if pids and not steer and policy.daemon.irqbalance == "cooperate"
-                  else frozenset())
+        cooperate = bool(pids) and not steer and policy.daemon.irqbalance == "cooperate"
+        entries = journaled.entries if journaled else ()
+        handed = irqbalance.handed_over(changes, entries) if cooperate else frozenset()
+        # handed over by the journal already; the rest only once this batch's ban landed
+        held = irqbalance.handed_over((), entries) if cooperate else frozenset()
 
         # the last change of a knob instance wins; earlier ones are superseded
         last: dict[tuple[str, str], int] = {c.key: i for i, c in enumerate(changes)}
@@ -206,7 +231,8 @@ class BatchWriter:
             self._io.saved_first()
             failed: list[Entry] = []
             for i, p in pending:
-                r = self._write_one(p)
+                r = (_ban_not_landed(p, changes, results, handed - held)
+                     or self._write_one(p))
                 results[i] = r
                 self._refusals.hold(p.change, r)
                 if r.status not in (CHANGED, CLAMPED) and p.entry.written != p.prev_written:

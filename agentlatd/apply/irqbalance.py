@@ -35,9 +35,11 @@ so it never writes their affinity, and agentlatd steers them to its
 NUMA-local completion plan; irqbalance keeps every other IRQ on the CPUs it
 does not ban. The engine steers, under "cooperate", only IRQs banned in
 irqbalance by the same batch or the journal (handed_over()), so a stale plan
-cannot start the fight. Where the banned IRQs cannot be read (no socket:
-the environment-file fallback, apply/irqbalance_env.py), the IRQs stay
-irqbalance's, placed on the CPUs it does not ban.
+cannot start the fight. Without a socket (the environment-file fallback,
+apply/irqbalance_env.py) the IRQs are handed over as --banirq=N in
+IRQBALANCE_ARGS, with the same restart that bans the CPUs, where irqbalance's
+unit passes $IRQBALANCE_ARGS; where it does not, they stay irqbalance's,
+placed on the CPUs it does not ban.
 "refuse" is option 3: the planner leaves irq.affinity out and adds a plan
 note; the engine reports an irq.affinity Change while irqbalance runs
 "skipped", never written. "ignore" steers anyway and
@@ -51,6 +53,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
+from agentlatd.kernel.irqbalance_proto import split_env_value
 from agentlatd.kernel.knobnames import KnobName
 from agentlatd.sysfs.root import Root
 
@@ -91,14 +94,20 @@ def steers_irqs(mode: str, pids: tuple[int, ...]) -> bool:
 def handed_over(changes: Iterable[_Change], entries: Iterable[_Entry]) -> frozenset[str]:
     """IRQs (as irq.affinity targets) banned in irqbalance by agentlatd: in an
     irqbalance.banned_irqs change of this batch or the value it journaled as
-    written. Under "cooperate" only these IRQs are steered (apply/irqbalance_ban.py)."""
+    written (over the socket), or the --banirq part of an irqbalance.env_banned_cpus
+    one (its environment file). Under "cooperate" only these IRQs are steered
+    (apply/irqbalance_ban.py, apply/irqbalance_env.py)."""
     out: set[str] = set()
-    for c in changes:
-        if c.knob == KnobName.IRQBALANCE_BANNED_IRQS:
-            out.update(c.desired.split())
-    for e in entries:
-        if e.knob == KnobName.IRQBALANCE_BANNED_IRQS and e.written:
-            out.update(e.written.split())
+    for knob, value in [*((c.knob, c.desired) for c in changes),
+                        *((e.knob, e.written) for e in entries)]:
+        if not value:
+            continue
+        if knob == KnobName.IRQBALANCE_BANNED_IRQS:
+            out.update(value.split())
+        elif knob == KnobName.IRQBALANCE_ENV_BANNED_CPUS:
+            parts = split_env_value(value)
+            if parts is not None and parts[1] is not None:
+                out.update(str(i) for i in parts[1])
     return frozenset(out)
 
 
@@ -122,8 +131,9 @@ def note(mode: str, pids: tuple[int, ...], home_cpus: str = "") -> str:
     if mode == "cooperate":
         return (f"{who} and policy daemon.irqbalance = \"cooperate\": the home CPUs are "
                 "banned in it and it balances every other IRQ over the other CPUs; the IRQs "
-                "agentlatd steers, where it can read irqbalance's banned IRQs over its "
-                "socket, are banned in it (irqbalance.banned_irqs) so it never moves them")
+                "agentlatd steers are banned in it where it can (irqbalance.banned_irqs over its "
+                "socket, or --banirq in its environment file's IRQBALANCE_ARGS) so it never "
+                "moves them")
     ban = f"IRQBALANCE_BANNED_CPULIST={home_cpus}" if home_cpus else "IRQBALANCE_BANNED_CPULIST"
     return (f"{who}: IRQ affinity is left to it (policy daemon.irqbalance = \"refuse\"); "
             f"other knobs still apply. To let agentlatd steer IRQs, set {ban} in "

@@ -45,9 +45,23 @@ policy... no: the change fails with ENOTSUP and says so. On a recorded tree
 (Root other than "/") there is no service: the file in the tree is edited and
 no restart is attempted.
 
+IRQs handed over: irqbalance.c parse_command_line() takes "--banirq=N" (short
+"-i N", getopt_long, one IRQ an option, repeatable) and the units pass
+$IRQBALANCE_ARGS to it (upstream misc/irqbalance.service, Debian's
+"ExecStart=/usr/sbin/irqbalance --foreground $IRQBALANCE_ARGS"). So where the
+running irqbalance's unit passes them, the block also sets IRQBALANCE_ARGS: the
+administrator's own arguments (the file's, else the last set by the unit's
+earlier environment files) followed by --banirq=N for each IRQ agentlatd steers,
+and the same restart makes irqbalance leave them alone, as "settings ban irqs"
+does over the socket. Where the unit does not pass them (or irqbalance is no
+service) the IRQs cannot be handed over and stay irqbalance's (choose(): irqs
+None). The restore guard also checks that line still bans agentlatd's IRQs.
+
 Values: the knob reads the whole file (ABSENT when there is none); the plan
-asks for a CPU list ("2-3"). Two values are equal when they ban the same
-CPUs in the environment. Target: the file's absolute path.
+asks for a CPU list ("2-3"), with IRQs handed over "2-3 banirq=9,40"
+(kernel/irqbalance_proto.py env_value()). Two values are equal when they ban
+the same CPUs in the environment, and the same IRQs when both name IRQs.
+Target: the file's absolute path.
 """
 
 from __future__ import annotations
@@ -66,6 +80,7 @@ from agentlatd.apply.knobs import Knob, register
 from agentlatd.apply.knobs import get as get_knob
 from agentlatd.cpuset import CpuSet, CpuSetError
 from agentlatd.errors import KernelError
+from agentlatd.kernel.irqbalance_proto import split_env_value
 from agentlatd.kernel.knobnames import KnobName
 from agentlatd.sysfs.root import Root
 
@@ -79,7 +94,10 @@ ABSENT = "\0absent\0"  # the original "file" when there was none (a NUL is no en
 MARKER = "# agentlatd: CPUs banned while agentlatd runs; agentlatd removes this block on stop"
 SYSTEMCTL_TIMEOUT_S = 60.0
 _ASSIGN = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
-_CPULIST = re.compile(r"^[0-9,\-\s]*$")
+_DQ_ESCAPED = '"\\`$\n'
+ARGS = "IRQBALANCE_ARGS"
+# ExecStart= passes the variable's words as arguments: "$IRQBALANCE_ARGS" or "${IRQBALANCE_ARGS}"
+_EXEC_USES_ARGS = re.compile(r"\$(?:IRQBALANCE_ARGS\b|\{IRQBALANCE_ARGS\})")
 
 
 # ---------------------------------------------------------------------------
@@ -97,13 +115,78 @@ def parse_env(text: str) -> dict[str, str]:
         m = _ASSIGN.match(s)
         if m is None:
             continue
-        v = m.group(2).strip()
-        if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"":
-            v = v[1:-1]
-        elif " #" in v:  # shell comment after an unquoted value
-            v = v.split(" #", 1)[0].rstrip()
-        out[m.group(1)] = v
+        out[m.group(1)] = decode(m.group(2))
     return out
+
+
+def decode(raw: str) -> str:
+    """One assignment's value as systemd's EnvironmentFile= parser and a POSIX
+    shell both read it: '...' literal, "..." with \\ before one of \\"`$ escaping
+    it, a bare \\ escaping the next character, quoted pieces joined; unquoted
+    text ends at " #" (a shell comment) and loses trailing blanks."""
+    out: list[str] = []
+    kept = 0  # characters of `out` that are quoted or escaped: never stripped
+    s = raw.strip()
+    i, n = 0, len(s)
+    while i < n:
+        c = s[i]
+        if c == "'":
+            j = s.find("'", i + 1)
+            j = n if j < 0 else j
+            out.append(s[i + 1:j])
+            kept, i = len(out), j + 1
+        elif c == '"':
+            i += 1
+            while i < n and s[i] != '"':
+                if s[i] == "\\" and i + 1 < n and s[i + 1] in _DQ_ESCAPED:
+                    i += 1
+                out.append(s[i])
+                i += 1
+            kept, i = len(out), i + 1
+        elif c == "\\" and i + 1 < n:
+            out.append(s[i + 1])
+            kept, i = len(out), i + 2
+        elif c == "#" and i > 0 and s[i - 1] in " \t":
+            break
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out[:kept]) + "".join(out[kept:]).rstrip(" \t")
+
+
+def quote(value: str) -> str:
+    """`value` double-quoted so that decode() (systemd, sh) reads it back."""
+    return '"' + re.sub(r'([\\"`$])', r"\\\1", value) + '"'
+
+
+def banned_irqs(args: str) -> tuple[int, ...]:
+    """The IRQs an irqbalance command line bans: irqbalance.c parse_command_line()
+    takes getopt_long() options "--banirq=N", "--banirq N", "-iN", "-i N" (and an
+    unambiguous prefix of "banirq", "--bani"), up to a "--"."""
+    toks = args.split()
+    out: list[int] = []
+    i = 0
+    while i < len(toks):
+        t = toks[i]
+        if t == "--":
+            break
+        val: str | None = None
+        if t.startswith("--") and len(t) > 2:
+            name, eq, v = t[2:].partition("=")
+            if len(name) >= 4 and "banirq".startswith(name):
+                if eq:
+                    val = v
+                elif i + 1 < len(toks):
+                    val, i = toks[i + 1], i + 1
+        elif t.startswith("-i") and not t.startswith("--"):
+            if len(t) > 2:
+                val = t[2:]
+            elif i + 1 < len(toks):
+                val, i = toks[i + 1], i + 1
+        if val is not None and val.isdigit():
+            out.append(int(val))
+        i += 1
+    return tuple(out)
 
 
 def env_ban(text: str) -> CpuSet | None:
@@ -124,55 +207,118 @@ def env_ban(text: str) -> CpuSet | None:
     return None
 
 
-def block(cpus: CpuSet) -> str:
-    """agentlatd's block: both variables, for irqbalance < 1.8 (mask only) and 1.8+."""
-    return (f"{MARKER}\nIRQBALANCE_BANNED_CPULIST={cpus.to_list()}\n"
-            f"IRQBALANCE_BANNED_CPUS={cpus.to_mask()}\n")
+@dataclass(frozen=True, slots=True)
+class Ban:
+    """What a value of this knob bans: CPUs, and the IRQs banned with --banirq
+    (None: the value leaves IRQBALANCE_ARGS alone, so IRQs are not compared)."""
+
+    cpus: CpuSet
+    irqs: frozenset[int] | None = None
 
 
-def with_ban(text: str, cpus: CpuSet) -> str:
+_BLOCK_VARS = ("IRQBALANCE_BANNED_CPULIST", "IRQBALANCE_BANNED_CPUS", ARGS)
+
+
+def args_line(args: str, irqs: Iterable[int]) -> str:
+    """IRQBALANCE_ARGS: the administrator's `args` as they are, then --banirq=N for
+    each of `irqs` they do not ban already (irqbalance.c: "banirq" takes one IRQ
+    an option, repeated; the unit passes the words of $IRQBALANCE_ARGS)."""
+    theirs = set(banned_irqs(args))
+    extra = " ".join(f"--banirq={i}" for i in sorted(set(irqs) - theirs))
+    return f"{ARGS}={quote(' '.join(x for x in (args.strip(), extra) if x))}\n"
+
+
+def block(cpus: CpuSet, irqs: Iterable[int] | None = None, args: str = "") -> str:
+    """agentlatd's block: both CPU variables, for irqbalance < 1.8 (mask only) and
+    1.8+, and with `irqs` IRQBALANCE_ARGS (the administrator's `args` + --banirq)."""
+    out = (f"{MARKER}\nIRQBALANCE_BANNED_CPULIST={cpus.to_list()}\n"
+           f"IRQBALANCE_BANNED_CPUS={cpus.to_mask()}\n")
+    return out if irqs is None else out + args_line(args, irqs)
+
+
+def with_ban(text: str, cpus: CpuSet, irqs: Iterable[int] | None = None, args: str = "") -> str:
     """`text` (ABSENT: no file) with agentlatd's block appended (an older block
     of agentlatd's replaced). The lines before it are kept byte for byte."""
     base = "" if text == ABSENT else without_block(text)[0]
     if base and not base.endswith("\n"):
         base += "\n"
-    return base + block(cpus)
+    return base + block(cpus, irqs, args)
+
+
+def split_block(text: str) -> tuple[str, dict[str, str] | None]:
+    """(`text` without agentlatd's block, the block's assignments as written:
+    variable -> whole line); None when there is no block. The block is the marker
+    and the lines right after it that assign one of its variables, each once."""
+    lines = text.splitlines(keepends=True)
+    for i, ln in enumerate(lines):
+        if ln.rstrip("\n") != MARKER:
+            continue
+        got: dict[str, str] = {}
+        j = i + 1
+        while j < len(lines) and len(got) < len(_BLOCK_VARS):
+            m = _ASSIGN.match(lines[j])
+            if m is None or m.group(1) not in _BLOCK_VARS or m.group(1) in got:
+                break
+            got[m.group(1)] = lines[j]
+            j += 1
+        return "".join(lines[:i] + lines[j:]), got
+    return text, None
 
 
 def without_block(text: str) -> tuple[str, bool]:
-    """`text` without agentlatd's block (the marker and the two lines after it),
-    and whether there was one."""
-    lines = text.splitlines(keepends=True)
-    for i, ln in enumerate(lines):
-        if ln.rstrip("\n") == MARKER:
-            return "".join(lines[:i] + lines[i + 3:]), True
-    return text, False
+    """`text` without agentlatd's block, and whether there was one."""
+    base, got = split_block(text)
+    return base, got is not None
 
 
-def restored(current: str, original: str, written: CpuSet) -> tuple[str, str]:
+def _intact(got: dict[str, str], written: Ban) -> bool:
+    """Whether the block's lines still ban what agentlatd wrote."""
+    want = block(written.cpus).splitlines(keepends=True)[1:]
+    if [got.get(v, "") for v in _BLOCK_VARS[:2]] != want:
+        return False
+    if written.irqs is None:
+        return ARGS not in got
+    line = got.get(ARGS)
+    if line is None:
+        return False
+    m = _ASSIGN.match(line)
+    return m is not None and written.irqs <= set(banned_irqs(decode(m.group(2))))
+
+
+def restored(current: str, original: str, written: CpuSet | Ban) -> tuple[str, str]:
     """What a restore writes: (new text, note). The guard of the module docstring.
 
     ValueError when agentlatd's block is no longer as written (another writer
     changed the ban): nothing is to be written then."""
-    if current == with_ban(original, written):
-        return original, ""  # as agentlatd left it: the original bytes
-    base, had = without_block(current)
-    if not had or block(written) not in current:
-        raise ValueError("agentlatd's IRQBALANCE_BANNED_* block was changed or removed by "
+    ours = written if isinstance(written, Ban) else Ban(written)
+    base, got = split_block(current)
+    if got is None or not _intact(got, ours):
+        raise ValueError("agentlatd's IRQBALANCE_* block was changed or removed by "
                          "another writer since agentlatd wrote it: the file is left as it "
                          "is; compare it with the original in `agentlatd rollback --print`")
+    before = "" if original == ABSENT else original
+    if base == before or (before and not before.endswith("\n") and base == before + "\n"):
+        return original, ""  # as agentlatd left it: the original bytes
     return base, "other edits made to the file since agentlatd's were kept"
 
 
 def is_cpulist(value: str) -> bool:
-    return value != ABSENT and "=" not in value and bool(_CPULIST.match(value))
+    """Whether `value` is a ban this knob writes (irqbalance.env_value()), not a file's text."""
+    return split_env_value(value) is not None
 
 
-def ban_of_value(value: str) -> CpuSet:
-    """A value of this knob (a CPU list, or the file's text) as the CPUs banned."""
-    if is_cpulist(value):
-        return CpuSet.parse_list(value.strip()) if value.strip() else CpuSet()
-    return env_ban(value) or CpuSet()
+def ban_of_value(value: str) -> Ban:
+    """A value of this knob (a ban it writes, or the file's text) as what it bans.
+
+    ValueError (CpuSetError) when a CPU list or mask cannot be read."""
+    parts = split_env_value(value)
+    if parts is not None:
+        cpus = CpuSet.parse_list(parts[0]) if parts[0] else CpuSet()
+        return Ban(cpus, None if parts[1] is None else frozenset(parts[1]))
+    if value == ABSENT:
+        return Ban(CpuSet(), frozenset())
+    return Ban(env_ban(value) or CpuSet(),
+               frozenset(banned_irqs(parse_env(value).get(ARGS, ""))))
 
 
 def unit_of(cgroup_text: str) -> str | None:
@@ -207,6 +353,22 @@ def environment_files(unit_texts: list[str]) -> list[str]:
                 else:
                     out.append(v.lstrip("-"))
     return out
+
+
+def passes_args(unit_texts: list[str]) -> bool:
+    """Whether the unit's ExecStart= (the last one set; an empty one resets)
+    passes $IRQBALANCE_ARGS to irqbalance: upstream misc/irqbalance.service and
+    Debian's unit do, an old unit with a bare "irqbalance --foreground" does not."""
+    exec_start = ""
+    for text in unit_texts:
+        section = ""
+        for line in text.splitlines():
+            s = line.strip()
+            if s.startswith("["):
+                section = s
+            elif section == "[Service]" and s.startswith("ExecStart="):
+                exec_start = s[len("ExecStart="):].strip()
+    return bool(_EXEC_USES_ARGS.search(exec_start))
 
 
 def pick_env_file(files: list[str]) -> str | None:
@@ -252,6 +414,41 @@ def env_file(root: Root, pid: int | None) -> str:
             return f
     return CANDIDATES[0] if root.isdir("etc/default") or not root.isdir("etc/sysconfig") \
         else CANDIDATES[1]
+
+
+def running_service(root: Root) -> str | None:
+    """The systemd service of the one running irqbalance (None: none, several, or
+    not a service)."""
+    pids = irqbalance.running(root)
+    return service_of(root, pids[0]) if len(pids) == 1 else None
+
+
+def admin_args(root: Root, target: str, text: str, unit: str | None) -> str:
+    """The IRQBALANCE_ARGS irqbalance gets without agentlatd: the file's own
+    (`text`, agentlatd's block left out), else the last one set by the unit's
+    environment files read before `target` (systemd reads them in order, the last
+    assignment wins), else none."""
+    own = parse_env("" if text == ABSENT else without_block(text)[0])
+    if ARGS in own:
+        return own[ARGS]
+    args = ""
+    for f in environment_files(unit_texts(root, unit)) if unit is not None else []:
+        if f == target or ".." in f.split("/"):
+            break
+        env = parse_env(root.read_optional(f.lstrip("/")))
+        args = env.get(ARGS, args)
+    return args
+
+
+def handover_irqs(root: Root, pid: int | None, target: str, text: str) -> tuple[int, ...] | None:
+    """What irqbalance bans with --banirq before agentlatd (its administrator's
+    IRQBALANCE_ARGS) when IRQs can be handed over through the environment file:
+    irqbalance runs as a systemd service whose ExecStart= passes $IRQBALANCE_ARGS.
+    None when they cannot: agentlatd steers no IRQ then."""
+    unit = service_of(root, pid) if pid is not None else None
+    if unit is None or not passes_args(unit_texts(root, unit)):
+        return None
+    return banned_irqs(admin_args(root, target, text, unit))
 
 
 def base_ban(root: Root, text: str) -> CpuSet:
@@ -351,17 +548,19 @@ class IrqbalanceEnvKnob(Knob):
 
     def equal(self, a: str, b: str) -> bool:
         try:
-            return ban_of_value(a) == ban_of_value(b)
+            x, y = ban_of_value(a), ban_of_value(b)
         except (ValueError, CpuSetError):
             return a == b
+        if x.irqs is None or y.irqs is None:  # a ban that leaves IRQs alone
+            return x.cpus == y.cpus
+        return x == y
 
     def _unit(self, root: Root) -> str | None:
         """The unit to restart (None on a recorded tree: nothing runs there).
         KernelError ENOTSUP when the running irqbalance is no systemd service."""
         if not root.is_host:
             return None
-        pids = irqbalance.running(root)
-        unit = service_of(root, pids[0]) if len(pids) == 1 else None
+        unit = running_service(root)
         if unit is None:
             raise KernelError("restart", "irqbalance", errno.EOPNOTSUPP, CONTEXT,
                               "the running irqbalance is not a systemd service: it cannot be "
@@ -369,15 +568,18 @@ class IrqbalanceEnvKnob(Knob):
         return unit
 
     def write(self, root: Root, target: str, value: str) -> None:
+        if not is_cpulist(value):
+            raise ValueError(f"{NAME}: write takes a CPU list (and banirq=IRQs), "
+                             "not the file's text")
         try:
-            cpus = ban_of_value(value)
+            ban = ban_of_value(value)
         except (ValueError, CpuSetError) as e:
             raise ValueError(f"{NAME}: {e}") from e
-        if not is_cpulist(value):
-            raise ValueError(f"{NAME}: write takes a CPU list, not the file's text")
         unit = self._unit(root)  # before any edit: nothing half-applied
         current = read_file(root, target)
-        write_file(root, target, with_ban(current, cpus))
+        args = "" if ban.irqs is None else admin_args(
+            root, target, current, unit if unit is not None else running_service(root))
+        write_file(root, target, with_ban(current, ban.cpus, ban.irqs, args))
         if unit is not None:
             self._restart(root, unit)
 
@@ -401,8 +603,8 @@ class IrqbalanceEnvKnob(Knob):
         if value == ABSENT:
             return f"rm -f {path} && {restart}"
         if is_cpulist(value):
-            cpus = ban_of_value(value)
-            return (f"printf '%s' {shlex.quote(block(cpus))} >> {path} && {restart}")
+            ban = ban_of_value(value)
+            return (f"printf '%s' {shlex.quote(block(ban.cpus, ban.irqs))} >> {path} && {restart}")
         return f"printf '%s' {shlex.quote(value)} > {path} && {restart}"
 
 
@@ -416,8 +618,10 @@ class Channel:
     env_file: "" = over its socket (irqbalance.banned_cpus), else the
               environment file (irqbalance.env_banned_cpus) to edit
     base:     what irqbalance bans without agentlatd (None: unknown)
-    irqs:     the IRQs it leaves alone without agentlatd (--banirq; over the
-              socket only; None: unknown or no socket, so agentlatd steers no IRQ)"""
+    irqs:     the IRQs it leaves alone without agentlatd (--banirq: read over the
+              socket, or from IRQBALANCE_ARGS where its unit passes them;
+              None: unknown, or the file cannot hand IRQs over, so agentlatd
+              steers no IRQ)"""
 
     env_file: str
     base: CpuSet | None
@@ -435,7 +639,9 @@ def choose(root: Root, pids: tuple[int, ...],
     on_socket = False
     for knob, target, original in journaled:
         if knob == NAME:
-            return Channel(target, base_ban(root, original))
+            pid = pids[0] if len(pids) == 1 else None
+            return Channel(target, base_ban(root, original),
+                           handover_irqs(root, pid, target, original))
         if (knob, target) == (irqbalance_ban.NAME, irqbalance_ban.TARGET):
             on_socket = True
             with contextlib.suppress(CpuSetError):
@@ -465,4 +671,4 @@ def choose(root: Root, pids: tuple[int, ...],
         text = read_file(root, path)
     except KernelError:
         return Channel(path, None)
-    return Channel(path, base_ban(root, text))
+    return Channel(path, base_ban(root, text), handover_irqs(root, pid, path, text))

@@ -200,6 +200,8 @@ def format_target(key: TargetKey) -> str:
             text = path
         case TaskTarget(pid=pid, starttime=st, tid=tid):
             text = f"{pid}:{st}:{tid}"
+        case _:  # a caller that passed a string: the types say it cannot, say so clearly
+            raise TypeError(f"{key!r} is not a target key (kernel/targets.py TargetKey)")
     if _parse(type(key), text, None) != key:
         raise ValueError(f"{key!r} has no target string that reads back as itself")
     return text

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from agentlatd.cpuset import CpuSet
-from agentlatd.kernel.irqbalance_proto import MAX_COMMAND, ban_irqs_command
+from agentlatd.kernel.irqbalance_proto import MAX_COMMAND, ban_irqs_command, env_value
 from agentlatd.kernel.knobnames import KnobName
 from agentlatd.kernel.targets import DaemonTarget, FileTarget, IrqTarget
 from agentlatd.model.agent_links import NONE, AgentLinks
@@ -88,6 +88,26 @@ def _handed_over(steered: tuple[int, ...], irq_changes: tuple[Change, ...],
     return [ban, *(c for c in irq_changes if c.target in handed)]
 
 
+def _env_ban(path: str, ban: CpuSet, why: str, home: CpuSet, steered: tuple[int, ...] | None,
+             irq_changes: tuple[Change, ...], theirs: tuple[int, ...]) -> list[Change]:
+    """The one irqbalance.env_banned_cpus change (its environment file, then a
+    restart: apply/irqbalance_env.py) banning `ban`, and with `steered` (None: no
+    handover) the IRQs agentlatd places as --banirq beside `theirs` (the
+    administrator's own in IRQBALANCE_ARGS), with the IRQ changes of those."""
+    mine = sorted(set(steered or ()))
+    if not home and not mine:
+        return []
+    text = why + f"; its socket is not usable: in {path}, then a restart"
+    if mine:
+        text += (f"; hand IRQs {', '.join(map(str, mine))} over from irqbalance "
+                 "(--banirq in IRQBALANCE_ARGS: it never moves a banned IRQ), then steer them"
+                 + (f", beside its own --banirq {', '.join(map(str, theirs))}" if theirs else ""))
+    value = env_value(ban.to_list(), (*theirs, *mine) if mine else None)
+    handed = {IrqTarget(i) for i in mine}
+    return [Change(KnobName.IRQBALANCE_ENV_BANNED_CPUS, FileTarget(path), "",
+                   value, text), *(c for c in irq_changes if c.target in handed)]
+
+
 def _sort_key(c: Change) -> tuple[int, str, tuple[tuple[int, int | str], ...]]:
     try:
         k = KNOB_ORDER.index(c.knob)
@@ -146,7 +166,7 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
     devices = sel.devices
     tuning = policy.tuning
     handover = (irqbalance_running and policy.daemon.irqbalance == "cooperate"
-                and not irqbalance_env and irqbalance_banned_irqs is not None)
+                and irqbalance_banned_irqs is not None)
     steered = tuning.irq_affinity and (not irqbalance_running or handover
                                        or policy.daemon.irqbalance == "ignore")
     fixed = fixed_irqs(machine, devices, steered)
@@ -177,17 +197,19 @@ def make_plan(machine: Machine, policy: Policy, *, rates: Rates | None = None,
                    f"ban the home CPUs {part.home}"
                    + (f" beside its own ban {irqbalance_banned}" if irqbalance_banned else "")
                    + " (daemon.irqbalance = \"cooperate\")")
-            if irqbalance_env:
-                changes.append(Change(
-                    KnobName.IRQBALANCE_ENV_BANNED_CPUS, FileTarget(irqbalance_env),
-                    "", ban.to_list(),
-                    why + f"; its socket is not usable: in {irqbalance_env}, then a restart"))
-            else:
+            if not irqbalance_env:
                 changes.append(Change(KnobName.IRQBALANCE_BANNED_CPUS,
                                       DaemonTarget("irqbalance"), "",
                                       ban.to_list(), why))
-        if handover:
+        else:
+            why = "irqbalance keeps its own ban (no home CPUs) (daemon.irqbalance = \"cooperate\")"
+        if irqbalance_env:
+            changes += _env_ban(irqbalance_env, ban, why, part.home,
+                                irq.steered if handover else None, irq.changes,
+                                irqbalance_banned_irqs or ())
+        elif handover:
             changes += _handed_over(irq.steered, irq.changes, irqbalance_banned_irqs or (), notes)
+        if handover:
             notes += irq.notes
         notes.append("irqbalance is running (daemon.irqbalance = \"cooperate\"): it keeps "
                      + ("balancing every other IRQ over the CPUs outside the home set; the IRQs "

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 import pytest
 from applyhelpers import small_tree
 
-from agentlatd.apply import irqbalance_ban, knobs
-from agentlatd.apply.engine import CHANGED, CLAMPED, SKIPPED, Engine
+from agentlatd.apply import irqbalance_ban, irqbalance_env, journal, knobs
+from agentlatd.apply.engine import CHANGED, CLAMPED, FAILED, SKIPPED, UNSUPPORTED, Engine
 from agentlatd.apply.irqbalance_ban import IrqbalanceBanKnob, parse_setup
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import KernelError
@@ -182,21 +182,58 @@ def test_engine_steers_under_cooperate_only_the_irqs_banned_in_irqbalance(
     # daemon.irqbalance = "cooperate" (the default) with irqbalance running: an
     # irq.affinity change is written only for an IRQ the same batch (or the
     # journal) bans in irqbalance; any other is skipped, so a stale plan cannot
-    # start a fight. (The ban itself acts on the live irqbalance only: on this
-    # recorded tree it is refused, and the IRQ write still shows the guard.)
+    # start a fight. The ban here goes through the environment file, which a
+    # recorded tree can hold (the socket ban acts on the live irqbalance only).
     tree = small_tree(tmp_path / "tree")
     (tree / "proc/4242").mkdir(parents=True)
     (tree / "proc/4242/comm").write_text("irqbalance\n")
+    (tree / "etc/default").mkdir(parents=True)
     with Engine(Root(str(tree)), str(tmp_path / "state")) as eng:
-        rep = eng.apply([Change.parse(irqbalance_ban.IRQS_NAME, "irqbalance", "", "41", "t"),
+        rep = eng.apply([Change.parse(irqbalance_env.NAME, "/etc/default/irqbalance", "",
+                                      "2-3 banirq=41", "t"),
                          Change.parse("irq.affinity", "41", "", "1", "t"),
                          Change.parse("irq.affinity", "42", "", "1", "t")])
     st = {(r.knob, r.target): r.status for r in rep.results}
+    assert st[(irqbalance_env.NAME, "/etc/default/irqbalance")] == CHANGED
     # written (the tree's effective_affinity_list does not follow: "clamped")
     assert st[("irq.affinity", "41")] in (CHANGED, CLAMPED)
     assert st[("irq.affinity", "42")] == SKIPPED
     assert (tree / "proc/irq/41/smp_affinity_list").read_text().strip() == "1"
     assert (tree / "proc/irq/42/smp_affinity_list").read_text().strip() == "0-3"
+
+
+def test_regression_irq_steered_although_the_ban_handing_it_over_failed(
+        tmp_path: pathlib.Path) -> None:
+    # the bug pinned: the IRQs a batch hands over were taken from the changes it
+    # was GIVEN, so an IRQ was steered even when its ban was never written (the
+    # socket ban refused, the environment file unwritable): irqbalance, which
+    # still owns the IRQ, moved it back, the fight "cooperate" exists to prevent.
+    # Now an IRQ whose hand-over rests on this batch's ban waits for that ban.
+    tree = small_tree(tmp_path / "tree")
+    (tree / "proc/4242").mkdir(parents=True)
+    (tree / "proc/4242/comm").write_text("irqbalance\n")
+    with Engine(Root(str(tree)), str(tmp_path / "state")) as eng:
+        # the socket ban acts on the live irqbalance only: refused on this tree
+        rep = eng.apply([Change.parse(irqbalance_ban.IRQS_NAME, "irqbalance", "", "41", "t"),
+                         Change.parse("irq.affinity", "41", "", "1", "t")])
+        st = {(r.knob, r.target): r for r in rep.results}
+        assert st[(irqbalance_ban.IRQS_NAME, "irqbalance")].status == UNSUPPORTED
+        r41 = st[("irq.affinity", "41")]
+        assert r41.status == SKIPPED and "was not written" in r41.message
+        assert (tree / "proc/irq/41/smp_affinity_list").read_text().strip() == "0-3"
+        # the environment file cannot be written (its directory is a file here)
+        (tree / "etc").mkdir(exist_ok=True)
+        (tree / "etc/default").write_text("")
+        rep = eng.apply([Change.parse(irqbalance_env.NAME, "/etc/default/irqbalance", "",
+                                "2-3 banirq=41", "t"),
+                         Change.parse("irq.affinity", "41", "", "1", "t")])
+        st = {(r.knob, r.target): r for r in rep.results}
+        assert st[(irqbalance_env.NAME, "/etc/default/irqbalance")].status == FAILED
+        assert st[("irq.affinity", "41")].status == SKIPPED
+        assert (tree / "proc/irq/41/smp_affinity_list").read_text().strip() == "0-3"
+    # nothing of IRQ 41 journaled: it was never written
+    j = journal.read_json(str(tmp_path / "state" / "journal.json"))
+    assert j is None or not [e for e in j["entries"] if e["knob"] == "irq.affinity"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="irqbalance answers root peers only")

@@ -29,8 +29,8 @@ import signal
 import pytest
 from applyhelpers import cli, plan_file
 
+from agentlatd.apply import irqbalance, journal
 from agentlatd.apply import irqbalance_env as ie
-from agentlatd.apply import journal
 from agentlatd.apply.engine import CHANGED, FAILED, RESTORED, Engine, rollback_commands
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import KernelError
@@ -160,7 +160,8 @@ def test_channel_is_the_socket_when_it_exists_else_the_units_environment_file(
         tmp_path: pathlib.Path) -> None:
     root = Root(str(tree(tmp_path / "t", FEDORA_SYSCONFIG)))
     ch = ie.choose(root, (4242,), ())
-    assert ch == ie.Channel("/etc/default/irqbalance", CpuSet({7}))
+    # Debian's unit passes $IRQBALANCE_ARGS: IRQs can be handed over (none banned yet)
+    assert ch == ie.Channel("/etc/default/irqbalance", CpuSet({7}), ())
     # no ban in the file: irqbalance bans the isolated and nohz_full CPUs itself
     t2 = tree(tmp_path / "t2")
     (t2 / "sys/devices/system/cpu/isolated").write_text("5\n")
@@ -173,7 +174,7 @@ def test_channel_is_the_socket_when_it_exists_else_the_units_environment_file(
     assert ie.choose(Root(str(t3)), (4242,), ()).env_file == "/etc/sysconfig/irqbalance"
     # a journaled ban keeps its channel, with the base from the journaled original
     assert ie.choose(root, (4242,), [(ie.NAME, "/etc/x", "IRQBALANCE_BANNED_CPULIST=1\n")]) \
-        == ie.Channel("/etc/x", CpuSet({1}))
+        == ie.Channel("/etc/x", CpuSet({1}), ())
 
 
 # -- the knob through the engine ----------------------------------------------------
@@ -279,3 +280,152 @@ def test_kill_9_after_the_edit_then_rollback_restores_the_file(tmp_path: pathlib
     p = cli(["rollback", *args])
     assert p.returncode == 0, (p.stdout, p.stderr)
     assert path.read_bytes() == FEDORA_SYSCONFIG.encode()
+
+
+# -- IRQs handed over: --banirq in IRQBALANCE_ARGS ------------------------------------
+#
+# irqbalance.c (Irqbalance/irqbalance@de0fe4a799c0bd62afcaf11b0ff5fc85f0b24c3e)
+# parse_command_line(): lopts {"banirq", 1, NULL, 'i'}, getopt_long(argc, argv,
+# "odfjVi:p:s:c:l:m:t:e:", ...), case 'i': strtoull(optarg) -> add_cl_banned_irq();
+# misc/irqbalance.service (@64285577b465c4c5d8b5bbfa0120432e1d5ffd63) and Debian's
+# unit: ExecStart=/usr/sbin/irqbalance [--foreground] $IRQBALANCE_ARGS.
+
+ADMIN_ARGS = 'IRQBALANCE_ARGS="--hintpolicy=subset --banirq=9"\n'
+OLD_UNIT = "[Service]\nEnvironmentFile=/etc/default/irqbalance\nExecStart=/usr/sbin/irqbalance\n"
+
+
+def sh_env(path: pathlib.Path, name: str) -> str:
+    """`name` as a POSIX shell that sources the file sees it (the init.d script's way)."""
+    import subprocess
+    p = subprocess.run(["sh", "-c", f'. "$0"; printf %s "${name}"', str(path)],
+                       capture_output=True, text=True, check=True)
+    return p.stdout
+
+
+def test_banned_irqs_reads_irqbalance_getopt_forms_and_values_round_trip() -> None:
+    assert ie.banned_irqs("--banirq=4 --banirq 5 -i6 -i 7 --bani=8 --banmod=x -t 5 -- -i9") == \
+        (4, 5, 6, 7, 8)
+    assert ie.banned_irqs("--ban=4 --foreground") == ()  # ambiguous (banirq/banmod): not ours
+    for args in ("--hintpolicy=subset", 'a "b" $c `d` \\e', ""):
+        line = ie.args_line(args, (40, 9))
+        assert ie.parse_env(line)[ie.ARGS].split()[-2:] == ["--banirq=9", "--banirq=40"]
+        assert ie.parse_env(line)[ie.ARGS].startswith(args)
+    assert ie.args_line("--banirq=9", (9, 40)) == 'IRQBALANCE_ARGS="--banirq=9 --banirq=40"\n'
+    assert ie.decode("'x'\"y\" # c") == "xy" and ie.decode("abc  # c") == "abc"
+
+
+def test_regression_env_file_mode_hands_steered_irqs_over_with_banirq(
+        tmp_path: pathlib.Path) -> None:
+    # the bug pinned: in env-file mode the IRQs agentlatd steers were never banned
+    # in irqbalance (no --banirq), so choose() said "unknown" and nothing was steered.
+    # Now: the administrator's IRQBALANCE_ARGS are kept, --banirq=N appended for
+    # each handed IRQ, the block read back as the same ban, and the file restored
+    # byte for byte with a restart each way
+    admin = FEDORA_SYSCONFIG.replace('IRQBALANCE_ARGS="--hintpolicy=subset"', ADMIN_ARGS.rstrip())
+    t = tree(tmp_path / "t", admin)
+    root = Root(str(t))
+    ch = ie.choose(root, (4242,), ())
+    assert ch == ie.Channel(TARGET, CpuSet({7}), (9,))  # the admin's own --banirq
+    value = "2-3,7 banirq=9,40,41"
+    restarts = Restarts()
+    k = ie.IrqbalanceEnvKnob(restart=restarts)
+    k.write(root, TARGET, value)
+    path = t / "etc/default/irqbalance"
+    text = path.read_text()
+    assert text.startswith(admin + "\n")  # every byte of the admin's (no final newline)
+    env = ie.parse_env(text)
+    assert env[ie.ARGS] == "--hintpolicy=subset --banirq=9 --banirq=40 --banirq=41"
+    assert sh_env(path, ie.ARGS) == env[ie.ARGS]  # a shell reads the same words
+    assert k.equal(k.read(root, TARGET), value)
+    assert not k.equal(k.read(root, TARGET), "2-3,7 banirq=9,40")  # an IRQ less: a change
+    assert k.equal(k.read(root, TARGET), "2-3,7")  # a CPU-only ban ignores IRQs
+    # written again with another IRQ set: one block, replaced
+    k.write(root, TARGET, "2-3,7 banirq=9,42")
+    again = path.read_text()
+    assert again.count(ie.MARKER) == 1
+    assert ie.parse_env(again)[ie.ARGS].endswith("--banirq=9 --banirq=42")
+    note = k.restore(root, TARGET, admin, written="2-3,7 banirq=9,42", journaled=frozenset())
+    assert note == "" and path.read_bytes() == admin.encode()
+    assert restarts.units == []  # a recorded tree: nothing to restart
+    # the ARGS the unit reads first (defaults.env) when the /etc file has none
+    t2 = tree(tmp_path / "t2", FEDORA_SYSCONFIG.replace('IRQBALANCE_ARGS="--hintpolicy=subset"',
+                                                        "#"))
+    (t2 / "usr/lib/irqbalance").mkdir(parents=True)
+    (t2 / "usr/lib/irqbalance/defaults.env").write_text("IRQBALANCE_ARGS='--banirq=3 -t 5'\n")
+    r2 = Root(str(t2))
+    assert ie.choose(r2, (4242,), ()).irqs == (3,)
+    k.write(r2, TARGET, "2 banirq=3,40")
+    assert ie.parse_env((t2 / "etc/default/irqbalance").read_text())[ie.ARGS] == \
+        "--banirq=3 -t 5 --banirq=40"
+
+
+def test_env_file_cannot_hand_irqs_over_when_the_unit_drops_irqbalance_args(
+        tmp_path: pathlib.Path) -> None:
+    # an ExecStart= without $IRQBALANCE_ARGS never passes --banirq: IRQs unknown
+    # (None), so the planner leaves every IRQ to irqbalance rather than fight it
+    t = tree(tmp_path / "t", ADMIN_ARGS)
+    (t / "etc/systemd/system").mkdir(parents=True)
+    (t / "etc/systemd/system/irqbalance.service").write_text(OLD_UNIT)
+    assert ie.choose(Root(str(t)), (4242,), ()).irqs is None
+    # not a systemd service at all: None too
+    t2 = tree(tmp_path / "t2", ADMIN_ARGS, cgroup="0::/user.slice/session-1.scope\n")
+    assert ie.choose(Root(str(t2)), (4242,), ()).irqs is None
+    # a journaled env-file ban keeps telling the planner which IRQs are handed over
+    t3 = tree(tmp_path / "t3", ADMIN_ARGS)
+    assert ie.choose(Root(str(t3)), (4242,), [(ie.NAME, TARGET, ADMIN_ARGS)]).irqs == (9,)
+
+
+def test_restore_guard_covers_the_irqbalance_args_line(tmp_path: pathlib.Path) -> None:
+    ours = ie.with_ban(ADMIN_ARGS, CpuSet({2, 3}), (9, 40), "--hintpolicy=subset --banirq=9")
+    written = ie.Ban(CpuSet({2, 3}), frozenset({9, 40}))
+    assert ie.restored(ours, ADMIN_ARGS, written) == (ADMIN_ARGS, "")
+    # another writer dropped agentlatd's --banirq=40: the ban is no longer agentlatd's
+    dropped = ours.replace(" --banirq=40", "")
+    with pytest.raises(ValueError, match="another writer"):
+        ie.restored(dropped, ADMIN_ARGS, written)
+    # or removed the ARGS line of the block
+    base, got = ie.split_block(ours)
+    assert base == ADMIN_ARGS and got is not None and ie.ARGS in got
+    with pytest.raises(ValueError, match="another writer"):
+        ie.restored(ours.replace(got[ie.ARGS], ""), ADMIN_ARGS, written)
+    # a block written before IRQs were part of the value (three lines) still restores
+    old = ie.with_ban(ADMIN_ARGS, CpuSet({2, 3}))
+    assert ie.restored(old, ADMIN_ARGS, CpuSet({2, 3})) == (ADMIN_ARGS, "")
+
+
+def test_engine_steers_only_irqs_the_env_file_hands_over(tmp_path: pathlib.Path) -> None:
+    # under "cooperate" with irqbalance running the engine writes an irq.affinity
+    # only for IRQs banned by this batch or the journal: the env-file change counts
+    c = Change.parse(ie.NAME, TARGET, "", "2-3 banirq=9,40", "t")
+    assert irqbalance.handed_over([c], ()) == frozenset({"9", "40"})
+    assert irqbalance.handed_over([Change.parse(ie.NAME, TARGET, "", "2-3", "t")], ()) == frozenset()
+
+    class E:
+        knob = ie.NAME
+        written: str | None = "2-3 banirq=41"
+    assert irqbalance.handed_over((), [E()]) == frozenset({"41"})
+
+
+def test_kill_9_after_the_banirq_edit_then_rollback_restores_the_file(
+        tmp_path: pathlib.Path) -> None:
+    admin = DEBIAN_DEFAULT + ADMIN_ARGS
+    t = tree(tmp_path / "t", admin)
+    state = tmp_path / "state"
+    path = t / "etc/default/irqbalance"
+    plan = plan_file(tmp_path / "plan.json",
+                     [Change.parse(ie.NAME, TARGET, "", "2-3 banirq=9,40,41", "t")])
+    args = ["--root", str(t), "--state-dir", str(state)]
+    p = cli(["apply", *args, "--plan", str(plan)], crash_after_writes=1)
+    assert p.returncode == -signal.SIGKILL, (p.stdout, p.stderr)
+    edited = path.read_text()
+    assert ie.parse_env(edited)[ie.ARGS] == "--hintpolicy=subset --banirq=9 --banirq=40 --banirq=41"
+    j = journal.read_json(str(state / "journal.json"))
+    assert j is not None and j["complete"] is False
+    (e,) = j["entries"]
+    assert e["original"] == admin and e["written"] == "2-3 banirq=9,40,41"
+    lines = rollback_commands(Root(str(t)), str(state))
+    (cmd,) = [ln for ln in lines if not ln.startswith("#")]
+    assert shlex.split(cmd.split(" > ")[0])[2] == admin
+    p = cli(["rollback", *args])
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert path.read_bytes() == admin.encode()

@@ -111,6 +111,8 @@ def test_service_unit_contract() -> None:
     assert "PrivateNetwork" not in v and "PrivateUsers" not in v
     assert one["ProtectSystem"] == "strict"
     assert "/run/agentlatd" in one["ReadWritePaths"].split()
+    # irqbalance's environment file (apply/irqbalance_env.py: tmp file + rename in its dir)
+    assert {"-/etc/default", "-/etc/sysconfig"} <= set(one["ReadWritePaths"].split())
     assert set(one["CapabilityBoundingSet"].split()) == {"CAP_NET_ADMIN", "CAP_SYS_NICE",
                                                           "CAP_SYS_PTRACE"}
     assert one["NoNewPrivileges"] == "yes"

@@ -18,7 +18,7 @@ from agentlatd.tick import scan_machine
 MACHINES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "machines"
 LARGE = ("epyc-2s256t-nvme", "arm64-kunpeng-128c")
 # queue IRQs per NIC in each tree (the README of each says where the count comes from)
-QUEUES = {"epyc-2s256t-nvme": 16, "arm64-kunpeng-128c": 64}
+QUEUES = {"epyc-2s256t-nvme": 63, "arm64-kunpeng-128c": 64}
 # the policy a 25-200G NIC wants on such a host: an eighth of each node absorbs completions
 SHARE = "[cpus]\ncompletion_share = 0.125\n"
 

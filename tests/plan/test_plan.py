@@ -13,6 +13,7 @@ import pytest
 from agentlatd import policy
 from agentlatd.commands.plan import compress_targets, plan_to_json, render_text
 from agentlatd.cpuset import CpuSet
+from agentlatd.kernel.irqbalance_proto import split_env_value
 from agentlatd.model.machine import Machine, Rates
 from agentlatd.plan.build import _handed_over, make_plan
 from agentlatd.plan.changes import Change, Plan
@@ -230,10 +231,36 @@ def test_irqbalance_socket_hands_steered_irqs_over_before_steering_them(server: 
     order = [c.knob for c in plan.changes]
     assert order.index("irqbalance.banned_irqs") < order.index("irq.affinity")
     assert "irqbalance.banned_cpus" in order
-    # through the environment file there is no IRQ ban: IRQs stay irqbalance's
+    # through an environment file whose IRQBALANCE_ARGS cannot reach irqbalance
+    # (its banned IRQs unknown: None) there is no IRQ ban: IRQs stay irqbalance's
     env = make_plan(server, pol(), irqbalance_running=True, irqbalance_banned=CpuSet(),
-                    irqbalance_banned_irqs=(5,), irqbalance_env="/etc/default/irqbalance")
+                    irqbalance_banned_irqs=None, irqbalance_env="/etc/default/irqbalance")
     assert not {"irq.affinity", "irqbalance.banned_irqs"} & knobs(env)
+    (only,) = [c for c in env.changes if c.knob == "irqbalance.env_banned_cpus"]
+    assert split_env_value(only.desired) == (env.home_cpus.to_list(), None)
+
+
+def test_regression_irqbalance_env_file_mode_never_handed_irqs_over(server: Machine) -> None:
+    # the bug pinned: without irqbalance's socket (the environment-file fallback)
+    # agentlatd steered no IRQ at all, leaving every NIC queue IRQ to irqbalance,
+    # although IRQBALANCE_ARGS can ban them (--banirq) as "settings ban irqs" does.
+    # Now the one environment-file change bans the home CPUs AND the IRQs agentlatd
+    # places (beside the administrator's own --banirq 5), ordered before any affinity
+    plan = make_plan(server, pol(), irqbalance_running=True, irqbalance_banned=CpuSet({63}),
+                     irqbalance_banned_irqs=(5,), irqbalance_env="/etc/default/irqbalance")
+    steered = [c for c in plan.changes if c.knob == "irq.affinity"]
+    assert steered
+    assert "irqbalance.banned_irqs" not in knobs(plan)  # no socket: nothing sent there
+    (ban,) = [c for c in plan.changes if c.knob == "irqbalance.env_banned_cpus"]
+    assert ban.target_text == "/etc/default/irqbalance"
+    parts = split_env_value(ban.desired)
+    assert parts is not None
+    cpus, irqs = parts
+    assert CpuSet.parse_list(cpus) == plan.home_cpus | CpuSet({63})
+    assert irqs == tuple(sorted({5, *(int(c.target_text) for c in steered)}))
+    order = [c.knob for c in plan.changes]
+    assert order.index("irqbalance.env_banned_cpus") < order.index("irq.affinity")
+    assert "--banirq" in ban.reason and "restart" in ban.reason
 
 
 def test_irqbalance_irq_ban_fits_its_socket_buffer() -> None:

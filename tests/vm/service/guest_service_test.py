@@ -20,6 +20,14 @@ failed):
      the agent's threads and any task moved off the home CPU)
   6. start again, an agent through `agentlatd exec`, systemctl kill -s KILL: ExecStopPost
      rolls back (snapshot again), Restart=on-failure brings the daemon back, stop restores
+  7. irqbalance (Debian's 1.9.2 binary, unpacked in the lab) as irqbalance.service with
+     Debian's unit minus RuntimeDirectory=, so it has no socket agentlatd can use
+     (irqbalance.c init_socket() binds an unnamed abstract one): agentlatd falls back to
+     /etc/default/irqbalance, appends its block (IRQBALANCE_BANNED_CPULIST and
+     IRQBALANCE_ARGS = the administrator's args + --banirq=N per steered IRQ) and
+     `systemctl try-restart`s irqbalance, whose new process has the ban in its argv and
+     environment; systemctl stop, and kill -9 + ExecStopPost, give the file back byte
+     for byte and restart irqbalance again without the ban
 """
 
 from __future__ import annotations
@@ -735,6 +743,172 @@ def phase_kill(nics: dict[str, str], before: dict[str, str]) -> None:
         stop_agent(p)
 
 
+# ---- 7. irqbalance under systemd without a socket: the environment file ------------------
+IB_UNIT = "irqbalance.service"
+IB_ENV = Path("/etc/default/irqbalance")
+IB_MARKER = "# agentlatd: CPUs banned while agentlatd runs"
+ADMIN_LINE = b'IRQBALANCE_ARGS="--banirq=0"\n'  # the administrator's own ban, to be kept
+
+
+def ib_pid() -> int:
+    out = sh("systemctl", "show", IB_UNIT, "-p", "MainPID").stdout.strip()
+    return int(out.partition("=")[2] or 0)
+
+
+def proc_argv(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    except OSError:
+        return []
+
+
+def proc_env(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes().decode()
+    except OSError:
+        return {}
+    return dict(x.split("=", 1) for x in raw.split("\0") if "=" in x)
+
+
+def argv_banned(argv: list[str]) -> set[int]:
+    """IRQs an irqbalance argv bans: --banirq=N / --banirq N / -iN / -i N
+    (irqbalance.c parse_command_line(), getopt_long "banirq", 'i')."""
+    out: set[int] = set()
+    for i, a in enumerate(argv):
+        v = (a.split("=", 1)[1] if a.startswith("--banirq=") else
+             argv[i + 1] if a in ("--banirq", "-i") and i + 1 < len(argv) else
+             a[2:] if a.startswith("-i") and len(a) > 2 else None)
+        if v is not None and v.isdigit():
+            out.add(int(v))
+    return out
+
+
+def ib_view(pid: int) -> str:
+    env = proc_env(pid)
+    return (f"pid {pid} argv {' '.join(proc_argv(pid)[1:])!r} "
+            f"IRQBALANCE_BANNED_CPULIST={env.get('IRQBALANCE_BANNED_CPULIST')!r}")
+
+
+def steered_irqs(nics: dict[str, str]) -> set[int]:
+    out = {i for n in nics.values() for i in msi_irqs(f"/sys/class/net/{n}/device")}
+    return out | set(nvme_irqs()[0])
+
+
+def ib_banned_by_agentlatd(pid: int, nics: dict[str, str], old_pid: int, original: bytes,
+                           label: str) -> None:
+    """irqbalance `pid` (a new process, not `old_pid`) runs with agentlatd's ban, read
+    back from irqbalance's own argv and environment, and the file holds the block."""
+    text = IB_ENV.read_bytes()
+    check(f"{label}: /etc/default/irqbalance = the original bytes + agentlatd's block",
+          text.startswith(original) and IB_MARKER.encode() in text[len(original):],
+          text[len(original):].decode(errors="replace").strip().replace("\n", " | "))
+    banned = argv_banned(proc_argv(pid))
+    want = steered_irqs(nics)
+    check(f"{label}: irqbalance restarted by systemctl (new MainPID) with --banirq for every "
+          "steered NIC/NVMe-admin IRQ and the administrator's --banirq=0 kept",
+          pid not in (0, old_pid) and want <= banned and 0 in banned,
+          f"{ib_view(pid)}; steered {sorted(want)}; not banned {sorted(want - banned)}")
+    env = proc_env(pid)
+    check(f"{label}: its environment bans the home CPUs (IRQBALANCE_BANNED_CPULIST)",
+          cpulist(env.get("IRQBALANCE_BANNED_CPULIST", "")) == HOME,
+          f"IRQBALANCE_BANNED_CPULIST={env.get('IRQBALANCE_BANNED_CPULIST')!r}")
+    bad = steered_ok(nics)
+    check(f"{label}: agentlatd steers the handed-over IRQs (completion CPUs "
+          f"{fmt(COMPLETION)}) in env-file mode", not bad, "; ".join(bad[:8]))
+
+
+def ib_restored(pid: int, old_pid: int, original: bytes, label: str) -> None:
+    text = IB_ENV.read_bytes()
+    check(f"{label}: /etc/default/irqbalance byte-identical to the original", text == original,
+          f"{len(text)} vs {len(original)} bytes; tail {text[-200:]!r}")
+    env = proc_env(pid)
+    check(f"{label}: irqbalance restarted again (new MainPID) without agentlatd's ban: "
+          "only the administrator's --banirq=0, no IRQBALANCE_BANNED_CPULIST",
+          pid not in (0, old_pid) and argv_banned(proc_argv(pid)) == {0}
+          and "IRQBALANCE_BANNED_CPULIST" not in env, ib_view(pid))
+
+
+def phase_irqbalance_env(nics: dict[str, str]) -> None:
+    log("== 7. irqbalance.service without a socket: agentlatd bans in its environment file")
+    root = read(JOB / "irqbalance.root")
+    exe = Path(root) / "usr/sbin/irqbalance"
+    unit_src = Path(root) / "lib/systemd/system/irqbalance.service"
+    if not check("irqbalance from the lab (Debian's .deb unpacked by run_service_test.sh)",
+                 exe.is_file() and unit_src.is_file(), root):
+        return
+    # Debian's unit as it is, but the lab's binary, no RuntimeDirectory= (without
+    # /run/irqbalance irqbalance cannot bind its socket file: init_socket()) and no
+    # ConditionVirtualization=!container (this guest's systemd, chrooted onto the
+    # overlay root by tests/vm/init, detects a container and would skip the unit)
+    unit = "".join(line for line in unit_src.read_text().splitlines(keepends=True)
+                   if not line.startswith(("RuntimeDirectory=", "ConditionVirtualization=")))
+    Path(f"/etc/systemd/system/{IB_UNIT}").write_text(
+        unit.replace("/usr/sbin/irqbalance", str(exe)))
+    default = (Path(root) / "etc/default/irqbalance").read_bytes()
+    original = default + (b"" if default.endswith(b"\n") else b"\n") + ADMIN_LINE
+    IB_ENV.write_bytes(original)
+    sh("rm", "-rf", "/run/irqbalance")
+    sh("systemctl", "daemon-reload")
+    r = sh("systemctl", "start", IB_UNIT)
+    pid0 = int(str(wait_for(lambda: ib_pid(), 30) or 0))
+    check("irqbalance.service started (EnvironmentFile=/etc/default/irqbalance, "
+          "ExecStart=... $IRQBALANCE_ARGS)", r.returncode == 0 and pid0 > 0
+          and argv_banned(proc_argv(pid0)) == {0}, f"{r.stderr.strip()} {ib_view(pid0)}")
+    if pid0 <= 0:
+        print(sh("journalctl", "-u", IB_UNIT, "--no-pager", "-n", "20").stdout)
+        return
+    check("irqbalance has no socket file agentlatd could use (/run/irqbalance missing)",
+          not Path(f"/run/irqbalance/irqbalance{pid0}.sock").exists()
+          and not Path("/run/irqbalance").exists())
+    try:
+        # -- start: the ban is written and irqbalance restarted with it
+        log(f"irqbalance {ib_view(pid0)}; starting agentlatd")
+        r = sh("systemctl", "start", UNIT, timeout=150)
+        check("agentlatd started beside irqbalance", r.returncode == 0, r.stderr.strip())
+        wait_for(lambda: ib_pid() not in (0, pid0) and IB_MARKER.encode() in IB_ENV.read_bytes(),
+                 90, 0.5)
+        pid1 = ib_pid()
+        ib_banned_by_agentlatd(pid1, nics, pid0, original, "start")
+        # -- stop: the file back, irqbalance restarted without the ban
+        log("systemctl stop agentlatd")
+        r = sh("systemctl", "stop", UNIT, timeout=150)
+        pid2 = int(str(wait_for(lambda: (p := ib_pid()) not in (0, pid1) and p, 30) or 0))
+        check("agentlatd stopped (SIGTERM -> rollback)", r.returncode == 0, r.stderr.strip())
+        ib_restored(pid2, pid1, original, "after stop")
+        # -- kill -9: ExecStopPost's rollback gives the file back and restarts irqbalance
+        log("systemctl start agentlatd, then kill -s KILL")
+        r = sh("systemctl", "start", UNIT, timeout=150)
+        wait_for(lambda: ib_pid() not in (0, pid2) and IB_MARKER.encode() in IB_ENV.read_bytes(),
+                 90, 0.5)
+        pid3 = ib_pid()
+        ib_banned_by_agentlatd(pid3, nics, pid2, original, "second start")
+        r = sh("systemctl", "kill", "-s", "KILL", UNIT)
+        got = wait_for(lambda: show("SubState")["SubState"] == "auto-restart", 60, 0.1)
+        pid4 = ib_pid()
+        check("agentlatd killed (-9), ExecStopPost ran", bool(got) and r.returncode == 0,
+              str(show("SubState", "Result")))
+        ib_restored(pid4, pid3, original, "after kill -9 + ExecStopPost rollback")
+        # Restart=on-failure: the new daemon bans again; the final stop restores again.
+        # Active = READY=1, sent after the first tick's writes (the ban, the restart,
+        # then the IRQs): `systemctl start` waits for it, a restart does not
+        wait_for(lambda: ib_pid() not in (0, pid4) and IB_MARKER.encode() in IB_ENV.read_bytes()
+                 and show("ActiveState")["ActiveState"] == "active", RESTART_S + 90, 0.5)
+        pid5 = ib_pid()
+        ib_banned_by_agentlatd(pid5, nics, pid4, original, "after Restart=on-failure")
+        r = sh("systemctl", "stop", UNIT, timeout=150)
+        pid6 = int(str(wait_for(lambda: (p := ib_pid()) not in (0, pid5) and p, 30) or 0))
+        ib_restored(pid6, pid5, original, "after the final stop")
+    finally:
+        sh("systemctl", "stop", UNIT, timeout=150)
+        said = [x for x in sh("journalctl", "-u", UNIT, "--no-pager", "-o", "cat").stdout
+                .splitlines() if "irqbalance" in x]
+        print("agentlatd's lines about irqbalance:\n" + "\n".join("  | " + x for x in said[-25:]))
+        print("irqbalance journal:\n" + "\n".join(
+            "  | " + x for x in sh("journalctl", "-u", IB_UNIT, "--no-pager", "-o", "cat",
+                                   "-n", "15").stdout.splitlines()))
+        sh("systemctl", "stop", IB_UNIT)
+
+
 def main() -> int:
     phase_guest()
     agent = None
@@ -744,6 +918,10 @@ def main() -> int:
         nics = phase_setup()
         if nics is None:
             return 1
+        if (JOB / "only-irqbalance").exists():
+            log("only phase 7 (AGENTLATD_SERVICE_ONLY_IRQBALANCE=1)")
+            phase_irqbalance_env(nics)
+            return finish()
         before = snapshot()
         log(f"snapshot: {len(before)} values")
         st = phase_start(nics)
@@ -760,6 +938,7 @@ def main() -> int:
             stop_agent(agent)
             agent = None
         phase_kill(nics, before)
+        phase_irqbalance_env(nics)
     except Exception as e:  # a crash of the test itself is a failure, with its traceback
         import traceback
         traceback.print_exc()
@@ -775,6 +954,10 @@ def main() -> int:
               f"warnings and errors: {len(warn.splitlines())}")
         for line in warn.splitlines()[:20]:
             print("  !", line)
+    return finish()
+
+
+def finish() -> int:
     failed = [n for n, ok in results if not ok]
     print(f"\nSERVICE TEST: {len(results)} checks, {len(results) - len(failed)} passed, "
           f"{len(failed)} failed; guest {os.uname().release}; {time.monotonic() - T0:.1f} s")

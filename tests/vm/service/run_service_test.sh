@@ -16,7 +16,11 @@
 #    kept fed, a multi-threaded agent pinned to its home CPU (agentlatd.client from the
 #    package, then `agentlatd exec`), the NIC IRQs on the completion CPUs, `systemctl stop`
 #    restores everything to the pre-start snapshot, `systemctl kill -s KILL` -> ExecStopPost
-#    rollback restores, Restart=on-failure brings it back, stop restores again.
+#    rollback restores, Restart=on-failure brings it back, stop restores again; then
+#    irqbalance (Debian's .deb unpacked in the lab with dpkg -x, never run on the host)
+#    as irqbalance.service without a usable socket: agentlatd bans in
+#    /etc/default/irqbalance (CPUs and --banirq in IRQBALANCE_ARGS) and restarts it with
+#    systemctl; stop and kill -9 give the file back byte for byte and restart it again.
 #
 # Exit: 0 every check passed; 1 a check failed; 77 "SKIPPED: why" (not root, not Debian,
 #       no lab, no build tools, python3-pyroute2 not obtainable); 124/125 guest timed out
@@ -24,7 +28,8 @@
 # Env:  AGENTLATD_SERVICE_DEB=path   use this .deb instead of building one
 #       AGENTLATD_SERVICE_CACHE      cache dir (default /var/tmp/agentlatd-service-test)
 #       AGENTLATD_VM_KEEP=1          keep the job dir (out.log, console.log, journal.txt)
-#       VM_TIMEOUT (default 300 s), AGENTLATD_VMLAB*: see tests/vm/lab.sh and run_vm.sh
+#       AGENTLATD_SERVICE_ONLY_IRQBALANCE=1  run only phase 7 (irqbalance) after install/setup
+#       VM_TIMEOUT (default 720 s), AGENTLATD_VMLAB*: see tests/vm/lab.sh and run_vm.sh
 set -uo pipefail
 HERE=$(dirname "$(readlink -f "$0")")
 REPO=$(readlink -f "$HERE/../../..")
@@ -183,6 +188,20 @@ EOF
 fetch_deps
 say "runtime dependencies from the archive: ${DEPDEBS[*]##*/}"
 
+# ---- 2c. irqbalance for the guest (phase 7) -----------------------------------------------
+# As tests/run.sh does: the Debian package unpacked with dpkg -x, NOT installed (its
+# maintainer scripts would start irqbalance on this host, which must never move the host's
+# IRQs). The guest runs it from this path through its read-only view of /.
+IBDIR=${AGENTLATD_VMLAB:-/var/tmp/agentlatd-vmlab}/irqbalance
+if [ ! -x "$IBDIR/root/usr/sbin/irqbalance" ]; then
+    say "fetching irqbalance (apt-get download + dpkg -x into $IBDIR)"
+    mkdir -p "$IBDIR" && chmod 755 "$IBDIR"
+    if ! (cd "$IBDIR" && apt-get "${APTO[@]}" download -q irqbalance >/dev/null 2>&1 \
+              && dpkg -x "$(newest "$IBDIR/irqbalance_*.deb")" "$IBDIR/root"); then
+        say "WARNING: irqbalance could not be fetched; phase 7 fails its first check"
+    fi
+fi
+
 # ---- 3. one guest, systemd as PID 1 ---------------------------------------------------------
 JOB=$(mktemp -d /tmp/agentlatd-svcjob.XXXXXX) || die "mktemp"
 # shellcheck disable=SC2317  # invoked by the EXIT trap
@@ -191,6 +210,9 @@ trap cleanup EXIT
 mkdir -p "$JOB/debs"
 cp "$DEB" "${DEPDEBS[@]}" "$JOB/debs/"
 cp "$HERE/guest_service_test.py" "$HERE/agent.py" "$JOB/"
+echo "$IBDIR/root" > "$JOB/irqbalance.root"
+# only the irqbalance phase (7) after install and setup: a quicker loop while working on it
+[ "${AGENTLATD_SERVICE_ONLY_IRQBALANCE:-0}" = 1 ] && touch "$JOB/only-irqbalance"
 # Before systemd starts (chroot on the overlay root; every write lands in guest RAM):
 # units this image enables that have nothing to do in the guest and only slow a TCG boot,
 # and man-db's dpkg trigger (rebuilding the man index over 9p costs ~20 s of TCG; the
@@ -210,7 +232,7 @@ exec /usr/bin/python3 -I /job/guest_service_test.py
 EOF
 
 say "booting the guest (kernel $KV, ${VM_SMP:-4} vCPUs, TCG, systemd as PID 1)"
-VM_LAB=$LAB VM_MODE=systemd VM_STREAM=1 VM_TIMEOUT=${VM_TIMEOUT:-300} \
+VM_LAB=$LAB VM_MODE=systemd VM_STREAM=1 VM_TIMEOUT=${VM_TIMEOUT:-720} \
     bash "$VMDIR/run_vm.sh" "$JOB"
 RC=$?
 if [ "$RC" -ge 124 ] && [ "$RC" -le 125 ] || [ "$RC" = 255 ]; then
