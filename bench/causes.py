@@ -7,6 +7,7 @@ agent loop, and the share of the slow steps' delay `trace --slow-steps` blames o
     python bench/causes.py --phase 3 --threshold 2
     python bench/causes.py --cost               # what the tracer costs the agent
     python bench/causes.py --backend tracefs    # the same check, bpftrace forced off
+    python bench/causes.py --load 36            # under 36 busy loops (a heavily loaded host)
     python bench/causes.py --cost --backend bpftrace --backend tracefs
 """
 
@@ -30,6 +31,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--threshold", type=float, default=1.0, help="slow step, ms (default 1)")
     p.add_argument("--backend", action="append", choices=("bpftrace", "tracefs"),
                    help="the slow-steps tracer (repeatable: each in turn; default bpftrace)")
+    p.add_argument("--load", type=int, default=0,
+                   help="busy loops at nice 0 on any CPU through the phases (default 0)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--cost", action="store_true",
                    help="instead: the C agent's step p50/p99 untraced, traced, untraced again")
@@ -48,7 +51,8 @@ def main(argv: list[str]) -> int:
     agents = causes.AGENTS if a.agent == "both" else (a.agent,)
     try:
         doc = causes.run(agents, tuple(a.case or causes.CASES), a.phase, int(a.threshold * 1e6),
-                         log=lambda m: print(m, file=sys.stderr), backends=tuple(a.backend or ("bpftrace",)))
+                         log=lambda m: print(m, file=sys.stderr), backends=tuple(a.backend or ("bpftrace",)),
+                         load=max(0, a.load))
     except Unavailable as e:
         print(f"causes: {e}", file=sys.stderr)
         return 2
@@ -59,6 +63,7 @@ def main(argv: list[str]) -> int:
         print(json.dumps(doc, indent=1))
     else:
         print(" ".join(["python", "bench/causes.py", *argv]))
+        print("load average {:.1f} at the start, {:.1f} at the end".format(*doc["loadavg"]))
         for run in doc["runs"]:
             print(run["table"])
             if run["lost_events"] or run["ring_missed"]:

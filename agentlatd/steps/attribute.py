@@ -249,8 +249,10 @@ class _Seg:
     wake: Wakeup | None = None
 
 
-def _segments(ix: Index, step: Step) -> tuple[list[_Seg], int, set[int]]:
-    """The thread's states over the step, from its own events."""
+def _segments(ix: Index, step: Step, hop: bool = False) -> tuple[list[_Seg], int, set[int]]:
+    """The thread's states over the step, from its own events. `hop`: a waker's thread
+    over the agent's sleep (_chain), which need not be running at its start: woken
+    and not yet switched in, it is runnable."""
     evs = ix.thread.get(step.tid, [])
     ts = ix.thread_t.get(step.tid, [])
     tid = step.tid
@@ -258,10 +260,14 @@ def _segments(ix: Index, step: Step) -> tuple[list[_Seg], int, set[int]]:
     # starts in the thread itself (it read the clock), so it is running then
     i = bisect.bisect_right(ts, step.start_ns)
     state, cpu = "unknown", -1
+    pending: Wakeup | None = None
     for e in reversed(evs[:i]):
         if isinstance(e, Switch):
             state, cpu = ("run", e.cpu) if e.next_tid == tid else (
                 ("wait", e.cpu) if runnable(e.prev_state) else ("sleep", e.cpu))
+            break
+        if hop and isinstance(e, Wakeup):
+            state, cpu, pending = "wait", e.target_cpu, e
             break
     if state == "unknown":
         # no switch seen before: it was on a CPU; which one, the next event says
@@ -274,7 +280,6 @@ def _segments(ix: Index, step: Step) -> tuple[list[_Seg], int, set[int]]:
     migrations = 0
     cpus: set[int] = {cpu} if cpu >= 0 else set()
     t = step.start_ns
-    pending: Wakeup | None = None
     for e in evs[i:]:
         et = _t(e)
         if et >= step.end_ns:
@@ -349,10 +354,13 @@ def _occupants(ix: Index, cpu: int, t0: int, t1: int) -> list[tuple[int, int, in
     ts = ix.cpu_switch_t.get(cpu, [])
     i = bisect.bisect_right(ts, t0)
     cur_tid, cur_comm = (-1, "")
-    if i > 0:
+    # who was there at t0: the next switch's prev, where there is one: a hop's CPU is
+    # traced only from the hop's wakeup on (step_events.py), so the switch before t0
+    # may be long stale; the switches after it are all there
+    if i < len(sws):
+        cur_tid, cur_comm = sws[i].prev_tid, sws[i].prev_comm
+    elif i > 0:
         cur_tid, cur_comm = sws[i - 1].next_tid, sws[i - 1].next_comm
-    elif i < len(sws):
-        cur_tid, cur_comm = sws[i].prev_tid, sws[i].prev_comm  # who was there before the first
     out: list[tuple[int, int, int, str]] = []
     t = t0
     for s in sws[i:]:
@@ -419,6 +427,11 @@ def attribute(ix: Index, step: Step) -> StepAttribution:
                 continue
             cause, who = _waker(sg.wake)
             gate = _gate(ix, step.tid, sg.t0, sg.t1)
+            if sg.wake is not None and cause in (BLOCKED_NET, BLOCKED_TASK):
+                hop = _chain(ix, sg.wake, sg.t0, step.start_ns, cause, gate, HOPS, {step.tid})
+                if hop is not None:
+                    parts += hop
+                    continue
             if cause == BLOCKED_NET or (sg.wake is None and gate in NET_GATES):
                 # waiting for a packet: the NET_RX work on the CPU it slept on came first
                 rx = _net_rx(ix, sg.cpu, sg.t0, sg.t1)
@@ -429,6 +442,82 @@ def attribute(ix: Index, step: Step) -> StepAttribution:
             continue
         parts += _cpu_parts(ix, step, sg)
     return StepAttribution(step, tuple(parts), migrations, tuple(sorted(cpus)))
+
+
+# How far back a wakeup is followed: the thread that woke the agent (the tool server
+# that sent the reply), and the one that woke that thread. Past this, a waker's sleep
+# is the waker's own time.
+HOPS = 2
+
+
+def _woken_in(ix: Index, tid: int, t0: int, t1: int) -> bool:
+    """Whether `tid` was woken within [t0, t1): asleep, then made runnable, during it."""
+    ts = ix.thread_t.get(tid, [])
+    evs = ix.thread.get(tid, [])
+    return any(isinstance(e, Wakeup) for e in evs[bisect.bisect_left(ts, t0):bisect.bisect_left(ts, t1)])
+
+
+def _followable(ix: Index, w: Wakeup, since: int, seen: set[int]) -> bool:
+    """A wakeup whose waker is a link of the completion chain: a task (or a softirq
+    it ran on its way out of a system call: a reply sent over a veth or loopback is
+    delivered in the sender's own context) that itself was asleep and got woken
+    during the step (since `since`: a tool server is woken by the request, which the
+    agent sends before it sleeps). A task the softirq merely interrupted (a busy
+    loop, the idle task) was not woken in that time, and a block completion is the
+    device's."""
+    return (w.ctx in ("task", "softirq") and w.waker_tid > 0 and w.waker_tid not in seen
+            and not w.blk_dev and _woken_in(ix, w.waker_tid, since, w.t))
+
+
+def _chain(ix: Index, w: Wakeup, t0: int, since: int, cause: str, gate: str, hops: int,
+           seen: set[int]) -> list[Part] | None:
+    """The sleep [t0, w.t) of a thread woken by `w`, split by what its waker did
+    meanwhile (None when the waker is no chain link: _followable). The waker's own
+    work and its own sleeps are `cause` (for a reply: the tool's round trip, not the
+    host's fault); while it waited on a runqueue, the task that ran instead, and the
+    IRQs and softirqs on its CPU, delayed the reply: runnable and softirq, on the
+    waker's CPU. Its sleeps are followed back the same way, `hops` deep."""
+    if hops <= 0 or not _followable(ix, w, since, seen):
+        return None
+    hop = w.waker_tid
+    seen = {*seen, hop}
+    me = _who(hop, w.waker_comm)
+    in_softirqd = w.waker_comm.startswith("ksoftirqd")
+    segs, _, _ = _segments(ix, Step(hop, t0, w.t), hop=True)
+    parts: list[Part] = []
+    for sg in segs:
+        d = sg.t1 - sg.t0
+        if d <= 0:
+            continue
+        if sg.state in ("run", "wait") and sg.cpu >= 0:
+            for p in _cpu_parts(ix, Step(hop, sg.t0, sg.t1), sg):
+                if p.cause == RUNNING:
+                    # the waker's own work: for ksoftirqd, the softirqs it runs
+                    p = (Part(SOFTIRQ, p.ns, f"softirqs in {w.waker_comm}", p.cpu) if in_softirqd
+                         else Part(cause, p.ns, f"{me} running", p.cpu, gate))
+                parts.append(p)
+            continue
+        if sg.state == "sleep":
+            if sg.wake is not None:
+                sub = _chain(ix, sg.wake, sg.t0, since, cause, gate, hops - 1, seen)
+                if sub is not None:
+                    parts += sub
+                    continue
+            # asleep: its own time, less the NET_RX work on the CPU that delivered the
+            # packet that woke it (or, after its reply, the one that woke the agent)
+            # while it slept: the packet was queued behind it
+            hcause, _ = _waker(sg.wake)
+            rx_cpu = sg.wake.cpu if sg.wake is not None else w.cpu
+            if hcause == BLOCKED_NET or sg.wake is None:
+                rx = _net_rx(ix, rx_cpu, sg.t0, sg.t1)
+                parts += rx
+                d -= sum(p.ns for p in rx)
+            if d > 0:
+                hgate = _gate(ix, hop, sg.t0, sg.t1)
+                parts.append(Part(cause, d, f"{me} asleep" + (f" in {hgate}" if hgate else ""), -1, gate))
+            continue
+        parts.append(Part(cause, d, f"{me} (not seen)", -1, gate))
+    return parts
 
 
 TIMER_GATES = ("clock_nanosleep", "nanosleep")

@@ -165,3 +165,74 @@ def test_a_disk_wait_keeps_the_netrx_on_its_cpu_out() -> None:
     ]
     a = _att(ev, Step(A, 0, 3 * MS + 500 * US))
     assert a.by_cause() == {at.RUNNING: 1 * MS + 500 * US, at.BLOCKED_BLOCK: 2 * MS}
+
+
+T = 9  # the tool server's thread
+
+
+def _reply_late(tool_wait: list[at.Event]) -> list[at.Event]:
+    """The agent (CPU 1) sends its request at 100 us (its NET_RX wakes the tool T on CPU
+    0, in the agent's own context), sleeps in recvfrom at 150 us; T, on CPU 0, is
+    woken then and, after `tool_wait`, runs from 4 ms, sends the reply at 4.05 ms: its
+    NET_RX, in T's context, wakes the agent."""
+    return [
+        Switch(0, 1, 0, 0, A, "swapper/1", "agent"),
+        Switch(0, 0, 0, 0, 77, "swapper/0", "flood"),
+        Span("softirq", 110 * US, 120 * US, cpu=1, id=at.NET_RX),
+        Wakeup(115 * US, 1, T, 0, A, "agent", "softirq", at.NET_RX),
+        Span("syscall", 140 * US, 4100 * US, tid=A, name="recvfrom"),
+        Switch(150 * US, 1, A, 1, 0, "agent", "swapper/1"),
+        *tool_wait,
+        Switch(4 * MS, 0, 77, 0, T, "flood", "tool"),
+        Span("softirq", 4040 * US, 4060 * US, cpu=0, id=at.NET_RX),
+        Wakeup(4050 * US, 0, A, 1, T, "tool", "softirq", at.NET_RX),
+        Switch(4060 * US, 1, 0, 0, A, "swapper/1", "agent"),
+        Switch(4080 * US, 0, T, 1, 77, "tool", "flood"),
+    ]
+
+
+def test_reply_late_from_the_tool_servers_cpu_follows_the_wake_chain() -> None:
+    """The tool server was woken by the request at once but waited on its own CPU
+    (behind the flood's sender, then the NET_RX softirqs there) before it could send
+    the reply: the agent's recv wait was all "blocked:net, woken by NET_RX" (the tool's
+    round trip) until the wakeup was followed back to what the tool's thread did."""
+    ev = _reply_late([Span("softirq", 1 * MS, 3 * MS, cpu=0, id=at.NET_RX)])
+    a = _att(ev, Step(A, 0, 4100 * US))
+    by = a.by_cause()
+    on0 = [(p.cause, p.who, p.ns) for p in a.parts if p.cpu == 0]
+    assert on0 == [(at.SOFTIRQ, "NET_RX", 2 * MS),  # on the tool's CPU while it waited
+                   (at.RUNNABLE, "pid 77 'flood'", 4 * MS - 150 * US - 2 * MS),  # behind the sender
+                   (at.SOFTIRQ, "NET_RX", 10 * US),  # its reply's own
+                   (at.BLOCKED_NET, f"pid {T} 'tool' running", 40 * US)]  # its own work
+    assert by[at.BLOCKED_NET] == 40 * US
+
+
+def test_slow_tool_asleep_is_the_tools_own_time() -> None:
+    """The tool slept 3 ms in clock_nanosleep (its think time) before replying: the
+    chain keeps that blocked:net (not the host's fault)."""
+    ev = _reply_late([
+        Switch(200 * US, 0, 77, 0, T, "flood", "tool"),
+        Span("syscall", 250 * US, 3900 * US, tid=T, name="clock_nanosleep"),
+        Switch(300 * US, 0, T, 1, 77, "tool", "flood"),
+        Wakeup(3900 * US, 0, T, 0, 77, "flood", "hrtimer"),
+    ])
+    a = _att(ev, Step(A, 0, 4100 * US))
+    asleep = sum(p.ns for p in a.parts if p.cause == at.BLOCKED_NET and "asleep in clock_nanosleep" in p.who)
+    assert asleep == 3900 * US - 300 * US
+    assert a.by_cause()[at.BLOCKED_NET] > 3 * MS
+
+
+def test_a_waker_not_woken_in_the_step_is_no_chain_link() -> None:
+    """The reply's NET_RX ran at an interrupt's exit in a busy loop that never slept:
+    the busy loop did not send it, so the wait stays the tool's round trip."""
+    ev: list[at.Event] = [
+        Switch(0, 1, 0, 0, A, "swapper/1", "agent"),
+        Span("syscall", 140 * US, 2 * MS, tid=A, name="recvfrom"),
+        Switch(150 * US, 1, A, 1, 0, "agent", "swapper/1"),
+        Switch(0, 0, 0, 0, 55, "swapper/0", "spin"),
+        Wakeup(2 * MS, 0, A, 1, 55, "spin", "softirq", at.NET_RX),
+        Switch(2 * MS, 1, 0, 0, A, "swapper/1", "agent"),
+    ]
+    a = _att(ev, Step(A, 0, 2100 * US))
+    assert a.by_cause()[at.BLOCKED_NET] == 2 * MS - 150 * US
+    assert [p.who for p in a.parts if p.cause == at.BLOCKED_NET] == ["NET_RX on CPU 0"]

@@ -92,6 +92,7 @@ FLOOD_PPS = 400_000
 WRITEBACK_MBPS = 400
 LOOP_MB = 64
 NICE = -10
+TRACER_NICE = -20
 
 Log = Callable[[str], None]
 
@@ -315,10 +316,10 @@ class Lab:
         n = self.net
         netns.sysfs_write(n.ns_agent, [(netns.rps_path(n.dev_flood_rx), f"{1 << self.cpu_a:x}")])
 
-    def start(self, argv: list[str], name: str, cpu: int | None) -> ProbeProc:
+    def start(self, argv: list[str], name: str, cpu: int | None, nice: int = NICE) -> ProbeProc:
         # nice NICE, the agent and the causes alike: the rest of a shared host (other
         # tests' VMs at nice 0) then delays the agent far less than what is injected
-        p = ProbeProc(argv, name=name, nice=NICE)
+        p = ProbeProc(argv, name=name, nice=nice)
         self.procs.append(p)
         pid = p.start()
         if cpu is not None:
@@ -430,11 +431,27 @@ def _wait_begin(path: str, timeout: float) -> None:  # the tracer's "B" line: bp
     raise Unavailable(f"the tracer did not attach within {timeout:.0f} s")
 
 
+def _background(lab: Lab, n: int, seconds: float) -> list[ProbeProc]:
+    """`n` busy loops at nice 0 on any CPU, bounded to `seconds`: the heavy load of a
+    shared host (other tenants' runnable tasks), made on purpose. Their pids are
+    outside the experiment, so the time the agent is runnable behind them is
+    counted apart (FOREIGN), as another tenant's would be."""
+    procs = [lab.start([lab.probe, "hog", "--seconds", f"{seconds:.3f}"], f"load-{i}", None, nice=0)
+             for i in range(n)]
+    for p in procs:
+        p.go()
+    return procs
+
+
 def run_agent(lab: Lab, kind: str, cases: Sequence[str], phase_s: float, threshold_ns: int,
-              log: Log, backend: str = "bpftrace") -> dict[str, Any]:
-    """One agent, one traced run through `cases`; the rows and the table."""
+              log: Log, backend: str = "bpftrace", load: int = 0) -> dict[str, Any]:
+    """One agent, one traced run through `cases`; the rows and the table. `load`: that
+    many busy loops in the background through the phases (_background)."""
     settle = 0.3
-    trace_s = len(cases) * (phase_s + 2 * settle + 0.3) + 2.0
+    # the tracer's bound; it is stopped once the last phase is done (`done`): on a
+    # loaded host starting a phase's processes takes seconds, not the 0.3 s planned
+    trace_s = 3 * len(cases) * (phase_s + 2 * settle + 0.3) + 10.0
+    done = threading.Event()
     ag, tool, tid = _agent(lab, kind, trace_s + 30)
     records: list[StepRecord] = []
     result: dict[str, Any] = {}
@@ -447,7 +464,11 @@ def run_agent(lab: Lab, kind: str, cases: Sequence[str], phase_s: float, thresho
 
         def trace() -> None:
             try:
-                result["trace"] = slow.TRACERS[backend](Root("/"), [tid], trace_s, wd, tick)
+                # the tracer at nice TRACER_NICE (this thread's nice is its child's): on a
+                # heavily loaded host its reader, starved, fell seconds behind the
+                # kernel's buffers, and what was still in them at its exit was lost
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), TRACER_NICE)
+                result["trace"] = slow.TRACERS[backend](Root("/"), [tid], trace_s, wd, tick, stop=done)
             except BaseException as e:  # handed to the main thread
                 result["error"] = e
 
@@ -463,6 +484,9 @@ def run_agent(lab: Lab, kind: str, cases: Sequence[str], phase_s: float, thresho
         th = threading.Thread(target=trace, name="causes-trace", daemon=True)
         th.start()
         _wait_begin(os.path.join(wd, "events.txt"), 60)
+        # the background load starts once the tracer is attached (bpftrace's compile
+        # on a CPU shared with dozens of busy loops took over a minute)
+        bg = _background(lab, load, len(cases) * (phase_s + 2 * settle + 0.3) + 5)
         phases: list[Phase] = []
         for case in cases:
             with _inject(lab, case, ag, tool, phase_s) as pids:
@@ -473,6 +497,9 @@ def run_agent(lab: Lab, kind: str, cases: Sequence[str], phase_s: float, thresho
             phases.append(Phase(case, t0, t1, pids))
             log(f"{kind} agent: {case} done")
             time.sleep(settle)  # what the cause left behind drains
+        for p in bg:
+            p.stop()
+        done.set()
         th.join(trace_s + 90)
         if "error" in result:
             raise result["error"]
@@ -493,18 +520,26 @@ def run_agent(lab: Lab, kind: str, cases: Sequence[str], phase_s: float, thresho
 
 def run(agents: Sequence[str] = AGENTS, cases: Sequence[str] = CASES, phase_s: float = 1.5,
         threshold_ns: int = 1_000_000, log: Log = lambda m: None,
-        backends: Sequence[str] = ("bpftrace",)) -> dict[str, Any]:
+        backends: Sequence[str] = ("bpftrace",), load: int = 0) -> dict[str, Any]:
     """Every agent through every case, traced by each backend in turn (bpftrace,
     tracefs: agentlatd/steps/slow.TRACERS); raises Unavailable when one cannot run."""
     if BASELINE not in cases:  # the score measures every case against it
         cases = (BASELINE, *cases)
     with _lab_running(backends) as (lab, failed):
+        loadavg = [_loadavg()]
         out = {"threshold_ns": threshold_ns, "phase_s": phase_s, "cpu_agent": lab.cpu_a,
-               "cpu_helpers": lab.cpu_b, "loop_dev": lab.loop_dev,
-               "runs": [run_agent(lab, k, cases, phase_s, threshold_ns, log, b)
+               "cpu_helpers": lab.cpu_b, "loop_dev": lab.loop_dev, "load": load, "loadavg": loadavg,
+               "runs": [run_agent(lab, k, cases, phase_s, threshold_ns, log, b, load)
                         for b in backends for k in agents]}
+        loadavg.append(_loadavg())
     out["teardown_failed"] = failed
     return out
+
+
+def _loadavg() -> float:
+    """The 1-minute load average (/proc/loadavg), for the report."""
+    with open(Root("/").path("proc/loadavg")) as f:
+        return float(f.read().split()[0])
 
 
 @contextlib.contextmanager

@@ -9,7 +9,9 @@ ring's clock):
         sched_switch on a CPU an agent thread ran on or was woken to
         (who ran instead needs every switch there, not only the agent's)
   W t cpu tid target_cpu waker_tid ctx ctx_id blk_dev blk_ns waker_comm
-        sched_waking of an agent thread; ctx 0 task, 1 hardirq (ctx_id = IRQ),
+        sched_waking of an agent thread or a hop of its completion chain (the
+        task that woke it from task or softirq context, and that task's waker:
+        attribute.HOPS deep); ctx 0 task, 1 hardirq (ctx_id = IRQ),
         2 softirq (ctx_id = vector), 3 inside an hrtimer callback; blk_dev
         and blk_ns when a block request completed in that same hardirq or
         softirq, or (ctx 0) earlier in the waking task's current run, as a
@@ -21,8 +23,8 @@ ring's clock):
                                                    timer sleep's expiry (TIMER_EXPIRY)
 
 IRQ and softirq spans and switches are printed only for the CPUs the agents
-were seen on (@agcpu), wakeups, migrations and syscalls only for the agent
-threads: the cost is bounded by the agent's own CPUs' event rate, and the
+and their hops were seen on (@agcpu), wakeups, migrations and syscalls only for
+the agent threads and their hops: the cost is bounded by the agent's own CPUs' event rate, and the
 per-CPU perf buffer (PERF_RB_PAGES) with bpftrace's "Lost N events" count
 says when it was not enough.
 """
@@ -32,12 +34,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
-from agentlatd.steps.attribute import Event, Migrate, Span, Switch, Wakeup
+from agentlatd.steps.attribute import HOPS, TASK_REPORT_MAX, Event, Migrate, Span, Switch, Wakeup
 from agentlatd.sysfs.root import Root
 from agentlatd.tools.trace.bpftrace import Unavailable, check, tracefs_dir
 
@@ -60,6 +64,19 @@ TIMER_EXPIRY = {
     "nanosleep": f" {_TS} @g_x[tid] = nsecs + $x;",
 }
 PERF_RB_PAGES = 1024  # per CPU (4 MiB): a NET_RX flood's softirq spans fit a 250 ms read
+# The whole buffer, over all CPUs, where there are few (32 MiB: 16 MiB a CPU on two):
+# on a 2-CPU host under 36 busy loops bpftrace's reader gets a third of a CPU and
+# lost 12k-250k events per 9 s run with 4 MiB a CPU
+PERF_RB_TOTAL_PAGES = 8192
+
+
+def perf_rb_pages(ncpu: int) -> int:
+    """Pages per CPU for bpftrace's perf buffers: PERF_RB_PAGES, more on small hosts
+    (a power of two, as perf requires)."""
+    pages = PERF_RB_PAGES
+    while pages * 2 * max(1, ncpu) <= PERF_RB_TOTAL_PAGES:
+        pages *= 2
+    return pages
 
 
 def program(tids: Collection[int], duration_s: float, gates: Iterable[str] = GATES) -> str:
@@ -69,11 +86,13 @@ def program(tids: Collection[int], duration_s: float, gates: Iterable[str] = GAT
         f"BEGIN {{ {begin} printf(\"B %llu\\n\", nsecs); }}",
         "tracepoint:irq:irq_handler_entry { @irq_t[cpu] = nsecs; @irq_n[cpu] = args->irq; }",
         "tracepoint:irq:irq_handler_exit /@irq_t[cpu]/ {",
-        '  if (@agcpu[cpu]) { printf("I %llu %llu %d %d\\n", @irq_t[cpu], nsecs, cpu, args->irq); }',
+        "  if (@agcpu[cpu] || @hcpu[cpu]) {",
+        '    printf("I %llu %llu %d %d\\n", @irq_t[cpu], nsecs, cpu, args->irq); }',
         "  delete(@irq_t[cpu]); delete(@blk_h[cpu]); delete(@blk_hl[cpu]); }",
         "tracepoint:irq:softirq_entry { @si_t[cpu] = nsecs; @si_v[cpu] = args->vec; }",
         "tracepoint:irq:softirq_exit /@si_t[cpu]/ {",
-        '  if (@agcpu[cpu]) { printf("Q %llu %llu %d %d\\n", @si_t[cpu], nsecs, cpu, args->vec); }',
+        "  if (@agcpu[cpu] || @hcpu[cpu]) {",
+        '    printf("Q %llu %llu %d %d\\n", @si_t[cpu], nsecs, cpu, args->vec); }',
         "  delete(@si_t[cpu]); delete(@blk_s[cpu]); delete(@blk_sl[cpu]); }",
         "tracepoint:timer:hrtimer_expire_entry { @hrt[cpu] = 1; }",
         "tracepoint:timer:hrtimer_expire_exit { delete(@hrt[cpu]); }",
@@ -88,8 +107,19 @@ def program(tids: Collection[int], duration_s: float, gates: Iterable[str] = GAT
         # only until it switches out, so only a wakeup the completing task makes in
         # the same run (the waiter's end_io) is told it was a block completion
         "  else { @blk_t[tid] = args->dev; if ($i) { @blk_tl[tid] = nsecs - $i; } } } }",
-        "tracepoint:sched:sched_waking /@agent[args->pid]/ {",
-        "  @agcpu[args->target_cpu] = 1;",
+        # an agent thread's waker (in task or softirq context: a tool server sending its
+        # reply) becomes a hop of its completion chain, and a hop's waker the next one
+        # (HOPS deep; past the first, from softirq context only ksoftirqd: a softirq at
+        # an interrupt's exit runs in whichever task it interrupted): their wakeups,
+        # migrations and gates are traced as the agent's are, and the switches and
+        # IRQ/softirq spans of a hop's CPU (@hcpu) from its wakeup until it sleeps
+        # again, so attribute.py can say what delayed the reply (_chain there)
+        "tracepoint:sched:sched_waking /@agent[args->pid] || @hop[args->pid]/ {",
+        "  $lvl = @hop[args->pid];",
+        f"  if ($lvl < {HOPS} && tid != 0 && !@agent[tid] && !@hop[tid] && !@hrt[cpu] && !@irq_t[cpu]",
+        '      && ($lvl == 0 || !@si_t[cpu] || strncmp(comm, "ksoftirqd/", 10) == 0)) {',
+        "    @hop[tid] = $lvl + 1; }",
+        "  if (@agent[args->pid]) { @agcpu[args->target_cpu] = 1; } else { @hcpu[args->target_cpu] = 1; }",
         "  if (@hrt[cpu]) {",
         '    printf("W %llu %d %d %d %d 3 -1 0 0 %s\\n", nsecs, cpu, args->pid, args->target_cpu,'
         " tid, comm); }",
@@ -102,20 +132,25 @@ def program(tids: Collection[int], duration_s: float, gates: Iterable[str] = GAT
         "  else {",
         '    printf("W %llu %d %d %d %d 0 -1 %d %llu %s\\n", nsecs, cpu, args->pid, args->target_cpu,'
         " tid, @blk_t[tid], @blk_tl[tid], comm); } } } }",
-        "tracepoint:sched:sched_migrate_task /@agent[args->pid]/ {",
-        "  @agcpu[args->dest_cpu] = 1;",
+        "tracepoint:sched:sched_migrate_task /@agent[args->pid] || @hop[args->pid]/ {",
+        "  if (@agent[args->pid]) { @agcpu[args->dest_cpu] = 1; } else { @hcpu[args->dest_cpu] = 1; }",
         '  printf("M %llu %d %d %d\\n", nsecs, args->pid, args->orig_cpu, args->dest_cpu); }',
         "tracepoint:sched:sched_switch {",
         "  delete(@blk_t[args->prev_pid]); delete(@blk_tl[args->prev_pid]);",
         "  if (@agent[args->next_pid]) { @agcpu[cpu] = 1; }",
-        '  if (@agcpu[cpu]) { printf("S %llu %d %d %lld %d %s\\t%s\\n", nsecs, cpu, args->prev_pid,'
-        " args->prev_state, args->next_pid, args->prev_comm, args->next_comm); } }",
+        "  if (@hop[args->next_pid]) { @hcpu[cpu] = 1; }",
+        '  if (@agcpu[cpu] || @hcpu[cpu]) {',
+        '    printf("S %llu %d %d %lld %d %s\\t%s\\n", nsecs, cpu, args->prev_pid,'
+        " args->prev_state, args->next_pid, args->prev_comm, args->next_comm); }",
+        # the hop asleep again: its CPU's events are of no step until its next wakeup
+        f"  if (@hop[args->prev_pid] && args->prev_state != 0 && args->prev_state != {TASK_REPORT_MAX}) {{",
+        "    delete(@hcpu[cpu]); } }",
     ]
     for k, g in enumerate(gates, 1):
         # the timer sleeps also print when their timer expires (nsecs, CLOCK_MONOTONIC):
         # where the wakeup itself is not seen (below), the sleep is split there
         until = TIMER_EXPIRY.get(g, "")
-        lines.append(f"tracepoint:syscalls:sys_enter_{g} /@agent[tid]/ "
+        lines.append(f"tracepoint:syscalls:sys_enter_{g} /@agent[tid] || @hop[tid]/ "
                      f"{{ @g_t[tid] = nsecs; @g_k[tid] = {k};{until} }}")
     exits = ", ".join(f"tracepoint:syscalls:sys_exit_{g}" for g in gates)
     lines += [
@@ -123,7 +158,8 @@ def program(tids: Collection[int], duration_s: float, gates: Iterable[str] = GAT
         '  printf("G %llu %llu %d %d %llu\\n", @g_t[tid], nsecs, tid, @g_k[tid], @g_x[tid]);'
         " delete(@g_t[tid]); delete(@g_k[tid]); delete(@g_x[tid]); }",
         f"interval:ms:{ms} {{ exit(); }}",
-        "END { clear(@agent); clear(@agcpu); clear(@irq_t); clear(@irq_n); clear(@si_t); clear(@si_v);"
+        "END { clear(@agent); clear(@hop); clear(@hcpu); clear(@agcpu); clear(@irq_t); clear(@irq_n);"
+        " clear(@si_t); clear(@si_v);"
         " clear(@hrt); clear(@rq); clear(@blk_h); clear(@blk_hl); clear(@blk_s); clear(@blk_sl);"
         " clear(@g_t); clear(@g_k); clear(@g_x); clear(@blk_t); clear(@blk_tl); }",
     ]
@@ -211,9 +247,11 @@ def _command(root: Root, script: str) -> list[str]:
 
 
 def run(root: Root, tids: Collection[int], duration_s: float, workdir: str,
-        tick: Callable[[], None] | None = None, tick_s: float = 0.25) -> Trace:
-    """Run the program for `duration_s`; call `tick` every `tick_s` meanwhile (the step
-    rings are read then, before they wrap). Raises Unavailable."""
+        tick: Callable[[], None] | None = None, tick_s: float = 0.25,
+        stop: threading.Event | None = None) -> Trace:
+    """Run the program for `duration_s`, or until `stop` is set (SIGINT: bpftrace runs
+    its END and exits); call `tick` every `tick_s` meanwhile (the step rings are read
+    then, before they wrap). Raises Unavailable."""
     reason = check(root)
     if reason:
         raise Unavailable(reason)
@@ -223,16 +261,20 @@ def run(root: Root, tids: Collection[int], duration_s: float, workdir: str,
     with open(script, "w") as f:
         f.write(program(tids, duration_s))
     out_path = os.path.join(workdir, "events.txt")
-    env = dict(os.environ, BPFTRACE_PERF_RB_PAGES=str(PERF_RB_PAGES))
+    env = dict(os.environ, BPFTRACE_PERF_RB_PAGES=str(perf_rb_pages(os.cpu_count() or 1)))
     argv = _command(root, script)
     with open(out_path, "w") as out, open(os.path.join(workdir, "stderr.txt"), "w") as err:
         p = subprocess.Popen(argv, stdout=out, stderr=err, env=env)
         deadline = time.monotonic() + duration_s + 60
         try:
+            stopped = False
             while p.poll() is None:
                 if time.monotonic() > deadline:
                     p.kill()
                     raise Unavailable(f"bpftrace did not finish within {duration_s + 60:.0f} s.")
+                if stop is not None and stop.is_set() and not stopped:
+                    p.send_signal(signal.SIGINT)
+                    stopped = True
                 if tick is not None:
                     tick()
                 time.sleep(tick_s)

@@ -47,8 +47,10 @@ import errno
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
@@ -293,9 +295,11 @@ def _enable(inst: Instance, tids: Collection[int], gates: Iterable[str]) -> int:
 
 
 def stream(root: Root, base: str, tids: Collection[int], duration_s: float,
-           write: Callable[[str], None], gates: Iterable[str] = GATES) -> None:
-    """Trace `duration_s` in a private instance under `base`, handing trace_pipe's text
-    to `write` as it comes (with the "B", "A" and "Lost" lines)."""
+           write: Callable[[str], None], gates: Iterable[str] = GATES,
+           stop: threading.Event | None = None) -> None:
+    """Trace `duration_s` (or until `stop` is set) in a private instance under `base`,
+    handing trace_pipe's text to `write` as it comes (with the "B", "A" and "Lost"
+    lines)."""
     with Instance(root, base) as inst:
         inst.write("tracing_on", "0")
         inst.write("buffer_size_kb", str(BUFFER_KB))
@@ -309,7 +313,7 @@ def stream(root: Root, base: str, tids: Collection[int], duration_s: float,
             write(f"A {n}\nB {time.monotonic_ns()}\n")
             end = time.monotonic() + duration_s
             while True:
-                done = time.monotonic() >= end
+                done = time.monotonic() >= end or (stop is not None and stop.is_set())
                 if done:
                     inst.write("tracing_on", "0")
                 while True:
@@ -344,9 +348,12 @@ def _command(root: Root, duration_s: float, tids: Collection[int]) -> list[str]:
 
 
 def run(root: Root, tids: Collection[int], duration_s: float, workdir: str,
-        tick: Callable[[], None] | None = None, tick_s: float = 0.25) -> Trace:
-    """events.run's twin: trace through tracefs for `duration_s`, calling `tick` every
-    `tick_s` meanwhile; the child's text goes to workdir/events.txt. Raises Unavailable."""
+        tick: Callable[[], None] | None = None, tick_s: float = 0.25,
+        stop: threading.Event | None = None) -> Trace:
+    """events.run's twin: trace through tracefs for `duration_s` or until `stop` is set
+    (SIGINT: the child stops tracing, drains and exits as at its end), calling `tick`
+    every `tick_s` meanwhile; the child's text goes to workdir/events.txt. Raises
+    Unavailable."""
     if os.geteuid() != 0:
         raise Unavailable("tracing needs root (tracefs); run with sudo.")
     if not root.is_host:
@@ -358,7 +365,11 @@ def run(root: Root, tids: Collection[int], duration_s: float, workdir: str,
         p = subprocess.Popen(argv, stdout=out, stderr=err)
         deadline = time.monotonic() + duration_s + 60
         try:
+            stopped = False
             while p.poll() is None:
+                if stop is not None and stop.is_set() and not stopped:
+                    p.send_signal(signal.SIGINT)
+                    stopped = True
                 if time.monotonic() > deadline:
                     p.kill()
                     raise Unavailable(f"the tracefs tracer did not finish within {duration_s + 60:.0f} s.")
@@ -401,8 +412,11 @@ def _main(argv: list[str]) -> int:
         sys.stdout.write(text)
         sys.stdout.flush()
 
+    stop = threading.Event()
+    # SIGINT from the parent (run's `stop`): end the window now, drained as at its end
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        stream(root, base, tids, duration, write)
+        stream(root, base, tids, duration, write, stop=stop)
     except Unavailable as e:
         print(str(e), file=sys.stderr)
         return 1
