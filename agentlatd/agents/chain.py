@@ -60,6 +60,7 @@ from agentlatd.agents.placement import HomePlacer, pinned_home
 from agentlatd.agents.registry import ChainInput
 from agentlatd.agents.threads import proc_of
 from agentlatd.apply.engine import CHANGED, CLAMPED, UNCHANGED
+from agentlatd.apply.reports import KnobResult
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import AgentlatdError, KernelError
 from agentlatd.kernel.errnos import ErrClass
@@ -548,11 +549,7 @@ class ChainKeeper:
             if m is None:
                 if not tasks.alive(self.root, p):
                     continue
-                m = Member(p, comm=tasks.read_comm(self.root, p.pid) or "")
-                moved = self.victims.narrowed(p.pid)  # already narrowed by exclusivity
-                with contextlib.suppress(KernelError):
-                    m.orig = (moved or tasks.get_affinity(p.pid)).to_list()
-                self.members[p] = m
+                m = self.members[p] = _new_member(self.root, self.victims, p)
             m.agents = dict(agents)
             if not tasks.alive(self.root, p):
                 self._gone(self.members.pop(p))
@@ -577,16 +574,9 @@ class ChainKeeper:
             tids = tasks.list_tids(self.root, p.pid)
             todo = tids if cpus != m.cpus else sorted(set(tids) - m.threads)
             m.threads = set(tids)
-            # a thread can change credentials on its own (setresuid is per thread
-            # in the kernel): with no admin among the registrars, each thread
-            # written must still be the registrars' uid, right before the batch
-            uids = self.auth.owner_uids(allowed)
-            if uids is not None:
-                skipped = [t for t in todo if self.auth.thread_uids(p.pid, t) not in uids]
-                if skipped:
-                    todo = [t for t in todo if t not in skipped]
-                    skipped_why[p] = (f"thread(s) {', '.join(map(str, skipped[:4]))} run as "
-                                      "another uid than the agent's registrar: left where they are")
+            todo, left, owner = self.auth.writable(p.pid, todo, allowed)
+            if left:
+                skipped_why[p] = left
             if not todo:
                 if p in skipped_why and m.cpus is None:
                     m.state, m.problem = MemberState.UNMOVABLE, skipped_why[p]
@@ -595,9 +585,6 @@ class ChainKeeper:
             why = ("chain member of agent(s) "
                    + ", ".join(repr(self.reg.agents[ap].agent_id) for ap in allowed)
                    + f": runs on their home CPU(s) {cpus}")
-            # the write point checks each thread again against one registrar's uid
-            # (tasks.check_thread); several non-admin registrars: the check above
-            owner = next(iter(uids))[0] if uids is not None and len(uids) == 1 else None
             changes += [Change(KnobName.TASK_AFFINITY, ThreadId(p.pid, p.starttime, t).key, "",
                                cpus.to_list(), why, owner=owner) for t in todo]
             first = m.cpus is None
@@ -616,20 +603,7 @@ class ChainKeeper:
             for m in placing:
                 m.state, m.problem, m.cpus = MemberState.FAILED, str(e), None
             return
-        bad: dict[int, str] = {}
-        for r in results:
-            if r.status in (CHANGED, UNCHANGED, CLAMPED) or r.errclass is ErrClass.GONE:
-                continue
-            with contextlib.suppress(ValueError):
-                bad.setdefault(ThreadId.parse(r.target).pid, f"{r.target}: {r.message}")
-        for m in placing:
-            if m.proc.pid in bad or m.proc in skipped_why:
-                m.state, m.problem = MemberState.PARTIAL, bad.get(m.proc.pid) or skipped_why[m.proc]
-                log.warning("chain member pid %d: %s", m.proc.pid, m.problem)
-            else:
-                m.state, m.problem = MemberState.PLACED, ""
-                log.info("chain member pid %d (%s) on CPU(s) %s: %s", m.proc.pid, m.comm,
-                         m.cpus, "; ".join(sorted(set(m.agents.values()))))
+        _settle(placing, results, skipped_why)
 
     def _adopt_victims(self, m: Member, tids: Iterable[int], cpus: CpuSet) -> None:
         """Threads moved off an exclusive CPU before they were known members: the
@@ -696,6 +670,37 @@ class ChainKeeper:
             except Exception:
                 log.exception("restoring chain member pid %d", m.proc.pid)
         self.members.clear()
+
+
+def _new_member(root: Root, victims: CpuKeeper, p: ProcId) -> Member:
+    """A member found for the first time, with the affinity to give back: the one
+    it had before exclusivity narrowed it, if it did."""
+    m = Member(p, comm=tasks.read_comm(root, p.pid) or "")
+    moved = victims.narrowed(p.pid)
+    with contextlib.suppress(KernelError):
+        m.orig = (moved or tasks.get_affinity(p.pid)).to_list()
+    return m
+
+
+def _settle(placing: Iterable[Member], results: Iterable[KnobResult],
+            skipped_why: Mapping[ProcId, str]) -> None:
+    """Each member placed by one batch is PLACED, or PARTIAL with the first thread
+    that was not written (a thread gone meanwhile is no failure) or the threads
+    left where they are because they run as another uid."""
+    bad: dict[int, str] = {}
+    for r in results:
+        if r.status in (CHANGED, UNCHANGED, CLAMPED) or r.errclass is ErrClass.GONE:
+            continue
+        with contextlib.suppress(ValueError):
+            bad.setdefault(ThreadId.parse(r.target).pid, f"{r.target}: {r.message}")
+    for m in placing:
+        if m.proc.pid in bad or m.proc in skipped_why:
+            m.state, m.problem = MemberState.PARTIAL, bad.get(m.proc.pid) or skipped_why[m.proc]
+            log.warning("chain member pid %d: %s", m.proc.pid, m.problem)
+        else:
+            m.state, m.problem = MemberState.PLACED, ""
+            log.info("chain member pid %d (%s) on CPU(s) %s: %s", m.proc.pid, m.comm,
+                     m.cpus, "; ".join(sorted(set(m.agents.values()))))
 
 
 def _run(steps: Generator[None, None, _T]) -> _T:

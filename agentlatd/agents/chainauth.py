@@ -77,3 +77,23 @@ class MemberAuth:
                 self.root.read_text(f"proc/{pid}/task/{tid}/status", tasks.CONTEXT))
         except (KernelError, ValueError):
             return None
+
+    def writable(self, pid: int, tids: list[int], agents: Iterable[ProcId]
+                 ) -> tuple[list[int], str, int | None]:
+        """Of member `pid`'s threads `tids`, those these agents' registrars may have
+        written, why the others are left (""), and the one uid the write point checks
+        each thread against again (tasks.check_thread; None: no single registrar).
+        A thread can change credentials on its own (setresuid is per thread in the
+        kernel): with no admin among the registrars, each thread must still be the
+        registrars' uid, right before the batch."""
+        uids = self.owner_uids(agents)
+        if uids is None:
+            return tids, "", None
+        skipped = [t for t in tids if self.thread_uids(pid, t) not in uids]
+        why = ""
+        if skipped:
+            tids = [t for t in tids if t not in skipped]
+            why = (f"thread(s) {', '.join(map(str, skipped[:4]))} run as another uid than "
+                   "the agent's registrar: left where they are")
+        owner = next(iter(uids))[0] if len(uids) == 1 else None
+        return tids, why, owner

@@ -84,6 +84,7 @@ from agentlatd.plan.changes import Change
 from agentlatd.policy import Policy
 from agentlatd.sample import tasks
 from agentlatd.sample.tasks import ProcId
+from agentlatd.sysfs.root import Root
 
 log = logging.getLogger("agentlatd.agents")
 
@@ -104,6 +105,37 @@ class ChainInput:
     # agents whose home CPU may turn exclusive now (the do-no-harm guard has its
     # baseline and did not undo it); None: no keeper, every agent may
     exclusive_ok: frozenset[ProcId] | None = None
+
+
+def _identify(root: Root, pid: int, req: Registration, peer_start: int | None
+              ) -> tuple[int, int, int]:
+    """The process a register request names, checked to be that process and a
+    process at all: (its start time, ruid, euid), or AgentRefused."""
+    st = tasks.pid_stat(root, pid)
+    if st is None or st.state in ("Z", "X"):
+        raise AgentRefused(Refusal.NO_SUCH_PROCESS, f"process {pid} does not exist")
+    if req.pid is None and peer_start is not None and st.starttime != peer_start:
+        raise AgentRefused(Refusal.NO_SUCH_PROCESS,
+                            f"the process that connected (pid {pid}) has exited")
+    if req.starttime is not None and st.starttime != req.starttime:
+        raise AgentRefused(Refusal.NO_SUCH_PROCESS,
+                            f"process {pid} started at {st.starttime}, not at "
+                            f"{req.starttime}: the process you named has exited and "
+                            "its pid was reused")
+    if st.kthread:
+        raise AgentRefused(Refusal.BAD_REQUEST, f"pid {pid} is a kernel thread; only "
+                                                  "user processes can register")
+    # a thread id is not a process: its registration would journal our own
+    # pin of its threads as their "original"
+    ids = tasks.status_ids(root, pid)
+    if ids is None:
+        raise AgentRefused(Refusal.NO_SUCH_PROCESS, f"process {pid} does not exist")
+    tgid, ruid, euid = ids
+    if tgid != pid:
+        raise AgentRefused(Refusal.BAD_REQUEST,
+                            f"pid {pid} is thread {pid} of process {tgid}, not a process; "
+                            f"register the process (its thread-group leader, pid {tgid})")
+    return st.starttime, ruid, euid
 
 
 class AgentManager:
@@ -180,30 +212,7 @@ class AgentManager:
                        req: Registration, admin: bool) -> tuple[ProcId, int]:
         """Validate and authorise a register request; (process, its uid) or AgentRefused."""
         pid = req.pid if req.pid is not None else peer_pid
-        st = tasks.pid_stat(self.root, pid)
-        if st is None or st.state in ("Z", "X"):
-            raise AgentRefused(Refusal.NO_SUCH_PROCESS, f"process {pid} does not exist")
-        if req.pid is None and peer_start is not None and st.starttime != peer_start:
-            raise AgentRefused(Refusal.NO_SUCH_PROCESS,
-                                f"the process that connected (pid {pid}) has exited")
-        if req.starttime is not None and st.starttime != req.starttime:
-            raise AgentRefused(Refusal.NO_SUCH_PROCESS,
-                                f"process {pid} started at {st.starttime}, not at "
-                                f"{req.starttime}: the process you named has exited and "
-                                "its pid was reused")
-        if st.kthread:
-            raise AgentRefused(Refusal.BAD_REQUEST, f"pid {pid} is a kernel thread; only "
-                                                      "user processes can register")
-        # a thread id is not a process: its registration would journal our own
-        # pin of its threads as their "original"
-        ids = tasks.status_ids(self.root, pid)
-        if ids is None:
-            raise AgentRefused(Refusal.NO_SUCH_PROCESS, f"process {pid} does not exist")
-        tgid, ruid, euid = ids
-        if tgid != pid:
-            raise AgentRefused(Refusal.BAD_REQUEST,
-                                f"pid {pid} is thread {pid} of process {tgid}, not a process; "
-                                f"register the process (its thread-group leader, pid {tgid})")
+        starttime, ruid, euid = _identify(self.root, pid, req, peer_start)
         if not admin and not (ruid == peer_uid and euid == peer_uid):
             raise AgentRefused(Refusal.NOT_PERMITTED,
                 f"uid {peer_uid} may register only its own processes, and process {pid} "
@@ -220,7 +229,7 @@ class AgentManager:
                     "NIC steers its receive processing to the agent's home CPU; only root, "
                     f"group {self.policy.daemon.admin_group!r} and NICs the policy lists in "
                     "devices.agent_nameable may be named")
-        p = ProcId(pid, st.starttime)
+        p = ProcId(pid, starttime)
         if p not in self.agents:
             if len(self.agents) >= MAX_AGENTS:
                 raise AgentRefused(Refusal.LIMIT, f"{MAX_AGENTS} agents are registered "
