@@ -153,7 +153,7 @@ side_lane() {
     else
         # the .deb the package test just built and checked (none: the service test builds one)
         deb=$(find "$debdir" -maxdepth 1 -name 'agentlatd_*_all.deb' | head -1)
-        AGENTLATD_SERVICE_DEB=${AGENTLATD_SERVICE_DEB:-$deb} VM_TIMEOUT=${VM_TIMEOUT:-420} \
+        AGENTLATD_SERVICE_DEB=${AGENTLATD_SERVICE_DEB:-$deb} VM_TIMEOUT=${VM_TIMEOUT:-720} \
             bash tests/vm/service/run_service_test.sh
         r=$?
         if [ $r -eq 77 ]; then echo "SERVICE VM TEST SKIPPED (see reason above)"
