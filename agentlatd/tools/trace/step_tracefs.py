@@ -314,17 +314,20 @@ def _enable(inst: Instance, tids: Collection[int], gates: Iterable[str]) -> int:
         n += 1
     for ev in _common_events(inst, gates):
         n += inst.enable(ev, by_common)
+    # every system call's exit, for the agent's threads only (a missed switch in:
+    # the module doc); a hop may be a busy sender, whose every exit would flood
+    n += inst.enable("raw_syscalls/sys_exit", by_common)
     return n
 
 
 def _common_events(inst: Instance, gates: Iterable[str]) -> list[str]:
-    """The syscall events filtered by common_pid this kernel has (an architecture
-    without a gate's event skips it)."""
+    """The gate syscall events (filtered by common_pid) this kernel has (an
+    architecture without a gate's event skips it)."""
     out = []
     for g in gates:
         if inst.root.exists(f"{inst.rel}/events/syscalls/sys_enter_{g}/enable"):
             out += [f"syscalls/sys_enter_{g}", f"syscalls/sys_exit_{g}"]
-    return [*out, "raw_syscalls/sys_exit"]
+    return out
 
 
 def _refilter(inst: Instance, tids: Collection[int], gates: Iterable[str]) -> None:
@@ -365,9 +368,13 @@ class Hops:
         if "sched_waking" not in text:
             return []
         new: list[tuple[int, int]] = []
-        for line in text.split("\n"):
-            if "sched_waking" not in line:
-                continue
+        at = text.find("sched_waking")
+        while at >= 0:
+            # only the sched_waking lines: a chunk is mostly switches and softirqs
+            end = text.find("\n", at)
+            end = len(text) if end < 0 else end
+            line = text[text.rfind("\n", 0, at) + 1:end]
+            at = text.find("sched_waking", end)
             m = WAKING_LINE.match(line)
             if m is None:
                 continue
@@ -416,16 +423,23 @@ def stream(root: Root, base: str, tids: Collection[int], duration_s: float,
                 if done:
                     inst.write("tracing_on", "0")
                 new: list[tuple[int, int]] = []
-                while True:
+                # a read turn ends when the pipe is empty, or after POLL_S while tracing
+                # (events may come faster than this reads): the window's end and the
+                # hops are looked at between turns; once off, the drain ends
+                turn_end = time.monotonic() + POLL_S
+                empty = False
+                while done or time.monotonic() < turn_end:
                     try:
                         chunk = os.read(fd, 1 << 16)
                     except BlockingIOError:
+                        empty = True
                         break
                     except OSError as e:
                         if e.errno == errno.EINTR:
                             continue
                         raise
                     if not chunk:
+                        empty = True
                         break
                     # whole lines only, so that an "H" line starts a line of its own
                     text = cut + chunk.decode("utf-8", "replace")
@@ -440,7 +454,8 @@ def stream(root: Root, base: str, tids: Collection[int], duration_s: float,
                     # announced before the refilter: every event of the hop comes after
                     write("".join(f"H {t} {lvl}\n" for t, lvl in new))
                     _refilter(inst, {*tids, *hops.level}, gates)
-                time.sleep(POLL_S)
+                if empty:
+                    time.sleep(POLL_S)
         finally:
             os.close(fd)
         write(f"Lost {inst.overruns()} events\n")
