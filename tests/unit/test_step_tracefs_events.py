@@ -112,3 +112,72 @@ def test_both_backends_share_gates_and_trace_shape() -> None:
     assert isinstance(tracefs_events.parse([], [A]), events.Trace)
     st = tracefs_events.switch_state
     assert (st("R"), st("R+"), st("S"), st("D"), st("D|W")) == (0, at.TASK_REPORT_MAX, 1, 1, 1)
+
+
+T = 4300  # the tool server's thread, on CPU 0
+
+# The agent asks the tool server (its thread on CPU 0) and sleeps in recvfrom; the
+# tool waits 2 ms on CPU 0's runqueue behind a hog, then replies and wakes the
+# agent. The child found the tool as a hop on an earlier step ("H"), so the tool's
+# wakeups are in the stream (the kernel filter holds its pid).
+CHAIN = [
+    "B 1000000000000\n",
+    f"H {T} 1\n",
+    f"  probe-{A} [001] ..... {_t(1000)}: sys_recvfrom(fd: 4, ubuf: 7f00, size: 800, flags: 0)\n",
+    f"  probe-{A} [001] d..2. {_t(1000)}: sched_waking: comm=probe pid={T} prio=120 target_cpu=000\n",
+    f"  probe-{A} [001] d..2. {_t(1001)}: sched_switch: prev_comm=probe prev_pid={A} prev_prio=110 "
+    "prev_state=S ==> next_comm=swapper/1 next_pid=0 next_prio=120\n",
+    f"  stress-555 [000] d..2. {_t(3000)}: sched_switch: prev_comm=stress prev_pid=555 prev_prio=120 "
+    f"prev_state=R+ ==> next_comm=probe next_pid={T} next_prio=120\n",
+    f"  probe-{T} [000] d..2. {_t(3050)}: sched_waking: comm=probe pid={A} prio=110 target_cpu=001\n",
+    f"  <idle>-0 [001] d..2. {_t(3060)}: sched_switch: prev_comm=swapper/1 prev_pid=0 prev_prio=120 "
+    f"prev_state=R ==> next_comm=probe next_pid={A} next_prio=110\n",
+    f"  probe-{A} [001] ..... {_t(3065)}: sys_recvfrom -> 0x40\n",
+    f"  probe-{T} [000] d..2. {_t(3100)}: sched_switch: prev_comm=probe prev_pid={T} prev_prio=120 "
+    "prev_state=S ==> next_comm=stress next_pid=555 next_prio=120\n",
+]
+
+
+def test_tracefs_follows_the_tool_servers_wake_chain() -> None:
+    """A reply late because the tool server waited behind a hog on its CPU is the hog's
+    delay (runnable on CPU 0 behind it), as bpftrace says, not blocked:net."""
+    tr = tracefs_events.parse(CHAIN, [A])
+    assert tr.unparsed == 0
+    assert any(isinstance(e, Wakeup) and e.tid == T and e.waker_tid == A for e in tr.events)
+    a = at.attribute(at.index(tr.events), at.Step(A, _ns(900), _ns(3100), 1))
+    by = a.by_cause()
+    assert by[at.RUNNABLE] >= 2_000_000 - 1_000 and by.get(at.BLOCKED_NET, 0) < 100_000
+    assert "pid 555 'stress'" in a.verdict()
+
+
+def _waking(waker: str, waker_tid: int, flags: str, woken: int, us: int = 10) -> str:
+    return (f"  {waker}-{waker_tid} [000] {flags} {_t(us)}: sched_waking: comm=x pid={woken} prio=120 "
+            "target_cpu=001\n")
+
+
+def test_hops_follow_the_bpftrace_programs_rule() -> None:
+    """step_events.py's sched_waking rule: a task (or a softirq it ran) waking the agent
+    is hop 1; hop 1's waker from a softirq only when that is ksoftirqd; never a hardirq;
+    HOPS deep; each hop once."""
+    h = tracefs_events.Hops(frozenset({A}))
+    text = "".join([
+        _waking("probe", T, "d..2.", A),          # the tool's reply: hop 1
+        _waking("probe", T, "d..2.", A),          # seen already
+        _waking("<idle>", 0, "d.h2.", A),         # the idle task in a hardirq: no
+        _waking("kworker/0:1", 66, "d.h2.", A),   # a hardirq in whichever task: no
+        _waking("probe", A, "d..2.", T),          # the agent itself: no
+        _waking("stress", 555, "d.s2.", T),       # a softirq in a task it interrupted: no
+        _waking("ksoftirqd/1", 24, "d.s2.", T),   # ksoftirqd's softirq: hop 2
+        _waking("kworker/1:0", 77, "d..2.", 24),  # past HOPS: no
+        "  garbage sched_waking line\n",
+    ])
+    assert h.feed(text) == [(T, 1), (24, 2)]
+    assert h.feed(_waking("probe", T, "d..2.", A)) == []
+    assert tracefs_events.Hops(frozenset({A})).feed(_waking("sink", 99, "..s1.", A)) == [(99, 1)]
+
+
+def test_hops_are_bounded() -> None:
+    h = tracefs_events.Hops(frozenset({A}))
+    text = "".join(_waking("w", 10_000 + i, "d..2.", A) for i in range(tracefs_events.MAX_HOPS + 5))
+    assert len(h.feed(text)) == tracefs_events.MAX_HOPS
+    assert h.feed(_waking("w", 99_999, "d..2.", A)) == []

@@ -21,6 +21,17 @@ alone, enables
   syscalls/sys_{enter,exit}_<gate>, raw_syscalls/sys_exit
                                         filtered in the kernel: common_pid == tid
 
+and follows the completion chain as step_events.py's program does: the task that
+woke a traced thread (a tool server sending its reply), and that task's waker
+(attribute.HOPS deep, the same rule: Hops), becomes a hop. A filter cannot grow by
+itself, so the child reads its own stream for the traced threads' sched_waking
+lines and rewrites the filters above with the hops' pids, and the switch filter
+with their CPUs, between two reads of trace_pipe; it prints "H <tid> <level>"
+before the hop's first event, and parse traces it from there as it traces the
+agent's threads. A hop is seen from the read after its first wakeup of a traced
+thread (POLL_S): a tool server's thread, the same one every step, from its first
+steps on. At most MAX_HOPS hops (a filter's pids), the first ones seen.
+
 streams the instance's trace_pipe (a consuming read: the per-CPU buffer never
 fills in a long window, unlike reading `trace` at the end) to its stdout, and
 prints "B <CLOCK_MONOTONIC ns>" once tracing is on and "Lost N events" (the
@@ -55,7 +66,7 @@ import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
-from agentlatd.steps.attribute import TASK_REPORT_MAX, Event, Migrate, Span, Switch, Wakeup
+from agentlatd.steps.attribute import HOPS, TASK_REPORT_MAX, Event, Migrate, Span, Switch, Wakeup
 from agentlatd.sysfs.root import Root
 from agentlatd.tools.trace.bpftrace import Unavailable, tracefs_dir
 from agentlatd.tools.trace.step_events import GATES, Trace
@@ -63,6 +74,7 @@ from agentlatd.tools.trace.tracefs import CLOCKS, Instance
 
 BUFFER_KB = 4096  # per CPU, between two reads of trace_pipe (every POLL_S)
 POLL_S = 0.05
+MAX_HOPS = 32  # pids in a hop filter: a tool server's threads and their wakers
 EVERY_CPU = ("irq/irq_handler_entry", "irq/irq_handler_exit", "irq/softirq_entry",
              "irq/softirq_exit", "timer/hrtimer_expire_entry", "timer/hrtimer_expire_exit",
              "block/block_rq_issue", "block/block_rq_complete")
@@ -133,6 +145,14 @@ def parse(lines: Iterable[str], tids: Collection[int], gates: Iterable[str] = GA
         if line.startswith("A "):
             f = line.split()
             tr.attached = int(f[1]) if len(f) > 1 and f[1].isdigit() else 0
+            continue
+        if line.startswith("H "):
+            # a hop of the chain, traced from here on as the agent's threads are
+            f = line.split()
+            if len(f) > 1 and f[1].isdigit():
+                st.tids.add(int(f[1]))
+            else:
+                tr.unparsed += 1
             continue
         if not line.strip() or line.startswith("#"):
             continue
@@ -266,6 +286,15 @@ def cpu_filter(cpus: Collection[int], ncpu: int) -> str:
     return " || ".join(f"CPU == {c}" for c in sorted(cpus))
 
 
+def _pid_filters(tids: Collection[int]) -> tuple[str, str]:
+    """(pid == t || ..., common_pid == t || ...) for the traced threads and hops."""
+    pids = sorted(tids)
+    return (" || ".join(f"pid == {t}" for t in pids), " || ".join(f"common_pid == {t}" for t in pids))
+
+
+PID_EVENTS = ("sched/sched_waking", "sched/sched_migrate_task")
+
+
 def _enable(inst: Instance, tids: Collection[int], gates: Iterable[str]) -> int:
     """Enable the events in `inst`; how many were enabled. Unavailable without the
     sched and irq events (nothing to attribute with)."""
@@ -278,20 +307,94 @@ def _enable(inst: Instance, tids: Collection[int], gates: Iterable[str]) -> int:
             n += 1
         elif ev.startswith(("sched/", "irq/")):
             raise Unavailable(f"tracefs has no {ev} event.")
-    pids = sorted(tids)
-    by_pid = " || ".join(f"pid == {t}" for t in pids)
-    by_common = " || ".join(f"common_pid == {t}" for t in pids)
-    for ev in ("sched/sched_waking", "sched/sched_migrate_task"):
+    by_pid, by_common = _pid_filters(tids)
+    for ev in PID_EVENTS:
         if not inst.enable(ev, by_pid):
             raise Unavailable(f"tracefs has no {ev} event (or refused its pid filter).")
         n += 1
-    for g in gates:
-        # a gate the kernel has no event for (an architecture without it) is skipped
-        if inst.enable(f"syscalls/sys_enter_{g}", by_common):
-            n += 1
-            n += inst.enable(f"syscalls/sys_exit_{g}", by_common)
+    for ev in _common_events(inst, gates):
+        n += inst.enable(ev, by_common)
+    # every system call's exit, for the agent's threads only (a missed switch in:
+    # the module doc); a hop may be a busy sender, whose every exit would flood
     n += inst.enable("raw_syscalls/sys_exit", by_common)
     return n
+
+
+def _common_events(inst: Instance, gates: Iterable[str]) -> list[str]:
+    """The gate syscall events (filtered by common_pid) this kernel has (an
+    architecture without a gate's event skips it)."""
+    out = []
+    for g in gates:
+        if inst.root.exists(f"{inst.rel}/events/syscalls/sys_enter_{g}/enable"):
+            out += [f"syscalls/sys_enter_{g}", f"syscalls/sys_exit_{g}"]
+    return out
+
+
+def _refilter(inst: Instance, tids: Collection[int], gates: Iterable[str]) -> None:
+    """Rewrite the enabled events' filters for `tids` (the agent's threads and the
+    hops): the kernel swaps a filter in while the event stays on. A filter the
+    kernel refuses keeps the old one (the hop is then not traced, not an error)."""
+    by_pid, by_common = _pid_filters(tids)
+    for ev in PID_EVENTS:
+        inst.write(f"events/{ev}/filter", by_pid)
+    for ev in _common_events(inst, gates):
+        inst.write(f"events/{ev}/filter", by_common)
+    # "0" clears a filter (Documentation/trace/events.rst 5.2)
+    inst.write("events/sched/sched_switch/filter",
+               cpu_filter(allowed_cpus(tids), os.cpu_count() or 1) or "0")
+
+
+# the flags column (kernel/trace/trace_output.c trace_print_lat_fmt: irqs-off,
+# need-resched, hardirq/softirq, ...) of a sched_waking line, the waker and the woken
+WAKING_LINE = re.compile(r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[\d+\]\s+"
+                         r"(?P<flags>\S+)\s+\d+\.\d{6}:\s+sched_waking:\s+comm=.* pid=(?P<p>\d+) prio=")
+
+
+@dataclass(slots=True)
+class Hops:
+    """The completion chain's hops, found in the child's own stream: step_events.py's
+    rule (its sched_waking probe) on the printed lines. A waker in task context, or
+    in a softirq it ran (a reply sent over a veth is delivered in the sender's
+    context), of an agent thread is hop 1; a hop's waker is the next, up to HOPS,
+    past the first from a softirq only ksoftirqd (a softirq at an interrupt's exit
+    runs in whichever task it interrupted). Not from a hardirq (a timer, a device)."""
+
+    agents: frozenset[int]
+    level: dict[int, int] = field(default_factory=dict)
+
+    def feed(self, text: str) -> list[tuple[int, int]]:
+        """The hops first seen in `text` (whole lines): (tid, level), in order; at most
+        MAX_HOPS in all."""
+        if "sched_waking" not in text:
+            return []
+        new: list[tuple[int, int]] = []
+        at = text.find("sched_waking")
+        while at >= 0:
+            # only the sched_waking lines: a chunk is mostly switches and softirqs
+            end = text.find("\n", at)
+            end = len(text) if end < 0 else end
+            line = text[text.rfind("\n", 0, at) + 1:end]
+            at = text.find("sched_waking", end)
+            m = WAKING_LINE.match(line)
+            if m is None:
+                continue
+            woken, waker = int(m.group("p")), int(m.group("pid"))
+            if woken in self.agents:
+                lvl = 0
+            elif woken in self.level:
+                lvl = self.level[woken]
+            else:
+                continue
+            flags = m.group("flags")
+            ctx = flags[2] if len(flags) >= 3 else "."
+            if (lvl >= HOPS or waker == 0 or waker in self.agents or waker in self.level
+                    or ctx in "hHzZ" or len(self.level) >= MAX_HOPS):
+                continue
+            if ctx == "s" and lvl > 0 and not m.group("comm").startswith("ksoftirqd/"):
+                continue
+            self.level[waker] = lvl + 1
+            new.append((waker, lvl + 1))
+        return new
 
 
 def stream(root: Root, base: str, tids: Collection[int], duration_s: float,
@@ -306,7 +409,10 @@ def stream(root: Root, base: str, tids: Collection[int], duration_s: float,
         for clock in CLOCKS:
             if inst.write("trace_clock", clock):
                 break
+        gates = tuple(gates)
         n = _enable(inst, tids, gates)
+        hops = Hops(frozenset(tids))
+        cut = ""  # a line cut between two reads
         fd = os.open(root.path(f"{inst.rel}/trace_pipe"), os.O_RDONLY | os.O_NONBLOCK)
         try:
             inst.write("tracing_on", "1")
@@ -316,21 +422,40 @@ def stream(root: Root, base: str, tids: Collection[int], duration_s: float,
                 done = time.monotonic() >= end or (stop is not None and stop.is_set())
                 if done:
                     inst.write("tracing_on", "0")
-                while True:
+                new: list[tuple[int, int]] = []
+                # a read turn ends when the pipe is empty, or after POLL_S while tracing
+                # (events may come faster than this reads): the window's end and the
+                # hops are looked at between turns; once off, the drain ends
+                turn_end = time.monotonic() + POLL_S
+                empty = False
+                while done or time.monotonic() < turn_end:
                     try:
                         chunk = os.read(fd, 1 << 16)
                     except BlockingIOError:
+                        empty = True
                         break
                     except OSError as e:
                         if e.errno == errno.EINTR:
                             continue
                         raise
                     if not chunk:
+                        empty = True
                         break
-                    write(chunk.decode("utf-8", "replace"))
+                    # whole lines only, so that an "H" line starts a line of its own
+                    text = cut + chunk.decode("utf-8", "replace")
+                    end_line = text.rfind("\n") + 1
+                    text, cut = text[:end_line], text[end_line:]
+                    write(text)
+                    new += hops.feed(text)
                 if done:
+                    write(cut and cut + "\n")
                     break
-                time.sleep(POLL_S)
+                if new:
+                    # announced before the refilter: every event of the hop comes after
+                    write("".join(f"H {t} {lvl}\n" for t, lvl in new))
+                    _refilter(inst, {*tids, *hops.level}, gates)
+                if empty:
+                    time.sleep(POLL_S)
         finally:
             os.close(fd)
         write(f"Lost {inst.overruns()} events\n")
