@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import pathlib
 import subprocess
-import tempfile
 
 import pytest
 
@@ -52,8 +51,8 @@ def qos(base: pathlib.Path, cpu: int) -> str:
 
 
 @pytest.fixture
-def setup() -> tuple[pathlib.Path, AgentManager, Engine]:
-    base = pathlib.Path(tempfile.mkdtemp(prefix="agentlatd-pmqos-"))
+def setup(tmp_path: pathlib.Path) -> tuple[pathlib.Path, AgentManager, Engine]:
+    base = tmp_path  # pytest's, removed with its others (a mkdtemp here was never removed)
     root = tree(base)
     eng = Engine(root, str(base / "state"), policy=policy_mod.loads(POLICY))
     mgr = AgentManager(Applier(eng), eng.policy)
