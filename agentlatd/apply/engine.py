@@ -222,15 +222,8 @@ class Engine:
 
     # -- single entries --------------------------------------------------
     def restore(self, keys: Iterable[tuple[str, str]]) -> tuple[KnobResult, ...]:
-        """Restore the journaled originals of these (knob, target) instances only.
-
-        For changes that end before the run does (an agent unregisters, a home
-        CPU stops being exclusive). Newest entry first, as rollback() does; an
-        entry whose original is back (or has nothing left to restore: gone,
-        unchanged, kernel-managed) leaves the journal, a failed one stays for a
-        later restore() or rollback(). Keys not journaled are ignored. The
-        journal is saved once, crash-safe, or removed when it is empty.
-        """
+        """Restore the journaled originals of these (knob, target) instances only,
+        for changes that end before the run does (restore.py restore_keys says how)."""
         return self._restorer.restore_keys(self._keeper.current(), keys)
 
     def forget(self, keys: Iterable[tuple[str, str]]) -> int:

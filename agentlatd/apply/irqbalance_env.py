@@ -72,7 +72,7 @@ import os
 import re
 import shlex
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from agentlatd.apply import irqbalance, irqbalance_ban
@@ -336,22 +336,28 @@ def unit_of(cgroup_text: str) -> str | None:
     return None
 
 
-def environment_files(unit_texts: list[str]) -> list[str]:
-    """EnvironmentFile= paths of a unit file and its drop-ins, in order (a
-    leading "-" dropped; an empty assignment clears the list: systemd.exec(5))."""
-    out: list[str] = []
+def _service_values(unit_texts: list[str], key: str) -> Iterator[str]:
+    """The values of `key=` in the [Service] section of a unit file and its
+    drop-ins, in the order systemd reads them."""
     for text in unit_texts:
         section = ""
         for line in text.splitlines():
             s = line.strip()
             if s.startswith("["):
                 section = s
-            elif section == "[Service]" and s.startswith("EnvironmentFile="):
-                v = s[len("EnvironmentFile="):].strip()
-                if not v:
-                    out.clear()
-                else:
-                    out.append(v.lstrip("-"))
+            elif section == "[Service]" and s.startswith(key + "="):
+                yield s[len(key) + 1:].strip()
+
+
+def environment_files(unit_texts: list[str]) -> list[str]:
+    """EnvironmentFile= paths of a unit file and its drop-ins, in order (a
+    leading "-" dropped; an empty assignment clears the list: systemd.exec(5))."""
+    out: list[str] = []
+    for v in _service_values(unit_texts, "EnvironmentFile"):
+        if not v:
+            out.clear()
+        else:
+            out.append(v.lstrip("-"))
     return out
 
 
@@ -359,16 +365,8 @@ def passes_args(unit_texts: list[str]) -> bool:
     """Whether the unit's ExecStart= (the last one set; an empty one resets)
     passes $IRQBALANCE_ARGS to irqbalance: upstream misc/irqbalance.service and
     Debian's unit do, an old unit with a bare "irqbalance --foreground" does not."""
-    exec_start = ""
-    for text in unit_texts:
-        section = ""
-        for line in text.splitlines():
-            s = line.strip()
-            if s.startswith("["):
-                section = s
-            elif section == "[Service]" and s.startswith("ExecStart="):
-                exec_start = s[len("ExecStart="):].strip()
-    return bool(_EXEC_USES_ARGS.search(exec_start))
+    set_ = ["", *_service_values(unit_texts, "ExecStart")]
+    return bool(_EXEC_USES_ARGS.search(set_[-1]))
 
 
 def pick_env_file(files: list[str]) -> str | None:

@@ -342,20 +342,17 @@ def _cpuhp(tree: pathlib.Path, states: dict[int, tuple[int, int]]) -> None:
         (d / "target").write_text(f"{target}\n")
 
 
-def test_hotplug_respread_after_the_column_appears_is_not_yielded(tmp_path: pathlib.Path) -> None:
-    """A CPU coming online shows in /proc/stat before its bring-up callbacks run, and
-    virtio_net re-spreads its queues' IRQ affinity in one of them (virtnet_cpu_online):
-    under TCG that rewrite landed ticks after the tick that saw the new column, and was
-    yielded as another writer's for good (VM tier, test_hotplug_online_again_every_nic_irq_
-    and_mask_on_completion_cpus). While cpuN/hotplug/state != target it is the kernel's."""
-    tree = copy_tree(tmp_path)
+def _cpu3_coming_online(tmp: pathlib.Path) -> tuple[pathlib.Path, Tuner, Clock, str, str]:
+    """Two ticks on a tree whose CPUs' hotplug is at rest, then CPU 3 comes online: its
+    /proc/stat line appears, its callbacks have not run yet (state 100, target 236).
+    The tree, the tuner, its clock, and a steered IRQ with the value agentlatd wrote."""
+    tree = copy_tree(tmp)
     _cpuhp(tree, {c: (236, 236) for c in range(4)})
-    t, clock = tuner(Root(str(tree)), tmp_path)
+    t, clock = tuner(Root(str(tree)), tmp)
     t.step()
     irq, want = next((e.target, e.written) for e in t.engine.entries()
                      if e.knob == "irq.affinity" and e.written)
     t.step()  # a tick with rates and no hotplug
-    # CPU 3 comes online: its /proc/stat line appears, its callbacks have not run yet
     stat = tree / "proc" / "stat"
     lines = stat.read_text().splitlines(keepends=True)
     at = next(i for i, ln in enumerate(lines) if ln.startswith("cpu2 "))
@@ -363,6 +360,16 @@ def test_hotplug_respread_after_the_column_appears_is_not_yielded(tmp_path: path
     stat.write_text("".join(lines))
     _cpuhp(tree, {3: (100, 236)})
     clock.advance(1.0)
+    return tree, t, clock, irq, want
+
+
+def test_hotplug_respread_after_the_column_appears_is_not_yielded(tmp_path: pathlib.Path) -> None:
+    """A CPU coming online shows in /proc/stat before its bring-up callbacks run, and
+    virtio_net re-spreads its queues' IRQ affinity in one of them (virtnet_cpu_online):
+    under TCG that rewrite landed ticks after the tick that saw the new column, and was
+    yielded as another writer's for good (VM tier, test_hotplug_online_again_every_nic_irq_
+    and_mask_on_completion_cpus). While cpuN/hotplug/state != target it is the kernel's."""
+    tree, t, clock, irq, want = _cpu3_coming_online(tmp_path)
     seen = t.step()
     assert seen.drift == () and "cpuhp" in stages(seen)
     # the driver's re-spread lands two slow ticks later, while the callbacks still run
@@ -387,17 +394,7 @@ def test_hotplug_respread_after_the_column_appears_is_not_yielded(tmp_path: path
 
 
 def test_hotplug_that_never_finishes_lets_drift_be_judged_again(tmp_path: pathlib.Path) -> None:
-    tree = copy_tree(tmp_path)
-    _cpuhp(tree, {c: (236, 236) for c in range(4)})
-    t, clock = tuner(Root(str(tree)), tmp_path)
-    t.step()
-    irq, want = next((e.target, e.written) for e in t.engine.entries()
-                     if e.knob == "irq.affinity" and e.written)
-    t.step()
-    stat = tree / "proc" / "stat"
-    stat.write_text(stat.read_text().replace("cpu2 ", "cpu3 1000 0 1000 50000 0 0 0 0 0 0\ncpu2 "))
-    _cpuhp(tree, {3: (100, 236)})
-    clock.advance(1.0)
+    tree, t, clock, irq, want = _cpu3_coming_online(tmp_path)
     t.step()
     clock.advance(61.0)  # past CPUHP_LIMIT_S: stuck, not running; one last tick puts back
     assert "cpuhp" in stages(t.step())
