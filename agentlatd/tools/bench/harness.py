@@ -369,17 +369,9 @@ class Bench:
         self.notes: list[str] = []
 
     def teardown(self) -> list[str]:
-        notes: list[str] = []
-        for p in self.procs:
-            p.kill()
-        self.procs = []
-        if self.noise is not None:
-            self.noise.kill()
-            self.noise = None
-        if self.daemon is not None:
-            notes += self.daemon.stop()
-            self.daemon = None
-        return notes + self.lab.teardown()
+        """The run under way (its notes into self.notes), then the Lab: the Lab's notes."""
+        self.teardown_run()
+        return self.lab.teardown()
 
     # -- one run -----------------------------------------------------------
     def run_one(self, cfg: Config, rnd: int, traced: bool = False) -> dict[str, Any]:
