@@ -177,13 +177,8 @@ class Engine:
         return journal.journal_path(self.state_dir)
 
     def acquire(self) -> None:
-        """Lock the state directory and check its journal, writing nothing.
-
-        For a daemon's start: every reason recover() would refuse (a journal
-        agentlatd did not write, another root or network namespace) is raised
-        here, before the daemon's first write. A damaged journal is not an
-        error here: recover() salvages it.
-        """
+        """Lock the state directory and check its journal, writing nothing, before a
+        daemon's first write (recovery.py acquire() says what is refused)."""
         self._keeper.acquire()
 
     def recover(self) -> RecoverReport:
