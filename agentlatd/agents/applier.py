@@ -61,7 +61,11 @@ class Applier:
     def apply(self, changes: Sequence[Change]) -> list[KnobResult]:
         if not changes:
             return []
-        rep = self.engine.apply(changes)
+        # every agent-side entry is restored at start whatever the journal says
+        # (lifecycle.recover_agents): "complete", which decides between restoring
+        # and adopting the device plan, need not bracket these writes, and the
+        # append after them is empty when all land (one append per registration)
+        rep = self.engine.apply(changes, bracket=False)
         bad = [r for r in rep.results if r.status == engine_mod.FAILED]
         self.failures += len(bad)
         return list(rep.results)

@@ -85,11 +85,17 @@ class BatchWriter:
         return self._io.root
 
     def run(self, changes: list[Change], j: Journal | None, journaled: Journal | None,
-            policy: Policy, *, dry_run: bool = False
+            policy: Policy, *, dry_run: bool = False, bracket: bool = True
             ) -> tuple[tuple[KnobResult, ...], tuple[str, ...]]:
         """Apply `changes` in order, journaling in `j` (None: dry run); every change
         gets a KnobResult. `journaled` is the engine's journal, read even in a dry run
-        (the IRQs irqbalance was handed). Returns the results and the notes."""
+        (the IRQs irqbalance was handed). Returns the results and the notes.
+
+        `bracket`: the journal says "incomplete" while the writes run (a crash then
+        restores rather than adopts it: engine.py). False for writes whose entries
+        are restored at every start whatever the journal says (the agent side's):
+        the flag is left as it is, and when every write lands as journaled the
+        save after the writes has nothing to append."""
         notes: list[str] = []
         pids: tuple[int, ...] = ()
         if any(c.knob == KnobName.IRQ_AFFINITY for c in changes):
@@ -209,11 +215,13 @@ class BatchWriter:
             assert j is not None
             # originals durable BEFORE the first write (style.md habit 6), with
             # the values about to be written: when every write lands as planned
-            # the save after the writes appends only "complete" (journal.py)
+            # the save after the writes appends only "complete" (journal.py), or
+            # nothing when not bracketed
             for _, p in pending:
                 p.entry.written = p.change.desired
             was_complete = j.complete
-            j.complete = False
+            if bracket:
+                j.complete = False
             try:
                 j.save()
             except JournalError:
@@ -242,11 +250,14 @@ class BatchWriter:
                     # the write failed: the kernel kept its value, nothing to restore
                     failed.append(p.entry)
             j.remove_entries(failed)
-            j.complete = True
+            if bracket:
+                j.complete = True
             if not j.entries:
                 j.delete()
             else:
-                j.save()  # appends what changed since the save above, at least "complete"
+                # what changed since the save above (a write that failed, a clamped
+                # value), and "complete" when bracketed
+                j.save()
         elif j is not None and j.entries:
             j.save()  # an adopted value, a replaced device's entry dropped; else no write
         elif j is not None and dropped:

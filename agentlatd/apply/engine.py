@@ -201,8 +201,10 @@ class Engine:
         return tuple(self._keeper.current().entries)
 
     # -- apply -----------------------------------------------------------
-    def apply(self, changes: Iterable[Change], *, dry_run: bool = False) -> ApplyReport:
-        """Apply `changes` in order; every one gets a KnobResult (apply/batch.py)."""
+    def apply(self, changes: Iterable[Change], *, dry_run: bool = False,
+              bracket: bool = True) -> ApplyReport:
+        """Apply `changes` in order; every one gets a KnobResult (apply/batch.py;
+        `bracket` is BatchWriter.run's)."""
         changes = list(changes)
         recovery: RecoverReport | None = None
         if not dry_run:
@@ -212,7 +214,7 @@ class Engine:
                 recovery = None
         current = self._keeper.journal
         results, notes = self._batch.run(changes, None if dry_run else current, current,
-                                         self.policy, dry_run=dry_run)
+                                         self.policy, dry_run=dry_run, bracket=bracket)
         return ApplyReport(results, self.journal_path, recovery, notes, dry_run)
 
     # -- single entries --------------------------------------------------

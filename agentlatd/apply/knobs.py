@@ -183,6 +183,8 @@ def netns_scoped(knob: str, target: str) -> bool:
 
 
 def cpulist_equal(a: str, b: str) -> bool:
+    if a == b:  # the common case (a value read back as written): no parse
+        return True
     try:
         return CpuSet.parse_list(a) == CpuSet.parse_list(b)
     except CpuSetError:

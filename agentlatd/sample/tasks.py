@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import platform
 import re
@@ -98,9 +99,18 @@ class ThreadId:
 
     @classmethod
     def parse(cls, target: str) -> ThreadId:
-        t = parse_target(KnobName.TASK_AFFINITY, target)
-        assert isinstance(t, TaskTarget)  # the knob's kind
-        return cls(t.pid, t.starttime, t.tid)
+        return _parse_thread(target)
+
+
+@functools.lru_cache(maxsize=16384)
+def _parse_thread(target: str) -> ThreadId:
+    """ThreadId.parse, remembered: one registration's target is parsed by the
+    batch's check, read, write, verify and the accounting after it (ten
+    parses of one string, bench/agents.py); a ThreadId is immutable. Bounded:
+    about the threads of 1000 agents."""
+    t = parse_target(KnobName.TASK_AFFINITY, target)
+    assert isinstance(t, TaskTarget)  # the knob's kind
+    return ThreadId(t.pid, t.starttime, t.tid)
 
 
 def valid_pid(v: object) -> int | None:

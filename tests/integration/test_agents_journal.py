@@ -1,0 +1,124 @@
+"""What a registration costs the journal, and what a crash in the middle of one leaves.
+
+The engine brackets a batch of writes with the journal's "complete" flag: a run
+that dies inside a batch leaves "incomplete", and the next start restores the
+device plan instead of adopting it (apply/engine.py). Agent-side entries are
+restored at every start whatever the flag says (lifecycle.recover_agents), so
+the agent side's batches do not flip it: one append per registration instead
+of two (bench/agents.py register round trip), and a daemon killed in the middle
+of a registration no longer makes the next start undo the device plan.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+from agentshelpers import needs_2cpus, needs_root
+from support.sleepers import Sleepers
+
+from agentlatd import policy as policy_mod
+from agentlatd.agents.applier import Applier
+from agentlatd.agents.refusal import Registration
+from agentlatd.agents.registry import AgentManager
+from agentlatd.apply import journal
+from agentlatd.apply.engine import Engine
+from agentlatd.apply.reports import Recovery
+from agentlatd.cpuset import CpuSet
+from agentlatd.lifecycle import recover_agents
+from agentlatd.model.layout import CpuLayout
+from agentlatd.sysfs.root import Root
+
+pytestmark = [needs_root, needs_2cpus]
+
+POLICY = '[classes.interactive]\nexclusive = "shared"\n'
+
+
+class Killed(Exception):
+    """Stands for the SIGKILL of tests/support/launch.py at a write point."""
+
+
+def _manager(state: pathlib.Path, hook: object = None) -> tuple[Engine, AgentManager]:
+    eng = Engine(Root("/"), str(state), policy=policy_mod.loads(POLICY),
+                 write_hook=hook)  # type: ignore[arg-type]
+    mgr = AgentManager(Applier(eng), eng.policy)
+    mgr.set_layout(CpuLayout(home=CpuSet({1}), completion=CpuSet({0})))
+    return eng, mgr
+
+
+def _log_lines(eng: Engine) -> list[str]:
+    try:
+        return pathlib.Path(eng.journal_path + journal.LOG_SUFFIX).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def _register(mgr: AgentManager, pid: int) -> None:
+    req = Registration(agent_id=f"a{pid}", pid=pid, latency_class="interactive")
+    p, uid = mgr.check_register(0, 0, None, req, True)
+    mgr.register(p, uid, req)
+
+
+def test_a_registration_appends_to_the_journal_once(tmp_path: pathlib.Path) -> None:
+    """One line, the agent's entry, appended to the journal's log per registration.
+    Before: the batch marked the journal incomplete, saved, wrote, then saved
+    again to say "complete" (two appends, each an fdatasync, three lines)."""
+    eng, mgr = _manager(tmp_path / "state")
+    procs = Sleepers(4)
+    try:
+        for pid in procs.pids[:2]:  # the first save is a snapshot, the next starts the log
+            _register(mgr, pid)
+            assert all(r is None for r in mgr.place_pending().values())
+        for pid in procs.pids[2:]:
+            before = _log_lines(eng)
+            _register(mgr, pid)
+            assert all(r is None for r in mgr.place_pending().values())
+            added = _log_lines(eng)[len(before):]
+            assert len(added) == 1 and f'"{pid}:' in added[0], added
+            assert os.sched_getaffinity(pid) == {1}
+        on_disk = journal.load(eng.journal_path)
+        assert on_disk is not None and on_disk.complete
+        assert len(on_disk.entries) == 4
+    finally:
+        procs.kill()
+        eng.close()
+
+
+@pytest.mark.parametrize("point", [0, 1])
+def test_a_crash_inside_a_registration_keeps_the_device_plan_and_restores_the_agent(
+        tmp_path: pathlib.Path, point: int) -> None:
+    """Killed after the journal save (point 0) or after the write (point 1) of a
+    registration: the journal on disk still says complete, so the next start
+    adopts it (before: "incomplete", and the next start restored every original,
+    the device plan's too), and the agent's own entry is restored at that start
+    all the same."""
+    state = tmp_path / "state"
+
+    def hook(n: int) -> None:
+        if n == point:
+            raise Killed(n)
+
+    procs = Sleepers(1)
+    pid = procs.pids[0]
+    before = os.sched_getaffinity(pid)
+    eng, mgr = _manager(state, hook)
+    try:
+        _register(mgr, pid)
+        with pytest.raises(Killed):
+            mgr.place_pending()
+        eng.close()
+        on_disk = journal.load(journal.journal_path(str(state)))
+        assert on_disk is not None
+        assert on_disk.complete
+        assert [e.knob for e in on_disk.entries] == ["task.affinity"]
+        assert os.sched_getaffinity(pid) == (before if point == 0 else {1})
+
+        eng, mgr = _manager(state)
+        assert eng.recover().action is Recovery.ADOPTED
+        recover_agents(eng, mgr.applier)
+        assert os.sched_getaffinity(pid) == before
+        assert not eng.entries()
+    finally:
+        procs.kill()
+        eng.close()
