@@ -8,6 +8,7 @@ most significant first) as used by /proc/irq/N/smp_affinity and
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 
@@ -27,10 +28,22 @@ class CpuSet(frozenset[int]):
                 raise CpuSetError(f"negative CPU number {c}")
         return super().__new__(cls, items)
 
+    @classmethod
+    def _of(cls, items: frozenset[int]) -> CpuSet:
+        """A CpuSet of CPU numbers already checked (the set algebra of two CpuSets):
+        no per-element int() and sign check."""
+        return frozenset.__new__(cls, items)
+
     # -- parsing ---------------------------------------------------------
     @classmethod
     def parse_list(cls, text: str) -> CpuSet:
         """Parse a cpulist: "", "0", "0-3,8", "0-15:2" (stride, see bitmap_parselist)."""
+        if cls is CpuSet:
+            return _parse_list(text)
+        return cls._parse_list(text)
+
+    @classmethod
+    def _parse_list(cls, text: str) -> CpuSet:
         text = text.strip()
         cpus: set[int] = set()
         if not text:
@@ -78,6 +91,9 @@ class CpuSet(frozenset[int]):
     # -- printing --------------------------------------------------------
     def to_list(self) -> str:
         """The cpulist form, ranges collapsed: CpuSet({0,1,2,3,8}) -> "0-3,8"."""
+        if len(self) == 1:  # an agent's home CPU: the common case
+            for c in self:
+                return str(c)
         out: list[str] = []
         run: list[int] = []
         for c in sorted(self):
@@ -116,17 +132,35 @@ class CpuSet(frozenset[int]):
         return f"CpuSet({self.to_list()!r})"
 
     # -- set algebra keeps the type --------------------------------------
+    # two CpuSets give CPU numbers already checked; anything else is checked
+    # as the constructor checks it
     def __or__(self, other: Iterable[int]) -> CpuSet:  # type: ignore[override]
+        if isinstance(other, CpuSet):
+            return CpuSet._of(frozenset.__or__(self, other))
         return CpuSet(frozenset(self) | frozenset(other))
 
     def __and__(self, other: Iterable[int]) -> CpuSet:  # type: ignore[override]
+        if isinstance(other, CpuSet):
+            return CpuSet._of(frozenset.__and__(self, other))
         return CpuSet(frozenset(self) & frozenset(other))
 
     def __sub__(self, other: Iterable[int]) -> CpuSet:  # type: ignore[override]
+        if isinstance(other, CpuSet):
+            return CpuSet._of(frozenset.__sub__(self, other))
         return CpuSet(frozenset(self) - frozenset(other))
 
     def __xor__(self, other: Iterable[int]) -> CpuSet:  # type: ignore[override]
+        if isinstance(other, CpuSet):
+            return CpuSet._of(frozenset.__xor__(self, other))
         return CpuSet(frozenset(self) ^ frozenset(other))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_list(text: str) -> CpuSet:
+    """CpuSet.parse_list, remembered: the same few cpulists ("1", "0-1") are
+    read back from every thread an agent pins and compared with what was
+    written (apply/knobs.py cpulist_equal); a CpuSet is immutable."""
+    return CpuSet._parse_list(text)
 
 
 _HEX = frozenset("0123456789abcdefABCDEF")

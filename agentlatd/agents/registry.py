@@ -165,6 +165,9 @@ class AgentManager:
         # agents whose pidfd the daemon has not put in its selector yet: it takes
         # them from here rather than walking every agent on every loop turn
         self.new_pidfds: list[Agent] = []
+        # the pidfd check_register() opened for the process it identified, which
+        # register() takes (see there); at most one, closed if never taken
+        self._checked_pidfd: tuple[ProcId, int] | None = None
         # completion chains (agents/chain.py): what the chain keeper decided at
         # its last tick (set_chain)
         self.chain = ChainInput()
@@ -212,6 +215,34 @@ class AgentManager:
                        req: Registration, admin: bool) -> tuple[ProcId, int]:
         """Validate and authorise a register request; (process, its uid) or AgentRefused."""
         pid = req.pid if req.pid is not None else peer_pid
+        self._drop_checked_pidfd()
+        fd = None
+        if pid not in self.by_pid:
+            # a new agent's pidfd, opened BEFORE the stat read that identifies
+            # the process: while the pidfd's process runs the pid is its, so
+            # register() proves with one poll that the pidfd names the process
+            # identified here (no second read of proc/PID/stat)
+            with contextlib.suppress(KernelError):
+                fd = tasks.pidfd_open(pid)
+        try:
+            starttime, ruid = self._checked(pid, req, peer_start, peer_uid, admin)
+        except BaseException:
+            if fd is not None:
+                os.close(fd)  # in no selector yet
+            raise
+        p = ProcId(pid, starttime)
+        if fd is not None:
+            self._checked_pidfd = (p, fd)
+        return p, ruid
+
+    def _drop_checked_pidfd(self) -> None:
+        if self._checked_pidfd is not None:
+            os.close(self._checked_pidfd[1])  # in no selector yet
+            self._checked_pidfd = None
+
+    def _checked(self, pid: int, req: Registration, peer_start: int | None, peer_uid: int,
+                 admin: bool) -> tuple[int, int]:
+        """check_register()'s checks: (start time, ruid) or AgentRefused."""
         starttime, ruid, euid = _identify(self.root, pid, req, peer_start)
         if not admin and not (ruid == peer_uid and euid == peer_uid):
             raise AgentRefused(Refusal.NOT_PERMITTED,
@@ -241,7 +272,7 @@ class AgentManager:
                 if mine >= MAX_AGENTS_PER_UID:
                     raise AgentRefused(Refusal.LIMIT, f"uid {peer_uid} has {mine} agents "
                                         f"registered already (limit {MAX_AGENTS_PER_UID})")
-        return p, ruid
+        return starttime, ruid
 
     def register(self, p: ProcId, uid: int, req: Registration, source: str = "socket", *,
                  owner: int | None = None) -> Agent:
@@ -252,11 +283,21 @@ class AgentManager:
         if a is None:
             a = Agent(agent_id=req.agent_id, proc=p, uid=uid, latency_class=req.latency_class,
                       source=source, registered_at=time.time())
-            fd = None
-            with contextlib.suppress(KernelError):
-                fd = tasks.pidfd_open(p.pid)
-            if fd is not None and not tasks.alive(self.root, p):
+            checked, self._checked_pidfd = self._checked_pidfd, None
+            if checked is not None and checked[0] == p:
+                # opened before check_register's read: still running, so that read was its
+                fd: int | None = checked[1]
+                exited = not tasks.pidfd_running(checked[1])
+            else:
+                if checked is not None:
+                    os.close(checked[1])
+                fd = None
+                with contextlib.suppress(KernelError):
+                    fd = tasks.pidfd_open(p.pid)
                 # opened after the check: the pidfd may name a newer process
+                exited = fd is not None and not tasks.alive(self.root, p)
+            if exited:
+                assert fd is not None
                 os.close(fd)
                 raise AgentRefused(Refusal.NO_SUCH_PROCESS, f"process {p.pid} has exited")
             a.pidfd = fd
