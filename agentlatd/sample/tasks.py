@@ -102,12 +102,14 @@ class ThreadId:
         return _parse_thread(target)
 
 
-@functools.lru_cache(maxsize=16384)
+@functools.lru_cache(maxsize=256)
 def _parse_thread(target: str) -> ThreadId:
     """ThreadId.parse, remembered: one registration's target is parsed by the
     batch's check, read, write, verify and the accounting after it (ten
-    parses of one string, bench/agents.py); a ThreadId is immutable. Bounded:
-    about the threads of 1000 agents."""
+    parses of one string, bench/agents.py); a ThreadId is immutable. Small: it
+    only has to outlive one registration (a cache of every agent's threads
+    would grow the daemon with each new process for as long as it runs:
+    tests/hostile/test_socket_abuse.py's long-lived connection)."""
     t = parse_target(KnobName.TASK_AFFINITY, target)
     assert isinstance(t, TaskTarget)  # the knob's kind
     return ThreadId(t.pid, t.starttime, t.tid)
