@@ -13,7 +13,10 @@ A journal found at start (recover()):
     values are unknown (a crash can land between a write and the journal
     update), and a half-applied plan (IRQs moved, RPS not) is a state nobody
     chose. Restoring returns the host to the last state a person saw; the new
-    run then applies its plan from there.
+    run then applies its plan from there. The agent side's batches (a
+    registration's pins) do not mark it: every agent-side entry is restored at
+    start whatever the flag says (lifecycle.recover_agents), so a crash inside
+    a registration does not undo the device plan (BatchWriter.run's bracket).
   - complete = true: the previous run finished its batch and left its changes
     in place on purpose (`agentlatd apply` is one-shot and exits; a daemon
     killed between ticks). It is ADOPTED: its originals stay the originals
