@@ -230,6 +230,13 @@ def _entry_from(obj: Any, where: str, *, require_crc: bool = True) -> Entry:
     return Entry(obj["knob"], obj["target"], obj["original"], written, list(flags), device)
 
 
+def _cookie(v: Any) -> int:
+    """A header's netns_cookie: a JSON integer in 1..2^64-1, else unknown (0)."""
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 1 << 64:
+        return 0
+    return v
+
+
 def _new_gen() -> int:
     # random, not a counter: a log left behind by a deleted journal must never
     # match the snapshot of a later one
@@ -263,6 +270,9 @@ class Journal:
     netns: str = ""
     boot_id: str = ""
     complete: bool = True
+    # the cookie of the namespace `netns` names (sample/namespaces.py: its inode
+    # number is reused by later namespaces, the cookie never); 0: unknown
+    netns_cookie: int = 0
     pid: int = 0
     entries: list[Entry] = field(default_factory=list)
     migrated_from: int = 0  # the format version it was read from, when older
@@ -338,15 +348,22 @@ class Journal:
     # -- the whole journal as one document -------------------------------
     def to_json(self) -> dict[str, Any]:
         """The journal's content, as the snapshot's header and entries say it."""
-        return {"version": VERSION, "complete": self.complete, "root": self.root,
-                "netns": self.netns, "boot_id": self.boot_id, "pid": self.pid,
+        out: dict[str, Any] = {"version": VERSION, "complete": self.complete,
+                               "root": self.root, "netns": self.netns}
+        if self.netns_cookie:
+            out["netns_cookie"] = self.netns_cookie
+        out |= {"boot_id": self.boot_id, "pid": self.pid,
                 "entries": [e.to_json() for e in self.entries]}
+        return out
 
     def dumps(self, gen: int = 0) -> str:
         # "complete" first: a person reading the file sees it at once
-        meta = {"version": VERSION, "complete": self.complete, "gen": gen, "root": self.root,
-                "netns": self.netns, "boot_id": self.boot_id, "pid": self.pid,
-                "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        meta: dict[str, Any] = {"version": VERSION, "complete": self.complete, "gen": gen,
+                                "root": self.root, "netns": self.netns}
+        if self.netns_cookie:
+            meta["netns_cookie"] = self.netns_cookie
+        meta |= {"boot_id": self.boot_id, "pid": self.pid,
+                 "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         head = json.dumps(meta)[:-1] + ', "entries": ['
         lines = [e.line() for e in self.entries]
         # one entry per line: a damaged file can be salvaged line by line
@@ -639,6 +656,7 @@ def parse(path: str, text: str, log: str | None = None, *, check: bool = True) -
     pid = obj.get("pid", 0)
     gen = obj.get("gen", 0)
     j = Journal(path=path, root=obj["root"], netns=str(obj.get("netns", "")),
+                netns_cookie=_cookie(obj.get("netns_cookie")),
                 boot_id=str(obj.get("boot_id", "")),
                 complete=complete if isinstance(complete, bool) else False,
                 pid=pid if isinstance(pid, int) else 0,
@@ -781,7 +799,7 @@ def salvage(path: str, *, default_root: str, move: bool = True) -> Salvage:
     root_known = isinstance(meta.get("root"), str)
     j = Journal(path=path, root=meta["root"] if root_known else default_root,
                 netns=str(meta.get("netns", "")), boot_id=str(meta.get("boot_id", "")),
-                complete=False)
+                netns_cookie=_cookie(meta.get("netns_cookie")), complete=False)
     gen = meta.get("gen")
     if log_text is not None and isinstance(gen, int) and gen > 0:
         log_lines = log_text.split("\n")

@@ -59,7 +59,8 @@ class JournalKeeper:
 
     def _fresh(self) -> Journal:
         netns, boot = self._identity()
-        return Journal(path=self.journal_path, root=self.root.base, netns=netns, boot_id=boot)
+        return Journal(path=self.journal_path, root=self.root.base, netns=netns, boot_id=boot,
+                       netns_cookie=namespaces.own_netns_cookie() if netns else 0)
 
     def _check_owner(self, j: Journal) -> str:
         """Refuse a journal of another root or of another LIVE network namespace.
@@ -72,21 +73,30 @@ class JournalKeeper:
         default_device_exit), possibly renamed, and a name-keyed entry cannot
         tell it from another device of that name there: reported, never
         written. Its other entries (tasks, IRQs, CPUs) act on objects of no
-        namespace and stay to be restored.
+        namespace and stay to be restored. A namespace is told by its inode
+        number AND its cookie: the number of a deleted namespace is handed to
+        the next one made (sample/namespaces.py), which then neither blocks
+        this journal nor gets its device entries.
         """
         if os.path.abspath(j.root) != self.root.base:
             raise JournalError(f"rollback journal {j.path} applies to root {j.root}, not "
                                f"{self.root.base}: use its own --root or another --state-dir")
         netns, _ = self._identity()
-        if not (j.netns and netns and j.netns != netns):
+        if not (j.netns and netns):
             return ""
-        if namespaces.netns_in_use(self.root, j.netns):
+        cookie = namespaces.own_netns_cookie()
+        if j.netns == netns:
+            if not (j.netns_cookie and cookie and j.netns_cookie != cookie):
+                return ""
+            # this namespace has the journal's inode number but not its cookie:
+            # the journal's namespace is gone and its number was handed to ours
+        elif namespaces.netns_in_use(self.root, j.netns, j.netns_cookie):
             raise JournalError(f"rollback journal {j.path} was written in network namespace "
                                f"{j.netns}; this process is in {netns}: run agentlatd there "
                                f"(ip netns exec NAME agentlatd ...)")
         gone = [e for e in j.entries if netns_scoped(e.knob, e.target)]
         j.remove_entries(gone)
-        old, j.netns = j.netns, netns
+        old, j.netns, j.netns_cookie = j.netns, netns, cookie
         shown = ", ".join(f"{e.knob} {e.target}" for e in gone[:6])
         more = f" and {len(gone) - 6} more" if len(gone) > 6 else ""
         return (f"network namespace {old} of the journal no longer exists: "

@@ -532,3 +532,63 @@ def test_a_netns_held_only_by_its_bind_mount_is_alive() -> None:
         assert netns_in_use(Root("/"), ident)
     assert not netns_in_use(Root("/"), ident)
     assert netns_in_use(Root("/"), os.readlink("/proc/self/ns/net"))
+
+
+def _rps(netns: str, dev: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", netns, "cat",
+                           f"/sys/class/net/{dev}/queues/rx-0/rps_cpus"],
+                          check=True, capture_output=True, text=True, timeout=30).stdout.strip()
+
+
+@pytest.mark.netns
+@needs_2cpus
+@pytest.mark.parametrize("where", ["host", "inside"])
+def test_journal_of_a_netns_whose_inode_number_was_reused(tmp_path: pathlib.Path,
+                                                         where: str) -> None:
+    """A deleted namespace's nsfs inode number goes to the next namespace made (on
+    a Kubernetes node, the next pod's). A journal naming that number, with the
+    deleted namespace's cookie, stands here for one whose namespace is gone.
+
+    From another namespace (host): before, `rollback` refused ("run agentlatd
+    there", pointing at the new namespace) and kept the agent's process pinned.
+    From inside the new namespace: before, the number matched this process's
+    own, so the journal's device entries were restored onto the new
+    namespace's devices of the same names. Now both drop the device entries as
+    those of a namespace that no longer exists, and restore the task entry."""
+    from agentlatd.sample.namespaces import netns_cookie_at
+    child = subprocess.Popen(["sleep", "120"])
+    aff0 = _affinity(child.pid)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    try:
+        with netns_with_veths(1) as v:
+            dev = v.devs[0]
+            with open(f"/run/netns/{v.netns}") as f:
+                ident = f"net:[{os.fstat(f.fileno()).st_ino}]"
+            cookie = netns_cookie_at(f"/run/netns/{v.netns}")
+            assert cookie > 0
+            rps0 = _rps(v.netns, dev)
+            os.sched_setaffinity(child.pid, {1})
+            with open(f"/proc/{child.pid}/stat") as f:
+                start = int(f.read().rpartition(")")[2].split()[19])
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                boot = f.read().strip()
+            j = journal.Journal(path=journal.journal_path(str(state)), root="/", netns=ident,
+                                boot_id=boot, netns_cookie=cookie + 1_000_000)
+            j.add("task.affinity", f"{child.pid}:{start}:{child.pid}", aff0).written = "1"
+            j.add("net.rps_cpus", f"{dev}/rx-0", "3").written = rps0
+            j.save()
+            cmd = [sys.executable, "-m", "agentlatd", "rollback", "--state-dir", str(state)]
+            if where == "inside":
+                cmd = ["ip", "netns", "exec", v.netns, *cmd]
+            p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=60,
+                               check=False, env=env_for_children())
+            out = p.stdout + p.stderr
+            assert p.returncode == 0, out
+            assert "no longer exists" in out, out
+            assert _rps(v.netns, dev) == rps0, out  # not the "3" of the gone namespace
+        assert _affinity(child.pid) == aff0
+        assert not (state / "journal.json").exists()
+    finally:
+        child.kill()
+        child.wait()
