@@ -35,6 +35,7 @@ import pytest
 from agentshelpers import env_for_children, needs_2cpus, policy_text, request, wait_until
 from applyhelpers import REPO, Veths, netns_with_veths, snapshot, snapshot_diff
 
+import agentlatd.knobset  # noqa: F401 - every knob registered, as the entry points do
 from agentlatd.api.server import SocketError, bind_socket
 from agentlatd.apply import journal
 from agentlatd.apply.engine import Engine
