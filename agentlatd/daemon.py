@@ -82,6 +82,7 @@ from agentlatd.plan.build import check_policy_cpus
 from agentlatd.policy import Policy
 from agentlatd.steps.slowsteps import SlowSteps
 from agentlatd.steps.slowview import AgentSlow
+from agentlatd.sysfs.pacing import PACER
 from agentlatd.sysfs.root import Root
 from agentlatd.tick import TickInput
 from agentlatd.tuner import Tuner, TunerState
@@ -261,7 +262,11 @@ class Daemon:
             wake = self.server.wakeup()  # a rate-limited connection to read again
             if wake is not None:
                 timeout = min(timeout, max(0.0, wake - now))
-        for key, mask in self.sel.select(timeout):
+        if timeout > 0.0:
+            PACER.waiting()
+        events = self.sel.select(timeout)
+        PACER.serving()  # until the next select that may block: background reads wait
+        for key, mask in events:
             key.data(mask)
         if self.waker.stop:
             return

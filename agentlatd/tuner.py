@@ -25,6 +25,7 @@ from agentlatd.model.layout import CpuLayout
 from agentlatd.model.machine import Machine, Rates
 from agentlatd.plan.changes import INCLUDE_MATCHES_NOTHING, Change, Plan, human_value
 from agentlatd.sample.counters import CounterSnapshot
+from agentlatd.sysfs.pacing import PACER
 from agentlatd.sysfs.root import Root
 from agentlatd.tick import (
     IRQBALANCE_KNOBS,
@@ -241,6 +242,7 @@ class Tuner:
         self.thread.start()
 
     def _run(self) -> None:
+        PACER.paced()  # its reads give way while the main loop serves (sysfs/pacing.py)
         while not self.stop.wait(max(0.05, self.input.policy.daemon.interval)):
             try:
                 self.step()

@@ -39,6 +39,7 @@ from agentlatd.errors import KernelError
 from agentlatd.sample.taskstat import CpuIrqProbe, TaskProbe, TaskSample
 from agentlatd.steps import slowview as sv
 from agentlatd.steps.ring import RingReader
+from agentlatd.sysfs.pacing import PACER
 from agentlatd.sysfs.root import Root
 
 log = logging.getLogger("agentlatd.slowsteps")
@@ -197,6 +198,7 @@ class SlowSteps:
                    max(self.period_s, self.poll_cpu_ns / 1e9 / self.max_cpu_share))
 
     def _run(self) -> None:
+        PACER.paced()  # its reads give way while the main loop serves (sysfs/pacing.py)
         while not self._stop.wait(self.next_wait()):
             try:
                 self.poll()

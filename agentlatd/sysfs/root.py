@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterable, Iterator
 
 from agentlatd.errors import KernelError
+from agentlatd.sysfs.pacing import give_way
 
 _CHUNK = 1 << 16
 _SMALL = 8192  # > PAGE_SIZE: one read() holds any sysfs attribute
@@ -56,6 +57,7 @@ class Root:
 
     # -- reading ---------------------------------------------------------
     def read_bytes(self, rel: str, context: str | None = None) -> bytes:
+        give_way()  # sysfs/pacing.py: a background thread waits for the main loop
         p = self.path(rel)
         try:
             fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
@@ -84,6 +86,7 @@ class Root:
         returns its whole value, at most PAGE_SIZE, on the first read; a
         short read of a regular file is its end). Longer files are read on.
         """
+        give_way()
         d = self.path(rel_dir)
         out: list[bytes | None] = []
         try:
@@ -154,6 +157,7 @@ class Root:
 
     def listdir(self, rel: str) -> list[str]:
         """Sorted entries of directory `rel`; [] when it does not exist."""
+        give_way()
         try:
             return sorted(os.listdir(self.path(rel)))
         except FileNotFoundError:
@@ -167,6 +171,7 @@ class Root:
         """Sorted names of the directories in `rel` ([] when absent), from the
         directory entries' types (scandir): no stat() of each file, which
         matters for cgroup trees of thousands of directories."""
+        give_way()
         try:
             with os.scandir(self.path(rel)) as it:
                 return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
@@ -175,6 +180,7 @@ class Root:
 
     def readlink(self, rel: str) -> str:
         """The raw target of symlink `rel` ("" when it is not a link)."""
+        give_way()
         try:
             return os.readlink(self.path(rel))
         except OSError:
