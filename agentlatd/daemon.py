@@ -359,6 +359,7 @@ class Daemon:
         _call(self.hooks.on_stop, self.view)
         if self.server is not None:
             self.server.accepting = False
+        PACER.waiting()  # no more serving: the tuner's last tick runs unpaced
         self.tuner.join(10.0)
         ok = rollback_all(self.engine, self.manager, self.chain)
         if self.server is not None:
