@@ -282,7 +282,7 @@ class Daemon:
         self._retry = False
         if tick_due or self.handlers.waiting or self.manager.dirty or self.manager.dead \
                 or self.work.ticking:
-            with self.engine.hold(blocking=False) as got:
+            with self._engine_lock() as got:
                 if got:
                     if tick_due and not self.work.ticking:
                         self.work.begin_tick()
@@ -299,6 +299,27 @@ class Daemon:
             self._next_reap = now + 10.0
             self.server.reap_idle(now)
         _call(self.hooks.on_loop, self.view)
+
+    @contextlib.contextmanager
+    def _engine_lock(self) -> Iterator[bool]:
+        """The engine's lock for this turn's writes. Held by the tuner (its apply and
+        drift check, milliseconds on a host with many queues): a request waiting for
+        an answer waits for the lock, up to RETRY, and goes on the moment the tuner
+        lets go (a retry after RETRY made every registration that met a tuner
+        apply wait RETRY in full); the tick alone retries in the next turn. The
+        tuner's reads do not give way meanwhile (sysfs/pacing.py): the loop waits
+        for it."""
+        with self.engine.hold(blocking=False) as got:
+            if got or not self.handlers.waiting:
+                yield got
+                return
+        PACER.waiting()
+        try:
+            with self.engine.hold(timeout=RETRY) as got:
+                PACER.serving()
+                yield got
+        finally:
+            PACER.serving()
 
     def _take(self, st: TunerState) -> None:
         self._seen_seq = st.seq

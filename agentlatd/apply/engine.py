@@ -156,9 +156,11 @@ class Engine:
         self.lock = threading.Lock()
 
     @contextlib.contextmanager
-    def hold(self, blocking: bool = True) -> Iterator[bool]:
-        """with engine.hold(blocking=False) as got: ...  -- got False: another thread has it."""
-        got = self.lock.acquire(blocking)
+    def hold(self, blocking: bool = True, timeout: float | None = None) -> Iterator[bool]:
+        """with engine.hold(blocking=False) as got: ...  -- got False: another thread has it
+        (with `timeout`: still had it after that many seconds)."""
+        got = self.lock.acquire(True, timeout) if timeout is not None else self.lock.acquire(
+            blocking)
         try:
             yield got
         finally:
