@@ -60,16 +60,16 @@ def test_threads_not_paced_and_an_idle_main_loop_never_wait() -> None:
 def test_a_main_loop_that_never_waits_costs_a_paced_thread_at_most_its_budget() -> None:
     """A request flood keeps the main loop serving: each read waits wait_s, and the
     waits of one second add up to budget_s at most; the rest go unpaced."""
-    p = Pacer(wait_s=0.01, budget_s=0.05)
+    p = Pacer(wait_s=0.05, budget_s=0.05)
     p.serving()
     took: list[float] = []
 
     def bg() -> None:
         p.paced()
         t0 = time.monotonic()
-        for _ in range(50):  # 0.5 s of waits without the budget
+        for _ in range(50):  # 2.5 s of waits without the budget
             p.give_way()
         took.append(time.monotonic() - t0)
 
     _in_thread(bg).join(10)
-    assert took and 0.04 <= took[0] < 0.3, took
+    assert took and 0.04 <= took[0] < 1.5, took
