@@ -32,6 +32,7 @@ import importlib
 import re
 import shlex
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from types import ModuleType
 from typing import Any
 
@@ -112,7 +113,7 @@ class Knob:
         return recorded
 
     def restore(self, root: Root, target: str, original: str, *, written: str | None,
-                journaled: frozenset[tuple[str, str]]) -> str:
+                journaled: AbstractSet[tuple[str, str]]) -> str:
         """Write a journaled `original` back (rollback, recover, Engine.restore()).
 
         `written` is what agentlatd last wrote to `target` (the journal's
@@ -125,7 +126,7 @@ class Knob:
         return ""
 
     def restore_spread(self, root: Root, target: str, original: str, *, written: str | None,
-                       journaled: frozenset[tuple[str, str]]) -> str:
+                       journaled: AbstractSet[tuple[str, str]]) -> str:
         """The part of restore() beyond `target` itself, for an entry whose own
         value is back already (the object set it back): the objects the write
         spread to may still show agentlatd's value. A note, as restore()."""
