@@ -117,7 +117,9 @@ class Knob:
         """Write a journaled `original` back (rollback, recover, Engine.restore()).
 
         `written` is what agentlatd last wrote to `target` (the journal's
-        "written"), `journaled` every (knob, target) the journal holds. A knob
+        "written"), `journaled` every (knob, target) the journal holds (the
+        journal's own key view: ask it `in`; a walk of it is a walk of the
+        whole journal, per entry restored). A knob
         whose write spreads to objects the journal never saw overrides this to
         undo them too (task.affinity: threads born pinned). Returns a note for
         the report ("" when there is nothing more to say).
