@@ -16,6 +16,10 @@ journal's fsyncs cost what they cost there), interval 1 s (the default).
                  originals are journaled. Measured with 0 and with --agents
                  other agents registered.
   reregister_rtt the same processes registered again (no write: already placed)
+  unregister_rtt each of them unregistered (its originals restored, its
+                 entries dropped from the journal), with 0 and (suffix
+                 _N_agents) with --agents other agents registered;
+                 unregister_cpu_N_agents: the daemon's CPU time as register_cpu
   ping_rtt       the socket and JSON round trip alone
   step_ns        `with client.step(i): pass` minus an empty loop, per step,
                  the step ring written (the default); step_ns_no_ring the
@@ -125,12 +129,14 @@ def cpu_ns(pid: int) -> int:
 
 
 def register_round(path: str, n: int, daemon_pid: int = 0,
-                   cpu: list[float] | None = None) -> tuple[list[float], list[float], list[float]]:
+                   cpu: list[float] | None = None, ucpu: list[float] | None = None
+                   ) -> tuple[list[float], list[float], list[float]]:
     """Register, register again, unregister each of n fresh processes, one at a time.
 
     With `cpu`, the daemon main thread's CPU time (us) during each first
     register is appended to it (requests are sequential: that is what the
-    registration cost the daemon, whatever else ran on the machine)."""
+    registration cost the daemon, whatever else ran on the machine); with
+    `ucpu`, the same for each unregister."""
     f = Sleepers(n)
     c = Conn(path)
     first, again, unreg = [], [], []
@@ -145,7 +151,10 @@ def register_round(path: str, n: int, daemon_pid: int = 0,
             dt, ans = c.rtt("register", agent_id=f"bench{pid}", pid=pid)
             assert ans["ok"], ans
             again.append(dt)
+            c0 = cpu_ns(daemon_pid) if ucpu is not None else 0
             dt, ans = c.rtt("unregister", pid=pid)
+            if ucpu is not None:
+                ucpu.append((cpu_ns(daemon_pid) - c0) / 1000.0)
             assert ans["ok"], ans
             unreg.append(dt)
     finally:
@@ -319,9 +328,12 @@ def main() -> int:
                 assert ans["ok"], ans
             out[f"register_{args.agents}_sequential_s"] = round(time.monotonic() - t0, 3)
             cpu = []
-            first, _, _ = register_round(sock, args.samples, dm.pid, cpu)
+            ucpu: list[float] = []
+            first, _, unreg = register_round(sock, args.samples, dm.pid, cpu, ucpu)
             out[f"register_cpu_{args.agents}_agents"] = summary(cpu)
             out[f"register_rtt_{args.agents}_agents"] = summary(first)
+            out[f"unregister_cpu_{args.agents}_agents"] = summary(ucpu)
+            out[f"unregister_rtt_{args.agents}_agents"] = summary(unreg)
             agent_ticks, tuner_ticks = [], []
             for _ in range(8):
                 time.sleep(1.0)

@@ -33,7 +33,7 @@ from agentlatd.apply.knobs import get as get_knob
 from agentlatd.errors import AgentlatdError, KernelError
 from agentlatd.kernel.knobnames import KnobName
 from agentlatd.plan.changes import Change
-from agentlatd.sample.tasks import ProcId
+from agentlatd.sample.tasks import ProcId, ThreadId
 from agentlatd.sysfs.root import Root
 
 log = logging.getLogger("agentlatd.agents")
@@ -75,10 +75,23 @@ class Applier:
         ks = set(knobs)
         return [(e.knob, e.target, e.original) for e in self.engine.entries() if e.knob in ks]
 
-    def written(self, target: str, knobs: Iterable[str] = TASK_KNOBS) -> list[tuple[str, str, str]]:
-        """(knob, original, written) of the entries of `target` agentlatd has written."""
+    def entries_of(self, p: ProcId, knobs: Iterable[str] = TASK_KNOBS
+                   ) -> list[tuple[str, str, str]]:
+        """entries() of the targets that start "<pid>:<starttime>:" only, from the
+        journal's per-process index: O(p's entries), for an unregister or exit
+        among 1000 agents (the caller checks each is a thread: threads.belongs)."""
         ks = set(knobs)
-        return [(e.knob, e.original, e.written) for e in self.engine.entries()
+        return [(e.knob, e.target, e.original) for e in self.engine.entries_of(p.pid, p.starttime)
+                if e.knob in ks]
+
+    def written(self, thread: ThreadId, knobs: Iterable[str] = TASK_KNOBS
+                ) -> list[tuple[str, str, str]]:
+        """(knob, original, written) of the entries of `thread` agentlatd has written
+        (from its process's index: O(the process's entries))."""
+        ks = set(knobs)
+        target = thread.target
+        return [(e.knob, e.original, e.written)
+                for e in self.engine.entries_of(thread.pid, thread.starttime)
                 if e.target == target and e.knob in ks and e.written is not None]
 
     def restore_forked(self, knob: str, child: ProcId, written: str, original: str,
@@ -87,8 +100,8 @@ class Applier:
         k = get_knob(knob)
         if not isinstance(k, TaskKnob):
             return 0
-        held = frozenset(e.key for e in self.engine.entries())
-        return k.restore_forked(self.root, child, written, original, creds, held)
+        return k.restore_forked(self.root, child, written, original, creds,
+                                self.engine.journaled())
 
     def restore(self, keys: Iterable[tuple[str, str]]) -> list[KnobResult]:
         want = set(keys)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Set as AbstractSet
 
 from agentlatd.apply.knobs import FileKnob, Knob, cpulist_equal, int_equal, register
 from agentlatd.cpuset import CpuSet, CpuSetError
@@ -91,7 +92,7 @@ class TaskKnob(Knob):
         raise NotImplementedError
 
     def restore(self, root: Root, target: str, original: str, *, written: str | None,
-                journaled: frozenset[tuple[str, str]]) -> str:
+                journaled: AbstractSet[tuple[str, str]]) -> str:
         """Restore the thread, then the threads and processes that inherited our value.
 
         A thread created by a thread agentlatd changed starts with the
@@ -122,7 +123,7 @@ class TaskKnob(Knob):
         return self.restore_spread(root, target, original, written=written, journaled=journaled)
 
     def restore_spread(self, root: Root, target: str, original: str, *, written: str | None,
-                       journaled: frozenset[tuple[str, str]]) -> str:
+                       journaled: AbstractSet[tuple[str, str]]) -> str:
         """The inherited threads and forked processes of restore()."""
         if written is None:
             return ""
@@ -131,9 +132,6 @@ class TaskKnob(Knob):
         except ValueError:
             return ""
         me = tasks.ThreadId.parse(target)
-        # targets as the engine journals them (ThreadId.target): compared as
-        # strings, since parsing every entry made each restore O(journal)
-        held = {tgt for knob, tgt in journaled if knob == self.name}
         # clone() and fork() copy the creator's credentials too: a thread under
         # other uids did not inherit from this one, and a non-admin's agent
         # never reaches a thread of another uid this way (another uid's thread
@@ -141,14 +139,15 @@ class TaskKnob(Knob):
         creds = tasks.thread_uids(root, me.pid, me.tid)
         if creds is None:
             return ""
-        fixed = self._inherited(root, me.pid, me.starttime, written, original, held, creds,
-                                skip=me.tid)
+        fixed = self._inherited(root, me.pid, me.starttime, written, original, journaled,
+                                creds, skip=me.tid)
         forked = 0
         if me.tid == me.pid:  # once per process: with its main thread's entry
             for child in tasks.descendants(root, me.pid):
                 st = tasks.starttime_of(root, child)
                 if st is not None and st >= me.starttime:
-                    forked += self._inherited(root, child, st, written, original, held, creds)
+                    forked += self._inherited(root, child, st, written, original, journaled,
+                                              creds)
         out = []
         if fixed:
             out.append(f"{fixed} unjournaled thread(s) that inherited {self.name} too")
@@ -161,27 +160,30 @@ class TaskKnob(Knob):
         raise NotImplementedError
 
     def restore_forked(self, root: Root, child: tasks.ProcId, written: str, original: str,
-                       creds: tuple[int, int], held: frozenset[tuple[str, str]]) -> int:
+                       creds: tuple[int, int], held: AbstractSet[tuple[str, str]]) -> int:
         """A process an agent forked, after the agent itself is gone (the kernel
         re-parented it, so restore_spread() can no longer find it): its threads
         under `creds` (the agent's) that show exactly `written` and have no
-        entry of their own get `original`; how many (not journaled)."""
+        entry of their own in `held` (every (knob, target) journaled) get
+        `original`; how many (not journaled)."""
         try:
             self.write_check(written)
         except ValueError:
             return 0
-        mine = {t for k, t in held if k == self.name and t.startswith(f"{child}:")}
-        return self._inherited(root, child.pid, child.starttime, written, original, mine, creds)
+        return self._inherited(root, child.pid, child.starttime, written, original, held, creds)
 
     def _inherited(self, root: Root, pid: int, starttime: int, written: str, original: str,
-                   held: set[str], creds: tuple[int, int],
+                   held: AbstractSet[tuple[str, str]], creds: tuple[int, int],
                    skip: int | None = None) -> int:
         """Restore the threads of process (pid, starttime) under credentials `creds`
-        that still show `written` and have no journal entry of their own; how many."""
+        that still show `written` and have no entry of this knob in `held` (every
+        (knob, target) journaled: asked per thread, never walked, so a restore
+        costs the process's threads, not the journal); how many."""
         fixed = 0
         for tid in tasks.list_tids(root, pid):
             t = tasks.ThreadId(pid, starttime, tid)
-            if tid == skip or t.target in held or tasks.thread_uids(root, pid, tid) != creds:
+            if (tid == skip or (self.name, t.target) in held
+                    or tasks.thread_uids(root, pid, tid) != creds):
                 continue
             try:
                 if not self.equal(self.read(root, t.target), written):

@@ -71,7 +71,6 @@ from agentlatd.agents.threads import (
     account,
     agent_changes,
     belongs,
-    prefix,
     read_originals,
     wanted,
     why,
@@ -90,9 +89,10 @@ log = logging.getLogger("agentlatd.agents")
 
 MAX_AGENTS = 16384  # in all
 MAX_AGENTS_PER_UID = 4096  # for a non-admin uid
-# exits dropped per loop turn (reap): each batch is one pass over the journal to
-# forget the exited agents' entries; 1000 agents exiting at once were dropped in
-# one turn, a pass each (O(agents^2): ~60 ms of the main loop with 1000 agents)
+# exits dropped per loop turn (reap): each exit reads /proc for the processes the
+# agent forked and forgets its own entries (the journal's per-process index), and
+# the batch is one journal save; 1000 agents exiting at once in one turn held the
+# main loop for tens of ms
 REAP_PIECE = 32
 
 
@@ -408,7 +408,7 @@ class AgentManager:
         a = self.agents.get(p)
         if a is None:
             return None
-        keys = [(k, t) for k, t, _ in self.applier.entries(TASK_KNOBS) if belongs(t, p)]
+        keys = self._keys_of(p)
         self.applier.restore(keys)
         self.threads.restore_unjournaled(a, {t for _, t in keys})
         self._drop(a, "unregistered", forget=False)
@@ -416,8 +416,7 @@ class AgentManager:
 
     def _drop(self, a: Agent, why: str, *, forget: bool) -> None:
         if forget:
-            self.applier.forget((k, t) for k, t, _ in self.applier.entries(TASK_KNOBS)
-                                if belongs(t, a.proc))
+            self.applier.forget(self._keys_of(a.proc))
         if a.pidfd is not None:
             self.close_pidfd(a.pidfd)
             a.pidfd = None
@@ -429,6 +428,11 @@ class AgentManager:
         if holds_cpu(a):
             self.cpu_dirty = True
         log.info("agent %r pid %d dropped: %s", a.agent_id, a.proc.pid, why)
+
+    def _keys_of(self, p: ProcId) -> list[tuple[str, str]]:
+        """The (knob, target) of p's task entries: O(p's entries), whatever the
+        other agents hold (the journal's per-process index)."""
+        return [(k, t) for k, t, _ in self.applier.entries_of(p, TASK_KNOBS) if belongs(t, p)]
 
     def mark_dead(self, p: ProcId) -> None:
         """A pidfd turned readable: the process exited (handled by reap(), lock held)."""
@@ -446,16 +450,13 @@ class AgentManager:
         self.exited_all((p,))
 
     def exited_all(self, procs: Iterable[ProcId]) -> None:
-        """exited() for several processes, with ONE pass over the journal for all."""
+        """exited() for several processes, with ONE journal save for all."""
         gone = [a for p in procs if (a := self.agents.get(p)) is not None]
         if not gone:
             return
         for a in gone:
             self.threads.restore_forked(a, self.agents)  # reads its entries: first
-        of = {prefix(a.proc): a.proc for a in gone}
-        self.applier.forget((k, t) for k, t, _ in self.applier.entries(TASK_KNOBS)
-                            if (p := of.get(t[:t.rfind(":") + 1])) is not None
-                            and belongs(t, p))
+        self.applier.forget(key for a in gone for key in self._keys_of(a.proc))
         for a in gone:
             self._drop(a, "process exited", forget=False)
 

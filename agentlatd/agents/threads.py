@@ -225,8 +225,7 @@ class ThreadUpkeep:
         (inherited from it) get its originals back, as its entries would have."""
         if not a.forked or a.creds is None:
             return
-        main = ThreadId(a.proc.pid, a.proc.starttime, a.proc.pid).target
-        vals = self.applier.written(main)
+        vals = self.applier.written(ThreadId(a.proc.pid, a.proc.starttime, a.proc.pid))
         n = 0
         for child in sorted(a.forked, key=lambda c: c.pid):
             if child in agents or not tasks.alive(self.root, child):

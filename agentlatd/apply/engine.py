@@ -73,6 +73,7 @@ import os
 import shlex
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Literal
 
 from agentlatd.apply import journal
@@ -204,6 +205,15 @@ class Engine:
 
     def entries(self) -> tuple[Entry, ...]:
         return tuple(self._keeper.current().entries)
+
+    def entries_of(self, pid: int, starttime: int) -> tuple[Entry, ...]:
+        """The task entries of process (pid, starttime), oldest first: O(its entries),
+        not O(journal) (journal.py Journal.of_process)."""
+        return tuple(self._keeper.current().of_process(pid, starttime))
+
+    def journaled(self) -> AbstractSet[tuple[str, str]]:
+        """Every (knob, target) journaled, to ask `in` (a live view, not a copy)."""
+        return self._keeper.current().keys()
 
     # -- apply -----------------------------------------------------------
     def apply(self, changes: Iterable[Change], *, dry_run: bool = False,

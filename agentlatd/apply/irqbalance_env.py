@@ -73,6 +73,7 @@ import re
 import shlex
 import subprocess
 from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from agentlatd.apply import irqbalance, irqbalance_ban
@@ -582,7 +583,7 @@ class IrqbalanceEnvKnob(Knob):
             self._restart(root, unit)
 
     def restore(self, root: Root, target: str, original: str, *, written: str | None,
-                journaled: frozenset[tuple[str, str]]) -> str:
+                journaled: AbstractSet[tuple[str, str]]) -> str:
         current = read_file(root, target)
         try:
             ours = ban_of_value(written or "")

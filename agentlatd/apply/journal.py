@@ -61,19 +61,22 @@ returns whatever entries still parse, for the engine to restore.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import json
+import operator
 import os
 import stat
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, KeysView
 from dataclasses import dataclass, field
 from typing import Any
 
 from agentlatd.apply.identity import DeviceId
 from agentlatd.errors import JournalError
+from agentlatd.kernel.targets import KIND, TaskTarget
 
 VERSION = 2
 JOURNAL_NAME = "journal.json"
@@ -82,6 +85,10 @@ FLAG_MANAGED = "managed"
 FLAG_YIELDED = "yielded"
 _FLAGS = (FLAG_MANAGED, FLAG_YIELDED)
 COMPACT_SLACK = 64  # log records beyond 2 x entries before a compaction
+# knobs whose target names a thread, "<pid>:<starttime>:<tid>": their entries are
+# also indexed by process (Journal.of_process), so that an agent's unregister or
+# exit finds its own entries without reading every other agent's
+_PER_PROCESS = frozenset(k for k, kind in KIND.items() if kind is TaskTarget)
 
 
 class JournalUntrusted(JournalError):
@@ -126,6 +133,9 @@ class Entry:
     # the journal that persists it: told when the entry changes
     _owner: Journal | None = field(default=None, init=False, repr=False, compare=False)
     _on_disk: bool = field(default=False, init=False, repr=False, compare=False)
+    # its place in the journal's order: increasing along Journal.entries (the
+    # journal sets it when it adds the entry or rebuilds its index)
+    _seq: int = field(default=0, init=False, repr=False, compare=False)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name[0] != "_":
@@ -237,6 +247,15 @@ def _cookie(v: Any) -> int:
     return v
 
 
+_seq_of = operator.attrgetter("_seq")
+
+
+def _process_of(target: str) -> str:
+    """The "<pid>:<starttime>:" a task target starts with (the index's key; a
+    target that is no thread lands under a key no process asks for)."""
+    return target[:target.rfind(":") + 1]
+
+
 def _new_gen() -> int:
     # random, not a counter: a log left behind by a deleted journal must never
     # match the snapshot of a later one
@@ -281,6 +300,11 @@ class Journal:
     _idx: dict[tuple[str, str], Entry] = field(default_factory=dict, init=False, repr=False,
                                                 compare=False)
     _idx_of: list[Entry] | None = field(default=None, init=False, repr=False, compare=False)
+    # task entries by process ("<pid>:<starttime>:" -> {id(entry): entry}), rebuilt
+    # with _idx; the next Entry._seq to hand out
+    _procs: dict[str, dict[int, Entry]] = field(default_factory=dict, init=False, repr=False,
+                                                compare=False)
+    _next_seq: int = field(default=0, init=False, repr=False, compare=False)
     # -- what is on disk: the snapshot's gen (None: nothing of ours, the next
     # save is a full snapshot), the log's record count and whether it exists
     _gen: int | None = field(default=None, init=False, repr=False, compare=False)
@@ -304,12 +328,41 @@ class Journal:
     # -- queries ---------------------------------------------------------
     def _index(self) -> dict[tuple[str, str], Entry]:
         if self._idx_of is not self.entries or len(self._idx) != len(self.entries):
-            self._idx = {e.key: e for e in self.entries}
-            self._idx_of = self.entries
+            self._reindex()
         return self._idx
+
+    def _reindex(self) -> None:
+        """Rebuild the indexes from `entries` (replaced or edited behind our back,
+        or just loaded): O(journal), once per such edit, never per query."""
+        idx: dict[tuple[str, str], Entry] = {}
+        procs: dict[str, dict[int, Entry]] = {}
+        for n, e in enumerate(self.entries):
+            e._seq = n
+            idx[e.key] = e
+            if e.knob in _PER_PROCESS:
+                procs.setdefault(_process_of(e.target), {})[id(e)] = e
+        self._idx, self._idx_of, self._procs = idx, self.entries, procs
+        self._next_seq = len(self.entries)
 
     def find(self, knob: str, target: str) -> Entry | None:
         return self._index().get((knob, target))
+
+    def keys(self) -> KeysView[tuple[str, str]]:
+        """Every (knob, target) journaled: a live view, O(1) to ask `in`."""
+        return self._index().keys()
+
+    def of_process(self, pid: int, starttime: int) -> list[Entry]:
+        """The task entries whose target starts "<pid>:<starttime>:", in journal
+        order: O(those entries), whatever the journal holds besides. The caller
+        still checks each target is a thread (agents/threads.py belongs)."""
+        self._index()
+        group = self._procs.get(f"{pid}:{starttime}:")
+        return sorted(group.values(), key=_seq_of) if group else []
+
+    def ordered(self, entries: Iterable[Entry]) -> list[Entry]:
+        """These entries of this journal in journal order (oldest first)."""
+        self._index()
+        return sorted(entries, key=_seq_of)
 
     def add(self, knob: str, target: str, original: str,
             device: DeviceId | None = None) -> Entry:
@@ -319,31 +372,68 @@ class Journal:
         if e is None:
             e = Entry(knob, target, original, device=device)
             e._owner = self
+            e._seq = self._next_seq
+            self._next_seq += 1
             self._dirty[id(e)] = e
             self.entries.append(e)
             idx[e.key] = e
+            if knob in _PER_PROCESS:
+                self._procs.setdefault(_process_of(target), {})[id(e)] = e
         return e
 
     def remove_entry(self, entry: Entry) -> None:
         self.remove_entries((entry,))
 
     def remove_entries(self, entries: Iterable[Entry]) -> None:
-        """Drop these entries (one pass over the journal, not one per entry)."""
-        gone = {id(e) for e in entries}
+        """Drop these entries (those of this journal; others are ignored).
+
+        O(these entries) in Python: each is found in `entries` by its _seq
+        (bisect) and each run of neighbours goes in one `del` (what is left is
+        list_ass_slice's memmove of the pointers after it), so an agent's
+        unregister does not walk every other agent's entries."""
+        idx = self._index()
+        gone = [e for e in {id(e): e for e in entries}.values() if idx.get(e.key) is e]
         if not gone:
             return
-        idx = self._index()
-        kept = [e for e in self.entries if id(e) not in gone]
-        for e in self.entries:
-            if id(e) in gone:
-                if idx.get(e.key) is e:
-                    del idx[e.key]
-                self._dirty.pop(id(e), None)
-                if e._on_disk:
-                    self._removed[e.key] = None
-                    e._on_disk = False
-                e._owner = None
-        self.entries[:] = kept
+        for e in gone:
+            del idx[e.key]
+            if e.knob in _PER_PROCESS:
+                pre = _process_of(e.target)
+                group = self._procs.get(pre)
+                if group is not None:
+                    group.pop(id(e), None)
+                    if not group:
+                        del self._procs[pre]
+            self._dirty.pop(id(e), None)
+            if e._on_disk:
+                self._removed[e.key] = None
+                e._on_disk = False
+            e._owner = None
+        self._cut(sorted(gone, key=_seq_of))
+
+    def _cut(self, gone: list[Entry]) -> None:
+        """Delete `gone` (journal entries, in _seq order) from `entries`, in place."""
+        lst = self.entries
+        runs: list[tuple[int, int]] = []  # [start, end) slices, ascending
+        i = -1
+        for e in gone:
+            if i + 1 < len(lst) and lst[i + 1] is e:
+                i += 1  # the next entry of the same run: no search
+            else:
+                i = bisect.bisect_left(lst, e._seq, key=_seq_of)
+                if i >= len(lst) or lst[i] is not e:
+                    # `entries` reordered behind the journal's back: _seq says
+                    # nothing; one pass, and the order is renumbered
+                    ids = {id(x) for x in gone}
+                    lst[:] = [x for x in lst if id(x) not in ids]
+                    self._reindex()
+                    return
+            if runs and runs[-1][1] == i:
+                runs[-1] = (runs[-1][0], i + 1)
+            else:
+                runs.append((i, i + 1))
+        for start, end in reversed(runs):
+            del lst[start:end]
 
     # -- the whole journal as one document -------------------------------
     def to_json(self) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import importlib
 import re
 import shlex
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from types import ModuleType
 from typing import Any
 
@@ -112,11 +113,13 @@ class Knob:
         return recorded
 
     def restore(self, root: Root, target: str, original: str, *, written: str | None,
-                journaled: frozenset[tuple[str, str]]) -> str:
+                journaled: AbstractSet[tuple[str, str]]) -> str:
         """Write a journaled `original` back (rollback, recover, Engine.restore()).
 
         `written` is what agentlatd last wrote to `target` (the journal's
-        "written"), `journaled` every (knob, target) the journal holds. A knob
+        "written"), `journaled` every (knob, target) the journal holds (the
+        journal's own key view: ask it `in`; a walk of it is a walk of the
+        whole journal, per entry restored). A knob
         whose write spreads to objects the journal never saw overrides this to
         undo them too (task.affinity: threads born pinned). Returns a note for
         the report ("" when there is nothing more to say).
@@ -125,7 +128,7 @@ class Knob:
         return ""
 
     def restore_spread(self, root: Root, target: str, original: str, *, written: str | None,
-                       journaled: frozenset[tuple[str, str]]) -> str:
+                       journaled: AbstractSet[tuple[str, str]]) -> str:
         """The part of restore() beyond `target` itself, for an entry whose own
         value is back already (the object set it back): the objects the write
         spread to may still show agentlatd's value. A note, as restore()."""

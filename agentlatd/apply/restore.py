@@ -9,6 +9,7 @@ restored onto another device that took its name (apply/identity.py).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 
 from agentlatd.apply.identity import DeviceId
 from agentlatd.apply.journal import FLAG_MANAGED, Entry, Journal
@@ -45,7 +46,7 @@ class Restorer:
         """Restore every entry of `j`; `note` goes first in the report's notes."""
         results: list[KnobResult] = []
         done: list[Entry] = []
-        held = frozenset(x.key for x in j.entries)
+        held = j.keys()  # live, and the journal does not change until the loop ends
         ids: dict[str, DeviceId | None] = {}
         for e in reversed(j.entries):
             r = self.restore_one(e, held, ids)
@@ -68,7 +69,7 @@ class Restorer:
             notes += (f"{len(keep)} original(s) could not be restored and stay in {j.path}",)
         return RollbackReport(tuple(results), j.path, removed, damaged, kept_as, notes)
 
-    def restore_one(self, e: Entry, held: frozenset[tuple[str, str]] = frozenset(),
+    def restore_one(self, e: Entry, held: AbstractSet[tuple[str, str]] = frozenset(),
                     ids: dict[str, DeviceId | None] | None = None) -> KnobResult:
         """Restore one entry; `held` is every (knob, target) of its journal, `ids`
         the device identities read so far in this restore."""
@@ -143,15 +144,14 @@ class Restorer:
         later restore() or rollback(). Keys not journaled are ignored. The
         journal is saved once, crash-safe, or removed when it is empty.
         """
-        chosen = [e for k in set(keys) if (e := j.find(*k)) is not None]
+        # O(keys), not O(journal): an agent's unregister restores its own few
+        # entries while every other agent's stay journaled
+        chosen = j.ordered(e for k in set(keys) if (e := j.find(*k)) is not None)
         if not chosen:
             return ()
-        if len(chosen) > 1:
-            pos = {id(e): n for n, e in enumerate(j.entries)}
-            chosen.sort(key=lambda e: pos[id(e)])
         results: list[KnobResult] = []
         done: list[Entry] = []
-        held = frozenset(x.key for x in j.entries)
+        held = j.keys()  # live, and the journal does not change until the loop ends
         ids: dict[str, DeviceId | None] = {}
         for e in reversed(chosen):
             r = self.restore_one(e, held, ids)

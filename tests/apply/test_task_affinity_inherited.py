@@ -258,3 +258,31 @@ def test_rollback_after_kill_9_restores_processes_forked_pinned(child: Child,
     for k in ("child", "grand"):
         assert child.allowed(forked[k], forked[k]) == orig, k
     assert child.allowed(forked["own"], forked["own"]) == CpuSet({own})  # its own choice
+
+
+def test_unregister_restores_a_thread_whose_only_entry_is_of_another_knob(
+        child: Child, tmp_path: pathlib.Path) -> None:
+    """restore_spread asks the journal, per thread, whether an entry of ITS OWN knob
+    holds it: a thread born pinned whose only entry is a task.nice one (its class
+    renices it) still gets the affinity original from the main thread's entry, on the
+    restore an unregister runs (Engine.restore, one key), and keeps its nice entry."""
+    orig, pin, own = _cpus(child)
+    with Engine(HOST, str(tmp_path / "state"), knobs=knobset.REGISTRY) as eng:
+        rep = eng.apply([Change.parse("task.affinity", child.target(child.pid), "", str(pin), "t")])
+        assert rep.results[0].status == "changed", rep
+        inherited, mine = child.spawn(2, own)
+        niced = inherited[0]
+        before = tasks.get_nice(niced)
+        rep = eng.apply([Change.parse("task.nice", child.target(niced), "",
+                                      str(before + 1 if before < 19 else before - 1), "t")])
+        assert rep.results[0].status == "changed", rep
+        res = eng.restore([("task.affinity", child.target(child.pid))])
+        assert [r.status for r in res] == ["restored"], res
+        assert "2 unjournaled thread(s)" in res[0].message, res
+        for tid in [child.pid, *inherited]:
+            assert child.allowed(tid) == orig, tid
+        assert child.allowed(mine[0]) == CpuSet({own})  # its own choice
+        assert [e.key for e in eng.entries()] == [("task.nice", child.target(niced))]
+        rb = eng.rollback()
+    assert rb.ok and rb.journal_removed, rb
+    assert tasks.get_nice(niced) == before

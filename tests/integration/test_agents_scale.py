@@ -161,9 +161,9 @@ comm = "{name}"
 
 def test_a_mass_exit_is_dropped_a_batch_per_reap(tmp_path: pathlib.Path) -> None:
     """Agents whose processes all exit at once are dropped REAP_PIECE per reap()
-    (one loop turn each, one pass over the journal per batch): dropping all of
-    them in one turn was one journal pass per agent, ~60 ms of the main loop at
-    1000 agents, during which no registration was answered. Each batch forgets
+    (one loop turn each, one journal save per batch): dropping all of them in
+    one turn was one journal pass per agent, ~60 ms of the main loop at 1000
+    agents, during which no registration was answered. Each batch forgets
     exactly its own agents' entries."""
     n = 2 * REAP_PIECE + 5
     # the live root (task affinity acts on live processes only: these sleepers);
