@@ -162,7 +162,10 @@ class ChainScanner:
         self.ns_cache: PerProc[int] = PerProc(lambda _pid: None)
 
     def update(self, root: Root, agents: Iterable[ChainAgent], now: float | None = None,
-               rules: Sequence[ChainRule] = ()) -> None:
+               rules: Sequence[ChainRule] = (),
+               procs: Sequence[tuple[int, int]] | None = None) -> None:
+        """Scan the agents due. `procs`: this tick's listing of proc/ (procscan.list_procs),
+        when the caller has one; else it is read here."""
         now = time.monotonic() if now is None else now
         t0 = time.perf_counter()
         by_proc = {a.proc: a for a in agents}
@@ -175,7 +178,8 @@ class ChainScanner:
             if len(found) != len(self.found):
                 self.found = found
             return
-        procs = list_procs(root)
+        if procs is None:
+            procs = list_procs(root)
         pids = [pid for pid, _ in procs]
         truncated = len(pids) > MAX_PIDS
         todo = due[:MAX_SCANS_PER_TICK]

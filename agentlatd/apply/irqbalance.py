@@ -99,6 +99,7 @@ class Watch:
     def __init__(self, root: Root) -> None:
         self.root = root
         self.comms: PerProc[str] = PerProc(self._comm, keep=lambda c: c != COMM)
+        self.procs: list[tuple[int, int]] | None = None  # the last listing, until taken
 
     def _comm(self, pid: int) -> str | None:
         # a process may exit between listing and read: read_optional -> "" -> None
@@ -106,8 +107,16 @@ class Watch:
 
     def running(self) -> tuple[int, ...]:
         """Pids whose proc/<pid>/comm is "irqbalance" (sorted; empty when none)."""
-        comms = self.comms.update(list_procs(self.root))
+        self.procs = list_procs(self.root)
+        comms = self.comms.update(self.procs)
         return tuple(pid for pid, c in comms.items() if c == COMM)  # by pid: list_procs'
+
+    def take_procs(self) -> list[tuple[int, int]] | None:
+        """The listing running() read (once; None when it has not run since): the
+        tick's chain scan takes it rather than list proc/ again (~30 ms with 18000
+        processes)."""
+        procs, self.procs = self.procs, None
+        return procs
 
 
 def steers_irqs(mode: str, pids: tuple[int, ...]) -> bool:
