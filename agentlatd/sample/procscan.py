@@ -3,9 +3,10 @@
 Documentation/filesystems/proc.rst; fs/proc/base.c proc_pid_readdir.
 
 Reading one small file of every process each second (irqbalance's comm, the
-chain scanner's proc/PID/ns/net) cost the tuner thread 50-90 ms a tick with a
-few thousand processes (bench/threads.py), and that thread shares the GIL
-with the one answering registrations. Most of those values do not change, so
+chain scanner's proc/PID/ns/net) cost the tuner thread ~85 ms a tick each
+with 7000 processes (in-process, on the 2-core CI box; bench/threads.py shows
+the thread's CPU), and that thread shares the GIL with the one answering
+registrations. Most of those values do not change, so
 `PerProc` keeps them, keyed by process identity:
 
   identity   (pid, the inode number of proc/PID) from the directory listing

@@ -21,10 +21,10 @@ So a poll costs, per agent with a ring, its new records plus three small
 reads per stepping thread (bench/slowsteps.py measures it with 1 and 100
 agents); an agent without one costs nothing between its look-ups: its row is
 summarized again only when its target changes (bench/threads.py: the thread's
-CPU with 1000 of them). The
-cost is bounded: when a poll took more than `max_cpu_share` (2 %) of the
-period in CPU time, the next one comes later (up to `max_period_s`, 1 s), so
-with many agents the view stays within ~2 % of one CPU and its windows grow.
+CPU with 1000 of them). The cost is bounded: when a poll took more than
+`max_cpu_share` (2 %) of the period in CPU time, the next one comes later (up
+to `max_period_s`, 1 s), so with many agents the view stays within ~2 % of one
+CPU and its windows grow.
 
 Threads share nothing mutable: the main thread hands in the targets as a
 tuple replaced whole (set_targets) and reads back the published tuple of
