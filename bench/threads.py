@@ -18,6 +18,8 @@ seconds, a --window seconds long look at the daemon's threads:
   tuner_tick_ms  the `status` op's tuner_tick_ms, read once a second
                  (median and max)
   chain_scan_ms  the chain scan's part of the tuner tick (status chain_scan.ms)
+  host_processes every process on the host at the window's end: irqbalance
+                 detection and chain discovery look at all of them
 
 With several --repo, each runs in turn (--pairs rounds of all of them, in
 order), with the same sleeping processes, so before/after are side by side
@@ -128,6 +130,8 @@ def one_run(repo: pathlib.Path, pids: list[int], settle: float, window: float) -
             scans.append(st["result"].get("chain_scan", {}).get("ms") or 0.0)
         w1, c1 = time.monotonic(), thread_cpu(dm.pid)
         c.close()
+        # the per-process reads scale with every process on the host, not the agents only
+        out["host_processes"] = sum(1 for n in os.listdir("/proc") if n.isdigit())
         out["cpu_ms_per_s"] = {k: round((c1[k] - c0.get(k, 0.0)) * 1000 / (w1 - w0), 1)
                                for k in sorted(c1)}
         out["tuner_tick_ms"] = {"p50": round(statistics.median(ticks), 2),

@@ -92,3 +92,13 @@ def test_the_cache_holds_only_live_processes(tmp_path: pathlib.Path) -> None:
         (tmp_path / "proc" / str(pid)).rmdir()
     assert w.running() == ()
     assert len(w.comms) == 30 == len(list_procs(root))
+
+
+def test_the_listing_is_handed_to_the_chain_scan_once(tmp_path: pathlib.Path) -> None:
+    # the tuner's chain scan takes the irqbalance stage's listing of proc/ (one
+    # listing a tick); a listing is never handed over twice, so a tick whose
+    # irqbalance stage did not run lists proc/ itself rather than reuse an old one
+    root, w = settled(tmp_path)
+    w.running()
+    assert w.take_procs() == list_procs(root)
+    assert w.take_procs() is None
