@@ -282,6 +282,7 @@ class Sampler:
         self.cpuhp_busy: frozenset[int] = frozenset()  # CPUs whose hotplug still runs
         self.cpuhp_since = 0.0  # when the hotplug they belong to was seen
         self.cpuhp_pending = False  # a hotplug was seen and the tick after its end is to come
+        self.irqbalance_watch = irqbalance.Watch(root)
 
     def record(self, report: ApplyReport) -> None:
         """The apply report of this tick: the next tick's feedback stage reads it."""
@@ -357,7 +358,7 @@ class Sampler:
         """irqbalance's pids, and (daemon.irqbalance = "cooperate") how the home CPUs
         are banned in it and what it banned before agentlatd (irqbalance_env.choose:
         the journal's channel first, else its socket, else its environment file)."""
-        pids = irqbalance.running(self.root)
+        pids = self.irqbalance_watch.running()
         if not pids or pol.daemon.irqbalance != "cooperate" or not tune_devices:
             return pids, NO_CHANNEL
         try:

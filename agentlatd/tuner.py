@@ -135,8 +135,11 @@ class Tuner:
         if plan is not None and inp.tune_devices:
             report, drift = table.run("apply", "apply", lambda: self._apply(snap, tp.changes),
                                       no_apply, level=logging.ERROR)
+        # the irqbalance stage's listing of proc/: one listing a tick, not two
+        procs = self.sampler.irqbalance_watch.take_procs()
         table.run("chain", "chain discovery",
-                  lambda: self.chain_scanner.update(self.root, inp.chain_agents, rules=pol.chain),
+                  lambda: self.chain_scanner.update(self.root, inp.chain_agents, rules=pol.chain,
+                                                    procs=procs),
                   None)
         rates = snap.rates
         heat = dict(rates.heat) if rates is not None else {}

@@ -84,11 +84,11 @@ from agentlatd.sample.chain import (
     FdLinks,
     NsTable,
     read_fd_links,
-    read_namespaces,
     read_net_ns,
     read_ns_table,
     read_tcp,
 )
+from agentlatd.sample.procscan import PerProc, list_procs
 from agentlatd.sample.sockets import Addr, Sock
 from agentlatd.sample.tasks import ProcId, ThreadId
 from agentlatd.sysfs.root import Root
@@ -156,9 +156,16 @@ class ChainScanner:
         self.unix_ok = True
         self.rule_seen: dict[ProcId, tuple[str, tuple[int, ...]]] = {}  # proc -> (comm, rules)
         self.used: set[tuple[int, int]] = set()  # holder keys looked up in the last batch
+        # pid -> network namespace, read once per process, not once per batch
+        # (sample/procscan.py): 7000 readlinks were ~60 % of a batch
+        self.ns_root: Root | None = None
+        self.ns_cache: PerProc[int] = PerProc(lambda _pid: None)
 
     def update(self, root: Root, agents: Iterable[ChainAgent], now: float | None = None,
-               rules: Sequence[ChainRule] = ()) -> None:
+               rules: Sequence[ChainRule] = (),
+               procs: Sequence[tuple[int, int]] | None = None) -> None:
+        """Scan the agents due. `procs`: this tick's listing of proc/ (procscan.list_procs),
+        when the caller has one; else it is read here."""
         now = time.monotonic() if now is None else now
         t0 = time.perf_counter()
         by_proc = {a.proc: a for a in agents}
@@ -171,9 +178,12 @@ class ChainScanner:
             if len(found) != len(self.found):
                 self.found = found
             return
-        pids = tasks.list_pids(root)
+        if procs is None:
+            procs = list_procs(root)
+        pids = [pid for pid, _ in procs]
         truncated = len(pids) > MAX_PIDS
-        ns_of = read_namespaces(root, pids[:MAX_PIDS])
+        todo = due[:MAX_SCANS_PER_TICK]
+        ns_of = self._namespaces(root, procs[:MAX_PIDS], [p.pid for _, _, p in todo])
         by_ns: dict[int, list[int]] = {}
         for pid, ns in ns_of.items():
             by_ns.setdefault(ns, []).append(pid)
@@ -182,7 +192,6 @@ class ChainScanner:
         # UDP tables and addresses of every namespace (cheap); TCP tables (a walk
         # of the whole established hash each, sample/chain.py) of the agents' own
         # namespaces, then of the namespaces their TCP peers' addresses belong to
-        todo = due[:MAX_SCANS_PER_TICK]
         # over the cap, the agents' own namespaces first
         theirs = {ns_of[p.pid] for _, _, p in todo if p.pid in ns_of}
         base = {ns: read_ns_table(root, ns, min(ps), files=UDP_FILES)
@@ -229,6 +238,27 @@ class ChainScanner:
         self.cost = ScanCost(min(len(due), MAX_SCANS_PER_TICK), len(tables),
                              MAX_FD_READS - budget[0], time.perf_counter() - t0,
                              truncated or budget[0] <= 0)
+
+    def _namespaces(self, root: Root, procs: Sequence[tuple[int, int]],
+                    agents: Iterable[int]) -> dict[int, int]:
+        """pid -> network namespace of `procs`, from ns_cache. A process can change
+        namespace (setns, unshare) under the same pid: the agents scanned now and
+        the one process per namespace whose proc/PID/net is read are read again
+        here, and if one of them moved, every process is read again, so
+        the tables read are those of the namespaces they are filed under; another
+        process that moved is filed right within procscan.REFRESH_TICKS batches."""
+        if self.ns_root is None or self.ns_root.base != root.base:
+            self.ns_root = root
+            self.ns_cache = PerProc(lambda pid: read_net_ns(root, pid))
+        ns_of = self.ns_cache.update(procs)
+        readers: dict[int, int] = {}
+        for pid, ns in ns_of.items():  # by pid: the first of a namespace is its reader
+            readers.setdefault(ns, pid)
+        check = {*readers.values(), *(pid for pid in agents if pid in ns_of)}
+        if any(read_net_ns(root, pid) != ns_of[pid] for pid in sorted(check)):
+            self.ns_cache = PerProc(lambda pid: read_net_ns(root, pid))
+            ns_of = self.ns_cache.update(procs)
+        return ns_of
 
     def _ruled(self, root: Root, rules: Sequence[ChainRule],
                pids: Iterable[int]) -> dict[ProcId, tuple[int, ...]]:

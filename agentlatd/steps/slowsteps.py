@@ -2,8 +2,11 @@
 
 Every `period_s` (0.1 s) one poll, for each registered agent whose process
 keeps a step ring (agentlatd/steps/ring.py; found through /proc/PID/fd, as
-`agentlatd trace --slow-steps` finds it, looked for again every 5 s while
-absent):
+`agentlatd trace --slow-steps` finds it, looked for again while absent: every
+5 s for the agent's first minute, when a ring usually appears (a Client starts
+after `agentlatd exec` registered its process), then every 5 s doubled per miss,
+at most every 60 s: an agent that keeps no ring (a C agent without step
+markers, a sleeping process) costs a listing of its fds a minute, not every 5 s):
   1. the ring's new records (at most `max_records` per agent and poll; older
      ones count as ring_missed), O(new records);
   2. one sample (agentlatd/sample/taskstat.py: schedstat, stat, sched through
@@ -14,11 +17,14 @@ absent):
      of its reported steps, else of the steps the view read) bracketed by the
      thread's sample at or before its start and this poll's sample is
      attributed (agentlatd/steps/slowview.py) and kept (the last `keep`).
-So a poll costs, per agent, its new records plus three small reads per
-stepping thread: bench/slowsteps.py measures it with 1 and 100 agents. The
-cost is bounded: when a poll took more than `max_cpu_share` (2 %) of the
-period in CPU time, the next one comes later (up to `max_period_s`, 1 s), so
-with many agents the view stays within ~2 % of one CPU and its windows grow.
+So a poll costs, per agent with a ring, its new records plus three small
+reads per stepping thread (bench/slowsteps.py measures it with 1 and 100
+agents); an agent without one costs nothing between its look-ups: its row is
+summarized again only when its target changes (bench/threads.py: the thread's
+CPU with 1000 of them). The cost is bounded: when a poll took more than
+`max_cpu_share` (2 %) of the period in CPU time, the next one comes later (up
+to `max_period_s`, 1 s), so with many agents the view stays within ~2 % of one
+CPU and its windows grow.
 
 Threads share nothing mutable: the main thread hands in the targets as a
 tuple replaced whole (set_targets) and reads back the published tuple of
@@ -32,7 +38,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 
 from agentlatd.errors import KernelError
@@ -47,6 +53,11 @@ log = logging.getLogger("agentlatd.slowsteps")
 HISTORY = 64  # samples kept per thread: brackets steps up to HISTORY * period_s long
 RECENT = 256  # step intervals kept per thread, for its step time inside a window
 FIND_EVERY_S = 5.0
+# a ring looked for every FIND_EVERY_S while the agent is this young; after, the
+# wait doubles per miss up to FIND_MAX_S: 1000 ringless agents cost 200 fd
+# listings a second at 5 s (~12 ms of this thread's CPU a second, bench/threads.py)
+FIND_FRESH_S = 60.0
+FIND_MAX_S = 60.0
 # targets_steps() yields every this many agents: the whole pass cost 3-4 ms of
 # the main loop at 1000 agents, which a registration arriving meanwhile waited for
 TARGETS_PIECE = 64
@@ -77,6 +88,9 @@ class _Agent:
     book: sv.AgentBook
     reader: RingReader | None = None
     next_find: float = 0.0
+    first_seen: float = 0.0
+    find_wait: float = FIND_EVERY_S  # the wait after the next miss (doubles past FIND_FRESH_S)
+    row: sv.AgentSlow | None = None  # its summary while it has no ring (None: to make)
     threads: dict[int, _Thread] = field(default_factory=dict)
     threads_skipped: int = 0
 
@@ -132,8 +146,10 @@ def targets_steps(agents: Iterable[object],
 class SlowSteps:
     def __init__(self, root: Root, *, period_s: float = 0.1, keep: int = 16,
                  max_records: int = 4096, max_threads: int = 16, active_s: float = 10.0,
-                 max_cpu_share: float = 0.02, max_period_s: float = 1.0) -> None:
+                 max_cpu_share: float = 0.02, max_period_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.root = root
+        self.clock = clock  # when rings are looked for (tests step it)
         self.period_s = period_s
         self.max_cpu_share = max_cpu_share
         self.max_period_s = max_period_s
@@ -144,6 +160,7 @@ class SlowSteps:
         self._targets: tuple[Target, ...] = ()
         self._p99_cache: dict[object, tuple[int, int | None]] = {}  # the main thread's
         self._agents: dict[tuple[int, int | None], _Agent] = {}
+        self._seen_targets: tuple[Target, ...] | None = None  # the tuple _agents was built from
         self._irq: deque[tuple[int, dict[int, int]]] = deque(maxlen=HISTORY)
         self._cpu: CpuIrqProbe | None = None
         self._published: tuple[sv.AgentSlow, ...] = ()
@@ -186,6 +203,7 @@ class SlowSteps:
         for ag in list(self._agents.values()):
             self._drop(ag)
         self._agents.clear()
+        self._seen_targets = None
         if self._cpu is not None:
             self._cpu.close()
             self._cpu = None
@@ -208,24 +226,23 @@ class SlowSteps:
     # -- one poll (this thread; tests call it directly) -------------------
     def poll(self) -> None:
         c0 = time.thread_time_ns()
-        targets = self._targets
-        keys = {(t.pid, t.starttime): t for t in targets}
-        for key in [k for k in self._agents if k not in keys]:
-            self._drop(self._agents.pop(key))
-        now = time.monotonic()
+        now = self.clock()
         now_ns = time.monotonic_ns()
-        for key, t in keys.items():
-            ag = self._agents.get(key)
-            if ag is None:
-                ag = self._agents[key] = _Agent(t, sv.AgentBook(self.keep))
-            ag.target = t
+        targets = self._targets
+        if targets is not self._seen_targets:  # the main thread handed in a new tuple
+            self._seen_targets = targets
+            keys = {(t.pid, t.starttime): t for t in targets}
+            for key in [k for k in self._agents if k not in keys]:
+                self._drop(self._agents.pop(key))
+            for key, t in keys.items():
+                ag = self._agents.get(key)
+                if ag is None:
+                    self._agents[key] = _Agent(t, sv.AgentBook(self.keep), first_seen=now)
+                elif ag.target != t:
+                    ag.target, ag.row = t, None
+        for ag in self._agents.values():
             if ag.reader is None and now >= ag.next_find:
-                ag.next_find = now + FIND_EVERY_S
-                try:
-                    # from now: older steps have no thread sample before them to split by
-                    ag.reader = RingReader.open(self.root, t.pid, from_now=True)
-                except (KernelError, OSError) as e:  # proc/PID/fd unreadable (EACCES)
-                    log.debug("step ring of pid %d: %s", t.pid, e)
+                self._find(ag, now)
         if any(ag.reader is not None for ag in self._agents.values()):
             irq = self._cpu_irq()
             if irq is not None:
@@ -238,10 +255,35 @@ class SlowSteps:
                         log.exception("slow-steps view of pid %d", ag.target.pid)
                         self._drop(ag)
         self.polls += 1
-        self._published = tuple(
-            sv.summarize(ag.target.agent_id, ag.target.pid, ag.book, self._threshold(ag),
-                         ag.reader is not None) for ag in self._agents.values())
+        self._published = tuple(self._row(ag) for ag in self._agents.values())
         self.poll_cpu_ns = time.thread_time_ns() - c0
+
+    def _find(self, ag: _Agent, now: float) -> None:
+        """Look for the agent's ring; on a miss, when to look again."""
+        t = ag.target
+        ag.next_find = now + ag.find_wait
+        try:
+            # from now: older steps have no thread sample before them to split by
+            ag.reader = RingReader.open(self.root, t.pid, from_now=True)
+        except (KernelError, OSError) as e:  # proc/PID/fd unreadable (EACCES)
+            log.debug("step ring of pid %d: %s", t.pid, e)
+        if ag.reader is not None:
+            ag.row = None
+            ag.find_wait = FIND_EVERY_S  # should it go, looked for again as a fresh one
+            return
+        if now - ag.first_seen >= FIND_FRESH_S:
+            ag.find_wait = min(FIND_MAX_S, ag.find_wait * 2)
+
+    def _row(self, ag: _Agent) -> sv.AgentSlow:
+        """The agent's summary: made each poll while it has a ring (its book moves),
+        else once per target (its book does not)."""
+        if ag.reader is not None:
+            return sv.summarize(ag.target.agent_id, ag.target.pid, ag.book,
+                                self._threshold(ag), True)
+        if ag.row is None:
+            ag.row = sv.summarize(ag.target.agent_id, ag.target.pid, ag.book,
+                                  self._threshold(ag), False)
+        return ag.row
 
     def _cpu_irq(self) -> dict[int, int] | None:
         try:
@@ -326,6 +368,7 @@ class SlowSteps:
             with contextlib.suppress(Exception):
                 ag.reader.close()
             ag.reader = None
+            ag.row = None
 
     def _drop(self, ag: _Agent) -> None:
         self._drop_reader(ag)

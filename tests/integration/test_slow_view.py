@@ -166,3 +166,113 @@ def test_view_survives_vanished_and_unknown_processes() -> None:
         if agent.poll() is None:
             agent.kill()
             agent.wait(10)
+
+
+RING_LATER = """
+import sys
+from agentlatd.steps.ring import RingWriter
+print("up", flush=True)
+sys.stdin.readline()
+ring = RingWriter(64)
+print("ring", flush=True)
+sys.stdin.readline()
+"""
+
+
+def _ring_later() -> subprocess.Popen[str]:
+    p = subprocess.Popen([sys.executable, "-c", RING_LATER], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, env=env_for_children())
+    assert p.stdout is not None and p.stdout.readline().strip() == "up"
+    return p
+
+
+def _make_ring(p: subprocess.Popen[str]) -> None:
+    assert p.stdin is not None and p.stdout is not None
+    p.stdin.write("\n")
+    p.stdin.flush()
+    assert p.stdout.readline().strip() == "ring"
+
+
+def _has_ring(view: Any) -> bool:
+    return bool(view.snapshot()[0].ring)
+
+
+def test_a_ring_made_after_registration_is_found_at_the_next_look() -> None:
+    """`agentlatd exec` registers a process before its Client makes the ring: the
+    view looks again FIND_EVERY_S later (its clock stepped by the test)."""
+    from agentlatd.steps.slowsteps import FIND_EVERY_S, SlowSteps, Target
+    from agentlatd.sysfs.root import Root
+
+    now = [1000.0]
+    agent = _ring_later()
+    view = SlowSteps(Root("/"), clock=lambda: now[0])
+    try:
+        view.set_targets((Target(agent.pid, None, "late"),))
+        view.poll()
+        assert not _has_ring(view)
+        _make_ring(agent)
+        now[0] += FIND_EVERY_S / 2
+        view.poll()
+        assert not _has_ring(view)  # looked for at most once per FIND_EVERY_S
+        now[0] += FIND_EVERY_S / 2
+        view.poll()
+        assert _has_ring(view)
+    finally:
+        view.stop()
+        agent.kill()
+        agent.wait(10)
+
+
+def test_a_ringless_agent_past_its_first_minute_is_looked_for_within_find_max() -> None:
+    """An agent without a ring is looked for less often after FIND_FRESH_S (1000 of
+    them cost the view 200 fd listings a second at FIND_EVERY_S), but a ring it
+    makes then is still found within FIND_MAX_S."""
+    from agentlatd.steps.slowsteps import FIND_EVERY_S, FIND_FRESH_S, FIND_MAX_S, SlowSteps, Target
+    from agentlatd.sysfs.root import Root
+
+    now = [0.0]
+    agent = _ring_later()
+    view = SlowSteps(Root("/"), clock=lambda: now[0])
+    try:
+        view.set_targets((Target(agent.pid, None, "old"),))
+        while now[0] < FIND_FRESH_S + 40:
+            view.poll()
+            now[0] += 1.0
+        assert not _has_ring(view)
+        _make_ring(agent)
+        made = now[0]
+        while not _has_ring(view):
+            assert now[0] <= made + FIND_MAX_S, "ring not found within FIND_MAX_S"
+            now[0] += 1.0
+            view.poll()
+        assert now[0] > made + FIND_EVERY_S  # the looks did back off
+    finally:
+        view.stop()
+        agent.kill()
+        agent.wait(10)
+
+
+def test_a_ringless_agents_row_follows_its_target() -> None:
+    """A ringless agent's row is made once per target, not each poll: a new
+    deadline or agent id handed in shows at the next poll."""
+    from agentlatd.steps.slowsteps import SlowSteps, Target
+    from agentlatd.sysfs.root import Root
+
+    agent = _ring_later()  # no ring unless told
+    view = SlowSteps(Root("/"))
+    pid = agent.pid
+    try:
+        view.set_targets((Target(pid, None, "a", None),))
+        view.poll()
+        first = view.snapshot()
+        assert (first[0].agent_id, first[0].threshold_ns, first[0].ring) == ("a", None, False)
+        view.poll()
+        assert view.snapshot()[0] is first[0]  # the same row: not made again
+        view.set_targets((Target(pid, None, "b", 2_000_000),))
+        view.poll()
+        row = view.snapshot()[0]
+        assert (row.agent_id, row.threshold_ns) == ("b", 2_000_000)
+    finally:
+        view.stop()
+        agent.kill()
+        agent.wait(10)

@@ -107,3 +107,24 @@ def test_policy_rules_add_members_to_matching_agents_only(tree: pathlib.Path) ->
     links = {lk.proc.pid: lk.via for lk in sc.found[AGENT.proc]}
     assert links[300] == "policy [[chain]] rule 0"
     assert links[200].startswith("udp ")  # found by its socket; rule 1 is another agent's
+
+
+def test_a_process_that_moved_namespace_is_filed_under_its_new_one(tree: pathlib.Path) -> None:
+    # the namespace of each process is kept between batches (sample/procscan.py);
+    # setns/unshare change it under the same pid and proc inode. The tool server
+    # (the only process, so the reader, of ns 2) moves to ns 4 after it was kept:
+    # the next batch must read its table as ns 4's, not file it under ns 2
+    sc = ChainScanner()
+    root = Root(str(tree))
+    for now in (10.0, 12.5, 15.0):  # past the first reads: the namespaces are kept now
+        sc.update(root, [AGENT], now=now)
+    assert {lk.proc.pid: lk.via for lk in sc.found[AGENT.proc]}[200] == \
+        "udp 10.9.0.2:7777 (net ns 2)"
+    assert sc.ns_cache.reads < 4  # kept: not every process read each batch
+    link = tree / "proc/200/ns/net"
+    link.unlink()
+    os.symlink("net:[4]", link)
+    sc.update(root, [AGENT], now=17.5)
+    assert {lk.proc.pid: lk.via for lk in sc.found[AGENT.proc]}[200] == \
+        "udp 10.9.0.2:7777 (net ns 4)"
+    assert sc.holders[(4, 600)] == ProcId(200, 5000)
