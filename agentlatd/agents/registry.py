@@ -64,6 +64,7 @@ from agentlatd.agents.agent import Agent, AgentState
 from agentlatd.agents.applier import TASK_KNOBS, Applier
 from agentlatd.agents.autoreg import AutoRegistrar
 from agentlatd.agents.exclusive import CpuKeeper
+from agentlatd.agents.pidfdgate import PidfdGate
 from agentlatd.agents.placement import HomePlacer, holds_cpu
 from agentlatd.agents.refusal import AgentRefused, Refusal, Registration
 from agentlatd.agents.threads import (
@@ -76,7 +77,7 @@ from agentlatd.agents.threads import (
     why,
 )
 from agentlatd.agents.upkeep import AgentUpkeep
-from agentlatd.errors import AgentlatdError, KernelError
+from agentlatd.errors import AgentlatdError
 from agentlatd.model.agent_links import AgentHome
 from agentlatd.model.layout import CpuLayout
 from agentlatd.plan.changes import Change
@@ -165,9 +166,8 @@ class AgentManager:
         # agents whose pidfd the daemon has not put in its selector yet: it takes
         # them from here rather than walking every agent on every loop turn
         self.new_pidfds: list[Agent] = []
-        # the pidfd check_register() opened for the process it identified, which
-        # register() takes (see there); at most one, closed if never taken
-        self._checked_pidfd: tuple[ProcId, int] | None = None
+        # a new agent's pidfd, from check_register() to register() (agents/pidfdgate.py)
+        self.pidfd_gate = PidfdGate(self.root)
         # completion chains (agents/chain.py): what the chain keeper decided at
         # its last tick (set_chain)
         self.chain = ChainInput()
@@ -215,15 +215,8 @@ class AgentManager:
                        req: Registration, admin: bool) -> tuple[ProcId, int]:
         """Validate and authorise a register request; (process, its uid) or AgentRefused."""
         pid = req.pid if req.pid is not None else peer_pid
-        self._drop_checked_pidfd()
-        fd = None
-        if pid not in self.by_pid:
-            # a new agent's pidfd, opened BEFORE the stat read that identifies
-            # the process: while the pidfd's process runs the pid is its, so
-            # register() proves with one poll that the pidfd names the process
-            # identified here (no second read of proc/PID/stat)
-            with contextlib.suppress(KernelError):
-                fd = tasks.pidfd_open(pid)
+        # a new agent's pidfd, opened before the read that identifies the process
+        fd = self.pidfd_gate.opened(pid) if pid not in self.by_pid else None
         try:
             starttime, ruid = self._checked(pid, req, peer_start, peer_uid, admin)
         except BaseException:
@@ -232,13 +225,8 @@ class AgentManager:
             raise
         p = ProcId(pid, starttime)
         if fd is not None:
-            self._checked_pidfd = (p, fd)
+            self.pidfd_gate.keep(p, fd)
         return p, ruid
-
-    def _drop_checked_pidfd(self) -> None:
-        if self._checked_pidfd is not None:
-            os.close(self._checked_pidfd[1])  # in no selector yet
-            self._checked_pidfd = None
 
     def _checked(self, pid: int, req: Registration, peer_start: int | None, peer_uid: int,
                  admin: bool) -> tuple[int, int]:
@@ -283,19 +271,7 @@ class AgentManager:
         if a is None:
             a = Agent(agent_id=req.agent_id, proc=p, uid=uid, latency_class=req.latency_class,
                       source=source, registered_at=time.time())
-            checked, self._checked_pidfd = self._checked_pidfd, None
-            if checked is not None and checked[0] == p:
-                # opened before check_register's read: still running, so that read was its
-                fd: int | None = checked[1]
-                exited = not tasks.pidfd_running(checked[1])
-            else:
-                if checked is not None:
-                    os.close(checked[1])
-                fd = None
-                with contextlib.suppress(KernelError):
-                    fd = tasks.pidfd_open(p.pid)
-                # opened after the check: the pidfd may name a newer process
-                exited = fd is not None and not tasks.alive(self.root, p)
+            fd, exited = self.pidfd_gate.take(p)
             if exited:
                 assert fd is not None
                 os.close(fd)

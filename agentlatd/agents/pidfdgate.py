@@ -1,0 +1,59 @@
+"""A new agent's pidfd, and the proof that it names the process a registration checked.
+
+check_register() opens the pidfd BEFORE the read of proc/PID/stat that
+identifies the process (registry._identify): while the pidfd's process runs,
+the pid is its, so one poll of the pidfd in register() proves that the read
+was that process's (pidfd_open(2), "pidfd_open() ... the PID could be
+recycled"; the order is its recommended one). Opened after the read, as a
+re-registration's or a caller's that skipped the check does, it takes a
+second stat read to tell the process from a newer one with the same pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from agentlatd.errors import KernelError
+from agentlatd.sample import tasks
+from agentlatd.sample.tasks import ProcId
+from agentlatd.sysfs.root import Root
+
+
+class PidfdGate:
+    """Holds at most one pidfd, from the last check to the register that follows it."""
+
+    def __init__(self, root: Root) -> None:
+        self.root = root
+        self._held: tuple[ProcId, int] | None = None
+
+    def opened(self, pid: int) -> int | None:
+        """A pidfd for `pid`, opened before the identifying read (None: no pidfds here)."""
+        self.drop()
+        with contextlib.suppress(KernelError):
+            return tasks.pidfd_open(pid)
+        return None
+
+    def keep(self, p: ProcId, fd: int) -> None:
+        """The check identified `fd`'s pid as `p`: register() takes it."""
+        self.drop()
+        self._held = (p, fd)
+
+    def drop(self) -> None:
+        if self._held is not None:
+            os.close(self._held[1])  # in no selector yet
+            self._held = None
+
+    def take(self, p: ProcId) -> tuple[int | None, bool]:
+        """(the pidfd of `p` or None, whether `p` has exited): the one the check
+        opened when it was for `p`, else one opened now and checked by a read."""
+        held, self._held = self._held, None
+        if held is not None and held[0] == p:
+            return held[1], not tasks.pidfd_running(held[1])
+        if held is not None:
+            os.close(held[1])
+        fd = None
+        with contextlib.suppress(KernelError):
+            fd = tasks.pidfd_open(p.pid)
+        # opened after the check: the pidfd may name a newer process
+        return fd, fd is not None and not tasks.alive(self.root, p)
