@@ -106,9 +106,10 @@ NOT_HOST=()
 for p in "${PURE[@]}"; do
     case $p in *::*) NOT_HOST+=("--deselect=$p") ;; *) NOT_HOST+=("--ignore=$p") ;; esac
 done
-# six shards of ~25-30 s each on a quiet 2-core host (each pays ~4 s of collection): the
-# lane whose guest ends last then waits about one shard for the other, not the whole tier
-PURE_SHARDS=6
+# four shards of ~35 s each on a quiet 2-core host: the lane whose guest ends last waits
+# about one shard for the other, not the whole tier; more shards each pay ~4 s of
+# collection again, which eats what their finer split saves
+PURE_SHARDS=4
 # pytest's 5 = nothing collected: only an error when the run was not narrowed (PYTEST_ARGS)
 pytest_failed() { [ "$1" -ne 0 ] && { [ "$1" -ne 5 ] || [ -z "${PYTEST_ARGS:-}" ]; }; }
 if [ -n "$LABPID" ]; then
