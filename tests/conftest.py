@@ -24,7 +24,30 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--shard", metavar="K/N", default=None,
+        help="run only tests K, K+N, K+2N, ... (0 <= K < N) of those collected and selected, in "
+             "collection order: tests/run.sh spreads the pure tier over its two lanes with it "
+             "(every N-th test, so one file's slow tests do not all land in one shard)")
+
+
+def _shard(spec: str) -> tuple[int, int]:
+    k, sep, n = spec.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
+        raise pytest.UsageError(f"--shard {spec!r}: K/N with 0 <= K < N, e.g. 0/4")
+    return int(k), int(n)
+
+
+@pytest.hookimpl(trylast=True)  # after -m and -k deselected theirs: shards split what is left
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    spec = config.getoption("shard")
+    if spec is not None:
+        k, n = _shard(spec)
+        keep = items[k::n]
+        kept = set(map(id, keep))
+        config.hook.pytest_deselected(items=[it for it in items if id(it) not in kept])
+        items[:] = keep
     if os.geteuid() == 0:
         return
     skip = pytest.mark.skip(reason="needs root (network namespaces)")

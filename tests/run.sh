@@ -8,16 +8,20 @@
 #                                  README command 1 verbatim in a fresh clone, the .deb
 #                                  (build, lintian, install in a chroot), then that .deb
 #                                  under systemd in a second guest (tests/vm/service/),
-#                                  then the pure tier (tests/unit, tests/plan and three
-#                                  fixture-tree/fuzz files: PURE below), printed when
-#                                  the lane is done
+#                                  each lane, once its guest is done, then takes shards
+#                                  of the pure tier (tests/unit, tests/plan, fixture-
+#                                  tree/fuzz files and tests: PURE below) that the other
+#                                  lane has not taken; printed when both lanes are done
 #
 # Why two lanes: each QEMU guest is single-threaded TCG, about one host core, and the
 # CI machine has two; run one after the other the guests left a core idle for ~8 min.
 # The host tier runs alone: its daemons and timing checks get the whole machine. The pure
-# tier (parsers, planners, goldens, properties on fixture trees: no daemon, no namespace,
-# no timing check) needs one core and no quiet; it fills the core the side lane leaves idle
-# once the service guest is done (the VM tier runs ~2 min longer than the side lane).
+# tier (parsers, planners, goldens, properties, kill -9 on fixture trees: no daemon, no
+# namespace, no timing check) needs one core and no quiet; it fills the core a lane leaves
+# idle once its guest is done. It runs as PURE_SHARDS pytest runs (--shard K/N, every N-th
+# test: tests/conftest.py) taken first come, first served, so that whichever guest ends
+# first (the service guest's 260-325 s or the VM tier's 380-420 s: it varies with the
+# load) does not leave the other lane the whole pure tier to run alone at the end.
 # Env: AGENTLATD_SKIP_VM=1 / AGENTLATD_SKIP_PACKAGE=1 skip those tiers (say so loudly);
 #      AGENTLATD_SUITE_SERIAL=1 runs the side lane after the VM tier, not beside it;
 #      PYTEST_ARGS="-k foo" narrows the host and pure tiers.
@@ -85,11 +89,27 @@ phase "ruff"
 .venv/bin/ruff check agentlatd tests bench || rc=1
 phase "mypy"
 .venv/bin/mypy || rc=1
-# the pure tier: run in the side lane (below), not here. Parsers, planners, goldens and
-# properties, the engine and the journal on fixture-tree copies, the protocol fuzzers: no
-# daemon, no namespace, no timing check.
+# the pure tier: run in the two lanes once their guests are done (below), not here.
+# Parsers, planners, goldens and properties, the engine and the journal on fixture-tree
+# copies (kill -9 at every write point included), the protocol, journal-damage and policy
+# fuzzers, CPU hotplug between two in-process samples of a fixture tree: no daemon, no
+# namespace, no timing check. Whole files, and single tests (node ids, `path::test`) of
+# files whose other tests need the host tier: the host tier deselects those.
 PURE=(tests/unit tests/plan tests/apply/test_knobs_fixture.py tests/apply/test_journal.py
-      tests/hostile/test_fuzz_protocol.py)
+      tests/hostile/test_fuzz_protocol.py
+      tests/apply/test_crash.py::test_kill_9_at_every_write_point_on_a_fixture_tree
+      tests/apply/test_crash.py::test_kill_9_during_rollback_then_rollback_again
+      tests/hostile/test_journal_damage.py::test_any_damage_gives_a_journal_error_or_a_salvage_never_a_crash
+      tests/hostile/test_kernel_faults.py::test_cpu_offline_between_ticks
+      tests/hostile/test_policy_values.py::test_mutated_policies_are_an_error_or_a_plan_within_every_knobs_range)
+NOT_HOST=()
+for p in "${PURE[@]}"; do
+    case $p in *::*) NOT_HOST+=("--deselect=$p") ;; *) NOT_HOST+=("--ignore=$p") ;; esac
+done
+# four shards of ~35 s each on a quiet 2-core host: the lane whose guest ends last waits
+# about one shard for the other, not the whole tier; more shards each pay ~4 s of
+# collection again, which eats what their finer split saves
+PURE_SHARDS=4
 # pytest's 5 = nothing collected: only an error when the run was not narrowed (PYTEST_ARGS)
 pytest_failed() { [ "$1" -ne 0 ] && { [ "$1" -ne 5 ] || [ -z "${PYTEST_ARGS:-}" ]; }; }
 if [ -n "$LABPID" ]; then
@@ -98,9 +118,9 @@ if [ -n "$LABPID" ]; then
     grep -v '^LAB=' "$LABLOG" | sed 's/^/  /'
     rm -f "$LABLOG"
 fi
-phase "pytest (host tier; the pure tier ${PURE[*]} runs in the side lane)"
+phase "pytest (host tier; the pure tier ${PURE[*]} runs in the two lanes after their guests)"
 # shellcheck disable=SC2086
-.venv/bin/python -m pytest -q ${PYTEST_ARGS:-} tests "${PURE[@]/#/--ignore=}"
+.venv/bin/python -m pytest -q ${PYTEST_ARGS:-} tests "${NOT_HOST[@]}"
 prc=$?
 pytest_failed $prc && rc=1
 
@@ -124,11 +144,30 @@ if [ "${AGENTLATD_SKIP_VM:-0}" != 1 ] && [ ! -x "$IBDIR/root/usr/sbin/irqbalance
     fi
 fi
 
-# ---- side lane: README command 1, the .deb, the .deb under systemd in a guest, pure tier --
+# ---- the pure tier's shards: each lane runs those the other has not taken ---------------
+# A shard is taken by creating its directory (mkdir is atomic); its output and exit status
+# land there and are printed and judged once both lanes are done.
+PUREQ=$(mktemp -d /tmp/agentlatd-run-pure.XXXXXX) || exit 1
+# shellcheck disable=SC2064  # expand now
+trap "rm -rf '$PUREQ'" EXIT
+pure_shards() {  # $1: the lane's name, for the report
+    local k r t0
+    for ((k = 0; k < PURE_SHARDS; k++)); do
+        mkdir "$PUREQ/$k" 2>/dev/null || continue
+        t0=$(date +%s)
+        # shellcheck disable=SC2086
+        .venv/bin/python -m pytest -q -p no:cacheprovider --shard "$k/$PURE_SHARDS" \
+            ${PYTEST_ARGS:-} "${PURE[@]}" > "$PUREQ/$k/log" 2>&1
+        r=$?
+        echo "$r $(( $(date +%s) - t0 )) $1" > "$PUREQ/$k/rc"
+    done
+}
+
+# ---- side lane: README command 1, the .deb, the .deb under systemd in a guest, pure shards --
 # Run beside the VM tier; its output goes to a file, printed when both lanes are done.
 # Its steps stay in this order: apt-get runs on the host (README command 1, build tools)
 # are over before the service guest, which reads the host's apt state through 9p, boots;
-# the pure tier comes last, so that the two guests never share the machine with a third job.
+# the pure shards come last, so that the two guests never share the machine with a third job.
 side_lane() {
     local rc=0 r debdir deb t0
     echo "== README command 1, verbatim, in a fresh clone"
@@ -162,19 +201,16 @@ side_lane() {
     rm -rf "$debdir"
 
     t0=$(date +%s)
-    echo "== pytest (pure tier: ${PURE[*]})"
-    # shellcheck disable=SC2086
-    .venv/bin/python -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-} "${PURE[@]}"
-    r=$?
-    echo "== pure tier: rc=$r, $(( $(date +%s) - t0 )) s"
-    pytest_failed $r && rc=1
+    echo "== [$(( t0 - T0 )) s] pure tier shards not yet taken by the VM lane"
+    pure_shards "side lane"
+    echo "== [$(( $(date +%s) - T0 )) s] side lane: pure shards done"
     return $rc
 }
 SIDE=
 if [ "${AGENTLATD_SUITE_SERIAL:-0}" != 1 ]; then
     SIDELOG=$(mktemp /tmp/agentlatd-run-side.XXXXXX.log) || exit 1
     # shellcheck disable=SC2064  # expand now
-    trap "rm -f '$SIDELOG'" EXIT
+    trap "rm -rf '$SIDELOG' '$PUREQ'" EXIT
     phase "README command 1, package and service VM test start beside the VM tier" \
           "(their output follows the VM tier's)"
     side_lane > "$SIDELOG" 2>&1 &
@@ -195,7 +231,9 @@ else
     echo "VM TIER SKIPPED: tests/vm/run_tier.sh not present"
 fi
 if [ -n "$SIDE" ]; then
-    phase "VM tier done; waiting for the side lane"
+    phase "VM tier done; pure tier shards not yet taken by the side lane"
+    pure_shards "VM lane"
+    phase "VM lane: pure shards done; waiting for the side lane"
     wait "$SIDE"
     src=$?
     phase "side lane (ran beside the VM tier), rc=$src:"
@@ -206,5 +244,17 @@ else
     src=$?
 fi
 [ $src -eq 0 ] || rc=1
+phase "pytest (pure tier: ${PURE[*]}; $PURE_SHARDS shards, run in the two lanes)"
+for ((k = 0; k < PURE_SHARDS; k++)); do
+    if [ ! -f "$PUREQ/$k/rc" ]; then
+        echo "PURE TIER SHARD $k/$PURE_SHARDS DID NOT RUN" >&2
+        rc=1
+        continue
+    fi
+    read -r r secs lane < "$PUREQ/$k/rc"
+    echo "== pure tier shard $k/$PURE_SHARDS ($lane, $secs s): rc=$r"
+    cat "$PUREQ/$k/log"
+    pytest_failed "$r" && rc=1
+done
 echo "== total $(( $(date +%s) - T0 )) s, rc=$rc"
 exit $rc

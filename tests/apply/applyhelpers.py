@@ -8,11 +8,13 @@ import json
 import os
 import pathlib
 import secrets
+import select
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 from agentlatd.errors import KernelError
@@ -140,6 +142,7 @@ def plan_file(path: pathlib.Path, changes: Iterable[Change]) -> pathlib.Path:
 
 
 LAUNCH = REPO / "tests" / "support" / "launch.py"
+FORKCLI = REPO / "tests" / "support" / "forkcli.py"
 
 
 def cli(args: list[str], *, netns: str | None = None, env: dict[str, str] | None = None,
@@ -159,6 +162,65 @@ def cli(args: list[str], *, netns: str | None = None, env: dict[str, str] | None
     full_env.update(env or {})
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True,
                           timeout=timeout, check=False)
+
+
+class ForkedCli:
+    """`cli()` for a test that runs the CLI dozens of times (kill -9 at every write point):
+    each command a fresh fork of one process that imported agentlatd once
+    (tests/support/forkcli.py says why that is the same run), inside NETNS when given."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        cmd = [sys.executable, str(FORKCLI)]
+        if netns is not None:
+            cmd = ["ip", "netns", "exec", netns, *cmd]
+        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="agentlatd-forkcli-"))
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        assert "ready" in self._answer(60), "tests/support/forkcli.py did not start"
+
+    def _answer(self, timeout: float) -> dict[str, object]:
+        assert self.proc.stdout is not None
+        r, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if r else ""
+        assert line, f"forkcli said nothing within {timeout} s (exit status {self.proc.poll()})"
+        out: dict[str, object] = json.loads(line)
+        return out
+
+    def __call__(self, args: list[str], *, env: dict[str, str] | None = None, timeout: float = 120,
+                 crash_after_writes: int | None = None) -> subprocess.CompletedProcess[str]:
+        """As cli(args, netns=..., ...) would answer."""
+        assert self.proc.stdin is not None
+        out, err = self.dir / "out", self.dir / "err"
+        req = {"args": args, "env": {**os.environ, **(env or {})}, "cwd": str(REPO),
+               "out": str(out), "err": str(err), "timeout": timeout,
+               "crash_after_writes": crash_after_writes}
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        rc = self._answer(timeout + 30)["rc"]
+        if rc is None:
+            raise subprocess.TimeoutExpired(["agentlatd", *args], timeout)
+        assert isinstance(rc, int)
+        return subprocess.CompletedProcess(["agentlatd", *args], rc, out.read_text(errors="replace"),
+                                           err.read_text(errors="replace"))
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            with suppress(OSError):
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> ForkedCli:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # ---------------------------------------------------------------------------
