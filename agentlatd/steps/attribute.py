@@ -198,6 +198,8 @@ class Index:
     thread: dict[int, list[Event]] = field(default_factory=dict)
     thread_t: dict[int, list[int]] = field(default_factory=dict)
     syscalls: dict[int, list[Span]] = field(default_factory=dict)
+    syscalls_t0: dict[int, list[int]] = field(default_factory=dict)
+    syscall_max: dict[int, int] = field(default_factory=dict)  # the thread's longest syscall
 
 
 def index(events: Iterable[Event]) -> Index:
@@ -229,8 +231,10 @@ def index(events: Iterable[Event]) -> Index:
     for tid, evs in ix.thread.items():
         evs.sort(key=_t)
         ix.thread_t[tid] = [_t(e) for e in evs]
-    for sc in ix.syscalls.values():
+    for tid, sc in ix.syscalls.items():
         sc.sort(key=lambda e: e.t0)
+        ix.syscalls_t0[tid] = [e.t0 for e in sc]
+        ix.syscall_max[tid] = max(e.t1 - e.t0 for e in sc)
     return ix
 
 
@@ -377,7 +381,11 @@ def _occupants(ix: Index, cpu: int, t0: int, t1: int) -> list[tuple[int, int, in
 def _gate(ix: Index, tid: int, t0: int, t1: int) -> str:
     """The syscall the thread slept in over [t0, t1)."""
     best, best_ov = "", 0
-    for s in ix.syscalls.get(tid, []):
+    # none that starts before t0 - the thread's longest syscall can overlap (a bisect, as
+    # in _interrupts: a step's gate lookups stay O(log n) in a long trace's syscalls)
+    t0s = ix.syscalls_t0.get(tid, [])
+    lo = bisect.bisect_left(t0s, t0 - ix.syscall_max.get(tid, 0))
+    for s in ix.syscalls.get(tid, [])[lo:bisect.bisect_left(t0s, t1)]:
         if s.t0 >= t1:
             break
         ov = _overlap(t0, t1, s.t0, s.t1)
