@@ -12,10 +12,12 @@ import pathlib
 import threading
 import time
 
+import pytest
 from test_tick import copy_tree
 
 from agentlatd import policy as policy_mod
-from agentlatd.daemon import RETRY, Daemon
+from agentlatd import daemon as daemon_mod
+from agentlatd.daemon import Daemon
 from agentlatd.sysfs.pacing import PACER
 
 
@@ -40,14 +42,16 @@ def _tuner_holds(d: Daemon, release: threading.Event, held: threading.Event,
 
 
 def test_a_waiting_registration_takes_the_lock_when_the_tuner_lets_go(
-        tmp_path: pathlib.Path) -> None:
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a bound no loaded machine reaches: the lock comes when the tuner lets go, not after it
+    monkeypatch.setattr(daemon_mod, "RETRY", 60.0)
     d = _daemon(tmp_path)
     release, held = threading.Event(), threading.Event()
     released_at: list[float] = []
     try:
         t = _tuner_holds(d, release, held, released_at)
         d.handlers.waiting.append(object())  # type: ignore[arg-type]  # a register to answer
-        threading.Timer(RETRY / 5, release.set).start()
+        threading.Timer(0.05, release.set).start()
         with d._engine_lock() as got:
             got_at = time.monotonic()
             assert got
