@@ -15,8 +15,8 @@ import time
 import pytest
 from test_tick import copy_tree
 
-from agentlatd import policy as policy_mod
 from agentlatd import daemon as daemon_mod
+from agentlatd import policy as policy_mod
 from agentlatd.daemon import Daemon
 from agentlatd.sysfs.pacing import PACER
 
