@@ -31,6 +31,16 @@ from typing import Any
 
 import pytest
 
+from agentlatd import policy as policy_mod
+from agentlatd.agents.applier import Applier
+from agentlatd.agents.refusal import Registration
+from agentlatd.agents.registry import AgentManager
+from agentlatd.apply.engine import Engine
+from agentlatd.cpuset import CpuSet
+from agentlatd.model.layout import CpuLayout
+from agentlatd.sample.tasks import ProcId
+from agentlatd.sysfs.root import Root
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 LAUNCH = REPO / "tests" / "support" / "launch.py"
 NOTHING = "agentlatd-test-none-*"
@@ -428,3 +438,34 @@ def kill_quietly(p: subprocess.Popen[bytes]) -> None:
             p.send_signal(signal.SIGKILL)
     with contextlib.suppress(Exception):
         p.wait(timeout=5)
+
+
+# ---------------------------------------------------------------------------
+# the daemon's agent side in this process (no socket, no tick, no other thread)
+
+# interactive agents share their home CPU: with no pm_qos either, nothing but the
+# processes registered is written
+SHARED_HOMES = '[classes.interactive]\nexclusive = "shared"\n'
+
+
+def agent_side(state: pathlib.Path | str, *, policy: str = SHARED_HOMES,
+               root: Root | None = None,
+               write_hook: Callable[[int], None] | None = None) -> tuple[Engine, AgentManager]:
+    """An Engine (on the live root unless `root`: task knobs act on live processes
+    only) and an AgentManager with home CPU 1 and completion CPU 0, as the daemon
+    holds them."""
+    eng = Engine(root if root is not None else Root("/"), str(state),
+                 policy=policy_mod.loads(policy), write_hook=write_hook)
+    mgr = AgentManager(Applier(eng), eng.policy)
+    mgr.set_layout(CpuLayout(home=CpuSet({1}), completion=CpuSet({0})))
+    return eng, mgr
+
+
+def register_as_root(mgr: AgentManager, pid: int, latency_class: str = "interactive"
+                     ) -> ProcId:
+    """A register request of root's for `pid`, checked and recorded as the daemon's
+    handler does (the writes come with mgr.place_pending())."""
+    req = Registration(agent_id=f"a{pid}", pid=pid, latency_class=latency_class)
+    p, uid = mgr.check_register(0, 0, None, req, True)
+    mgr.register(p, uid, req)
+    return p

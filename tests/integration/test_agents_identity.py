@@ -13,27 +13,12 @@ import pathlib
 import signal
 
 import pytest
-from agentshelpers import needs_2cpus, needs_root
+from agentshelpers import agent_side, needs_2cpus, needs_root
 from support.sleepers import Sleepers
 
-from agentlatd import policy as policy_mod
-from agentlatd.agents.applier import Applier
 from agentlatd.agents.refusal import AgentRefused, Refusal, Registration
-from agentlatd.agents.registry import AgentManager
-from agentlatd.apply.engine import Engine
-from agentlatd.cpuset import CpuSet
-from agentlatd.model.layout import CpuLayout
-from agentlatd.sysfs.root import Root
 
 pytestmark = [needs_root, needs_2cpus]
-
-
-def _manager(state: pathlib.Path) -> tuple[Engine, AgentManager]:
-    eng = Engine(Root("/"), str(state),
-                 policy=policy_mod.loads('[classes.interactive]\nexclusive = "shared"\n'))
-    mgr = AgentManager(Applier(eng), eng.policy)
-    mgr.set_layout(CpuLayout(home=CpuSet({1}), completion=CpuSet({0})))
-    return eng, mgr
 
 
 def _req(pid: int) -> Registration:
@@ -48,7 +33,7 @@ def test_a_process_that_exits_between_check_and_register_is_refused(
         tmp_path: pathlib.Path) -> None:
     """Checked alive, then killed and reaped before register(): refused as
     exited, no agent kept, the pidfd closed, nothing journaled."""
-    eng, mgr = _manager(tmp_path / "state")
+    eng, mgr = agent_side(tmp_path / "state")
     procs = Sleepers(1)
     try:
         pid = procs.pids[0]
@@ -72,7 +57,7 @@ def test_a_check_not_followed_by_its_register_leaves_no_fd(tmp_path: pathlib.Pat
     """check_register() refused later in the request (or checked twice): the
     pidfd it opened is closed, and a register() for another process than the
     one checked opens its own."""
-    eng, mgr = _manager(tmp_path / "state")
+    eng, mgr = agent_side(tmp_path / "state")
     procs = Sleepers(2)
     try:
         a, b = procs.pids

@@ -15,36 +15,19 @@ import os
 import pathlib
 
 import pytest
-from agentshelpers import needs_2cpus, needs_root
+from agentshelpers import agent_side, needs_2cpus, needs_root, register_as_root
 from support.sleepers import Sleepers
 
-from agentlatd import policy as policy_mod
-from agentlatd.agents.applier import Applier
-from agentlatd.agents.refusal import Registration
-from agentlatd.agents.registry import AgentManager
 from agentlatd.apply import journal
 from agentlatd.apply.engine import Engine
 from agentlatd.apply.reports import Recovery
-from agentlatd.cpuset import CpuSet
 from agentlatd.lifecycle import recover_agents
-from agentlatd.model.layout import CpuLayout
-from agentlatd.sysfs.root import Root
 
 pytestmark = [needs_root, needs_2cpus]
-
-POLICY = '[classes.interactive]\nexclusive = "shared"\n'
 
 
 class Killed(Exception):
     """Stands for the SIGKILL of tests/support/launch.py at a write point."""
-
-
-def _manager(state: pathlib.Path, hook: object = None) -> tuple[Engine, AgentManager]:
-    eng = Engine(Root("/"), str(state), policy=policy_mod.loads(POLICY),
-                 write_hook=hook)  # type: ignore[arg-type]
-    mgr = AgentManager(Applier(eng), eng.policy)
-    mgr.set_layout(CpuLayout(home=CpuSet({1}), completion=CpuSet({0})))
-    return eng, mgr
 
 
 def _log_lines(eng: Engine) -> list[str]:
@@ -54,25 +37,19 @@ def _log_lines(eng: Engine) -> list[str]:
         return []
 
 
-def _register(mgr: AgentManager, pid: int) -> None:
-    req = Registration(agent_id=f"a{pid}", pid=pid, latency_class="interactive")
-    p, uid = mgr.check_register(0, 0, None, req, True)
-    mgr.register(p, uid, req)
-
-
 def test_a_registration_appends_to_the_journal_once(tmp_path: pathlib.Path) -> None:
     """One line, the agent's entry, appended to the journal's log per registration.
     Before: the batch marked the journal incomplete, saved, wrote, then saved
     again to say "complete" (two appends, each an fdatasync, three lines)."""
-    eng, mgr = _manager(tmp_path / "state")
+    eng, mgr = agent_side(tmp_path / "state")
     procs = Sleepers(4)
     try:
         for pid in procs.pids[:2]:  # the first save is a snapshot, the next starts the log
-            _register(mgr, pid)
+            register_as_root(mgr, pid)
             assert all(r is None for r in mgr.place_pending().values())
         for pid in procs.pids[2:]:
             before = _log_lines(eng)
-            _register(mgr, pid)
+            register_as_root(mgr, pid)
             assert all(r is None for r in mgr.place_pending().values())
             added = _log_lines(eng)[len(before):]
             assert len(added) == 1 and f'"{pid}:' in added[0], added
@@ -102,9 +79,9 @@ def test_a_crash_inside_a_registration_keeps_the_device_plan_and_restores_the_ag
     procs = Sleepers(1)
     pid = procs.pids[0]
     before = os.sched_getaffinity(pid)
-    eng, mgr = _manager(state, hook)
+    eng, mgr = agent_side(state, write_hook=hook)
     try:
-        _register(mgr, pid)
+        register_as_root(mgr, pid)
         with pytest.raises(Killed):
             mgr.place_pending()
         eng.close()
@@ -114,7 +91,7 @@ def test_a_crash_inside_a_registration_keeps_the_device_plan_and_restores_the_ag
         assert [e.knob for e in on_disk.entries] == ["task.affinity"]
         assert os.sched_getaffinity(pid) == (before if point == 0 else {1})
 
-        eng, mgr = _manager(state)
+        eng, mgr = agent_side(state)
         assert eng.recover().action is Recovery.ADOPTED
         recover_agents(eng, mgr.applier)
         assert os.sched_getaffinity(pid) == before

@@ -14,15 +14,11 @@ import pathlib
 import subprocess
 
 import pytest
+from agentshelpers import agent_side, register_as_root
 
-from agentlatd import policy as policy_mod
 from agentlatd.agents import views
-from agentlatd.agents.applier import Applier
 from agentlatd.agents.registry import AgentManager
-from agentlatd.api.protocol import Register
 from agentlatd.apply.engine import Engine
-from agentlatd.cpuset import CpuSet
-from agentlatd.model.layout import CpuLayout
 from agentlatd.sysfs.root import Root
 
 POLICY = """
@@ -54,16 +50,12 @@ def qos(base: pathlib.Path, cpu: int) -> str:
 def setup(tmp_path: pathlib.Path) -> tuple[pathlib.Path, AgentManager, Engine]:
     base = tmp_path  # pytest's, removed with its others (a mkdtemp here was never removed)
     root = tree(base)
-    eng = Engine(root, str(base / "state"), policy=policy_mod.loads(POLICY))
-    mgr = AgentManager(Applier(eng), eng.policy)
-    mgr.set_layout(CpuLayout(home=CpuSet({1}), completion=CpuSet({0})))
+    eng, mgr = agent_side(base / "state", policy=POLICY, root=root)
     return base, mgr, eng
 
 
 def register(mgr: AgentManager, pid: int, cls: str) -> None:
-    req = Register(agent_id=f"a{pid}", pid=pid, latency_class=cls)
-    p, uid = mgr.check_register(0, 0, None, req, True)
-    mgr.register(p, uid, req)
+    register_as_root(mgr, pid, cls)
     mgr.place_pending()
     mgr.upkeep.reconcile_cpus()
 

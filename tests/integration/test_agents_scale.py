@@ -15,6 +15,7 @@ import time
 
 import pytest
 from agentshelpers import (
+    agent_side,
     all_on,
     current_affinity,
     daemon,
@@ -22,6 +23,7 @@ from agentshelpers import (
     needs_2cpus,
     needs_root,
     policy_text,
+    register_as_root,
     start_daemon,
     thread_affinities,
     wait_ticks,
@@ -30,15 +32,9 @@ from agentshelpers import (
 )
 from support.sleepers import Sleepers
 
-from agentlatd import policy as policy_mod
-from agentlatd.agents.applier import Applier
 from agentlatd.agents.chain import SCAN_PIECE, ChainKeeper, ChainScanner, Link
-from agentlatd.agents.refusal import Registration
-from agentlatd.agents.registry import REAP_PIECE, AgentManager
+from agentlatd.agents.registry import REAP_PIECE
 from agentlatd.agents.threads import proc_of
-from agentlatd.apply.engine import Engine
-from agentlatd.cpuset import CpuSet
-from agentlatd.model.layout import CpuLayout
 from agentlatd.sample import tasks
 from agentlatd.sample.tasks import ProcId
 from agentlatd.sysfs.root import Root
@@ -168,16 +164,11 @@ def test_a_mass_exit_is_dropped_a_batch_per_reap(tmp_path: pathlib.Path) -> None
     n = 2 * REAP_PIECE + 5
     # the live root (task affinity acts on live processes only: these sleepers);
     # home CPUs shared and no pm_qos: nothing but the sleepers is written
-    eng = Engine(Root("/"), str(tmp_path / "state"),
-                 policy=policy_mod.loads('[classes.interactive]\nexclusive = "shared"\n'))
-    mgr = AgentManager(Applier(eng), eng.policy)
-    mgr.set_layout(CpuLayout(home=CpuSet({1}), completion=CpuSet({0})))
+    eng, mgr = agent_side(tmp_path / "state")
     forker = Sleepers(n)
     try:
         for pid in forker.pids:
-            req = Registration(agent_id=f"a{pid}", pid=pid, latency_class="interactive")
-            p, uid = mgr.check_register(0, 0, None, req, True)
-            mgr.register(p, uid, req)
+            register_as_root(mgr, pid)
         assert all(r is None for r in mgr.place_pending().values())
         procs = list(mgr.agents)
         assert len(procs) == n and len(eng.entries()) == n
@@ -204,17 +195,12 @@ def test_chain_passes_in_pieces_settle_what_changed_between_pieces(tmp_path: pat
     meanwhile is left to its own class, and publish leaves out an agent gone
     before its piece."""
     n = 2 * SCAN_PIECE + 1
-    eng = Engine(Root("/"), str(tmp_path / "state"),
-                 policy=policy_mod.loads('[classes.interactive]\nexclusive = "shared"\n'))
-    mgr = AgentManager(Applier(eng), eng.policy)
-    mgr.set_layout(CpuLayout(home=CpuSet({1}), completion=CpuSet({0})))
+    eng, mgr = agent_side(tmp_path / "state")
     keeper = ChainKeeper(mgr, ChainScanner())
     agents, members = Sleepers(n), Sleepers(2)
     try:
         def reg(pid: int) -> ProcId:
-            req = Registration(agent_id=f"a{pid}", pid=pid, latency_class="interactive")
-            p, uid = mgr.check_register(0, 0, None, req, True)
-            mgr.register(p, uid, req)
+            p = register_as_root(mgr, pid)
             assert all(r is None for r in mgr.place_pending().values())
             return p
 

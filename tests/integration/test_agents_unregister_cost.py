@@ -16,19 +16,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from agentshelpers import needs_2cpus, needs_root
+from agentshelpers import agent_side, needs_2cpus, needs_root, register_as_root
 from support.journalspy import JournalSpy
 from support.sleepers import Sleepers
 
-from agentlatd import policy as policy_mod
-from agentlatd.agents.applier import Applier
-from agentlatd.agents.refusal import Registration
 from agentlatd.agents.registry import AgentManager
 from agentlatd.apply.engine import Engine
 from agentlatd.apply.journal import Entry, Journal
-from agentlatd.cpuset import CpuSet
 from agentlatd.kernel.knobnames import KnobName
-from agentlatd.model.layout import CpuLayout
 from agentlatd.sample import tasks
 from agentlatd.sample.tasks import ProcId
 from agentlatd.sysfs.root import Root
@@ -48,16 +43,11 @@ class Lab:
 
 @pytest.fixture
 def lab(tmp_path: pathlib.Path) -> Iterator[Lab]:
-    eng = Engine(Root("/"), str(tmp_path / "state"),
-                 policy=policy_mod.loads('[classes.interactive]\nexclusive = "shared"\n'))
-    mgr = AgentManager(Applier(eng), eng.policy)
-    mgr.set_layout(CpuLayout(home=CpuSet({1}), completion=CpuSet({0})))
+    eng, mgr = agent_side(tmp_path / "state")
     sleepers = Sleepers(N)
     try:
         for pid in sleepers.pids:
-            req = Registration(agent_id=f"a{pid}", pid=pid, latency_class="background")
-            p, uid = mgr.check_register(0, 0, None, req, True)
-            mgr.register(p, uid, req)
+            register_as_root(mgr, pid, "background")
         assert all(r is None for r in mgr.place_pending().values())
         procs = list(mgr.agents)
         assert len(eng.entries()) == 3 * N
