@@ -17,7 +17,7 @@ free to call these from any thread or loop, and must never create namespaces.
 Network namespaces. netns=None: the socket lives in the caller's namespace, so
 `ip netns exec NS agentlatd ...` needs nothing special. netns="NAME" (or an
 absolute path to a namespace file): NAME is iproute2's /run/netns/NAME bind
-mount (ip-netns(8)); the socket is created in a short-lived helper thread that
+mount (ip-netns(8)); the socket is created in a short-lived helper thread (sysfs/netns.py) that
 setns(CLONE_NEWNET)s into it and exits. A socket stays in the namespace it was
 created in (sock_net(), used by genetlink for every lookup, including the
 ethtool header's device name), setns() changes only the calling thread, and
@@ -31,12 +31,10 @@ message ("unsupported parameter", "missing attribute 2") when it sent one.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import socket
 import struct
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +42,7 @@ from typing import Any
 from pyroute2.netlink import ctrlmsg
 
 from agentlatd.errors import KernelError
+from agentlatd.sysfs.netns import in_netns
 
 # include/uapi/linux/netlink.h
 NETLINK_GENERIC = 16
@@ -65,8 +64,6 @@ NLA_TYPE_MASK = 0x3FFF
 GENL_ID_CTRL = 0x10
 CTRL_CMD_GETFAMILY = 3
 CTRL_CMD_GETPOLICY = 10  # 5.8; per-op filter (CTRL_ATTR_OP) 5.12
-# include/uapi/linux/sched.h
-CLONE_NEWNET = 0x40000000
 
 NETNS_DIR = "/run/netns"  # iproute2 NETNS_RUN_DIR (ip-netns(8))
 CONTEXT = "netlink"
@@ -120,18 +117,6 @@ def netns_path(netns: str) -> str:
     return f"{NETNS_DIR}/{netns}"
 
 
-def _setns(fd: int) -> None:
-    """setns(fd, CLONE_NEWNET) for the calling thread only."""
-    fn = getattr(os, "setns", None)  # Python 3.12+
-    if fn is not None:
-        fn(fd, CLONE_NEWNET)
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-
-
 def _new_socket() -> socket.socket:
     return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_GENERIC)
 
@@ -148,26 +133,12 @@ def open_socket(netns: str | None = None) -> socket.socket:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise NetlinkError("open netns", path, e.errno or errno.EIO) from e
-    out: list[socket.socket | OSError] = []
-
-    def in_namespace() -> None:
-        # runs in its own thread: the setns() below dies with it
-        try:
-            _setns(fd)
-            out.append(_new_socket())
-        except OSError as e:
-            out.append(e)
-
     try:
-        t = threading.Thread(target=in_namespace, name="agentlatd-netns", daemon=True)
-        t.start()
-        t.join()
+        return in_netns(fd, _new_socket)
+    except OSError as e:
+        raise NetlinkError("setns", path, e.errno or errno.EIO) from e
     finally:
         os.close(fd)
-    res = out[0] if out else OSError(errno.EIO, "setns helper thread died")
-    if isinstance(res, OSError):
-        raise NetlinkError("setns", path, res.errno or errno.EIO) from res
-    return res
 
 
 def iter_attrs(buf: bytes, offset: int = 0) -> Iterator[tuple[int, bytes]]:

@@ -27,17 +27,15 @@ journal's cookie.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import socket
 import struct
-import threading
 from collections.abc import Iterator
 
+from agentlatd.sysfs.netns import in_netns
 from agentlatd.sysfs.root import Root
 
 SO_NETNS_COOKIE = 71  # include/uapi/asm-generic/socket.h
-CLONE_NEWNET = 0x40000000  # include/uapi/linux/sched.h
 
 
 def own_netns_cookie() -> int:
@@ -59,20 +57,12 @@ def netns_cookie_at(path: str) -> int:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return 0
-    got: list[int] = []
-
-    def enter() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.setns(fd, CLONE_NEWNET) == 0:
-            got.append(own_netns_cookie())
-
     try:
-        t = threading.Thread(target=enter, name="agentlatd-netns-cookie", daemon=True)
-        t.start()
-        t.join()
+        return in_netns(fd, own_netns_cookie)
+    except OSError:
+        return 0
     finally:
         os.close(fd)
-    return got[0] if got else 0
 
 
 def parse_nsfs_mounts(text: str) -> set[str]:
