@@ -314,12 +314,9 @@ class Daemon:
                 yield got
                 return
         PACER.waiting()
-        try:
-            with self.engine.hold(timeout=RETRY) as got:
-                PACER.serving()
-                yield got
-        finally:
+        with self.engine.hold(timeout=RETRY) as got:
             PACER.serving()
+            yield got
 
     def _take(self, st: TunerState) -> None:
         self._seen_seq = st.seq
