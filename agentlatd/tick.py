@@ -13,6 +13,8 @@ recorded tree (with rates when the capture holds two counter samples).
   irqbalance  apply/irqbalance*.py           the journaled ban         its pids, its own ban
   feedback    the previous apply's report    ApplyReport               Feedback
   plan        plan/build.py (pure)           Snapshot + Policy         TickPlan
+  followup    Sampler.resample, then plan    this apply's report       the changes of
+                                                                       FOLLOWUP knobs
 
 Every sampling stage is timed and its success recorded in the Snapshot's
 stage table (node_exporter's per-collector duration and success): the metrics
@@ -28,6 +30,14 @@ interrupt vector left on those CPUs) marks its CPUs vector-full until the next
 rescan: the next plan aims no IRQ that must move at them (irqbalance sets
 a negative slots_left on the CPU). An object that vanished, or a write that created
 new ones (threaded NAPI's kthreads), asks for a rescan at the next tick.
+
+Some writes make the plan they belong to miss something (plan/build.py FOLLOWUP):
+threaded NAPI's kthreads exist only once `threaded` is written, and irqbalance
+moves IRQs until the ban that hands them over is written. Such an apply is
+followed, in the same tick, by a second pass: the Machine scanned again
+(Sampler.resample), planned again, and only the changes of the knobs the write
+calls for applied. The daemon's first tick thus hands over READY=1 with every
+IRQ in place, not one the outgoing irqbalance moved after the sample.
 """
 
 from __future__ import annotations
@@ -53,7 +63,7 @@ from agentlatd.model.agent_links import NONE, AgentHome, AgentLinks
 from agentlatd.model.build import build_machine
 from agentlatd.model.machine import Machine, Rates
 from agentlatd.model.rates import compute_rates
-from agentlatd.plan.build import make_plan, needs_followup
+from agentlatd.plan.build import followup_knobs, make_plan
 from agentlatd.plan.changes import Change, Plan
 from agentlatd.policy import Policy
 from agentlatd.sample.counters import CounterSnapshot, read_counters
@@ -140,6 +150,11 @@ class Feedback:
         return None
 
 
+def written(report: ApplyReport) -> frozenset[str]:
+    """The knobs an apply changed."""
+    return frozenset(r.knob for r in report.results if r.status in (CHANGED, CLAMPED))
+
+
 def feedback_of(report: ApplyReport, prev: Feedback) -> Feedback:
     """Fold one apply report into the feedback the next tick plans with."""
     held = {h.key: h for h in prev.held}
@@ -155,7 +170,7 @@ def feedback_of(report: ApplyReport, prev: Feedback) -> Feedback:
             except CpuSetError:  # not a CPU list: nothing to learn about CPUs
                 log.warning("irq.affinity %s: ENOSPC for %r, not a CPU list", r.target, r.desired)
     gone = any(r.errclass == ErrClass.GONE.value for r in report.results)
-    created = needs_followup(r.knob for r in report.results if r.status in (CHANGED, CLAMPED))
+    created = bool(followup_knobs(written(report)))
     return Feedback(tuple(held[k] for k in sorted(held)), prev.rescan or gone or created,
                     CpuSet(full))
 
@@ -227,6 +242,12 @@ def plan_tick(snap: Snapshot, policy: Policy) -> TickPlan:
         else:
             held.append(h)
     return TickPlan(plan, tuple(changes), tuple(held))
+
+
+def followup_changes(snap: Snapshot, policy: Policy, knobs: frozenset[str]) -> tuple[Change, ...]:
+    """The followup pass's changes: the plan of `snap` (resampled after the first
+    writes) for `knobs` only; the first pass did (or reported) the rest. Pure."""
+    return tuple(c for c in plan_tick(snap, policy).changes if c.knob in knobs)
 
 
 def scan_machine(root: Root) -> Machine:
@@ -326,6 +347,22 @@ class Sampler:
                         links=links, irqbalance_pids=pids,
                         irqbalance=channel, feedback=self.feedback,
                         timings=tuple(st.rows), errors=tuple(st.errors))
+
+    def resample(self, snap: Snapshot, table: StageTable, journaled: Journaled = ()) -> Snapshot:
+        """`snap` with the Machine and irqbalance read again now, after an apply that
+        calls for a followup (module docstring), timed in `table`; the counters, rates
+        and agent links stay this tick's. The Machine read here is kept: it shows
+        this tick's first writes. The feedback's rescan still stands for the next
+        tick, which sees the followup's own writes."""
+        m = table.run("followup", "followup machine scan", lambda: scan_machine(self.root), None)
+        if m is None:
+            return snap
+        self.machine = m
+        no_irqbalance: tuple[tuple[int, ...], Channel] = ((), NO_CHANNEL)
+        pids, channel = table.run("followup-irqbalance", "followup irqbalance sampling",
+                                  lambda: self._irqbalance(snap.policy, True, journaled),
+                                  no_irqbalance)
+        return replace(snap, machine=m, irqbalance_pids=pids, irqbalance=channel)
 
     def _cpuhp(self, hotplug: bool, now: float) -> None:
         """Follow the CPU hotplug seen at this tick (or an earlier one) until its

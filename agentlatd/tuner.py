@@ -23,6 +23,7 @@ from agentlatd.errors import PolicyError
 from agentlatd.model.agent_links import discount_heat, own_softirq_rate
 from agentlatd.model.layout import CpuLayout
 from agentlatd.model.machine import Machine, Rates
+from agentlatd.plan.build import followup_knobs
 from agentlatd.plan.changes import INCLUDE_MATCHES_NOTHING, Change, Plan, human_value
 from agentlatd.sample.counters import CounterSnapshot
 from agentlatd.sysfs.pacing import PACER
@@ -35,8 +36,10 @@ from agentlatd.tick import (
     StageTable,
     StageTiming,
     TickInput,
+    followup_changes,
     irqbalance_entries,
     plan_tick,
+    written,
 )
 
 log = logging.getLogger("agentlatd.daemon")
@@ -133,7 +136,8 @@ class Tuner:
         no_apply: tuple[ApplyReport | None, tuple[Drift, ...]] = (None, ())
         report, drift = no_apply
         if plan is not None and inp.tune_devices:
-            report, drift = table.run("apply", "apply", lambda: self._apply(snap, tp.changes),
+            report, drift = table.run("apply", "apply",
+                                      lambda: self._apply(snap, tp.changes, table),
                                       no_apply, level=logging.ERROR)
         # the irqbalance stage's listing of proc/: one listing a tick, not two
         procs = self.sampler.irqbalance_watch.take_procs()
@@ -165,8 +169,8 @@ class Tuner:
         self.wake()
         return st
 
-    def _apply(self, snap: Snapshot,
-               changes: tuple[Change, ...]) -> tuple[ApplyReport, tuple[Drift, ...]]:
+    def _apply(self, snap: Snapshot, changes: tuple[Change, ...],
+               table: StageTable) -> tuple[ApplyReport, tuple[Drift, ...]]:
         pol = snap.policy
         with self.engine.hold():
             self.engine.policy = pol
@@ -175,6 +179,13 @@ class Tuner:
             drift = self._drift(snap.hotplug, snap.t, pol.daemon.interval, pol.daemon.drift,
                                 running=snap.hotplug_running)
             report = self.engine.apply(changes)
+            more = followup_knobs(written(report))
+            if more:  # the same tick's followup stage (tick.py)
+                again = self.sampler.resample(snap, table, irqbalance_entries(
+                    self.engine.entries()))
+                second = followup_changes(again, pol, more)
+                if second:
+                    report = report.then(self.engine.apply(second))
         self.sampler.record(report)  # the next tick's feedback stage
         for r in report.results:
             if r.knob in IRQBALANCE_KNOBS and r.status in (FAILED, UNSUPPORTED):

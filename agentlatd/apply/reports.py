@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from agentlatd.errors import KernelError
@@ -167,6 +167,12 @@ class ApplyReport:
 
     def count(self, status: Status) -> int:
         return sum(1 for r in self.results if r.status == status)
+
+    def then(self, second: ApplyReport) -> ApplyReport:
+        """This report followed by a second pass's (the tick's followup stage): one
+        report that names every write the journal holds."""
+        return replace(self, results=self.results + second.results,
+                       notes=self.notes + second.notes)
 
     @property
     def failed(self) -> bool:

@@ -30,10 +30,10 @@ from agentlatd.apply.engine import (
     Recovery,
 )
 from agentlatd.errors import AgentlatdError
-from agentlatd.plan.build import FOLLOWUP_KNOBS, needs_followup
+from agentlatd.plan.build import followup_knobs
 from agentlatd.plan.changes import Change, human_value
 from agentlatd.sysfs.root import Root
-from agentlatd.tick import TickPlan, irqbalance_entries, plan_tick, sample_once
+from agentlatd.tick import TickPlan, irqbalance_entries, plan_tick, sample_once, written
 
 HELP = "apply the plan to the kernel (journals originals for rollback)"
 EXAMPLES = (
@@ -133,21 +133,20 @@ def plan_now(root: Root, pol: policy_mod.Policy,
 
 def _followup(root: Root, pol: policy_mod.Policy, eng: Engine,
               report: ApplyReport) -> ApplyReport:
-    """A second pass for what the first one created: threaded NAPI's kthreads
-    only exist once `threaded` was written, and they are pinned to the
-    completion CPUs right after (the tick's changes of FOLLOWUP_KNOBS, on a
-    Machine scanned after the first batch). Its results join the first report,
-    so the report names every write the journal holds."""
-    if not needs_followup(r.knob for r in report.results if r.status in (CHANGED, CLAMPED)):
-        return report
-    plan = _tick(root, pol, eng).plan
-    assert plan is not None
-    more = [c for c in plan.changes if c.knob in FOLLOWUP_KNOBS]
+    """The tick's followup stage (agentlatd/tick.py): a second pass for what the
+    first one's writes made its plan miss (threaded NAPI's kthreads, pinned right
+    after `threaded` started them; the IRQs irqbalance moved before the ban that
+    hands them over was written), planned on a Machine scanned after the first
+    batch. Its results join the first report, so the report names every write the
+    journal holds."""
+    more = followup_knobs(written(report))
     if not more:
         return report
-    second = eng.apply(more)
-    return dataclasses.replace(report, results=report.results + second.results,
-                               notes=report.notes + second.notes)
+    tp = _tick(root, pol, eng)
+    second = [c for c in tp.changes if c.knob in more]
+    if not second:
+        return report
+    return report.then(eng.apply(second))
 
 
 def run(args: argparse.Namespace) -> int:

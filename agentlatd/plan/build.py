@@ -8,7 +8,7 @@ natural number order, in the order the engine applies them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from agentlatd.cpuset import CpuSet
 from agentlatd.kernel.irqbalance_proto import MAX_COMMAND, ban_irqs_command, env_value
@@ -284,22 +284,26 @@ def agent_link_notes(devices: Iterable[Device], links: AgentLinks, tuning: Tunin
     return out
 
 
-# knobs whose write makes new objects appear that the plan steers: net.threaded
-# starts the napi/<dev>-<id> kthreads (net/core/dev.c napi_kthread_create)
-FOLLOWUP_AFTER = frozenset({KnobName.NET_THREADED})
-FOLLOWUP_KNOBS = frozenset({TASK_AFFINITY})
+# What a write makes the plan made before it miss, and the knobs planned again on a
+# Machine scanned after it (the tick's followup stage, agentlatd/tick.py):
+#  - net.threaded starts the napi/<dev>-<id> kthreads (net/core/dev.c
+#    napi_kthread_create): task.affinity pins them;
+#  - an irqbalance ban takes effect only once it is written (the socket's "settings
+#    ban irqs", or the restart that makes irqbalance read its environment file).
+#    Until then irqbalance rebalances every 10 s, so an IRQ the sample found in
+#    place may have been moved since, onto a home CPU: irq.affinity is re-read.
+FOLLOWUP: Mapping[str, frozenset[str]] = {
+    KnobName.NET_THREADED: frozenset({TASK_AFFINITY}),
+    KnobName.IRQBALANCE_BANNED_CPUS: frozenset({KnobName.IRQ_AFFINITY}),
+    KnobName.IRQBALANCE_BANNED_IRQS: frozenset({KnobName.IRQ_AFFINITY}),
+    KnobName.IRQBALANCE_ENV_BANNED_CPUS: frozenset({KnobName.IRQ_AFFINITY}),
+}
 
 
-def needs_followup(written: Iterable[str]) -> bool:
-    """True when one of the knobs `written` (changed by an apply) calls for followup()."""
-    return any(k in FOLLOWUP_AFTER for k in written)
-
-
-def followup(machine: Machine, policy: Policy, *, rates: Rates | None = None,
-             irqbalance_running: bool = False) -> tuple[Change, ...]:
-    """The second pass of a one-shot apply: make_plan's changes of the objects the
-    first batch created (today: the NAPI kthreads threaded = 1 started, pinned by
-    task.affinity), planned on a Machine built AFTER that batch. Everything else
-    in the plan the first batch already did (or reported)."""
-    plan = make_plan(machine, policy, rates=rates, irqbalance_running=irqbalance_running)
-    return tuple(c for c in plan.changes if c.knob in FOLLOWUP_KNOBS)
+def followup_knobs(written: Iterable[str]) -> frozenset[str]:
+    """The knobs to plan again after an apply that changed the knobs `written`
+    (empty: no second pass)."""
+    out: frozenset[str] = frozenset()
+    for k in written:
+        out |= FOLLOWUP.get(k, frozenset())
+    return out

@@ -17,7 +17,7 @@ import plan_synth as synth
 from agentlatd import policy
 from agentlatd.cpuset import CpuSet
 from agentlatd.model.machine import Machine, NapiThread
-from agentlatd.plan.build import followup, make_plan, needs_followup
+from agentlatd.plan.build import followup_knobs, make_plan
 from agentlatd.plan.changes import Change, Plan
 from agentlatd.sysfs.root import Root
 from agentlatd.tick import scan_machine
@@ -110,10 +110,15 @@ def test_napi_kthreads_are_pinned_to_completion_cpus_of_the_nics_node() -> None:
 def test_followup_is_the_kthread_pinning_only() -> None:
     m = _with_napi(synth.server(), (NapiThread(900, 1234, 8193, S("0-63")),))
     pol = policy.loads(THREADED, "t.toml")
-    more = followup(m, pol)
+    knobs = followup_knobs(["irq.affinity", "net.threaded"])
+    assert knobs == {"task.affinity"}
+    more = [c for c in make_plan(m, pol).changes if c.knob in knobs]
     assert [c.knob for c in more] == ["task.affinity"]
-    assert needs_followup(["irq.affinity", "net.threaded"])
-    assert not needs_followup(["irq.affinity", "net.rps_cpus"])
+    assert followup_knobs(["irq.affinity", "net.rps_cpus"]) == frozenset()
+    # a ban written in irqbalance: the IRQs it may have moved until then are read again
+    for ban in ("irqbalance.banned_cpus", "irqbalance.banned_irqs",
+                "irqbalance.env_banned_cpus"):
+        assert followup_knobs([ban, "net.rps_cpus"]) == {"irq.affinity"}
 
 
 def _stat(pid: int, comm: str, flags: int, starttime: int) -> str:

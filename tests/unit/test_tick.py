@@ -14,8 +14,12 @@ import pathlib
 import shutil
 from collections.abc import Callable
 
+from agentlatd import knobset
 from agentlatd import policy as policy_mod
-from agentlatd.apply.engine import MANAGED, UNSUPPORTED, Engine
+from agentlatd.apply import irqbalance_env as ie
+from agentlatd.apply.engine import CHANGED, MANAGED, UNSUPPORTED, Engine
+from agentlatd.apply.irqbalance_env import IrqbalanceEnvKnob
+from agentlatd.commands import apply as apply_cmd
 from agentlatd.capture import PREVIOUS_SAMPLE, SAMPLE_INTERVAL_KEY, write_capture
 from agentlatd.cpuset import CpuSet
 from agentlatd.daemon import Daemon
@@ -404,3 +408,97 @@ def test_hotplug_that_never_finishes_lets_drift_be_judged_again(tmp_path: pathli
     st = t.step()  # another writer now: yielded as always
     assert "cpuhp" not in stages(st)
     assert [(d.knob, d.target, d.action) for d in st.drift] == [("irq.affinity", irq, "yielded")]
+
+
+# -- the followup stage: what the first writes made the plan miss ------------------------
+IB_UNIT = ("[Service]\nEnvironmentFile=-/etc/default/irqbalance\n"
+           "ExecStart=/usr/sbin/irqbalance --foreground $IRQBALANCE_ARGS\n")  # Debian's
+
+
+def _irqbalance_without_socket(tree: pathlib.Path) -> None:
+    """An irqbalance service (pid 4242) with no socket: agentlatd bans in its
+    environment file (apply/irqbalance_env.py; tests/apply/test_irqbalance_env.py
+    has the real Debian files)."""
+    for rel, text in (("proc/4242/comm", "irqbalance\n"),
+                      ("proc/4242/cgroup", "0::/system.slice/irqbalance.service\n"),
+                      ("lib/systemd/system/irqbalance.service", IB_UNIT),
+                      ("etc/default/irqbalance", "#IRQBALANCE_ARGS=\n")):
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_text(text)
+
+
+class LastPassBeforeTheBan(IrqbalanceEnvKnob):
+    """The environment-file ban, written after the outgoing irqbalance's last pass:
+    it moved `irq`, in place when the tick sampled, onto `cpu` before the restart
+    that makes it read the ban."""
+
+    def __init__(self, tree: pathlib.Path, irq: int, cpu: int) -> None:
+        super().__init__()
+        self.tree, self.irq, self.cpu = tree, irq, cpu
+
+    def write(self, root: Root, target: str, value: str) -> None:
+        super().write(root, target, value)
+        # smp_affinity_list only: a tree's effective_affinity_list does not follow the
+        # engine's write back as the kernel's does, and would read as a clamp
+        (self.tree / "proc" / "irq" / str(self.irq) / "smp_affinity_list").write_text(
+            f"{self.cpu}\n")
+
+
+def _affinity(tree: pathlib.Path, irq: int) -> str:
+    return (tree / "proc" / "irq" / str(irq) / "smp_affinity_list").read_text().strip()
+
+
+def test_irqbalance_moving_an_irq_before_its_ban_is_steered_back_in_the_same_tick(
+        tmp_path: pathlib.Path) -> None:
+    """The bug pinned (service test, CI): agentlatd's first tick sampled eth0's queue IRQs
+    in place, then irqbalance (not yet restarted with the --banirq list) moved three of
+    them onto a home CPU. The plan had no change for them, the Machine is read again
+    only every MACHINE_TTL, and the drift check knows only IRQs agentlatd wrote: they
+    stayed on the home CPU after READY=1. The followup stage reads the IRQs again after
+    the ban and steers them back in the same tick."""
+    tree = copy_tree(tmp_path)
+    _irqbalance_without_socket(tree)
+    irq = 29  # virtio1-input.1: its completion CPU is 1, where it already is
+    assert _affinity(tree, irq) == "1"
+    pol = policy_mod.default()
+    knobs = {**knobset.REGISTRY, ie.NAME: LastPassBeforeTheBan(tree, irq, 2)}
+    root = Root(str(tree))
+    t = Tuner(root, Engine(root, str(tmp_path / "state"), policy=pol, knobs=knobs),
+              TickInput(pol), clock=Clock())
+    first = t.step()
+    assert first.plan is not None and first.layout.home == CpuSet({2})
+    assert ("irq.affinity", str(irq)) not in {c.key for c in first.plan.changes}
+    assert (ie.NAME, "/etc/default/irqbalance") in keys(first, CHANGED)
+    ours = [r for r in first.report.results if (r.knob, r.target) == ("irq.affinity", str(irq))]
+    assert [(r.status, r.before, r.desired) for r in ours] == [(CHANGED, "2", "1")]
+    assert _affinity(tree, irq) == "1"
+    assert "followup" in stages(first)
+    # journaled, so a rollback puts back what was there, and the next tick (a rescan:
+    # it sees the followup's write) finds nothing to do and no drift
+    assert ("irq.affinity", str(irq)) in {e.key for e in t.engine.entries()}
+    second = t.step()
+    assert "machine" in stages(second) and second.drift == ()
+    assert keys(second, CHANGED) == set()
+
+
+def test_a_tick_whose_writes_call_for_no_followup_has_no_followup_stage(
+        tmp_path: pathlib.Path) -> None:
+    t, _ = tuner(Root(str(copy_tree(tmp_path))), tmp_path)  # no irqbalance, no threaded NAPI
+    first = t.step()
+    assert keys(first, CHANGED) and "followup" not in stages(first)
+
+
+def test_agentlatd_apply_steers_back_an_irq_irqbalance_moved_before_its_ban(
+        tmp_path: pathlib.Path) -> None:
+    """The same followup in the one-shot `agentlatd apply` (commands/apply.py)."""
+    tree = copy_tree(tmp_path)
+    _irqbalance_without_socket(tree)
+    pol = policy_mod.default()
+    root = Root(str(tree))
+    knobs = {**knobset.REGISTRY, ie.NAME: LastPassBeforeTheBan(tree, 29, 2)}
+    with Engine(root, str(tmp_path / "state"), policy=pol, knobs=knobs) as eng:
+        changes, _notes = apply_cmd.plan_now(root, pol, eng)
+        report = apply_cmd._followup(root, pol, eng, eng.apply(changes))
+    assert _affinity(tree, 29) == "1"
+    assert [(r.status, r.before) for r in report.results
+            if (r.knob, r.target) == ("irq.affinity", "29")] == [(CHANGED, "2")]

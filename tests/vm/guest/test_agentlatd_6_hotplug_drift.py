@@ -224,7 +224,7 @@ def daemon(agentlatd: g.Agentlatd, lab: Any, work: pathlib.Path, drift: str,
 
 def steady(d: Daemon) -> dict[str, Any]:
     """Wait for tick 2: the rescan after threaded NAPI started its kthreads
-    (daemon.py needs_followup). From then on the daemon's Machine shows its own writes and
+    (tick.py feedback_of, plan/build.py FOLLOWUP). From then on the daemon's Machine shows its own writes and
     is rebuilt only after MACHINE_TTL (60 s), a discontinuity or SIGHUP, so a change made
     now is found by check_drift, not re-planned."""
     out: dict[str, Any] = {}
