@@ -19,8 +19,8 @@ from agentlatd import policy as policy_mod
 from agentlatd.apply import irqbalance_env as ie
 from agentlatd.apply.engine import CHANGED, MANAGED, UNSUPPORTED, Engine
 from agentlatd.apply.irqbalance_env import IrqbalanceEnvKnob
-from agentlatd.commands import apply as apply_cmd
 from agentlatd.capture import PREVIOUS_SAMPLE, SAMPLE_INTERVAL_KEY, write_capture
+from agentlatd.commands import apply as apply_cmd
 from agentlatd.cpuset import CpuSet
 from agentlatd.daemon import Daemon
 from agentlatd.errors import KernelError
