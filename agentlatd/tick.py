@@ -348,15 +348,17 @@ class Sampler:
                         irqbalance=channel, feedback=self.feedback,
                         timings=tuple(st.rows), errors=tuple(st.errors))
 
-    def resample(self, snap: Snapshot, table: StageTable, journaled: Journaled = ()) -> Snapshot:
+    def resample(self, snap: Snapshot, table: StageTable,
+                 journaled: Journaled = ()) -> Snapshot | None:
         """`snap` with the Machine and irqbalance read again now, after an apply that
         calls for a followup (module docstring), timed in `table`; the counters, rates
         and agent links stay this tick's. The Machine read here is kept: it shows
         this tick's first writes. The feedback's rescan still stands for the next
-        tick, which sees the followup's own writes."""
+        tick, which sees the followup's own writes. None when the scan failed (an
+        error of the stage table): no followup then, the next tick's rescan does it."""
         m = table.run("followup", "followup machine scan", lambda: scan_machine(self.root), None)
         if m is None:
-            return snap
+            return None
         self.machine = m
         no_irqbalance: tuple[tuple[int, ...], Channel] = ((), NO_CHANNEL)
         pids, channel = table.run("followup-irqbalance", "followup irqbalance sampling",

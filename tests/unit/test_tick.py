@@ -502,3 +502,35 @@ def test_agentlatd_apply_steers_back_an_irq_irqbalance_moved_before_its_ban(
     assert _affinity(tree, 29) == "1"
     assert [(r.status, r.before) for r in report.results
             if (r.knob, r.target) == ("irq.affinity", "29")] == [(CHANGED, "2")]
+
+
+def test_a_followup_scan_that_fails_is_an_error_and_the_next_tick_steers_back(
+        tmp_path: pathlib.Path) -> None:
+    """The Machine cannot be read again right after the ban (here: proc/interrupts gone
+    for a moment): the followup is a failed stage, not a stopped tick and not a second
+    pass on the stale Machine; the next tick rescans and puts the IRQ back."""
+    tree = copy_tree(tmp_path)
+    _irqbalance_without_socket(tree)
+    interrupts = tree / "proc" / "interrupts"
+    saved = interrupts.read_bytes()
+
+    class BanThenNoInterrupts(LastPassBeforeTheBan):
+        def write(self, root: Root, target: str, value: str) -> None:
+            super().write(root, target, value)
+            interrupts.unlink()
+
+    pol = policy_mod.default()
+    knobs = {**knobset.REGISTRY, ie.NAME: BanThenNoInterrupts(tree, 29, 2)}
+    root = Root(str(tree))
+    t = Tuner(root, Engine(root, str(tmp_path / "state"), policy=pol, knobs=knobs),
+              TickInput(pol), clock=Clock())
+    first = t.step()
+    assert "followup machine scan failed" in first.error
+    assert not next(x for x in first.timings if x.stage == "followup").ok
+    assert ("irq.affinity", "29") not in keys(first)
+    assert _affinity(tree, 29) == "2"
+    interrupts.write_bytes(saved)
+    second = t.step()
+    assert "machine" in stages(second)
+    assert ("irq.affinity", "29") in keys(second, CHANGED)
+    assert _affinity(tree, 29) == "1"
