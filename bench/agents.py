@@ -36,6 +36,11 @@ journal's fsyncs cost what they cost there), interval 1 s (the default).
                  trip): what a registration costs the daemon, whatever else
                  the machine runs (round trips on a shared box are mostly
                  other processes' time slices)
+  floor_*        with --floor: the same rounds against bench/regfloor.py, a
+                 minimal server that makes only a registration's system calls
+                 (no checks, no engine), right after the daemon's round: what
+                 this machine allows, and so how much of the round trip is
+                 agentlatd's own work
 Targets: register p99 <= 500 us; step overhead <= 2 us.
 
     --daemon-repo PATH   run the daemon from another checkout (before/after)
@@ -64,6 +69,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 sys.path.insert(0, str(REPO / "tests"))
+from regfloor import floor_server  # noqa: E402 - bench/ is on sys.path (this script's)
 from support.sleepers import Sleepers  # noqa: E402 - after tests/ is on sys.path
 
 POLICY = """
@@ -250,6 +256,10 @@ def main() -> int:
                          "(before/after; repeat it to alternate, e.g. main, this, main)")
     ap.add_argument("--steps-only", action="store_true",
                     help="only the step figures (no registration rounds, no --agents load)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also time the same rounds against bench/regfloor.py, a minimal "
+                         "server making only a registration's system calls, in the same run "
+                         "(the floor this machine sets; floor_*)")
     args = ap.parse_args()
     if args.rt:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))  # the daemon inherits it
@@ -334,6 +344,15 @@ def main() -> int:
             out[f"register_rtt_{args.agents}_agents"] = summary(first)
             out[f"unregister_cpu_{args.agents}_agents"] = summary(ucpu)
             out[f"unregister_rtt_{args.agents}_agents"] = summary(unreg)
+            if args.floor:  # right after the daemon's round, under the same load
+                with floor_server() as fpath:
+                    fc = Conn(fpath)
+                    fpings = [fc.rtt("ping")[0] for _ in range(2000)]
+                    fc.close()  # the floor serves one connection at a time
+                    ffirst, _, funreg = register_round(fpath, args.samples)
+                out["floor_ping_rtt"] = summary(fpings[200:])
+                out["floor_register_rtt"] = summary(ffirst)
+                out["floor_unregister_rtt"] = summary(funreg)
             agent_ticks, tuner_ticks = [], []
             for _ in range(8):
                 time.sleep(1.0)
