@@ -157,6 +157,26 @@ def start_daemon(config: pathlib.Path, work: pathlib.Path) -> subprocess.Popen[b
     return d
 
 
+def steady_ticks(sock: pathlib.Path, n: int, timeout: float = 60.0) -> list[tuple[int, Any]]:
+    """The status of `n` ticks seen one after another, each of which changed nothing (its
+    "changes" counts no changed or clamped knob); AssertionError at the first that did."""
+    from agentlatd.client import Connection
+
+    seen: list[tuple[int, Any]] = []
+    end = time.monotonic() + timeout
+    while len(seen) < n:
+        assert time.monotonic() < end, f"fewer than {n} ticks in {timeout} s: {seen}"
+        with Connection(str(sock), timeout=10.0) as c:
+            st = c.request("status")
+        if seen and st["tick"] == seen[-1][0]:
+            time.sleep(0.2)
+            continue
+        changes = st["changes"]
+        assert not changes.get("changed") and not changes.get("clamped"), (st["tick"], changes)
+        seen.append((st["tick"], changes))
+    return seen
+
+
 @pytest.fixture
 def irq_affinities_restored() -> Iterator[None]:
     """irqbalance rewrites every IRQ's affinity: put them all back afterwards."""
@@ -261,6 +281,10 @@ def test_irqbalance_cooperates_bans_home_cpus_and_gets_its_ban_back(
         print(f"moved by irqbalance: {moved}")
         assert moved and all(not CpuSet.parse_list(v) & HOME for v in moved.values()), moved
         assert daemon.poll() is None and ib.poll() is None
+        # steady state: three ticks in a row write nothing. A ban written again every
+        # tick would also rescan the Machine every tick (tick.py's followup stage)
+        quiet = steady_ticks(tmp_path / "agentlatd.sock", 3)
+        print(f"steady ticks: {quiet}")
 
         # irqbalance restarts: the new one has only its own bans; agentlatd puts its back
         stop(ib)
