@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from agentlatd.errors import KernelError
@@ -154,11 +153,3 @@ def read_fd_links(root: Root, pid: int, max_fds: int = MAX_FDS) -> FdLinks:
     return FdLinks(frozenset(socks), frozenset(pipes), len(fds) > max_fds, min(len(fds), max_fds))
 
 
-def read_namespaces(root: Root, pids: Iterable[int]) -> dict[int, int]:
-    """pid -> network namespace inode for each of `pids` that can be read."""
-    out: dict[int, int] = {}
-    for pid in pids:
-        ns = read_net_ns(root, pid)
-        if ns is not None:
-            out[pid] = ns
-    return out

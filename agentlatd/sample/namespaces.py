@@ -65,19 +65,6 @@ def netns_cookie_at(path: str) -> int:
         os.close(fd)
 
 
-def parse_nsfs_mounts(text: str) -> set[str]:
-    """The namespace identities ("net:[N]") bind-mounted in one mountinfo text."""
-    out: set[str] = set()
-    for line in text.splitlines():
-        fields = line.split()
-        if " - " not in line or len(fields) < 5:
-            continue
-        fstype = line.split(" - ", 1)[1].split()[0:1]
-        if fstype == ["nsfs"]:
-            out.add(fields[3])
-    return out
-
-
 def nsfs_mount_points(text: str, ident: str) -> list[str]:
     """Mount points (field 5) of the nsfs bind mounts of `ident` in one mountinfo text."""
     out: list[str] = []
