@@ -352,11 +352,8 @@ def rollback_commands(root: Root, state_dir: str) -> list[str]:
         out.append(f"# NOTE: the journal applies to root {j.root}, not {root.base}")
     gone_netns = False
     if j.netns and root.is_host:
-        if j.netns != root.readlink("proc/self/ns/net"):
-            gone_netns = not namespaces.netns_in_use(root, j.netns, j.netns_cookie)
-        else:  # the same inode number, another namespace when the cookies differ
-            cookie = namespaces.own_netns_cookie()
-            gone_netns = bool(j.netns_cookie and cookie and j.netns_cookie != cookie)
+        gone_netns = namespaces.journal_netns_gone(root, j.netns, j.netns_cookie,
+                                                   root.readlink("proc/self/ns/net"))
         if gone_netns:
             out.append(f"# NOTE: network namespace {j.netns} no longer exists: its device "
                        "entries have nothing left to act on and are left out "

@@ -84,19 +84,15 @@ class JournalKeeper:
         netns, _ = self._identity()
         if not (j.netns and netns):
             return ""
-        cookie = namespaces.own_netns_cookie()
-        if j.netns == netns:
-            if not (j.netns_cookie and cookie and j.netns_cookie != cookie):
-                return ""
-            # this namespace has the journal's inode number but not its cookie:
-            # the journal's namespace is gone and its number was handed to ours
-        elif namespaces.netns_in_use(self.root, j.netns, j.netns_cookie):
+        if not namespaces.journal_netns_gone(self.root, j.netns, j.netns_cookie, netns):
+            if j.netns == netns:
+                return ""  # ours
             raise JournalError(f"rollback journal {j.path} was written in network namespace "
                                f"{j.netns}; this process is in {netns}: run agentlatd there "
                                f"(ip netns exec NAME agentlatd ...)")
         gone = [e for e in j.entries if netns_scoped(e.knob, e.target)]
         j.remove_entries(gone)
-        old, j.netns, j.netns_cookie = j.netns, netns, cookie
+        old, j.netns, j.netns_cookie = j.netns, netns, namespaces.own_netns_cookie()
         shown = ", ".join(f"{e.knob} {e.target}" for e in gone[:6])
         more = f" and {len(gone) - 6} more" if len(gone) > 6 else ""
         return (f"network namespace {old} of the journal no longer exists: "

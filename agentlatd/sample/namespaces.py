@@ -113,3 +113,15 @@ def netns_in_use(root: Root, ident: str, cookie: int = 0) -> bool:
             if got in (0, cookie):
                 return True
     return False
+
+
+def journal_netns_gone(root: Root, ident: str, cookie: int, own: str) -> bool:
+    """Whether a journal's network namespace (`ident`, with `cookie`; 0: unknown) no
+    longer exists, seen from a process in namespace `own`: another inode number
+    that nothing visible here holds with that cookie, or our own inode number
+    under another cookie (the journal's namespace died and its number was
+    handed to ours)."""
+    if ident != own:
+        return not netns_in_use(root, ident, cookie)
+    mine = own_netns_cookie()
+    return bool(cookie and mine and cookie != mine)
