@@ -236,6 +236,36 @@ def step_overhead_of(repo: pathlib.Path, path: str, steps: int) -> dict[str, flo
     return res
 
 
+def start_daemon(repo: pathlib.Path, d: pathlib.Path, cli: list[str],
+                 extra: list[str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """`python CLI run` of checkout `repo` with policy d/p.toml, state and socket in `d`,
+    its output in d/log; returned once it answers a ping (SystemExit with its log
+    when it does not within 20 s)."""
+    sock = str(d / "s.sock")
+    env = dict(os.environ, PYTHONPATH=str(repo.resolve()))
+    with open(d / "log", "wb") as logf:
+        dm = subprocess.Popen([sys.executable, *cli, "run", "--config", str(d / "p.toml"),
+                               "--state-dir", str(d / "state"), "--socket", sock,
+                               *(extra or [])],
+                              # cwd: `python -m` (or -c) puts it first on sys.path, ahead
+                              # of PYTHONPATH, so from this checkout it would run this one
+                              env=env, cwd=str(repo.resolve()), stdin=subprocess.DEVNULL,
+                              stdout=logf, stderr=subprocess.STDOUT)
+    end = time.monotonic() + 20
+    while True:
+        try:
+            c = Conn(sock)
+            c.rtt("ping")
+            c.close()
+            return dm, sock
+        except OSError:
+            if time.monotonic() > end or dm.poll() is not None:
+                dm.kill()
+                dm.wait()
+                raise SystemExit((d / "log").read_text()) from None
+            time.sleep(0.05)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--agents", type=int, default=1000, help="agents registered for the "
@@ -280,31 +310,12 @@ def main() -> int:
         cli = ["-m", "agentlatd.tools.bench.scoped", str(victims.p.pid)]
     elif victims:
         extra = ["--exclusive-scope-pid", str(victims.p.pid)]
-    sock = str(d / "s.sock")
-    env = dict(os.environ, PYTHONPATH=str(args.daemon_repo.resolve()))
-    with open(d / "log", "wb") as logf:
-        dm = subprocess.Popen([sys.executable, *cli, "run", "--config",
-                               str(d / "p.toml"), "--state-dir", str(d / "state"),
-                               "--socket", sock, *extra],
-                              # cwd: `python -m` puts it first on sys.path, ahead of
-                              # PYTHONPATH, so from this checkout it would run this one
-                              env=env, cwd=str(args.daemon_repo.resolve()),
-                              stdin=subprocess.DEVNULL, stdout=logf,
-                              stderr=subprocess.STDOUT)
+    dm, sock = start_daemon(args.daemon_repo, d, cli, extra)
     out: dict[str, Any] = {"host_cpus": os.cpu_count(), "kernel": os.uname().release,
                            "exclusive": args.exclusive, "daemon": str(args.daemon_repo),
                            "rt": args.rt}
     try:
-        end = time.monotonic() + 20
-        while True:
-            try:
-                c = Conn(sock)
-                c.rtt("ping")
-                break
-            except OSError:
-                if time.monotonic() > end or dm.poll() is not None:
-                    raise SystemExit((d / "log").read_text()) from None
-                time.sleep(0.05)
+        c = Conn(sock)
         anchor = None
         if victims is not None:
             anchor = Sleepers(1)

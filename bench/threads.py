@@ -35,7 +35,6 @@ import pathlib
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +43,7 @@ from typing import Any
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "tests"))
-from agents import POLICY, Conn  # noqa: E402 - after bench/ is on sys.path
+from agents import POLICY, Conn, start_daemon  # noqa: E402 - after bench/ is on sys.path
 from support.sleepers import Sleepers  # noqa: E402 - after tests/ is on sys.path
 
 TICK_S = os.sysconf("SC_CLK_TCK")
@@ -83,35 +82,11 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
-def start_daemon(repo: pathlib.Path, d: pathlib.Path) -> tuple[subprocess.Popen[bytes], str]:
-    sock = str(d / "s.sock")
-    env = dict(os.environ, PYTHONPATH=str(repo))
-    with open(d / "log", "wb") as logf:
-        dm = subprocess.Popen([sys.executable, "-c", LAUNCH, "run", "--config",
-                               str(d / "p.toml"), "--state-dir", str(d / "state"),
-                               "--socket", sock],
-                              # cwd: `python -c` puts it first on sys.path, ahead of PYTHONPATH
-                              env=env, cwd=str(repo), stdin=subprocess.DEVNULL, stdout=logf,
-                              stderr=subprocess.STDOUT)
-    end = time.monotonic() + 20
-    while True:
-        try:
-            c = Conn(sock)
-            c.rtt("ping")
-            c.close()
-            return dm, sock
-        except OSError:
-            if time.monotonic() > end or dm.poll() is not None:
-                dm.kill()
-                raise SystemExit((d / "log").read_text()) from None
-            time.sleep(0.05)
-
-
 def one_run(repo: pathlib.Path, pids: list[int], settle: float, window: float) -> dict[str, Any]:
     d = pathlib.Path(tempfile.mkdtemp(prefix="agentlatd-bench-",
                                       dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
     (d / "p.toml").write_text(POLICY)
-    dm, sock = start_daemon(repo, d)
+    dm, sock = start_daemon(repo, d, ["-c", LAUNCH])
     out: dict[str, Any] = {"repo": str(repo)}
     try:
         c = Conn(sock)
