@@ -611,12 +611,15 @@ class ChainKeeper:
                 if p in skipped_why and m.cpus is None:
                     m.state, m.problem = MemberState.UNMOVABLE, skipped_why[p]
                 continue
-            self._adopt_victims(m, todo, cpus)
+            self._adopt_victims(m, todo)
             why = ("chain member of agent(s) "
                    + ", ".join(repr(self.reg.agents[ap].agent_id) for ap in allowed)
                    + f": runs on their home CPU(s) {cpus}")
+            # a thread born with our cpus (cloned from a pinned thread): the
+            # process's original is journaled for it, not ours
             changes += [Change(KnobName.TASK_AFFINITY, ThreadId(p.pid, p.starttime, t).key, "",
-                               cpus.to_list(), why, owner=owner) for t in todo]
+                               cpus.to_list(), why, owner=owner, inherited_original=m.orig)
+                        for t in todo]
             first = m.cpus is None
             m.cpus = cpus
             placing.append(m)
@@ -635,22 +638,15 @@ class ChainKeeper:
             return
         _settle(placing, results, skipped_why)
 
-    def _adopt_victims(self, m: Member, tids: Iterable[int], cpus: CpuSet) -> None:
+    def _adopt_victims(self, m: Member, tids: Iterable[int]) -> None:
         """Threads moved off an exclusive CPU before they were known members: the
         journal keeps their true original (the engine journals only before the
-        first write); inherited ones get their original back before pinning;
-        and a thread born with our cpus (cloned from a pinned thread) gets the
-        process's original first, so the journal holds that, not ours."""
-        journaled = {t for _, t, _ in self.applier.entries((KnobName.TASK_AFFINITY,))}
+        first write); inherited ones get their original back before pinning."""
         for tid in tids:
             v = self.victims.take_victim(m.proc.pid, tid)
-            t = ThreadId(m.proc.pid, m.proc.starttime, tid).target
             if v is not None and not v.journaled:
+                t = ThreadId(m.proc.pid, m.proc.starttime, tid).target
                 self.applier.write_direct(KnobName.TASK_AFFINITY, t, v.original.to_list())
-            elif (v is None and m.orig is not None and m.orig != cpus.to_list()
-                  and t not in journaled
-                  and self.applier.read(KnobName.TASK_AFFINITY, t) == cpus.to_list()):
-                self.applier.write_direct(KnobName.TASK_AFFINITY, t, m.orig)
         self.victims.spare(m.proc.pid)
 
     def _unvictim(self, m: Member) -> None:

@@ -4,9 +4,10 @@ Threads started later inherit the creating thread's affinity, nice and ioprio
 (clone() copies cpus_mask, static_prio and the io_context's priority), so a
 thread started by a pinned thread is pinned from its first instruction; only a
 thread started by a not-yet-pinned thread needs the tick: each tick lists
-proc/PID/task of every agent and applies the class to new threads, after
-giving a thread born with our values the process's original first (unborn),
-so that the engine journals the true original. The processes an agent forked
+proc/PID/task of every agent and applies the class to new threads. A thread
+born with our values has the process's original journaled for it
+(Change.inherited_original), not the value it was born with, and is never
+off its CPUs meanwhile. The processes an agent forked
 are remembered (a few agents per tick) so that its exit can restore them.
 """
 
@@ -87,16 +88,19 @@ def class_values(a: Agent) -> dict[KnobName, str | None]:
             KnobName.TASK_IOPRIO: a.want_ioprio}
 
 
-def agent_changes(a: Agent, tids: Iterable[int], why: str) -> list[Change]:
+def agent_changes(a: Agent, tids: Iterable[int], why: str, *, born: bool = False
+                  ) -> list[Change]:
+    """The class's writes on threads `tids`. `born`: threads started since the
+    agent was placed. One that shows the class's value inherited it from the
+    thread that started it, and the engine journals the process's original
+    for it (Change.inherited_original), not the value it was born with: a
+    crash then restores it as the others."""
+    wants = [(knob, want, a.orig.get(knob) if born else None)
+             for knob, want in class_values(a).items() if want is not None]
     out: list[Change] = []
     for tid in tids:
         t = ThreadId(a.proc.pid, a.proc.starttime, tid).key
-        if a.want_cpus is not None:
-            out.append(Change(KnobName.TASK_AFFINITY, t, "", a.want_cpus.to_list(), why, a.owner))
-        if a.want_nice is not None:
-            out.append(Change(KnobName.TASK_NICE, t, "", str(a.want_nice), why, a.owner))
-        if a.want_ioprio is not None:
-            out.append(Change(KnobName.TASK_IOPRIO, t, "", a.want_ioprio, why, a.owner))
+        out += [Change(knob, t, "", want, why, a.owner, orig) for knob, want, orig in wants]
     return out
 
 def why(a: Agent) -> str:
@@ -185,10 +189,8 @@ class ThreadUpkeep:
                 a.threads = tids
                 if new and (a.want_cpus is not None or a.want_nice is not None
                             or a.want_ioprio is not None):
-                    for tid in sorted(new):
-                        self.unborn(a, tid)
-                    changes += agent_changes(a, sorted(new),
-                                                   why(a) + " (new thread)")
+                    changes += agent_changes(a, sorted(new), why(a) + " (new thread)",
+                                             born=True)
                     touched.append(a)
             if gone_keys:
                 self.applier.forget(gone_keys)
@@ -239,19 +241,6 @@ class ThreadUpkeep:
         if n:
             log.info("agent %r pid %d exited: %d value(s) restored on processes it forked",
                      a.agent_id, a.proc.pid, n)
-
-    def unborn(self, a: Agent, tid: int) -> None:
-        """A thread born with our values (cloned from a pinned thread) has no journal
-        entry, and a crash would leave it pinned: give it the process's original
-        first, so that the engine journals the true original before pinning it
-        again (a few microseconds unpinned, for a crash-safe restore)."""
-        t = ThreadId(a.proc.pid, a.proc.starttime, tid).target
-        for knob, want in class_values(a).items():
-            orig = a.orig.get(knob)
-            if want is None or orig is None or orig == want:
-                continue
-            if self.applier.read(knob, t) == want:
-                self.applier.write_direct(knob, t, orig, a.owner)
 
     def restore_unjournaled(self, a: Agent, journaled: AbstractSet[str]) -> None:
         """Unregister: threads born pinned (inherited from a pinned thread) were never

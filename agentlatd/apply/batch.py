@@ -50,6 +50,7 @@ class _Pending:
     result: KnobResult | None = field(default=None)
     prev_written: str | None = None  # entry.written before this batch
     prev_original: str = ""  # entry.original before this batch (an entry it did not add)
+    inherited: bool = False  # journaled Change.inherited_original, not the value read
 
 
 def _ban_not_landed(p: _Pending, changes: list[Change], results: list[KnobResult | None],
@@ -181,7 +182,12 @@ class BatchWriter:
                 results[i] = res(FAILED, f"cannot read: {e}", errclass=ErrClass.INVALID)
                 continue
             shown = knob.original_of(current, c.desired)  # the fields this change names
-            if knob.equal(current, c.desired):
+            # a thread that inherited agentlatd's value: journal the original the
+            # change names (plan/changes.py) and write the same value again
+            inherited = (c.inherited_original is not None and entry is None and not dry_run
+                         and knob.equal(current, c.desired)
+                         and not knob.equal(c.inherited_original, c.desired))
+            if knob.equal(current, c.desired) and not inherited:
                 if (not dry_run and entry is not None and entry.written is not None
                         and not knob.equal(entry.written, c.desired)):
                     # agentlatd's own earlier value is gone but the kernel shows what
@@ -203,13 +209,15 @@ class BatchWriter:
             new = entry is None
             prev_original = entry.original if entry is not None else ""
             if entry is None:
-                entry = j.add(c.knob, c.target_text, knob.original_of(current, c.desired),
+                original = (c.inherited_original if inherited and c.inherited_original is not None
+                            else knob.original_of(current, c.desired))
+                entry = j.add(c.knob, c.target_text, original,
                               device=self._io.device_id(knob, c.target_text, ids))
             else:
                 entry.original = knob.merge_original(entry.original,
                                                      knob.original_of(current, c.desired))
             pending.append((i, _Pending(c, knob, current, entry, new, prev_written=entry.written,
-                                        prev_original=prev_original)))
+                                        prev_original=prev_original, inherited=inherited)))
 
         if pending:
             assert j is not None
@@ -246,8 +254,10 @@ class BatchWriter:
                 if r.status not in (CHANGED, CLAMPED) and p.entry.written != p.prev_written:
                     p.entry.written = p.prev_written  # not written: the kernel kept its value
                 if (p.new_entry and p.entry.written is None and not p.entry.has(FLAG_MANAGED)
-                        and self._untouched(p)):
+                        and (p.inherited or self._untouched(p))):
                     # the write failed: the kernel kept its value, nothing to restore
+                    # (an inherited value stays as it was born: the write refused
+                    # here, for the owner's credentials, is the restore's write)
                     failed.append(p.entry)
             j.remove_entries(failed)
             if bracket:

@@ -52,6 +52,14 @@ class Change:
              non-admin peer's agent: a task knob writes only threads whose real
              and effective uid are this one, checked right before the syscall);
              None for the daemon's own decisions and admins' requests
+    inherited_original:
+             for a thread born after agentlatd changed its creator (clone() and
+             fork() copy affinity, nice and ioprio): the original to journal
+             when the target shows `desired` already and has no entry. That
+             value is then agentlatd's own, inherited, not the original. The
+             engine journals this one, then writes `desired` (the same value,
+             with the owner's credentials checked), so the thread is never
+             off its CPUs in between. None: the value read is the original.
 
     target_text is the target's string form (format_target: "45", "eth0/rx-3"),
     made once here: the journal, the knobs' read/write/verify, the results and
@@ -65,6 +73,7 @@ class Change:
     desired: str
     reason: str
     owner: int | None = None
+    inherited_original: str | None = None
     target_text: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
