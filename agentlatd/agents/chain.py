@@ -611,14 +611,16 @@ class ChainKeeper:
                 if p in skipped_why and m.cpus is None:
                     m.state, m.problem = MemberState.UNMOVABLE, skipped_why[p]
                 continue
-            self._adopt_victims(m, todo)
+            victims = self._adopt_victims(m, todo)
             why = ("chain member of agent(s) "
                    + ", ".join(repr(self.reg.agents[ap].agent_id) for ap in allowed)
                    + f": runs on their home CPU(s) {cpus}")
             # a thread born with our cpus (cloned from a pinned thread): the
-            # process's original is journaled for it, not ours
+            # process's original is journaled for it, not ours (a victim's own
+            # original was just written back: it is the value read)
             changes += [Change(KnobName.TASK_AFFINITY, ThreadId(p.pid, p.starttime, t).key, "",
-                               cpus.to_list(), why, owner=owner, inherited_original=m.orig)
+                               cpus.to_list(), why, owner=owner,
+                               inherited_original=None if t in victims else m.orig)
                         for t in todo]
             first = m.cpus is None
             m.cpus = cpus
@@ -638,16 +640,22 @@ class ChainKeeper:
             return
         _settle(placing, results, skipped_why)
 
-    def _adopt_victims(self, m: Member, tids: Iterable[int]) -> None:
+    def _adopt_victims(self, m: Member, tids: Iterable[int]) -> set[int]:
         """Threads moved off an exclusive CPU before they were known members: the
         journal keeps their true original (the engine journals only before the
-        first write); inherited ones get their original back before pinning."""
+        first write); inherited ones get their original back before pinning.
+        Returns the tids that were victims."""
+        victims: set[int] = set()
         for tid in tids:
             v = self.victims.take_victim(m.proc.pid, tid)
-            if v is not None and not v.journaled:
+            if v is None:
+                continue
+            victims.add(tid)
+            if not v.journaled:
                 t = ThreadId(m.proc.pid, m.proc.starttime, tid).target
                 self.applier.write_direct(KnobName.TASK_AFFINITY, t, v.original.to_list())
         self.victims.spare(m.proc.pid)
+        return victims
 
     def _unvictim(self, m: Member) -> None:
         """A member that stays where it is must not stay narrowed by exclusivity
