@@ -35,7 +35,12 @@ journal's fsyncs cost what they cost there), interval 1 s (the default).
                  register (/proc/PID/schedstat before and after the round
                  trip): what a registration costs the daemon, whatever else
                  the machine runs (round trips on a shared box are mostly
-                 other processes' time slices)
+                 other processes' time slices). Read its p50: while an agent
+                 tick runs in slices the main loop polls without sleeping,
+                 and the kernel brings a running thread's schedstat up to
+                 date only at a switch or a scheduler tick, so a p99 of
+                 ~4.0 ms (HZ=250) is that tick, not a registration (at
+                 interval 60 s, no agent tick: p99 0.9 ms)
   floor_*        with --floor: the same rounds against bench/regfloor.py, a
                  minimal server that makes only a registration's system calls
                  (no checks, no engine), right after the daemon's round: what
