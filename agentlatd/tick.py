@@ -244,10 +244,11 @@ def plan_tick(snap: Snapshot, policy: Policy) -> TickPlan:
     return TickPlan(plan, tuple(changes), tuple(held))
 
 
-def followup_changes(snap: Snapshot, policy: Policy, knobs: frozenset[str]) -> tuple[Change, ...]:
-    """The followup pass's changes: the plan of `snap` (resampled after the first
-    writes) for `knobs` only; the first pass did (or reported) the rest. Pure."""
-    return tuple(c for c in plan_tick(snap, policy).changes if c.knob in knobs)
+def followup_changes(tp: TickPlan, knobs: frozenset[str]) -> tuple[Change, ...]:
+    """The followup pass's changes: those of `tp` (planned on a sample taken after
+    the first writes) for `knobs` only; the first pass did (or reported) the rest.
+    The daemon's tuner and `agentlatd apply` both take them from here."""
+    return tuple(c for c in tp.changes if c.knob in knobs)
 
 
 def scan_machine(root: Root) -> Machine:

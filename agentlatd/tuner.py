@@ -183,7 +183,8 @@ class Tuner:
             if more:  # the same tick's followup stage (tick.py)
                 again = self.sampler.resample(snap, table, irqbalance_entries(
                     self.engine.entries()))
-                second = followup_changes(again, pol, more) if again is not None else ()
+                second = (followup_changes(plan_tick(again, pol), more)
+                          if again is not None else ())
                 if second:
                     report = report.then(self.engine.apply(second))
         self.sampler.record(report)  # the next tick's feedback stage

@@ -33,7 +33,14 @@ from agentlatd.errors import AgentlatdError
 from agentlatd.plan.build import followup_knobs
 from agentlatd.plan.changes import Change, human_value
 from agentlatd.sysfs.root import Root
-from agentlatd.tick import TickPlan, irqbalance_entries, plan_tick, sample_once, written
+from agentlatd.tick import (
+    TickPlan,
+    followup_changes,
+    irqbalance_entries,
+    plan_tick,
+    sample_once,
+    written,
+)
 
 HELP = "apply the plan to the kernel (journals originals for rollback)"
 EXAMPLES = (
@@ -142,8 +149,7 @@ def _followup(root: Root, pol: policy_mod.Policy, eng: Engine,
     more = followup_knobs(written(report))
     if not more:
         return report
-    tp = _tick(root, pol, eng)
-    second = [c for c in tp.changes if c.knob in more]
+    second = followup_changes(_tick(root, pol, eng), more)
     if not second:
         return report
     return report.then(eng.apply(second))
