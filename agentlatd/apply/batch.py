@@ -184,10 +184,10 @@ class BatchWriter:
             shown = knob.original_of(current, c.desired)  # the fields this change names
             # a thread that inherited agentlatd's value: journal the original the
             # change names (plan/changes.py) and write the same value again
-            inherited = (c.inherited_original is not None and entry is None and not dry_run
-                         and knob.equal(current, c.desired)
-                         and not knob.equal(c.inherited_original, c.desired))
-            if knob.equal(current, c.desired) and not inherited:
+            same = knob.equal(current, c.desired)
+            inherited = (same and c.inherited_original is not None and entry is None
+                         and not dry_run and not knob.equal(c.inherited_original, c.desired))
+            if same and not inherited:
                 if (not dry_run and entry is not None and entry.written is not None
                         and not knob.equal(entry.written, c.desired)):
                     # agentlatd's own earlier value is gone but the kernel shows what
