@@ -39,8 +39,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2.netlink import ctrlmsg
-
 from agentlatd.errors import KernelError
 from agentlatd.sysfs.netns import in_netns
 
@@ -69,6 +67,16 @@ NETNS_DIR = "/run/netns"  # iproute2 NETNS_RUN_DIR (ip-netns(8))
 CONTEXT = "netlink"
 _HDR = struct.Struct("=IHHII")  # struct nlmsghdr
 _RECV = 1 << 18
+
+
+def _ctrlmsg() -> Any:
+    """A control-family message. pyroute2 is imported here, not at the top: its
+    package imports all of itself (asyncio, NDB, IPDB, conntrack: ~130 ms), and
+    sock_diag (unix_diag.py, imported by every command through the chain
+    scanner) needs none of it."""
+    from pyroute2.netlink import ctrlmsg
+
+    return ctrlmsg()
 
 
 class NetlinkError(KernelError):
@@ -256,7 +264,7 @@ class GenlSocket:
     def family(self, name: str) -> Family:
         """Resolve family `name` (CTRL_CMD_GETFAMILY). A family the kernel lacks
         raises NetlinkError(EOPNOTSUPP): callers fall back (sysfs, ioctl) on it."""
-        msg = ctrlmsg()
+        msg = _ctrlmsg()
         msg["cmd"] = CTRL_CMD_GETFAMILY
         msg["version"] = 1
         msg["attrs"].append(["CTRL_ATTR_FAMILY_NAME", name])
@@ -278,7 +286,7 @@ class GenlSocket:
         """Top-level attribute ids the do-policy of `cmd` accepts
         (CTRL_CMD_GETPOLICY with CTRL_ATTR_OP), or None where the kernel cannot
         say (before 5.12): then the request itself is the test."""
-        msg = ctrlmsg()
+        msg = _ctrlmsg()
         msg["cmd"] = CTRL_CMD_GETPOLICY
         msg["version"] = 1
         msg["attrs"].append(["CTRL_ATTR_FAMILY_ID", family.id])
