@@ -187,8 +187,7 @@ class ThreadUpkeep:
                 if not new and not old:
                     continue
                 a.threads = tids
-                if new and (a.want_cpus is not None or a.want_nice is not None
-                            or a.want_ioprio is not None):
+                if new and wanted(a):
                     changes += agent_changes(a, sorted(new), why(a) + " (new thread)",
                                              born=True)
                     touched.append(a)
