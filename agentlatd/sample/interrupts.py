@@ -132,22 +132,23 @@ def parse_header(line: str) -> tuple[int, ...] | None:
     return tuple(cpus)
 
 
+def find_header(lines: list[str]) -> tuple[tuple[int, ...], int]:
+    """The CPU columns of /proc/interrupts or /proc/softirqs text, from its first
+    non-blank line, and the index of the first row. A first line that is no
+    header is a row: then no count columns are known and rows start there."""
+    for i, line in enumerate(lines):
+        if line.strip():
+            hdr = parse_header(line)
+            return (hdr, i + 1) if hdr is not None else ((), i)
+    return (), 0
+
+
 def parse_interrupts(text: str) -> Interrupts:
     """Parse the text of /proc/interrupts. Never raises on malformed text: a
     line that is not a row ("KEY: ...") is skipped, never guessed."""
     lines = text.splitlines()
-    cpus: tuple[int, ...] = ()
+    cpus, start = find_header(lines)
     rows: list[IrqRow] = []
-    start = 0
-    for i, line in enumerate(lines):
-        if line.strip():
-            hdr = parse_header(line)
-            if hdr is not None:
-                cpus = hdr
-                start = i + 1
-            else:
-                start = i  # no header: parse from here, with no count columns known
-            break
     ncol = len(cpus)
     parts: list[tuple[str, str]] = []
     for line in lines[start:]:

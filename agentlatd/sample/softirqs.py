@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from agentlatd.sample.interrupts import is_count, parse_counts, parse_header
+from agentlatd.sample.interrupts import find_header, is_count, parse_counts
 from agentlatd.sysfs.root import Root
 
 # kernel/softirq.c softirq_to_name[NR_SOFTIRQS], in vector order (checked against 6.1 and 6.12)
@@ -50,17 +50,7 @@ def read_softirqs(root: Root) -> str:
 def parse_softirqs(text: str) -> Softirqs:
     """Parse /proc/softirqs. Malformed rows are skipped; never raises."""
     lines = text.splitlines()
-    cpus: tuple[int, ...] = ()
-    start = 0
-    for i, line in enumerate(lines):
-        if line.strip():
-            hdr = parse_header(line)
-            if hdr is not None:
-                cpus = hdr
-                start = i + 1
-            else:
-                start = i
-            break
+    cpus, start = find_header(lines)
     ncol = len(cpus)
     counts: dict[str, tuple[int, ...]] = {}
     for line in lines[start:]:
