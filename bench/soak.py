@@ -476,8 +476,8 @@ def main() -> int:
         # the snapshot AND its append log (journal.json alone misses every record
         # appended since the last compaction: removed entries looked leaked)
         sys.path.insert(0, str(REPO))
-        from agentlatd.apply import journal as journal_mod
-        jr = journal_mod.read_json(str(work / "state" / "journal.json")) or {"entries": []}
+        from agentlatd.apply import journal_read
+        jr = journal_read.read_json(str(work / "state" / "journal.json")) or {"entries": []}
         task_entries = [e for e in jr["entries"] if e["knob"].startswith(("task.", "cpu."))]
         witness_prefixes = tuple(f"{w.pid}:" for w in witnesses)
         leaked_entries = [e for e in task_entries if not e["target"].startswith(witness_prefixes)]

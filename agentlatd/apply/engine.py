@@ -76,7 +76,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Literal
 
-from agentlatd.apply import journal
+from agentlatd.apply import journal, journal_read, journal_salvage
 from agentlatd.apply.batch import BatchWriter
 from agentlatd.apply.drift import DriftWatch
 from agentlatd.apply.identity import DeviceId
@@ -329,18 +329,18 @@ def rollback_commands(root: Root, state_dir: str) -> list[str]:
     path = journal.journal_path(os.path.abspath(state_dir))
     out: list[str] = []
     try:
-        j = journal.load(path)
+        j = journal_read.load(path)
     except JournalUntrusted as exc:
         # printed, never run: a person reads it before deciding (its own message
         # says how to remove it)
         out.append(f"# WARNING: {exc.problem}; agentlatd refuses to replay this journal. "
                    "Read every line below before running any of it.")
         try:
-            j = journal.load(path, check=False)
+            j = journal_read.load(path, check=False)
         except JournalUntrusted:  # a symlink: never followed, not even to print
             return out
     except JournalDamaged as exc:
-        sal = journal.salvage(path, default_root=root.base, move=False)
+        sal = journal_salvage.salvage(path, default_root=root.base, move=False)
         j = sal.journal
         out.append(f"# WARNING: {exc}; {len(j.entries)} entries still parse, "
                    f"{sal.lines_lost} damaged line(s) lost")

@@ -54,20 +54,19 @@ them on a crash; oracle/bpftune journals and prints its rollback. Here:
   is read and migrated: its entries are restored by device name, as the
   agentlatd that wrote it would have, and the next save writes version 2.
 
-A damaged journal is never silently discarded: load() raises JournalDamaged
-naming the file and what is wrong; salvage() renames the files *.corrupt and
-returns whatever entries still parse, for the engine to restore.
+A damaged journal is never silently discarded: journal_read.load() raises
+JournalDamaged naming the file and what is wrong; journal_salvage.salvage()
+renames the files *.corrupt and returns whatever entries still parse, for the
+engine to restore.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
-import errno
 import json
 import operator
 import os
-import stat
 import time
 import zlib
 from collections.abc import Iterable, KeysView
@@ -199,17 +198,17 @@ def _crc(knob: str, target: str, original: str, written: str | None, flags: list
     return zlib.crc32(json.dumps(fields).encode())
 
 
-def _record_crc(obj: dict[str, Any]) -> int:
+def record_crc(obj: dict[str, Any]) -> int:
     return zlib.crc32(json.dumps({k: v for k, v in obj.items() if k != "crc"},
                                  sort_keys=True).encode())
 
 
 def _record(obj: dict[str, Any]) -> str:
-    obj["crc"] = _record_crc(obj)
+    obj["crc"] = record_crc(obj)
     return json.dumps(obj)
 
 
-def _entry_from(obj: Any, where: str, *, require_crc: bool = True) -> Entry:
+def entry_from(obj: Any, where: str, *, require_crc: bool = True) -> Entry:
     if not isinstance(obj, dict):
         raise ValueError(f"{where}: expected an object, got {type(obj).__name__}")
     for k in ("knob", "target", "original"):
@@ -240,7 +239,7 @@ def _entry_from(obj: Any, where: str, *, require_crc: bool = True) -> Entry:
     return Entry(obj["knob"], obj["target"], obj["original"], written, list(flags), device)
 
 
-def _cookie(v: Any) -> int:
+def cookie(v: Any) -> int:
     """A header's netns_cookie: a JSON integer in 1..2^64-1, else unknown (0)."""
     if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 1 << 64:
         return 0
@@ -324,6 +323,19 @@ class Journal:
     def __post_init__(self) -> None:
         for e in self.entries:
             e._owner = self
+
+    def adopt(self, entries: list[Entry]) -> None:
+        """Take `entries` (read from files) as the journal's own."""
+        self.entries = entries
+        self.__post_init__()
+
+    def resume_files(self, gen: int, log_exists: bool, records: int) -> None:
+        """The files on disk are exactly as this format writes them (snapshot `gen`,
+        its log with `records` records, or none): the next save() appends to them."""
+        self._gen = gen
+        self._log_exists = log_exists
+        self._log_records = records
+        self._mark_on_disk()
 
     # -- queries ---------------------------------------------------------
     def _index(self) -> dict[tuple[str, str], Entry]:
@@ -528,7 +540,7 @@ class Journal:
             self._close_log()  # the next append opens the file by its path again
             raise
         if creating:
-            _fsync_dir(os.path.dirname(self.log_path) or ".")
+            fsync_dir(os.path.dirname(self.log_path) or ".")
             self._log_exists = True
         self._log_records += len(lines)
         self.writes += 1
@@ -603,7 +615,7 @@ class Journal:
         self._close_log()
         with contextlib.suppress(OSError):
             os.unlink(self.log_path)
-        _fsync_dir(os.path.dirname(self.path) or ".")
+        fsync_dir(os.path.dirname(self.path) or ".")
         self._gen = None
         self._log_exists = False
         self._log_records = 0
@@ -632,11 +644,11 @@ def atomic_write(path: str, data: bytes) -> int:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise JournalError(f"cannot write rollback journal {path}: {e.strerror}") from e
-    _fsync_dir(d)
+    fsync_dir(d)
     return ino
 
 
-def _fsync_dir(d: str) -> None:
+def fsync_dir(d: str) -> None:
     try:
         dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
@@ -651,297 +663,3 @@ def _fsync_dir(d: str) -> None:
 
 def journal_path(state_dir: str) -> str:
     return os.path.join(state_dir, JOURNAL_NAME)
-
-
-def check_file(path: str, st: os.stat_result) -> None:
-    """JournalUntrusted unless `st` (the opened journal's fstat) is a regular file
-    that only agentlatd's own uid could have written: owned by it, no group or
-    world write bit."""
-    if not stat.S_ISREG(st.st_mode):
-        raise JournalUntrusted(path, "it is not a regular file")
-    if st.st_uid != os.geteuid():
-        raise JournalUntrusted(path, f"it is owned by uid {st.st_uid}, not "
-                                     f"{'root' if os.geteuid() == 0 else os.geteuid()}: "
-                                     "agentlatd did not write it")
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        # readable by others leaks nothing worth hiding (original knob values);
-        # writable by others is what would let them choose what root replays
-        raise JournalUntrusted(path, f"its mode is {stat.S_IMODE(st.st_mode):04o}: "
-                                     f"{'world' if st.st_mode & stat.S_IWOTH else 'group'}-"
-                                     "writable, so another user may have written it "
-                                     "(agentlatd writes it 0600)")
-
-
-def _read(path: str, *, check: bool = True) -> str | None:
-    try:
-        # O_NOFOLLOW: a symlink planted at journal.json is refused (ELOOP), not read
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise JournalUntrusted(path, "it is a symbolic link") from None
-        raise JournalError(f"cannot read rollback journal {path}: {e.strerror}") from e
-    try:
-        if check:
-            check_file(path, os.fstat(fd))
-        with open(fd, "rb", closefd=False) as f:
-            raw = f.read()
-    except OSError as e:
-        raise JournalError(f"cannot read rollback journal {path}: {e.strerror}") from e
-    finally:
-        os.close(fd)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise JournalDamaged(path, f"not UTF-8 text (byte {e.start})") from None
-
-
-def parse(path: str, text: str, log: str | None = None, *, check: bool = True) -> Journal:
-    """Parse a snapshot's text and its log's (None: no log); JournalDamaged
-    (naming `path`) on any problem.
-
-    `check`: an entry without a checksum makes it JournalUntrusted (agentlatd
-    writes one for every entry; a file without is someone else's)."""
-    if not text.strip():
-        raise JournalDamaged(path, "the file is empty")
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        what = "truncated" if exc.pos >= len(text.rstrip()) else "not valid JSON"
-        raise JournalDamaged(path, f"{what} (line {exc.lineno} column {exc.colno}: {exc.msg})") from None
-    if not isinstance(obj, dict):
-        raise JournalDamaged(path, "expected a JSON object at the top")
-    version = obj.get("version")
-    if version not in (1, VERSION):
-        if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
-            # not damage: a newer agentlatd wrote it; refusing beats guessing
-            raise JournalError(f"rollback journal {path} has format version {version}; this "
-                               f"agentlatd reads versions 1 and {VERSION}: roll back with the "
-                               "newer one")
-        raise JournalDamaged(path, f"unknown format version {version!r}")
-    if not isinstance(obj.get("root"), str):
-        raise JournalDamaged(path, "field 'root' missing or not a string")
-    entries_raw = obj.get("entries")
-    if not isinstance(entries_raw, list):
-        raise JournalDamaged(path, "field 'entries' missing or not a list")
-    entries: dict[tuple[str, str], Entry] = {}
-    unsigned = 0
-    for i, raw in enumerate(entries_raw):
-        try:
-            e = _entry_from(raw, f"entry {i + 1}", require_crc=False)
-            if version == 1 and e.device is not None:
-                raise ValueError(f"entry {i + 1}: a device identity in a format 1 journal")
-        except ValueError as err:
-            raise JournalDamaged(path, str(err)) from None
-        if e.key in entries:
-            raise JournalDamaged(path, f"entry {i + 1}: {e.knob} {e.target} appears twice")
-        if raw.get("crc") is None:
-            unsigned += 1
-        entries[e.key] = e
-    if unsigned and check:
-        raise JournalUntrusted(path, f"{unsigned} of its {len(entries)} entries carry no "
-                                     "checksum: agentlatd did not write it")
-    complete = obj.get("complete", True)
-    pid = obj.get("pid", 0)
-    gen = obj.get("gen", 0)
-    j = Journal(path=path, root=obj["root"], netns=str(obj.get("netns", "")),
-                netns_cookie=_cookie(obj.get("netns_cookie")),
-                boot_id=str(obj.get("boot_id", "")),
-                complete=complete if isinstance(complete, bool) else False,
-                pid=pid if isinstance(pid, int) else 0,
-                migrated_from=1 if version == 1 else 0)
-    records = 0
-    torn = False
-    log_ours = False
-    if version == VERSION and isinstance(gen, int) and gen > 0 and log is not None:
-        records, torn, log_ours = _replay(path + LOG_SUFFIX, log, gen, entries, j)
-    j.entries = list(entries.values())
-    j.__post_init__()
-    if version == VERSION and isinstance(gen, int) and gen > 0 and not torn:
-        # the files are exactly as this format writes them: appends continue
-        j._gen = gen
-        j._log_exists = log_ours
-        j._log_records = records
-        j._mark_on_disk()
-    return j
-
-
-def _replay(lpath: str, log: str, gen: int, entries: dict[tuple[str, str], Entry],
-            j: Journal) -> tuple[int, bool, bool]:
-    """Apply the log's records to `entries` and `j`; (records, torn tail, log is this gen's)."""
-    lines = log.split("\n")
-    torn = lines[-1] != ""  # the last append did not finish: its write never ran
-    lines = lines[:-1]
-    if not lines:
-        return 0, torn, False
-    try:
-        head = json.loads(lines[0])
-    except json.JSONDecodeError:
-        raise JournalDamaged(lpath, "line 1: not valid JSON") from None
-    if not isinstance(head, dict) or head.get("crc") != _record_crc(head):
-        raise JournalDamaged(lpath, "line 1: not a log header or checksum mismatch")
-    if head.get("log") != gen:
-        return 0, True, False  # an older snapshot's log: every record is in the snapshot
-    for n, ln in enumerate(lines[1:], 2):
-        try:
-            obj = json.loads(ln)
-        except json.JSONDecodeError:
-            raise JournalDamaged(lpath, f"line {n}: not valid JSON") from None
-        _apply_record(lpath, n, obj, entries, j)
-    return len(lines) - 1, torn, True
-
-
-def _apply_record(lpath: str, n: int, obj: Any, entries: dict[tuple[str, str], Entry],
-                  j: Journal) -> None:
-    where = f"line {n}"
-    if isinstance(obj, dict) and "knob" in obj:
-        try:
-            e = _entry_from(obj, where)
-        except ValueError as err:
-            raise JournalDamaged(lpath, str(err)) from None
-        old = entries.get(e.key)
-        if old is None:
-            entries[e.key] = e
-        else:  # in place: the entry keeps its position (restore order)
-            old.original, old.written, old.flags, old.device = (e.original, e.written,
-                                                                 e.flags, e.device)
-        return
-    if not isinstance(obj, dict) or obj.get("crc") != _record_crc(obj):
-        raise JournalDamaged(lpath, f"{where}: not a record or checksum mismatch")
-    if "del" in obj:
-        k = obj["del"]
-        if not (isinstance(k, list) and len(k) == 2 and all(isinstance(x, str) for x in k)):
-            raise JournalDamaged(lpath, f"{where}: bad del record")
-        entries.pop((k[0], k[1]), None)
-    elif isinstance(obj.get("complete"), bool) and isinstance(obj.get("pid"), int):
-        j.complete, j.pid = obj["complete"], obj["pid"]
-    else:
-        raise JournalDamaged(lpath, f"{where}: unknown record")
-
-
-def load(path: str, *, check: bool = True) -> Journal | None:
-    """The journal at `path`, None when there is none; JournalDamaged when it does not
-    parse; JournalUntrusted (`check`) when agentlatd did not write it (check_file(),
-    an entry without a checksum). check=False only to print it (rollback --print)."""
-    text = _read(path, check=check)
-    if text is None:
-        return None
-    return parse(path, text, _read(path + LOG_SUFFIX, check=check), check=check)
-
-
-def read_json(path: str) -> dict[str, Any] | None:
-    """The journal's content as one document (snapshot and log), None when there is none."""
-    j = load(path)
-    return j.to_json() if j is not None else None
-
-
-@dataclass(frozen=True, slots=True)
-class Salvage:
-    """What salvage() recovered from a damaged journal."""
-
-    journal: Journal  # the entries that parsed (complete=False: restore them)
-    problem: str  # what was wrong with the file
-    kept_as: str  # where the damaged file now lives
-    root_known: bool  # the header (root, netns, boot id) parsed
-    lines_lost: int  # lines that looked like entries and did not parse
-
-
-def salvage(path: str, *, default_root: str, move: bool = True) -> Salvage:
-    """Recover what still parses from a damaged journal, keeping the files aside.
-
-    The damaged file is renamed <path>.corrupt (.corrupt.1, ... if taken) when
-    `move`, its log <path>.log.corrupt; nothing is deleted. Entries are read
-    line by line (the format writes one per line), then the log's records
-    that parse, in order; the header's root/netns/boot id when its line parses.
-    """
-    text = _read_lenient(path)
-    log_text = _read_lenient(path + LOG_SUFFIX) if os.path.lexists(path + LOG_SUFFIX) else None
-    try:
-        parse(path, text, log_text, check=False)
-        problem = "no problem found on a second read"
-    except JournalDamaged as exc:
-        problem = exc.problem if exc.path == path else f"{exc.path}: {exc.problem}"
-    lines = text.splitlines()
-    meta: dict[str, Any] = {}
-    if lines:
-        head = lines[0].strip()
-        for attempt in (head + "]}", head):
-            try:
-                m = json.loads(attempt)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(m, dict):
-                meta = m
-                break
-    entries: dict[tuple[str, str], Entry] = {}
-    lost = 0
-    for n, line in enumerate(lines[1:], 2):
-        s = line.strip().rstrip(",").strip()
-        if s in ("", "]}", "]", "}"):
-            continue
-        try:
-            e = _entry_from(json.loads(s), f"line {n}")
-        except (json.JSONDecodeError, ValueError):
-            lost += 1
-            continue
-        entries.setdefault(e.key, e)
-    root_known = isinstance(meta.get("root"), str)
-    j = Journal(path=path, root=meta["root"] if root_known else default_root,
-                netns=str(meta.get("netns", "")), boot_id=str(meta.get("boot_id", "")),
-                netns_cookie=_cookie(meta.get("netns_cookie")), complete=False)
-    gen = meta.get("gen")
-    if log_text is not None and isinstance(gen, int) and gen > 0:
-        log_lines = log_text.split("\n")
-        try:
-            head_ok = json.loads(log_lines[0]).get("log") == gen
-        except (json.JSONDecodeError, AttributeError):
-            head_ok = True  # a damaged header: the records may still be this gen's
-        for n, ln in enumerate(log_lines[1:] if head_ok else [], 2):
-            if not ln.strip():
-                continue
-            try:
-                _apply_record(path + LOG_SUFFIX, n, json.loads(ln), entries, j)
-            except (json.JSONDecodeError, JournalDamaged):
-                lost += 1
-    j.complete = False
-    j.entries = list(entries.values())
-    j.__post_init__()
-    kept = path
-    if move:
-        kept = _aside(path, ".corrupt")
-        if log_text is not None:
-            _aside(path + LOG_SUFFIX, ".corrupt")
-    return Salvage(j, problem, kept, root_known, lost)
-
-
-def _read_lenient(path: str) -> str:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        with open(fd, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-    except OSError as e:
-        raise JournalError(f"cannot read rollback journal {path}: {e.strerror}") from e
-
-
-def _aside(path: str, suffix: str) -> str:
-    """Rename `path` to path+suffix (or +suffix.N if taken); return the new name."""
-    cand = path + suffix
-    n = 0
-    while os.path.lexists(cand):
-        n += 1
-        cand = f"{path}{suffix}.{n}"
-    try:
-        os.rename(path, cand)
-    except OSError as e:
-        raise JournalError(f"cannot move damaged journal {path} aside: {e.strerror}") from e
-    _fsync_dir(os.path.dirname(path) or ".")
-    return cand
-
-
-def set_aside(path: str, suffix: str) -> str:
-    """Keep a journal that must not be replayed (another boot) under a new name."""
-    kept = _aside(path, suffix)
-    if os.path.lexists(path + LOG_SUFFIX):
-        _aside(path + LOG_SUFFIX, suffix)
-    return kept

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from agentlatd.apply import journal
+from agentlatd.apply import journal_read, journal_salvage
 from agentlatd.apply.journal import Journal, JournalDamaged
 from agentlatd.apply.knobio import KnobIO
 from agentlatd.apply.knobs import netns_scoped
@@ -110,9 +110,9 @@ class JournalKeeper:
         Returns (journal or None, rollback report of a salvage, set-aside message).
         """
         try:
-            j = journal.load(self.journal_path)
+            j = journal_read.load(self.journal_path)
         except JournalDamaged as e:
-            sal = journal.salvage(self.journal_path, default_root=self.root.base)
+            sal = journal_salvage.salvage(self.journal_path, default_root=self.root.base)
             if sal.root_known:
                 self._netns_note = self._check_owner(sal.journal)
             j = sal.journal
@@ -124,7 +124,7 @@ class JournalKeeper:
             return None, None, ""
         self._netns_note = self._check_owner(j)
         if self._stale_boot(j):
-            kept = journal.set_aside(self.journal_path, ".stale-boot")
+            kept = journal_salvage.set_aside(self.journal_path, ".stale-boot")
             return None, None, (f"rollback journal from an earlier boot (boot id {j.boot_id}) "
                                 f"kept as {kept}, not replayed: the kernel state it describes "
                                 "is gone")
@@ -140,7 +140,7 @@ class JournalKeeper:
         """
         self._statelock.take()
         try:
-            j = journal.load(self.journal_path)
+            j = journal_read.load(self.journal_path)
         except JournalDamaged:
             return
         if j is not None:

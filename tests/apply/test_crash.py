@@ -34,7 +34,7 @@ from applyhelpers import (
     veth_changes,
 )
 
-from agentlatd.apply import journal
+from agentlatd.apply import journal_read
 from agentlatd.plan.changes import Change
 
 
@@ -43,7 +43,7 @@ def _crash_cycle(n: int, apply_args: list[str], restart_args: list[str], *,
                  changed_now: Callable[[], int], writes: int) -> None:
     p = cli(apply_args, crash_after_writes=n)
     assert p.returncode == -signal.SIGKILL, (n, p.returncode, p.stdout, p.stderr)
-    j = journal.read_json(str(state / "journal.json"))
+    j = journal_read.read_json(str(state / "journal.json"))
     assert j is not None
     assert j["complete"] is False
     # exactly n writes reached the kernel before the kill (each changes one value)

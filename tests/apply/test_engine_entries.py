@@ -16,7 +16,7 @@ import time
 
 from applyhelpers import FaultRoot, diff_keys, small_tree, tree_bytes
 
-from agentlatd.apply import journal
+from agentlatd.apply import journal_read
 from agentlatd.apply.engine import CHANGED, FAILED, GONE, RESTORED, UNCHANGED, Engine
 from agentlatd.apply.journal import Journal
 from agentlatd.plan.changes import Change
@@ -29,7 +29,7 @@ def _aff(irq: int, cpus: str = "1") -> Change:
 
 
 def _on_disk(state: pathlib.Path) -> dict[str, object]:
-    obj = journal.read_json(str(state / "journal.json"))
+    obj = journal_read.read_json(str(state / "journal.json"))
     assert obj is not None
     return obj
 
@@ -135,7 +135,7 @@ def test_a_batch_appends_only_its_own_entries_and_never_rewrites_the_snapshot(
         # a rounded value (rps_flow_cnt 100 -> 128) is what the log ends with
         eng.apply([Change.parse("net.rps_flow_cnt", "eth9/rx-0", "", "100", "t")])
         assert _on_disk(state)["entries"][-1]["written"] == "128"  # type: ignore[index]
-        back = journal.load(str(path))
+        back = journal_read.load(str(path))
         assert back is not None and back.complete
         assert (path.stat().st_ino, path.read_bytes()) == snap
         eng.rollback()
@@ -199,5 +199,5 @@ def test_a_save_with_many_entries_is_cheap(tmp_path: pathlib.Path) -> None:
     t_save = (time.perf_counter() - t0) / 20
     assert t_find < 0.05, t_find
     assert t_save < 0.01, t_save
-    assert len(journal.load(j.path).entries) == 2000  # type: ignore[union-attr]
+    assert len(journal_read.load(j.path).entries) == 2000  # type: ignore[union-attr]
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import pytest
 from applyhelpers import small_tree
 
-from agentlatd.apply import irqbalance_ban, irqbalance_env, journal, knobs
+from agentlatd.apply import irqbalance_ban, irqbalance_env, journal_read, knobs
 from agentlatd.apply.engine import CHANGED, CLAMPED, FAILED, SKIPPED, UNSUPPORTED, Engine
 from agentlatd.apply.irqbalance_ban import IrqbalanceBanKnob, parse_setup
 from agentlatd.cpuset import CpuSet
@@ -232,7 +232,7 @@ def test_regression_irq_steered_although_the_ban_handing_it_over_failed(
         assert st[("irq.affinity", "41")].status == SKIPPED
         assert (tree / "proc/irq/41/smp_affinity_list").read_text().strip() == "0-3"
     # nothing of IRQ 41 journaled: it was never written
-    j = journal.read_json(str(tmp_path / "state" / "journal.json"))
+    j = journal_read.read_json(str(tmp_path / "state" / "journal.json"))
     assert j is None or not [e for e in j["entries"] if e["knob"] == "irq.affinity"]
 
 

@@ -29,7 +29,7 @@ import signal
 import pytest
 from applyhelpers import cli, plan_file
 
-from agentlatd.apply import irqbalance, journal
+from agentlatd.apply import irqbalance, journal_read
 from agentlatd.apply import irqbalance_env as ie
 from agentlatd.apply.engine import CHANGED, FAILED, RESTORED, Engine, rollback_commands
 from agentlatd.cpuset import CpuSet
@@ -267,7 +267,7 @@ def test_kill_9_after_the_edit_then_rollback_restores_the_file(tmp_path: pathlib
     p = cli(["apply", *args, "--plan", str(plan)], crash_after_writes=1)
     assert p.returncode == -signal.SIGKILL, (p.stdout, p.stderr)
     assert ie.env_ban(path.read_text()) == CpuSet({2, 3, 7})
-    j = journal.read_json(str(state / "journal.json"))
+    j = journal_read.read_json(str(state / "journal.json"))
     assert j is not None and j["complete"] is False
     (e,) = j["entries"]
     assert e["original"] == FEDORA_SYSCONFIG
@@ -419,7 +419,7 @@ def test_kill_9_after_the_banirq_edit_then_rollback_restores_the_file(
     assert p.returncode == -signal.SIGKILL, (p.stdout, p.stderr)
     edited = path.read_text()
     assert ie.parse_env(edited)[ie.ARGS] == "--hintpolicy=subset --banirq=9 --banirq=40 --banirq=41"
-    j = journal.read_json(str(state / "journal.json"))
+    j = journal_read.read_json(str(state / "journal.json"))
     assert j is not None and j["complete"] is False
     (e,) = j["entries"]
     assert e["original"] == admin and e["written"] == "2-3 banirq=9,40,41"

@@ -13,7 +13,7 @@ import zlib
 import pytest
 from applyhelpers import FaultRoot, diff_keys, small_tree, tree_bytes
 
-from agentlatd.apply import journal
+from agentlatd.apply import journal, journal_read, journal_salvage
 from agentlatd.apply.engine import Engine
 from agentlatd.apply.journal import Entry, Journal, JournalDamaged
 from agentlatd.errors import JournalError
@@ -38,7 +38,7 @@ def test_roundtrip_one_entry_per_line_and_no_tmp_left(tmp_path: pathlib.Path) ->
     assert json.loads(text)["version"] == journal.VERSION
     # one entry per line: what lets salvage() recover a damaged file
     assert sum('"knob"' in ln for ln in text.splitlines()) == 4
-    back = journal.load(str(path))
+    back = journal_read.load(str(path))
     assert back is not None
     assert [e.to_json() for e in back.entries] == [e.to_json() for e in j.entries]
     assert (back.root, back.boot_id, back.complete) == ("/some/root", "b1", True)
@@ -48,12 +48,12 @@ def test_roundtrip_one_entry_per_line_and_no_tmp_left(tmp_path: pathlib.Path) ->
 def test_empty_journal_is_valid_json(tmp_path: pathlib.Path) -> None:
     j = Journal(path=str(tmp_path / "journal.json"), root="/")
     j.save()
-    back = journal.load(j.path)
+    back = journal_read.load(j.path)
     assert back is not None and back.entries == []
 
 
 def test_missing_journal_is_none(tmp_path: pathlib.Path) -> None:
-    assert journal.load(str(tmp_path / "journal.json")) is None
+    assert journal_read.load(str(tmp_path / "journal.json")) is None
 
 
 def test_every_truncation_is_named_and_salvage_keeps_whole_lines(tmp_path: pathlib.Path) -> None:
@@ -71,11 +71,11 @@ def test_every_truncation_is_named_and_salvage_keeps_whole_lines(tmp_path: pathl
     for cut in range(1, len(full) - 1):
         path.write_bytes(full[:cut])
         with pytest.raises(JournalDamaged) as ei:
-            journal.load(str(path))
+            journal_read.load(str(path))
         msg = str(ei.value)
         assert str(path) in msg
         assert "truncated" in msg or "empty" in msg or "valid JSON" in msg, msg
-        sal = journal.salvage(str(path), default_root="/x", move=False)
+        sal = journal_salvage.salvage(str(path), default_root="/x", move=False)
         # entries whose whole object survived the cut come back, in order, and
         # nothing else (a half line never parses into a wrong entry)
         got = [e.to_json() for e in sal.journal.entries]
@@ -92,9 +92,9 @@ def test_garbage_line_is_kept_aside_and_others_salvaged(tmp_path: pathlib.Path) 
     lines[2] = lines[2][:10] + "\x00\x07garbage" + lines[2][25:]
     path.write_text("".join(lines))
     with pytest.raises(JournalDamaged) as ei:
-        journal.load(str(path))
+        journal_read.load(str(path))
     assert "journal.json" in str(ei.value) and "damaged" in str(ei.value)
-    sal = journal.salvage(str(path), default_root="/x")
+    sal = journal_salvage.salvage(str(path), default_root="/x")
     assert sal.root_known and sal.journal.root == "/some/root"
     assert [e.target for e in sal.journal.entries] == ["eth9/rx-0", "eth9/rx-2", "eth9/rx-3"]
     assert sal.lines_lost == 1
@@ -102,7 +102,7 @@ def test_garbage_line_is_kept_aside_and_others_salvaged(tmp_path: pathlib.Path) 
     assert not path.exists() and pathlib.Path(sal.kept_as).exists()
     # a second damaged journal does not overwrite the first one kept aside
     path.write_text("{")
-    sal2 = journal.salvage(str(path), default_root="/x")
+    sal2 = journal_salvage.salvage(str(path), default_root="/x")
     assert sal2.kept_as == str(path) + ".corrupt.1"
     assert not sal2.root_known and sal2.journal.root == "/x"
 
@@ -123,7 +123,7 @@ def test_damage_is_named(tmp_path: pathlib.Path, text: str, problem: str) -> Non
     path = tmp_path / "journal.json"
     path.write_text(text)
     with pytest.raises(JournalDamaged) as ei:
-        journal.load(str(path))
+        journal_read.load(str(path))
     assert problem in str(ei.value) and str(path) in str(ei.value)
 
 
@@ -131,7 +131,7 @@ def test_newer_version_is_refused_not_called_damage(tmp_path: pathlib.Path) -> N
     path = tmp_path / "journal.json"
     path.write_text('{"version": 99, "root": "/", "entries": []}')
     with pytest.raises(JournalError) as ei:
-        journal.load(str(path))
+        journal_read.load(str(path))
     assert not isinstance(ei.value, JournalDamaged)
     assert "version 99" in str(ei.value)
 
@@ -277,14 +277,14 @@ def test_a_torn_append_is_ignored_and_the_next_save_compacts(tmp_path: pathlib.P
     whole = log.read_bytes()
     with open(log, "ab") as f:
         f.write(b'{"knob": "net.rps_cpus", "target": "eth9/rx-8", "orig')
-    back = journal.load(str(path))
+    back = journal_read.load(str(path))
     assert back is not None
     assert [e.target for e in back.entries][-1] == "eth9/rx-7"
     assert back.find("net.rps_cpus", "eth9/rx-8") is None
     back.add("net.rps_cpus", "eth9/rx-9", "0")
     back.save()
     assert not log.exists() or log.read_bytes() != whole + b"x"
-    again = journal.load(str(path))
+    again = journal_read.load(str(path))
     assert again is not None and again.find("net.rps_cpus", "eth9/rx-9") is not None
     assert again.find("net.rps_cpus", "eth9/rx-7") is not None
 
@@ -308,7 +308,7 @@ def test_appends_keep_the_log_open_and_a_dropped_journal_closes_it(tmp_path: pat
             j.save()
         log_fd = j._log.fd if j._log is not None else -1
         assert log_fd >= 0 and os.readlink(f"/proc/self/fd/{log_fd}") == str(path) + ".log"
-        back = journal.load(str(path))
+        back = journal_read.load(str(path))
         assert back is not None and len(back.entries) == 7
         del j
     gc.collect()
@@ -342,7 +342,7 @@ def test_a_log_of_an_older_snapshot_is_ignored(tmp_path: pathlib.Path) -> None:
     j.compact()
     (tmp_path / "journal.json.log").write_bytes(old_log)  # its gen is the old one
     j.add("net.rps_cpus", "eth9/rx-1", "00000001")  # re-added after the compaction
-    back = journal.load(str(path))
+    back = journal_read.load(str(path))
     assert back is not None
     assert [e.target for e in back.entries] == ["eth9/rx-0", "eth9/rx-2", "eth9/rx-3"]
 
@@ -357,9 +357,9 @@ def test_every_record_is_checksummed(tmp_path: pathlib.Path) -> None:
     text = log.read_text()
     log.write_text(text.replace('"00000005"', '"00000004"'))
     with pytest.raises(JournalDamaged) as ei:
-        journal.load(str(path))
+        journal_read.load(str(path))
     assert "checksum" in str(ei.value) and "journal.json.log" in str(ei.value)
-    sal = journal.salvage(str(path), default_root="/x")
+    sal = journal_salvage.salvage(str(path), default_root="/x")
     # the damaged record is lost, the snapshot's version of the entry stays
     assert [e.original for e in sal.journal.entries][2] == "00000002"
     assert pathlib.Path(str(log) + ".corrupt").exists()
@@ -386,7 +386,7 @@ def test_format_1_journal_is_migrated_and_restored_by_name(tmp_path: pathlib.Pat
         eng.apply([Change.parse("net.rps_cpus", "eth9/rx-1", "", "3", "t")])
         on_disk = json.loads((state / "journal.json").read_text())
         assert on_disk["version"] == journal.VERSION == 2
-        assert [e["target"] for e in journal.read_json(  # type: ignore[index]
+        assert [e["target"] for e in journal_read.read_json(  # type: ignore[index]
             str(state / "journal.json"))["entries"]] == ["eth9/rx-0", "eth9/rx-1"]
         rb = eng.rollback()
     assert rb.ok and rb.journal_removed

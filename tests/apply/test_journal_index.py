@@ -14,7 +14,7 @@ import random
 
 from support.journalspy import CountingList
 
-from agentlatd.apply import journal
+from agentlatd.apply import journal, journal_read
 from agentlatd.apply.journal import Entry, Journal
 from agentlatd.kernel.knobnames import KnobName
 
@@ -65,7 +65,7 @@ def test_unregistering_one_process_reads_only_its_entries(tmp_path: pathlib.Path
         assert j.of_process(pid, pid * 10) == [] and j.find(TASK[0], _target(pid, pid)) is None
         total -= len(mine)
     assert len(j.entries) == total
-    back = journal.load(j.path)
+    back = journal_read.load(j.path)
     assert back is not None and back.to_json() == j.to_json()
 
 
@@ -100,7 +100,7 @@ def test_of_process_and_removal_match_a_walk_of_the_journal(tmp_path: pathlib.Pa
             j.save()
         else:
             j.save()
-            back = journal.load(j.path)
+            back = journal_read.load(j.path)
             assert back is not None
             j = back
         assert [e.key for e in j.entries] == ref
@@ -108,7 +108,7 @@ def test_of_process_and_removal_match_a_walk_of_the_journal(tmp_path: pathlib.Pa
             assert j.of_process(pid, st) == _of(j, pid, st)
         assert set(j.keys()) == set(ref) and all(j.find(*k) is not None for k in ref)
     j.save()
-    back = journal.load(j.path)
+    back = journal_read.load(j.path)
     assert back is not None and back.to_json() == j.to_json()
 
 

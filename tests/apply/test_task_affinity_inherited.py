@@ -27,7 +27,7 @@ import pytest
 from applyhelpers import cli, plan_file
 
 from agentlatd import knobset
-from agentlatd.apply import journal
+from agentlatd.apply import journal_read
 from agentlatd.apply.engine import Engine
 from agentlatd.cpuset import CpuSet
 from agentlatd.plan.changes import Change
@@ -176,7 +176,7 @@ def test_rollback_after_kill_9_restores_threads_born_pinned(child: Child,
     for tid in inherited:
         assert child.allowed(tid) == CpuSet({pin}), tid  # born pinned, journaled nowhere
     assert child.allowed(mine[0]) == CpuSet({own})
-    j = journal.read_json(str(state / "journal.json"))
+    j = journal_read.read_json(str(state / "journal.json"))
     assert j is not None
     assert [e["target"] for e in j["entries"]] == [child.target(child.pid)]
 

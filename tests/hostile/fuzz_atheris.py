@@ -6,7 +6,7 @@
     PYTHONPATH=. /tmp/av/bin/python tests/hostile/fuzz_atheris.py journal -runs=200000
 
 Targets: protocol (agentlatd.api.protocol.decode on raw bytes), policy
-(agentlatd.policy.loads on text), journal (agentlatd.apply.journal.parse).
+(agentlatd.policy.loads on text), journal (agentlatd.apply.journal_read.parse).
 Any exception other than the parser's own error type is a crash that libFuzzer
 reports with the input that caused it (saved as crash-<sha1>).
 tests/hostile/test_fuzz_protocol.py runs each for 20000 inputs when atheris
@@ -22,7 +22,7 @@ import atheris
 
 with atheris.instrument_imports():
     from agentlatd.api import protocol
-    from agentlatd.apply import journal
+    from agentlatd.apply import journal_read
     from agentlatd.errors import JournalError, PolicyError
     from agentlatd.policy import loads
 
@@ -44,7 +44,7 @@ def fuzz_policy(data: bytes) -> None:
 def fuzz_journal(data: bytes) -> None:
     text = atheris.FuzzedDataProvider(data).ConsumeUnicodeNoSurrogates(len(data))
     with contextlib.suppress(JournalError):
-        journal.parse("/fuzz/journal.json", text)
+        journal_read.parse("/fuzz/journal.json", text)
 
 
 TARGETS = {"protocol": fuzz_protocol, "policy": fuzz_policy, "journal": fuzz_journal}

@@ -24,7 +24,7 @@ import sys
 import pytest
 from servicehelpers import REPO, ns_read, ns_run, policy_text, run_daemon, veth_netns, wait_until
 
-from agentlatd.apply import journal
+from agentlatd.apply import journal_read
 
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")]
@@ -107,7 +107,7 @@ def test_device_replaced_under_the_same_name_keeps_its_new_value(
             assert any("device replaced, original not restored" in x["message"]
                        for x in rep["results"]), rep
         elif path == "kill9-restart":
-            assert journal.load(str(state / "journal.json")) is not None
+            assert journal_read.load(str(state / "journal.json")) is not None
             with run_daemon(tmp_path, pol, netns=ns) as d2:
                 wait_until(lambda: "journal:" in d2.log, 30, "the journal recovered")
                 # the new daemon tunes the new device and journals ITS value

@@ -1,6 +1,6 @@
 """Fuzzing the parsers that take hostile input: the socket protocol
 (agentlatd.api.protocol.decode), the policy loader (agentlatd.policy.loads) and
-the journal parser (agentlatd.apply.journal.parse), with hypothesis.
+the journal parser (agentlatd.apply.journal_read.parse), with hypothesis.
 
 The contract each must keep for ANY input: return a value, or raise its own
 error type carrying a code/sentence; never another exception (a TypeError or
@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from agentlatd.api import protocol
 from agentlatd.api.protocol import Envelope, ProtocolError, Register, Step
-from agentlatd.apply import journal
+from agentlatd.apply import journal_read
 from agentlatd.errors import JournalError, PolicyError
 from agentlatd.policy import Policy, loads
 from agentlatd.sample.tasks import PID_MAX
@@ -232,7 +232,7 @@ def test_policy_loads_of_structured_toml_is_a_policy_or_a_policy_error(text: str
                          ).map(json.dumps))
 def test_journal_parse_of_anything_is_a_journal_or_a_journal_error(text: str) -> None:
     try:
-        j = journal.parse("/fuzz/journal.json", text)
+        j = journal_read.parse("/fuzz/journal.json", text)
     except JournalError as e:
         assert "/fuzz/journal.json" in str(e)
         return

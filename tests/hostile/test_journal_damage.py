@@ -22,7 +22,7 @@ from hostilehelpers import fill, remount, tmpfs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agentlatd.apply import journal
+from agentlatd.apply import journal_read
 from agentlatd.apply.engine import RESTORED, Engine
 from agentlatd.errors import AgentlatdError, JournalError
 from agentlatd.plan.changes import Change
@@ -262,7 +262,7 @@ def test_state_dir_filling_up_between_ticks_keeps_the_journal_whole(
             # the append log grows into the page it already has; keep changing
             # the two knobs until an append finds no room (bounded)
             for n in range(400):
-                good = journal.read_json(str(state / "journal.json"))
+                good = journal_read.read_json(str(state / "journal.json"))
                 mid = tree_bytes(tree)
                 try:
                     eng.apply([Change.parse("net.rps_cpus", "eth9/rx-0", "", "3" if n % 2 else "5",
@@ -274,7 +274,7 @@ def test_state_dir_filling_up_between_ticks_keeps_the_journal_whole(
             # nothing was written, and the journal on disk is what it was, whole
             # (a short append is cut back: no half line for the next one)
             assert tree_bytes(tree) == mid
-            assert journal.read_json(str(state / "journal.json")) == good
+            assert journal_read.read_json(str(state / "journal.json")) == good
             # a rollback on the full disk still restores (unlink needs no space)
             rb = eng.rollback()
             assert rb.ok and rb.journal_removed

@@ -40,7 +40,7 @@ from applyhelpers import (
     veth_changes,
 )
 
-from agentlatd.apply import journal, knobs
+from agentlatd.apply import journal_read, knobs
 from agentlatd.apply.engine import (
     CHANGED,
     FAILED,
@@ -155,7 +155,7 @@ def test_errno_during_rollback_keeps_the_entry_until_it_is_restored(
         assert fault in failed[0].message
         assert rb.count(RESTORED) == len(changes) - 1
         assert "could not be restored" in rb.notes[0]
-    kept = journal.read_json(str(state / "journal.json"))
+    kept = journal_read.read_json(str(state / "journal.json"))
     assert kept is not None
     assert [(e["knob"], e["target"]) for e in kept["entries"]] == [("net.rps_cpus", "eth9/rx-0")]
     # the fault clears: a later run restores the last one and removes the journal

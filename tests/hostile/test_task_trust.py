@@ -29,7 +29,7 @@ from applyhelpers import cli
 from hostilehelpers import NOBODY, as_uid, fill, requests_on, tmpfs
 from taskfamily import Family, task_values
 
-from agentlatd.apply import journal
+from agentlatd.apply import journal_read
 from agentlatd.sample import tasks
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (tmpfs, other uids)")
@@ -38,7 +38,7 @@ needs_2cpus = pytest.mark.skipif(not {0, 1} <= os.sched_getaffinity(0),
 
 
 def _journal_targets(path: str) -> list[str]:
-    j = journal.load(path)
+    j = journal_read.load(path)
     return [] if j is None else [e.target for e in j.entries]
 
 

@@ -37,7 +37,7 @@ from applyhelpers import REPO, Veths, netns_with_veths, snapshot, snapshot_diff
 
 import agentlatd.knobset  # noqa: F401 - every knob registered, as the entry points do
 from agentlatd.api.server import SocketError, bind_socket
-from agentlatd.apply import journal
+from agentlatd.apply import journal, journal_read
 from agentlatd.apply.engine import Engine
 from agentlatd.apply.journal import JournalUntrusted
 from agentlatd.errors import JournalError
@@ -475,7 +475,7 @@ def test_journal_of_a_deleted_netns_does_not_block_rollback_or_start(
                 proc.wait(timeout=10)
                 logf.close()
         # netns_with_veths deleted the namespace (ip netns del) and its veths with it
-        j = journal.read_json(str(state / "journal.json"))  # snapshot and its append log
+        j = journal_read.read_json(str(state / "journal.json"))  # snapshot and its append log
         assert j is not None
         assert j["netns"] and j["netns"] != os.readlink("/proc/self/ns/net")
         assert {e["knob"] for e in j["entries"]} >= {"task.affinity", "net.rps_cpus"}, j

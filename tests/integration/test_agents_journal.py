@@ -18,7 +18,7 @@ import pytest
 from agentshelpers import agent_side, needs_2cpus, needs_root, register_as_root
 from support.sleepers import Sleepers
 
-from agentlatd.apply import journal
+from agentlatd.apply import journal, journal_read
 from agentlatd.apply.engine import Engine
 from agentlatd.apply.reports import Recovery
 from agentlatd.lifecycle import recover_agents
@@ -54,7 +54,7 @@ def test_a_registration_appends_to_the_journal_once(tmp_path: pathlib.Path) -> N
             added = _log_lines(eng)[len(before):]
             assert len(added) == 1 and f'"{pid}:' in added[0], added
             assert os.sched_getaffinity(pid) == {1}
-        on_disk = journal.load(eng.journal_path)
+        on_disk = journal_read.load(eng.journal_path)
         assert on_disk is not None and on_disk.complete
         assert len(on_disk.entries) == 4
     finally:
@@ -85,7 +85,7 @@ def test_a_crash_inside_a_registration_keeps_the_device_plan_and_restores_the_ag
         with pytest.raises(Killed):
             mgr.place_pending()
         eng.close()
-        on_disk = journal.load(journal.journal_path(str(state)))
+        on_disk = journal_read.load(journal.journal_path(str(state)))
         assert on_disk is not None
         assert on_disk.complete
         assert [e.knob for e in on_disk.entries] == ["task.affinity"]

@@ -14,7 +14,7 @@ import json
 import pathlib
 import shutil
 
-from agentlatd.apply import journal
+from agentlatd.apply import journal_read
 from agentlatd.apply.engine import DONE, Engine, Recovery, Status
 from agentlatd.apply.identity import DeviceId
 from agentlatd.apply.journal import Entry
@@ -31,14 +31,14 @@ def _entry_lines(text: str) -> list[str]:
 
 def test_old_journal_entries_reserialise_byte_identical() -> None:
     text = (FIXTURES / "all-kinds-7c6d683.json").read_text()
-    j = journal.parse("all-kinds", text)
+    j = journal_read.parse("all-kinds", text)
     assert len(j.entries) == 18
     assert j.dumps(gen=123456789).splitlines()[1:] == text.splitlines()[1:]
     assert [e.line() for e in j.entries] == _entry_lines(text)
 
 
 def test_old_journal_targets_parse_to_typed_keys_and_format_back() -> None:
-    j = journal.parse("all-kinds", (FIXTURES / "all-kinds-7c6d683.json").read_text())
+    j = journal_read.parse("all-kinds", (FIXTURES / "all-kinds-7c6d683.json").read_text())
     # every knob that existed at 7c6d683 (the irqbalance IRQ ban and environment-file
     # knobs came after it and have no old entries to read)
     newer = {KnobName.IRQBALANCE_BANNED_IRQS, KnobName.IRQBALANCE_ENV_BANNED_CPUS}
@@ -52,7 +52,7 @@ def test_entries_made_of_enums_and_keys_write_the_old_bytes() -> None:
     """A StrEnum knob name and a formatted key serialise as the plain strings did
     (and the CRC, computed over json.dumps of the fields, is the same)."""
     text = (FIXTURES / "all-kinds-7c6d683.json").read_text()
-    old = journal.parse("all-kinds", text)
+    old = journal_read.parse("all-kinds", text)
     for e in old.entries:
         typed = Entry(KnobName(e.knob), format_target(parse_target(e.knob, e.target)),
                       e.original, e.written, list(e.flags),

@@ -307,8 +307,8 @@ def test_managed_nvme_irq_write_is_recorded_once_and_never_retried(
         assert (r["status"], r["errclass"]) == ("managed", "managed"), r
         assert "not retried" in r["message"], r
     assert {n: g.read_cpulist(n) for n in io} == before
-    from agentlatd.apply import journal as journal_file  # the snapshot and its log as one
-    journal = journal_file.read_json(str(applied.state / "journal.json"))
+    from agentlatd.apply import journal_read  # the snapshot and its log as one
+    journal = journal_read.read_json(str(applied.state / "journal.json"))
     assert journal is not None
     flagged = {e["target"]: e for e in journal["entries"] if e["knob"] == "irq.affinity"
                and int(e["target"]) in io}

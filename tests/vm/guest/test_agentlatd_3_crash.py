@@ -60,8 +60,8 @@ def test_kill_9_during_apply_then_restart_restores_everything(
         ran = (agentlatd.run(*args, crash_after_writes=n) if n == 1
                else agentlatd.fork(*args, crash_after_writes=n))
         assert ran.rc == KILLED, ran
-        from agentlatd.apply import journal as journal_file  # the snapshot and its log as one
-        journal = journal_file.read_json(str(st / "journal.json"))
+        from agentlatd.apply import journal_read  # the snapshot and its log as one
+        journal = journal_read.read_json(str(st / "journal.json"))
         assert journal is not None, n
         assert journal["complete"] is False, n
         # the originals of every knob of the batch were durable before the first write

@@ -147,8 +147,8 @@ class Daemon:
 
     def journal(self) -> Journal:
         """(knob, target) -> entry of the daemon's rollback journal ({} when none)."""
-        from agentlatd.apply import journal as journal_file  # the snapshot and its log as one
-        doc = journal_file.read_json(str(self.state / "journal.json"))
+        from agentlatd.apply import journal_read  # the snapshot and its log as one
+        doc = journal_read.read_json(str(self.state / "journal.json"))
         if doc is None:
             return {}
         return {(e["knob"], e["target"]): e for e in doc["entries"]}

@@ -625,10 +625,11 @@ def tuned_diff(before: dict[str, str]) -> None:
 def journaled_tids(pid: int) -> set[int]:
     """Thread ids of `pid` with a task.affinity entry in the daemon's rollback journal
     (targets are pid:starttime:tid)."""
-    from agentlatd.apply import journal as journal_file  # the snapshot and its log as one
+    from agentlatd.apply import journal_read  # the snapshot and its log as one
+    from agentlatd.errors import JournalError
     try:
-        doc = journal_file.read_json("/run/agentlatd/journal.json")
-    except (OSError, ValueError, journal_file.JournalError):
+        doc = journal_read.read_json("/run/agentlatd/journal.json")
+    except (OSError, ValueError, JournalError):
         return set()
     entries = doc["entries"] if doc is not None else []
     out = set()
