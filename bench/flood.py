@@ -40,40 +40,22 @@ import time
 from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+from agents import POLICY as AGENTS_POLICY  # noqa: E402 - bench/ is on sys.path
+from agents import pct as agents_pct  # noqa: E402
+
 FLOOD_UID = 65534
 POLITE_UID = 60001
 NOGROUP = 65534
 
-POLICY = """
-[daemon]
-interval = 1.0
-log_level = "warning"
-irqbalance = "ignore"
-socket_group = "nogroup"
-max_clients = 128
-[cpus]
-completion = "0"
-home = "1"
-[devices]
-include = ["agentlatd-bench-none-*"]
-exclude = []
-[classes.interactive]
-exclusive = "shared"
-[tuning]
-irq_affinity = false
-rps = false
-rps_flow_cnt = 0
-xps = false
-coalesce = false
-threaded_napi = false
-"""
+# bench/agents.py's policy (steers no device), the socket open to the polite uid's
+# group, and max_clients 128: the per-uid connection limit is max(16, 128 / 8)
+POLICY = AGENTS_POLICY.replace('irqbalance = "ignore"\n',
+                               'irqbalance = "ignore"\nsocket_group = "nogroup"\nmax_clients = 128\n')
 
 
 def pct(xs: list[float], q: float) -> float:
-    if not xs:
-        return float("nan")
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, round(q * len(s) + 0.5) - 1))]
+    return agents_pct(xs, q) if xs else float("nan")
 
 
 def summary_ms(xs: list[float]) -> dict[str, float]:
