@@ -244,8 +244,9 @@ def step_overhead_of(repo: pathlib.Path, path: str, steps: int) -> dict[str, flo
 def start_daemon(repo: pathlib.Path, d: pathlib.Path, cli: list[str],
                  extra: list[str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """`python CLI run` of checkout `repo` with policy d/p.toml, state and socket in `d`,
-    its output in d/log; returned once it answers a ping (SystemExit with its log
-    when it does not within 20 s)."""
+    its output in d/log; returned once it answers a ping. When it does not within 20 s:
+    SystemExit with its log, and `d` removed (the callers start it before their
+    try/finally, so a daemon that never started left its directory on /dev/shm)."""
     sock = str(d / "s.sock")
     env = dict(os.environ, PYTHONPATH=str(repo.resolve()))
     with open(d / "log", "wb") as logf:
@@ -267,7 +268,9 @@ def start_daemon(repo: pathlib.Path, d: pathlib.Path, cli: list[str],
             if time.monotonic() > end or dm.poll() is not None:
                 dm.kill()
                 dm.wait()
-                raise SystemExit((d / "log").read_text()) from None
+                log = (d / "log").read_text()
+                shutil.rmtree(d, ignore_errors=True)
+                raise SystemExit(log) from None
             time.sleep(0.05)
 
 
