@@ -325,14 +325,20 @@ def test_the_walk_sees_the_import_forms_it_checks() -> None:
     assert _cycles({"a": {"b"}, "b": set()}) == []
 
 
+def _after_start(code: str) -> str:
+    """The output of `code`, run in a fresh interpreter after what a daemon's start
+    imports (the cli, the daemon and the service hooks)."""
+    prelude = "import sys; from agentlatd import cli; import agentlatd.daemon, agentlatd.service; "
+    return subprocess.run([sys.executable, "-c", prelude + code], cwd=PKG.parent,
+                          capture_output=True, text=True, check=True, timeout=60).stdout
+
+
 def test_the_daemon_process_imports_no_tool() -> None:
     # the same contract at run time: what `agentlatd run --help` has imported once its
     # parser is built (cli.main's path up to parse_args), daemon included
-    code = ("import sys; from agentlatd import cli; import agentlatd.daemon, agentlatd.service; "
-            "cli.build_parser(cli.command_of(['run', '--help'])); "
-            "print('\\n'.join(m for m in sys.modules if m.startswith('agentlatd.')))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=PKG.parent, capture_output=True,
-                         text=True, check=True, timeout=60).stdout.split()
+    out = _after_start("cli.build_parser(cli.command_of(['run', '--help'])); "
+                       "print('\\n'.join(m for m in sys.modules if m.startswith('agentlatd.')))"
+                       ).split()
     assert "agentlatd.commands.run" in out and "agentlatd.daemon" in out
     loaded = sorted(m for m in out if _within(m, "agentlatd.tools") or (
         _within(m, "agentlatd.commands") and m not in ("agentlatd.commands", DAEMON_ROOT)))
@@ -343,9 +349,8 @@ def test_pyroute2_is_not_imported_by_every_command() -> None:
     # pyroute2's package imports all of itself (asyncio, NDB, IPDB, conntrack: ~130 ms
     # of a command's start, 0.41 -> 0.33 s for the daemon's imports); only the
     # generic netlink knobs need it, and they import it when they build a message
-    code = ("import sys; from agentlatd import cli; import agentlatd.daemon, agentlatd.service; "
-            "[cli.build_parser(c) for c in ('run', 'plan', 'status', 'apply', 'agents')]; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pyroute2', 'asyncio')))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=PKG.parent, capture_output=True,
-                         text=True, check=True, timeout=60).stdout.strip()
+    out = _after_start(
+        "[cli.build_parser(c) for c in ('run', 'plan', 'status', 'apply', 'agents')]; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pyroute2', 'asyncio')))"
+    ).strip()
     assert out == "[]", f"imported at a command's start: {out}"
