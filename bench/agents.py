@@ -139,6 +139,13 @@ def cpu_ns(pid: int) -> int:
         return int(f.read().split()[0])
 
 
+def register_load(c: Conn, pids: list[int]) -> None:
+    """Register each of `pids` as agent "load<pid>" over `c`, one at a time."""
+    for pid in pids:
+        _, ans = c.rtt("register", agent_id=f"load{pid}", pid=pid)
+        assert ans["ok"], ans
+
+
 def register_round(path: str, n: int, daemon_pid: int = 0,
                    cpu: list[float] | None = None, ucpu: list[float] | None = None
                    ) -> tuple[list[float], list[float], list[float]]:
@@ -352,9 +359,7 @@ def main() -> int:
             load = Sleepers(args.agents)
             c = Conn(sock)
             t0 = time.monotonic()
-            for pid in load.pids:
-                _, ans = c.rtt("register", agent_id=f"load{pid}", pid=pid)
-                assert ans["ok"], ans
+            register_load(c, load.pids)
             out[f"register_{args.agents}_sequential_s"] = round(time.monotonic() - t0, 3)
             cpu = []
             ucpu: list[float] = []

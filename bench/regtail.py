@@ -47,7 +47,7 @@ from typing import Any
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "tests"))
-from agents import POLICY, Conn, register_round, start_daemon, summary  # noqa: E402 - bench/ on sys.path
+from agents import POLICY, Conn, register_load, register_round, start_daemon, summary  # noqa: E402 - bench/ on sys.path
 from support.sleepers import Sleepers  # noqa: E402 - after tests/ is on sys.path
 
 # variant -> the statement the launcher runs before agentlatd's __main__
@@ -77,9 +77,7 @@ def one_run(variant: str, agents: int, samples: int) -> tuple[list[float], list[
     load = Sleepers(agents)
     try:
         c = Conn(sock)
-        for pid in load.pids:
-            _, ans = c.rtt("register", agent_id=f"load{pid}", pid=pid)
-            assert ans["ok"], ans
+        register_load(c, load.pids)
         c.close()
         time.sleep(1.0)  # past the registrations' own agent tick
         cpu: list[float] = []

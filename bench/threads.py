@@ -43,7 +43,7 @@ from typing import Any
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "tests"))
-from agents import POLICY, Conn, start_daemon  # noqa: E402 - after bench/ is on sys.path
+from agents import POLICY, Conn, register_load, start_daemon  # noqa: E402 - after bench/ is on sys.path
 from support.sleepers import Sleepers  # noqa: E402 - after tests/ is on sys.path
 
 TICK_S = os.sysconf("SC_CLK_TCK")
@@ -90,9 +90,7 @@ def one_run(repo: pathlib.Path, pids: list[int], settle: float, window: float) -
     out: dict[str, Any] = {"repo": str(repo)}
     try:
         c = Conn(sock)
-        for pid in pids:
-            _, ans = c.rtt("register", agent_id=f"load{pid}", pid=pid)
-            assert ans["ok"], ans
+        register_load(c, pids)
         time.sleep(settle)
         ticks: list[float] = []
         scans: list[float] = []
