@@ -48,6 +48,8 @@ PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
+PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _MAX_CAP = 63  # two 32-bit words in capset's v3 data
 
@@ -81,7 +83,7 @@ def _lib() -> ctypes.CDLL:
     return _libc
 
 
-def _prctl(option: int, arg2: int = 0) -> int:
+def prctl(option: int, arg2: int = 0) -> int:
     lib = _lib()
     r = int(lib.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(0),
                       ctypes.c_ulong(0), ctypes.c_ulong(0)))
@@ -96,7 +98,7 @@ def bounding_set() -> frozenset[int]:
     out = set()
     for cap in range(_MAX_CAP + 1):
         try:
-            if _prctl(PR_CAPBSET_READ, cap):
+            if prctl(PR_CAPBSET_READ, cap):
                 out.add(cap)
         except OSError:  # EINVAL: past the kernel's last capability
             break
@@ -118,6 +120,38 @@ def current() -> tuple[frozenset[int], frozenset[int], frozenset[int]]:
     return bits("effective"), bits("permitted"), bits("inheritable")
 
 
+def _capset(want: frozenset[int]) -> None:
+    """Effective and permitted := `want`, inheritable and ambient emptied (none of
+    it needs a capability: capset(2) may always drop)."""
+    with contextlib.suppress(OSError):  # EINVAL before Linux 4.3: no ambient set
+        prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    hdr = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_Data * 2)()
+    for i in (0, 1):
+        word = sum(1 << (c - 32 * i) for c in want if c // 32 == i)
+        data[i].effective = word
+        data[i].permitted = word
+        data[i].inheritable = 0
+    if _lib().capset(ctypes.byref(hdr), data) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"capset: {os.strerror(e)}")
+
+
+def narrow(keep: frozenset[int]) -> frozenset[int]:
+    """Keep only `keep` of the calling thread's capabilities, in a process that may
+    not change its bounding set (a child of the daemon after drop(): no
+    CAP_SETPCAP). no_new_privs first, so that no later execve can grant more
+    (set-uid bits and file capabilities are ignored under it, prctl(2)), then
+    capset(2). Returns what is kept (nothing to narrow when not root)."""
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if os.geteuid() != 0:
+        return frozenset()
+    _, perm, _ = current()
+    want = keep & perm
+    _capset(want)
+    return want
+
+
 def drop(keep: frozenset[int] = NEEDED) -> Dropped:
     """Keep only `keep` (effective, permitted), none inheritable or ambient, and
     bound the thread to `keep`. Skipped, with a debug log, when not root."""
@@ -129,20 +163,9 @@ def drop(keep: frozenset[int] = NEEDED) -> Dropped:
     want = keep & perm  # capset cannot add what the thread does not have
     n = 0
     for cap in sorted(bounding_set() - keep):
-        _prctl(PR_CAPBSET_DROP, cap)
+        prctl(PR_CAPBSET_DROP, cap)
         n += 1
-    with contextlib.suppress(OSError):  # EINVAL before Linux 4.3: no ambient set
-        _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
-    hdr = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_Data * 2)()
-    for i in (0, 1):
-        word = sum(1 << (c - 32 * i) for c in want if c // 32 == i)
-        data[i].effective = word
-        data[i].permitted = word
-        data[i].inheritable = 0
-    if _lib().capset(ctypes.byref(hdr), data) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"capset: {os.strerror(e)}")
+    _capset(want)
     if others:
         log.warning("threads %s were running before the capability drop and keep their "
                     "capabilities", ", ".join(others))

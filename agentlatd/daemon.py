@@ -57,9 +57,10 @@ from agentlatd import __version__, knobset, logging_setup
 from agentlatd import policy as policy_mod
 from agentlatd.agents import views as agent_views
 from agentlatd.agents.applier import Applier
-from agentlatd.agents.chain import ChainKeeper, ChainScanner
+from agentlatd.agents.chain import ChainKeeper
 from agentlatd.agents.chainrow import ChainRow
 from agentlatd.agents.registry import AgentManager
+from agentlatd.agents.scanworker import WorkerScans
 from agentlatd.agentwork import AgentWork
 from agentlatd.api.server import Server
 from agentlatd.apply.engine import Engine
@@ -124,13 +125,14 @@ class Daemon:
         self.sel = selectors.DefaultSelector()
         self.pidfds = Pidfds(self.sel, self.manager.mark_dead)
         self.manager.close_pidfd = self.pidfds.close
-        # completion chains: found in the tuner thread, placed in the main one
-        self.chain_scanner = ChainScanner()
-        self.chain = ChainKeeper(self.manager, self.chain_scanner)
+        # completion chains: found by the tuner thread (with the irqbalance watch,
+        # in a child process: agents/scanworker.py), placed in the main one
+        self.scans = WorkerScans(self.root)
+        self.chain = ChainKeeper(self.manager, self.scans)
         self.manager.set_chain(self.chain.decisions())
         self.waker = Wakeup()
         self.tuner = Tuner(self.root, self.engine, TickInput(policy, tune_devices=tune_devices),
-                           chain_scanner=self.chain_scanner, heat_source=heat_source,
+                           scans=self.scans, heat_source=heat_source,
                            wake=self.waker.wake)
         self.view = _View(self)
         self.server: Server | None = None
@@ -463,6 +465,7 @@ def _status(d: Daemon) -> dict[str, Any]:
     }
     out.update(agent_views.status(d.manager))
     out.update(d.chain.status())
+    out["scan_worker"] = d.scans.info.to_json()
     return out
 
 

@@ -291,7 +291,8 @@ class Sampler:
     apply feedback). Owned by one thread."""
 
     def __init__(self, root: Root, *, clock: Callable[[], float] = time.monotonic,
-                 machine_ttl: float = MACHINE_TTL) -> None:
+                 machine_ttl: float = MACHINE_TTL,
+                 irqbalance_pids: Callable[[], tuple[int, ...]] | None = None) -> None:
         self.root = root
         self.clock = clock
         self.machine_ttl = machine_ttl
@@ -304,7 +305,9 @@ class Sampler:
         self.cpuhp_busy: frozenset[int] = frozenset()  # CPUs whose hotplug still runs
         self.cpuhp_since = 0.0  # when the hotplug they belong to was seen
         self.cpuhp_pending = False  # a hotplug was seen and the tick after its end is to come
-        self.irqbalance_watch = irqbalance.Watch(root)
+        # the pids of the running irqbalance (the tuner's ProcScans.irqbalance)
+        self.irqbalance_pids = (irqbalance_pids if irqbalance_pids is not None
+                                else irqbalance.Watch(root).running)
 
     def record(self, report: ApplyReport) -> None:
         """The apply report of this tick: the next tick's feedback stage reads it."""
@@ -398,7 +401,7 @@ class Sampler:
         """irqbalance's pids, and (daemon.irqbalance = "cooperate") how the home CPUs
         are banned in it and what it banned before agentlatd (irqbalance_env.choose:
         the journal's channel first, else its socket, else its environment file)."""
-        pids = self.irqbalance_watch.running()
+        pids = self.irqbalance_pids()
         if not pids or pol.daemon.irqbalance != "cooperate" or not tune_devices:
             return pids, NO_CHANNEL
         try:

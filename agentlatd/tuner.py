@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from agentlatd.agents.applier import AGENT_KNOBS
-from agentlatd.agents.chain import ChainScanner
+from agentlatd.agents.scans import LocalScans, ProcScans
 from agentlatd.apply.engine import FAILED, UNSUPPORTED, ApplyReport, Drift, Engine
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import PolicyError
@@ -90,19 +90,21 @@ class Tuner:
     """sample -> plan -> apply -> drift, each tick (the module docstring)."""
 
     def __init__(self, root: Root, engine: Engine, inp: TickInput, *,
-                 chain_scanner: ChainScanner | None = None,
+                 scans: ProcScans | None = None,
                  heat_source: Callable[[], Mapping[int, float]] | None = None,
                  wake: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.root = root
         self.engine = engine
         self.input = inp  # replaced whole by the main thread (set_input), read once per tick
-        self.chain_scanner = chain_scanner if chain_scanner is not None else ChainScanner()
+        # the irqbalance watch and the chain scan (agents/scans.py; the daemon's runs
+        # them in a child process, agents/scanworker.py)
+        self.scans: ProcScans = scans if scans is not None else LocalScans(root)
         # tests inject heat for "a home CPU turns hot" on a small host
         self.heat_source = heat_source
         self.wake = wake
         self.clock = clock
-        self.sampler = Sampler(root, clock=clock)
+        self.sampler = Sampler(root, clock=clock, irqbalance_pids=self.scans.irqbalance)
         self.seq = 0
         self.state: TunerState | None = None  # the last published state (one reference swap)
         self.stop = threading.Event()
@@ -139,12 +141,8 @@ class Tuner:
             report, drift = table.run("apply", "apply",
                                       lambda: self._apply(snap, tp.changes, table),
                                       no_apply, level=logging.ERROR)
-        # the irqbalance stage's listing of proc/: one listing a tick, not two
-        procs = self.sampler.irqbalance_watch.take_procs()
         table.run("chain", "chain discovery",
-                  lambda: self.chain_scanner.update(self.root, inp.chain_agents, rules=pol.chain,
-                                                    procs=procs),
-                  None)
+                  lambda: self.scans.chain(inp.chain_agents, pol.chain), None)
         rates = snap.rates
         heat = dict(rates.heat) if rates is not None else {}
         if rates is not None and plan is not None and plan.agent_links.local:
@@ -253,6 +251,7 @@ class Tuner:
         return out
 
     def start(self) -> None:
+        self.scans.start()  # the daemon's scan worker starts here (agents/scanworker.py)
         self.thread = threading.Thread(target=self._run, name="agentlatd-tuner", daemon=True)
         self.thread.start()
 
@@ -268,3 +267,4 @@ class Tuner:
         self.stop.set()
         if self.thread is not None:
             self.thread.join(timeout)
+        self.scans.close()

@@ -48,7 +48,7 @@ import os
 import time
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from agentlatd.agents.agent import Agent
 from agentlatd.agents.autoreg import matches, rule_usable
@@ -145,13 +145,26 @@ class ScanCost:
     truncated: bool = False  # a cap was hit: some peers may be missing
 
 
+class ScanResults(Protocol):
+    """What the keeper reads of the scan (ChainScanner, or agents/scanworker.py's
+    WorkerScans): two values, each replaced whole by the tuner thread."""
+
+    @property
+    def found(self) -> Mapping[ProcId, tuple[Link, ...]]: ...
+
+    @property
+    def cost(self) -> ScanCost: ...
+
+
 class ChainScanner:
-    def __init__(self) -> None:
+    def __init__(self, daemon_pid: int | None = None) -> None:
         self.found: Mapping[ProcId, tuple[Link, ...]] = {}  # replaced whole
         self.scanned: dict[ProcId, float] = {}
         self.holders: dict[tuple[int, int], ProcId] = {}  # (ns, socket inode) -> holder
         self.cost = ScanCost()
-        self.self_pid = os.getpid()
+        # the daemon is never an agent's chain member (agents talk to its socket);
+        # agents/scanchild.py scans for it from another process
+        self.self_pid = os.getpid() if daemon_pid is None else daemon_pid
         self.own_ns: int | None = None
         self.unix_ok = True
         self.rule_seen: dict[ProcId, tuple[str, tuple[int, ...]]] = {}  # proc -> (comm, rules)
@@ -404,7 +417,7 @@ class ChainKeeper:
     takes members out of exclusivity through CpuKeeper's chain-member methods,
     and leaves latency judgements to the guard (agents/guard.py)."""
 
-    def __init__(self, manager: AgentManager, scanner: ChainScanner,
+    def __init__(self, manager: AgentManager, scanner: ScanResults,
                  clock: Any = time.monotonic) -> None:
         self.reg: Registrations = manager
         self.placer: HomePlacer = manager.placer
