@@ -13,8 +13,11 @@ and before its first answer it
   anything, and no execve could give it one;
 - leaves a real-time policy it inherited for SCHED_BATCH: a scan must never delay the
   daemon's loop or an agent (the daemon may run SCHED_FIFO);
-- ignores SIGINT: a Ctrl-C in the daemon's terminal is the daemon's to handle, and
-  the daemon closes this worker's stdin as it stops.
+- ignores SIGINT, SIGTERM and SIGHUP: a Ctrl-C or hang-up of the daemon's terminal,
+  and `systemctl stop` (which signals every process of the unit), are the daemon's
+  to handle; it closes this worker's stdin as it stops (and a daemon that dies
+  takes the worker with it, above). Killed by the unit's SIGTERM, the worker
+  looked broken to the daemon's last tick: a warning at every clean stop.
 It answers until stdin closes. A scan that raises is answered {"error": ...} and the
 worker serves on; anything else ends it, and the daemon starts another.
 """
@@ -74,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     base, parent = args[0], int(args[1])
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="agentlatd scan worker: %(levelname)s %(message)s")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     caps.prctl(caps.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the daemon died before the line above
         return 0

@@ -220,6 +220,26 @@ def test_the_daemons_worker_keeps_ptrace_alone_and_is_replaced_when_killed() -> 
             a1.close()
 
 
+def test_scan_worker_killed_by_the_units_sigterm_at_every_clean_stop() -> None:
+    """`systemctl stop` signals every process of the unit: the worker ignores SIGTERM
+    (and SIGHUP, SIGINT) and ends when the daemon closes its stdin, so a clean stop
+    logs no failed worker (the service test's guest did, at each stop)."""
+    with workdir() as d, daemon(d, policy_text()) as dm:
+        w = wait_until(lambda: dm.status()["scan_worker"]["pid"], 15.0,
+                       what="the scan worker started")
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            os.kill(w, sig)
+        t0 = dm.status()["tick"]
+        wait_until(lambda: dm.status()["tick"] >= t0 + 2, 15.0, what="two tuner ticks")
+        st = dm.status()["scan_worker"]
+        assert st["pid"] == w and st["failures"] == 0, st
+        for sig in (signal.SIGTERM, signal.SIGINT):  # the unit's stop, a terminal's ^C
+            os.kill(w, sig)
+        assert dm.stop(signal.SIGTERM) == 0
+        assert f"scan worker (pid {w}) failed" not in dm.log, dm.log
+        wait_until(lambda: _gone(w), 5.0, what="the worker ended with the daemon")
+
+
 def test_the_worker_does_not_outlive_a_daemon_killed_with_sigkill() -> None:
     with workdir() as d, daemon(d, policy_text()) as dm:
         w = wait_until(lambda: dm.status()["scan_worker"]["pid"], 15.0,
