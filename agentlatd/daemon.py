@@ -433,6 +433,10 @@ class _View:
     def guard_undone(self) -> Mapping[str, int]:
         return dict(self._d.chain.guard.undone)
 
+    def scan_worker(self) -> tuple[bool, int]:
+        info = self._d.scans.info
+        return info.pid is not None, info.failures
+
 
 def _status(d: Daemon) -> dict[str, Any]:
     st = d.last_state

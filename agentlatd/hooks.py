@@ -55,6 +55,9 @@ class DaemonView(Protocol):
     def guard_undone(self) -> Mapping[str, int]:
         """Chain decisions the do-no-harm guard undid, by kind."""
 
+    def scan_worker(self) -> tuple[bool, int]:
+        """The scan worker: (a child answers now, children found broken so far)."""
+
 
 @dataclass(slots=True)
 class Hooks:

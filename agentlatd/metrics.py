@@ -248,6 +248,10 @@ class View:
     # the slowest-steps view (steps/slowsteps.py), agents with series of their own only:
     # (agent, slow steps, ((cause, ns), ...))
     slow_steps: tuple[tuple[str, int, tuple[tuple[str, int], ...]], ...] = ()
+    # the scan worker (agents/scanworker.py): 1 while a child answers, 0 while the
+    # tuner thread scans itself; None: the daemon has none (no families then)
+    scan_worker_up: int | None = None
+    scan_worker_failures: int = 0
 
 
 class AgentLike(Protocol):
@@ -326,6 +330,8 @@ class Metrics:
         # deltas of every numbered IRQ; the kernel has no per-CPU total of its own)
         self.cpu_irqs_total: dict[int, float] = {}
         self.guard_undone: dict[str, int] = {}  # decision kind -> times the guard undid it
+        self.scan_worker_up: int | None = None
+        self.scan_worker_failures = 0
         self.home_irqs_total = 0.0
         self.home_softirqs_total: dict[str, float] = {}
         self.discontinuities: dict[str, int] = {}
@@ -396,7 +402,8 @@ class Metrics:
                      active_changes: int | None = None, hot_cpus: Iterable[int] | None = None,
                      softirqs: Softirqs | None = None, stat: Stat | None = None,
                      failed: bool = False,
-                     guard_undone: Mapping[str, int] | None = None) -> None:
+                     guard_undone: Mapping[str, int] | None = None,
+                     scan_worker: tuple[bool, int] | None = None) -> None:
         """The end of one tick: O(CPUs + vectors x home CPUs) additions, no rendering.
 
         hot_cpus: the home CPUs the placement calls hot (heat >= heat.hot for
@@ -444,6 +451,8 @@ class Metrics:
             self.hot_cpus = CpuSet(hot_cpus)
         if guard_undone is not None:
             self.guard_undone = dict(guard_undone)
+        if scan_worker is not None:  # (a child answers, children found broken so far)
+            self.scan_worker_up, self.scan_worker_failures = int(scan_worker[0]), scan_worker[1]
 
     # -- the view --------------------------------------------------------
     def view(self, agents: Iterable[AgentLike] = (), policy: Policy | None = None,
@@ -558,7 +567,8 @@ class Metrics:
             guard_undone=tuple(sorted(self.guard_undone.items())),
             class_budgets=budgets, max_agents=cap,
             per_cpu_vectors=pol.metrics.per_cpu_softirq_vectors if pol is not None else False,
-            slow_steps=_slow_series(slow_steps, {aid for aid, _ in own}))
+            slow_steps=_slow_series(slow_steps, {aid for aid, _ in own}),
+            scan_worker_up=self.scan_worker_up, scan_worker_failures=self.scan_worker_failures)
 
     def render(self, agents: Iterable[AgentLike] = (), policy: Policy | None = None,
                openmetrics: bool = False) -> str:
@@ -703,6 +713,12 @@ def families(v: View) -> list[Family]:
              "agent slower, by decision kind")
     for kind, n in v.guard_undone:
         gu.add(n, decision=kind)
+    if v.scan_worker_up is not None:
+        fam("scan_worker_up", "gauge", "1 while the scan worker (the child process that scans "
+            "every process for irqbalance and agents' chains) answers; 0 while the tuner "
+            "thread scans itself until another starts").add(v.scan_worker_up)
+        fam("scan_worker_failures", "counter", "Scan workers found broken (dead, silent or "
+            "off the protocol), killed and replaced").add(v.scan_worker_failures)
     step = fam("agent_step_seconds", "histogram", "Agent step latency reported by the agent "
                "(agent=\"other\": the agents beyond metrics.max_agents, per class)")
     les = [format_le(b) for b in stats.EXPORT_BOUNDS_S] + ["+Inf"]

@@ -237,7 +237,8 @@ class Service:
                        hot_cpus=d.hot_cpus(),
                        softirqs=snap.softirqs if snap is not None else None,
                        stat=snap.stat if snap is not None else None,
-                       failed=bool(st.error), guard_undone=d.guard_undone())
+                       failed=bool(st.error), guard_undone=d.guard_undone(),
+                       scan_worker=d.scan_worker())
         self.exporter.tick()
 
     def status_line(self, d: DaemonView, st: TunerState) -> str:

@@ -300,6 +300,17 @@ def test_chain_members_and_undone_decisions_in_the_metrics() -> None:
                   decision="exclusive") == 1
 
 
+def test_the_scan_worker_in_the_metrics_only_when_the_daemon_has_one() -> None:
+    m = Metrics()
+    m.observe_tick(duration_s=0.01)
+    assert "agentlatd_scan_worker_up" not in _parse(render_view(m.view()))
+    m.observe_tick(duration_s=0.01, scan_worker=(False, 3))  # broken 3 times, none now
+    fams = _parse(render_view(m.view()))
+    assert _value(fams["agentlatd_scan_worker_up"], "agentlatd_scan_worker_up") == 0
+    assert _value(fams["agentlatd_scan_worker_failures"],
+                  "agentlatd_scan_worker_failures_total") == 3
+
+
 def test_per_cpu_softirq_vectors_only_when_the_policy_asks() -> None:
     m = Metrics()
     m.observe_tick(duration_s=0.0, softirqs=_softirqs())
@@ -590,6 +601,10 @@ def test_scrape_a_real_daemon(tmp_path: pathlib.Path) -> None:
         assert {x.labels["sampler"] for x in s["agentlatd_sampler_duration_seconds"]} == samplers
         assert all(x.value == 1 for x in s["agentlatd_sampler_success"])
         assert _value(s["process_open_fds"], "process_open_fds") > 3
+        # the scan worker answered the ticks, and none was replaced
+        assert _value(s["agentlatd_scan_worker_up"], "agentlatd_scan_worker_up") == 1
+        assert _value(s["agentlatd_scan_worker_failures"],
+                      "agentlatd_scan_worker_failures_total") == 0
     finally:
         notify.close()
 
@@ -641,6 +656,9 @@ class _StubDaemon:
 
     def guard_undone(self) -> dict[str, int]:
         return {}
+
+    def scan_worker(self) -> tuple[bool, int]:
+        return True, 0
 
     def wake(self) -> None:
         self.woken.set()
