@@ -267,4 +267,9 @@ class Tuner:
         self.stop.set()
         if self.thread is not None:
             self.thread.join(timeout)
+            if self.thread.is_alive():
+                # still in a tick (a scan worker's reply can take up to its
+                # deadline): the scans are the thread's, never closed under it.
+                # The worker ends with this process (EOF on its stdin, PDEATHSIG)
+                return
         self.scans.close()

@@ -155,6 +155,7 @@ def test_a_broken_worker_is_killed_and_the_thread_scans_itself(
     code, why = FAKES[how]
     now = [100.0]
     pids = tmp_path / "pids"
+    fds = len(os.listdir("/proc/self/fd"))
     w = WorkerScans(ROOT, argv=_fake(code, pids), timeout_s=0.5, start_timeout_s=5.0,
                     max_reply=4096, clock=lambda: now[0])
     w.start()
@@ -171,6 +172,8 @@ def test_a_broken_worker_is_killed_and_the_thread_scans_itself(
         now[0] += 0.6
         w.irqbalance()
         assert w.info.starts == 2 and w.info.failures == 2
+        # each child's pipes were closed with it
+        assert len(os.listdir("/proc/self/fd")) == fds
     finally:
         w.close()
 
