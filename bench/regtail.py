@@ -3,6 +3,7 @@ trip's tail with many agents registered. Not a test: it prints figures.
 
     sudo .venv/bin/python bench/regtail.py                       # defaults below
     sudo .venv/bin/python bench/regtail.py --rounds 3 --json
+    sudo .venv/bin/python bench/regtail.py --variants shipped --repo /tmp/old --repo . --rounds 8
 
 What it runs: bench/agents.py's daemon and policy (nothing but the benchmark's
 own processes is touched), SCHED_FIFO 10 as bench/agents.py --rt, --agents
@@ -22,6 +23,11 @@ one job off before `runpy` runs agentlatd (as bench/threads.py names its
 threads): the daemon reads no switch of its own. The variants run in turn,
 --rounds times, each round with a fresh daemon and the same number of agents,
 so they share the machine's state; pooled figures are printed last.
+
+--repo CHECKOUT (repeatable; default this one): run the daemon of each checkout,
+every variant of each in turn within a round, for a before/after of two trees
+measured side by side (one run per tree is not: on a shared 2-core machine two
+runs of the same tree differ by 2x at p99). The client is always this one.
 
   register_rtt   the first register's round trip (us): p50, p99, max
   register_cpu   the daemon main thread's CPU time during it (us, p50; see
@@ -67,13 +73,14 @@ runpy.run_module("agentlatd", run_name="__main__", alter_sys=True)
 """
 
 
-def one_run(variant: str, agents: int, samples: int) -> tuple[list[float], list[float]]:
-    """A fresh daemon of `variant` with `agents` agents: the register round's round
-    trips and main-thread CPU times (us)."""
+def one_run(variant: str, agents: int, samples: int, repo: pathlib.Path = REPO
+            ) -> tuple[list[float], list[float]]:
+    """A fresh daemon of `variant` (checkout `repo`) with `agents` agents: the
+    register round's round trips and main-thread CPU times (us)."""
     d = pathlib.Path(tempfile.mkdtemp(prefix="agentlatd-bench-",
                                       dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
     (d / "p.toml").write_text(POLICY)
-    dm, sock = start_daemon(REPO, d, ["-c", LAUNCH.format(off=OFF[variant])])
+    dm, sock = start_daemon(repo, d, ["-c", LAUNCH.format(off=OFF[variant])])
     load = Sleepers(agents)
     try:
         c = Conn(sock)
@@ -99,30 +106,37 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="runs of every variant, in turn")
     ap.add_argument("--variants", default=",".join(OFF),
                     help=f"comma-separated, of {', '.join(OFF)}")
+    ap.add_argument("--repo", type=pathlib.Path, action="append", default=[],
+                    help="a checkout whose daemon to run (repeatable; default this one)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     bad = [v for v in variants if v not in OFF]
     if bad or not variants:
         ap.error(f"--variants: unknown {', '.join(bad) or '(none given)'}")
+    repos = [r.resolve() for r in args.repo] or [REPO]
+    if missing := [str(r) for r in repos if not (r / "agentlatd" / "__init__.py").is_file()]:
+        ap.error(f"--repo: no agentlatd/ in {', '.join(missing)}")
+    # a run's name: the variant, with its checkout's when there are several
+    name = {(r, v): v if len(repos) == 1 else f"{r}:{v}" for r in repos for v in variants}
     if os.geteuid() != 0:
         print("bench/regtail.py: run as root (the daemon pins the agents)", file=sys.stderr)
         return 2
     os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))  # the daemon inherits it
-    rtt: dict[str, list[float]] = {v: [] for v in variants}
-    cpu: dict[str, list[float]] = {v: [] for v in variants}
+    rtt: dict[str, list[float]] = {n: [] for n in name.values()}
+    cpu: dict[str, list[float]] = {n: [] for n in name.values()}
     runs: list[dict[str, Any]] = []
     for i in range(args.rounds):
-        for v in variants:
-            r, c = one_run(v, args.agents, args.samples)
-            rtt[v] += r
-            cpu[v] += c
-            runs.append({"round": i, "variant": v, "register_rtt": summary(r),
+        for (repo, v), n in name.items():
+            r, c = one_run(v, args.agents, args.samples, repo)
+            rtt[n] += r
+            cpu[n] += c
+            runs.append({"round": i, "variant": n, "register_rtt": summary(r),
                          "register_cpu_p50_us": summary(c)["p50_us"]})
             if not args.json:
                 print(json.dumps(runs[-1]), flush=True)
-    pooled = {v: {"register_rtt": summary(rtt[v]), "register_cpu_p50_us": summary(cpu[v])["p50_us"]}
-              for v in variants}
+    pooled = {n: {"register_rtt": summary(rtt[n]), "register_cpu_p50_us": summary(cpu[n])["p50_us"]}
+              for n in name.values()}
     if args.json:
         print(json.dumps({"agents": args.agents, "host_cpus": os.cpu_count(),
                           "kernel": os.uname().release, "runs": runs, "pooled": pooled},

@@ -14,7 +14,9 @@ sleepers.py, no step ring) registered one by one; then, after --settle
 seconds, a --window seconds long look at the daemon's threads:
 
   cpu_ms_per_s   per thread (by its name in /proc/PID/task/TID/comm): utime +
-                 stime over the window, ms of CPU per second of wall time
+                 stime over the window, ms of CPU per second of wall time; and
+                 "child processes": the daemon's children (the scan worker),
+                 whole processes
   tuner_tick_ms  the `status` op's tuner_tick_ms, read once a second
                  (median and max)
   chain_scan_ms  the chain scan's part of the tuner tick (status chain_scan.ms)
@@ -79,6 +81,22 @@ def thread_cpu(pid: int) -> dict[str, float]:
         except OSError:
             continue  # the thread ended
         out[name] = out.get(name, 0.0) + (int(rest[11]) + int(rest[12])) / TICK_S
+    # the daemon's child processes (the scan worker: agents/scanworker.py), whole:
+    # the work it takes off the threads still costs the host CPU
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids = f.read().split()
+        except OSError:
+            continue
+        for kid in kids:
+            try:
+                with open(f"/proc/{kid}/stat") as f:
+                    rest = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # it exited
+            out["child processes"] = (out.get("child processes", 0.0)
+                                      + (int(rest[11]) + int(rest[12])) / TICK_S)
     return out
 
 
