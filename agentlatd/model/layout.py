@@ -31,6 +31,19 @@ class CpuLayout:
     siblings: Mapping[int, CpuSet] = field(default_factory=dict)  # cpu -> its core's CPUs
     node_of: Mapping[int, int] = field(default_factory=dict)
     online: CpuSet = field(default_factory=CpuSet)
+    # CPUs that share a core with a completion CPU but are not one: made once per
+    # layout, not per registration (candidates() walked every completion CPU's
+    # siblings each time it was asked)
+    beside_completion: CpuSet = field(init=False, compare=False, repr=False,
+                                      default_factory=CpuSet)
+    # CPU -> its place in quiet_order, made once per layout for the same reason
+    quiet_rank: Mapping[int, int] = field(init=False, compare=False, repr=False,
+                                          default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "beside_completion",
+                           self.siblings_of(self.completion) - self.completion)
+        object.__setattr__(self, "quiet_rank", {c: i for i, c in enumerate(self.quiet_order)})
 
     def siblings_of(self, cpus: Iterable[int]) -> CpuSet:
         out: set[int] = set()
@@ -38,11 +51,13 @@ class CpuLayout:
             out |= self.siblings.get(c, CpuSet({c}))
         return CpuSet(out)
 
-    def candidates(self, node: int | None = None) -> CpuSet:
-        """Home CPUs an agent may get (module docstring)."""
-        cand = self.home - (self.siblings_of(self.completion) - self.completion)
+    def candidates(self, node: int | None = None, within: CpuSet | None = None) -> CpuSet:
+        """Home CPUs an agent may get (module docstring); `within`: of those CPUs only
+        (an agent's cpuset), the same preferences applied inside it."""
+        home = self.home if within is None else self.home & within
+        cand = home - self.beside_completion
         if not cand:
-            cand = self.home
+            cand = home
         if node is not None:
             on_node = CpuSet(c for c in cand if self.node_of.get(c, 0) == node)
             if on_node:

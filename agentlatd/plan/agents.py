@@ -50,15 +50,19 @@ def band(heat: float | None, pol: HeatPolicy) -> int:
 
 def choose_home(layout: CpuLayout, heat: Mapping[int, float], load: Mapping[int, int],
                 pol: HeatPolicy, *, node: int | None = None,
-                hot: frozenset[int] = frozenset(), exclude: Iterable[int] = ()) -> int | None:
-    """The home CPU for a new interactive agent (module docstring); None without home CPUs."""
-    cand = layout.candidates(node) - CpuSet(exclude)
+                hot: frozenset[int] = frozenset(), exclude: Iterable[int] = (),
+                within: CpuSet | None = None) -> int | None:
+    """The home CPU for a new interactive agent (module docstring); None without home
+    CPUs. `within`: among these home CPUs only (CpuLayout.candidates)."""
+    cand = layout.candidates(node, within)
+    if exclude:
+        cand = cand - CpuSet(exclude)
     if not cand:
         return None
     not_hot = CpuSet(c for c in cand if c not in hot and band(heat.get(c), pol) < 2)
     if not_hot:
         cand = not_hot
-    order = {c: i for i, c in enumerate(layout.quiet_order)}
+    order = layout.quiet_rank
     return min(cand, key=lambda c: (band(heat.get(c), pol), load.get(c, 0), heat.get(c, 0.0),
                                     order.get(c, len(order)), c))
 
@@ -94,11 +98,9 @@ def choose_home_within(layout: CpuLayout, heat: Mapping[int, float], load: Mappi
     if allowed is not None:
         usable_home = usable_home & allowed
     if usable_home:
-        sub = CpuLayout(usable_home, layout.completion, layout.quiet_order, layout.siblings,
-                        layout.node_of, layout.online)
         # candidates() prefers home CPUs that are not SMT siblings of completion
-        # CPUs; restricting `home` keeps that preference inside the cpuset
-        cpu = choose_home(sub, heat, load, pol, node=node, hot=hot)
+        # CPUs; `within` keeps that preference inside the cpuset
+        cpu = choose_home(layout, heat, load, pol, node=node, hot=hot, within=usable_home)
         if cpu is not None:
             return HomeChoice(cpu)
     if allowed is None:
@@ -197,8 +199,7 @@ def plan_moves(agents: Iterable[Placed], layout: CpuLayout, heat: Mapping[int, f
                          + (" but no other home CPU is free" if gone else
                             f" but no other home CPU is below heat.cool {pol.cool}"))
             continue
-        to = choose_home(CpuLayout(cool, layout.completion, layout.quiet_order, layout.siblings,
-                                   layout.node_of), heat, load, pol, node=None, hot=hot)
+        to = choose_home(layout, heat, load, pol, node=None, hot=hot, within=cool)
         if to is None:  # pragma: no cover - cool is not empty
             continue
         if gone:
