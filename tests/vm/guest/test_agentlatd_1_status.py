@@ -17,11 +17,14 @@ import pytest
 
 pytestmark = pytest.mark.vm
 NCPU = os.cpu_count() or 0
+# each IRQ's effective_affinity_list as the kernel showed it just before `status` ran
+EFFECTIVE_BEFORE: dict[int, str] = {}
 
 
 @pytest.fixture(scope="module")
 def status(agentlatd: g.Agentlatd, guest_nics: g.Nics) -> dict[str, Any]:
     before = {n: g.read_cpulist(n) for n in g.read_interrupts()}
+    EFFECTIVE_BEFORE.update({n: g.read_cpulist(n, "effective_affinity_list") for n in before})
     ran = agentlatd.run("status", "--json", "--interval", "0.5")
     assert ran.rc == 0, ran
     doc = ran.json()
@@ -57,8 +60,14 @@ def test_every_numbered_irq_is_reported_with_its_kernel_affinity(status: dict[st
         i = got[n]
         assert i["name"].endswith(row.name), (i, row)
         assert g.parse_cpulist(i["smp_affinity"]) == g.parse_cpulist(g.read_cpulist(n)), i
-        assert g.parse_cpulist(i["effective_affinity"] or "") == \
-            g.parse_cpulist(g.read_cpulist(n, "effective_affinity_list")), i
+        # the kernel may move an IRQ's effective CPU by itself, its mask unchanged (on
+        # x86 a non-managed MSI IRQ's vector is reserved, then allocated when the IRQ
+        # is started: the likely cause of virtio2-output.0 on CPU 1 in status and on
+        # CPU 0 right after, seen once): status must show a value the kernel showed,
+        # before it ran or after
+        shown = g.parse_cpulist(i["effective_affinity"] or "")
+        assert shown in (g.parse_cpulist(g.read_cpulist(n, "effective_affinity_list")),
+                         g.parse_cpulist(EFFECTIVE_BEFORE[n])), i
 
 
 def test_nvme_admin_and_io_queue_irqs_map_to_nvme0(status: dict[str, Any]) -> None:
