@@ -17,7 +17,9 @@ and before its first answer it
   and `systemctl stop` (which signals every process of the unit), are the daemon's
   to handle; it closes this worker's stdin as it stops (and a daemon that dies
   takes the worker with it, above). Killed by the unit's SIGTERM, the worker
-  looked broken to the daemon's last tick: a warning at every clean stop.
+  looked broken to the daemon's last tick: a warning at every clean stop. The
+  daemon starts it with them blocked, so one that comes while this interpreter
+  starts waits for the line that ignores it.
 It answers until stdin closes. A scan that raises is answered {"error": ...} and the
 worker serves on; anything else ends it, and the daemon starts another.
 """
@@ -37,6 +39,7 @@ from agentlatd import caps
 from agentlatd.agents import scanwire
 from agentlatd.agents.chain import ChainAgent
 from agentlatd.agents.scans import LocalScans
+from agentlatd.agents.scanworker import QUIET_SIGNALS
 from agentlatd.sample.tasks import ProcId
 from agentlatd.sysfs.root import Root
 
@@ -77,8 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     base, parent = args[0], int(args[1])
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="agentlatd scan worker: %(levelname)s %(message)s")
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    # blocked by the daemon until here (scanworker.QUIET_SIGNALS): ignoring them
+    # drops one that came while this interpreter started, then they are let through
+    for sig in QUIET_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, QUIET_SIGNALS)
     caps.prctl(caps.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the daemon died before the line above
         return 0

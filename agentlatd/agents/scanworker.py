@@ -39,6 +39,7 @@ import errno
 import logging
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -61,6 +62,9 @@ START_TIMEOUT_S = 20.0  # the interpreter's start and imports (seconds under QEM
 MAX_REPLY = 32 << 20  # bytes: MAX_SCANS_PER_TICK agents with hundreds of links each
 RETRY_MAX_S = 60.0
 _READ = 1 << 16
+# what a unit's stop or the daemon's terminal sends every process: the daemon's to
+# handle, never the worker's (agents/scanchild.py)
+QUIET_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 
 _CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); "
           "from agentlatd.agents.scanchild import main; sys.exit(main(sys.argv[2:]))")
@@ -202,10 +206,18 @@ class WorkerScans:
 
     def _spawn(self) -> None:
         self._greeted = False
-        self.proc = subprocess.Popen(
-            self.argv, bufsize=0, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
-            env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")},
-            cwd="/", close_fds=True)
+        # the child ignores these (agents/scanchild.py) once its interpreter is up; until
+        # then they stay blocked, as this thread's mask is across fork and exec: a unit's
+        # stop while the worker started killed it (the service test's guest, at stops
+        # right after starts)
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, QUIET_SIGNALS)
+        try:
+            self.proc = subprocess.Popen(
+                self.argv, bufsize=0, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=None, env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")},
+                cwd="/", close_fds=True)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         self._buf.clear()
         self._sent = {}
         self.info = replace(self.info, starts=self.info.starts + 1)

@@ -223,6 +223,24 @@ def test_the_daemons_worker_keeps_ptrace_alone_and_is_replaced_when_killed() -> 
             a1.close()
 
 
+def test_scan_worker_killed_by_sigterm_while_it_starts() -> None:
+    """A unit's stop right after its start signalled the worker before its interpreter
+    had set SIGTERM to be ignored (the service test's guest). The daemon starts it
+    with the signals blocked: sent at once, they are dropped, and it answers."""
+    w = WorkerScans(ROOT)
+    w.start()
+    try:
+        assert w.proc is not None
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            os.kill(w.proc.pid, sig)
+        assert w.irqbalance() == irqbalance.running(ROOT)
+        assert w.info.pid == w.proc.pid and w.info.failures == 0, w.info
+        # and the daemon's own mask is as it was
+        assert not signal.pthread_sigmask(signal.SIG_BLOCK, set()) & {signal.SIGTERM}
+    finally:
+        w.close()
+
+
 def test_scan_worker_killed_by_the_units_sigterm_at_every_clean_stop() -> None:
     """`systemctl stop` signals every process of the unit: the worker ignores SIGTERM
     (and SIGHUP, SIGINT) and ends when the daemon closes its stdin, so a clean stop
