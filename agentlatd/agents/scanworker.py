@@ -7,8 +7,8 @@ interval, however little the tuner has left to do: bench/regtail.py measured the
 tuner thread as the largest share of the registration tail (p99 1.5 ms against
 0.97 ms without it), and with the two scans turned off the tail was that of no
 tuner at all. In a child process the scan runs beside the loop, on another CPU or
-when the loop waits, ordered by the kernel's scheduler (the child runs SCHED_BATCH,
-agents/scanchild.py) instead of by the interpreter lock.
+when the loop waits, ordered by the kernel's scheduler (never real-time: SCHED_BATCH
+where the daemon runs SCHED_FIFO, agents/scanchild.py) instead of by the interpreter lock.
 
 WorkerScans is the tuner thread's ProcScans: each call is one request and one reply
 (agents/scanwire.py) over the child's stdin and stdout, waited for without the lock.

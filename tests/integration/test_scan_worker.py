@@ -128,6 +128,24 @@ def test_the_worker_finds_what_the_tuner_thread_finds(agent: PipeAgent) -> None:
     wait_until(lambda: _gone(pid), 5.0, what="the worker exited at close")
 
 
+def test_the_worker_of_a_real_time_daemon_is_not_real_time() -> None:
+    """bench/agents.py --rt and some deployments run the daemon SCHED_FIFO: its worker
+    must not inherit that (a scan would then delay agents and the daemon's loop)."""
+    w = WorkerScans(ROOT)
+    old = os.sched_getscheduler(0), os.sched_getparam(0)
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))  # this thread only, briefly
+    try:
+        w.start()
+    finally:
+        os.sched_setscheduler(0, old[0], old[1])
+    try:
+        w.irqbalance()  # its ready line: its set-up is done
+        assert w.proc is not None and w.info.pid == w.proc.pid
+        assert os.sched_getscheduler(w.proc.pid) == os.SCHED_BATCH
+    finally:
+        w.close()
+
+
 def _fake(code: str, pids: pathlib.Path) -> list[str]:
     """A child in the worker's place: it notes its pid in `pids`, then runs `code`."""
     return [sys.executable, "-c", "import os, sys, time\n"
