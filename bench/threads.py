@@ -71,6 +71,7 @@ def thread_cpu(pid: int) -> dict[str, float]:
     """Thread name -> utime + stime (s) of every thread of `pid` (same names summed;
     the main thread, whose tid is the pid, is "main")."""
     out: dict[str, float] = {}
+    kids: list[str] = []
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/comm") as f:
@@ -81,22 +82,21 @@ def thread_cpu(pid: int) -> dict[str, float]:
         except OSError:
             continue  # the thread ended
         out[name] = out.get(name, 0.0) + (int(rest[11]) + int(rest[12])) / TICK_S
-    # the daemon's child processes (the scan worker: agents/scanworker.py), whole:
-    # the work it takes off the threads still costs the host CPU
-    for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/children") as f:
-                kids = f.read().split()
+                kids += f.read().split()
         except OSError:
-            continue
-        for kid in kids:
-            try:
-                with open(f"/proc/{kid}/stat") as f:
-                    rest = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # it exited
-            out["child processes"] = (out.get("child processes", 0.0)
-                                      + (int(rest[11]) + int(rest[12])) / TICK_S)
+            pass  # it ended, or no CONFIG_PROC_CHILDREN
+    # the daemon's child processes (the scan worker: agents/scanworker.py), whole:
+    # the work it takes off the threads still costs the host CPU
+    for kid in kids:
+        try:
+            with open(f"/proc/{kid}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it exited
+        out["child processes"] = (out.get("child processes", 0.0)
+                                  + (int(rest[11]) + int(rest[12])) / TICK_S)
     return out
 
 

@@ -45,6 +45,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import agentlatd
 from agentlatd.agents import scanwire
@@ -62,6 +63,7 @@ START_TIMEOUT_S = 20.0  # the interpreter's start and imports (seconds under QEM
 MAX_REPLY = 32 << 20  # bytes: MAX_SCANS_PER_TICK agents with hundreds of links each
 RETRY_MAX_S = 60.0
 _READ = 1 << 16
+_T = TypeVar("_T")
 # what a unit's stop or the daemon's terminal sends every process: the daemon's to
 # handle, never the worker's (agents/scanchild.py)
 QUIET_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
@@ -141,40 +143,45 @@ class WorkerScans:
 
     # -- ProcScans -------------------------------------------------------------
     def irqbalance(self) -> tuple[int, ...]:
-        if self._ready():
-            try:
-                pids = scanwire.decode_irqbalance(self._ask(scanwire.irqbalance_request()))
-            except scanwire.WorkerError as e:
-                self._good()
-                raise ScanFailed(f"irqbalance watch (scan worker): {e}") from None
-            except (Broken, scanwire.BadReply) as e:
-                self._broke(e)
-            else:
-                self._good()
-                return pids
-        return self.local.irqbalance()
+        pids = self._exchange(scanwire.irqbalance_request, scanwire.decode_irqbalance,
+                              "irqbalance watch")
+        return pids if pids is not None else self.local.irqbalance()
 
     def chain(self, agents: Sequence[ChainAgent], rules: Sequence[ChainRule]) -> None:
         by_proc = {a.proc: a for a in agents}
-        if self._ready():
-            sent = self._sent
-            add = [a for a in agents if sent.get(a.proc) != a]
-            drop = [p for p in sent if p not in by_proc]
-            try:
-                line = self._ask(scanwire.chain_request(add, drop, rules))
-                self._sent = by_proc  # it read the request: its set is ours now
-                scanned, cost = scanwire.decode_chain(line, by_proc)
-            except scanwire.WorkerError as e:
-                self._good()
-                raise ScanFailed(f"chain scan (scan worker): {e}") from None
-            except (Broken, scanwire.BadReply) as e:
-                self._broke(e)
-            else:
-                self._good()
-                self._publish(by_proc, scanned, cost)
-                return
-        self.local.chain(agents, rules)
-        self._publish(by_proc, self.local.found, self.local.cost)
+
+        def request() -> bytes:
+            # the child holds `by_proc` once it has read this; every failed exchange
+            # forgets it (_end), so the next child is sent every agent
+            sent, self._sent = self._sent, by_proc
+            return scanwire.chain_request([a for a in agents if sent.get(a.proc) != a],
+                                          [p for p in sent if p not in by_proc], rules)
+
+        got: tuple[Mapping[ProcId, tuple[Link, ...]], ScanCost] | None = self._exchange(
+            request, lambda line: scanwire.decode_chain(line, by_proc), "chain scan")
+        if got is None:
+            self.local.chain(agents, rules)
+            got = self.local.found, self.local.cost
+        self._publish(by_proc, *got)
+
+    def _exchange(self, request: Callable[[], bytes], decode: Callable[[bytes], _T],
+                  what: str) -> _T | None:
+        """One request to the child and its decoded reply; None when there is no child
+        to ask or it broke (killed: the caller scans itself). A scan the child reports
+        failed is ScanFailed: the tick's stage says so, the child serves on. The request
+        is made once the child is ready (a new one knows no agents yet)."""
+        if not self._ready():
+            return None
+        try:
+            got = decode(self._ask(request()))
+        except scanwire.WorkerError as e:
+            self._good()
+            raise ScanFailed(f"{what} (scan worker): {e}") from None
+        except (Broken, scanwire.BadReply) as e:
+            self._broke(e)
+            return None
+        self._good()
+        return got
 
     def close(self) -> None:
         """End the child: EOF on its stdin, then SIGKILL if it has not exited in 2 s."""
@@ -303,15 +310,15 @@ class WorkerScans:
         wait = min(RETRY_MAX_S, 2.0 ** (self._in_a_row - 1))
         self._retry_at = self.clock() + wait
         why = str(e) or type(e).__name__
-        self.info = WorkerInfo(None, self.info.starts, self.info.failures + 1, why)
+        self.info = replace(self.info, failures=self.info.failures + 1, error=why)
         log.warning("scan worker%s failed: %s; the tuner thread scans itself until "
                     "another starts (in %.0f s)", f" (pid {pid})" if pid else "", why, wait)
 
     def _end(self, grace_s: float) -> None:
         proc, self.proc = self.proc, None
         self._sent = {}
+        self.info = replace(self.info, pid=None)
         if proc is None:
-            self.info = WorkerInfo(None, self.info.starts, self.info.failures, self.info.error)
             return
         assert proc.stdin is not None and proc.stdout is not None
         with contextlib.suppress(OSError):
@@ -323,4 +330,3 @@ class WorkerScans:
             proc.kill()
             proc.wait()
         proc.stdout.close()
-        self.info = WorkerInfo(None, self.info.starts, self.info.failures, self.info.error)
