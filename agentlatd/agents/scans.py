@@ -14,19 +14,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from agentlatd.agents.chain import ChainAgent, ChainScanner, Link, ScanCost
+from agentlatd.agents.chain import ChainAgent, ChainScanner, Link, ScanCost, ScanResults
 from agentlatd.apply.irqbalance import Watch
 from agentlatd.policy import ChainRule
 from agentlatd.sample.tasks import ProcId
 from agentlatd.sysfs.root import Root
 
 
-class ProcScans(Protocol):
-    @property
-    def found(self) -> Mapping[ProcId, tuple[Link, ...]]: ...
-
-    @property
-    def cost(self) -> ScanCost: ...
+class ProcScans(ScanResults, Protocol):
+    """The chain keeper's ScanResults (found, cost), and the tick's calls."""
 
     def irqbalance(self) -> tuple[int, ...]:
         """Pids of the running irqbalance processes (sorted)."""
