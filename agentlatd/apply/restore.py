@@ -125,7 +125,16 @@ class Restorer:
         self._io.wrote()
         try:
             after = knob.read(self.root, e.target)
-        except (KernelError, ValueError) as err:
+        except KernelError as err:
+            if err.errclass is ErrClass.GONE:
+                # written, then gone (a thread of an exiting process): nothing is
+                # left to restore either way, and an entry kept here outlived its
+                # agent until the stop's rollback
+                return res(GONE, f"written; {sentence(err)} before it was read back: nothing "
+                           f"left to restore", current, errclass=err.errclass)
+            return res(FAILED, f"written; reading it back failed: {sentence(err)}", current,
+                       errclass=ErrClass.IO)
+        except ValueError as err:
             return res(FAILED, f"written; reading it back failed: {err}", current,
                        errclass=ErrClass.IO)
         after = knob.original_of(after, e.original)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 from agentshelpers import agent_side, needs_2cpus, needs_root, register_as_root
@@ -98,4 +100,45 @@ def test_a_crash_inside_a_registration_keeps_the_device_plan_and_restores_the_ag
         assert not eng.entries()
     finally:
         procs.kill()
+        eng.close()
+
+
+THREADS = "import threading,time\n" \
+    "[threading.Thread(target=time.sleep,args=(600,),daemon=True).start() for _ in range(4)]\n" \
+    "print('ready',flush=True)\ntime.sleep(600)\n"
+
+
+def test_unregister_racing_the_process_exit_leaves_no_journal_entry(
+        tmp_path: pathlib.Path) -> None:
+    """The process exits while its unregister restores it (bench/soak.py: a
+    background agent reached the end of its life as the soak unregistered it).
+    A thread written back and gone before its read-back was a failed restore:
+    the entry stayed journaled after its agent was dropped, and nothing but the
+    stop's rollback ever looked at it again (the soak's check found one
+    task.nice entry, written 10, original 0, after every agent had left).
+    A thread that is gone has nothing left to restore, whenever it went."""
+    armed: list[subprocess.Popen[bytes]] = []
+
+    def hook(n: int) -> None:
+        if armed:  # the first write of the unregister: the process ends right after it
+            proc = armed.pop()
+            proc.kill()
+            proc.wait()
+
+    eng, mgr = agent_side(tmp_path / "state", write_hook=hook)
+    proc = subprocess.Popen([sys.executable, "-c", THREADS], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        p = register_as_root(mgr, proc.pid, "background")
+        assert all(r is None for r in mgr.place_pending().values())
+        assert {k for k, _t, _o in mgr.applier.entries_of(p)} >= {"task.nice", "task.ioprio"}
+        armed.append(proc)
+        mgr.unregister(p)
+        assert not armed, "the unregister wrote nothing"
+        assert mgr.applier.entries_of(p) == []
+        assert [e.key for e in eng.entries()] == []
+        assert mgr.applier.failures == 0
+    finally:
+        proc.kill()
+        proc.wait()
         eng.close()
