@@ -44,8 +44,11 @@ class BadReply(ValueError):
     """A worker message that is not what the protocol says."""
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)  # one, not one per line
+
+
 def _line(obj: Mapping[str, Any]) -> bytes:
-    return (json.dumps(obj, separators=(",", ":"), ensure_ascii=True) + "\n").encode()
+    return (_COMPACT.encode(obj) + "\n").encode()
 
 
 # -- daemon -> worker ----------------------------------------------------------

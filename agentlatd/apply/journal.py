@@ -117,7 +117,7 @@ class JournalDamaged(JournalError):
         super().__init__(f"rollback journal {path} is damaged: {problem}")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Entry:
     """One knob instance: its original value and what agentlatd last wrote."""
 
@@ -136,22 +136,31 @@ class Entry:
     # journal sets it when it adds the entry or rebuilds its index)
     _seq: int = field(default=0, init=False, repr=False, compare=False)
 
+    def __init__(self, knob: str, target: str, original: str, written: str | None = None,
+                 flags: list[str] | None = None, device: DeviceId | None = None) -> None:
+        # plain stores: a new entry has no line to drop and no journal to tell
+        # (through __setattr__, each unset slot was an AttributeError caught:
+        # six per entry, per registration and per entry of a journal replayed)
+        put = object.__setattr__
+        put(self, "knob", knob)
+        put(self, "target", target)
+        put(self, "original", original)
+        put(self, "written", written)
+        put(self, "flags", [] if flags is None else flags)
+        put(self, "device", device)
+        put(self, "_line", None)
+        put(self, "_owner", None)
+        put(self, "_on_disk", False)
+        put(self, "_seq", 0)
+
     def __setattr__(self, name: str, value: Any) -> None:
-        if name[0] != "_":
-            try:
-                same = bool(object.__getattribute__(self, name) == value)
-            except AttributeError:  # __init__
-                same = False
-            if not same:
-                self._changed()
+        if name[0] != "_" and object.__getattribute__(self, name) != value:
+            self._changed()
         object.__setattr__(self, name, value)
 
     def _changed(self) -> None:
         object.__setattr__(self, "_line", None)
-        try:
-            owner = object.__getattribute__(self, "_owner")
-        except AttributeError:  # __init__
-            return
+        owner = self._owner
         if owner is not None:
             owner._dirty[id(self)] = self
 
