@@ -75,14 +75,13 @@ _CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); "
 class LineBuffer:
     """The child's reply lines, read into one buffer that is kept from reply to reply.
 
-    Why not os.read(fd, 64 KiB) into a bytearray: each os.read allocated 64 KiB on
-    the C heap and shrank it to what the pipe held, and the bytearray grew by
-    realloc, then shrank once its line was taken; a few times a tick, with the
-    daemon's longer-lived allocations landing in the holes, the heap grew for
-    good: bench/soak.py's churn, 8 minutes, malloc's free space inside the heap
-    +91 KiB a minute (mallinfo2), RSS slope 148 KiB a minute against 39 with the
-    scans done in the tuner thread. Here a read lands in the buffer's free tail
-    (readv), and a line is copied out once, at its own size.
+    Why not os.read(fd, 64 KiB) into a bytearray: each os.read allocates 64 KiB on
+    the C heap and shrinks it to what the pipe held, and the bytearray grows by
+    realloc and shrinks once its line is taken; a few times a tick, with the
+    daemon's longer-lived allocations landing in the holes, that grew the heap
+    for good (docs/hostile.md, bug 15: the soak's RSS slope). Here a read lands
+    in the buffer's free tail (readv), and a line is copied out once, at its own
+    size.
     """
 
     def __init__(self, size: int = _BUF) -> None:
@@ -365,6 +364,7 @@ class WorkerScans:
     def _end(self, grace_s: float) -> None:
         proc, self.proc = self.proc, None
         self._sent = {}
+        self._buf.clear()  # what a broken child sent (up to max_reply) is not kept
         self.info = replace(self.info, pid=None)
         if proc is None:
             return
