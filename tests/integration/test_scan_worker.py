@@ -6,6 +6,8 @@
     exiting at start, a pid that is not its own) is killed and reaped, the call is
     answered by the calling thread's own scan, and another child is started only
     after the back-off;
+  - a reply is read into a kept buffer, not a 64 KiB block per read (the heap
+    growth the soak found, docs/hostile.md bug 15);
   - in a real `agentlatd run`: the worker runs with CAP_SYS_PTRACE alone under
     no_new_privs; killed with SIGKILL it is replaced and chains are still found;
     and it does not outlive a daemon killed with SIGKILL.
@@ -22,6 +24,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import tracemalloc
 from collections.abc import Iterator
 
 import pytest
@@ -192,6 +195,35 @@ def test_a_broken_worker_is_killed_and_the_thread_scans_itself(
         assert w.info.starts == 2 and w.info.failures == 2
         # each child's pipes were closed with it
         assert len(os.listdir("/proc/self/fd")) == fds
+    finally:
+        w.close()
+
+
+# a well-behaved worker that answers every irqbalance request with no pid
+ECHO = READY + "for _ in sys.stdin:\n    print('{\"pids\": []}', flush=True)\n"
+
+
+def test_scan_worker_replies_allocate_no_64_kib_block_per_read(tmp_path: pathlib.Path) -> None:
+    """A reply is read into the worker client's kept buffer (LineBuffer). It was
+    os.read(fd, 64 KiB), each read a 64 KiB block on the C heap shrunk to the few
+    bytes the pipe held, appended to a bytearray that grew and shrank by realloc:
+    a few times a tick, and the daemon's heap grew for good under bench/soak.py's
+    churn (RSS slope 158 KiB/min, docs/hostile.md bug 15). Peak of what the
+    interpreter allocated over 20 exchanges of a 13-byte reply: >= 64 KiB before,
+    a few KiB now."""
+    w = WorkerScans(ROOT, argv=_fake(ECHO, tmp_path / "pids"), start_timeout_s=10.0)
+    w.start()
+    try:
+        assert w.irqbalance() == ()  # greeted: the ready line and one exchange
+        tracemalloc.start()
+        try:
+            for _ in range(20):
+                assert w.irqbalance() == ()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert w.info.failures == 0 and w.info.starts == 1
+        assert peak < 32 << 10, f"peak {peak} bytes over 20 replies of 13 bytes"
     finally:
         w.close()
 
