@@ -141,4 +141,6 @@ def test_unregister_racing_the_process_exit_leaves_no_journal_entry(
     finally:
         proc.kill()
         proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
         eng.close()
