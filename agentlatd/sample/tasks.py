@@ -193,13 +193,25 @@ def alive(root: Root, p: ProcId) -> bool:
     return st is not None and st.starttime == p.starttime and st.state not in ("Z", "X")
 
 
+# proc/PID/status lines are found by name, not by splitting its ~55 lines: every
+# registration reads it (status_ids), and every write made for a non-admin peer
+# reads a thread's (thread_uids)
+def _status_field(text: str, name: str) -> str:
+    """The value of line `name` ("Uid:") of proc/PID/status; ValueError without one."""
+    if text.startswith(name):
+        i = 0
+    else:
+        i = text.find("\n" + name) + 1
+        if i == 0:
+            raise ValueError(f"no {name} line in status")
+    j = text.find("\n", i)
+    return text[i + len(name):j if j >= 0 else len(text)]
+
+
 def parse_status_uids(text: str) -> tuple[int, int]:
     """(real uid, effective uid) from proc/PID/status."""
-    for line in text.splitlines():
-        if line.startswith("Uid:"):
-            f = line.split()
-            return int(f[1]), int(f[2])
-    raise ValueError("no Uid: line in status")
+    f = _status_field(text, "Uid:").split()
+    return int(f[0]), int(f[1])
 
 
 def uids_of(root: Root, pid: int) -> tuple[int, int] | None:
@@ -216,10 +228,7 @@ def parse_status_tgid(text: str) -> int:
     leaders (fs/proc/base.c proc_pid_lookup); Tgid tells them apart
     (fs/proc/array.c task_state: "Tgid:\t%d").
     """
-    for line in text.splitlines():
-        if line.startswith("Tgid:"):
-            return int(line.split()[1])
-    raise ValueError("no Tgid: line in status")
+    return int(_status_field(text, "Tgid:").split()[0])
 
 
 def tgid_of(root: Root, pid: int) -> int | None:
@@ -230,27 +239,13 @@ def tgid_of(root: Root, pid: int) -> int | None:
         return None
 
 
-def _status_field(text: str, name: str) -> str:
-    """The value of line `name` ("Uid:") of proc/PID/status; ValueError without one."""
-    if text.startswith(name):
-        i = 0
-    else:
-        i = text.find("\n" + name) + 1
-        if i == 0:
-            raise ValueError(f"no {name} line in status")
-    j = text.find("\n", i)
-    return text[i + len(name):j if j >= 0 else len(text)]
-
-
 def status_ids(root: Root, pid: int) -> tuple[int, int, int] | None:
     """(Tgid, real uid, effective uid) of task `pid` from one read of proc/PID/status;
     None when it is gone."""
     try:
         text = root.read_text(f"proc/{pid}/status", CONTEXT)
-        # the two lines by name, not a split of the ~55 lines twice (every registration)
-        tgid = _status_field(text, "Tgid:").split()
-        uid = _status_field(text, "Uid:").split()
-        return int(tgid[0]), int(uid[0]), int(uid[1])
+        ruid, euid = parse_status_uids(text)
+        return parse_status_tgid(text), ruid, euid
     except (KernelError, ValueError, IndexError):
         return None
 

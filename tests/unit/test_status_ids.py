@@ -30,10 +30,11 @@ def test_a_threads_status_names_its_process_and_both_uids(tmp_path: pathlib.Path
     assert tasks.status_ids(_root(tmp_path, REAL), 4243) == (4242, 1000, 1001)
 
 
-def test_the_live_kernels_status_agrees_with_the_line_parsers() -> None:
+def test_the_live_kernels_status_agrees_with_a_line_by_line_parse() -> None:
     text = pathlib.Path("/proc/self/status").read_text()
+    fields = {ln.split(":", 1)[0]: ln.split(":", 1)[1].split() for ln in text.splitlines()}
     ids = tasks.status_ids(Root("/"), int(pathlib.Path("/proc/self").resolve().name))
-    assert ids == (tasks.parse_status_tgid(text), *tasks.parse_status_uids(text))
+    assert ids == (int(fields["Tgid"][0]), int(fields["Uid"][0]), int(fields["Uid"][1]))
 
 
 @pytest.mark.parametrize("text", [
