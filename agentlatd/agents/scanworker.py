@@ -275,8 +275,7 @@ class WorkerScans:
                 cwd="/", close_fds=True)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        self._buf.clear()
-        self._sent = {}
+        # the last child's buffer and agents were dropped when it was ended (_end)
         self.info = replace(self.info, starts=self.info.starts + 1)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         os.set_blocking(self.proc.stdin.fileno(), False)
@@ -362,6 +361,7 @@ class WorkerScans:
                     "another starts (in %.0f s)", f" (pid {pid})" if pid else "", why, wait)
 
     def _end(self, grace_s: float) -> None:
+        """The child gone, and what it held with it (the only place self.proc turns None)."""
         proc, self.proc = self.proc, None
         self._sent = {}
         self._buf.clear()  # what a broken child sent (up to max_reply) is not kept
