@@ -59,6 +59,7 @@ from agentlatd.agents import views as agent_views
 from agentlatd.agents.applier import Applier
 from agentlatd.agents.chain import ChainKeeper
 from agentlatd.agents.chainrow import ChainRow
+from agentlatd.agents.pidfdgate import AgentPidfds
 from agentlatd.agents.registry import AgentManager
 from agentlatd.agents.scanworker import WorkerScans
 from agentlatd.agentwork import AgentWork
@@ -119,9 +120,14 @@ class Daemon:
         self.socket_path = os.path.abspath(socket_path or policy.daemon.socket)
         self.tune_devices = tune_devices
         self.hooks = Hooks()
-        self.engine = Engine(self.root, self.state_dir, policy=policy, knobs=knobset.REGISTRY)
+        # the agents' pidfds prove their identity to the engine's task knobs, in
+        # place of a proc/PID/stat read per knob read and write (agents/pidfdgate.py)
+        self.witness = AgentPidfds()
+        self.engine = Engine(self.root, self.state_dir, policy=policy,
+                             knobs=knobset.witnessed(self.witness))
         self.applier = Applier(self.engine)
-        self.manager = AgentManager(self.applier, policy, exclusive_scope_pid=exclusive_scope_pid)
+        self.manager = AgentManager(self.applier, policy, exclusive_scope_pid=exclusive_scope_pid,
+                                    witness=self.witness)
         self.sel = selectors.DefaultSelector()
         self.pidfds = Pidfds(self.sel, self.manager.mark_dead)
         self.manager.close_pidfd = self.pidfds.close
@@ -234,6 +240,9 @@ class Daemon:
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; then roll back. Returns the exit status."""
+        # the agents' pidfds are opened, polled and closed by the thread that runs
+        # the loop, which may not be the one that built the daemon
+        self.witness.bind(self.manager.pidfd_of)
         try:
             self.start()
         except BaseException:

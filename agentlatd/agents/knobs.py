@@ -55,13 +55,23 @@ class TaskKnob(Knob):
     context = tasks.CONTEXT
     live_only = True
 
+    def __init__(self, witness: tasks.Witness | None = None) -> None:
+        # the registry's one instance has none (rollback, `agentlatd apply`, a
+        # fresh process after a crash: /proc reads); the daemon's engine gets
+        # copies bound to its agents' pidfds (knobset.witnessed)
+        self.witness = witness
+
+    def witnessed(self, witness: tasks.Witness) -> TaskKnob:
+        """This knob, its identity checks taking `witness`'s proof (tasks.check_thread)."""
+        return type(self)(witness)
+
     def check_target(self, target: str) -> None:
         tasks.ThreadId.parse(target)
 
     def _thread(self, root: Root, target: str, op: str,
                 owner: int | None = None) -> tasks.ThreadId:
         t = tasks.ThreadId.parse(target)
-        tasks.check_thread(root, t, op, owner)
+        tasks.check_thread(root, t, op, owner, self.witness)
         return t
 
     def write(self, root: Root, target: str, value: str) -> None:

@@ -7,12 +7,19 @@ was that process's (pidfd_open(2), "pidfd_open() ... the PID could be
 recycled"; the order is its recommended one). Opened after the read, as a
 re-registration's or a caller's that skipped the check does, it takes a
 second stat read to tell the process from a newer one with the same pid.
+
+So an agent's pidfd is proof of its identity for as long as it is not
+readable: AgentPidfds gives that proof to the task knobs of the daemon's
+engine (sample/tasks.py Witness), in place of the proc/PID/stat read each of
+their reads and writes made.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
+from collections.abc import Callable
 
 from agentlatd.errors import KernelError
 from agentlatd.sample import tasks
@@ -57,3 +64,28 @@ class PidfdGate:
             fd = tasks.pidfd_open(p.pid)
         # opened after the check: the pidfd may name a newer process
         return fd, fd is not None and not tasks.alive(self.root, p)
+
+
+class AgentPidfds:
+    """The registered agents' pidfds as a tasks.Witness (module docstring).
+
+    Bound to the registry's lookup (AgentManager.pidfd_of) and to the thread
+    that binds it, the main loop's: the pidfds are opened and closed there,
+    and a call from another thread (the tuner's drift check reads every
+    journaled knob) gets no proof and reads /proc, so no thread ever polls an
+    fd that another may have closed and reused meanwhile."""
+
+    def __init__(self) -> None:
+        self._of: Callable[[int, int], int | None] | None = None
+        self._thread = 0
+
+    def bind(self, pidfd_of: Callable[[int, int], int | None]) -> None:
+        self._of = pidfd_of
+        self._thread = threading.get_ident()
+
+    def vouches(self, pid: int, starttime: int) -> bool:
+        of = self._of
+        if of is None or threading.get_ident() != self._thread:
+            return False
+        fd = of(pid, starttime)
+        return fd is not None and tasks.pidfd_running(fd)

@@ -64,7 +64,7 @@ from agentlatd.agents.agent import Agent, AgentState
 from agentlatd.agents.applier import TASK_KNOBS, Applier
 from agentlatd.agents.autoreg import AutoRegistrar
 from agentlatd.agents.exclusive import CpuKeeper
-from agentlatd.agents.pidfdgate import PidfdGate
+from agentlatd.agents.pidfdgate import AgentPidfds, PidfdGate
 from agentlatd.agents.placement import HomePlacer, holds_cpu
 from agentlatd.agents.refusal import AgentRefused, Refusal, Registration
 from agentlatd.agents.threads import (
@@ -147,7 +147,8 @@ class AgentManager:
 
     def __init__(self, applier: Applier, policy: Policy, *,
                  exclusive_scope_pid: int | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 witness: AgentPidfds | None = None) -> None:
         self.applier = applier
         self.root = applier.root
         self.policy = policy
@@ -168,6 +169,10 @@ class AgentManager:
         self.new_pidfds: list[Agent] = []
         # a new agent's pidfd, from check_register() to register() (agents/pidfdgate.py)
         self.pidfd_gate = PidfdGate(self.root)
+        # the agents' pidfds as proof of identity for the engine's task knobs
+        # (the engine built with knobset.witnessed(witness): agents/pidfdgate.py)
+        if witness is not None:
+            witness.bind(self.pidfd_of)
         # completion chains (agents/chain.py): what the chain keeper decided at
         # its last tick (set_chain)
         self.chain = ChainInput()
@@ -227,6 +232,11 @@ class AgentManager:
         if fd is not None:
             self.pidfd_gate.keep(p, fd)
         return p, ruid
+
+    def pidfd_of(self, pid: int, starttime: int) -> int | None:
+        """The pidfd held for agent (pid, starttime), None without one (AgentPidfds)."""
+        a = self.by_pid.get(pid)
+        return a.pidfd if a is not None and a.proc.starttime == starttime else None
 
     def _checked(self, pid: int, req: Registration, peer_start: int | None, peer_uid: int,
                  admin: bool) -> tuple[int, int]:

@@ -13,7 +13,6 @@ are remembered (a few agents per tick) so that its exit can restore them.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
@@ -68,16 +67,31 @@ def belongs(target: str, p: ProcId) -> bool:
     return target.startswith(prefix(p)) and proc_of(target) == p
 
 
+def _affinity_of(tid: int) -> str:
+    return tasks.get_affinity(tid).to_list()
+
+
+def _nice_of(tid: int) -> str:
+    return str(tasks.get_nice(tid))
+
+
+_ORIGINALS: tuple[tuple[str, Callable[[int], str]], ...] = (
+    (KnobName.TASK_AFFINITY, _affinity_of), (KnobName.TASK_NICE, _nice_of),
+    (KnobName.TASK_IOPRIO, tasks.get_ioprio))
+
+
 def read_originals(pid: int) -> dict[str, str]:
-    """The main thread's affinity, nice and ioprio (those the kernel answers)."""
-    readers: dict[str, Callable[[], str]] = {
-        KnobName.TASK_AFFINITY: lambda: tasks.get_affinity(pid).to_list(),
-        KnobName.TASK_NICE: lambda: str(tasks.get_nice(pid)),
-        KnobName.TASK_IOPRIO: lambda: tasks.get_ioprio(pid)}
+    """The main thread's affinity, nice and ioprio (those the kernel answers).
+
+    Once per registration: a table of lambdas made per call, each read under
+    contextlib.suppress, cost as much as the three syscalls."""
     out: dict[str, str] = {}
-    for knob, read in readers.items():
-        with contextlib.suppress(KernelError):
-            out[knob] = read()
+    for knob, read in _ORIGINALS:
+        try:
+            value = read(pid)
+        except KernelError:
+            continue
+        out[knob] = value
     return out
 
 
@@ -245,7 +259,9 @@ class ThreadUpkeep:
         """Unregister: threads born pinned (inherited from a pinned thread) were never
         journaled: give them the process's original when they still have ours."""
         p = a.proc
-        if not tasks.alive(self.root, p):
+        # the pidfd names this very process: a poll, not a /proc read
+        if not (tasks.pidfd_running(a.pidfd) if a.pidfd is not None
+                else tasks.alive(self.root, p)):
             return
         wants = class_values(a)
         for tid in tasks.list_tids(self.root, p.pid):

@@ -144,7 +144,7 @@ class Engine:
         self.policy = policy if policy is not None else Policy()
         # REGISTRY: every knob registered in this process; an entry point that may meet
         # any journal entry imports agentlatd.knobset first
-        io = KnobIO(root, REGISTRY if knobs is None else knobs, write_hook)
+        io = self._io = KnobIO(root, REGISTRY if knobs is None else knobs, write_hook)
         self._statelock = StateLock(self.state_dir)
         self._restorer = Restorer(io)
         self._keeper = JournalKeeper(io, self._statelock, self._restorer,
@@ -194,6 +194,10 @@ class Engine:
     def managed(self) -> frozenset[tuple[str, str]]:
         """Knob instances the kernel manages (never written again)."""
         return frozenset(e.key for e in self._keeper.current().entries if e.has(FLAG_MANAGED))
+
+    def knob(self, name: str) -> Knob | None:
+        """The knob this engine reads and writes `name` with (its `knobs` mapping's)."""
+        return self._io.knob(name)
 
     def refused(self) -> dict[tuple[str, str], KnobResult]:
         """The knobs held back until the next forget_refusals(), with why."""

@@ -20,7 +20,8 @@ is still one of PID's threads (proc/PID/task/TID), right before the syscall.
 What is left is the window between that check and the syscall itself (a few
 microseconds): the tid would have to exit and the whole pid space wrap around
 within it. The daemon also holds a pidfd of each agent, whose liveness proves
-the pid has not been reused.
+the pid has not been reused: check_thread takes that proof (a Witness) in place
+of the proc/PID/stat read where it is given one.
 
 Parsers take text (parse_*); readers go through Root (read_*); OSError from a
 syscall becomes KernelError with context "process" (ESRCH = gone), once, here.
@@ -37,6 +38,7 @@ import re
 import select
 import signal
 from dataclasses import dataclass
+from typing import Protocol
 
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import KernelError
@@ -309,18 +311,35 @@ def thread_uids(root: Root, pid: int, tid: int) -> tuple[int, int] | None:
         return None
 
 
-def check_thread(root: Root, t: ThreadId, op: str, uid: int | None = None) -> None:
+class Witness(Protocol):
+    """Proof, without a /proc read, that process (pid, starttime) still runs.
+
+    agents/pidfdgate.py's AgentPidfds: a pidfd the daemon holds for a registered
+    agent, opened before the read that identified it, and not readable (the
+    process has not exited, so its pid cannot have been reused: pidfd_open(2)).
+    False whenever it cannot prove it: check_thread then reads proc/PID/stat."""
+
+    def vouches(self, pid: int, starttime: int) -> bool: ...
+
+
+def check_thread(root: Root, t: ThreadId, op: str, uid: int | None = None,
+                 witness: Witness | None = None) -> None:
     """Raise TaskGone unless `t` is still that process's thread (see the module docstring).
 
     With `uid` (a write made for a non-admin peer): also TaskNotPermitted
     unless the thread's real AND effective uid are `uid`, the rule the
-    registration applied to the process, now to the very thread written."""
-    st = pid_stat(root, t.pid)
-    if st is None or st.state in ("Z", "X"):
-        raise TaskGone(op, t.target, "process exited")
-    if st.starttime != t.starttime:
-        raise TaskGone(op, t.target, f"pid {t.pid} now belongs to another process "
-                                     f"(starttime {st.starttime}, not {t.starttime})")
+    registration applied to the process, now to the very thread written.
+
+    `witness`: when it vouches for the process, its proof replaces the
+    proc/PID/stat read (two of the three reads of a registration, one poll()
+    each instead); the thread and credential checks are made either way."""
+    if witness is None or not witness.vouches(t.pid, t.starttime):
+        st = pid_stat(root, t.pid)
+        if st is None or st.state in ("Z", "X"):
+            raise TaskGone(op, t.target, "process exited")
+        if st.starttime != t.starttime:
+            raise TaskGone(op, t.target, f"pid {t.pid} now belongs to another process "
+                                         f"(starttime {st.starttime}, not {t.starttime})")
     if t.tid != t.pid and not root.exists(f"proc/{t.pid}/task/{t.tid}"):
         raise TaskGone(op, t.target, "thread exited")
     if uid is not None:
@@ -370,7 +389,8 @@ def _kerr(op: str, tid: int, e: OSError, value: str | None = None) -> KernelErro
 
 def get_affinity(tid: int) -> CpuSet:
     try:
-        return CpuSet(os.sched_getaffinity(tid))
+        # the kernel's CPU numbers: no per-element check (CpuSet._of)
+        return CpuSet._of(frozenset(os.sched_getaffinity(tid)))
     except OSError as e:
         raise _kerr("sched_getaffinity", tid, e) from e
 

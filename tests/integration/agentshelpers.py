@@ -31,8 +31,10 @@ from typing import Any
 
 import pytest
 
+from agentlatd import knobset
 from agentlatd import policy as policy_mod
 from agentlatd.agents.applier import Applier
+from agentlatd.agents.pidfdgate import AgentPidfds
 from agentlatd.agents.refusal import Registration
 from agentlatd.agents.registry import AgentManager
 from agentlatd.apply.engine import Engine
@@ -454,9 +456,11 @@ def agent_side(state: pathlib.Path | str, *, policy: str = SHARED_HOMES,
     """An Engine (on the live root unless `root`: task knobs act on live processes
     only) and an AgentManager with home CPU 1 and completion CPU 0, as the daemon
     holds them."""
+    witness = AgentPidfds()
     eng = Engine(root if root is not None else Root("/"), str(state),
-                 policy=policy_mod.loads(policy), write_hook=write_hook)
-    mgr = AgentManager(Applier(eng), eng.policy)
+                 policy=policy_mod.loads(policy), write_hook=write_hook,
+                 knobs=knobset.witnessed(witness))
+    mgr = AgentManager(Applier(eng), eng.policy, witness=witness)
     mgr.set_layout(CpuLayout(home=CpuSet({1}), completion=CpuSet({0})))
     return eng, mgr
 

@@ -2,21 +2,32 @@
 
 check_register() opens a new agent's pidfd before it reads proc/PID/stat, and
 register() proves with one poll of that pidfd that the process it identified is
-the one the pidfd names (no second stat read per registration). These pin the
-races that proof stands for, on real processes.
+the one the pidfd names (no second stat read per registration). The engine's
+task knobs take the same proof (agents/pidfdgate.py AgentPidfds) in place of
+the proc/PID/stat read before each of their reads and writes. These pin the
+races that proof stands for, and what it saves, on real processes.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import pathlib
 import signal
+import threading
 
 import pytest
-from agentshelpers import agent_side, needs_2cpus, needs_root
+from agentshelpers import agent_side, needs_2cpus, needs_root, register_as_root
 from support.sleepers import Sleepers
 
+from agentlatd import knobset
+from agentlatd.agents.pidfdgate import AgentPidfds
 from agentlatd.agents.refusal import AgentRefused, Refusal, Registration
+from agentlatd.errors import KernelError
+from agentlatd.kernel.errnos import ErrClass
+from agentlatd.kernel.knobnames import KnobName
+from agentlatd.sample.tasks import ThreadId
+from agentlatd.sysfs.root import Root
 
 pytestmark = [needs_root, needs_2cpus]
 
@@ -79,6 +90,109 @@ def test_a_check_not_followed_by_its_register_leaves_no_fd(tmp_path: pathlib.Pat
             mgr.check_register(0, 0, None, Registration(
                 agent_id="x", pid=a, latency_class="interactive", starttime=1), True)
         assert _fds() == fds
+    finally:
+        procs.kill()
+        eng.close()
+
+
+class CountingRoot(Root):
+    """The live root, counting the files read through it (by kernel path)."""
+
+    def __init__(self) -> None:
+        super().__init__("/")
+        self.reads: collections.Counter[str] = collections.Counter()
+
+    def read_bytes(self, rel: str, context: str | None = None) -> bytes:
+        self.reads[rel] += 1
+        return super().read_bytes(rel, context)
+
+
+def test_an_agents_pidfd_replaces_the_stat_read_of_each_task_knob_read_and_write(
+        tmp_path: pathlib.Path) -> None:
+    """Class "background" writes three knobs on the thread; each was read and
+    written after a proc/PID/stat read (7 in all with the identifying one,
+    before AgentPidfds). Now only the registration's identifying read is made,
+    and the unregister's restores make none; the writes land as before."""
+    root = CountingRoot()
+    eng, mgr = agent_side(tmp_path / "state", root=root)
+    procs = Sleepers(1)
+    try:
+        pid = procs.pids[0]
+        stat = f"proc/{pid}/stat"
+        p = register_as_root(mgr, pid, "background")
+        assert all(r is None for r in mgr.place_pending().values())
+        assert root.reads[stat] == 1  # _identify's, which the pidfd was opened before
+        assert os.getpriority(os.PRIO_PROCESS, pid) == 10
+        assert os.sched_getaffinity(pid) == {0}
+        assert len(eng.entries()) == 3
+        root.reads.clear()
+        mgr.unregister(p)
+        assert root.reads[stat] == 0
+        assert os.getpriority(os.PRIO_PROCESS, pid) == 0
+        assert not eng.entries()
+    finally:
+        procs.kill()
+        eng.close()
+
+
+def test_the_witness_proves_nothing_to_another_thread(tmp_path: pathlib.Path) -> None:
+    """The tuner thread's drift check reads journaled task knobs too: from any
+    thread but the one that bound it the witness vouches for nothing (that
+    thread may close an agent's pidfd, and its number be reused, meanwhile),
+    and the knob reads proc/PID/stat as without one."""
+    root = CountingRoot()
+    eng, mgr = agent_side(tmp_path / "state", root=root)
+    procs = Sleepers(1)
+    try:
+        pid = procs.pids[0]
+        p = register_as_root(mgr, pid)
+        assert all(r is None for r in mgr.place_pending().values())
+        knob = knobset.witnessed(witness := AgentPidfds())[KnobName.TASK_AFFINITY]
+        witness.bind(mgr.pidfd_of)
+        target = ThreadId(pid, p.starttime, pid).target
+        assert witness.vouches(pid, p.starttime)
+        assert not witness.vouches(pid, p.starttime + 1)  # another process's start time
+        seen: list[bool] = []
+        values: list[str] = []
+
+        def other() -> None:
+            seen.append(witness.vouches(pid, p.starttime))
+            values.append(knob.read(root, target))
+
+        root.reads.clear()
+        t = threading.Thread(target=other)
+        t.start()
+        t.join(10)
+        assert seen == [False] and values == ["1"]
+        assert root.reads[f"proc/{pid}/stat"] == 1
+        root.reads.clear()
+        assert knob.read(root, target) == "1"
+        assert root.reads[f"proc/{pid}/stat"] == 0
+    finally:
+        procs.kill()
+        eng.close()
+
+
+def test_the_witness_does_not_vouch_for_an_agent_that_exited(tmp_path: pathlib.Path) -> None:
+    """Killed and reaped while still registered (its pidfd not yet seen by the
+    loop): the pidfd is readable, so the proof fails and the knob's read of
+    proc/PID/stat says the thread is gone, as it did before AgentPidfds."""
+    eng, mgr = agent_side(tmp_path / "state")
+    procs = Sleepers(1)
+    try:
+        pid = procs.pids[0]
+        p = register_as_root(mgr, pid)
+        assert all(r is None for r in mgr.place_pending().values())
+        witness = AgentPidfds()
+        witness.bind(mgr.pidfd_of)
+        assert witness.vouches(pid, p.starttime)
+        procs.close()  # SIGKILL and reaped
+        assert p in mgr.agents
+        assert not witness.vouches(pid, p.starttime)
+        knob = knobset.witnessed(witness)[KnobName.TASK_AFFINITY]
+        with pytest.raises(KernelError) as e:
+            knob.read(Root("/"), ThreadId(pid, p.starttime, pid).target)
+        assert e.value.errclass is ErrClass.GONE
     finally:
         procs.kill()
         eng.close()
