@@ -168,6 +168,17 @@ _QUEUE_DIRECTION: dict[str, str] = {KnobName.NET_RPS_CPUS: "rx", KnobName.NET_RP
                     KnobName.NET_XPS_CPUS: "tx"}
 
 
+def task_target_text(pid: int, starttime: int, tid: int) -> str | None:
+    """A thread's target text ("PID:STARTTIME:TID") when the three numbers are in
+    range (then it reads back as the same key); None otherwise: format_target
+    says why. Without a TaskTarget built first: a restore asks it for every
+    thread of the process, for each of its entries."""
+    if (type(pid) is int and type(starttime) is int and type(tid) is int
+            and 0 < pid < PID_MAX and 0 < tid < PID_MAX and 0 <= starttime < _STARTTIME_END):
+        return f"{pid}:{starttime}:{tid}"
+    return None
+
+
 def format_target(key: TargetKey) -> str:
     """The string form of `key` (Change.target, the journal's "target").
 
@@ -180,9 +191,8 @@ def format_target(key: TargetKey) -> str:
         case IrqTarget(irq=n) | CpuTarget(cpu=n) if type(n) is int and 0 <= n <= _INT_MAX:
             return str(n)
         case TaskTarget(pid=pid, starttime=st, tid=tid) if (
-                type(pid) is int and type(st) is int and type(tid) is int
-                and 0 < pid < PID_MAX and 0 < tid < PID_MAX and 0 <= st < _STARTTIME_END):
-            return f"{pid}:{st}:{tid}"
+                (text := task_target_text(pid, st, tid)) is not None):
+            return text
         case _:
             pass
     match key:

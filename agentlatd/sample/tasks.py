@@ -43,7 +43,7 @@ from typing import Protocol
 from agentlatd.cpuset import CpuSet
 from agentlatd.errors import KernelError
 from agentlatd.kernel.knobnames import KnobName
-from agentlatd.kernel.targets import TaskTarget, format_target, parse_target
+from agentlatd.kernel.targets import TaskTarget, format_target, parse_target, task_target_text
 from agentlatd.sysfs.root import Root
 
 CONTEXT = "process"
@@ -97,7 +97,8 @@ class ThreadId:
     @property
     def target(self) -> str:
         """The string form (the journal's "target", a KnobResult's)."""
-        return format_target(self.key)
+        text = task_target_text(self.pid, self.starttime, self.tid)
+        return text if text is not None else format_target(self.key)
 
     @classmethod
     def parse(cls, target: str) -> ThreadId:
