@@ -108,10 +108,14 @@ class ChainInput:
     exclusive_ok: frozenset[ProcId] | None = None
 
 
-def _identify(root: Root, pid: int, req: Registration, peer_start: int | None
-              ) -> tuple[int, int, int]:
+def _identify(root: Root, pid: int, req: Registration, peer_start: int | None,
+              pidfd: int | None = None) -> tuple[int, int, int]:
     """The process a register request names, checked to be that process and a
-    process at all: (its start time, ruid, euid), or AgentRefused."""
+    process at all: (its start time, ruid, euid), or AgentRefused.
+
+    `pidfd`: opened for `pid` before this reads proc/PID/stat (agents/pidfdgate.py);
+    its process's tgid and credentials come from it (tasks.pidfd_ids) where the
+    kernel answers, from proc/PID/status otherwise."""
     st = tasks.pid_stat(root, pid)
     if st is None or st.state in ("Z", "X"):
         raise AgentRefused(Refusal.NO_SUCH_PROCESS, f"process {pid} does not exist")
@@ -128,7 +132,9 @@ def _identify(root: Root, pid: int, req: Registration, peer_start: int | None
                                                   "user processes can register")
     # a thread id is not a process: its registration would journal our own
     # pin of its threads as their "original"
-    ids = tasks.status_ids(root, pid)
+    ids = tasks.pidfd_ids(pidfd) if pidfd is not None and root.is_host else None
+    if ids is None:
+        ids = tasks.status_ids(root, pid)
     if ids is None:
         raise AgentRefused(Refusal.NO_SUCH_PROCESS, f"process {pid} does not exist")
     tgid, ruid, euid = ids
@@ -223,7 +229,7 @@ class AgentManager:
         # a new agent's pidfd, opened before the read that identifies the process
         fd = self.pidfd_gate.opened(pid) if pid not in self.by_pid else None
         try:
-            starttime, ruid = self._checked(pid, req, peer_start, peer_uid, admin)
+            starttime, ruid = self._checked(pid, req, peer_start, peer_uid, admin, fd)
         except BaseException:
             if fd is not None:
                 os.close(fd)  # in no selector yet
@@ -239,9 +245,9 @@ class AgentManager:
         return a.pidfd if a is not None and a.proc.starttime == starttime else None
 
     def _checked(self, pid: int, req: Registration, peer_start: int | None, peer_uid: int,
-                 admin: bool) -> tuple[int, int]:
+                 admin: bool, pidfd: int | None = None) -> tuple[int, int]:
         """check_register()'s checks: (start time, ruid) or AgentRefused."""
-        starttime, ruid, euid = _identify(self.root, pid, req, peer_start)
+        starttime, ruid, euid = _identify(self.root, pid, req, peer_start, pidfd)
         if not admin and not (ruid == peer_uid and euid == peer_uid):
             raise AgentRefused(Refusal.NOT_PERMITTED,
                 f"uid {peer_uid} may register only its own processes, and process {pid} "

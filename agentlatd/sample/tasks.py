@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import functools
 import os
 import platform
 import re
 import select
 import signal
+import struct
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -251,6 +253,35 @@ def status_ids(root: Root, pid: int) -> tuple[int, int, int] | None:
         return parse_status_tgid(text), ruid, euid
     except (KernelError, ValueError, IndexError):
         return None
+
+
+# PIDFD_GET_INFO (Linux 6.13; include/uapi/linux/pidfd.h): struct pidfd_info,
+# PIDFD_INFO_SIZE_VER0 = 64 bytes: mask and cgroupid (u64), then pid, tgid,
+# ppid, ruid, rgid, euid, egid, suid, sgid, fsuid, fsgid and one spare (u32)
+_PIDFD_INFO = struct.Struct("=QQ12I")
+_PIDFD_INFO_MASK = struct.Struct("=Q")
+PIDFD_GET_INFO = (3 << 30) | (_PIDFD_INFO.size << 16) | (0xFF << 8) | 11  # _IOWR(0xFF, 11, ...)
+PIDFD_INFO_CREDS = 1 << 1
+
+
+def pidfd_ids(fd: int) -> tuple[int, int, int] | None:
+    """status_ids() of the process behind a pidfd, asked of the pidfd itself
+    (PIDFD_GET_INFO): one ioctl, where proc/PID/status costs an open, two
+    reads and a parse of ~1.4 KB (~1 us against ~9 us per registration), and
+    the credentials are by construction those of the pidfd's process. None
+    where the kernel has no such ioctl (before 6.13: ENOTTY) or the process
+    has exited (ESRCH): the caller reads proc/PID/status, which tells the two
+    apart."""
+    buf = bytearray(_PIDFD_INFO.size)
+    _PIDFD_INFO_MASK.pack_into(buf, 0, PIDFD_INFO_CREDS)
+    try:
+        fcntl.ioctl(fd, PIDFD_GET_INFO, buf, True)
+    except OSError:
+        return None
+    mask, _cgroup, _pid, tgid, _ppid, ruid, _rgid, euid = _PIDFD_INFO.unpack(buf)[:8]
+    if not mask & PIDFD_INFO_CREDS:
+        return None
+    return tgid, ruid, euid
 
 
 def list_pids(root: Root) -> list[int]:

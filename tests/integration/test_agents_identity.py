@@ -14,6 +14,8 @@ import collections
 import os
 import pathlib
 import signal
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -26,6 +28,7 @@ from agentlatd.agents.refusal import AgentRefused, Refusal, Registration
 from agentlatd.errors import KernelError
 from agentlatd.kernel.errnos import ErrClass
 from agentlatd.kernel.knobnames import KnobName
+from agentlatd.sample import tasks
 from agentlatd.sample.tasks import ThreadId
 from agentlatd.sysfs.root import Root
 
@@ -122,6 +125,9 @@ def test_an_agents_pidfd_replaces_the_stat_read_of_each_task_knob_read_and_write
         p = register_as_root(mgr, pid, "background")
         assert all(r is None for r in mgr.place_pending().values())
         assert root.reads[stat] == 1  # _identify's, which the pidfd was opened before
+        if tasks.pidfd_ids(mgr.agents[p].pidfd or -1) is not None:
+            # the credentials came from the pidfd (PIDFD_GET_INFO, Linux 6.13)
+            assert root.reads[f"proc/{pid}/status"] == 0
         assert os.getpriority(os.PRIO_PROCESS, pid) == 10
         assert os.sched_getaffinity(pid) == {0}
         assert len(eng.entries()) == 3
@@ -193,6 +199,54 @@ def test_the_witness_does_not_vouch_for_an_agent_that_exited(tmp_path: pathlib.P
         with pytest.raises(KernelError) as e:
             knob.read(Root("/"), ThreadId(pid, p.starttime, pid).target)
         assert e.value.errclass is ErrClass.GONE
+    finally:
+        procs.kill()
+        eng.close()
+
+
+def test_the_pidfd_tells_the_credentials_proc_status_tells() -> None:
+    """A process with real uid 65534 and effective uid 65533 (raw setresuid):
+    PIDFD_GET_INFO's (tgid, ruid, euid) are proc/PID/status's; for a process
+    that exited, None (the caller falls back to status, which says "gone")."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys, time; os.setresuid(65534, 65533, 0); "
+         "print('ok', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    fd = None
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ok\n"
+        fd = os.pidfd_open(child.pid)
+        got = tasks.pidfd_ids(fd)
+        if got is None:
+            pytest.skip("PIDFD_GET_INFO needs Linux 6.13; this kernel falls back to "
+                        "proc/PID/status")
+        assert got == tasks.status_ids(Root("/"), child.pid) == (child.pid, 65534, 65533)
+        child.kill()
+        child.wait()
+        assert tasks.pidfd_ids(fd) is None
+    finally:
+        if fd is not None:
+            os.close(fd)
+        child.kill()
+        child.wait()
+
+
+def test_without_a_pidfd_the_credentials_come_from_proc_status(tmp_path: pathlib.Path) -> None:
+    """A re-registration (the agent's pidfd is in the registry, none is opened)
+    or a kernel without pidfds: the check reads proc/PID/status, and refuses a
+    process of another uid for a non-admin peer as before."""
+    root = CountingRoot()
+    eng, mgr = agent_side(tmp_path / "state", root=root)
+    procs = Sleepers(1)
+    try:
+        pid = procs.pids[0]
+        p = register_as_root(mgr, pid)
+        assert all(r is None for r in mgr.place_pending().values())
+        root.reads.clear()
+        assert mgr.check_register(0, 0, None, _req(pid), True) == (p, 0)
+        assert root.reads[f"proc/{pid}/status"] == 1
+        with pytest.raises(AgentRefused) as e:
+            mgr.check_register(4242, 4242, None, _req(pid), False)
+        assert e.value.why is Refusal.NOT_PERMITTED
     finally:
         procs.kill()
         eng.close()
