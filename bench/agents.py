@@ -8,7 +8,9 @@ What it runs: a real `agentlatd run` subprocess with a policy that steers no
 device (devices.include matches nothing, every device knob off, interactive
 home CPUs "shared": nothing but the benchmark's own processes is touched),
 its state directory on /dev/shm (tmpfs, as /run is in production, so the
-journal's fsyncs cost what they cost there), interval 1 s (the default).
+journal's fsyncs cost what they cost there), interval 1 s and log level
+"info" (the defaults: each registration and unregistration logs a line, to a
+file in the state's directory as a daemon outside systemd does).
 
   register_rtt   connect once, then for each of --samples fresh sleeping
                  processes: send "register" (pid=...) and wait for the answer.
@@ -80,7 +82,7 @@ from support.sleepers import Sleepers  # noqa: E402 - after tests/ is on sys.pat
 POLICY = """
 [daemon]
 interval = 1.0
-log_level = "warning"
+log_level = "info"
 irqbalance = "ignore"
 [cpus]
 completion = "0"
