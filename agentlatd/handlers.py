@@ -35,7 +35,7 @@ from agentlatd.agents import pidns, views
 from agentlatd.agents.agent import Agent
 from agentlatd.agents.chain import ChainKeeper, Declared
 from agentlatd.agents.refusal import AgentRefused, Refusal, Registration
-from agentlatd.agents.registry import AgentManager
+from agentlatd.agents.registry import AgentManager, log_dropped, log_registered
 from agentlatd.api import protocol
 from agentlatd.api.protocol import Chain, Envelope, ProtocolError, Register, Step, Unregister
 from agentlatd.api.server import PENDING, Conn, Server
@@ -70,6 +70,7 @@ class Waiting:
     req_id: Any
     op: Op  # REGISTER | UNREGISTER
     proc: ProcId
+    new: bool = False  # a REGISTER of a process not registered before it
 
 
 def register_result(a: Agent) -> dict[str, Any]:
@@ -176,12 +177,16 @@ class Handlers:
         try:
             p, uid = self.manager.check_register(c.peer.pid, c.peer.uid,
                                                  self.peer_start.get(c.id), reg, admin)
-            self.manager.register(p, uid, reg, owner=None if admin else c.peer.uid)
+            new = p not in self.manager.agents
+            # its log line comes after the answer (answer_register): the client
+            # does not wait for it
+            self.manager.register(p, uid, reg, owner=None if admin else c.peer.uid,
+                                  logged_by_caller=True)
         except AgentRefused as e:
             raise wire_error(e) from None
         self.chain.set_owner(p, None if admin else c.peer.uid)
         self.manager.autoreg.declined.discard(p)
-        self.waiting.append(Waiting(c, env.req_id, Op.REGISTER, p))
+        self.waiting.append(Waiting(c, env.req_id, Op.REGISTER, p, new))
         return PENDING
 
     def unregister(self, c: Conn, env: Envelope) -> Any:
@@ -249,7 +254,7 @@ class Handlers:
 
     def finish_unregister(self, server: Server, w: Waiting) -> None:
         """Restore the originals of an agent a peer unregistered, and answer (lock held)."""
-        a = self.manager.unregister(w.proc)
+        a = self.manager.unregister(w.proc, logged_by_caller=True)
         if a is None:
             server.fail(w.conn, w.req_id, protocol.NOT_REGISTERED,
                         f"process {w.proc.pid} is not registered")
@@ -257,6 +262,7 @@ class Handlers:
         self.manager.decline(w.proc)
         server.answer(w.conn, w.req_id, {"agent_id": a.agent_id, "pid": w.proc.pid,
                                          "restored": True, "steps": a.hist.count})
+        log_dropped(a, "unregistered")
 
     def answer_register(self, server: Server, w: Waiting, err: AgentRefused | None) -> None:
         """Answer a registration after its placement (or its refusal)."""
@@ -267,3 +273,5 @@ class Handlers:
             server.fail(w.conn, w.req_id, code, msg)
         else:
             server.answer(w.conn, w.req_id, register_result(a))
+            if w.new:
+                log_registered(a)

@@ -145,6 +145,15 @@ def _identify(root: Root, pid: int, req: Registration, peer_start: int | None,
     return st.starttime, ruid, euid
 
 
+def log_registered(a: Agent) -> None:
+    log.info("agent %r pid %d registered: class %s, uid %d, by %s", a.agent_id, a.proc.pid,
+             a.latency_class, a.uid, a.source)
+
+
+def log_dropped(a: Agent, why: str) -> None:
+    log.info("agent %r pid %d dropped: %s", a.agent_id, a.proc.pid, why)
+
+
 class AgentManager:
     """The registrations (identity, class, stats) and the writes that register and
     unregister them (place_pending, unregister: applier.lock held). Collaborators own
@@ -279,10 +288,13 @@ class AgentManager:
         return starttime, ruid
 
     def register(self, p: ProcId, uid: int, req: Registration, source: str = "socket", *,
-                 owner: int | None = None) -> Agent:
+                 owner: int | None = None, logged_by_caller: bool = False) -> Agent:
         """Record (or update) a registration; the writes happen in place_pending().
 
-        `owner`: the registering peer's uid when it is not an admin (Agent.owner)."""
+        `owner`: the registering peer's uid when it is not an admin (Agent.owner).
+        `logged_by_caller`: a new agent's log line (log_registered) is the
+        caller's, made after it answered (handlers.py: a line at the default
+        level cost the answer ~25 us)."""
         a = self.agents.get(p)
         if a is None:
             a = Agent(agent_id=req.agent_id, proc=p, uid=uid, latency_class=req.latency_class,
@@ -298,8 +310,8 @@ class AgentManager:
             self.agents[p] = a
             self.by_pid[p.pid] = a
             self._read_originals(a)
-            log.info("agent %r pid %d registered: class %s, uid %d, by %s", a.agent_id, p.pid,
-                     a.latency_class, uid, source)
+            if not logged_by_caller:
+                log_registered(a)
             self.cgroups.rescan(self.clock())
             self._read_cgroup(a)
         else:
@@ -395,18 +407,19 @@ class AgentManager:
             self.cpu_dirty = True
         return outcome
 
-    def unregister(self, p: ProcId) -> Agent | None:
-        """Restore a live agent's originals and drop it (lock held)."""
+    def unregister(self, p: ProcId, *, logged_by_caller: bool = False) -> Agent | None:
+        """Restore a live agent's originals and drop it (lock held).
+        `logged_by_caller`: as register()'s (log_dropped after the answer)."""
         a = self.agents.get(p)
         if a is None:
             return None
         keys = self._keys_of(p)
         self.applier.restore(keys)
         self.threads.restore_unjournaled(a, {t for _, t in keys})
-        self._drop(a, "unregistered", forget=False)
+        self._drop(a, "unregistered", forget=False, logged=logged_by_caller)
         return a
 
-    def _drop(self, a: Agent, why: str, *, forget: bool) -> None:
+    def _drop(self, a: Agent, why: str, *, forget: bool, logged: bool = False) -> None:
         if forget:
             self.applier.forget(self._keys_of(a.proc))
         if a.pidfd is not None:
@@ -419,7 +432,8 @@ class AgentManager:
         self.dirty.discard(a.proc)
         if holds_cpu(a):
             self.cpu_dirty = True
-        log.info("agent %r pid %d dropped: %s", a.agent_id, a.proc.pid, why)
+        if not logged:
+            log_dropped(a, why)
 
     def _keys_of(self, p: ProcId) -> list[tuple[str, str]]:
         """The (knob, target) of p's task entries: O(p's entries), whatever the

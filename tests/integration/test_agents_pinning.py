@@ -77,6 +77,11 @@ def test_register_pins_every_thread_then_new_threads_then_unregister_restores() 
         # every thread back, including those agentlatd never journaled (born pinned)
         assert set(aff.values()) == {orig}, aff
         assert dm.agents() == []
+        # each logged once, after its answer (handlers.py): both lines are there
+        # once the agents op that follows was answered
+        for line in (f"agent 'planner' pid {ag.pid} registered: class interactive, uid 0, "
+                     "by socket", f"agent 'planner' pid {ag.pid} dropped: unregistered"):
+            assert dm.log.count(line) == 1, dm.log
     assert dm.proc.returncode == 0, dm.log
 
 
