@@ -34,15 +34,16 @@ file in the state's directory as a daemon outside systemd does).
                  CPUs) with --agents agents, as its status reports it, and
                  the tuner tick (sample, rates, plan, apply, drift)
   register_cpu   the daemon main thread's CPU time during each first
-                 register (/proc/PID/schedstat before and after the round
-                 trip): what a registration costs the daemon, whatever else
-                 the machine runs (round trips on a shared box are mostly
-                 other processes' time slices). Read its p50: while an agent
-                 tick runs in slices the main loop polls without sleeping,
-                 and the kernel brings a running thread's schedstat up to
-                 date only at a switch or a scheduler tick, so a p99 of
-                 ~4.0 ms (HZ=250) is that tick, not a registration (at
-                 interval 60 s, no agent tick: p99 0.9 ms)
+                 register (/proc/PID/schedstat before the request and after
+                 the answer, each read once the thread sleeps: the kernel
+                 brings a running thread's schedstat up to date only at a
+                 switch or a scheduler tick, and the work a registration does
+                 after its answer, its log line, would be left out): what a
+                 registration costs the daemon, whatever else the machine
+                 runs (round trips on a shared box are mostly other
+                 processes' time slices). Read its p50: a round that meets
+                 the agent tick, which runs in slices without sleeping, counts
+                 the tick's slices too
   floor_*        with --floor: the same rounds against bench/regfloor.py, a
                  minimal server that makes only a registration's system calls
                  (no checks, no engine), right after the daemon's round: what
@@ -141,6 +142,18 @@ def cpu_ns(pid: int) -> int:
         return int(f.read().split()[0])
 
 
+def idle_cpu_ns(pid: int, wait_s: float = 0.05) -> int:
+    """cpu_ns() once `pid`'s main thread sleeps (its schedstat then holds all it
+    ran), waiting at most `wait_s` (an agent tick runs its slices without
+    sleeping): then the value as it stands."""
+    end = time.monotonic() + wait_s
+    while True:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+        if state != "R" or time.monotonic() > end:
+            return cpu_ns(pid)
+
+
 def register_load(c: Conn, pids: list[int]) -> None:
     """Register each of `pids` as agent "load<pid>" over `c`, one at a time."""
     for pid in pids:
@@ -162,19 +175,19 @@ def register_round(path: str, n: int, daemon_pid: int = 0,
     first, again, unreg = [], [], []
     try:
         for pid in f.pids:
-            c0 = cpu_ns(daemon_pid) if cpu is not None else 0
+            c0 = idle_cpu_ns(daemon_pid) if cpu is not None else 0
             dt, ans = c.rtt("register", agent_id=f"bench{pid}", pid=pid)
             if cpu is not None:
-                cpu.append((cpu_ns(daemon_pid) - c0) / 1000.0)
+                cpu.append((idle_cpu_ns(daemon_pid) - c0) / 1000.0)
             assert ans["ok"], ans
             first.append(dt)
             dt, ans = c.rtt("register", agent_id=f"bench{pid}", pid=pid)
             assert ans["ok"], ans
             again.append(dt)
-            c0 = cpu_ns(daemon_pid) if ucpu is not None else 0
+            c0 = idle_cpu_ns(daemon_pid) if ucpu is not None else 0
             dt, ans = c.rtt("unregister", pid=pid)
             if ucpu is not None:
-                ucpu.append((cpu_ns(daemon_pid) - c0) / 1000.0)
+                ucpu.append((idle_cpu_ns(daemon_pid) - c0) / 1000.0)
             assert ans["ok"], ans
             unreg.append(dt)
     finally:
