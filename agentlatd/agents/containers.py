@@ -67,9 +67,12 @@ def holders_of(excl: tuple[cgroup.ExclusiveCgroup, ...],
     return tuple(out)
 
 
+_NO_CPUS = CpuSet()
+
+
 def reserved_for(holders: tuple[Holder, ...], who: ContainerId | None) -> CpuSet:
     """CPUs held by workloads other than `who` (None: by anyone)."""
-    out = CpuSet()
+    out = _NO_CPUS
     for h in holders:
         if who is None or not h.owns(who):
             out |= h.cpus

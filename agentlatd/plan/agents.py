@@ -59,7 +59,8 @@ def choose_home(layout: CpuLayout, heat: Mapping[int, float], load: Mapping[int,
         cand = cand - CpuSet(exclude)
     if not cand:
         return None
-    not_hot = CpuSet(c for c in cand if c not in hot and band(heat.get(c), pol) < 2)
+    # a subset of a CpuSet: no per-element check (CpuSet._of), once per registration
+    not_hot = CpuSet._of(frozenset(c for c in cand if c not in hot and band(heat.get(c), pol) < 2))
     if not_hot:
         cand = not_hot
     order = layout.quiet_rank
@@ -295,7 +296,8 @@ def class_wants(cp: ClassPolicy, at: AgentPlace, layout: CpuLayout,
             if old is not None and home != old:
                 why = (f"CPU {old} is outside its cpuset or held by another workload"
                        if outside else f"CPU {old} is no longer a home CPU")
-        cpus = CpuSet({home}) if home is not None else None
+        # a CPU of the layout or of the agent's cpuset: no per-element check
+        cpus = CpuSet._of(frozenset((home,))) if home is not None else None
     else:
         home, fallback = None, False
         cpus = layout.completion if cp.to_completion and layout.completion else None
