@@ -14,10 +14,13 @@
 Every task knob checks the thread's identity right before each read and write
 (agentlatd.sample.tasks.check_thread): a recycled pid is never touched, and a
 thread that is gone is ErrClass.GONE, which rollback reports as "nothing left
-to restore". Task knobs act on the live kernel only (live_only): a recorded
-tree's pid 1234 is not this host's. A write made for a non-admin peer
-(write_for with Change.owner) also checks the credentials of that very thread
-(tasks.check_thread): credentials are per thread in Linux.
+to restore". In the daemon, a registered agent's pidfd proves its process's
+identity in place of the proc/PID/stat read (TaskKnob.witness,
+agents/pidfdgate.py AgentPidfds, knobset.witnessed). Task knobs act on the
+live kernel only (live_only): a recorded tree's pid 1234 is not this host's. A
+write made for a non-admin peer (write_for with Change.owner) also checks the
+credentials of that very thread (tasks.check_thread): credentials are per
+thread in Linux.
 
 Threads a changed thread starts, and processes it forks, inherit its
 affinity, nice and ioprio; TaskKnob.restore() puts those back too (see there),
