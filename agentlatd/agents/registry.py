@@ -72,7 +72,7 @@ from agentlatd.agents.threads import (
     account,
     agent_changes,
     belongs,
-    read_originals,
+    fill_originals,
     wanted,
     why,
 )
@@ -309,7 +309,6 @@ class AgentManager:
                 self.new_pidfds.append(a)
             self.agents[p] = a
             self.by_pid[p.pid] = a
-            self._read_originals(a)
             if not logged_by_caller:
                 log_registered(a)
             self.cgroups.rescan(self.clock())
@@ -326,9 +325,6 @@ class AgentManager:
         self._wants(a)
         self.dirty.add(p)
         return a
-
-    def _read_originals(self, a: Agent) -> None:
-        a.orig.update(read_originals(a.proc.pid))  # the process was just checked
 
     def _read_cgroup(self, a: Agent) -> bool:
         """Refresh the agent's container identity and cpuset; True when either changed."""
@@ -400,6 +396,7 @@ class AgentManager:
             if a.proc in outcome:
                 self._drop(a, "process exited during registration", forget=True)
                 continue
+            fill_originals(a)
             outcome[a.proc] = None
         # exclusivity and pm_qos follow the agents' states: only an agent that has
         # either can change them (a home that changed set cpu_dirty already)

@@ -75,24 +75,25 @@ def _nice_of(tid: int) -> str:
     return str(tasks.get_nice(tid))
 
 
-_ORIGINALS: tuple[tuple[str, Callable[[int], str]], ...] = (
+_ORIGINALS: tuple[tuple[KnobName, Callable[[int], str]], ...] = (
     (KnobName.TASK_AFFINITY, _affinity_of), (KnobName.TASK_NICE, _nice_of),
     (KnobName.TASK_IOPRIO, tasks.get_ioprio))
 
 
-def read_originals(pid: int) -> dict[str, str]:
-    """The main thread's affinity, nice and ioprio (those the kernel answers).
-
-    Once per registration: a table of lambdas made per call, each read under
-    contextlib.suppress, cost as much as the three syscalls."""
-    out: dict[str, str] = {}
+def fill_originals(a: Agent) -> None:
+    """The process's originals of the knobs its class writes that the placement
+    did not give (account() takes them from the main thread's results): the
+    main thread's write was refused or skipped, so it still shows the process's
+    own value. Read after the placement, not before it: a registration's answer
+    waited for three reads of values its own batch reads again."""
+    wants = class_values(a)
     for knob, read in _ORIGINALS:
-        try:
-            value = read(pid)
-        except KernelError:
+        if knob in a.orig or wants.get(knob) is None:
             continue
-        out[knob] = value
-    return out
+        try:
+            a.orig[knob] = read(a.proc.pid)
+        except KernelError:
+            continue  # gone: its threads get no inherited original
 
 
 def class_values(a: Agent) -> dict[KnobName, str | None]:
@@ -133,8 +134,14 @@ def wanted(a: Agent) -> set[str]:
     return out
 
 
+_READ_BEFORE = (Status.CHANGED, Status.CLAMPED, Status.UNCHANGED)
+
+
 def account(results: Iterable[Any], agents: list[Agent], *, add: bool = False) -> None:
-    """Fold engine results into each agent's state/problem/pinned count.
+    """Fold engine results into each agent's state/problem/pinned count, and
+    the main thread's first values read (KnobResult.before, read right before
+    the write) into Agent.orig: the originals its later threads inherited
+    agentlatd's value over (agent_changes(born=True), restore_unjournaled).
 
     add=False: the results cover every thread; True: only new threads."""
     by_proc = {a.proc: a for a in agents}
@@ -145,6 +152,8 @@ def account(results: Iterable[Any], agents: list[Agent], *, add: bool = False) -
         a = by_proc.get(th.proc) if th is not None else None
         if a is None or th is None:
             continue
+        if th.tid == th.pid and r.before and r.status in _READ_BEFORE:
+            a.orig.setdefault(r.knob, r.before)
         if r.status in (Status.CHANGED, Status.UNCHANGED):
             if r.knob == KnobName.TASK_AFFINITY:
                 ok_aff[a.proc] = ok_aff.get(a.proc, 0) + 1

@@ -250,3 +250,33 @@ def test_without_a_pidfd_the_credentials_come_from_proc_status(tmp_path: pathlib
     finally:
         procs.kill()
         eng.close()
+
+
+def test_the_placement_gives_the_originals_later_threads_inherit(tmp_path: pathlib.Path) -> None:
+    """Agent.orig (what a thread born later with agentlatd's value gets back)
+    is the main thread's value the placement read right before writing it,
+    for each knob the class writes: no reads of its own before the answer."""
+    eng, mgr = agent_side(tmp_path / "state")
+    procs = Sleepers(2)
+    try:
+        bg, inter = procs.pids
+        os.setpriority(os.PRIO_PROCESS, bg, 5)
+        before = {KnobName.TASK_AFFINITY: tasks.get_affinity(bg).to_list(),
+                  KnobName.TASK_NICE: "5", KnobName.TASK_IOPRIO: tasks.get_ioprio(bg)}
+        inter_aff = tasks.get_affinity(inter).to_list()
+        pb = register_as_root(mgr, bg, "background")
+        pi = register_as_root(mgr, inter)
+        assert mgr.agents[pb].orig == {} and mgr.agents[pi].orig == {}
+        assert all(r is None for r in mgr.place_pending().values())
+        assert os.getpriority(os.PRIO_PROCESS, bg) == 10
+        assert mgr.agents[pb].orig == before
+        # interactive writes the affinity only: the only original it needs
+        assert mgr.agents[pi].orig == {KnobName.TASK_AFFINITY: inter_aff}
+        # placed again (its class re-applied): the first originals stay
+        mgr.dirty.add(pb)
+        assert all(r is None for r in mgr.place_pending().values())
+        assert mgr.agents[pb].orig == before
+    finally:
+        procs.kill()
+        eng.rollback()
+        eng.close()
