@@ -396,7 +396,7 @@ class AgentManager:
             if a.proc in outcome:
                 self._drop(a, "process exited during registration", forget=True)
                 continue
-            fill_originals(a)
+            fill_originals(self.applier, a)
             outcome[a.proc] = None
         # exclusivity and pm_qos follow the agents' states: only an agent that has
         # either can change them (a home that changed set cpu_dirty already)

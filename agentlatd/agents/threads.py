@@ -14,7 +14,7 @@ are remembered (a few agents per tick) so that its exit can restore them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -67,33 +67,20 @@ def belongs(target: str, p: ProcId) -> bool:
     return target.startswith(prefix(p)) and proc_of(target) == p
 
 
-def _affinity_of(tid: int) -> str:
-    return tasks.get_affinity(tid).to_list()
-
-
-def _nice_of(tid: int) -> str:
-    return str(tasks.get_nice(tid))
-
-
-_ORIGINALS: tuple[tuple[KnobName, Callable[[int], str]], ...] = (
-    (KnobName.TASK_AFFINITY, _affinity_of), (KnobName.TASK_NICE, _nice_of),
-    (KnobName.TASK_IOPRIO, tasks.get_ioprio))
-
-
-def fill_originals(a: Agent) -> None:
+def fill_originals(applier: Applier, a: Agent) -> None:
     """The process's originals of the knobs its class writes that the placement
     did not give (account() takes them from the main thread's results): the
     main thread's write was refused or skipped, so it still shows the process's
-    own value. Read after the placement, not before it: a registration's answer
-    waited for three reads of values its own batch reads again."""
-    wants = class_values(a)
-    for knob, read in _ORIGINALS:
-        if knob in a.orig or wants.get(knob) is None:
+    own value, read through the knob itself. Read after the placement, not
+    before it: a registration's answer waited for three reads of values its own
+    batch reads again."""
+    main = ThreadId(a.proc.pid, a.proc.starttime, a.proc.pid).target
+    for knob, want in class_values(a).items():
+        if want is None or knob in a.orig:
             continue
-        try:
-            a.orig[knob] = read(a.proc.pid)
-        except KernelError:
-            continue  # gone: its threads get no inherited original
+        value = applier.read(knob, main)
+        if value is not None:  # None: gone, its threads get no inherited original
+            a.orig[knob] = value
 
 
 def class_values(a: Agent) -> dict[KnobName, str | None]:
