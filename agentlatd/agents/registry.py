@@ -358,10 +358,7 @@ class AgentManager:
                  and a.pinned == 0}
         for a in todo:
             tids = tasks.list_tids(self.root, a.proc.pid)
-            # the pidfd names this very process: a poll, not a /proc read
-            running = (tasks.pidfd_running(a.pidfd) if a.pidfd is not None
-                       else tasks.alive(self.root, a.proc))
-            if not tids or not running:
+            if not tids or not tasks.running(self.root, a.proc, a.pidfd):
                 outcome[a.proc] = AgentRefused(Refusal.NO_SUCH_PROCESS,
                                                 f"process {a.proc.pid} has exited")
                 continue

@@ -255,9 +255,7 @@ class ThreadUpkeep:
         """Unregister: threads born pinned (inherited from a pinned thread) were never
         journaled: give them the process's original when they still have ours."""
         p = a.proc
-        # the pidfd names this very process: a poll, not a /proc read
-        if not (tasks.pidfd_running(a.pidfd) if a.pidfd is not None
-                else tasks.alive(self.root, p)):
+        if not tasks.running(self.root, p, a.pidfd):
             return
         wants = class_values(a)
         for tid in tasks.list_tids(self.root, p.pid):

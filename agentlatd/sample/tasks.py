@@ -543,6 +543,12 @@ def pidfd_running(fd: int) -> bool:
     return not p.poll(0)
 
 
+def running(root: Root, p: ProcId, pidfd: int | None) -> bool:
+    """Whether process `p` has not exited: a poll of `pidfd` when one was opened
+    for it (pidfd_running, no /proc read), else alive()'s read of proc/PID/stat."""
+    return pidfd_running(pidfd) if pidfd is not None else alive(root, p)
+
+
 def pidfd_alive(fd: int) -> bool:
     """Whether the process behind a pidfd still runs (pidfd_send_signal with signal 0)."""
     try:
