@@ -34,6 +34,7 @@ from typing import Any
 from agentlatd.agents.chain import ChainAgent, Link, ScanCost
 from agentlatd.policy import ChainRule
 from agentlatd.sample.tasks import ProcId
+from agentlatd.wire import json_line
 
 PID_MAX = 1 << 22  # PID_MAX_LIMIT (include/linux/threads.h)
 VIA_MAX = 4096  # a link's "how found": a Unix socket path and a namespace at most
@@ -44,22 +45,15 @@ class BadReply(ValueError):
     """A worker message that is not what the protocol says."""
 
 
-_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)  # one, not one per line
-
-
-def _line(obj: Mapping[str, Any]) -> bytes:
-    return (_COMPACT.encode(obj) + "\n").encode()
-
-
 # -- daemon -> worker ----------------------------------------------------------
 
 def irqbalance_request() -> bytes:
-    return _line({"op": "irqbalance"})
+    return json_line({"op": "irqbalance"})
 
 
 def chain_request(add: Iterable[ChainAgent], drop: Iterable[ProcId],
                   rules: Sequence[ChainRule]) -> bytes:
-    return _line({"op": "chain",
+    return json_line({"op": "chain",
                   "add": [[a.proc.pid, a.proc.starttime, a.agent_id,
                            [[proto, str(addr), port] for proto, addr, port in a.addrs]]
                           for a in add],
@@ -93,15 +87,15 @@ def request_rules(obj: Mapping[str, Any]) -> tuple[ChainRule, ...]:
 # -- worker -> daemon ----------------------------------------------------------
 
 def ready(pid: int) -> bytes:
-    return _line({"ready": pid})
+    return json_line({"ready": pid})
 
 
 def irqbalance_reply(pids: Iterable[int]) -> bytes:
-    return _line({"pids": list(pids)})
+    return json_line({"pids": list(pids)})
 
 
 def chain_reply(scanned: Mapping[ProcId, tuple[Link, ...]], cost: ScanCost) -> bytes:
-    return _line({"scanned": [[p.pid, p.starttime,
+    return json_line({"scanned": [[p.pid, p.starttime,
                                [[lk.proc.pid, lk.proc.starttime, lk.via] for lk in links]]
                               for p, links in scanned.items()],
                   "cost": [cost.agents, cost.namespaces, cost.fd_reads, cost.duration_s,
@@ -109,7 +103,7 @@ def chain_reply(scanned: Mapping[ProcId, tuple[Link, ...]], cost: ScanCost) -> b
 
 
 def error_reply(why: str) -> bytes:
-    return _line({"error": why[:VIA_MAX]})
+    return json_line({"error": why[:VIA_MAX]})
 
 
 # -- the daemon's checks of a reply ---------------------------------------------

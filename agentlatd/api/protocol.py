@@ -25,7 +25,7 @@ from typing import Any
 
 from agentlatd import stepstats as stats
 from agentlatd.sample.tasks import valid_pid
-from agentlatd.wire import LATENCY_CLASSES, Op, parse_endpoint
+from agentlatd.wire import LATENCY_CLASSES, Op, json_line, parse_endpoint
 
 VERSION = 1
 MAX_LINE = 64 * 1024  # bytes per request line, newline included
@@ -352,22 +352,15 @@ def decode(line: bytes) -> Envelope:
 # ---------------------------------------------------------------------------
 # encoding
 
-# one encoder for every line: json.dumps with separators= builds a new JSONEncoder
-# per call, a third of an answer's encoding time (bench/agents.py register answer)
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
-
-
 def ok(req_id: Any, result: Any) -> bytes:
-    return (_COMPACT.encode({"v": VERSION, "id": req_id, "ok": True, "result": result})
-            + "\n").encode()
+    return json_line({"v": VERSION, "id": req_id, "ok": True, "result": result})
 
 
 def error(req_id: Any, code: str, message: str, retry_after_ms: int | None = None) -> bytes:
     err: dict[str, Any] = {"code": code, "message": message}
     if retry_after_ms is not None:
         err["retry_after_ms"] = retry_after_ms
-    return (_COMPACT.encode({"v": VERSION, "id": req_id, "ok": False, "error": err})
-            + "\n").encode()
+    return json_line({"v": VERSION, "id": req_id, "ok": False, "error": err})
 
 
 def request(op: Op, req_id: Any = None, **fields: Any) -> bytes:
@@ -376,4 +369,4 @@ def request(op: Op, req_id: Any = None, **fields: Any) -> bytes:
     if req_id is not None:
         msg["id"] = req_id
     msg.update({k: v for k, v in fields.items() if v is not None})
-    return (_COMPACT.encode(msg) + "\n").encode()
+    return json_line(msg)
