@@ -11,12 +11,15 @@ races that proof stands for, and what it saves, on real processes.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import pathlib
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 from agentshelpers import agent_side, needs_2cpus, needs_root, register_as_root
@@ -25,11 +28,13 @@ from support.sleepers import Sleepers
 from agentlatd import knobset
 from agentlatd.agents.pidfdgate import AgentPidfds
 from agentlatd.agents.refusal import AgentRefused, Refusal, Registration
+from agentlatd.agents.registry import AgentManager
+from agentlatd.apply.engine import Engine
 from agentlatd.errors import KernelError
 from agentlatd.kernel.errnos import ErrClass
 from agentlatd.kernel.knobnames import KnobName
 from agentlatd.sample import tasks
-from agentlatd.sample.tasks import ThreadId
+from agentlatd.sample.tasks import ProcId, ThreadId
 from agentlatd.sysfs.root import Root
 
 pytestmark = [needs_root, needs_2cpus]
@@ -110,6 +115,32 @@ class CountingRoot(Root):
         return super().read_bytes(rel, context)
 
 
+@dataclass
+class OneAgent:
+    eng: Engine
+    mgr: AgentManager
+    procs: Sleepers
+    pid: int
+    p: ProcId
+
+
+@contextlib.contextmanager
+def one_agent(tmp_path: pathlib.Path, root: Root | None = None,
+              latency_class: str = "interactive") -> Iterator[OneAgent]:
+    """A sleeping process registered by root as `latency_class` and placed, in an
+    agent side on `root` (the live one by default); killed and closed after."""
+    eng, mgr = agent_side(tmp_path / "state", root=root)
+    procs = Sleepers(1)
+    try:
+        pid = procs.pids[0]
+        p = register_as_root(mgr, pid, latency_class)
+        assert all(r is None for r in mgr.place_pending().values())
+        yield OneAgent(eng, mgr, procs, pid, p)
+    finally:
+        procs.kill()
+        eng.close()
+
+
 def test_an_agents_pidfd_replaces_the_stat_read_of_each_task_knob_read_and_write(
         tmp_path: pathlib.Path) -> None:
     """Class "background" writes three knobs on the thread; each was read and
@@ -117,13 +148,9 @@ def test_an_agents_pidfd_replaces_the_stat_read_of_each_task_knob_read_and_write
     before AgentPidfds). Now only the registration's identifying read is made,
     and the unregister's restores make none; the writes land as before."""
     root = CountingRoot()
-    eng, mgr = agent_side(tmp_path / "state", root=root)
-    procs = Sleepers(1)
-    try:
-        pid = procs.pids[0]
+    with one_agent(tmp_path, root, "background") as one:
+        eng, mgr, pid, p = one.eng, one.mgr, one.pid, one.p
         stat = f"proc/{pid}/stat"
-        p = register_as_root(mgr, pid, "background")
-        assert all(r is None for r in mgr.place_pending().values())
         assert root.reads[stat] == 1  # _identify's, which the pidfd was opened before
         if tasks.pidfd_ids(mgr.agents[p].pidfd or -1) is not None:
             # the credentials came from the pidfd (PIDFD_GET_INFO, Linux 6.13)
@@ -136,9 +163,6 @@ def test_an_agents_pidfd_replaces_the_stat_read_of_each_task_knob_read_and_write
         assert root.reads[stat] == 0
         assert os.getpriority(os.PRIO_PROCESS, pid) == 0
         assert not eng.entries()
-    finally:
-        procs.kill()
-        eng.close()
 
 
 def test_the_witness_proves_nothing_to_another_thread(tmp_path: pathlib.Path) -> None:
@@ -147,12 +171,8 @@ def test_the_witness_proves_nothing_to_another_thread(tmp_path: pathlib.Path) ->
     thread may close an agent's pidfd, and its number be reused, meanwhile),
     and the knob reads proc/PID/stat as without one."""
     root = CountingRoot()
-    eng, mgr = agent_side(tmp_path / "state", root=root)
-    procs = Sleepers(1)
-    try:
-        pid = procs.pids[0]
-        p = register_as_root(mgr, pid)
-        assert all(r is None for r in mgr.place_pending().values())
+    with one_agent(tmp_path, root) as one:
+        mgr, pid, p = one.mgr, one.pid, one.p
         knob = knobset.witnessed(witness := AgentPidfds())[KnobName.TASK_AFFINITY]
         witness.bind(mgr.pidfd_of)
         target = ThreadId(pid, p.starttime, pid).target
@@ -174,34 +194,24 @@ def test_the_witness_proves_nothing_to_another_thread(tmp_path: pathlib.Path) ->
         root.reads.clear()
         assert knob.read(root, target) == "1"
         assert root.reads[f"proc/{pid}/stat"] == 0
-    finally:
-        procs.kill()
-        eng.close()
 
 
 def test_the_witness_does_not_vouch_for_an_agent_that_exited(tmp_path: pathlib.Path) -> None:
     """Killed and reaped while still registered (its pidfd not yet seen by the
     loop): the pidfd is readable, so the proof fails and the knob's read of
     proc/PID/stat says the thread is gone, as it did before AgentPidfds."""
-    eng, mgr = agent_side(tmp_path / "state")
-    procs = Sleepers(1)
-    try:
-        pid = procs.pids[0]
-        p = register_as_root(mgr, pid)
-        assert all(r is None for r in mgr.place_pending().values())
+    with one_agent(tmp_path) as one:
+        mgr, pid, p = one.mgr, one.pid, one.p
         witness = AgentPidfds()
         witness.bind(mgr.pidfd_of)
         assert witness.vouches(pid, p.starttime)
-        procs.close()  # SIGKILL and reaped
+        one.procs.close()  # SIGKILL and reaped
         assert p in mgr.agents
         assert not witness.vouches(pid, p.starttime)
         knob = knobset.witnessed(witness)[KnobName.TASK_AFFINITY]
         with pytest.raises(KernelError) as e:
             knob.read(Root("/"), ThreadId(pid, p.starttime, pid).target)
         assert e.value.errclass is ErrClass.GONE
-    finally:
-        procs.kill()
-        eng.close()
 
 
 def test_the_pidfd_tells_the_credentials_proc_status_tells() -> None:
@@ -235,21 +245,14 @@ def test_without_a_pidfd_the_credentials_come_from_proc_status(tmp_path: pathlib
     or a kernel without pidfds: the check reads proc/PID/status, and refuses a
     process of another uid for a non-admin peer as before."""
     root = CountingRoot()
-    eng, mgr = agent_side(tmp_path / "state", root=root)
-    procs = Sleepers(1)
-    try:
-        pid = procs.pids[0]
-        p = register_as_root(mgr, pid)
-        assert all(r is None for r in mgr.place_pending().values())
+    with one_agent(tmp_path, root) as one:
+        mgr, pid, p = one.mgr, one.pid, one.p
         root.reads.clear()
         assert mgr.check_register(0, 0, None, _req(pid), True) == (p, 0)
         assert root.reads[f"proc/{pid}/status"] == 1
         with pytest.raises(AgentRefused) as e:
             mgr.check_register(4242, 4242, None, _req(pid), False)
         assert e.value.why is Refusal.NOT_PERMITTED
-    finally:
-        procs.kill()
-        eng.close()
 
 
 def test_the_placement_gives_the_originals_later_threads_inherit(tmp_path: pathlib.Path) -> None:
