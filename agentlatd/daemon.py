@@ -1,7 +1,8 @@
 """The daemon: `agentlatd run`. One process, two threads, one journal.
 
   main thread   a `selectors` loop: the registration socket (api/server.py),
-                one pidfd per agent (readable when it exits), the signal
+                one pidfd per agent (readable when it exits), the process
+                connector's forks and exits (agents/forks.py), the signal
                 pipe, and the agent tick (agents/registry.py: new threads,
                 heat moves, auto-registration, exclusive home CPUs, pm_qos)
   tuner thread  one tick (agentlatd/tick.py: sample -> plan) then apply and
@@ -66,7 +67,7 @@ from agentlatd.agentwork import AgentWork
 from agentlatd.api.server import Server
 from agentlatd.apply.engine import Engine
 from agentlatd.apply.journal import FLAG_YIELDED
-from agentlatd.errors import PolicyError
+from agentlatd.errors import KernelError, PolicyError
 from agentlatd.handlers import Handlers
 from agentlatd.hooks import Hooks
 from agentlatd.lifecycle import (
@@ -80,6 +81,7 @@ from agentlatd.lifecycle import (
 )
 from agentlatd.model.agent_links import AgentLinks
 from agentlatd.model.layout import NO_HOME_CPU
+from agentlatd.netlink.procevents import ProcEvents
 from agentlatd.plan.build import check_policy_cpus
 from agentlatd.policy import Policy
 from agentlatd.steps.slowsteps import SlowSteps
@@ -185,12 +187,31 @@ class Daemon:
         """
         self.engine.acquire()
         self.listener.acquire()
+        self._watch_forks()
         self._acquired = True
         for h in self.hooks.on_acquire:
             h(self.view)  # an error fails the start: nothing is written yet
 
+    def _watch_forks(self) -> None:
+        """Process events for the processes agents fork (agents/forks.py); without
+        them (a container's own pid namespace, no CONFIG_PROC_EVENTS) the tick
+        lists each agent's descendants. Never fails the start."""
+        if not self.root.is_host:
+            self.manager.forks.attach(None, "not the host's /proc")
+            return
+        try:
+            src = ProcEvents()
+        except KernelError as e:
+            self.manager.forks.attach(None, str(e))
+            log.info("no process events (%s): the agent tick lists the processes agents "
+                     "fork instead", e)
+            return
+        self.manager.forks.attach(src)
+
     def _release(self) -> None:
         """Undo acquire() after a failed start (the socket file is removed if ours)."""
+        with contextlib.suppress(Exception):
+            self.manager.forks.close()
         if self.server is None:
             self.listener.release()
         for h in self.hooks.on_release:
@@ -273,6 +294,9 @@ class Daemon:
             wake = self.server.wakeup()  # a rate-limited connection to read again
             if wake is not None:
                 timeout = min(timeout, max(0.0, wake - now))
+            forks = self.manager.forks.wait_s(now)  # the process events' next batch
+            if forks is not None:
+                timeout = min(timeout, forks)
         if timeout > 0.0:
             PACER.waiting()
         events = self.sel.select(timeout)
@@ -285,6 +309,7 @@ class Daemon:
             self.waker.hup = False
             self.reload()
         self.server.process()
+        self.manager.forks.follow_due(time.monotonic(), self.manager.agents, self.manager.by_pid)
         st = self.tuner.state
         if st is not None and st.seq != self._seen_seq:
             self._take(st)
@@ -391,6 +416,8 @@ class Daemon:
         PACER.waiting()  # no more serving: the tuner's last tick runs unpaced
         self.tuner.join(10.0)
         ok = rollback_all(self.engine, self.manager, self.chain)
+        with contextlib.suppress(Exception):
+            self.manager.forks.close()
         if self.server is not None:
             self.server.close(unlink=self.listener.owned)
         with contextlib.suppress(Exception):
@@ -479,6 +506,7 @@ def _status(d: Daemon) -> dict[str, Any]:
     out.update(agent_views.status(d.manager))
     out.update(d.chain.status())
     out["scan_worker"] = d.scans.info.to_json()
+    out["forks"] = d.manager.forks.status()
     return out
 
 

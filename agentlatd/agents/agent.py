@@ -67,9 +67,10 @@ class Agent:
     # that uid is their real and effective uid (checked per thread, right before
     # each syscall); None = registered by an admin or by the policy itself
     owner: int | None = None
-    # the processes it forked (its live descendants at its last fork scan) and
-    # (ruid, euid) of its main thread: at its exit they have been re-parented,
-    # and still show what agentlatd set on the agent
+    # the processes it forked (agents/forks.py) and (ruid, euid) of its main
+    # thread as its registration read them (what its forks inherit; it may be
+    # gone before they are seen): at its exit they have been re-parented, and
+    # still show what agentlatd set on the agent
     creds: tuple[int, int] | None = None
     forked: set[ProcId] = field(default_factory=set)
     state: AgentState = AgentState.PENDING

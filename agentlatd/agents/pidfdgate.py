@@ -26,13 +26,17 @@ from agentlatd.sample import tasks
 from agentlatd.sample.tasks import ProcId
 from agentlatd.sysfs.root import Root
 
+Creds = tuple[int, int]  # (real uid, effective uid) of a process's main thread
+
 
 class PidfdGate:
-    """Holds at most one pidfd, from the last check to the register that follows it."""
+    """Holds at most one pidfd, from the last check to the register that follows it,
+    with the credentials the check read (the agent's, while it ran: agents/forks.py
+    needs them when its forks outlive it, and it may be gone before they are read)."""
 
     def __init__(self, root: Root) -> None:
         self.root = root
-        self._held: tuple[ProcId, int] | None = None
+        self._held: tuple[ProcId, int, Creds] | None = None
 
     def opened(self, pid: int) -> int | None:
         """A pidfd for `pid`, opened before the identifying read (None: no pidfds here)."""
@@ -41,29 +45,30 @@ class PidfdGate:
             return tasks.pidfd_open(pid)
         return None
 
-    def keep(self, p: ProcId, fd: int) -> None:
-        """The check identified `fd`'s pid as `p`: register() takes it."""
+    def keep(self, p: ProcId, fd: int, creds: Creds) -> None:
+        """The check identified `fd`'s pid as `p`, running as `creds`: register() takes it."""
         self.drop()
-        self._held = (p, fd)
+        self._held = (p, fd, creds)
 
     def drop(self) -> None:
         if self._held is not None:
             os.close(self._held[1])  # in no selector yet
             self._held = None
 
-    def take(self, p: ProcId) -> tuple[int | None, bool]:
-        """(the pidfd of `p` or None, whether `p` has exited): the one the check
-        opened when it was for `p`, else one opened now and checked by a read."""
+    def take(self, p: ProcId) -> tuple[int | None, bool, Creds | None]:
+        """(the pidfd of `p` or None, whether `p` has exited, its credentials as the
+        check read them or None): the pidfd the check opened when it was for `p`,
+        else one opened now and checked by a read."""
         held, self._held = self._held, None
         if held is not None and held[0] == p:
-            return held[1], not tasks.pidfd_running(held[1])
+            return held[1], not tasks.pidfd_running(held[1]), held[2]
         if held is not None:
             os.close(held[1])
         fd = None
         with contextlib.suppress(KernelError):
             fd = tasks.pidfd_open(p.pid)
         # opened after the check: the pidfd may name a newer process
-        return fd, fd is not None and not tasks.alive(self.root, p)
+        return fd, fd is not None and not tasks.alive(self.root, p), None
 
 
 class AgentPidfds:

@@ -19,8 +19,8 @@ The originals are journaled by the engine before the first write and
 restored on unregister, on `agentlatd rollback`, on SIGTERM and after a crash,
 on the threads and forked processes that inherited them too (agents/knobs.py
 TaskKnob.restore). An agent's own exit forgets its entries (its threads are
-gone), but the processes it forked live on, re-parented: the tick remembers
-them (Agent.forked) and the exit gives them the originals.
+gone), but the processes it forked live on, re-parented: agents/forks.py
+remembers them (Agent.forked) and the exit gives them the originals.
 
 Writes made for a non-admin peer (Agent.owner) reach only threads whose real
 and effective uid are the peer's, checked per thread right before each
@@ -64,6 +64,7 @@ from agentlatd.agents.agent import Agent, AgentState
 from agentlatd.agents.applier import TASK_KNOBS, Applier
 from agentlatd.agents.autoreg import AutoRegistrar
 from agentlatd.agents.exclusive import CpuKeeper
+from agentlatd.agents.forks import ForkWatch
 from agentlatd.agents.pidfdgate import AgentPidfds, PidfdGate
 from agentlatd.agents.placement import HomePlacer, holds_cpu
 from agentlatd.agents.refusal import AgentRefused, Refusal, Registration
@@ -191,7 +192,9 @@ class AgentManager:
         # completion chains (agents/chain.py): what the chain keeper decided at
         # its last tick (set_chain)
         self.chain = ChainInput()
-        self.threads = ThreadUpkeep(applier)  # new threads, forked processes
+        self.threads = ThreadUpkeep(applier)  # new threads, and writes for forked processes
+        # which processes each agent forked (process events, else the tick's listing)
+        self.forks = ForkWatch(self.root)
         # cgroups: each agent's cpuset, and CPUs other workloads hold exclusively
         self.cgroups = containers.Scanner(self.root)
         self.placer = HomePlacer(policy, self.cgroups, clock)
@@ -238,14 +241,14 @@ class AgentManager:
         # a new agent's pidfd, opened before the read that identifies the process
         fd = self.pidfd_gate.opened(pid) if pid not in self.by_pid else None
         try:
-            starttime, ruid = self._checked(pid, req, peer_start, peer_uid, admin, fd)
+            starttime, ruid, euid = self._checked(pid, req, peer_start, peer_uid, admin, fd)
         except BaseException:
             if fd is not None:
                 os.close(fd)  # in no selector yet
             raise
         p = ProcId(pid, starttime)
         if fd is not None:
-            self.pidfd_gate.keep(p, fd)
+            self.pidfd_gate.keep(p, fd, (ruid, euid))
         return p, ruid
 
     def pidfd_of(self, pid: int, starttime: int) -> int | None:
@@ -254,8 +257,8 @@ class AgentManager:
         return a.pidfd if a is not None and a.proc.starttime == starttime else None
 
     def _checked(self, pid: int, req: Registration, peer_start: int | None, peer_uid: int,
-                 admin: bool, pidfd: int | None = None) -> tuple[int, int]:
-        """check_register()'s checks: (start time, ruid) or AgentRefused."""
+                 admin: bool, pidfd: int | None = None) -> tuple[int, int, int]:
+        """check_register()'s checks: (start time, ruid, euid) or AgentRefused."""
         starttime, ruid, euid = _identify(self.root, pid, req, peer_start, pidfd)
         if not admin and not (ruid == peer_uid and euid == peer_uid):
             raise AgentRefused(Refusal.NOT_PERMITTED,
@@ -285,7 +288,7 @@ class AgentManager:
                 if mine >= MAX_AGENTS_PER_UID:
                     raise AgentRefused(Refusal.LIMIT, f"uid {peer_uid} has {mine} agents "
                                         f"registered already (limit {MAX_AGENTS_PER_UID})")
-        return starttime, ruid
+        return starttime, ruid, euid
 
     def register(self, p: ProcId, uid: int, req: Registration, source: str = "socket", *,
                  owner: int | None = None, logged_by_caller: bool = False) -> Agent:
@@ -299,12 +302,14 @@ class AgentManager:
         if a is None:
             a = Agent(agent_id=req.agent_id, proc=p, uid=uid, latency_class=req.latency_class,
                       source=source, registered_at=time.time())
-            fd, exited = self.pidfd_gate.take(p)
+            fd, exited, creds = self.pidfd_gate.take(p)
             if exited:
                 assert fd is not None
                 os.close(fd)
                 raise AgentRefused(Refusal.NO_SUCH_PROCESS, f"process {p.pid} has exited")
             a.pidfd = fd
+            # what its forks inherit, for their restore at its exit (agents/forks.py)
+            a.creds = creds
             if fd is not None:
                 self.new_pidfds.append(a)
             self.agents[p] = a
@@ -420,6 +425,7 @@ class AgentManager:
             self.close_pidfd(a.pidfd)
             a.pidfd = None
         self.placer.set_home(a, None)
+        self.forks.forget(a)
         self.agents.pop(a.proc, None)
         if self.by_pid.get(a.proc.pid) is a:
             del self.by_pid[a.proc.pid]
@@ -454,6 +460,8 @@ class AgentManager:
         gone = [a for p in procs if (a := self.agents.get(p)) is not None]
         if not gone:
             return
+        # the forks queued before these exits, a moment ago included
+        self.forks.follow(self.agents, self.by_pid)
         for a in gone:
             self.threads.restore_forked(a, self.agents)  # reads its entries: first
         self.applier.forget(key for a in gone for key in self._keys_of(a.proc))

@@ -7,8 +7,8 @@ thread started by a not-yet-pinned thread needs the tick: each tick lists
 proc/PID/task of every agent and applies the class to new threads. A thread
 born with our values has the process's original journaled for it
 (Change.inherited_original), not the value it was born with, and is never
-off its CPUs meanwhile. The processes an agent forked
-are remembered (a few agents per tick) so that its exit can restore them.
+off its CPUs meanwhile. The processes an agent forked are remembered
+(agents/forks.py) so that its exit can restore them (restore_forked).
 """
 
 from __future__ import annotations
@@ -30,12 +30,6 @@ from agentlatd.sample.tasks import ProcId, ThreadId
 
 log = logging.getLogger("agentlatd.agents")
 
-# Processes an agent forked are listed at the agent tick (proc/PID/task/*/children,
-# ~15-30 us per agent here), for this many agents per tick, round robin: a fork
-# shorter-lived than the round is missed (it inherited the values and is
-# restored on every other path; only the agent's own exit needs the list)
-FORK_SCAN_AGENTS = 64
-MAX_FORKED = 256  # remembered per agent
 # agents looked at between two yields of the tick (10-45 us of /proc reads each,
 # the more the busier the host): a piece stays well under the daemon's 0.3 ms
 # slice, so a registration arriving mid-piece waits little
@@ -170,7 +164,6 @@ class ThreadUpkeep:
     def __init__(self, applier: Applier) -> None:
         self.applier = applier
         self.root = applier.root
-        self._fork_cursor = 0
 
     def new_threads(self, agents: Mapping[ProcId, Agent], skip: AbstractSet[ProcId]
                     ) -> Iterator[None]:
@@ -207,30 +200,6 @@ class ThreadUpkeep:
                 account(self.applier.apply(changes), touched, add=True)
             yield
 
-    def scan_forks(self, agents: Mapping[ProcId, Agent]) -> Iterator[None]:
-        """Remember the processes agents forked (FORK_SCAN_AGENTS agents per tick),
-        yielding after each agent."""
-        todo = [a for a in agents.values() if a.applied]
-        if not todo:
-            return
-        start = self._fork_cursor % len(todo)
-        chosen = (todo[start:] + todo[:start])[:FORK_SCAN_AGENTS]
-        self._fork_cursor = start + len(chosen)
-        for a in chosen:
-            if agents.get(a.proc) is not a:
-                continue
-            # the live descendants only (replaced, not added to: an agent that
-            # forks short-lived commands all day must not grow the set)
-            kids: set[ProcId] = set()
-            for pid in tasks.descendants(self.root, a.proc.pid, limit=MAX_FORKED):
-                st = tasks.starttime_of(self.root, pid)
-                if st is not None and st >= a.proc.starttime:
-                    kids.add(ProcId(pid, st))
-            a.forked = kids
-            if kids and a.creds is None:  # read here, not on the registration path
-                a.creds = tasks.thread_uids(self.root, a.proc.pid, a.proc.pid)
-            yield
-
     def restore_forked(self, a: Agent, agents: Mapping[ProcId, Agent]) -> None:
         """The agent exited: its forked processes that still show agentlatd's values
         (inherited from it) get its originals back, as its entries would have."""
@@ -246,7 +215,6 @@ class ThreadUpkeep:
                     n += self.applier.restore_forked(knob, child, written, original, a.creds)
                 except (KernelError, ValueError):
                     continue
-        a.forked.clear()
         if n:
             log.info("agent %r pid %d exited: %d value(s) restored on processes it forked",
                      a.agent_id, a.proc.pid, n)

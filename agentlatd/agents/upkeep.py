@@ -1,7 +1,7 @@
 """The agent tick: the registry's per-tick upkeep, in bounded pieces (lock held).
 
 Exits (pidfds polled, or /proc for an agent without one), new threads and
-forked processes (agents/threads.py), cgroup rescans, heat moves
+forked processes (agents/threads.py, agents/forks.py), cgroup rescans, heat moves
 (agents/placement.py), auto-registration, the placement of what changed, and
 exclusivity and pm_qos brought in line (agents/exclusive.py). Each piece leaves
 the registry consistent: the daemon serves requests between pieces.
@@ -83,7 +83,7 @@ class AgentUpkeep:
             spent += time.perf_counter() - t0
             yield
             t0 = time.perf_counter()
-        for _ in reg.threads.scan_forks(reg.agents):
+        for _ in reg.forks.scan_steps(reg.agents):
             spent += time.perf_counter() - t0
             yield
             t0 = time.perf_counter()

@@ -30,6 +30,8 @@ LIFETIME_S = 90
 #   fork        a child process forked by the main thread that starts one
 #               thread of its own                          -> "pid tid"
 #   own NICE    a thread that sets its own nice NICE       -> its tid
+#   orphan      a child that forks a grandchild (with one thread of its own)
+#               and exits, so the grandchild is re-parented -> "pid tid" of it
 _PROGRAM = r"""
 import os, sys, threading, time
 LIFE = float(sys.argv[1])
@@ -67,6 +69,21 @@ for line in sys.stdin:
             time.sleep(max(0.0, end - time.monotonic()))
             os._exit(0)
         os.close(w)
+        print(os.fdopen(r).readline().strip(), flush=True)
+    elif cmd[0] == "orphan":
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            sys.stdin = open(os.devnull)
+            if os.fork() == 0:
+                tid = start()
+                os.write(w, f"{os.getpid()} {tid}\n".encode())
+                os.close(w)
+                time.sleep(max(0.0, end - time.monotonic()))
+            os._exit(0)
+        os.close(w)
+        os.waitpid(pid, 0)
         print(os.fdopen(r).readline().strip(), flush=True)
     elif cmd[0] == "exit":
         break
@@ -116,6 +133,13 @@ class Family:
     def fork(self) -> tuple[int, int]:
         """(pid, tid of its extra thread) of a child forked by the main thread."""
         pid, tid = (int(x) for x in self._cmd("fork").split())
+        self.forked.append(pid)
+        return pid, tid
+
+    def orphan(self) -> tuple[int, int]:
+        """(pid, tid of its extra thread) of a grandchild whose parent (a child the
+        main thread forked) has exited: no longer under the agent in /proc."""
+        pid, tid = (int(x) for x in self._cmd("orphan").split())
         self.forked.append(pid)
         return pid, tid
 

@@ -31,6 +31,8 @@ from hostilehelpers import NOBODY, as_uid, fill, requests_on, tmpfs
 from taskfamily import Family, task_values
 
 from agentlatd.apply import journal_read
+from agentlatd.errors import KernelError
+from agentlatd.netlink.procevents import ProcEvents
 from agentlatd.sample import tasks
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (tmpfs, other uids)")
@@ -317,6 +319,58 @@ def test_processes_forked_by_an_agent_get_its_originals_back_when_it_exits() -> 
             assert task_values(child, child_tid) == base
         finally:
             fam.kill()
+
+
+def _proc_events() -> bool:
+    try:
+        ProcEvents(timeout_s=2.0).close()
+    except KernelError:
+        return False
+    return True
+
+
+needs_proc_events = pytest.mark.skipif(
+    os.geteuid() != 0 or not _proc_events(),
+    reason="needs the process connector (root, the initial pid namespace, CONFIG_PROC_EVENTS)")
+
+
+def _dies_with_a_fresh_fork(orphan: bool) -> None:
+    """A background agent forks (a child, or a grandchild whose parent then exits) and
+    is killed at once: no agent tick runs in between (30 s ticks)."""
+    with workdir() as d, daemon(d, _SLOW) as dm:
+        assert dm.status()["forks"]["source"] == "events", dm.status()["forks"]
+        fam = Family()
+        try:
+            base = fam.tasks()[(fam.pid, fam.pid)]
+            assert dm.request("register", agent_id="bg", pid=fam.pid,
+                              latency_class="background")["ok"]
+            child, child_tid = fam.orphan() if orphan else fam.fork()
+            assert task_values(child, child_tid) == ("0", 10, "be7")  # inherited
+            os.kill(fam.pid, signal.SIGKILL)
+            fam.p.wait(10)
+            wait_until(lambda: dm.agents() == [], 10.0, what="the exit handled")
+            assert task_values(child, child) == base, dm.log[-2000:]
+            assert task_values(child, child_tid) == base, dm.log[-2000:]
+        finally:
+            fam.kill()
+
+
+@needs_2cpus
+@needs_proc_events
+def test_a_process_forked_less_than_a_tick_before_its_agent_dies_gets_the_originals_back() -> None:
+    """The tick listed an agent's forks (64 agents a tick, round robin): a process
+    forked since its agent's last listing kept CPU 0 / nice 10 / be7 when the agent
+    died (at 1000 agents, a fork up to 16 s old)."""
+    _dies_with_a_fresh_fork(orphan=False)
+
+
+@needs_2cpus
+@needs_proc_events
+def test_a_grandchild_whose_parent_exited_gets_the_originals_back_when_its_agent_dies() -> None:
+    """The agent's child forked a grandchild and exited: the kernel re-parented the
+    grandchild, no listing of the agent's descendants could find it, and it kept
+    CPU 0 / nice 10 / be7 when the agent died."""
+    _dies_with_a_fresh_fork(orphan=True)
 
 
 def _cpus(cpulist: str) -> list[str]:

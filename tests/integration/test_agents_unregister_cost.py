@@ -126,7 +126,7 @@ def test_an_exit_among_many_agents_reads_only_its_own_entries(
     p = lab.procs[7]
     mine = _mine(lab.journal, p)
     others = [e.key for e in lab.journal.entries if e not in mine]
-    child = Sleepers(1)  # stands for a process the agent forked (the tick's scan_forks)
+    child = Sleepers(1)  # stands for a process the agent forked (agents/forks.py)
     try:
         c = tasks.proc_id(Root("/"), child.pids[0])
         assert c is not None
