@@ -111,6 +111,12 @@ def render_daemon(view: dict[str, Any] | None, why: str) -> str:
                          subsequent_indent="    ")
     for n in view.get("notes", []):
         out += textwrap.wrap(f"note: {n}", WIDTH, initial_indent="  ", subsequent_indent="    ")
+    forks = view.get("forks") or {}
+    if forks.get("source") == "listing":
+        # an agent's exit restores only the forks the tick listed (docs/hostile.md)
+        out += textwrap.wrap("forked processes: listed by the agent tick, no process events "
+                             f"({forks.get('unavailable') or 'unknown'})", WIDTH,
+                             initial_indent="  ", subsequent_indent="    ")
     return "\n".join(out) + "\n\n"
 
 

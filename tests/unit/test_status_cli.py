@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from agentlatd import cli
+from agentlatd.commands import status as status_cmd
 from agentlatd.cpuset import CpuSet
 from agentlatd.sysfs.root import Root
 
@@ -174,3 +175,15 @@ def test_console_entry_point_runs_status() -> None:
                        check=False)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["kernel"].startswith("6.8")
+
+
+def test_the_daemon_view_says_when_forks_are_only_listed() -> None:
+    """Without process events an agent's exit restores only the forks a tick listed:
+    the view says so, with the reason; with events it says nothing."""
+    base = {"pid": 1, "uptime_s": 5, "tick": 2, "version": "x", "policy": "p"}
+    listed = status_cmd.render_daemon({**base, "forks": {"source": "listing",
+                                                      "unavailable": "no answer"}}, "")
+    assert "forked processes: listed by the agent tick, no process events (no answer)" \
+        in listed
+    assert "forked" not in status_cmd.render_daemon({**base, "forks": {"source": "events"}}, "")
+    assert all(len(line) <= status_cmd.WIDTH for line in listed.splitlines())
