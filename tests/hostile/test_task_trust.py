@@ -306,10 +306,12 @@ def test_processes_forked_by_an_agent_get_its_originals_back_when_it_exits() -> 
             child, child_tid = fam.fork()
             fam.thread()
             wait_until(lambda: dm.agents()[0]["threads"] == 2, 10.0, what="a tick saw them")
-            # and two whole agent ticks since: the forks are listed by a later piece
-            # of a tick than its new threads, and requests are answered between the
-            # pieces, so the agent killed right after "2 threads" could leave before
-            # its tick listed the fork (seen once in a full suite run)
+            # and two whole agent ticks since: where there are no process events
+            # (agents/forks.py) a tick lists the forks in a later piece than its new
+            # threads, and requests are answered between the pieces, so the agent
+            # killed right after "2 threads" could leave before its tick listed the
+            # fork (seen once in a full suite run). With events the fork is known at
+            # once (test_a_process_forked_less_than_a_tick_before_its_agent_dies...)
             wait_ticks(dm.status, 2, what="a tick listed the fork")
             assert task_values(child, child_tid) == ("0", 10, "be7")
             os.kill(fam.pid, signal.SIGKILL)
