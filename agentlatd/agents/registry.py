@@ -412,6 +412,11 @@ class AgentManager:
         a = self.agents.get(p)
         if a is None:
             return None
+        # the processes it forked that the restore's walk of its descendants cannot
+        # reach (a grandchild whose parent exited is init's): from its entries,
+        # which the restore below drops, so first
+        self.forks.follow(self.agents, self.by_pid)
+        self.threads.restore_forked(a, self.agents, "unregistered")
         keys = self._keys_of(p)
         self.applier.restore(keys)
         self.threads.restore_unjournaled(a, {t for _, t in keys})

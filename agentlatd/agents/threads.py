@@ -200,9 +200,11 @@ class ThreadUpkeep:
                 account(self.applier.apply(changes), touched, add=True)
             yield
 
-    def restore_forked(self, a: Agent, agents: Mapping[ProcId, Agent]) -> None:
-        """The agent exited: its forked processes that still show agentlatd's values
-        (inherited from it) get its originals back, as its entries would have."""
+    def restore_forked(self, a: Agent, agents: Mapping[ProcId, Agent],
+                       why: str = "exited") -> None:
+        """The agent exited or is unregistered: the processes it forked
+        (agents/forks.py) that still show agentlatd's values (inherited from it)
+        get its originals back, as its entries would have."""
         if not a.forked or a.creds is None:
             return
         vals = self.applier.written(ThreadId(a.proc.pid, a.proc.starttime, a.proc.pid))
@@ -216,8 +218,8 @@ class ThreadUpkeep:
                 except (KernelError, ValueError):
                     continue
         if n:
-            log.info("agent %r pid %d exited: %d value(s) restored on processes it forked",
-                     a.agent_id, a.proc.pid, n)
+            log.info("agent %r pid %d %s: %d value(s) restored on processes it forked",
+                     a.agent_id, a.proc.pid, why, n)
 
     def restore_unjournaled(self, a: Agent, journaled: AbstractSet[str]) -> None:
         """Unregister: threads born pinned (inherited from a pinned thread) were never

@@ -375,6 +375,46 @@ def test_a_grandchild_whose_parent_exited_gets_the_originals_back_when_its_agent
     _dies_with_a_fresh_fork(orphan=True)
 
 
+def _orphan_then(end: str) -> None:
+    """A background agent's child forks a grandchild (with a thread) and exits; then
+    `end`: "unregister" the live agent, or "stop" the daemon (SIGTERM)."""
+    with workdir() as d, daemon(d, _SLOW) as dm:
+        fam = Family()
+        try:
+            base = fam.tasks()[(fam.pid, fam.pid)]
+            assert dm.request("register", agent_id="bg", pid=fam.pid,
+                              latency_class="background")["ok"]
+            grand, grand_tid = fam.orphan()
+            assert task_values(grand, grand_tid) == ("0", 10, "be7")  # inherited
+            wait_until(lambda: dm.status()["forks"]["remembered"] == 1, 10.0,
+                       what="the daemon read the fork events")
+            if end == "unregister":
+                assert dm.request("unregister", pid=fam.pid)["ok"]
+            else:
+                assert dm.stop() == 0, dm.log[-2000:]
+            assert task_values(fam.pid, fam.pid) == base
+            assert task_values(grand, grand) == base, dm.log[-2000:]
+            assert task_values(grand, grand_tid) == base, dm.log[-2000:]
+        finally:
+            fam.kill()
+
+
+@needs_2cpus
+@needs_proc_events
+def test_a_grandchild_whose_parent_exited_gets_the_originals_back_at_unregister() -> None:
+    """Unregister walked the live agent's descendants: a grandchild whose parent had
+    exited is init's child, out of that walk, and kept CPU 0 / nice 10 / be7."""
+    _orphan_then("unregister")
+
+
+@needs_2cpus
+@needs_proc_events
+def test_a_grandchild_whose_parent_exited_gets_the_originals_back_at_a_clean_stop() -> None:
+    """SIGTERM restores every agent the same way as unregister: the same grandchild
+    kept CPU 0 / nice 10 / be7."""
+    _orphan_then("stop")
+
+
 def _cpus(cpulist: str) -> list[str]:
     out: list[str] = []
     for part in cpulist.split(","):
