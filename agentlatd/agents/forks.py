@@ -47,7 +47,8 @@ MAX_FORKED = 256  # remembered per agent
 # thread per fork on a host forking 2000 processes a second, read in batches
 # ~3 us (bench/forks.py). The queue (procevents.RCVBUF, which the kernel doubles
 # to 8 MiB) held 10082 events here: a fork and an exit each, so 20000 forks a
-# second between two reads; past that, events are lost and the tick lists
+# second between two reads; past that, events are lost (Drained.lost) and the
+# next tick lists every agent's descendants
 DRAIN_S = 0.25
 # datagrams read per loop turn on that schedule (~2.5 us each): a storm's backlog
 # is read a piece at a time, with requests served between, so a registration

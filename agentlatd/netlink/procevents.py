@@ -23,13 +23,14 @@ Why: an agent's forked processes inherit what agentlatd wrote on the forking thr
 nothing under /proc links them to it any more. The tick listed each agent's
 descendants (64 agents a tick: every 16 s at 1000 agents), and a process forked
 since the agent's last listing kept nice 10 / ioprio be7 / the home CPU for good.
-The fork event is queued on this socket inside fork() itself (kernel_clone ->
-proc_fork_connector), before the parent can run again, so it is always read before
-the parent's exit, which the daemon learns from the parent's pidfd.
+The fork event is queued on this socket inside fork() itself (kernel/fork.c
+copy_process -> proc_fork_connector), before the parent can run again, so the
+daemon, which reads the queue before it handles an exit (learnt from the
+parent's pidfd), reads it first.
 
 A classic BPF filter on the socket keeps only new processes (FORK with child_pid ==
 child_tgid) and ends of processes (EXIT with process_pid == process_tgid): threads,
-exec, uid and comm events never wake the daemon. A full receive queue drops events
+exec, uid and comm events never reach the daemon. A full receive queue drops events
 (ENOBUFS on the next read): `lost` says so, and the caller lists the agents'
 descendants instead for that tick.
 """
