@@ -44,6 +44,7 @@ CPU turns hot" on a 2-CPU host without flooding a CPU with NET_RX softirqs.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import logging
 import os
@@ -194,17 +195,20 @@ class Daemon:
 
     def _watch_forks(self) -> None:
         """Process events for the processes agents fork (agents/forks.py); without
-        them (a container's own pid namespace, no CONFIG_PROC_EVENTS) the tick
-        lists each agent's descendants. Never fails the start."""
+        them (a pid or network namespace of its own, no CONFIG_PROC_EVENTS) the
+        tick lists each agent's descendants. Never fails the start."""
         if not self.root.is_host:
             self.manager.forks.attach(None, "not the host's /proc")
             return
         try:
             src = ProcEvents()
         except KernelError as e:
-            self.manager.forks.attach(None, str(e))
+            why = str(e)
+            if e.errno in (errno.ECONNREFUSED, errno.EPROTONOSUPPORT):  # no connector here
+                why += "; only the host's network namespace has the process connector"
+            self.manager.forks.attach(None, why)
             log.info("no process events (%s): the agent tick lists the processes agents "
-                     "fork instead", e)
+                     "fork instead", why)
             return
         self.manager.forks.attach(src)
 
@@ -472,6 +476,10 @@ class _View:
     def scan_worker(self) -> tuple[bool, int]:
         info = self._d.scans.info
         return info.pid is not None, info.failures
+
+    def fork_events(self) -> tuple[bool, int]:
+        forks = self._d.manager.forks
+        return forks.source is not None, forks.lost
 
 
 def _status(d: Daemon) -> dict[str, Any]:

@@ -58,6 +58,9 @@ class DaemonView(Protocol):
     def scan_worker(self) -> tuple[bool, int]:
         """The scan worker: (a child answers now, children found broken so far)."""
 
+    def fork_events(self) -> tuple[bool, int]:
+        """(process events are followed now, their queue's overflows so far)."""
+
 
 @dataclass(slots=True)
 class Hooks:

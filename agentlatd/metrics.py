@@ -252,6 +252,10 @@ class View:
     # tuner thread scans itself; None: the daemon has none (no families then)
     scan_worker_up: int | None = None
     scan_worker_failures: int = 0
+    # process events (agents/forks.py): 1 while followed, 0 while the tick lists
+    # forks; None: not reported (no families then)
+    fork_events_up: int | None = None
+    fork_events_overflows: int = 0
 
 
 class AgentLike(Protocol):
@@ -332,6 +336,8 @@ class Metrics:
         self.guard_undone: dict[str, int] = {}  # decision kind -> times the guard undid it
         self.scan_worker_up: int | None = None
         self.scan_worker_failures = 0
+        self.fork_events_up: int | None = None
+        self.fork_events_overflows = 0
         self.home_irqs_total = 0.0
         self.home_softirqs_total: dict[str, float] = {}
         self.discontinuities: dict[str, int] = {}
@@ -403,7 +409,8 @@ class Metrics:
                      softirqs: Softirqs | None = None, stat: Stat | None = None,
                      failed: bool = False,
                      guard_undone: Mapping[str, int] | None = None,
-                     scan_worker: tuple[bool, int] | None = None) -> None:
+                     scan_worker: tuple[bool, int] | None = None,
+                     fork_events: tuple[bool, int] | None = None) -> None:
         """The end of one tick: O(CPUs + vectors x home CPUs) additions, no rendering.
 
         hot_cpus: the home CPUs the placement calls hot (heat >= heat.hot for
@@ -453,6 +460,8 @@ class Metrics:
             self.guard_undone = dict(guard_undone)
         if scan_worker is not None:  # (a child answers, children found broken so far)
             self.scan_worker_up, self.scan_worker_failures = int(scan_worker[0]), scan_worker[1]
+        if fork_events is not None:  # (followed, queue overflows so far)
+            self.fork_events_up, self.fork_events_overflows = int(fork_events[0]), fork_events[1]
 
     # -- the view --------------------------------------------------------
     def view(self, agents: Iterable[AgentLike] = (), policy: Policy | None = None,
@@ -568,7 +577,8 @@ class Metrics:
             class_budgets=budgets, max_agents=cap,
             per_cpu_vectors=pol.metrics.per_cpu_softirq_vectors if pol is not None else False,
             slow_steps=_slow_series(slow_steps, {aid for aid, _ in own}),
-            scan_worker_up=self.scan_worker_up, scan_worker_failures=self.scan_worker_failures)
+            scan_worker_up=self.scan_worker_up, scan_worker_failures=self.scan_worker_failures,
+            fork_events_up=self.fork_events_up, fork_events_overflows=self.fork_events_overflows)
 
     def render(self, agents: Iterable[AgentLike] = (), policy: Policy | None = None,
                openmetrics: bool = False) -> str:
@@ -719,6 +729,13 @@ def families(v: View) -> list[Family]:
             "thread scans itself until another starts").add(v.scan_worker_up)
         fam("scan_worker_failures", "counter", "Scan workers found broken (dead, silent or "
             "off the protocol), killed and replaced").add(v.scan_worker_failures)
+    if v.fork_events_up is not None:
+        fam("fork_events_up", "gauge", "1 while the kernel's process events tell which "
+            "processes agents fork (an agent's exit restores them all); 0 while the agent "
+            "tick lists them, 64 agents a tick").add(v.fork_events_up)
+        fam("fork_events_overflows", "counter", "Times the process events' queue "
+            "overflowed (events lost; the next tick listed every agent's forks)"
+            ).add(v.fork_events_overflows)
     step = fam("agent_step_seconds", "histogram", "Agent step latency reported by the agent "
                "(agent=\"other\": the agents beyond metrics.max_agents, per class)")
     les = [format_le(b) for b in stats.EXPORT_BOUNDS_S] + ["+Inf"]

@@ -17,8 +17,8 @@ Two sources, one record (Agent.forked, at most MAX_FORKED per agent, and
           exited), and an exit forgets.
   listing the tick lists each agent's live descendants (proc/PID/task/*/children),
           FORK_SCAN_AGENTS agents per tick, round robin: where there are no events
-          (outside the initial pid namespace, no CONFIG_PROC_EVENTS), and for every
-          agent once after the event queue overflowed (events were lost).
+          (outside the host's pid or network namespace, no CONFIG_PROC_EVENTS),
+          and for every agent once after the event queue overflowed (events lost).
 """
 
 from __future__ import annotations

@@ -311,6 +311,17 @@ def test_the_scan_worker_in_the_metrics_only_when_the_daemon_has_one() -> None:
                   "agentlatd_scan_worker_failures_total") == 3
 
 
+def test_fork_events_in_the_metrics_only_when_reported() -> None:
+    m = Metrics()
+    m.observe_tick(duration_s=0.01)
+    assert "agentlatd_fork_events_up" not in _parse(render_view(m.view()))
+    m.observe_tick(duration_s=0.01, fork_events=(False, 2))  # listing, after 2 overflows
+    fams = _parse(render_view(m.view()))
+    assert _value(fams["agentlatd_fork_events_up"], "agentlatd_fork_events_up") == 0
+    assert _value(fams["agentlatd_fork_events_overflows"],
+                  "agentlatd_fork_events_overflows_total") == 2
+
+
 def test_per_cpu_softirq_vectors_only_when_the_policy_asks() -> None:
     m = Metrics()
     m.observe_tick(duration_s=0.0, softirqs=_softirqs())
@@ -605,6 +616,11 @@ def test_scrape_a_real_daemon(tmp_path: pathlib.Path) -> None:
         assert _value(s["agentlatd_scan_worker_up"], "agentlatd_scan_worker_up") == 1
         assert _value(s["agentlatd_scan_worker_failures"],
                       "agentlatd_scan_worker_failures_total") == 0
+        # a daemon in a network namespace of its own has no process events (the
+        # kernel's connector is the initial namespace's): the tick lists forks
+        assert _value(s["agentlatd_fork_events_up"], "agentlatd_fork_events_up") == 0
+        assert _value(s["agentlatd_fork_events_overflows"],
+                      "agentlatd_fork_events_overflows_total") == 0
     finally:
         notify.close()
 
@@ -658,6 +674,9 @@ class _StubDaemon:
         return {}
 
     def scan_worker(self) -> tuple[bool, int]:
+        return True, 0
+
+    def fork_events(self) -> tuple[bool, int]:
         return True, 0
 
     def wake(self) -> None:
