@@ -191,6 +191,13 @@ class ProcEvents:
     @staticmethod
     def _subscribe(s: socket.socket, timeout_s: float) -> None:
         s.bind((0, CN_IDX_PROC))
+        # connected to the kernel (port 0): the kernel refuses any other socket's
+        # unicast to ours (net/netlink/af_netlink.c netlink_getsockbyportid,
+        # ECONNREFUSED). Without CAP_NET_ADMIN a sender is refused anyway (EPERM:
+        # no NL_CFG_F_NONROOT_SEND); this keeps other privileged processes from
+        # filling the queue (our port is in /proc/net/netlink) and forcing the
+        # listing. The group's multicast, which only the kernel sends, arrives.
+        s.connect((0, 0))
         try:
             s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
         except OSError:  # without CAP_NET_ADMIN: up to net.core.rmem_max
@@ -246,7 +253,7 @@ class ProcEvents:
                 raise KernelError("recv", "netlink connector", e.errno or errno.EIO,
                                   CONTEXT) from None
             if sender != 0:
-                continue  # only the kernel sends on this group (no NL_CFG_F_NONROOT_SEND)
+                continue  # only the kernel: the group has no NL_CFG_F_NONROOT_SEND
             ev = parse(buf, n)
             if ev is not None:
                 out.append(ev)

@@ -8,6 +8,7 @@ they keep, and the fallback to the tick's listing when events were lost.
 
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
 import select
@@ -17,11 +18,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from agentshelpers import agent_side, register_as_root
+from hostilehelpers import NOBODY, as_uid
 from taskfamily import Family, task_values
 
 from agentlatd.agents.registry import AgentManager
 from agentlatd.errors import KernelError
-from agentlatd.netlink.procevents import Exit, Fork, ProcEvents
+from agentlatd.netlink.procevents import NETLINK_CONNECTOR, Exit, Fork, ProcEvents
 from agentlatd.sample import tasks
 from agentlatd.sample.tasks import ProcId
 from agentlatd.sysfs.root import HOST
@@ -205,3 +207,39 @@ def test_a_fork_first_read_after_its_agent_died_is_restored(tmp_path: pathlib.Pa
             eng.close()
         finally:
             fam.kill()
+
+
+def _unicast_to(port: int) -> str:
+    """In an unprivileged child: send a forged fork event to netlink port `port`."""
+    fake = bytes.fromhex(
+        "4c00000003000000f8060000000000000100000001000000f806000000000000280000000100000000"
+        "000000386c1b147a120000d81d0000d81d0000da1d0000da1d00000000000000000000")
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+    try:
+        s.sendto(fake, (port, 0))
+        return "sent"
+    except OSError as e:
+        return errno.errorcode.get(e.errno or 0, str(e.errno))
+    finally:
+        s.close()
+
+
+def test_only_the_kernel_can_send_into_the_event_queue() -> None:
+    """A datagram unicast to the daemon's netlink port (listed in /proc/net/netlink)
+    by another process is dropped on reading for its sender, but fills the queue,
+    and an overflow makes the next tick list every agent's forks. An unprivileged
+    sender is refused by the kernel (EPERM); a privileged one was not, until the
+    socket was connected to the kernel (ECONNREFUSED)."""
+    ev = ProcEvents()
+    try:
+        assert ev.sock is not None
+        port = ev.sock.getsockname()[0]
+        assert as_uid(NOBODY, NOBODY, lambda: _unicast_to(port)) == "EPERM"
+        assert _unicast_to(port) == "ECONNREFUSED"  # was "sent"
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        _drain_until(ev, Exit(pid))  # the kernel's events still arrive
+    finally:
+        ev.close()
