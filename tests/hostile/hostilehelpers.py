@@ -19,6 +19,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
+
+from agentlatd.errors import KernelError
+from agentlatd.netlink.procevents import ProcEvents
+
 NOBODY = 65534
 
 
@@ -274,3 +279,19 @@ def scratch_dir(prefix: str = "agentlatd-hostile-") -> Iterator[pathlib.Path]:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def _proc_events() -> bool:
+    try:
+        ProcEvents(timeout_s=2.0).close()
+    except KernelError:
+        return False
+    return True
+
+
+# the kernel's process connector (netlink/procevents.py): root, the host's pid and
+# network namespaces, CONFIG_PROC_EVENTS
+needs_proc_events = pytest.mark.skipif(
+    os.geteuid() != 0 or not _proc_events(),
+    reason="needs the process connector (root, the host's pid and network namespaces, "
+           "CONFIG_PROC_EVENTS)")

@@ -18,30 +18,16 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from agentshelpers import agent_side, register_as_root
-from hostilehelpers import NOBODY, as_uid
+from hostilehelpers import NOBODY, as_uid, needs_proc_events
 from taskfamily import Family, task_values
 
 from agentlatd.agents.registry import AgentManager
-from agentlatd.errors import KernelError
 from agentlatd.netlink.procevents import NETLINK_CONNECTOR, Exit, Fork, ProcEvents
 from agentlatd.sample import tasks
 from agentlatd.sample.tasks import ProcId
 from agentlatd.sysfs.root import HOST
 
-
-def _available() -> bool:
-    if os.geteuid() != 0:
-        return False
-    try:
-        ProcEvents(timeout_s=2.0).close()
-    except KernelError:
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(
-    not _available(),
-    reason="needs the process connector (root, the initial pid namespace, CONFIG_PROC_EVENTS)")
+pytestmark = needs_proc_events
 
 
 def _drain_until(ev: ProcEvents, want: object, tries: int = 200) -> list[object]:

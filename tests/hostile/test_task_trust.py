@@ -27,12 +27,10 @@ from agentshelpers import (
     workdir,
 )
 from applyhelpers import cli
-from hostilehelpers import NOBODY, as_uid, fill, requests_on, tmpfs
+from hostilehelpers import NOBODY, as_uid, fill, needs_proc_events, requests_on, tmpfs
 from taskfamily import Family, task_values
 
 from agentlatd.apply import journal_read
-from agentlatd.errors import KernelError
-from agentlatd.netlink.procevents import ProcEvents
 from agentlatd.sample import tasks
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (tmpfs, other uids)")
@@ -321,19 +319,6 @@ def test_processes_forked_by_an_agent_get_its_originals_back_when_it_exits() -> 
             assert task_values(child, child_tid) == base
         finally:
             fam.kill()
-
-
-def _proc_events() -> bool:
-    try:
-        ProcEvents(timeout_s=2.0).close()
-    except KernelError:
-        return False
-    return True
-
-
-needs_proc_events = pytest.mark.skipif(
-    os.geteuid() != 0 or not _proc_events(),
-    reason="needs the process connector (root, the initial pid namespace, CONFIG_PROC_EVENTS)")
 
 
 def _dies_with_a_fresh_fork(orphan: bool) -> None:
