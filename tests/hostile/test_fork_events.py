@@ -15,6 +15,7 @@ import select
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pytest
 from agentshelpers import agent_side, register_as_root
@@ -61,17 +62,25 @@ def test_the_kernel_reports_a_process_fork_and_exit_in_order_and_no_thread() -> 
         ev.close()
 
 
+@dataclass(frozen=True)
+class Lab:
+    mgr: AgentManager
+    fam: Family  # the agent, registered background and placed
+    ev: ProcEvents  # attached to mgr.forks
+    base: tuple[str, int, str]  # its main thread's (affinity, nice, ioprio) before
+
+
 @pytest.fixture
-def lab(tmp_path: pathlib.Path) -> Iterator[tuple[AgentManager, Family, ProcEvents]]:
-    """A background agent (a Family) registered and placed, events attached."""
+def lab(tmp_path: pathlib.Path) -> Iterator[Lab]:
     eng, mgr = agent_side(tmp_path / "state")
     fam = Family()
     ev = ProcEvents()
     mgr.forks.attach(ev)
     try:
+        base = task_values(fam.pid, fam.pid)
         register_as_root(mgr, fam.pid, latency_class="background")
         assert all(r is None for r in mgr.place_pending().values())
-        yield mgr, fam, ev
+        yield Lab(mgr, fam, ev, base)
     finally:
         try:
             mgr.forks.close()
@@ -94,8 +103,8 @@ def _follow_until(mgr: AgentManager, ok: Callable[[], bool]) -> None:
 
 
 def test_an_agents_child_and_the_grandchild_of_an_exited_child_are_remembered(
-        lab: tuple[AgentManager, Family, ProcEvents]) -> None:
-    mgr, fam, _ev = lab
+        lab: Lab) -> None:
+    mgr, fam = lab.mgr, lab.fam
     (a,) = mgr.agents.values()
     child, _ = fam.fork()
     grand, _ = fam.orphan()
@@ -111,8 +120,8 @@ def test_an_agents_child_and_the_grandchild_of_an_exited_child_are_remembered(
 
 
 def test_an_exited_fork_is_forgotten_and_a_dropped_agent_leaves_no_record(
-        lab: tuple[AgentManager, Family, ProcEvents]) -> None:
-    mgr, fam, _ev = lab
+        lab: Lab) -> None:
+    mgr, fam = lab.mgr, lab.fam
     (a,) = mgr.agents.values()
     child, _ = fam.fork()
     _follow_until(mgr, lambda: any(c.pid == child for c in a.forked))
@@ -126,10 +135,10 @@ def test_an_exited_fork_is_forgotten_and_a_dropped_agent_leaves_no_record(
 
 
 def test_lost_events_make_the_next_tick_list_every_agents_forks(
-        lab: tuple[AgentManager, Family, ProcEvents]) -> None:
+        lab: Lab) -> None:
     """A full receive queue drops events: the record may miss a fork, so the next
     tick lists every agent's descendants, and only then goes back to events alone."""
-    mgr, fam, ev = lab
+    mgr, fam, ev = lab.mgr, lab.fam, lab.ev
     (a,) = mgr.agents.values()
     assert list(mgr.forks.scan_steps(mgr.agents)) == []  # events: no listing
     child, _ = fam.fork()
@@ -152,10 +161,10 @@ def test_lost_events_make_the_next_tick_list_every_agents_forks(
 
 
 def test_a_backlog_is_read_a_piece_at_a_time_and_an_exit_reads_all_of_it(
-        lab: tuple[AgentManager, Family, ProcEvents]) -> None:
+        lab: Lab) -> None:
     """The loop reads at most a piece per turn (requests are served between pieces);
     the read before an exit is handled takes everything queued."""
-    mgr, _fam, _ev = lab
+    mgr = lab.mgr
     for _ in range(20):  # 40 events of a process that is no agent
         pid = os.fork()
         if pid == 0:
@@ -165,34 +174,22 @@ def test_a_backlog_is_read_a_piece_at_a_time_and_an_exit_reads_all_of_it(
     assert mgr.forks.follow(mgr.agents, mgr.by_pid) is False
 
 
-def test_a_fork_first_read_after_its_agent_died_is_restored(tmp_path: pathlib.Path) -> None:
+def test_a_fork_first_read_after_its_agent_died_is_restored(lab: Lab) -> None:
     """The fork's event was still queued when the agent died (read with its exit, in
     one batch): the agent's credentials were read only when its first fork was
     seen, from a process that no longer existed, and its child kept CPU 0 / nice
     10 / be7 (1 in ~5 runs of test_task_trust's fork-then-kill test)."""
-    eng, mgr = agent_side(tmp_path / "state")
-    fam = Family()
-    mgr.forks.attach(ProcEvents())
-    try:
-        base = task_values(fam.pid, fam.pid)
-        p = register_as_root(mgr, fam.pid, latency_class="background")
-        assert all(r is None for r in mgr.place_pending().values())
-        mgr.forks.follow(mgr.agents, mgr.by_pid)  # nothing of the agent's queued
-        child, child_tid = fam.fork()
-        assert task_values(child, child_tid) == ("0", 10, "be7")
-        os.kill(fam.pid, 9)
-        fam.p.wait(10)
-        mgr.exited(p)  # reads the queue (the fork is in it) before it restores
-        assert mgr.agents == {}
-        assert task_values(child, child) == base
-        assert task_values(child, child_tid) == base
-    finally:
-        try:
-            mgr.forks.close()
-            eng.rollback()
-            eng.close()
-        finally:
-            fam.kill()
+    mgr, fam = lab.mgr, lab.fam
+    (p,) = mgr.agents
+    mgr.forks.follow(mgr.agents, mgr.by_pid)  # nothing of the agent's queued
+    child, child_tid = fam.fork()
+    assert task_values(child, child_tid) == ("0", 10, "be7")
+    os.kill(fam.pid, 9)
+    fam.p.wait(10)
+    mgr.exited(p)  # reads the queue (the fork is in it) before it restores
+    assert mgr.agents == {}
+    assert task_values(child, child) == lab.base
+    assert task_values(child, child_tid) == lab.base
 
 
 def _unicast_to(port: int) -> str:
