@@ -296,6 +296,16 @@ def start_daemon(repo: pathlib.Path, d: pathlib.Path, cli: list[str],
             time.sleep(0.05)
 
 
+def stop_daemon(dm: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
+    """SIGTERM (it rolls back), its exit status; SIGKILL past `timeout` seconds."""
+    dm.send_signal(signal.SIGTERM)
+    try:
+        return dm.wait(timeout)
+    except subprocess.TimeoutExpired:
+        dm.kill()
+        return dm.wait()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--agents", type=int, default=1000, help="agents registered for the "

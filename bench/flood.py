@@ -43,6 +43,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 from agents import POLICY as AGENTS_POLICY  # noqa: E402 - bench/ is on sys.path
 from agents import pct as agents_pct  # noqa: E402
+from agents import stop_daemon  # noqa: E402
 
 FLOOD_UID = 65534
 POLITE_UID = 60001
@@ -290,12 +291,7 @@ def run_one(repo: pathlib.Path, args: argparse.Namespace) -> dict[str, Any]:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             os.close(fd)
-        dm.send_signal(signal.SIGTERM)
-        try:
-            out["daemon_rc"] = dm.wait(60)
-        except subprocess.TimeoutExpired:
-            dm.kill()
-            out["daemon_rc"] = dm.wait()
+        out["daemon_rc"] = stop_daemon(dm)
         shutil.rmtree(d, ignore_errors=True)
     return out
 

@@ -33,7 +33,6 @@ import json
 import os
 import pathlib
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,15 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from agents import POLICY, Conn, cpu_ns, register_load, start_daemon, summary  # noqa: E402
+from agents import (  # noqa: E402
+    POLICY,
+    Conn,
+    cpu_ns,
+    register_load,
+    start_daemon,
+    stop_daemon,
+    summary,
+)
 from support.sleepers import Sleepers  # noqa: E402
 
 # a paced fork loop, bounded by its deadline: prints how many forks it made
@@ -130,12 +137,7 @@ def run_one(repo: pathlib.Path, agents: int, seconds: float, rate: float) -> dic
     finally:
         fresh.close()
         load.close()
-        dm.send_signal(signal.SIGTERM)
-        try:
-            dm.wait(60)
-        except subprocess.TimeoutExpired:
-            dm.kill()
-            dm.wait()
+        stop_daemon(dm)
         shutil.rmtree(d, ignore_errors=True)
 
 

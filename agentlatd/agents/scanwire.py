@@ -54,11 +54,11 @@ def irqbalance_request() -> bytes:
 def chain_request(add: Iterable[ChainAgent], drop: Iterable[ProcId],
                   rules: Sequence[ChainRule]) -> bytes:
     return json_line({"op": "chain",
-                  "add": [[a.proc.pid, a.proc.starttime, a.agent_id,
-                           [[proto, str(addr), port] for proto, addr, port in a.addrs]]
-                          for a in add],
-                  "drop": [[p.pid, p.starttime] for p in drop],
-                  "rules": [[r.agent, r.comm, r.exe, r.cgroup] for r in rules]})
+                      "add": [[a.proc.pid, a.proc.starttime, a.agent_id,
+                               [[proto, str(addr), port] for proto, addr, port in a.addrs]]
+                              for a in add],
+                      "drop": [[p.pid, p.starttime] for p in drop],
+                      "rules": [[r.agent, r.comm, r.exe, r.cgroup] for r in rules]})
 
 
 def decode_request(line: bytes) -> dict[str, Any]:
@@ -96,10 +96,10 @@ def irqbalance_reply(pids: Iterable[int]) -> bytes:
 
 def chain_reply(scanned: Mapping[ProcId, tuple[Link, ...]], cost: ScanCost) -> bytes:
     return json_line({"scanned": [[p.pid, p.starttime,
-                               [[lk.proc.pid, lk.proc.starttime, lk.via] for lk in links]]
-                              for p, links in scanned.items()],
-                  "cost": [cost.agents, cost.namespaces, cost.fd_reads, cost.duration_s,
-                           cost.truncated]})
+                                   [[lk.proc.pid, lk.proc.starttime, lk.via] for lk in links]]
+                                  for p, links in scanned.items()],
+                      "cost": [cost.agents, cost.namespaces, cost.fd_reads, cost.duration_s,
+                               cost.truncated]})
 
 
 def error_reply(why: str) -> bytes:

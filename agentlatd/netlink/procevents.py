@@ -69,7 +69,6 @@ _DGRAM = 256  # an event is 76 bytes (proc_event is 40)
 _NLH = struct.Struct("=IHHII")
 _CN = struct.Struct("=IIIIHH")
 _EV = struct.Struct("=IIQ")
-_IDS = struct.Struct("=iiii")
 _EVENT_AT = _NLH.size + _CN.size  # 36
 _DATA_AT = _EVENT_AT + _EV.size  # 52
 # what parse() reads, in one call: cn_msg idx and val, proc_event what, 4 ids

@@ -48,6 +48,24 @@ def start(nice=None):
     while not box:
         time.sleep(0.001)
     return box[0]
+def fork(orphan):
+    # a child that starts one thread of its own or, with orphan, a grandchild that
+    # does while the child in between exits: "pid tid" of the one with the thread
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        sys.stdin = open(os.devnull)
+        if not orphan or os.fork() == 0:
+            tid = start()
+            os.write(w, f"{os.getpid()} {tid}\n".encode())
+            os.close(w)
+            time.sleep(max(0.0, end - time.monotonic()))
+        os._exit(0)
+    os.close(w)
+    if orphan:
+        os.waitpid(pid, 0)
+    return os.fdopen(r).readline().strip()
 print("up", flush=True)
 for line in sys.stdin:
     cmd = line.split()
@@ -57,34 +75,8 @@ for line in sys.stdin:
         print(start(), flush=True)
     elif cmd[0] == "own":
         print(start(int(cmd[1])), flush=True)
-    elif cmd[0] == "fork":
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            sys.stdin = open(os.devnull)
-            tid = start()
-            os.write(w, f"{os.getpid()} {tid}\n".encode())
-            os.close(w)
-            time.sleep(max(0.0, end - time.monotonic()))
-            os._exit(0)
-        os.close(w)
-        print(os.fdopen(r).readline().strip(), flush=True)
-    elif cmd[0] == "orphan":
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            sys.stdin = open(os.devnull)
-            if os.fork() == 0:
-                tid = start()
-                os.write(w, f"{os.getpid()} {tid}\n".encode())
-                os.close(w)
-                time.sleep(max(0.0, end - time.monotonic()))
-            os._exit(0)
-        os.close(w)
-        os.waitpid(pid, 0)
-        print(os.fdopen(r).readline().strip(), flush=True)
+    elif cmd[0] in ("fork", "orphan"):
+        print(fork(cmd[0] == "orphan"), flush=True)
     elif cmd[0] == "exit":
         break
 """
@@ -132,14 +124,15 @@ class Family:
 
     def fork(self) -> tuple[int, int]:
         """(pid, tid of its extra thread) of a child forked by the main thread."""
-        pid, tid = (int(x) for x in self._cmd("fork").split())
-        self.forked.append(pid)
-        return pid, tid
+        return self._forked("fork")
 
     def orphan(self) -> tuple[int, int]:
         """(pid, tid of its extra thread) of a grandchild whose parent (a child the
         main thread forked) has exited: no longer under the agent in /proc."""
-        pid, tid = (int(x) for x in self._cmd("orphan").split())
+        return self._forked("orphan")
+
+    def _forked(self, cmd: str) -> tuple[int, int]:
+        pid, tid = (int(x) for x in self._cmd(cmd).split())
         self.forked.append(pid)
         return pid, tid
 
