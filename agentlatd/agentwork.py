@@ -91,6 +91,11 @@ class AgentWork:
         for w in waiting:
             if w.op is Op.REGISTER:
                 self.handlers.answer_register(server, w, outcome.get(w.proc))
+        if self.manager.forks.unsynced:  # after the answers: no client waits for it
+            try:
+                self.manager.journal_forks()
+            except Exception as e:
+                failed("journaling forked processes", e)
         if self._job is None:
             try:
                 self.manager.upkeep.reconcile_cpus(full=False)

@@ -321,7 +321,7 @@ class Daemon:
         tick_due = now >= self._next_tick
         self._retry = False
         if tick_due or self.handlers.waiting or self.manager.dirty or self.manager.dead \
-                or self.work.ticking:
+                or self.work.ticking or self.manager.forks.unsynced:
             with self._engine_lock() as got:
                 if got:
                     if tick_due and not self.work.ticking:

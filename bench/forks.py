@@ -24,6 +24,12 @@ bench/agents.py's policy: nothing but the benchmark's processes is touched):
                       events is read a piece at a time, between requests)
   forks_source        `status` forks.source of that checkout ("events",
                       "listing", or absent: a checkout from before events)
+  agent_storm_*       a last period: a registered background agent forks
+                      --agent-rate children a second, each living
+                      --child-life seconds (remembered, and journaled from the
+                      checkout that journals them, then forgotten and dropped):
+                      us_per_agent_fork is its main thread CPU over idle per fork;
+                      journaled_max the most `status` showed journaled at once
 """
 
 from __future__ import annotations
@@ -75,6 +81,65 @@ print(n)
 """
 
 
+# a registered agent's fork loop: waits for a line on stdin (its registration),
+# then forks children that sleep `life` seconds; bounded by its deadline; prints
+# how many it forked
+_AGENT_STORM = r"""
+import os, sys, time
+rate, seconds, life = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+sys.stdin.readline()
+t0 = time.monotonic(); end = t0 + seconds; n = 0; kids = set()
+while True:
+    now = time.monotonic()
+    if now >= end:
+        break
+    due = t0 + n / rate
+    if due > now:
+        time.sleep(due - now)
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(life)
+        os._exit(0)
+    kids.add(pid)
+    n += 1
+    while kids:
+        done, _ = os.waitpid(-1, os.WNOHANG)
+        if not done:
+            break
+        kids.discard(done)
+for pid in kids:
+    os.waitpid(pid, 0)
+print(n, flush=True)
+"""
+
+
+def _agent_storm(dm_pid: int, c: Conn, seconds: float, rate: float, life: float
+                 ) -> tuple[float, int, int]:
+    """(main thread CPU ms per second, forks made, most journaled at once) while a
+    registered background agent forks (_AGENT_STORM)."""
+    p = subprocess.Popen([sys.executable, "-c", _AGENT_STORM, str(rate), str(seconds),
+                          str(life)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdin is not None
+    try:
+        _, ans = c.rtt("register", agent_id="forker", pid=p.pid, latency_class="background")
+        assert ans["ok"], ans
+        c0, t0 = cpu_ns(dm_pid), time.monotonic()
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        most = 0
+        while p.poll() is None:
+            _, st = c.rtt("status")
+            most = max(most, int((st["result"].get("forks") or {}).get("journaled", 0)))
+            time.sleep(0.1)
+        ms = (cpu_ns(dm_pid) - c0) / 1e6 / (time.monotonic() - t0)
+        out, _ = p.communicate(timeout=60)
+        return ms, int(out.strip()), most
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def _period(dm_pid: int, seconds: float, rate: float | None,
             c: Conn | None = None, pids: list[int] | None = None
             ) -> tuple[float, int, list[float]]:
@@ -108,7 +173,8 @@ def _period(dm_pid: int, seconds: float, rate: float | None,
     return (cpu_ns(dm_pid) - c0) / 1e6 / dt, forks, rtts
 
 
-def run_one(repo: pathlib.Path, agents: int, seconds: float, rate: float) -> dict[str, Any]:
+def run_one(repo: pathlib.Path, agents: int, seconds: float, rate: float,
+            agent_rate: float, child_life: float) -> dict[str, Any]:
     d = pathlib.Path(tempfile.mkdtemp(prefix="agentlatd-bench-", dir="/dev/shm"))
     (d / "p.toml").write_text(POLICY)
     dm, sock = start_daemon(repo, d, ["-m", "agentlatd"])
@@ -123,6 +189,9 @@ def run_one(repo: pathlib.Path, agents: int, seconds: float, rate: float) -> dic
         storm, forks, _ = _period(dm.pid, seconds, rate)
         _, reg_idle = _period(dm.pid, seconds, None, c, fresh.pids)[1:]
         _, reg_storm = _period(dm.pid, seconds, rate, c, fresh.pids)[1:]
+        idle2, _, _ = _period(dm.pid, seconds, None)
+        agent_storm, agent_forks, journaled = _agent_storm(dm.pid, c, seconds, agent_rate,
+                                                           child_life)
         c.close()
         res = st["result"]
         return {"repo": str(repo), "agents": agents, "seconds": seconds,
@@ -133,7 +202,12 @@ def run_one(repo: pathlib.Path, agents: int, seconds: float, rate: float) -> dic
                 "us_per_fork": round((storm - idle) * 1000 * seconds / max(1, forks), 2),
                 "agent_tick_ms": res.get("agent_tick_ms"),
                 "register_rtt_idle": summary(reg_idle),
-                "register_rtt_storm": summary(reg_storm)}
+                "register_rtt_storm": summary(reg_storm),
+                "agent_storm_main_cpu_ms_per_s": round(agent_storm, 2),
+                "agent_forks": agent_forks,
+                "us_per_agent_fork": round((agent_storm - idle2) * 1000 * seconds
+                                           / max(1, agent_forks), 2),
+                "agent_storm_journaled_max": journaled}
     finally:
         fresh.close()
         load.close()
@@ -148,13 +222,18 @@ def main() -> int:
     ap.add_argument("--agents", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rate", type=float, default=2000.0, help="forks a second in the storm")
+    ap.add_argument("--agent-rate", type=float, default=200.0,
+                    help="forks a second of the registered agent (agent_storm_*)")
+    ap.add_argument("--child-life", type=float, default=0.5,
+                    help="seconds each of the agent's children lives")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (the daemon pins and journals the benchmark's processes)",
               file=sys.stderr)
         return 2
-    rows = [run_one(r.resolve(), args.agents, args.seconds, args.rate)
+    rows = [run_one(r.resolve(), args.agents, args.seconds, args.rate, args.agent_rate,
+                    args.child_life)
             for r in (args.repo or [HERE.parent])]
     if args.json:
         print(json.dumps(rows, indent=1))

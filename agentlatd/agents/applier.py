@@ -103,6 +103,10 @@ class Applier:
         return k.restore_forked(self.root, child, written, original, creds,
                                 self.engine.journaled())
 
+    def inherit(self, items: Iterable[tuple[str, str, str, str]]) -> int:
+        """Engine.inherit(): journal what processes an agent forked inherited."""
+        return self.engine.inherit(items)
+
     def restore(self, keys: Iterable[tuple[str, str]]) -> list[KnobResult]:
         want = set(keys)
         if not want:

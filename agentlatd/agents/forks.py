@@ -19,6 +19,16 @@ Two sources, one record (Agent.forked, at most MAX_FORKED per agent, and
           FORK_SCAN_AGENTS agents per tick, round robin: where there are no events
           (outside the host's pid or network namespace, no CONFIG_PROC_EVENTS),
           and for every agent once after the event queue overflowed (events lost).
+
+Journaled: every remembered process gets entries of its own, flagged "inherited"
+(apply/journal.py FLAG_INHERITED): the agent's original and written values, on
+its main thread. The memory here dies with the daemon, and a process whose parent
+exited is out of every walk of the agent's descendants; with the entries a
+rollback after kill -9, and a restart's recovery, give it the originals too, and
+only where it still shows agentlatd's values (a value it set itself is kept). The
+main loop's locked phase journals what this module remembered once it has lived
+JOURNAL_AGE_S, and drops what it forgot (AgentManager.journal_forks): a daemon
+killed before leaves those processes to the walk alone.
 """
 
 from __future__ import annotations
@@ -54,6 +64,13 @@ DRAIN_S = 0.25
 # is read a piece at a time, with requests served between, so a registration
 # waits for one piece (~0.3 ms), not the whole backlog. An exit reads all of it.
 DRAIN_PIECE = 128
+# A remembered process is journaled once it has lived this long since it was found:
+# journaling one and dropping it at its exit cost the main thread 60-95 us (its three
+# entries written and removed: bench/forks.py, an agent forking 200 children a
+# second that live 2 s, against 0.5 s), and most of what agents fork (a tool's
+# command) ends sooner; the live paths restore those, only a kill -9 within this
+# window leaves them to the walk of the agent's descendants
+JOURNAL_AGE_S = 1.0
 
 
 class ForkSource(Protocol):
@@ -75,6 +92,14 @@ class ForkWatch:
         self.rescan = False  # events were lost: list every agent's descendants once
         self.lost = 0  # overflows seen (status)
         self._cursor = 0
+        # the journal's copy (module docstring, "Journaled"), synced by the locked
+        # phase (AgentManager.journal_forks): remembered processes with entries,
+        # remembered ones still without, and forgotten ones whose entries must go,
+        # each -> its agent
+        self.journaled: dict[ProcId, ProcId] = {}
+        self.unjournaled: dict[ProcId, tuple[ProcId, float]] = {}  # and when it was found
+        self.unremembered: set[ProcId] = set()
+        self._due = float("inf")  # monotonic: when the oldest unjournaled one is due
 
     def attach(self, source: ForkSource | None, why: str = "") -> None:
         self.source = source
@@ -99,7 +124,52 @@ class ForkWatch:
     def status(self) -> dict[str, Any]:
         return {"source": "events" if self.source is not None else "listing",
                 "unavailable": self.unavailable, "overflows": self.lost,
-                "remembered": len(self.owner)}
+                "remembered": len(self.owner), "journaled": len(self.journaled)}
+
+    # -- the journal's copy ----------------------------------------------
+    @property
+    def unsynced(self) -> bool:
+        """The journal's copy is behind: the loop's locked phase should run."""
+        return bool(self.unremembered) or time.monotonic() >= self._due
+
+    def take_unsynced(self, now: float) -> tuple[set[ProcId], dict[ProcId, ProcId]]:
+        """(processes whose entries go, processes due to be journaled -> their
+        agents), handed to the caller, who journals them (lock held) or gives up
+        on them; the younger ones wait (JOURNAL_AGE_S)."""
+        gone, self.unremembered = self.unremembered, set()
+        new: dict[ProcId, ProcId] = {}
+        if now >= self._due:
+            young: dict[ProcId, tuple[ProcId, float]] = {}
+            for c, (ap, t) in self.unjournaled.items():
+                if t <= now - JOURNAL_AGE_S:
+                    new[c] = ap
+                else:
+                    young[c] = (ap, t)
+            self.unjournaled = young
+            self._due = min((t for _, t in young.values()), default=float("inf")) \
+                + JOURNAL_AGE_S
+        return gone, new
+
+    def take_journaled(self, a: Agent) -> list[ProcId]:
+        """The agent's remembered processes with entries, handed over for their
+        restore (which drops the entries): forgetting them later drops nothing."""
+        out = [c for c in a.forked if self.journaled.get(c) == a.proc]
+        for c in out:
+            del self.journaled[c]
+        return out
+
+    def _remember(self, a: Agent, child: ProcId) -> None:
+        a.forked.add(child)
+        self.owner[child.pid] = (a.proc, child)
+        now = time.monotonic()
+        self.unjournaled[child] = (a.proc, now)
+        self._due = min(self._due, now + JOURNAL_AGE_S)
+        self.unremembered.discard(child)
+
+    def _unremember(self, child: ProcId) -> None:
+        self.unjournaled.pop(child, None)
+        if self.journaled.pop(child, None) is not None:
+            self.unremembered.add(child)
 
     # -- events ------------------------------------------------------------
     def follow(self, agents: Mapping[ProcId, Agent], by_pid: Mapping[int, Agent],
@@ -151,22 +221,23 @@ class ForkWatch:
             if st is None or st < ap.starttime:
                 continue  # gone already, or the pid is another process's by now
             self._forget_pid(pid, agents)
-            child = ProcId(pid, st)
-            a.forked.add(child)
-            self.owner[pid] = (ap, child)
+            self._remember(a, ProcId(pid, st))
             if a.creds is None:  # the registration had no pidfd to read them with
                 a.creds = tasks.thread_uids(self.root, ap.pid, ap.pid)
 
     def _forget_pid(self, pid: int, agents: Mapping[ProcId, Agent]) -> None:
         rec = self.owner.pop(pid, None)
-        if rec is not None and (a := agents.get(rec[0])) is not None:
-            a.forked.discard(rec[1])
+        if rec is not None:
+            self._unremember(rec[1])
+            if (a := agents.get(rec[0])) is not None:
+                a.forked.discard(rec[1])
 
     def forget(self, a: Agent) -> None:
         """The agent is dropped: its processes are no longer anyone's."""
         for child in a.forked:
             if (rec := self.owner.get(child.pid)) is not None and rec[0] == a.proc:
                 del self.owner[child.pid]
+            self._unremember(child)
         a.forked.clear()
 
     # -- listing -----------------------------------------------------------
@@ -198,10 +269,14 @@ class ForkWatch:
                 # events go on: keep what they found that the listing cannot see
                 # (a grandchild whose parent exited), within the bound
                 kids |= set(list(a.forked)[:max(0, MAX_FORKED - len(kids))])
+            kept = {k: self.journaled[k] for k in kids if self.journaled.get(k) == a.proc}
             self.forget(a)
-            a.forked = kids
             for k in kids:
-                self.owner[k.pid] = (a.proc, k)
+                self._remember(a, k)
+            for k, ap in kept.items():  # listed again: its entries stay
+                self.unremembered.discard(k)
+                del self.unjournaled[k]
+                self.journaled[k] = ap
             if kids and a.creds is None:
                 a.creds = tasks.thread_uids(self.root, a.proc.pid, a.proc.pid)
             yield

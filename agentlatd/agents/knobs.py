@@ -185,17 +185,34 @@ class TaskKnob(Knob):
             return 0
         return self._inherited(root, child.pid, child.starttime, written, original, held, creds)
 
+    def restore_inherited(self, root: Root, target: str, original: str, *, written: str,
+                          journaled: AbstractSet[tuple[str, str]]) -> int:
+        """A process an agent forked, journaled with FLAG_INHERITED on its main
+        thread (agents/forks.py: for a restore the daemon may not live to make,
+        rollback after kill -9 or a restart): restore_forked() with the
+        credentials its main thread has now (the agent's, when it was journaled;
+        the agent may be long gone). TaskGone when the process is."""
+        self.write_check(written)
+        t = tasks.ThreadId.parse(target)
+        creds = tasks.thread_uids(root, t.pid, t.pid)
+        if t.tid != t.pid or creds is None or not tasks.alive(root, tasks.ProcId(t.pid,
+                                                                                  t.starttime)):
+            raise tasks.TaskGone("restore", target, "process exited")
+        return self._inherited(root, t.pid, t.starttime, written, original, journaled, creds,
+                               own=target)
+
     def _inherited(self, root: Root, pid: int, starttime: int, written: str, original: str,
                    held: AbstractSet[tuple[str, str]], creds: tuple[int, int],
-                   skip: int | None = None) -> int:
+                   skip: int | None = None, own: str = "") -> int:
         """Restore the threads of process (pid, starttime) under credentials `creds`
         that still show `written` and have no entry of this knob in `held` (every
         (knob, target) journaled: asked per thread, never walked, so a restore
-        costs the process's threads, not the journal); how many."""
+        costs the process's threads, not the journal); how many. `own`: the
+        target of the inherited entry being restored, which is no entry of its own."""
         fixed = 0
         for tid in tasks.list_tids(root, pid):
             t = tasks.ThreadId(pid, starttime, tid)
-            if (tid == skip or (self.name, t.target) in held
+            if (tid == skip or (t.target != own and (self.name, t.target) in held)
                     or tasks.thread_uids(root, pid, tid) != creds):
                 continue
             try:

@@ -84,7 +84,7 @@ from agentlatd.model.layout import CpuLayout
 from agentlatd.plan.changes import Change
 from agentlatd.policy import Policy
 from agentlatd.sample import tasks
-from agentlatd.sample.tasks import ProcId
+from agentlatd.sample.tasks import ProcId, ThreadId
 from agentlatd.sysfs.root import Root
 
 log = logging.getLogger("agentlatd.agents")
@@ -416,7 +416,7 @@ class AgentManager:
         # reach (a grandchild whose parent exited is init's): from its entries,
         # which the restore below drops, so first
         self.forks.follow(self.agents, self.by_pid)
-        self.threads.restore_forked(a, self.agents, "unregistered")
+        self.threads.restore_forked(a, self.agents, self.forks.take_journaled(a), "unregistered")
         keys = self._keys_of(p)
         self.applier.restore(keys)
         self.threads.restore_unjournaled(a, {t for _, t in keys})
@@ -467,11 +467,41 @@ class AgentManager:
             return
         # the forks queued before these exits, a moment ago included
         self.forks.follow(self.agents, self.by_pid)
-        for a in gone:
-            self.threads.restore_forked(a, self.agents)  # reads its entries: first
+        for a in gone:  # reads its entries: first
+            self.threads.restore_forked(a, self.agents, self.forks.take_journaled(a))
         self.applier.forget(key for a in gone for key in self._keys_of(a.proc))
         for a in gone:
             self._drop(a, "process exited", forget=False)
+
+    def journal_forks(self) -> None:
+        """Bring the journal's copy of the remembered forks up to date (lock held;
+        agents/forks.py "Journaled"): entries of forgotten processes dropped, new
+        ones journaled with their agent's original and written values."""
+        gone, new = self.forks.take_unsynced(time.monotonic())
+        if gone:
+            self.applier.forget((k, ThreadId(c.pid, c.starttime, c.pid).target)
+                                for c in gone for k in TASK_KNOBS)
+        items: list[tuple[str, str, str, str]] = []
+        kept: dict[ProcId, ProcId] = {}
+        for child, ap in new.items():
+            a = self.agents.get(ap)
+            if a is None or child in self.agents or a.creds is None \
+                    or tasks.thread_uids(self.root, child.pid, child.pid) != a.creds:
+                continue  # not the agent's (any more): the live restore decides
+            target = ThreadId(child.pid, child.starttime, child.pid).target
+            vals = self.applier.written(ThreadId(ap.pid, ap.starttime, ap.pid))
+            items += [(k, target, original, written) for k, original, written in vals]
+            kept[child] = ap
+        if not items:
+            return
+        try:
+            self.applier.inherit(items)
+        except AgentlatdError as e:
+            # the memory still holds them: the agent's exit or unregister restores
+            # them; only a rollback without the daemon would not find them
+            log.warning("could not journal %d process(es) agents forked: %s", len(kept), e)
+            return
+        self.forks.journaled.update(kept)
 
     def decline(self, p: ProcId) -> None:
         # only auto-registration reads this set (AutoRegistrar.scan, which also

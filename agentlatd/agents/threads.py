@@ -14,13 +14,13 @@ off its CPUs meanwhile. The processes an agent forked are remembered
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
 
 from agentlatd.agents.agent import Agent, AgentState
 from agentlatd.agents.applier import TASK_KNOBS, Applier
-from agentlatd.apply.engine import Status
+from agentlatd.apply.engine import RESTORED, Status
 from agentlatd.errors import KernelError
 from agentlatd.kernel.errnos import ErrClass
 from agentlatd.kernel.knobnames import KnobName
@@ -201,17 +201,22 @@ class ThreadUpkeep:
             yield
 
     def restore_forked(self, a: Agent, agents: Mapping[ProcId, Agent],
-                       why: str = "exited") -> None:
+                       journaled: Collection[ProcId], why: str = "exited") -> None:
         """The agent exited or is unregistered: the processes it forked
         (agents/forks.py) that still show agentlatd's values (inherited from it)
-        get its originals back, as its entries would have."""
-        if not a.forked or a.creds is None:
+        get its originals back, as its entries would have. `journaled`: those
+        with entries of their own ("inherited"), restored (and dropped) by them."""
+        n = 0
+        if journaled:
+            keys = [(k, ThreadId(c.pid, c.starttime, c.pid).target)
+                    for c in journaled if c not in agents for k in TASK_KNOBS]
+            n += sum(1 for r in self.applier.restore(keys) if r.status == RESTORED)
+        if a.creds is None:
             return
         vals = self.applier.written(ThreadId(a.proc.pid, a.proc.starttime, a.proc.pid))
-        n = 0
         for child in sorted(a.forked, key=lambda c: c.pid):
-            if child in agents or not tasks.alive(self.root, child):
-                continue  # registered itself (its own entries decide) or gone
+            if child in agents or child in journaled or not tasks.alive(self.root, child):
+                continue  # registered itself (its own entries decide), journaled or gone
             for knob, original, written in vals:
                 try:
                     n += self.applier.restore_forked(knob, child, written, original, a.creds)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from agentlatd.apply import irqbalance
 from agentlatd.apply.identity import DeviceId
-from agentlatd.apply.journal import FLAG_MANAGED, FLAG_YIELDED, Entry, Journal
+from agentlatd.apply.journal import FLAG_INHERITED, FLAG_MANAGED, FLAG_YIELDED, Entry, Journal
 from agentlatd.apply.knobio import KnobIO
 from agentlatd.apply.knobs import Knob
 from agentlatd.apply.refusals import Refusals
@@ -156,6 +156,10 @@ class BatchWriter:
                     j.remove_entry(entry)
                     entry = None
                     dropped = True
+            if entry is not None and entry.has(FLAG_INHERITED) and j is not None and not dry_run:
+                # a forked process that registered itself: agentlatd's own value
+                # from now on, with the original its agent had (agents/forks.py)
+                entry.flags = [f for f in entry.flags if f != FLAG_INHERITED]
             if entry is not None and entry.has(FLAG_MANAGED):
                 results[i] = res(MANAGED, "kernel-managed IRQ (EIO earlier): not retried",
                                  errclass=ErrClass.MANAGED)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from agentlatd.apply.identity import DeviceId
-from agentlatd.apply.journal import FLAG_MANAGED, FLAG_YIELDED, Entry, Journal
+from agentlatd.apply.journal import FLAG_INHERITED, FLAG_MANAGED, FLAG_YIELDED, Entry, Journal
 from agentlatd.apply.knobio import KnobIO
 from agentlatd.apply.reports import Drift, DriftAction
 from agentlatd.errors import KernelError
@@ -47,7 +47,8 @@ class DriftWatch:
         ids: dict[str, DeviceId | None] = {}
         replaced: list[Entry] = []
         for e in j.entries:
-            if e.written is None or e.has(FLAG_MANAGED) or e.has(FLAG_YIELDED):
+            if (e.written is None or e.has(FLAG_MANAGED) or e.has(FLAG_YIELDED)
+                    or e.has(FLAG_INHERITED)):  # a forked process's own choice, not drift
                 continue
             knob = self._io.knob(e.knob)
             if knob is None:

@@ -80,7 +80,13 @@ from agentlatd.apply import journal, journal_read, journal_salvage
 from agentlatd.apply.batch import BatchWriter
 from agentlatd.apply.drift import DriftWatch
 from agentlatd.apply.identity import DeviceId
-from agentlatd.apply.journal import FLAG_MANAGED, Entry, JournalDamaged, JournalUntrusted
+from agentlatd.apply.journal import (
+    FLAG_INHERITED,
+    FLAG_MANAGED,
+    Entry,
+    JournalDamaged,
+    JournalUntrusted,
+)
 from agentlatd.apply.knobio import KnobIO
 from agentlatd.apply.knobs import REGISTRY, Knob, netns_scoped
 from agentlatd.apply.recovery import JournalKeeper
@@ -110,7 +116,7 @@ from agentlatd.apply.reports import (
 )
 from agentlatd.apply.restore import Restorer
 from agentlatd.apply.statelock import StateLock
-from agentlatd.errors import KernelError
+from agentlatd.errors import JournalError, KernelError
 from agentlatd.kernel.knobnames import KnobName
 from agentlatd.plan.changes import CPUMASK_KNOBS, Change, human_value
 from agentlatd.policy import Policy
@@ -251,6 +257,28 @@ class Engine:
         """
         return self._restorer.forget_keys(self._keeper.current(), keys)
 
+    def inherit(self, items: Iterable[tuple[str, str, str, str]]) -> int:
+        """Journal (knob, target, original, written) of objects that inherited
+        agentlatd's value without a write of its own (FLAG_INHERITED: the processes
+        an agent forked, agents/forks.py), so that rollback finds them when the
+        daemon is gone. Targets journaled already are kept as they are. One
+        crash-safe save; the number added. JournalError: none is kept."""
+        j = self._keeper.current()
+        added: list[Entry] = []
+        for knob, target, original, written in items:
+            if j.find(knob, target) is None:
+                e = j.add(knob, target, original)
+                e.written = written
+                e.set_flag(FLAG_INHERITED)
+                added.append(e)
+        if added:
+            try:
+                j.save()
+            except JournalError:
+                j.remove_entries(added)  # nothing of them may reach the file later
+                raise
+        return len(added)
+
     # -- rollback --------------------------------------------------------
     def rollback(self) -> RollbackReport:
         """Restore every journaled original, in reverse order."""
@@ -384,6 +412,10 @@ def rollback_commands(root: Root, state_dir: str) -> list[str]:
         except ValueError as err:
             out.append(f"# {e.knob} {e.target}: {err}")
             continue
+        if e.has(FLAG_INHERITED):
+            out.append(f"# {e.knob} {e.target}: a process an agent forked, which inherited "
+                       f"{e.written!r}: run the next line only if it still shows that "
+                       "(`agentlatd rollback` checks)")
         out += [ln if ln.startswith("#") else wrap(ln) for ln in _guarded(cmd, e.device)]
     if any(e.knob in _TASK_KNOBS and e.written is not None for e in j.entries):
         # restore() also puts back threads and forked processes that inherited a

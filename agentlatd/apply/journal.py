@@ -82,7 +82,12 @@ JOURNAL_NAME = "journal.json"
 LOG_SUFFIX = ".log"
 FLAG_MANAGED = "managed"
 FLAG_YIELDED = "yielded"
-_FLAGS = (FLAG_MANAGED, FLAG_YIELDED)
+# a process an agent forked, which inherited what agentlatd wrote on the agent
+# (agents/forks.py): agentlatd never wrote it, so its restore gives the original
+# only to threads that still show "written" (Knob.restore_inherited), and drift
+# is the process's own choice, never another writer's
+FLAG_INHERITED = "inherited"
+_FLAGS = (FLAG_MANAGED, FLAG_YIELDED, FLAG_INHERITED)
 COMPACT_SLACK = 64  # log records beyond 2 x entries before a compaction
 # knobs whose target names a thread, "<pid>:<starttime>:<tid>": their entries are
 # also indexed by process (Journal.of_process), so that an agent's unregister or

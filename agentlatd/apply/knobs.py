@@ -134,6 +134,14 @@ class Knob:
         spread to may still show agentlatd's value. A note, as restore()."""
         return ""
 
+    def restore_inherited(self, root: Root, target: str, original: str, *, written: str,
+                          journaled: AbstractSet[tuple[str, str]]) -> int:
+        """Restore an entry journaled with FLAG_INHERITED: `target` never had
+        agentlatd's write, it inherited `written` (a process an agent forked).
+        Only what still shows `written` gets `original`; how many objects did.
+        ValueError for a knob nothing inherits."""
+        raise ValueError(f"{self.name}: no object inherits it")
+
     def shell(self, target: str, value: str) -> str:
         """A command a person could paste to write `value` on the live host."""
         raise NotImplementedError

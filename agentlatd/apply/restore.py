@@ -12,8 +12,9 @@ from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 
 from agentlatd.apply.identity import DeviceId
-from agentlatd.apply.journal import FLAG_MANAGED, Entry, Journal
+from agentlatd.apply.journal import FLAG_INHERITED, FLAG_MANAGED, Entry, Journal
 from agentlatd.apply.knobio import KnobIO
+from agentlatd.apply.knobs import Knob
 from agentlatd.apply.reports import (
     CLAMPED,
     DONE,
@@ -102,6 +103,8 @@ class Restorer:
         except (ValueError, AgentlatdError) as err:
             return res(FAILED, f"cannot read: {err}", errclass=ErrClass.INVALID)
         current = knob.original_of(current, e.original)  # the journaled fields only
+        if e.has(FLAG_INHERITED):
+            return self._restore_inherited(e, knob, current, held)
         if knob.equal(current, e.original):
             # the object set its original back itself; what agentlatd's write
             # spread to (threads and processes it started meanwhile) may not have
@@ -142,6 +145,33 @@ class Restorer:
             return res(RESTORED, f"restored; {note}" if note else "restored", current, after)
         return res(CLAMPED, f"wrote {e.original!r}; the kernel shows {after!r}", current, after)
 
+
+    def _restore_inherited(self, e: Entry, knob: Knob, current: str,
+                           held: AbstractSet[tuple[str, str]]) -> KnobResult:
+        """An entry agentlatd never wrote (FLAG_INHERITED: a process an agent
+        forked): the original goes only where agentlatd's value still is; a
+        value the process set itself since is its own choice, and kept."""
+        def res(status: Status, message: str, after: str = "",
+                errclass: ErrClass | None = None) -> KnobResult:
+            return KnobResult(e.knob, e.target, status, current, e.original, after,
+                              errclass, message)
+
+        try:
+            n = knob.restore_inherited(self.root, e.target, e.original, written=e.written or "",
+                                       journaled=held)
+        except KernelError as err:
+            if err.errclass is ErrClass.GONE:
+                return res(GONE, f"{sentence(err)}: nothing left to restore",
+                           errclass=err.errclass)
+            return res(FAILED, sentence(err), errclass=err.errclass)
+        except (ValueError, AgentlatdError) as err:
+            return res(FAILED, str(err), errclass=ErrClass.INVALID)
+        if not n:
+            return res(UNCHANGED, f"inherited {e.written!r} from an agent and set a value of "
+                       "its own since: kept", current)
+        self._io.wrote()
+        return res(RESTORED, f"restored on {n} thread(s) that inherited {e.written!r} from "
+                   "an agent", e.original)
 
     def restore_keys(self, j: Journal, keys: Iterable[tuple[str, str]]) -> tuple[KnobResult, ...]:
         """Restore the journaled originals of these (knob, target) instances only.

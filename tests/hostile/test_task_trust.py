@@ -400,6 +400,98 @@ def test_a_grandchild_whose_parent_exited_gets_the_originals_back_at_a_clean_sto
     _orphan_then("stop")
 
 
+def _crash_with_an_orphan(end: str, *, own_nice: int | None = None) -> None:
+    """A background agent's child forks a grandchild (with a thread) and exits; once
+    the daemon journaled the grandchild, the daemon is killed (-9), and then `end`:
+    "rollback" (`agentlatd rollback`, as ExecStopPost runs it) or "restart" (a new
+    daemon on the same state directory). `own_nice`: the grandchild's main thread
+    sets that nice itself before the crash."""
+    with workdir() as d:
+        dm = start_daemon(d, _SLOW)
+        fam = Family()
+        try:
+            base = fam.tasks()[(fam.pid, fam.pid)]
+            assert dm.request("register", agent_id="bg", pid=fam.pid,
+                              latency_class="background")["ok"]
+            grand, grand_tid = fam.orphan()
+            assert task_values(grand, grand_tid) == ("0", 10, "be7")  # inherited
+            wait_until(lambda: dm.status()["forks"]["journaled"] == 1, 10.0,
+                       what="the daemon journaled the grandchild")
+            if own_nice is not None:
+                os.setpriority(os.PRIO_PROCESS, grand, own_nice)
+            dm.proc.send_signal(signal.SIGKILL)
+            dm.proc.wait(10)
+            if end == "rollback":
+                p = cli(["rollback", "--state-dir", str(dm.state_dir), "--json"])
+                assert p.returncode == 0, (p.stdout, p.stderr)
+                assert json.loads(p.stdout)["ok"], p.stdout
+                out = p.stdout
+            else:
+                dm = start_daemon(d, _SLOW)
+                out = dm.log
+            assert task_values(fam.pid, fam.pid) == base, out
+            want = base if own_nice is None else (base[0], own_nice, base[2])
+            assert task_values(grand, grand) == want, out
+            assert task_values(grand, grand_tid) == base, out
+        finally:
+            fam.kill()
+            if dm.proc.poll() is None:
+                dm.stop()
+
+
+@needs_2cpus
+@needs_proc_events
+def test_a_grandchild_whose_parent_exited_gets_the_originals_back_at_rollback_after_kill_9() -> None:
+    """kill -9 of the daemon, then `agentlatd rollback`: the grandchild was known only
+    to the dead daemon's memory (no walk of the agent's descendants reaches it), and
+    kept CPU 0 / nice 10 / be7 for good."""
+    _crash_with_an_orphan("rollback")
+
+
+@needs_2cpus
+@needs_proc_events
+def test_a_grandchild_whose_parent_exited_gets_the_originals_back_at_a_restart_after_kill_9() -> None:
+    """kill -9, then a new daemon on the same state directory (systemd's restart):
+    its recovery restored the agent's entries only, and the grandchild kept CPU 0 /
+    nice 10 / be7."""
+    _crash_with_an_orphan("restart")
+
+
+@needs_2cpus
+@needs_proc_events
+def test_a_forked_process_keeps_a_nice_it_set_itself_at_rollback() -> None:
+    """The journaled grandchild set its own nice (5) before the crash: rollback gives
+    it back its affinity and ioprio (and its other thread everything), and keeps
+    the nice it chose, as the agent's own exit would (an entry it merely inherited
+    is restored only where agentlatd's value still is)."""
+    _crash_with_an_orphan("rollback", own_nice=5)
+
+
+@needs_2cpus
+@needs_proc_events
+def test_a_forked_process_that_exits_leaves_no_entry_in_the_journal() -> None:
+    """A remembered process's entries leave the journal when it exits (a shell's
+    long command each hour would otherwise grow it until the agent's exit)."""
+    with workdir() as d, daemon(d, _SLOW) as dm:
+        fam = Family()
+        try:
+            assert dm.request("register", agent_id="bg", pid=fam.pid,
+                              latency_class="background")["ok"]
+            journal = str(dm.state_dir / "journal.json")
+            before = _journal_targets(journal)
+            grand, _ = fam.orphan()
+            wait_until(lambda: dm.status()["forks"]["journaled"] == 1, 10.0,
+                       what="the daemon journaled the grandchild")
+            mine = [t for t in _journal_targets(journal) if t.startswith(f"{grand}:")]
+            assert len(mine) == 3, _journal_targets(journal)  # affinity, nice, ioprio
+            os.kill(grand, signal.SIGKILL)
+            wait_until(lambda: dm.status()["forks"]["journaled"] == 0, 10.0,
+                       what="the daemon dropped the grandchild")
+            assert _journal_targets(journal) == before
+        finally:
+            fam.kill()
+
+
 def _cpus(cpulist: str) -> list[str]:
     out: list[str] = []
     for part in cpulist.split(","):
