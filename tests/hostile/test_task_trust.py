@@ -403,9 +403,10 @@ def test_a_grandchild_whose_parent_exited_gets_the_originals_back_at_a_clean_sto
 def _crash_with_an_orphan(end: str, *, own_nice: int | None = None) -> None:
     """A background agent's child forks a grandchild (with a thread) and exits; once
     the daemon journaled the grandchild, the daemon is killed (-9), and then `end`:
-    "rollback" (`agentlatd rollback`, as ExecStopPost runs it) or "restart" (a new
-    daemon on the same state directory). `own_nice`: the grandchild's main thread
-    sets that nice itself before the crash."""
+    "rollback" (`agentlatd rollback`, as ExecStopPost runs it), "restart" (a new
+    daemon on the same state directory) or "exit, restart" (the agent is killed
+    while no daemon runs, then the restart). `own_nice`: the grandchild's main
+    thread sets that nice itself before the crash."""
     with workdir() as d:
         dm = start_daemon(d, _SLOW)
         fam = Family()
@@ -427,9 +428,13 @@ def _crash_with_an_orphan(end: str, *, own_nice: int | None = None) -> None:
                 assert json.loads(p.stdout)["ok"], p.stdout
                 out = p.stdout
             else:
+                if end == "exit, restart":
+                    os.kill(fam.pid, signal.SIGKILL)
+                    fam.p.wait(10)
                 dm = start_daemon(d, _SLOW)
                 out = dm.log
-            assert task_values(fam.pid, fam.pid) == base, out
+            if end != "exit, restart":
+                assert task_values(fam.pid, fam.pid) == base, out
             want = base if own_nice is None else (base[0], own_nice, base[2])
             assert task_values(grand, grand) == want, out
             assert task_values(grand, grand_tid) == base, out
@@ -455,6 +460,16 @@ def test_a_grandchild_whose_parent_exited_gets_the_originals_back_at_a_restart_a
     its recovery restored the agent's entries only, and the grandchild kept CPU 0 /
     nice 10 / be7."""
     _crash_with_an_orphan("restart")
+
+
+@needs_2cpus
+@needs_proc_events
+def test_a_process_forked_by_an_agent_that_exited_while_no_daemon_ran_is_restored_at_restart(
+) -> None:
+    """kill -9 of the daemon, then the agent dies too, then a new daemon: nothing was
+    left to lead to the grandchild (its agent gone, its parent gone), and it kept
+    CPU 0 / nice 10 / be7."""
+    _crash_with_an_orphan("exit, restart")
 
 
 @needs_2cpus
