@@ -170,8 +170,12 @@ class Restorer:
             return res(UNCHANGED, f"inherited {e.written!r} from an agent and set a value of "
                        "its own since: kept", current)
         self._io.wrote()
+        try:  # the main thread may be one that kept a value of its own
+            after = knob.original_of(knob.read(self.root, e.target), e.original)
+        except (KernelError, ValueError, AgentlatdError):
+            after = ""
         return res(RESTORED, f"restored on {n} thread(s) that inherited {e.written!r} from "
-                   "an agent", e.original)
+                   "an agent", after)
 
     def restore_keys(self, j: Journal, keys: Iterable[tuple[str, str]]) -> tuple[KnobResult, ...]:
         """Restore the journaled originals of these (knob, target) instances only.
