@@ -60,34 +60,15 @@ from agents import (  # noqa: E402
 )
 from support.sleepers import Sleepers  # noqa: E402
 
-# a paced fork loop, bounded by its deadline: prints how many forks it made
+# a paced fork loop, bounded by its deadline: prints how many forks it made. Its
+# children exit at once (reaped one by one), or with LIFE > 0 sleep that long
+# (reaped as they end); with "wait" it first reads a line on stdin (the caller
+# registers it as an agent meanwhile)
 _STORM = r"""
 import os, sys, time
-rate, seconds = float(sys.argv[1]), float(sys.argv[2])
-t0 = time.monotonic(); end = t0 + seconds; n = 0
-while True:
-    now = time.monotonic()
-    if now >= end:
-        break
-    due = t0 + n / rate
-    if due > now:
-        time.sleep(due - now)
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    os.waitpid(pid, 0)
-    n += 1
-print(n)
-"""
-
-
-# a registered agent's fork loop: waits for a line on stdin (its registration),
-# then forks children that sleep `life` seconds; bounded by its deadline; prints
-# how many it forked
-_AGENT_STORM = r"""
-import os, sys, time
 rate, seconds, life = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
-sys.stdin.readline()
+if sys.argv[4:] == ["wait"]:
+    sys.stdin.readline()
 t0 = time.monotonic(); end = t0 + seconds; n = 0; kids = set()
 while True:
     now = time.monotonic()
@@ -98,10 +79,14 @@ while True:
         time.sleep(due - now)
     pid = os.fork()
     if pid == 0:
-        time.sleep(life)
+        if life > 0:
+            time.sleep(life)
         os._exit(0)
-    kids.add(pid)
     n += 1
+    if life <= 0:
+        os.waitpid(pid, 0)
+        continue
+    kids.add(pid)
     while kids:
         done, _ = os.waitpid(-1, os.WNOHANG)
         if not done:
@@ -116,9 +101,9 @@ print(n, flush=True)
 def _agent_storm(dm_pid: int, c: Conn, seconds: float, rate: float, life: float
                  ) -> tuple[float, int, int]:
     """(main thread CPU ms per second, forks made, most journaled at once) while a
-    registered background agent forks (_AGENT_STORM)."""
-    p = subprocess.Popen([sys.executable, "-c", _AGENT_STORM, str(rate), str(seconds),
-                          str(life)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    registered background agent forks (_STORM, children living `life` s)."""
+    p = subprocess.Popen([sys.executable, "-c", _STORM, str(rate), str(seconds), str(life),
+                          "wait"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert p.stdin is not None
     try:
         _, ans = c.rtt("register", agent_id="forker", pid=p.pid, latency_class="background")
@@ -148,7 +133,7 @@ def _period(dm_pid: int, seconds: float, rate: float | None,
     (the round trips also cost the main thread: compare periods with the same)."""
     c0, t0 = cpu_ns(dm_pid), time.monotonic()
     storm = None if rate is None else subprocess.Popen(
-        [sys.executable, "-c", _STORM, str(rate), str(seconds)],
+        [sys.executable, "-c", _STORM, str(rate), str(seconds), "0"],
         stdout=subprocess.PIPE, text=True)
     rtts: list[float] = []
     end = t0 + seconds

@@ -360,17 +360,24 @@ def test_a_grandchild_whose_parent_exited_gets_the_originals_back_when_its_agent
     _dies_with_a_fresh_fork(orphan=True)
 
 
+def _background_orphan(dm: Any, fam: Family) -> tuple[tuple[str, int, str], int, int]:
+    """`fam` registered as a background agent, whose child then forks a grandchild
+    (with a thread) and exits: (fam's values before, the grandchild's pid and tid)."""
+    base = fam.tasks()[(fam.pid, fam.pid)]
+    assert dm.request("register", agent_id="bg", pid=fam.pid,
+                      latency_class="background")["ok"]
+    grand, grand_tid = fam.orphan()
+    assert task_values(grand, grand_tid) == ("0", 10, "be7")  # inherited
+    return base, grand, grand_tid
+
+
 def _orphan_then(end: str) -> None:
     """A background agent's child forks a grandchild (with a thread) and exits; then
     `end`: "unregister" the live agent, or "stop" the daemon (SIGTERM)."""
     with workdir() as d, daemon(d, _SLOW) as dm:
         fam = Family()
         try:
-            base = fam.tasks()[(fam.pid, fam.pid)]
-            assert dm.request("register", agent_id="bg", pid=fam.pid,
-                              latency_class="background")["ok"]
-            grand, grand_tid = fam.orphan()
-            assert task_values(grand, grand_tid) == ("0", 10, "be7")  # inherited
+            base, grand, grand_tid = _background_orphan(dm, fam)
             wait_until(lambda: dm.status()["forks"]["remembered"] == 1, 10.0,
                        what="the daemon read the fork events")
             if end == "unregister":
@@ -411,11 +418,7 @@ def _crash_with_an_orphan(end: str, *, own_nice: int | None = None) -> None:
         dm = start_daemon(d, _SLOW)
         fam = Family()
         try:
-            base = fam.tasks()[(fam.pid, fam.pid)]
-            assert dm.request("register", agent_id="bg", pid=fam.pid,
-                              latency_class="background")["ok"]
-            grand, grand_tid = fam.orphan()
-            assert task_values(grand, grand_tid) == ("0", 10, "be7")  # inherited
+            base, grand, grand_tid = _background_orphan(dm, fam)
             wait_until(lambda: dm.status()["forks"]["journaled"] == 1, 10.0,
                        what="the daemon journaled the grandchild")
             if own_nice is not None:
@@ -490,11 +493,9 @@ def test_a_forked_process_that_exits_leaves_no_entry_in_the_journal() -> None:
     with workdir() as d, daemon(d, _SLOW) as dm:
         fam = Family()
         try:
-            assert dm.request("register", agent_id="bg", pid=fam.pid,
-                              latency_class="background")["ok"]
             journal = str(dm.state_dir / "journal.json")
-            before = _journal_targets(journal)
-            grand, _ = fam.orphan()
+            _, grand, _ = _background_orphan(dm, fam)
+            before = [t for t in _journal_targets(journal) if not t.startswith(f"{grand}:")]
             wait_until(lambda: dm.status()["forks"]["journaled"] == 1, 10.0,
                        what="the daemon journaled the grandchild")
             mine = [t for t in _journal_targets(journal) if t.startswith(f"{grand}:")]
