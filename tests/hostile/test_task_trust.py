@@ -508,6 +508,49 @@ def test_a_forked_process_that_exits_leaves_no_entry_in_the_journal() -> None:
             fam.kill()
 
 
+@needs_2cpus
+@needs_proc_events
+def test_a_fork_that_cannot_be_journaled_for_a_full_disk_is_restored_at_its_agents_exit() -> None:
+    """The state directory is full when the grandchild comes of age to be journaled:
+    the daemon says so in its log, journals nothing of it (no line, nothing kept in
+    memory for a later save), serves on, and the agent's exit still restores it
+    from memory."""
+    with workdir() as d, tmpfs("256k", nr_inodes=64) as m:
+        dm = start_daemon(d, _SLOW, extra_args=("--state-dir", str(m)))
+        fam = Family()
+        try:
+            base, grand, grand_tid = _background_orphan(dm, fam)
+            fill(m)  # well inside the second before it is journaled (forks.JOURNAL_AGE_S)
+            wait_until(lambda: "could not journal 1 process(es) agents forked" in dm.log, 10.0,
+                       what="the daemon gave up journaling the grandchild")
+            forks = dm.status()["forks"]
+            assert (forks["journaled"], forks["remembered"]) == (0, 1), forks
+            for f in m.iterdir():
+                if f.name.startswith("filler"):
+                    f.unlink()
+            # a later save writes nothing of the grandchild either
+            other = subprocess.Popen(["sleep", "60"])
+            try:
+                assert dm.request("register", agent_id="other", pid=other.pid)["ok"]
+                assert dm.request("unregister", pid=other.pid)["ok"]
+            finally:
+                other.kill()
+                other.wait()
+            targets = _journal_targets(str(m / "journal.json"))
+            assert targets and not any(t.startswith(f"{grand}:") for t in targets), targets
+            os.kill(fam.pid, signal.SIGKILL)
+            fam.p.wait(10)
+            wait_until(lambda: dm.agents() == [], 10.0, what="the exit handled")
+            assert task_values(grand, grand) == base, dm.log[-2000:]
+            assert task_values(grand, grand_tid) == base, dm.log[-2000:]
+            assert dm.stop() == 0, dm.log[-2000:]
+        finally:
+            fam.kill()
+            if dm.proc.poll() is None:
+                dm.proc.kill()
+                dm.proc.wait()
+
+
 def _cpus(cpulist: str) -> list[str]:
     out: list[str] = []
     for part in cpulist.split(","):
