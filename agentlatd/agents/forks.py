@@ -71,6 +71,11 @@ DRAIN_PIECE = 128
 # command) ends sooner; the live paths restore those, only a kill -9 within this
 # window leaves them to the walk of the agent's descendants
 JOURNAL_AGE_S = 1.0
+# processes journaled at once, all agents together: MAX_FORKED per agent alone
+# allows 256,000 at 1000 agents (three entries each, ~110 MB of journal in /run's
+# memory, rewritten whole at each compaction); past this, the memory alone keeps
+# them, as for a daemon that cannot save its journal
+MAX_JOURNALED = 4096
 
 
 class ForkSource(Protocol):

@@ -64,7 +64,7 @@ from agentlatd.agents.agent import Agent, AgentState
 from agentlatd.agents.applier import TASK_KNOBS, Applier
 from agentlatd.agents.autoreg import AutoRegistrar
 from agentlatd.agents.exclusive import CpuKeeper
-from agentlatd.agents.forks import ForkWatch
+from agentlatd.agents.forks import MAX_JOURNALED, ForkWatch
 from agentlatd.agents.pidfdgate import AgentPidfds, PidfdGate
 from agentlatd.agents.placement import HomePlacer, holds_cpu
 from agentlatd.agents.refusal import AgentRefused, Refusal, Registration
@@ -483,11 +483,12 @@ class AgentManager:
                                 for c in gone for k in TASK_KNOBS)
         items: list[tuple[str, str, str, str]] = []
         kept: dict[ProcId, ProcId] = {}
+        room = MAX_JOURNALED - len(self.forks.journaled)
         for child, ap in new.items():
             a = self.agents.get(ap)
-            if a is None or child in self.agents or a.creds is None \
+            if a is None or child in self.agents or a.creds is None or len(kept) >= room \
                     or tasks.thread_uids(self.root, child.pid, child.pid) != a.creds:
-                continue  # not the agent's (any more): the live restore decides
+                continue  # not the agent's (any more), or no room: the live restore decides
             target = ThreadId(child.pid, child.starttime, child.pid).target
             vals = self.applier.written(ThreadId(ap.pid, ap.starttime, ap.pid))
             items += [(k, target, original, written) for k, original, written in vals]

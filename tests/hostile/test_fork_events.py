@@ -22,7 +22,9 @@ from agentshelpers import agent_side, register_as_root
 from hostilehelpers import NOBODY, as_uid, needs_proc_events
 from taskfamily import Family, task_values
 
+from agentlatd.agents import forks, registry
 from agentlatd.agents.registry import AgentManager
+from agentlatd.apply.journal import FLAG_INHERITED
 from agentlatd.netlink.procevents import NETLINK_CONNECTOR, Exit, Fork, ProcEvents
 from agentlatd.sample import tasks
 from agentlatd.sample.tasks import ProcId
@@ -226,3 +228,27 @@ def test_only_the_kernel_can_send_into_the_event_queue() -> None:
         _drain_until(ev, Exit(pid))  # the kernel's events still arrive
     finally:
         ev.close()
+
+
+def test_journaled_forks_stop_at_max_journaled_and_the_rest_are_restored_from_memory(
+        lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two long-lived children with room in the journal for one (registry.MAX_JOURNALED
+    = 1, forks.JOURNAL_AGE_S = 0): one is journaled, the other kept in memory only,
+    and the agent's exit restores both."""
+    monkeypatch.setattr(registry, "MAX_JOURNALED", 1)
+    monkeypatch.setattr(forks, "JOURNAL_AGE_S", 0.0)
+    mgr, fam = lab.mgr, lab.fam
+    (a,) = mgr.agents.values()
+    kids = [fam.fork()[0], fam.fork()[0]]
+    _follow_until(mgr, lambda: {c.pid for c in a.forked} == set(kids))
+    mgr.journal_forks()
+    assert len(mgr.forks.journaled) == 1 and not mgr.forks.unjournaled
+    journaled = {int(e.target.split(":")[0]) for e in mgr.applier.engine.entries()
+                 if e.has(FLAG_INHERITED)}
+    assert len(journaled) == 1 and journaled <= set(kids)
+    fam.p.kill()
+    fam.p.wait(10)
+    mgr.exited(a.proc)
+    for pid in kids:
+        assert task_values(pid, pid) == lab.base
+    assert not [e for e in mgr.applier.engine.entries() if e.has(FLAG_INHERITED)]
