@@ -481,6 +481,10 @@ class _View:
         forks = self._d.manager.forks
         return forks.source is not None, forks.lost
 
+    def forked_processes(self) -> tuple[int, int]:
+        forks = self._d.manager.forks
+        return len(forks.owner), len(forks.journaled)
+
 
 def _status(d: Daemon) -> dict[str, Any]:
     st = d.last_state

@@ -61,6 +61,9 @@ class DaemonView(Protocol):
     def fork_events(self) -> tuple[bool, int]:
         """(process events are followed now, their queue's overflows so far)."""
 
+    def forked_processes(self) -> tuple[int, int]:
+        """Processes agents forked, remembered now and, of those, journaled."""
+
 
 @dataclass(slots=True)
 class Hooks:

@@ -256,6 +256,9 @@ class View:
     # forks; None: not reported (no families then)
     fork_events_up: int | None = None
     fork_events_overflows: int = 0
+    # processes agents forked (agents/forks.py): (remembered, journaled); None: not
+    # reported
+    forked: tuple[int, int] | None = None
 
 
 class AgentLike(Protocol):
@@ -338,6 +341,7 @@ class Metrics:
         self.scan_worker_failures = 0
         self.fork_events_up: int | None = None
         self.fork_events_overflows = 0
+        self.forked: tuple[int, int] | None = None
         self.home_irqs_total = 0.0
         self.home_softirqs_total: dict[str, float] = {}
         self.discontinuities: dict[str, int] = {}
@@ -410,7 +414,8 @@ class Metrics:
                      failed: bool = False,
                      guard_undone: Mapping[str, int] | None = None,
                      scan_worker: tuple[bool, int] | None = None,
-                     fork_events: tuple[bool, int] | None = None) -> None:
+                     fork_events: tuple[bool, int] | None = None,
+                     forked: tuple[int, int] | None = None) -> None:
         """The end of one tick: O(CPUs + vectors x home CPUs) additions, no rendering.
 
         hot_cpus: the home CPUs the placement calls hot (heat >= heat.hot for
@@ -462,6 +467,8 @@ class Metrics:
             self.scan_worker_up, self.scan_worker_failures = int(scan_worker[0]), scan_worker[1]
         if fork_events is not None:  # (followed, queue overflows so far)
             self.fork_events_up, self.fork_events_overflows = int(fork_events[0]), fork_events[1]
+        if forked is not None:  # (remembered, journaled)
+            self.forked = forked
 
     # -- the view --------------------------------------------------------
     def view(self, agents: Iterable[AgentLike] = (), policy: Policy | None = None,
@@ -578,7 +585,8 @@ class Metrics:
             per_cpu_vectors=pol.metrics.per_cpu_softirq_vectors if pol is not None else False,
             slow_steps=_slow_series(slow_steps, {aid for aid, _ in own}),
             scan_worker_up=self.scan_worker_up, scan_worker_failures=self.scan_worker_failures,
-            fork_events_up=self.fork_events_up, fork_events_overflows=self.fork_events_overflows)
+            fork_events_up=self.fork_events_up, fork_events_overflows=self.fork_events_overflows,
+            forked=self.forked)
 
     def render(self, agents: Iterable[AgentLike] = (), policy: Policy | None = None,
                openmetrics: bool = False) -> str:
@@ -736,6 +744,13 @@ def families(v: View) -> list[Family]:
         fam("fork_events_overflows", "counter", "Times the process events' queue "
             "overflowed (events lost; the next tick listed every agent's forks)"
             ).add(v.fork_events_overflows)
+    if v.forked is not None:
+        fk = fam("forked_processes", "gauge", "Processes agents forked that inherited "
+                 "agentlatd's values, remembered for their restore at the agent's exit "
+                 "(state=\"remembered\"), and of those the ones journaled, which a rollback "
+                 "after a crash restores too (state=\"journaled\")")
+        fk.add(v.forked[0], state="remembered")
+        fk.add(v.forked[1], state="journaled")
     step = fam("agent_step_seconds", "histogram", "Agent step latency reported by the agent "
                "(agent=\"other\": the agents beyond metrics.max_agents, per class)")
     les = [format_le(b) for b in stats.EXPORT_BOUNDS_S] + ["+Inf"]

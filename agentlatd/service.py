@@ -238,7 +238,8 @@ class Service:
                        softirqs=snap.softirqs if snap is not None else None,
                        stat=snap.stat if snap is not None else None,
                        failed=bool(st.error), guard_undone=d.guard_undone(),
-                       scan_worker=d.scan_worker(), fork_events=d.fork_events())
+                       scan_worker=d.scan_worker(), fork_events=d.fork_events(),
+                       forked=d.forked_processes())
         self.exporter.tick()
 
     def status_line(self, d: DaemonView, st: TunerState) -> str:

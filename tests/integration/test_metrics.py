@@ -322,6 +322,16 @@ def test_fork_events_in_the_metrics_only_when_reported() -> None:
                   "agentlatd_fork_events_overflows_total") == 2
 
 
+def test_forked_processes_in_the_metrics_only_when_reported() -> None:
+    m = Metrics()
+    m.observe_tick(duration_s=0.01)
+    assert "agentlatd_forked_processes" not in _parse(render_view(m.view()))
+    m.observe_tick(duration_s=0.01, forked=(5, 3))
+    fams = _parse(render_view(m.view()))
+    assert {x.labels["state"]: x.value for x in fams["agentlatd_forked_processes"]} == {
+        "remembered": 5, "journaled": 3}
+
+
 def test_per_cpu_softirq_vectors_only_when_the_policy_asks() -> None:
     m = Metrics()
     m.observe_tick(duration_s=0.0, softirqs=_softirqs())
@@ -621,6 +631,8 @@ def test_scrape_a_real_daemon(tmp_path: pathlib.Path) -> None:
         assert _value(s["agentlatd_fork_events_up"], "agentlatd_fork_events_up") == 0
         assert _value(s["agentlatd_fork_events_overflows"],
                       "agentlatd_fork_events_overflows_total") == 0
+        assert {x.labels["state"]: x.value for x in s["agentlatd_forked_processes"]} == {
+            "remembered": 0, "journaled": 0}
     finally:
         notify.close()
 
@@ -678,6 +690,9 @@ class _StubDaemon:
 
     def fork_events(self) -> tuple[bool, int]:
         return True, 0
+
+    def forked_processes(self) -> tuple[int, int]:
+        return 0, 0
 
     def wake(self) -> None:
         self.woken.set()
