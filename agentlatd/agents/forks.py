@@ -240,10 +240,14 @@ class ForkWatch:
     def forget(self, a: Agent) -> None:
         """The agent is dropped: its processes are no longer anyone's."""
         for child in a.forked:
-            if (rec := self.owner.get(child.pid)) is not None and rec[0] == a.proc:
-                del self.owner[child.pid]
-            self._unremember(child)
+            self._drop_child(a, child)
         a.forked.clear()
+
+    def _drop_child(self, a: Agent, child: ProcId) -> None:
+        """`child` is no longer remembered as `a`'s (the caller updates a.forked)."""
+        if (rec := self.owner.get(child.pid)) is not None and rec[0] == a.proc:
+            del self.owner[child.pid]
+        self._unremember(child)
 
     # -- listing -----------------------------------------------------------
     def scan_steps(self, agents: Mapping[ProcId, Agent]) -> Iterator[None]:
@@ -274,14 +278,12 @@ class ForkWatch:
                 # events go on: keep what they found that the listing cannot see
                 # (a grandchild whose parent exited), within the bound
                 kids |= set(list(a.forked)[:max(0, MAX_FORKED - len(kids))])
-            kept = {k: self.journaled[k] for k in kids if self.journaled.get(k) == a.proc}
-            self.forget(a)
-            for k in kids:
+            # listed again: kept as it is (its entries, or when it was found)
+            for k in a.forked - kids:
+                self._drop_child(a, k)
+            a.forked &= kids
+            for k in kids - a.forked:
                 self._remember(a, k)
-            for k, ap in kept.items():  # listed again: its entries stay
-                self.unremembered.discard(k)
-                del self.unjournaled[k]
-                self.journaled[k] = ap
             if kids and a.creds is None:
                 a.creds = tasks.thread_uids(self.root, a.proc.pid, a.proc.pid)
             yield

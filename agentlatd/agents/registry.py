@@ -84,7 +84,7 @@ from agentlatd.model.layout import CpuLayout
 from agentlatd.plan.changes import Change
 from agentlatd.policy import Policy
 from agentlatd.sample import tasks
-from agentlatd.sample.tasks import ProcId, ThreadId
+from agentlatd.sample.tasks import ProcId
 from agentlatd.sysfs.root import Root
 
 log = logging.getLogger("agentlatd.agents")
@@ -479,19 +479,20 @@ class AgentManager:
         ones journaled with their agent's original and written values."""
         gone, new = self.forks.take_unsynced(time.monotonic())
         if gone:
-            self.applier.forget((k, ThreadId(c.pid, c.starttime, c.pid).target)
-                                for c in gone for k in TASK_KNOBS)
+            self.applier.forget((k, c.main.target) for c in gone for k in TASK_KNOBS)
         items: list[tuple[str, str, str, str]] = []
         kept: dict[ProcId, ProcId] = {}
+        written: dict[ProcId, list[tuple[str, str, str]]] = {}  # per agent, read once
         room = MAX_JOURNALED - len(self.forks.journaled)
         for child, ap in new.items():
             a = self.agents.get(ap)
             if a is None or child in self.agents or a.creds is None or len(kept) >= room \
                     or tasks.thread_uids(self.root, child.pid, child.pid) != a.creds:
                 continue  # not the agent's (any more), or no room: the live restore decides
-            target = ThreadId(child.pid, child.starttime, child.pid).target
-            vals = self.applier.written(ThreadId(ap.pid, ap.starttime, ap.pid))
-            items += [(k, target, original, written) for k, original, written in vals]
+            if ap not in written:
+                written[ap] = self.applier.written(ap.main)
+            target = child.main.target
+            items += [(k, target, original, value) for k, original, value in written[ap]]
             kept[child] = ap
         if not items:
             return

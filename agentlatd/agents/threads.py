@@ -68,7 +68,7 @@ def fill_originals(applier: Applier, a: Agent) -> None:
     own value, read through the knob itself. Read after the placement, not
     before it: a registration's answer waited for three reads of values its own
     batch reads again."""
-    main = ThreadId(a.proc.pid, a.proc.starttime, a.proc.pid).target
+    main = a.proc.main.target
     for knob, want in class_values(a).items():
         if want is None or knob in a.orig:
             continue
@@ -208,12 +208,12 @@ class ThreadUpkeep:
         with entries of their own ("inherited"), restored (and dropped) by them."""
         n = 0
         if journaled:
-            keys = [(k, ThreadId(c.pid, c.starttime, c.pid).target)
+            keys = [(k, c.main.target)
                     for c in journaled if c not in agents for k in TASK_KNOBS]
             n += sum(1 for r in self.applier.restore(keys) if r.status == RESTORED)
         if a.creds is None:
             return
-        vals = self.applier.written(ThreadId(a.proc.pid, a.proc.starttime, a.proc.pid))
+        vals = self.applier.written(a.proc.main)
         for child in sorted(a.forked, key=lambda c: c.pid):
             if child in agents or child in journaled or not tasks.alive(self.root, child):
                 continue  # registered itself (its own entries decide), journaled or gone

@@ -145,7 +145,6 @@ class Restorer:
             return res(RESTORED, f"restored; {note}" if note else "restored", current, after)
         return res(CLAMPED, f"wrote {e.original!r}; the kernel shows {after!r}", current, after)
 
-
     def _restore_inherited(self, e: Entry, knob: Knob, current: str,
                            held: AbstractSet[tuple[str, str]]) -> KnobResult:
         """An entry agentlatd never wrote (FLAG_INHERITED: a process an agent

@@ -78,6 +78,11 @@ class ProcId:
     def __str__(self) -> str:
         return f"{self.pid}:{self.starttime}"
 
+    @property
+    def main(self) -> ThreadId:
+        """Its main thread (tid = pid): where a process's own task entries are."""
+        return ThreadId(self.pid, self.starttime, self.pid)
+
 
 @dataclass(frozen=True, slots=True)
 class ThreadId:
